@@ -1,0 +1,111 @@
+//! The user API (contract §4): the caller's own inbox, authenticated by the user JWT.
+
+use actix_web::{delete, get, post, web, HttpResponse};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::auth::user::User;
+use crate::error::ApiError;
+use crate::inbox::changes::{self as inbox_changes, MAX_PAGE};
+use crate::inbox::commands::{self, Command};
+use crate::inbox::CountsView;
+use crate::state::AppState;
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    limit: Option<String>,
+    before: Option<String>,
+    unread_only: Option<String>,
+}
+
+fn int_param(raw: Option<&str>, field: &str, min: i64, max: i64) -> Result<Option<i64>, ApiError> {
+    match raw {
+        None | Some("") => Ok(None),
+        Some(s) => match s.parse::<i64>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
+            _ => Err(ApiError::validation(field, format!("must be an integer from {min} to {max}"))),
+        },
+    }
+}
+
+/// `GET /api/v1/me/messages?limit=20&before=<seq>&unread_only=true`
+#[get("/me/messages")]
+pub async fn list(user: User, q: web::Query<ListQuery>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let limit = int_param(q.limit.as_deref(), "limit", 1, MAX_PAGE)?.unwrap_or(20);
+    let before = int_param(q.before.as_deref(), "before", 1, i64::MAX)?;
+    let unread_only = match q.unread_only.as_deref() {
+        None | Some("") | Some("false") | Some("0") => false,
+        Some("true") | Some("1") => true,
+        Some(_) => return Err(ApiError::validation("unread_only", "must be true or false")),
+    };
+    let mut conn = state.pool.get().await?;
+    let page = inbox_changes::page(&mut conn, &user.0.user, before, limit, unread_only).await?;
+    Ok(HttpResponse::Ok().json(page))
+}
+
+/// `GET /api/v1/me/unread-count`
+#[get("/me/unread-count")]
+pub async fn unread_count(user: User, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let mut conn = state.pool.get().await?;
+    let c = inbox_changes::counts(&mut conn, &user.0.user).await?;
+    Ok(HttpResponse::Ok().json(json!({"unread": c.unread, "unseen": c.unseen, "seq": c.seq})))
+}
+
+#[derive(Deserialize)]
+pub struct ChangesQuery {
+    since: Option<String>,
+}
+
+/// `GET /api/v1/me/changes?since=<seq>`
+#[get("/me/changes")]
+pub async fn changes(user: User, q: web::Query<ChangesQuery>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let since = int_param(q.since.as_deref(), "since", 0, i64::MAX)?.unwrap_or(0);
+    let mut conn = state.pool.get().await?;
+    Ok(HttpResponse::Ok().json(inbox_changes::since(&mut conn, &user.0.user, since).await?))
+}
+
+#[derive(Deserialize)]
+pub struct ReadBody {
+    ids: Option<Vec<Value>>,
+}
+
+async fn run(state: &AppState, user: &str, cmd: Command) -> Result<CountsView, ApiError> {
+    let mut conn = state.pool.get().await?;
+    let out = commands::run(&mut conn, user, cmd).await?;
+    if let Some(ev) = out.event {
+        state.waker.wake();
+        state.gateway.committed(ev);
+    }
+    Ok(out.counts)
+}
+
+/// `POST /api/v1/me/messages/read` body `{"ids": [...]}`
+#[post("/me/messages/read")]
+pub async fn read(user: User, body: web::Json<ReadBody>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let raw = body.into_inner().ids.ok_or_else(|| ApiError::validation("ids", "is required: {\"ids\": [...]}"))?;
+    let ids = commands::parse_ids(&raw)?;
+    Ok(HttpResponse::Ok().json(run(&state, &user.0.user, Command::Read(ids)).await?))
+}
+
+/// `POST /api/v1/me/messages/read-all`
+#[post("/me/messages/read-all")]
+pub async fn read_all(user: User, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(run(&state, &user.0.user, Command::ReadAll).await?))
+}
+
+/// `POST /api/v1/me/messages/seen-all`
+#[post("/me/messages/seen-all")]
+pub async fn seen_all(user: User, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(run(&state, &user.0.user, Command::SeenAll).await?))
+}
+
+/// `DELETE /api/v1/me/messages/{id}`: 204 whether or not the id named one of the caller's
+/// messages, so ids of other users are never revealed.
+#[delete("/me/messages/{id}")]
+pub async fn delete(user: User, id: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    if let Ok(id) = Uuid::parse_str(&id) {
+        run(&state, &user.0.user, Command::Delete(id)).await?;
+    }
+    Ok(HttpResponse::NoContent().finish())
+}

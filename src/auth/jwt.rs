@@ -1,0 +1,128 @@
+//! User tokens: HS256 JWTs with `sub` (the user id), a required `exp`, and an optional `topics`
+//! claim of glob patterns (`product:*`) naming the topics the user may subscribe to.
+
+use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    exp: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    topics: Option<TopicsClaim>,
+}
+
+/// `topics` may be a list or one comma-separated string.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+enum TopicsClaim {
+    List(Vec<String>),
+    One(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserClaims {
+    pub user: String,
+    pub topics: Vec<String>,
+    pub exp: i64,
+}
+
+impl UserClaims {
+    pub fn may_subscribe(&self, topic: &str) -> bool {
+        self.topics.iter().any(|p| glob_match(p, topic))
+    }
+}
+
+#[derive(Clone)]
+pub struct JwtKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+}
+
+impl JwtKeys {
+    pub fn new(secret: &str) -> Self {
+        JwtKeys { encoding: EncodingKey::from_secret(secret.as_bytes()), decoding: DecodingKey::from_secret(secret.as_bytes()) }
+    }
+
+    pub fn verify(&self, token: &str) -> Result<UserClaims, String> {
+        let mut v = Validation::new(Algorithm::HS256);
+        v.leeway = 0;
+        v.set_required_spec_claims(&["exp", "sub"]);
+        let data = decode::<Claims>(token, &self.decoding, &v).map_err(|e| format!("invalid token: {e}"))?;
+        let c = data.claims;
+        if c.sub.is_empty() || c.sub.chars().count() > crate::inbox::input::MAX_ID_CHARS {
+            return Err("invalid token: bad sub".into());
+        }
+        let topics = match c.topics {
+            None => vec![],
+            Some(TopicsClaim::List(l)) => l,
+            Some(TopicsClaim::One(s)) => s.split(',').map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect(),
+        };
+        Ok(UserClaims { user: c.sub, topics, exp: c.exp })
+    }
+
+    pub fn mint(&self, user: &str, ttl_secs: i64, topics: &[String]) -> anyhow::Result<String> {
+        let claims = Claims {
+            sub: user.to_string(),
+            exp: chrono::Utc::now().timestamp() + ttl_secs,
+            topics: (!topics.is_empty()).then(|| TopicsClaim::List(topics.to_vec())),
+        };
+        Ok(encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?)
+    }
+}
+
+/// Glob match with `*` (any run, possibly empty) and `?` (one character).
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("product:*", "product:42"));
+        assert!(glob_match("group:7", "group:7"));
+        assert!(!glob_match("group:7", "group:70"));
+        assert!(glob_match("*", "anything"));
+        assert!(glob_match("a?c", "abc"));
+        assert!(!glob_match("product:*", "products:1"));
+    }
+
+    #[test]
+    fn tokens_round_trip_and_expire() {
+        let k = JwtKeys::new("s");
+        let t = k.mint("42", 60, &["product:*".into()]).unwrap();
+        let c = k.verify(&t).unwrap();
+        assert_eq!(c.user, "42");
+        assert!(c.may_subscribe("product:1") && !c.may_subscribe("group:1"));
+        let expired = k.mint("42", -5, &[]).unwrap();
+        assert!(k.verify(&expired).is_err());
+        assert!(JwtKeys::new("other").verify(&t).is_err());
+        assert!(k.verify("garbage").is_err());
+    }
+}

@@ -1,0 +1,35 @@
+//! Internal callers: `Authorization: Bearer <service key>` from `NOTIFYD_SERVICE_KEYS`.
+
+use std::future::{ready, Ready};
+
+use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
+
+use super::{bearer, ct_eq};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The authenticated calling service (its configured name).
+#[derive(Debug, Clone)]
+pub struct Service(pub String);
+
+impl FromRequest for Service {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(authenticate(req))
+    }
+}
+
+fn authenticate(req: &HttpRequest) -> Result<Service, ApiError> {
+    let state = req.app_data::<web::Data<AppState>>().ok_or_else(|| anyhow::anyhow!("app state missing"))?;
+    let key = bearer(req).ok_or_else(|| ApiError::Unauthorized("missing service key (Authorization: Bearer <key>)".into()))?;
+    // Compare against every key so the time taken does not reveal which one was close.
+    let mut found = None;
+    for (name, k) in &state.settings.service_keys {
+        if ct_eq(k.as_bytes(), key.as_bytes()) {
+            found = Some(name.clone());
+        }
+    }
+    found.map(Service).ok_or_else(|| ApiError::Unauthorized("invalid service key".into()))
+}

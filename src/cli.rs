@@ -1,0 +1,87 @@
+//! The `notifyd` command line (contract §1).
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{parse_duration, Settings, DEV_JWT_SECRET};
+use crate::startup::Application;
+
+#[derive(Parser)]
+#[command(name = "notifyd", version, about = "In-app notifications: outbox, relay, WebSocket gateway")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// HTTP API + WebSocket gateway + (unless NOTIFYD_RELAY=off) the outbox relay.
+    Serve {
+        /// Local demo mode: fixed dev secret, service key dev:dev, the demo page at /demo.
+        #[arg(long)]
+        dev: bool,
+    },
+    /// The outbox relay alone.
+    Relay,
+    /// Apply pending migrations and exit.
+    Migrate,
+    /// Print a signed user JWT.
+    Token {
+        #[arg(long)]
+        user: String,
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// Comma-separated topic globs, e.g. 'product:*,group:7'.
+        #[arg(long)]
+        topics: Option<String>,
+        /// Sign with the dev secret (for `serve --dev`).
+        #[arg(long)]
+        dev: bool,
+    },
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Cmd::Serve { dev } => {
+            let settings = Settings::from_env(dev, true)?;
+            crate::telemetry::init_logging(settings.log_json);
+            if dev {
+                tracing::warn!("DEV MODE: JWT secret is the public dev secret and service key dev:dev is accepted. Never use in production.");
+                tracing::warn!("DEV MODE: demo page at http://{}/demo", settings.bind);
+            }
+            let metrics = crate::telemetry::init_metrics();
+            tracing::info!(node = %settings.node_id, bind = %settings.bind, db = %crate::db::redact(&settings.database_url), redis = settings.redis_url.is_some(), "starting notifyd");
+            let app = Application::build(settings, metrics).await?;
+            let stopper = app.stopper();
+            tokio::spawn(async move {
+                crate::telemetry::shutdown_signal().await;
+                tracing::info!("shutting down: closing WebSockets with 1012");
+                stopper.stop().await;
+            });
+            app.run_until_stopped().await
+        }
+        Cmd::Relay => {
+            let settings = Settings::from_env(false, false)?;
+            crate::telemetry::init_logging(settings.log_json);
+            crate::startup::run_relay(settings).await
+        }
+        Cmd::Migrate => {
+            let settings = Settings::from_env(false, false)?;
+            crate::telemetry::init_logging(settings.log_json);
+            let applied = crate::db::migrate(&settings.database_url).await?;
+            println!("{} migration(s) applied", applied.len());
+            Ok(())
+        }
+        Cmd::Token { user, ttl, topics, dev } => {
+            let secret = match std::env::var("NOTIFYD_JWT_SECRET").ok().filter(|s| !s.is_empty()) {
+                Some(s) if !dev => s,
+                _ if dev => DEV_JWT_SECRET.to_string(),
+                _ => anyhow::bail!("set NOTIFYD_JWT_SECRET (or pass --dev for the dev secret)"),
+            };
+            let ttl = parse_duration(&ttl)?;
+            let topics: Vec<String> = topics.unwrap_or_default().split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect();
+            let token = crate::auth::jwt::JwtKeys::new(&secret).mint(&user, ttl.as_secs() as i64, &topics)?;
+            println!("{token}");
+            Ok(())
+        }
+    }
+}

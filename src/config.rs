@@ -1,0 +1,173 @@
+//! Typed configuration, read from the environment in one place (contract §1).
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+/// The secret used by `serve --dev` only. Logged loudly at start-up.
+pub const DEV_JWT_SECRET: &str = "notifyd-dev-secret-do-not-use-in-production";
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub database_url: String,
+    /// `None` = single-node mode with the in-process broker.
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel this deployment uses (lets tests and tenants share a Redis).
+    pub redis_prefix: String,
+    pub bind: String,
+    pub jwt_secret: String,
+    /// `(service name, key)` pairs accepted on the internal API.
+    pub service_keys: Vec<(String, String)>,
+    pub node_id: String,
+    pub relay_enabled: bool,
+    /// `None` = any origin may open a WebSocket.
+    pub allowed_origins: Option<Vec<String>>,
+    pub event_retention: Duration,
+    pub heartbeat: Duration,
+    pub dev: bool,
+    pub db_pool_size: usize,
+    pub max_body_bytes: usize,
+    /// How often the relay polls the outbox when nothing woke it.
+    pub relay_poll: Duration,
+    pub relay_batch: i64,
+    pub log_json: bool,
+}
+
+impl Settings {
+    /// Defaults for everything, pointed at the given database (used by tests and as the base of `from_env`).
+    pub fn new(database_url: impl Into<String>) -> Self {
+        Settings {
+            database_url: database_url.into(),
+            redis_url: None,
+            redis_prefix: "notifyd:".into(),
+            bind: "127.0.0.1:8080".into(),
+            jwt_secret: DEV_JWT_SECRET.into(),
+            service_keys: vec![],
+            node_id: default_node_id(),
+            relay_enabled: true,
+            allowed_origins: None,
+            event_retention: Duration::from_secs(7 * 24 * 3600),
+            heartbeat: Duration::from_secs(25),
+            dev: false,
+            db_pool_size: 16,
+            max_body_bytes: 32 * 1024 * 1024,
+            relay_poll: Duration::from_millis(500),
+            relay_batch: 500,
+            log_json: false,
+        }
+    }
+
+    /// Reads the environment. `dev` = `serve --dev`: a fixed secret and the `dev:dev` service key.
+    pub fn from_env(dev: bool, need_secret: bool) -> anyhow::Result<Self> {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        let mut s = Settings::new(env("DATABASE_URL").unwrap_or_else(|| "postgres://localhost/notifyd".into()));
+        s.dev = dev;
+        s.redis_url = env("REDIS_URL");
+        if let Some(p) = env("NOTIFYD_REDIS_PREFIX") {
+            s.redis_prefix = p;
+        }
+        if let Some(b) = env("NOTIFYD_BIND") {
+            s.bind = b;
+        }
+        match env("NOTIFYD_JWT_SECRET") {
+            Some(secret) => s.jwt_secret = secret,
+            None if dev || !need_secret => {}
+            None => bail!("NOTIFYD_JWT_SECRET is not set: refusing to start (use `serve --dev` for a local demo)"),
+        }
+        if let Some(keys) = env("NOTIFYD_SERVICE_KEYS") {
+            s.service_keys = parse_service_keys(&keys)?;
+        }
+        if dev && !s.service_keys.iter().any(|(n, _)| n == "dev") {
+            s.service_keys.push(("dev".into(), "dev".into()));
+        }
+        if let Some(n) = env("NOTIFYD_NODE_ID") {
+            s.node_id = n;
+        }
+        if let Some(r) = env("NOTIFYD_RELAY") {
+            s.relay_enabled = match r.as_str() {
+                "on" | "true" | "1" => true,
+                "off" | "false" | "0" => false,
+                other => bail!("NOTIFYD_RELAY must be on or off, not {other:?}"),
+            };
+        }
+        if let Some(o) = env("NOTIFYD_ALLOWED_ORIGINS") {
+            s.allowed_origins = Some(o.split(',').map(|x| x.trim().trim_end_matches('/').to_string()).filter(|x| !x.is_empty()).collect());
+        }
+        if let Some(r) = env("NOTIFYD_EVENT_RETENTION") {
+            s.event_retention = parse_duration(&r).context("NOTIFYD_EVENT_RETENTION")?;
+        }
+        if let Some(h) = env("NOTIFYD_HEARTBEAT") {
+            s.heartbeat = parse_duration(&h).context("NOTIFYD_HEARTBEAT")?;
+        }
+        if let Some(p) = env("NOTIFYD_DB_POOL_SIZE") {
+            s.db_pool_size = p.parse().context("NOTIFYD_DB_POOL_SIZE")?;
+        }
+        if let Some(m) = env("NOTIFYD_MAX_BODY_BYTES") {
+            s.max_body_bytes = m.parse().context("NOTIFYD_MAX_BODY_BYTES")?;
+        }
+        s.log_json = env("NOTIFYD_LOG_FORMAT").is_some_and(|f| f == "json");
+        Ok(s)
+    }
+
+    pub fn user_channel(&self, user: &str) -> String {
+        format!("{}u:{}", self.redis_prefix, user)
+    }
+
+    pub fn topic_channel(&self, topic: &str) -> String {
+        format!("{}t:{}", self.redis_prefix, topic)
+    }
+}
+
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "node".into());
+    format!("{}-{}", host, std::process::id())
+}
+
+pub fn parse_service_keys(raw: &str) -> anyhow::Result<Vec<(String, String)>> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|pair| match pair.split_once(':') {
+            Some((name, key)) if !name.is_empty() && !key.is_empty() => Ok((name.to_string(), key.to_string())),
+            _ => bail!("NOTIFYD_SERVICE_KEYS: expected name:key, got {pair:?}"),
+        })
+        .collect()
+}
+
+/// `90`, `90s`, `15m`, `1h`, `7d`.
+pub fn parse_duration(raw: &str) -> anyhow::Result<Duration> {
+    let raw = raw.trim();
+    let (num, unit) = raw.split_at(raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len()));
+    let n: u64 = num.parse().with_context(|| format!("not a duration: {raw:?}"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => return Ok(Duration::from_millis(n)),
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => bail!("unknown duration unit in {raw:?} (use ms, s, m, h or d)"),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86400));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5w").is_err());
+    }
+
+    #[test]
+    fn service_keys_need_name_and_key() {
+        assert_eq!(parse_service_keys("a:1, b:2").unwrap(), vec![("a".into(), "1".into()), ("b".into(), "2".into())]);
+        assert!(parse_service_keys("nokey").is_err());
+        assert!(parse_service_keys(":k").is_err());
+    }
+}

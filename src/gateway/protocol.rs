@@ -1,0 +1,134 @@
+//! Frames between client and server (contract §5): parsing what clients send, building what
+//! the server says besides the stored events.
+
+use serde_json::{json, Value};
+
+use crate::inbox::changes::Changes;
+use crate::inbox::CountsView;
+
+/// Largest text frame a client may send; larger frames close the socket with 1009.
+pub const MAX_CLIENT_FRAME: usize = 64 * 1024;
+/// Most topics one `subscribe` may name, and most one session may hold.
+pub const MAX_TOPICS_PER_FRAME: usize = 100;
+pub const MAX_TOPICS_PER_SESSION: usize = 500;
+pub const MAX_TOPIC_CHARS: usize = 200;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientFrame {
+    Read { ids: Vec<Value>, r#ref: Value },
+    ReadAll { r#ref: Value },
+    SeenAll { r#ref: Value },
+    Subscribe { topics: Vec<String>, r#ref: Value },
+    Unsubscribe { topics: Vec<String>, r#ref: Value },
+    Ping { r#ref: Value },
+}
+
+/// A client frame that could not be accepted: answered with an `error` frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrameError {
+    pub r#ref: Value,
+    pub code: &'static str,
+    pub message: String,
+}
+
+pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
+    let v: Value = serde_json::from_str(text).map_err(|e| FrameError { r#ref: Value::Null, code: "bad_frame", message: format!("not JSON: {e}") })?;
+    let r#ref = v.get("ref").cloned().unwrap_or(Value::Null);
+    let err = |code, message: String| FrameError { r#ref: r#ref.clone(), code, message };
+    let Some(kind) = v.get("type").and_then(Value::as_str) else {
+        return Err(err("bad_frame", "a frame needs a string \"type\"".into()));
+    };
+    let topics = || -> Result<Vec<String>, FrameError> {
+        let list = v.get("topics").and_then(Value::as_array).ok_or_else(|| err("bad_frame", "\"topics\" must be an array of strings".into()))?;
+        if list.is_empty() || list.len() > MAX_TOPICS_PER_FRAME {
+            return Err(err("bad_frame", format!("\"topics\" must hold 1 to {MAX_TOPICS_PER_FRAME} topics")));
+        }
+        list.iter()
+            .map(|t| match t.as_str() {
+                Some(s) if !s.is_empty() && s.chars().count() <= MAX_TOPIC_CHARS => Ok(s.to_string()),
+                _ => Err(err("bad_frame", format!("a topic is a string of 1 to {MAX_TOPIC_CHARS} characters"))),
+            })
+            .collect()
+    };
+    Ok(match kind {
+        "read" => {
+            let ids = v.get("ids").and_then(Value::as_array).ok_or_else(|| err("bad_frame", "\"ids\" must be an array".into()))?;
+            if ids.len() > crate::inbox::commands::MAX_READ_IDS {
+                return Err(err("bad_frame", format!("at most {} ids per read", crate::inbox::commands::MAX_READ_IDS)));
+            }
+            ClientFrame::Read { ids: ids.clone(), r#ref }
+        }
+        "read_all" => ClientFrame::ReadAll { r#ref },
+        "seen_all" => ClientFrame::SeenAll { r#ref },
+        "subscribe" => ClientFrame::Subscribe { topics: topics()?, r#ref },
+        "unsubscribe" => ClientFrame::Unsubscribe { topics: topics()?, r#ref },
+        "ping" => ClientFrame::Ping { r#ref },
+        other => return Err(err("unknown_type", format!("unknown frame type {other:?}"))),
+    })
+}
+
+pub fn hello(user: &str, c: CountsView, heartbeat_s: u64) -> Value {
+    json!({"type": "hello", "user": user, "seq": c.seq, "unread": c.unread, "unseen": c.unseen, "heartbeat_s": heartbeat_s})
+}
+
+/// The `sync` frame for a resuming client, or `None` when nothing happened since.
+pub fn sync(changes: &Changes) -> Option<Value> {
+    match changes {
+        Changes::Events { events, .. } if events.is_empty() => None,
+        Changes::Events { seq, unread, unseen, events } => {
+            Some(json!({"type": "sync", "events": events, "seq": seq, "unread": unread, "unseen": unseen}))
+        }
+        Changes::Reset { seq, unread, unseen, .. } => Some(json!({"type": "sync", "reset": true, "seq": seq, "unread": unread, "unseen": unseen})),
+    }
+}
+
+pub fn ack(r#ref: &Value, extra: Value) -> Value {
+    let mut v = json!({"type": "ack", "ref": r#ref});
+    if let (Some(obj), Value::Object(more)) = (v.as_object_mut(), extra) {
+        obj.extend(more);
+    }
+    v
+}
+
+pub fn error(r#ref: &Value, code: &str, message: &str) -> Value {
+    json!({"type": "error", "ref": r#ref, "error": {"code": code, "message": message}})
+}
+
+pub fn pong(r#ref: &Value) -> Value {
+    if r#ref.is_null() {
+        json!({"type": "pong"})
+    } else {
+        json!({"type": "pong", "ref": r#ref})
+    }
+}
+
+/// Close codes (RFC 6455 and the application range).
+pub mod close {
+    pub const GOING_AWAY_RESTART: u16 = 1012;
+    pub const TOO_BIG: u16 = 1009;
+    pub const UNSUPPORTED: u16 = 1003;
+    pub const POLICY: u16 = 1008;
+    /// The session could not keep up: resume with `since`.
+    pub const SLOW_CONSUMER: u16 = 4008;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_command() {
+        assert_eq!(parse(r#"{"type":"ping"}"#).unwrap(), ClientFrame::Ping { r#ref: Value::Null });
+        assert!(matches!(parse(r#"{"type":"read","ids":["a"],"ref":"c1"}"#).unwrap(), ClientFrame::Read { .. }));
+        assert!(matches!(parse(r#"{"type":"subscribe","topics":["product:1"]}"#).unwrap(), ClientFrame::Subscribe { .. }));
+    }
+
+    #[test]
+    fn rejects_garbage_with_codes() {
+        assert_eq!(parse("nope").unwrap_err().code, "bad_frame");
+        assert_eq!(parse(r#"{"type":"dance","ref":7}"#).unwrap_err(), FrameError { r#ref: json!(7), code: "unknown_type", message: "unknown frame type \"dance\"".into() });
+        assert_eq!(parse(r#"{"type":"read"}"#).unwrap_err().code, "bad_frame");
+        assert_eq!(parse(r#"{"type":"subscribe","topics":[]}"#).unwrap_err().code, "bad_frame");
+        assert_eq!(parse(r#"[1,2]"#).unwrap_err().code, "bad_frame");
+    }
+}

@@ -1,0 +1,110 @@
+//! Creating notifications: rows, counters, event log and outbox in one transaction.
+
+use std::collections::BTreeMap;
+
+
+use diesel_async::AsyncConnection;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::frames;
+use super::input::CreateRequest;
+use crate::error::ApiError;
+use crate::store::events::NewEvent;
+use crate::store::messages::NewMessage;
+use crate::store::{events, idempotency, inbox_state, messages, outbox, Conn};
+
+/// The result of a create: the `201` body, and whether it replays an earlier request.
+#[derive(Debug)]
+pub struct Created {
+    pub body: Value,
+    pub replayed: bool,
+}
+
+pub struct Idempotency<'a> {
+    pub key: &'a str,
+}
+
+pub async fn create_messages(
+    conn: &mut Conn,
+    service: &str,
+    req: &CreateRequest,
+    idem: Option<Idempotency<'_>>,
+) -> Result<Created, ApiError> {
+    let hash = hex::encode(Sha256::digest(req.canonical.as_bytes()));
+    conn.transaction::<_, ApiError, _>(async |conn| {
+        if let Some(idem) = &idem {
+            match idempotency::begin(conn, service, idem.key, &hash).await? {
+                idempotency::Begin::Fresh => {}
+                idempotency::Begin::Replay(body) => return Ok(Created { body, replayed: true }),
+                idempotency::Begin::Mismatch => {
+                    return Err(ApiError::Conflict("this Idempotency-Key was used with a different request body".into()))
+                }
+            }
+        }
+        let body = insert_all(conn, service, req).await?;
+        if let Some(idem) = &idem {
+            idempotency::finish(conn, service, idem.key, &body).await?;
+        }
+        Ok(Created { body, replayed: false })
+    })
+    .await
+}
+
+async fn insert_all(conn: &mut Conn, service: &str, req: &CreateRequest) -> Result<Value, ApiError> {
+    // Rows in request order: (entry index, recipient).
+    let rows: Vec<(usize, &str)> =
+        req.entries.iter().enumerate().flat_map(|(i, e)| e.recipients.iter().map(move |u| (i, u.as_str()))).collect();
+    let mut per_user: BTreeMap<&str, i64> = BTreeMap::new();
+    for (_, u) in &rows {
+        *per_user.entry(u).or_default() += 1;
+    }
+    // Sorted (BTreeMap) so every transaction locks counter rows in the same order.
+    let counts: Vec<(String, i64)> = per_user.iter().map(|(u, n)| (u.to_string(), *n)).collect();
+    let after = inbox_state::add_created(conn, &counts).await?;
+
+    // Each user's rows take the seqs (old, new], in request order.
+    let mut next: BTreeMap<&str, (i64, i64, i64)> = BTreeMap::new();
+    for ((user, n), (_, c)) in per_user.iter().zip(after.iter()) {
+        next.insert(user, (c.seq - n, c.unread - n, c.unseen - n));
+    }
+    let now = super::db_now();
+    let mut new_messages = Vec::with_capacity(rows.len());
+    let mut new_events = Vec::with_capacity(rows.len());
+    let mut answer = Vec::with_capacity(rows.len());
+    for (i, user) in &rows {
+        let e = &req.entries[*i];
+        let slot = next.get_mut(user).ok_or_else(|| anyhow::anyhow!("counter row missing for a recipient"))?;
+        slot.0 += 1;
+        slot.1 += 1;
+        slot.2 += 1;
+        let msg = NewMessage {
+            id: Uuid::now_v7(),
+            to_user: user.to_string(),
+            seq: slot.0,
+            title: e.title.clone(),
+            content: e.content.clone(),
+            kind: e.kind.clone(),
+            send_user: e.send_user.clone(),
+            send_time: now,
+            skip_url: e.skip_url.clone(),
+            data: e.data.clone(),
+            service: service.to_string(),
+        };
+        new_events.push(NewEvent { user_id: msg.to_user.clone(), seq: msg.seq, payload: frames::created(slot.0, slot.1, slot.2, &msg.view()) });
+        answer.push(json!({"id": msg.id, "to_user": msg.to_user, "seq": msg.seq}));
+        new_messages.push(msg);
+    }
+    messages::insert(conn, &new_messages).await?;
+    events::append(conn, &new_events).await?;
+    let entries: Vec<(&str, i64)> = new_events.iter().map(|e| (e.user_id.as_str(), e.seq)).collect();
+    outbox::enqueue_user_events(conn, &entries).await?;
+    Ok(json!({ "messages": answer }))
+}
+
+/// `POST /api/v1/topics/{topic}/events`: a topic event goes through the outbox too.
+pub async fn topic_event(conn: &mut Conn, topic: &str, data: &Value) -> Result<i64, ApiError> {
+    let frame = frames::topic_event(topic, data);
+    Ok(outbox::enqueue_topic_event(conn, topic, &frame).await?)
+}

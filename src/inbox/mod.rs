@@ -1,0 +1,42 @@
+//! Inbox changes and reads. Each change runs in ONE transaction: message rows, the user's
+//! counters, the event-log row and the outbox entry commit together or not at all.
+
+pub mod changes;
+pub mod commands;
+pub mod create;
+pub mod frames;
+pub mod input;
+
+use serde::Serialize;
+
+use crate::store::inbox_state::Counters;
+
+/// What a user-facing change answers with (contract §4).
+#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CountsView {
+    pub seq: i64,
+    pub unread: i64,
+    pub unseen: i64,
+}
+
+impl From<Counters> for CountsView {
+    fn from(c: Counters) -> Self {
+        CountsView { seq: c.seq, unread: c.unread, unseen: c.unseen }
+    }
+}
+
+/// An event that was committed with a user's seq: handed to local sessions at once (the relay
+/// delivers it too; the duplicate is dropped by seq).
+#[derive(Debug, Clone)]
+pub struct CommittedEvent {
+    pub user: String,
+    pub seq: i64,
+    pub frame: serde_json::Value,
+}
+
+/// "Now" at PostgreSQL's precision (microseconds), so a timestamp in an event frame is exactly
+/// the one the row stores.
+pub fn db_now() -> chrono::DateTime<chrono::Utc> {
+    use chrono::SubsecRound;
+    chrono::Utc::now().trunc_subsecs(6)
+}

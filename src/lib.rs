@@ -1,0 +1,22 @@
+//! notifyd: in-app notifications that are never lost, duplicated or reordered.
+//!
+//! The data path, by module: `api::messages` (handler) → `inbox::create` (one transaction:
+//! rows, counters, `store::events`, `store::outbox`) → `outbox::relay` → `broker` (Redis or
+//! in-process) → `broker::hub` → `gateway::user_actor` → `gateway::session` (the socket).
+
+pub mod api;
+pub mod auth;
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod gateway;
+pub mod inbox;
+pub mod outbox;
+pub mod presence;
+pub mod startup;
+pub mod state;
+pub mod store;
+pub mod telemetry;
+pub mod web;

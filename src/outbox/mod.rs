@@ -1,0 +1,7 @@
+//! The transactional outbox: handlers commit events into it; the relay publishes them.
+
+pub mod relay;
+pub mod wake;
+
+pub use relay::Relay;
+pub use wake::Waker;

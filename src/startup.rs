@@ -1,0 +1,150 @@
+//! Wiring a node together: pool, broker, hub, relay, gateway, HTTP server. Tests build the same
+//! `Application` on port 0 against a fresh database.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::auth::jwt::JwtKeys;
+use crate::broker::{self, Broker, Hub};
+use crate::config::Settings;
+use crate::db;
+use crate::gateway::Gateway;
+use crate::outbox::{Relay, Waker};
+use crate::presence::Presence;
+use crate::state::AppState;
+
+pub struct Application {
+    port: u16,
+    server: actix_web::dev::Server,
+    stopper: Stopper,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Stops a running node the way SIGTERM does: sockets closed with 1012, background tasks and
+/// the HTTP server stopped.
+#[derive(Clone)]
+pub struct Stopper {
+    state: AppState,
+    shutdown: Arc<watch::Sender<bool>>,
+    server: actix_web::dev::ServerHandle,
+}
+
+impl Stopper {
+    pub async fn stop(&self) {
+        self.state.gateway.shutdown();
+        // Let the writers flush their close frames.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let _ = self.shutdown.send(true);
+        self.server.stop(true).await;
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+}
+
+impl Application {
+    pub async fn build(settings: Settings, metrics: Option<metrics_exporter_prometheus::PrometheusHandle>) -> anyhow::Result<Self> {
+        let applied = db::migrate(&settings.database_url).await?;
+        if !applied.is_empty() {
+            tracing::info!(?applied, "migrations applied");
+        }
+        let pool = db::pool(&settings.database_url, settings.db_pool_size)?;
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let hub = Hub::new();
+        let mut tasks = vec![];
+        let redis = match &settings.redis_url {
+            Some(url) => {
+                let pool = broker::redis_pool(url)?;
+                tasks.push(tokio::spawn(hub.clone().run_redis(url.clone(), shutdown_rx.clone())));
+                Some(pool)
+            }
+            None => {
+                tracing::warn!("REDIS_URL is not set: single-node mode with the in-process broker");
+                hub.mark_local();
+                None
+            }
+        };
+        let broker = match &redis {
+            Some(p) => Broker::Redis(p.clone()),
+            None => Broker::Local(hub.clone()),
+        };
+        let waker = Waker::new();
+        let presence = Presence::new(settings.node_id.clone(), settings.redis_prefix.clone(), redis.clone());
+        tasks.push(tokio::spawn(presence.clone().run(shutdown_rx.clone())));
+        tasks.push(tokio::spawn(waker.clone().run_notifier(pool.clone(), shutdown_rx.clone())));
+        if settings.relay_enabled {
+            let relay = Relay { database_url: settings.database_url.clone(), broker, waker: waker.clone(), settings: settings.clone() };
+            tasks.push(tokio::spawn(relay.run(shutdown_rx.clone())));
+        }
+        let state = AppState {
+            jwt: JwtKeys::new(&settings.jwt_secret),
+            settings: Arc::new(settings),
+            pool,
+            redis,
+            hub,
+            waker,
+            gateway: Arc::new(Gateway::new(tokio::runtime::Handle::current())),
+            presence,
+            metrics,
+        };
+        let data = web::Data::new(state.clone());
+        let dev = state.settings.dev;
+        let listener = std::net::TcpListener::bind(&state.settings.bind).with_context(|| format!("binding {}", state.settings.bind))?;
+        let port = listener.local_addr()?.port();
+        let server = HttpServer::new(move || {
+            let app = App::new()
+                .app_data(data.clone())
+                .wrap(actix_web::middleware::Logger::new("%r %s %Dms").log_target("notifyd::http"))
+                .configure(crate::api::configure);
+            let app = if dev { app.configure(crate::web::configure) } else { app.configure(crate::web::configure_client) };
+            app.default_service(web::to(crate::api::not_found))
+        })
+        .listen(listener)?
+        .disable_signals()
+        .shutdown_timeout(5)
+        .run();
+        let stopper = Stopper { state, shutdown: Arc::new(shutdown_tx), server: server.handle() };
+        Ok(Application { port, server, stopper, tasks })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn stopper(&self) -> Stopper {
+        self.stopper.clone()
+    }
+
+    /// Serves until stopped (by a `Stopper`), then waits for the background tasks.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.server.await?;
+        let _ = self.stopper.shutdown.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+        Ok(())
+    }
+}
+
+/// The relay alone (`notifyd relay`): publishes to Redis until SIGTERM/SIGINT.
+pub async fn run_relay(settings: Settings) -> anyhow::Result<()> {
+    let url = settings.redis_url.clone().context("`notifyd relay` needs REDIS_URL (single-node mode relays inside `serve`)")?;
+    db::migrate(&settings.database_url).await?;
+    let pool = db::pool(&settings.database_url, 2)?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let waker = Waker::new();
+    let relay = Relay { database_url: settings.database_url.clone(), broker: Broker::Redis(broker::redis_pool(&url)?), waker: waker.clone(), settings };
+    let task = tokio::spawn(relay.run(shutdown_rx.clone()));
+    let notifier = tokio::spawn(waker.run_notifier(pool, shutdown_rx));
+    crate::telemetry::shutdown_signal().await;
+    let _ = shutdown_tx.send(true);
+    let _ = task.await;
+    let _ = notifier.await;
+    Ok(())
+}

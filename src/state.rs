@@ -1,0 +1,24 @@
+//! Everything a request handler, actor or background task needs, passed explicitly.
+
+use std::sync::Arc;
+
+use crate::auth::jwt::JwtKeys;
+use crate::broker::Hub;
+use crate::config::Settings;
+use crate::db::DbPool;
+use crate::gateway::Gateway;
+use crate::outbox::Waker;
+use crate::presence::Presence;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub pool: DbPool,
+    pub redis: Option<deadpool_redis::Pool>,
+    pub hub: Arc<Hub>,
+    pub waker: Waker,
+    pub gateway: Arc<Gateway>,
+    pub presence: Arc<Presence>,
+    pub jwt: JwtKeys,
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+}

@@ -1,0 +1,64 @@
+//! `idempotency_key`: per-service `Idempotency-Key`s, honoured for 24 hours.
+
+use chrono::{DateTime, Duration, Utc};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+
+use super::schema::idempotency_key as k;
+use super::Conn;
+
+pub const TTL_HOURS: i64 = 24;
+
+pub enum Begin {
+    /// First use of the key (or the old use expired): go ahead, then `finish`.
+    Fresh,
+    /// Same key, same body: answer with the first result.
+    Replay(serde_json::Value),
+    /// Same key, different body.
+    Mismatch,
+}
+
+/// Claims `(service, key)` inside the caller's transaction. A concurrent request with the same
+/// key waits on the row lock until this transaction ends, then sees the stored result.
+pub async fn begin(conn: &mut Conn, service: &str, key: &str, request_hash: &str) -> QueryResult<Begin> {
+    let inserted = diesel::insert_into(k::table)
+        .values((k::service.eq(service), k::key.eq(key), k::request_hash.eq(request_hash)))
+        .on_conflict_do_nothing()
+        .execute(conn)
+        .await?;
+    if inserted == 1 {
+        return Ok(Begin::Fresh);
+    }
+    let (hash, response, created_at): (String, Option<serde_json::Value>, DateTime<Utc>) = k::table
+        .find((service, key))
+        .select((k::request_hash, k::response, k::created_at))
+        .for_update()
+        .get_result(conn)
+        .await?;
+    if created_at < Utc::now() - Duration::hours(TTL_HOURS) {
+        diesel::update(k::table.find((service, key)))
+            .set((k::request_hash.eq(request_hash), k::response.eq(None::<serde_json::Value>), k::created_at.eq(Utc::now())))
+            .execute(conn)
+            .await?;
+        return Ok(Begin::Fresh);
+    }
+    Ok(match response {
+        Some(r) if hash == request_hash => Begin::Replay(r),
+        _ => Begin::Mismatch,
+    })
+}
+
+pub async fn finish(conn: &mut Conn, service: &str, key: &str, response: &serde_json::Value) -> QueryResult<()> {
+    diesel::update(k::table.find((service, key))).set(k::response.eq(response)).execute(conn).await?;
+    Ok(())
+}
+
+pub async fn prune(conn: &mut Conn, batch: i64) -> QueryResult<usize> {
+    diesel::sql_query(
+        "DELETE FROM idempotency_key WHERE ctid = ANY(ARRAY(SELECT ctid FROM idempotency_key \
+         WHERE created_at < now() - interval '24 hours' LIMIT $1))",
+    )
+    .bind::<diesel::sql_types::BigInt, _>(batch)
+    .execute(conn)
+    .await
+}

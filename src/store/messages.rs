@@ -1,0 +1,136 @@
+//! `t_message_real_time`: one row per notification per recipient.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::schema::t_message_real_time as m;
+use super::Conn;
+
+/// Rows per INSERT statement: 11 binds each, well under PostgreSQL's 65,535 bind limit.
+const INSERT_CHUNK: usize = 2000;
+
+#[derive(Insertable, Debug, Clone)]
+#[diesel(table_name = m)]
+pub struct NewMessage {
+    pub id: Uuid,
+    pub to_user: String,
+    pub seq: i64,
+    pub title: String,
+    pub content: String,
+    pub kind: String,
+    pub send_user: Option<String>,
+    pub send_time: DateTime<Utc>,
+    pub skip_url: Option<String>,
+    pub data: Option<serde_json::Value>,
+    pub service: String,
+}
+
+/// A message as every API shows it (contract §4).
+#[derive(Queryable, Selectable, Serialize, Debug, Clone, PartialEq)]
+#[diesel(table_name = m)]
+pub struct Message {
+    pub id: Uuid,
+    pub seq: i64,
+    pub title: String,
+    pub content: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub send_user: Option<String>,
+    pub send_time: DateTime<Utc>,
+    pub skip_url: Option<String>,
+    pub is_read: bool,
+    pub read_at: Option<DateTime<Utc>>,
+    pub data: Option<serde_json::Value>,
+}
+
+impl NewMessage {
+    /// The message as it looks right after creation (unread).
+    pub fn view(&self) -> Message {
+        Message {
+            id: self.id,
+            seq: self.seq,
+            title: self.title.clone(),
+            content: self.content.clone(),
+            kind: self.kind.clone(),
+            send_user: self.send_user.clone(),
+            send_time: self.send_time,
+            skip_url: self.skip_url.clone(),
+            is_read: false,
+            read_at: None,
+            data: self.data.clone(),
+        }
+    }
+}
+
+pub async fn insert(conn: &mut Conn, rows: &[NewMessage]) -> QueryResult<()> {
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        diesel::insert_into(m::table).values(chunk).execute(conn).await?;
+    }
+    Ok(())
+}
+
+/// A user's live messages, newest first, strictly below `before` (keyset on seq).
+pub async fn list(conn: &mut Conn, user: &str, before: Option<i64>, limit: i64, unread_only: bool) -> QueryResult<Vec<Message>> {
+    let mut q = m::table
+        .filter(m::to_user.eq(user))
+        .filter(m::deleted_at.is_null())
+        .select(Message::as_select())
+        .order(m::seq.desc())
+        .limit(limit)
+        .into_boxed();
+    if let Some(b) = before {
+        q = q.filter(m::seq.lt(b));
+    }
+    if unread_only {
+        q = q.filter(m::is_read.eq(false));
+    }
+    q.load(conn).await
+}
+
+/// Marks the user's own unread, live messages among `ids` read; returns `(id, seq)` of those
+/// that changed. Ids of other users' messages simply match nothing.
+pub async fn mark_read(conn: &mut Conn, user: &str, ids: &[Uuid], now: DateTime<Utc>) -> QueryResult<Vec<(Uuid, i64)>> {
+    diesel::update(
+        m::table
+            .filter(m::to_user.eq(user))
+            .filter(m::id.eq_any(ids))
+            .filter(m::is_read.eq(false))
+            .filter(m::deleted_at.is_null()),
+    )
+    .set((m::is_read.eq(true), m::read_at.eq(now)))
+    .returning((m::id, m::seq))
+    .get_results(conn)
+    .await
+}
+
+/// Marks every unread, live message of the user read; returns how many changed.
+pub async fn mark_all_read(conn: &mut Conn, user: &str, now: DateTime<Utc>) -> QueryResult<usize> {
+    diesel::update(m::table.filter(m::to_user.eq(user)).filter(m::is_read.eq(false)).filter(m::deleted_at.is_null()))
+        .set((m::is_read.eq(true), m::read_at.eq(now)))
+        .execute(conn)
+        .await
+}
+
+/// Soft-deletes one of the user's live messages; returns `(was_read, seq)` if it existed.
+pub async fn soft_delete(conn: &mut Conn, user: &str, id: Uuid, now: DateTime<Utc>) -> QueryResult<Option<(bool, i64)>> {
+    diesel::update(m::table.filter(m::to_user.eq(user)).filter(m::id.eq(id)).filter(m::deleted_at.is_null()))
+        .set(m::deleted_at.eq(now))
+        .returning((m::is_read, m::seq))
+        .get_result(conn)
+        .await
+        .optional()
+}
+
+/// Live unread messages of a user (the ground truth behind the `unread` counter).
+pub async fn count_unread(conn: &mut Conn, user: &str) -> QueryResult<i64> {
+    m::table
+        .filter(m::to_user.eq(user))
+        .filter(m::is_read.eq(false))
+        .filter(m::deleted_at.is_null())
+        .count()
+        .get_result(conn)
+        .await
+}

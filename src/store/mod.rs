@@ -1,0 +1,11 @@
+//! Query functions, one module per table. Each takes `&mut AsyncPgConnection` so callers compose
+//! them inside one transaction; nothing here opens a transaction of its own.
+
+pub mod events;
+pub mod idempotency;
+pub mod inbox_state;
+pub mod messages;
+pub mod outbox;
+pub mod schema;
+
+pub use diesel_async::AsyncPgConnection as Conn;

@@ -1,0 +1,64 @@
+// Written to match migrations/ (diesel print-schema needs libpq, which the service avoids).
+
+diesel::table! {
+    t_message_real_time (id) {
+        id -> Uuid,
+        to_user -> Text,
+        seq -> Int8,
+        title -> Text,
+        content -> Text,
+        #[sql_name = "type"]
+        kind -> Text,
+        send_user -> Nullable<Text>,
+        send_time -> Timestamptz,
+        skip_url -> Nullable<Text>,
+        is_read -> Bool,
+        read_at -> Nullable<Timestamptz>,
+        data -> Nullable<Jsonb>,
+        service -> Text,
+        deleted_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    user_inbox_state (user_id) {
+        user_id -> Text,
+        seq -> Int8,
+        unread -> Int8,
+        unseen -> Int8,
+        seen_seq -> Int8,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    user_event (user_id, seq) {
+        user_id -> Text,
+        seq -> Int8,
+        created_at -> Timestamptz,
+        payload -> Jsonb,
+    }
+}
+
+diesel::table! {
+    outbox (id) {
+        id -> Int8,
+        user_id -> Nullable<Text>,
+        seq -> Nullable<Int8>,
+        topic -> Nullable<Text>,
+        payload -> Nullable<Jsonb>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    idempotency_key (service, key) {
+        service -> Text,
+        key -> Text,
+        request_hash -> Text,
+        response -> Nullable<Jsonb>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(t_message_real_time, user_inbox_state, user_event, outbox, idempotency_key);

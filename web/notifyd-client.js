@@ -1,0 +1,1 @@
+// placeholder: the JS client arrives with issue 4
