@@ -6,7 +6,11 @@ use crate::config::{parse_duration, Settings, DEV_JWT_SECRET};
 use crate::startup::Application;
 
 #[derive(Parser)]
-#[command(name = "notifyd", version, about = "In-app notifications: outbox, relay, WebSocket gateway")]
+#[command(
+    name = "notifyd",
+    version,
+    about = "In-app notifications: outbox, relay, WebSocket gateway"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Cmd,
@@ -71,15 +75,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{} migration(s) applied", applied.len());
             Ok(())
         }
-        Cmd::Token { user, ttl, topics, dev } => {
-            let secret = match std::env::var("NOTIFYD_JWT_SECRET").ok().filter(|s| !s.is_empty()) {
+        Cmd::Token {
+            user,
+            ttl,
+            topics,
+            dev,
+        } => {
+            let secret = match std::env::var("NOTIFYD_JWT_SECRET")
+                .ok()
+                .filter(|s| !s.is_empty())
+            {
                 Some(s) if !dev => s,
                 _ if dev => DEV_JWT_SECRET.to_string(),
                 _ => anyhow::bail!("set NOTIFYD_JWT_SECRET (or pass --dev for the dev secret)"),
             };
             let ttl = parse_duration(&ttl)?;
-            let topics: Vec<String> = topics.unwrap_or_default().split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect();
-            let token = crate::auth::jwt::JwtKeys::new(&secret).mint(&user, ttl.as_secs() as i64, &topics)?;
+            let topics: Vec<String> = topics
+                .unwrap_or_default()
+                .split(',')
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+                .collect();
+            let token = crate::auth::jwt::JwtKeys::new(&secret).mint(
+                &user,
+                ttl.as_secs() as i64,
+                &topics,
+            )?;
             println!("{token}");
             Ok(())
         }

@@ -60,7 +60,9 @@ impl Settings {
     /// Reads the environment. `dev` = `serve --dev`: a fixed secret and the `dev:dev` service key.
     pub fn from_env(dev: bool, need_secret: bool) -> anyhow::Result<Self> {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-        let mut s = Settings::new(env("DATABASE_URL").unwrap_or_else(|| "postgres://localhost/notifyd".into()));
+        let mut s = Settings::new(
+            env("DATABASE_URL").unwrap_or_else(|| "postgres://localhost/notifyd".into()),
+        );
         s.dev = dev;
         s.redis_url = env("REDIS_URL");
         if let Some(p) = env("NOTIFYD_REDIS_PREFIX") {
@@ -91,7 +93,12 @@ impl Settings {
             };
         }
         if let Some(o) = env("NOTIFYD_ALLOWED_ORIGINS") {
-            s.allowed_origins = Some(o.split(',').map(|x| x.trim().trim_end_matches('/').to_string()).filter(|x| !x.is_empty()).collect());
+            s.allowed_origins = Some(
+                o.split(',')
+                    .map(|x| x.trim().trim_end_matches('/').to_string())
+                    .filter(|x| !x.is_empty())
+                    .collect(),
+            );
         }
         if let Some(r) = env("NOTIFYD_EVENT_RETENTION") {
             s.event_retention = parse_duration(&r).context("NOTIFYD_EVENT_RETENTION")?;
@@ -119,7 +126,9 @@ impl Settings {
 }
 
 fn default_node_id() -> String {
-    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "node".into());
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "node".into());
     format!("{}-{}", host, std::process::id())
 }
 
@@ -128,7 +137,9 @@ pub fn parse_service_keys(raw: &str) -> anyhow::Result<Vec<(String, String)>> {
         .map(str::trim)
         .filter(|p| !p.is_empty())
         .map(|pair| match pair.split_once(':') {
-            Some((name, key)) if !name.is_empty() && !key.is_empty() => Ok((name.to_string(), key.to_string())),
+            Some((name, key)) if !name.is_empty() && !key.is_empty() => {
+                Ok((name.to_string(), key.to_string()))
+            }
             _ => bail!("NOTIFYD_SERVICE_KEYS: expected name:key, got {pair:?}"),
         })
         .collect()
@@ -138,7 +149,9 @@ pub fn parse_service_keys(raw: &str) -> anyhow::Result<Vec<(String, String)>> {
 pub fn parse_duration(raw: &str) -> anyhow::Result<Duration> {
     let raw = raw.trim();
     let (num, unit) = raw.split_at(raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len()));
-    let n: u64 = num.parse().with_context(|| format!("not a duration: {raw:?}"))?;
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("not a duration: {raw:?}"))?;
     let secs = match unit {
         "" | "s" => n,
         "ms" => return Ok(Duration::from_millis(n)),
@@ -158,7 +171,10 @@ mod tests {
     fn durations_parse_with_units() {
         assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
-        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86400));
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86400)
+        );
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5w").is_err());
@@ -166,7 +182,10 @@ mod tests {
 
     #[test]
     fn service_keys_need_name_and_key() {
-        assert_eq!(parse_service_keys("a:1, b:2").unwrap(), vec![("a".into(), "1".into()), ("b".into(), "2".into())]);
+        assert_eq!(
+            parse_service_keys("a:1, b:2").unwrap(),
+            vec![("a".into(), "1".into()), ("b".into(), "2".into())]
+        );
         assert!(parse_service_keys("nokey").is_err());
         assert!(parse_service_keys(":k").is_err());
     }

@@ -30,7 +30,8 @@ pub async fn migrate(database_url: &str) -> anyhow::Result<Vec<String>> {
         .await
         .with_context(|| format!("connecting to {}", redact(database_url)))?;
     tokio::task::spawn_blocking(move || {
-        let mut wrapper: AsyncConnectionWrapper<AsyncPgConnection> = AsyncConnectionWrapper::from(conn);
+        let mut wrapper: AsyncConnectionWrapper<AsyncPgConnection> =
+            AsyncConnectionWrapper::from(conn);
         wrapper
             .run_pending_migrations(MIGRATIONS)
             .map(|v| v.iter().map(|m| m.to_string()).collect())

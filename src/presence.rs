@@ -34,7 +34,14 @@ pub struct UserPresence {
 impl Presence {
     pub fn new(node_id: String, prefix: String, redis: Option<deadpool_redis::Pool>) -> Arc<Self> {
         let (dirty, rx) = mpsc::unbounded_channel();
-        Arc::new(Presence { node_id, prefix, redis, local: Mutex::new(HashMap::new()), dirty, dirty_rx: Mutex::new(Some(rx)) })
+        Arc::new(Presence {
+            node_id,
+            prefix,
+            redis,
+            local: Mutex::new(HashMap::new()),
+            dirty,
+            dirty_rx: Mutex::new(Some(rx)),
+        })
     }
 
     fn local(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
@@ -67,17 +74,25 @@ impl Presence {
     pub async fn user(&self, user: &str) -> anyhow::Result<UserPresence> {
         let Some(pool) = &self.redis else {
             let n = self.local().get(user).copied().unwrap_or(0) as u64;
-            return Ok(UserPresence { online: n > 0, connections: n });
+            return Ok(UserPresence {
+                online: n > 0,
+                connections: n,
+            });
         };
         let mut conn = pool.get().await?;
         let fields: HashMap<String, String> = conn.hgetall(self.key(user)).await?;
         let n = fresh_total(&fields);
-        Ok(UserPresence { online: n > 0, connections: n })
+        Ok(UserPresence {
+            online: n > 0,
+            connections: n,
+        })
     }
 
     /// Distinct users online anywhere in the cluster.
     pub async fn online_users(&self) -> anyhow::Result<u64> {
-        let Some(pool) = &self.redis else { return Ok(self.local().len() as u64) };
+        let Some(pool) = &self.redis else {
+            return Ok(self.local().len() as u64);
+        };
         let mut conn = pool.get().await?;
         let min = now() - STALE.as_secs() as i64;
         Ok(conn.zcount(self.online_key(), min, "+inf").await?)
@@ -85,8 +100,17 @@ impl Presence {
 
     /// Mirrors local changes into Redis and refreshes every entry periodically, until shutdown.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let Some(pool) = self.redis.clone() else { return };
-        let Some(mut rx) = self.dirty_rx.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+        let Some(pool) = self.redis.clone() else {
+            return;
+        };
+        let Some(mut rx) = self
+            .dirty_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            return;
+        };
         let mut refresh = tokio::time::interval(REFRESH);
         loop {
             let users: Vec<String> = tokio::select! {
@@ -111,7 +135,11 @@ impl Presence {
         }
     }
 
-    async fn write(&self, pool: &deadpool_redis::Pool, mut users: Vec<String>) -> anyhow::Result<()> {
+    async fn write(
+        &self,
+        pool: &deadpool_redis::Pool,
+        mut users: Vec<String>,
+    ) -> anyhow::Result<()> {
         users.sort();
         users.dedup();
         let mut conn = pool.get().await?;
@@ -122,7 +150,8 @@ impl Presence {
             let count = self.local().get(u).copied().unwrap_or(0);
             let key = self.key(u);
             if count > 0 {
-                pipe.hset(&key, &self.node_id, format!("{count}|{ts}")).ignore();
+                pipe.hset(&key, &self.node_id, format!("{count}|{ts}"))
+                    .ignore();
                 pipe.expire(&key, STALE.as_secs() as i64 * 2).ignore();
                 pipe.zadd(self.online_key(), u, ts).ignore();
             } else {
@@ -130,7 +159,8 @@ impl Presence {
                 gone.push(u.clone());
             }
         }
-        pipe.zrembyscore(self.online_key(), "-inf", ts - STALE.as_secs() as i64).ignore();
+        pipe.zrembyscore(self.online_key(), "-inf", ts - STALE.as_secs() as i64)
+            .ignore();
         pipe.query_async::<()>(&mut conn).await?;
         // A user who left this node may still be online on another.
         for u in gone {

@@ -49,7 +49,10 @@ impl Stopper {
 }
 
 impl Application {
-    pub async fn build(settings: Settings, metrics: Option<metrics_exporter_prometheus::PrometheusHandle>) -> anyhow::Result<Self> {
+    pub async fn build(
+        settings: Settings,
+        metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    ) -> anyhow::Result<Self> {
         let applied = db::migrate(&settings.database_url).await?;
         if !applied.is_empty() {
             tracing::info!(?applied, "migrations applied");
@@ -61,7 +64,9 @@ impl Application {
         let redis = match &settings.redis_url {
             Some(url) => {
                 let pool = broker::redis_pool(url)?;
-                tasks.push(tokio::spawn(hub.clone().run_redis(url.clone(), shutdown_rx.clone())));
+                tasks.push(tokio::spawn(
+                    hub.clone().run_redis(url.clone(), shutdown_rx.clone()),
+                ));
                 Some(pool)
             }
             None => {
@@ -75,11 +80,24 @@ impl Application {
             None => Broker::Local(hub.clone()),
         };
         let waker = Waker::new();
-        let presence = Presence::new(settings.node_id.clone(), settings.redis_prefix.clone(), redis.clone());
+        let presence = Presence::new(
+            settings.node_id.clone(),
+            settings.redis_prefix.clone(),
+            redis.clone(),
+        );
         tasks.push(tokio::spawn(presence.clone().run(shutdown_rx.clone())));
-        tasks.push(tokio::spawn(waker.clone().run_notifier(pool.clone(), shutdown_rx.clone())));
+        tasks.push(tokio::spawn(
+            waker
+                .clone()
+                .run_notifier(pool.clone(), shutdown_rx.clone()),
+        ));
         if settings.relay_enabled {
-            let relay = Relay { database_url: settings.database_url.clone(), broker, waker: waker.clone(), settings: settings.clone() };
+            let relay = Relay {
+                database_url: settings.database_url.clone(),
+                broker,
+                waker: waker.clone(),
+                settings: settings.clone(),
+            };
             tasks.push(tokio::spawn(relay.run(shutdown_rx.clone())));
         }
         let state = AppState {
@@ -95,22 +113,36 @@ impl Application {
         };
         let data = web::Data::new(state.clone());
         let dev = state.settings.dev;
-        let listener = std::net::TcpListener::bind(&state.settings.bind).with_context(|| format!("binding {}", state.settings.bind))?;
+        let listener = std::net::TcpListener::bind(&state.settings.bind)
+            .with_context(|| format!("binding {}", state.settings.bind))?;
         let port = listener.local_addr()?.port();
         let server = HttpServer::new(move || {
             let app = App::new()
                 .app_data(data.clone())
                 .wrap(actix_web::middleware::Logger::new("%r %s %Dms").log_target("notifyd::http"))
                 .configure(crate::api::configure);
-            let app = if dev { app.configure(crate::web::configure) } else { app.configure(crate::web::configure_client) };
+            let app = if dev {
+                app.configure(crate::web::configure)
+            } else {
+                app.configure(crate::web::configure_client)
+            };
             app.default_service(web::to(crate::api::not_found))
         })
         .listen(listener)?
         .disable_signals()
         .shutdown_timeout(5)
         .run();
-        let stopper = Stopper { state, shutdown: Arc::new(shutdown_tx), server: server.handle() };
-        Ok(Application { port, server, stopper, tasks })
+        let stopper = Stopper {
+            state,
+            shutdown: Arc::new(shutdown_tx),
+            server: server.handle(),
+        };
+        Ok(Application {
+            port,
+            server,
+            stopper,
+            tasks,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -134,12 +166,20 @@ impl Application {
 
 /// The relay alone (`notifyd relay`): publishes to Redis until SIGTERM/SIGINT.
 pub async fn run_relay(settings: Settings) -> anyhow::Result<()> {
-    let url = settings.redis_url.clone().context("`notifyd relay` needs REDIS_URL (single-node mode relays inside `serve`)")?;
+    let url = settings
+        .redis_url
+        .clone()
+        .context("`notifyd relay` needs REDIS_URL (single-node mode relays inside `serve`)")?;
     db::migrate(&settings.database_url).await?;
     let pool = db::pool(&settings.database_url, 2)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let waker = Waker::new();
-    let relay = Relay { database_url: settings.database_url.clone(), broker: Broker::Redis(broker::redis_pool(&url)?), waker: waker.clone(), settings };
+    let relay = Relay {
+        database_url: settings.database_url.clone(),
+        broker: Broker::Redis(broker::redis_pool(&url)?),
+        waker: waker.clone(),
+        settings,
+    };
     let task = tokio::spawn(relay.run(shutdown_rx.clone()));
     let notifier = tokio::spawn(waker.run_notifier(pool, shutdown_rx));
     crate::telemetry::shutdown_signal().await;

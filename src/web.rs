@@ -12,10 +12,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 #[get("/client/notifyd-client.js")]
 async fn client() -> HttpResponse {
-    HttpResponse::Ok().content_type("text/javascript; charset=utf-8").body(include_str!("../web/notifyd-client.js"))
+    HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .body(include_str!("../web/notifyd-client.js"))
 }
 
 #[get("/demo")]
 async fn demo() -> HttpResponse {
-    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(include_str!("../web/demo.html"))
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(include_str!("../web/demo.html"))
 }

@@ -24,14 +24,21 @@ fn int_param(raw: Option<&str>, field: &str, min: i64, max: i64) -> Result<Optio
         None | Some("") => Ok(None),
         Some(s) => match s.parse::<i64>() {
             Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
-            _ => Err(ApiError::validation(field, format!("must be an integer from {min} to {max}"))),
+            _ => Err(ApiError::validation(
+                field,
+                format!("must be an integer from {min} to {max}"),
+            )),
         },
     }
 }
 
 /// `GET /api/v1/me/messages?limit=20&before=<seq>&unread_only=true`
 #[get("/me/messages")]
-pub async fn list(user: User, q: web::Query<ListQuery>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn list(
+    user: User,
+    q: web::Query<ListQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let limit = int_param(q.limit.as_deref(), "limit", 1, MAX_PAGE)?.unwrap_or(20);
     let before = int_param(q.before.as_deref(), "before", 1, i64::MAX)?;
     let unread_only = match q.unread_only.as_deref() {
@@ -46,7 +53,10 @@ pub async fn list(user: User, q: web::Query<ListQuery>, state: web::Data<AppStat
 
 /// `GET /api/v1/me/unread-count`
 #[get("/me/unread-count")]
-pub async fn unread_count(user: User, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn unread_count(
+    user: User,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let mut conn = state.pool.get().await?;
     let c = inbox_changes::counts(&mut conn, &user.0.user).await?;
     Ok(HttpResponse::Ok().json(json!({"unread": c.unread, "unseen": c.unseen, "seq": c.seq})))
@@ -59,7 +69,11 @@ pub struct ChangesQuery {
 
 /// `GET /api/v1/me/changes?since=<seq>`
 #[get("/me/changes")]
-pub async fn changes(user: User, q: web::Query<ChangesQuery>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn changes(
+    user: User,
+    q: web::Query<ChangesQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let since = int_param(q.since.as_deref(), "since", 0, i64::MAX)?.unwrap_or(0);
     let mut conn = state.pool.get().await?;
     Ok(HttpResponse::Ok().json(inbox_changes::since(&mut conn, &user.0.user, since).await?))
@@ -82,8 +96,15 @@ async fn run(state: &AppState, user: &str, cmd: Command) -> Result<CountsView, A
 
 /// `POST /api/v1/me/messages/read` body `{"ids": [...]}`
 #[post("/me/messages/read")]
-pub async fn read(user: User, body: web::Json<ReadBody>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let raw = body.into_inner().ids.ok_or_else(|| ApiError::validation("ids", "is required: {\"ids\": [...]}"))?;
+pub async fn read(
+    user: User,
+    body: web::Json<ReadBody>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let raw = body
+        .into_inner()
+        .ids
+        .ok_or_else(|| ApiError::validation("ids", "is required: {\"ids\": [...]}"))?;
     let ids = commands::parse_ids(&raw)?;
     Ok(HttpResponse::Ok().json(run(&state, &user.0.user, Command::Read(ids)).await?))
 }
@@ -103,7 +124,11 @@ pub async fn seen_all(user: User, state: web::Data<AppState>) -> Result<HttpResp
 /// `DELETE /api/v1/me/messages/{id}`: 204 whether or not the id named one of the caller's
 /// messages, so ids of other users are never revealed.
 #[delete("/me/messages/{id}")]
-pub async fn delete(user: User, id: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn delete(
+    user: User,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     if let Ok(id) = Uuid::parse_str(&id) {
         run(&state, &user.0.user, Command::Delete(id)).await?;
     }

@@ -12,12 +12,23 @@ use crate::state::AppState;
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 #[post("/messages")]
-pub async fn create(req: HttpRequest, service: Service, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn create(
+    req: HttpRequest,
+    service: Service,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let key = idempotency_key(&req)?;
     let body = read_body(&req, payload, state.settings.max_body_bytes).await?;
     let parsed = input::parse_create(&body)?;
     let mut conn = state.pool.get().await?;
-    let created = create_messages(&mut conn, &service.0, &parsed, key.map(|key| Idempotency { key })).await?;
+    let created = create_messages(
+        &mut conn,
+        &service.0,
+        &parsed,
+        key.map(|key| Idempotency { key }),
+    )
+    .await?;
     if !created.replayed {
         state.waker.wake();
         metrics::counter!("notifyd_messages_created_total").increment(parsed.rows() as u64);
@@ -30,10 +41,20 @@ pub async fn create(req: HttpRequest, service: Service, payload: web::Payload, s
 }
 
 fn idempotency_key(req: &HttpRequest) -> Result<Option<&str>, ApiError> {
-    let Some(v) = req.headers().get("idempotency-key") else { return Ok(None) };
-    let key = v.to_str().map_err(|_| ApiError::validation("Idempotency-Key", "must be visible ASCII"))?;
-    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || !key.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ApiError::validation("Idempotency-Key", format!("must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters")));
+    let Some(v) = req.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = v
+        .to_str()
+        .map_err(|_| ApiError::validation("Idempotency-Key", "must be visible ASCII"))?;
+    if key.is_empty()
+        || key.len() > MAX_IDEMPOTENCY_KEY
+        || !key.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(ApiError::validation(
+            "Idempotency-Key",
+            format!("must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
+        ));
     }
     Ok(Some(key))
 }

@@ -21,7 +21,13 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let redis = match &state.redis {
         None => None,
         Some(pool) => Some(match pool.get().await {
-            Ok(mut c) => redis::cmd("PING").query_async::<String>(&mut c).await.is_ok() && state.hub.is_connected(),
+            Ok(mut c) => {
+                redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok()
+                    && state.hub.is_connected()
+            }
             Err(_) => false,
         }),
     };
@@ -36,11 +42,19 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 
 #[get("/metrics")]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    let text = state.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(text)
+    let text = state
+        .metrics
+        .as_ref()
+        .map(|h| h.render())
+        .unwrap_or_default();
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(text)
 }
 
 #[get("/api-docs/openapi.json")]
 pub async fn openapi() -> HttpResponse {
-    HttpResponse::Ok().content_type("application/json").body(include_str!("../../docs/openapi.json"))
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(include_str!("../../docs/openapi.json"))
 }

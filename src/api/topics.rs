@@ -20,20 +20,31 @@ pub async fn publish(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let topic = topic.into_inner();
-    if topic.is_empty() || topic.chars().count() > MAX_TOPIC_CHARS || topic.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(ApiError::validation("topic", format!("must be 1 to {MAX_TOPIC_CHARS} characters without spaces")));
+    if topic.is_empty()
+        || topic.chars().count() > MAX_TOPIC_CHARS
+        || topic.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(ApiError::validation(
+            "topic",
+            format!("must be 1 to {MAX_TOPIC_CHARS} characters without spaces"),
+        ));
     }
     let body = read_body(&req, payload, 64 * 1024).await?;
-    let v: Value = serde_json::from_slice(&body).map_err(|e| ApiError::MalformedJson(format!("body is not valid JSON: {e}")))?;
+    let v: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::MalformedJson(format!("body is not valid JSON: {e}")))?;
     let data = match v.get("data") {
         Some(d) if v.is_object() => d.clone(),
         _ => return Err(ApiError::validation("data", "is required: {\"data\": ...}")),
     };
     if data.to_string().len() > MAX_DATA_BYTES {
-        return Err(ApiError::validation("data", format!("at most {MAX_DATA_BYTES} bytes as JSON")));
+        return Err(ApiError::validation(
+            "data",
+            format!("at most {MAX_DATA_BYTES} bytes as JSON"),
+        ));
     }
     let mut conn = state.pool.get().await?;
     let id = create::topic_event(&mut conn, &topic, &data).await?;
     state.waker.wake();
-    Ok(HttpResponse::Accepted().json(json!({ "accepted": true, "id": id.to_string(), "topic": topic })))
+    Ok(HttpResponse::Accepted()
+        .json(json!({ "accepted": true, "id": id.to_string(), "topic": topic })))
 }

@@ -41,14 +41,18 @@ pub struct JwtKeys {
 
 impl JwtKeys {
     pub fn new(secret: &str) -> Self {
-        JwtKeys { encoding: EncodingKey::from_secret(secret.as_bytes()), decoding: DecodingKey::from_secret(secret.as_bytes()) }
+        JwtKeys {
+            encoding: EncodingKey::from_secret(secret.as_bytes()),
+            decoding: DecodingKey::from_secret(secret.as_bytes()),
+        }
     }
 
     pub fn verify(&self, token: &str) -> Result<UserClaims, String> {
         let mut v = Validation::new(Algorithm::HS256);
         v.leeway = 0;
         v.set_required_spec_claims(&["exp", "sub"]);
-        let data = decode::<Claims>(token, &self.decoding, &v).map_err(|e| format!("invalid token: {e}"))?;
+        let data = decode::<Claims>(token, &self.decoding, &v)
+            .map_err(|e| format!("invalid token: {e}"))?;
         let c = data.claims;
         if c.sub.is_empty() || c.sub.chars().count() > crate::inbox::input::MAX_ID_CHARS {
             return Err("invalid token: bad sub".into());
@@ -56,9 +60,17 @@ impl JwtKeys {
         let topics = match c.topics {
             None => vec![],
             Some(TopicsClaim::List(l)) => l,
-            Some(TopicsClaim::One(s)) => s.split(',').map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect(),
+            Some(TopicsClaim::One(s)) => s
+                .split(',')
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+                .collect(),
         };
-        Ok(UserClaims { user: c.sub, topics, exp: c.exp })
+        Ok(UserClaims {
+            user: c.sub,
+            topics,
+            exp: c.exp,
+        })
     }
 
     pub fn mint(&self, user: &str, ttl_secs: i64, topics: &[String]) -> anyhow::Result<String> {
@@ -67,7 +79,11 @@ impl JwtKeys {
             exp: chrono::Utc::now().timestamp() + ttl_secs,
             topics: (!topics.is_empty()).then(|| TopicsClaim::List(topics.to_vec())),
         };
-        Ok(encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?)
+        Ok(encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &self.encoding,
+        )?)
     }
 }
 

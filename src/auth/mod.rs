@@ -14,7 +14,14 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// The token from `Authorization: Bearer <token>`, if any.
 pub fn bearer(req: &actix_web::HttpRequest) -> Option<&str> {
-    let h = req.headers().get(actix_web::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let h = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, token) = h.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }

@@ -22,8 +22,12 @@ impl FromRequest for Service {
 }
 
 fn authenticate(req: &HttpRequest) -> Result<Service, ApiError> {
-    let state = req.app_data::<web::Data<AppState>>().ok_or_else(|| anyhow::anyhow!("app state missing"))?;
-    let key = bearer(req).ok_or_else(|| ApiError::Unauthorized("missing service key (Authorization: Bearer <key>)".into()))?;
+    let state = req
+        .app_data::<web::Data<AppState>>()
+        .ok_or_else(|| anyhow::anyhow!("app state missing"))?;
+    let key = bearer(req).ok_or_else(|| {
+        ApiError::Unauthorized("missing service key (Authorization: Bearer <key>)".into())
+    })?;
     // Compare against every key so the time taken does not reveal which one was close.
     let mut found = None;
     for (name, k) in &state.settings.service_keys {
@@ -31,5 +35,7 @@ fn authenticate(req: &HttpRequest) -> Result<Service, ApiError> {
             found = Some(name.clone());
         }
     }
-    found.map(Service).ok_or_else(|| ApiError::Unauthorized("invalid service key".into()))
+    found
+        .map(Service)
+        .ok_or_else(|| ApiError::Unauthorized("invalid service key".into()))
 }

@@ -23,14 +23,21 @@ impl FromRequest for User {
 }
 
 pub fn authenticate(req: &HttpRequest) -> Result<UserClaims, ApiError> {
-    let state = req.app_data::<web::Data<AppState>>().ok_or_else(|| anyhow::anyhow!("app state missing"))?;
+    let state = req
+        .app_data::<web::Data<AppState>>()
+        .ok_or_else(|| anyhow::anyhow!("app state missing"))?;
     let token = match bearer(req) {
         Some(t) => t.to_string(),
-        None => query_token(req.query_string()).ok_or_else(|| ApiError::Unauthorized("missing user token".into()))?,
+        None => query_token(req.query_string())
+            .ok_or_else(|| ApiError::Unauthorized("missing user token".into()))?,
     };
     state.jwt.verify(&token).map_err(ApiError::Unauthorized)
 }
 
 fn query_token(qs: &str) -> Option<String> {
-    web::Query::<std::collections::HashMap<String, String>>::from_query(qs).ok()?.get("token").cloned().filter(|t| !t.is_empty())
+    web::Query::<std::collections::HashMap<String, String>>::from_query(qs)
+        .ok()?
+        .get("token")
+        .cloned()
+        .filter(|t| !t.is_empty())
 }

@@ -17,7 +17,10 @@ use tokio::sync::watch;
 #[derive(Debug, Clone)]
 pub enum HubMsg {
     /// A payload published on `channel`.
-    Message { channel: Arc<str>, payload: Arc<str> },
+    Message {
+        channel: Arc<str>,
+        payload: Arc<str>,
+    },
     /// The broker connection was (re)established: anything may have been missed before it.
     Resync,
 }
@@ -34,7 +37,11 @@ pub struct Hub {
 
 impl Hub {
     pub fn new() -> Arc<Self> {
-        Arc::new(Hub { routes: Mutex::new(HashMap::new()), sink: tokio::sync::Mutex::new(None), connected: AtomicBool::new(false) })
+        Arc::new(Hub {
+            routes: Mutex::new(HashMap::new()),
+            sink: tokio::sync::Mutex::new(None),
+            connected: AtomicBool::new(false),
+        })
     }
 
     /// Whether the broker subscription is live (always true in single-node mode once started).
@@ -104,7 +111,10 @@ impl Hub {
         if let Some(list) = routes.get(channel) {
             let channel: Arc<str> = Arc::from(channel);
             for (_, tx) in list {
-                let _ = tx.send(HubMsg::Message { channel: channel.clone(), payload: payload.clone() });
+                let _ = tx.send(HubMsg::Message {
+                    channel: channel.clone(),
+                    payload: payload.clone(),
+                });
             }
         }
     }
@@ -166,7 +176,8 @@ impl Hub {
 
     async fn connect(&self, url: &str) -> anyhow::Result<redis::aio::PubSubStream> {
         let client = redis::Client::open(url)?;
-        let pubsub = tokio::time::timeout(Duration::from_secs(5), client.get_async_pubsub()).await??;
+        let pubsub =
+            tokio::time::timeout(Duration::from_secs(5), client.get_async_pubsub()).await??;
         let (mut sink, stream) = pubsub.split();
         let mut guard = self.sink.lock().await;
         let channels: Vec<String> = self.routes().keys().cloned().collect();

@@ -25,12 +25,16 @@ impl Broker {
     pub async fn publish(&self, items: &[(String, String)]) -> anyhow::Result<()> {
         match self {
             Broker::Redis(pool) => {
-                let mut conn = tokio::time::timeout(PUBLISH_TIMEOUT, pool.get()).await.context("redis pool timeout")??;
+                let mut conn = tokio::time::timeout(PUBLISH_TIMEOUT, pool.get())
+                    .await
+                    .context("redis pool timeout")??;
                 let mut pipe = redis::pipe();
                 for (channel, payload) in items {
                     pipe.publish(channel, payload).ignore();
                 }
-                tokio::time::timeout(PUBLISH_TIMEOUT, pipe.query_async::<()>(&mut conn)).await.context("redis publish timeout")??;
+                tokio::time::timeout(PUBLISH_TIMEOUT, pipe.query_async::<()>(&mut conn))
+                    .await
+                    .context("redis publish timeout")??;
                 Ok(())
             }
             Broker::Local(hub) => {
@@ -54,5 +58,6 @@ pub fn redis_pool(url: &str) -> anyhow::Result<deadpool_redis::Pool> {
         },
         ..Default::default()
     });
-    cfg.create_pool(Some(deadpool_redis::Runtime::Tokio1)).context("building the redis pool")
+    cfg.create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        .context("building the redis pool")
 }

@@ -32,36 +32,73 @@ pub struct FrameError {
 }
 
 pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
-    let v: Value = serde_json::from_str(text).map_err(|e| FrameError { r#ref: Value::Null, code: "bad_frame", message: format!("not JSON: {e}") })?;
+    let v: Value = serde_json::from_str(text).map_err(|e| FrameError {
+        r#ref: Value::Null,
+        code: "bad_frame",
+        message: format!("not JSON: {e}"),
+    })?;
     let r#ref = v.get("ref").cloned().unwrap_or(Value::Null);
-    let err = |code, message: String| FrameError { r#ref: r#ref.clone(), code, message };
+    let err = |code, message: String| FrameError {
+        r#ref: r#ref.clone(),
+        code,
+        message,
+    };
     let Some(kind) = v.get("type").and_then(Value::as_str) else {
         return Err(err("bad_frame", "a frame needs a string \"type\"".into()));
     };
     let topics = || -> Result<Vec<String>, FrameError> {
-        let list = v.get("topics").and_then(Value::as_array).ok_or_else(|| err("bad_frame", "\"topics\" must be an array of strings".into()))?;
+        let list = v
+            .get("topics")
+            .and_then(Value::as_array)
+            .ok_or_else(|| err("bad_frame", "\"topics\" must be an array of strings".into()))?;
         if list.is_empty() || list.len() > MAX_TOPICS_PER_FRAME {
-            return Err(err("bad_frame", format!("\"topics\" must hold 1 to {MAX_TOPICS_PER_FRAME} topics")));
+            return Err(err(
+                "bad_frame",
+                format!("\"topics\" must hold 1 to {MAX_TOPICS_PER_FRAME} topics"),
+            ));
         }
         list.iter()
             .map(|t| match t.as_str() {
-                Some(s) if !s.is_empty() && s.chars().count() <= MAX_TOPIC_CHARS => Ok(s.to_string()),
-                _ => Err(err("bad_frame", format!("a topic is a string of 1 to {MAX_TOPIC_CHARS} characters"))),
+                Some(s) if !s.is_empty() && s.chars().count() <= MAX_TOPIC_CHARS => {
+                    Ok(s.to_string())
+                }
+                _ => Err(err(
+                    "bad_frame",
+                    format!("a topic is a string of 1 to {MAX_TOPIC_CHARS} characters"),
+                )),
             })
             .collect()
     };
     Ok(match kind {
         "read" => {
-            let ids = v.get("ids").and_then(Value::as_array).ok_or_else(|| err("bad_frame", "\"ids\" must be an array".into()))?;
+            let ids = v
+                .get("ids")
+                .and_then(Value::as_array)
+                .ok_or_else(|| err("bad_frame", "\"ids\" must be an array".into()))?;
             if ids.len() > crate::inbox::commands::MAX_READ_IDS {
-                return Err(err("bad_frame", format!("at most {} ids per read", crate::inbox::commands::MAX_READ_IDS)));
+                return Err(err(
+                    "bad_frame",
+                    format!(
+                        "at most {} ids per read",
+                        crate::inbox::commands::MAX_READ_IDS
+                    ),
+                ));
             }
-            ClientFrame::Read { ids: ids.clone(), r#ref }
+            ClientFrame::Read {
+                ids: ids.clone(),
+                r#ref,
+            }
         }
         "read_all" => ClientFrame::ReadAll { r#ref },
         "seen_all" => ClientFrame::SeenAll { r#ref },
-        "subscribe" => ClientFrame::Subscribe { topics: topics()?, r#ref },
-        "unsubscribe" => ClientFrame::Unsubscribe { topics: topics()?, r#ref },
+        "subscribe" => ClientFrame::Subscribe {
+            topics: topics()?,
+            r#ref,
+        },
+        "unsubscribe" => ClientFrame::Unsubscribe {
+            topics: topics()?,
+            r#ref,
+        },
         "ping" => ClientFrame::Ping { r#ref },
         other => return Err(err("unknown_type", format!("unknown frame type {other:?}"))),
     })
@@ -75,10 +112,22 @@ pub fn hello(user: &str, c: CountsView, heartbeat_s: u64) -> Value {
 pub fn sync(changes: &Changes) -> Option<Value> {
     match changes {
         Changes::Events { events, .. } if events.is_empty() => None,
-        Changes::Events { seq, unread, unseen, events } => {
-            Some(json!({"type": "sync", "events": events, "seq": seq, "unread": unread, "unseen": unseen}))
-        }
-        Changes::Reset { seq, unread, unseen, .. } => Some(json!({"type": "sync", "reset": true, "seq": seq, "unread": unread, "unseen": unseen})),
+        Changes::Events {
+            seq,
+            unread,
+            unseen,
+            events,
+        } => Some(
+            json!({"type": "sync", "events": events, "seq": seq, "unread": unread, "unseen": unseen}),
+        ),
+        Changes::Reset {
+            seq,
+            unread,
+            unseen,
+            ..
+        } => Some(
+            json!({"type": "sync", "reset": true, "seq": seq, "unread": unread, "unseen": unseen}),
+        ),
     }
 }
 
@@ -118,17 +167,38 @@ mod tests {
 
     #[test]
     fn parses_every_command() {
-        assert_eq!(parse(r#"{"type":"ping"}"#).unwrap(), ClientFrame::Ping { r#ref: Value::Null });
-        assert!(matches!(parse(r#"{"type":"read","ids":["a"],"ref":"c1"}"#).unwrap(), ClientFrame::Read { .. }));
-        assert!(matches!(parse(r#"{"type":"subscribe","topics":["product:1"]}"#).unwrap(), ClientFrame::Subscribe { .. }));
+        assert_eq!(
+            parse(r#"{"type":"ping"}"#).unwrap(),
+            ClientFrame::Ping { r#ref: Value::Null }
+        );
+        assert!(matches!(
+            parse(r#"{"type":"read","ids":["a"],"ref":"c1"}"#).unwrap(),
+            ClientFrame::Read { .. }
+        ));
+        assert!(matches!(
+            parse(r#"{"type":"subscribe","topics":["product:1"]}"#).unwrap(),
+            ClientFrame::Subscribe { .. }
+        ));
     }
 
     #[test]
     fn rejects_garbage_with_codes() {
         assert_eq!(parse("nope").unwrap_err().code, "bad_frame");
-        assert_eq!(parse(r#"{"type":"dance","ref":7}"#).unwrap_err(), FrameError { r#ref: json!(7), code: "unknown_type", message: "unknown frame type \"dance\"".into() });
+        assert_eq!(
+            parse(r#"{"type":"dance","ref":7}"#).unwrap_err(),
+            FrameError {
+                r#ref: json!(7),
+                code: "unknown_type",
+                message: "unknown frame type \"dance\"".into()
+            }
+        );
         assert_eq!(parse(r#"{"type":"read"}"#).unwrap_err().code, "bad_frame");
-        assert_eq!(parse(r#"{"type":"subscribe","topics":[]}"#).unwrap_err().code, "bad_frame");
+        assert_eq!(
+            parse(r#"{"type":"subscribe","topics":[]}"#)
+                .unwrap_err()
+                .code,
+            "bad_frame"
+        );
         assert_eq!(parse(r#"[1,2]"#).unwrap_err().code, "bad_frame");
     }
 }

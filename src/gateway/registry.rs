@@ -28,7 +28,12 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(runtime: tokio::runtime::Handle) -> Self {
-        Gateway { actors: Mutex::new(HashMap::new()), next_id: AtomicU64::new(1), shutting_down: AtomicBool::new(false), runtime }
+        Gateway {
+            actors: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            shutting_down: AtomicBool::new(false),
+            runtime,
+        }
     }
 
     pub fn next_id(&self) -> u64 {
@@ -48,10 +53,20 @@ impl Gateway {
     }
 
     /// Hands a new session to the user's actor (starting one if needed); returns the actor's mailbox.
-    pub fn join(&self, state: &AppState, claims: UserClaims, session: SessionTx, since: Option<i64>) -> mpsc::UnboundedSender<ActorMsg> {
+    pub fn join(
+        &self,
+        state: &AppState,
+        claims: UserClaims,
+        session: SessionTx,
+        since: Option<i64>,
+    ) -> mpsc::UnboundedSender<ActorMsg> {
         let mut actors = self.actors();
         let user = claims.user.clone();
-        let mut msg = ActorMsg::Join { session, claims, since };
+        let mut msg = ActorMsg::Join {
+            session,
+            claims,
+            since,
+        };
         if let Some(entry) = actors.get(&user) {
             match entry.tx.send(msg) {
                 Ok(()) => return entry.tx.clone(),
@@ -62,13 +77,19 @@ impl Gateway {
         let id = self.next_id();
         let _ = tx.send(msg);
         actors.insert(user.clone(), Entry { id, tx: tx.clone() });
-        self.runtime.spawn(user_actor::run(state.clone(), user, id, tx.clone(), rx));
+        self.runtime
+            .spawn(user_actor::run(state.clone(), user, id, tx.clone(), rx));
         tx
     }
 
     /// Called by an actor with no sessions left: it may stop only if nothing is waiting in its
     /// mailbox (checked under the lock every `join` takes). Returns whether it was removed.
-    pub fn try_retire(&self, user: &str, actor_id: u64, mailbox_empty: impl FnOnce() -> bool) -> bool {
+    pub fn try_retire(
+        &self,
+        user: &str,
+        actor_id: u64,
+        mailbox_empty: impl FnOnce() -> bool,
+    ) -> bool {
         let mut actors = self.actors();
         match actors.get(user) {
             Some(e) if e.id == actor_id => {

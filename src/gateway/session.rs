@@ -60,7 +60,11 @@ impl SessionTx {
 
 /// Writes queued frames until closed. A close request interrupts even a write stuck on a slow
 /// socket; the close frame itself is best-effort (a reader that never reads will not get it).
-pub async fn writer(mut session: actix_ws::Session, mut frames: mpsc::Receiver<Arc<str>>, mut close_rx: watch::Receiver<Option<(u16, &'static str)>>) {
+pub async fn writer(
+    mut session: actix_ws::Session,
+    mut frames: mpsc::Receiver<Arc<str>>,
+    mut close_rx: watch::Receiver<Option<(u16, &'static str)>>,
+) {
     let reason = loop {
         if let Some(r) = *close_rx.borrow() {
             break Some(r);
@@ -78,7 +82,10 @@ pub async fn writer(mut session: actix_ws::Session, mut frames: mpsc::Receiver<A
         }
     };
     if let Some((code, text)) = reason {
-        let close = CloseReason { code: CloseCode::from(code), description: Some(text.to_string()) };
+        let close = CloseReason {
+            code: CloseCode::from(code),
+            description: Some(text.to_string()),
+        };
         let _ = tokio::time::timeout(Duration::from_secs(1), session.close(Some(close))).await;
     }
 }
@@ -92,7 +99,10 @@ pub async fn reader(
     actor: mpsc::UnboundedSender<ActorMsg>,
     heartbeat: Duration,
 ) {
-    let mut stream = stream.max_frame_size(protocol::MAX_CLIENT_FRAME).aggregate_continuations().max_continuation_size(protocol::MAX_CLIENT_FRAME);
+    let mut stream = stream
+        .max_frame_size(protocol::MAX_CLIENT_FRAME)
+        .aggregate_continuations()
+        .max_continuation_size(protocol::MAX_CLIENT_FRAME);
     let mut close_rx = me.close.subscribe();
     let mut tick = tokio::time::interval(heartbeat);
     tick.tick().await;

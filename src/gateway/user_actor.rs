@@ -26,9 +26,18 @@ use crate::state::AppState;
 use crate::store::events;
 
 pub enum ActorMsg {
-    Join { session: SessionTx, claims: UserClaims, since: Option<i64> },
-    Leave { session: u64 },
-    Command { session: u64, frame: ClientFrame },
+    Join {
+        session: SessionTx,
+        claims: UserClaims,
+        since: Option<i64>,
+    },
+    Leave {
+        session: u64,
+    },
+    Command {
+        session: u64,
+        frame: ClientFrame,
+    },
     /// A change this node just committed: delivered at once, ahead of the relay's copy.
     Committed(CommittedEvent),
     /// The node is stopping: close every session with 1012.
@@ -61,15 +70,30 @@ struct SeqOnly {
     seq: i64,
 }
 
-pub async fn run(state: AppState, user: String, id: u64, me: mpsc::UnboundedSender<ActorMsg>, mut rx: mpsc::UnboundedReceiver<ActorMsg>) {
+pub async fn run(
+    state: AppState,
+    user: String,
+    id: u64,
+    me: mpsc::UnboundedSender<ActorMsg>,
+    mut rx: mpsc::UnboundedReceiver<ActorMsg>,
+) {
     let (hub_tx, mut hub_rx) = mpsc::unbounded_channel();
     let channel = state.settings.user_channel(&user);
     // Subscribe first, then read: whatever commits after the read arrives through the broker.
     state.hub.listen(&channel, id, hub_tx.clone()).await;
     metrics::gauge!("notifyd_users_online").increment(1.0);
     // last_seq is unknown (-1) until the first join reads the inbox.
-    let mut actor =
-        Actor { state, user, id, me, hub_tx, channel, last_seq: -1, sessions: HashMap::new(), topics: HashMap::new() };
+    let mut actor = Actor {
+        state,
+        user,
+        id,
+        me,
+        hub_tx,
+        channel,
+        last_seq: -1,
+        sessions: HashMap::new(),
+        topics: HashMap::new(),
+    };
     loop {
         tokio::select! {
             biased;
@@ -92,7 +116,11 @@ pub async fn run(state: AppState, user: String, id: u64, me: mpsc::UnboundedSend
         }
     }
     for topic in actor.topics.keys() {
-        actor.state.hub.unlisten(&actor.state.settings.topic_channel(topic), actor.id).await;
+        actor
+            .state
+            .hub
+            .unlisten(&actor.state.settings.topic_channel(topic), actor.id)
+            .await;
     }
     actor.state.hub.unlisten(&actor.channel, actor.id).await;
     actor.state.presence.set(&actor.user, 0);
@@ -107,7 +135,11 @@ impl Actor {
 
     async fn handle(&mut self, msg: ActorMsg) {
         match msg {
-            ActorMsg::Join { session, claims, since } => self.join(session, claims, since).await,
+            ActorMsg::Join {
+                session,
+                claims,
+                since,
+            } => self.join(session, claims, since).await,
             ActorMsg::Leave { session } => self.remove(session),
             ActorMsg::Command { session, frame } => self.command(session, frame).await,
             ActorMsg::Committed(ev) => {
@@ -134,7 +166,12 @@ impl Actor {
 
     /// Topics no session wants any more are unsubscribed (in a task, so the actor never waits on it).
     fn drop_idle_topics_later(&mut self) {
-        let idle: Vec<String> = self.topics.iter().filter(|(_, s)| s.is_empty()).map(|(t, _)| t.clone()).collect();
+        let idle: Vec<String> = self
+            .topics
+            .iter()
+            .filter(|(_, s)| s.is_empty())
+            .map(|(t, _)| t.clone())
+            .collect();
         for t in idle {
             self.topics.remove(&t);
             let hub = self.state.hub.clone();
@@ -151,7 +188,12 @@ impl Actor {
                 Some(n) => changes::since(&mut conn, &self.user, n).await,
                 None => {
                     let c = changes::counts(&mut conn, &self.user).await?;
-                    Ok(Changes::Events { seq: c.seq, unread: c.unread, unseen: c.unseen, events: vec![] })
+                    Ok(Changes::Events {
+                        seq: c.seq,
+                        unread: c.unread,
+                        unseen: c.unseen,
+                        events: vec![],
+                    })
                 }
             }
         };
@@ -164,9 +206,22 @@ impl Actor {
             }
         };
         let counts = match &snapshot {
-            Changes::Events { seq, unread, unseen, .. } | Changes::Reset { seq, unread, unseen, .. } => {
-                CountsView { seq: *seq, unread: *unread, unseen: *unseen }
+            Changes::Events {
+                seq,
+                unread,
+                unseen,
+                ..
             }
+            | Changes::Reset {
+                seq,
+                unread,
+                unseen,
+                ..
+            } => CountsView {
+                seq: *seq,
+                unread: *unread,
+                unseen: *unseen,
+            },
         };
         // Bring the sessions already here up to the snapshot before the new one joins at it.
         if self.sessions.is_empty() {
@@ -184,7 +239,15 @@ impl Actor {
             }
         }
         metrics::gauge!("notifyd_ws_connections").increment(1.0);
-        self.sessions.insert(tx.id, Session { tx, claims, cursor: counts.seq, topics: HashSet::new() });
+        self.sessions.insert(
+            tx.id,
+            Session {
+                tx,
+                claims,
+                cursor: counts.seq,
+                topics: HashSet::new(),
+            },
+        );
         self.state.presence.set(&self.user, self.sessions.len());
     }
 
@@ -196,7 +259,9 @@ impl Actor {
                         Ok(SeqOnly { seq }) => self.on_event(seq, payload).await,
                         Err(e) => tracing::warn!(error = %e, "event without seq on a user channel"),
                     }
-                } else if let Some(topic) = channel.strip_prefix(&format!("{}t:", self.state.settings.redis_prefix)) {
+                } else if let Some(topic) =
+                    channel.strip_prefix(&format!("{}t:", self.state.settings.redis_prefix))
+                {
                     self.on_topic(topic, payload);
                 }
             }
@@ -230,7 +295,9 @@ impl Actor {
         while self.last_seq < upto {
             let rows = async {
                 let mut conn = self.state.pool.get().await?;
-                Ok::<_, ApiError>(events::range(&mut conn, &self.user, self.last_seq, Some(upto), 500).await?)
+                Ok::<_, ApiError>(
+                    events::range(&mut conn, &self.user, self.last_seq, Some(upto), 500).await?,
+                )
             };
             match rows.await {
                 Ok(rows) if rows.first().map(|r| r.0) == Some(self.last_seq + 1) => {
@@ -274,7 +341,9 @@ impl Actor {
     }
 
     fn on_topic(&mut self, topic: &str, payload: Arc<str>) {
-        let Some(ids) = self.topics.get(topic) else { return };
+        let Some(ids) = self.topics.get(topic) else {
+            return;
+        };
         let mut dropped = vec![];
         for id in ids {
             if let Some(s) = self.sessions.get(id) {
@@ -289,7 +358,9 @@ impl Actor {
     }
 
     async fn command(&mut self, session: u64, frame: ClientFrame) {
-        let Some(s) = self.sessions.get(&session) else { return };
+        let Some(s) = self.sessions.get(&session) else {
+            return;
+        };
         let tx = s.tx.clone();
         let cmd = match frame {
             ClientFrame::Read { ids, r#ref } => match commands::parse_ids(&ids) {
@@ -301,8 +372,12 @@ impl Actor {
             },
             ClientFrame::ReadAll { r#ref } => (Command::ReadAll, r#ref),
             ClientFrame::SeenAll { r#ref } => (Command::SeenAll, r#ref),
-            ClientFrame::Subscribe { topics, r#ref } => return self.subscribe(session, topics, r#ref).await,
-            ClientFrame::Unsubscribe { topics, r#ref } => return self.unsubscribe(session, topics, r#ref),
+            ClientFrame::Subscribe { topics, r#ref } => {
+                return self.subscribe(session, topics, r#ref).await
+            }
+            ClientFrame::Unsubscribe { topics, r#ref } => {
+                return self.unsubscribe(session, topics, r#ref)
+            }
             ClientFrame::Ping { r#ref } => {
                 tx.push_json(&protocol::pong(&r#ref));
                 return;
@@ -333,13 +408,23 @@ impl Actor {
     }
 
     async fn subscribe(&mut self, session: u64, topics: Vec<String>, r#ref: Value) {
-        let Some(s) = self.sessions.get_mut(&session) else { return };
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return;
+        };
         if let Some(bad) = topics.iter().find(|t| !s.claims.may_subscribe(t)) {
-            s.tx.push_json(&protocol::error(&r#ref, "forbidden", &format!("token does not allow topic {bad:?}")));
+            s.tx.push_json(&protocol::error(
+                &r#ref,
+                "forbidden",
+                &format!("token does not allow topic {bad:?}"),
+            ));
             return;
         }
         if s.topics.len() + topics.len() > MAX_TOPICS_PER_SESSION {
-            s.tx.push_json(&protocol::error(&r#ref, "too_many_topics", &format!("at most {MAX_TOPICS_PER_SESSION} topics per session")));
+            s.tx.push_json(&protocol::error(
+                &r#ref,
+                "too_many_topics",
+                &format!("at most {MAX_TOPICS_PER_SESSION} topics per session"),
+            ));
             return;
         }
         let tx = s.tx.clone();
@@ -353,13 +438,18 @@ impl Actor {
             set.insert(session);
         }
         for ch in new_channels {
-            self.state.hub.listen(&ch, self.id, self.hub_tx.clone()).await;
+            self.state
+                .hub
+                .listen(&ch, self.id, self.hub_tx.clone())
+                .await;
         }
         tx.push_json(&protocol::ack(&r#ref, json!({ "topics": topics })));
     }
 
     fn unsubscribe(&mut self, session: u64, topics: Vec<String>, r#ref: Value) {
-        let Some(s) = self.sessions.get_mut(&session) else { return };
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return;
+        };
         for t in &topics {
             s.topics.remove(t);
             if let Some(set) = self.topics.get_mut(t) {

@@ -15,8 +15,18 @@ pub const MAX_PAGE: i64 = 100;
 #[derive(Serialize, Debug, Clone)]
 #[serde(untagged)]
 pub enum Changes {
-    Events { seq: i64, unread: i64, unseen: i64, events: Vec<Value> },
-    Reset { reset: bool, seq: i64, unread: i64, unseen: i64 },
+    Events {
+        seq: i64,
+        unread: i64,
+        unseen: i64,
+        events: Vec<Value>,
+    },
+    Reset {
+        reset: bool,
+        seq: i64,
+        unread: i64,
+        unseen: i64,
+    },
 }
 
 impl Changes {
@@ -36,19 +46,36 @@ pub async fn since(conn: &mut Conn, user: &str, since: i64) -> Result<Changes, A
         .read_only()
         .run::<_, ApiError, _>(async |conn| {
             let c = inbox_state::get(conn, user).await?;
-            let reset = Changes::Reset { reset: true, seq: c.seq, unread: c.unread, unseen: c.unseen };
+            let reset = Changes::Reset {
+                reset: true,
+                seq: c.seq,
+                unread: c.unread,
+                unseen: c.unseen,
+            };
             if since < 0 || since > c.seq || c.seq - since > MAX_REPLAY {
                 return Ok(reset);
             }
             if since == c.seq {
-                return Ok(Changes::Events { seq: c.seq, unread: c.unread, unseen: c.unseen, events: vec![] });
+                return Ok(Changes::Events {
+                    seq: c.seq,
+                    unread: c.unread,
+                    unseen: c.unseen,
+                    events: vec![],
+                });
             }
             let rows = events::range(conn, user, since, Some(c.seq), MAX_REPLAY).await?;
             // Retention may have pruned the start of the range: then a replay would have a hole.
-            if rows.first().map(|(s, _)| *s) != Some(since + 1) || rows.len() as i64 != c.seq - since {
+            if rows.first().map(|(s, _)| *s) != Some(since + 1)
+                || rows.len() as i64 != c.seq - since
+            {
                 return Ok(reset);
             }
-            Ok(Changes::Events { seq: c.seq, unread: c.unread, unseen: c.unseen, events: rows.into_iter().map(|(_, p)| p).collect() })
+            Ok(Changes::Events {
+                seq: c.seq,
+                unread: c.unread,
+                unseen: c.unseen,
+                events: rows.into_iter().map(|(_, p)| p).collect(),
+            })
         })
         .await
 }
@@ -63,10 +90,23 @@ pub struct Page {
     pub next_before: Option<i64>,
 }
 
-pub async fn page(conn: &mut Conn, user: &str, before: Option<i64>, limit: i64, unread_only: bool) -> Result<Page, ApiError> {
+pub async fn page(
+    conn: &mut Conn,
+    user: &str,
+    before: Option<i64>,
+    limit: i64,
+    unread_only: bool,
+) -> Result<Page, ApiError> {
     let mut rows = messages::list(conn, user, before, limit + 1, unread_only).await?;
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
-    let next_before = if more { rows.last().map(|m| m.seq) } else { None };
-    Ok(Page { messages: rows, next_before })
+    let next_before = if more {
+        rows.last().map(|m| m.seq)
+    } else {
+        None
+    };
+    Ok(Page {
+        messages: rows,
+        next_before,
+    })
 }

@@ -2,7 +2,6 @@
 //! the user's counter row first, exactly like a create, and emits one event, or none when nothing
 //! changed (marking an already-read message read is a no-op, not a new seq).
 
-
 use diesel_async::AsyncConnection;
 use serde_json::Value;
 use uuid::Uuid;
@@ -32,15 +31,25 @@ pub enum Command {
 /// Ids that are not UUIDs cannot name a message of this user: they are dropped like foreign ids.
 pub fn parse_ids(raw: &[Value]) -> Result<Vec<Uuid>, ApiError> {
     if raw.len() > MAX_READ_IDS {
-        return Err(ApiError::validation("ids", format!("at most {MAX_READ_IDS} ids per call")));
+        return Err(ApiError::validation(
+            "ids",
+            format!("at most {MAX_READ_IDS} ids per call"),
+        ));
     }
-    Ok(raw.iter().filter_map(|v| v.as_str()).filter_map(|s| Uuid::parse_str(s).ok()).collect())
+    Ok(raw
+        .iter()
+        .filter_map(|v| v.as_str())
+        .filter_map(|s| Uuid::parse_str(s).ok())
+        .collect())
 }
 
 pub async fn run(conn: &mut Conn, user: &str, cmd: Command) -> Result<Outcome, ApiError> {
     conn.transaction::<_, ApiError, _>(async |conn| {
         let Some(before) = inbox_state::lock(conn, user).await? else {
-            return Ok(Outcome { counts: Counters::default().into(), event: None });
+            return Ok(Outcome {
+                counts: Counters::default().into(),
+                event: None,
+            });
         };
         let now = crate::inbox::db_now();
         let mut c = before;
@@ -53,13 +62,21 @@ pub async fn run(conn: &mut Conn, user: &str, cmd: Command) -> Result<Outcome, A
                     if changed.is_empty() {
                         None
                     } else {
-                        let unseen = changed.iter().filter(|(_, seq)| *seq > before.seen_seq).count() as i64;
+                        let unseen = changed
+                            .iter()
+                            .filter(|(_, seq)| *seq > before.seen_seq)
+                            .count() as i64;
                         c.seq += 1;
                         c.unread -= changed.len() as i64;
                         c.unseen -= unseen;
                         // Report the ids in the order the caller gave them.
-                        let mut pending: std::collections::HashSet<Uuid> = changed.iter().map(|(id, _)| *id).collect();
-                        let ids: Vec<Uuid> = ids.iter().filter(|id| pending.remove(id)).copied().collect();
+                        let mut pending: std::collections::HashSet<Uuid> =
+                            changed.iter().map(|(id, _)| *id).collect();
+                        let ids: Vec<Uuid> = ids
+                            .iter()
+                            .filter(|id| pending.remove(id))
+                            .copied()
+                            .collect();
                         Some(frames::read(c, &ids))
                     }
                 }
@@ -101,12 +118,30 @@ pub async fn run(conn: &mut Conn, user: &str, cmd: Command) -> Result<Outcome, A
             },
         };
         let Some(frame) = frame else {
-            return Ok(Outcome { counts: before.into(), event: None });
+            return Ok(Outcome {
+                counts: before.into(),
+                event: None,
+            });
         };
         inbox_state::save(conn, user, c).await?;
-        events::append(conn, &[NewEvent { user_id: user.to_string(), seq: c.seq, payload: frame.clone() }]).await?;
+        events::append(
+            conn,
+            &[NewEvent {
+                user_id: user.to_string(),
+                seq: c.seq,
+                payload: frame.clone(),
+            }],
+        )
+        .await?;
         outbox::enqueue_user_events(conn, &[(user, c.seq)]).await?;
-        Ok(Outcome { counts: c.into(), event: Some(CommittedEvent { user: user.to_string(), seq: c.seq, frame }) })
+        Ok(Outcome {
+            counts: c.into(),
+            event: Some(CommittedEvent {
+                user: user.to_string(),
+                seq: c.seq,
+                frame,
+            }),
+        })
     })
     .await
 }

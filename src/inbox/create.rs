@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 
-
 use diesel_async::AsyncConnection;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -37,9 +36,16 @@ pub async fn create_messages(
         if let Some(idem) = &idem {
             match idempotency::begin(conn, service, idem.key, &hash).await? {
                 idempotency::Begin::Fresh => {}
-                idempotency::Begin::Replay(body) => return Ok(Created { body, replayed: true }),
+                idempotency::Begin::Replay(body) => {
+                    return Ok(Created {
+                        body,
+                        replayed: true,
+                    })
+                }
                 idempotency::Begin::Mismatch => {
-                    return Err(ApiError::Conflict("this Idempotency-Key was used with a different request body".into()))
+                    return Err(ApiError::Conflict(
+                        "this Idempotency-Key was used with a different request body".into(),
+                    ))
                 }
             }
         }
@@ -47,15 +53,26 @@ pub async fn create_messages(
         if let Some(idem) = &idem {
             idempotency::finish(conn, service, idem.key, &body).await?;
         }
-        Ok(Created { body, replayed: false })
+        Ok(Created {
+            body,
+            replayed: false,
+        })
     })
     .await
 }
 
-async fn insert_all(conn: &mut Conn, service: &str, req: &CreateRequest) -> Result<Value, ApiError> {
+async fn insert_all(
+    conn: &mut Conn,
+    service: &str,
+    req: &CreateRequest,
+) -> Result<Value, ApiError> {
     // Rows in request order: (entry index, recipient).
-    let rows: Vec<(usize, &str)> =
-        req.entries.iter().enumerate().flat_map(|(i, e)| e.recipients.iter().map(move |u| (i, u.as_str()))).collect();
+    let rows: Vec<(usize, &str)> = req
+        .entries
+        .iter()
+        .enumerate()
+        .flat_map(|(i, e)| e.recipients.iter().map(move |u| (i, u.as_str())))
+        .collect();
     let mut per_user: BTreeMap<&str, i64> = BTreeMap::new();
     for (_, u) in &rows {
         *per_user.entry(u).or_default() += 1;
@@ -75,7 +92,9 @@ async fn insert_all(conn: &mut Conn, service: &str, req: &CreateRequest) -> Resu
     let mut answer = Vec::with_capacity(rows.len());
     for (i, user) in &rows {
         let e = &req.entries[*i];
-        let slot = next.get_mut(user).ok_or_else(|| anyhow::anyhow!("counter row missing for a recipient"))?;
+        let slot = next
+            .get_mut(user)
+            .ok_or_else(|| anyhow::anyhow!("counter row missing for a recipient"))?;
         slot.0 += 1;
         slot.1 += 1;
         slot.2 += 1;
@@ -92,13 +111,20 @@ async fn insert_all(conn: &mut Conn, service: &str, req: &CreateRequest) -> Resu
             data: e.data.clone(),
             service: service.to_string(),
         };
-        new_events.push(NewEvent { user_id: msg.to_user.clone(), seq: msg.seq, payload: frames::created(slot.0, slot.1, slot.2, &msg.view()) });
+        new_events.push(NewEvent {
+            user_id: msg.to_user.clone(),
+            seq: msg.seq,
+            payload: frames::created(slot.0, slot.1, slot.2, &msg.view()),
+        });
         answer.push(json!({"id": msg.id, "to_user": msg.to_user, "seq": msg.seq}));
         new_messages.push(msg);
     }
     messages::insert(conn, &new_messages).await?;
     events::append(conn, &new_events).await?;
-    let entries: Vec<(&str, i64)> = new_events.iter().map(|e| (e.user_id.as_str(), e.seq)).collect();
+    let entries: Vec<(&str, i64)> = new_events
+        .iter()
+        .map(|e| (e.user_id.as_str(), e.seq))
+        .collect();
     outbox::enqueue_user_events(conn, &entries).await?;
     Ok(json!({ "messages": answer }))
 }

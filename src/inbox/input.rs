@@ -44,33 +44,62 @@ impl CreateRequest {
 }
 
 pub fn parse_create(body: &[u8]) -> Result<CreateRequest, ApiError> {
-    let root: Value = serde_json::from_slice(body).map_err(|e| ApiError::MalformedJson(format!("body is not valid JSON: {e}")))?;
+    let root: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::MalformedJson(format!("body is not valid JSON: {e}")))?;
     let Value::Object(obj) = &root else {
-        return Err(ApiError::validation("", "body must be a JSON object: one message or {\"messages\": [...]}"));
+        return Err(ApiError::validation(
+            "",
+            "body must be a JSON object: one message or {\"messages\": [...]}",
+        ));
     };
     let entries = match obj.get("messages") {
         Some(Value::Array(list)) => {
             if list.is_empty() {
-                return Err(ApiError::validation("messages", "must hold at least one message"));
+                return Err(ApiError::validation(
+                    "messages",
+                    "must hold at least one message",
+                ));
             }
             if list.len() > MAX_BATCH {
-                return Err(ApiError::validation("messages", format!("at most {MAX_BATCH} messages per request, got {}", list.len())));
+                return Err(ApiError::validation(
+                    "messages",
+                    format!(
+                        "at most {MAX_BATCH} messages per request, got {}",
+                        list.len()
+                    ),
+                ));
             }
             list.iter()
                 .enumerate()
                 .map(|(i, v)| match v {
                     Value::Object(m) => parse_message(m, &format!("messages[{i}].")),
-                    _ => Err(ApiError::validation(format!("messages[{i}]"), "must be an object")),
+                    _ => Err(ApiError::validation(
+                        format!("messages[{i}]"),
+                        "must be an object",
+                    )),
                 })
                 .collect::<Result<Vec<_>, _>>()?
         }
         Some(_) => return Err(ApiError::validation("messages", "must be an array")),
         None => vec![parse_message(obj, "")?],
     };
-    let req = CreateRequest { entries, canonical: root.to_string() };
+    let req = CreateRequest {
+        entries,
+        canonical: root.to_string(),
+    };
     if req.rows() > MAX_ROWS {
-        let field = if obj.contains_key("messages") { "messages" } else { "to_users" };
-        return Err(ApiError::validation(field, format!("a request creates at most {MAX_ROWS} rows, this one {}", req.rows())));
+        let field = if obj.contains_key("messages") {
+            "messages"
+        } else {
+            "to_users"
+        };
+        return Err(ApiError::validation(
+            field,
+            format!(
+                "a request creates at most {MAX_ROWS} rows, this one {}",
+                req.rows()
+            ),
+        ));
     }
     Ok(req)
 }
@@ -78,14 +107,25 @@ pub fn parse_create(body: &[u8]) -> Result<CreateRequest, ApiError> {
 fn parse_message(m: &Map<String, Value>, at: &str) -> Result<MessageInput, ApiError> {
     let f = |name: &str| format!("{at}{name}");
     let recipients = match (m.get("to_user"), m.get("to_users")) {
-        (Some(_), Some(_)) => return Err(ApiError::validation(f("to_users"), "give either to_user or to_users, not both")),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::validation(
+                f("to_users"),
+                "give either to_user or to_users, not both",
+            ))
+        }
         (Some(v), None) => vec![user_id(v, &f("to_user"))?],
         (None, Some(Value::Array(list))) => {
             if list.is_empty() {
-                return Err(ApiError::validation(f("to_users"), "must hold at least one user id"));
+                return Err(ApiError::validation(
+                    f("to_users"),
+                    "must hold at least one user id",
+                ));
             }
             if list.len() > MAX_ROWS {
-                return Err(ApiError::validation(f("to_users"), format!("at most {MAX_ROWS} user ids")));
+                return Err(ApiError::validation(
+                    f("to_users"),
+                    format!("at most {MAX_ROWS} user ids"),
+                ));
             }
             let mut seen = HashSet::with_capacity(list.len());
             let mut ids = Vec::with_capacity(list.len());
@@ -97,13 +137,28 @@ fn parse_message(m: &Map<String, Value>, at: &str) -> Result<MessageInput, ApiEr
             }
             ids
         }
-        (None, Some(_)) => return Err(ApiError::validation(f("to_users"), "must be an array of user ids")),
-        (None, None) => return Err(ApiError::validation(f("to_user"), "is required (or to_users)")),
+        (None, Some(_)) => {
+            return Err(ApiError::validation(
+                f("to_users"),
+                "must be an array of user ids",
+            ))
+        }
+        (None, None) => {
+            return Err(ApiError::validation(
+                f("to_user"),
+                "is required (or to_users)",
+            ))
+        }
     };
     let title = match m.get("title") {
-        Some(Value::String(s)) if s.trim().is_empty() => return Err(ApiError::validation(f("title"), "must not be empty")),
+        Some(Value::String(s)) if s.trim().is_empty() => {
+            return Err(ApiError::validation(f("title"), "must not be empty"))
+        }
         Some(Value::String(s)) if s.chars().count() > MAX_TITLE_CHARS => {
-            return Err(ApiError::validation(f("title"), format!("at most {MAX_TITLE_CHARS} characters")))
+            return Err(ApiError::validation(
+                f("title"),
+                format!("at most {MAX_TITLE_CHARS} characters"),
+            ))
         }
         Some(Value::String(s)) => s.clone(),
         Some(_) => return Err(ApiError::validation(f("title"), "must be a string")),
@@ -112,7 +167,10 @@ fn parse_message(m: &Map<String, Value>, at: &str) -> Result<MessageInput, ApiEr
     let content = match m.get("content") {
         None | Some(Value::Null) => String::new(),
         Some(Value::String(s)) if s.len() > MAX_CONTENT_BYTES => {
-            return Err(ApiError::validation(f("content"), format!("at most {MAX_CONTENT_BYTES} bytes (UTF-8)")))
+            return Err(ApiError::validation(
+                f("content"),
+                format!("at most {MAX_CONTENT_BYTES} bytes (UTF-8)"),
+            ))
         }
         Some(Value::String(s)) => s.clone(),
         Some(_) => return Err(ApiError::validation(f("content"), "must be a string")),
@@ -120,7 +178,10 @@ fn parse_message(m: &Map<String, Value>, at: &str) -> Result<MessageInput, ApiEr
     let kind = match m.get("type") {
         None | Some(Value::Null) => DEFAULT_TYPE.to_string(),
         Some(Value::String(s)) if s.is_empty() || s.chars().count() > MAX_TYPE_CHARS => {
-            return Err(ApiError::validation(f("type"), format!("must be 1 to {MAX_TYPE_CHARS} characters")))
+            return Err(ApiError::validation(
+                f("type"),
+                format!("must be 1 to {MAX_TYPE_CHARS} characters"),
+            ))
         }
         Some(Value::String(s)) => s.clone(),
         Some(_) => return Err(ApiError::validation(f("type"), "must be a string")),
@@ -131,19 +192,32 @@ fn parse_message(m: &Map<String, Value>, at: &str) -> Result<MessageInput, ApiEr
     };
     let skip_url = match m.get("skip_url") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(check_url(s).map_err(|msg| ApiError::validation(f("skip_url"), msg))?),
+        Some(Value::String(s)) => {
+            Some(check_url(s).map_err(|msg| ApiError::validation(f("skip_url"), msg))?)
+        }
         Some(_) => return Err(ApiError::validation(f("skip_url"), "must be a string")),
     };
     let data = match m.get("data") {
         None | Some(Value::Null) => None,
         Some(v) => {
             if v.to_string().len() > MAX_DATA_BYTES {
-                return Err(ApiError::validation(f("data"), format!("at most {MAX_DATA_BYTES} bytes as JSON")));
+                return Err(ApiError::validation(
+                    f("data"),
+                    format!("at most {MAX_DATA_BYTES} bytes as JSON"),
+                ));
             }
             Some(v.clone())
         }
     };
-    Ok(MessageInput { recipients, title, content, kind, send_user, skip_url, data })
+    Ok(MessageInput {
+        recipients,
+        title,
+        content,
+        kind,
+        send_user,
+        skip_url,
+        data,
+    })
 }
 
 /// User ids are strings; JSON integers are accepted and kept as their decimal text.
@@ -154,10 +228,16 @@ pub fn user_id(v: &Value, field: &str) -> Result<String, ApiError> {
         _ => return Err(ApiError::validation(field, "must be a user id (a string)")),
     };
     if s.is_empty() || s.chars().count() > MAX_ID_CHARS {
-        return Err(ApiError::validation(field, format!("must be 1 to {MAX_ID_CHARS} characters")));
+        return Err(ApiError::validation(
+            field,
+            format!("must be 1 to {MAX_ID_CHARS} characters"),
+        ));
     }
     if s.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(ApiError::validation(field, "must not contain spaces or control characters"));
+        return Err(ApiError::validation(
+            field,
+            "must not contain spaces or control characters",
+        ));
     }
     Ok(s)
 }
@@ -183,7 +263,10 @@ pub fn check_url(s: &str) -> Result<String, String> {
     match scheme_end {
         Some(c) if path_start.is_none_or(|p| c < p) => {
             let scheme = s[..c].to_ascii_lowercase();
-            if (scheme == "http" || scheme == "https") && s[c + 1..].starts_with("//") && s.len() > c + 3 {
+            if (scheme == "http" || scheme == "https")
+                && s[c + 1..].starts_with("//")
+                && s.len() > c + 3
+            {
                 Ok(s.to_string())
             } else {
                 Err("must be a relative URL or an absolute http(s) URL".into())
@@ -224,42 +307,95 @@ mod tests {
     fn errors_name_the_field_inside_a_batch() {
         let ok = json!({"to_user": "1", "title": "t"});
         let bad = json!({"to_user": "1", "title": "x".repeat(201)});
-        assert_eq!(field_of(json!({"messages": [ok, ok, bad]})), "messages[2].title");
+        assert_eq!(
+            field_of(json!({"messages": [ok, ok, bad]})),
+            "messages[2].title"
+        );
         assert_eq!(field_of(json!({"title": "t"})), "to_user");
         assert_eq!(field_of(json!({"to_user": "1"})), "title");
-        assert_eq!(field_of(json!({"to_user": "1", "title": "t", "content": "x".repeat(8193)})), "content");
-        assert_eq!(field_of(json!({"to_user": "1", "title": "t", "data": {"k": "x".repeat(16 * 1024)}})), "data");
-        assert_eq!(field_of(json!({"to_user": "1", "title": "t", "skip_url": "javascript:alert(1)"})), "skip_url");
-        assert_eq!(field_of(json!({"to_user": "1", "to_users": ["2"], "title": "t"})), "to_users");
+        assert_eq!(
+            field_of(json!({"to_user": "1", "title": "t", "content": "x".repeat(8193)})),
+            "content"
+        );
+        assert_eq!(
+            field_of(json!({"to_user": "1", "title": "t", "data": {"k": "x".repeat(16 * 1024)}})),
+            "data"
+        );
+        assert_eq!(
+            field_of(json!({"to_user": "1", "title": "t", "skip_url": "javascript:alert(1)"})),
+            "skip_url"
+        );
+        assert_eq!(
+            field_of(json!({"to_user": "1", "to_users": ["2"], "title": "t"})),
+            "to_users"
+        );
         assert_eq!(field_of(json!({"messages": []})), "messages");
     }
 
     #[test]
     fn limits_are_exact() {
         let title = "é".repeat(200);
-        assert!(parse_create(json!({"to_user": "1", "title": title}).to_string().as_bytes()).is_ok());
+        assert!(parse_create(
+            json!({"to_user": "1", "title": title})
+                .to_string()
+                .as_bytes()
+        )
+        .is_ok());
         let content = "x".repeat(8192);
-        assert!(parse_create(json!({"to_user": "1", "title": "t", "content": content}).to_string().as_bytes()).is_ok());
-        let batch: Vec<Value> = (0..1000).map(|i| json!({"to_user": i.to_string(), "title": "t"})).collect();
+        assert!(parse_create(
+            json!({"to_user": "1", "title": "t", "content": content})
+                .to_string()
+                .as_bytes()
+        )
+        .is_ok());
+        let batch: Vec<Value> = (0..1000)
+            .map(|i| json!({"to_user": i.to_string(), "title": "t"}))
+            .collect();
         assert!(parse_create(json!({ "messages": batch }).to_string().as_bytes()).is_ok());
-        let batch: Vec<Value> = (0..1001).map(|i| json!({"to_user": i.to_string(), "title": "t"})).collect();
+        let batch: Vec<Value> = (0..1001)
+            .map(|i| json!({"to_user": i.to_string(), "title": "t"}))
+            .collect();
         assert_eq!(field_of(json!({ "messages": batch })), "messages");
         let users: Vec<String> = (0..10_001).map(|i| i.to_string()).collect();
-        assert_eq!(field_of(json!({"to_users": users, "title": "t"})), "to_users");
+        assert_eq!(
+            field_of(json!({"to_users": users, "title": "t"})),
+            "to_users"
+        );
     }
 
     #[test]
     fn malformed_json_is_not_a_validation_error() {
-        assert!(matches!(parse_create(b"{nope"), Err(ApiError::MalformedJson(_))));
-        assert!(matches!(parse_create(&[0xff, 0xfe]), Err(ApiError::MalformedJson(_))));
+        assert!(matches!(
+            parse_create(b"{nope"),
+            Err(ApiError::MalformedJson(_))
+        ));
+        assert!(matches!(
+            parse_create(&[0xff, 0xfe]),
+            Err(ApiError::MalformedJson(_))
+        ));
     }
 
     #[test]
     fn urls() {
-        for ok in ["/posts/9#c3", "posts/9", "?tab=2", "https://example.com/x", "HTTP://example.com", "/a:b"] {
+        for ok in [
+            "/posts/9#c3",
+            "posts/9",
+            "?tab=2",
+            "https://example.com/x",
+            "HTTP://example.com",
+            "/a:b",
+        ] {
             assert!(check_url(ok).is_ok(), "{ok}");
         }
-        for bad in ["javascript:alert(1)", "data:text/html,x", "//evil.example", "http:/x", "mailto:a@b", "/x y", "https://"] {
+        for bad in [
+            "javascript:alert(1)",
+            "data:text/html,x",
+            "//evil.example",
+            "http:/x",
+            "mailto:a@b",
+            "/x y",
+            "https://",
+        ] {
             assert!(check_url(bad).is_err(), "{bad}");
         }
     }

@@ -21,7 +21,11 @@ pub struct CountsView {
 
 impl From<Counters> for CountsView {
     fn from(c: Counters) -> Self {
-        CountsView { seq: c.seq, unread: c.unread, unseen: c.unseen }
+        CountsView {
+            seq: c.seq,
+            unread: c.unread,
+            unseen: c.unseen,
+        }
     }
 }
 

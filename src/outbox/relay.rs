@@ -85,21 +85,31 @@ impl Relay {
     /// Returns `Ok(false)` when another relay leads, `Ok(true)` after leading until shutdown.
     async fn try_lead(&self, shutdown: &mut watch::Receiver<bool>) -> anyhow::Result<bool> {
         let mut conn = AsyncPgConnection::establish(&self.settings.database_url).await?;
-        let got: Locked = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS locked").bind::<BigInt, _>(LEADER_LOCK).get_result(&mut conn).await?;
+        let got: Locked = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS locked")
+            .bind::<BigInt, _>(LEADER_LOCK)
+            .get_result(&mut conn)
+            .await?;
         if !got.locked {
             return Ok(false);
         }
         tracing::info!(node = %self.settings.node_id, "relay is now the leader");
         metrics::counter!("notifyd_relay_leadership_acquired_total").increment(1);
         self.waker.set_local_leader(true);
-        let listener = tokio::spawn(listen_for_wakes(self.settings.database_url.clone(), self.waker.clone()));
+        let listener = tokio::spawn(listen_for_wakes(
+            self.settings.database_url.clone(),
+            self.waker.clone(),
+        ));
         let result = self.lead(&mut conn, shutdown).await;
         listener.abort();
         self.waker.set_local_leader(false);
         result.map(|_| true)
     }
 
-    async fn lead(&self, conn: &mut AsyncPgConnection, shutdown: &mut watch::Receiver<bool>) -> anyhow::Result<()> {
+    async fn lead(
+        &self,
+        conn: &mut AsyncPgConnection,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
         let mut backoff = Duration::from_millis(50);
         let mut last_housekeeping = Instant::now();
         let mut last_backlog = Instant::now() - BACKLOG_EVERY;
@@ -130,7 +140,8 @@ impl Relay {
                     }
                 }
                 Err(StepError::Broker(e)) => {
-                    metrics::counter!("notifyd_errors_total", "kind" => "relay_publish").increment(1);
+                    metrics::counter!("notifyd_errors_total", "kind" => "relay_publish")
+                        .increment(1);
                     tracing::warn!(error = %e, "relay cannot publish; events stay in the outbox, retrying in {backoff:?}");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
@@ -165,7 +176,10 @@ impl Relay {
                         items.push((channel, p.to_string()));
                     }
                 }
-                self.broker.publish(&items).await.map_err(StepError::Broker)?;
+                self.broker
+                    .publish(&items)
+                    .await
+                    .map_err(StepError::Broker)?;
                 let ids: Vec<i64> = batch.iter().map(|e| e.id).collect();
                 outbox::delete(conn, &ids).await?;
                 Ok(batch.len())
@@ -173,14 +187,20 @@ impl Relay {
             .await?;
         if n > 0 {
             metrics::counter!("notifyd_events_published_total").increment(n as u64);
-            metrics::histogram!("notifyd_relay_batch_seconds").record(started.elapsed().as_secs_f64());
+            metrics::histogram!("notifyd_relay_batch_seconds")
+                .record(started.elapsed().as_secs_f64());
         }
         Ok(n)
     }
 
     /// Prunes the event log past retention and expired idempotency keys, a bounded amount per call.
-    async fn housekeeping(&self, conn: &mut AsyncPgConnection) -> Result<(), diesel::result::Error> {
-        let cutoff = chrono::Utc::now() - chrono::Duration::from_std(self.settings.event_retention).unwrap_or(chrono::Duration::days(7));
+    async fn housekeeping(
+        &self,
+        conn: &mut AsyncPgConnection,
+    ) -> Result<(), diesel::result::Error> {
+        let cutoff = chrono::Utc::now()
+            - chrono::Duration::from_std(self.settings.event_retention)
+                .unwrap_or(chrono::Duration::days(7));
         let mut pruned = 0;
         for _ in 0..20 {
             let n = events::prune(conn, cutoff, 5000).await?;
@@ -191,7 +211,11 @@ impl Relay {
         }
         let keys = idempotency::prune(conn, 5000).await?;
         if pruned + keys > 0 {
-            tracing::info!(events = pruned, idempotency_keys = keys, "housekeeping pruned");
+            tracing::info!(
+                events = pruned,
+                idempotency_keys = keys,
+                "housekeeping pruned"
+            );
         }
         Ok(())
     }
@@ -202,7 +226,11 @@ async fn listen_for_wakes(database_url: String, waker: Waker) {
     loop {
         match AsyncPgConnection::establish(&database_url).await {
             Ok(mut conn) => {
-                if diesel::sql_query(format!("LISTEN {CHANNEL}")).execute(&mut conn).await.is_ok() {
+                if diesel::sql_query(format!("LISTEN {CHANNEL}"))
+                    .execute(&mut conn)
+                    .await
+                    .is_ok()
+                {
                     let mut stream = std::pin::pin!(conn.notifications_stream());
                     while let Some(Ok(_)) = stream.next().await {
                         waker.wake_local();

@@ -63,7 +63,10 @@ impl Waker {
             }
             match pool.get().await {
                 Ok(mut conn) => {
-                    if let Err(e) = diesel::sql_query(format!("NOTIFY {CHANNEL}")).execute(&mut conn).await {
+                    if let Err(e) = diesel::sql_query(format!("NOTIFY {CHANNEL}"))
+                        .execute(&mut conn)
+                        .await
+                    {
                         tracing::debug!(error = %e, "NOTIFY failed; the relay's poll will pick the events up");
                     }
                 }

@@ -19,13 +19,22 @@ pub struct NewEvent {
 
 pub async fn append(conn: &mut Conn, rows: &[NewEvent]) -> QueryResult<()> {
     for chunk in rows.chunks(INSERT_CHUNK) {
-        diesel::insert_into(e::table).values(chunk).execute(conn).await?;
+        diesel::insert_into(e::table)
+            .values(chunk)
+            .execute(conn)
+            .await?;
     }
     Ok(())
 }
 
 /// The user's events with `since < seq <= until`, oldest first, at most `limit`.
-pub async fn range(conn: &mut Conn, user: &str, since: i64, until: Option<i64>, limit: i64) -> QueryResult<Vec<(i64, serde_json::Value)>> {
+pub async fn range(
+    conn: &mut Conn,
+    user: &str,
+    since: i64,
+    until: Option<i64>,
+    limit: i64,
+) -> QueryResult<Vec<(i64, serde_json::Value)>> {
     let mut q = e::table
         .filter(e::user_id.eq(user))
         .filter(e::seq.gt(since))

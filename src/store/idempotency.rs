@@ -20,9 +20,18 @@ pub enum Begin {
 
 /// Claims `(service, key)` inside the caller's transaction. A concurrent request with the same
 /// key waits on the row lock until this transaction ends, then sees the stored result.
-pub async fn begin(conn: &mut Conn, service: &str, key: &str, request_hash: &str) -> QueryResult<Begin> {
+pub async fn begin(
+    conn: &mut Conn,
+    service: &str,
+    key: &str,
+    request_hash: &str,
+) -> QueryResult<Begin> {
     let inserted = diesel::insert_into(k::table)
-        .values((k::service.eq(service), k::key.eq(key), k::request_hash.eq(request_hash)))
+        .values((
+            k::service.eq(service),
+            k::key.eq(key),
+            k::request_hash.eq(request_hash),
+        ))
         .on_conflict_do_nothing()
         .execute(conn)
         .await?;
@@ -37,7 +46,11 @@ pub async fn begin(conn: &mut Conn, service: &str, key: &str, request_hash: &str
         .await?;
     if created_at < Utc::now() - Duration::hours(TTL_HOURS) {
         diesel::update(k::table.find((service, key)))
-            .set((k::request_hash.eq(request_hash), k::response.eq(None::<serde_json::Value>), k::created_at.eq(Utc::now())))
+            .set((
+                k::request_hash.eq(request_hash),
+                k::response.eq(None::<serde_json::Value>),
+                k::created_at.eq(Utc::now()),
+            ))
             .execute(conn)
             .await?;
         return Ok(Begin::Fresh);
@@ -48,8 +61,16 @@ pub async fn begin(conn: &mut Conn, service: &str, key: &str, request_hash: &str
     })
 }
 
-pub async fn finish(conn: &mut Conn, service: &str, key: &str, response: &serde_json::Value) -> QueryResult<()> {
-    diesel::update(k::table.find((service, key))).set(k::response.eq(response)).execute(conn).await?;
+pub async fn finish(
+    conn: &mut Conn,
+    service: &str,
+    key: &str,
+    response: &serde_json::Value,
+) -> QueryResult<()> {
+    diesel::update(k::table.find((service, key)))
+        .set(k::response.eq(response))
+        .execute(conn)
+        .await?;
     Ok(())
 }
 

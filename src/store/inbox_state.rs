@@ -9,7 +9,9 @@ use diesel_async::RunQueryDsl;
 use super::schema::user_inbox_state as s;
 use super::Conn;
 
-#[derive(Queryable, Selectable, Insertable, AsChangeset, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(
+    Queryable, Selectable, Insertable, AsChangeset, Debug, Clone, Copy, PartialEq, Eq, Default,
+)]
 #[diesel(table_name = s)]
 pub struct Counters {
     pub seq: i64,
@@ -30,12 +32,26 @@ struct Increment<'a> {
 /// Adds `n` new unread, unseen messages for each `(user, n)` and returns each user's counters
 /// after the change, in the order given. Callers pass users sorted so that concurrent batches
 /// lock rows in the same order and cannot deadlock.
-pub async fn add_created(conn: &mut Conn, counts: &[(String, i64)]) -> QueryResult<Vec<(String, Counters)>> {
-    debug_assert!(counts.windows(2).all(|w| w[0].0 < w[1].0), "users must be sorted and distinct");
+pub async fn add_created(
+    conn: &mut Conn,
+    counts: &[(String, i64)],
+) -> QueryResult<Vec<(String, Counters)>> {
+    debug_assert!(
+        counts.windows(2).all(|w| w[0].0 < w[1].0),
+        "users must be sorted and distinct"
+    );
     let mut out = Vec::with_capacity(counts.len());
     // 4 binds per row; chunks keep each statement under the bind limit, and sorted chunks keep lock order.
     for chunk in counts.chunks(10_000) {
-        let rows: Vec<Increment> = chunk.iter().map(|(u, n)| Increment { user_id: u, seq: *n, unread: *n, unseen: *n }).collect();
+        let rows: Vec<Increment> = chunk
+            .iter()
+            .map(|(u, n)| Increment {
+                user_id: u,
+                seq: *n,
+                unread: *n,
+                unseen: *n,
+            })
+            .collect();
         let mut got: Vec<(String, Counters)> = diesel::insert_into(s::table)
             .values(&rows)
             .on_conflict(s::user_id)
@@ -57,15 +73,30 @@ pub async fn add_created(conn: &mut Conn, counts: &[(String, i64)]) -> QueryResu
 
 /// Locks the user's row for the rest of the transaction. `None`: the user never had a message.
 pub async fn lock(conn: &mut Conn, user: &str) -> QueryResult<Option<Counters>> {
-    s::table.find(user).select(Counters::as_select()).for_update().get_result(conn).await.optional()
+    s::table
+        .find(user)
+        .select(Counters::as_select())
+        .for_update()
+        .get_result(conn)
+        .await
+        .optional()
 }
 
 /// Current counters without locking (zeros for a user who never had a message).
 pub async fn get(conn: &mut Conn, user: &str) -> QueryResult<Counters> {
-    Ok(s::table.find(user).select(Counters::as_select()).get_result(conn).await.optional()?.unwrap_or_default())
+    Ok(s::table
+        .find(user)
+        .select(Counters::as_select())
+        .get_result(conn)
+        .await
+        .optional()?
+        .unwrap_or_default())
 }
 
 pub async fn save(conn: &mut Conn, user: &str, c: Counters) -> QueryResult<()> {
-    diesel::update(s::table.find(user)).set((c, s::updated_at.eq(Utc::now()))).execute(conn).await?;
+    diesel::update(s::table.find(user))
+        .set((c, s::updated_at.eq(Utc::now())))
+        .execute(conn)
+        .await?;
     Ok(())
 }

@@ -67,13 +67,22 @@ impl NewMessage {
 
 pub async fn insert(conn: &mut Conn, rows: &[NewMessage]) -> QueryResult<()> {
     for chunk in rows.chunks(INSERT_CHUNK) {
-        diesel::insert_into(m::table).values(chunk).execute(conn).await?;
+        diesel::insert_into(m::table)
+            .values(chunk)
+            .execute(conn)
+            .await?;
     }
     Ok(())
 }
 
 /// A user's live messages, newest first, strictly below `before` (keyset on seq).
-pub async fn list(conn: &mut Conn, user: &str, before: Option<i64>, limit: i64, unread_only: bool) -> QueryResult<Vec<Message>> {
+pub async fn list(
+    conn: &mut Conn,
+    user: &str,
+    before: Option<i64>,
+    limit: i64,
+    unread_only: bool,
+) -> QueryResult<Vec<Message>> {
     let mut q = m::table
         .filter(m::to_user.eq(user))
         .filter(m::deleted_at.is_null())
@@ -92,7 +101,12 @@ pub async fn list(conn: &mut Conn, user: &str, before: Option<i64>, limit: i64, 
 
 /// Marks the user's own unread, live messages among `ids` read; returns `(id, seq)` of those
 /// that changed. Ids of other users' messages simply match nothing.
-pub async fn mark_read(conn: &mut Conn, user: &str, ids: &[Uuid], now: DateTime<Utc>) -> QueryResult<Vec<(Uuid, i64)>> {
+pub async fn mark_read(
+    conn: &mut Conn,
+    user: &str,
+    ids: &[Uuid],
+    now: DateTime<Utc>,
+) -> QueryResult<Vec<(Uuid, i64)>> {
     diesel::update(
         m::table
             .filter(m::to_user.eq(user))
@@ -108,20 +122,35 @@ pub async fn mark_read(conn: &mut Conn, user: &str, ids: &[Uuid], now: DateTime<
 
 /// Marks every unread, live message of the user read; returns how many changed.
 pub async fn mark_all_read(conn: &mut Conn, user: &str, now: DateTime<Utc>) -> QueryResult<usize> {
-    diesel::update(m::table.filter(m::to_user.eq(user)).filter(m::is_read.eq(false)).filter(m::deleted_at.is_null()))
-        .set((m::is_read.eq(true), m::read_at.eq(now)))
-        .execute(conn)
-        .await
+    diesel::update(
+        m::table
+            .filter(m::to_user.eq(user))
+            .filter(m::is_read.eq(false))
+            .filter(m::deleted_at.is_null()),
+    )
+    .set((m::is_read.eq(true), m::read_at.eq(now)))
+    .execute(conn)
+    .await
 }
 
 /// Soft-deletes one of the user's live messages; returns `(was_read, seq)` if it existed.
-pub async fn soft_delete(conn: &mut Conn, user: &str, id: Uuid, now: DateTime<Utc>) -> QueryResult<Option<(bool, i64)>> {
-    diesel::update(m::table.filter(m::to_user.eq(user)).filter(m::id.eq(id)).filter(m::deleted_at.is_null()))
-        .set(m::deleted_at.eq(now))
-        .returning((m::is_read, m::seq))
-        .get_result(conn)
-        .await
-        .optional()
+pub async fn soft_delete(
+    conn: &mut Conn,
+    user: &str,
+    id: Uuid,
+    now: DateTime<Utc>,
+) -> QueryResult<Option<(bool, i64)>> {
+    diesel::update(
+        m::table
+            .filter(m::to_user.eq(user))
+            .filter(m::id.eq(id))
+            .filter(m::deleted_at.is_null()),
+    )
+    .set(m::deleted_at.eq(now))
+    .returning((m::is_read, m::seq))
+    .get_result(conn)
+    .await
+    .optional()
 }
 
 /// Live unread messages of a user (the ground truth behind the `unread` counter).

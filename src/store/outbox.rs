@@ -39,14 +39,31 @@ pub struct Claimed {
 /// Queues the user events `(user, seq)` (their payloads live in `user_event`).
 pub async fn enqueue_user_events(conn: &mut Conn, entries: &[(&str, i64)]) -> QueryResult<()> {
     for chunk in entries.chunks(INSERT_CHUNK) {
-        let rows: Vec<NewUserEntry> = chunk.iter().map(|(u, s)| NewUserEntry { user_id: u, seq: *s }).collect();
-        diesel::insert_into(o::table).values(&rows).execute(conn).await?;
+        let rows: Vec<NewUserEntry> = chunk
+            .iter()
+            .map(|(u, s)| NewUserEntry {
+                user_id: u,
+                seq: *s,
+            })
+            .collect();
+        diesel::insert_into(o::table)
+            .values(&rows)
+            .execute(conn)
+            .await?;
     }
     Ok(())
 }
 
-pub async fn enqueue_topic_event(conn: &mut Conn, topic: &str, payload: &serde_json::Value) -> QueryResult<i64> {
-    diesel::insert_into(o::table).values(NewTopicEntry { topic, payload }).returning(o::id).get_result(conn).await
+pub async fn enqueue_topic_event(
+    conn: &mut Conn,
+    topic: &str,
+    payload: &serde_json::Value,
+) -> QueryResult<i64> {
+    diesel::insert_into(o::table)
+        .values(NewTopicEntry { topic, payload })
+        .returning(o::id)
+        .get_result(conn)
+        .await
 }
 
 /// Locks the oldest `limit` entries (by id) and returns them with their payloads. Scanning from
@@ -65,7 +82,9 @@ pub async fn claim_batch(conn: &mut Conn, limit: i64) -> QueryResult<Vec<Claimed
 }
 
 pub async fn delete(conn: &mut Conn, ids: &[i64]) -> QueryResult<usize> {
-    diesel::delete(o::table.filter(o::id.eq_any(ids))).execute(conn).await
+    diesel::delete(o::table.filter(o::id.eq_any(ids)))
+        .execute(conn)
+        .await
 }
 
 #[derive(QueryableByName, Debug, Clone, Copy, Default)]

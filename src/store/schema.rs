@@ -61,4 +61,10 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(t_message_real_time, user_inbox_state, user_event, outbox, idempotency_key);
+diesel::allow_tables_to_appear_in_same_query!(
+    t_message_real_time,
+    user_inbox_state,
+    user_event,
+    outbox,
+    idempotency_key
+);

@@ -1,0 +1,481 @@
+//! The test harness: every test gets its own PostgreSQL database (random name, dropped after)
+//! and its own Redis key/channel prefix, and talks to real `notifyd` nodes over real sockets.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use futures_util::{SinkExt, StreamExt};
+use notifyd::config::Settings;
+use notifyd::startup::{Application, Stopper};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+pub const SERVICE_KEY: &str = "test-service-key";
+pub const JWT_SECRET: &str = "test-jwt-secret";
+
+pub fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_ADMIN_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+fn rand_hex() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
+}
+
+/// A fresh database, dropped (with its connections) when this value is dropped.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        let name = format!("notifyd_test_{}", rand_hex());
+        let mut admin = AsyncPgConnection::establish(&admin_url())
+            .await
+            .expect("admin connection to PostgreSQL");
+        diesel::sql_query(format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
+        let base = admin_url();
+        let url = format!(
+            "{}/{}",
+            &base[..base.rfind('/').expect("admin url has a database")],
+            name
+        );
+        TestDb { name, url }
+    }
+
+    pub async fn conn(&self) -> AsyncPgConnection {
+        AsyncPgConnection::establish(&self.url)
+            .await
+            .expect("test db connection")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside async context guarantees: use a throwaway runtime on its own thread.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                if let Ok(mut admin) = AsyncPgConnection::establish(&admin_url()).await {
+                    let _ = diesel::sql_query(format!(
+                        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                    ))
+                    .execute(&mut admin)
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+#[derive(Clone)]
+pub struct Opts {
+    pub redis: bool,
+    pub relay: bool,
+    /// Overrides REDIS_URL (e.g. a proxy the test can cut).
+    pub redis_url: Option<String>,
+    pub prefix: Option<String>,
+    pub heartbeat: Duration,
+    pub node_id: String,
+    pub max_body_bytes: Option<usize>,
+    pub allowed_origins: Option<Vec<String>>,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            redis: true,
+            relay: true,
+            redis_url: None,
+            prefix: None,
+            heartbeat: Duration::from_secs(25),
+            node_id: format!("test-{}", rand_hex()),
+            max_body_bytes: None,
+            allowed_origins: None,
+        }
+    }
+}
+
+/// One running node.
+pub struct TestApp {
+    pub port: u16,
+    pub base: String,
+    pub ws_base: String,
+    pub db_url: String,
+    pub prefix: String,
+    pub stopper: Stopper,
+    pub http: reqwest::Client,
+}
+
+pub fn settings_for(db_url: &str, opts: &Opts) -> Settings {
+    let mut s = Settings::new(db_url);
+    s.bind = "127.0.0.1:0".into();
+    s.jwt_secret = JWT_SECRET.into();
+    s.service_keys = vec![
+        ("test".into(), SERVICE_KEY.into()),
+        ("other".into(), "other-key".into()),
+    ];
+    s.redis_url = if opts.redis {
+        Some(opts.redis_url.clone().unwrap_or_else(redis_url))
+    } else {
+        None
+    };
+    s.redis_prefix = opts
+        .prefix
+        .clone()
+        .unwrap_or_else(|| format!("t{}:", rand_hex()));
+    s.relay_enabled = opts.relay;
+    s.heartbeat = opts.heartbeat;
+    s.node_id = opts.node_id.clone();
+    s.db_pool_size = 8;
+    if let Some(m) = opts.max_body_bytes {
+        s.max_body_bytes = m;
+    }
+    s.allowed_origins = opts.allowed_origins.clone();
+    s
+}
+
+pub async fn spawn_app(db: &TestDb, opts: Opts) -> TestApp {
+    let settings = settings_for(&db.url, &opts);
+    let prefix = settings.redis_prefix.clone();
+    let app = Application::build(settings, None).await.expect("build app");
+    let port = app.port();
+    let stopper = app.stopper();
+    tokio::spawn(app.run_until_stopped());
+    TestApp {
+        port,
+        base: format!("http://127.0.0.1:{port}"),
+        ws_base: format!("ws://127.0.0.1:{port}"),
+        db_url: db.url.clone(),
+        prefix,
+        stopper,
+        http: reqwest::Client::new(),
+    }
+}
+
+pub fn new_user() -> String {
+    format!("u{}", rand_hex())
+}
+
+pub fn token(user: &str) -> String {
+    notifyd::auth::jwt::JwtKeys::new(JWT_SECRET)
+        .mint(user, 3600, &[])
+        .expect("mint")
+}
+
+pub fn token_with_topics(user: &str, topics: &[&str]) -> String {
+    let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+    notifyd::auth::jwt::JwtKeys::new(JWT_SECRET)
+        .mint(user, 3600, &topics)
+        .expect("mint")
+}
+
+impl TestApp {
+    pub async fn post_messages(&self, body: &Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}/api/v1/messages", self.base))
+            .bearer_auth(SERVICE_KEY)
+            .json(body)
+            .send()
+            .await
+            .expect("POST /messages")
+    }
+
+    /// POSTs one message and returns the created `{"id","to_user","seq"}`.
+    pub async fn send(&self, user: &str, title: &str) -> Value {
+        let r = self.post_messages(&serde_json::json!({"to_user": user, "title": title, "content": "c", "type": "comment"})).await;
+        assert_eq!(r.status(), 201, "create failed");
+        let body: Value = r.json().await.expect("json");
+        body["messages"][0].clone()
+    }
+
+    pub async fn user_get(&self, user: &str, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{}", self.base, path))
+            .bearer_auth(token(user))
+            .send()
+            .await
+            .expect("GET")
+    }
+
+    pub async fn user_post(&self, user: &str, path: &str, body: Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}{}", self.base, path))
+            .bearer_auth(token(user))
+            .json(&body)
+            .send()
+            .await
+            .expect("POST")
+    }
+
+    pub async fn ws(&self, user: &str, since: Option<i64>) -> WsClient {
+        WsClient::connect(&self.ws_url(&token(user), since))
+            .await
+            .expect("ws connect")
+    }
+
+    pub fn ws_url(&self, token: &str, since: Option<i64>) -> String {
+        match since {
+            Some(s) => format!("{}/ws?token={token}&since={s}", self.ws_base),
+            None => format!("{}/ws?token={token}", self.ws_base),
+        }
+    }
+
+    pub fn user_channel(&self, user: &str) -> String {
+        format!("{}u:{}", self.prefix, user)
+    }
+
+    pub async fn stop(&self) {
+        self.stopper.stop().await;
+    }
+}
+
+type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket client that records every frame it reads.
+pub struct WsClient {
+    pub ws: WsStream,
+    pub frames: Vec<Value>,
+    pub closed: Option<(u16, String)>,
+}
+
+impl WsClient {
+    pub async fn connect(url: &str) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+        Ok(WsClient {
+            ws,
+            frames: vec![],
+            closed: None,
+        })
+    }
+
+    /// The next JSON frame, or `None` on close/timeout.
+    pub async fn next(&mut self, timeout: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()??;
+            match msg {
+                Ok(WsMessage::Text(t)) => {
+                    let v: Value = serde_json::from_str(&t).expect("server sent JSON");
+                    self.frames.push(v.clone());
+                    return Some(v);
+                }
+                Ok(WsMessage::Close(c)) => {
+                    self.closed = Some(
+                        c.map(|c| (u16::from(c.code), c.reason.to_string()))
+                            .unwrap_or((1005, String::new())),
+                    );
+                    return None;
+                }
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// The next frame of type `ty`, skipping others; panics after `timeout`.
+    pub async fn expect(&mut self, ty: &str, timeout: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await {
+                Some(f) if f["type"] == ty => return f,
+                Some(_) => continue,
+                None => panic!(
+                    "no {ty} frame within {timeout:?}; closed={:?}; saw {:?}",
+                    self.closed,
+                    self.frames
+                        .iter()
+                        .map(|f| f["type"].clone())
+                        .collect::<Vec<_>>()
+                ),
+            }
+        }
+    }
+
+    /// Reads until the socket closes (or `timeout`); returns the close code.
+    pub async fn expect_close(&mut self, timeout: Duration) -> Option<u16> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.closed.is_none() {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            if self.next(left).await.is_none() && self.closed.is_none() {
+                break;
+            }
+        }
+        self.closed.as_ref().map(|c| c.0)
+    }
+
+    pub async fn send(&mut self, v: &Value) {
+        self.ws
+            .send(WsMessage::text(v.to_string()))
+            .await
+            .expect("ws send");
+    }
+
+    pub async fn send_raw(&mut self, m: WsMessage) {
+        let _ = self.ws.send(m).await;
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+/// A Redis subscriber the test reads directly, to see exactly what the relay published.
+pub struct RedisTap {
+    rx: tokio::sync::mpsc::UnboundedReceiver<String>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl RedisTap {
+    pub async fn subscribe(channel: &str) -> Self {
+        let client = redis::Client::open(redis_url()).expect("redis url");
+        let mut pubsub = client.get_async_pubsub().await.expect("redis pubsub");
+        pubsub.subscribe(channel).await.expect("subscribe");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            let mut stream = pubsub.into_on_message();
+            while let Some(m) = stream.next().await {
+                let _ = tx.send(String::from_utf8_lossy(m.get_payload_bytes()).to_string());
+            }
+        });
+        RedisTap { rx, task }
+    }
+
+    pub async fn next(&mut self, timeout: Duration) -> Option<Value> {
+        let s = tokio::time::timeout(timeout, self.rx.recv()).await.ok()??;
+        Some(serde_json::from_str(&s).expect("published JSON"))
+    }
+
+    /// Collects payloads until `n` arrived or `timeout` passed.
+    pub async fn collect(&mut self, n: usize, timeout: Duration) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut out = vec![];
+        while out.len() < n {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await {
+                Some(v) => out.push(v),
+                None => break,
+            }
+        }
+        out
+    }
+
+    /// Whatever arrives within `window`.
+    pub async fn drain(&mut self, window: Duration) -> Vec<Value> {
+        let mut out = vec![];
+        while let Some(v) = self.next(window).await {
+            out.push(v);
+        }
+        out
+    }
+}
+
+/// A TCP proxy in front of Redis that a test can cut and restore, to make Redis unreachable
+/// for one node without touching the shared server.
+pub struct Cuttable {
+    pub port: u16,
+    on: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Cuttable {
+    pub async fn start(target: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let (on, _) = tokio::sync::watch::channel(true);
+        let on = std::sync::Arc::new(on);
+        let target = target.to_string();
+        let on2 = on.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut rx = on2.subscribe();
+                if !*rx.borrow() {
+                    drop(inbound);
+                    continue;
+                }
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = rx.wait_for(|on| !*on) => {}
+                    }
+                });
+            }
+        });
+        Cuttable { port, on }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Drops every proxied connection and refuses new ones.
+    pub fn cut(&self) {
+        let _ = self.on.send(false);
+    }
+
+    pub fn restore(&self) {
+        let _ = self.on.send(true);
+    }
+}
+
+/// Polls `f` until it returns `Some`, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn scalar_i64(db_url: &str, sql: &str) -> i64 {
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        v: i64,
+    }
+    let mut c = AsyncPgConnection::establish(db_url).await.expect("conn");
+    let r: Row = diesel::sql_query(sql)
+        .get_result(&mut c)
+        .await
+        .expect("scalar query");
+    r.v
+}

@@ -1,0 +1,9 @@
+//! Integration tests: real PostgreSQL, real Redis, real sockets. Each test has its own database
+//! and Redis prefix. Run with `cargo test` (see README).
+
+mod helpers;
+
+mod gateway;
+mod relay;
+mod spine;
+mod user_api;
