@@ -8,7 +8,7 @@ use crate::auth::service::Service;
 use crate::error::ApiError;
 use crate::gateway::protocol::MAX_TOPIC_CHARS;
 use crate::inbox::create;
-use crate::inbox::input::MAX_DATA_BYTES;
+use crate::inbox::input::{json_has_nul, MAX_DATA_BYTES, NUL_MESSAGE};
 use crate::state::AppState;
 
 #[post("/topics/{topic}/events")]
@@ -41,6 +41,9 @@ pub async fn publish(
             "data",
             format!("at most {MAX_DATA_BYTES} bytes as JSON"),
         ));
+    }
+    if json_has_nul(&data) {
+        return Err(ApiError::validation("data", NUL_MESSAGE));
     }
     let mut conn = state.pool.get().await?;
     let id = create::topic_event(&mut conn, &topic, &data).await?;

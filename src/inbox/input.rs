@@ -17,6 +17,9 @@ pub const MAX_ID_CHARS: usize = 128;
 pub const MAX_TYPE_CHARS: usize = 64;
 pub const MAX_URL_BYTES: usize = 2048;
 pub const DEFAULT_TYPE: &str = "system";
+/// PostgreSQL `text` and `jsonb` cannot store U+0000: refusing it here makes it a `422` naming the
+/// field instead of a failed insert (`500`).
+pub const NUL_MESSAGE: &str = "must not contain the NUL character (U+0000)";
 
 /// One validated entry: a notification for one or more recipients.
 #[derive(Debug, Clone, PartialEq)]
@@ -154,6 +157,9 @@ fn parse_message(m: &Map<String, Value>, at: &str) -> Result<MessageInput, ApiEr
         Some(Value::String(s)) if s.trim().is_empty() => {
             return Err(ApiError::validation(f("title"), "must not be empty"))
         }
+        Some(Value::String(s)) if s.contains('\0') => {
+            return Err(ApiError::validation(f("title"), NUL_MESSAGE))
+        }
         Some(Value::String(s)) if s.chars().count() > MAX_TITLE_CHARS => {
             return Err(ApiError::validation(
                 f("title"),
@@ -172,6 +178,9 @@ fn parse_message(m: &Map<String, Value>, at: &str) -> Result<MessageInput, ApiEr
                 format!("at most {MAX_CONTENT_BYTES} bytes (UTF-8)"),
             ))
         }
+        Some(Value::String(s)) if s.contains('\0') => {
+            return Err(ApiError::validation(f("content"), NUL_MESSAGE))
+        }
         Some(Value::String(s)) => s.clone(),
         Some(_) => return Err(ApiError::validation(f("content"), "must be a string")),
     };
@@ -182,6 +191,9 @@ fn parse_message(m: &Map<String, Value>, at: &str) -> Result<MessageInput, ApiEr
                 f("type"),
                 format!("must be 1 to {MAX_TYPE_CHARS} characters"),
             ))
+        }
+        Some(Value::String(s)) if s.contains('\0') => {
+            return Err(ApiError::validation(f("type"), NUL_MESSAGE))
         }
         Some(Value::String(s)) => s.clone(),
         Some(_) => return Err(ApiError::validation(f("type"), "must be a string")),
@@ -206,6 +218,9 @@ fn parse_message(m: &Map<String, Value>, at: &str) -> Result<MessageInput, ApiEr
                     format!("at most {MAX_DATA_BYTES} bytes as JSON"),
                 ));
             }
+            if json_has_nul(v) {
+                return Err(ApiError::validation(f("data"), NUL_MESSAGE));
+            }
             Some(v.clone())
         }
     };
@@ -218,6 +233,16 @@ fn parse_message(m: &Map<String, Value>, at: &str) -> Result<MessageInput, ApiEr
         skip_url,
         data,
     })
+}
+
+/// Whether any string or key in `v` holds U+0000 (which `jsonb` refuses).
+pub fn json_has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(json_has_nul),
+        Value::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || json_has_nul(v)),
+        _ => false,
+    }
 }
 
 /// User ids are strings; JSON integers are accepted and kept as their decimal text.
@@ -330,6 +355,29 @@ mod tests {
             "to_users"
         );
         assert_eq!(field_of(json!({"messages": []})), "messages");
+    }
+
+    #[test]
+    fn nul_characters_are_refused_with_their_field() {
+        let nul = "a\u{0}b";
+        assert_eq!(field_of(json!({"to_user": "1", "title": nul})), "title");
+        assert_eq!(
+            field_of(json!({"to_user": "1", "title": "t", "content": nul})),
+            "content"
+        );
+        assert_eq!(
+            field_of(json!({"to_user": "1", "title": "t", "type": nul})),
+            "type"
+        );
+        assert_eq!(
+            field_of(json!({"to_user": "1", "title": "t", "data": {"k": [1, {"x": nul}]}})),
+            "data"
+        );
+        assert_eq!(
+            field_of(json!({"to_user": "1", "title": "t", "data": {nul: 1}})),
+            "data"
+        );
+        assert_eq!(field_of(json!({"to_user": nul, "title": "t"})), "to_user");
     }
 
     #[test]

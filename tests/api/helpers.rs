@@ -479,3 +479,277 @@ pub async fn scalar_i64(db_url: &str, sql: &str) -> i64 {
         .expect("scalar query");
     r.v
 }
+
+// ---------------------------------------------------------------------------------------------
+// Spine and relay helpers (tests/api/spine.rs, tests/api/relay.rs).
+
+/// A fresh Redis prefix, for tests that start several nodes of one deployment.
+pub fn new_prefix() -> String {
+    format!("t{}:", rand_hex())
+}
+
+/// Every row of `sql` as a JSON object (column name -> value), in the order the query gives.
+pub async fn query_json(db_url: &str, sql: &str) -> Vec<Value> {
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        v: String,
+    }
+    let mut c = AsyncPgConnection::establish(db_url).await.expect("conn");
+    let r: Row = diesel::sql_query(format!(
+        "SELECT COALESCE(json_agg(q), '[]'::json)::text AS v FROM ({sql}) q"
+    ))
+    .get_result(&mut c)
+    .await
+    .expect("json query");
+    match serde_json::from_str(&r.v).expect("json_agg result") {
+        Value::Array(rows) => rows,
+        other => panic!("json_agg gave {other}"),
+    }
+}
+
+/// `SELECT count(*)` of a whole table.
+pub async fn count_rows(db_url: &str, table: &str) -> i64 {
+    scalar_i64(db_url, &format!("SELECT count(*) AS v FROM {table}")).await
+}
+
+impl TestApp {
+    /// POSTs `body` (sent as is) to `path` with an optional service key and extra headers.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        service_key: Option<&str>,
+        headers: &[(&str, &str)],
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        let mut req = self
+            .http
+            .post(format!("{}{}", self.base, path))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(k) = service_key {
+            req = req.bearer_auth(k);
+        }
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        req.send().await.expect("POST")
+    }
+
+    /// `POST /api/v1/messages` as the service owning `service_key`, with an optional `Idempotency-Key`.
+    pub async fn post_messages_as(
+        &self,
+        service_key: &str,
+        idempotency_key: Option<&str>,
+        body: &Value,
+    ) -> reqwest::Response {
+        let headers: Vec<(&str, &str)> = idempotency_key
+            .map(|k| vec![("Idempotency-Key", k)])
+            .unwrap_or_default();
+        self.post_raw(
+            "/api/v1/messages",
+            Some(service_key),
+            &headers,
+            body.to_string(),
+        )
+        .await
+    }
+
+    pub fn topic_channel(&self, topic: &str) -> String {
+        format!("{}t:{}", self.prefix, topic)
+    }
+}
+
+/// The `seq` of each published payload, in arrival order.
+pub fn seqs_of(payloads: &[Value]) -> Vec<i64> {
+    payloads
+        .iter()
+        .map(|p| p["seq"].as_i64().unwrap_or_else(|| panic!("no seq in {p}")))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gateway and user-API helpers (tests/api/gateway.rs, tests/api/user_api.rs).
+
+/// One text value from the test database: `sql` must select one row with a text column `v`.
+pub async fn scalar_text(db_url: &str, sql: &str) -> String {
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        v: String,
+    }
+    let mut c = AsyncPgConnection::establish(db_url).await.expect("conn");
+    let r: Row = diesel::sql_query(sql)
+        .get_result(&mut c)
+        .await
+        .expect("scalar text query");
+    r.v
+}
+
+/// PUBLISHes `payload` on `channel` of the test Redis, exactly as the relay would.
+pub async fn redis_publish(channel: &str, payload: &str) {
+    let client = redis::Client::open(redis_url()).expect("redis url");
+    let mut c = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection");
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(channel)
+        .arg(payload)
+        .query_async(&mut c)
+        .await
+        .expect("PUBLISH");
+}
+
+/// A user JWT for `user` signed with `secret`, valid for `ttl_secs` (negative: already expired).
+pub fn token_signed(secret: &str, user: &str, ttl_secs: i64) -> String {
+    notifyd::auth::jwt::JwtKeys::new(secret)
+        .mint(user, ttl_secs, &[])
+        .expect("mint")
+}
+
+/// Opens a WebSocket to `url` sending extra handshake headers (`Origin`, `Authorization`, ...).
+pub async fn ws_connect_with(
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<WsClient, tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+    let mut req = url.into_client_request()?;
+    for (name, value) in headers {
+        req.headers_mut().insert(
+            HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+            HeaderValue::from_str(value).expect("header value"),
+        );
+    }
+    let (ws, _) = tokio_tungstenite::connect_async(req).await?;
+    Ok(WsClient {
+        ws,
+        frames: vec![],
+        closed: None,
+    })
+}
+
+/// The HTTP status of a refused WebSocket handshake; panics if the handshake succeeded or
+/// failed in some other way.
+pub fn refused_status(r: Result<WsClient, tokio_tungstenite::tungstenite::Error>) -> u16 {
+    match r {
+        Ok(_) => panic!("the WebSocket handshake was accepted"),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        Err(e) => panic!("the handshake failed without an HTTP answer: {e}"),
+    }
+}
+
+impl TestApp {
+    /// GET `path` as an internal service (the test service key).
+    pub async fn service_get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{}", self.base, path))
+            .bearer_auth(SERVICE_KEY)
+            .send()
+            .await
+            .expect("GET")
+    }
+
+    pub async fn user_delete(&self, user: &str, path: &str) -> reqwest::Response {
+        self.http
+            .delete(format!("{}{}", self.base, path))
+            .bearer_auth(token(user))
+            .send()
+            .await
+            .expect("DELETE")
+    }
+
+    /// `GET path` as `user`, asserting 200; the JSON body.
+    pub async fn user_json(&self, user: &str, path: &str) -> Value {
+        let r = self.user_get(user, path).await;
+        assert_eq!(r.status(), 200, "GET {path}");
+        r.json().await.expect("json")
+    }
+
+    /// `POST path` as `user`, asserting 200; the JSON body.
+    pub async fn user_post_json(&self, user: &str, path: &str, body: Value) -> Value {
+        let r = self.user_post(user, path, body).await;
+        assert_eq!(r.status(), 200, "POST {path}");
+        r.json().await.expect("json")
+    }
+
+    /// `GET /api/v1/users/{user}/presence` (service key), asserting 200.
+    pub async fn presence(&self, user: &str) -> Value {
+        let r = self
+            .service_get(&format!("/api/v1/users/{user}/presence"))
+            .await;
+        assert_eq!(r.status(), 200, "presence");
+        r.json().await.expect("json")
+    }
+
+    /// `POST /api/v1/topics/{topic}/events` with `{"data": data}`, asserting 202.
+    pub async fn publish_topic(&self, topic: &str, data: Value) {
+        let r = self
+            .http
+            .post(format!("{}/api/v1/topics/{topic}/events", self.base))
+            .bearer_auth(SERVICE_KEY)
+            .json(&serde_json::json!({ "data": data }))
+            .send()
+            .await
+            .expect("POST topic event");
+        assert_eq!(r.status(), 202, "topic event not accepted");
+    }
+
+    /// Creates `n` messages for `user` in ONE request (titles `"{prefix}{i}"`); returns the
+    /// created `{"id","to_user","seq"}` in request order.
+    pub async fn send_batch(&self, user: &str, n: usize, prefix: &str, content: &str) -> Vec<Value> {
+        let messages: Vec<Value> = (0..n)
+            .map(|i| serde_json::json!({"to_user": user, "title": format!("{prefix}{i}"), "content": content, "type": "comment"}))
+            .collect();
+        let r = self
+            .post_messages(&serde_json::json!({ "messages": messages }))
+            .await;
+        assert_eq!(r.status(), 201, "batch create failed");
+        let body: Value = r.json().await.expect("json");
+        body["messages"].as_array().expect("messages").clone()
+    }
+
+    /// Whether this node's Redis subscriber is connected (so a PUBLISH now reaches it).
+    pub fn hub_connected(&self) -> bool {
+        self.stopper.state().hub.is_connected()
+    }
+}
+
+impl WsClient {
+    /// The very next frame, which must be of type `ty` (panics on anything else, a close or
+    /// `timeout`).
+    pub async fn next_of(&mut self, ty: &str, timeout: Duration) -> Value {
+        match self.next(timeout).await {
+            Some(f) if f["type"] == ty => f,
+            Some(f) => panic!("expected a {ty} frame next, got {f}"),
+            None => panic!(
+                "expected a {ty} frame next; none within {timeout:?}, closed={:?}",
+                self.closed
+            ),
+        }
+    }
+
+    /// The next `types.len()` frames, which must be exactly one of each type in any order;
+    /// returned in the order of `types`.
+    pub async fn next_set(&mut self, types: &[&str], timeout: Duration) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut got: Vec<Option<Value>> = vec![None; types.len()];
+        for _ in 0..types.len() {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let f = self.next(left).await.unwrap_or_else(|| {
+                panic!(
+                    "expected frames {types:?}; got only {got:?}, closed={:?}",
+                    self.closed
+                )
+            });
+            let i = types
+                .iter()
+                .position(|t| f["type"] == *t)
+                .unwrap_or_else(|| panic!("unexpected frame {f} while waiting for {types:?}"));
+            assert!(got[i].is_none(), "a second {} frame: {f}", types[i]);
+            got[i] = Some(f);
+        }
+        got.into_iter().map(|f| f.expect("filled")).collect()
+    }
+}

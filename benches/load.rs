@@ -1,0 +1,324 @@
+//! Load benchmark: measures, in one run on this machine, and writes `docs/benchmarks.md`:
+//! 1. messages created/s by single POSTs at 64 concurrent clients;
+//! 2. messages created/s in 100-message batches;
+//! 3. the same SQL transaction run by `pgbench -f` (the database's ceiling for it);
+//! 4. relay throughput: outbox events/s published into Redis;
+//! 5. 5,000 concurrent WebSocket connections on one node: RSS per connection, and the time to
+//!    fan one `to_users` POST out to all of them.
+//!
+//! Needs a release binary (`cargo build --release`), PostgreSQL and Redis (scripts/services.sh).
+//! Run: `cargo bench --bench load` (env BENCH_SECS, BENCH_WS_CONNS to change the sizes).
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use futures_util::StreamExt;
+use serde_json::json;
+
+const SECRET: &str = "bench-secret";
+const KEY: &str = "bench-key";
+
+fn env_num(k: &str, d: u64) -> u64 {
+    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
+}
+
+fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_ADMIN_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(18099)
+}
+
+struct Node {
+    child: Child,
+    base: String,
+    port: u16,
+}
+
+impl Node {
+    async fn start(bin: &str, db: &str, prefix: &str, relay: bool, args: &[&str]) -> anyhow::Result<Node> {
+        let port = free_port();
+        let child = Command::new(bin)
+            .args(args)
+            .env("DATABASE_URL", db)
+            .env("REDIS_URL", "redis://127.0.0.1:6379")
+            .env("NOTIFYD_REDIS_PREFIX", prefix)
+            .env("NOTIFYD_BIND", format!("127.0.0.1:{port}"))
+            .env("NOTIFYD_JWT_SECRET", SECRET)
+            .env("NOTIFYD_SERVICE_KEYS", format!("bench:{KEY}"))
+            .env("NOTIFYD_RELAY", if relay { "on" } else { "off" })
+            .env("NOTIFYD_DB_POOL_SIZE", "32")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting notifyd")?;
+        let node = Node { child, base: format!("http://127.0.0.1:{port}"), port };
+        if args.first() == Some(&"serve") {
+            let http = reqwest::Client::new();
+            for _ in 0..200 {
+                if http.get(format!("{}/healthz", node.base)).send().await.is_ok() {
+                    return Ok(node);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            bail!("notifyd did not become healthy");
+        }
+        Ok(node)
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
+}
+
+async fn scalar(db: &str, sql: &str) -> anyhow::Result<i64> {
+    #[derive(diesel::QueryableByName)]
+    struct R {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        v: i64,
+    }
+    let mut c = AsyncPgConnection::establish(db).await?;
+    Ok(diesel::sql_query(sql).get_result::<R>(&mut c).await?.v)
+}
+
+/// Runs `clients` loops for `secs`, each POSTing `body(i)`; returns messages created per second.
+async fn post_load(base: &str, clients: usize, secs: u64, per_request: u64, batch: bool) -> anyhow::Result<(f64, u64)> {
+    let http = reqwest::Client::builder().pool_max_idle_per_host(clients).build()?;
+    let created = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(secs);
+    let mut tasks = vec![];
+    for c in 0..clients {
+        let (http, created, errors, url) = (http.clone(), created.clone(), errors.clone(), format!("{base}/api/v1/messages"));
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                i += 1;
+                let body = if batch {
+                    let msgs: Vec<_> = (0..per_request).map(|k| json!({"to_user": format!("b{}", (c as u64 * 7919 + i * 31 + k) % 5000), "title": "bench", "content": "x".repeat(100), "type": "bench"})).collect();
+                    json!({ "messages": msgs })
+                } else {
+                    json!({"to_user": format!("s{}", (c as u64 * 7919 + i) % 5000), "title": "bench", "content": "x".repeat(100), "type": "bench"})
+                };
+                match http.post(&url).bearer_auth(KEY).json(&body).send().await {
+                    Ok(r) if r.status() == 201 => {
+                        created.fetch_add(per_request, Ordering::Relaxed);
+                    }
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    Ok((AtomicU64::load(&created, Ordering::Relaxed) as f64 / elapsed, AtomicU64::load(&errors, Ordering::Relaxed)))
+}
+
+const PGBENCH_SCRIPT: &str = r#"\set u random(1, 5000)
+BEGIN;
+INSERT INTO user_inbox_state (user_id, seq, unread, unseen) VALUES ('p' || :u, 1, 1, 1)
+  ON CONFLICT (user_id) DO UPDATE SET seq = user_inbox_state.seq + 1, unread = user_inbox_state.unread + 1,
+  unseen = user_inbox_state.unseen + 1, updated_at = now() RETURNING seq;
+INSERT INTO t_message_real_time (id, to_user, seq, title, content, type, send_time, service)
+  SELECT gen_random_uuid(), 'p' || :u, seq, 'bench', repeat('x', 100), 'bench', now(), 'pgbench' FROM user_inbox_state WHERE user_id = 'p' || :u;
+INSERT INTO user_event (user_id, seq, payload)
+  SELECT 'p' || :u, seq, jsonb_build_object('type', 'message.created', 'seq', seq, 'content', repeat('x', 100)) FROM user_inbox_state WHERE user_id = 'p' || :u;
+INSERT INTO outbox (user_id, seq) SELECT 'p' || :u, seq FROM user_inbox_state WHERE user_id = 'p' || :u;
+COMMIT;
+"#;
+
+fn pgbench(db: &str, clients: u64, secs: u64) -> anyhow::Result<f64> {
+    let script = std::env::temp_dir().join(format!("notifyd-bench-{}.sql", std::process::id()));
+    std::fs::write(&script, PGBENCH_SCRIPT)?;
+    let out = Command::new("pgbench")
+        .args(["-n", "-c", &clients.to_string(), "-j", "2", "-T", &secs.to_string(), "-f"])
+        .arg(&script)
+        .arg(db)
+        .output()
+        .context("running pgbench (Debian: postgresql-contrib / postgresql-15)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let tps = text
+        .lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|v| v.parse::<f64>().ok())
+        .with_context(|| format!("no tps in pgbench output: {text} {}", String::from_utf8_lossy(&out.stderr)))?;
+    Ok(tps)
+}
+
+async fn ws_conns(bin: &str, db: &str, prefix: &str, n: usize) -> anyhow::Result<(u64, u64, f64, f64)> {
+    let node = Node::start(bin, db, prefix, true, &["serve"]).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = node.rss_kib();
+    let keys = notifyd::auth::jwt::JwtKeys::new(SECRET);
+    let mut clients = Vec::with_capacity(n);
+    let start = Instant::now();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(250) {
+        let futs = chunk.iter().map(|i| {
+            let url = format!("ws://127.0.0.1:{}/ws?token={}", node.port, keys.mint(&format!("w{i}"), 3600, &[]).unwrap_or_default());
+            async move {
+                let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+                let _hello = ws.next().await;
+                Ok::<_, anyhow::Error>(ws)
+            }
+        });
+        for r in futures_util::future::join_all(futs).await {
+            clients.push(r?);
+        }
+    }
+    let connect_s = start.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = node.rss_kib();
+    // Fan one POST out to every connected user.
+    let users: Vec<String> = (0..n).map(|i| format!("w{i}")).collect();
+    let http = reqwest::Client::new();
+    let start = Instant::now();
+    let r = http.post(format!("{}/api/v1/messages", node.base)).bearer_auth(KEY).json(&json!({"to_users": users, "title": "fan-out"})).send().await?;
+    if r.status() != 201 {
+        bail!("fan-out POST failed: {}", r.status());
+    }
+    let waits = clients.iter_mut().map(|ws| async move {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(60), ws.next()).await {
+                Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) if t.contains("message.created") => return true,
+                Ok(Some(Ok(_))) => continue,
+                _ => return false,
+            }
+        }
+    });
+    let got = futures_util::future::join_all(waits).await.into_iter().filter(|ok| *ok).count();
+    let fanout_s = start.elapsed().as_secs_f64();
+    if got != n {
+        bail!("fan-out reached {got} of {n} sockets");
+    }
+    drop(clients);
+    node.stop();
+    Ok((before, after, connect_s, fanout_s))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let bin = std::env::var("NOTIFYD_BIN").unwrap_or_else(|_| "target/release/notifyd".into());
+    if !std::path::Path::new(&bin).exists() {
+        bail!("{bin} not found: run `cargo build --release` first");
+    }
+    let secs = env_num("BENCH_SECS", 15);
+    let ws_n = env_num("BENCH_WS_CONNS", 5000) as usize;
+    let name = format!("notifyd_bench_{}", std::process::id());
+    let mut admin = AsyncPgConnection::establish(&admin_url()).await?;
+    diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin).await?;
+    diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut admin).await?;
+    let base = admin_url();
+    let db = format!("{}/{}", &base[..base.rfind('/').unwrap_or(base.len())], name);
+    let prefix = format!("bench{}:", std::process::id());
+
+    println!("1/5 single POSTs, 64 clients, {secs}s");
+    let node = Node::start(&bin, &db, &prefix, true, &["serve"]).await?;
+    let (single, single_err) = post_load(&node.base, 64, secs, 1, false).await?;
+    println!("    {single:.0} messages/s ({single_err} errors)");
+    println!("2/5 100-message batches, 8 clients, {secs}s");
+    let (batched, batch_err) = post_load(&node.base, 8, secs, 100, true).await?;
+    println!("    {batched:.0} messages/s ({batch_err} errors)");
+    node.stop();
+
+    println!("3/5 pgbench, the same transaction, 64 clients, {secs}s");
+    let tps = pgbench(&db, 64, secs)?;
+    println!("    {tps:.0} transactions/s");
+
+    println!("4/5 relay throughput");
+    let mut conn = AsyncPgConnection::establish(&db).await?;
+    diesel::sql_query("DELETE FROM outbox").execute(&mut conn).await?;
+    let node = Node::start(&bin, &db, &prefix, false, &["serve"]).await?;
+    let http = reqwest::Client::new();
+    let relay_n = 50_000u64;
+    for b in 0..(relay_n / 1000) {
+        let msgs: Vec<_> = (0..1000).map(|k| json!({"to_user": format!("r{}", (b * 1000 + k) % 2000), "title": "relay", "content": "x".repeat(100)})).collect();
+        let r = http.post(format!("{}/api/v1/messages", node.base)).bearer_auth(KEY).json(&json!({ "messages": msgs })).send().await?;
+        if r.status() != 201 {
+            bail!("seeding the outbox failed: {}", r.status());
+        }
+    }
+    node.stop();
+    let backlog = scalar(&db, "SELECT count(*)::bigint AS v FROM outbox").await?;
+    let start = Instant::now();
+    let relay = Node::start(&bin, &db, &prefix, true, &["relay"]).await?;
+    loop {
+        if scalar(&db, "SELECT count(*)::bigint AS v FROM outbox").await? == 0 {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(300) {
+            bail!("relay did not drain the outbox in 300 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let relay_s = start.elapsed().as_secs_f64();
+    relay.stop();
+    let relay_rate = backlog as f64 / relay_s;
+    println!("    {backlog} events in {relay_s:.2}s = {relay_rate:.0} events/s");
+
+    println!("5/5 {ws_n} WebSocket connections on one node");
+    let (before, after, connect_s, fanout_s) = ws_conns(&bin, &db, &prefix, ws_n).await?;
+    let per_conn = (after.saturating_sub(before)) as f64 * 1024.0 / ws_n as f64;
+    println!("    RSS {before} KiB -> {after} KiB: {per_conn:.0} bytes per connection; connect {connect_s:.1}s; fan-out {fanout_s:.2}s");
+
+    diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin).await?;
+
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())).unwrap_or_default();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| m.lines().next().map(|l| l.to_string())).unwrap_or_default();
+    let pg = Command::new("psql").arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let redis = Command::new("redis-server").arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let doc = format!(
+        "# Benchmarks\n\n\
+Written by `cargo bench --bench load` (benches/load.rs) on {date}. One run, one machine; every figure\n\
+below was measured in the same run, with the server, PostgreSQL, Redis and the load generator\n\
+sharing the same {cores} cores, so read the ratios between figures rather than the absolutes.\n\n\
+Machine: {cpu}, {cores} cores, {mem}. {pg}; {redis}. Release build, relay inside `serve`,\n\
+Redis pub/sub, database pool 32, default PostgreSQL settings.\n\n\
+## Creating messages\n\n\
+| what | figure |\n|---|---|\n\
+| single-message POSTs, 64 concurrent clients, {secs} s | **{single:.0} messages/s** ({single_err} non-201) |\n\
+| 100-message batch POSTs, 8 concurrent clients, {secs} s | **{batched:.0} messages/s** ({batch_err} non-201) |\n\
+| the same transaction (counter upsert + message + event + outbox rows) by `pgbench -f`, 64 clients | **{tps:.0} transactions/s** (the database's ceiling for one-message creates) |\n\n\
+Single POSTs reach {ratio:.0}% of the pgbench ceiling: the remainder is HTTP, JSON, validation and\n\
+the relay publishing concurrently on the same cores. Batches amortise the per-transaction cost\n\
+(one commit, one fsync, one counter upsert per user per batch).\n\n\
+## Relay\n\n\
+| what | figure |\n|---|---|\n\
+| {backlog} committed outbox events published to Redis by `notifyd relay` (batches of 500, one pipeline each) | **{relay_rate:.0} events/s** ({relay_s:.2} s) |\n\n\
+## WebSocket connections\n\n\
+| what | figure |\n|---|---|\n\
+| connections held by one node | {ws_n} |\n\
+| server RSS before / after | {before} KiB / {after} KiB |\n\
+| **RSS per connection** | **{per_conn:.0} bytes** (≈ {per_conn_kib:.1} KiB) |\n\
+| time to open all (250 at a time, each waiting for `hello`) | {connect_s:.1} s |\n\
+| one `to_users` POST to all {ws_n} users → every socket has its `message.created` | {fanout_s:.2} s |\n\n\
+A process here may hold at most ~19,900 sockets (hard open-files limit 20,000), so one node's\n\
+capacity beyond that is an extrapolation from the per-connection figure, not a measurement:\n\
+at {per_conn_kib:.1} KiB each, 100,000 connections would need ≈ {extrap:.0} MiB of RSS across processes.\n",
+        date = chrono::Utc::now().format("%Y-%m-%d"),
+        ratio = single / tps * 100.0,
+        per_conn_kib = per_conn / 1024.0,
+        extrap = per_conn * 100_000.0 / 1024.0 / 1024.0,
+    );
+    std::fs::write("docs/benchmarks.md", doc)?;
+    println!("wrote docs/benchmarks.md");
+    Ok(())
+}

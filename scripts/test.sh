@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The README's second command: the whole test suite, against real PostgreSQL and Redis.
+# Unit tests, integration tests (a fresh database and Redis prefix per test), lints, then the
+# public conformance suite (../shared/conformance) against a release build when it is present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/services.sh
+export TEST_DATABASE_ADMIN_URL=${TEST_DATABASE_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+export TEST_REDIS_URL=${TEST_REDIS_URL:-redis://127.0.0.1:6379}
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --all-targets --quiet -- -D warnings
+echo "== cargo test"
+cargo test --all-targets -- --test-threads "${TEST_THREADS:-4}"
+
+conf=../shared/conformance/run
+if [ -x "$conf" ]; then
+  echo "== conformance (../shared/conformance)"
+  cargo build --release --quiet
+  NOTIFYD_BIN=$PWD/target/release/notifyd "$conf" -q
+else
+  echo "== conformance suite not found at $conf: skipped"
+fi
