@@ -28,6 +28,17 @@ pub enum Cmd {
     Relay,
     /// Apply pending migrations and exit.
     Migrate,
+    /// Print every event of a user as a JSON line (reconnects and resumes with since).
+    Listen {
+        /// e.g. ws://127.0.0.1:8080/ws
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        token: String,
+        /// Resume after this seq.
+        #[arg(long)]
+        since: Option<i64>,
+    },
     /// Print a signed user JWT.
     Token {
         #[arg(long)]
@@ -73,6 +84,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::telemetry::init_logging(settings.log_json);
             let applied = crate::db::migrate(&settings.database_url).await?;
             println!("{} migration(s) applied", applied.len());
+            Ok(())
+        }
+        Cmd::Listen { url, token, since } => {
+            use std::io::Write;
+            let listener = crate::listen::Listener { url, token, since };
+            let run = listener.run(|o| match o {
+                crate::listen::Output::Event(v) => {
+                    let mut stdout = std::io::stdout().lock();
+                    let _ = writeln!(stdout, "{v}");
+                    let _ = stdout.flush();
+                }
+                crate::listen::Output::Status(s) => eprintln!("notifyd listen: {s}"),
+            });
+            tokio::select! {
+                _ = run => {}
+                _ = crate::telemetry::shutdown_signal() => {}
+            }
             Ok(())
         }
         Cmd::Token {

@@ -13,6 +13,7 @@ pub mod db;
 pub mod error;
 pub mod gateway;
 pub mod inbox;
+pub mod listen;
 pub mod outbox;
 pub mod presence;
 pub mod startup;

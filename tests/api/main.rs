@@ -4,6 +4,7 @@
 mod helpers;
 
 mod gateway;
+mod listen;
 mod relay;
 mod spine;
 mod user_api;
