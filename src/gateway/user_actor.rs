@@ -68,6 +68,13 @@ struct Actor {
 #[derive(Deserialize)]
 struct SeqOnly {
     seq: i64,
+    /// Present on `message.created`: its `send_time` gives the end-to-end delivery latency.
+    message: Option<SendTime>,
+}
+
+#[derive(Deserialize)]
+struct SendTime {
+    send_time: chrono::DateTime<chrono::Utc>,
 }
 
 pub async fn run(
@@ -102,6 +109,7 @@ pub async fn run(
                     for s in actor.sessions.values() {
                         s.tx.close_with(close::GOING_AWAY_RESTART, "server restarting");
                     }
+                    metrics::gauge!("notifyd_ws_connections").decrement(actor.sessions.len() as f64);
                     actor.sessions.clear();
                 }
                 Some(msg) => actor.handle(msg).await,
@@ -256,7 +264,13 @@ impl Actor {
             HubMsg::Message { channel, payload } => {
                 if *channel == *self.channel {
                     match serde_json::from_str::<SeqOnly>(&payload) {
-                        Ok(SeqOnly { seq }) => self.on_event(seq, payload).await,
+                        Ok(SeqOnly { seq, message }) => {
+                            if let Some(m) = message {
+                                let latency = (chrono::Utc::now() - m.send_time).num_microseconds().unwrap_or(0);
+                                metrics::histogram!("notifyd_delivery_latency_seconds").record(latency.max(0) as f64 / 1e6);
+                            }
+                            self.on_event(seq, payload).await
+                        }
                         Err(e) => tracing::warn!(error = %e, "event without seq on a user channel"),
                     }
                 } else if let Some(topic) =
