@@ -94,6 +94,8 @@ pub struct Opts {
     pub node_id: String,
     pub max_body_bytes: Option<usize>,
     pub allowed_origins: Option<Vec<String>>,
+    /// Listen on this port instead of a free one (to restart a node where clients expect it).
+    pub port: Option<u16>,
 }
 
 impl Default for Opts {
@@ -107,6 +109,7 @@ impl Default for Opts {
             node_id: format!("test-{}", rand_hex()),
             max_body_bytes: None,
             allowed_origins: None,
+            port: None,
         }
     }
 }
@@ -124,7 +127,7 @@ pub struct TestApp {
 
 pub fn settings_for(db_url: &str, opts: &Opts) -> Settings {
     let mut s = Settings::new(db_url);
-    s.bind = "127.0.0.1:0".into();
+    s.bind = format!("127.0.0.1:{}", opts.port.unwrap_or(0));
     s.jwt_secret = JWT_SECRET.into();
     s.service_keys = vec![
         ("test".into(), SERVICE_KEY.into()),
@@ -151,6 +154,13 @@ pub fn settings_for(db_url: &str, opts: &Opts) -> Settings {
 }
 
 pub async fn spawn_app(db: &TestDb, opts: Opts) -> TestApp {
+    // RUST_LOG=notifyd=debug shows the nodes' logs in a failing test's output.
+    if std::env::var("RUST_LOG").is_ok() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
     let settings = settings_for(&db.url, &opts);
     let prefix = settings.redis_prefix.clone();
     let app = Application::build(settings, None).await.expect("build app");
@@ -440,11 +450,11 @@ impl Cuttable {
 
     /// Drops every proxied connection and refuses new ones.
     pub fn cut(&self) {
-        let _ = self.on.send(false);
+        self.on.send_replace(false);
     }
 
     pub fn restore(&self) {
-        let _ = self.on.send(true);
+        self.on.send_replace(true);
     }
 }
 
@@ -698,7 +708,13 @@ impl TestApp {
 
     /// Creates `n` messages for `user` in ONE request (titles `"{prefix}{i}"`); returns the
     /// created `{"id","to_user","seq"}` in request order.
-    pub async fn send_batch(&self, user: &str, n: usize, prefix: &str, content: &str) -> Vec<Value> {
+    pub async fn send_batch(
+        &self,
+        user: &str,
+        n: usize,
+        prefix: &str,
+        content: &str,
+    ) -> Vec<Value> {
         let messages: Vec<Value> = (0..n)
             .map(|i| serde_json::json!({"to_user": user, "title": format!("{prefix}{i}"), "content": content, "type": "comment"}))
             .collect();

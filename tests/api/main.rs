@@ -6,5 +6,6 @@ mod helpers;
 mod gateway;
 mod listen;
 mod relay;
+mod resync;
 mod spine;
 mod user_api;

@@ -1,0 +1,76 @@
+//! A node whose Redis subscription drops re-reads, for every connected user, what changed while
+//! it was deaf, and delivers it in order once the subscription is back.
+
+use std::time::Duration;
+
+use crate::helpers::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_subscriber_reconnects_missed_events_are_delivered_in_order() {
+    let db = TestDb::new().await;
+    let prefix = format!("resync{}:", uuid::Uuid::new_v4().simple());
+    let proxy = Cuttable::start("127.0.0.1:6379").await;
+    // Node A holds the socket and reaches Redis through the proxy; node B relays, directly.
+    let a = spawn_app(
+        &db,
+        Opts {
+            prefix: Some(prefix.clone()),
+            relay: false,
+            redis_url: Some(proxy.url()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let b = spawn_app(
+        &db,
+        Opts {
+            prefix: Some(prefix.clone()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let u = new_user();
+    let mut client = a.ws(&u, None).await;
+    let hello = client.expect("hello", Duration::from_secs(5)).await;
+    assert_eq!(hello["seq"], 0);
+    b.send(&u, "live").await;
+    assert_eq!(
+        client
+            .expect("message.created", Duration::from_secs(10))
+            .await["seq"],
+        1
+    );
+
+    proxy.cut();
+    for i in 0..5 {
+        b.send(&u, &format!("missed {i}")).await;
+    }
+    // Give B's relay time to publish them into a Redis that A no longer hears.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    proxy.restore();
+
+    let mut seqs = vec![];
+    for _ in 0..5 {
+        seqs.push(
+            client
+                .expect("message.created", Duration::from_secs(30))
+                .await["seq"]
+                .as_i64()
+                .unwrap_or(-1),
+        );
+    }
+    assert_eq!(seqs, vec![2, 3, 4, 5, 6]);
+    b.send(&u, "live again").await;
+    assert_eq!(
+        client
+            .expect("message.created", Duration::from_secs(10))
+            .await["seq"],
+        7
+    );
+    assert!(
+        client.next(Duration::from_millis(500)).await.is_none(),
+        "no duplicates after the repair"
+    );
+    a.stop().await;
+    b.stop().await;
+}
