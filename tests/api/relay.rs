@@ -1,1 +1,423 @@
+//! The outbox relay: committed events reach Redis once, in seq order, only after commit, and keep
+//! flowing through long transactions, Redis outages and relay hand-overs.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use notifyd::error::ApiError;
+use notifyd::inbox::create::create_messages;
+use notifyd::inbox::input::parse_create;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
 use crate::helpers::*;
+
+/// Asserts the payloads are the seqs 1..=n, each exactly once, in order.
+fn assert_exactly_once_in_order(payloads: &[Value], n: i64, who: &str) {
+    assert_eq!(
+        seqs_of(payloads),
+        (1..=n).collect::<Vec<_>>(),
+        "{who}: each seq exactly once, in order"
+    );
+}
+
+/// At-least-once delivery: every seq 1..=n arrived and their first arrivals are in seq order.
+/// Returns how many payloads were repeats.
+fn assert_complete_in_order(payloads: &[Value], n: i64, who: &str) -> usize {
+    let seqs = seqs_of(payloads);
+    let mut seen = HashSet::new();
+    let first: Vec<i64> = seqs.iter().copied().filter(|s| seen.insert(*s)).collect();
+    assert_eq!(
+        first,
+        (1..=n).collect::<Vec<_>>(),
+        "{who}: every seq, first arrivals in order (all arrivals: {seqs:?})"
+    );
+    seqs.len() - first.len()
+}
+
+/// Appends to `got` until it holds `n` distinct seqs (repeats are kept) or `timeout` passed.
+async fn collect_distinct(tap: &mut RedisTap, got: &mut Vec<Value>, n: i64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let mut seen: HashSet<Option<i64>> = got.iter().map(|v| v["seq"].as_i64()).collect();
+    while (seen.len() as i64) < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tap.next(left).await {
+            Some(v) => {
+                seen.insert(v["seq"].as_i64());
+                got.push(v);
+            }
+            None => break,
+        }
+    }
+}
+
+const LEADER_LOCKS: &str = "FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+     WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database()";
+
+async fn advisory_lock_holders(db_url: &str) -> i64 {
+    scalar_i64(db_url, &format!("SELECT count(*) AS v {LEADER_LOCKS}")).await
+}
+
+/// The backend pid of the connection holding the relay's leader lock, if any.
+async fn leader_pid(db_url: &str) -> Option<i64> {
+    query_json(db_url, &format!("SELECT l.pid {LEADER_LOCKS}"))
+        .await
+        .into_iter()
+        .next()
+        .and_then(|r| r["pid"].as_i64())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_event_reaches_the_users_channel_exactly_once_in_seq_order() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let u = new_user();
+    let mut tap = RedisTap::subscribe(&app.user_channel(&u)).await;
+
+    for i in 1..=30 {
+        assert_eq!(app.send(&u, &format!("m{i}")).await["seq"], i);
+    }
+    let got = tap.collect(30, Duration::from_secs(30)).await;
+    assert_exactly_once_in_order(&got, 30, &u);
+    assert_eq!(
+        tap.drain(Duration::from_secs(1)).await,
+        Vec::<Value>::new(),
+        "no extra copies"
+    );
+
+    // What is published is the stored event, byte for byte the frame clients replay.
+    let mut stored = query_json(
+        &db.url,
+        &format!("SELECT seq, payload FROM user_event WHERE user_id = '{u}'"),
+    )
+    .await;
+    stored.sort_by_key(|r| r["seq"].as_i64());
+    assert_eq!(stored.len(), 30);
+    for (i, (p, s)) in got.iter().zip(&stored).enumerate() {
+        assert_eq!(p, &s["payload"]);
+        assert_eq!(p["type"], "message.created");
+        assert_eq!(p["unread"], json!(i + 1));
+        assert_eq!(p["message"]["title"], json!(format!("m{}", i + 1)));
+    }
+    assert_eq!(count_rows(&db.url, "outbox").await, 0);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_published_only_after_commit_and_never_after_rollback() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let (u, v) = (new_user(), new_user());
+    let mut tap = RedisTap::subscribe(&app.user_channel(&u)).await;
+    let mut witness = RedisTap::subscribe(&app.user_channel(&v)).await;
+
+    // The relay is live: another user's event goes through.
+    app.send(&v, "before").await;
+    assert_eq!(
+        seqs_of(&witness.collect(1, Duration::from_secs(10)).await),
+        vec![1]
+    );
+
+    let req = parse_create(
+        json!({"to_user": u, "title": "never committed", "type": "system"})
+            .to_string()
+            .as_bytes(),
+    )
+    .expect("a valid request");
+    let mut conn = db.conn().await;
+    let outcome = conn
+        .transaction::<(), ApiError, _>(async |conn| {
+            // Runs as a savepoint inside this transaction.
+            let created = create_messages(conn, "test", &req, None).await?;
+            assert_eq!(created.body["messages"][0]["seq"], 1);
+            // Longer than the relay's 500 ms poll: it runs several times meanwhile.
+            assert_eq!(
+                tap.next(Duration::from_millis(1500)).await,
+                None,
+                "an uncommitted event was published"
+            );
+            // Committed events of other transactions keep flowing meanwhile.
+            app.send(&v, "during").await;
+            assert_eq!(
+                seqs_of(&witness.collect(1, Duration::from_secs(10)).await),
+                vec![2]
+            );
+            assert_eq!(tap.next(Duration::from_millis(500)).await, None);
+            Err(ApiError::BadRequest("roll back".into()))
+        })
+        .await;
+    assert!(
+        matches!(&outcome, Err(ApiError::BadRequest(m)) if m == "roll back"),
+        "{outcome:?}"
+    );
+
+    assert_eq!(
+        tap.drain(Duration::from_millis(1500)).await,
+        Vec::<Value>::new(),
+        "a rolled-back event was published"
+    );
+    assert_eq!(count_rows(&db.url, "outbox").await, 0);
+    assert_eq!(
+        scalar_i64(
+            &db.url,
+            &format!("SELECT count(*) AS v FROM user_event WHERE user_id = '{u}'")
+        )
+        .await,
+        0
+    );
+
+    // The rolled-back seq was not consumed; the next real event takes it and is delivered.
+    assert_eq!(app.send(&u, "committed").await["seq"], 1);
+    let got = tap.collect(1, Duration::from_secs(10)).await;
+    assert_exactly_once_in_order(&got, 1, &u);
+    assert_eq!(got[0]["message"]["title"], "committed");
+    app.stop().await;
+}
+
+#[derive(diesel::QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_running_transaction_elsewhere_does_not_stop_delivery() {
+    const HOLD: Duration = Duration::from_secs(60);
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let u = new_user();
+    let mut tap = RedisTap::subscribe(&app.user_channel(&u)).await;
+    app.send(&u, "before").await;
+    assert_exactly_once_in_order(&tap.collect(1, Duration::from_secs(10)).await, 1, &u);
+
+    // A report-style REPEATABLE READ transaction on its own connection, open for the whole run.
+    let (opened_tx, opened_rx) = tokio::sync::oneshot::channel::<i64>();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut conn = AsyncPgConnection::establish(&db.url).await.expect("conn");
+    let holder = tokio::spawn(async move {
+        conn.build_transaction()
+            .repeatable_read()
+            .run(async move |conn| {
+                let count = "SELECT count(*) AS n FROM t_message_real_time";
+                let first: Count = diesel::sql_query(count).get_result(conn).await?;
+                let _ = opened_tx.send(first.n);
+                let _ = done_rx.await;
+                let last: Count = diesel::sql_query(count).get_result(conn).await?;
+                Ok::<_, diesel::result::Error>((first.n, last.n))
+            })
+            .await
+    });
+    let seen_by_holder = opened_rx.await.expect("the long transaction opened");
+    assert_eq!(seen_by_holder, 1);
+
+    let started = Instant::now();
+    let mut seq = 1;
+    let mut max_latency = Duration::ZERO;
+    while started.elapsed() < HOLD {
+        let sent_at = Instant::now();
+        seq += 1;
+        assert_eq!(app.send(&u, &format!("m{seq}")).await["seq"], seq);
+        let got = tap.next(Duration::from_secs(10)).await.unwrap_or_else(|| {
+            panic!(
+                "event {seq} not delivered while a long transaction is open ({:?} in)",
+                started.elapsed()
+            )
+        });
+        assert_eq!(got["seq"], seq, "in order, no repeats");
+        max_latency = max_latency.max(sent_at.elapsed());
+        tokio::time::sleep_until(sent_at + Duration::from_millis(500)).await;
+    }
+    assert_eq!(tap.drain(Duration::from_secs(1)).await, Vec::<Value>::new());
+
+    done_tx
+        .send(())
+        .expect("the long transaction is still open");
+    let (first, last) = holder.await.unwrap().expect("the long transaction");
+    assert_eq!(
+        (first, last),
+        (1, 1),
+        "the transaction kept its snapshot for the whole run"
+    );
+    println!(
+        "{} events delivered during a {HOLD:?} REPEATABLE READ transaction; max POST-to-Redis latency {max_latency:?}",
+        seq - 1
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_committed_while_redis_is_unreachable_are_published_when_it_returns() {
+    let db = TestDb::new().await;
+    let proxy = Cuttable::start("127.0.0.1:6379").await;
+    let app = spawn_app(
+        &db,
+        Opts {
+            redis_url: Some(proxy.url()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let u = new_user();
+    // The tap talks to the real Redis directly.
+    let mut tap = RedisTap::subscribe(&app.user_channel(&u)).await;
+
+    for i in 1..=20 {
+        app.send(&u, &format!("m{i}")).await;
+    }
+    let mut got = tap.collect(20, Duration::from_secs(30)).await;
+    assert_exactly_once_in_order(&got, 20, "before the cut");
+
+    proxy.cut();
+    // Let the proxy tear down the node's open Redis connections before the next commit.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 21..=50 {
+        // The API does not need Redis to accept notifications.
+        assert_eq!(app.send(&u, &format!("m{i}")).await["seq"], i);
+    }
+    let leaked = tap.drain(Duration::from_secs(3)).await;
+    assert_eq!(
+        seqs_of(&leaked),
+        Vec::<i64>::new(),
+        "published through a cut connection"
+    );
+    assert_eq!(
+        count_rows(&db.url, "outbox").await,
+        30,
+        "the events wait in the outbox"
+    );
+
+    proxy.restore();
+    collect_distinct(&mut tap, &mut got, 50, Duration::from_secs(60)).await;
+    got.extend(tap.drain(Duration::from_secs(1)).await);
+    let repeats = assert_complete_in_order(&got, 50, &u);
+    println!("{repeats} repeated payloads after the outage");
+    eventually(Duration::from_secs(10), "outbox drained", || async {
+        (count_rows(&db.url, "outbox").await == 0).then_some(())
+    })
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stand_by_relay_takes_over_when_the_leader_stops() {
+    let db = TestDb::new().await;
+    let prefix = new_prefix();
+    let opts = Opts {
+        prefix: Some(prefix.clone()),
+        ..Default::default()
+    };
+    let a = spawn_app(&db, opts.clone()).await;
+    let users: Vec<String> = (0..3).map(|_| new_user()).collect();
+    let mut taps = vec![];
+    for u in &users {
+        taps.push(RedisTap::subscribe(&a.user_channel(u)).await);
+    }
+    // A is the only relay, so once it has published it is the leader.
+    a.send(&users[0], "warm-up").await;
+    let warm_up = taps[0].collect(1, Duration::from_secs(10)).await;
+    assert_exactly_once_in_order(&warm_up, 1, "warm-up");
+    let mut received = vec![warm_up, vec![], vec![]];
+    let pid_a = leader_pid(&db.url).await.expect("A holds the leader lock");
+    let b = spawn_app(&db, opts.clone()).await;
+    assert_eq!(b.user_channel(&users[0]), a.user_channel(&users[0]));
+
+    let mut sent = vec![0i64; users.len()];
+    sent[0] = 1;
+    let mut stopping = None;
+    for i in 0..90 {
+        if i == 30 {
+            let stopper = a.stopper.clone();
+            stopping = Some(tokio::spawn(async move { stopper.stop().await }));
+        }
+        let k = i % users.len();
+        sent[k] += 1;
+        assert_eq!(b.send(&users[k], &format!("m{i}")).await["seq"], sent[k]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stopping.expect("A was stopped").await.unwrap();
+
+    for (((u, tap), n), got) in users.iter().zip(&mut taps).zip(&sent).zip(&mut received) {
+        collect_distinct(tap, got, *n, Duration::from_secs(60)).await;
+        got.extend(tap.drain(Duration::from_millis(500)).await);
+        let repeats = assert_complete_in_order(got, *n, u);
+        println!("{u}: {n} events, {repeats} repeats across the hand-over");
+    }
+    // A's leader connection is gone and B's relay holds the lock.
+    let pid_b = leader_pid(&db.url).await.expect("B holds the leader lock");
+    assert_ne!(pid_b, pid_a);
+    assert_eq!(
+        scalar_i64(
+            &db.url,
+            &format!("SELECT count(*) AS v FROM pg_stat_activity WHERE pid = {pid_a}")
+        )
+        .await,
+        0,
+        "A's relay connection closed"
+    );
+    assert_eq!(advisory_lock_holders(&db.url).await, 1);
+    assert_eq!(count_rows(&db.url, "outbox").await, 0);
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_at_once_publish_each_event_exactly_once() {
+    let db = TestDb::new().await;
+    let prefix = new_prefix();
+    let opts = Opts {
+        prefix: Some(prefix.clone()),
+        ..Default::default()
+    };
+    let apps = [
+        Arc::new(spawn_app(&db, opts.clone()).await),
+        Arc::new(spawn_app(&db, opts.clone()).await),
+    ];
+    let users: Vec<String> = (0..4).map(|_| new_user()).collect();
+    let mut taps = vec![];
+    for u in &users {
+        taps.push(RedisTap::subscribe(&apps[0].user_channel(u)).await);
+    }
+
+    // 200 messages from 4 concurrent callers, alternating between the two nodes.
+    let mut workers = vec![];
+    for w in 0..4 {
+        let apps = apps.clone();
+        let users = users.clone();
+        workers.push(tokio::spawn(async move {
+            let mut created = vec![];
+            for k in 0..50 {
+                let app = &apps[(w + k) % 2];
+                let u = &users[(w * 50 + k) % users.len()];
+                let m = app.send(u, &format!("w{w}k{k}")).await;
+                created.push((u.clone(), m["seq"].as_i64().unwrap()));
+            }
+            created
+        }));
+    }
+    let mut per_user: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for w in workers {
+        for (u, s) in w.await.unwrap() {
+            per_user.entry(u).or_default().push(s);
+        }
+    }
+    assert_eq!(per_user.values().map(Vec::len).sum::<usize>(), 200);
+
+    for (u, tap) in users.iter().zip(&mut taps) {
+        let mut seqs = per_user[u].clone();
+        seqs.sort_unstable();
+        let n = seqs.len() as i64;
+        assert_eq!(seqs, (1..=n).collect::<Vec<_>>(), "{u}: gap-free seqs");
+        let mut got = tap.collect(n as usize, Duration::from_secs(60)).await;
+        got.extend(tap.drain(Duration::from_secs(1)).await);
+        assert_exactly_once_in_order(&got, n, u);
+    }
+    assert_eq!(
+        advisory_lock_holders(&db.url).await,
+        1,
+        "one leader at a time"
+    );
+    for app in &apps {
+        app.stop().await;
+    }
+}

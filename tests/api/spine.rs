@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use diesel_async::SimpleAsyncConnection;
 use serde_json::{json, Value};
 
 use crate::helpers::*;
@@ -112,9 +113,11 @@ async fn a_1000_message_batch_commits_every_row_with_gap_free_seqs_in_request_or
     );
 
     // The database holds exactly those rows: same id, recipient, seq and content.
-    let rows =
-        query_json(&db.url, "SELECT id::text AS id, to_user, seq, title FROM t_message_real_time")
-            .await;
+    let rows = query_json(
+        &db.url,
+        "SELECT id::text AS id, to_user, seq, title FROM t_message_real_time",
+    )
+    .await;
     assert_eq!(rows.len(), 1000);
     for row in &rows {
         let (u, seq, title) = expected
@@ -167,7 +170,9 @@ async fn to_users_creates_one_row_per_distinct_recipient() {
     assert_eq!(app.send(&a, "earlier").await["seq"], 1);
 
     let r = app
-        .post_messages(&json!({"to_users": [a, b, a, c, b, c, a], "title": "to many", "type": "system"}))
+        .post_messages(
+            &json!({"to_users": [a, b, a, c, b, c, a], "title": "to many", "type": "system"}),
+        )
         .await;
     assert_eq!(r.status(), 201);
     let body: Value = r.json().await.unwrap();
@@ -179,7 +184,11 @@ async fn to_users_creates_one_row_per_distinct_recipient() {
         .collect();
     assert_eq!(
         got,
-        vec![(json!(a), json!(2)), (json!(b), json!(1)), (json!(c), json!(1))]
+        vec![
+            (json!(a), json!(2)),
+            (json!(b), json!(1)),
+            (json!(c), json!(1))
+        ]
     );
     for (u, n) in [(&a, 2), (&b, 1), (&c, 1)] {
         assert_eq!(
@@ -220,10 +229,17 @@ async fn a_batch_with_one_invalid_entry_is_refused_whole_and_writes_nothing() {
     let before = spine_counts(&db.url).await;
     assert_eq!(before, [1, 1, 1, 1]);
 
-    let cases: [(&str, Value, &str); 3] = [
+    let cases: [(&str, Value, &str); 5] = [
         ("title", json!("x".repeat(201)), "messages[3].title"),
-        ("skip_url", json!("javascript:alert(1)"), "messages[3].skip_url"),
+        (
+            "skip_url",
+            json!("javascript:alert(1)"),
+            "messages[3].skip_url",
+        ),
         ("to_user", json!(""), "messages[3].to_user"),
+        // PostgreSQL cannot store U+0000: refused up front, not a failed insert.
+        ("content", json!("nul \u{0} here"), "messages[3].content"),
+        ("data", json!({"k": "nul \u{0}"}), "messages[3].data"),
     ];
     for (key, bad, field) in cases {
         let mut batch: Vec<Value> = (0..6)
@@ -248,9 +264,9 @@ async fn a_batch_with_one_invalid_entry_is_refused_whole_and_writes_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_the_database_refuses_midway_writes_nothing() {
-    // Entry 3 passes validation but PostgreSQL cannot store it (a NUL character in text): the
-    // rows already inserted for entries 0..3 must roll back with it.
+async fn a_batch_that_fails_inside_the_database_leaves_no_trace() {
+    // Every entry is valid, but the database refuses the outbox entry of user b (an injected
+    // trigger), after the rows, counters and events of the whole batch were written.
     let db = TestDb::new().await;
     let app = spawn_app(
         &db,
@@ -260,22 +276,41 @@ async fn a_batch_the_database_refuses_midway_writes_nothing() {
         },
     )
     .await;
-    let a = new_user();
+    let (a, b) = (new_user(), new_user());
     app.send(&a, "before").await;
     let before = spine_counts(&db.url).await;
-    let mut batch: Vec<Value> = (0..6)
-        .map(|i| json!({"to_user": a, "title": format!("m{i}")}))
+    let mut conn = db.conn().await;
+    conn.batch_execute(&format!(
+        "CREATE FUNCTION refuse_b() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           IF NEW.user_id = '{b}' THEN RAISE EXCEPTION 'injected failure'; END IF; RETURN NEW; END $$; \
+         CREATE TRIGGER refuse_b BEFORE INSERT ON outbox FOR EACH ROW EXECUTE FUNCTION refuse_b();"
+    ))
+    .await
+    .expect("install the failing trigger");
+
+    let batch: Vec<Value> = [&a, &a, &a, &b, &a]
+        .iter()
+        .enumerate()
+        .map(|(i, u)| json!({"to_user": u, "title": format!("m{i}")}))
         .collect();
-    batch[3]["content"] = json!("nul \u{0} here");
     let r = app.post_messages(&json!({ "messages": batch })).await;
-    assert!(
-        r.status().is_client_error(),
-        "bad input is the caller's error, got {}",
-        r.status()
-    );
-    error_of(r).await;
+    assert_eq!(r.status(), 500);
+    assert_eq!(error_of(r).await["code"], "internal");
     assert_eq!(spine_counts(&db.url).await, before);
+    assert_eq!(
+        query_json(
+            &db.url,
+            &format!("SELECT seq, unread, unseen FROM user_inbox_state WHERE user_id = '{a}'")
+        )
+        .await,
+        vec![json!({"seq": 1, "unread": 1, "unseen": 1})]
+    );
+
+    conn.batch_execute("DROP TRIGGER refuse_b ON outbox")
+        .await
+        .unwrap();
     assert_eq!(app.send(&a, "after").await["seq"], 2);
+    assert_eq!(app.send(&b, "after").await["seq"], 1);
     app.stop().await;
 }
 
@@ -301,7 +336,9 @@ async fn idempotency_key_replays_the_first_result_per_service() {
 
     // Same key, different body: refused, nothing written.
     let other_body = json!({"to_user": a, "title": "something else"});
-    let r = app.post_messages_as(SERVICE_KEY, Some(key), &other_body).await;
+    let r = app
+        .post_messages_as(SERVICE_KEY, Some(key), &other_body)
+        .await;
     assert_eq!(r.status(), 409);
     let err = error_of(r).await;
     assert_eq!(err["code"], "idempotency_conflict");
@@ -319,7 +356,11 @@ async fn idempotency_key_replays_the_first_result_per_service() {
         .collect();
     assert_eq!(
         seqs,
-        vec![(json!(a), json!(3)), (json!(b), json!(2)), (json!(a), json!(4))]
+        vec![
+            (json!(a), json!(3)),
+            (json!(b), json!(2)),
+            (json!(a), json!(4))
+        ]
     );
     assert_ne!(theirs["messages"][0]["id"], first["messages"][0]["id"]);
     assert_eq!(count_rows(&db.url, "t_message_real_time").await, 6);
@@ -396,7 +437,7 @@ async fn a_body_over_the_size_limit_is_413_with_error_body() {
     )
     .await;
     let u = new_user();
-    let small = json!({"to_user": u, "title": "t", "content": "x".repeat(9_000)});
+    let small = json!({"to_user": u, "title": "t", "content": "x".repeat(5_000), "data": {"pad": "y".repeat(4_000)}});
     assert!(small.to_string().len() < 10_000);
     assert_eq!(app.post_messages(&small).await.status(), 201);
 
@@ -438,9 +479,7 @@ async fn field_limits_are_enforced_with_422_naming_the_field() {
     // {"s":"..."} is 8 bytes of JSON around the string.
     let data_of = |len: usize| json!({ "s": "d".repeat(len - 8) });
     assert_eq!(data_of(16 * 1024).to_string().len(), 16 * 1024);
-    let many = |n: usize| {
-        json!({ "messages": (0..n).map(|i| json!({"to_user": format!("{u}-{}", i % 3), "title": "t"})).collect::<Vec<_>>() })
-    };
+    let many = |n: usize| json!({ "messages": (0..n).map(|i| json!({"to_user": format!("{u}-{}", i % 3), "title": "t"})).collect::<Vec<_>>() });
     let ids = |n: usize| (0..n).map(|i| format!("{u}-{i}")).collect::<Vec<_>>();
 
     let refused: Vec<(Value, &str)> = vec![
@@ -511,7 +550,22 @@ async fn a_topic_event_is_accepted_and_published_on_the_topic_channel() {
         json!({"type": "topic.event", "topic": topic, "data": data})
     );
     assert_eq!(tap.drain(Duration::from_secs(1)).await, Vec::<Value>::new());
-    assert_eq!(other.drain(Duration::from_millis(200)).await, Vec::<Value>::new());
+    assert_eq!(
+        other.drain(Duration::from_millis(200)).await,
+        Vec::<Value>::new()
+    );
+
+    // What PostgreSQL cannot store is refused up front (422), not a failed insert.
+    let r = app
+        .post_raw(
+            &format!("/api/v1/topics/{topic}/events"),
+            Some(SERVICE_KEY),
+            &[],
+            json!({"data": {"k": "nul \u{0}"}}).to_string(),
+        )
+        .await;
+    assert_eq!(r.status(), 422);
+    assert_eq!(error_of(r).await["field"], "data");
     eventually(Duration::from_secs(10), "outbox drained", || async {
         (count_rows(&db.url, "outbox").await == 0).then_some(())
     })
