@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's second command: the whole test suite, against real PostgreSQL and Redis.
-# Unit tests, integration tests (a fresh database and Redis prefix per test), lints, then the
-# public conformance suite (../shared/conformance) against a release build when it is present.
+# Lints, unit and integration tests (a fresh database and Redis prefix per test), property tests,
+# the chaos run, browser tests in headless Chromium, then the public conformance suite
+# (../shared/conformance) against a release build when it is present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh
@@ -14,6 +15,9 @@ echo "== cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "== cargo test"
 cargo test --all-targets -- --test-threads "${TEST_THREADS:-4}"
+
+echo "== browser tests (headless Chromium)"
+scripts/browser-test.sh
 
 conf=../shared/conformance/run
 if [ -x "$conf" ]; then
