@@ -23,15 +23,22 @@ const SECRET: &str = "bench-secret";
 const KEY: &str = "bench-key";
 
 fn env_num(k: &str, d: u64) -> u64 {
-    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
 }
 
 fn admin_url() -> String {
-    std::env::var("TEST_DATABASE_ADMIN_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("TEST_DATABASE_ADMIN_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(18099)
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(18099)
 }
 
 struct Node {
@@ -41,7 +48,13 @@ struct Node {
 }
 
 impl Node {
-    async fn start(bin: &str, db: &str, prefix: &str, relay: bool, args: &[&str]) -> anyhow::Result<Node> {
+    async fn start(
+        bin: &str,
+        db: &str,
+        prefix: &str,
+        relay: bool,
+        args: &[&str],
+    ) -> anyhow::Result<Node> {
         let port = free_port();
         let child = Command::new(bin)
             .args(args)
@@ -58,11 +71,20 @@ impl Node {
             .stderr(Stdio::inherit())
             .spawn()
             .context("starting notifyd")?;
-        let node = Node { child, base: format!("http://127.0.0.1:{port}"), port };
+        let node = Node {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            port,
+        };
         if args.first() == Some(&"serve") {
             let http = reqwest::Client::new();
             for _ in 0..200 {
-                if http.get(format!("{}/healthz", node.base)).send().await.is_ok() {
+                if http
+                    .get(format!("{}/healthz", node.base))
+                    .send()
+                    .await
+                    .is_ok()
+                {
                     return Ok(node);
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -73,12 +95,21 @@ impl Node {
     }
 
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
-        status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
     }
 
     fn stop(mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let _ = self.child.wait();
     }
 }
@@ -94,15 +125,28 @@ async fn scalar(db: &str, sql: &str) -> anyhow::Result<i64> {
 }
 
 /// Runs `clients` loops for `secs`, each POSTing `body(i)`; returns messages created per second.
-async fn post_load(base: &str, clients: usize, secs: u64, per_request: u64, batch: bool) -> anyhow::Result<(f64, u64)> {
-    let http = reqwest::Client::builder().pool_max_idle_per_host(clients).build()?;
+async fn post_load(
+    base: &str,
+    clients: usize,
+    secs: u64,
+    per_request: u64,
+    batch: bool,
+) -> anyhow::Result<(f64, u64)> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(clients)
+        .build()?;
     let created = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let deadline = start + Duration::from_secs(secs);
     let mut tasks = vec![];
     for c in 0..clients {
-        let (http, created, errors, url) = (http.clone(), created.clone(), errors.clone(), format!("{base}/api/v1/messages"));
+        let (http, created, errors, url) = (
+            http.clone(),
+            created.clone(),
+            errors.clone(),
+            format!("{base}/api/v1/messages"),
+        );
         tasks.push(tokio::spawn(async move {
             let mut i = 0u64;
             while Instant::now() < deadline {
@@ -128,7 +172,10 @@ async fn post_load(base: &str, clients: usize, secs: u64, per_request: u64, batc
         t.await?;
     }
     let elapsed = start.elapsed().as_secs_f64();
-    Ok((AtomicU64::load(&created, Ordering::Relaxed) as f64 / elapsed, AtomicU64::load(&errors, Ordering::Relaxed)))
+    Ok((
+        AtomicU64::load(&created, Ordering::Relaxed) as f64 / elapsed,
+        AtomicU64::load(&errors, Ordering::Relaxed),
+    ))
 }
 
 const PGBENCH_SCRIPT: &str = r#"\set u random(1, 5000)
@@ -148,7 +195,16 @@ fn pgbench(db: &str, clients: u64, secs: u64) -> anyhow::Result<f64> {
     let script = std::env::temp_dir().join(format!("notifyd-bench-{}.sql", std::process::id()));
     std::fs::write(&script, PGBENCH_SCRIPT)?;
     let out = Command::new("pgbench")
-        .args(["-n", "-c", &clients.to_string(), "-j", "2", "-T", &secs.to_string(), "-f"])
+        .args([
+            "-n",
+            "-c",
+            &clients.to_string(),
+            "-j",
+            "2",
+            "-T",
+            &secs.to_string(),
+            "-f",
+        ])
         .arg(&script)
         .arg(db)
         .output()
@@ -159,11 +215,21 @@ fn pgbench(db: &str, clients: u64, secs: u64) -> anyhow::Result<f64> {
         .find(|l| l.starts_with("tps = "))
         .and_then(|l| l.split_whitespace().nth(2))
         .and_then(|v| v.parse::<f64>().ok())
-        .with_context(|| format!("no tps in pgbench output: {text} {}", String::from_utf8_lossy(&out.stderr)))?;
+        .with_context(|| {
+            format!(
+                "no tps in pgbench output: {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
     Ok(tps)
 }
 
-async fn ws_conns(bin: &str, db: &str, prefix: &str, n: usize) -> anyhow::Result<(u64, u64, f64, f64)> {
+async fn ws_conns(
+    bin: &str,
+    db: &str,
+    prefix: &str,
+    n: usize,
+) -> anyhow::Result<(u64, u64, f64, f64)> {
     let node = Node::start(bin, db, prefix, true, &["serve"]).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = node.rss_kib();
@@ -172,7 +238,11 @@ async fn ws_conns(bin: &str, db: &str, prefix: &str, n: usize) -> anyhow::Result
     let start = Instant::now();
     for chunk in (0..n).collect::<Vec<_>>().chunks(250) {
         let futs = chunk.iter().map(|i| {
-            let url = format!("ws://127.0.0.1:{}/ws?token={}", node.port, keys.mint(&format!("w{i}"), 3600, &[]).unwrap_or_default());
+            let url = format!(
+                "ws://127.0.0.1:{}/ws?token={}",
+                node.port,
+                keys.mint(&format!("w{i}"), 3600, &[]).unwrap_or_default()
+            );
             async move {
                 let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
                 let _hello = ws.next().await;
@@ -190,20 +260,33 @@ async fn ws_conns(bin: &str, db: &str, prefix: &str, n: usize) -> anyhow::Result
     let users: Vec<String> = (0..n).map(|i| format!("w{i}")).collect();
     let http = reqwest::Client::new();
     let start = Instant::now();
-    let r = http.post(format!("{}/api/v1/messages", node.base)).bearer_auth(KEY).json(&json!({"to_users": users, "title": "fan-out"})).send().await?;
+    let r = http
+        .post(format!("{}/api/v1/messages", node.base))
+        .bearer_auth(KEY)
+        .json(&json!({"to_users": users, "title": "fan-out"}))
+        .send()
+        .await?;
     if r.status() != 201 {
         bail!("fan-out POST failed: {}", r.status());
     }
     let waits = clients.iter_mut().map(|ws| async move {
         loop {
             match tokio::time::timeout(Duration::from_secs(60), ws.next()).await {
-                Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) if t.contains("message.created") => return true,
+                Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))))
+                    if t.contains("message.created") =>
+                {
+                    return true
+                }
                 Ok(Some(Ok(_))) => continue,
                 _ => return false,
             }
         }
     });
-    let got = futures_util::future::join_all(waits).await.into_iter().filter(|ok| *ok).count();
+    let got = futures_util::future::join_all(waits)
+        .await
+        .into_iter()
+        .filter(|ok| *ok)
+        .count();
     let fanout_s = start.elapsed().as_secs_f64();
     if got != n {
         bail!("fan-out reached {got} of {n} sockets");
@@ -223,10 +306,18 @@ async fn main() -> anyhow::Result<()> {
     let ws_n = env_num("BENCH_WS_CONNS", 5000) as usize;
     let name = format!("notifyd_bench_{}", std::process::id());
     let mut admin = AsyncPgConnection::establish(&admin_url()).await?;
-    diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin).await?;
-    diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut admin).await?;
+    diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await?;
+    diesel::sql_query(format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await?;
     let base = admin_url();
-    let db = format!("{}/{}", &base[..base.rfind('/').unwrap_or(base.len())], name);
+    let db = format!(
+        "{}/{}",
+        &base[..base.rfind('/').unwrap_or(base.len())],
+        name
+    );
     let prefix = format!("bench{}:", std::process::id());
 
     println!("1/5 single POSTs, 64 clients, {secs}s");
@@ -244,13 +335,20 @@ async fn main() -> anyhow::Result<()> {
 
     println!("4/5 relay throughput");
     let mut conn = AsyncPgConnection::establish(&db).await?;
-    diesel::sql_query("DELETE FROM outbox").execute(&mut conn).await?;
+    diesel::sql_query("DELETE FROM outbox")
+        .execute(&mut conn)
+        .await?;
     let node = Node::start(&bin, &db, &prefix, false, &["serve"]).await?;
     let http = reqwest::Client::new();
     let relay_n = 50_000u64;
     for b in 0..(relay_n / 1000) {
         let msgs: Vec<_> = (0..1000).map(|k| json!({"to_user": format!("r{}", (b * 1000 + k) % 2000), "title": "relay", "content": "x".repeat(100)})).collect();
-        let r = http.post(format!("{}/api/v1/messages", node.base)).bearer_auth(KEY).json(&json!({ "messages": msgs })).send().await?;
+        let r = http
+            .post(format!("{}/api/v1/messages", node.base))
+            .bearer_auth(KEY)
+            .json(&json!({ "messages": msgs }))
+            .send()
+            .await?;
         if r.status() != 201 {
             bail!("seeding the outbox failed: {}", r.status());
         }
@@ -278,13 +376,35 @@ async fn main() -> anyhow::Result<()> {
     let per_conn = (after.saturating_sub(before)) as f64 * 1024.0 / ws_n as f64;
     println!("    RSS {before} KiB -> {after} KiB: {per_conn:.0} bytes per connection; connect {connect_s:.1}s; fan-out {fanout_s:.2}s");
 
-    diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin).await?;
+    diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await?;
 
-    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())).unwrap_or_default();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let mem = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| m.lines().next().map(|l| l.to_string())).unwrap_or_default();
-    let pg = Command::new("psql").arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
-    let redis = Command::new("redis-server").arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().map(|l| l.to_string()))
+        .unwrap_or_default();
+    let pg = Command::new("psql")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let redis = Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
     let doc = format!(
         "# Benchmarks\n\n\
 Written by `cargo bench --bench load` (benches/load.rs) on {date}. One run, one machine; every figure\n\

@@ -66,10 +66,13 @@ impl From<diesel::result::Error> for ApiError {
         use diesel::result::{DatabaseErrorKind, Error};
         match e {
             // The database went away mid-request (restart, failover): retryable, not a bug.
-            Error::DatabaseError(DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand, info) => {
-                ApiError::Unavailable(format!("database unavailable: {}", info.message()))
+            Error::DatabaseError(
+                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+                info,
+            ) => ApiError::Unavailable(format!("database unavailable: {}", info.message())),
+            Error::BrokenTransactionManager => {
+                ApiError::Unavailable("database unavailable: connection broken".into())
             }
-            Error::BrokenTransactionManager => ApiError::Unavailable("database unavailable: connection broken".into()),
             e => ApiError::Internal(anyhow::Error::new(e).context("database")),
         }
     }

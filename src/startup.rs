@@ -119,7 +119,9 @@ impl Application {
         let server = HttpServer::new(move || {
             let app = App::new()
                 .app_data(data.clone())
-                .wrap(actix_web::middleware::Logger::new("%m %U %s %Dms").log_target("notifyd::http"))
+                .wrap(
+                    actix_web::middleware::Logger::new("%m %U %s %Dms").log_target("notifyd::http"),
+                )
                 .configure(crate::api::configure);
             let app = if dev {
                 app.configure(crate::web::configure)

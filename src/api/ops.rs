@@ -64,7 +64,8 @@ mod tests {
     /// The hand-written OpenAPI document must list every route the service serves.
     #[test]
     fn openapi_lists_every_route() {
-        let doc: serde_json::Value = serde_json::from_str(include_str!("../../docs/openapi.json")).expect("valid JSON");
+        let doc: serde_json::Value =
+            serde_json::from_str(include_str!("../../docs/openapi.json")).expect("valid JSON");
         let paths = doc["paths"].as_object().expect("paths");
         for (path, method) in [
             ("/api/v1/messages", "post"),
@@ -83,7 +84,10 @@ mod tests {
             ("/readyz", "get"),
             ("/metrics", "get"),
         ] {
-            assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} missing from docs/openapi.json");
+            assert!(
+                paths.get(path).and_then(|p| p.get(method)).is_some(),
+                "{method} {path} missing from docs/openapi.json"
+            );
         }
     }
 }

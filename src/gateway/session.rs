@@ -59,11 +59,14 @@ impl SessionTx {
 }
 
 /// Writes queued frames until closed. A close request interrupts even a write stuck on a slow
-/// socket; the close frame itself is best-effort (a reader that never reads will not get it).
+/// socket. The close frame queues behind what the socket already holds, so it waits up to
+/// `close_grace` for a slow client to read that far (a client that resumes reading then sees
+/// its 4008 and resumes with `since`); a client that never reads is dropped without it.
 pub async fn writer(
     mut session: actix_ws::Session,
     mut frames: mpsc::Receiver<Arc<str>>,
     mut close_rx: watch::Receiver<Option<(u16, &'static str)>>,
+    close_grace: Duration,
 ) {
     let reason = loop {
         if let Some(r) = *close_rx.borrow() {
@@ -86,8 +89,20 @@ pub async fn writer(
             code: CloseCode::from(code),
             description: Some(text.to_string()),
         };
-        let _ = tokio::time::timeout(Duration::from_secs(1), session.close(Some(close))).await;
+        let _ = tokio::time::timeout(close_grace, session.close(Some(close))).await;
     }
+}
+
+/// How long a client may go without being heard before it counts as dead: two missed
+/// heartbeats and half of the third.
+pub fn liveness_window(heartbeat: Duration) -> Duration {
+    heartbeat * 2 + heartbeat / 2
+}
+
+/// How long the writer waits for a closing session's last frames and close frame to drain: the
+/// same time a live client has to answer a ping.
+pub fn close_grace(heartbeat: Duration) -> Duration {
+    liveness_window(heartbeat)
 }
 
 /// Reads client frames, answers pings, sends WebSocket pings every heartbeat and closes a
@@ -112,7 +127,7 @@ pub async fn reader(
         tokio::select! {
             _ = close_rx.changed() => break,
             _ = tick.tick() => {
-                if last_heard.elapsed() > heartbeat * 2 + heartbeat / 2 {
+                if last_heard.elapsed() > liveness_window(heartbeat) {
                     me.close_with(close::POLICY, "missed heartbeats");
                     break;
                 }

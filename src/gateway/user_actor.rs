@@ -266,8 +266,11 @@ impl Actor {
                     match serde_json::from_str::<SeqOnly>(&payload) {
                         Ok(SeqOnly { seq, message }) => {
                             if let Some(m) = message {
-                                let latency = (chrono::Utc::now() - m.send_time).num_microseconds().unwrap_or(0);
-                                metrics::histogram!("notifyd_delivery_latency_seconds").record(latency.max(0) as f64 / 1e6);
+                                let latency = (chrono::Utc::now() - m.send_time)
+                                    .num_microseconds()
+                                    .unwrap_or(0);
+                                metrics::histogram!("notifyd_delivery_latency_seconds")
+                                    .record(latency.max(0) as f64 / 1e6);
                             }
                             self.on_event(seq, payload).await
                         }

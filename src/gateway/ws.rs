@@ -45,7 +45,12 @@ pub async fn connect(
         frames: frames_tx,
         close: close_tx,
     };
-    actix_web::rt::spawn(session::writer(ws_session.clone(), frames_rx, close_rx));
+    actix_web::rt::spawn(session::writer(
+        ws_session.clone(),
+        frames_rx,
+        close_rx,
+        session::close_grace(state.settings.heartbeat),
+    ));
     let actor = state.gateway.join(&state, claims, me.clone(), since);
     actix_web::rt::spawn(session::reader(
         ws_session,

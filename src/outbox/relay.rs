@@ -87,7 +87,9 @@ impl Relay {
         let mut conn = AsyncPgConnection::establish(&self.settings.database_url).await?;
         // Named so operators (and the chaos harness) can see which node holds the leader lock.
         let name = format!("notifyd relay {}", self.settings.node_id).replace('\'', "");
-        diesel::sql_query(format!("SET application_name = '{name}'")).execute(&mut conn).await?;
+        diesel::sql_query(format!("SET application_name = '{name}'"))
+            .execute(&mut conn)
+            .await?;
         let got: Locked = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS locked")
             .bind::<BigInt, _>(LEADER_LOCK)
             .get_result(&mut conn)
