@@ -125,6 +125,17 @@ pub struct TestApp {
     pub http: reqwest::Client,
 }
 
+impl Opts {
+    /// A node that publishes nothing by itself: the outbox stays for the test to inspect (or to
+    /// publish by hand).
+    pub fn no_relay() -> Self {
+        Opts {
+            relay: false,
+            ..Default::default()
+        }
+    }
+}
+
 pub fn settings_for(db_url: &str, opts: &Opts) -> Settings {
     let mut s = Settings::new(db_url);
     s.bind = format!("127.0.0.1:{}", opts.port.unwrap_or(0));

@@ -73,14 +73,7 @@ async fn spine_counts(db_url: &str) -> [i64; 4] {
 async fn a_1000_message_batch_commits_every_row_with_gap_free_seqs_in_request_order() {
     let db = TestDb::new().await;
     // No relay: the outbox must still hold what the transaction queued.
-    let app = spawn_app(
-        &db,
-        Opts {
-            relay: false,
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = spawn_app(&db, Opts::no_relay()).await;
     let users: Vec<String> = (0..4).map(|_| new_user()).collect();
     let batch: Vec<Value> = (0..1000)
         .map(|i| {
@@ -216,14 +209,7 @@ async fn to_users_creates_one_row_per_distinct_recipient() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_with_one_invalid_entry_is_refused_whole_and_writes_nothing() {
     let db = TestDb::new().await;
-    let app = spawn_app(
-        &db,
-        Opts {
-            relay: false,
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = spawn_app(&db, Opts::no_relay()).await;
     let (a, b) = (new_user(), new_user());
     app.send(&a, "before").await;
     let before = spine_counts(&db.url).await;
@@ -268,14 +254,7 @@ async fn a_batch_that_fails_inside_the_database_leaves_no_trace() {
     // Every entry is valid, but the database refuses the outbox entry of user b (an injected
     // trigger), after the rows, counters and events of the whole batch were written.
     let db = TestDb::new().await;
-    let app = spawn_app(
-        &db,
-        Opts {
-            relay: false,
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = spawn_app(&db, Opts::no_relay()).await;
     let (a, b) = (new_user(), new_user());
     app.send(&a, "before").await;
     let before = spine_counts(&db.url).await;
@@ -460,14 +439,7 @@ async fn a_body_over_the_size_limit_is_413_with_error_body() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn field_limits_are_enforced_with_422_naming_the_field() {
     let db = TestDb::new().await;
-    let app = spawn_app(
-        &db,
-        Opts {
-            relay: false,
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = spawn_app(&db, Opts::no_relay()).await;
     let u = new_user();
     let msg = |extra: Value| {
         let mut m = json!({"to_user": u, "title": "t"});
