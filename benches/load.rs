@@ -188,12 +188,20 @@ INSERT INTO t_message_real_time (id, to_user, seq, title, content, type, send_ti
 INSERT INTO user_event (user_id, seq, payload)
   SELECT 'p' || :u, seq, jsonb_build_object('type', 'message.created', 'seq', seq, 'content', repeat('x', 100)) FROM user_inbox_state WHERE user_id = 'p' || :u;
 INSERT INTO outbox (user_id, seq) SELECT 'p' || :u, seq FROM user_inbox_state WHERE user_id = 'p' || :u;
+-- NOTIFY
 COMMIT;
 "#;
 
-fn pgbench(db: &str, clients: u64, secs: u64) -> anyhow::Result<f64> {
+/// `notify`: also `NOTIFY` inside the transaction, the wake-up design notifyd avoids (it takes a
+/// database-wide lock at commit); measured to show what it would cost.
+fn pgbench(db: &str, clients: u64, secs: u64, notify: bool) -> anyhow::Result<f64> {
     let script = std::env::temp_dir().join(format!("notifyd-bench-{}.sql", std::process::id()));
-    std::fs::write(&script, PGBENCH_SCRIPT)?;
+    let sql = if notify {
+        PGBENCH_SCRIPT.replace("-- NOTIFY", "NOTIFY notifyd_bench;")
+    } else {
+        PGBENCH_SCRIPT.to_string()
+    };
+    std::fs::write(&script, sql)?;
     let out = Command::new("pgbench")
         .args([
             "-n",
@@ -330,8 +338,10 @@ async fn main() -> anyhow::Result<()> {
     node.stop();
 
     println!("3/5 pgbench, the same transaction, 64 clients, {secs}s");
-    let tps = pgbench(&db, 64, secs)?;
+    let tps = pgbench(&db, 64, secs, false)?;
     println!("    {tps:.0} transactions/s");
+    let tps_notify = pgbench(&db, 64, secs, true)?;
+    println!("    with NOTIFY inside the transaction: {tps_notify:.0} transactions/s");
 
     println!("4/5 relay throughput");
     let mut conn = AsyncPgConnection::establish(&db).await?;
@@ -416,7 +426,8 @@ Redis pub/sub, database pool 32, default PostgreSQL settings.\n\n\
 | what | figure |\n|---|---|\n\
 | single-message POSTs, 64 concurrent clients, {secs} s | **{single:.0} messages/s** ({single_err} non-201) |\n\
 | 100-message batch POSTs, 8 concurrent clients, {secs} s | **{batched:.0} messages/s** ({batch_err} non-201) |\n\
-| the same transaction (counter upsert + message + event + outbox rows) by `pgbench -f`, 64 clients | **{tps:.0} transactions/s** (the database's ceiling for one-message creates) |\n\n\
+| the same transaction (counter upsert + message + event + outbox rows) by `pgbench -f`, 64 clients | **{tps:.0} transactions/s** (the database's ceiling for one-message creates) |\n\
+| the same, plus `NOTIFY` inside the transaction (the wake-up notifyd avoids) | **{tps_notify:.0} transactions/s** ({notify_pct:.0}% of the ceiling) |\n\n\
 Single POSTs reach {ratio:.0}% of the pgbench ceiling: the remainder is HTTP, JSON, validation and\n\
 the relay publishing concurrently on the same cores. Batches amortise the per-transaction cost\n\
 (one commit, one fsync, one counter upsert per user per batch).\n\n\
@@ -435,6 +446,7 @@ capacity beyond that is an extrapolation from the per-connection figure, not a m
 at {per_conn_kib:.1} KiB each, 100,000 connections would need ≈ {extrap:.0} MiB of RSS across processes.\n",
         date = chrono::Utc::now().format("%Y-%m-%d"),
         ratio = single / tps * 100.0,
+        notify_pct = tps_notify / tps * 100.0,
         per_conn_kib = per_conn / 1024.0,
         extrap = per_conn * 100_000.0 / 1024.0 / 1024.0,
     );
