@@ -62,52 +62,53 @@ impl Relay {
             if *shutdown.borrow() {
                 return;
             }
-            match self.try_lead(&mut shutdown).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    tokio::select! {
-                        _ = tokio::time::sleep(STANDBY_RETRY) => {}
-                        _ = shutdown.changed() => return,
-                    }
-                }
-                Err(e) => {
-                    self.waker.set_local_leader(false);
-                    tracing::warn!(error = %e, "relay lost its database connection; standing by");
-                    tokio::select! {
-                        _ = tokio::time::sleep(STANDBY_RETRY) => {}
-                        _ = shutdown.changed() => return,
-                    }
-                }
+            if let Err(e) = self.session(&mut shutdown).await {
+                self.waker.set_local_leader(false);
+                tracing::warn!(error = %e, "relay lost its database connection; reconnecting");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(STANDBY_RETRY) => {}
+                _ = shutdown.changed() => return,
             }
         }
     }
 
-    /// Returns `Ok(false)` when another relay leads, `Ok(true)` after leading until shutdown.
-    async fn try_lead(&self, shutdown: &mut watch::Receiver<bool>) -> anyhow::Result<bool> {
+    /// One database connection's life: stand by on it, retrying the leader lock every second,
+    /// and lead on it once the lock is ours. Returns `Ok` at shutdown, `Err` when the connection
+    /// (and with it any leadership) is lost.
+    async fn session(&self, shutdown: &mut watch::Receiver<bool>) -> anyhow::Result<()> {
         let mut conn = AsyncPgConnection::establish(&self.settings.database_url).await?;
         // Named so operators (and the chaos harness) can see which node holds the leader lock.
         let name = format!("notifyd relay {}", self.settings.node_id).replace('\'', "");
         diesel::sql_query(format!("SET application_name = '{name}'"))
             .execute(&mut conn)
             .await?;
-        let got: Locked = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS locked")
-            .bind::<BigInt, _>(LEADER_LOCK)
-            .get_result(&mut conn)
-            .await?;
-        if !got.locked {
-            return Ok(false);
+        loop {
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+            let got: Locked = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS locked")
+                .bind::<BigInt, _>(LEADER_LOCK)
+                .get_result(&mut conn)
+                .await?;
+            if got.locked {
+                tracing::info!(node = %self.settings.node_id, "relay is now the leader");
+                metrics::counter!("notifyd_relay_leadership_acquired_total").increment(1);
+                self.waker.set_local_leader(true);
+                let listener = tokio::spawn(listen_for_wakes(
+                    self.settings.database_url.clone(),
+                    self.waker.clone(),
+                ));
+                let result = self.lead(&mut conn, shutdown).await;
+                listener.abort();
+                self.waker.set_local_leader(false);
+                return result;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(STANDBY_RETRY) => {}
+                _ = shutdown.changed() => return Ok(()),
+            }
         }
-        tracing::info!(node = %self.settings.node_id, "relay is now the leader");
-        metrics::counter!("notifyd_relay_leadership_acquired_total").increment(1);
-        self.waker.set_local_leader(true);
-        let listener = tokio::spawn(listen_for_wakes(
-            self.settings.database_url.clone(),
-            self.waker.clone(),
-        ));
-        let result = self.lead(&mut conn, shutdown).await;
-        listener.abort();
-        self.waker.set_local_leader(false);
-        result.map(|_| true)
     }
 
     async fn lead(
