@@ -29,6 +29,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// How often the relay polls the outbox when nothing woke it.
     pub relay_poll: Duration,
+    /// How often a gateway compares its users' seqs with the database (catches a lost last event).
+    pub audit_interval: Duration,
     pub relay_batch: i64,
     pub log_json: bool,
 }
@@ -52,6 +54,7 @@ impl Settings {
             db_pool_size: 16,
             max_body_bytes: 32 * 1024 * 1024,
             relay_poll: Duration::from_millis(500),
+            audit_interval: Duration::from_secs(10),
             relay_batch: 500,
             log_json: false,
         }
@@ -105,6 +108,9 @@ impl Settings {
         }
         if let Some(h) = env("NOTIFYD_HEARTBEAT") {
             s.heartbeat = parse_duration(&h).context("NOTIFYD_HEARTBEAT")?;
+        }
+        if let Some(a) = env("NOTIFYD_AUDIT_INTERVAL") {
+            s.audit_interval = parse_duration(&a).context("NOTIFYD_AUDIT_INTERVAL")?;
         }
         if let Some(p) = env("NOTIFYD_DB_POOL_SIZE") {
             s.db_pool_size = p.parse().context("NOTIFYD_DB_POOL_SIZE")?;

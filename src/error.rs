@@ -73,9 +73,34 @@ impl From<diesel::result::Error> for ApiError {
             Error::BrokenTransactionManager => {
                 ApiError::Unavailable("database unavailable: connection broken".into())
             }
+            // A server restarting, failing over or shedding connections ends sessions with a
+            // FATAL error (`pg_ctl restart -m fast`: 57P01 "terminating connection due to
+            // administrator command"), and a failover can leave us on a read-only standby.
+            Error::DatabaseError(DatabaseErrorKind::ReadOnlyTransaction, info) => {
+                ApiError::Unavailable(format!("database unavailable: {}", info.message()))
+            }
+            Error::DatabaseError(DatabaseErrorKind::Unknown, info)
+                if server_went_away(info.message()) =>
+            {
+                ApiError::Unavailable(format!("database unavailable: {}", info.message()))
+            }
             e => ApiError::Internal(anyhow::Error::new(e).context("database")),
         }
     }
+}
+
+/// Whether a PostgreSQL error says the server ended or refused the session (shutdown, restart,
+/// crash recovery, failover, connection limit), as opposed to a fault in the request itself.
+/// diesel-async does not expose the SQLSTATE (57P01-57P03, 53300) for these, only the server's
+/// message, so this matches the messages PostgreSQL sends for them.
+fn server_went_away(message: &str) -> bool {
+    const PREFIXES: [&str; 4] = [
+        "terminating connection", // 57P01 admin shutdown, 57P02 crash of another backend, recovery conflict
+        "the database system is", // 57P03: starting up, shutting down, in recovery mode
+        "sorry, too many clients", // 53300
+        "remaining connection slots are reserved", // 53300
+    ];
+    PREFIXES.iter().any(|p| message.starts_with(p))
 }
 
 impl From<diesel_async::pooled_connection::deadpool::PoolError> for ApiError {
@@ -109,5 +134,50 @@ impl ResponseError for ApiError {
             resp.insert_header(("WWW-Authenticate", "Bearer"));
         }
         resp.json(self.body())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diesel::result::{DatabaseErrorKind, Error};
+
+    fn db_error(kind: DatabaseErrorKind, message: &str) -> ApiError {
+        ApiError::from(Error::DatabaseError(kind, Box::new(message.to_string())))
+    }
+
+    /// Found by the chaos harness: `pg_ctl restart -m fast` answered in-flight requests 500.
+    #[test]
+    fn a_database_going_away_is_retryable() {
+        for message in [
+            "terminating connection due to administrator command",
+            "terminating connection because of crash of another server process",
+            "the database system is shutting down",
+            "the database system is starting up",
+            "sorry, too many clients already",
+        ] {
+            let e = db_error(DatabaseErrorKind::Unknown, message);
+            assert_eq!(
+                e.status_code(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "{message}"
+            );
+        }
+        let e = db_error(
+            DatabaseErrorKind::ReadOnlyTransaction,
+            "cannot execute INSERT in a read-only transaction",
+        );
+        assert_eq!(e.status_code(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn other_database_errors_stay_internal() {
+        let e = db_error(
+            DatabaseErrorKind::Unknown,
+            "syntax error at or near \"SELEC\"",
+        );
+        assert_eq!(e.status_code(), StatusCode::INTERNAL_SERVER_ERROR);
+        let e = db_error(DatabaseErrorKind::UniqueViolation, "duplicate key value");
+        assert_eq!(e.status_code(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

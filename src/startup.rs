@@ -111,6 +111,12 @@ impl Application {
             presence,
             metrics,
         };
+        tasks.push(tokio::spawn(
+            state
+                .gateway
+                .clone()
+                .run_audit(state.clone(), shutdown_rx.clone()),
+        ));
         let data = web::Data::new(state.clone());
         let dev = state.settings.dev;
         let listener = std::net::TcpListener::bind(&state.settings.bind)

@@ -52,6 +52,50 @@ impl Gateway {
         self.actors().len()
     }
 
+    /// Every `audit_interval`, reads the current seq of every user connected here (1,000 per
+    /// query) and hands it to their actors, which repair anything they are missing. The broker
+    /// is the fast path; this bounds how long an event lost on it can stay missing when no
+    /// later event for that user reveals the hole.
+    pub async fn run_audit(
+        self: std::sync::Arc<Self>,
+        state: AppState,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(state.settings.audit_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let users: Vec<(String, mpsc::UnboundedSender<ActorMsg>)> = self
+                .actors()
+                .iter()
+                .map(|(u, e)| (u.clone(), e.tx.clone()))
+                .collect();
+            for chunk in users.chunks(1000) {
+                let names: Vec<String> = chunk.iter().map(|(u, _)| u.clone()).collect();
+                let seqs = async {
+                    let mut conn = state.pool.get().await?;
+                    Ok::<_, crate::error::ApiError>(
+                        crate::store::inbox_state::seqs(&mut conn, &names).await?,
+                    )
+                };
+                match seqs.await {
+                    Ok(seqs) => {
+                        let by_user: HashMap<String, i64> = seqs.into_iter().collect();
+                        for (user, tx) in chunk {
+                            if let Some(seq) = by_user.get(user) {
+                                let _ = tx.send(ActorMsg::Audit(*seq));
+                            }
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "audit skipped"),
+                }
+            }
+        }
+    }
+
     /// Hands a new session to the user's actor (starting one if needed); returns the actor's mailbox.
     pub fn join(
         &self,

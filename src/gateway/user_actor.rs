@@ -40,6 +40,8 @@ pub enum ActorMsg {
     },
     /// A change this node just committed: delivered at once, ahead of the relay's copy.
     Committed(CommittedEvent),
+    /// The audit read the user's current seq from the database: repair if anything is missing.
+    Audit(i64),
     /// The node is stopping: close every session with 1012.
     Shutdown,
 }
@@ -153,6 +155,12 @@ impl Actor {
             ActorMsg::Committed(ev) => {
                 let payload: Arc<str> = Arc::from(ev.frame.to_string());
                 self.on_event(ev.seq, payload).await;
+            }
+            ActorMsg::Audit(seq) => {
+                if !self.sessions.is_empty() && seq > self.last_seq {
+                    metrics::counter!("notifyd_audit_repairs_total").increment(1);
+                    self.repair(seq).await;
+                }
             }
             ActorMsg::Shutdown => {}
         }

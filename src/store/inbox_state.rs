@@ -100,3 +100,12 @@ pub async fn save(conn: &mut Conn, user: &str, c: Counters) -> QueryResult<()> {
         .await?;
     Ok(())
 }
+
+/// The current seq of each of `users` that has one.
+pub async fn seqs(conn: &mut Conn, users: &[String]) -> QueryResult<Vec<(String, i64)>> {
+    s::table
+        .filter(s::user_id.eq_any(users))
+        .select((s::user_id, s::seq))
+        .load(conn)
+        .await
+}

@@ -96,6 +96,8 @@ pub struct Opts {
     pub allowed_origins: Option<Vec<String>>,
     /// Listen on this port instead of a free one (to restart a node where clients expect it).
     pub port: Option<u16>,
+    /// How often the gateway audits its users' seqs against the database.
+    pub audit_interval: Option<Duration>,
 }
 
 impl Default for Opts {
@@ -110,6 +112,7 @@ impl Default for Opts {
             max_body_bytes: None,
             allowed_origins: None,
             port: None,
+            audit_interval: None,
         }
     }
 }
@@ -161,6 +164,9 @@ pub fn settings_for(db_url: &str, opts: &Opts) -> Settings {
         s.max_body_bytes = m;
     }
     s.allowed_origins = opts.allowed_origins.clone();
+    if let Some(a) = opts.audit_interval {
+        s.audit_interval = a;
+    }
     s
 }
 

@@ -74,3 +74,38 @@ async fn after_the_subscriber_reconnects_missed_events_are_delivered_in_order() 
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_lost_on_the_broker_with_nothing_after_it_is_delivered_by_the_audit() {
+    let db = TestDb::new().await;
+    // No relay: the event is committed but never published, as if pub/sub had lost it.
+    let app = spawn_app(
+        &db,
+        Opts {
+            relay: false,
+            audit_interval: Some(Duration::from_secs(1)),
+            ..Default::default()
+        },
+    )
+    .await;
+    let u = new_user();
+    let mut client = app.ws(&u, None).await;
+    assert_eq!(
+        client.expect("hello", Duration::from_secs(5)).await["seq"],
+        0
+    );
+    let created = app.send(&u, "never published").await;
+    let frame = client
+        .expect("message.created", Duration::from_secs(15))
+        .await;
+    assert_eq!(frame["seq"], 1);
+    assert_eq!(frame["message"]["id"], created["id"]);
+    app.send(&u, "also never published").await;
+    assert_eq!(
+        client
+            .expect("message.created", Duration::from_secs(15))
+            .await["seq"],
+        2
+    );
+    app.stop().await;
+}
