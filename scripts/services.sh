@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure PostgreSQL and Redis are reachable on 127.0.0.1, installing (Debian/Ubuntu, apt) and
-# starting them when they are absent. Safe to run again: it only acts on what is missing.
+# starting them when they are absent, and that nginx is installed (not started: the chaos harness
+# runs its own). Safe to run again: it only acts on what is missing.
 # Env: PGHOST_PORT (default 5432), REDIS_PORT (default 6379).
 set -euo pipefail
 
@@ -52,6 +53,12 @@ if ! command -v redis-cli >/dev/null || ! redis_up; then
     --dir /var/lib/redis --logfile /var/log/redis/notifyd-dev.log
   for _ in $(seq 1 50); do redis_up && break; sleep 0.2; done
   redis_up || { say "Redis did not come up on 127.0.0.1:$REDIS_PORT"; exit 1; }
+fi
+
+# --- nginx (the chaos harness, tests/chaos.rs, runs docs/deploy/nginx.conf in front of 3 nodes) ---
+if [ ! -x /usr/sbin/nginx ]; then
+  say "installing nginx"
+  apt_install nginx
 fi
 
 # --- Rust ---

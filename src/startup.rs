@@ -18,6 +18,12 @@ use crate::outbox::{Relay, Waker};
 use crate::presence::Presence;
 use crate::state::AppState;
 
+/// How long an idle HTTP/1.1 connection is kept open. Longer than the idle timeout of the
+/// proxies in front (nginx's upstream `keepalive_timeout 60s` in docs/deploy, AWS ALB's 60 s):
+/// when the node closed first (actix's default is 5 s), a proxy reusing the connection at that
+/// instant got a reset and answered the caller 502 for a POST it could not retry (chaos harness).
+pub const HTTP_KEEP_ALIVE: Duration = Duration::from_secs(75);
+
 pub struct Application {
     port: u16,
     server: actix_web::dev::Server,
@@ -137,6 +143,7 @@ impl Application {
             app.default_service(web::to(crate::api::not_found))
         })
         .listen(listener)?
+        .keep_alive(HTTP_KEEP_ALIVE)
         .disable_signals()
         .shutdown_timeout(5)
         .run();

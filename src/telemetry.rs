@@ -11,8 +11,11 @@ pub fn init_logging(json: bool) {
             .with_writer(std::io::stderr)
             .try_init();
     } else {
+        // Colours only on a terminal: redirected to a file or a log collector, escape codes
+        // are noise (seen in the chaos harness's node logs).
         let _ = fmt()
             .with_env_filter(filter)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(std::io::stderr)
             .try_init();
     }

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod gateway;
+mod keepalive;
 mod listen;
 mod relay;
 mod resync;
