@@ -23,7 +23,7 @@ use crate::store::{events, idempotency, outbox};
 /// The advisory lock key ("notifyd relay"); scoped to the database, so deployments on separate
 /// databases never contend.
 pub const LEADER_LOCK: i64 = 0x6e6f_7469_6679_6400;
-const STANDBY_RETRY: Duration = Duration::from_secs(1);
+const STANDBY_RETRY: Duration = Duration::from_millis(250);
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(30);
 const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 
