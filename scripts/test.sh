@@ -14,7 +14,8 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "== cargo test"
-cargo test --all-targets -- --test-threads "${TEST_THREADS:-4}"
+# Not --all-targets: that would also run benches/load.rs, which measures, it does not test.
+cargo test --lib --bins --tests -- --test-threads "${TEST_THREADS:-4}"
 
 echo "== browser tests (headless Chromium)"
 scripts/browser-test.sh
