@@ -24,7 +24,7 @@ conf=../shared/conformance/run
 if [ -x "$conf" ]; then
   echo "== conformance (../shared/conformance)"
   cargo build --release --quiet
-  NOTIFYD_BIN=$PWD/target/release/notifyd "$conf" -q
+  NOTIFYD_BIN=$PWD/target/release/notifyd "$conf"
 else
   echo "== conformance suite not found at $conf: skipped"
 fi
