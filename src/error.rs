@@ -65,20 +65,20 @@ impl From<diesel::result::Error> for ApiError {
     fn from(e: diesel::result::Error) -> Self {
         use diesel::result::{DatabaseErrorKind, Error};
         match e {
-            // The database went away mid-request (restart, failover): retryable, not a bug.
+            // The database went away mid-request (restart, failover), or a failover left us on a
+            // read-only standby: retryable, not a bug.
             Error::DatabaseError(
-                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+                DatabaseErrorKind::ClosedConnection
+                | DatabaseErrorKind::UnableToSendCommand
+                | DatabaseErrorKind::ReadOnlyTransaction,
                 info,
             ) => ApiError::Unavailable(format!("database unavailable: {}", info.message())),
             Error::BrokenTransactionManager => {
                 ApiError::Unavailable("database unavailable: connection broken".into())
             }
-            // A server restarting, failing over or shedding connections ends sessions with a
-            // FATAL error (`pg_ctl restart -m fast`: 57P01 "terminating connection due to
-            // administrator command"), and a failover can leave us on a read-only standby.
-            Error::DatabaseError(DatabaseErrorKind::ReadOnlyTransaction, info) => {
-                ApiError::Unavailable(format!("database unavailable: {}", info.message()))
-            }
+            // A server restarting or shedding connections ends sessions with a FATAL error
+            // (`pg_ctl restart -m fast`: 57P01 "terminating connection due to administrator
+            // command"), which diesel-async reports as Unknown.
             Error::DatabaseError(DatabaseErrorKind::Unknown, info)
                 if server_went_away(info.message()) =>
             {
