@@ -499,12 +499,19 @@ pub async fn scalar_i64(db_url: &str, sql: &str) -> i64 {
         #[diesel(sql_type = diesel::sql_types::BigInt)]
         v: i64,
     }
+    scalar_row::<Row>(db_url, sql).await.v
+}
+
+/// The one row `sql` selects from the test database.
+async fn scalar_row<R>(db_url: &str, sql: &str) -> R
+where
+    R: diesel::QueryableByName<diesel::pg::Pg> + Send + 'static,
+{
     let mut c = AsyncPgConnection::establish(db_url).await.expect("conn");
-    let r: Row = diesel::sql_query(sql)
+    diesel::sql_query(sql)
         .get_result(&mut c)
         .await
-        .expect("scalar query");
-    r.v
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -605,12 +612,7 @@ pub async fn scalar_text(db_url: &str, sql: &str) -> String {
         #[diesel(sql_type = diesel::sql_types::Text)]
         v: String,
     }
-    let mut c = AsyncPgConnection::establish(db_url).await.expect("conn");
-    let r: Row = diesel::sql_query(sql)
-        .get_result(&mut c)
-        .await
-        .expect("scalar text query");
-    r.v
+    scalar_row::<Row>(db_url, sql).await.v
 }
 
 /// PUBLISHes `payload` on `channel` of the test Redis, exactly as the relay would.

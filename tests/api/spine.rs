@@ -169,12 +169,7 @@ async fn to_users_creates_one_row_per_distinct_recipient() {
         .await;
     assert_eq!(r.status(), 201);
     let body: Value = r.json().await.unwrap();
-    let got: Vec<(Value, Value)> = body["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| (m["to_user"].clone(), m["seq"].clone()))
-        .collect();
+    let got = recipients_and_seqs(&body);
     assert_eq!(
         got,
         vec![
@@ -327,12 +322,7 @@ async fn idempotency_key_replays_the_first_result_per_service() {
     let r = app.post_messages_as("other-key", Some(key), &body).await;
     assert_eq!(r.status(), 201);
     let theirs: Value = r.json().await.unwrap();
-    let seqs: Vec<(Value, Value)> = theirs["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| (m["to_user"].clone(), m["seq"].clone()))
-        .collect();
+    let seqs = recipients_and_seqs(&theirs);
     assert_eq!(
         seqs,
         vec![
@@ -543,4 +533,14 @@ async fn a_topic_event_is_accepted_and_published_on_the_topic_channel() {
     })
     .await;
     app.stop().await;
+}
+
+/// The `(to_user, seq)` pairs of a `201` answer, in answer order.
+fn recipients_and_seqs(answer: &Value) -> Vec<(Value, Value)> {
+    answer["messages"]
+        .as_array()
+        .expect("messages array")
+        .iter()
+        .map(|m| (m["to_user"].clone(), m["seq"].clone()))
+        .collect()
 }
