@@ -132,7 +132,10 @@ impl Application {
             let app = App::new()
                 .app_data(data.clone())
                 .wrap(
-                    actix_web::middleware::Logger::new("%m %U %s %Dms").log_target("notifyd::http"),
+                    // The path without the query string: browsers send user tokens as `?token=`.
+                    actix_web::middleware::Logger::new("%{method}xi %U %s %Dms")
+                        .custom_request_replace("method", |req| req.method().to_string())
+                        .log_target("notifyd::http"),
                 )
                 .configure(crate::api::configure);
             let app = if dev {
