@@ -109,22 +109,8 @@ async fn two_tabs_of_one_user_both_get_each_event_and_a_read_from_one_reaches_bo
 async fn events_cross_nodes_sharing_a_database_and_redis_prefix() {
     let db = TestDb::new().await;
     let p = new_prefix();
-    let node_a = spawn_app(
-        &db,
-        Opts {
-            prefix: Some(p.clone()),
-            ..Default::default()
-        },
-    )
-    .await;
-    let node_b = spawn_app(
-        &db,
-        Opts {
-            prefix: Some(p.clone()),
-            ..Default::default()
-        },
-    )
-    .await;
+    let node_a = spawn_app(&db, Opts::in_cluster(&p)).await;
+    let node_b = spawn_app(&db, Opts::in_cluster(&p)).await;
     let u = new_user();
     let mut on_a = node_a.ws(&u, None).await;
     assert_eq!(seq(&hello(&mut on_a).await), 0);

@@ -137,6 +137,14 @@ impl Opts {
             ..Default::default()
         }
     }
+
+    /// A node of the same cluster as every other node given this Redis prefix (see `new_prefix`).
+    pub fn in_cluster(prefix: &str) -> Self {
+        Opts {
+            prefix: Some(prefix.to_string()),
+            ..Default::default()
+        }
+    }
 }
 
 pub fn settings_for(db_url: &str, opts: &Opts) -> Settings {

@@ -11,15 +11,8 @@ use crate::helpers::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listen_prints_each_event_once_and_resumes_after_a_restart() {
     let db = TestDb::new().await;
-    let prefix = format!("listen{}:", uuid::Uuid::new_v4().simple());
-    let app = spawn_app(
-        &db,
-        Opts {
-            prefix: Some(prefix.clone()),
-            ..Default::default()
-        },
-    )
-    .await;
+    let prefix = new_prefix();
+    let app = spawn_app(&db, Opts::in_cluster(&prefix)).await;
     let port = app.port;
     let u = new_user();
     let events: Arc<Mutex<Vec<Value>>> = Arc::default();

@@ -304,10 +304,7 @@ async fn events_committed_while_redis_is_unreachable_are_published_when_it_retur
 async fn a_stand_by_relay_takes_over_when_the_leader_stops() {
     let db = TestDb::new().await;
     let prefix = new_prefix();
-    let opts = Opts {
-        prefix: Some(prefix.clone()),
-        ..Default::default()
-    };
+    let opts = Opts::in_cluster(&prefix);
     let a = spawn_app(&db, opts.clone()).await;
     let users: Vec<String> = (0..3).map(|_| new_user()).collect();
     let mut taps = vec![];
@@ -365,10 +362,7 @@ async fn a_stand_by_relay_takes_over_when_the_leader_stops() {
 async fn two_relays_at_once_publish_each_event_exactly_once() {
     let db = TestDb::new().await;
     let prefix = new_prefix();
-    let opts = Opts {
-        prefix: Some(prefix.clone()),
-        ..Default::default()
-    };
+    let opts = Opts::in_cluster(&prefix);
     let apps = [
         Arc::new(spawn_app(&db, opts.clone()).await),
         Arc::new(spawn_app(&db, opts.clone()).await),

@@ -8,7 +8,7 @@ use crate::helpers::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_the_subscriber_reconnects_missed_events_are_delivered_in_order() {
     let db = TestDb::new().await;
-    let prefix = format!("resync{}:", uuid::Uuid::new_v4().simple());
+    let prefix = new_prefix();
     let proxy = Cuttable::start("127.0.0.1:6379").await;
     // Node A holds the socket and reaches Redis through the proxy; node B relays, directly.
     let a = spawn_app(
@@ -21,14 +21,7 @@ async fn after_the_subscriber_reconnects_missed_events_are_delivered_in_order() 
         },
     )
     .await;
-    let b = spawn_app(
-        &db,
-        Opts {
-            prefix: Some(prefix.clone()),
-            ..Default::default()
-        },
-    )
-    .await;
+    let b = spawn_app(&db, Opts::in_cluster(&prefix)).await;
     let u = new_user();
     let mut client = a.ws(&u, None).await;
     let hello = client.expect("hello", Duration::from_secs(5)).await;

@@ -341,10 +341,7 @@ async fn changes_since_n_are_exactly_the_frames_the_socket_received_after_n() {
 async fn presence_counts_a_users_sockets_across_nodes_and_drops_them_when_they_close() {
     let db = TestDb::new().await;
     let p = new_prefix();
-    let opts = Opts {
-        prefix: Some(p.clone()),
-        ..Default::default()
-    };
+    let opts = Opts::in_cluster(&p);
     let node_a = spawn_app(&db, opts.clone()).await;
     let node_b = spawn_app(
         &db,
