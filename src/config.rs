@@ -129,6 +129,13 @@ impl Settings {
     pub fn topic_channel(&self, topic: &str) -> String {
         format!("{}t:{}", self.redis_prefix, topic)
     }
+
+    /// The topic a channel named by `topic_channel` carries, if it is one.
+    pub fn topic_of_channel<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        channel
+            .strip_prefix(self.redis_prefix.as_str())?
+            .strip_prefix("t:")
+    }
 }
 
 fn default_node_id() -> String {
@@ -184,6 +191,17 @@ mod tests {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5w").is_err());
+    }
+
+    #[test]
+    fn topic_channels_round_trip() {
+        let s = Settings::new("postgres://x/y");
+        assert_eq!(
+            s.topic_of_channel(&s.topic_channel("product:1")),
+            Some("product:1")
+        );
+        assert_eq!(s.topic_of_channel(&s.user_channel("42")), None);
+        assert_eq!(s.topic_of_channel("other:t:x"), None);
     }
 
     #[test]

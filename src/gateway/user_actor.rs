@@ -284,9 +284,7 @@ impl Actor {
                         }
                         Err(e) => tracing::warn!(error = %e, "event without seq on a user channel"),
                     }
-                } else if let Some(topic) =
-                    channel.strip_prefix(&format!("{}t:", self.state.settings.redis_prefix))
-                {
+                } else if let Some(topic) = self.state.settings.topic_of_channel(&channel) {
                     self.on_topic(topic, payload);
                 }
             }
