@@ -24,6 +24,8 @@ pub struct Settings {
     pub allowed_origins: Option<Vec<String>>,
     pub event_retention: Duration,
     pub heartbeat: Duration,
+    /// `NOTIFYD_MAX_SOCKETS_PER_USER`: WebSockets one user may hold on one node (contract §7).
+    pub max_sockets_per_user: usize,
     pub dev: bool,
     pub db_pool_size: usize,
     pub max_body_bytes: usize,
@@ -50,6 +52,7 @@ impl Settings {
             allowed_origins: None,
             event_retention: Duration::from_secs(7 * 24 * 3600),
             heartbeat: Duration::from_secs(25),
+            max_sockets_per_user: 32,
             dev: false,
             db_pool_size: 16,
             max_body_bytes: 32 * 1024 * 1024,
@@ -108,6 +111,13 @@ impl Settings {
         }
         if let Some(h) = env("NOTIFYD_HEARTBEAT") {
             s.heartbeat = parse_duration(&h).context("NOTIFYD_HEARTBEAT")?;
+        }
+        if let Some(n) = env("NOTIFYD_MAX_SOCKETS_PER_USER") {
+            s.max_sockets_per_user = n
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .context("NOTIFYD_MAX_SOCKETS_PER_USER must be a positive integer")?;
         }
         if let Some(a) = env("NOTIFYD_AUDIT_INTERVAL") {
             s.audit_interval = parse_duration(&a).context("NOTIFYD_AUDIT_INTERVAL")?;

@@ -106,6 +106,7 @@ impl Application {
             };
             tasks.push(tokio::spawn(relay.run(shutdown_rx.clone())));
         }
+        let settings_pool_size = settings.db_pool_size;
         let state = AppState {
             jwt: JwtKeys::new(&settings.jwt_secret),
             settings: Arc::new(settings),
@@ -113,7 +114,10 @@ impl Application {
             redis,
             hub,
             waker,
-            gateway: Arc::new(Gateway::new(tokio::runtime::Handle::current())),
+            gateway: Arc::new(Gateway::new(
+                tokio::runtime::Handle::current(),
+                settings_pool_size,
+            )),
             presence,
             metrics,
         };
@@ -145,6 +149,7 @@ impl Application {
             };
             app.default_service(web::to(crate::api::not_found))
         })
+        .on_connect(crate::gateway::conn::on_connect)
         .listen(listener)?
         .keep_alive(HTTP_KEEP_ALIVE)
         .disable_signals()

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod gateway;
+mod gateway_limits;
 mod keepalive;
 mod listen;
 mod relay;
