@@ -213,4 +213,20 @@ mod tests {
         assert!(parse_service_keys("nokey").is_err());
         assert!(parse_service_keys(":k").is_err());
     }
+
+    /// Defect 9: `serve --dev` kept a real secret from the environment, and `/demo/token` then
+    /// minted tokens for it while the log said the public dev secret was in use.
+    #[test]
+    fn dev_mode_ignores_a_jwt_secret_from_the_environment() {
+        // The only test that touches the process environment.
+        std::env::set_var("NOTIFYD_JWT_SECRET", "a-real-production-secret");
+        let dev = Settings::from_env(true, true);
+        let prod = Settings::from_env(false, true);
+        std::env::remove_var("NOTIFYD_JWT_SECRET");
+        assert_eq!(dev.expect("dev settings").jwt_secret, DEV_JWT_SECRET);
+        assert_eq!(
+            prod.expect("prod settings").jwt_secret,
+            "a-real-production-secret"
+        );
+    }
 }

@@ -328,6 +328,25 @@ mod tests {
         assert_eq!(r.entries[0].recipients, vec!["b", "a"]);
     }
 
+    /// Contract §3: "up to 10,000 distinct ids": repeats are dropped, not counted.
+    #[test]
+    fn duplicate_to_users_do_not_count_against_the_limit() {
+        let mut users: Vec<String> = (0..MAX_ROWS).map(|i| i.to_string()).collect();
+        users.extend((0..MAX_ROWS).map(|i| i.to_string()));
+        let r = parse_create(
+            json!({"to_users": users, "title": "t"})
+                .to_string()
+                .as_bytes(),
+        )
+        .expect("10,000 distinct ids, each twice");
+        assert_eq!(r.rows(), MAX_ROWS);
+        let users: Vec<String> = (0..=MAX_ROWS).map(|i| i.to_string()).collect();
+        assert_eq!(
+            field_of(json!({"to_users": users, "title": "t"})),
+            "to_users"
+        );
+    }
+
     #[test]
     fn errors_name_the_field_inside_a_batch() {
         let ok = json!({"to_user": "1", "title": "t"});

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod gateway;
+mod http_edge;
 mod keepalive;
 mod listen;
 mod relay;
