@@ -5,7 +5,7 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 
 use super::session::{self, SessionTx, OUTBOUND_QUEUE};
-use crate::auth::user::authenticate;
+use crate::auth::user::authenticate_ws;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -21,7 +21,7 @@ pub async fn connect(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     check_origin(&req, &state)?;
-    let claims = authenticate(&req)?;
+    let claims = authenticate_ws(&req)?;
     let q = web::Query::<WsQuery>::from_query(req.query_string())
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let since = match q.since.as_deref() {
