@@ -103,6 +103,7 @@ async fn a_preflight_from_an_allowed_origin_gets_204_with_the_routes_methods_and
             methods.contains(&method.to_ascii_lowercase()),
             "{path}: {methods:?}"
         );
+        assert_eq!(header(h, "access-control-max-age"), Some("600"), "{path}");
         // The route's methods, not every method of the API.
         for other in ["post", "delete", "get"] {
             if other != method.to_ascii_lowercase() {
@@ -110,6 +111,43 @@ async fn a_preflight_from_an_allowed_origin_gets_204_with_the_routes_methods_and
             }
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preflight_for_another_method_or_header_is_refused_with_the_error_body() {
+    let db = TestDb::new().await;
+    let app = app_with_origins(&db, Some(&[APP_ORIGIN])).await;
+    let r = preflight(&app, "/api/v1/me/messages", APP_ORIGIN, "PUT").await;
+    assert_eq!(r.status(), 405);
+    assert_eq!(header(r.headers(), "access-control-allow-origin"), None);
+    assert_eq!(items(r.headers(), "allow"), vec!["get", "head"]);
+    assert_eq!(error_code(r).await, "method_not_allowed");
+    let r = app
+        .http
+        .request(
+            Method::OPTIONS,
+            format!("{}/api/v1/me/unread-count", app.base),
+        )
+        .header(ORIGIN, APP_ORIGIN)
+        .header("Access-Control-Request-Method", "GET")
+        .header("Access-Control-Request-Headers", "authorization,x-secret")
+        .send()
+        .await
+        .expect("OPTIONS");
+    assert_eq!(r.status(), 403);
+    assert_eq!(header(r.headers(), "access-control-allow-origin"), None);
+    assert_eq!(error_code(r).await, "forbidden");
+    // A plain OPTIONS (not a preflight) is just a method the route does not answer.
+    let r = app
+        .http
+        .request(
+            Method::OPTIONS,
+            format!("{}/api/v1/me/unread-count", app.base),
+        )
+        .send()
+        .await
+        .expect("OPTIONS");
+    assert_eq!(r.status(), 405);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
