@@ -20,7 +20,8 @@ pub struct Settings {
     pub service_keys: Vec<(String, String)>,
     pub node_id: String,
     pub relay_enabled: bool,
-    /// `None` = any origin may open a WebSocket.
+    /// `None` = any origin may open a WebSocket and any origin is echoed by CORS on the user API
+    /// (dev only: start-up logs a warning).
     pub allowed_origins: Option<Vec<String>>,
     pub event_retention: Duration,
     pub heartbeat: Duration,
@@ -78,6 +79,10 @@ impl Settings {
             s.bind = b;
         }
         match env("NOTIFYD_JWT_SECRET") {
+            // Dev mode signs anyone's tokens at `/demo/token`: with a real secret that would be
+            // a token mint for production. Only the public dev secret (already in `s`) is used;
+            // `cli` warns when one was set and ignored (`dev_ignores_env_secret`).
+            Some(_) if dev => {}
             Some(secret) => s.jwt_secret = secret,
             None if dev || !need_secret => {}
             None => bail!("NOTIFYD_JWT_SECRET is not set: refusing to start (use `serve --dev` for a local demo)"),
@@ -130,6 +135,12 @@ impl Settings {
         }
         s.log_json = env("NOTIFYD_LOG_FORMAT").is_some_and(|f| f == "json");
         Ok(s)
+    }
+
+    /// `serve --dev` with `NOTIFYD_JWT_SECRET` in the environment: the secret was ignored (see
+    /// `from_env`) and start-up says so loudly.
+    pub fn dev_ignores_env_secret(&self) -> bool {
+        self.dev && std::env::var("NOTIFYD_JWT_SECRET").is_ok_and(|v| !v.trim().is_empty())
     }
 
     pub fn user_channel(&self, user: &str) -> String {
@@ -222,5 +233,21 @@ mod tests {
         );
         assert!(parse_service_keys("nokey").is_err());
         assert!(parse_service_keys(":k").is_err());
+    }
+
+    /// Defect 9: `serve --dev` kept a real secret from the environment, and `/demo/token` then
+    /// minted tokens for it while the log said the public dev secret was in use.
+    #[test]
+    fn dev_mode_ignores_a_jwt_secret_from_the_environment() {
+        // The only test that touches the process environment.
+        std::env::set_var("NOTIFYD_JWT_SECRET", "a-real-production-secret");
+        let dev = Settings::from_env(true, true);
+        let prod = Settings::from_env(false, true);
+        std::env::remove_var("NOTIFYD_JWT_SECRET");
+        assert_eq!(dev.expect("dev settings").jwt_secret, DEV_JWT_SECRET);
+        assert_eq!(
+            prod.expect("prod settings").jwt_secret,
+            "a-real-production-secret"
+        );
     }
 }

@@ -132,20 +132,25 @@ impl Application {
         let listener = std::net::TcpListener::bind(&state.settings.bind)
             .with_context(|| format!("binding {}", state.settings.bind))?;
         let port = listener.local_addr()?.port();
+        let cors = crate::api::cors::CorsPolicy::new(state.settings.allowed_origins.as_deref());
         let server = HttpServer::new(move || {
             let app = App::new()
                 .app_data(data.clone())
+                // Inside the access log, so the log still shows HEAD.
+                .wrap(actix_web::middleware::from_fn(
+                    crate::api::methods::head_as_get,
+                ))
                 .wrap(
                     // The path without the query string: browsers send user tokens as `?token=`.
                     actix_web::middleware::Logger::new("%{method}xi %U %s %Dms")
                         .custom_request_replace("method", |req| req.method().to_string())
                         .log_target("notifyd::http"),
                 )
-                .configure(crate::api::configure);
+                .configure(|c| crate::api::configure(c, &cors));
             let app = if dev {
-                app.configure(crate::web::configure)
+                app.configure(|c| crate::web::configure(c, &cors))
             } else {
-                app.configure(crate::web::configure_client)
+                app.configure(|c| crate::web::configure_client(c, &cors))
             };
             app.default_service(web::to(crate::api::not_found))
         })

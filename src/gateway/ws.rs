@@ -8,7 +8,7 @@ use super::conn::Conn;
 use super::frame_guard::FrameGuard;
 use super::protocol::{close, MAX_CLIENT_FRAME};
 use super::session::{self, ReaderCtx, SessionTx};
-use crate::auth::user::authenticate;
+use crate::auth::user::authenticate_ws;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -24,7 +24,7 @@ pub async fn connect(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     check_origin(&req, &state)?;
-    let claims = authenticate(&req)?;
+    let claims = authenticate_ws(&req)?;
     let q = web::Query::<WsQuery>::from_query(req.query_string())
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let since = match q.since.as_deref() {

@@ -5,6 +5,7 @@ mod helpers;
 
 mod gateway;
 mod gateway_limits;
+mod http_edge;
 mod keepalive;
 mod listen;
 mod relay;
