@@ -58,8 +58,9 @@ impl CorsPolicy {
         cors.allowed_methods(allow.iter().cloned())
             .allowed_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
             .max_age(PREFLIGHT_MAX_AGE_SECS)
-            // Requests from other origins are served without ACAO (the browser then hides the
-            // answer) rather than refused: the server cannot tell a browser from a proxy.
+            // Actual requests from other origins are served without ACAO (the browser then
+            // keeps the answer from the page) rather than refused: refusing protects nothing, as
+            // non-browser clients ignore CORS, and would break same-site pages that send Origin.
             .block_on_origin_mismatch(false)
     }
 }

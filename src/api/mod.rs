@@ -31,6 +31,10 @@ pub fn configure(cfg: &mut web::ServiceConfig, cors: &CorsPolicy) {
     cfg.app_data(
         web::JsonConfig::default()
             .limit(USER_BODY_LIMIT)
+            // Any content type is read as JSON, as on the service API: otherwise an over-limit
+            // body sent as text/plain would be a 400 about its type instead of a 413 (and the
+            // bearer token already forces browsers to preflight, so this opens no CSRF path).
+            .content_type_required(false)
             .error_handler(|e, _| json_error(e)),
     )
     .app_data(

@@ -407,6 +407,18 @@ async fn over_limit_bodies_get_413_with_the_error_body_on_every_route() {
             .expect("POST");
         assert_eq!(r.status(), 413, "{path} (content-length)");
         assert_eq!(error_code(r).await, "payload_too_large", "{path}");
+        // Whatever the content type says.
+        let r = app
+            .http
+            .post(format!("{}{}", app.base, path))
+            .bearer_auth(key)
+            .header("content-type", "text/plain")
+            .body(big.clone())
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(r.status(), 413, "{path} (text/plain)");
+        assert_eq!(error_code(r).await, "payload_too_large", "{path}");
         // Chunked, so only counting the bytes can catch it.
         let (status, body) = chunked_post(&app, path, key, big.as_bytes()).await;
         assert!(status.contains(" 413 "), "{path} (chunked): {status}");
