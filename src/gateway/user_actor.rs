@@ -70,7 +70,7 @@ struct Actor {
     user: String,
     id: u64,
     me: mpsc::Sender<ActorMsg>,
-    hub_tx: mpsc::UnboundedSender<HubMsg>,
+    hub_tx: mpsc::Sender<HubMsg>,
     channel: String,
     last_seq: i64,
     /// Fingerprints of the last events delivered, to tell a duplicate (same seq, same event)
@@ -123,7 +123,7 @@ pub async fn run(
     me: mpsc::Sender<ActorMsg>,
     mut rx: mpsc::Receiver<ActorMsg>,
 ) {
-    let (hub_tx, mut hub_rx) = mpsc::unbounded_channel();
+    let (hub_tx, mut hub_rx) = mpsc::channel(crate::broker::hub::LISTENER_MAILBOX);
     let channel = state.settings.user_channel(&user);
     // Subscribe first, then read: whatever commits after the read arrives through the broker.
     state.hub.listen(&channel, id, hub_tx.clone()).await;

@@ -8,6 +8,7 @@ mod gateway_limits;
 mod http_edge;
 mod keepalive;
 mod listen;
+mod liveness;
 mod relay;
 mod resync;
 mod spine;
