@@ -2,9 +2,12 @@
 
 pub mod conn;
 pub mod frame_guard;
+pub mod mailbox;
+pub mod outbound;
 pub mod protocol;
 pub mod registry;
 pub mod session;
+pub mod sockets;
 pub mod user_actor;
 pub mod ws;
 

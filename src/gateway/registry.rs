@@ -8,16 +8,13 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::session::SessionTx;
-use super::user_actor::{self, ActorMsg};
+use super::mailbox::{ActorMsg, ACTOR_MAILBOX};
+use super::outbound::SessionTx;
+use super::sockets::SocketCounts;
+use super::user_actor;
 use crate::auth::jwt::UserClaims;
 use crate::error::ApiError;
 use crate::state::AppState;
-
-/// Messages waiting for one user's actor. Everything that enqueues uses `try_send` (a full
-/// mailbox answers `busy`, refuses a join, or drops an event that the seq-gap repair and the
-/// audit recover from PostgreSQL) except a session's departure, which waits for room.
-pub const ACTOR_MAILBOX: usize = 256;
 
 struct Entry {
     id: u64,
@@ -26,8 +23,8 @@ struct Entry {
 
 pub struct Gateway {
     actors: Mutex<HashMap<String, Entry>>,
-    /// Open WebSockets per user on this node (contract §7: `NOTIFYD_MAX_SOCKETS_PER_USER`).
-    sockets: Mutex<HashMap<String, usize>>,
+    /// Open WebSockets per user on this node.
+    pub sockets: Arc<SocketCounts>,
     /// WebSocket commands running a database transaction at once on this node: fewer than the
     /// pool holds, so a flood of commands never takes every connection from REST callers.
     pub db_commands: Arc<Semaphore>,
@@ -37,29 +34,11 @@ pub struct Gateway {
     runtime: tokio::runtime::Handle,
 }
 
-/// One open WebSocket of a user: counted until dropped.
-pub struct SocketPermit {
-    gateway: Arc<Gateway>,
-    user: String,
-}
-
-impl Drop for SocketPermit {
-    fn drop(&mut self) {
-        let mut sockets = self.gateway.sockets();
-        if let Some(n) = sockets.get_mut(&self.user) {
-            *n -= 1;
-            if *n == 0 {
-                sockets.remove(&self.user);
-            }
-        }
-    }
-}
-
 impl Gateway {
     pub fn new(runtime: tokio::runtime::Handle, db_pool_size: usize) -> Self {
         Gateway {
             actors: Mutex::new(HashMap::new()),
-            sockets: Mutex::new(HashMap::new()),
+            sockets: Arc::new(SocketCounts::default()),
             db_commands: Arc::new(Semaphore::new((db_pool_size / 2).max(1))),
             next_id: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
@@ -73,29 +52,6 @@ impl Gateway {
 
     fn actors(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         self.actors.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn sockets(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
-        self.sockets.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Counts one more WebSocket for `user`, or refuses it (429) at `max` on this node.
-    pub fn open_socket(self: &Arc<Self>, user: &str, max: usize) -> Result<SocketPermit, ApiError> {
-        let mut sockets = self.sockets();
-        let n = sockets.entry(user.to_string()).or_insert(0);
-        if *n >= max {
-            metrics::counter!("notifyd_ws_refused_total", "reason" => "too_many_connections")
-                .increment(1);
-            return Err(ApiError::TooMany {
-                code: "too_many_connections",
-                message: format!("at most {max} WebSockets per user on one node"),
-            });
-        }
-        *n += 1;
-        Ok(SocketPermit {
-            gateway: self.clone(),
-            user: user.to_string(),
-        })
     }
 
     pub fn is_shutting_down(&self) -> bool {

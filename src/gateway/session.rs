@@ -5,25 +5,21 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_ws::{CloseCode, CloseReason};
-use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
 use super::conn::Conn;
+use super::mailbox::ActorMsg;
+use super::outbound::{Out, Outbox, SessionTx};
 use super::protocol::{self, close, ClientFrame};
-use super::registry::SocketPermit;
-use super::user_actor::ActorMsg;
+use super::sockets::SocketPermit;
 use crate::auth::jwt::JwtKeys;
 
-/// Frames queued for one session before it counts as a slow consumer and is closed with 4008.
-pub const OUTBOUND_QUEUE: usize = 512;
-/// Bytes of text frames queued for one session before it counts as a slow consumer (4008).
-pub const OUTBOUND_BYTES: usize = 1024 * 1024;
 /// Commands (read, read_all, seen_all, subscribe, unsubscribe) one session may have in flight;
 /// more are answered `busy`.
 pub const MAX_COMMANDS_IN_FLIGHT: usize = 4;
@@ -32,98 +28,6 @@ const MAX_BAD_FRAMES: u32 = 20;
 /// How long a client closed for its own behaviour has to take its close frame before the
 /// connection is reset.
 const SHORT_GRACE: Duration = Duration::from_secs(2);
-
-/// What the writer sends.
-pub enum Out {
-    Text(Arc<str>),
-    Ping,
-    Pong(Bytes),
-}
-
-/// The handle on a session held by its actor and its reader.
-#[derive(Clone)]
-pub struct SessionTx {
-    pub id: u64,
-    frames: mpsc::Sender<Out>,
-    /// Bytes of text frames in `frames`.
-    queued: Arc<AtomicUsize>,
-    pub close: watch::Sender<Option<(u16, &'static str)>>,
-}
-
-pub enum Push {
-    Sent,
-    /// Queue full (slow consumer) or gone: the caller drops the session.
-    Dropped,
-}
-
-/// The writer's end of a session.
-pub struct Outbox {
-    frames: mpsc::Receiver<Out>,
-    queued: Arc<AtomicUsize>,
-    close: watch::Receiver<Option<(u16, &'static str)>>,
-}
-
-impl SessionTx {
-    pub fn new(id: u64) -> (SessionTx, Outbox) {
-        let (frames_tx, frames) = mpsc::channel(OUTBOUND_QUEUE);
-        let (close_tx, close) = watch::channel(None);
-        let queued = Arc::new(AtomicUsize::new(0));
-        (
-            SessionTx {
-                id,
-                frames: frames_tx,
-                queued: queued.clone(),
-                close: close_tx,
-            },
-            Outbox {
-                frames,
-                queued,
-                close,
-            },
-        )
-    }
-
-    pub fn push(&self, frame: Arc<str>) -> Push {
-        let len = frame.len();
-        let before = self.queued.fetch_add(len, Ordering::Relaxed);
-        let result = if before + len > OUTBOUND_BYTES {
-            Err(mpsc::error::TrySendError::Full(Out::Text(frame)))
-        } else {
-            self.frames.try_send(Out::Text(frame))
-        };
-        match result {
-            Ok(()) => Push::Sent,
-            Err(e) => {
-                self.queued.fetch_sub(len, Ordering::Relaxed);
-                if let mpsc::error::TrySendError::Full(_) = e {
-                    metrics::counter!("notifyd_slow_consumer_closed_total").increment(1);
-                    self.close_with(close::SLOW_CONSUMER, "slow consumer: resume with since");
-                }
-                Push::Dropped
-            }
-        }
-    }
-
-    pub fn push_json(&self, v: &serde_json::Value) -> Push {
-        self.push(Arc::from(v.to_string()))
-    }
-
-    /// A ping or pong: best effort (a client whose queue is full is not reading anyway).
-    fn control(&self, out: Out) {
-        let _ = self.frames.try_send(out);
-    }
-
-    pub fn close_with(&self, code: u16, reason: &'static str) {
-        self.close.send_if_modified(|c| {
-            if c.is_none() {
-                *c = Some((code, reason));
-                true
-            } else {
-                false
-            }
-        });
-    }
-}
 
 /// Writes queued frames until closed. A close request interrupts even a write stuck on a slow
 /// socket. The close frame queues behind what the socket already holds, so it waits up to

@@ -16,46 +16,17 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
+use super::mailbox::ActorMsg;
+use super::outbound::{Push, SessionTx};
 use super::protocol::{self, close, ClientFrame, MAX_TOPICS_PER_SESSION, MAX_TOPICS_PER_USER};
-use super::session::{Push, SessionTx};
 use crate::auth::jwt::UserClaims;
 use crate::broker::HubMsg;
 use crate::error::ApiError;
 use crate::inbox::changes::{self, Changes};
 use crate::inbox::commands::{self, Command};
-use crate::inbox::{CommittedEvent, CountsView};
+use crate::inbox::CountsView;
 use crate::state::AppState;
 use crate::store::events;
-
-pub enum ActorMsg {
-    Join {
-        session: SessionTx,
-        claims: UserClaims,
-        since: Option<i64>,
-        /// Fired once `hello` (and `sync`) are queued for the session.
-        joined: oneshot::Sender<()>,
-    },
-    Leave {
-        session: u64,
-    },
-    Command {
-        session: u64,
-        frame: ClientFrame,
-        /// One of the session's command slots, released when the command is answered.
-        slot: OwnedSemaphorePermit,
-    },
-    /// The session renewed its token in-band (`auth`): the new claims decide its topics.
-    Reauth {
-        session: u64,
-        claims: UserClaims,
-    },
-    /// A change this node just committed: delivered at once, ahead of the relay's copy.
-    Committed(CommittedEvent),
-    /// The audit read the user's current seq from the database: repair if anything is missing.
-    Audit(i64),
-    /// The node is stopping: close every session with 1012.
-    Shutdown,
-}
 
 struct Session {
     tx: SessionTx,

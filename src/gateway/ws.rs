@@ -6,8 +6,9 @@ use serde::Deserialize;
 
 use super::conn::Conn;
 use super::frame_guard::FrameGuard;
+use super::outbound::SessionTx;
 use super::protocol::{close, MAX_CLIENT_FRAME};
-use super::session::{self, ReaderCtx, SessionTx};
+use super::session::{self, ReaderCtx};
 use crate::auth::user::authenticate_ws;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -41,7 +42,8 @@ pub async fn connect(
     }
     let permit = state
         .gateway
-        .open_socket(&claims.user, state.settings.max_sockets_per_user)?;
+        .sockets
+        .open(&claims.user, state.settings.max_sockets_per_user)?;
     // Every byte the client sends passes the frame guard before actix-ws buffers it.
     let (guard, too_big) = FrameGuard::new(body, MAX_CLIENT_FRAME);
     let guarded: actix_http::BoxedPayloadStream = Box::pin(guard);

@@ -1,0 +1,44 @@
+//! What a user's actor is told: by the registry (joins, committed changes, the audit, shutdown)
+//! and by the user's sessions (commands, renewed tokens, departures).
+
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
+
+use super::outbound::SessionTx;
+use super::protocol::ClientFrame;
+use crate::auth::jwt::UserClaims;
+use crate::inbox::CommittedEvent;
+
+/// Messages waiting for one user's actor. Everything that enqueues uses `try_send` (a full
+/// mailbox answers `busy`, refuses a join, or drops an event that the seq-gap repair and the
+/// audit recover from PostgreSQL) except a session's departure, which waits for room.
+pub const ACTOR_MAILBOX: usize = 256;
+
+pub enum ActorMsg {
+    Join {
+        session: SessionTx,
+        claims: UserClaims,
+        since: Option<i64>,
+        /// Fired once `hello` (and `sync`) are queued for the session.
+        joined: oneshot::Sender<()>,
+    },
+    Leave {
+        session: u64,
+    },
+    Command {
+        session: u64,
+        frame: ClientFrame,
+        /// One of the session's command slots, released when the command is answered.
+        slot: OwnedSemaphorePermit,
+    },
+    /// The session renewed its token in-band (`auth`): the new claims decide its topics.
+    Reauth {
+        session: u64,
+        claims: UserClaims,
+    },
+    /// A change this node just committed: delivered at once, ahead of the relay's copy.
+    Committed(CommittedEvent),
+    /// The audit read the user's current seq from the database: repair if anything is missing.
+    Audit(i64),
+    /// The node is stopping: close every session with 1012.
+    Shutdown,
+}

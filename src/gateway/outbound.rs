@@ -1,0 +1,107 @@
+//! A session's outbound queue: bounded in frames and in bytes, filled without waiting by the
+//! user's actor and the session's reader, drained by the session's writer (`session::writer`).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+
+use super::protocol::close;
+
+/// Frames queued for one session before it counts as a slow consumer and is closed with 4008.
+pub const OUTBOUND_QUEUE: usize = 512;
+/// Bytes of text frames queued for one session before it counts as a slow consumer (4008).
+pub const OUTBOUND_BYTES: usize = 1024 * 1024;
+/// What the writer sends.
+pub enum Out {
+    Text(Arc<str>),
+    Ping,
+    Pong(Bytes),
+}
+
+/// The handle on a session held by its actor and its reader.
+#[derive(Clone)]
+pub struct SessionTx {
+    pub id: u64,
+    frames: mpsc::Sender<Out>,
+    /// Bytes of text frames in `frames`.
+    queued: Arc<AtomicUsize>,
+    pub close: watch::Sender<Option<(u16, &'static str)>>,
+}
+
+pub enum Push {
+    Sent,
+    /// Queue full (slow consumer) or gone: the caller drops the session.
+    Dropped,
+}
+
+/// The writer's end of a session.
+pub struct Outbox {
+    pub frames: mpsc::Receiver<Out>,
+    /// Bytes of text frames in `frames`: the writer subtracts what it takes.
+    pub queued: Arc<AtomicUsize>,
+    pub close: watch::Receiver<Option<(u16, &'static str)>>,
+}
+
+impl SessionTx {
+    pub fn new(id: u64) -> (SessionTx, Outbox) {
+        let (frames_tx, frames) = mpsc::channel(OUTBOUND_QUEUE);
+        let (close_tx, close) = watch::channel(None);
+        let queued = Arc::new(AtomicUsize::new(0));
+        (
+            SessionTx {
+                id,
+                frames: frames_tx,
+                queued: queued.clone(),
+                close: close_tx,
+            },
+            Outbox {
+                frames,
+                queued,
+                close,
+            },
+        )
+    }
+
+    pub fn push(&self, frame: Arc<str>) -> Push {
+        let len = frame.len();
+        let before = self.queued.fetch_add(len, Ordering::Relaxed);
+        let result = if before + len > OUTBOUND_BYTES {
+            Err(mpsc::error::TrySendError::Full(Out::Text(frame)))
+        } else {
+            self.frames.try_send(Out::Text(frame))
+        };
+        match result {
+            Ok(()) => Push::Sent,
+            Err(e) => {
+                self.queued.fetch_sub(len, Ordering::Relaxed);
+                if let mpsc::error::TrySendError::Full(_) = e {
+                    metrics::counter!("notifyd_slow_consumer_closed_total").increment(1);
+                    self.close_with(close::SLOW_CONSUMER, "slow consumer: resume with since");
+                }
+                Push::Dropped
+            }
+        }
+    }
+
+    pub fn push_json(&self, v: &serde_json::Value) -> Push {
+        self.push(Arc::from(v.to_string()))
+    }
+
+    /// A ping or pong: best effort (a client whose queue is full is not reading anyway).
+    pub fn control(&self, out: Out) {
+        let _ = self.frames.try_send(out);
+    }
+
+    pub fn close_with(&self, code: u16, reason: &'static str) {
+        self.close.send_if_modified(|c| {
+            if c.is_none() {
+                *c = Some((code, reason));
+                true
+            } else {
+                false
+            }
+        });
+    }
+}

@@ -1,0 +1,55 @@
+//! Open WebSockets per user on this node (contract §7: `NOTIFYD_MAX_SOCKETS_PER_USER`): a
+//! permit per socket, taken before the upgrade and given back when the session's reader ends.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::error::ApiError;
+
+#[derive(Default)]
+pub struct SocketCounts {
+    sockets: Mutex<HashMap<String, usize>>,
+}
+
+/// One open WebSocket of a user: counted until dropped.
+pub struct SocketPermit {
+    counts: Arc<SocketCounts>,
+    user: String,
+}
+
+impl Drop for SocketPermit {
+    fn drop(&mut self) {
+        let mut sockets = self.counts.sockets();
+        if let Some(n) = sockets.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                sockets.remove(&self.user);
+            }
+        }
+    }
+}
+
+impl SocketCounts {
+    fn sockets(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.sockets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts one more WebSocket for `user`, or refuses it (429) at `max` on this node.
+    pub fn open(self: &Arc<Self>, user: &str, max: usize) -> Result<SocketPermit, ApiError> {
+        let mut sockets = self.sockets();
+        let n = sockets.entry(user.to_string()).or_insert(0);
+        if *n >= max {
+            metrics::counter!("notifyd_ws_refused_total", "reason" => "too_many_connections")
+                .increment(1);
+            return Err(ApiError::TooMany {
+                code: "too_many_connections",
+                message: format!("at most {max} WebSockets per user on one node"),
+            });
+        }
+        *n += 1;
+        Ok(SocketPermit {
+            counts: self.clone(),
+            user: user.to_string(),
+        })
+    }
+}
