@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use notifyd::listen::{Listener, Output};
+use notifyd::listen::{Listener, Output, TokenSource};
 use serde_json::Value;
 
 use crate::helpers::*;
@@ -19,7 +19,7 @@ async fn listen_prints_each_event_once_and_resumes_after_a_restart() {
     let statuses: Arc<Mutex<Vec<String>>> = Arc::default();
     let listener = Listener {
         url: format!("ws://127.0.0.1:{port}/ws"),
-        token: token(&u),
+        token: TokenSource::Fixed(token(&u)),
         since: None,
     };
     let (ev, st) = (events.clone(), statuses.clone());
@@ -92,5 +92,184 @@ async fn listen_prints_each_event_once_and_resumes_after_a_restart() {
     );
     assert!(got.iter().all(|e| e["type"] == "message.created"));
     assert_eq!(got[3]["message"]["title"], "while away 1");
+    app.stop().await;
+}
+
+/// A listener running in a task, with what it reported so far.
+struct Running {
+    events: Arc<Mutex<Vec<Value>>>,
+    statuses: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    fn start(listener: Listener) -> Self {
+        let events: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let statuses: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (ev, st) = (events.clone(), statuses.clone());
+        let task = tokio::spawn(async move {
+            listener
+                .run(|o| match o {
+                    Output::Event(v) => ev.lock().unwrap().push(v.clone()),
+                    Output::Status(s) => st.lock().unwrap().push(s),
+                })
+                .await
+        });
+        Running {
+            events,
+            statuses,
+            task,
+        }
+    }
+
+    fn statuses_with(&self, needle: &str) -> usize {
+        self.statuses
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.contains(needle))
+            .count()
+    }
+
+    async fn wait_status(&self, needle: &str, n: usize, timeout: Duration) {
+        let what = format!("{n} status line(s) with {needle:?}");
+        eventually(timeout, &what, || async {
+            (self.statuses_with(needle) >= n).then_some(())
+        })
+        .await;
+    }
+
+    async fn wait_events(&self, n: usize, timeout: Duration) {
+        eventually(timeout, &format!("{n} events"), || async {
+            (self.events.lock().unwrap().len() >= n).then_some(())
+        })
+        .await;
+    }
+
+    fn seqs(&self) -> Vec<i64> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["seq"].as_i64())
+            .collect()
+    }
+
+    fn statuses(&self) -> Vec<String> {
+        self.statuses.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// `notifyd token` signing with the test servers' secret: a token command for `--token-cmd`.
+fn token_cmd(user: &str, ttl: &str) -> String {
+    format!(
+        "NOTIFYD_JWT_SECRET='{JWT_SECRET}' '{}' token --user '{user}' --ttl {ttl}",
+        env!("CARGO_BIN_EXE_notifyd")
+    )
+}
+
+/// Sends `n` messages to `user`, one a second, so they span several lifetimes of 3 s tokens.
+async fn trickle(app: &TestApp, user: &str, n: usize) {
+    for i in 0..n {
+        app.send(user, &format!("tick {i}")).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_with_a_token_command_stays_on_one_socket_across_token_expiries() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let u = new_user();
+    let l = Running::start(Listener {
+        url: format!("{}/ws", app.ws_base),
+        token: TokenSource::Command(token_cmd(&u, "3s")),
+        since: None,
+    });
+    l.wait_status("connected", 1, Duration::from_secs(20)).await;
+    // 10 s: more than three lifetimes of the tokens.
+    trickle(&app, &u, 10).await;
+    l.wait_events(10, Duration::from_secs(20)).await;
+    assert_eq!(
+        l.seqs(),
+        (1..=10).collect::<Vec<_>>(),
+        "each event once, in order: {:?}",
+        l.statuses()
+    );
+    assert_eq!(
+        l.statuses_with("connected"),
+        1,
+        "one socket all along (refreshed in-band): {:?}",
+        l.statuses()
+    );
+    assert!(
+        l.statuses_with("token refreshed") >= 3,
+        "refreshed at least 3 times: {:?}",
+        l.statuses()
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_reruns_the_token_command_after_a_401_and_a_4001() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let u = new_user();
+    let dir = std::env::temp_dir().join(format!("notifyd-listen-{}", new_user()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    // 1st run: a token the server refuses (wrong secret) -> 401. 2nd: a good 3 s token. 3rd (the
+    // refresh before exp): hangs, so the socket reaches exp -> 4001. Then good tokens again.
+    let script = format!(
+        "n=$(cat '{d}/n' 2>/dev/null || echo 0); n=$((n+1)); echo $n > '{d}/n'\n\
+         if [ $n = 1 ]; then {bad}; elif [ $n = 3 ]; then exec sleep 60; else {good}; fi\n",
+        d = dir.display(),
+        bad = token_cmd(&u, "3s").replace(JWT_SECRET, "not-the-secret"),
+        good = token_cmd(&u, "3s"),
+    );
+    let script_path = dir.join("token.sh");
+    std::fs::write(&script_path, script).expect("script");
+    let l = Running::start(Listener {
+        url: format!("{}/ws", app.ws_base),
+        token: TokenSource::Command(format!("sh '{}'", script_path.display())),
+        since: None,
+    });
+    l.wait_status("connected", 1, Duration::from_secs(20)).await;
+    assert_eq!(l.statuses_with("HTTP 401"), 1, "{:?}", l.statuses());
+    app.send(&u, "first").await;
+    l.wait_events(1, Duration::from_secs(10)).await;
+    // The refresh hangs; at exp the server closes with 4001 and the listener reconnects at once
+    // with a new token, resuming with since. Messages keep coming meanwhile.
+    trickle(&app, &u, 7).await;
+    l.wait_status("4001", 1, Duration::from_secs(20)).await;
+    l.wait_events(8, Duration::from_secs(20)).await;
+    assert_eq!(
+        l.seqs(),
+        (1..=8).collect::<Vec<_>>(),
+        "each event once, in order: {:?}",
+        l.statuses()
+    );
+    assert!(l.statuses_with("connected") >= 2, "{:?}", l.statuses());
+    assert!(
+        l.statuses_with("reconnecting at once") >= 1,
+        "{:?}",
+        l.statuses()
+    );
+    let runs: u32 = std::fs::read_to_string(dir.join("n"))
+        .expect("counter")
+        .trim()
+        .parse()
+        .expect("number");
+    assert!(
+        runs >= 4,
+        "the command ran again after the 4001 ({runs} runs)"
+    );
+    drop(l);
+    let _ = std::fs::remove_dir_all(&dir);
     app.stop().await;
 }
