@@ -273,3 +273,109 @@ async fn listen_reruns_the_token_command_after_a_401_and_a_4001() {
     let _ = std::fs::remove_dir_all(&dir);
     app.stop().await;
 }
+
+/// A TCP proxy whose existing connections can be frozen: bytes stop flowing both ways but both
+/// sockets stay open (a half-open peer: no FIN, no RST). New connections are forwarded.
+struct Freezable {
+    port: u16,
+    frozen_up_to: Arc<tokio::sync::watch::Sender<u64>>,
+    next_conn: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Freezable {
+    async fn start(target: String) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let (tx, _) = tokio::sync::watch::channel(0u64);
+        let frozen_up_to = Arc::new(tx);
+        let next_conn = Arc::new(std::sync::atomic::AtomicU64::new(1));
+        let (frozen, next) = (frozen_up_to.clone(), next_conn.clone());
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let id = next.fetch_add(1, Ordering::SeqCst);
+                let (ir, iw) = inbound.into_split();
+                let (or, ow) = outbound.into_split();
+                tokio::spawn(pump(ir, ow, frozen.subscribe(), id));
+                tokio::spawn(pump(or, iw, frozen.subscribe(), id));
+            }
+        });
+        Freezable {
+            port,
+            frozen_up_to,
+            next_conn,
+        }
+    }
+
+    /// Every connection made so far stops forwarding (and is held open).
+    fn freeze_existing(&self) {
+        let last = self.next_conn.load(std::sync::atomic::Ordering::SeqCst) - 1;
+        self.frozen_up_to.send_replace(last);
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut frozen: tokio::sync::watch::Receiver<u64>,
+    id: u64,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        tokio::select! {
+            n = from.read(&mut buf) => match n {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            },
+            // (the watch guard is not Send: drop it inside the branch's future)
+            _ = async { frozen.wait_for(|up_to| *up_to >= id).await.map(|_| ()) } => {
+                // Hold both halves open and silent until the test ends.
+                let _keep = (from, to);
+                std::future::pending::<()>().await;
+                return;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_replaces_a_connection_gone_silent_without_closing() {
+    let db = TestDb::new().await;
+    let app = spawn_app(
+        &db,
+        Opts {
+            heartbeat: Duration::from_secs(1),
+            ..Default::default()
+        },
+    )
+    .await;
+    let proxy = Freezable::start(format!("127.0.0.1:{}", app.port)).await;
+    let u = new_user();
+    let l = Running::start(Listener {
+        url: format!("ws://127.0.0.1:{}/ws", proxy.port),
+        token: TokenSource::Fixed(token(&u)),
+        since: None,
+    });
+    l.wait_status("connected", 1, Duration::from_secs(20)).await;
+    app.send(&u, "before").await;
+    l.wait_events(1, Duration::from_secs(10)).await;
+    // The path goes silent: no close frame, no FIN. The server's pings stop arriving, so after
+    // 2.5 heartbeats (at least 5 s) the listener gives up on the socket, reconnects, resumes.
+    proxy.freeze_existing();
+    app.send(&u, "while silent").await;
+    l.wait_events(2, Duration::from_secs(30)).await;
+    assert_eq!(l.seqs(), vec![1, 2], "{:?}", l.statuses());
+    assert_eq!(l.statuses_with("presumed dead"), 1, "{:?}", l.statuses());
+    assert_eq!(l.statuses_with("connected"), 2, "{:?}", l.statuses());
+    app.stop().await;
+}
