@@ -73,6 +73,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if dev {
                 tracing::warn!("DEV MODE: JWT secret is the public dev secret and service key dev:dev is accepted. Never use in production.");
                 tracing::warn!("DEV MODE: demo page at http://{}/demo", settings.bind);
+                if settings.dev_ignores_env_secret() {
+                    tracing::warn!("DEV MODE: NOTIFYD_JWT_SECRET is set in the environment and IGNORED: tokens are signed and checked with the public dev secret only, so /demo/token can never mint tokens for a real secret. Unset it, or run without --dev.");
+                }
+            }
+            if settings.allowed_origins.is_none() {
+                tracing::warn!("NOTIFYD_ALLOWED_ORIGINS is not set: any origin may open a WebSocket and call the user API cross-origin (CORS). Set it in production.");
             }
             let metrics = crate::telemetry::init_metrics();
             tracing::info!(node = %settings.node_id, bind = %settings.bind, db = %crate::db::redact(&settings.database_url), redis = settings.redis_url.is_some(), "starting notifyd");

@@ -20,10 +20,13 @@ pub struct Settings {
     pub service_keys: Vec<(String, String)>,
     pub node_id: String,
     pub relay_enabled: bool,
-    /// `None` = any origin may open a WebSocket.
+    /// `None` = any origin may open a WebSocket and any origin is echoed by CORS on the user API
+    /// (dev only: start-up logs a warning).
     pub allowed_origins: Option<Vec<String>>,
     pub event_retention: Duration,
     pub heartbeat: Duration,
+    /// `NOTIFYD_MAX_SOCKETS_PER_USER`: WebSockets one user may hold on one node (contract §7).
+    pub max_sockets_per_user: usize,
     pub dev: bool,
     pub db_pool_size: usize,
     pub max_body_bytes: usize,
@@ -50,6 +53,7 @@ impl Settings {
             allowed_origins: None,
             event_retention: Duration::from_secs(7 * 24 * 3600),
             heartbeat: Duration::from_secs(25),
+            max_sockets_per_user: 32,
             dev: false,
             db_pool_size: 16,
             max_body_bytes: 32 * 1024 * 1024,
@@ -75,6 +79,10 @@ impl Settings {
             s.bind = b;
         }
         match env("NOTIFYD_JWT_SECRET") {
+            // Dev mode signs anyone's tokens at `/demo/token`: with a real secret that would be
+            // a token mint for production. Only the public dev secret (already in `s`) is used;
+            // `cli` warns when one was set and ignored (`dev_ignores_env_secret`).
+            Some(_) if dev => {}
             Some(secret) => s.jwt_secret = secret,
             None if dev || !need_secret => {}
             None => bail!("NOTIFYD_JWT_SECRET is not set: refusing to start (use `serve --dev` for a local demo)"),
@@ -109,6 +117,13 @@ impl Settings {
         if let Some(h) = env("NOTIFYD_HEARTBEAT") {
             s.heartbeat = parse_duration(&h).context("NOTIFYD_HEARTBEAT")?;
         }
+        if let Some(n) = env("NOTIFYD_MAX_SOCKETS_PER_USER") {
+            s.max_sockets_per_user = n
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .context("NOTIFYD_MAX_SOCKETS_PER_USER must be a positive integer")?;
+        }
         if let Some(a) = env("NOTIFYD_AUDIT_INTERVAL") {
             s.audit_interval = parse_duration(&a).context("NOTIFYD_AUDIT_INTERVAL")?;
         }
@@ -120,6 +135,12 @@ impl Settings {
         }
         s.log_json = env("NOTIFYD_LOG_FORMAT").is_some_and(|f| f == "json");
         Ok(s)
+    }
+
+    /// `serve --dev` with `NOTIFYD_JWT_SECRET` in the environment: the secret was ignored (see
+    /// `from_env`) and start-up says so loudly.
+    pub fn dev_ignores_env_secret(&self) -> bool {
+        self.dev && std::env::var("NOTIFYD_JWT_SECRET").is_ok_and(|v| !v.trim().is_empty())
     }
 
     pub fn user_channel(&self, user: &str) -> String {
@@ -212,5 +233,21 @@ mod tests {
         );
         assert!(parse_service_keys("nokey").is_err());
         assert!(parse_service_keys(":k").is_err());
+    }
+
+    /// Defect 9: `serve --dev` kept a real secret from the environment, and `/demo/token` then
+    /// minted tokens for it while the log said the public dev secret was in use.
+    #[test]
+    fn dev_mode_ignores_a_jwt_secret_from_the_environment() {
+        // The only test that touches the process environment.
+        std::env::set_var("NOTIFYD_JWT_SECRET", "a-real-production-secret");
+        let dev = Settings::from_env(true, true);
+        let prod = Settings::from_env(false, true);
+        std::env::remove_var("NOTIFYD_JWT_SECRET");
+        assert_eq!(dev.expect("dev settings").jwt_secret, DEV_JWT_SECRET);
+        assert_eq!(
+            prod.expect("prod settings").jwt_secret,
+            "a-real-production-secret"
+        );
     }
 }

@@ -138,6 +138,10 @@ impl ResponseError for ApiError {
             tracing::error!(error = ?e, "request failed");
             metrics::counter!("notifyd_errors_total", "kind" => "internal").increment(1);
         }
+        if self.status_code().is_client_error() {
+            // Every refusal at the edge (401, 405, 413, 429, ...), by its code.
+            metrics::counter!("notifyd_http_rejected_total", "code" => self.code()).increment(1);
+        }
         let mut resp = HttpResponse::build(self.status_code());
         if matches!(self, ApiError::Unauthorized(_)) {
             resp.insert_header(("WWW-Authenticate", "Bearer"));

@@ -48,14 +48,21 @@ impl Presence {
         self.local.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records this node's connection count for `user` (0 = gone).
-    pub fn set(&self, user: &str, count: usize) {
+    /// One more (`+1`) or one fewer (`-1`) connection of `user` on this node. Counted by deltas,
+    /// not set from an actor's own count, so an actor that is exiting can never mark offline a
+    /// user whose new session already joined a fresh actor.
+    pub fn add(&self, user: &str, delta: isize) {
         {
             let mut l = self.local();
-            if count == 0 {
+            let n = l
+                .get(user)
+                .copied()
+                .unwrap_or(0)
+                .saturating_add_signed(delta);
+            if n == 0 {
                 l.remove(user);
             } else {
-                l.insert(user.to_string(), count);
+                l.insert(user.to_string(), n);
             }
         }
         if self.redis.is_some() {

@@ -106,6 +106,7 @@ impl Application {
             };
             tasks.push(tokio::spawn(relay.run(shutdown_rx.clone())));
         }
+        let settings_pool_size = settings.db_pool_size;
         let state = AppState {
             jwt: JwtKeys::new(&settings.jwt_secret),
             settings: Arc::new(settings),
@@ -113,7 +114,10 @@ impl Application {
             redis,
             hub,
             waker,
-            gateway: Arc::new(Gateway::new(tokio::runtime::Handle::current())),
+            gateway: Arc::new(Gateway::new(
+                tokio::runtime::Handle::current(),
+                settings_pool_size,
+            )),
             presence,
             metrics,
         };
@@ -128,23 +132,29 @@ impl Application {
         let listener = std::net::TcpListener::bind(&state.settings.bind)
             .with_context(|| format!("binding {}", state.settings.bind))?;
         let port = listener.local_addr()?.port();
+        let cors = crate::api::cors::CorsPolicy::new(state.settings.allowed_origins.as_deref());
         let server = HttpServer::new(move || {
             let app = App::new()
                 .app_data(data.clone())
+                // Inside the access log, so the log still shows HEAD.
+                .wrap(actix_web::middleware::from_fn(
+                    crate::api::methods::head_as_get,
+                ))
                 .wrap(
                     // The path without the query string: browsers send user tokens as `?token=`.
                     actix_web::middleware::Logger::new("%{method}xi %U %s %Dms")
                         .custom_request_replace("method", |req| req.method().to_string())
                         .log_target("notifyd::http"),
                 )
-                .configure(crate::api::configure);
+                .configure(|c| crate::api::configure(c, &cors));
             let app = if dev {
-                app.configure(crate::web::configure)
+                app.configure(|c| crate::web::configure(c, &cors))
             } else {
-                app.configure(crate::web::configure_client)
+                app.configure(|c| crate::web::configure_client(c, &cors))
             };
             app.default_service(web::to(crate::api::not_found))
         })
+        .on_connect(crate::gateway::conn::on_connect)
         .listen(listener)?
         .keep_alive(HTTP_KEEP_ALIVE)
         .disable_signals()

@@ -1,26 +1,38 @@
 //! Static browser assets: the JS client (always) and the demo page (`serve --dev` only), plus the
 //! dev-only token endpoint the demo page logs in with.
 
-use actix_web::{get, web, HttpResponse};
+use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::api::browser;
+use crate::api::cors::CorsPolicy;
+use crate::api::methods::{only, GET};
 use crate::error::ApiError;
 use crate::state::AppState;
 
 /// Lifetime of a demo token. The client asks for a fresh one on every (re)connect.
 const DEMO_TOKEN_TTL_SECS: i64 = 3600;
 
-pub fn configure_client(cfg: &mut web::ServiceConfig) {
-    cfg.service(client);
+/// The JS client, with CORS: a page of another origin imports it as a module, which browsers
+/// fetch in CORS mode.
+pub fn configure_client(cfg: &mut web::ServiceConfig, cors: &CorsPolicy) {
+    cfg.service(browser(
+        cors,
+        "/client/notifyd-client.js",
+        GET,
+        web::get().to(client),
+    ));
 }
 
-/// `serve --dev` only: the client, the demo page and `GET /demo/token`.
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(client).service(demo).service(demo_token);
+/// `serve --dev` only: the client, the demo page and `GET /demo/token` (no CORS: a page of
+/// another origin must not mint tokens).
+pub fn configure(cfg: &mut web::ServiceConfig, cors: &CorsPolicy) {
+    configure_client(cfg, cors);
+    cfg.service(only("/demo", GET).route(web::get().to(demo)))
+        .service(only("/demo/token", GET).route(web::get().to(demo_token)));
 }
 
-#[get("/client/notifyd-client.js")]
 async fn client() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/javascript; charset=utf-8")
@@ -28,7 +40,6 @@ async fn client() -> HttpResponse {
         .body(include_str!("../web/notifyd-client.js"))
 }
 
-#[get("/demo")]
 async fn demo() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
@@ -43,7 +54,6 @@ struct TokenQuery {
 
 /// `GET /demo/token?user=42` → `{"token": "<user JWT>"}`, signed with the node's (dev) secret.
 /// Registered only with `serve --dev`: anyone who can reach it can act as any user.
-#[get("/demo/token")]
 async fn demo_token(
     q: web::Query<TokenQuery>,
     state: web::Data<AppState>,

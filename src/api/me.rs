@@ -1,6 +1,6 @@
 //! The user API (contract §4): the caller's own inbox, authenticated by the user JWT.
 
-use actix_web::{delete, get, post, web, HttpResponse};
+use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -33,7 +33,6 @@ fn int_param(raw: Option<&str>, field: &str, min: i64, max: i64) -> Result<Optio
 }
 
 /// `GET /api/v1/me/messages?limit=20&before=<seq>&unread_only=true`
-#[get("/me/messages")]
 pub async fn list(
     user: User,
     q: web::Query<ListQuery>,
@@ -52,7 +51,6 @@ pub async fn list(
 }
 
 /// `GET /api/v1/me/unread-count`
-#[get("/me/unread-count")]
 pub async fn unread_count(
     user: User,
     state: web::Data<AppState>,
@@ -68,7 +66,6 @@ pub struct ChangesQuery {
 }
 
 /// `GET /api/v1/me/changes?since=<seq>`
-#[get("/me/changes")]
 pub async fn changes(
     user: User,
     q: web::Query<ChangesQuery>,
@@ -95,7 +92,6 @@ async fn run(state: &AppState, user: &str, cmd: Command) -> Result<CountsView, A
 }
 
 /// `POST /api/v1/me/messages/read` body `{"ids": [...]}`
-#[post("/me/messages/read")]
 pub async fn read(
     user: User,
     body: web::Json<ReadBody>,
@@ -110,20 +106,17 @@ pub async fn read(
 }
 
 /// `POST /api/v1/me/messages/read-all`
-#[post("/me/messages/read-all")]
 pub async fn read_all(user: User, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(run(&state, &user.0.user, Command::ReadAll).await?))
 }
 
 /// `POST /api/v1/me/messages/seen-all`
-#[post("/me/messages/seen-all")]
 pub async fn seen_all(user: User, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(run(&state, &user.0.user, Command::SeenAll).await?))
 }
 
 /// `DELETE /api/v1/me/messages/{id}`: 204 whether or not the id named one of the caller's
 /// messages, so ids of other users are never revealed.
-#[delete("/me/messages/{id}")]
 pub async fn delete(
     user: User,
     id: web::Path<String>,

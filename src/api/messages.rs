@@ -1,6 +1,6 @@
 //! `POST /api/v1/messages` (internal services).
 
-use actix_web::{post, web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::read_body;
 use crate::auth::service::Service;
@@ -11,7 +11,6 @@ use crate::state::AppState;
 
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
-#[post("/messages")]
 pub async fn create(
     req: HttpRequest,
     service: Service,

@@ -1,22 +1,37 @@
 //! HTTP routes. Handlers parse and authorise, call `inbox`, and wake the relay after a commit;
 //! they never build SQL.
 
+pub mod cors;
 pub mod me;
 pub mod messages;
+pub mod methods;
 pub mod ops;
 pub mod presence;
 pub mod topics;
 
-use actix_web::web;
+use actix_web::dev::HttpServiceFactory;
+use actix_web::error::{JsonPayloadError, PayloadError};
+use actix_web::http::Method;
+use actix_web::middleware::from_fn;
+use actix_web::{web, Route};
 use futures_util::StreamExt;
 
 use crate::error::ApiError;
+use cors::CorsPolicy;
+use methods::{only, DELETE, GET, POST};
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
+/// Body limit of the user API's JSON bodies (`{"ids": [...]}`: at most 1,000 ids of 36
+/// characters, under 40 KiB). The service API has its own (`NOTIFYD_MAX_BODY_BYTES`, 64 KiB for
+/// topic events).
+pub const USER_BODY_LIMIT: usize = 64 * 1024;
+
+/// Every route, each with the methods it answers (others: 405 with `Allow`). The user API is
+/// in its own scope, the only one with CORS; the service API never answers CORS.
+pub fn configure(cfg: &mut web::ServiceConfig, cors: &CorsPolicy) {
     cfg.app_data(
         web::JsonConfig::default()
-            .limit(1024 * 1024)
-            .error_handler(|e, _| json_error(e.to_string())),
+            .limit(USER_BODY_LIMIT)
+            .error_handler(|e, _| json_error(e)),
     )
     .app_data(
         web::QueryConfig::default()
@@ -25,33 +40,91 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .app_data(
         web::PathConfig::default().error_handler(|e, _| ApiError::BadRequest(e.to_string()).into()),
     )
+    // Handlers routed by macro in modules of their own: each is followed by its path's fallback.
     .service(ops::healthz)
+    .service(only("/healthz", GET))
     .service(ops::readyz)
+    .service(only("/readyz", GET))
     .service(ops::metrics)
+    .service(only("/metrics", GET))
     .service(ops::openapi)
+    .service(only("/api-docs/openapi.json", GET))
     .service(crate::gateway::ws::connect)
+    .service(only("/ws", GET))
+    // Registered before `/api/v1`, whose prefix it shares.
+    .service(
+        web::scope("/api/v1/me")
+            .service(browser(cors, "/messages", GET, web::get().to(me::list)))
+            .service(browser(
+                cors,
+                "/unread-count",
+                GET,
+                web::get().to(me::unread_count),
+            ))
+            .service(browser(cors, "/changes", GET, web::get().to(me::changes)))
+            .service(browser(
+                cors,
+                "/messages/read",
+                POST,
+                web::post().to(me::read),
+            ))
+            .service(browser(
+                cors,
+                "/messages/read-all",
+                POST,
+                web::post().to(me::read_all),
+            ))
+            .service(browser(
+                cors,
+                "/messages/seen-all",
+                POST,
+                web::post().to(me::seen_all),
+            ))
+            .service(browser(
+                cors,
+                "/messages/{id}",
+                DELETE,
+                web::delete().to(me::delete),
+            )),
+    )
     .service(
         web::scope("/api/v1")
-            .service(messages::create)
-            .service(topics::publish)
-            .service(presence::user)
-            .service(presence::cluster)
-            .service(me::list)
-            .service(me::unread_count)
-            .service(me::changes)
-            .service(me::read)
-            .service(me::read_all)
-            .service(me::seen_all)
-            .service(me::delete),
+            .service(only("/messages", POST).route(web::post().to(messages::create)))
+            .service(only("/topics/{topic}/events", POST).route(web::post().to(topics::publish)))
+            .service(only("/users/{id}/presence", GET).route(web::get().to(presence::user)))
+            .service(only("/presence", GET).route(web::get().to(presence::cluster))),
     );
 }
 
-fn json_error(msg: String) -> actix_web::Error {
-    if msg.contains("overflow") || msg.contains("too large") {
-        ApiError::PayloadTooLarge(msg).into()
-    } else {
-        ApiError::MalformedJson(msg).into()
+/// A route browsers may call from another origin: `allow`'s methods, CORS for exactly those.
+pub fn browser(
+    cors: &CorsPolicy,
+    path: &str,
+    allow: &'static [Method],
+    route: Route,
+) -> impl HttpServiceFactory {
+    only(path, allow)
+        .route(route)
+        .wrap(cors.for_route(allow))
+        .wrap(from_fn(move |req, next| cors::edge(req, next, allow)))
+}
+
+/// The JSON extractor's errors: a body over its limit is a 413 (whether `Content-Length` said so
+/// or the bytes did), anything else malformed JSON.
+fn json_error(e: JsonPayloadError) -> actix_web::Error {
+    match e {
+        JsonPayloadError::OverflowKnownLength { length, limit } => ApiError::PayloadTooLarge(
+            format!("request body is {length} bytes, larger than {limit}"),
+        ),
+        JsonPayloadError::Overflow { limit } => {
+            ApiError::PayloadTooLarge(format!("request body is larger than {limit} bytes"))
+        }
+        JsonPayloadError::Payload(PayloadError::Overflow) => ApiError::PayloadTooLarge(format!(
+            "request body is larger than {USER_BODY_LIMIT} bytes"
+        )),
+        e => ApiError::MalformedJson(e.to_string()),
     }
+    .into()
 }
 
 /// Reads a request body up to `limit` bytes; more is a 413 with the error body.

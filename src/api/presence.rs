@@ -1,6 +1,6 @@
 //! Presence across the cluster.
 
-use actix_web::{get, web, HttpResponse};
+use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use crate::auth::service::Service;
@@ -8,7 +8,6 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 /// `GET /api/v1/users/{id}/presence` (service key): `{"online", "connections"}` across nodes.
-#[get("/users/{id}/presence")]
 pub async fn user(
     _service: Service,
     id: web::Path<String>,
@@ -23,7 +22,6 @@ pub async fn user(
 }
 
 /// `GET /api/v1/presence` (service key): `{"online_users": n}`, distinct users connected anywhere.
-#[get("/presence")]
 pub async fn cluster(
     _service: Service,
     state: web::Data<AppState>,

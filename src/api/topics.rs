@@ -1,6 +1,6 @@
 //! `POST /api/v1/topics/{topic}/events` (internal services): a live event for a topic's subscribers.
 
-use actix_web::{post, web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
 use super::read_body;
@@ -11,7 +11,6 @@ use crate::inbox::create;
 use crate::inbox::input::{json_has_nul, MAX_DATA_BYTES, NUL_MESSAGE};
 use crate::state::AppState;
 
-#[post("/topics/{topic}/events")]
 pub async fn publish(
     req: HttpRequest,
     _service: Service,

@@ -1,5 +1,6 @@
-//! User tokens: HS256 JWTs with `sub` (the user id), a required `exp`, and an optional `topics`
-//! claim of glob patterns (`product:*`) naming the topics the user may subscribe to.
+//! User tokens: HS256 JWTs with `sub` (the user id), a required `exp`, an optional `nbf`
+//! (enforced), and an optional `topics` claim of glob patterns (`product:*`) naming the topics
+//! the user may subscribe to.
 
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -47,16 +48,20 @@ impl JwtKeys {
         }
     }
 
+    /// The claims of a valid token. Every refusal is the same `INVALID_TOKEN` text: what was
+    /// wrong (signature, expiry, a bad `sub`) is logged at debug level, never sent to the caller.
     pub fn verify(&self, token: &str) -> Result<UserClaims, String> {
         let mut v = Validation::new(Algorithm::HS256);
         v.leeway = 0;
+        v.validate_nbf = true;
         v.set_required_spec_claims(&["exp", "sub"]);
-        let data = decode::<Claims>(token, &self.decoding, &v)
-            .map_err(|e| format!("invalid token: {e}"))?;
-        let c = data.claims;
-        if c.sub.is_empty() || c.sub.chars().count() > crate::inbox::input::MAX_ID_CHARS {
-            return Err("invalid token: bad sub".into());
-        }
+        let c = decode::<Claims>(token, &self.decoding, &v)
+            .map_err(|e| refuse(format_args!("{e}")))?
+            .claims;
+        // `sub` becomes a user id in SQL, Redis channel names and logs: the same rules as an id
+        // in a request body, so a validly signed odd `sub` (U+0000, a newline) is a 401, not a
+        // 500 from PostgreSQL.
+        crate::inbox::input::check_user_id(&c.sub).map_err(|e| refuse(format_args!("sub {e}")))?;
         let topics = match c.topics {
             None => vec![],
             Some(TopicsClaim::List(l)) => l,
@@ -85,6 +90,14 @@ impl JwtKeys {
             &self.encoding,
         )?)
     }
+}
+
+/// The one message of every refused token.
+pub const INVALID_TOKEN: &str = "invalid or expired token";
+
+fn refuse(why: std::fmt::Arguments<'_>) -> String {
+    tracing::debug!(reason = %why, "user token refused");
+    INVALID_TOKEN.to_string()
 }
 
 /// Glob match with `*` (any run, possibly empty) and `?` (one character).
@@ -140,5 +153,15 @@ mod tests {
         assert!(k.verify(&expired).is_err());
         assert!(JwtKeys::new("other").verify(&t).is_err());
         assert!(k.verify("garbage").is_err());
+    }
+
+    #[test]
+    fn odd_subs_are_refused_with_the_generic_message() {
+        let k = JwtKeys::new("s");
+        for sub in ["a\u{0}b", "a\nb", "\tx", " x", "", &"x".repeat(129)] {
+            let t = k.mint(sub, 60, &[]).unwrap();
+            assert_eq!(k.verify(&t), Err(INVALID_TOKEN.to_string()), "{sub:?}");
+        }
+        assert_eq!(k.verify("garbage"), Err(INVALID_TOKEN.to_string()));
     }
 }

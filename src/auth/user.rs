@@ -1,5 +1,6 @@
-//! End users: the JWT from `Authorization: Bearer` or `?token=` (browsers cannot set headers on
-//! a WebSocket handshake).
+//! End users: the JWT from `Authorization: Bearer` on REST; on the WebSocket handshake also from
+//! `?token=` (browsers cannot set headers there). REST refuses `?token=` so tokens stay out of
+//! proxy and access logs, which record query strings.
 
 use std::future::{ready, Ready};
 
@@ -22,16 +23,30 @@ impl FromRequest for User {
     }
 }
 
+/// REST: the token from the `Authorization: Bearer` header only.
 pub fn authenticate(req: &HttpRequest) -> Result<UserClaims, ApiError> {
+    let token = bearer(req).ok_or_else(|| {
+        ApiError::Unauthorized("missing user token (Authorization: Bearer <token>)".into())
+    })?;
+    verify(req, token)
+}
+
+/// The WebSocket handshake: the `Authorization: Bearer` header, else `?token=`.
+pub fn authenticate_ws(req: &HttpRequest) -> Result<UserClaims, ApiError> {
+    let token = match bearer(req) {
+        Some(t) => t.to_string(),
+        None => query_token(req.query_string()).ok_or_else(|| {
+            ApiError::Unauthorized("missing user token (?token= or Authorization: Bearer)".into())
+        })?,
+    };
+    verify(req, &token)
+}
+
+fn verify(req: &HttpRequest, token: &str) -> Result<UserClaims, ApiError> {
     let state = req
         .app_data::<web::Data<AppState>>()
         .ok_or_else(|| anyhow::anyhow!("app state missing"))?;
-    let token = match bearer(req) {
-        Some(t) => t.to_string(),
-        None => query_token(req.query_string())
-            .ok_or_else(|| ApiError::Unauthorized("missing user token".into()))?,
-    };
-    state.jwt.verify(&token).map_err(ApiError::Unauthorized)
+    state.jwt.verify(token).map_err(ApiError::Unauthorized)
 }
 
 fn query_token(qs: &str) -> Option<String> {

@@ -1,5 +1,7 @@
 //! The WebSocket gateway: per node, one actor per connected user owns all that user's sessions.
 
+pub mod conn;
+pub mod frame_guard;
 pub mod protocol;
 pub mod registry;
 pub mod session;

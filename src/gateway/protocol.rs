@@ -12,15 +12,55 @@ pub const MAX_CLIENT_FRAME: usize = 64 * 1024;
 pub const MAX_TOPICS_PER_FRAME: usize = 100;
 pub const MAX_TOPICS_PER_SESSION: usize = 500;
 pub const MAX_TOPIC_CHARS: usize = 200;
+/// Most distinct topics one user's sessions on one node may hold together.
+pub const MAX_TOPICS_PER_USER: usize = 1000;
+/// Largest `ref` (as JSON) a client may send: it is echoed in every reply.
+pub const MAX_REF_BYTES: usize = 256;
+/// Largest token an `auth` frame may carry.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientFrame {
-    Read { ids: Vec<Value>, r#ref: Value },
-    ReadAll { r#ref: Value },
-    SeenAll { r#ref: Value },
-    Subscribe { topics: Vec<String>, r#ref: Value },
-    Unsubscribe { topics: Vec<String>, r#ref: Value },
-    Ping { r#ref: Value },
+    Read {
+        ids: Vec<Value>,
+        r#ref: Value,
+    },
+    ReadAll {
+        r#ref: Value,
+    },
+    SeenAll {
+        r#ref: Value,
+    },
+    Subscribe {
+        topics: Vec<String>,
+        r#ref: Value,
+    },
+    Unsubscribe {
+        topics: Vec<String>,
+        r#ref: Value,
+    },
+    Ping {
+        r#ref: Value,
+    },
+    /// A fresh token for the same user, before the current one's `exp`.
+    Auth {
+        token: String,
+        r#ref: Value,
+    },
+}
+
+impl ClientFrame {
+    pub fn r#ref(&self) -> &Value {
+        match self {
+            ClientFrame::Read { r#ref, .. }
+            | ClientFrame::ReadAll { r#ref }
+            | ClientFrame::SeenAll { r#ref }
+            | ClientFrame::Subscribe { r#ref, .. }
+            | ClientFrame::Unsubscribe { r#ref, .. }
+            | ClientFrame::Ping { r#ref }
+            | ClientFrame::Auth { r#ref, .. } => r#ref,
+        }
+    }
 }
 
 /// A client frame that could not be accepted: answered with an `error` frame.
@@ -38,6 +78,13 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
         message: format!("not JSON: {e}"),
     })?;
     let r#ref = v.get("ref").cloned().unwrap_or(Value::Null);
+    if !r#ref.is_null() && r#ref.to_string().len() > MAX_REF_BYTES {
+        return Err(FrameError {
+            r#ref: Value::Null,
+            code: "bad_frame",
+            message: format!("\"ref\" must be at most {MAX_REF_BYTES} bytes of JSON"),
+        });
+    }
     let err = |code, message: String| FrameError {
         r#ref: r#ref.clone(),
         code,
@@ -100,6 +147,18 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
             r#ref,
         },
         "ping" => ClientFrame::Ping { r#ref },
+        "auth" => match v.get("token").and_then(Value::as_str) {
+            Some(t) if !t.is_empty() && t.len() <= MAX_TOKEN_BYTES => ClientFrame::Auth {
+                token: t.to_string(),
+                r#ref,
+            },
+            _ => {
+                return Err(err(
+                    "bad_frame",
+                    format!("\"token\" must be a string of 1 to {MAX_TOKEN_BYTES} bytes"),
+                ))
+            }
+        },
         other => return Err(err("unknown_type", format!("unknown frame type {other:?}"))),
     })
 }
@@ -157,6 +216,10 @@ pub mod close {
     pub const TOO_BIG: u16 = 1009;
     pub const UNSUPPORTED: u16 = 1003;
     pub const POLICY: u16 = 1008;
+    /// The server cannot take the session now (its user's mailbox is full): retry with backoff.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// The token's `exp` passed without an in-band `auth`: reconnect with a fresh token.
+    pub const TOKEN_EXPIRED: u16 = 4001;
     /// The session could not keep up: resume with `since`.
     pub const SLOW_CONSUMER: u16 = 4008;
 }
@@ -200,5 +263,15 @@ mod tests {
             "bad_frame"
         );
         assert_eq!(parse(r#"[1,2]"#).unwrap_err().code, "bad_frame");
+        let big_ref = json!({"type": "ping", "ref": "r".repeat(MAX_REF_BYTES)}).to_string();
+        assert_eq!(parse(&big_ref).unwrap_err().r#ref, Value::Null);
+        assert_eq!(
+            parse(r#"{"type":"auth","ref":1}"#).unwrap_err().code,
+            "bad_frame"
+        );
+        assert!(matches!(
+            parse(r#"{"type":"auth","token":"t","ref":1}"#).unwrap(),
+            ClientFrame::Auth { .. }
+        ));
     }
 }

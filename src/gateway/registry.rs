@@ -4,32 +4,63 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::session::SessionTx;
 use super::user_actor::{self, ActorMsg};
 use crate::auth::jwt::UserClaims;
+use crate::error::ApiError;
 use crate::state::AppState;
+
+/// Messages waiting for one user's actor. Everything that enqueues uses `try_send` (a full
+/// mailbox answers `busy`, refuses a join, or drops an event that the seq-gap repair and the
+/// audit recover from PostgreSQL) except a session's departure, which waits for room.
+pub const ACTOR_MAILBOX: usize = 256;
 
 struct Entry {
     id: u64,
-    tx: mpsc::UnboundedSender<ActorMsg>,
+    tx: mpsc::Sender<ActorMsg>,
 }
 
 pub struct Gateway {
     actors: Mutex<HashMap<String, Entry>>,
+    /// Open WebSockets per user on this node (contract §7: `NOTIFYD_MAX_SOCKETS_PER_USER`).
+    sockets: Mutex<HashMap<String, usize>>,
+    /// WebSocket commands running a database transaction at once on this node: fewer than the
+    /// pool holds, so a flood of commands never takes every connection from REST callers.
+    pub db_commands: Arc<Semaphore>,
     next_id: AtomicU64,
     shutting_down: AtomicBool,
     /// Actors and other long-lived tasks run on the main runtime, not on an HTTP worker's.
     runtime: tokio::runtime::Handle,
 }
 
+/// One open WebSocket of a user: counted until dropped.
+pub struct SocketPermit {
+    gateway: Arc<Gateway>,
+    user: String,
+}
+
+impl Drop for SocketPermit {
+    fn drop(&mut self) {
+        let mut sockets = self.gateway.sockets();
+        if let Some(n) = sockets.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                sockets.remove(&self.user);
+            }
+        }
+    }
+}
+
 impl Gateway {
-    pub fn new(runtime: tokio::runtime::Handle) -> Self {
+    pub fn new(runtime: tokio::runtime::Handle, db_pool_size: usize) -> Self {
         Gateway {
             actors: Mutex::new(HashMap::new()),
+            sockets: Mutex::new(HashMap::new()),
+            db_commands: Arc::new(Semaphore::new((db_pool_size / 2).max(1))),
             next_id: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
             runtime,
@@ -42,6 +73,29 @@ impl Gateway {
 
     fn actors(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         self.actors.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn sockets(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.sockets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts one more WebSocket for `user`, or refuses it (429) at `max` on this node.
+    pub fn open_socket(self: &Arc<Self>, user: &str, max: usize) -> Result<SocketPermit, ApiError> {
+        let mut sockets = self.sockets();
+        let n = sockets.entry(user.to_string()).or_insert(0);
+        if *n >= max {
+            metrics::counter!("notifyd_ws_refused_total", "reason" => "too_many_connections")
+                .increment(1);
+            return Err(ApiError::TooMany {
+                code: "too_many_connections",
+                message: format!("at most {max} WebSockets per user on one node"),
+            });
+        }
+        *n += 1;
+        Ok(SocketPermit {
+            gateway: self.clone(),
+            user: user.to_string(),
+        })
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -68,7 +122,7 @@ impl Gateway {
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
             }
-            let users: Vec<(String, mpsc::UnboundedSender<ActorMsg>)> = self
+            let users: Vec<(String, mpsc::Sender<ActorMsg>)> = self
                 .actors()
                 .iter()
                 .map(|(u, e)| (u.clone(), e.tx.clone()))
@@ -86,7 +140,7 @@ impl Gateway {
                         let by_user: HashMap<String, i64> = seqs.into_iter().collect();
                         for (user, tx) in chunk {
                             if let Some(seq) = by_user.get(user) {
-                                let _ = tx.send(ActorMsg::Audit(*seq));
+                                let _ = tx.try_send(ActorMsg::Audit(*seq));
                             }
                         }
                     }
@@ -96,34 +150,45 @@ impl Gateway {
         }
     }
 
-    /// Hands a new session to the user's actor (starting one if needed); returns the actor's mailbox.
+    /// Hands a new session to the user's actor (starting one if needed); returns the actor's
+    /// mailbox, and a receiver that fires once the session got its `hello`.
     pub fn join(
         &self,
         state: &AppState,
         claims: UserClaims,
         session: SessionTx,
         since: Option<i64>,
-    ) -> mpsc::UnboundedSender<ActorMsg> {
+    ) -> Result<(mpsc::Sender<ActorMsg>, oneshot::Receiver<()>), ApiError> {
         let mut actors = self.actors();
         let user = claims.user.clone();
+        let (joined_tx, joined) = oneshot::channel();
         let mut msg = ActorMsg::Join {
             session,
             claims,
             since,
+            joined: joined_tx,
         };
         if let Some(entry) = actors.get(&user) {
-            match entry.tx.send(msg) {
-                Ok(()) => return entry.tx.clone(),
-                Err(mpsc::error::SendError(back)) => msg = back, // the actor died: start a fresh one
+            match entry.tx.try_send(msg) {
+                Ok(()) => return Ok((entry.tx.clone(), joined)),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    metrics::counter!("notifyd_ws_refused_total", "reason" => "actor_busy")
+                        .increment(1);
+                    return Err(ApiError::Unavailable(
+                        "this user's sessions are busy; retry shortly".into(),
+                    ));
+                }
+                // The actor died: start a fresh one.
+                Err(mpsc::error::TrySendError::Closed(back)) => msg = back,
             }
         }
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(ACTOR_MAILBOX);
         let id = self.next_id();
-        let _ = tx.send(msg);
+        let _ = tx.try_send(msg);
         actors.insert(user.clone(), Entry { id, tx: tx.clone() });
         self.runtime
             .spawn(user_actor::run(state.clone(), user, id, tx.clone(), rx));
-        tx
+        Ok((tx, joined))
     }
 
     /// Called by an actor with no sessions left: it may stop only if nothing is waiting in its
@@ -152,7 +217,8 @@ impl Gateway {
     /// connected here (the relay's copy follows and is dropped as a duplicate).
     pub fn committed(&self, ev: crate::inbox::CommittedEvent) {
         if let Some(entry) = self.actors().get(&ev.user) {
-            let _ = entry.tx.send(ActorMsg::Committed(ev));
+            // A full mailbox drops it: the relay's copy (or the audit) brings it.
+            let _ = entry.tx.try_send(ActorMsg::Committed(ev));
         }
     }
 
@@ -160,7 +226,10 @@ impl Gateway {
     pub fn shutdown(&self) {
         self.shutting_down.store(true, Ordering::Relaxed);
         for entry in self.actors().values() {
-            let _ = entry.tx.send(ActorMsg::Shutdown);
+            let tx = entry.tx.clone();
+            self.runtime.spawn(async move {
+                let _ = tx.send(ActorMsg::Shutdown).await;
+            });
         }
     }
 }

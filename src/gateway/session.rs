@@ -1,25 +1,52 @@
-//! One WebSocket connection: a writer task fed by a bounded queue (so a slow reader can never
-//! block its user's actor or other sessions) and a reader task for client frames and liveness.
+//! One WebSocket connection: a writer task that owns every outbound frame (events, replies,
+//! pings, pongs, the close) fed by a bounded queue, and a reader task for client frames,
+//! liveness and the token's lifetime. Neither ever waits on the other or on the client: a slow
+//! or silent client cannot block its user's actor, other sessions, or its own liveness check.
 
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_ws::{CloseCode, CloseReason};
-use tokio::sync::{mpsc, watch};
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::time::Instant;
 
+use super::conn::Conn;
 use super::protocol::{self, close, ClientFrame};
+use super::registry::SocketPermit;
 use super::user_actor::ActorMsg;
+use crate::auth::jwt::JwtKeys;
 
 /// Frames queued for one session before it counts as a slow consumer and is closed with 4008.
 pub const OUTBOUND_QUEUE: usize = 512;
+/// Bytes of text frames queued for one session before it counts as a slow consumer (4008).
+pub const OUTBOUND_BYTES: usize = 1024 * 1024;
+/// Commands (read, read_all, seen_all, subscribe, unsubscribe) one session may have in flight;
+/// more are answered `busy`.
+pub const MAX_COMMANDS_IN_FLIGHT: usize = 4;
 /// Bad frames tolerated on one connection before it is closed as abusive.
 const MAX_BAD_FRAMES: u32 = 20;
+/// How long a client closed for its own behaviour has to take its close frame before the
+/// connection is reset.
+const SHORT_GRACE: Duration = Duration::from_secs(2);
 
-/// The actor's handle on a session.
+/// What the writer sends.
+pub enum Out {
+    Text(Arc<str>),
+    Ping,
+    Pong(Bytes),
+}
+
+/// The handle on a session held by its actor and its reader.
 #[derive(Clone)]
 pub struct SessionTx {
     pub id: u64,
-    pub frames: mpsc::Sender<Arc<str>>,
+    frames: mpsc::Sender<Out>,
+    /// Bytes of text frames in `frames`.
+    queued: Arc<AtomicUsize>,
     pub close: watch::Sender<Option<(u16, &'static str)>>,
 }
 
@@ -29,21 +56,61 @@ pub enum Push {
     Dropped,
 }
 
+/// The writer's end of a session.
+pub struct Outbox {
+    frames: mpsc::Receiver<Out>,
+    queued: Arc<AtomicUsize>,
+    close: watch::Receiver<Option<(u16, &'static str)>>,
+}
+
 impl SessionTx {
+    pub fn new(id: u64) -> (SessionTx, Outbox) {
+        let (frames_tx, frames) = mpsc::channel(OUTBOUND_QUEUE);
+        let (close_tx, close) = watch::channel(None);
+        let queued = Arc::new(AtomicUsize::new(0));
+        (
+            SessionTx {
+                id,
+                frames: frames_tx,
+                queued: queued.clone(),
+                close: close_tx,
+            },
+            Outbox {
+                frames,
+                queued,
+                close,
+            },
+        )
+    }
+
     pub fn push(&self, frame: Arc<str>) -> Push {
-        match self.frames.try_send(frame) {
+        let len = frame.len();
+        let before = self.queued.fetch_add(len, Ordering::Relaxed);
+        let result = if before + len > OUTBOUND_BYTES {
+            Err(mpsc::error::TrySendError::Full(Out::Text(frame)))
+        } else {
+            self.frames.try_send(Out::Text(frame))
+        };
+        match result {
             Ok(()) => Push::Sent,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                metrics::counter!("notifyd_slow_consumer_closed_total").increment(1);
-                self.close_with(close::SLOW_CONSUMER, "slow consumer: resume with since");
+            Err(e) => {
+                self.queued.fetch_sub(len, Ordering::Relaxed);
+                if let mpsc::error::TrySendError::Full(_) = e {
+                    metrics::counter!("notifyd_slow_consumer_closed_total").increment(1);
+                    self.close_with(close::SLOW_CONSUMER, "slow consumer: resume with since");
+                }
                 Push::Dropped
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Push::Dropped,
         }
     }
 
     pub fn push_json(&self, v: &serde_json::Value) -> Push {
         self.push(Arc::from(v.to_string()))
+    }
+
+    /// A ping or pong: best effort (a client whose queue is full is not reading anyway).
+    fn control(&self, out: Out) {
+        let _ = self.frames.try_send(out);
     }
 
     pub fn close_with(&self, code: u16, reason: &'static str) {
@@ -60,92 +127,179 @@ impl SessionTx {
 
 /// Writes queued frames until closed. A close request interrupts even a write stuck on a slow
 /// socket. The close frame queues behind what the socket already holds, so it waits up to
-/// `close_grace` for a slow client to read that far (a client that resumes reading then sees
-/// its 4008 and resumes with `since`); a client that never reads is dropped without it.
+/// `grace` for a slow client to read that far (a client that resumes reading then sees its 4008
+/// and resumes with `since`); a connection still there after another `grace` is reset.
 pub async fn writer(
     mut session: actix_ws::Session,
-    mut frames: mpsc::Receiver<Arc<str>>,
-    mut close_rx: watch::Receiver<Option<(u16, &'static str)>>,
-    close_grace: Duration,
+    mut out: Outbox,
+    grace: Duration,
+    conn: Option<Conn>,
 ) {
     let reason = loop {
-        if let Some(r) = *close_rx.borrow() {
+        if let Some(r) = *out.close.borrow() {
             break Some(r);
         }
         tokio::select! {
             biased;
-            _ = close_rx.changed() => continue,
-            frame = frames.recv() => {
-                let Some(frame) = frame else { break None };
-                tokio::select! {
-                    r = session.text(frame.as_ref().to_owned()) => if r.is_err() { break None },
-                    _ = close_rx.changed() => continue,
+            _ = out.close.changed() => continue,
+            frame = out.frames.recv() => {
+                let sent = match frame {
+                    None => break None,
+                    Some(Out::Text(text)) => {
+                        out.queued.fetch_sub(text.len(), Ordering::Relaxed);
+                        tokio::select! {
+                            r = session.text(text.as_ref().to_owned()) => r,
+                            _ = out.close.changed() => continue,
+                        }
+                    }
+                    Some(Out::Ping) => tokio::select! {
+                        r = session.ping(b"") => r,
+                        _ = out.close.changed() => continue,
+                    },
+                    Some(Out::Pong(bytes)) => tokio::select! {
+                        r = session.pong(&bytes) => r,
+                        _ = out.close.changed() => continue,
+                    },
+                };
+                if sent.is_err() {
+                    break None;
                 }
             }
         }
     };
     if let Some((code, text)) = reason {
+        metrics::counter!("notifyd_ws_closed_total", "code" => code.to_string()).increment(1);
         let close = CloseReason {
             code: CloseCode::from(code),
             description: Some(text.to_string()),
         };
-        let _ = tokio::time::timeout(close_grace, session.close(Some(close))).await;
+        // A slow consumer gets the whole grace to read what it was sent, then the close frame;
+        // a client closed for what it did (too large, expired, silent, abusive) only a moment.
+        let grace = if code == close::SLOW_CONSUMER || code == close::GOING_AWAY_RESTART {
+            grace
+        } else {
+            grace.min(SHORT_GRACE)
+        };
+        let _ = tokio::time::timeout(grace, session.close(Some(close))).await;
+        if let Some(conn) = conn {
+            conn.drop_after(grace).await;
+        }
     }
 }
 
-/// How long a client may go without being heard before it counts as dead: two missed
-/// heartbeats and half of the third.
+/// How long a client may go without answering a ping before it counts as not reading: two
+/// missed heartbeats and half of the third.
 pub fn liveness_window(heartbeat: Duration) -> Duration {
     heartbeat * 2 + heartbeat / 2
 }
 
-/// How long the writer waits for a closing session's last frames and close frame to drain: the
-/// same time a live client has to answer a ping.
+/// How long a closing session's last frames and close frame get to drain: the same time a live
+/// client has to answer a ping.
 pub fn close_grace(heartbeat: Duration) -> Duration {
     liveness_window(heartbeat)
 }
 
-/// Reads client frames, answers pings, sends WebSocket pings every heartbeat and closes a
-/// session that missed two. Commands go to the user's actor.
-pub async fn reader(
-    mut session: actix_ws::Session,
-    stream: actix_ws::MessageStream,
-    me: SessionTx,
-    actor: mpsc::UnboundedSender<ActorMsg>,
-    heartbeat: Duration,
-) {
+/// What the reader needs besides the socket.
+pub struct ReaderCtx {
+    pub me: SessionTx,
+    pub actor: mpsc::Sender<ActorMsg>,
+    /// Fires once the actor has sent `hello`: client frames wait for it, so nothing the reader
+    /// answers (a `pong`) can overtake `hello`.
+    pub joined: oneshot::Receiver<()>,
+    pub heartbeat: Duration,
+    pub jwt: JwtKeys,
+    pub user: String,
+    /// The token's `exp` (unix seconds): the session is closed with 4001 then, unless renewed.
+    pub exp: i64,
+    /// Set by the frame guard when it refused a frame for its size.
+    pub too_big: Rc<Cell<bool>>,
+    /// Held while the session lives: counts against the user's socket limit.
+    pub permit: SocketPermit,
+    pub conn: Option<Conn>,
+}
+
+fn deadline_of(exp: i64) -> Instant {
+    let left = exp - chrono::Utc::now().timestamp();
+    Instant::now() + Duration::from_secs(left.max(0) as u64)
+}
+
+/// Reads client frames, answers pings, sends a ping every heartbeat through the writer and
+/// closes a session that has not answered for the liveness window or whose token expired.
+/// Commands go to the user's actor, at most `MAX_COMMANDS_IN_FLIGHT` at a time.
+pub async fn reader(stream: actix_ws::MessageStream, ctx: ReaderCtx) {
+    let ReaderCtx {
+        me,
+        actor,
+        mut joined,
+        heartbeat,
+        jwt,
+        user,
+        exp,
+        too_big,
+        permit,
+        conn,
+    } = ctx;
     let mut stream = stream
         .max_frame_size(protocol::MAX_CLIENT_FRAME)
         .aggregate_continuations()
         .max_continuation_size(protocol::MAX_CLIENT_FRAME);
+    let in_flight = Arc::new(Semaphore::new(MAX_COMMANDS_IN_FLIGHT));
     let mut close_rx = me.close.subscribe();
     let mut tick = tokio::time::interval(heartbeat);
     tick.tick().await;
-    let mut last_heard = Instant::now();
+    let expiry = tokio::time::sleep_until(deadline_of(exp));
+    tokio::pin!(expiry);
+    let mut is_joined = false;
+    let mut last_pong = Instant::now();
     let mut bad = 0u32;
     loop {
         tokio::select! {
             _ = close_rx.changed() => break,
+            r = &mut joined, if !is_joined => {
+                if r.is_err() {
+                    break; // the actor could not take the session (it closed it)
+                }
+                is_joined = true;
+            }
             _ = tick.tick() => {
-                if last_heard.elapsed() > liveness_window(heartbeat) {
+                if last_pong.elapsed() > liveness_window(heartbeat) {
+                    metrics::counter!("notifyd_ws_liveness_closed_total").increment(1);
                     me.close_with(close::POLICY, "missed heartbeats");
                     break;
                 }
-                if session.ping(b"").await.is_err() {
-                    break;
-                }
+                me.control(Out::Ping);
             }
-            msg = stream.recv() => {
+            _ = &mut expiry => {
+                metrics::counter!("notifyd_ws_token_expired_total").increment(1);
+                me.close_with(close::TOKEN_EXPIRED, "token expired");
+                break;
+            }
+            msg = stream.recv(), if is_joined => {
                 let Some(msg) = msg else { break };
-                last_heard = Instant::now();
                 match msg {
                     Ok(actix_ws::AggregatedMessage::Text(text)) => match protocol::parse(&text) {
                         Ok(ClientFrame::Ping { r#ref }) => {
                             me.push_json(&protocol::pong(&r#ref));
                         }
-                        Ok(frame) => {
-                            let _ = actor.send(ActorMsg::Command { session: me.id, frame });
+                        Ok(ClientFrame::Auth { token, r#ref }) => {
+                            match renew(&jwt, &user, &token, &me, &actor) {
+                                Ok(new_exp) => {
+                                    expiry.as_mut().reset(deadline_of(new_exp));
+                                    me.push_json(&protocol::ack(&r#ref, serde_json::json!({"exp": new_exp})));
+                                }
+                                Err((code, message)) => {
+                                    me.push_json(&protocol::error(&r#ref, code, message));
+                                }
+                            }
                         }
+                        Ok(frame) => match in_flight.clone().try_acquire_owned() {
+                            Ok(slot) => match actor.try_send(ActorMsg::Command { session: me.id, frame, slot }) {
+                                Ok(()) => {}
+                                Err(mpsc::error::TrySendError::Full(ActorMsg::Command { frame, .. })) => busy(&me, &frame),
+                                Err(_) => break,
+                            },
+                            Err(_) => busy(&me, &frame),
+                        },
                         Err(e) => {
                             bad += 1;
                             me.push_json(&protocol::error(&e.r#ref, e.code, &e.message));
@@ -155,18 +309,20 @@ pub async fn reader(
                         bad += 1;
                         me.push_json(&protocol::error(&serde_json::Value::Null, "bad_frame", "binary frames are not supported; send JSON text"));
                     }
-                    Ok(actix_ws::AggregatedMessage::Ping(bytes)) => {
-                        let _ = session.pong(&bytes).await;
-                    }
-                    Ok(actix_ws::AggregatedMessage::Pong(_)) => {}
+                    Ok(actix_ws::AggregatedMessage::Ping(bytes)) => me.control(Out::Pong(bytes)),
+                    Ok(actix_ws::AggregatedMessage::Pong(_)) => last_pong = Instant::now(),
                     Ok(actix_ws::AggregatedMessage::Close(_)) => {
                         me.close_with(1000, "bye");
                         break;
                     }
                     Err(e) => {
-                        let code = if matches!(e, actix_ws::ProtocolError::Overflow) { close::TOO_BIG } else { close::POLICY };
+                        let overflow = too_big.get() || matches!(e, actix_ws::ProtocolError::Overflow);
                         tracing::debug!(error = %e, "websocket protocol error");
-                        me.close_with(code, if code == close::TOO_BIG { "frame too large" } else { "protocol error" });
+                        if overflow {
+                            me.close_with(close::TOO_BIG, "frame too large");
+                        } else {
+                            me.close_with(close::POLICY, "protocol error");
+                        }
                         break;
                     }
                 }
@@ -177,5 +333,57 @@ pub async fn reader(
             }
         }
     }
-    let _ = actor.send(ActorMsg::Leave { session: me.id });
+    // The actor must hear of every departure (presence, gauges); its mailbox is bounded, so wait
+    // for room, but not forever.
+    let leave = actor.send(ActorMsg::Leave { session: me.id });
+    if tokio::time::timeout(Duration::from_secs(30), leave)
+        .await
+        .is_err()
+    {
+        tracing::warn!(user = %user, "user actor did not take a session's departure in 30 s");
+    }
+    drop(permit);
+    // Keep the request stream (unread) until the connection is gone: dropped, actix-http would
+    // read and discard whatever a client that was just closed keeps streaming; held, the
+    // client meets TCP backpressure until the writer resets the connection.
+    if let Some(conn) = conn {
+        let deadline = Instant::now() + liveness_window(heartbeat) * 3;
+        while conn.is_open() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    drop(stream);
+}
+
+fn busy(me: &SessionTx, frame: &ClientFrame) {
+    metrics::counter!("notifyd_ws_commands_busy_total").increment(1);
+    me.push_json(&protocol::error(
+        frame.r#ref(),
+        "busy",
+        &format!("at most {MAX_COMMANDS_IN_FLIGHT} commands in flight per connection; retry when one is answered"),
+    ));
+}
+
+/// An in-band `auth`: a fresh token for the same user extends the session past the old `exp`.
+fn renew(
+    jwt: &JwtKeys,
+    user: &str,
+    token: &str,
+    me: &SessionTx,
+    actor: &mpsc::Sender<ActorMsg>,
+) -> Result<i64, (&'static str, &'static str)> {
+    let claims = jwt
+        .verify(token)
+        .map_err(|_| ("unauthorized", "invalid or expired token"))?;
+    if claims.user != user {
+        return Err(("unauthorized", "the token is for another user"));
+    }
+    let exp = claims.exp;
+    actor
+        .try_send(ActorMsg::Reauth {
+            session: me.id,
+            claims,
+        })
+        .map_err(|_| ("busy", "the server is busy; send the token again"))?;
+    Ok(exp)
 }

@@ -7,14 +7,16 @@
 //! the broker carries was committed before it was published, and a user's events commit in seq
 //! order, so the log always holds the missing ones.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
-use super::protocol::{self, close, ClientFrame, MAX_TOPICS_PER_SESSION};
+use super::protocol::{self, close, ClientFrame, MAX_TOPICS_PER_SESSION, MAX_TOPICS_PER_USER};
 use super::session::{Push, SessionTx};
 use crate::auth::jwt::UserClaims;
 use crate::broker::HubMsg;
@@ -30,6 +32,8 @@ pub enum ActorMsg {
         session: SessionTx,
         claims: UserClaims,
         since: Option<i64>,
+        /// Fired once `hello` (and `sync`) are queued for the session.
+        joined: oneshot::Sender<()>,
     },
     Leave {
         session: u64,
@@ -37,6 +41,13 @@ pub enum ActorMsg {
     Command {
         session: u64,
         frame: ClientFrame,
+        /// One of the session's command slots, released when the command is answered.
+        slot: OwnedSemaphorePermit,
+    },
+    /// The session renewed its token in-band (`auth`): the new claims decide its topics.
+    Reauth {
+        session: u64,
+        claims: UserClaims,
     },
     /// A change this node just committed: delivered at once, ahead of the relay's copy.
     Committed(CommittedEvent),
@@ -58,33 +69,59 @@ struct Actor {
     state: AppState,
     user: String,
     id: u64,
-    me: mpsc::UnboundedSender<ActorMsg>,
+    me: mpsc::Sender<ActorMsg>,
     hub_tx: mpsc::UnboundedSender<HubMsg>,
     channel: String,
     last_seq: i64,
+    /// Fingerprints of the last events delivered, to tell a duplicate (same seq, same event)
+    /// from a database restored to an older state (same seq, another event).
+    recent: VecDeque<(i64, u64)>,
+    last_restore_check: Option<Instant>,
     sessions: HashMap<u64, Session>,
     /// topic -> sessions subscribed to it on this node
     topics: HashMap<String, HashSet<u64>>,
 }
 
-#[derive(Deserialize)]
-struct SeqOnly {
+/// How long a WebSocket command waits for one of the node's database command permits.
+const COMMAND_WAIT: Duration = Duration::from_secs(10);
+/// Events remembered for telling duplicates from a restored database.
+const RECENT_EVENTS: usize = 128;
+/// At most one database check per actor in this window when an unexpected old seq arrives.
+const RESTORE_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Deserialize, Hash)]
+struct EventHead {
     seq: i64,
+    #[serde(rename = "type")]
+    kind: Option<String>,
     /// Present on `message.created`: its `send_time` gives the end-to-end delivery latency.
-    message: Option<SendTime>,
+    message: Option<MessageHead>,
+    ids: Option<Vec<String>>,
 }
 
-#[derive(Deserialize)]
-struct SendTime {
-    send_time: chrono::DateTime<chrono::Utc>,
+#[derive(Deserialize, Hash)]
+struct MessageHead {
+    id: Option<String>,
+    send_time: Option<String>,
+}
+
+impl EventHead {
+    /// What identifies an event besides its seq (the same event published twice has the same).
+    fn fingerprint(&self) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.kind.hash(&mut h);
+        self.message.as_ref().map(|m| &m.id).hash(&mut h);
+        self.ids.hash(&mut h);
+        h.finish()
+    }
 }
 
 pub async fn run(
     state: AppState,
     user: String,
     id: u64,
-    me: mpsc::UnboundedSender<ActorMsg>,
-    mut rx: mpsc::UnboundedReceiver<ActorMsg>,
+    me: mpsc::Sender<ActorMsg>,
+    mut rx: mpsc::Receiver<ActorMsg>,
 ) {
     let (hub_tx, mut hub_rx) = mpsc::unbounded_channel();
     let channel = state.settings.user_channel(&user);
@@ -100,6 +137,8 @@ pub async fn run(
         hub_tx,
         channel,
         last_seq: -1,
+        recent: VecDeque::new(),
+        last_restore_check: None,
         sessions: HashMap::new(),
         topics: HashMap::new(),
     };
@@ -108,11 +147,10 @@ pub async fn run(
             biased;
             msg = rx.recv() => match msg {
                 Some(ActorMsg::Shutdown) | None => {
-                    for s in actor.sessions.values() {
-                        s.tx.close_with(close::GOING_AWAY_RESTART, "server restarting");
+                    let ids: Vec<u64> = actor.sessions.keys().copied().collect();
+                    for id in ids {
+                        actor.close(id, close::GOING_AWAY_RESTART, "server restarting");
                     }
-                    metrics::gauge!("notifyd_ws_connections").decrement(actor.sessions.len() as f64);
-                    actor.sessions.clear();
                 }
                 Some(msg) => actor.handle(msg).await,
             },
@@ -133,7 +171,6 @@ pub async fn run(
             .await;
     }
     actor.state.hub.unlisten(&actor.channel, actor.id).await;
-    actor.state.presence.set(&actor.user, 0);
     metrics::gauge!("notifyd_users_online").decrement(1.0);
 }
 
@@ -149,17 +186,30 @@ impl Actor {
                 session,
                 claims,
                 since,
-            } => self.join(session, claims, since).await,
+                joined,
+            } => self.join(session, claims, since, joined).await,
             ActorMsg::Leave { session } => self.remove(session),
-            ActorMsg::Command { session, frame } => self.command(session, frame).await,
+            ActorMsg::Command {
+                session,
+                frame,
+                slot,
+            } => self.command(session, frame, slot).await,
+            ActorMsg::Reauth { session, claims } => {
+                if let Some(s) = self.sessions.get_mut(&session) {
+                    s.claims = claims;
+                }
+            }
             ActorMsg::Committed(ev) => {
                 let payload: Arc<str> = Arc::from(ev.frame.to_string());
                 self.on_event(ev.seq, payload).await;
             }
             ActorMsg::Audit(seq) => {
-                if !self.sessions.is_empty() && seq > self.last_seq {
+                if self.sessions.is_empty() {
+                } else if seq > self.last_seq {
                     metrics::counter!("notifyd_audit_repairs_total").increment(1);
                     self.repair(seq).await;
+                } else if seq < self.last_seq {
+                    self.check_restore(true).await;
                 }
             }
             ActorMsg::Shutdown => {}
@@ -167,15 +217,21 @@ impl Actor {
     }
 
     fn remove(&mut self, id: u64) {
+        self.close(id, 1000, "closed");
+    }
+
+    /// Closes a session with `code` (a no-op if it already has a close code) and forgets it:
+    /// its topics, the connection gauge and presence. Every way a session ends comes here.
+    fn close(&mut self, id: u64, code: u16, reason: &'static str) {
         if let Some(s) = self.sessions.remove(&id) {
-            s.tx.close_with(1000, "closed");
+            s.tx.close_with(code, reason);
             for t in &s.topics {
                 if let Some(set) = self.topics.get_mut(t) {
                     set.remove(&id);
                 }
             }
             metrics::gauge!("notifyd_ws_connections").decrement(1.0);
-            self.state.presence.set(&self.user, self.sessions.len());
+            self.state.presence.add(&self.user, -1);
         }
         self.drop_idle_topics_later();
     }
@@ -197,7 +253,13 @@ impl Actor {
         }
     }
 
-    async fn join(&mut self, tx: SessionTx, claims: UserClaims, since: Option<i64>) {
+    async fn join(
+        &mut self,
+        tx: SessionTx,
+        claims: UserClaims,
+        since: Option<i64>,
+        joined: oneshot::Sender<()>,
+    ) {
         let read = async {
             let mut conn = self.state.pool.get().await?;
             match since {
@@ -264,23 +326,25 @@ impl Actor {
                 topics: HashSet::new(),
             },
         );
-        self.state.presence.set(&self.user, self.sessions.len());
+        self.state.presence.add(&self.user, 1);
+        let _ = joined.send(());
     }
 
     async fn on_hub(&mut self, msg: HubMsg) {
         match msg {
             HubMsg::Message { channel, payload } => {
                 if *channel == *self.channel {
-                    match serde_json::from_str::<SeqOnly>(&payload) {
-                        Ok(SeqOnly { seq, message }) => {
-                            if let Some(m) = message {
-                                let latency = (chrono::Utc::now() - m.send_time)
+                    match serde_json::from_str::<EventHead>(&payload) {
+                        Ok(head) => {
+                            let sent = head.message.as_ref().and_then(|m| m.send_time.as_deref());
+                            if let Some(Ok(t)) = sent.map(chrono::DateTime::parse_from_rfc3339) {
+                                let latency = (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
                                     .num_microseconds()
                                     .unwrap_or(0);
                                 metrics::histogram!("notifyd_delivery_latency_seconds")
                                     .record(latency.max(0) as f64 / 1e6);
                             }
-                            self.on_event(seq, payload).await
+                            self.on_event(head.seq, payload).await
                         }
                         Err(e) => tracing::warn!(error = %e, "event without seq on a user channel"),
                     }
@@ -291,6 +355,7 @@ impl Actor {
             HubMsg::Resync if self.sessions.is_empty() => {}
             HubMsg::Resync => match self.current().await {
                 Ok(c) if c.seq > self.last_seq => self.repair(c.seq).await,
+                Ok(c) if c.seq < self.last_seq => self.reset(c),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, user = %self.user, "resync failed"),
             },
@@ -302,7 +367,15 @@ impl Actor {
             return; // nobody to deliver to; the next join reads the inbox afresh
         }
         if seq <= self.last_seq {
-            metrics::counter!("notifyd_duplicate_events_dropped_total").increment(1);
+            let known = fingerprint(&payload)
+                .is_some_and(|fp| self.recent.iter().any(|&(s, f)| s == seq && f == fp));
+            if known {
+                metrics::counter!("notifyd_duplicate_events_dropped_total").increment(1);
+            } else {
+                // Not the event delivered at that seq (or too old to tell): was the database
+                // restored to an older state? Then these sessions need a reset, not silence.
+                self.check_restore(false).await;
+            }
             return;
         }
         if seq > self.last_seq + 1 {
@@ -331,10 +404,10 @@ impl Actor {
                 Ok(_) => {
                     // The log no longer holds what these sessions missed: they must resume and reset.
                     tracing::warn!(user = %self.user, from = self.last_seq, upto, "events missing from the log; closing sessions");
-                    for s in self.sessions.values() {
-                        s.tx.close_with(close::SLOW_CONSUMER, "fell behind: resume with since");
+                    let ids: Vec<u64> = self.sessions.keys().copied().collect();
+                    for id in ids {
+                        self.close(id, close::SLOW_CONSUMER, "fell behind: resume with since");
                     }
-                    self.sessions.clear();
                     self.last_seq = upto;
                     return;
                 }
@@ -346,8 +419,62 @@ impl Actor {
         }
     }
 
+    /// Asks PostgreSQL whether the user's seq went back (a restored backup) and, if so, resets
+    /// every session. `force` skips the rate limit (the audit already read the seq).
+    async fn check_restore(&mut self, force: bool) {
+        let now = Instant::now();
+        if !force
+            && self
+                .last_restore_check
+                .is_some_and(|t| now.duration_since(t) < RESTORE_CHECK_EVERY)
+        {
+            metrics::counter!("notifyd_duplicate_events_dropped_total").increment(1);
+            return;
+        }
+        self.last_restore_check = Some(now);
+        match self.current().await {
+            Ok(c) if c.seq < self.last_seq => self.reset(c),
+            Ok(_) => metrics::counter!("notifyd_duplicate_events_dropped_total").increment(1),
+            Err(e) => tracing::warn!(error = %e, user = %self.user, "restore check failed"),
+        }
+    }
+
+    /// The database is behind what the sessions saw: every session gets a `sync` reset (the
+    /// client reloads its first page) and the stream goes on from the database's seq.
+    fn reset(&mut self, c: CountsView) {
+        tracing::warn!(user = %self.user, seen = self.last_seq, database = c.seq, "user's seq went back (database restored?): resetting sessions");
+        metrics::counter!("notifyd_resets_sent_total", "reason" => "seq_went_back").increment(1);
+        let frame = protocol::sync(&Changes::Reset {
+            reset: true,
+            seq: c.seq,
+            unread: c.unread,
+            unseen: c.unseen,
+        })
+        .map(|v| Arc::<str>::from(v.to_string()));
+        self.last_seq = c.seq;
+        self.recent.clear();
+        let mut dropped = vec![];
+        for (id, s) in self.sessions.iter_mut() {
+            s.cursor = c.seq;
+            if let Some(f) = &frame {
+                if let Push::Dropped = s.tx.push(f.clone()) {
+                    dropped.push(*id);
+                }
+            }
+        }
+        for id in dropped {
+            self.remove(id);
+        }
+    }
+
     fn deliver(&mut self, seq: i64, payload: Arc<str>) {
         self.last_seq = seq;
+        if let Some(fp) = fingerprint(&payload) {
+            if self.recent.len() == RECENT_EVENTS {
+                self.recent.pop_front();
+            }
+            self.recent.push_back((seq, fp));
+        }
         let mut dropped = vec![];
         for (id, s) in self.sessions.iter_mut() {
             if s.cursor >= seq {
@@ -380,7 +507,7 @@ impl Actor {
         }
     }
 
-    async fn command(&mut self, session: u64, frame: ClientFrame) {
+    async fn command(&mut self, session: u64, frame: ClientFrame, slot: OwnedSemaphorePermit) {
         let Some(s) = self.sessions.get(&session) else {
             return;
         };
@@ -405,12 +532,21 @@ impl Actor {
                 tx.push_json(&protocol::pong(&r#ref));
                 return;
             }
+            ClientFrame::Auth { .. } => return, // handled by the session's reader
         };
         // The transaction runs beside the actor so a slow database never holds up delivery.
+        // It holds the session's command slot until answered, and one of the node's database
+        // command permits while it runs, so floods wait in bounded numbers, not in the pool.
         let (state, user, me) = (self.state.clone(), self.user.clone(), self.me.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let (cmd, r#ref) = cmd;
             let result = async {
+                let db = state.gateway.db_commands.clone();
+                let _permit = tokio::time::timeout(COMMAND_WAIT, db.acquire_owned())
+                    .await
+                    .map_err(|_| ApiError::Unavailable("the server is busy; retry".into()))?
+                    .map_err(|_| ApiError::Unavailable("shutting down".into()))?;
                 let mut conn = state.pool.get().await?;
                 commands::run(&mut conn, &user, cmd).await
             }
@@ -419,7 +555,7 @@ impl Actor {
                 Ok(out) => {
                     if let Some(ev) = out.event {
                         state.waker.wake();
-                        let _ = me.send(ActorMsg::Committed(ev));
+                        let _ = me.try_send(ActorMsg::Committed(ev));
                     }
                     tx.push_json(&protocol::ack(&r#ref, json!(out.counts)));
                 }
@@ -447,6 +583,19 @@ impl Actor {
                 &r#ref,
                 "too_many_topics",
                 &format!("at most {MAX_TOPICS_PER_SESSION} topics per session"),
+            ));
+            return;
+        }
+        let fresh: HashSet<&String> = topics
+            .iter()
+            .filter(|t| !self.topics.contains_key(*t))
+            .collect();
+        if self.topics.len() + fresh.len() > MAX_TOPICS_PER_USER {
+            metrics::counter!("notifyd_topics_refused_total").increment(1);
+            s.tx.push_json(&protocol::error(
+                &r#ref,
+                "too_many_topics",
+                &format!("at most {MAX_TOPICS_PER_USER} topics per user on one node"),
             ));
             return;
         }
@@ -483,4 +632,11 @@ impl Actor {
         self.drop_idle_topics_later();
         tx.push_json(&protocol::ack(&r#ref, json!({ "topics": topics })));
     }
+}
+
+/// The fingerprint of a published event, if it parses.
+fn fingerprint(payload: &str) -> Option<u64> {
+    serde_json::from_str::<EventHead>(payload)
+        .ok()
+        .map(|h| h.fingerprint())
 }

@@ -1,11 +1,14 @@
-//! `GET /ws`: authenticate, check the origin, upgrade, and hand the session to the user's actor.
+//! `GET /ws`: authenticate, check the origin and the user's socket limit, upgrade behind the
+//! frame guard, and hand the session to the user's actor.
 
-use actix_web::{get, web, HttpRequest, HttpResponse};
+use actix_web::{get, web, FromRequest, HttpRequest, HttpResponse};
 use serde::Deserialize;
-use tokio::sync::{mpsc, watch};
 
-use super::session::{self, SessionTx, OUTBOUND_QUEUE};
-use crate::auth::user::authenticate;
+use super::conn::Conn;
+use super::frame_guard::FrameGuard;
+use super::protocol::{close, MAX_CLIENT_FRAME};
+use super::session::{self, ReaderCtx, SessionTx};
+use crate::auth::user::authenticate_ws;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -21,7 +24,7 @@ pub async fn connect(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     check_origin(&req, &state)?;
-    let claims = authenticate(&req)?;
+    let claims = authenticate_ws(&req)?;
     let q = web::Query::<WsQuery>::from_query(req.query_string())
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let since = match q.since.as_deref() {
@@ -36,28 +39,45 @@ pub async fn connect(
     if state.gateway.is_shutting_down() {
         return Err(ApiError::Unavailable("server is restarting".into()));
     }
+    let permit = state
+        .gateway
+        .open_socket(&claims.user, state.settings.max_sockets_per_user)?;
+    // Every byte the client sends passes the frame guard before actix-ws buffers it.
+    let (guard, too_big) = FrameGuard::new(body, MAX_CLIENT_FRAME);
+    let guarded: actix_http::BoxedPayloadStream = Box::pin(guard);
+    let mut payload = actix_web::dev::Payload::from(guarded);
+    let body = web::Payload::from_request(&req, &mut payload)
+        .await
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let (response, ws_session, stream) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::BadRequest(format!("websocket handshake: {e}")))?;
-    let (frames_tx, frames_rx) = mpsc::channel(OUTBOUND_QUEUE);
-    let (close_tx, close_rx) = watch::channel(None);
-    let me = SessionTx {
-        id: state.gateway.next_id(),
-        frames: frames_tx,
-        close: close_tx,
+    let (me, outbox) = SessionTx::new(state.gateway.next_id());
+    let grace = session::close_grace(state.settings.heartbeat);
+    let conn = Conn::of(&req);
+    actix_web::rt::spawn(session::writer(ws_session, outbox, grace, conn.clone()));
+    let (user, exp) = (claims.user.clone(), claims.exp);
+    let (actor, joined) = match state.gateway.join(&state, claims, me.clone(), since) {
+        Ok(joined) => joined,
+        Err(e) => {
+            tracing::debug!(error = %e, "session refused after the upgrade");
+            me.close_with(close::TRY_AGAIN_LATER, "server busy: retry");
+            return Ok(response);
+        }
     };
-    actix_web::rt::spawn(session::writer(
-        ws_session.clone(),
-        frames_rx,
-        close_rx,
-        session::close_grace(state.settings.heartbeat),
-    ));
-    let actor = state.gateway.join(&state, claims, me.clone(), since);
     actix_web::rt::spawn(session::reader(
-        ws_session,
         stream,
-        me,
-        actor,
-        state.settings.heartbeat,
+        ReaderCtx {
+            me,
+            actor,
+            joined,
+            heartbeat: state.settings.heartbeat,
+            jwt: state.jwt.clone(),
+            user,
+            exp,
+            too_big,
+            permit,
+            conn,
+        },
     ));
     Ok(response)
 }

@@ -124,17 +124,19 @@ fn parse_message(m: &Map<String, Value>, at: &str) -> Result<MessageInput, ApiEr
                     "must hold at least one user id",
                 ));
             }
-            if list.len() > MAX_ROWS {
-                return Err(ApiError::validation(
-                    f("to_users"),
-                    format!("at most {MAX_ROWS} user ids"),
-                ));
-            }
-            let mut seen = HashSet::with_capacity(list.len());
-            let mut ids = Vec::with_capacity(list.len());
+            // Contract §3 counts distinct ids: a repeat gets no second row and does not count
+            // against the limit. The list's raw length is bounded by the body limit alone.
+            let mut seen = HashSet::with_capacity(list.len().min(MAX_ROWS));
+            let mut ids = Vec::with_capacity(list.len().min(MAX_ROWS));
             for (i, v) in list.iter().enumerate() {
                 let id = user_id(v, &format!("{}[{i}]", f("to_users")))?;
                 if seen.insert(id.clone()) {
+                    if ids.len() == MAX_ROWS {
+                        return Err(ApiError::validation(
+                            f("to_users"),
+                            format!("at most {MAX_ROWS} distinct user ids"),
+                        ));
+                    }
                     ids.push(id);
                 }
             }
@@ -252,19 +254,21 @@ pub fn user_id(v: &Value, field: &str) -> Result<String, ApiError> {
         Value::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
         _ => return Err(ApiError::validation(field, "must be a user id (a string)")),
     };
+    check_user_id(&s).map_err(|message| ApiError::validation(field, message))?;
+    Ok(s)
+}
+
+/// The rules of a user id wherever one comes from (a request body, a token's `sub`): 1 to
+/// `MAX_ID_CHARS` characters, no whitespace anywhere (so no leading spaces, tabs or newlines) and
+/// no control character (U+0000 included, which PostgreSQL `text` refuses).
+pub fn check_user_id(s: &str) -> Result<(), String> {
     if s.is_empty() || s.chars().count() > MAX_ID_CHARS {
-        return Err(ApiError::validation(
-            field,
-            format!("must be 1 to {MAX_ID_CHARS} characters"),
-        ));
+        return Err(format!("must be 1 to {MAX_ID_CHARS} characters"));
     }
     if s.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(ApiError::validation(
-            field,
-            "must not contain spaces or control characters",
-        ));
+        return Err("must not contain spaces or control characters".into());
     }
-    Ok(s)
+    Ok(())
 }
 
 /// `skip_url` must be relative (`/posts/9`, `posts/9`, `?tab=2`) or absolute http(s). Anything
@@ -326,6 +330,25 @@ mod tests {
     fn to_users_are_deduplicated_in_order() {
         let r = parse_create(br#"{"to_users": ["b","a","b"], "title": "Hi"}"#).unwrap();
         assert_eq!(r.entries[0].recipients, vec!["b", "a"]);
+    }
+
+    /// Contract §3: "up to 10,000 distinct ids": repeats are dropped, not counted.
+    #[test]
+    fn duplicate_to_users_do_not_count_against_the_limit() {
+        let mut users: Vec<String> = (0..MAX_ROWS).map(|i| i.to_string()).collect();
+        users.extend((0..MAX_ROWS).map(|i| i.to_string()));
+        let r = parse_create(
+            json!({"to_users": users, "title": "t"})
+                .to_string()
+                .as_bytes(),
+        )
+        .expect("10,000 distinct ids, each twice");
+        assert_eq!(r.rows(), MAX_ROWS);
+        let users: Vec<String> = (0..=MAX_ROWS).map(|i| i.to_string()).collect();
+        assert_eq!(
+            field_of(json!({"to_users": users, "title": "t"})),
+            "to_users"
+        );
     }
 
     #[test]

@@ -98,6 +98,8 @@ pub struct Opts {
     pub port: Option<u16>,
     /// How often the gateway audits its users' seqs against the database.
     pub audit_interval: Option<Duration>,
+    /// `NOTIFYD_MAX_SOCKETS_PER_USER`.
+    pub max_sockets_per_user: Option<usize>,
 }
 
 impl Default for Opts {
@@ -113,6 +115,7 @@ impl Default for Opts {
             allowed_origins: None,
             port: None,
             audit_interval: None,
+            max_sockets_per_user: None,
         }
     }
 }
@@ -174,6 +177,9 @@ pub fn settings_for(db_url: &str, opts: &Opts) -> Settings {
     s.allowed_origins = opts.allowed_origins.clone();
     if let Some(a) = opts.audit_interval {
         s.audit_interval = a;
+    }
+    if let Some(n) = opts.max_sockets_per_user {
+        s.max_sockets_per_user = n;
     }
     s
 }

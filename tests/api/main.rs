@@ -4,6 +4,8 @@
 mod helpers;
 
 mod gateway;
+mod gateway_limits;
+mod http_edge;
 mod keepalive;
 mod listen;
 mod relay;

@@ -1,0 +1,79 @@
+//! The TCP connection under a WebSocket, so the gateway can drop it when the peer stops reading.
+//!
+//! A client that stops reading fills its socket's buffers; actix-http then waits for the socket
+//! to become writable, with no timeout, and the connection (its buffers, its file descriptor)
+//! would stay forever even after the session was closed. So every accepted connection records
+//! its file descriptor (`on_connect`), and a closing session whose connection is still there
+//! after the close grace shuts the socket down and resets it.
+//!
+//! Safety of using a raw descriptor: the `alive` token lives in the connection's data, which
+//! actix-http drops together with the socket when the connection ends. `hard_drop` runs on the
+//! same single-threaded actix worker that owns the connection (sessions are spawned with
+//! `actix_web::rt::spawn`) and checks the token first, so it can never reach a descriptor number
+//! that was closed and reused by another connection.
+
+use std::any::Any;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::rc::{Rc, Weak};
+use std::time::Duration;
+
+use actix_web::dev::Extensions;
+
+/// Stored in each connection's data at accept time.
+struct ConnSocket {
+    fd: RawFd,
+    alive: Rc<()>,
+}
+
+/// `HttpServer::on_connect` hook: remembers the socket of every TCP connection.
+pub fn on_connect(conn: &dyn Any, data: &mut Extensions) {
+    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        data.insert(ConnSocket {
+            fd: tcp.as_raw_fd(),
+            alive: Rc::new(()),
+        });
+    }
+}
+
+/// A handle on one request's TCP connection that does not keep it open.
+#[derive(Clone)]
+pub struct Conn {
+    fd: RawFd,
+    alive: Weak<()>,
+}
+
+impl Conn {
+    pub fn of(req: &actix_web::HttpRequest) -> Option<Conn> {
+        req.conn_data::<ConnSocket>().map(|s| Conn {
+            fd: s.fd,
+            alive: Rc::downgrade(&s.alive),
+        })
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.alive.strong_count() > 0
+    }
+
+    /// Waits up to `grace` for the connection to end by itself, then resets it.
+    pub async fn drop_after(&self, grace: Duration) {
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.is_open() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.hard_drop();
+    }
+
+    /// Resets the connection now (RST, buffers freed) if it is still open.
+    pub fn hard_drop(&self) {
+        if !self.is_open() {
+            return;
+        }
+        // SAFETY: the connection (and so the descriptor) is open: see the module comment.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.fd) };
+        let sock = socket2::SockRef::from(&fd);
+        // Linger 0: the close that follows sends RST and frees the unsent data at once.
+        let _ = sock.set_linger(Some(Duration::ZERO));
+        let _ = sock.shutdown(std::net::Shutdown::Both);
+        metrics::counter!("notifyd_ws_connections_reset_total").increment(1);
+    }
+}

@@ -1,0 +1,560 @@
+//! The gateway against abusive, buggy and half-dead clients (contract §7): frame size checked at
+//! the frame header, liveness that a full socket cannot block, per-client limits (sockets per
+//! user, commands in flight, `ref` size, topics per user, outbound bytes), token lifetime, and
+//! the smaller ordering and bookkeeping rules (hello first, presence, database restore).
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::*;
+
+/// Deadline for anything that should happen "now" (never a measure of speed).
+const T: Duration = Duration::from_secs(15);
+
+/// Opens a WebSocket by hand on a raw TCP stream (the tests below write frames byte by byte).
+async fn raw_ws(app: &TestApp, user: &str) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", app.port))
+        .await
+        .expect("connect");
+    let req = format!(
+        "GET /ws?token={} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        token(user)
+    );
+    s.write_all(req.as_bytes()).await.expect("handshake");
+    let mut head = vec![];
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).await.expect("handshake answer");
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s
+}
+
+/// Reads server frames until a close frame; returns its code (`None` if the connection ended
+/// without one or `timeout` passed).
+async fn read_close_code<R: AsyncReadExt + Unpin>(s: &mut R, timeout: Duration) -> Option<u16> {
+    let read = async {
+        loop {
+            let mut h = [0u8; 2];
+            s.read_exact(&mut h).await.ok()?;
+            let opcode = h[0] & 0x0f;
+            let len = match h[1] & 0x7f {
+                126 => {
+                    let mut l = [0u8; 2];
+                    s.read_exact(&mut l).await.ok()?;
+                    u16::from_be_bytes(l) as usize
+                }
+                127 => {
+                    let mut l = [0u8; 8];
+                    s.read_exact(&mut l).await.ok()?;
+                    u64::from_be_bytes(l) as usize
+                }
+                n => n as usize,
+            };
+            let mut payload = vec![0u8; len];
+            s.read_exact(&mut payload).await.ok()?;
+            if opcode == 0x8 {
+                return (len >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+            }
+        }
+    };
+    tokio::time::timeout(timeout, read).await.ok().flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_header_announcing_1_tib_closes_with_1009_at_once_and_nothing_is_buffered() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let mut s = raw_ws(&app, &new_user()).await;
+    // A masked text frame whose header announces 2^40 bytes, and the first 16 KiB of them.
+    let mut frame = vec![0x81u8, 0x80 | 127];
+    frame.extend_from_slice(&(1u64 << 40).to_be_bytes());
+    frame.extend_from_slice(&[1, 2, 3, 4]);
+    frame.extend_from_slice(&vec![b'x'; 16 * 1024]);
+    s.write_all(&frame).await.expect("write the header");
+    let (mut rd, mut wr) = s.into_split();
+    let rss_before = rss_bytes();
+    // Keep streaming (as the attacker would) for up to 20 s while waiting for the close frame.
+    let streamer = tokio::spawn(async move {
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut sent = 0usize;
+        let end = tokio::time::Instant::now() + Duration::from_secs(20);
+        while tokio::time::Instant::now() < end {
+            match tokio::time::timeout(Duration::from_secs(5), wr.write_all(&chunk)).await {
+                Ok(Ok(())) => sent += chunk.len(),
+                _ => return (sent, true), // reset by the server, or it stopped reading
+            }
+        }
+        (sent, false)
+    });
+    let code = read_close_code(&mut rd, T).await;
+    assert_eq!(
+        code,
+        Some(1009),
+        "no 1009 close while the 1 TiB frame streams in"
+    );
+    let (sent, cut_off) = streamer.await.expect("streamer");
+    assert!(cut_off, "the server took 1 GiB of a frame it had refused");
+    // The node runs in this process: what it buffered for the frame shows in our RSS.
+    let grown = rss_bytes().saturating_sub(rss_before);
+    assert!(
+        grown < 64 * 1024 * 1024,
+        "memory grew by {grown} bytes while {sent} bytes of a refused frame streamed in"
+    );
+}
+
+/// This process's resident set size, from `/proc/self/status`.
+fn rss_bytes() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Whether the kernel still holds an ESTABLISHED TCP connection from `client_port` to the
+/// server's `server_port` on the server's side (`/proc/net/tcp`, local address first).
+fn server_side_established(server_port: u16, client_port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table.lines().skip(1).any(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let port = |addr: &str| {
+            addr.rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok())
+        };
+        cols.len() > 3
+            && port(cols[1]) == Some(server_port)
+            && port(cols[2]) == Some(client_port)
+            && cols[3] == "01"
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_with_full_buffers_is_dropped_and_goes_offline() {
+    let db = TestDb::new().await;
+    let app = spawn_app(
+        &db,
+        Opts {
+            heartbeat: Duration::from_secs(1),
+            ..Default::default()
+        },
+    )
+    .await;
+    let u = new_user();
+    let (ws, client_port) = small_buffer_ws(&app, &u).await;
+    assert!(server_side_established(app.port, client_port));
+    // From here on the client reads nothing; the server keeps sending: 300 frames of about
+    // 25 KB (7 MB, more than the kernel's socket buffers hold, fewer frames than the queue).
+    send_big(&app, &u, 6).await;
+    eventually(T, "the silent client shows as offline", || async {
+        (app.presence(&u).await == json!({"online": false, "connections": 0})).then_some(())
+    })
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "the server dropped the TCP connection",
+        || async { (!server_side_established(app.port, client_port)).then_some(()) },
+    )
+    .await;
+    drop(ws);
+    app.stop().await;
+}
+
+/// A WebSocket on a socket with a 4 KiB receive buffer, so the server's side fills quickly;
+/// returns it with its local port.
+async fn small_buffer_ws(
+    app: &TestApp,
+    user: &str,
+) -> (tokio_tungstenite::WebSocketStream<TcpStream>, u16) {
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let stream = sock
+        .connect(([127, 0, 0, 1], app.port).into())
+        .await
+        .expect("connect");
+    let port = stream.local_addr().expect("local addr").port();
+    let (mut ws, _) = tokio_tungstenite::client_async(app.ws_url(&token(user), None), stream)
+        .await
+        .expect("handshake");
+    let hello = ws.next().await.expect("hello").expect("hello frame");
+    assert!(hello.to_string().contains("hello"));
+    (ws, port)
+}
+
+/// POSTs `batches` × 50 messages of about 25 KB each to `user`.
+async fn send_big(app: &TestApp, user: &str, batches: usize) {
+    let content = "x".repeat(8000);
+    let data = json!({ "pad": "z".repeat(16_000) });
+    for b in 0..batches {
+        let messages: Vec<Value> = (0..50)
+            .map(|i| json!({"to_user": user, "title": format!("b{b} {i}"), "content": content, "data": data}))
+            .collect();
+        let r = app.post_messages(&json!({ "messages": messages })).await;
+        assert_eq!(r.status(), 201);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_queues_are_bounded_in_bytes_not_only_in_frames() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let u = new_user();
+    let (mut ws, _) = small_buffer_ws(&app, &u).await;
+    // 400 frames (fewer than the 512-frame queue) of about 25 KB: 10 MB, far more than the
+    // socket buffers hold. The client reads nothing meanwhile.
+    send_big(&app, &u, 8).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Then it reads what was sent: it must end in a 4008 close, before all 400 arrived.
+    let mut created = 0;
+    let code = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(Ok(m)) = ws.next().await {
+            match m {
+                tokio_tungstenite::tungstenite::Message::Close(c) => {
+                    return c.map(|c| u16::from(c.code))
+                }
+                tokio_tungstenite::tungstenite::Message::Text(t)
+                    if t.contains("message.created") =>
+                {
+                    created += 1
+                }
+                _ => {}
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten();
+    assert_eq!(
+        code,
+        Some(4008),
+        "a session holding megabytes it could not send was not closed as a slow consumer ({created} frames read)"
+    );
+    assert!(created < 400);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_per_user_are_capped_with_429_and_freed_when_one_closes() {
+    let db = TestDb::new().await;
+    let app = spawn_app(
+        &db,
+        Opts {
+            max_sockets_per_user: Some(3),
+            ..Default::default()
+        },
+    )
+    .await;
+    let u = new_user();
+    let mut open = vec![];
+    for _ in 0..3 {
+        let mut c = app.ws(&u, None).await;
+        c.next_of("hello", T).await;
+        open.push(c);
+    }
+    let refused = WsClient::connect(&app.ws_url(&token(&u), None)).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 429);
+            let body: Value =
+                serde_json::from_slice(resp.body().as_deref().unwrap_or_default()).expect("body");
+            assert_eq!(body["error"]["code"], "too_many_connections");
+        }
+        Ok(_) => panic!("a 4th socket for one user was accepted"),
+        Err(e) => panic!("refused without an HTTP answer: {e}"),
+    }
+    // Another user is not affected.
+    app.ws(&new_user(), None).await.next_of("hello", T).await;
+    // Closing one frees its slot.
+    open.pop().expect("one").close().await;
+    eventually(T, "a freed slot is usable again", || async {
+        let mut c = WsClient::connect(&app.ws_url(&token(&u), None))
+            .await
+            .ok()?;
+        c.next(T).await.filter(|f| f["type"] == "hello").map(|_| ())
+    })
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_flood_gets_busy_and_never_starves_other_clients_of_the_database() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let (u, other) = (new_user(), new_user());
+    app.send(&u, "one").await;
+    app.send(&other, "two").await;
+    let mut c = app.ws(&u, None).await;
+    c.next_of("hello", T).await;
+    // Hold the user's counter row so every read_all of this user blocks in the database.
+    let mut holder = db.conn().await;
+    diesel_async::RunQueryDsl::execute(diesel::sql_query("BEGIN"), &mut holder)
+        .await
+        .expect("begin");
+    diesel_async::RunQueryDsl::execute(
+        diesel::sql_query(format!(
+            "SELECT 1 FROM user_inbox_state WHERE user_id = '{u}' FOR UPDATE"
+        )),
+        &mut holder,
+    )
+    .await
+    .expect("lock the row");
+    for i in 0..40 {
+        c.send(&json!({"type": "read_all", "ref": i})).await;
+    }
+    // Commands that cannot run now are answered `busy` at once.
+    let mut busy = 0;
+    while busy < 30 {
+        let f = c.next_of("error", T).await;
+        assert_eq!(f["error"]["code"], "busy", "{f}");
+        busy += 1;
+    }
+    // Meanwhile another user's REST calls get a database connection.
+    let r = tokio::time::timeout(T, app.user_get(&other, "/api/v1/me/unread-count"))
+        .await
+        .expect("another user's request waited for the flood");
+    assert_eq!(r.status(), 200);
+    diesel_async::RunQueryDsl::execute(diesel::sql_query("COMMIT"), &mut holder)
+        .await
+        .expect("commit");
+    // Every frame got exactly one answer: acks for the ones that ran, busy for the rest.
+    let mut answers: Vec<Value> = c
+        .frames
+        .iter()
+        .filter(|f| f["type"] == "ack" || f["type"] == "error")
+        .cloned()
+        .collect();
+    while answers.len() < 40 {
+        match c.next(T).await {
+            Some(f) if f["type"] == "ack" || f["type"] == "error" => answers.push(f),
+            Some(_) => {}
+            None => panic!("only {} of 40 commands were answered", answers.len()),
+        }
+    }
+    let mut refs: Vec<i64> = answers
+        .iter()
+        .map(|f| f["ref"].as_i64().expect("ref"))
+        .collect();
+    refs.sort();
+    assert_eq!(refs, (0..40).collect::<Vec<_>>());
+    assert!(answers.iter().any(|f| f["type"] == "ack"));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_ref_is_refused_not_echoed() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let mut c = app.ws(&new_user(), None).await;
+    c.next_of("hello", T).await;
+    c.send(&json!({"type": "ping", "ref": "r".repeat(10_000)}))
+        .await;
+    let e = c.next(T).await.expect("an answer");
+    assert_eq!(e["type"], "error", "{}", &e.to_string()[..100]);
+    assert_eq!(e["error"]["code"], "bad_frame");
+    assert_eq!(e["ref"], Value::Null);
+    c.send(&json!({"type": "ping", "ref": "ok"})).await;
+    assert_eq!(c.next_of("pong", T).await["ref"], "ok");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_are_capped_per_user_across_sessions() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let u = new_user();
+    let url = app.ws_url(&token_with_topics(&u, &["t:*"]), None);
+    let mut sessions = vec![];
+    for s in 0..3 {
+        let mut c = WsClient::connect(&url).await.expect("connect");
+        c.next_of("hello", T).await;
+        if s < 2 {
+            for f in 0..5 {
+                let topics: Vec<String> = (0..100).map(|i| format!("t:{s}-{f}-{i}")).collect();
+                c.send(&json!({"type": "subscribe", "topics": topics, "ref": f}))
+                    .await;
+                assert_eq!(c.next_of("ack", T).await["ref"], f);
+            }
+        }
+        sessions.push(c);
+    }
+    // 1,000 distinct topics are held by this user: one more is refused, an old one is not.
+    let c = &mut sessions[2];
+    c.send(&json!({"type": "subscribe", "topics": ["t:one-more"], "ref": "x"}))
+        .await;
+    let e = c.next(T).await.expect("an answer");
+    assert_eq!(
+        (&e["type"], &e["error"]["code"]),
+        (&json!("error"), &json!("too_many_topics")),
+        "{e}"
+    );
+    c.send(&json!({"type": "subscribe", "topics": ["t:0-0-0"], "ref": "y"}))
+        .await;
+    assert_eq!(c.next_of("ack", T).await["ref"], "y");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_is_closed_with_4001_when_its_token_expires() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let u = new_user();
+    let short = token_signed(JWT_SECRET, &u, 2);
+    let mut c = WsClient::connect(&app.ws_url(&short, None))
+        .await
+        .expect("connect");
+    c.next_of("hello", T).await;
+    assert_eq!(c.expect_close(T).await, Some(4001));
+    let reason = c.closed.as_ref().map(|c| c.1.clone()).unwrap_or_default();
+    assert!(reason.contains("token expired"), "{reason}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_token_sent_in_band_keeps_the_socket_open_past_the_old_exp() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let u = new_user();
+    let mut c = WsClient::connect(&app.ws_url(&token_signed(JWT_SECRET, &u, 2), None))
+        .await
+        .expect("connect");
+    c.next_of("hello", T).await;
+    // Someone else's token, or a bad one, is refused and changes nothing.
+    c.send(&json!({"type": "auth", "token": token(&new_user()), "ref": "a0"}))
+        .await;
+    let e = c.next_of("error", T).await;
+    assert_eq!(
+        (&e["ref"], &e["error"]["code"]),
+        (&json!("a0"), &json!("unauthorized"))
+    );
+    c.send(&json!({"type": "auth", "token": "garbage", "ref": "a1"}))
+        .await;
+    assert_eq!(c.next_of("error", T).await["ref"], "a1");
+    let fresh = token_signed(JWT_SECRET, &u, 3600);
+    c.send(&json!({"type": "auth", "token": fresh, "ref": "a2"}))
+        .await;
+    let ack = c.next_of("ack", T).await;
+    assert_eq!(ack["ref"], "a2");
+    assert!(ack["exp"].as_i64().expect("exp") > chrono::Utc::now().timestamp() + 3000);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    app.send(&u, "after the old exp").await;
+    assert_eq!(
+        c.next_of("message.created", T).await["message"]["title"],
+        "after the old exp"
+    );
+    assert_eq!(c.closed, None);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_is_always_the_first_frame_even_when_the_client_speaks_first() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    for _ in 0..20 {
+        let u = new_user();
+        let mut c = WsClient::connect(&app.ws_url(&token(&u), None))
+            .await
+            .expect("connect");
+        c.send(&json!({"type": "ping", "ref": "early"})).await;
+        let first = c.next(T).await.expect("a frame");
+        assert_eq!(first["type"], "hello", "first frame: {first}");
+        assert_eq!(c.next_of("pong", T).await["ref"], "early");
+        c.close().await;
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_racing_the_old_actors_exit_stays_online() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let u = new_user();
+    let mut c = app.ws(&u, None).await;
+    c.next_of("hello", T).await;
+    for _ in 0..50 {
+        // Drop the only socket and open a new one at the same time: the old actor exits as the
+        // new session joins.
+        let (mut next, ()) = tokio::join!(app.ws(&u, None), c.close());
+        next.next_of("hello", T).await;
+        c = next;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        app.presence(&u).await,
+        json!({"online": true, "connections": 1})
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_the_log_cannot_repair_are_closed_and_leave_presence() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let u = new_user();
+    let mut c = app.ws(&u, None).await;
+    c.next_of("hello", T).await;
+    app.send(&u, "one").await;
+    c.next_of("message.created", T).await;
+    // An event far ahead whose predecessors are not in the log (pruned): the gateway cannot
+    // repair the hole, so it closes the session for a resume, and the user is offline here.
+    redis_publish(
+        &app.user_channel(&u),
+        &json!({"type": "message.read_all", "seq": 50, "unread": 0, "unseen": 0}).to_string(),
+    )
+    .await;
+    assert_eq!(c.expect_close(T).await, Some(4008));
+    eventually(T, "presence is updated", || async {
+        (app.presence(&u).await == json!({"online": false, "connections": 0})).then_some(())
+    })
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_database_restore_live_sessions_get_a_reset_not_silence() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let u = new_user();
+    let mut c = app.ws(&u, None).await;
+    c.next_of("hello", T).await;
+    for i in 0..5 {
+        app.send(&u, &format!("m{i}")).await;
+    }
+    for _ in 0..5 {
+        c.next_of("message.created", T).await;
+    }
+    // Restore an older backup: the user's inbox as it was at seq 2.
+    let mut conn = db.conn().await;
+    for sql in [
+        format!("DELETE FROM t_message_real_time WHERE to_user = '{u}' AND seq > 2"),
+        format!("DELETE FROM user_event WHERE user_id = '{u}' AND seq > 2"),
+        format!(
+            "UPDATE user_inbox_state SET seq = 2, unread = 2, unseen = 2 WHERE user_id = '{u}'"
+        ),
+    ] {
+        diesel_async::RunQueryDsl::execute(diesel::sql_query(sql), &mut conn)
+            .await
+            .expect("restore");
+    }
+    app.send(&u, "after the restore").await;
+    let f = c.next(T).await.expect("a frame after the restore");
+    assert_eq!(
+        (&f["type"], &f["reset"]),
+        (&json!("sync"), &json!(true)),
+        "{f}"
+    );
+    assert!(f["seq"].as_i64().expect("seq") >= 3);
+    app.stop().await;
+}

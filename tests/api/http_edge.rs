@@ -1,0 +1,706 @@
+//! The HTTP edge (contract §7) over real sockets: CORS for the user API and the JS client (never
+//! for the service API), 405 with `Allow` and `HEAD` on every `GET` route, 413 for over-limit
+//! bodies on every route, token hygiene (odd `sub`, `nbf`, generic 401 bodies, `?token=` on `/ws`
+//! only) and `to_users` duplicates.
+
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, ORIGIN};
+use reqwest::Method;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::helpers::*;
+
+/// Deadline for anything that should happen "now" (never a measure of speed).
+const T: Duration = Duration::from_secs(15);
+
+const APP_ORIGIN: &str = "http://app.example";
+const EVIL_ORIGIN: &str = "http://evil.example";
+
+async fn app_with_origins(db: &TestDb, origins: Option<&[&str]>) -> TestApp {
+    spawn_app(
+        db,
+        Opts {
+            allowed_origins: origins.map(|o| o.iter().map(|s| s.to_string()).collect()),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// A comma-separated header as lower-case items.
+fn items(h: &HeaderMap, name: &str) -> Vec<String> {
+    h.get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+async fn preflight(app: &TestApp, path: &str, origin: &str, method: &str) -> reqwest::Response {
+    app.http
+        .request(Method::OPTIONS, format!("{}{}", app.base, path))
+        .header(ORIGIN, origin)
+        .header("Access-Control-Request-Method", method)
+        .header(
+            "Access-Control-Request-Headers",
+            "authorization,content-type",
+        )
+        .send()
+        .await
+        .expect("OPTIONS")
+}
+
+/// The contract's error body, with its code.
+async fn error_code(r: reqwest::Response) -> String {
+    let body: Value = r.json().await.expect("an error body in JSON");
+    body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error code in {body}"))
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preflight_from_an_allowed_origin_gets_204_with_the_routes_methods_and_headers() {
+    let db = TestDb::new().await;
+    let app = app_with_origins(&db, Some(&[APP_ORIGIN])).await;
+    for (path, method) in [
+        ("/api/v1/me/messages/read", "POST"),
+        ("/api/v1/me/messages/read-all", "POST"),
+        ("/api/v1/me/messages/seen-all", "POST"),
+        ("/api/v1/me/messages", "GET"),
+        ("/api/v1/me/unread-count", "GET"),
+        ("/api/v1/me/changes", "GET"),
+        (
+            "/api/v1/me/messages/0192f7a4-0000-7000-8000-000000000000",
+            "DELETE",
+        ),
+        ("/client/notifyd-client.js", "GET"),
+    ] {
+        let r = preflight(&app, path, APP_ORIGIN, method).await;
+        assert_eq!(r.status(), 204, "preflight {method} {path}");
+        let h = r.headers();
+        assert_eq!(
+            header(h, "access-control-allow-origin"),
+            Some(APP_ORIGIN),
+            "{path}"
+        );
+        let allow_headers = items(h, "access-control-allow-headers");
+        assert!(
+            allow_headers.contains(&"authorization".to_string())
+                && allow_headers.contains(&"content-type".to_string()),
+            "{path}: {allow_headers:?}"
+        );
+        let methods = items(h, "access-control-allow-methods");
+        assert!(
+            methods.contains(&method.to_ascii_lowercase()),
+            "{path}: {methods:?}"
+        );
+        assert_eq!(header(h, "access-control-max-age"), Some("600"), "{path}");
+        // The route's methods, not every method of the API.
+        for other in ["post", "delete", "get"] {
+            if other != method.to_ascii_lowercase() {
+                assert!(!methods.contains(&other.to_string()), "{path}: {methods:?}");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preflight_for_another_method_or_header_is_refused_with_the_error_body() {
+    let db = TestDb::new().await;
+    let app = app_with_origins(&db, Some(&[APP_ORIGIN])).await;
+    let r = preflight(&app, "/api/v1/me/messages", APP_ORIGIN, "PUT").await;
+    assert_eq!(r.status(), 405);
+    assert_eq!(header(r.headers(), "access-control-allow-origin"), None);
+    assert_eq!(items(r.headers(), "allow"), vec!["get", "head"]);
+    assert_eq!(error_code(r).await, "method_not_allowed");
+    let r = app
+        .http
+        .request(
+            Method::OPTIONS,
+            format!("{}/api/v1/me/unread-count", app.base),
+        )
+        .header(ORIGIN, APP_ORIGIN)
+        .header("Access-Control-Request-Method", "GET")
+        .header("Access-Control-Request-Headers", "authorization,x-secret")
+        .send()
+        .await
+        .expect("OPTIONS");
+    assert_eq!(r.status(), 403);
+    assert_eq!(header(r.headers(), "access-control-allow-origin"), None);
+    assert_eq!(error_code(r).await, "forbidden");
+    // A plain OPTIONS (not a preflight) is just a method the route does not answer.
+    let r = app
+        .http
+        .request(
+            Method::OPTIONS,
+            format!("{}/api/v1/me/unread-count", app.base),
+        )
+        .send()
+        .await
+        .expect("OPTIONS");
+    assert_eq!(r.status(), 405);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_allowed_origins_get_allow_origin_on_the_user_api_and_the_client() {
+    let db = TestDb::new().await;
+    let app = app_with_origins(&db, Some(&[APP_ORIGIN])).await;
+    let u = new_user();
+
+    // Actual requests from the allowed origin: ACAO and Vary: Origin.
+    let r = app
+        .http
+        .get(format!("{}/api/v1/me/unread-count", app.base))
+        .bearer_auth(token(&u))
+        .header(ORIGIN, APP_ORIGIN)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        header(r.headers(), "access-control-allow-origin"),
+        Some(APP_ORIGIN)
+    );
+    assert!(items(r.headers(), "vary").contains(&"origin".to_string()));
+
+    let r = app
+        .http
+        .post(format!("{}/api/v1/me/messages/read-all", app.base))
+        .bearer_auth(token(&u))
+        .header(ORIGIN, APP_ORIGIN)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        header(r.headers(), "access-control-allow-origin"),
+        Some(APP_ORIGIN)
+    );
+
+    let r = app
+        .http
+        .get(format!("{}/client/notifyd-client.js", app.base))
+        .header(ORIGIN, APP_ORIGIN)
+        .send()
+        .await
+        .expect("GET client");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        header(r.headers(), "access-control-allow-origin"),
+        Some(APP_ORIGIN)
+    );
+
+    // Errors from the allowed origin carry it too, so the page can read the error body.
+    let r = app
+        .http
+        .get(format!("{}/api/v1/me/unread-count", app.base))
+        .header(ORIGIN, APP_ORIGIN)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        header(r.headers(), "access-control-allow-origin"),
+        Some(APP_ORIGIN)
+    );
+
+    // Another origin: the request is served (a browser just cannot read it), without ACAO.
+    let r = app
+        .http
+        .get(format!("{}/api/v1/me/unread-count", app.base))
+        .bearer_auth(token(&u))
+        .header(ORIGIN, EVIL_ORIGIN)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(r.headers(), "access-control-allow-origin"), None);
+
+    // A preflight from another origin: no ACAO and a JSON error body.
+    let r = preflight(&app, "/api/v1/me/messages/read", EVIL_ORIGIN, "POST").await;
+    assert!(r.status().is_client_error(), "{}", r.status());
+    assert_eq!(header(r.headers(), "access-control-allow-origin"), None);
+    assert_eq!(error_code(r).await, "forbidden");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_allowed_origins_configured_any_origin_is_echoed() {
+    let db = TestDb::new().await;
+    let app = app_with_origins(&db, None).await;
+    let r = preflight(&app, "/api/v1/me/messages", EVIL_ORIGIN, "GET").await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        header(r.headers(), "access-control-allow-origin"),
+        Some(EVIL_ORIGIN)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_api_never_answers_cors() {
+    let db = TestDb::new().await;
+    // Even with every origin allowed.
+    let app = app_with_origins(&db, None).await;
+    for (path, method) in [
+        ("/api/v1/messages", "POST"),
+        ("/api/v1/topics/product:1/events", "POST"),
+        ("/api/v1/users/42/presence", "GET"),
+        ("/api/v1/presence", "GET"),
+    ] {
+        let r = preflight(&app, path, APP_ORIGIN, method).await;
+        assert_eq!(
+            header(r.headers(), "access-control-allow-origin"),
+            None,
+            "{path}"
+        );
+        assert_eq!(r.status(), 405, "preflight to {path}");
+        assert_eq!(error_code(r).await, "method_not_allowed");
+    }
+    let r = app
+        .http
+        .post(format!("{}/api/v1/messages", app.base))
+        .bearer_auth(SERVICE_KEY)
+        .header(ORIGIN, APP_ORIGIN)
+        .json(&json!({"to_user": new_user(), "title": "t"}))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status(), 201);
+    assert_eq!(header(r.headers(), "access-control-allow-origin"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_methods_on_known_routes_get_405_with_allow_and_unknown_paths_404() {
+    let db = TestDb::new().await;
+    let app = app_with_origins(&db, Some(&[APP_ORIGIN])).await;
+    let u = new_user();
+    for (method, path, allowed) in [
+        ("PUT", "/api/v1/me/messages", "GET"),
+        ("POST", "/api/v1/me/unread-count", "GET"),
+        ("GET", "/api/v1/me/messages/read", "POST"),
+        (
+            "POST",
+            "/api/v1/me/messages/0192f7a4-0000-7000-8000-000000000000",
+            "DELETE",
+        ),
+        ("DELETE", "/api/v1/messages", "POST"),
+        ("GET", "/api/v1/topics/product:1/events", "POST"),
+        ("POST", "/api/v1/users/42/presence", "GET"),
+        ("PATCH", "/api/v1/presence", "GET"),
+        ("POST", "/healthz", "GET"),
+        ("DELETE", "/readyz", "GET"),
+        ("POST", "/metrics", "GET"),
+        ("PUT", "/api-docs/openapi.json", "GET"),
+        ("POST", "/ws", "GET"),
+        ("POST", "/client/notifyd-client.js", "GET"),
+    ] {
+        let r = app
+            .http
+            .request(
+                Method::from_bytes(method.as_bytes()).expect("method"),
+                format!("{}{}", app.base, path),
+            )
+            .bearer_auth(token(&u))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), 405, "{method} {path}");
+        let allow = items(r.headers(), "allow");
+        assert!(
+            allow.contains(&allowed.to_ascii_lowercase()),
+            "{method} {path}: Allow {allow:?}"
+        );
+        if allowed == "GET" {
+            assert!(allow.contains(&"head".to_string()), "{path}: {allow:?}");
+        }
+        assert_eq!(error_code(r).await, "method_not_allowed", "{method} {path}");
+    }
+    for path in [
+        "/api/v1/nope",
+        "/api/v1/me/nope",
+        "/nope",
+        "/api/v2/messages",
+    ] {
+        let r = app
+            .http
+            .get(format!("{}{}", app.base, path))
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(r.status(), 404, "{path}");
+        assert_eq!(error_code(r).await, "not_found");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_works_on_get_routes_without_a_body() {
+    let db = TestDb::new().await;
+    let app = app_with_origins(&db, None).await;
+    let u = new_user();
+    for (path, auth) in [
+        ("/healthz", None),
+        ("/readyz", None),
+        ("/metrics", None),
+        ("/api-docs/openapi.json", None),
+        ("/client/notifyd-client.js", None),
+        ("/api/v1/me/unread-count", Some(token(&u))),
+        ("/api/v1/me/messages", Some(token(&u))),
+        ("/api/v1/me/changes?since=0", Some(token(&u))),
+        ("/api/v1/users/42/presence", Some(SERVICE_KEY.to_string())),
+    ] {
+        let mut req = app.http.head(format!("{}{}", app.base, path));
+        if let Some(t) = auth {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await.expect("HEAD");
+        assert_eq!(r.status(), 200, "HEAD {path}");
+        let body = r.bytes().await.expect("body");
+        assert!(body.is_empty(), "HEAD {path} sent a body");
+    }
+    // HEAD goes through authentication like GET.
+    let r = app
+        .http
+        .head(format!("{}/api/v1/me/unread-count", app.base))
+        .send()
+        .await
+        .expect("HEAD");
+    assert_eq!(r.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_limit_bodies_get_413_with_the_error_body_on_every_route() {
+    let db = TestDb::new().await;
+    let app = spawn_app(
+        &db,
+        Opts {
+            max_body_bytes: Some(256 * 1024),
+            ..Default::default()
+        },
+    )
+    .await;
+    let u = new_user();
+    // Valid JSON, so only its size can be the reason: {"ids": ["xxxx..."]}.
+    let big = json!({ "ids": ["x".repeat(2 * 1024 * 1024)] }).to_string();
+    let cases = [
+        ("/api/v1/me/messages/read", token(&u)),
+        ("/api/v1/messages", SERVICE_KEY.to_string()),
+        ("/api/v1/topics/product:1/events", SERVICE_KEY.to_string()),
+    ];
+    for (path, key) in &cases {
+        // With Content-Length.
+        let r = app
+            .http
+            .post(format!("{}{}", app.base, path))
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .body(big.clone())
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(r.status(), 413, "{path} (content-length)");
+        assert_eq!(error_code(r).await, "payload_too_large", "{path}");
+        // Chunked, so only counting the bytes can catch it.
+        let (status, body) = chunked_post(&app, path, key, big.as_bytes()).await;
+        assert!(status.contains(" 413 "), "{path} (chunked): {status}");
+        let v: Value = serde_json::from_str(&body).expect("JSON body");
+        assert_eq!(v["error"]["code"], "payload_too_large", "{path} (chunked)");
+    }
+}
+
+/// POSTs `body` with `Transfer-Encoding: chunked` over a raw socket; returns the status line and
+/// the (de-chunked) body of the answer. The server may answer before the body is sent: write
+/// errors are expected then and ignored.
+async fn chunked_post(app: &TestApp, path: &str, bearer: &str, body: &[u8]) -> (String, String) {
+    let s = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
+        .await
+        .expect("connect");
+    let (mut rd, mut wr) = s.into_split();
+    let mut out = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {bearer}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    for c in body.chunks(64 * 1024) {
+        out.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+        out.extend_from_slice(c);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    let writer = tokio::spawn(async move {
+        let _ = wr.write_all(&out).await;
+        wr
+    });
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(T, rd.read_to_end(&mut answer)).await;
+    writer.abort();
+    let text = String::from_utf8_lossy(&answer).to_string();
+    let status = text.lines().next().unwrap_or("").to_string();
+    let (head, raw_body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(raw_body)
+    } else {
+        raw_body.to_string()
+    };
+    (status, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((len, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A validly signed token with arbitrary claims.
+fn signed(claims: &Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .expect("encode")
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+async fn get_with(app: &TestApp, path: &str, bearer: &str) -> reqwest::Response {
+    app.http
+        .get(format!("{}{}", app.base, path))
+        .bearer_auth(bearer)
+        .send()
+        .await
+        .expect("GET")
+}
+
+/// The one message every refused token gets: nothing from the JWT library.
+const GENERIC_401: &str = "invalid or expired token";
+
+async fn assert_generic_401(r: reqwest::Response, what: &str) {
+    assert_eq!(r.status(), 401, "{what}");
+    let body: Value = r.json().await.expect("JSON 401 body");
+    assert_eq!(body["error"]["code"], "unauthorized", "{what}: {body}");
+    assert_eq!(body["error"]["message"], GENERIC_401, "{what}: {body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_validly_signed_token_with_an_odd_sub_is_a_generic_401_never_a_500() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    for sub in [
+        "a\u{0}b",
+        "line\nbreak",
+        "tab\there",
+        " leading",
+        "trailing ",
+        "bell\u{7}",
+        "del\u{7f}",
+        "",
+        &"x".repeat(129),
+    ] {
+        let t = signed(&json!({"sub": sub, "exp": now() + 3600}));
+        for path in ["/api/v1/me/unread-count", "/api/v1/me/messages"] {
+            assert_generic_401(get_with(&app, path, &t).await, &format!("{sub:?} {path}")).await;
+        }
+        let r = app
+            .http
+            .post(format!("{}/api/v1/me/messages/read-all", app.base))
+            .bearer_auth(&t)
+            .send()
+            .await
+            .expect("POST");
+        assert_generic_401(r, &format!("{sub:?} read-all")).await;
+        // The WebSocket handshake refuses it too.
+        let url = format!("{}/ws?token={t}", app.ws_base);
+        match WsClient::connect(&url).await {
+            Ok(_) => panic!("{sub:?}: the handshake was accepted"),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status(), 401, "{sub:?}")
+            }
+            Err(e) => panic!("{sub:?}: {e}"),
+        }
+    }
+    // Sanity: the longest allowed sub still works.
+    let t = signed(&json!({"sub": "x".repeat(128), "exp": now() + 3600}));
+    assert_eq!(
+        get_with(&app, "/api/v1/me/unread-count", &t).await.status(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nbf_is_enforced_and_401_bodies_reveal_nothing_of_the_jwt_library() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let u = new_user();
+    let not_yet = signed(&json!({"sub": u, "exp": now() + 3600, "nbf": now() + 600}));
+    assert_generic_401(
+        get_with(&app, "/api/v1/me/unread-count", &not_yet).await,
+        "nbf",
+    )
+    .await;
+    let url = format!("{}/ws?token={not_yet}", app.ws_base);
+    assert!(WsClient::connect(&url).await.is_err(), "nbf on /ws");
+    let ok_nbf = signed(&json!({"sub": u, "exp": now() + 3600, "nbf": now() - 5}));
+    assert_eq!(
+        get_with(&app, "/api/v1/me/unread-count", &ok_nbf)
+            .await
+            .status(),
+        200
+    );
+
+    let expired = signed(&json!({"sub": u, "exp": now() - 5}));
+    let wrong_key = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": u, "exp": now() + 3600}),
+        &jsonwebtoken::EncodingKey::from_secret(b"another secret"),
+    )
+    .expect("encode");
+    let no_exp = signed(&json!({"sub": u}));
+    for (what, t) in [
+        ("expired", expired.as_str()),
+        ("wrong key", wrong_key.as_str()),
+        ("no exp", no_exp.as_str()),
+        ("garbage", "garbage"),
+        ("three dots", "a.b.c"),
+    ] {
+        assert_generic_401(get_with(&app, "/api/v1/me/unread-count", t).await, what).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_takes_only_the_authorization_header_and_the_websocket_takes_both() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let u = new_user();
+    let t = token(&u);
+    for path in [
+        format!("/api/v1/me/unread-count?token={t}"),
+        format!("/api/v1/me/messages?token={t}"),
+    ] {
+        let r = app
+            .http
+            .get(format!("{}{}", app.base, path))
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(r.status(), 401, "{path}");
+    }
+    let r = app
+        .http
+        .post(format!(
+            "{}/api/v1/me/messages/read-all?token={t}",
+            app.base
+        ))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status(), 401);
+
+    // /ws: ?token= (browsers) and the header (other clients) both work.
+    let mut c = WsClient::connect(&app.ws_url(&t, None))
+        .await
+        .expect("ws ?token=");
+    assert_eq!(c.expect("hello", T).await["user"], u.as_str());
+    c.close().await;
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        format!("{}/ws", app.ws_base),
+    )
+    .expect("request");
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {t}").parse().expect("header value"),
+    );
+    let (ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("ws with Authorization");
+    let mut c = WsClient {
+        ws,
+        frames: vec![],
+        closed: None,
+    };
+    assert_eq!(c.expect("hello", T).await["user"], u.as_str());
+    c.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_to_users_do_not_count_against_the_distinct_limit() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    // 10,000 distinct ids plus 500 repeats: within "up to 10,000 distinct ids".
+    let distinct: Vec<String> = (0..10_000).map(|i| format!("d{i}")).collect();
+    let mut ids = distinct.clone();
+    ids.extend(distinct.iter().take(500).cloned());
+    let r = app
+        .post_messages(&json!({"to_users": ids, "title": "t"}))
+        .await;
+    assert_eq!(r.status(), 201);
+    let body: Value = r.json().await.expect("json");
+    let rows = body["messages"].as_array().expect("messages");
+    assert_eq!(rows.len(), 10_000, "one row per distinct id");
+    // 10,001 distinct ids are still refused.
+    let too_many: Vec<String> = (0..10_001).map(|i| format!("e{i}")).collect();
+    let r = app
+        .post_messages(&json!({"to_users": too_many, "title": "t"}))
+        .await;
+    assert_eq!(r.status(), 422);
+    assert_eq!(error_code(r).await, "validation_failed");
+}
+
+/// Sends raw bytes and returns the status line and the body of the answer.
+async fn raw_request(app: &TestApp, bytes: &[u8]) -> (String, String) {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
+        .await
+        .expect("connect");
+    s.write_all(bytes).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(T, s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text.lines().next().unwrap_or("").to_string();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_values_actix_accepts_but_tokens_cannot_hold_get_the_error_body() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    // Bytes 0x80-0xFF are legal header octets (obs-text): they reach the service, which must
+    // answer with the error body.
+    let (status, body) = raw_request(
+        &app,
+        b"GET /api/v1/me/unread-count HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(status.contains(" 401 "), "{status}");
+    let v: Value = serde_json::from_str(&body).expect("JSON body");
+    assert_eq!(v["error"]["code"], "unauthorized");
+    let (status, body) = raw_request(
+        &app,
+        b"POST /api/v1/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer test-service-key\r\nIdempotency-Key: \xff\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+    )
+    .await;
+    assert!(status.contains(" 422 "), "{status}");
+    let v: Value = serde_json::from_str(&body).expect("JSON body");
+    assert_eq!(v["error"]["field"], "Idempotency-Key");
+}
