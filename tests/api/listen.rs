@@ -174,7 +174,7 @@ fn token_cmd(user: &str, ttl: &str) -> String {
     )
 }
 
-/// Sends `n` messages to `user`, one a second, so they span several lifetimes of 3 s tokens.
+/// Sends `n` messages to `user`, one a second, so they span several lifetimes of short tokens.
 async fn trickle(app: &TestApp, user: &str, n: usize) {
     for i in 0..n {
         app.send(user, &format!("tick {i}")).await;
@@ -189,16 +189,17 @@ async fn listen_with_a_token_command_stays_on_one_socket_across_token_expiries()
     let u = new_user();
     let l = Running::start(Listener {
         url: format!("{}/ws", app.ws_base),
-        token: TokenSource::Command(token_cmd(&u, "3s")),
+        token: TokenSource::Command(token_cmd(&u, "5s")),
         since: None,
     });
     l.wait_status("connected", 1, Duration::from_secs(20)).await;
-    // 10 s: more than three lifetimes of the tokens.
-    trickle(&app, &u, 10).await;
-    l.wait_events(10, Duration::from_secs(20)).await;
+    // 16 s: more than three lifetimes of the tokens (each refreshed ~2.5 s before its exp, a
+    // wide margin for starting `notifyd token` on a busy machine).
+    trickle(&app, &u, 16).await;
+    l.wait_events(16, Duration::from_secs(20)).await;
     assert_eq!(
         l.seqs(),
-        (1..=10).collect::<Vec<_>>(),
+        (1..=16).collect::<Vec<_>>(),
         "each event once, in order: {:?}",
         l.statuses()
     );

@@ -1,7 +1,8 @@
 // Token lifetime in real headless Chromium against a real notifyd (`serve --dev`): a page whose
-// getToken hands out tokens living a few seconds stays connected and keeps receiving across
-// several expiries (in-band `auth` refresh); with the refresh off, the server's 4001 at each
-// expiry brings an immediate reconnect that resumes with `since`, and nothing is lost or doubled.
+// getToken hands out tokens living a few seconds (5 s, refreshed ~2.5 s before exp) stays
+// connected and keeps receiving across several expiries (in-band `auth` refresh); with the
+// refresh off, the server's 4001 at each expiry brings an immediate reconnect that resumes with
+// `since`, and nothing is lost or doubled.
 // Run: scripts/browser-test.sh (or, with the binary built and chromium installed: node --test tests/browser/).
 
 import assert from 'node:assert/strict';
@@ -78,12 +79,12 @@ async function waitMessages(page, n) {
 }
 
 describe('token lifetime in Chromium', { timeout: 180_000 }, () => {
-  it('with 4 s tokens a page stays on one socket and keeps receiving across several expiries', { timeout: 60_000 }, async () => {
+  it('with 5 s tokens a page stays on one socket and keeps receiving across several expiries', { timeout: 60_000 }, async () => {
     const user = randomUser('tok');
-    const ttl = 4;
+    const ttl = 5;
     const { page, pageErrors, minted, log } = await openClient(user, { ttl, refreshToken: true });
     const started = Date.now();
-    const ids = await trickle(user, 10, 1500);
+    const ids = await trickle(user, 12, 1500);
     await waitMessages(page, ids.length);
     const elapsed = (Date.now() - started) / 1000;
     assert.ok(elapsed > 3 * ttl, `ran ${elapsed} s: several token lifetimes`);
