@@ -33,8 +33,18 @@ pub enum Cmd {
         /// e.g. ws://127.0.0.1:8080/ws
         #[arg(long)]
         url: String,
-        #[arg(long)]
-        token: String,
+        /// A user JWT, used as it is (once it expires the server refuses it: see --token-cmd).
+        #[arg(
+            long,
+            required_unless_present = "token_cmd",
+            conflicts_with = "token_cmd"
+        )]
+        token: Option<String>,
+        /// A shell command printing a user JWT on stdout, e.g. 'notifyd token --dev --user 42
+        /// --ttl 15m'. Run at start, before the token expires (the new one is sent in-band), and
+        /// after a 4001 close or a 401 handshake. Killed if it takes over 30 s.
+        #[arg(long, value_name = "SHELL COMMAND")]
+        token_cmd: Option<String>,
         /// Resume after this seq.
         #[arg(long)]
         since: Option<i64>,
@@ -43,6 +53,7 @@ pub enum Cmd {
     Token {
         #[arg(long)]
         user: String,
+        /// Lifetime: 90 (seconds), 90s, 15m, 1h, 7d.
         #[arg(long, default_value = "1h")]
         ttl: String,
         /// Comma-separated topic globs, e.g. 'product:*,group:7'.
@@ -92,8 +103,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{} migration(s) applied", applied.len());
             Ok(())
         }
-        Cmd::Listen { url, token, since } => {
+        Cmd::Listen {
+            url,
+            token,
+            token_cmd,
+            since,
+        } => {
+            use crate::listen::TokenSource;
             use std::io::Write;
+            let token = match (token, token_cmd) {
+                (_, Some(cmd)) => TokenSource::Command(cmd),
+                (Some(t), None) => TokenSource::Fixed(t),
+                (None, None) => anyhow::bail!("pass --token or --token-cmd"),
+            };
             let listener = crate::listen::Listener { url, token, since };
             let run = listener.run(|o| match o {
                 crate::listen::Output::Event(v) => {
@@ -124,6 +146,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 _ => anyhow::bail!("set NOTIFYD_JWT_SECRET (or pass --dev for the dev secret)"),
             };
             let ttl = parse_duration(&ttl)?;
+            // exp has whole seconds: a shorter lifetime would be expired when printed.
+            anyhow::ensure!(ttl.as_secs() >= 1, "--ttl must be at least 1s");
             let topics: Vec<String> = topics
                 .unwrap_or_default()
                 .split(',')

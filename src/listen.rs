@@ -1,21 +1,54 @@
 //! `notifyd listen`: a terminal client for non-browser consumers (desktop agents, scripts). Prints
 //! every event as one JSON line on stdout, and like the browser client it reconnects with
 //! exponential back-off (full jitter) and resumes with `since`, dropping duplicates by seq.
+//!
+//! Token lifetime (contract §7): the server closes a socket with 4001 when its token's `exp`
+//! passes. With `--token-cmd` the listener runs the command before `exp` and sends the new token
+//! in-band (`auth`); if the server refuses it, or closes with 4001 anyway, or refuses the
+//! handshake with 401, it runs the command again and reconnects at once.
 
+mod token;
+
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
-use serde_json::Value;
-use tokio_tungstenite::tungstenite::Message;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+pub use token::{
+    refresh_delay, run_token_cmd, token_exp, Token, TokenSource, MAX_TOKEN_BYTES, TOKEN_CMD_TIMEOUT,
+};
 
 const BACKOFF_BASE: Duration = Duration::from_millis(250);
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// TCP connect + WebSocket handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// One outbound frame (a pong, an `auth`): a peer that does not take it by then is gone.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Silence allowed before `hello` arrives (it is the server's first frame).
+const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+/// The server pings every `heartbeat_s`; this many heartbeats of silence means it is gone.
+const SILENT_HEARTBEATS: f64 = 2.5;
+/// An `auth` not answered by then: the refresh failed.
+const AUTH_REPLY_TIMEOUT: Duration = Duration::from_secs(15);
+/// An `auth` answered `busy` (too many commands in flight) is sent again this many times.
+const BUSY_RETRIES: u32 = 3;
+const BUSY_RETRY_BASE: Duration = Duration::from_millis(200);
+/// Two no-back-off reconnects closer than this: the second one backs off (no spinning on a
+/// token command that keeps printing nearly expired tokens).
+const IMMEDIATE_RETRY_GAP: Duration = Duration::from_secs(1);
+/// The server's close code for an expired token.
+const CLOSE_TOKEN_EXPIRED: u16 = 4001;
 
 pub struct Listener {
-    /// `ws://host:port/ws` (a `?token=` is added; one already present is kept).
+    /// `ws://host:port/ws`. The token goes in the `Authorization` header, never in the URL
+    /// (URLs end up in proxy logs).
     pub url: String,
-    pub token: String,
+    pub token: TokenSource,
     /// The last seq already applied; events at or below it are not printed.
     pub since: Option<i64>,
 }
@@ -26,103 +59,392 @@ pub enum Output<'a> {
     Status(String),
 }
 
+/// Why a connection ended, which decides how soon the next attempt starts.
+enum End {
+    /// Network trouble, a server close, a refused handshake other than 401: back-off.
+    Dropped,
+    /// Closed with 4001, or the in-band refresh was refused: a new token, at once.
+    TokenRejected,
+    /// The handshake answered 401.
+    Unauthorized,
+    /// The URL cannot work: give up.
+    Fatal,
+}
+
+type TokenRun = Pin<Box<dyn Future<Output = Result<String, String>> + Send>>;
+
+/// An `auth` frame sent and not yet answered.
+struct PendingAuth {
+    token: Token,
+    reference: String,
+    deadline: Instant,
+    busy_retries: u32,
+    /// Set after a `busy` answer: when to send it again.
+    resend_at: Option<Instant>,
+}
+
+/// Per-connection token state.
+struct Session {
+    /// The token the server holds for this socket.
+    current: Token,
+    refresh_at: Option<Instant>,
+    /// The token command, running for a refresh (dropped, and so killed, with the session).
+    running: Option<TokenRun>,
+    pending: Option<PendingAuth>,
+    next_ref: u64,
+}
+
+impl Session {
+    /// Arms the refresh before the current token's exp (nothing without an `exp`).
+    fn schedule_refresh(&mut self) {
+        self.refresh_at = self.current.exp.and_then(|exp| {
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            refresh_delay(exp, now_ms, rand::rng().random::<f64>()).map(|d| Instant::now() + d)
+        });
+    }
+
+    fn auth_frame(&self) -> Option<String> {
+        let p = self.pending.as_ref()?;
+        Some(json!({"type": "auth", "token": p.token.value, "ref": p.reference}).to_string())
+    }
+}
+
 impl Listener {
-    fn url_for(&self, since: Option<i64>) -> String {
+    fn request(
+        &self,
+        token: &str,
+        since: Option<i64>,
+    ) -> Result<tungstenite::handshake::client::Request, String> {
+        use tungstenite::client::IntoClientRequest;
         let mut url = self.url.clone();
-        let mut sep = if url.contains('?') { '&' } else { '?' };
-        if !url.contains("token=") {
-            url.push(sep);
-            url.push_str("token=");
-            url.push_str(&self.token);
-            sep = '&';
-        }
         if let Some(s) = since {
-            url.push(sep);
+            url.push(if url.contains('?') { '&' } else { '?' });
             url.push_str(&format!("since={s}"));
         }
-        url
+        let mut request = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| e.to_string())?;
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| "the token cannot be sent in an HTTP header".to_string())?;
+        request.headers_mut().insert("authorization", value);
+        Ok(request)
     }
 
     /// Runs forever (until the task is dropped), calling `out` for every event and status change.
     pub async fn run(&self, mut out: impl FnMut(Output<'_>)) {
         let mut last = self.since;
         let mut attempt: u32 = 0;
+        let mut cached: Option<Token> = None;
+        let mut last_immediate: Option<Instant> = None;
         loop {
-            let url = self.url_for(last);
-            out(Output::Status(format!("connecting (since={last:?})")));
-            let mut request =
-                match tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
-                    url.as_str(),
-                ) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        out(Output::Status(format!("bad url: {e}")));
-                        return;
-                    }
-                };
-            if let Ok(v) = format!("Bearer {}", self.token).parse() {
-                request.headers_mut().insert("authorization", v);
-            }
-            match tokio_tungstenite::connect_async(request).await {
-                Ok((mut ws, _)) => {
-                    let mut healthy = false;
-                    while let Some(msg) = ws.next().await {
-                        let text = match msg {
-                            Ok(Message::Text(t)) => t,
-                            Ok(Message::Ping(p)) => {
-                                let _ = ws.send(Message::Pong(p)).await;
-                                continue;
+            let immediate = match self.token.get(cached.as_ref()).await {
+                Err(e) => {
+                    out(Output::Status(e));
+                    false
+                }
+                Ok(token) => {
+                    cached = Some(token.clone());
+                    out(Output::Status(format!("connecting (since={last:?})")));
+                    let end = self
+                        .connection(&token, &mut cached, &mut last, &mut attempt, &mut out)
+                        .await;
+                    match end {
+                        End::Fatal => return,
+                        End::Dropped => false,
+                        End::TokenRejected => {
+                            cached = None;
+                            true
+                        }
+                        End::Unauthorized => {
+                            cached = None;
+                            if !self.token.renewable() {
+                                out(Output::Status(
+                                    "the token was refused; --token-cmd lets the listener get new ones"
+                                        .into(),
+                                ));
                             }
-                            Ok(Message::Close(c)) => {
-                                out(Output::Status(format!(
-                                    "closed by server: {:?}",
-                                    c.map(|c| (u16::from(c.code), c.reason.to_string()))
-                                )));
-                                break;
-                            }
-                            Ok(_) => continue,
-                            Err(e) => {
-                                out(Output::Status(format!("connection error: {e}")));
-                                break;
-                            }
-                        };
-                        let Ok(frame) = serde_json::from_str::<Value>(&text) else {
-                            continue;
-                        };
-                        match frame["type"].as_str() {
-                            Some("hello") => {
-                                healthy = true;
-                                attempt = 0;
-                                out(Output::Status(format!("connected: {text}")));
-                                // A fresh start (no since) begins at the current seq.
-                                if last.is_none() {
-                                    last = frame["seq"].as_i64();
-                                }
-                            }
-                            Some("sync") if frame["reset"] == true => {
-                                out(Output::Event(&frame));
-                                last = frame["seq"].as_i64();
-                            }
-                            Some("sync") => {
-                                for ev in frame["events"].as_array().into_iter().flatten() {
-                                    apply(ev, &mut last, &mut out);
-                                }
-                            }
-                            Some("pong") | Some("ack") | Some("error") => {}
-                            _ => apply(&frame, &mut last, &mut out),
+                            // A token from the cache may simply have expired: get a new one
+                            // now. A fresh one refused means the command's tokens are no good.
+                            self.token.renewable() && !token.fresh
                         }
                     }
-                    if healthy {
-                        attempt = 0;
-                    }
                 }
-                Err(e) => out(Output::Status(format!("connect failed: {e}"))),
+            };
+            if immediate && last_immediate.is_none_or(|t| t.elapsed() >= IMMEDIATE_RETRY_GAP) {
+                last_immediate = Some(Instant::now());
+                out(Output::Status(
+                    "reconnecting at once with a new token".into(),
+                ));
+                continue;
             }
             attempt = attempt.saturating_add(1);
             let delay = backoff(attempt);
             out(Output::Status(format!("reconnecting in {delay:?}")));
             tokio::time::sleep(delay).await;
         }
+    }
+
+    /// One connection, from the handshake to its end.
+    async fn connection(
+        &self,
+        token: &Token,
+        cached: &mut Option<Token>,
+        last: &mut Option<i64>,
+        attempt: &mut u32,
+        out: &mut impl FnMut(Output<'_>),
+    ) -> End {
+        let request = match self.request(&token.value, *last) {
+            Ok(r) => r,
+            Err(e) => {
+                out(Output::Status(format!("bad url or token: {e}")));
+                return End::Fatal;
+            }
+        };
+        let mut ws =
+            match tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request))
+                .await
+            {
+                Err(_) => {
+                    out(Output::Status(format!(
+                        "connect timed out after {CONNECT_TIMEOUT:?}"
+                    )));
+                    return End::Dropped;
+                }
+                Ok(Err(tungstenite::Error::Http(resp))) => {
+                    out(Output::Status(format!(
+                        "handshake refused: HTTP {}",
+                        resp.status()
+                    )));
+                    // 429 (too many sockets for this user) and 5xx: try again after the back-off.
+                    return if resp.status().as_u16() == 401 {
+                        End::Unauthorized
+                    } else {
+                        End::Dropped
+                    };
+                }
+                Ok(Err(e)) => {
+                    out(Output::Status(format!("connect failed: {e}")));
+                    return End::Dropped;
+                }
+                Ok(Ok((ws, _))) => ws,
+            };
+        let mut s = Session {
+            current: token.clone(),
+            refresh_at: None,
+            running: None,
+            pending: None,
+            next_ref: 0,
+        };
+        let mut silence = FIRST_FRAME_TIMEOUT;
+        loop {
+            let auth_timer = s
+                .pending
+                .as_ref()
+                .map(|p| p.resend_at.unwrap_or(p.deadline));
+            tokio::select! {
+                msg = tokio::time::timeout(silence, ws.next()) => {
+                    let msg = match msg {
+                        Err(_) => {
+                            out(Output::Status(format!("nothing heard for {silence:?}: connection presumed dead")));
+                            return End::Dropped;
+                        }
+                        Ok(None) => {
+                            out(Output::Status("connection closed".into()));
+                            return End::Dropped;
+                        }
+                        Ok(Some(m)) => m,
+                    };
+                    let text = match msg {
+                        Ok(Message::Text(t)) => t,
+                        Ok(Message::Ping(p)) => {
+                            if !send(&mut ws, Message::Pong(p)).await {
+                                out(Output::Status("could not answer a ping".into()));
+                                return End::Dropped;
+                            }
+                            continue;
+                        }
+                        Ok(Message::Close(c)) => {
+                            let code = c.as_ref().map(|c| u16::from(c.code));
+                            out(Output::Status(format!(
+                                "closed by server: {:?}",
+                                c.map(|c| (u16::from(c.code), c.reason.to_string()))
+                            )));
+                            return if code == Some(CLOSE_TOKEN_EXPIRED) {
+                                End::TokenRejected
+                            } else {
+                                End::Dropped
+                            };
+                        }
+                        Ok(_) => continue,
+                        Err(e) => {
+                            out(Output::Status(format!("connection error: {e}")));
+                            return End::Dropped;
+                        }
+                    };
+                    let Ok(frame) = serde_json::from_str::<Value>(&text) else {
+                        continue;
+                    };
+                    match frame["type"].as_str() {
+                        Some("hello") => {
+                            *attempt = 0;
+                            out(Output::Status(format!("connected: {text}")));
+                            // A fresh start (no since) begins at the current seq.
+                            if last.is_none() {
+                                *last = frame["seq"].as_i64();
+                            }
+                            if let Some(hb) = frame["heartbeat_s"].as_f64().filter(|h| *h > 0.0) {
+                                silence = Duration::from_secs_f64((hb * SILENT_HEARTBEATS).clamp(5.0, 600.0));
+                            }
+                            if self.token.renewable() {
+                                s.schedule_refresh();
+                            }
+                        }
+                        Some("sync") if frame["reset"] == true => {
+                            out(Output::Event(&frame));
+                            *last = frame["seq"].as_i64();
+                        }
+                        Some("sync") => {
+                            for ev in frame["events"].as_array().into_iter().flatten() {
+                                apply(ev, last, out);
+                            }
+                        }
+                        Some("ack") | Some("error") if is_reply_to(&frame, s.pending.as_ref()) => {
+                            if let Some(end) = on_auth_reply(&frame, &mut s, cached, out) {
+                                return end;
+                            }
+                        }
+                        Some("pong") | Some("ack") | Some("error") => {}
+                        _ => apply(&frame, last, out),
+                    }
+                }
+                _ = until(s.refresh_at) => {
+                    s.refresh_at = None;
+                    if let TokenSource::Command(cmd) = &self.token {
+                        let cmd = cmd.clone();
+                        s.running = Some(Box::pin(async move {
+                            run_token_cmd(&cmd, TOKEN_CMD_TIMEOUT).await
+                        }));
+                    }
+                }
+                result = maybe(s.running.as_mut()) => {
+                    s.running = None;
+                    match result {
+                        Err(e) => {
+                            out(Output::Status(format!("refresh: {e}")));
+                            // Try again before exp; if it passes first, the 4001 reconnect
+                            // runs the command again (with back-off if it keeps failing).
+                            s.schedule_refresh();
+                        }
+                        Ok(value) => {
+                            let new = Token::new(value, true);
+                            if new.exp.is_some() && new.exp <= s.current.exp {
+                                out(Output::Status("refresh: the token command printed no newer token; asking again later".into()));
+                                s.schedule_refresh();
+                                continue;
+                            }
+                            s.next_ref += 1;
+                            s.pending = Some(PendingAuth {
+                                token: new,
+                                reference: format!("a{}", s.next_ref),
+                                deadline: Instant::now() + AUTH_REPLY_TIMEOUT,
+                                busy_retries: 0,
+                                resend_at: None,
+                            });
+                            if let Some(frame) = s.auth_frame() {
+                                if !send(&mut ws, Message::text(frame)).await {
+                                    out(Output::Status("could not send auth".into()));
+                                    return End::Dropped;
+                                }
+                            }
+                        }
+                    }
+                }
+                _ = until(auth_timer) => {
+                    let Some(p) = s.pending.as_mut() else { continue };
+                    if p.resend_at.take().is_some() {
+                        p.deadline = Instant::now() + AUTH_REPLY_TIMEOUT;
+                        if let Some(frame) = s.auth_frame() {
+                            if !send(&mut ws, Message::text(frame)).await {
+                                out(Output::Status("could not send auth".into()));
+                                return End::Dropped;
+                            }
+                        }
+                    } else {
+                        out(Output::Status(format!("refresh: no answer to auth within {AUTH_REPLY_TIMEOUT:?}")));
+                        return End::TokenRejected;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn is_reply_to(frame: &Value, pending: Option<&PendingAuth>) -> bool {
+    pending.is_some_and(|p| frame["ref"].as_str() == Some(p.reference.as_str()))
+}
+
+/// The server's answer to our `auth`: adopt the token, retry after `busy`, or give up on the
+/// socket (it would be closed at the old exp anyway).
+fn on_auth_reply(
+    frame: &Value,
+    s: &mut Session,
+    cached: &mut Option<Token>,
+    out: &mut impl FnMut(Output<'_>),
+) -> Option<End> {
+    let p = s.pending.as_mut()?;
+    if frame["type"] == "error" {
+        let code = frame["error"]["code"].as_str().unwrap_or("error");
+        if code == "busy" && p.busy_retries < BUSY_RETRIES {
+            let wait = BUSY_RETRY_BASE * 2u32.pow(p.busy_retries);
+            p.busy_retries += 1;
+            p.resend_at = Some(Instant::now() + wait);
+            return None;
+        }
+        out(Output::Status(format!(
+            "refresh refused: {code}: {}",
+            frame["error"]["message"].as_str().unwrap_or("")
+        )));
+        return Some(End::TokenRejected);
+    }
+    let pending = s.pending.take()?;
+    let mut token = pending.token;
+    if let Some(exp) = frame["exp"].as_i64() {
+        token.exp = Some(exp);
+    }
+    out(Output::Status(format!(
+        "token refreshed (exp={:?})",
+        token.exp
+    )));
+    *cached = Some(token.clone());
+    s.current = token;
+    s.schedule_refresh();
+    None
+}
+
+/// Sends one frame, giving up after SEND_TIMEOUT.
+async fn send<S>(ws: &mut S, m: Message) -> bool
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    matches!(
+        tokio::time::timeout(SEND_TIMEOUT, ws.send(m)).await,
+        Ok(Ok(()))
+    )
+}
+
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn maybe<F: Future + Unpin>(f: Option<&mut F>) -> F::Output {
+    match f {
+        Some(f) => f.await,
+        None => std::future::pending().await,
     }
 }
 
@@ -157,13 +479,17 @@ mod tests {
     }
 
     #[test]
-    fn urls_carry_token_and_since() {
+    fn the_token_goes_in_the_header_not_the_url() {
         let l = Listener {
             url: "ws://h/ws".into(),
-            token: "t".into(),
+            token: TokenSource::Fixed("t".into()),
             since: None,
         };
-        assert_eq!(l.url_for(None), "ws://h/ws?token=t");
-        assert_eq!(l.url_for(Some(5)), "ws://h/ws?token=t&since=5");
+        let r = l.request("t", None).expect("request");
+        assert_eq!(r.uri().to_string(), "ws://h/ws");
+        assert_eq!(r.headers()["authorization"], "Bearer t");
+        let r = l.request("t", Some(5)).expect("request");
+        assert_eq!(r.uri().to_string(), "ws://h/ws?since=5");
+        assert!(l.request("bad\ntoken", None).is_err());
     }
 }

@@ -16,6 +16,12 @@
 // exponential backoff and full jitter (at once when the browser comes back online), sends an
 // application ping every `heartbeat_s` and drops a connection that stayed silent for two of them,
 // and matches command replies to their commands by `ref`.
+//
+// Token lifetime: the server closes a socket with 4001 when its token's `exp` passes, unless the
+// client sent a fresh one in-band first. So the client reads `exp` from the JWT it got from
+// `getToken` (the payload only, no verification), calls `getToken` again before `exp` and sends
+// `{"type":"auth","token":...}`; after a refused refresh or a 4001 close it reconnects at once
+// (no backoff) with a token from `getToken`, resuming with `since` as after any drop.
 
 /**
  * A notification, as the REST API and the WebSocket frames carry it.
@@ -66,7 +72,12 @@
  * @property {number} [attempt]    consecutive failed attempts so far
  * @property {number} [retryInMs]  when the next attempt starts (absent after close())
  * @typedef {{code: string, message: string, ref?: *}} ErrorEventDetail
- *   `error`: an error frame not tied to a command of this client, or a listener that threw.
+ *   `error`: an error frame not tied to a command of this client, a listener that threw, or
+ *   `getToken` failing during an in-band refresh (code `token`).
+ * @typedef {{exp: number|null, source: 'connect'|'refresh'}} TokenEventDetail
+ *   `token`: the socket now runs on a token that expires at `exp` (unix seconds; null = no `exp`
+ *   could be read, so no refresh is scheduled). `connect` = at `hello`; `refresh` = the server
+ *   acknowledged an in-band `auth`.
  * @typedef {Object} NotifydEventMap
  * @property {MessageEventDetail} message
  * @property {ReadEventDetail} read
@@ -77,13 +88,16 @@
  * @property {ResetEventDetail} reset
  * @property {StatusEventDetail} status
  * @property {ErrorEventDetail} error
+ * @property {TokenEventDetail} token
  * @property {Object} event  every per-user frame applied (raw, in seq order), for logging
  */
 
 /**
  * @typedef {Object} NotifydClientOptions
  * @property {() => (string|Promise<string>)} getToken  returns a valid user JWT; called before every
- *   connection attempt and REST call, so the app can refresh it
+ *   connection attempt and REST call, and before the socket's token expires (in-band refresh), so
+ *   it must not hand back a cached token close to its `exp`. Its promise is abandoned (`timeout`)
+ *   after `connectTimeoutMs`.
  * @property {string} [url]             base URL of notifyd (http(s)://host[:port][/prefix]); default
  *   the page's origin. The WebSocket URL is derived from it (ws(s)://.../ws).
  * @property {number|null} [since]      resume from this seq (e.g. kept in sessionStorage); default
@@ -92,6 +106,12 @@
  * @property {number} [backoffMaxMs=30000]  cap of the retry delay
  * @property {number} [commandTimeoutMs=15000] a command not answered by then is rejected (`timeout`)
  * @property {number} [connectTimeoutMs=10000] an attempt without `hello` by then is abandoned
+ * @property {boolean} [refreshToken=true] send a fresh token in-band before `exp`; false = let the
+ *   server close with 4001 at `exp` and reconnect at once with a new token instead
+ * @property {number} [busyRetries=3] a command answered `busy` (too many commands in flight on this
+ *   socket) is sent again up to this many times, after `busyRetryMs`, then twice that, ... (with
+ *   jitter); after that its promise rejects with code `busy`
+ * @property {number} [busyRetryMs=200] first wait before resending a `busy` command
  * @property {typeof WebSocket} [WebSocket] WebSocket implementation (default the global one)
  * @property {typeof fetch} [fetch]         fetch implementation (default the global one)
  */
@@ -99,7 +119,7 @@
 /** An error from the server (error frame or HTTP error body) or from the client itself. */
 export class NotifydError extends Error {
   /**
-   * @param {string} code     `forbidden`, `validation_failed`, `unauthorized`, `timeout`,
+   * @param {string} code     `forbidden`, `validation_failed`, `unauthorized`, `busy`, `timeout`,
    *                          `disconnected`, `closed`, `network`, ... (docs/websocket.md, docs/api.md)
    * @param {string} message
    * @param {{status?: number, field?: string, ref?: *}} [extra]
@@ -146,10 +166,64 @@ const PER_USER_TYPES = new Set([
   'message.deleted',
 ]);
 
-/** Close codes of our own (4000-4999 are free for applications). */
+/** Close codes the client closes with (4000-4999 are free for applications). */
 const CLOSE_HEARTBEAT = 4000;
-const CLOSE_GAP = 4001;
 const CLOSE_CONNECT_TIMEOUT = 4002;
+const CLOSE_GAP = 4003;
+const CLOSE_TOKEN_REFRESH = 4004; // an in-band refresh failed: reconnect with a fresh token
+/** The server's close code for a token whose `exp` passed (contract §7). */
+const CLOSE_TOKEN_EXPIRED = 4001;
+
+/** Refresh at least this long before `exp` when the token lives long enough for it. */
+const REFRESH_LEAD_MS = 30_000;
+/** Never schedule a refresh sooner than this (a token about to expire must not spin). */
+const MIN_REFRESH_MS = 500;
+/** setTimeout fires at once for delays over 2^31-1 ms (24.8 days): re-arm daily instead. */
+const MAX_TIMER_MS = 86_400_000;
+/** Two immediate reconnects (after 4001) closer than this: the second one uses the backoff. */
+const IMMEDIATE_RETRY_GAP_MS = 1_000;
+
+/**
+ * The `exp` claim (unix seconds) of a JWT, read from its payload without verifying anything (the
+ * client only uses it to know when to refresh; the server verifies). Null if it has none.
+ * @param {*} token
+ * @returns {number|null}
+ */
+export function tokenExp(token) {
+  if (typeof token !== 'string') return null;
+  const parts = token.split('.');
+  if (parts.length !== 3 || parts[1] === '') return null;
+  try {
+    let b64 = parts[1].replace(/-/g, '+').replace(/_/g, '/');
+    b64 += '='.repeat((4 - (b64.length % 4)) % 4);
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    const payload = JSON.parse(new TextDecoder().decode(bytes));
+    return payload && Number.isFinite(payload.exp) ? payload.exp : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * How long to wait before refreshing a token that expires at `expSec`: 80% of the remaining
+ * lifetime but at least 30 s before `exp`; a token too short for both is refreshed half way. Up
+ * to 10% earlier at random, so tabs that connected together do not all call getToken at once.
+ * Null when `exp` has already passed by this clock (the server's 4001 brings a fresh token then).
+ * @param {number} expSec  unix seconds
+ * @param {number} [nowMs] default Date.now()
+ * @param {number} [rnd]   in [0, 1), default Math.random()
+ * @returns {number|null} milliseconds
+ */
+export function refreshDelayMs(expSec, nowMs = Date.now(), rnd = Math.random()) {
+  const remaining = expSec * 1000 - nowMs;
+  if (!Number.isFinite(remaining) || remaining <= 0) return null;
+  let delay = Math.min(0.8 * remaining, remaining - REFRESH_LEAD_MS);
+  if (delay < remaining / 2) delay = remaining / 2;
+  delay *= 1 - 0.1 * rnd;
+  return Math.max(MIN_REFRESH_MS, Math.floor(delay));
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /**
  * The notifyd client. One instance per user session (per tab); it owns one WebSocket at a time.
@@ -169,6 +243,9 @@ export class NotifydClient {
     this._backoffMax = options.backoffMaxMs ?? 30_000;
     this._commandTimeout = options.commandTimeoutMs ?? 15_000;
     this._connectTimeout = options.connectTimeoutMs ?? 10_000;
+    this._refreshEnabled = options.refreshToken ?? true;
+    this._busyRetries = options.busyRetries ?? 3;
+    this._busyRetryMs = options.busyRetryMs ?? 200;
     this._WS = options.WebSocket ?? globalThis.WebSocket;
     this._fetch = options.fetch ?? globalThis.fetch?.bind(globalThis);
 
@@ -191,6 +268,11 @@ export class NotifydClient {
     this._nextRef = 0;
     this._gen = 0; // connection attempt generation
     this._pingAt = null; // when the oldest unanswered ping was sent
+    /** @type {number|null} `exp` (unix s) of the token the current socket runs on */
+    this._tokenExp = null;
+    this._refreshTimer = null;
+    this._refreshAt = 0; // Date.now() value the refresh is due at
+    this._lastImmediate = 0; // when the last no-backoff reconnect started
     /** @type {Map<string, {resolve: Function, reject: Function, timer: *}>} */
     this._pending = new Map();
     /** @type {Set<Function>} waiting for the next `hello` */
@@ -302,13 +384,14 @@ export class NotifydClient {
     this._status('connecting', why ? { attempt: this._attempt, reason: why } : { attempt: this._attempt });
     let token;
     try {
-      token = await this._getToken();
+      token = await this._fetchToken();
     } catch (e) {
       if (gen === this._gen) this._scheduleRetry({ reason: `getToken failed: ${e?.message ?? e}` });
       return;
     }
     // close() or another attempt happened while the token was being fetched.
     if (gen !== this._gen || !this._wanted || this._ws) return;
+    this._tokenExp = tokenExp(token);
     const q = new URLSearchParams({ token: String(token) });
     if (this._seq !== null) q.set('since', String(this._seq));
     const wsUrl = `${this.baseUrl.replace(/^http/i, 'ws')}/ws?${q}`;
@@ -338,14 +421,20 @@ export class NotifydClient {
     };
     ws.onclose = (ev) => {
       if (this._ws !== ws) return;
-      this._drop(ws, ev.code, ev.reason || closeReason(ev.code), true);
+      // 4001: the token expired (a refresh did not happen in time, or refreshToken is off). That
+      // says nothing about the network, so reconnect at once with a fresh token.
+      const immediate = ev.code === CLOSE_TOKEN_EXPIRED;
+      this._drop(ws, ev.code, ev.reason || closeReason(ev.code), true, immediate);
     };
     // onerror is always followed by onclose; nothing to do here.
     ws.onerror = () => {};
   }
 
-  /** Forgets `ws` (closing it if still open) and schedules the next attempt. */
-  _drop(ws, code, reason, alreadyClosed = false) {
+  /**
+   * Forgets `ws` (closing it if still open) and schedules the next attempt: at once when
+   * `immediate` (token trouble, not network trouble), else after the backoff.
+   */
+  _drop(ws, code, reason, alreadyClosed = false, immediate = false) {
     if (this._ws !== ws) return;
     const wasOpen = this._hello;
     this._teardown(code, reason, alreadyClosed);
@@ -353,13 +442,22 @@ export class NotifydClient {
     if (!this._wanted) return;
     // A connection that reached `hello` was healthy: its first retry waits at most backoffBase.
     if (wasOpen) this._attempt = 0;
-    this._scheduleRetry({ reason, code });
+    const now = Date.now();
+    // Only a connection that got `hello` earns a no-backoff retry, and never twice within a
+    // second: a getToken that keeps returning nearly expired tokens must not spin.
+    if (immediate && wasOpen && now - this._lastImmediate >= IMMEDIATE_RETRY_GAP_MS) {
+      this._lastImmediate = now;
+      this._scheduleRetry({ reason, code }, 0);
+    } else {
+      this._scheduleRetry({ reason, code });
+    }
   }
 
   _teardown(code, reason, alreadyClosed = false) {
     clearTimeout(this._connectTimer);
     clearInterval(this._heartbeatTimer);
-    this._connectTimer = this._heartbeatTimer = null;
+    clearTimeout(this._refreshTimer);
+    this._connectTimer = this._heartbeatTimer = this._refreshTimer = null;
     const ws = this._ws;
     this._ws = null;
     this._hello = false;
@@ -376,12 +474,16 @@ export class NotifydClient {
     }
   }
 
-  _scheduleRetry(info) {
+  /** @param {number} [delayMs] skip the backoff (and leave the attempt count alone) */
+  _scheduleRetry(info, delayMs) {
     if (!this._wanted || this._retryTimer) return;
-    // Full jitter: uniform in [0, min(max, base * 2^attempt)].
-    const cap = Math.min(this._backoffMax, this._backoffBase * 2 ** Math.min(this._attempt, 30));
-    const delay = Math.floor(Math.random() * cap);
-    this._attempt += 1;
+    let delay = delayMs;
+    if (delay === undefined) {
+      // Full jitter: uniform in [0, min(max, base * 2^attempt)].
+      const cap = Math.min(this._backoffMax, this._backoffBase * 2 ** Math.min(this._attempt, 30));
+      delay = Math.floor(Math.random() * cap);
+      this._attempt += 1;
+    }
     this._status('closed', { ...info, attempt: this._attempt, retryInMs: delay });
     this._retryTimer = setTimeout(() => this._open(), delay);
   }
@@ -422,6 +524,83 @@ export class NotifydClient {
       }
       this._send({ type: 'ping', ref: `p${++this._nextRef}` });
     }, this._heartbeatMs);
+  }
+
+  // ---------------------------------------------------------------- token lifetime
+
+  /** getToken, abandoned after connectTimeoutMs (it usually does a network round trip). */
+  async _fetchToken() {
+    let timer;
+    const timeout = new Promise((_, reject) => {
+      timer = setTimeout(
+        () => reject(new NotifydError('timeout', `getToken did not answer within ${this._connectTimeout} ms`)),
+        this._connectTimeout,
+      );
+    });
+    try {
+      return String(await Promise.race([this._getToken(), timeout]));
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Arms the in-band refresh of the token `ws` runs on (no-op without a readable `exp`). */
+  _scheduleRefresh(ws) {
+    clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
+    if (!this._refreshEnabled || this._tokenExp === null) return;
+    const delay = refreshDelayMs(this._tokenExp);
+    if (delay === null) return; // past exp by our clock: the server's 4001 brings a new token
+    this._refreshAt = Date.now() + delay;
+    this._armRefresh(ws);
+  }
+
+  _armRefresh(ws) {
+    this._refreshTimer = setTimeout(() => {
+      this._refreshTimer = null;
+      if (this._ws !== ws) return;
+      // A long-lived token's refresh lies beyond one timer's reach: wait again.
+      if (Date.now() < this._refreshAt - 50) this._armRefresh(ws);
+      else this._refresh(ws);
+    }, Math.min(MAX_TIMER_MS, Math.max(0, this._refreshAt - Date.now())));
+  }
+
+  /** Gets a fresh token and sends it in-band (`auth`); reconnects if the server refuses it. */
+  async _refresh(ws) {
+    if (this._ws !== ws || !this._hello) return;
+    let token;
+    try {
+      token = await this._fetchToken();
+    } catch (e) {
+      if (this._ws !== ws) return;
+      this._emit('error', { code: 'token', message: `getToken failed during refresh: ${e?.message ?? e}` });
+      // Try again later (at most 80% of what is left); if exp passes first, the server closes
+      // with 4001 and the reconnect asks getToken again, with backoff if it keeps failing.
+      this._scheduleRefresh(ws);
+      return;
+    }
+    if (this._ws !== ws || !this._hello) return;
+    const exp = tokenExp(token);
+    if (exp !== null && this._tokenExp !== null && exp <= this._tokenExp) {
+      // getToken handed back the token we have (an app-side cache): ask again later.
+      this._scheduleRefresh(ws);
+      return;
+    }
+    let ack;
+    try {
+      ack = await this._command({ type: 'auth', token });
+    } catch (e) {
+      if (this._ws !== ws || e.code === 'disconnected' || e.code === 'closed') return;
+      // Refused (`unauthorized`: another user, a bad or not-yet-valid token), still `busy` after
+      // the retries, or unanswered: this socket dies at exp anyway, so start over now with a
+      // fresh token (resuming with since); the new connection's handshake judges that token.
+      this._drop(ws, CLOSE_TOKEN_REFRESH, `token refresh failed (${e.code})`, false, true);
+      return;
+    }
+    if (this._ws !== ws) return;
+    this._tokenExp = Number.isFinite(ack.exp) ? ack.exp : exp;
+    this._emit('token', { exp: this._tokenExp, source: 'refresh' });
+    this._scheduleRefresh(ws);
   }
 
   _send(frame) {
@@ -468,6 +647,8 @@ export class NotifydClient {
     if (Number.isFinite(f.heartbeat_s) && f.heartbeat_s > 0) this._heartbeatMs = f.heartbeat_s * 1000;
     this._startHeartbeat(ws);
     this._status('open', { user: f.user, seq: f.seq });
+    this._emit('token', { exp: this._tokenExp, source: 'connect' });
+    this._scheduleRefresh(ws);
     if (this._seq === null) {
       this._reset('initial', f);
     } else {
@@ -586,8 +767,23 @@ export class NotifydClient {
     });
   }
 
-  /** Sends a command over the open socket and waits for its ack (by ref). */
-  _command(frame) {
+  /**
+   * Sends a command over the open socket and waits for its ack (by ref). A `busy` answer (the
+   * server has too many of this socket's commands in flight) is retried busyRetries times after a
+   * growing, jittered pause; then the promise rejects with code `busy`.
+   */
+  async _command(frame) {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this._commandOnce(frame);
+      } catch (e) {
+        if (!(e instanceof NotifydError) || e.code !== 'busy' || attempt >= this._busyRetries) throw e;
+      }
+      await sleep(this._busyRetryMs * 2 ** attempt * (0.5 + Math.random() / 2));
+    }
+  }
+
+  _commandOnce(frame) {
     const ref = `c${++this._nextRef}`;
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -703,7 +899,7 @@ export class NotifydClient {
 
   async _rest(method, path, body) {
     if (!this._fetch) throw new NotifydError('network', 'no fetch available');
-    const token = await this._getToken();
+    const token = await this._fetchToken();
     const headers = { Authorization: `Bearer ${token}`, Accept: 'application/json' };
     const init = { method, headers };
     if (body !== undefined) {
@@ -742,8 +938,12 @@ function closeReason(code) {
       return 'connection lost';
     case 1008:
       return 'missed heartbeats';
+    case 1009:
+      return 'frame too large';
     case 1012:
       return 'server restarting';
+    case 4001:
+      return 'token expired';
     case 4008:
       return 'fell behind';
     default:

@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use notifyd::listen::{Listener, Output};
+use notifyd::listen::{Listener, Output, TokenSource};
 use serde_json::Value;
 
 use crate::helpers::*;
@@ -19,7 +19,7 @@ async fn listen_prints_each_event_once_and_resumes_after_a_restart() {
     let statuses: Arc<Mutex<Vec<String>>> = Arc::default();
     let listener = Listener {
         url: format!("ws://127.0.0.1:{port}/ws"),
-        token: token(&u),
+        token: TokenSource::Fixed(token(&u)),
         since: None,
     };
     let (ev, st) = (events.clone(), statuses.clone());
@@ -92,5 +92,291 @@ async fn listen_prints_each_event_once_and_resumes_after_a_restart() {
     );
     assert!(got.iter().all(|e| e["type"] == "message.created"));
     assert_eq!(got[3]["message"]["title"], "while away 1");
+    app.stop().await;
+}
+
+/// A listener running in a task, with what it reported so far.
+struct Running {
+    events: Arc<Mutex<Vec<Value>>>,
+    statuses: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    fn start(listener: Listener) -> Self {
+        let events: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let statuses: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (ev, st) = (events.clone(), statuses.clone());
+        let task = tokio::spawn(async move {
+            listener
+                .run(|o| match o {
+                    Output::Event(v) => ev.lock().unwrap().push(v.clone()),
+                    Output::Status(s) => st.lock().unwrap().push(s),
+                })
+                .await
+        });
+        Running {
+            events,
+            statuses,
+            task,
+        }
+    }
+
+    fn statuses_with(&self, needle: &str) -> usize {
+        self.statuses
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.contains(needle))
+            .count()
+    }
+
+    async fn wait_status(&self, needle: &str, n: usize, timeout: Duration) {
+        let what = format!("{n} status line(s) with {needle:?}");
+        eventually(timeout, &what, || async {
+            (self.statuses_with(needle) >= n).then_some(())
+        })
+        .await;
+    }
+
+    async fn wait_events(&self, n: usize, timeout: Duration) {
+        eventually(timeout, &format!("{n} events"), || async {
+            (self.events.lock().unwrap().len() >= n).then_some(())
+        })
+        .await;
+    }
+
+    fn seqs(&self) -> Vec<i64> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["seq"].as_i64())
+            .collect()
+    }
+
+    fn statuses(&self) -> Vec<String> {
+        self.statuses.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// `notifyd token` signing with the test servers' secret: a token command for `--token-cmd`.
+fn token_cmd(user: &str, ttl: &str) -> String {
+    format!(
+        "NOTIFYD_JWT_SECRET='{JWT_SECRET}' '{}' token --user '{user}' --ttl {ttl}",
+        env!("CARGO_BIN_EXE_notifyd")
+    )
+}
+
+/// Sends `n` messages to `user`, one a second, so they span several lifetimes of short tokens.
+async fn trickle(app: &TestApp, user: &str, n: usize) {
+    for i in 0..n {
+        app.send(user, &format!("tick {i}")).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_with_a_token_command_stays_on_one_socket_across_token_expiries() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let u = new_user();
+    let l = Running::start(Listener {
+        url: format!("{}/ws", app.ws_base),
+        token: TokenSource::Command(token_cmd(&u, "5s")),
+        since: None,
+    });
+    l.wait_status("connected", 1, Duration::from_secs(20)).await;
+    // 16 s: more than three lifetimes of the tokens (each refreshed ~2.5 s before its exp, a
+    // wide margin for starting `notifyd token` on a busy machine).
+    trickle(&app, &u, 16).await;
+    l.wait_events(16, Duration::from_secs(20)).await;
+    assert_eq!(
+        l.seqs(),
+        (1..=16).collect::<Vec<_>>(),
+        "each event once, in order: {:?}",
+        l.statuses()
+    );
+    assert_eq!(
+        l.statuses_with("connected"),
+        1,
+        "one socket all along (refreshed in-band): {:?}",
+        l.statuses()
+    );
+    assert!(
+        l.statuses_with("token refreshed") >= 3,
+        "refreshed at least 3 times: {:?}",
+        l.statuses()
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_reruns_the_token_command_after_a_401_and_a_4001() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let u = new_user();
+    let dir = std::env::temp_dir().join(format!("notifyd-listen-{}", new_user()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    // 1st run: a token the server refuses (wrong secret) -> 401. 2nd: a good 3 s token. 3rd (the
+    // refresh before exp): hangs, so the socket reaches exp -> 4001. Then good tokens again.
+    let script = format!(
+        "n=$(cat '{d}/n' 2>/dev/null || echo 0); n=$((n+1)); echo $n > '{d}/n'\n\
+         if [ $n = 1 ]; then {bad}; elif [ $n = 3 ]; then exec sleep 60; else {good}; fi\n",
+        d = dir.display(),
+        bad = token_cmd(&u, "3s").replace(JWT_SECRET, "not-the-secret"),
+        good = token_cmd(&u, "3s"),
+    );
+    let script_path = dir.join("token.sh");
+    std::fs::write(&script_path, script).expect("script");
+    let l = Running::start(Listener {
+        url: format!("{}/ws", app.ws_base),
+        token: TokenSource::Command(format!("sh '{}'", script_path.display())),
+        since: None,
+    });
+    l.wait_status("connected", 1, Duration::from_secs(20)).await;
+    assert_eq!(l.statuses_with("HTTP 401"), 1, "{:?}", l.statuses());
+    app.send(&u, "first").await;
+    l.wait_events(1, Duration::from_secs(10)).await;
+    // The refresh hangs; at exp the server closes with 4001 and the listener reconnects at once
+    // with a new token, resuming with since. Messages keep coming meanwhile.
+    trickle(&app, &u, 7).await;
+    l.wait_status("4001", 1, Duration::from_secs(20)).await;
+    l.wait_events(8, Duration::from_secs(20)).await;
+    assert_eq!(
+        l.seqs(),
+        (1..=8).collect::<Vec<_>>(),
+        "each event once, in order: {:?}",
+        l.statuses()
+    );
+    assert!(l.statuses_with("connected") >= 2, "{:?}", l.statuses());
+    assert!(
+        l.statuses_with("reconnecting at once") >= 1,
+        "{:?}",
+        l.statuses()
+    );
+    let runs: u32 = std::fs::read_to_string(dir.join("n"))
+        .expect("counter")
+        .trim()
+        .parse()
+        .expect("number");
+    assert!(
+        runs >= 4,
+        "the command ran again after the 4001 ({runs} runs)"
+    );
+    drop(l);
+    let _ = std::fs::remove_dir_all(&dir);
+    app.stop().await;
+}
+
+/// A TCP proxy whose existing connections can be frozen: bytes stop flowing both ways but both
+/// sockets stay open (a half-open peer: no FIN, no RST). New connections are forwarded.
+struct Freezable {
+    port: u16,
+    frozen_up_to: Arc<tokio::sync::watch::Sender<u64>>,
+    next_conn: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Freezable {
+    async fn start(target: String) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let (tx, _) = tokio::sync::watch::channel(0u64);
+        let frozen_up_to = Arc::new(tx);
+        let next_conn = Arc::new(std::sync::atomic::AtomicU64::new(1));
+        let (frozen, next) = (frozen_up_to.clone(), next_conn.clone());
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let id = next.fetch_add(1, Ordering::SeqCst);
+                let (ir, iw) = inbound.into_split();
+                let (or, ow) = outbound.into_split();
+                tokio::spawn(pump(ir, ow, frozen.subscribe(), id));
+                tokio::spawn(pump(or, iw, frozen.subscribe(), id));
+            }
+        });
+        Freezable {
+            port,
+            frozen_up_to,
+            next_conn,
+        }
+    }
+
+    /// Every connection made so far stops forwarding (and is held open).
+    fn freeze_existing(&self) {
+        let last = self.next_conn.load(std::sync::atomic::Ordering::SeqCst) - 1;
+        self.frozen_up_to.send_replace(last);
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut frozen: tokio::sync::watch::Receiver<u64>,
+    id: u64,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        tokio::select! {
+            n = from.read(&mut buf) => match n {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            },
+            // (the watch guard is not Send: drop it inside the branch's future)
+            _ = async { frozen.wait_for(|up_to| *up_to >= id).await.map(|_| ()) } => {
+                // Hold both halves open and silent until the test ends.
+                let _keep = (from, to);
+                std::future::pending::<()>().await;
+                return;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_replaces_a_connection_gone_silent_without_closing() {
+    let db = TestDb::new().await;
+    let app = spawn_app(
+        &db,
+        Opts {
+            heartbeat: Duration::from_secs(1),
+            ..Default::default()
+        },
+    )
+    .await;
+    let proxy = Freezable::start(format!("127.0.0.1:{}", app.port)).await;
+    let u = new_user();
+    let l = Running::start(Listener {
+        url: format!("ws://127.0.0.1:{}/ws", proxy.port),
+        token: TokenSource::Fixed(token(&u)),
+        since: None,
+    });
+    l.wait_status("connected", 1, Duration::from_secs(20)).await;
+    app.send(&u, "before").await;
+    l.wait_events(1, Duration::from_secs(10)).await;
+    // The path goes silent: no close frame, no FIN. The server's pings stop arriving, so after
+    // 2.5 heartbeats (at least 5 s) the listener gives up on the socket, reconnects, resumes.
+    proxy.freeze_existing();
+    app.send(&u, "while silent").await;
+    l.wait_events(2, Duration::from_secs(30)).await;
+    assert_eq!(l.seqs(), vec![1, 2], "{:?}", l.statuses());
+    assert_eq!(l.statuses_with("presumed dead"), 1, "{:?}", l.statuses());
+    assert_eq!(l.statuses_with("connected"), 2, "{:?}", l.statuses());
     app.stop().await;
 }

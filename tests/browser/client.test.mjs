@@ -182,7 +182,7 @@ describe('NotifydClient', () => {
     const ws = await connected(c, { seq: 1 });
     ws.push(created(3));
     assert.equal(of('message').length, 0);
-    assert.equal(ws.closedWith.code, 4001);
+    assert.equal(ws.closedWith.code, 4003); // the client's own code (4001 is the server's token expired)
     await waitFor(() => FakeWS.last() !== ws);
     assert.equal(FakeWS.last().since, '1');
   });
