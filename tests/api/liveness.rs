@@ -139,3 +139,82 @@ async fn topic_subscribers_get_events_again_after_a_half_open_redis_recovers() {
     a.stop().await;
     b.stop().await;
 }
+
+/// The application name of the session holding the relay's leader lock, if any.
+async fn leader_name(db_url: &str) -> Option<String> {
+    query_json(
+        db_url,
+        &format!(
+            "SELECT a.application_name AS name {} ",
+            crate::relay::LEADER_LOCKS.replace(
+                "FROM pg_locks l",
+                "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+            )
+        ),
+    )
+    .await
+    .into_iter()
+    .next()
+    .and_then(|r| r["name"].as_str().map(str::to_string))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_behind_a_half_open_database_connection_loses_the_outbox_in_bounded_time() {
+    let db = TestDb::new().await;
+    let prefix = new_prefix();
+    let proxy = Cuttable::start("127.0.0.1:5432").await;
+    let via_proxy = proxy.pg_url(&db.url);
+    let short = Duration::from_secs(2);
+    // Node A reaches PostgreSQL only through the proxy; it starts first and leads.
+    let a = spawn_app_with(&db, Opts::in_cluster(&prefix), |s| {
+        s.database_url = via_proxy.clone();
+        s.relay_db_timeout = short;
+    })
+    .await;
+    let a_name = format!("notifyd relay {}", a.stopper.state().settings.node_id);
+    eventually(Duration::from_secs(20), "node A leads", || async {
+        (leader_name(&db.url).await.as_deref() == Some(a_name.as_str())).then_some(())
+    })
+    .await;
+    let b = spawn_app_with(&db, Opts::in_cluster(&prefix), |s| {
+        s.relay_db_timeout = short
+    })
+    .await;
+    let b_name = format!("notifyd relay {}", b.stopper.state().settings.node_id);
+    let u = new_user();
+    let mut tap = RedisTap::subscribe(&b.user_channel(&u)).await;
+    b.send(&u, "before").await;
+    assert_eq!(
+        seqs_of(&tap.collect(1, Duration::from_secs(10)).await),
+        vec![1]
+    );
+
+    // A's every database connection now swallows bytes and never answers, without closing.
+    proxy.freeze();
+    for i in 0..3 {
+        b.send(&u, &format!("during {i}")).await;
+    }
+    // PostgreSQL ends A's silent session (idle_session_timeout = relay timeout + back-off +
+    // poll, 7.5 s here), the leader lock goes with it, and B publishes. Generous bound.
+    // At-least-once: the batch A had claimed when its connection froze (seq 1, already
+    // published, never committed) is published again by B; receivers drop it by seq.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut first_arrivals = vec![1];
+    while first_arrivals.len() < 4 {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some(p) = tap.next(left).await else { break };
+        let seq = p["seq"].as_i64().expect("seq");
+        if !first_arrivals.contains(&seq) {
+            first_arrivals.push(seq);
+        }
+    }
+    assert_eq!(
+        first_arrivals,
+        vec![1, 2, 3, 4],
+        "events committed while the leader's connection was half-open, in order"
+    );
+    assert_eq!(leader_name(&db.url).await.as_deref(), Some(b_name.as_str()));
+    b.stop().await;
+    proxy.cut();
+    a.stop().await;
+}
