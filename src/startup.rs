@@ -63,7 +63,11 @@ impl Application {
         if !applied.is_empty() {
             tracing::info!(?applied, "migrations applied");
         }
-        let pool = db::pool(&settings.database_url, settings.db_pool_size)?;
+        let pool = db::pool(
+            &settings.database_url,
+            settings.db_pool_size,
+            db::Limits::from_settings(&settings),
+        )?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let hub = Hub::new();
         let mut tasks = vec![];
@@ -189,7 +193,11 @@ pub async fn run_relay(settings: Settings) -> anyhow::Result<()> {
         .clone()
         .context("`notifyd relay` needs REDIS_URL (single-node mode relays inside `serve`)")?;
     db::migrate(&settings.database_url).await?;
-    let pool = db::pool(&settings.database_url, 2)?;
+    let pool = db::pool(
+        &settings.database_url,
+        2,
+        db::Limits::from_settings(&settings),
+    )?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let waker = Waker::new();
     let relay = Relay {
