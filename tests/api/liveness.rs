@@ -218,3 +218,130 @@ async fn a_leader_behind_a_half_open_database_connection_loses_the_outbox_in_bou
     proxy.cut();
     a.stop().await;
 }
+
+/// Inserts `n` events that expired a day ago, spread over 1,000 users.
+async fn insert_expired_events(db_url: &str, n: i64) {
+    let mut c = db_conn(db_url).await;
+    diesel::sql_query(format!(
+        "INSERT INTO user_event (user_id, seq, created_at, payload) \
+         SELECT 'old' || (g % 1000), g, now() - interval '8 days', '{{\"type\":\"x\"}}'::jsonb \
+         FROM generate_series(1, {n}) g"
+    ))
+    .execute(&mut c)
+    .await
+    .expect("insert expired events");
+}
+
+async fn db_conn(db_url: &str) -> diesel_async::AsyncPgConnection {
+    use diesel_async::AsyncConnection;
+    diesel_async::AsyncPgConnection::establish(db_url)
+        .await
+        .expect("conn")
+}
+
+use diesel_async::RunQueryDsl;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn housekeeping_keeps_up_with_a_large_backlog_while_delivery_goes_on() {
+    let db = TestDb::new().await;
+    // Migrations first (the node runs them), then a backlog of 250,000 expired events: more
+    // than the old schedule (20 x 5,000 rows every 30 s) could prune in 60 s.
+    let app = spawn_app_with(&db, Opts::default(), |s| {
+        s.housekeeping_interval = Duration::from_secs(1);
+    })
+    .await;
+    let u = new_user();
+    let mut client = app.ws(&u, None).await;
+    client.expect("hello", Duration::from_secs(10)).await;
+    insert_expired_events(&db.url, 250_000).await;
+
+    // Deliveries go on, in order, while the housekeeper deletes.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut seq = 0;
+    loop {
+        seq += 1;
+        app.send(&u, &format!("m{seq}")).await;
+        let f = client
+            .expect("message.created", Duration::from_secs(10))
+            .await;
+        assert_eq!(f["seq"], seq, "delivery during housekeeping");
+        let left = scalar_i64(
+            &db.url,
+            "SELECT count(*) AS v FROM user_event WHERE user_id LIKE 'old%'",
+        )
+        .await;
+        if left == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{left} expired events still there after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Live events are kept.
+    assert_eq!(
+        scalar_i64(
+            &db.url,
+            &format!("SELECT count(*) AS v FROM user_event WHERE user_id = '{u}'")
+        )
+        .await,
+        seq
+    );
+    app.stop().await;
+}
+
+/// Pruning throughput, old schedule against the housekeeper. Run by hand:
+/// `cargo test --release --test api housekeeping_throughput -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn housekeeping_throughput() {
+    const N: i64 = 1_000_000;
+    let db = TestDb::new().await;
+    notifyd::db::migrate(&db.url).await.expect("migrate");
+    let mut conn = db_conn(&db.url).await;
+    let settings = settings_for(&db.url, &Opts::default());
+    let cutoff = chrono::Utc::now() - chrono::Duration::days(7);
+
+    // Before: the relay's old housekeeping, 5,000-row batches (at most 20 of them per 30 s).
+    insert_expired_events(&db.url, N).await;
+    diesel::sql_query("VACUUM ANALYZE user_event")
+        .execute(&mut conn)
+        .await
+        .expect("vacuum");
+    let started = std::time::Instant::now();
+    let mut old = 0;
+    for _ in 0..20 {
+        old += notifyd::store::events::prune(&mut conn, cutoff, 5000)
+            .await
+            .expect("prune");
+    }
+    let old_rate = old as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "old: {old} rows in {:.2?} = {old_rate:.0} rows/s per batch run; schedule ceiling 100000/30 s = 3333 rows/s",
+        started.elapsed()
+    );
+    diesel::sql_query("TRUNCATE user_event")
+        .execute(&mut conn)
+        .await
+        .expect("truncate");
+
+    // After: the housekeeper's round, 50,000-row batches until nothing expired is left.
+    insert_expired_events(&db.url, N).await;
+    diesel::sql_query("VACUUM ANALYZE user_event")
+        .execute(&mut conn)
+        .await
+        .expect("vacuum");
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let started = std::time::Instant::now();
+    let pruned = notifyd::outbox::housekeeping::prune_expired(&mut conn, &settings, &rx)
+        .await
+        .expect("prune");
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "new: {} rows in {secs:.2} s = {:.0} rows/s",
+        pruned.events,
+        pruned.events as f64 / secs
+    );
+    assert_eq!(pruned.events as i64, N);
+}
