@@ -291,8 +291,10 @@ async fn housekeeping_keeps_up_with_a_large_backlog_while_delivery_goes_on() {
     app.stop().await;
 }
 
-/// Pruning throughput, old schedule against the housekeeper. Run by hand:
-/// `cargo test --release --test api housekeeping_throughput -- --ignored --nocapture`
+/// Pruning throughput, old schedule against the housekeeper, with a writer appending fresh
+/// events at full speed meanwhile (the write path the pruning must keep up with). Payloads of
+/// ~500 bytes like real `message.created` frames. Run by hand:
+/// `cargo test --test api housekeeping_throughput -- --ignored --nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn housekeeping_throughput() {
@@ -302,46 +304,81 @@ async fn housekeeping_throughput() {
     let mut conn = db_conn(&db.url).await;
     let settings = settings_for(&db.url, &Opts::default());
     let cutoff = chrono::Utc::now() - chrono::Duration::days(7);
-
-    // Before: the relay's old housekeeping, 5,000-row batches (at most 20 of them per 30 s).
-    insert_expired_events(&db.url, N).await;
-    diesel::sql_query("VACUUM ANALYZE user_event")
-        .execute(&mut conn)
-        .await
-        .expect("vacuum");
-    let started = std::time::Instant::now();
-    let mut old = 0;
-    for _ in 0..20 {
-        old += notifyd::store::events::prune(&mut conn, cutoff, 5000)
+    let fill = |n: i64| {
+        format!(
+            "INSERT INTO user_event (user_id, seq, created_at, payload) \
+             SELECT 'old' || (g % 1000), g, now() - interval '8 days', \
+             jsonb_build_object('type', 'message.created', 'pad', repeat('x', 480)) \
+             FROM generate_series(1, {n}) g"
+        )
+    };
+    // A writer appending 1,000-event batches of fresh events until told to stop.
+    async fn writer(url: String, stop: tokio::sync::watch::Receiver<bool>) -> i64 {
+        let mut c = db_conn(&url).await;
+        let mut written = 0;
+        let mut next = 0i64;
+        while !*stop.borrow() {
+            diesel::sql_query(format!(
+                "INSERT INTO user_event (user_id, seq, payload) \
+                 SELECT 'new' || (g % 1000), g, \
+                 jsonb_build_object('type', 'message.created', 'pad', repeat('x', 480)) \
+                 FROM generate_series({}, {}) g",
+                next + 1,
+                next + 1000
+            ))
+            .execute(&mut c)
             .await
-            .expect("prune");
+            .expect("write");
+            next += 1000;
+            written += 1000;
+        }
+        written
     }
-    let old_rate = old as f64 / started.elapsed().as_secs_f64();
-    println!(
-        "old: {old} rows in {:.2?} = {old_rate:.0} rows/s per batch run; schedule ceiling 100000/30 s = 3333 rows/s",
-        started.elapsed()
-    );
-    diesel::sql_query("TRUNCATE user_event")
-        .execute(&mut conn)
-        .await
-        .expect("truncate");
 
-    // After: the housekeeper's round, 50,000-row batches until nothing expired is left.
-    insert_expired_events(&db.url, N).await;
-    diesel::sql_query("VACUUM ANALYZE user_event")
-        .execute(&mut conn)
-        .await
-        .expect("vacuum");
-    let (_tx, rx) = tokio::sync::watch::channel(false);
-    let started = std::time::Instant::now();
-    let pruned = notifyd::outbox::housekeeping::prune_expired(&mut conn, &settings, &rx)
-        .await
-        .expect("prune");
-    let secs = started.elapsed().as_secs_f64();
-    println!(
-        "new: {} rows in {secs:.2} s = {:.0} rows/s",
-        pruned.events,
-        pruned.events as f64 / secs
-    );
-    assert_eq!(pruned.events as i64, N);
+    for (label, old) in [("old", true), ("new", false)] {
+        diesel::sql_query("TRUNCATE user_event")
+            .execute(&mut conn)
+            .await
+            .expect("truncate");
+        diesel::sql_query(fill(N))
+            .execute(&mut conn)
+            .await
+            .expect("fill");
+        diesel::sql_query("VACUUM ANALYZE user_event")
+            .execute(&mut conn)
+            .await
+            .expect("vacuum");
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let w = tokio::spawn(writer(db.url.clone(), stop_rx));
+        let started = std::time::Instant::now();
+        let pruned = if old {
+            // The relay's old housekeeping: 20 batches of 5,000 (then nothing for 30 s).
+            let mut n = 0;
+            for _ in 0..20 {
+                n += notifyd::store::events::prune(&mut conn, cutoff, 5000)
+                    .await
+                    .expect("prune");
+            }
+            n
+        } else {
+            let (_tx, rx) = tokio::sync::watch::channel(false);
+            notifyd::outbox::housekeeping::prune_expired(&mut conn, &settings, &rx)
+                .await
+                .expect("prune")
+                .events
+        };
+        let secs = started.elapsed().as_secs_f64();
+        let _ = stop_tx.send(true);
+        let written = w.await.expect("writer");
+        let wsecs = started.elapsed().as_secs_f64();
+        println!(
+            "{label}: pruned {pruned} rows in {secs:.2} s = {:.0} rows/s; concurrent writer {:.0} events/s",
+            pruned as f64 / secs,
+            written as f64 / wsecs
+        );
+        if !old {
+            assert_eq!(pruned as i64, N);
+        }
+    }
+    println!("old schedule ceiling: 20 x 5,000 rows per 30 s = 3,333 rows/s");
 }
