@@ -34,6 +34,8 @@ pub enum ActorMsg {
     Reauth {
         session: u64,
         claims: UserClaims,
+        /// The `auth` frame's ref: the actor acks it, before telling of any revoked topic.
+        r#ref: serde_json::Value,
     },
     /// A change this node just committed: delivered at once, ahead of the relay's copy.
     Committed(CommittedEvent),

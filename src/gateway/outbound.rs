@@ -2,7 +2,7 @@
 //! user's actor and the session's reader, drained by the session's writer (`session::writer`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
@@ -13,11 +13,15 @@ use super::protocol::close;
 pub const OUTBOUND_QUEUE: usize = 512;
 /// Bytes of text frames queued for one session before it counts as a slow consumer (4008).
 pub const OUTBOUND_BYTES: usize = 1024 * 1024;
+
 /// What the writer sends.
 pub enum Out {
     Text(Arc<str>),
-    Ping,
-    Pong(Bytes),
+    /// A WebSocket ping carrying a nonce the client must echo to count as reading.
+    Ping(Bytes),
+    /// Send the pong waiting in the session's pong slot (at most one waits: RFC 6455 lets an
+    /// endpoint answer only the latest ping).
+    Pong,
 }
 
 /// The handle on a session held by its actor and its reader.
@@ -27,6 +31,8 @@ pub struct SessionTx {
     frames: mpsc::Sender<Out>,
     /// Bytes of text frames in `frames`.
     queued: Arc<AtomicUsize>,
+    /// The latest unanswered ping's payload (copied: a slice would pin the read buffer).
+    pong: Arc<Mutex<Option<Bytes>>>,
     pub close: watch::Sender<Option<(u16, &'static str)>>,
 }
 
@@ -41,7 +47,15 @@ pub struct Outbox {
     pub frames: mpsc::Receiver<Out>,
     /// Bytes of text frames in `frames`: the writer subtracts what it takes.
     pub queued: Arc<AtomicUsize>,
+    pong: Arc<Mutex<Option<Bytes>>>,
     pub close: watch::Receiver<Option<(u16, &'static str)>>,
+}
+
+impl Outbox {
+    /// The pong to send for an `Out::Pong`, if it was not sent already.
+    pub fn take_pong(&self) -> Option<Bytes> {
+        self.pong.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
 }
 
 impl SessionTx {
@@ -49,16 +63,19 @@ impl SessionTx {
         let (frames_tx, frames) = mpsc::channel(OUTBOUND_QUEUE);
         let (close_tx, close) = watch::channel(None);
         let queued = Arc::new(AtomicUsize::new(0));
+        let pong = Arc::new(Mutex::new(None));
         (
             SessionTx {
                 id,
                 frames: frames_tx,
                 queued: queued.clone(),
+                pong: pong.clone(),
                 close: close_tx,
             },
             Outbox {
                 frames,
                 queued,
+                pong,
                 close,
             },
         )
@@ -89,9 +106,28 @@ impl SessionTx {
         self.push(Arc::from(v.to_string()))
     }
 
-    /// A ping or pong: best effort (a client whose queue is full is not reading anyway).
-    pub fn control(&self, out: Out) {
-        let _ = self.frames.try_send(out);
+    /// Queues a ping; a full queue means the client is not reading: slow consumer.
+    pub fn ping(&self, nonce: Bytes) {
+        self.control(Out::Ping(nonce));
+    }
+
+    /// Answers a client's ping. Only the latest waits; a client pinging faster than it reads
+    /// replaces its own pending pong instead of growing the queue.
+    pub fn pong(&self, payload: &[u8]) {
+        let first = {
+            let mut slot = self.pong.lock().unwrap_or_else(|p| p.into_inner());
+            slot.replace(Bytes::copy_from_slice(payload)).is_none()
+        };
+        if first {
+            self.control(Out::Pong);
+        }
+    }
+
+    fn control(&self, out: Out) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.frames.try_send(out) {
+            metrics::counter!("notifyd_slow_consumer_closed_total").increment(1);
+            self.close_with(close::SLOW_CONSUMER, "slow consumer: resume with since");
+        }
     }
 
     pub fn close_with(&self, code: u16, reason: &'static str) {

@@ -4,6 +4,7 @@
 //! or silent client cannot block its user's actor, other sessions, or its own liveness check.
 
 use std::cell::Cell;
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use super::outbound::{Out, Outbox, SessionTx};
 use super::protocol::{self, close, ClientFrame};
 use super::sockets::SocketPermit;
 use crate::auth::jwt::JwtKeys;
+use bytes::Bytes;
 
 /// Commands (read, read_all, seen_all, subscribe, unsubscribe) one session may have in flight;
 /// more are answered `busy`.
@@ -28,6 +30,10 @@ const MAX_BAD_FRAMES: u32 = 20;
 /// How long a client closed for its own behaviour has to take its close frame before the
 /// connection is reset.
 const SHORT_GRACE: Duration = Duration::from_secs(2);
+/// Pings remembered for matching pongs (a slow but reading client may answer an older one).
+const OUTSTANDING_PINGS: usize = 4;
+/// Token renewals one session may send: at most one per this interval, others get `busy`.
+const AUTH_EVERY: Duration = Duration::from_secs(1);
 
 /// Writes queued frames until closed. A close request interrupts even a write stuck on a slow
 /// socket. The close frame queues behind what the socket already holds, so it waits up to
@@ -56,13 +62,16 @@ pub async fn writer(
                             _ = out.close.changed() => continue,
                         }
                     }
-                    Some(Out::Ping) => tokio::select! {
-                        r = session.ping(b"") => r,
+                    Some(Out::Ping(nonce)) => tokio::select! {
+                        r = session.ping(&nonce) => r,
                         _ = out.close.changed() => continue,
                     },
-                    Some(Out::Pong(bytes)) => tokio::select! {
-                        r = session.pong(&bytes) => r,
-                        _ = out.close.changed() => continue,
+                    Some(Out::Pong) => match out.take_pong() {
+                        None => Ok(()),
+                        Some(bytes) => tokio::select! {
+                            r = session.pong(&bytes) => r,
+                            _ = out.close.changed() => continue,
+                        },
                     },
                 };
                 if sent.is_err() {
@@ -155,6 +164,10 @@ pub async fn reader(stream: actix_ws::MessageStream, ctx: ReaderCtx) {
     tokio::pin!(expiry);
     let mut is_joined = false;
     let mut last_pong = Instant::now();
+    // Nonces of the pings not yet answered (newest last): only a pong echoing one of them
+    // shows the client read that far; unsolicited pongs prove nothing.
+    let mut pings: VecDeque<Bytes> = VecDeque::new();
+    let mut last_auth: Option<Instant> = None;
     let mut bad = 0u32;
     loop {
         tokio::select! {
@@ -171,7 +184,12 @@ pub async fn reader(stream: actix_ws::MessageStream, ctx: ReaderCtx) {
                     me.close_with(close::POLICY, "missed heartbeats");
                     break;
                 }
-                me.control(Out::Ping);
+                let nonce = Bytes::copy_from_slice(&rand::random::<u64>().to_be_bytes());
+                if pings.len() == OUTSTANDING_PINGS {
+                    pings.pop_front();
+                }
+                pings.push_back(nonce.clone());
+                me.ping(nonce);
             }
             _ = &mut expiry => {
                 metrics::counter!("notifyd_ws_token_expired_total").increment(1);
@@ -186,11 +204,17 @@ pub async fn reader(stream: actix_ws::MessageStream, ctx: ReaderCtx) {
                             me.push_json(&protocol::pong(&r#ref));
                         }
                         Ok(ClientFrame::Auth { token, r#ref }) => {
-                            match renew(&jwt, &user, &token, &me, &actor) {
-                                Ok(new_exp) => {
-                                    expiry.as_mut().reset(deadline_of(new_exp));
-                                    me.push_json(&protocol::ack(&r#ref, serde_json::json!({"exp": new_exp})));
-                                }
+                            // Only accepted renewals reach the actor's mailbox: those are
+                            // limited to one per AUTH_EVERY.
+                            let now = Instant::now();
+                            let too_soon = last_auth.is_some_and(|t| now.duration_since(t) < AUTH_EVERY);
+                            let renewed = renew(&jwt, &user, &token, &me, &actor, too_soon, &r#ref);
+                            if renewed.is_ok() {
+                                last_auth = Some(now);
+                            }
+                            match renewed {
+                                // The actor acks it (after applying the new claims).
+                                Ok(new_exp) => expiry.as_mut().reset(deadline_of(new_exp)),
                                 Err((code, message)) => {
                                     me.push_json(&protocol::error(&r#ref, code, message));
                                 }
@@ -213,8 +237,13 @@ pub async fn reader(stream: actix_ws::MessageStream, ctx: ReaderCtx) {
                         bad += 1;
                         me.push_json(&protocol::error(&serde_json::Value::Null, "bad_frame", "binary frames are not supported; send JSON text"));
                     }
-                    Ok(actix_ws::AggregatedMessage::Ping(bytes)) => me.control(Out::Pong(bytes)),
-                    Ok(actix_ws::AggregatedMessage::Pong(_)) => last_pong = Instant::now(),
+                    Ok(actix_ws::AggregatedMessage::Ping(bytes)) => me.pong(&bytes),
+                    Ok(actix_ws::AggregatedMessage::Pong(bytes)) => {
+                        if let Some(i) = pings.iter().position(|n| *n == bytes) {
+                            last_pong = Instant::now();
+                            pings.drain(..=i);
+                        }
+                    }
                     Ok(actix_ws::AggregatedMessage::Close(_)) => {
                         me.close_with(1000, "bye");
                         break;
@@ -275,6 +304,8 @@ fn renew(
     token: &str,
     me: &SessionTx,
     actor: &mpsc::Sender<ActorMsg>,
+    too_soon: bool,
+    r#ref: &serde_json::Value,
 ) -> Result<i64, (&'static str, &'static str)> {
     let claims = jwt
         .verify(token)
@@ -282,11 +313,15 @@ fn renew(
     if claims.user != user {
         return Err(("unauthorized", "the token is for another user"));
     }
+    if too_soon {
+        return Err(("busy", "at most one renewal per second"));
+    }
     let exp = claims.exp;
     actor
         .try_send(ActorMsg::Reauth {
             session: me.id,
             claims,
+            r#ref: r#ref.clone(),
         })
         .map_err(|_| ("busy", "the server is busy; send the token again"))?;
     Ok(exp)

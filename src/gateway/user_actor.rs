@@ -48,6 +48,8 @@ struct Actor {
     /// from a database restored to an older state (same seq, another event).
     recent: VecDeque<(i64, u64)>,
     last_restore_check: Option<Instant>,
+    /// The user's turn at the database for WebSocket commands (one at a time).
+    db_turn: Arc<tokio::sync::Semaphore>,
     sessions: HashMap<u64, Session>,
     /// topic -> sessions subscribed to it on this node
     topics: HashMap<String, HashSet<u64>>,
@@ -110,6 +112,7 @@ pub async fn run(
         last_seq: -1,
         recent: VecDeque::new(),
         last_restore_check: None,
+        db_turn: Arc::new(tokio::sync::Semaphore::new(1)),
         sessions: HashMap::new(),
         topics: HashMap::new(),
     };
@@ -165,11 +168,11 @@ impl Actor {
                 frame,
                 slot,
             } => self.command(session, frame, slot).await,
-            ActorMsg::Reauth { session, claims } => {
-                if let Some(s) = self.sessions.get_mut(&session) {
-                    s.claims = claims;
-                }
-            }
+            ActorMsg::Reauth {
+                session,
+                claims,
+                r#ref,
+            } => self.reauth(session, claims, r#ref),
             ActorMsg::Committed(ev) => {
                 let payload: Arc<str> = Arc::from(ev.frame.to_string());
                 self.on_event(ev.seq, payload).await;
@@ -509,12 +512,20 @@ impl Actor {
         // It holds the session's command slot until answered, and one of the node's database
         // command permits while it runs, so floods wait in bounded numbers, not in the pool.
         let (state, user, me) = (self.state.clone(), self.user.clone(), self.me.clone());
+        let turn = self.db_turn.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let (cmd, r#ref) = cmd;
             let result = async {
-                let db = state.gateway.db_commands.clone();
-                let _permit = tokio::time::timeout(COMMAND_WAIT, db.acquire_owned())
+                // One command of this user at a time (they serialise on the user's counter row
+                // anyway), then one of the node's permits: however many sockets one user
+                // floods from, it holds at most one permit and other users' commands go on.
+                let turns = async {
+                    let mine = turn.acquire_owned().await;
+                    let node = state.gateway.db_commands.clone().acquire_owned().await;
+                    mine.and_then(|m| node.map(|n| (m, n)))
+                };
+                let _turns = tokio::time::timeout(COMMAND_WAIT, turns)
                     .await
                     .map_err(|_| ApiError::Unavailable("the server is busy; retry".into()))?
                     .map_err(|_| ApiError::Unavailable("shutting down".into()))?;
@@ -587,6 +598,36 @@ impl Actor {
                 .await;
         }
         tx.push_json(&protocol::ack(&r#ref, json!({ "topics": topics })));
+    }
+
+    /// A renewed token decides the session's topics from now on: those it no longer allows are
+    /// unsubscribed at once, and the session is told with an `error` frame `forbidden`.
+    fn reauth(&mut self, session: u64, claims: UserClaims, r#ref: Value) {
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        s.tx.push_json(&protocol::ack(&r#ref, json!({ "exp": claims.exp })));
+        let revoked: Vec<String> = s
+            .topics
+            .iter()
+            .filter(|t| !claims.may_subscribe(t))
+            .cloned()
+            .collect();
+        s.claims = claims;
+        for t in &revoked {
+            s.topics.remove(t);
+            if let Some(set) = self.topics.get_mut(t) {
+                set.remove(&session);
+            }
+        }
+        if !revoked.is_empty() {
+            s.tx.push_json(&protocol::error(
+                &Value::Null,
+                "forbidden",
+                &format!("the renewed token does not allow {revoked:?}: unsubscribed"),
+            ));
+            self.drop_idle_topics_later();
+        }
     }
 
     fn unsubscribe(&mut self, session: u64, topics: Vec<String>, r#ref: Value) {

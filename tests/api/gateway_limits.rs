@@ -7,139 +7,13 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::helpers::*;
 
 /// Deadline for anything that should happen "now" (never a measure of speed).
 const T: Duration = Duration::from_secs(15);
-
-/// Opens a WebSocket by hand on a raw TCP stream (the tests below write frames byte by byte).
-async fn raw_ws(app: &TestApp, user: &str) -> TcpStream {
-    let mut s = TcpStream::connect(("127.0.0.1", app.port))
-        .await
-        .expect("connect");
-    let req = format!(
-        "GET /ws?token={} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        token(user)
-    );
-    s.write_all(req.as_bytes()).await.expect("handshake");
-    let mut head = vec![];
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut b).await.expect("handshake answer");
-        head.push(b[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    s
-}
-
-/// Reads server frames until a close frame; returns its code (`None` if the connection ended
-/// without one or `timeout` passed).
-async fn read_close_code<R: AsyncReadExt + Unpin>(s: &mut R, timeout: Duration) -> Option<u16> {
-    let read = async {
-        loop {
-            let mut h = [0u8; 2];
-            s.read_exact(&mut h).await.ok()?;
-            let opcode = h[0] & 0x0f;
-            let len = match h[1] & 0x7f {
-                126 => {
-                    let mut l = [0u8; 2];
-                    s.read_exact(&mut l).await.ok()?;
-                    u16::from_be_bytes(l) as usize
-                }
-                127 => {
-                    let mut l = [0u8; 8];
-                    s.read_exact(&mut l).await.ok()?;
-                    u64::from_be_bytes(l) as usize
-                }
-                n => n as usize,
-            };
-            let mut payload = vec![0u8; len];
-            s.read_exact(&mut payload).await.ok()?;
-            if opcode == 0x8 {
-                return (len >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
-            }
-        }
-    };
-    tokio::time::timeout(timeout, read).await.ok().flatten()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_frame_header_announcing_1_tib_closes_with_1009_at_once_and_nothing_is_buffered() {
-    let db = TestDb::new().await;
-    let app = spawn_app(&db, Opts::default()).await;
-    let mut s = raw_ws(&app, &new_user()).await;
-    // A masked text frame whose header announces 2^40 bytes, and the first 16 KiB of them.
-    let mut frame = vec![0x81u8, 0x80 | 127];
-    frame.extend_from_slice(&(1u64 << 40).to_be_bytes());
-    frame.extend_from_slice(&[1, 2, 3, 4]);
-    frame.extend_from_slice(&vec![b'x'; 16 * 1024]);
-    s.write_all(&frame).await.expect("write the header");
-    let (mut rd, mut wr) = s.into_split();
-    let rss_before = rss_bytes();
-    // Keep streaming (as the attacker would) for up to 20 s while waiting for the close frame.
-    let streamer = tokio::spawn(async move {
-        let chunk = vec![b'x'; 64 * 1024];
-        let mut sent = 0usize;
-        let end = tokio::time::Instant::now() + Duration::from_secs(20);
-        while tokio::time::Instant::now() < end {
-            match tokio::time::timeout(Duration::from_secs(5), wr.write_all(&chunk)).await {
-                Ok(Ok(())) => sent += chunk.len(),
-                _ => return (sent, true), // reset by the server, or it stopped reading
-            }
-        }
-        (sent, false)
-    });
-    let code = read_close_code(&mut rd, T).await;
-    assert_eq!(
-        code,
-        Some(1009),
-        "no 1009 close while the 1 TiB frame streams in"
-    );
-    let (sent, cut_off) = streamer.await.expect("streamer");
-    assert!(cut_off, "the server took 1 GiB of a frame it had refused");
-    // The node runs in this process: what it buffered for the frame shows in our RSS.
-    let grown = rss_bytes().saturating_sub(rss_before);
-    assert!(
-        grown < 64 * 1024 * 1024,
-        "memory grew by {grown} bytes while {sent} bytes of a refused frame streamed in"
-    );
-}
-
-/// This process's resident set size, from `/proc/self/status`.
-fn rss_bytes() -> usize {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
-/// Whether the kernel still holds an ESTABLISHED TCP connection from `client_port` to the
-/// server's `server_port` on the server's side (`/proc/net/tcp`, local address first).
-fn server_side_established(server_port: u16, client_port: u16) -> bool {
-    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
-    table.lines().skip(1).any(|line| {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        let port = |addr: &str| {
-            addr.rsplit(':')
-                .next()
-                .and_then(|p| u16::from_str_radix(p, 16).ok())
-        };
-        cols.len() > 3
-            && port(cols[1]) == Some(server_port)
-            && port(cols[2]) == Some(client_port)
-            && cols[3] == "01"
-    })
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_with_full_buffers_is_dropped_and_goes_offline() {
@@ -556,5 +430,117 @@ async fn after_a_database_restore_live_sessions_get_a_reset_not_silence() {
         "{f}"
     );
     assert!(f["seq"].as_i64().expect("seq") >= 3);
+    app.stop().await;
+}
+
+/// Found by an attacker's review: liveness trusted any pong, and the server's pings were
+/// empty, so a client that never reads stayed online by sending pongs blindly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsolicited_pongs_do_not_count_as_reading() {
+    let db = TestDb::new().await;
+    let app = spawn_app(
+        &db,
+        Opts {
+            heartbeat: Duration::from_secs(1),
+            ..Default::default()
+        },
+    )
+    .await;
+    let u = new_user();
+    let mut s = raw_ws(&app, &u).await;
+    let client_port = s.local_addr().expect("local addr").port();
+    for _ in 0..30 {
+        if s.write_all(&client_frame(0xA, b"")).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // 9 s is 3.6 liveness windows without reading a byte.
+    assert_eq!(
+        app.presence(&u).await,
+        json!({"online": false, "connections": 0})
+    );
+    assert!(!server_side_established(app.port, client_port));
+    app.stop().await;
+}
+
+/// Found by an attacker's review: renewing the token with narrower `topics` kept the topics
+/// the old token allowed streaming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_token_that_no_longer_allows_a_topic_unsubscribes_it() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let u = new_user();
+    let mut c = WsClient::connect(&app.ws_url(&token_with_topics(&u, &["secret:*"]), None))
+        .await
+        .expect("connect");
+    c.next_of("hello", T).await;
+    c.send(&json!({"type": "subscribe", "topics": ["secret:1"], "ref": "s"}))
+        .await;
+    assert_eq!(c.next_of("ack", T).await["ref"], "s");
+    c.send(&json!({"type": "auth", "token": token(&u), "ref": "a"}))
+        .await;
+    assert_eq!(c.next_of("ack", T).await["ref"], "a");
+    let e = c.next_of("error", T).await;
+    assert_eq!(e["error"]["code"], "forbidden", "{e}");
+    redis_publish(
+        &app.topic_channel("secret:1"),
+        &json!({"type": "topic.event", "topic": "secret:1", "data": {"x": 1}}).to_string(),
+    )
+    .await;
+    c.send(&json!({"type": "ping", "ref": "after"})).await;
+    let next = c.next(T).await.expect("a frame");
+    assert_eq!(
+        (&next["type"], &next["ref"]),
+        (&json!("pong"), &json!("after")),
+        "a topic the renewed token does not allow was delivered: {next}"
+    );
+    app.stop().await;
+}
+
+/// Found by an attacker's review: one user's sockets could hold every node-wide database
+/// command permit (their commands queue on that user's row lock), stalling other users.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_users_command_flood_does_not_hold_up_another_users_commands() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let (u, victim) = (new_user(), new_user());
+    app.send(&u, "one").await;
+    app.send(&victim, "two").await;
+    // The flooding user's commands all block on its counter row, held here.
+    let mut holder = db.conn().await;
+    diesel_async::RunQueryDsl::execute(diesel::sql_query("BEGIN"), &mut holder)
+        .await
+        .expect("begin");
+    diesel_async::RunQueryDsl::execute(
+        diesel::sql_query(format!(
+            "SELECT 1 FROM user_inbox_state WHERE user_id = '{u}' FOR UPDATE"
+        )),
+        &mut holder,
+    )
+    .await
+    .expect("lock the row");
+    let mut flood = vec![];
+    for _ in 0..8 {
+        let mut c = app.ws(&u, None).await;
+        c.next_of("hello", T).await;
+        for i in 0..4 {
+            c.send(&json!({"type": "read_all", "ref": i})).await;
+        }
+        flood.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut v = app.ws(&victim, None).await;
+    v.next_of("hello", T).await;
+    v.send(&json!({"type": "seen_all", "ref": "v"})).await;
+    let answer = v.next(T).await.expect("an answer");
+    assert_eq!(
+        (&answer["type"], &answer["ref"]),
+        (&json!("ack"), &json!("v")),
+        "{answer}"
+    );
+    diesel_async::RunQueryDsl::execute(diesel::sql_query("COMMIT"), &mut holder)
+        .await
+        .expect("commit");
     app.stop().await;
 }

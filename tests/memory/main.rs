@@ -1,0 +1,169 @@
+//! Memory bounds of the gateway under hostile clients, measured as this process's RSS (the node
+//! runs in-process). A test binary of their own, run one at a time, so no other test's
+//! allocations blur the figure.
+
+#[path = "../api/helpers.rs"]
+mod helpers;
+
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+
+use helpers::*;
+
+/// Deadline for anything that should happen "now" (never a measure of speed).
+const T: Duration = Duration::from_secs(15);
+
+/// One measurement at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_header_announcing_1_tib_closes_with_1009_at_once_and_nothing_is_buffered() {
+    let _one = SERIAL.lock().await;
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let mut s = raw_ws(&app, &new_user()).await;
+    // A masked text frame whose header announces 2^40 bytes, and the first 16 KiB of them.
+    let mut frame = vec![0x81u8, 0x80 | 127];
+    frame.extend_from_slice(&(1u64 << 40).to_be_bytes());
+    frame.extend_from_slice(&[1, 2, 3, 4]);
+    frame.extend_from_slice(&vec![b'x'; 16 * 1024]);
+    s.write_all(&frame).await.expect("write the header");
+    let (mut rd, mut wr) = s.into_split();
+    let rss_before = rss_bytes();
+    // Keep streaming (as the attacker would) for up to 20 s while waiting for the close frame.
+    let streamer = tokio::spawn(async move {
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut sent = 0usize;
+        let end = tokio::time::Instant::now() + Duration::from_secs(20);
+        while tokio::time::Instant::now() < end {
+            match tokio::time::timeout(Duration::from_secs(5), wr.write_all(&chunk)).await {
+                Ok(Ok(())) => sent += chunk.len(),
+                _ => return (sent, true), // reset by the server, or it stopped reading
+            }
+        }
+        (sent, false)
+    });
+    let code = read_close_code(&mut rd, T).await;
+    assert_eq!(
+        code,
+        Some(1009),
+        "no 1009 close while the 1 TiB frame streams in"
+    );
+    let (sent, cut_off) = streamer.await.expect("streamer");
+    assert!(cut_off, "the server took 1 GiB of a frame it had refused");
+    // The node runs in this process: what it buffered for the frame shows in our RSS.
+    let grown = rss_bytes().saturating_sub(rss_before);
+    assert!(
+        grown < 64 * 1024 * 1024,
+        "memory grew by {grown} bytes while {sent} bytes of a refused frame streamed in"
+    );
+}
+
+/// Found by an attacker's review: pongs the server owed were queued as slices of its read
+/// buffer, outside the byte budget, so a client pinging without reading pinned ~24 MiB per socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_flood_without_reading_pins_no_memory() {
+    let _one = SERIAL.lock().await;
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let u = new_user();
+    let mut conns = vec![];
+    for _ in 0..4 {
+        conns.push(raw_ws_small(&app, &u).await);
+    }
+    // First fill the server's socket toward each client (it never reads), so the session's
+    // writer is blocked and whatever the server owes the client waits in its queue.
+    let dense: Vec<u8> = (0..150)
+        .flat_map(|_| client_frame(0x9, &[b'd'; 125]))
+        .collect();
+    for (s, port) in conns.iter_mut() {
+        let mut last = 0;
+        for _ in 0..200 {
+            if s.write_all(&dense).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let q = server_tx_queue(app.port, *port);
+            if q == last && q > 0 {
+                break;
+            }
+            last = q;
+        }
+    }
+    // Then pings interleaved with unsolicited pongs, ~60 KiB per write, never reading.
+    let mut burst = client_frame(0x9, &[b'p'; 125]);
+    let filler = client_frame(0xA, &[b'f'; 125]);
+    while burst.len() < 60 * 1024 {
+        burst.extend_from_slice(&filler);
+    }
+    let before = rss_bytes();
+    // At most 700 rounds or 40 s: a server that stops reading or closes ends a round early.
+    let end = tokio::time::Instant::now() + Duration::from_secs(40);
+    for _ in 0..700 {
+        if tokio::time::Instant::now() > end {
+            break;
+        }
+        for (s, _) in conns.iter_mut() {
+            match tokio::time::timeout(Duration::from_secs(10), s.write_all(&burst)).await {
+                Ok(Ok(())) => {}
+                _ => break,
+            }
+        }
+    }
+    let grown = rss_bytes().saturating_sub(before);
+    eprintln!("pinged: RSS grew {} KiB", grown >> 10);
+    assert!(
+        grown < 16 * 1024 * 1024,
+        "4 non-reading sockets pinned {} MiB with pings",
+        grown >> 20
+    );
+    app.stop().await;
+}
+
+/// A raw WebSocket on a socket with a 2 KiB receive buffer; returns it with its local port.
+async fn raw_ws_small(app: &TestApp, user: &str) -> (tokio::net::TcpStream, u16) {
+    use tokio::io::AsyncReadExt;
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(2048).expect("SO_RCVBUF");
+    let mut s = sock
+        .connect(([127, 0, 0, 1], app.port).into())
+        .await
+        .expect("connect");
+    let port = s.local_addr().expect("local addr").port();
+    let req = format!(
+        "GET /ws?token={} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        token(user)
+    );
+    s.write_all(req.as_bytes()).await.expect("handshake");
+    let mut head = vec![];
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).await.expect("handshake answer");
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    (s, port)
+}
+
+/// The server's kernel send queue (bytes) toward `client_port` (`/proc/net/tcp` tx_queue).
+fn server_tx_queue(server_port: u16, client_port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let port = |addr: &str| {
+        addr.rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
+    table
+        .lines()
+        .skip(1)
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|c| c.len() > 4 && port(c[1]) == Some(server_port) && port(c[2]) == Some(client_port))
+        .and_then(|c| {
+            c[4].split(':')
+                .next()
+                .and_then(|q| usize::from_str_radix(q, 16).ok())
+        })
+        .unwrap_or(0)
+}
