@@ -49,6 +49,8 @@ pub(crate) struct Report {
     pub(crate) faults: Vec<(FaultKind, f64, f64, String)>,
     pub(crate) takeovers_ms: Vec<f64>,
     pub(crate) slow_closed: Vec<bool>,
+    /// Half-open faults: (kind, (connections frozen, of which the nodes closed themselves)).
+    pub(crate) half_open: Vec<(FaultKind, (usize, usize))>,
     pub(crate) lost: usize,
     pub(crate) reorders: usize,
     pub(crate) duplicates_applied: usize,
@@ -59,6 +61,8 @@ pub(crate) struct Report {
     pub(crate) missing_201: usize,
     pub(crate) gave_up: usize,
     pub(crate) max_delay_by_kind: BTreeMap<FaultKind, f64>,
+    /// Per fault kind, the longest stretch after it with no client applying anything.
+    pub(crate) max_silence_by_kind: BTreeMap<FaultKind, f64>,
     pub(crate) baseline_delay: (f64, f64),
     pub(crate) http_failures: Vec<(String, usize, usize, usize)>,
     pub(crate) replays_after_failure: usize,
@@ -108,7 +112,7 @@ impl Report {
         let _ = writeln!(s, "\n### Faults\n");
         let _ = writeln!(
             s,
-            "| kind | injected | max time without delivery after it |\n|---|---|---|"
+            "| kind | injected | max time without delivery after it | longest silence after it |\n|---|---|---|---|"
         );
         for kind in ALL_FAULTS {
             let n = self.faults.iter().filter(|f| f.0 == kind).count();
@@ -117,7 +121,12 @@ impl Report {
                 .get(&kind)
                 .map(|d| format!("{:.2} s", d / 1000.0))
                 .unwrap_or_else(|| "no message in its window".into());
-            let _ = writeln!(s, "| {} | {n} | {worst} |", kind.label());
+            let silence = self
+                .max_silence_by_kind
+                .get(&kind)
+                .map(|d| format!("{:.2} s", d / 1000.0))
+                .unwrap_or_else(|| "-".into());
+            let _ = writeln!(s, "| {} | {n} | {worst} | {silence} |", kind.label());
         }
         let _ = writeln!(
             s,
@@ -129,8 +138,18 @@ impl Report {
             "*Time without delivery*: for the messages whose `201` came back after the fault was \
              injected and before the next one, the longest time from the `201` to the moment the \
              slowest tab of the recipient applied the message (for the slow-client fault, not \
-             counting the stalled tab: its own figures are in the timeline)."
+             counting the stalled tab: its own figures are in the timeline). *Longest \
+             silence*: the longest stretch, from the fault to the next one, in which no client \
+             applied any event at all (it also covers messages whose POST was held up by the fault)."
         );
+        for (kind, (frozen, closed)) in &self.half_open {
+            let _ = writeln!(
+                s,
+                "\n{}: {frozen} connections frozen, {closed} of them closed by the nodes on their \
+                 own before the reset.",
+                kind.label()
+            );
+        }
         if !self.takeovers_ms.is_empty() {
             let t: Vec<String> = self
                 .takeovers_ms
@@ -327,6 +346,7 @@ impl Checker<'_> {
             report.problems.push(format!("the producer gave up on {k}"));
         }
         self.delays(report);
+        self.silences(report);
         self.http_failures(report);
         Ok(())
     }
@@ -393,6 +413,40 @@ impl Checker<'_> {
         baseline.sort_by(|a, b| a.total_cmp(b));
         if !baseline.is_empty() {
             report.baseline_delay = (baseline[baseline.len() / 2], baseline[baseline.len() - 1]);
+        }
+    }
+
+    /// Per fault window (from the fault to the next one), the longest stretch in which no client
+    /// applied anything: a stall of the whole pipeline, whatever its cause.
+    pub(crate) fn silences(&self, report: &mut Report) {
+        let mut applied: Vec<f64> = self
+            .clients
+            .iter()
+            .flat_map(|c| {
+                lock(&c.log)
+                    .applied_at
+                    .values()
+                    .copied()
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        applied.sort_by(|a, b| a.total_cmp(b));
+        let Some(&last) = applied.last() else {
+            return;
+        };
+        for (i, f) in self.faults.iter().enumerate() {
+            let end = self.faults.get(i + 1).map_or(last, |n| n.start);
+            let mut prev = f.start;
+            let mut worst: f64 = 0.0;
+            for &t in applied.iter().filter(|t| **t > f.start) {
+                worst = worst.max(t.min(end) - prev);
+                if t >= end {
+                    break;
+                }
+                prev = t;
+            }
+            let e = report.max_silence_by_kind.entry(f.kind).or_insert(0.0);
+            *e = e.max(worst);
         }
     }
 

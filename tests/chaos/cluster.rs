@@ -13,6 +13,7 @@ use diesel::sql_types::{BigInt, Text};
 use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 
+use crate::proxy::TcpProxy;
 use crate::util::{command, free_port, is_root, kill9, log_to, note, run, wait_for, TempDir};
 use crate::{Config, JWT_SECRET, NODES, SERVICE_KEY};
 
@@ -111,7 +112,11 @@ impl Drop for PrivatePostgres {
 /// `/usr/lib/postgresql/<highest version>/bin` (or `PG_BIN`).
 pub(crate) fn postgres_bin_dir() -> anyhow::Result<PathBuf> {
     if let Ok(p) = std::env::var("PG_BIN") {
-        return Ok(PathBuf::from(p));
+        let p = PathBuf::from(p);
+        if !p.join("initdb").exists() {
+            bail!("PG_BIN={} has no initdb", p.display());
+        }
+        return Ok(p);
     }
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .context("PostgreSQL server binaries not found in /usr/lib/postgresql (scripts/services.sh installs them)")?
@@ -167,10 +172,6 @@ impl PrivateRedis {
 
     pub(crate) fn kill(&mut self) {
         kill9(&mut self.child);
-    }
-
-    pub(crate) fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
     }
 }
 
@@ -373,26 +374,40 @@ impl Drop for Nginx {
     }
 }
 
-/// /usr/sbin/nginx, installed with apt-get (Debian package `nginx`) when absent and root.
+/// /usr/sbin/nginx. The test never installs it (plain `cargo test` must not touch the system's
+/// packages): scripts/services.sh does, and scripts/test.sh runs that first.
 pub(crate) fn nginx_bin() -> anyhow::Result<PathBuf> {
     let bin = PathBuf::from("/usr/sbin/nginx");
     if bin.exists() {
         return Ok(bin);
     }
-    if !is_root() {
-        bail!("nginx is not installed (/usr/sbin/nginx): run scripts/services.sh or apt-get install nginx");
+    bail!("nginx is not installed (/usr/sbin/nginx): run scripts/services.sh or apt-get install nginx")
+}
+
+/// A program on `PATH`.
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+}
+
+/// What the harness needs on this machine and does not find, one line each.
+pub(crate) fn missing_prerequisites() -> Vec<String> {
+    let mut missing = vec![];
+    if let Err(e) = postgres_bin_dir() {
+        missing.push(format!("PostgreSQL server binaries: {e:#}"));
     }
-    note("installing nginx with apt-get");
-    let install = || {
-        run(Command::new("apt-get")
-            .args(["install", "-y", "-qq", "nginx"])
-            .env("DEBIAN_FRONTEND", "noninteractive"))
-    };
-    if install().is_err() {
-        run(Command::new("apt-get").args(["update", "-qq"]))?;
-        install()?;
+    if !on_path("redis-server") {
+        missing.push("redis-server is not on PATH (Debian package redis-server)".into());
     }
-    Ok(bin)
+    if let Err(e) = nginx_bin() {
+        missing.push(e.to_string());
+    }
+    if is_root() && !on_path("runuser") {
+        missing.push(
+            "runuser (util-linux): initdb refuses root, the cluster runs as `postgres`".into(),
+        );
+    }
+    missing
 }
 
 /// The deploy recipe with our nodes in the upstream and our port in `listen`, nothing else
@@ -457,11 +472,15 @@ pub(crate) fn deploy_config_for(
     Ok(out)
 }
 
-/// Everything the harness runs. Fields drop in order: nginx, the nodes, Redis, PostgreSQL, and
-/// the temp dir last.
+/// Everything the harness runs. Fields drop in order: nginx, the nodes, the proxies, Redis,
+/// PostgreSQL, and the temp dir last.
 pub(crate) struct Cluster {
     pub(crate) nginx: Nginx,
     pub(crate) nodes: Vec<Node>,
+    /// The nodes reach Redis and PostgreSQL only through these (the half-open faults); the
+    /// harness itself talks to both directly, so a frozen path never blinds the checker.
+    pub(crate) redis_proxy: TcpProxy,
+    pub(crate) pg_proxy: TcpProxy,
     pub(crate) redis: PrivateRedis,
     pub(crate) pg: PrivatePostgres,
     pub(crate) http: reqwest::Client,
@@ -484,8 +503,12 @@ impl Cluster {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(15))
             .build()?;
+        let redis_proxy = TcpProxy::start(redis.port).await?;
+        let pg_proxy = TcpProxy::start(pg.port).await?;
+        let node_db = format!("postgres://postgres@127.0.0.1:{}/notifyd", pg_proxy.port);
+        let node_redis = format!("redis://127.0.0.1:{}", redis_proxy.port);
         let mut nodes: Vec<Node> = (1..=NODES)
-            .map(|i| Node::new(i, &pg.url("notifyd"), &redis.url(), &dir.path))
+            .map(|i| Node::new(i, &node_db, &node_redis, &dir.path))
             .collect();
         // The first node applies the migrations alone; then the others start.
         nodes[0].launch()?;
@@ -507,12 +530,14 @@ impl Cluster {
         )
         .await?;
         note(format!(
-            "postgres :{}  redis :{}  nodes {:?}  nginx :{}",
-            pg.port, redis.port, addrs, nginx.port
+            "postgres :{} (nodes via :{})  redis :{} (nodes via :{})  nodes {:?}  nginx :{}",
+            pg.port, pg_proxy.port, redis.port, redis_proxy.port, addrs, nginx.port
         ));
         Ok(Cluster {
             nginx,
             nodes,
+            redis_proxy,
+            pg_proxy,
             redis,
             pg,
             http,
@@ -550,6 +575,21 @@ impl Cluster {
             .into_iter()
             .next()
             .map(|h| h.name.trim_start_matches("notifyd relay ").to_string()))
+    }
+
+    /// Each node's `/readyz` answer within `timeout`: `node-1 200`, `node-2 503`,
+    /// `node-3 no answer`.
+    pub(crate) async fn readyz_all(&self, timeout: Duration) -> Vec<String> {
+        let probes = self.nodes.iter().map(|n| async move {
+            let url = format!("{}/readyz", n.base());
+            let answer = match tokio::time::timeout(timeout, self.http.get(url).send()).await {
+                Ok(Ok(r)) => r.status().as_u16().to_string(),
+                Ok(Err(_)) => "error".to_string(),
+                Err(_) => "no answer".to_string(),
+            };
+            format!("{} {answer}", n.name)
+        });
+        futures_util::future::join_all(probes).await
     }
 
     pub(crate) fn node_index(&self, name_or_addr: &str) -> Option<usize> {

@@ -20,15 +20,19 @@ pub(crate) enum FaultKind {
     RedisRestart,
     PostgresRestart,
     SlowClient,
+    HalfOpenRedis,
+    HalfOpenPostgres,
 }
 
-pub(crate) const ALL_FAULTS: [FaultKind; 6] = [
+pub(crate) const ALL_FAULTS: [FaultKind; 8] = [
     FaultKind::NodeKill,
     FaultKind::RelayKill,
     FaultKind::TcpDrop,
     FaultKind::RedisRestart,
     FaultKind::PostgresRestart,
     FaultKind::SlowClient,
+    FaultKind::HalfOpenRedis,
+    FaultKind::HalfOpenPostgres,
 ];
 
 impl FaultKind {
@@ -40,6 +44,8 @@ impl FaultKind {
             FaultKind::RedisRestart => "Redis killed and restarted",
             FaultKind::PostgresRestart => "PostgreSQL restarted (pg_ctl restart -m fast)",
             FaultKind::SlowClient => "slow client (stops reading)",
+            FaultKind::HalfOpenRedis => "half-open Redis (connections silent, then reset)",
+            FaultKind::HalfOpenPostgres => "half-open PostgreSQL (connections silent, then reset)",
         }
     }
 }
@@ -54,9 +60,11 @@ pub(crate) struct Fault {
     pub(crate) takeover_ms: Option<f64>,
     /// Slow client: did the server close a slow consumer (notifyd_slow_consumer_closed_total)?
     pub(crate) slow_closed: Option<bool>,
+    /// Half-open: (connections frozen, of which the nodes closed on their own).
+    pub(crate) half_open: Option<(usize, usize)>,
 }
 
-/// Injects the six faults in turn, `cfg.gap` apart, for `cfg.rounds` rounds or (long runs)
+/// Injects the faults in turn, `cfg.gap` apart, for `cfg.rounds` rounds or (long runs)
 /// until the producer is done.
 pub(crate) struct FaultInjector<'a> {
     pub(crate) cfg: &'a Config,
@@ -84,6 +92,9 @@ impl FaultInjector<'_> {
                     FaultKind::RedisRestart => self.restart_redis().await?,
                     FaultKind::PostgresRestart => self.restart_postgres().await?,
                     FaultKind::SlowClient => self.slow_client(round).await?,
+                    FaultKind::HalfOpenRedis | FaultKind::HalfOpenPostgres => {
+                        self.half_open(kind).await?
+                    }
                 };
                 note(format!(
                     "{:>7.1}s  {} ({:.1}s): {}",
@@ -106,6 +117,7 @@ impl FaultInjector<'_> {
             detail,
             takeover_ms: None,
             slow_closed: None,
+            half_open: None,
         }
     }
 
@@ -309,5 +321,70 @@ impl FaultInjector<'_> {
         );
         f.slow_closed = Some(closed);
         Ok(f)
+    }
+
+    /// Every connection the nodes have to Redis or PostgreSQL at this moment goes silent both
+    /// ways (not closed) for `cfg.half_open`, longer than any timeout of the service; new
+    /// connections go through. Then the frozen ones are reset (see `proxy.rs` for why reset,
+    /// not resume). Over once every client has applied what its user had at the reset.
+    pub(crate) async fn half_open(&mut self, kind: FaultKind) -> anyhow::Result<Fault> {
+        let (proxy, what) = match kind {
+            FaultKind::HalfOpenRedis => (&self.cluster.redis_proxy, "Redis"),
+            _ => (&self.cluster.pg_proxy, "PostgreSQL"),
+        };
+        let start = self.clock.ms();
+        let frozen = proxy.freeze();
+        // Near the end of the freeze: does each node still call itself ready?
+        let probe_at = self.cfg.half_open.saturating_sub(Duration::from_secs(4));
+        tokio::time::sleep(probe_at).await;
+        let readyz = self.cluster.readyz_all(Duration::from_secs(3)).await;
+        tokio::time::sleep(self.cfg.half_open - probe_at).await;
+        let out = proxy.reset(frozen);
+        let reset_at = self.clock.ms();
+        let caught_up = self.wait_for_clients_to_catch_up().await?;
+        let closed = match out.slowest_close {
+            Some(d) => format!(
+                "the nodes closed {} of them on their own (the last {:.1} s into the freeze)",
+                out.closed_by_node,
+                d.as_secs_f64()
+            ),
+            None => "the nodes closed none of them on their own".into(),
+        };
+        let detail = format!(
+            "{} connections of the nodes to {what} silent for {:.0} s, then reset; {closed}; \
+             /readyz {:.0} s into it: {}; every client caught up {:.1} s after the reset, \
+             {:.1} s after the fault",
+            out.frozen,
+            self.cfg.half_open.as_secs_f64(),
+            probe_at.as_secs_f64(),
+            readyz.join(", "),
+            (caught_up - reset_at) / 1000.0,
+            (caught_up - start) / 1000.0,
+        );
+        let mut f = self.fault(kind, start, detail);
+        f.half_open = Some((out.frozen, out.closed_by_node));
+        Ok(f)
+    }
+
+    /// Waits (at most a minute) until every client has applied its user's seq as of now.
+    /// Returns when (run clock ms).
+    async fn wait_for_clients_to_catch_up(&self) -> anyhow::Result<f64> {
+        let target = self.cluster.inbox_seqs().await?;
+        let clients = self.clients;
+        wait_for(
+            "every client to catch up after the fault",
+            Duration::from_secs(60),
+            || {
+                let target = &target;
+                async move {
+                    clients.iter().all(|c| {
+                        let want = target.get(&c.user).map(|s| s.0).unwrap_or(0);
+                        lock(&c.log).last_seq >= want
+                    })
+                }
+            },
+        )
+        .await?;
+        Ok(self.clock.ms())
     }
 }

@@ -18,7 +18,7 @@
 //! gives the figures `docs/reliability.md` quotes.
 //!
 //! Sizes: `CHAOS_USERS` (20), `CHAOS_MESSAGES` (400), `CHAOS_RATE` (messages/s; by default the
-//! messages are spread over ~45 s so every fault lands while they flow). `CHAOS_LONG=1`: 200
+//! messages are spread over ~75 s so every fault lands while they flow). `CHAOS_LONG=1`: 200
 //! users, 20,000 messages at 100/s, faults repeated until the producer is done
 //! (`scripts/chaos-long.sh`). `CHAOS_KEEP=1` keeps the temp dir with every log (it is kept
 //! anyway when the test fails).
@@ -35,11 +35,12 @@ mod clients;
 mod cluster;
 mod faults;
 mod producer;
+mod proxy;
 mod util;
 
 use checker::{dump_client_logs, wait_until_caught_up, Checker, Report};
 use clients::start_clients;
-use cluster::Cluster;
+use cluster::{missing_prerequisites, Cluster};
 use faults::{FaultInjector, ALL_FAULTS};
 use producer::Producer;
 use util::{lock, note, wait_for, Clock};
@@ -65,7 +66,9 @@ pub(crate) struct Config {
     pub(crate) rate: f64,
     /// Pause between two faults.
     pub(crate) gap: Duration,
-    /// At most this many rounds of the six faults (long runs repeat them while messages flow).
+    /// How long the half-open faults keep the frozen connections silent before resetting them.
+    pub(crate) half_open: Duration,
+    /// At most this many rounds of the faults (long runs repeat them while messages flow).
     pub(crate) rounds: usize,
     pub(crate) report: Option<PathBuf>,
     pub(crate) keep: bool,
@@ -83,13 +86,14 @@ impl Config {
         let long = std::env::var("CHAOS_LONG").is_ok_and(|v| v == "1" || v == "true");
         let users: usize = env_num("CHAOS_USERS", if long { 200 } else { 20 }).max(1);
         let messages: usize = env_num("CHAOS_MESSAGES", if long { 20_000 } else { 400 }).max(1);
-        let default_rate = if long { 100.0 } else { messages as f64 / 45.0 };
+        let default_rate = if long { 100.0 } else { messages as f64 / 75.0 };
         Config {
             long,
             users,
             messages,
             rate: env_num("CHAOS_RATE", default_rate).max(0.1),
             gap: Duration::from_secs(env_num("CHAOS_FAULT_GAP_S", if long { 5 } else { 3 })),
+            half_open: Duration::from_secs(env_num("CHAOS_HALF_OPEN_S", 12)),
             rounds: env_num("CHAOS_ROUNDS", if long { 100 } else { 1 }).max(1),
             report: std::env::var("CHAOS_REPORT").ok().map(PathBuf::from),
             keep: std::env::var("CHAOS_KEEP").is_ok(),
@@ -97,8 +101,41 @@ impl Config {
     }
 }
 
+/// Why this run is skipped, if it is. The chaos run takes a minute and a half and starts its own
+/// PostgreSQL, Redis, nginx and three nodes, so plain `cargo test` skips it (saying so on
+/// stderr) unless asked: `CHAOS=1` (scripts/test.sh and scripts/chaos-long.sh set it),
+/// `CHAOS_LONG=1`, or `CI` set (not `false`/`0`), where a skip would hide a missing run.
+/// `CHAOS=0` skips it anywhere. Once asked, a missing prerequisite fails the test.
+fn skip_reason() -> Option<&'static str> {
+    let flag = |k: &str| {
+        std::env::var(k)
+            .ok()
+            .map(|v| !matches!(v.trim(), "" | "0" | "false" | "no"))
+    };
+    match (flag("CHAOS"), flag("CHAOS_LONG"), flag("CI")) {
+        (Some(false), _, _) => Some("CHAOS=0"),
+        (Some(true), _, _) | (_, Some(true), _) | (_, _, Some(true)) => None,
+        _ => Some(
+            "the chaos run starts its own PostgreSQL, Redis, nginx and three nodes and takes \
+             about 90 s; set CHAOS=1 to run it (scripts/test.sh does, after scripts/services.sh \
+             has installed nginx and the PostgreSQL server)",
+        ),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chaos() {
+    if let Some(why) = skip_reason() {
+        note(format!("SKIPPED: {why}"));
+        return;
+    }
+    let missing = missing_prerequisites();
+    assert!(
+        missing.is_empty(),
+        "the chaos run was asked for (CHAOS=1, CHAOS_LONG=1 or CI) but cannot run: {}. \
+         scripts/services.sh installs what is missing.",
+        missing.join("; ")
+    );
     let cfg = Config::from_env();
     note(format!(
         "{} run: {} users, {} messages at {:.1}/s",
@@ -181,6 +218,10 @@ async fn chaos() {
             .collect(),
         takeovers_ms: faults.iter().filter_map(|f| f.takeover_ms).collect(),
         slow_closed: faults.iter().filter_map(|f| f.slow_closed).collect(),
+        half_open: faults
+            .iter()
+            .filter_map(|f| Some((f.kind, f.half_open?)))
+            .collect(),
         replays_after_failure: producer_log.replays_after_failure,
         requests: producer_log.requests,
         caught_up,
