@@ -13,6 +13,7 @@ use crate::clients::{Client, ClientLog};
 use crate::cluster::Cluster;
 use crate::faults::{Fault, FaultKind, ALL_FAULTS};
 use crate::producer::ProducerLog;
+use crate::proxy::RoleCounts;
 use crate::util::lock;
 use crate::NODES;
 
@@ -49,8 +50,8 @@ pub(crate) struct Report {
     pub(crate) faults: Vec<(FaultKind, f64, f64, String)>,
     pub(crate) takeovers_ms: Vec<f64>,
     pub(crate) slow_closed: Vec<bool>,
-    /// Half-open faults: (kind, (connections frozen, of which the nodes closed themselves)).
-    pub(crate) half_open: Vec<(FaultKind, (usize, usize))>,
+    /// Half-open faults: (kind, per kind of connection (frozen, closed by the nodes themselves)).
+    pub(crate) half_open: Vec<(FaultKind, RoleCounts)>,
     pub(crate) lost: usize,
     pub(crate) reorders: usize,
     pub(crate) duplicates_applied: usize,
@@ -142,12 +143,16 @@ impl Report {
              silence*: the longest stretch, from the fault to the next one, in which no client \
              applied any event at all (it also covers messages whose POST was held up by the fault)."
         );
-        for (kind, (frozen, closed)) in &self.half_open {
+        for (kind, by_role) in &self.half_open {
+            let roles: Vec<String> = by_role
+                .iter()
+                .map(|(role, n, closed)| format!("{role} {closed} of {n}"))
+                .collect();
             let _ = writeln!(
                 s,
-                "\n{}: {frozen} connections frozen, {closed} of them closed by the nodes on their \
-                 own before the reset.",
-                kind.label()
+                "\n{}: connections the nodes closed on their own before the reset, by use: {}.",
+                kind.label(),
+                roles.join(", ")
             );
         }
         if !self.takeovers_ms.is_empty() {

@@ -472,6 +472,13 @@ pub(crate) fn deploy_config_for(
     Ok(out)
 }
 
+/// How the proxies tell the nodes' connections apart (see `proxy.rs`): the hub's subscriber
+/// sends SUBSCRIBE; pooled connections PUBLISH, SET, PING...
+pub(crate) const REDIS_ROLES: &[(&str, &str)] = &[("SUBSCRIBE", "subscriber")];
+/// The relay names its connection `notifyd relay <node>` (and takes the leader lock on it);
+/// the LISTEN connection of a leading relay; the rest are the request pools'.
+pub(crate) const PG_ROLES: &[(&str, &str)] = &[("notifyd relay", "relay"), ("LISTEN ", "listen")];
+
 /// Everything the harness runs. Fields drop in order: nginx, the nodes, the proxies, Redis,
 /// PostgreSQL, and the temp dir last.
 pub(crate) struct Cluster {
@@ -503,8 +510,8 @@ impl Cluster {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(15))
             .build()?;
-        let redis_proxy = TcpProxy::start(redis.port).await?;
-        let pg_proxy = TcpProxy::start(pg.port).await?;
+        let redis_proxy = TcpProxy::start(redis.port, REDIS_ROLES).await?;
+        let pg_proxy = TcpProxy::start(pg.port, PG_ROLES).await?;
         let node_db = format!("postgres://postgres@127.0.0.1:{}/notifyd", pg_proxy.port);
         let node_redis = format!("redis://127.0.0.1:{}", redis_proxy.port);
         let mut nodes: Vec<Node> = (1..=NODES)

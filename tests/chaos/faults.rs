@@ -9,6 +9,7 @@ use tokio::task::JoinHandle;
 use crate::clients::Client;
 use crate::cluster::Cluster;
 use crate::producer::Producer;
+use crate::proxy::RoleCounts;
 use crate::util::{lock, note, wait_for, Clock};
 use crate::{Config, FLOOD_BATCH};
 
@@ -35,6 +36,39 @@ pub(crate) const ALL_FAULTS: [FaultKind; 8] = [
     FaultKind::HalfOpenPostgres,
 ];
 
+/// The connections a node must give up on by itself while its peer is silent, per half-open
+/// fault: the Redis subscriber (or it delivers nothing and still calls itself ready), and the
+/// relay's connection (or a leader that cannot lead keeps the lock, or a stand-by hangs).
+/// Pooled connections are not required: an idle one is only found out when next used.
+pub(crate) fn must_notice(kind: FaultKind) -> Option<&'static str> {
+    match kind {
+        FaultKind::HalfOpenRedis => Some("subscriber"),
+        FaultKind::HalfOpenPostgres => Some("relay"),
+        _ => None,
+    }
+}
+
+/// What a half-open fault's outcome says is wrong: a node that did not notice by itself.
+pub(crate) fn half_open_problems(f: &Fault) -> Vec<String> {
+    let (Some(role), Some(by_role)) = (must_notice(f.kind), &f.half_open) else {
+        return vec![];
+    };
+    match by_role.iter().find(|r| r.0 == role) {
+        None => vec![format!(
+            "{} at {:.1} s: no {role} connection was open to freeze (the proxy saw none)",
+            f.kind.label(),
+            f.start / 1000.0
+        )],
+        Some((_, n, closed)) if closed < n => vec![format!(
+            "{} at {:.1} s: the nodes noticed only {closed} of {n} silent {role} connections \
+             by themselves before the reset",
+            f.kind.label(),
+            f.start / 1000.0
+        )],
+        Some(_) => vec![],
+    }
+}
+
 impl FaultKind {
     pub(crate) fn label(self) -> &'static str {
         match self {
@@ -60,8 +94,8 @@ pub(crate) struct Fault {
     pub(crate) takeover_ms: Option<f64>,
     /// Slow client: did the server close a slow consumer (notifyd_slow_consumer_closed_total)?
     pub(crate) slow_closed: Option<bool>,
-    /// Half-open: (connections frozen, of which the nodes closed on their own).
-    pub(crate) half_open: Option<(usize, usize)>,
+    /// Half-open: per kind of connection, (frozen, of which the nodes closed on their own).
+    pub(crate) half_open: Option<RoleCounts>,
 }
 
 /// Injects the faults in turn, `cfg.gap` apart, for `cfg.rounds` rounds or (long runs)
@@ -342,13 +376,22 @@ impl FaultInjector<'_> {
         let out = proxy.reset(frozen);
         let reset_at = self.clock.ms();
         let caught_up = self.wait_for_clients_to_catch_up().await?;
+        let roles: Vec<String> = out
+            .by_role
+            .iter()
+            .map(|(role, n, closed)| format!("{closed}/{n} {role}"))
+            .collect();
         let closed = match out.slowest_close {
             Some(d) => format!(
-                "the nodes closed {} of them on their own (the last {:.1} s into the freeze)",
+                "the nodes closed {} of them on their own ({}), the last {:.1} s into the freeze",
                 out.closed_by_node,
+                roles.join(", "),
                 d.as_secs_f64()
             ),
-            None => "the nodes closed none of them on their own".into(),
+            None => format!(
+                "the nodes closed none of them on their own ({})",
+                roles.join(", ")
+            ),
         };
         let detail = format!(
             "{} connections of the nodes to {what} silent for {:.0} s, then reset; {closed}; \
@@ -362,7 +405,7 @@ impl FaultInjector<'_> {
             (caught_up - start) / 1000.0,
         );
         let mut f = self.fault(kind, start, detail);
-        f.half_open = Some((out.frozen, out.closed_by_node));
+        f.half_open = Some(out.by_role);
         Ok(f)
     }
 

@@ -41,7 +41,7 @@ mod util;
 use checker::{dump_client_logs, wait_until_caught_up, Checker, Report};
 use clients::start_clients;
 use cluster::{missing_prerequisites, Cluster};
-use faults::{FaultInjector, ALL_FAULTS};
+use faults::{half_open_problems, FaultInjector, ALL_FAULTS};
 use producer::Producer;
 use util::{lock, note, wait_for, Clock};
 
@@ -220,7 +220,7 @@ async fn chaos() {
         slow_closed: faults.iter().filter_map(|f| f.slow_closed).collect(),
         half_open: faults
             .iter()
-            .filter_map(|f| Some((f.kind, f.half_open?)))
+            .filter_map(|f| Some((f.kind, f.half_open.clone()?)))
             .collect(),
         replays_after_failure: producer_log.replays_after_failure,
         requests: producer_log.requests,
@@ -238,6 +238,9 @@ async fn chaos() {
                 .problems
                 .push(format!("fault never injected: {}", kind.label()));
         }
+    }
+    for f in &faults {
+        report.problems.extend(half_open_problems(f));
     }
     if report.slow_closed.iter().any(|c| !c) {
         report

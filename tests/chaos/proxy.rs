@@ -9,9 +9,16 @@
 //! freeze the proxy resets both of its sockets (RST), as the peer's kernel (or the server's
 //! keepalive) eventually does when the path comes back; whatever was in flight is lost.
 //!
-//! While frozen the proxy keeps reading both sides and drops the bytes (a black hole: the
-//! sender's kernel sees its segments accepted), and notes when the node's side closes the
-//! connection: that is the node noticing the dead peer on its own.
+//! While frozen the proxy keeps reading both sides and drops the bytes, and notes when the
+//! node's side closes the connection: that is the node noticing the dead peer on its own. Since
+//! the proxy's kernel still ACKs (data and TCP keepalive probes alike), only the application's
+//! own timeouts (PING, statement and command timeouts) can notice: the strictest form of the
+//! fault, and exactly what a peer whose process hangs while its kernel lives looks like (a
+//! stopped Redis, a stuck PostgreSQL backend, a wedged pooler or load balancer in the path).
+//!
+//! The proxy labels each flow by what the node sends on it (`roles`: the first pattern seen in
+//! the node's bytes, e.g. `SUBSCRIBE` for the Redis subscriber), so the fault can say which
+//! kinds of connection the nodes gave up on.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,6 +50,8 @@ enum FlowState {
 /// One proxied connection, as the fault sees it.
 struct Flow {
     state: watch::Sender<FlowState>,
+    /// What the node uses this connection for, from the first `roles` pattern it sent.
+    role: Mutex<Option<&'static str>>,
     frozen_at: Mutex<Option<Instant>>,
     /// While frozen: how long after the freeze the node closed its side (it gave up on the
     /// silent peer by itself).
@@ -66,6 +75,8 @@ impl Flow {
 
 struct Shared {
     target: u16,
+    /// (pattern in the node's bytes, ASCII case-insensitive; role it gives the flow).
+    roles: &'static [(&'static str, &'static str)],
     next_id: AtomicU64,
     flows: Mutex<HashMap<u64, Arc<Flow>>>,
 }
@@ -82,22 +93,31 @@ pub(crate) struct Frozen {
     flows: Vec<Arc<Flow>>,
 }
 
+/// Per kind of connection: (role, frozen, closed by the node during the freeze).
+pub(crate) type RoleCounts = Vec<(&'static str, usize, usize)>;
+
 /// What happened to the frozen flows by the time they were reset.
 pub(crate) struct FreezeOutcome {
     pub(crate) frozen: usize,
     /// Flows whose node side closed during the freeze, with the longest time it took.
     pub(crate) closed_by_node: usize,
     pub(crate) slowest_close: Option<Duration>,
+    /// Per role: (frozen, closed by the node during the freeze).
+    pub(crate) by_role: RoleCounts,
 }
 
 impl TcpProxy {
-    pub(crate) async fn start(target: u16) -> anyhow::Result<Self> {
+    pub(crate) async fn start(
+        target: u16,
+        roles: &'static [(&'static str, &'static str)],
+    ) -> anyhow::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .context("binding the proxy")?;
         let port = listener.local_addr()?.port();
         let shared = Arc::new(Shared {
             target,
+            roles,
             next_id: AtomicU64::new(0),
             flows: Mutex::new(HashMap::new()),
         });
@@ -130,14 +150,27 @@ impl TcpProxy {
             frozen: frozen.flows.len(),
             closed_by_node: 0,
             slowest_close: None,
+            by_role: vec![],
         };
         for f in &frozen.flows {
-            if let Some(d) = *lock(&f.node_closed_after) {
+            let closed = *lock(&f.node_closed_after);
+            if let Some(d) = closed {
                 outcome.closed_by_node += 1;
                 outcome.slowest_close = Some(outcome.slowest_close.map_or(d, |s| s.max(d)));
             }
+            let role = lock(&f.role).unwrap_or("other");
+            match outcome.by_role.iter_mut().find(|r| r.0 == role) {
+                Some(r) => {
+                    r.1 += 1;
+                    r.2 += usize::from(closed.is_some());
+                }
+                None => outcome
+                    .by_role
+                    .push((role, 1, usize::from(closed.is_some()))),
+            }
             f.state.send_replace(FlowState::Reset);
         }
+        outcome.by_role.sort();
         outcome
     }
 }
@@ -162,6 +195,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         let (state, _) = watch::channel(FlowState::Open);
         let flow = Arc::new(Flow {
             state,
+            role: Mutex::new(None),
             frozen_at: Mutex::new(None),
             node_closed_after: Mutex::new(None),
         });
@@ -174,21 +208,26 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             if let Ok(Ok(upstream)) =
                 tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await
             {
-                run_flow(client, upstream, &flow).await;
+                run_flow(client, upstream, &flow, shared.roles).await;
             }
             lock(&shared.flows).remove(&id);
         });
     }
 }
 
-async fn run_flow(client: TcpStream, upstream: TcpStream, flow: &Flow) {
+async fn run_flow(
+    client: TcpStream,
+    upstream: TcpStream,
+    flow: &Flow,
+    roles: &'static [(&'static str, &'static str)],
+) {
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
     let (mut cr, mut cw) = client.into_split();
     let (mut ur, mut uw) = upstream.into_split();
     let reset = {
-        let up = pump(&mut cr, &mut uw, flow, true);
-        let down = pump(&mut ur, &mut cw, flow, false);
+        let up = pump(&mut cr, &mut uw, flow, roles);
+        let down = pump(&mut ur, &mut cw, flow, &[]);
         let mut state = flow.state.subscribe();
         tokio::select! {
             _ = async { tokio::join!(up, down) } => flow.is(FlowState::Reset),
@@ -202,8 +241,15 @@ async fn run_flow(client: TcpStream, upstream: TcpStream, flow: &Flow) {
     }
 }
 
-/// Copies one direction until EOF. While the flow is frozen, reads and drops.
-async fn pump(rd: &mut OwnedReadHalf, wr: &mut OwnedWriteHalf, flow: &Flow, from_node: bool) {
+/// Copies one direction until EOF. While the flow is frozen, reads and drops. `roles` is empty
+/// for the direction from the service to the node.
+async fn pump(
+    rd: &mut OwnedReadHalf,
+    wr: &mut OwnedWriteHalf,
+    flow: &Flow,
+    roles: &'static [(&'static str, &'static str)],
+) {
+    let from_node = !roles.is_empty();
     let mut state = flow.state.subscribe();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -219,6 +265,11 @@ async fn pump(rd: &mut OwnedReadHalf, wr: &mut OwnedWriteHalf, flow: &Flow, from
                 return;
             }
         };
+        if from_node && lock(&flow.role).is_none() {
+            if let Some((_, role)) = roles.iter().find(|(p, _)| contains_ascii_ci(&buf[..n], p)) {
+                *lock(&flow.role) = Some(role);
+            }
+        }
         if !flow.is(FlowState::Open) {
             continue; // swallowed by the dead path
         }
@@ -228,4 +279,10 @@ async fn pump(rd: &mut OwnedReadHalf, wr: &mut OwnedWriteHalf, flow: &Flow, from
             _ = state.wait_for(|s| *s != FlowState::Open) => {}
         }
     }
+}
+
+fn contains_ascii_ci(hay: &[u8], needle: &str) -> bool {
+    let needle = needle.as_bytes();
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
 }
