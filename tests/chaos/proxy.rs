@@ -235,9 +235,12 @@ async fn run_flow(
         }
     };
     if reset {
-        // RST, not FIN: the connection is gone, not closed in order.
+        // RST, not FIN: the connection is gone, not closed in order. `forget`: a dropped write
+        // half would send a FIN first.
         let _ = cr.as_ref().set_zero_linger();
         let _ = ur.as_ref().set_zero_linger();
+        cw.forget();
+        uw.forget();
     }
 }
 
@@ -285,4 +288,94 @@ fn contains_ascii_ci(hay: &[u8], needle: &str) -> bool {
     let needle = needle.as_bytes();
     hay.windows(needle.len())
         .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// The proxy itself, against an echo server: the chaos run's verdict on the half-open faults
+/// rests on it freezing, labelling, noticing a node's close and resetting as described.
+#[tokio::test]
+async fn proxy_freezes_new_flows_pass_and_frozen_ones_are_reset() {
+    use std::io::ErrorKind;
+
+    // An echo server standing in for Redis.
+    let echo = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
+    let echo_port = echo.local_addr().expect("echo addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    const ROLES: &[(&str, &str)] = &[("SUBSCRIBE", "subscriber")];
+    let proxy = TcpProxy::start(echo_port, ROLES).await.expect("proxy");
+    let wait = Duration::from_secs(10);
+    async fn round_trip(s: &mut TcpStream, msg: &[u8]) -> Vec<u8> {
+        s.write_all(msg).await.expect("write");
+        let mut got = vec![0u8; msg.len()];
+        s.read_exact(&mut got).await.expect("read");
+        got
+    }
+    let connect = || TcpStream::connect(("127.0.0.1", proxy.port));
+    let mut sub = connect().await.expect("connect");
+    let mut other = connect().await.expect("connect");
+    let mut closer = connect().await.expect("connect");
+    for (s, msg) in [
+        (&mut sub, &b"subscribe x"[..]),
+        (&mut other, b"ping"),
+        (&mut closer, b"ping"),
+    ] {
+        let got = tokio::time::timeout(wait, round_trip(s, msg)).await;
+        assert_eq!(got.expect("echo through the proxy"), msg);
+    }
+
+    let frozen = proxy.freeze();
+    // Frozen: a write is accepted, nothing comes back.
+    sub.write_all(b"ping")
+        .await
+        .expect("a write to a frozen flow succeeds");
+    let mut one = [0u8; 1];
+    let silent = tokio::time::timeout(Duration::from_millis(500), sub.read(&mut one)).await;
+    assert!(silent.is_err(), "a frozen flow answered: {silent:?}");
+    // New connections go through.
+    let mut fresh = connect().await.expect("connect");
+    let got = tokio::time::timeout(wait, round_trip(&mut fresh, b"hello")).await;
+    assert_eq!(
+        got.expect("a new connection works during the freeze"),
+        b"hello"
+    );
+    // The node gives up on one frozen flow: the proxy notices.
+    drop(closer);
+    let noticed = tokio::time::timeout(wait, async {
+        while frozen
+            .flows
+            .iter()
+            .all(|f| lock(&f.node_closed_after).is_none())
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        noticed.is_ok(),
+        "the proxy did not see the node close a frozen flow"
+    );
+
+    let out = proxy.reset(frozen);
+    assert_eq!(out.frozen, 3);
+    assert_eq!(out.closed_by_node, 1);
+    assert_eq!(out.by_role, vec![("other", 2, 1), ("subscriber", 1, 0)]);
+    // Reset: the frozen flow ends with a RST, not an orderly close.
+    let end = tokio::time::timeout(wait, sub.read(&mut one)).await;
+    match end.expect("the reset reaches the node") {
+        Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset),
+        Ok(n) => panic!("a reset flow read {n} bytes instead of failing"),
+    }
+    // The flow opened during the freeze is untouched.
+    let got = tokio::time::timeout(wait, round_trip(&mut fresh, b"still")).await;
+    assert_eq!(got.expect("the fresh flow survives the reset"), b"still");
 }
