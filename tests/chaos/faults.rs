@@ -368,11 +368,12 @@ impl FaultInjector<'_> {
         };
         let start = self.clock.ms();
         let frozen = proxy.freeze();
+        let reset_deadline = tokio::time::Instant::now() + self.cfg.half_open;
         // Near the end of the freeze: does each node still call itself ready?
         let probe_at = self.cfg.half_open.saturating_sub(Duration::from_secs(4));
         tokio::time::sleep(probe_at).await;
         let readyz = self.cluster.readyz_all(Duration::from_secs(3)).await;
-        tokio::time::sleep(self.cfg.half_open - probe_at).await;
+        tokio::time::sleep_until(reset_deadline).await;
         let out = proxy.reset(frozen);
         let reset_at = self.clock.ms();
         let caught_up = self.wait_for_clients_to_catch_up().await?;
