@@ -49,7 +49,7 @@ pub(crate) fn must_notice(kind: FaultKind) -> Option<&'static str> {
 }
 
 /// What a half-open fault's outcome says is wrong: a node that did not notice by itself.
-pub(crate) fn half_open_problems(f: &Fault) -> Vec<String> {
+fn half_open_problems(f: &Fault) -> Vec<String> {
     let (Some(role), Some(by_role)) = (must_notice(f.kind), &f.half_open) else {
         return vec![];
     };
@@ -96,6 +96,8 @@ pub(crate) struct Fault {
     pub(crate) slow_closed: Option<bool>,
     /// Half-open: per kind of connection, (frozen, of which the nodes closed on their own).
     pub(crate) half_open: Option<RoleCounts>,
+    /// What this fault showed to be wrong (the run fails on any).
+    pub(crate) problems: Vec<String>,
 }
 
 /// Injects the faults in turn, `cfg.gap` apart, for `cfg.rounds` rounds or (long runs)
@@ -152,6 +154,7 @@ impl FaultInjector<'_> {
             takeover_ms: None,
             slow_closed: None,
             half_open: None,
+            problems: vec![],
         }
     }
 
@@ -376,7 +379,7 @@ impl FaultInjector<'_> {
         tokio::time::sleep_until(reset_deadline).await;
         let out = proxy.reset(frozen);
         let reset_at = self.clock.ms();
-        let caught_up = self.wait_for_clients_to_catch_up().await?;
+        let caught_up = self.wait_for_clients_to_catch_up().await;
         let roles: Vec<String> = out
             .by_role
             .iter()
@@ -396,24 +399,38 @@ impl FaultInjector<'_> {
         };
         let detail = format!(
             "{} connections of the nodes to {what} silent for {:.0} s, then reset; {closed}; \
-             /readyz {:.0} s into it: {}; every client caught up {:.1} s after the reset, \
-             {:.1} s after the fault",
+             /readyz {:.0} s into it: {}; {}",
             out.frozen,
             self.cfg.half_open.as_secs_f64(),
             probe_at.as_secs_f64(),
             readyz.join(", "),
-            (caught_up - reset_at) / 1000.0,
-            (caught_up - start) / 1000.0,
+            match caught_up {
+                Some(t) => format!(
+                    "every client caught up {:.1} s after the reset, {:.1} s after the fault",
+                    (t - reset_at) / 1000.0,
+                    (t - start) / 1000.0
+                ),
+                None => "clients had NOT caught up 60 s after the reset".into(),
+            }
         );
         let mut f = self.fault(kind, start, detail);
         f.half_open = Some(out.by_role);
+        f.problems = half_open_problems(&f);
+        if caught_up.is_none() {
+            f.problems.push(format!(
+                "{} at {:.1} s: clients had not caught up 60 s after the reset",
+                kind.label(),
+                start / 1000.0
+            ));
+        }
         Ok(f)
     }
 
     /// Waits (at most a minute) until every client has applied its user's seq as of now.
-    /// Returns when (run clock ms).
-    async fn wait_for_clients_to_catch_up(&self) -> anyhow::Result<f64> {
-        let target = self.cluster.inbox_seqs().await?;
+    /// Returns when (run clock ms), or None if they did not (reported, not fatal: the run goes
+    /// on to its report).
+    async fn wait_for_clients_to_catch_up(&self) -> Option<f64> {
+        let target = self.cluster.inbox_seqs().await.ok()?;
         let clients = self.clients;
         wait_for(
             "every client to catch up after the fault",
@@ -428,7 +445,8 @@ impl FaultInjector<'_> {
                 }
             },
         )
-        .await?;
-        Ok(self.clock.ms())
+        .await
+        .ok()?;
+        Some(self.clock.ms())
     }
 }
