@@ -10,8 +10,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::AsyncCommands;
 use tokio::sync::{mpsc, watch};
+
+use crate::broker::{query, query_cmd, COMMAND_TIMEOUT};
 
 pub const REFRESH: Duration = Duration::from_secs(15);
 pub const STALE: Duration = Duration::from_secs(45);
@@ -79,8 +80,13 @@ impl Presence {
                 connections: n,
             });
         };
-        let mut conn = pool.get().await?;
-        let fields: HashMap<String, String> = conn.hgetall(self.key(user)).await?;
+        // Bounded, and a connection whose command timed out is discarded (see broker::query).
+        let fields: HashMap<String, String> = query_cmd(
+            pool,
+            redis::cmd("HGETALL").arg(self.key(user)),
+            COMMAND_TIMEOUT,
+        )
+        .await?;
         let n = fresh_total(&fields);
         Ok(UserPresence {
             online: n > 0,
@@ -93,9 +99,16 @@ impl Presence {
         let Some(pool) = &self.redis else {
             return Ok(self.local().len() as u64);
         };
-        let mut conn = pool.get().await?;
         let min = now() - STALE.as_secs() as i64;
-        Ok(conn.zcount(self.online_key(), min, "+inf").await?)
+        query_cmd(
+            pool,
+            redis::cmd("ZCOUNT")
+                .arg(self.online_key())
+                .arg(min)
+                .arg("+inf"),
+            COMMAND_TIMEOUT,
+        )
+        .await
     }
 
     /// Mirrors local changes into Redis and refreshes every entry periodically, until shutdown.
@@ -142,7 +155,6 @@ impl Presence {
     ) -> anyhow::Result<()> {
         users.sort();
         users.dedup();
-        let mut conn = pool.get().await?;
         let ts = now();
         let mut pipe = redis::pipe();
         let mut gone = vec![];
@@ -161,12 +173,22 @@ impl Presence {
         }
         pipe.zrembyscore(self.online_key(), "-inf", ts - STALE.as_secs() as i64)
             .ignore();
-        pipe.query_async::<()>(&mut conn).await?;
+        query::<()>(pool, &pipe, COMMAND_TIMEOUT).await?;
         // A user who left this node may still be online on another.
         for u in gone {
-            let fields: HashMap<String, String> = conn.hgetall(self.key(&u)).await?;
+            let fields: HashMap<String, String> = query_cmd(
+                pool,
+                redis::cmd("HGETALL").arg(self.key(&u)),
+                COMMAND_TIMEOUT,
+            )
+            .await?;
             if fresh_total(&fields) == 0 {
-                let _: () = conn.zrem(self.online_key(), &u).await?;
+                query_cmd::<()>(
+                    pool,
+                    redis::cmd("ZREM").arg(self.online_key()).arg(&u),
+                    COMMAND_TIMEOUT,
+                )
+                .await?;
             }
         }
         Ok(())

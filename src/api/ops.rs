@@ -1,9 +1,12 @@
 //! Operations: health, readiness, metrics, the OpenAPI document.
 
+use std::time::Duration;
+
 use actix_web::{get, web, HttpResponse};
 use diesel_async::RunQueryDsl;
 use serde_json::json;
 
+use crate::broker;
 use crate::state::AppState;
 
 #[get("/healthz")]
@@ -11,25 +14,31 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// Ready when PostgreSQL answers and, if configured, Redis answers and the subscriber is connected.
+/// Bound on the PostgreSQL check (checkout + `SELECT 1`).
+const DB_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Ready when PostgreSQL answers within `DB_CHECK_TIMEOUT` and, with Redis, an end-to-end
+/// canary works: a token PUBLISHed on this node's own channel arrives through this node's
+/// subscriber (see `broker::canary`). A stuck or half-open subscriber makes the node unready.
 #[get("/readyz")]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let db = match state.pool.get().await {
-        Ok(mut c) => diesel::sql_query("SELECT 1").execute(&mut c).await.is_ok(),
-        Err(_) => false,
-    };
+    let db = tokio::time::timeout(DB_CHECK_TIMEOUT, async {
+        match state.pool.get().await {
+            Ok(mut c) => diesel::sql_query("SELECT 1").execute(&mut c).await.is_ok(),
+            Err(_) => false,
+        }
+    })
+    .await
+    .unwrap_or(false);
     let redis = match &state.redis {
         None => None,
-        Some(pool) => Some(match pool.get().await {
-            Ok(mut c) => {
-                redis::cmd("PING")
-                    .query_async::<String>(&mut c)
-                    .await
-                    .is_ok()
-                    && state.hub.is_connected()
-            }
-            Err(_) => false,
-        }),
+        Some(pool) => {
+            let channel = format!(
+                "{}canary:{}",
+                state.settings.redis_prefix, state.settings.node_id
+            );
+            Some(broker::canary(&state.hub, pool, &channel).await)
+        }
     };
     let ok = db && redis.unwrap_or(true) && !state.gateway.is_shutting_down();
     let body = json!({"ready": ok, "postgres": db, "redis": redis, "node": state.settings.node_id});

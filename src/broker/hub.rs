@@ -1,18 +1,52 @@
 //! A node's single subscriber: routes broker messages to the local listeners (user actors).
 //!
-//! With Redis it holds ONE pub/sub connection outside the pool, SUBSCRIBEs a channel when its first
-//! local listener arrives and UNSUBSCRIBEs when the last one leaves. After the connection drops
-//! it reconnects, resubscribes every channel still wanted, and tells every listener to `Resync`
-//! (re-read from PostgreSQL whatever it may have missed while disconnected).
+//! With Redis it holds ONE pub/sub connection outside the pool. `listen`/`unlisten` only change
+//! the routing table and mark the channel dirty; the subscriber task alone talks to Redis: it
+//! turns every dirty channel into one batched SUBSCRIBE / UNSUBSCRIBE (so the order on the wire
+//! always follows the latest routing state, without a lock that joins would wait on), PINGs the
+//! connection every few seconds, and bounds every command with a timeout.
+//!
+//! ANY failure (a timed-out PING, SUBSCRIBE or UNSUBSCRIBE, an error reply, the stream ending)
+//! tears the connection down; the task reconnects, subscribes every channel still routed, and
+//! tells every listener to `Resync` (re-read from PostgreSQL whatever it may have missed).
+//!
+//! Listener mailboxes are bounded: a message for a full (or closed) mailbox is dropped and
+//! counted in `notifyd_hub_dropped_total`; user actors repair dropped events from PostgreSQL
+//! (seq gaps, the audit), so a slow actor never makes the hub buffer without bound.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use anyhow::Context;
 use futures_util::StreamExt;
-use tokio::sync::mpsc::UnboundedSender;
-use tokio::sync::watch;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::mpsc::Sender;
+use tokio::sync::{watch, Notify};
+
+/// Capacity of each listener's (user actor's) mailbox.
+pub const LISTENER_MAILBOX: usize = 1024;
+/// How often the subscriber PINGs Redis, and how long an answer may take. A half-open
+/// connection is thus found within `PING_EVERY + COMMAND_TIMEOUT`.
+pub const PING_EVERY: Duration = Duration::from_secs(3);
+/// Bound on every command on the subscriber connection (PING, SUBSCRIBE, UNSUBSCRIBE).
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
+/// Bound on connecting (TCP + handshake) to Redis.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest `listen` waits for the broker to confirm a SUBSCRIBE. A join never waits longer
+/// on Redis: after that the actor goes on (it reads PostgreSQL next), and if the SUBSCRIBE
+/// really failed the subscriber reconnects and sends `Resync`.
+pub const LISTEN_WAIT: Duration = Duration::from_secs(2);
+/// Channels per SUBSCRIBE / UNSUBSCRIBE command.
+const SUBSCRIBE_BATCH: usize = 1000;
+/// TCP keepalive on the subscriber connection: the kernel notices a peer that vanished even
+/// when the PING cannot be written (and frees the socket).
+pub const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+pub const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+pub const TCP_KEEPALIVE_RETRIES: u32 = 3;
+/// Unacknowledged writes older than this close the socket (Linux `TCP_USER_TIMEOUT`).
+pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Clone)]
 pub enum HubMsg {
@@ -25,147 +59,190 @@ pub enum HubMsg {
     Resync,
 }
 
-type Listeners = HashMap<String, Vec<(u64, UnboundedSender<HubMsg>)>>;
+#[derive(Default)]
+struct Routes {
+    map: HashMap<String, Vec<(u64, Sender<HubMsg>)>>,
+    /// Channels whose first listener arrived or last listener left since the subscriber last
+    /// looked: it compares them with what Redis has and (un)subscribes the difference.
+    dirty: HashSet<String>,
+}
 
 pub struct Hub {
-    routes: Mutex<Listeners>,
-    /// Serialises SUBSCRIBE/UNSUBSCRIBE so their order on the wire matches the order of changes
-    /// to `routes`; `None` while disconnected (the reconnect resubscribes from `routes`).
-    sink: tokio::sync::Mutex<Option<redis::aio::PubSubSink>>,
+    routes: Mutex<Routes>,
+    /// True while the broker subscription is live (always true in single-node mode).
     connected: AtomicBool,
+    /// True once a Redis subscriber task runs (false in single-node mode: nothing to wait for).
+    redis: AtomicBool,
+    /// Ticket of the last `listen` that needed a SUBSCRIBE (taken under the routes lock).
+    requested: AtomicU64,
+    /// The highest ticket whose SUBSCRIBE Redis confirmed (or that a disconnect released).
+    done: watch::Sender<u64>,
+    /// Wakes the subscriber task when channels turned dirty.
+    dirty_wake: Notify,
+    /// Listener ids for the readiness canary (never used by user actors: they route on other
+    /// channels, and ids only need to be unique per channel).
+    canary_ids: AtomicU64,
 }
 
 impl Hub {
     pub fn new() -> Arc<Self> {
         Arc::new(Hub {
-            routes: Mutex::new(HashMap::new()),
-            sink: tokio::sync::Mutex::new(None),
+            routes: Mutex::new(Routes::default()),
             connected: AtomicBool::new(false),
+            redis: AtomicBool::new(false),
+            requested: AtomicU64::new(0),
+            done: watch::Sender::new(0),
+            dirty_wake: Notify::new(),
+            canary_ids: AtomicU64::new(0),
         })
     }
 
     /// Whether the broker subscription is live (always true in single-node mode once started).
     pub fn is_connected(&self) -> bool {
-        self.connected.load(Ordering::Relaxed)
+        self.connected.load(Ordering::SeqCst)
     }
 
     pub fn mark_local(&self) {
-        self.connected.store(true, Ordering::Relaxed);
+        self.connected.store(true, Ordering::SeqCst);
     }
 
-    fn routes(&self) -> std::sync::MutexGuard<'_, Listeners> {
+    fn routes(&self) -> std::sync::MutexGuard<'_, Routes> {
         self.routes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Routes `channel` to `tx` under `listener`. Returns once the broker confirmed the
-    /// subscription (or immediately while disconnected: the reconnect will subscribe it and
-    /// send `Resync`). Callers read PostgreSQL only after this returns.
-    pub async fn listen(&self, channel: &str, listener: u64, tx: UnboundedSender<HubMsg>) {
-        let mut sink = self.sink.lock().await;
-        let first = {
-            let mut routes = self.routes();
-            let entry = routes.entry(channel.to_string()).or_default();
+    /// subscription, or after at most `LISTEN_WAIT`, or at once while disconnected (the
+    /// reconnect will subscribe it and send `Resync`). Callers read PostgreSQL only after this
+    /// returns.
+    pub async fn listen(&self, channel: &str, listener: u64, tx: Sender<HubMsg>) {
+        let redis = self.redis.load(Ordering::SeqCst);
+        let ticket = {
+            let mut r = self.routes();
+            let entry = r.map.entry(channel.to_string()).or_default();
             entry.push((listener, tx));
-            entry.len() == 1
-        };
-        if first {
-            if let Some(s) = sink.as_mut() {
-                if let Err(e) = s.subscribe(channel).await {
-                    tracing::warn!(error = %e, channel, "SUBSCRIBE failed; the reconnect will retry");
-                    *sink = None;
-                }
+            if entry.len() == 1 && redis {
+                r.dirty.insert(channel.to_string());
+                Some(self.requested.fetch_add(1, Ordering::SeqCst) + 1)
+            } else {
+                None
             }
+        };
+        let Some(ticket) = ticket else {
+            return;
+        };
+        self.dirty_wake.notify_one();
+        if !self.is_connected() {
+            return;
+        }
+        let mut done = self.done.subscribe();
+        if tokio::time::timeout(LISTEN_WAIT, done.wait_for(|d| *d >= ticket))
+            .await
+            .is_err()
+        {
+            metrics::counter!("notifyd_hub_listen_timeouts_total").increment(1);
+            tracing::warn!(
+                channel,
+                "SUBSCRIBE not confirmed within {LISTEN_WAIT:?}; going on without it"
+            );
         }
     }
 
+    /// Stops routing `channel` to `listener`. Never waits on Redis: the UNSUBSCRIBE (when this
+    /// was the last listener) goes out with the subscriber's next batch.
     pub async fn unlisten(&self, channel: &str, listener: u64) {
-        let mut sink = self.sink.lock().await;
+        let redis = self.redis.load(Ordering::SeqCst);
         let last = {
-            let mut routes = self.routes();
-            match routes.get_mut(channel) {
+            let mut r = self.routes();
+            let last = match r.map.get_mut(channel) {
                 Some(list) => {
                     list.retain(|(id, _)| *id != listener);
-                    if list.is_empty() {
-                        routes.remove(channel);
-                        true
-                    } else {
-                        false
-                    }
+                    list.is_empty()
                 }
                 None => false,
-            }
-        };
-        if last {
-            if let Some(s) = sink.as_mut() {
-                if let Err(e) = s.unsubscribe(channel).await {
-                    // Harmless: a dead connection is replaced, and the new one only subscribes
-                    // what is still routed.
-                    tracing::debug!(error = %e, channel, "UNSUBSCRIBE failed");
-                    *sink = None;
+            };
+            if last {
+                r.map.remove(channel);
+                if redis {
+                    r.dirty.insert(channel.to_string());
                 }
             }
+            last
+        };
+        if last && redis {
+            self.dirty_wake.notify_one();
         }
     }
 
-    /// Hands a payload to every local listener of `channel`.
+    /// Hands a payload to every local listener of `channel`, never waiting: a full or closed
+    /// mailbox loses the message (counted; the listener repairs from PostgreSQL).
     pub fn deliver(&self, channel: &str, payload: Arc<str>) {
         let routes = self.routes();
-        if let Some(list) = routes.get(channel) {
+        if let Some(list) = routes.map.get(channel) {
             let channel: Arc<str> = Arc::from(channel);
             for (_, tx) in list {
-                let _ = tx.send(HubMsg::Message {
-                    channel: channel.clone(),
-                    payload: payload.clone(),
-                });
+                offer(
+                    tx,
+                    HubMsg::Message {
+                        channel: channel.clone(),
+                        payload: payload.clone(),
+                    },
+                );
             }
         }
     }
 
     fn broadcast(&self, msg: HubMsg) {
         let routes = self.routes();
-        for list in routes.values() {
+        for list in routes.map.values() {
             for (_, tx) in list {
-                let _ = tx.send(msg.clone());
+                offer(tx, msg.clone());
             }
         }
     }
 
     pub fn channel_count(&self) -> usize {
-        self.routes().len()
+        self.routes().map.len()
     }
 
-    /// The Redis subscriber loop: connect, resubscribe, route, and start over when the
-    /// connection ends. Runs until `shutdown` turns true.
+    /// A fresh listener id for a readiness probe.
+    pub fn canary_listener(&self) -> u64 {
+        self.canary_ids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Marks the subscription down and releases every `listen` waiting for a confirmation
+    /// (the reconnect subscribes their channels and sends `Resync`).
+    fn set_disconnected(&self) {
+        self.connected.store(false, Ordering::SeqCst);
+        self.done
+            .send_replace(self.requested.load(Ordering::SeqCst));
+    }
+
+    /// The Redis subscriber loop: connect, subscribe, route, PING, and start over after any
+    /// failure. Runs until `shutdown` turns true.
     pub async fn run_redis(self: Arc<Self>, url: String, mut shutdown: watch::Receiver<bool>) {
+        self.redis.store(true, Ordering::SeqCst);
         let mut backoff = Duration::from_millis(100);
         loop {
             if *shutdown.borrow() {
                 return;
             }
-            match self.connect(&url).await {
-                Ok(mut stream) => {
-                    backoff = Duration::from_millis(100);
-                    self.connected.store(true, Ordering::Relaxed);
-                    self.broadcast(HubMsg::Resync);
-                    loop {
-                        tokio::select! {
-                            msg = stream.next() => match msg {
-                                Some(msg) => {
-                                    let payload = String::from_utf8_lossy(msg.get_payload_bytes());
-                                    self.deliver(msg.get_channel_name(), Arc::from(payload.as_ref()));
-                                }
-                                None => break,
-                            },
-                            _ = shutdown.changed() => return,
-                        }
-                    }
-                    self.connected.store(false, Ordering::Relaxed);
-                    *self.sink.lock().await = None;
-                    metrics::counter!("notifyd_errors_total", "kind" => "redis_subscriber_disconnect").increment(1);
-                    tracing::warn!("redis subscriber connection lost; reconnecting");
-                }
+            let mut connected_at = None;
+            match self.serve(&url, &mut shutdown, &mut connected_at).await {
+                Ok(()) => return,
                 Err(e) => {
-                    tracing::warn!(error = %e, "redis subscriber cannot connect; retrying in {backoff:?}");
+                    self.set_disconnected();
+                    if let Some(at) = connected_at {
+                        // A connection that was healthy for a while reconnects at once; one
+                        // that fails right after connecting keeps backing off.
+                        if at.elapsed() > Duration::from_secs(10) {
+                            backoff = Duration::from_millis(100);
+                        }
+                        metrics::counter!("notifyd_errors_total", "kind" => "redis_subscriber_disconnect").increment(1);
+                        tracing::warn!(error = %format!("{e:#}"), "redis subscriber lost; reconnecting");
+                    } else {
+                        metrics::counter!("notifyd_errors_total", "kind" => "redis_subscriber_connect").increment(1);
+                        tracing::warn!(error = %format!("{e:#}"), "redis subscriber cannot connect; retrying in {backoff:?}");
+                    }
                 }
             }
             tokio::select! {
@@ -176,17 +253,117 @@ impl Hub {
         }
     }
 
-    async fn connect(&self, url: &str) -> anyhow::Result<redis::aio::PubSubStream> {
-        let client = redis::Client::open(url)?;
-        let pubsub =
-            tokio::time::timeout(Duration::from_secs(5), client.get_async_pubsub()).await??;
-        let (mut sink, stream) = pubsub.split();
-        let mut guard = self.sink.lock().await;
-        let channels: Vec<String> = self.routes().keys().cloned().collect();
-        for chunk in channels.chunks(1000) {
-            sink.subscribe(chunk).await?;
+    /// One connection's life. `Ok` only at shutdown; any failure is an `Err` (the caller
+    /// reconnects). Dropping the stream on return closes the connection.
+    async fn serve(
+        &self,
+        url: &str,
+        shutdown: &mut watch::Receiver<bool>,
+        connected_at: &mut Option<tokio::time::Instant>,
+    ) -> anyhow::Result<()> {
+        let client = redis::Client::open(super::connection_info(url)?)?;
+        let pubsub = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
+            .await
+            .context("connect timeout")??;
+        let (mut sink, mut stream) = pubsub.split();
+        // Whatever is routed now is subscribed now; later changes arrive as dirty channels.
+        let (mut subscribed, ticket): (HashSet<String>, u64) = {
+            let mut r = self.routes();
+            r.dirty.clear();
+            let ticket = self.requested.load(Ordering::SeqCst);
+            (r.map.keys().cloned().collect(), ticket)
+        };
+        let all: Vec<&String> = subscribed.iter().collect();
+        for chunk in all.chunks(SUBSCRIBE_BATCH) {
+            bounded("SUBSCRIBE", sink.subscribe(chunk)).await?;
         }
-        *guard = Some(sink);
-        Ok(stream)
+        self.connected.store(true, Ordering::SeqCst);
+        *connected_at = Some(tokio::time::Instant::now());
+        self.done.send_replace(ticket);
+        metrics::counter!("notifyd_hub_connects_total").increment(1);
+        self.broadcast(HubMsg::Resync);
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                msg = stream.next() => match msg {
+                    Some(msg) => {
+                        let payload = String::from_utf8_lossy(msg.get_payload_bytes());
+                        self.deliver(msg.get_channel_name(), Arc::from(payload.as_ref()));
+                    }
+                    None => anyhow::bail!("the subscriber connection closed"),
+                },
+                _ = self.dirty_wake.notified() => {
+                    self.sync_subscriptions(&mut sink, &mut subscribed).await?;
+                }
+                _ = ping.tick() => {
+                    // In subscribed mode the answer is `["pong", ""]`: any answer will do.
+                    bounded("PING", sink.ping::<redis::Value>()).await?;
+                }
+                _ = shutdown.changed() => return Ok(()),
+            }
+        }
+    }
+
+    /// Brings Redis in line with the routing table for every dirty channel: one SUBSCRIBE for
+    /// the channels that gained a listener, one UNSUBSCRIBE for those that lost their last.
+    async fn sync_subscriptions(
+        &self,
+        sink: &mut redis::aio::PubSubSink,
+        subscribed: &mut HashSet<String>,
+    ) -> anyhow::Result<()> {
+        let (add, remove, ticket) = {
+            let mut r = self.routes();
+            let dirty = std::mem::take(&mut r.dirty);
+            let mut add = vec![];
+            let mut remove = vec![];
+            for ch in dirty {
+                match (r.map.contains_key(&ch), subscribed.contains(&ch)) {
+                    (true, false) => add.push(ch),
+                    (false, true) => remove.push(ch),
+                    _ => {}
+                }
+            }
+            (add, remove, self.requested.load(Ordering::SeqCst))
+        };
+        for chunk in remove.chunks(SUBSCRIBE_BATCH) {
+            bounded("UNSUBSCRIBE", sink.unsubscribe(chunk)).await?;
+            for ch in chunk {
+                subscribed.remove(ch);
+            }
+        }
+        for chunk in add.chunks(SUBSCRIBE_BATCH) {
+            bounded("SUBSCRIBE", sink.subscribe(chunk)).await?;
+            subscribed.extend(chunk.iter().cloned());
+        }
+        self.done.send_replace(ticket);
+        Ok(())
+    }
+}
+
+/// Offers `msg` to a listener's mailbox without waiting.
+fn offer(tx: &Sender<HubMsg>, msg: HubMsg) {
+    match tx.try_send(msg) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) => {
+            metrics::counter!("notifyd_hub_dropped_total", "reason" => "full").increment(1)
+        }
+        Err(TrySendError::Closed(_)) => {
+            metrics::counter!("notifyd_hub_dropped_total", "reason" => "closed").increment(1)
+        }
+    }
+}
+
+/// Runs one subscriber command with `COMMAND_TIMEOUT`; a timeout is an error like any other.
+async fn bounded<T>(
+    what: &'static str,
+    fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(COMMAND_TIMEOUT, fut).await {
+        Ok(r) => r.with_context(|| format!("{what} failed")),
+        Err(_) => {
+            metrics::counter!("notifyd_hub_command_timeouts_total", "command" => what).increment(1);
+            anyhow::bail!("{what} timed out after {COMMAND_TIMEOUT:?}")
+        }
     }
 }

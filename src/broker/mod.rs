@@ -1,5 +1,11 @@
 //! The broker between the relay and the gateways: Redis pub/sub across nodes, or an in-process
 //! hub in single-node mode. Publishing is the relay's side; `hub` is the gateway's side.
+//!
+//! Every Redis connection (pooled or the hub's subscriber) has TCP keepalive and a
+//! `TCP_USER_TIMEOUT`, and every pooled command runs through [`query`], which bounds it with a
+//! timeout and takes a connection whose command timed out OUT of the pool: a late reply could
+//! otherwise be read as the answer to the next command, and a half-open connection would be
+//! handed to the next caller.
 
 pub mod hub;
 
@@ -7,11 +13,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use redis::io::tcp::{socket2::TcpKeepalive, TcpSettings};
+use redis::IntoConnectionInfo;
 
 pub use hub::{Hub, HubMsg};
 
 /// How long one pipeline of PUBLISHes may take before the relay treats Redis as down.
-const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+/// The default bound on one pooled Redis command (presence, readiness).
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
+/// Waiting for a free pooled connection, and creating one.
+const POOL_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
 pub enum Broker {
@@ -25,17 +37,11 @@ impl Broker {
     pub async fn publish(&self, items: &[(String, String)]) -> anyhow::Result<()> {
         match self {
             Broker::Redis(pool) => {
-                let mut conn = tokio::time::timeout(PUBLISH_TIMEOUT, pool.get())
-                    .await
-                    .context("redis pool timeout")??;
                 let mut pipe = redis::pipe();
                 for (channel, payload) in items {
                     pipe.publish(channel, payload).ignore();
                 }
-                tokio::time::timeout(PUBLISH_TIMEOUT, pipe.query_async::<()>(&mut conn))
-                    .await
-                    .context("redis publish timeout")??;
-                Ok(())
+                query::<()>(pool, &pipe, PUBLISH_TIMEOUT).await
             }
             Broker::Local(hub) => {
                 for (channel, payload) in items {
@@ -47,17 +53,141 @@ impl Broker {
     }
 }
 
+/// Runs the pipeline `q` on a pooled connection within `timeout` (checkout included). A
+/// connection whose command timed out or broke is discarded instead of going back to the pool.
+pub async fn query<T: redis::FromRedisValue>(
+    pool: &deadpool_redis::Pool,
+    q: &redis::Pipeline,
+    timeout: Duration,
+) -> anyhow::Result<T> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut conn = checkout(pool, deadline).await?;
+    let r = tokio::time::timeout_at(deadline, q.query_async::<T>(&mut conn)).await;
+    settle(conn, r, timeout)
+}
+
+/// [`query`] for a single command.
+pub async fn query_cmd<T: redis::FromRedisValue>(
+    pool: &deadpool_redis::Pool,
+    q: &redis::Cmd,
+    timeout: Duration,
+) -> anyhow::Result<T> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut conn = checkout(pool, deadline).await?;
+    let r = tokio::time::timeout_at(deadline, q.query_async::<T>(&mut conn)).await;
+    settle(conn, r, timeout)
+}
+
+async fn checkout(
+    pool: &deadpool_redis::Pool,
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<deadpool_redis::Connection> {
+    tokio::time::timeout_at(deadline, pool.get())
+        .await
+        .context("redis pool timeout")?
+        .context("redis pool")
+}
+
+fn settle<T>(
+    conn: deadpool_redis::Connection,
+    r: Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
+    timeout: Duration,
+) -> anyhow::Result<T> {
+    match r {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            if e.is_unrecoverable_error() || e.is_timeout() || e.is_connection_dropped() {
+                discard(conn);
+            }
+            Err(e).context("redis command failed")
+        }
+        Err(_) => {
+            discard(conn);
+            anyhow::bail!("redis command timed out after {timeout:?}")
+        }
+    }
+}
+
+/// Takes a connection out of the pool for good (it is closed when dropped).
+fn discard(conn: deadpool_redis::Connection) {
+    metrics::counter!("notifyd_redis_connections_discarded_total").increment(1);
+    drop(deadpool_redis::Connection::take(conn));
+}
+
+/// `url` with this service's TCP settings: keepalive probes and `TCP_USER_TIMEOUT`, so a peer
+/// that vanished is noticed by the kernel too, not only by our command timeouts.
+pub fn connection_info(url: &str) -> anyhow::Result<redis::ConnectionInfo> {
+    let info = url.into_connection_info().context("parsing REDIS_URL")?;
+    let keepalive = TcpKeepalive::new()
+        .with_time(hub::TCP_KEEPALIVE_IDLE)
+        .with_interval(hub::TCP_KEEPALIVE_INTERVAL)
+        .with_retries(hub::TCP_KEEPALIVE_RETRIES);
+    let tcp = TcpSettings::default()
+        .set_nodelay(true)
+        .set_keepalive(keepalive)
+        .set_user_timeout(hub::TCP_USER_TIMEOUT);
+    Ok(info.set_tcp_settings(tcp))
+}
+
 pub fn redis_pool(url: &str) -> anyhow::Result<deadpool_redis::Pool> {
-    let mut cfg = deadpool_redis::Config::from_url(url);
-    cfg.pool = Some(deadpool_redis::PoolConfig {
-        max_size: 16,
-        timeouts: deadpool_redis::Timeouts {
-            wait: Some(Duration::from_secs(5)),
-            create: Some(Duration::from_secs(5)),
-            recycle: Some(Duration::from_secs(5)),
-        },
-        ..Default::default()
-    });
-    cfg.create_pool(Some(deadpool_redis::Runtime::Tokio1))
+    // The response timeout is a second line behind `query`'s own timeout.
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(POOL_WAIT))
+        .set_response_timeout(Some(PUBLISH_TIMEOUT));
+    let manager = deadpool_redis::Manager::new_with_config(connection_info(url)?, config)
+        .context("building the redis pool")?;
+    deadpool_redis::Pool::builder(manager)
+        .max_size(16)
+        .wait_timeout(Some(POOL_WAIT))
+        .create_timeout(Some(POOL_WAIT))
+        .recycle_timeout(Some(COMMAND_TIMEOUT))
+        .runtime(deadpool_redis::Runtime::Tokio1)
+        .build()
         .context("building the redis pool")
+}
+
+/// Bound on each leg of the readiness canary (PUBLISH, then seeing it arrive).
+pub const CANARY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The end-to-end readiness check: PUBLISH a unique token on `channel` (this node's own canary
+/// channel) and see it come back through this node's hub. Fails when Redis does not take the
+/// PUBLISH, or the subscriber does not deliver it in time (a stuck or half-open subscription).
+/// Takes at most `hub::LISTEN_WAIT + 2 × CANARY_TIMEOUT`.
+pub async fn canary(hub: &Hub, pool: &deadpool_redis::Pool, channel: &str) -> bool {
+    if !hub.is_connected() {
+        return false;
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+    let id = hub.canary_listener();
+    hub.listen(channel, id, tx).await;
+    let token = uuid::Uuid::new_v4().to_string();
+    let published = query_cmd::<i64>(
+        pool,
+        redis::cmd("PUBLISH").arg(channel).arg(&token),
+        CANARY_TIMEOUT,
+    )
+    .await;
+    let arrived = match published {
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "readiness canary: PUBLISH failed");
+            false
+        }
+        Ok(_) => tokio::time::timeout(CANARY_TIMEOUT, async {
+            while let Some(msg) = rx.recv().await {
+                if let HubMsg::Message { payload, .. } = msg {
+                    if *payload == *token {
+                        return true;
+                    }
+                }
+            }
+            false
+        })
+        .await
+        .unwrap_or(false),
+    };
+    hub.unlisten(channel, id).await;
+    if !arrived {
+        metrics::counter!("notifyd_readyz_canary_failures_total").increment(1);
+    }
+    arrived
 }

@@ -59,7 +59,7 @@ struct Actor {
     user: String,
     id: u64,
     me: mpsc::UnboundedSender<ActorMsg>,
-    hub_tx: mpsc::UnboundedSender<HubMsg>,
+    hub_tx: mpsc::Sender<HubMsg>,
     channel: String,
     last_seq: i64,
     sessions: HashMap<u64, Session>,
@@ -86,7 +86,7 @@ pub async fn run(
     me: mpsc::UnboundedSender<ActorMsg>,
     mut rx: mpsc::UnboundedReceiver<ActorMsg>,
 ) {
-    let (hub_tx, mut hub_rx) = mpsc::unbounded_channel();
+    let (hub_tx, mut hub_rx) = mpsc::channel(crate::broker::hub::LISTENER_MAILBOX);
     let channel = state.settings.user_channel(&user);
     // Subscribe first, then read: whatever commits after the read arrives through the broker.
     state.hub.listen(&channel, id, hub_tx.clone()).await;

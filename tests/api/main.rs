@@ -6,6 +6,7 @@ mod helpers;
 mod gateway;
 mod keepalive;
 mod listen;
+mod liveness;
 mod relay;
 mod resync;
 mod spine;
