@@ -33,6 +33,19 @@ pub struct Settings {
     pub audit_interval: Duration,
     pub relay_batch: i64,
     pub log_json: bool,
+    /// Server-side `statement_timeout` on every pooled/background connection.
+    pub db_statement_timeout: Duration,
+    /// Server-side `lock_timeout` on every pooled/background connection.
+    pub db_lock_timeout: Duration,
+    /// Server-side `idle_in_transaction_session_timeout` on every connection.
+    pub db_idle_in_transaction_timeout: Duration,
+    /// Bound on every database call of the relay (leader and stand-by); the leader's session
+    /// also gets a server-side `idle_session_timeout` derived from it (see outbox::relay).
+    pub relay_db_timeout: Duration,
+    /// How often the housekeeper prunes expired events and idempotency keys.
+    pub housekeeping_interval: Duration,
+    /// Rows per housekeeping DELETE.
+    pub housekeeping_batch: i64,
 }
 
 impl Settings {
@@ -57,6 +70,12 @@ impl Settings {
             audit_interval: Duration::from_secs(10),
             relay_batch: 500,
             log_json: false,
+            db_statement_timeout: Duration::from_secs(30),
+            db_lock_timeout: Duration::from_secs(10),
+            db_idle_in_transaction_timeout: Duration::from_secs(60),
+            relay_db_timeout: Duration::from_secs(10),
+            housekeeping_interval: Duration::from_secs(10),
+            housekeeping_batch: 50_000,
         }
     }
 
@@ -119,6 +138,35 @@ impl Settings {
             s.max_body_bytes = m.parse().context("NOTIFYD_MAX_BODY_BYTES")?;
         }
         s.log_json = env("NOTIFYD_LOG_FORMAT").is_some_and(|f| f == "json");
+        let positive = |name: &str, d: Duration| {
+            if d.is_zero() {
+                bail!("{name} must be more than 0");
+            }
+            Ok(d)
+        };
+        for (name, field) in [
+            ("NOTIFYD_DB_STATEMENT_TIMEOUT", &mut s.db_statement_timeout),
+            ("NOTIFYD_DB_LOCK_TIMEOUT", &mut s.db_lock_timeout),
+            (
+                "NOTIFYD_DB_IDLE_IN_TRANSACTION_TIMEOUT",
+                &mut s.db_idle_in_transaction_timeout,
+            ),
+            ("NOTIFYD_RELAY_DB_TIMEOUT", &mut s.relay_db_timeout),
+            (
+                "NOTIFYD_HOUSEKEEPING_INTERVAL",
+                &mut s.housekeeping_interval,
+            ),
+        ] {
+            if let Some(v) = env(name) {
+                *field = positive(name, parse_duration(&v).context(name.to_string())?)?;
+            }
+        }
+        if let Some(b) = env("NOTIFYD_HOUSEKEEPING_BATCH") {
+            s.housekeeping_batch = b.parse().context("NOTIFYD_HOUSEKEEPING_BATCH")?;
+            if s.housekeeping_batch < 1 {
+                bail!("NOTIFYD_HOUSEKEEPING_BATCH must be at least 1");
+            }
+        }
         Ok(s)
     }
 

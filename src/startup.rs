@@ -14,7 +14,7 @@ use crate::broker::{self, Broker, Hub};
 use crate::config::Settings;
 use crate::db;
 use crate::gateway::Gateway;
-use crate::outbox::{Relay, Waker};
+use crate::outbox::{Housekeeper, Relay, Waker};
 use crate::presence::Presence;
 use crate::state::AppState;
 
@@ -63,7 +63,11 @@ impl Application {
         if !applied.is_empty() {
             tracing::info!(?applied, "migrations applied");
         }
-        let pool = db::pool(&settings.database_url, settings.db_pool_size)?;
+        let pool = db::pool(
+            &settings.database_url,
+            settings.db_pool_size,
+            db::Limits::from_settings(&settings),
+        )?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let hub = Hub::new();
         let mut tasks = vec![];
@@ -105,6 +109,11 @@ impl Application {
                 settings: settings.clone(),
             };
             tasks.push(tokio::spawn(relay.run(shutdown_rx.clone())));
+            // Pruning runs apart from the publish loop (own task and connection).
+            let housekeeper = Housekeeper {
+                settings: settings.clone(),
+            };
+            tasks.push(tokio::spawn(housekeeper.run(shutdown_rx.clone())));
         }
         let state = AppState {
             jwt: JwtKeys::new(&settings.jwt_secret),
@@ -189,9 +198,16 @@ pub async fn run_relay(settings: Settings) -> anyhow::Result<()> {
         .clone()
         .context("`notifyd relay` needs REDIS_URL (single-node mode relays inside `serve`)")?;
     db::migrate(&settings.database_url).await?;
-    let pool = db::pool(&settings.database_url, 2)?;
+    let pool = db::pool(
+        &settings.database_url,
+        2,
+        db::Limits::from_settings(&settings),
+    )?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let waker = Waker::new();
+    let housekeeper = Housekeeper {
+        settings: settings.clone(),
+    };
     let relay = Relay {
         database_url: settings.database_url.clone(),
         broker: Broker::Redis(broker::redis_pool(&url)?),
@@ -199,10 +215,12 @@ pub async fn run_relay(settings: Settings) -> anyhow::Result<()> {
         settings,
     };
     let task = tokio::spawn(relay.run(shutdown_rx.clone()));
+    let housekeeping = tokio::spawn(housekeeper.run(shutdown_rx.clone()));
     let notifier = tokio::spawn(waker.run_notifier(pool, shutdown_rx));
     crate::telemetry::shutdown_signal().await;
     let _ = shutdown_tx.send(true);
     let _ = task.await;
+    let _ = housekeeping.await;
     let _ = notifier.await;
     Ok(())
 }

@@ -6,7 +6,21 @@
 //! connection dies the lock goes with it and a stand-by (retrying every second) takes over.
 //! Delivery to the broker is at-least-once: a crash between PUBLISH and COMMIT republishes the
 //! batch, and receivers drop the duplicate by seq.
+//!
+//! Leader loss is detected in bounded time, also on a half-open connection (the database host
+//! or the path to it died without closing the socket):
+//! - client side, every database call of the relay is bounded by `NOTIFYD_RELAY_DB_TIMEOUT`
+//!   (a batch by that plus the publish timeout); on a timeout the connection is dropped, the node
+//!   stops publishing at once (it only publishes rows it claimed on that connection) and stands
+//!   by again on a fresh connection;
+//! - server side, the leader's session has `idle_session_timeout` (a live leader never idles
+//!   longer than its poll or broker back-off), `idle_in_transaction_session_timeout` and TCP
+//!   keepalive, so PostgreSQL ends a session whose client went silent and the advisory lock and
+//!   claimed rows go with it; a stand-by takes over within `leader_idle_timeout` + its retry.
+//!
+//! Pruning is not done here: see `outbox::housekeeping` (its own task and connection).
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use diesel::sql_types::{BigInt, Bool};
@@ -16,16 +30,20 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 
 use super::wake::{Waker, CHANNEL};
-use crate::broker::Broker;
+use crate::broker::{Broker, PUBLISH_TIMEOUT};
 use crate::config::Settings;
-use crate::store::{events, idempotency, outbox};
+use crate::db;
+use crate::store::outbox;
 
 /// The advisory lock key ("notifyd relay"); scoped to the database, so deployments on separate
 /// databases never contend.
 pub const LEADER_LOCK: i64 = 0x6e6f_7469_6679_6400;
 const STANDBY_RETRY: Duration = Duration::from_millis(250);
-const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(30);
 const BACKLOG_EVERY: Duration = Duration::from_secs(5);
+/// The longest the leader waits between two steps while the broker fails.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often the LISTEN connection is checked with a bounded `SELECT 1`.
+const LISTEN_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
 pub struct Relay {
@@ -77,28 +95,32 @@ impl Relay {
     /// and lead on it once the lock is ours. Returns `Ok` at shutdown, `Err` when the connection
     /// (and with it any leadership) is lost.
     async fn session(&self, shutdown: &mut watch::Receiver<bool>) -> anyhow::Result<()> {
-        let mut conn = AsyncPgConnection::establish(&self.settings.database_url).await?;
+        let t = self.settings.relay_db_timeout;
+        let mut conn = db::connect(&self.settings.database_url, &self.limits()).await?;
         // Named so operators (and the chaos harness) can see which node holds the leader lock.
         let name = format!("notifyd relay {}", self.settings.node_id).replace('\'', "");
-        diesel::sql_query(format!("SET application_name = '{name}'"))
-            .execute(&mut conn)
-            .await?;
+        bounded(
+            t,
+            diesel::sql_query(format!("SET application_name = '{name}'")).execute(&mut conn),
+        )
+        .await?;
         loop {
             if *shutdown.borrow() {
                 return Ok(());
             }
-            let got: Locked = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS locked")
-                .bind::<BigInt, _>(LEADER_LOCK)
-                .get_result(&mut conn)
-                .await?;
+            let got: Locked = bounded(
+                t,
+                diesel::sql_query("SELECT pg_try_advisory_lock($1) AS locked")
+                    .bind::<BigInt, _>(LEADER_LOCK)
+                    .get_result(&mut conn),
+            )
+            .await?;
             if got.locked {
                 tracing::info!(node = %self.settings.node_id, "relay is now the leader");
                 metrics::counter!("notifyd_relay_leadership_acquired_total").increment(1);
                 self.waker.set_local_leader(true);
-                let listener = tokio::spawn(listen_for_wakes(
-                    self.settings.database_url.clone(),
-                    self.waker.clone(),
-                ));
+                let listener =
+                    tokio::spawn(listen_for_wakes(self.settings.clone(), self.waker.clone()));
                 let result = self.lead(&mut conn, shutdown).await;
                 listener.abort();
                 self.waker.set_local_leader(false);
@@ -117,24 +139,31 @@ impl Relay {
         shutdown: &mut watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
         let mut backoff = Duration::from_millis(50);
-        let mut last_housekeeping = Instant::now();
         let mut last_backlog = Instant::now() - BACKLOG_EVERY;
+        // A batch may take one database bound plus one publish bound.
+        let step_bound = self.settings.relay_db_timeout + PUBLISH_TIMEOUT;
         loop {
             if *shutdown.borrow() {
                 return Ok(());
             }
-            match self.step(conn).await {
+            // On a timeout the whole transaction future is dropped with its connection (the
+            // caller drops `conn`): nothing is published from that connection again.
+            let stepped = match tokio::time::timeout(step_bound, self.step(conn)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    metrics::counter!("notifyd_relay_db_timeouts_total").increment(1);
+                    anyhow::bail!("a relay batch took longer than {step_bound:?}");
+                }
+            };
+            match stepped {
                 Ok(n) => {
                     backoff = Duration::from_millis(50);
                     if last_backlog.elapsed() >= BACKLOG_EVERY {
                         last_backlog = Instant::now();
-                        let b = outbox::backlog(conn).await?;
+                        let b =
+                            bounded(self.settings.relay_db_timeout, outbox::backlog(conn)).await?;
                         metrics::gauge!("notifyd_outbox_backlog").set(b.entries as f64);
                         metrics::gauge!("notifyd_outbox_oldest_age_seconds").set(b.oldest_age_s);
-                    }
-                    if last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
-                        last_housekeeping = Instant::now();
-                        self.housekeeping(conn).await?;
                     }
                     if n as i64 >= self.settings.relay_batch {
                         continue; // more is waiting
@@ -153,7 +182,7 @@ impl Relay {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = shutdown.changed() => return Ok(()),
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
                 Err(StepError::Db(e)) => return Err(e.into()),
             }
@@ -199,52 +228,84 @@ impl Relay {
         Ok(n)
     }
 
-    /// Prunes the event log past retention and expired idempotency keys, a bounded amount per call.
-    async fn housekeeping(
-        &self,
-        conn: &mut AsyncPgConnection,
-    ) -> Result<(), diesel::result::Error> {
-        let cutoff = chrono::Utc::now()
-            - chrono::Duration::from_std(self.settings.event_retention)
-                .unwrap_or(chrono::Duration::days(7));
-        let mut pruned = 0;
-        for _ in 0..20 {
-            let n = events::prune(conn, cutoff, 5000).await?;
-            pruned += n;
-            if n < 5000 {
-                break;
-            }
+    /// Server-side limits of the relay's session: the pool's, plus short idle timeouts, so
+    /// PostgreSQL ends a leader session whose client went silent (and frees the leader lock and
+    /// any claimed rows), whether it was idle or inside a batch's transaction (a batch is idle
+    /// in transaction at most while it publishes).
+    fn limits(&self) -> db::Limits {
+        let idle = leader_idle_timeout(&self.settings);
+        db::Limits {
+            idle_session_timeout: Some(idle),
+            idle_in_transaction_timeout: Some(idle),
+            ..db::Limits::from_settings(&self.settings)
         }
-        let keys = idempotency::prune(conn, 5000).await?;
-        if pruned + keys > 0 {
-            tracing::info!(
-                events = pruned,
-                idempotency_keys = keys,
-                "housekeeping pruned"
-            );
+    }
+}
+
+/// The longest a live relay session is ever idle is its poll interval or the broker back-off;
+/// PostgreSQL ends the session after this much silence.
+pub fn leader_idle_timeout(s: &Settings) -> Duration {
+    s.relay_db_timeout + MAX_BACKOFF + s.relay_poll
+}
+
+/// Runs one relay database call within `t`; a timeout is an error like a broken connection
+/// (the caller drops the connection).
+async fn bounded<T>(
+    t: Duration,
+    fut: impl Future<Output = Result<T, diesel::result::Error>>,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(t, fut).await {
+        Ok(r) => Ok(r?),
+        Err(_) => {
+            metrics::counter!("notifyd_relay_db_timeouts_total").increment(1);
+            anyhow::bail!("a relay database call took longer than {t:?}")
         }
-        Ok(())
     }
 }
 
 /// While leading: LISTEN on a separate connection so commits on other nodes wake this relay.
-async fn listen_for_wakes(database_url: String, waker: Waker) {
+/// The connection is idle by nature, so it is checked with a bounded `SELECT 1` every
+/// `LISTEN_CHECK_EVERY` (notifications arriving meanwhile are buffered by the client, never
+/// lost); a failed check reconnects. Missing wakes only delay delivery to the next poll.
+async fn listen_for_wakes(settings: Settings, waker: Waker) {
+    let t = settings.relay_db_timeout;
+    let limits = db::Limits::from_settings(&settings);
     loop {
-        match AsyncPgConnection::establish(&database_url).await {
+        match db::connect(&settings.database_url, &limits).await {
             Ok(mut conn) => {
-                if diesel::sql_query(format!("LISTEN {CHANNEL}"))
-                    .execute(&mut conn)
-                    .await
-                    .is_ok()
-                {
-                    let mut stream = std::pin::pin!(conn.notifications_stream());
-                    while let Some(Ok(_)) = stream.next().await {
-                        waker.wake_local();
-                    }
+                if let Err(e) = listen_on(&mut conn, &waker, t).await {
+                    tracing::debug!(error = %format!("{e:#}"), "LISTEN connection lost; reconnecting");
                 }
             }
             Err(e) => tracing::debug!(error = %e, "LISTEN connection failed; relying on polling"),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn listen_on(conn: &mut AsyncPgConnection, waker: &Waker, t: Duration) -> anyhow::Result<()> {
+    bounded(
+        t,
+        diesel::sql_query(format!("LISTEN {CHANNEL}")).execute(conn),
+    )
+    .await?;
+    loop {
+        {
+            let stream = conn.notifications_stream();
+            let mut stream = std::pin::pin!(stream);
+            let check = tokio::time::sleep(LISTEN_CHECK_EVERY);
+            tokio::pin!(check);
+            loop {
+                tokio::select! {
+                    n = stream.next() => match n {
+                        Some(Ok(_)) => waker.wake_local(),
+                        Some(Err(e)) => return Err(e.into()),
+                        None => anyhow::bail!("notification stream ended"),
+                    },
+                    _ = &mut check => break,
+                }
+            }
+        }
+        bounded(t, diesel::sql_query("SELECT 1").execute(conn)).await?;
     }
 }

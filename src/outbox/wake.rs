@@ -15,6 +15,8 @@ use tokio::sync::{watch, Notify};
 use crate::db::DbPool;
 
 pub const CHANNEL: &str = "notifyd_outbox";
+/// Bound on getting a pooled connection, and on the `NOTIFY` itself.
+const NOTIFY_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Default)]
 pub struct Waker {
@@ -61,16 +63,30 @@ impl Waker {
             if std::sync::atomic::AtomicBool::load(&self.local_leader, Ordering::Relaxed) {
                 continue;
             }
-            match pool.get().await {
-                Ok(mut conn) => {
-                    if let Err(e) = diesel::sql_query(format!("NOTIFY {CHANNEL}"))
-                        .execute(&mut conn)
-                        .await
+            // Bounded: a wake that cannot be sent only delays delivery to the leader's next poll.
+            match tokio::time::timeout(NOTIFY_TIMEOUT, pool.get()).await {
+                Ok(Ok(mut conn)) => {
+                    match tokio::time::timeout(
+                        NOTIFY_TIMEOUT,
+                        diesel::sql_query(format!("NOTIFY {CHANNEL}")).execute(&mut conn),
+                    )
+                    .await
                     {
-                        tracing::debug!(error = %e, "NOTIFY failed; the relay's poll will pick the events up");
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "NOTIFY failed; the relay's poll will pick the events up")
+                        }
+                        Err(_) => {
+                            // A late answer must not reach the next user of this connection,
+                            // and a half-open one must not be handed out again: discard it.
+                            metrics::counter!("notifyd_errors_total", "kind" => "notify_timeout")
+                                .increment(1);
+                            drop(deadpool::managed::Object::take(conn));
+                        }
                     }
                 }
-                Err(e) => tracing::debug!(error = %e, "no connection for NOTIFY"),
+                Ok(Err(e)) => tracing::debug!(error = %e, "no connection for NOTIFY"),
+                Err(_) => tracing::debug!("no connection for NOTIFY within {NOTIFY_TIMEOUT:?}"),
             }
             // Coalesce: wakes that arrive during this pause become one NOTIFY.
             tokio::time::sleep(Duration::from_millis(2)).await;

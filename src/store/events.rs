@@ -48,11 +48,15 @@ pub async fn range(
     q.load(conn).await
 }
 
-/// Deletes up to `batch` events older than `before`; returns how many went. Small batches keep
-/// each delete short so it never competes with writers for long.
+/// Deletes up to `batch` of the oldest events older than `before`; returns how many went.
+/// The inner scan walks the `created_at` index from its oldest end (ORDER BY), so each batch
+/// reads only rows it deletes (plus index entries of rows deleted by the batch before, which the
+/// first visit marks dead), never a sequential scan past already-deleted heap pages; the rows
+/// are then deleted by ctid. `user_event` is append-only, so no row changes its ctid meanwhile.
 pub async fn prune(conn: &mut Conn, before: DateTime<Utc>, batch: i64) -> QueryResult<usize> {
     diesel::sql_query(
-        "DELETE FROM user_event WHERE ctid = ANY(ARRAY(SELECT ctid FROM user_event WHERE created_at < $1 LIMIT $2))",
+        "DELETE FROM user_event WHERE ctid = ANY(ARRAY(SELECT ctid FROM user_event \
+         WHERE created_at < $1 ORDER BY created_at LIMIT $2))",
     )
     .bind::<diesel::sql_types::Timestamptz, _>(before)
     .bind::<diesel::sql_types::BigInt, _>(batch)

@@ -77,7 +77,7 @@ pub async fn finish(
 pub async fn prune(conn: &mut Conn, batch: i64) -> QueryResult<usize> {
     diesel::sql_query(
         "DELETE FROM idempotency_key WHERE ctid = ANY(ARRAY(SELECT ctid FROM idempotency_key \
-         WHERE created_at < now() - interval '24 hours' LIMIT $1))",
+         WHERE created_at < now() - interval '24 hours' ORDER BY created_at LIMIT $1))",
     )
     .bind::<diesel::sql_types::BigInt, _>(batch)
     .execute(conn)

@@ -860,3 +860,27 @@ impl WsClient {
         got.into_iter().map(|f| f.expect("filled")).collect()
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Liveness helpers (tests/api/liveness.rs).
+
+/// `spawn_app` with the settings adjusted by `tune` before the node starts (e.g. a database URL
+/// through a `Cuttable`, short liveness timeouts).
+pub async fn spawn_app_with(db: &TestDb, opts: Opts, tune: impl FnOnce(&mut Settings)) -> TestApp {
+    let mut settings = settings_for(&db.url, &opts);
+    tune(&mut settings);
+    let prefix = settings.redis_prefix.clone();
+    let app = Application::build(settings, None).await.expect("build app");
+    let port = app.port();
+    let stopper = app.stopper();
+    tokio::spawn(app.run_until_stopped());
+    TestApp {
+        port,
+        base: format!("http://127.0.0.1:{port}"),
+        ws_base: format!("ws://127.0.0.1:{port}"),
+        db_url: db.url.clone(),
+        prefix,
+        stopper,
+        http: reqwest::Client::new(),
+    }
+}

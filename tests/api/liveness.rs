@@ -139,3 +139,246 @@ async fn topic_subscribers_get_events_again_after_a_half_open_redis_recovers() {
     a.stop().await;
     b.stop().await;
 }
+
+/// The application name of the session holding the relay's leader lock, if any.
+async fn leader_name(db_url: &str) -> Option<String> {
+    query_json(
+        db_url,
+        &format!(
+            "SELECT a.application_name AS name {} ",
+            crate::relay::LEADER_LOCKS.replace(
+                "FROM pg_locks l",
+                "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+            )
+        ),
+    )
+    .await
+    .into_iter()
+    .next()
+    .and_then(|r| r["name"].as_str().map(str::to_string))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_behind_a_half_open_database_connection_loses_the_outbox_in_bounded_time() {
+    let db = TestDb::new().await;
+    let prefix = new_prefix();
+    let proxy = Cuttable::start("127.0.0.1:5432").await;
+    let via_proxy = proxy.pg_url(&db.url);
+    let short = Duration::from_secs(2);
+    // Node A reaches PostgreSQL only through the proxy; it starts first and leads.
+    let a = spawn_app_with(&db, Opts::in_cluster(&prefix), |s| {
+        s.database_url = via_proxy.clone();
+        s.relay_db_timeout = short;
+    })
+    .await;
+    let a_name = format!("notifyd relay {}", a.stopper.state().settings.node_id);
+    eventually(Duration::from_secs(20), "node A leads", || async {
+        (leader_name(&db.url).await.as_deref() == Some(a_name.as_str())).then_some(())
+    })
+    .await;
+    let b = spawn_app_with(&db, Opts::in_cluster(&prefix), |s| {
+        s.relay_db_timeout = short
+    })
+    .await;
+    let b_name = format!("notifyd relay {}", b.stopper.state().settings.node_id);
+    let u = new_user();
+    let mut tap = RedisTap::subscribe(&b.user_channel(&u)).await;
+    b.send(&u, "before").await;
+    assert_eq!(
+        seqs_of(&tap.collect(1, Duration::from_secs(10)).await),
+        vec![1]
+    );
+
+    // A's every database connection now swallows bytes and never answers, without closing.
+    proxy.freeze();
+    for i in 0..3 {
+        b.send(&u, &format!("during {i}")).await;
+    }
+    // PostgreSQL ends A's silent session (idle_session_timeout = relay timeout + back-off +
+    // poll, 7.5 s here), the leader lock goes with it, and B publishes. Generous bound.
+    // At-least-once: the batch A had claimed when its connection froze (seq 1, already
+    // published, never committed) is published again by B; receivers drop it by seq.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut first_arrivals = vec![1];
+    while first_arrivals.len() < 4 {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some(p) = tap.next(left).await else { break };
+        let seq = p["seq"].as_i64().expect("seq");
+        if !first_arrivals.contains(&seq) {
+            first_arrivals.push(seq);
+        }
+    }
+    assert_eq!(
+        first_arrivals,
+        vec![1, 2, 3, 4],
+        "events committed while the leader's connection was half-open, in order"
+    );
+    assert_eq!(leader_name(&db.url).await.as_deref(), Some(b_name.as_str()));
+    b.stop().await;
+    proxy.cut();
+    a.stop().await;
+}
+
+/// Inserts `n` events that expired a day ago, spread over 1,000 users.
+async fn insert_expired_events(db_url: &str, n: i64) {
+    let mut c = db_conn(db_url).await;
+    diesel::sql_query(format!(
+        "INSERT INTO user_event (user_id, seq, created_at, payload) \
+         SELECT 'old' || (g % 1000), g, now() - interval '8 days', '{{\"type\":\"x\"}}'::jsonb \
+         FROM generate_series(1, {n}) g"
+    ))
+    .execute(&mut c)
+    .await
+    .expect("insert expired events");
+}
+
+async fn db_conn(db_url: &str) -> diesel_async::AsyncPgConnection {
+    use diesel_async::AsyncConnection;
+    diesel_async::AsyncPgConnection::establish(db_url)
+        .await
+        .expect("conn")
+}
+
+use diesel_async::RunQueryDsl;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn housekeeping_keeps_up_with_a_large_backlog_while_delivery_goes_on() {
+    let db = TestDb::new().await;
+    // Migrations first (the node runs them), then a backlog of 250,000 expired events: more
+    // than the old schedule (20 x 5,000 rows every 30 s) could prune in 60 s.
+    let app = spawn_app_with(&db, Opts::default(), |s| {
+        s.housekeeping_interval = Duration::from_secs(1);
+    })
+    .await;
+    let u = new_user();
+    let mut client = app.ws(&u, None).await;
+    client.expect("hello", Duration::from_secs(10)).await;
+    insert_expired_events(&db.url, 250_000).await;
+
+    // Deliveries go on, in order, while the housekeeper deletes.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut seq = 0;
+    loop {
+        seq += 1;
+        app.send(&u, &format!("m{seq}")).await;
+        let f = client
+            .expect("message.created", Duration::from_secs(10))
+            .await;
+        assert_eq!(f["seq"], seq, "delivery during housekeeping");
+        let left = scalar_i64(
+            &db.url,
+            "SELECT count(*) AS v FROM user_event WHERE user_id LIKE 'old%'",
+        )
+        .await;
+        if left == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{left} expired events still there after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Live events are kept.
+    assert_eq!(
+        scalar_i64(
+            &db.url,
+            &format!("SELECT count(*) AS v FROM user_event WHERE user_id = '{u}'")
+        )
+        .await,
+        seq
+    );
+    app.stop().await;
+}
+
+/// Pruning throughput, old schedule against the housekeeper, with a writer appending fresh
+/// events at full speed meanwhile (the write path the pruning must keep up with). Payloads of
+/// ~500 bytes like real `message.created` frames. Run by hand:
+/// `cargo test --test api housekeeping_throughput -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn housekeeping_throughput() {
+    const N: i64 = 1_000_000;
+    let db = TestDb::new().await;
+    notifyd::db::migrate(&db.url).await.expect("migrate");
+    let mut conn = db_conn(&db.url).await;
+    let settings = settings_for(&db.url, &Opts::default());
+    let cutoff = chrono::Utc::now() - chrono::Duration::days(7);
+    let fill = |n: i64| {
+        format!(
+            "INSERT INTO user_event (user_id, seq, created_at, payload) \
+             SELECT 'old' || (g % 1000), g, now() - interval '8 days', \
+             jsonb_build_object('type', 'message.created', 'pad', repeat('x', 480)) \
+             FROM generate_series(1, {n}) g"
+        )
+    };
+    // A writer appending 1,000-event batches of fresh events until told to stop.
+    async fn writer(url: String, stop: tokio::sync::watch::Receiver<bool>) -> i64 {
+        let mut c = db_conn(&url).await;
+        let mut written = 0;
+        let mut next = 0i64;
+        while !*stop.borrow() {
+            diesel::sql_query(format!(
+                "INSERT INTO user_event (user_id, seq, payload) \
+                 SELECT 'new' || (g % 1000), g, \
+                 jsonb_build_object('type', 'message.created', 'pad', repeat('x', 480)) \
+                 FROM generate_series({}, {}) g",
+                next + 1,
+                next + 1000
+            ))
+            .execute(&mut c)
+            .await
+            .expect("write");
+            next += 1000;
+            written += 1000;
+        }
+        written
+    }
+
+    for (label, old) in [("old", true), ("new", false)] {
+        diesel::sql_query("TRUNCATE user_event")
+            .execute(&mut conn)
+            .await
+            .expect("truncate");
+        diesel::sql_query(fill(N))
+            .execute(&mut conn)
+            .await
+            .expect("fill");
+        diesel::sql_query("VACUUM ANALYZE user_event")
+            .execute(&mut conn)
+            .await
+            .expect("vacuum");
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let w = tokio::spawn(writer(db.url.clone(), stop_rx));
+        let started = std::time::Instant::now();
+        let pruned = if old {
+            // The relay's old housekeeping: 20 batches of 5,000 (then nothing for 30 s).
+            let mut n = 0;
+            for _ in 0..20 {
+                n += notifyd::store::events::prune(&mut conn, cutoff, 5000)
+                    .await
+                    .expect("prune");
+            }
+            n
+        } else {
+            let (_tx, rx) = tokio::sync::watch::channel(false);
+            notifyd::outbox::housekeeping::prune_expired(&mut conn, &settings, &rx)
+                .await
+                .expect("prune")
+                .events
+        };
+        let secs = started.elapsed().as_secs_f64();
+        let _ = stop_tx.send(true);
+        let written = w.await.expect("writer");
+        let wsecs = started.elapsed().as_secs_f64();
+        println!(
+            "{label}: pruned {pruned} rows in {secs:.2} s = {:.0} rows/s; concurrent writer {:.0} events/s",
+            pruned as f64 / secs,
+            written as f64 / wsecs
+        );
+        if !old {
+            assert_eq!(pruned as i64, N);
+        }
+    }
+    println!("old schedule ceiling: 20 x 5,000 rows per 30 s = 3,333 rows/s");
+}

@@ -53,8 +53,11 @@ async fn collect_distinct(tap: &mut RedisTap, got: &mut Vec<Value>, n: i64, time
     }
 }
 
-const LEADER_LOCKS: &str = "FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
-     WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database()";
+/// The relay's leader lock (`LEADER_LOCK`, a bigint key: classid = high 32 bits, objid = low
+/// 32 bits), not the housekeeper's.
+pub const LEADER_LOCKS: &str = "FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+     WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database() \
+     AND l.classid = 1852798057 AND l.objid = 1719231488 AND l.objsubid = 1";
 
 async fn advisory_lock_holders(db_url: &str) -> i64 {
     scalar_i64(db_url, &format!("SELECT count(*) AS v {LEADER_LOCKS}")).await
