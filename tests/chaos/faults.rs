@@ -361,19 +361,21 @@ impl FaultInjector<'_> {
     }
 
     /// Every connection the nodes have to Redis or PostgreSQL at this moment goes silent both
-    /// ways (not closed) for `cfg.half_open`, longer than any timeout of the service; new
+    /// ways (not closed) for `cfg.half_open_*`, longer than the service's timeouts; new
     /// connections go through. Then the frozen ones are reset (see `proxy.rs` for why reset,
     /// not resume). Over once every client has applied what its user had at the reset.
     pub(crate) async fn half_open(&mut self, kind: FaultKind) -> anyhow::Result<Fault> {
-        let (proxy, what) = match kind {
-            FaultKind::HalfOpenRedis => (&self.cluster.redis_proxy, "Redis"),
-            _ => (&self.cluster.pg_proxy, "PostgreSQL"),
+        let (proxy, what, freeze) = match kind {
+            FaultKind::HalfOpenRedis => {
+                (&self.cluster.redis_proxy, "Redis", self.cfg.half_open_redis)
+            }
+            _ => (&self.cluster.pg_proxy, "PostgreSQL", self.cfg.half_open_pg),
         };
         let start = self.clock.ms();
         let frozen = proxy.freeze();
-        let reset_deadline = tokio::time::Instant::now() + self.cfg.half_open;
+        let reset_deadline = tokio::time::Instant::now() + freeze;
         // Near the end of the freeze: does each node still call itself ready?
-        let probe_at = self.cfg.half_open.saturating_sub(Duration::from_secs(4));
+        let probe_at = freeze.saturating_sub(Duration::from_secs(4));
         tokio::time::sleep(probe_at).await;
         let readyz = self.cluster.readyz_all(Duration::from_secs(3)).await;
         tokio::time::sleep_until(reset_deadline).await;
@@ -401,7 +403,7 @@ impl FaultInjector<'_> {
             "{} connections of the nodes to {what} silent for {:.0} s, then reset; {closed}; \
              /readyz {:.0} s into it: {}; {}",
             out.frozen,
-            self.cfg.half_open.as_secs_f64(),
+            freeze.as_secs_f64(),
             probe_at.as_secs_f64(),
             readyz.join(", "),
             match caught_up {

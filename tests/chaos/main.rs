@@ -18,7 +18,7 @@
 //! gives the figures `docs/reliability.md` quotes.
 //!
 //! Sizes: `CHAOS_USERS` (20), `CHAOS_MESSAGES` (400), `CHAOS_RATE` (messages/s; by default the
-//! messages are spread over ~75 s so every fault lands while they flow). `CHAOS_LONG=1`: 200
+//! messages are spread over ~85 s so every fault lands while they flow). `CHAOS_LONG=1`: 200
 //! users, 20,000 messages at 100/s, faults repeated until the producer is done
 //! (`scripts/chaos-long.sh`). `CHAOS_KEEP=1` keeps the temp dir with every log (it is kept
 //! anyway when the test fails).
@@ -66,8 +66,14 @@ pub(crate) struct Config {
     pub(crate) rate: f64,
     /// Pause between two faults.
     pub(crate) gap: Duration,
-    /// How long the half-open faults keep the frozen connections silent before resetting them.
-    pub(crate) half_open: Duration,
+    /// How long the half-open faults keep the frozen connections silent before resetting them:
+    /// longer than the service's timeouts on that path, so only a node that notices by itself
+    /// recovers before the reset. Redis: the subscriber's PING (every 3 s, 3 s to answer), pool
+    /// waits and commands (5 s). PostgreSQL: the relay's bound on one step (database call 10 s +
+    /// publish 5 s) and the leader session's server-side idle timeout (15.5 s), the pool's
+    /// wait (10 s).
+    pub(crate) half_open_redis: Duration,
+    pub(crate) half_open_pg: Duration,
     /// At most this many rounds of the faults (long runs repeat them while messages flow).
     pub(crate) rounds: usize,
     pub(crate) report: Option<PathBuf>,
@@ -86,14 +92,15 @@ impl Config {
         let long = std::env::var("CHAOS_LONG").is_ok_and(|v| v == "1" || v == "true");
         let users: usize = env_num("CHAOS_USERS", if long { 200 } else { 20 }).max(1);
         let messages: usize = env_num("CHAOS_MESSAGES", if long { 20_000 } else { 400 }).max(1);
-        let default_rate = if long { 100.0 } else { messages as f64 / 75.0 };
+        let default_rate = if long { 100.0 } else { messages as f64 / 85.0 };
         Config {
             long,
             users,
             messages,
             rate: env_num("CHAOS_RATE", default_rate).max(0.1),
             gap: Duration::from_secs(env_num("CHAOS_FAULT_GAP_S", if long { 5 } else { 3 })),
-            half_open: Duration::from_secs(env_num("CHAOS_HALF_OPEN_S", 12)),
+            half_open_redis: Duration::from_secs(env_num("CHAOS_HALF_OPEN_REDIS_S", 12)),
+            half_open_pg: Duration::from_secs(env_num("CHAOS_HALF_OPEN_PG_S", 20)),
             rounds: env_num("CHAOS_ROUNDS", if long { 100 } else { 1 }).max(1),
             report: std::env::var("CHAOS_REPORT").ok().map(PathBuf::from),
             keep: std::env::var("CHAOS_KEEP").is_ok(),
