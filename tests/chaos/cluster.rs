@@ -475,9 +475,14 @@ pub(crate) fn deploy_config_for(
 /// How the proxies tell the nodes' connections apart (see `proxy.rs`): the hub's subscriber
 /// sends SUBSCRIBE; pooled connections PUBLISH, SET, PING...
 pub(crate) const REDIS_ROLES: &[(&str, &str)] = &[("SUBSCRIBE", "subscriber")];
-/// The relay names its connection `notifyd relay <node>` (and takes the leader lock on it);
-/// the LISTEN connection of a leading relay; the rest are the request pools'.
-pub(crate) const PG_ROLES: &[(&str, &str)] = &[("notifyd relay", "relay"), ("LISTEN ", "listen")];
+/// The relay names its connection `notifyd relay <node>` (and takes the leader lock on it), the
+/// housekeeper `notifyd housekeeper <node>`; the LISTEN connection of a leading relay; the rest
+/// are the request pools'.
+pub(crate) const PG_ROLES: &[(&str, &str)] = &[
+    ("notifyd relay", "relay"),
+    ("notifyd housekeeper", "housekeeper"),
+    ("LISTEN ", "listen"),
+];
 
 /// Everything the harness runs. Fields drop in order: nginx, the nodes, the proxies, Redis,
 /// PostgreSQL, and the temp dir last.
