@@ -8,8 +8,11 @@
 //! `since`; a producer POSTs messages through nginx with an `Idempotency-Key` each, retrying until
 //! `201`. Meanwhile it injects, at least once each: `kill -9` of the node holding a client's
 //! socket, `kill -9` of the node running the active relay, a Redis restart, a PostgreSQL restart
-//! (`pg_ctl restart -m fast`), a client TCP connection dropped without a close frame, and a slow
-//! client that stops reading (the server must close it with 4008; it resumes).
+//! (`pg_ctl restart -m fast`), a client TCP connection dropped without a close frame, a slow
+//! client that stops reading (the server must close it with 4008; it resumes), and a half-open
+//! Redis and a half-open PostgreSQL: the nodes reach both through TCP proxies (`proxy.rs`) that
+//! silence every open connection without closing it, then reset them; each node must give up
+//! on its silent subscriber / relay connection by itself before the reset.
 //!
 //! At the end every client's log is checked against the database: the events it applied are
 //! exactly seq 1..=N of its user, once each, in order; every `message.created` matches
@@ -22,6 +25,9 @@
 //! users, 20,000 messages at 100/s, faults repeated until the producer is done
 //! (`scripts/chaos-long.sh`). `CHAOS_KEEP=1` keeps the temp dir with every log (it is kept
 //! anyway when the test fails).
+//!
+//! Plain `cargo test` skips this run (saying why); `CHAOS=1`, `CHAOS_LONG=1` or `CI` make it
+//! run, and then a missing prerequisite fails it (see `skip_reason`).
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
