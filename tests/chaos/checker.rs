@@ -136,10 +136,10 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "*Time without delivery*: for the messages whose `201` came back after the fault was \
-             injected and before the next one, the longest time from the `201` to the moment the \
-             slowest tab of the recipient applied the message (for the slow-client fault, not \
-             counting the stalled tab: its own figures are in the timeline). *Longest \
+            "*Time without delivery*: for the messages whose slowest tab applied them after the \
+             fault was injected and before the next one, the longest time from the `201` to the \
+             moment the slowest tab of the recipient applied the message (for the slow-client \
+             fault, not counting the stalled tab: its own figures are in the timeline). *Longest \
              silence*: the longest stretch, from the fault to the next one, in which no client \
              applied any event at all (it also covers messages whose POST was held up by the fault)."
         );
@@ -405,7 +405,10 @@ impl Checker<'_> {
             if !worst.is_finite() {
                 continue; // a loss, reported by the checks above
             }
-            match self.window(m.t201) {
+            // Counted against the last fault injected before the slowest tab applied it: a
+            // message committed just before a fault and held up by it is that fault's delay,
+            // not the previous one's (with 20 s freezes, this matters).
+            match self.window(m.t201 + worst) {
                 Some(f) => {
                     let e = report.max_delay_by_kind.entry(f.kind).or_insert(0.0);
                     *e = e.max(worst);
