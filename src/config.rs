@@ -144,6 +144,8 @@ impl Settings {
             }
             Ok(d)
         };
+        // 0 = do not set it (the server's own default applies; e.g. behind a pooler that
+        // refuses the `options` startup parameter).
         for (name, field) in [
             ("NOTIFYD_DB_STATEMENT_TIMEOUT", &mut s.db_statement_timeout),
             ("NOTIFYD_DB_LOCK_TIMEOUT", &mut s.db_lock_timeout),
@@ -151,6 +153,12 @@ impl Settings {
                 "NOTIFYD_DB_IDLE_IN_TRANSACTION_TIMEOUT",
                 &mut s.db_idle_in_transaction_timeout,
             ),
+        ] {
+            if let Some(v) = env(name) {
+                *field = parse_duration(&v).context(name.to_string())?;
+            }
+        }
+        for (name, field) in [
             ("NOTIFYD_RELAY_DB_TIMEOUT", &mut s.relay_db_timeout),
             (
                 "NOTIFYD_HOUSEKEEPING_INTERVAL",

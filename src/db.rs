@@ -47,10 +47,11 @@ pub struct Limits {
 impl Limits {
     /// The limits every pooled and background connection gets.
     pub fn from_settings(s: &Settings) -> Self {
+        let set = |d: Duration| (!d.is_zero()).then_some(d);
         Limits {
-            statement_timeout: Some(s.db_statement_timeout),
-            lock_timeout: Some(s.db_lock_timeout),
-            idle_in_transaction_timeout: Some(s.db_idle_in_transaction_timeout),
+            statement_timeout: set(s.db_statement_timeout),
+            lock_timeout: set(s.db_lock_timeout),
+            idle_in_transaction_timeout: set(s.db_idle_in_transaction_timeout),
             idle_session_timeout: None,
         }
     }
@@ -85,7 +86,10 @@ pub fn pg_config(database_url: &str, limits: &Limits) -> anyhow::Result<tokio_po
         Some(theirs) if !theirs.trim().is_empty() => format!("{ours} {theirs}"),
         _ => ours,
     };
-    config.options(options.trim());
+    // Nothing to set: send no `options` at all (some poolers refuse the parameter).
+    if !options.trim().is_empty() {
+        config.options(options.trim());
+    }
     config.keepalives(true);
     // 2 hours is tokio-postgres's default, i.e. the URL did not ask for anything.
     if config.get_keepalives_idle() == Duration::from_secs(2 * 3600) {

@@ -367,3 +367,47 @@ async fn bounded<T>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(msg: HubMsg) -> String {
+        match msg {
+            HubMsg::Message { payload, .. } => payload.to_string(),
+            HubMsg::Resync => "resync".into(),
+        }
+    }
+
+    /// A full mailbox loses messages instead of blocking the hub or growing without bound; the
+    /// listener gets the next ones once it has room again.
+    #[tokio::test]
+    async fn delivery_to_a_full_mailbox_drops_instead_of_waiting() {
+        let hub = Hub::new();
+        hub.mark_local();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+        hub.listen("c", 1, tx).await;
+        for i in 0..5 {
+            hub.deliver("c", Arc::from(i.to_string().as_str()));
+        }
+        assert_eq!(payload(rx.recv().await.expect("first")), "0");
+        assert_eq!(payload(rx.recv().await.expect("second")), "1");
+        assert!(rx.try_recv().is_err(), "2, 3 and 4 were dropped");
+        hub.deliver("c", Arc::from("5"));
+        assert_eq!(payload(rx.recv().await.expect("after room")), "5");
+    }
+
+    /// Without a Redis subscriber (single-node mode) `listen` never waits.
+    #[tokio::test]
+    async fn listen_returns_at_once_in_single_node_mode() {
+        let hub = Hub::new();
+        hub.mark_local();
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        tokio::time::timeout(Duration::from_millis(100), hub.listen("c", 1, tx))
+            .await
+            .expect("listen returned");
+        assert_eq!(hub.channel_count(), 1);
+        hub.unlisten("c", 1).await;
+        assert_eq!(hub.channel_count(), 0);
+    }
+}

@@ -75,15 +75,20 @@ impl Housekeeper {
             diesel::sql_query(format!("SET application_name = '{name}'")).execute(&mut conn),
         )
         .await?;
+        // Session advisory locks stack: once ours, it is not taken again.
+        let mut held = false;
         loop {
-            let got: Locked = bounded(
-                s.relay_db_timeout,
-                diesel::sql_query("SELECT pg_try_advisory_lock($1) AS locked")
-                    .bind::<BigInt, _>(HOUSEKEEPER_LOCK)
-                    .get_result(&mut conn),
-            )
-            .await?;
-            if got.locked {
+            if !held {
+                let got: Locked = bounded(
+                    s.relay_db_timeout,
+                    diesel::sql_query("SELECT pg_try_advisory_lock($1) AS locked")
+                        .bind::<BigInt, _>(HOUSEKEEPER_LOCK)
+                        .get_result(&mut conn),
+                )
+                .await?;
+                held = got.locked;
+            }
+            if held {
                 let started = Instant::now();
                 let pruned = prune_expired(&mut conn, s, shutdown).await?;
                 metrics::histogram!("notifyd_housekeeping_round_seconds")
