@@ -226,8 +226,8 @@ async fn run_flow(
     let (mut cr, mut cw) = client.into_split();
     let (mut ur, mut uw) = upstream.into_split();
     let reset = {
-        let up = pump(&mut cr, &mut uw, flow, roles);
-        let down = pump(&mut ur, &mut cw, flow, &[]);
+        let up = pump(&mut cr, &mut uw, flow, Some(roles));
+        let down = pump(&mut ur, &mut cw, flow, None);
         let mut state = flow.state.subscribe();
         tokio::select! {
             _ = async { tokio::join!(up, down) } => flow.is(FlowState::Reset),
@@ -244,15 +244,16 @@ async fn run_flow(
     }
 }
 
-/// Copies one direction until EOF. While the flow is frozen, reads and drops. `roles` is empty
-/// for the direction from the service to the node.
+/// Copies one direction until EOF. While the flow is frozen, reads and drops. `roles` is given
+/// for the direction from the node to the service, None for the other.
 async fn pump(
     rd: &mut OwnedReadHalf,
     wr: &mut OwnedWriteHalf,
     flow: &Flow,
-    roles: &'static [(&'static str, &'static str)],
+    roles: Option<&'static [(&'static str, &'static str)]>,
 ) {
-    let from_node = !roles.is_empty();
+    let from_node = roles.is_some();
+    let roles = roles.unwrap_or_default();
     let mut state = flow.state.subscribe();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
