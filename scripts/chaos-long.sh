@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The long chaos run quoted in docs/reliability.md: 200 users (1-3 WebSocket clients each) and
 # 20,000 messages at 100/s through nginx and three `notifyd serve` nodes, with every fault
-# (node kill -9, relay leader kill -9, Redis restart, PostgreSQL restart, TCP drop, slow client)
+# (node kill -9, relay leader kill -9, Redis restart, PostgreSQL restart, TCP drop, slow client,
+# half-open Redis, half-open PostgreSQL)
 # repeated until the producer is done. The harness runs its own PostgreSQL, Redis and nginx on
 # free ports; the shared servers are not touched.
 #
@@ -11,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh   # installs PostgreSQL, Redis and nginx when they are missing
-export CHAOS_LONG=1
+export CHAOS=1 CHAOS_LONG=1
 export CHAOS_REPORT=${CHAOS_REPORT:-$PWD/target/chaos-long.md}
 profile=()
 if [ "${CHAOS_RELEASE:-}" = 1 ]; then profile=(--release); fi

@@ -1,0 +1,536 @@
+//! The checker (every client's log against the database) and the report.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::MutexGuard;
+use std::time::{Duration, Instant};
+
+use diesel::sql_types::{BigInt, Text};
+use diesel::QueryableByName;
+
+use crate::clients::{Client, ClientLog};
+use crate::cluster::Cluster;
+use crate::faults::{Fault, FaultKind, ALL_FAULTS};
+use crate::producer::ProducerLog;
+use crate::proxy::RoleCounts;
+use crate::util::lock;
+use crate::NODES;
+
+#[derive(QueryableByName)]
+pub(crate) struct MessageRow {
+    #[diesel(sql_type = Text)]
+    pub(crate) id: String,
+    #[diesel(sql_type = Text)]
+    pub(crate) to_user: String,
+    #[diesel(sql_type = BigInt)]
+    pub(crate) seq: i64,
+}
+
+#[derive(QueryableByName)]
+pub(crate) struct UnreadRow {
+    #[diesel(sql_type = Text)]
+    pub(crate) to_user: String,
+    #[diesel(sql_type = BigInt)]
+    pub(crate) n: i64,
+}
+
+#[derive(Default)]
+pub(crate) struct Report {
+    pub(crate) mode: String,
+    pub(crate) users: usize,
+    pub(crate) clients: usize,
+    pub(crate) regular: usize,
+    pub(crate) flood: usize,
+    pub(crate) rows_in_db: usize,
+    pub(crate) events_in_db: i64,
+    pub(crate) events_applied: usize,
+    pub(crate) duration_s: f64,
+    /// (kind, injected at, over at, detail) for the timeline.
+    pub(crate) faults: Vec<(FaultKind, f64, f64, String)>,
+    pub(crate) takeovers_ms: Vec<f64>,
+    pub(crate) slow_closed: Vec<bool>,
+    /// Half-open faults: (kind, per kind of connection (frozen, closed by the nodes themselves)).
+    pub(crate) half_open: Vec<(FaultKind, RoleCounts)>,
+    pub(crate) lost: usize,
+    pub(crate) reorders: usize,
+    pub(crate) duplicates_applied: usize,
+    pub(crate) duplicates_received: usize,
+    pub(crate) resets: usize,
+    pub(crate) id_mismatches: usize,
+    pub(crate) unread_mismatches: usize,
+    pub(crate) missing_201: usize,
+    pub(crate) gave_up: usize,
+    pub(crate) max_delay_by_kind: BTreeMap<FaultKind, f64>,
+    /// Per fault kind, the longest stretch after it with no client applying anything.
+    pub(crate) max_silence_by_kind: BTreeMap<FaultKind, f64>,
+    pub(crate) baseline_delay: (f64, f64),
+    pub(crate) http_failures: Vec<(String, usize, usize, usize)>,
+    pub(crate) replays_after_failure: usize,
+    pub(crate) failure_samples: Vec<String>,
+    pub(crate) requests: usize,
+    pub(crate) closes: BTreeMap<String, usize>,
+    pub(crate) handshake_failures: usize,
+    pub(crate) error_frames: usize,
+    pub(crate) caught_up: bool,
+    pub(crate) problems: Vec<String>,
+}
+
+impl Report {
+    pub(crate) fn passed(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    pub(crate) fn markdown(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "## notifyd chaos run ({})\n", self.mode);
+        let _ = writeln!(s, "| | |\n|---|---|");
+        let rows: Vec<(&str, String)> = vec![
+            ("nodes", format!("{NODES} × `notifyd serve` behind nginx (docs/deploy/nginx.conf), private PostgreSQL and Redis")),
+            ("users / WebSocket clients", format!("{} / {} (1–3 per user, through nginx)", self.users, self.clients)),
+            ("messages (regular, one per POST)", self.regular.to_string()),
+            ("messages (slow-client floods, 100 per POST)", self.flood.to_string()),
+            ("rows in t_message_real_time", self.rows_in_db.to_string()),
+            ("events in the users' streams (Σ seq)", self.events_in_db.to_string()),
+            ("events applied by clients (Σ over clients, after dedupe)", self.events_applied.to_string()),
+            ("POST attempts (incl. retries)", self.requests.to_string()),
+            ("duration", format!("{:.0} s", self.duration_s)),
+            ("**lost** (a client missing a committed seq)", format!("**{}**", self.lost)),
+            ("**duplicates applied** (after dedupe by seq)", format!("**{}**", self.duplicates_applied)),
+            ("**reorders** (a seq applied after a higher one)", format!("**{}**", self.reorders)),
+            ("duplicates received (raw frames, before dedupe)", self.duplicates_received.to_string()),
+            ("sync resets", self.resets.to_string()),
+            ("message.created not matching t_message_real_time (id, seq)", self.id_mismatches.to_string()),
+            ("final unread ≠ user_inbox_state.unread or count(*) of unread rows", self.unread_mismatches.to_string()),
+            ("ids answered 201 but missing from the database", self.missing_201.to_string()),
+            ("messages the producer gave up on", self.gave_up.to_string()),
+            ("failed attempts whose retry was an idempotent replay (had committed)", self.replays_after_failure.to_string()),
+            ("every client caught up with the database", self.caught_up.to_string()),
+        ];
+        for (k, v) in rows {
+            let _ = writeln!(s, "| {k} | {v} |");
+        }
+        let _ = writeln!(s, "\n### Faults\n");
+        let _ = writeln!(
+            s,
+            "| kind | injected | max time without delivery after it | longest silence after it |\n|---|---|---|---|"
+        );
+        for kind in ALL_FAULTS {
+            let n = self.faults.iter().filter(|f| f.0 == kind).count();
+            let worst = self
+                .max_delay_by_kind
+                .get(&kind)
+                .map(|d| format!("{:.2} s", d / 1000.0))
+                .unwrap_or_else(|| "no message in its window".into());
+            let silence = self
+                .max_silence_by_kind
+                .get(&kind)
+                .map(|d| format!("{:.2} s", d / 1000.0))
+                .unwrap_or_else(|| "-".into());
+            let _ = writeln!(s, "| {} | {n} | {worst} | {silence} |", kind.label());
+        }
+        let _ = writeln!(
+            s,
+            "\nWithout faults (before the first one): delivery delay p50 {:.0} ms, max {:.0} ms.",
+            self.baseline_delay.0, self.baseline_delay.1
+        );
+        let _ = writeln!(
+            s,
+            "*Time without delivery*: for the messages whose slowest tab applied them after the \
+             fault was injected and before the next one, the longest time from the `201` to the \
+             moment the slowest tab of the recipient applied the message (for the slow-client \
+             fault, not counting the stalled tab: its own figures are in the timeline). *Longest \
+             silence*: the longest stretch, from the fault to the next one, in which no client \
+             applied any event at all (it also covers messages whose POST was held up by the fault)."
+        );
+        for (kind, by_role) in &self.half_open {
+            let roles: Vec<String> = by_role
+                .iter()
+                .map(|(role, n, closed)| format!("{role} {closed} of {n}"))
+                .collect();
+            let _ = writeln!(
+                s,
+                "\n{}: connections the nodes closed on their own before the reset, by use: {}.",
+                kind.label(),
+                roles.join(", ")
+            );
+        }
+        if !self.takeovers_ms.is_empty() {
+            let t: Vec<String> = self
+                .takeovers_ms
+                .iter()
+                .map(|ms| format!("{:.2} s", ms / 1000.0))
+                .collect();
+            let _ = writeln!(
+                s,
+                "\nRelay take-over (kill -9 of the leader → another node holds the lock): {}.",
+                t.join(", ")
+            );
+        }
+        if !self.slow_closed.is_empty() {
+            let _ = writeln!(
+                s,
+                "Slow client closed by the server (4008) each time: {}.",
+                self.slow_closed.iter().all(|c| *c)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\n### Timeline\n\n| at | fault | lasted | detail |\n|---|---|---|---|"
+        );
+        for (kind, start, end, detail) in &self.faults {
+            let _ = writeln!(
+                s,
+                "| {:.1} s | {} | {:.1} s | {} |",
+                start / 1000.0,
+                kind.label(),
+                (end - start) / 1000.0,
+                detail
+            );
+        }
+        let _ = writeln!(s, "\n### Failed HTTP answers seen by the producer (all retried with the same Idempotency-Key)\n");
+        let _ = writeln!(
+            s,
+            "| during | 5xx | no answer (transport) | other |\n|---|---|---|---|"
+        );
+        for (window, five, transport, other) in &self.http_failures {
+            let _ = writeln!(s, "| {window} | {five} | {transport} | {other} |");
+        }
+        for sample in &self.failure_samples {
+            let _ = writeln!(s, "- {sample}");
+        }
+        let _ = writeln!(
+            s,
+            "\nWebSocket handshakes that failed (retried): {}. `error` frames: {}.",
+            self.handshake_failures, self.error_frames
+        );
+        let _ = writeln!(s, "\nHow client connections ended:\n");
+        for (how, n) in &self.closes {
+            let _ = writeln!(s, "- {how}: {n}");
+        }
+        if self.problems.is_empty() {
+            let _ = writeln!(s, "\n**PASS**");
+        } else {
+            let _ = writeln!(s, "\n**FAIL** ({} problems):\n", self.problems.len());
+            for p in self.problems.iter().take(40) {
+                let _ = writeln!(s, "- {p}");
+            }
+        }
+        s
+    }
+}
+
+/// Waits until every client has applied its user's current seq and the outbox is empty.
+pub(crate) async fn wait_until_caught_up(
+    cluster: &Cluster,
+    clients: &[Client],
+    timeout: Duration,
+) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let (Ok(seqs), Ok(0)) = (cluster.inbox_seqs().await, cluster.outbox_backlog().await) {
+            let behind = clients
+                .iter()
+                .filter(|c| {
+                    let want = seqs.get(&c.user).map(|s| s.0).unwrap_or(0);
+                    lock(&c.log).last_seq < want
+                })
+                .count();
+            if behind == 0 {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    false
+}
+
+pub(crate) struct Checker<'a> {
+    pub(crate) cluster: &'a Cluster,
+    pub(crate) clients: &'a [Client],
+    pub(crate) producer: &'a ProducerLog,
+    pub(crate) faults: &'a [Fault],
+}
+
+impl Checker<'_> {
+    pub(crate) async fn check(&self, report: &mut Report) -> anyhow::Result<()> {
+        // Scoped: its blanket `load` would shadow `AtomicBool::load` elsewhere in this file.
+        use diesel_async::RunQueryDsl;
+        let mut conn = self.cluster.db().await?;
+        let rows: Vec<MessageRow> =
+            diesel::sql_query("SELECT id::text AS id, to_user, seq FROM t_message_real_time")
+                .load(&mut conn)
+                .await?;
+        let unread: Vec<UnreadRow> = diesel::sql_query(
+            "SELECT to_user, count(*) AS n FROM t_message_real_time \
+             WHERE NOT is_read AND deleted_at IS NULL GROUP BY to_user",
+        )
+        .load(&mut conn)
+        .await?;
+        let state = self.cluster.inbox_seqs().await?;
+        let by_user_seq: HashMap<(&str, i64), &str> = rows
+            .iter()
+            .map(|r| ((r.to_user.as_str(), r.seq), r.id.as_str()))
+            .collect();
+        let by_id: HashMap<&str, (&str, i64)> = rows
+            .iter()
+            .map(|r| (r.id.as_str(), (r.to_user.as_str(), r.seq)))
+            .collect();
+        let unread: HashMap<&str, i64> = unread.iter().map(|r| (r.to_user.as_str(), r.n)).collect();
+        report.rows_in_db = rows.len();
+        report.events_in_db = state.values().map(|s| s.0).sum();
+
+        for (ci, c) in self.clients.iter().enumerate() {
+            let log = lock(&c.log);
+            let (n, db_unread) = state.get(&c.user).copied().unwrap_or((0, 0));
+            let who = format!("client {ci} ({})", c.user);
+            // Exactly 1..=n, each once, in order.
+            let lost: Vec<i64> = (1..=n).filter(|s| !log.applied_set.contains(s)).collect();
+            if !lost.is_empty() {
+                report.problems.push(format!(
+                    "{who}: missing seqs {:?} of 1..={n}",
+                    &lost[..lost.len().min(10)]
+                ));
+            }
+            report.lost += lost.len();
+            if let Some(s) = log.applied.iter().find(|s| **s > n || **s < 1) {
+                report
+                    .problems
+                    .push(format!("{who}: applied seq {s}, outside 1..={n}"));
+            }
+            let mut highest = 0;
+            for s in &log.applied {
+                if *s < highest {
+                    report.reorders += 1;
+                    report
+                        .problems
+                        .push(format!("{who}: seq {s} applied after {highest}"));
+                }
+                highest = highest.max(*s);
+            }
+            report.duplicates_applied += log.applied.len() - log.applied_set.len();
+            report.duplicates_received += log.raw_duplicates;
+            report.events_applied += log.applied.len();
+            report.resets += log.resets;
+            report.error_frames += log.error_frames;
+            report.handshake_failures += log.handshake_failures.len();
+            for (_, how) in &log.ends {
+                *report.closes.entry(how.clone()).or_default() += 1;
+            }
+            for (seq, id) in &log.created {
+                if by_user_seq.get(&(c.user.as_str(), *seq)) != Some(&id.as_str()) {
+                    report.id_mismatches += 1;
+                    report.problems.push(format!(
+                        "{who}: message.created seq {seq} id {id} does not match the database"
+                    ));
+                }
+            }
+            let rows_unread = unread.get(c.user.as_str()).copied().unwrap_or(0);
+            let client_unread = log.last_unread.unwrap_or(0);
+            if client_unread != db_unread || db_unread != rows_unread {
+                report.unread_mismatches += 1;
+                report.problems.push(format!(
+                    "{who}: unread {client_unread} on the client, {db_unread} in user_inbox_state, {rows_unread} unread rows"
+                ));
+            }
+            for v in &log.violations {
+                report.problems.push(format!("{who}: {v}"));
+            }
+        }
+        for m in &self.producer.created {
+            if by_id.get(m.id.as_str()) != Some(&(m.user.as_str(), m.seq)) {
+                report.missing_201 += 1;
+                report.problems.push(format!(
+                    "201 for {} ({} seq {}) but not in the database",
+                    m.id, m.user, m.seq
+                ));
+            }
+        }
+        report.gave_up = self.producer.gave_up.len();
+        for k in &self.producer.gave_up {
+            report.problems.push(format!("the producer gave up on {k}"));
+        }
+        self.delays(report);
+        self.silences(report);
+        self.http_failures(report);
+        Ok(())
+    }
+
+    /// Which fault window a moment falls in: the last fault injected at or before it.
+    pub(crate) fn window(&self, t: f64) -> Option<&Fault> {
+        self.faults.iter().rev().find(|f| f.start <= t)
+    }
+
+    /// Per fault window, the longest time from a message's 201 to its slowest tab applying it.
+    pub(crate) fn delays(&self, report: &mut Report) {
+        let mut by_user: HashMap<&str, Vec<(usize, &ClientLog)>> = HashMap::new();
+        let logs: Vec<MutexGuard<'_, ClientLog>> =
+            self.clients.iter().map(|c| lock(&c.log)).collect();
+        for (i, l) in logs.iter().enumerate() {
+            by_user.entry(l.user.as_str()).or_default().push((i, l));
+        }
+        let mut baseline = vec![];
+        // One line per message (201 time, recipient, seq, slowest tab and its delay): the raw
+        // material behind the "time without delivery" figures, kept with the run's logs.
+        let mut lines = String::new();
+        for m in &self.producer.created {
+            let Some(tabs) = by_user.get(m.user.as_str()) else {
+                continue;
+            };
+            let (slowest, worst) = tabs
+                .iter()
+                // A tab that stalled (on purpose) between the 201 and applying the message is
+                // the slow-client fault itself, reported in the timeline, not a delivery delay.
+                .filter(|(_, l)| {
+                    let applied = l.applied_at.get(&m.seq).copied().unwrap_or(f64::INFINITY);
+                    !l.stalls.iter().any(|(a, b)| *a <= applied && *b >= m.t201)
+                })
+                .map(|(i, l)| {
+                    let delay = l
+                        .applied_at
+                        .get(&m.seq)
+                        .map(|t| (t - m.t201).max(0.0))
+                        .unwrap_or(f64::INFINITY);
+                    (*i, delay)
+                })
+                .fold((usize::MAX, 0.0), |a, b| if b.1 > a.1 { b } else { a });
+            let _ = writeln!(
+                lines,
+                "{:>10.1} {} seq {} {}slowest client {slowest} after {worst:.1} ms",
+                m.t201,
+                m.user,
+                m.seq,
+                if m.flood { "(flood) " } else { "" }
+            );
+            if !worst.is_finite() {
+                continue; // a loss, reported by the checks above
+            }
+            // Counted against the last fault injected before the slowest tab applied it: a
+            // message committed just before a fault and held up by it is that fault's delay,
+            // not the previous one's (with 20 s freezes, this matters).
+            match self.window(m.t201 + worst) {
+                Some(f) => {
+                    let e = report.max_delay_by_kind.entry(f.kind).or_insert(0.0);
+                    *e = e.max(worst);
+                }
+                None if !m.flood => baseline.push(worst),
+                None => {}
+            }
+        }
+        let _ = std::fs::write(self.cluster.dir.path.join("messages.log"), lines);
+        baseline.sort_by(|a, b| a.total_cmp(b));
+        if !baseline.is_empty() {
+            report.baseline_delay = (baseline[baseline.len() / 2], baseline[baseline.len() - 1]);
+        }
+    }
+
+    /// Per fault window (from the fault to the next one), the longest stretch in which no client
+    /// applied anything: a stall of the whole pipeline, whatever its cause.
+    pub(crate) fn silences(&self, report: &mut Report) {
+        let mut applied: Vec<f64> = self
+            .clients
+            .iter()
+            .flat_map(|c| {
+                lock(&c.log)
+                    .applied_at
+                    .values()
+                    .copied()
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        applied.sort_by(|a, b| a.total_cmp(b));
+        let Some(&last) = applied.last() else {
+            return;
+        };
+        for (i, f) in self.faults.iter().enumerate() {
+            let end = self.faults.get(i + 1).map_or(last, |n| n.start);
+            let mut prev = f.start;
+            let mut worst: f64 = 0.0;
+            for &t in applied.iter().filter(|t| **t > f.start) {
+                worst = worst.max(t.min(end) - prev);
+                if t >= end {
+                    break;
+                }
+                prev = t;
+            }
+            let e = report.max_silence_by_kind.entry(f.kind).or_insert(0.0);
+            *e = e.max(worst);
+        }
+    }
+
+    pub(crate) fn http_failures(&self, report: &mut Report) {
+        let mut by_window: BTreeMap<(usize, String), (usize, usize, usize)> = BTreeMap::new();
+        for f in &self.producer.failures {
+            let (order, label) = match self
+                .faults
+                .iter()
+                .rposition(|x| x.start <= f.t && f.t <= x.end + 5000.0)
+            {
+                Some(i) => (
+                    i + 1,
+                    format!("{} (#{})", self.faults[i].kind.label(), i + 1),
+                ),
+                None => (0, "no fault in progress".to_string()),
+            };
+            let sample = format!(
+                "{label}: {} {}",
+                f.status
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "no answer".into()),
+                f.detail
+            );
+            if !report.failure_samples.contains(&sample) && report.failure_samples.len() < 20 {
+                report.failure_samples.push(sample);
+            }
+            let e = by_window.entry((order, label)).or_default();
+            match f.status {
+                Some(s) if s >= 500 => e.0 += 1,
+                None => e.1 += 1,
+                Some(_) => {
+                    e.2 += 1;
+                    report
+                        .problems
+                        .push(format!("the producer got {:?}: {}", f.status, f.detail));
+                }
+            }
+        }
+        report.http_failures = by_window
+            .into_iter()
+            .map(|((_, label), (a, b, c))| (label, a, b, c))
+            .collect();
+    }
+}
+
+/// Every client's frames, connection ends and stalls, for whoever debugs a failed run.
+pub(crate) fn dump_client_logs(path: &Path, clients: &[Client]) {
+    let mut out = String::new();
+    for (i, c) in clients.iter().enumerate() {
+        let log = lock(&c.log);
+        let _ = writeln!(
+            out,
+            "== client {i} ({}) last_seq {} applied {}",
+            c.user,
+            log.last_seq,
+            log.applied.len()
+        );
+        for f in &log.frames {
+            let _ = writeln!(
+                out,
+                "{:>10.1} {} {}",
+                f.t,
+                f.kind,
+                f.seq.map(|s| s.to_string()).unwrap_or_default()
+            );
+        }
+        for (t, how) in &log.ends {
+            let _ = writeln!(out, "{t:>10.1} ended: {how}");
+        }
+        for (t, e) in &log.handshake_failures {
+            let _ = writeln!(out, "{t:>10.1} handshake failed: {e}");
+        }
+        for (a, b) in &log.stalls {
+            let _ = writeln!(out, "{a:>10.1} stalled until {b:.1}");
+        }
+    }
+    let _ = std::fs::write(path, out);
+}

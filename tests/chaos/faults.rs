@@ -1,0 +1,454 @@
+//! The faults, injected in rounds while messages flow.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tokio::task::JoinHandle;
+
+use crate::clients::Client;
+use crate::cluster::Cluster;
+use crate::producer::Producer;
+use crate::proxy::RoleCounts;
+use crate::util::{lock, note, wait_for, Clock};
+use crate::{Config, FLOOD_BATCH};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum FaultKind {
+    NodeKill,
+    RelayKill,
+    TcpDrop,
+    RedisRestart,
+    PostgresRestart,
+    SlowClient,
+    HalfOpenRedis,
+    HalfOpenPostgres,
+}
+
+pub(crate) const ALL_FAULTS: [FaultKind; 8] = [
+    FaultKind::NodeKill,
+    FaultKind::RelayKill,
+    FaultKind::TcpDrop,
+    FaultKind::RedisRestart,
+    FaultKind::PostgresRestart,
+    FaultKind::SlowClient,
+    FaultKind::HalfOpenRedis,
+    FaultKind::HalfOpenPostgres,
+];
+
+/// The connections a node must give up on by itself while its peer is silent, per half-open
+/// fault: the Redis subscriber (or it delivers nothing and still calls itself ready), and the
+/// relay's connection (or a leader that cannot lead keeps the lock, or a stand-by hangs).
+/// Pooled connections are not required: an idle one is only found out when next used.
+pub(crate) fn must_notice(kind: FaultKind) -> Option<&'static str> {
+    match kind {
+        FaultKind::HalfOpenRedis => Some("subscriber"),
+        FaultKind::HalfOpenPostgres => Some("relay"),
+        _ => None,
+    }
+}
+
+/// What a half-open fault's outcome says is wrong: a node that did not notice by itself.
+fn half_open_problems(f: &Fault) -> Vec<String> {
+    let (Some(role), Some(by_role)) = (must_notice(f.kind), &f.half_open) else {
+        return vec![];
+    };
+    match by_role.iter().find(|r| r.0 == role) {
+        None => vec![format!(
+            "{} at {:.1} s: no {role} connection was open to freeze (the proxy saw none)",
+            f.kind.label(),
+            f.start / 1000.0
+        )],
+        Some((_, n, closed)) if closed < n => vec![format!(
+            "{} at {:.1} s: the nodes noticed only {closed} of {n} silent {role} connections \
+             by themselves before the reset",
+            f.kind.label(),
+            f.start / 1000.0
+        )],
+        Some(_) => vec![],
+    }
+}
+
+impl FaultKind {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            FaultKind::NodeKill => "kill -9 of the node holding a client's socket",
+            FaultKind::RelayKill => "kill -9 of the node running the active relay",
+            FaultKind::TcpDrop => "client TCP connection dropped (no close frame)",
+            FaultKind::RedisRestart => "Redis killed and restarted",
+            FaultKind::PostgresRestart => "PostgreSQL restarted (pg_ctl restart -m fast)",
+            FaultKind::SlowClient => "slow client (stops reading)",
+            FaultKind::HalfOpenRedis => "half-open Redis (connections silent, then reset)",
+            FaultKind::HalfOpenPostgres => "half-open PostgreSQL (connections silent, then reset)",
+        }
+    }
+}
+
+pub(crate) struct Fault {
+    pub(crate) kind: FaultKind,
+    /// Injected at, and over at (the node back up, the client reconnected, ...), run clock ms.
+    pub(crate) start: f64,
+    pub(crate) end: f64,
+    pub(crate) detail: String,
+    /// Relay kill: from the kill to another node holding the leader lock.
+    pub(crate) takeover_ms: Option<f64>,
+    /// Slow client: did the server close a slow consumer (notifyd_slow_consumer_closed_total)?
+    pub(crate) slow_closed: Option<bool>,
+    /// Half-open: per kind of connection, (frozen, of which the nodes closed on their own).
+    pub(crate) half_open: Option<RoleCounts>,
+    /// What this fault showed to be wrong (the run fails on any).
+    pub(crate) problems: Vec<String>,
+}
+
+/// Injects the faults in turn, `cfg.gap` apart, for `cfg.rounds` rounds or (long runs)
+/// until the producer is done.
+pub(crate) struct FaultInjector<'a> {
+    pub(crate) cfg: &'a Config,
+    pub(crate) cluster: &'a mut Cluster,
+    pub(crate) clients: &'a [Client],
+    pub(crate) producer: &'a Producer,
+    pub(crate) clock: Clock,
+    pub(crate) faults: Vec<Fault>,
+}
+
+impl FaultInjector<'_> {
+    pub(crate) async fn run(&mut self, producer_done: &JoinHandle<()>) -> anyhow::Result<()> {
+        for round in 0..self.cfg.rounds {
+            for kind in ALL_FAULTS {
+                // After one full round, faults stop with the messages: a fault with nothing
+                // flowing proves little.
+                if round > 0 && producer_done.is_finished() {
+                    return Ok(());
+                }
+                tokio::time::sleep(self.cfg.gap).await;
+                let fault = match kind {
+                    FaultKind::NodeKill => self.kill_node_of_a_client(round).await?,
+                    FaultKind::RelayKill => self.kill_relay_leader().await?,
+                    FaultKind::TcpDrop => self.drop_client_tcp(round).await?,
+                    FaultKind::RedisRestart => self.restart_redis().await?,
+                    FaultKind::PostgresRestart => self.restart_postgres().await?,
+                    FaultKind::SlowClient => self.slow_client(round).await?,
+                    FaultKind::HalfOpenRedis | FaultKind::HalfOpenPostgres => {
+                        self.half_open(kind).await?
+                    }
+                };
+                note(format!(
+                    "{:>7.1}s  {} ({:.1}s): {}",
+                    fault.start / 1000.0,
+                    kind.label(),
+                    (fault.end - fault.start) / 1000.0,
+                    fault.detail
+                ));
+                self.faults.push(fault);
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn fault(&self, kind: FaultKind, start: f64, detail: String) -> Fault {
+        Fault {
+            kind,
+            start,
+            end: self.clock.ms(),
+            detail,
+            takeover_ms: None,
+            slow_closed: None,
+            half_open: None,
+            problems: vec![],
+        }
+    }
+
+    /// A connected client, chosen by `round` among those that qualify.
+    pub(crate) fn pick_client(&self, round: usize, with_upstream: bool) -> anyhow::Result<usize> {
+        let candidates: Vec<usize> = (0..self.clients.len())
+            .filter(|&i| self.clients[i].ctl.connected.load(Ordering::SeqCst))
+            .filter(|&i| !with_upstream || lock(&self.clients[i].ctl.upstream).is_some())
+            .collect();
+        if candidates.is_empty() {
+            bail!("no connected client to inject a fault into");
+        }
+        Ok(candidates[(round * 7 + 3) % candidates.len()])
+    }
+
+    pub(crate) async fn restart_node(&mut self, i: usize) -> anyhow::Result<()> {
+        self.cluster.nodes[i].launch()?;
+        self.cluster.nodes[i].wait_ready(&self.cluster.http).await
+    }
+
+    pub(crate) async fn kill_node_of_a_client(&mut self, round: usize) -> anyhow::Result<Fault> {
+        let c = self.pick_client(round, true)?;
+        let addr = lock(&self.clients[c].ctl.upstream)
+            .clone()
+            .unwrap_or_default();
+        let i = self
+            .cluster
+            .node_index(&addr)
+            .with_context(|| format!("X-Upstream {addr:?} is not one of our nodes"))?;
+        let sockets = self
+            .clients
+            .iter()
+            .filter(|c| c.ctl.connected.load(Ordering::SeqCst))
+            .filter(|c| lock(&c.ctl.upstream).as_deref() == Some(addr.as_str()))
+            .count();
+        let start = self.clock.ms();
+        self.cluster.nodes[i].kill9();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        self.restart_node(i).await?;
+        let detail = format!(
+            "{} (socket of {}; {sockets} sockets on it), restarted after 1.5 s",
+            self.cluster.nodes[i].name, self.clients[c].user
+        );
+        Ok(self.fault(FaultKind::NodeKill, start, detail))
+    }
+
+    pub(crate) async fn kill_relay_leader(&mut self) -> anyhow::Result<Fault> {
+        let mut leader = None;
+        for _ in 0..150 {
+            if let Ok(Some(l)) = self.cluster.relay_leader().await {
+                leader = Some(l);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let leader = leader.context("no relay holds the leader lock")?;
+        let i = self
+            .cluster
+            .node_index(&leader)
+            .with_context(|| format!("relay leader {leader:?} is not one of our nodes"))?;
+        let start = self.clock.ms();
+        self.cluster.nodes[i].kill9();
+        let mut successor = None;
+        while self.clock.ms() - start < 30_000.0 {
+            if let Ok(Some(l)) = self.cluster.relay_leader().await {
+                if l != leader {
+                    successor = Some(l);
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let takeover = self.clock.ms() - start;
+        let successor = successor.context("no relay took over within 30 s")?;
+        self.restart_node(i).await?;
+        let mut f = self.fault(
+            FaultKind::RelayKill,
+            start,
+            format!(
+                "{leader} killed; {successor} leads after {:.2} s",
+                takeover / 1000.0
+            ),
+        );
+        f.takeover_ms = Some(takeover);
+        Ok(f)
+    }
+
+    pub(crate) async fn drop_client_tcp(&mut self, round: usize) -> anyhow::Result<Fault> {
+        let c = self.pick_client(round + 1, false)?;
+        let before = self.clients[c].ctl.connects.load(Ordering::SeqCst);
+        let start = self.clock.ms();
+        self.clients[c].ctl.drop_socket.notify_one();
+        let ctl = self.clients[c].ctl.clone();
+        wait_for(
+            "the dropped client to reconnect",
+            Duration::from_secs(30),
+            || {
+                let ctl = ctl.clone();
+                async move {
+                    ctl.connects.load(Ordering::SeqCst) > before
+                        && ctl.connected.load(Ordering::SeqCst)
+                }
+            },
+        )
+        .await?;
+        let detail = format!(
+            "a client of {} cut its socket and reconnected",
+            self.clients[c].user
+        );
+        Ok(self.fault(FaultKind::TcpDrop, start, detail))
+    }
+
+    pub(crate) async fn restart_redis(&mut self) -> anyhow::Result<Fault> {
+        let start = self.clock.ms();
+        self.cluster.redis.kill();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        self.cluster.redis.launch().await?;
+        Ok(self.fault(
+            FaultKind::RedisRestart,
+            start,
+            "killed, down for 1 s, started empty on the same port".into(),
+        ))
+    }
+
+    pub(crate) async fn restart_postgres(&mut self) -> anyhow::Result<Fault> {
+        let start = self.clock.ms();
+        self.cluster.pg.restart()?;
+        let took = (self.clock.ms() - start) / 1000.0;
+        Ok(self.fault(
+            FaultKind::PostgresRestart,
+            start,
+            format!("pg_ctl restart -m fast took {took:.1} s"),
+        ))
+    }
+
+    /// Stops one client reading, floods its user with large messages until the server closes
+    /// a slow consumer (its 512-frame queue is full once the socket buffers on the way are),
+    /// then lets it read again: it drains, sees 4008 (or the end of the stream) and resumes.
+    pub(crate) async fn slow_client(&mut self, round: usize) -> anyhow::Result<Fault> {
+        let c = self.pick_client(round + 2, false)?;
+        let user = self.clients[c].user.clone();
+        let ctl = self.clients[c].ctl.clone();
+        let before = self.cluster.slow_consumers_closed().await;
+        let connects = ctl.connects.load(Ordering::SeqCst);
+        let start = self.clock.ms();
+        ctl.stall.notify_one();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut closed = false;
+        let mut batches = 0;
+        while batches < 40 && !closed {
+            self.producer
+                .flood(&user, format!("flood-{round}-{batches}"))
+                .await;
+            batches += 1;
+            for _ in 0..4 {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                if self.cluster.slow_consumers_closed().await > before {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        let stalled = (self.clock.ms() - start) / 1000.0;
+        let resumed = Instant::now();
+        ctl.resume.notify_one();
+        wait_for("the slow client to resume", Duration::from_secs(60), || {
+            let ctl = ctl.clone();
+            async move {
+                ctl.connects.load(Ordering::SeqCst) > connects
+                    && ctl.connected.load(Ordering::SeqCst)
+            }
+        })
+        .await?;
+        // Caught up: it has applied everything its user had when it started reading again.
+        let target = self
+            .cluster
+            .inbox_seqs()
+            .await?
+            .get(&user)
+            .map(|s| s.0)
+            .unwrap_or(0);
+        let log = self.clients[c].log.clone();
+        wait_for(
+            "the slow client to catch up",
+            Duration::from_secs(60),
+            || {
+                let log = log.clone();
+                async move { lock(&log).last_seq >= target }
+            },
+        )
+        .await?;
+        let caught_up = resumed.elapsed().as_secs_f64();
+        let mut f = self.fault(
+            FaultKind::SlowClient,
+            start,
+            format!(
+                "a client of {user} stopped reading for {stalled:.1} s while {} large messages \
+                 came; server closed it: {closed}; caught up {caught_up:.1} s after reading again",
+                batches * FLOOD_BATCH
+            ),
+        );
+        f.slow_closed = Some(closed);
+        Ok(f)
+    }
+
+    /// Every connection the nodes have to Redis or PostgreSQL at this moment goes silent both
+    /// ways (not closed) for `cfg.half_open_*`, longer than the service's timeouts; new
+    /// connections go through. Then the frozen ones are reset (see `proxy.rs` for why reset,
+    /// not resume). Over once every client has applied what its user had at the reset.
+    pub(crate) async fn half_open(&mut self, kind: FaultKind) -> anyhow::Result<Fault> {
+        let (proxy, what, freeze) = match kind {
+            FaultKind::HalfOpenRedis => {
+                (&self.cluster.redis_proxy, "Redis", self.cfg.half_open_redis)
+            }
+            _ => (&self.cluster.pg_proxy, "PostgreSQL", self.cfg.half_open_pg),
+        };
+        let start = self.clock.ms();
+        let frozen = proxy.freeze();
+        let reset_deadline = tokio::time::Instant::now() + freeze;
+        // Near the end of the freeze: does each node still call itself ready?
+        let probe_at = freeze.saturating_sub(Duration::from_secs(4));
+        tokio::time::sleep(probe_at).await;
+        let readyz = self.cluster.readyz_all(Duration::from_secs(3)).await;
+        tokio::time::sleep_until(reset_deadline).await;
+        let out = proxy.reset(frozen);
+        let reset_at = self.clock.ms();
+        let caught_up = self.wait_for_clients_to_catch_up().await;
+        let roles: Vec<String> = out
+            .by_role
+            .iter()
+            .map(|(role, n, closed)| format!("{closed}/{n} {role}"))
+            .collect();
+        let closed = match out.slowest_close {
+            Some(d) => format!(
+                "the nodes closed {} of them on their own ({}), the last {:.1} s into the freeze",
+                out.closed_by_node,
+                roles.join(", "),
+                d.as_secs_f64()
+            ),
+            None => format!(
+                "the nodes closed none of them on their own ({})",
+                roles.join(", ")
+            ),
+        };
+        let detail = format!(
+            "{} connections of the nodes to {what} silent for {:.0} s, then reset; {closed}; \
+             /readyz {:.0} s into it: {}; {}",
+            out.frozen,
+            freeze.as_secs_f64(),
+            probe_at.as_secs_f64(),
+            readyz.join(", "),
+            match caught_up {
+                Some(t) => format!(
+                    "every client caught up {:.1} s after the reset, {:.1} s after the fault",
+                    (t - reset_at) / 1000.0,
+                    (t - start) / 1000.0
+                ),
+                None => "clients had NOT caught up 60 s after the reset".into(),
+            }
+        );
+        let mut f = self.fault(kind, start, detail);
+        f.half_open = Some(out.by_role);
+        f.problems = half_open_problems(&f);
+        if caught_up.is_none() {
+            f.problems.push(format!(
+                "{} at {:.1} s: clients had not caught up 60 s after the reset",
+                kind.label(),
+                start / 1000.0
+            ));
+        }
+        Ok(f)
+    }
+
+    /// Waits (at most a minute) until every client has applied its user's seq as of now.
+    /// Returns when (run clock ms), or None if they did not (reported, not fatal: the run goes
+    /// on to its report).
+    async fn wait_for_clients_to_catch_up(&self) -> Option<f64> {
+        let target = self.cluster.inbox_seqs().await.ok()?;
+        let clients = self.clients;
+        wait_for(
+            "every client to catch up after the fault",
+            Duration::from_secs(60),
+            || {
+                let target = &target;
+                async move {
+                    clients.iter().all(|c| {
+                        let want = target.get(&c.user).map(|s| s.0).unwrap_or(0);
+                        lock(&c.log).last_seq >= want
+                    })
+                }
+            },
+        )
+        .await
+        .ok()?;
+        Some(self.clock.ms())
+    }
+}

@@ -1,0 +1,282 @@
+//! The chaos harness: proof that a notification committed to PostgreSQL reaches every connected
+//! tab of its user exactly once (after dedupe by seq), in order, whatever crashes in between.
+//!
+//! It starts its OWN PostgreSQL cluster and Redis (private instances on free ports, so it may
+//! kill and restart them without touching the shared servers other tests use), three
+//! `notifyd serve` nodes, and nginx in front of them running `docs/deploy/nginx.conf`. Simulated
+//! users (1-3 WebSocket clients each, through nginx) reconnect with back-off and resume with
+//! `since`; a producer POSTs messages through nginx with an `Idempotency-Key` each, retrying until
+//! `201`. Meanwhile it injects, at least once each: `kill -9` of the node holding a client's
+//! socket, `kill -9` of the node running the active relay, a Redis restart, a PostgreSQL restart
+//! (`pg_ctl restart -m fast`), a client TCP connection dropped without a close frame, a slow
+//! client that stops reading (the server must close it with 4008; it resumes), and a half-open
+//! Redis and a half-open PostgreSQL: the nodes reach both through TCP proxies (`proxy.rs`) that
+//! silence every open connection without closing it, then reset them; each node must give up
+//! on its silent subscriber / relay connection by itself before the reset.
+//!
+//! At the end every client's log is checked against the database: the events it applied are
+//! exactly seq 1..=N of its user, once each, in order; every `message.created` matches
+//! `t_message_real_time`; its last `unread` equals the database's; every id the producer got a
+//! `201` for exists. The report (printed, and written as markdown to `CHAOS_REPORT` when set)
+//! gives the figures `docs/reliability.md` quotes.
+//!
+//! Sizes: `CHAOS_USERS` (20), `CHAOS_MESSAGES` (400), `CHAOS_RATE` (messages/s; by default the
+//! messages are spread over ~85 s so every fault lands while they flow). `CHAOS_LONG=1`: 200
+//! users, 20,000 messages at 100/s, faults repeated until the producer is done
+//! (`scripts/chaos-long.sh`). `CHAOS_KEEP=1` keeps the temp dir with every log (it is kept
+//! anyway when the test fails).
+//!
+//! Plain `cargo test` skips this run (saying why); `CHAOS=1`, `CHAOS_LONG=1` or `CI` make it
+//! run, and then a missing prerequisite fails it (see `skip_reason`).
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+mod checker;
+mod clients;
+mod cluster;
+mod faults;
+mod producer;
+mod proxy;
+mod util;
+
+use checker::{dump_client_logs, wait_until_caught_up, Checker, Report};
+use clients::start_clients;
+use cluster::{missing_prerequisites, Cluster};
+use faults::{FaultInjector, ALL_FAULTS};
+use producer::Producer;
+use util::{lock, note, wait_for, Clock};
+
+pub(crate) const JWT_SECRET: &str = "chaos-jwt-secret";
+pub(crate) const SERVICE_KEY: &str = "chaos-service-key";
+pub(crate) const NODES: usize = 3;
+/// The nodes ping every 2 s, so a client that hears nothing for this long has a dead socket.
+pub(crate) const CLIENT_SILENCE: Duration = Duration::from_secs(12);
+/// Messages per slow-client flood request (large ones, so few frames fill the socket buffers).
+pub(crate) const FLOOD_BATCH: usize = 100;
+
+// ------------------------------------------------------------------------------------------
+// Configuration
+// ------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) long: bool,
+    pub(crate) users: usize,
+    pub(crate) messages: usize,
+    /// Messages per second the producer starts.
+    pub(crate) rate: f64,
+    /// Pause between two faults.
+    pub(crate) gap: Duration,
+    /// How long the half-open faults keep the frozen connections silent before resetting them:
+    /// longer than the service's timeouts on that path, so only a node that notices by itself
+    /// recovers before the reset. Redis: the subscriber's PING (every 3 s, 3 s to answer), pool
+    /// waits and commands (5 s). PostgreSQL: the relay's bound on one step (database call 10 s +
+    /// publish 5 s) and the leader session's server-side idle timeout (15.5 s), the pool's
+    /// wait (10 s).
+    pub(crate) half_open_redis: Duration,
+    pub(crate) half_open_pg: Duration,
+    /// At most this many rounds of the faults (long runs repeat them while messages flow).
+    pub(crate) rounds: usize,
+    pub(crate) report: Option<PathBuf>,
+    pub(crate) keep: bool,
+}
+
+pub(crate) fn env_num<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+impl Config {
+    pub(crate) fn from_env() -> Self {
+        let long = std::env::var("CHAOS_LONG").is_ok_and(|v| v == "1" || v == "true");
+        let users: usize = env_num("CHAOS_USERS", if long { 200 } else { 20 }).max(1);
+        let messages: usize = env_num("CHAOS_MESSAGES", if long { 20_000 } else { 400 }).max(1);
+        let default_rate = if long { 100.0 } else { messages as f64 / 85.0 };
+        Config {
+            long,
+            users,
+            messages,
+            rate: env_num("CHAOS_RATE", default_rate).max(0.1),
+            gap: Duration::from_secs(env_num("CHAOS_FAULT_GAP_S", if long { 5 } else { 3 })),
+            half_open_redis: Duration::from_secs(env_num("CHAOS_HALF_OPEN_REDIS_S", 12)),
+            half_open_pg: Duration::from_secs(env_num("CHAOS_HALF_OPEN_PG_S", 20)),
+            rounds: env_num("CHAOS_ROUNDS", if long { 100 } else { 1 }).max(1),
+            report: std::env::var("CHAOS_REPORT").ok().map(PathBuf::from),
+            keep: std::env::var("CHAOS_KEEP").is_ok(),
+        }
+    }
+}
+
+/// Why this run is skipped, if it is. The chaos run takes a minute and a half and starts its own
+/// PostgreSQL, Redis, nginx and three nodes, so plain `cargo test` skips it (saying so on
+/// stderr) unless asked: `CHAOS=1` (scripts/test.sh and scripts/chaos-long.sh set it),
+/// `CHAOS_LONG=1`, or `CI` set (not `false`/`0`), where a skip would hide a missing run.
+/// `CHAOS=0` skips it anywhere. Once asked, a missing prerequisite fails the test.
+fn skip_reason() -> Option<&'static str> {
+    let flag = |k: &str| {
+        std::env::var(k)
+            .ok()
+            .map(|v| !matches!(v.trim(), "" | "0" | "false" | "no"))
+    };
+    match (flag("CHAOS"), flag("CHAOS_LONG"), flag("CI")) {
+        (Some(false), _, _) => Some("CHAOS=0"),
+        (Some(true), _, _) | (_, Some(true), _) | (_, _, Some(true)) => None,
+        _ => Some(
+            "the chaos run starts its own PostgreSQL, Redis, nginx and three nodes and takes \
+             about 90 s; set CHAOS=1 to run it (scripts/test.sh does, after scripts/services.sh \
+             has installed nginx and the PostgreSQL server)",
+        ),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chaos() {
+    if let Some(why) = skip_reason() {
+        note(format!("SKIPPED: {why}"));
+        return;
+    }
+    let missing = missing_prerequisites();
+    assert!(
+        missing.is_empty(),
+        "the chaos run was asked for (CHAOS=1, CHAOS_LONG=1 or CI) but cannot run: {}. \
+         scripts/services.sh installs what is missing.",
+        missing.join("; ")
+    );
+    let cfg = Config::from_env();
+    note(format!(
+        "{} run: {} users, {} messages at {:.1}/s",
+        if cfg.long { "long" } else { "default" },
+        cfg.users,
+        cfg.messages,
+        cfg.rate
+    ));
+    let mut cluster = Cluster::start(&cfg).await.expect("start the cluster");
+    let clock = Clock(Instant::now());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (users, clients) = start_clients(&cfg, &cluster.nginx.ws_base(), clock, &stop_rx);
+    let connected = wait_for(
+        "every client's first connection",
+        Duration::from_secs(60),
+        || async {
+            clients
+                .iter()
+                .all(|c| c.ctl.connected.load(Ordering::SeqCst))
+        },
+    )
+    .await;
+    connected.expect("clients connect through nginx");
+    note(format!("{} clients connected", clients.len()));
+
+    let producer = Producer::new(&cluster.nginx, clock);
+    let producing = tokio::spawn(producer.clone().run(
+        Arc::new(users.clone()),
+        cfg.messages,
+        cfg.rate,
+    ));
+    let mut injector = FaultInjector {
+        cfg: &cfg,
+        cluster: &mut cluster,
+        clients: &clients,
+        producer: &producer,
+        clock,
+        faults: vec![],
+    };
+    let injected = injector.run(&producing).await;
+    let faults = std::mem::take(&mut injector.faults);
+    injected.expect("inject the faults");
+    producing.await.expect("the producer");
+    note(format!("{:>7.1}s  producer done", clock.ms() / 1000.0));
+
+    let caught_up = wait_until_caught_up(
+        &cluster,
+        &clients,
+        Duration::from_secs(if cfg.long { 180 } else { 60 }),
+    )
+    .await;
+    // A quiet moment: late duplicates, if any, arrive now and are counted.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = stop_tx.send(true);
+    for c in &clients {
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while !c.task.is_finished() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        c.task.abort();
+    }
+
+    let producer_log = std::mem::take(&mut *lock(&producer.log));
+    let mut report = Report {
+        mode: if cfg.long {
+            "long".into()
+        } else {
+            "default".into()
+        },
+        users: users.len(),
+        clients: clients.len(),
+        regular: producer_log.created.iter().filter(|m| !m.flood).count(),
+        flood: producer_log.created.iter().filter(|m| m.flood).count(),
+        duration_s: clock.ms() / 1000.0,
+        faults: faults
+            .iter()
+            .map(|f| (f.kind, f.start, f.end, f.detail.clone()))
+            .collect(),
+        takeovers_ms: faults.iter().filter_map(|f| f.takeover_ms).collect(),
+        slow_closed: faults.iter().filter_map(|f| f.slow_closed).collect(),
+        half_open: faults
+            .iter()
+            .filter_map(|f| Some((f.kind, f.half_open.clone()?)))
+            .collect(),
+        replays_after_failure: producer_log.replays_after_failure,
+        requests: producer_log.requests,
+        caught_up,
+        ..Default::default()
+    };
+    if !caught_up {
+        report
+            .problems
+            .push("not every client caught up with the database in time".into());
+    }
+    for kind in ALL_FAULTS {
+        if !faults.iter().any(|f| f.kind == kind) {
+            report
+                .problems
+                .push(format!("fault never injected: {}", kind.label()));
+        }
+    }
+    for f in &faults {
+        report.problems.extend(f.problems.iter().cloned());
+    }
+    if report.slow_closed.iter().any(|c| !c) {
+        report
+            .problems
+            .push("the server did not close the slow client (4008)".into());
+    }
+    let checker = Checker {
+        cluster: &cluster,
+        clients: &clients,
+        producer: &producer_log,
+        faults: &faults,
+    };
+    checker.check(&mut report).await.expect("read the database");
+    dump_client_logs(&cluster.dir.path.join("clients.log"), &clients);
+    let md = report.markdown();
+    note(format!("report\n\n{md}"));
+    if let Some(path) = &cfg.report {
+        std::fs::write(path, &md).expect("write CHAOS_REPORT");
+        note(format!("report written to {}", path.display()));
+    }
+    assert!(
+        report.passed(),
+        "the chaos run found problems (see the report above; logs kept in {})",
+        cluster.dir.path.display()
+    );
+}
