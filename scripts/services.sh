@@ -55,7 +55,7 @@ if ! command -v redis-cli >/dev/null || ! redis_up; then
   redis_up || { say "Redis did not come up on 127.0.0.1:$REDIS_PORT"; exit 1; }
 fi
 
-# --- nginx (the chaos harness, tests/chaos.rs, runs docs/deploy/nginx.conf in front of 3 nodes) ---
+# --- nginx (the chaos harness, tests/chaos/, runs docs/deploy/nginx.conf in front of 3 nodes) ---
 if [ ! -x /usr/sbin/nginx ]; then
   say "installing nginx"
   apt_install nginx

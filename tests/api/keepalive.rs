@@ -1,4 +1,4 @@
-//! HTTP keep-alive behind a proxy (found by the chaos harness, tests/chaos.rs).
+//! HTTP keep-alive behind a proxy (found by the chaos harness, tests/chaos/).
 //!
 //! nginx (docs/deploy: upstream `keepalive_timeout 60s`) and cloud load balancers keep idle
 //! connections to the nodes open for up to a minute. If the node closes an idle connection first
