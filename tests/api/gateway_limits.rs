@@ -173,18 +173,7 @@ async fn a_command_flood_gets_busy_and_never_starves_other_clients_of_the_databa
     let mut c = app.ws(&u, None).await;
     c.next_of("hello", T).await;
     // Hold the user's counter row so every read_all of this user blocks in the database.
-    let mut holder = db.conn().await;
-    diesel_async::RunQueryDsl::execute(diesel::sql_query("BEGIN"), &mut holder)
-        .await
-        .expect("begin");
-    diesel_async::RunQueryDsl::execute(
-        diesel::sql_query(format!(
-            "SELECT 1 FROM user_inbox_state WHERE user_id = '{u}' FOR UPDATE"
-        )),
-        &mut holder,
-    )
-    .await
-    .expect("lock the row");
+    let holder = hold_counters(&db, &u).await;
     for i in 0..40 {
         c.send(&json!({"type": "read_all", "ref": i})).await;
     }
@@ -200,9 +189,7 @@ async fn a_command_flood_gets_busy_and_never_starves_other_clients_of_the_databa
         .await
         .expect("another user's request waited for the flood");
     assert_eq!(r.status(), 200);
-    diesel_async::RunQueryDsl::execute(diesel::sql_query("COMMIT"), &mut holder)
-        .await
-        .expect("commit");
+    release(holder).await;
     // Every frame got exactly one answer: acks for the ones that ran, busy for the rest.
     let mut answers: Vec<Value> = c
         .frames
@@ -508,18 +495,7 @@ async fn one_users_command_flood_does_not_hold_up_another_users_commands() {
     app.send(&u, "one").await;
     app.send(&victim, "two").await;
     // The flooding user's commands all block on its counter row, held here.
-    let mut holder = db.conn().await;
-    diesel_async::RunQueryDsl::execute(diesel::sql_query("BEGIN"), &mut holder)
-        .await
-        .expect("begin");
-    diesel_async::RunQueryDsl::execute(
-        diesel::sql_query(format!(
-            "SELECT 1 FROM user_inbox_state WHERE user_id = '{u}' FOR UPDATE"
-        )),
-        &mut holder,
-    )
-    .await
-    .expect("lock the row");
+    let holder = hold_counters(&db, &u).await;
     let mut flood = vec![];
     for _ in 0..8 {
         let mut c = app.ws(&u, None).await;
@@ -539,8 +515,6 @@ async fn one_users_command_flood_does_not_hold_up_another_users_commands() {
         (&json!("ack"), &json!("v")),
         "{answer}"
     );
-    diesel_async::RunQueryDsl::execute(diesel::sql_query("COMMIT"), &mut holder)
-        .await
-        .expect("commit");
+    release(holder).await;
     app.stop().await;
 }

@@ -895,10 +895,26 @@ pub async fn spawn_app_with(db: &TestDb, opts: Opts, tune: impl FnOnce(&mut Sett
 
 /// Opens a WebSocket by hand on a raw TCP stream (the tests below write frames byte by byte).
 pub async fn raw_ws(app: &TestApp, user: &str) -> tokio::net::TcpStream {
+    raw_ws_with(app, user, None).await.0
+}
+
+/// `raw_ws` with an optional receive buffer size (a small one fills the server's side fast);
+/// returns the stream and its local port.
+pub async fn raw_ws_with(
+    app: &TestApp,
+    user: &str,
+    recv_buffer: Option<u32>,
+) -> (tokio::net::TcpStream, u16) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    if let Some(size) = recv_buffer {
+        sock.set_recv_buffer_size(size).expect("SO_RCVBUF");
+    }
+    let mut s = sock
+        .connect(([127, 0, 0, 1], app.port).into())
         .await
         .expect("connect");
+    let port = s.local_addr().expect("local addr").port();
     let req = format!(
         "GET /ws?token={} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
@@ -916,7 +932,31 @@ pub async fn raw_ws(app: &TestApp, user: &str) -> tokio::net::TcpStream {
         "{}",
         String::from_utf8_lossy(&head)
     );
-    s
+    (s, port)
+}
+
+/// Opens a transaction holding `user`'s counter row (`FOR UPDATE`): every command of that user
+/// blocks in the database until the returned connection commits.
+pub async fn hold_counters(db: &TestDb, user: &str) -> diesel_async::AsyncPgConnection {
+    let mut holder = db.conn().await;
+    diesel::sql_query("BEGIN")
+        .execute(&mut holder)
+        .await
+        .expect("begin");
+    diesel::sql_query(format!(
+        "SELECT 1 FROM user_inbox_state WHERE user_id = '{user}' FOR UPDATE"
+    ))
+    .execute(&mut holder)
+    .await
+    .expect("lock the row");
+    holder
+}
+
+pub async fn release(mut holder: diesel_async::AsyncPgConnection) {
+    diesel::sql_query("COMMIT")
+        .execute(&mut holder)
+        .await
+        .expect("commit");
 }
 
 /// Reads server frames until a close frame; returns its code (`None` if the connection ended

@@ -70,7 +70,7 @@ async fn a_ping_flood_without_reading_pins_no_memory() {
     let u = new_user();
     let mut conns = vec![];
     for _ in 0..4 {
-        conns.push(raw_ws_small(&app, &u).await);
+        conns.push(raw_ws_with(&app, &u, Some(2048)).await);
     }
     // First fill the server's socket toward each client (it never reads), so the session's
     // writer is blocked and whatever the server owes the client waits in its queue.
@@ -119,32 +119,6 @@ async fn a_ping_flood_without_reading_pins_no_memory() {
         grown >> 20
     );
     app.stop().await;
-}
-
-/// A raw WebSocket on a socket with a 2 KiB receive buffer; returns it with its local port.
-async fn raw_ws_small(app: &TestApp, user: &str) -> (tokio::net::TcpStream, u16) {
-    use tokio::io::AsyncReadExt;
-    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
-    sock.set_recv_buffer_size(2048).expect("SO_RCVBUF");
-    let mut s = sock
-        .connect(([127, 0, 0, 1], app.port).into())
-        .await
-        .expect("connect");
-    let port = s.local_addr().expect("local addr").port();
-    let req = format!(
-        "GET /ws?token={} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        token(user)
-    );
-    s.write_all(req.as_bytes()).await.expect("handshake");
-    let mut head = vec![];
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut b).await.expect("handshake answer");
-        head.push(b[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
-    (s, port)
 }
 
 /// The server's kernel send queue (bytes) toward `client_port` (`/proc/net/tcp` tx_queue).
