@@ -45,6 +45,9 @@ pub struct Settings {
     /// Bound on every database call of the relay (leader and stand-by); the leader's session
     /// also gets a server-side `idle_session_timeout` derived from it (see outbox::relay).
     pub relay_db_timeout: Duration,
+    /// `NOTIFYD_DB_REQUEST_TIMEOUT`: bound on one request's (or WebSocket command's) database
+    /// work, checked on our side: a silent connection (half-open) answers 503 and is discarded.
+    pub db_request_timeout: Duration,
     /// How often the housekeeper prunes expired events and idempotency keys.
     pub housekeeping_interval: Duration,
     /// Rows per housekeeping DELETE.
@@ -78,6 +81,7 @@ impl Settings {
             db_lock_timeout: Duration::from_secs(10),
             db_idle_in_transaction_timeout: Duration::from_secs(60),
             relay_db_timeout: Duration::from_secs(10),
+            db_request_timeout: Duration::from_secs(10),
             housekeeping_interval: Duration::from_secs(10),
             housekeeping_batch: 50_000,
         }
@@ -175,6 +179,7 @@ impl Settings {
         }
         for (name, field) in [
             ("NOTIFYD_RELAY_DB_TIMEOUT", &mut s.relay_db_timeout),
+            ("NOTIFYD_DB_REQUEST_TIMEOUT", &mut s.db_request_timeout),
             (
                 "NOTIFYD_HOUSEKEEPING_INTERVAL",
                 &mut s.housekeeping_interval,

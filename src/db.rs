@@ -16,6 +16,7 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use futures_util::FutureExt;
 
 use crate::config::Settings;
+use crate::error::ApiError;
 
 pub type DbPool = Pool<AsyncPgConnection>;
 pub type PooledConn = Object<AsyncPgConnection>;
@@ -183,6 +184,30 @@ pub fn redact(url: &str) -> String {
             }
         }
         _ => url.to_string(),
+    }
+}
+
+/// Runs one request's (or command's) database work on a pooled connection, bounded by
+/// `limit` on our side. The server's own timeouts cannot fire for a statement that never
+/// reached it: a connection gone silent (a hung server or pooler, a black-holing network)
+/// would hold the caller for as long as the silence lasts. A call that times out answers
+/// `503` and its connection is taken out of the pool and dropped, never reused (a late
+/// answer would land on the next caller's query).
+pub async fn run<T, F>(pool: &DbPool, limit: std::time::Duration, f: F) -> Result<T, ApiError>
+where
+    F: AsyncFnOnce(&mut AsyncPgConnection) -> Result<T, ApiError>,
+{
+    let mut conn = pool.get().await?;
+    let result = tokio::time::timeout(limit, f(&mut conn)).await;
+    match result {
+        Ok(r) => r,
+        Err(_) => {
+            drop(Object::take(conn));
+            metrics::counter!("notifyd_db_request_timeouts_total").increment(1);
+            Err(ApiError::Unavailable(format!(
+                "database did not answer within {limit:?}"
+            )))
+        }
     }
 }
 

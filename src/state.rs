@@ -22,3 +22,14 @@ pub struct AppState {
     pub jwt: JwtKeys,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
+
+impl AppState {
+    /// One request's database work on a pooled connection, bounded by
+    /// `NOTIFYD_DB_REQUEST_TIMEOUT` (see `db::run`).
+    pub async fn db<T, F>(&self, f: F) -> Result<T, crate::error::ApiError>
+    where
+        F: AsyncFnOnce(&mut diesel_async::AsyncPgConnection) -> Result<T, crate::error::ApiError>,
+    {
+        crate::db::run(&self.pool, self.settings.db_request_timeout, f).await
+    }
+}

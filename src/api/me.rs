@@ -45,8 +45,9 @@ pub async fn list(
         Some("true") | Some("1") => true,
         Some(_) => return Err(ApiError::validation("unread_only", "must be true or false")),
     };
-    let mut conn = state.pool.get().await?;
-    let page = inbox_changes::page(&mut conn, &user.0.user, before, limit, unread_only).await?;
+    let page = state
+        .db(async |conn| inbox_changes::page(conn, &user.0.user, before, limit, unread_only).await)
+        .await?;
     Ok(HttpResponse::Ok().json(page))
 }
 
@@ -55,8 +56,9 @@ pub async fn unread_count(
     user: User,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let mut conn = state.pool.get().await?;
-    let c = inbox_changes::counts(&mut conn, &user.0.user).await?;
+    let c = state
+        .db(async |conn| Ok(inbox_changes::counts(conn, &user.0.user).await?))
+        .await?;
     Ok(HttpResponse::Ok().json(json!({"unread": c.unread, "unseen": c.unseen, "seq": c.seq})))
 }
 
@@ -72,8 +74,10 @@ pub async fn changes(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let since = int_param(q.since.as_deref(), "since", 0, i64::MAX)?.unwrap_or(0);
-    let mut conn = state.pool.get().await?;
-    Ok(HttpResponse::Ok().json(inbox_changes::since(&mut conn, &user.0.user, since).await?))
+    let changes = state
+        .db(async |conn| Ok(inbox_changes::since(conn, &user.0.user, since).await?))
+        .await?;
+    Ok(HttpResponse::Ok().json(changes))
 }
 
 #[derive(Deserialize)]
@@ -82,8 +86,9 @@ pub struct ReadBody {
 }
 
 async fn run(state: &AppState, user: &str, cmd: Command) -> Result<CountsView, ApiError> {
-    let mut conn = state.pool.get().await?;
-    let out = commands::run(&mut conn, user, cmd).await?;
+    let out = state
+        .db(async |conn| Ok(commands::run(conn, user, cmd).await?))
+        .await?;
     if let Some(ev) = out.event {
         state.waker.wake();
         state.gateway.committed(ev);

@@ -20,14 +20,10 @@ pub async fn create(
     let key = idempotency_key(&req)?;
     let body = read_body(&req, payload, state.settings.max_body_bytes).await?;
     let parsed = input::parse_create(&body)?;
-    let mut conn = state.pool.get().await?;
-    let created = create_messages(
-        &mut conn,
-        &service.0,
-        &parsed,
-        key.map(|key| Idempotency { key }),
-    )
-    .await?;
+    let idempotency = key.map(|key| Idempotency { key });
+    let created = state
+        .db(async |conn| Ok(create_messages(conn, &service.0, &parsed, idempotency).await?))
+        .await?;
     if !created.replayed {
         state.waker.wake();
         metrics::counter!("notifyd_messages_created_total").increment(parsed.rows() as u64);

@@ -44,8 +44,9 @@ pub async fn publish(
     if json_has_nul(&data) {
         return Err(ApiError::validation("data", NUL_MESSAGE));
     }
-    let mut conn = state.pool.get().await?;
-    let id = create::topic_event(&mut conn, &topic, &data).await?;
+    let id = state
+        .db(async |conn| Ok(create::topic_event(conn, &topic, &data).await?))
+        .await?;
     state.waker.wake();
     Ok(HttpResponse::Accepted()
         .json(json!({ "accepted": true, "id": id.to_string(), "topic": topic })))

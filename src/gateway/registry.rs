@@ -85,12 +85,8 @@ impl Gateway {
                 .collect();
             for chunk in users.chunks(1000) {
                 let names: Vec<String> = chunk.iter().map(|(u, _)| u.clone()).collect();
-                let seqs = async {
-                    let mut conn = state.pool.get().await?;
-                    Ok::<_, crate::error::ApiError>(
-                        crate::store::inbox_state::seqs(&mut conn, &names).await?,
-                    )
-                };
+                let seqs =
+                    state.db(async |conn| Ok(crate::store::inbox_state::seqs(conn, &names).await?));
                 match seqs.await {
                     Ok(seqs) => {
                         let by_user: HashMap<String, i64> = seqs.into_iter().collect();

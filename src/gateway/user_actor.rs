@@ -150,8 +150,12 @@ pub async fn run(
 
 impl Actor {
     async fn current(&self) -> Result<CountsView, ApiError> {
-        let mut conn = self.state.pool.get().await?;
-        Ok(changes::counts(&mut conn, &self.user).await?.into())
+        let user = &self.user;
+        let c = self
+            .state
+            .db(async |conn| Ok(changes::counts(conn, user).await?))
+            .await?;
+        Ok(c.into())
     }
 
     async fn handle(&mut self, msg: ActorMsg) {
@@ -234,21 +238,19 @@ impl Actor {
         since: Option<i64>,
         joined: oneshot::Sender<()>,
     ) {
-        let read = async {
-            let mut conn = self.state.pool.get().await?;
-            match since {
-                Some(n) => changes::since(&mut conn, &self.user, n).await,
-                None => {
-                    let c = changes::counts(&mut conn, &self.user).await?;
-                    Ok(Changes::Events {
-                        seq: c.seq,
-                        unread: c.unread,
-                        unseen: c.unseen,
-                        events: vec![],
-                    })
-                }
+        let user = &self.user;
+        let read = self.state.db(async |conn| match since {
+            Some(n) => Ok(changes::since(conn, user, n).await?),
+            None => {
+                let c = changes::counts(conn, user).await?;
+                Ok(Changes::Events {
+                    seq: c.seq,
+                    unread: c.unread,
+                    unseen: c.unseen,
+                    events: vec![],
+                })
             }
-        };
+        });
         let snapshot = match read.await {
             Ok(s) => s,
             Err(e) => {
@@ -363,12 +365,10 @@ impl Actor {
     /// Delivers everything in `(last_seq, upto]` from the event log, in order.
     async fn repair(&mut self, upto: i64) {
         while self.last_seq < upto {
-            let rows = async {
-                let mut conn = self.state.pool.get().await?;
-                Ok::<_, ApiError>(
-                    events::range(&mut conn, &self.user, self.last_seq, Some(upto), 500).await?,
-                )
-            };
+            let (user, from) = (&self.user, self.last_seq);
+            let rows = self
+                .state
+                .db(async |conn| Ok(events::range(conn, user, from, Some(upto), 500).await?));
             match rows.await {
                 Ok(rows) if rows.first().map(|r| r.0) == Some(self.last_seq + 1) => {
                     for (seq, payload) in rows {
@@ -529,8 +529,9 @@ impl Actor {
                     .await
                     .map_err(|_| ApiError::Unavailable("the server is busy; retry".into()))?
                     .map_err(|_| ApiError::Unavailable("shutting down".into()))?;
-                let mut conn = state.pool.get().await?;
-                commands::run(&mut conn, &user, cmd).await
+                state
+                    .db(async |conn| Ok(commands::run(conn, &user, cmd).await?))
+                    .await
             }
             .await;
             match result {

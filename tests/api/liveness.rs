@@ -382,3 +382,52 @@ async fn housekeeping_throughput() {
     }
     println!("old schedule ceiling: 20 x 5,000 rows per 30 s = 3,333 rows/s");
 }
+
+/// Found by the chaos harness: requests on a pooled connection whose PostgreSQL went silent
+/// (half-open) waited for as long as the silence lasted, and the connection went back to the
+/// pool. Each request's database work is bounded, and a connection that timed out is discarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_on_a_silent_database_connection_answers_503_in_bounded_time() {
+    let db = TestDb::new().await;
+    let proxy = Cuttable::start("127.0.0.1:5432").await;
+    let via_proxy = proxy.pg_url(&db.url);
+    let app = spawn_app_with(
+        &db,
+        Opts {
+            relay: false,
+            ..Default::default()
+        },
+        |s| {
+            s.database_url = via_proxy.clone();
+            s.db_request_timeout = Duration::from_secs(2);
+        },
+    )
+    .await;
+    let u = new_user();
+    // A pooled connection exists (and is idle) before the freeze.
+    assert_eq!(
+        app.user_get(&u, "/api/v1/me/unread-count").await.status(),
+        200
+    );
+    proxy.freeze();
+    let started = std::time::Instant::now();
+    let r = tokio::time::timeout(
+        Duration::from_secs(20),
+        app.user_get(&u, "/api/v1/me/unread-count"),
+    )
+    .await
+    .expect("a request on a silent database connection never answered");
+    assert_eq!(r.status(), 503);
+    assert!(started.elapsed() < Duration::from_secs(15));
+    // Once PostgreSQL answers again, requests succeed on fresh connections.
+    proxy.restore();
+    eventually(
+        Duration::from_secs(30),
+        "requests succeed again",
+        || async {
+            (app.user_get(&u, "/api/v1/me/unread-count").await.status() == 200).then_some(())
+        },
+    )
+    .await;
+    app.stop().await;
+}
