@@ -11,7 +11,8 @@ use super::protocol::close;
 
 /// Frames queued for one session before it counts as a slow consumer and is closed with 4008.
 pub const OUTBOUND_QUEUE: usize = 512;
-/// Bytes of text frames queued for one session before it counts as a slow consumer (4008).
+/// Bytes of text frames that may wait for one session; a frame arriving when this much waits
+/// counts the session as a slow consumer (4008).
 pub const OUTBOUND_BYTES: usize = 1024 * 1024;
 
 /// What the writer sends.
@@ -84,7 +85,9 @@ impl SessionTx {
     pub fn push(&self, frame: Arc<str>) -> Push {
         let len = frame.len();
         let before = self.queued.fetch_add(len, Ordering::Relaxed);
-        let result = if before + len > OUTBOUND_BYTES {
+        // The budget is on what waits: one frame is always taken by a queue under it, however
+        // large (a resume's `sync` carries up to 1,000 events), so at most budget + one frame.
+        let result = if before >= OUTBOUND_BYTES {
             Err(mpsc::error::TrySendError::Full(Out::Text(frame)))
         } else {
             self.frames.try_send(Out::Text(frame))

@@ -518,3 +518,20 @@ async fn one_users_command_flood_does_not_hold_up_another_users_commands() {
     release(holder).await;
     app.stop().await;
 }
+
+/// Found by the chaos harness: the byte budget refused any single frame over 1 MiB, so a
+/// resume whose `sync` was larger closed with 4008 every time and the client never caught up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_whose_sync_is_larger_than_the_byte_budget_is_delivered() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let u = new_user();
+    // 100 messages of about 25 KB: a 2.5 MB sync frame.
+    send_big(&app, &u, 2).await;
+    let mut c = app.ws(&u, Some(0)).await;
+    c.next_of("hello", T).await;
+    let sync = c.next_of("sync", T).await;
+    assert_eq!(sync["events"].as_array().map(Vec::len), Some(100));
+    assert_eq!(c.closed, None);
+    app.stop().await;
+}

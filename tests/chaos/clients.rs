@@ -24,8 +24,8 @@ pub(crate) type Ws =
 pub(crate) struct ClientCtl {
     /// Fault: drop the TCP connection now, without a WebSocket close frame.
     pub(crate) drop_socket: Notify,
-    /// Fault: stop reading until `resume` (still writing, so the heartbeat does not close the
-    /// session first: only the full queue may, with 4008).
+    /// Fault: stop reading until `resume`, for less than the liveness window (75 s with the
+    /// harness's 30 s heartbeat), so only the full queue may close the session, with 4008.
     pub(crate) stall: Notify,
     pub(crate) resume: Notify,
     pub(crate) connected: AtomicBool,

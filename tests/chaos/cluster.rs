@@ -214,8 +214,10 @@ impl Node {
             ("NOTIFYD_JWT_SECRET", JWT_SECRET.to_string()),
             ("NOTIFYD_SERVICE_KEYS", format!("chaos:{SERVICE_KEY}")),
             ("NOTIFYD_NODE_ID", name.clone()),
-            // Dead sockets are noticed within 5 s instead of a minute.
-            ("NOTIFYD_HEARTBEAT", "2s".to_string()),
+            // Liveness (contract §7) closes a session that has not *read* for 2.5 heartbeats
+            // and resets its connection. The slow-client fault stalls a client for ~20 s until
+            // its queue fills (4008), so the window must be well beyond that: 30 s → 75 s.
+            ("NOTIFYD_HEARTBEAT", "30s".to_string()),
             ("NOTIFYD_DB_POOL_SIZE", "12".to_string()),
             (
                 "RUST_LOG",
