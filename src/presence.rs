@@ -6,11 +6,11 @@
 //! ignore entries older than `STALE`, so a node that dies without cleaning up stops counting
 //! within a minute. Without Redis the local counts are the whole truth.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{watch, Notify};
 
 use crate::broker::{query, query_cmd, COMMAND_TIMEOUT};
 
@@ -22,8 +22,10 @@ pub struct Presence {
     prefix: String,
     redis: Option<deadpool_redis::Pool>,
     local: Mutex<HashMap<String, usize>>,
-    dirty: mpsc::UnboundedSender<String>,
-    dirty_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
+    /// Users whose count changed since the last write to Redis: a set, so it holds each user
+    /// once however often they come and go (bounded by the users this node serves).
+    dirty: Mutex<HashSet<String>>,
+    changed: Notify,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -34,14 +36,13 @@ pub struct UserPresence {
 
 impl Presence {
     pub fn new(node_id: String, prefix: String, redis: Option<deadpool_redis::Pool>) -> Arc<Self> {
-        let (dirty, rx) = mpsc::unbounded_channel();
         Arc::new(Presence {
             node_id,
             prefix,
             redis,
             local: Mutex::new(HashMap::new()),
-            dirty,
-            dirty_rx: Mutex::new(Some(rx)),
+            dirty: Mutex::new(HashSet::new()),
+            changed: Notify::new(),
         })
     }
 
@@ -67,7 +68,11 @@ impl Presence {
             }
         }
         if self.redis.is_some() {
-            let _ = self.dirty.send(user.to_string());
+            self.dirty
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(user.to_string());
+            self.changed.notify_one();
         }
     }
 
@@ -123,23 +128,13 @@ impl Presence {
         let Some(pool) = self.redis.clone() else {
             return;
         };
-        let Some(mut rx) = self
-            .dirty_rx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        else {
-            return;
-        };
         let mut refresh = tokio::time::interval(REFRESH);
         loop {
             let users: Vec<String> = tokio::select! {
-                Some(u) = rx.recv() => {
-                    let mut batch = vec![u];
-                    while let Ok(u) = rx.try_recv() {
-                        batch.push(u);
-                    }
-                    batch
+                _ = self.changed.notified() => {
+                    std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|p| p.into_inner()))
+                        .into_iter()
+                        .collect()
                 }
                 _ = refresh.tick() => self.local().keys().cloned().collect(),
                 _ = shutdown.changed() => {

@@ -230,6 +230,7 @@ pub async fn reader(stream: actix_ws::MessageStream, ctx: ReaderCtx) {
                         },
                         Err(e) => {
                             bad += 1;
+                            metrics::counter!("notifyd_ws_bad_frames_total", "code" => e.code).increment(1);
                             me.push_json(&protocol::error(&e.r#ref, e.code, &e.message));
                         }
                     },
@@ -314,6 +315,7 @@ fn renew(
         return Err(("unauthorized", "the token is for another user"));
     }
     if too_soon {
+        metrics::counter!("notifyd_ws_commands_busy_total").increment(1);
         return Err(("busy", "at most one renewal per second"));
     }
     let exp = claims.exp;
