@@ -490,14 +490,7 @@ async fn a_session_that_stops_reading_is_closed_with_4008_while_its_sibling_tab_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_answers_pings_is_closed_and_one_that_reads_stays_open() {
     let db = TestDb::new().await;
-    let app = spawn_app(
-        &db,
-        Opts {
-            heartbeat: Duration::from_secs(1),
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = spawn_app(&db, Opts::fast_heartbeat()).await;
     let (quiet_user, live_user) = (new_user(), new_user());
     // Never read from, so it never sees (or answers) a ping.
     let mut quiet = app.ws(&quiet_user, None).await;

@@ -18,14 +18,7 @@ const T: Duration = Duration::from_secs(15);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_with_full_buffers_is_dropped_and_goes_offline() {
     let db = TestDb::new().await;
-    let app = spawn_app(
-        &db,
-        Opts {
-            heartbeat: Duration::from_secs(1),
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = spawn_app(&db, Opts::fast_heartbeat()).await;
     let u = new_user();
     let (ws, client_port) = small_buffer_ws(&app, &u).await;
     assert!(server_side_established(app.port, client_port));
@@ -425,14 +418,7 @@ async fn after_a_database_restore_live_sessions_get_a_reset_not_silence() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsolicited_pongs_do_not_count_as_reading() {
     let db = TestDb::new().await;
-    let app = spawn_app(
-        &db,
-        Opts {
-            heartbeat: Duration::from_secs(1),
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = spawn_app(&db, Opts::fast_heartbeat()).await;
     let u = new_user();
     let mut s = raw_ws(&app, &u).await;
     let client_port = s.local_addr().expect("local addr").port();

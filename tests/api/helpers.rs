@@ -141,6 +141,14 @@ impl Opts {
         }
     }
 
+    /// A node that pings every second, so liveness (2.5 heartbeats) acts within seconds.
+    pub fn fast_heartbeat() -> Self {
+        Opts {
+            heartbeat: Duration::from_secs(1),
+            ..Default::default()
+        }
+    }
+
     /// A node of the same cluster as every other node given this Redis prefix (see `new_prefix`).
     pub fn in_cluster(prefix: &str) -> Self {
         Opts {

@@ -7,44 +7,7 @@ import { afterEach, describe, it } from 'node:test';
 
 import { NotifydClient, NotifydError, safeUrl } from '../../web/notifyd-client.js';
 
-const tick = (ms = 0) => new Promise((r) => setTimeout(r, ms));
-
-/** A WebSocket the test plays the server of. */
-class FakeWS {
-  static all = [];
-  constructor(url) {
-    this.url = new URL(url);
-    this.readyState = 0;
-    this.sent = [];
-    this.closedWith = null;
-    FakeWS.all.push(this);
-    setTimeout(() => {
-      if (this.readyState === 0) this.readyState = 1;
-    }, 0);
-  }
-  send(data) {
-    if (this.readyState !== 1) throw new Error('not open');
-    this.sent.push(JSON.parse(data));
-  }
-  close(code, reason) {
-    this.closedWith = { code, reason };
-    this.readyState = 3;
-  }
-  // --- the test's side
-  push(frame) {
-    this.onmessage?.({ data: JSON.stringify(frame) });
-  }
-  serverClose(code, reason = '') {
-    this.readyState = 3;
-    this.onclose?.({ code, reason });
-  }
-  get since() {
-    return this.url.searchParams.get('since');
-  }
-  static last() {
-    return FakeWS.all[FakeWS.all.length - 1];
-  }
-}
+import { FakeWS, tick } from './fake-ws.mjs';
 
 const rest = [];
 let failNext = false;
