@@ -149,7 +149,9 @@ impl Hub {
 
     /// Stops routing `channel` to `listener`. Never waits on Redis: the UNSUBSCRIBE (when this
     /// was the last listener) goes out with the subscriber's next batch.
-    pub async fn unlisten(&self, channel: &str, listener: u64) {
+    /// Takes effect at once (it never waits: the subscriber task sends the UNSUBSCRIBE), so a
+    /// listener that unlistens then listens again keeps its new route.
+    pub fn unlisten(&self, channel: &str, listener: u64) {
         let redis = self.redis.load(Ordering::SeqCst);
         let last = {
             let mut r = self.routes();
@@ -407,7 +409,7 @@ mod tests {
             .await
             .expect("listen returned");
         assert_eq!(hub.channel_count(), 1);
-        hub.unlisten("c", 1).await;
+        hub.unlisten("c", 1);
         assert_eq!(hub.channel_count(), 0);
     }
 }

@@ -185,7 +185,7 @@ pub async fn canary(hub: &Hub, pool: &deadpool_redis::Pool, channel: &str) -> bo
         .await
         .unwrap_or(false),
     };
-    hub.unlisten(channel, id).await;
+    hub.unlisten(channel, id);
     if !arrived {
         metrics::counter!("notifyd_readyz_canary_failures_total").increment(1);
     }

@@ -211,6 +211,9 @@ pub async fn reader(stream: actix_ws::MessageStream, ctx: ReaderCtx) {
                             let renewed = renew(&jwt, &user, &token, &me, &actor, too_soon, &r#ref);
                             if renewed.is_ok() {
                                 last_auth = Some(now);
+                            } else {
+                                // A refused token counts like any bad frame (and so is limited).
+                                bad += 1;
                             }
                             match renewed {
                                 // The actor acks it (after applying the new claims).

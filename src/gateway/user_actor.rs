@@ -141,10 +141,9 @@ pub async fn run(
         actor
             .state
             .hub
-            .unlisten(&actor.state.settings.topic_channel(topic), actor.id)
-            .await;
+            .unlisten(&actor.state.settings.topic_channel(topic), actor.id);
     }
-    actor.state.hub.unlisten(&actor.channel, actor.id).await;
+    actor.state.hub.unlisten(&actor.channel, actor.id);
     metrics::gauge!("notifyd_users_online").decrement(1.0);
 }
 
@@ -211,11 +210,13 @@ impl Actor {
             metrics::gauge!("notifyd_ws_connections").decrement(1.0);
             self.state.presence.add(&self.user, -1);
         }
-        self.drop_idle_topics_later();
+        self.drop_idle_topics();
     }
 
-    /// Topics no session wants any more are unsubscribed (in a task, so the actor never waits on it).
-    fn drop_idle_topics_later(&mut self) {
+    /// Topics no session wants any more are unlistened at once, in order with any `listen` that
+    /// follows: unlistening in a task let a quick resubscribe's new route be removed by the old
+    /// unlisten, leaving an acked subscription that never got another event.
+    fn drop_idle_topics(&mut self) {
         let idle: Vec<String> = self
             .topics
             .iter()
@@ -224,10 +225,9 @@ impl Actor {
             .collect();
         for t in idle {
             self.topics.remove(&t);
-            let hub = self.state.hub.clone();
-            let channel = self.state.settings.topic_channel(&t);
-            let id = self.id;
-            tokio::spawn(async move { hub.unlisten(&channel, id).await });
+            self.state
+                .hub
+                .unlisten(&self.state.settings.topic_channel(&t), self.id);
         }
     }
 
@@ -627,7 +627,7 @@ impl Actor {
                 "forbidden",
                 &format!("the renewed token does not allow {revoked:?}: unsubscribed"),
             ));
-            self.drop_idle_topics_later();
+            self.drop_idle_topics();
         }
     }
 
@@ -642,7 +642,7 @@ impl Actor {
             }
         }
         let tx = s.tx.clone();
-        self.drop_idle_topics_later();
+        self.drop_idle_topics();
         tx.push_json(&protocol::ack(&r#ref, json!({ "topics": topics })));
     }
 }

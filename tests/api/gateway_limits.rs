@@ -521,3 +521,58 @@ async fn a_resume_whose_sync_is_larger_than_the_byte_budget_is_delivered() {
     assert_eq!(c.closed, None);
     app.stop().await;
 }
+
+/// Found by an attacker's review: the unlisten of a topic's last subscriber ran in a task, so a
+/// quick resubscribe (or a page reload) could have its new route removed by the old unlisten:
+/// the subscribe was acked and no event of that topic ever came again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quick_resubscribe_keeps_getting_the_topics_events() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let u = new_user();
+    let mut c = WsClient::connect(&app.ws_url(&token_with_topics(&u, &["product:*"]), None))
+        .await
+        .expect("connect");
+    c.next_of("hello", T).await;
+    c.send(&json!({"type": "subscribe", "topics": ["product:1"], "ref": "s"}))
+        .await;
+    assert_eq!(c.next_of("ack", T).await["ref"], "s");
+    for i in 0..40 {
+        c.send(&json!({"type": "unsubscribe", "topics": ["product:1"], "ref": "u"}))
+            .await;
+        c.send(&json!({"type": "subscribe", "topics": ["product:1"], "ref": "s"}))
+            .await;
+        assert_eq!(c.next_of("ack", T).await["ref"], "u");
+        assert_eq!(c.next_of("ack", T).await["ref"], "s");
+        app.publish_topic("product:1", json!({ "stock": i })).await;
+        let f = c.next(T).await;
+        assert_eq!(
+            f.as_ref().map(|f| f["data"]["stock"].clone()),
+            Some(json!(i)),
+            "round {i}: the acked subscription got no event"
+        );
+    }
+    app.stop().await;
+}
+
+/// Found by an attacker's review: refused `auth` frames were answered without limit (each one
+/// an HMAC check); they now count as bad frames, so the 21st closes the socket with 1003.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_refused_tokens_closes_the_socket_like_other_bad_frames() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let u = new_user();
+    let mut c = app.ws(&u, None).await;
+    c.next_of("hello", T).await;
+    let forged = token_signed("not-the-secret", &u, 3600);
+    for i in 0..200 {
+        c.send_raw(tokio_tungstenite::tungstenite::Message::text(
+            json!({"type": "auth", "token": forged, "ref": i}).to_string(),
+        ))
+        .await;
+    }
+    assert_eq!(c.expect_close(T).await, Some(1003));
+    let refused = c.frames.iter().filter(|f| f["type"] == "error").count();
+    assert!(refused <= 21, "{refused} refused tokens answered");
+    app.stop().await;
+}
