@@ -54,12 +54,17 @@ impl Conn {
         self.alive.strong_count() > 0
     }
 
-    /// Waits up to `grace` for the connection to end by itself, then resets it.
-    pub async fn drop_after(&self, grace: Duration) {
-        let deadline = tokio::time::Instant::now() + grace;
+    /// Waits up to `limit` for the connection to end (there is no event for it: it is polled).
+    pub async fn wait_closed(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
         while self.is_open() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Waits up to `grace` for the connection to end by itself, then resets it.
+    pub async fn drop_after(&self, grace: Duration) {
+        self.wait_closed(grace).await;
         self.hard_drop();
     }
 

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_ws::{CloseCode, CloseReason};
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
@@ -20,7 +21,6 @@ use super::outbound::{Out, Outbox, SessionTx};
 use super::protocol::{self, close, ClientFrame};
 use super::sockets::SocketPermit;
 use crate::auth::jwt::JwtKeys;
-use bytes::Bytes;
 
 /// Commands (read, read_all, seen_all, subscribe, unsubscribe) one session may have in flight;
 /// more are answered `busy`.
@@ -233,13 +233,16 @@ pub async fn reader(stream: actix_ws::MessageStream, ctx: ReaderCtx) {
                         },
                         Err(e) => {
                             bad += 1;
-                            metrics::counter!("notifyd_ws_bad_frames_total", "code" => e.code).increment(1);
-                            me.push_json(&protocol::error(&e.r#ref, e.code, &e.message));
+                            bad_frame(&me, &e);
                         }
                     },
                     Ok(actix_ws::AggregatedMessage::Binary(_)) => {
                         bad += 1;
-                        me.push_json(&protocol::error(&serde_json::Value::Null, "bad_frame", "binary frames are not supported; send JSON text"));
+                        bad_frame(&me, &protocol::FrameError {
+                            r#ref: serde_json::Value::Null,
+                            code: "bad_frame",
+                            message: "binary frames are not supported; send JSON text".into(),
+                        });
                     }
                     Ok(actix_ws::AggregatedMessage::Ping(bytes)) => me.pong(&bytes),
                     Ok(actix_ws::AggregatedMessage::Pong(bytes)) => {
@@ -284,12 +287,15 @@ pub async fn reader(stream: actix_ws::MessageStream, ctx: ReaderCtx) {
     // read and discard whatever a client that was just closed keeps streaming; held, the
     // client meets TCP backpressure until the writer resets the connection.
     if let Some(conn) = conn {
-        let deadline = Instant::now() + liveness_window(heartbeat) * 3;
-        while conn.is_open() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        conn.wait_closed(liveness_window(heartbeat) * 3).await;
     }
     drop(stream);
+}
+
+/// Answers a frame that could not be accepted (each one counts towards `MAX_BAD_FRAMES`).
+fn bad_frame(me: &SessionTx, e: &protocol::FrameError) {
+    metrics::counter!("notifyd_ws_bad_frames_total", "code" => e.code).increment(1);
+    me.push_json(&protocol::error(&e.r#ref, e.code, &e.message));
 }
 
 fn busy(me: &SessionTx, frame: &ClientFrame) {

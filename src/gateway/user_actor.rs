@@ -177,8 +177,9 @@ impl Actor {
                 r#ref,
             } => self.reauth(session, claims, r#ref),
             ActorMsg::Committed(ev) => {
+                let fp = fingerprint_of(&ev.frame);
                 let payload: Arc<str> = Arc::from(ev.frame.to_string());
-                self.on_event(ev.seq, payload).await;
+                self.on_event(ev.seq, fp, payload).await;
             }
             ActorMsg::Audit(seq) => {
                 if self.sessions.is_empty() {
@@ -320,7 +321,8 @@ impl Actor {
                                 metrics::histogram!("notifyd_delivery_latency_seconds")
                                     .record(latency.max(0) as f64 / 1e6);
                             }
-                            self.on_event(head.seq, payload).await
+                            self.on_event(head.seq, Some(head.fingerprint()), payload)
+                                .await
                         }
                         Err(e) => tracing::warn!(error = %e, "event without seq on a user channel"),
                     }
@@ -338,13 +340,13 @@ impl Actor {
         }
     }
 
-    async fn on_event(&mut self, seq: i64, payload: Arc<str>) {
+    /// `fp`: the event's fingerprint, from wherever it was already parsed (see `EventHead`).
+    async fn on_event(&mut self, seq: i64, fp: Option<u64>, payload: Arc<str>) {
         if self.sessions.is_empty() {
             return; // nobody to deliver to; the next join reads the inbox afresh
         }
         if seq <= self.last_seq {
-            let known = fingerprint(&payload)
-                .is_some_and(|fp| self.recent.iter().any(|&(s, f)| s == seq && f == fp));
+            let known = fp.is_some_and(|fp| self.recent.iter().any(|&(s, f)| s == seq && f == fp));
             if known {
                 metrics::counter!("notifyd_duplicate_events_dropped_total").increment(1);
             } else {
@@ -359,7 +361,7 @@ impl Actor {
             self.repair(seq).await;
             return;
         }
-        self.deliver(seq, payload);
+        self.deliver(seq, fp, payload);
     }
 
     /// Delivers everything in `(last_seq, upto]` from the event log, in order.
@@ -372,7 +374,8 @@ impl Actor {
             match rows.await {
                 Ok(rows) if rows.first().map(|r| r.0) == Some(self.last_seq + 1) => {
                     for (seq, payload) in rows {
-                        self.deliver(seq, Arc::from(payload.to_string()));
+                        let fp = fingerprint_of(&payload);
+                        self.deliver(seq, fp, Arc::from(payload.to_string()));
                     }
                 }
                 Ok(_) => {
@@ -441,9 +444,9 @@ impl Actor {
         }
     }
 
-    fn deliver(&mut self, seq: i64, payload: Arc<str>) {
+    fn deliver(&mut self, seq: i64, fp: Option<u64>, payload: Arc<str>) {
         self.last_seq = seq;
-        if let Some(fp) = fingerprint(&payload) {
+        if let Some(fp) = fp {
             if self.recent.len() == RECENT_EVENTS {
                 self.recent.pop_front();
             }
@@ -615,41 +618,41 @@ impl Actor {
             .cloned()
             .collect();
         s.claims = claims;
-        for t in &revoked {
-            s.topics.remove(t);
-            if let Some(set) = self.topics.get_mut(t) {
-                set.remove(&session);
-            }
-        }
         if !revoked.is_empty() {
             s.tx.push_json(&protocol::error(
                 &Value::Null,
                 "forbidden",
                 &format!("the renewed token does not allow {revoked:?}: unsubscribed"),
             ));
-            self.drop_idle_topics();
+            self.leave_topics(session, &revoked);
         }
     }
 
-    fn unsubscribe(&mut self, session: u64, topics: Vec<String>, r#ref: Value) {
-        let Some(s) = self.sessions.get_mut(&session) else {
-            return;
-        };
-        for t in &topics {
-            s.topics.remove(t);
+    /// Takes `session` off `topics`, and unlistens those no session here wants any more.
+    fn leave_topics(&mut self, session: u64, topics: &[String]) {
+        if let Some(s) = self.sessions.get_mut(&session) {
+            for t in topics {
+                s.topics.remove(t);
+            }
+        }
+        for t in topics {
             if let Some(set) = self.topics.get_mut(t) {
                 set.remove(&session);
             }
         }
-        let tx = s.tx.clone();
         self.drop_idle_topics();
+    }
+
+    fn unsubscribe(&mut self, session: u64, topics: Vec<String>, r#ref: Value) {
+        let Some(tx) = self.sessions.get(&session).map(|s| s.tx.clone()) else {
+            return;
+        };
+        self.leave_topics(session, &topics);
         tx.push_json(&protocol::ack(&r#ref, json!({ "topics": topics })));
     }
 }
 
-/// The fingerprint of a published event, if it parses.
-fn fingerprint(payload: &str) -> Option<u64> {
-    serde_json::from_str::<EventHead>(payload)
-        .ok()
-        .map(|h| h.fingerprint())
+/// The fingerprint of an event already in memory as JSON (no text to parse again).
+fn fingerprint_of(event: &Value) -> Option<u64> {
+    EventHead::deserialize(event).ok().map(|h| h.fingerprint())
 }
