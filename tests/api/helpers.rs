@@ -149,6 +149,17 @@ impl Opts {
         }
     }
 
+    /// A node of the cluster `prefix` that reaches Redis through `redis_url` (a proxy the test
+    /// can cut or freeze) and publishes nothing itself (another node relays).
+    pub fn behind_redis(prefix: &str, redis_url: String) -> Self {
+        Opts {
+            prefix: Some(prefix.to_string()),
+            relay: false,
+            redis_url: Some(redis_url),
+            ..Default::default()
+        }
+    }
+
     /// A node of the same cluster as every other node given this Redis prefix (see `new_prefix`).
     pub fn in_cluster(prefix: &str) -> Self {
         Opts {
@@ -193,6 +204,12 @@ pub fn settings_for(db_url: &str, opts: &Opts) -> Settings {
 }
 
 pub async fn spawn_app(db: &TestDb, opts: Opts) -> TestApp {
+    spawn_app_with(db, opts, |_| {}).await
+}
+
+/// `spawn_app` with the settings adjusted by `tune` before the node starts (e.g. a database URL
+/// through a `Cuttable`, short liveness timeouts).
+pub async fn spawn_app_with(db: &TestDb, opts: Opts, tune: impl FnOnce(&mut Settings)) -> TestApp {
     // RUST_LOG=notifyd=debug shows the nodes' logs in a failing test's output.
     if std::env::var("RUST_LOG").is_ok() {
         let _ = tracing_subscriber::fmt()
@@ -200,7 +217,8 @@ pub async fn spawn_app(db: &TestDb, opts: Opts) -> TestApp {
             .with_test_writer()
             .try_init();
     }
-    let settings = settings_for(&db.url, &opts);
+    let mut settings = settings_for(&db.url, &opts);
+    tune(&mut settings);
     let prefix = settings.redis_prefix.clone();
     let app = Application::build(settings, None).await.expect("build app");
     let port = app.port();
@@ -877,27 +895,6 @@ impl WsClient {
 
 // ---------------------------------------------------------------------------------------------
 // Liveness helpers (tests/api/liveness.rs).
-
-/// `spawn_app` with the settings adjusted by `tune` before the node starts (e.g. a database URL
-/// through a `Cuttable`, short liveness timeouts).
-pub async fn spawn_app_with(db: &TestDb, opts: Opts, tune: impl FnOnce(&mut Settings)) -> TestApp {
-    let mut settings = settings_for(&db.url, &opts);
-    tune(&mut settings);
-    let prefix = settings.redis_prefix.clone();
-    let app = Application::build(settings, None).await.expect("build app");
-    let port = app.port();
-    let stopper = app.stopper();
-    tokio::spawn(app.run_until_stopped());
-    TestApp {
-        port,
-        base: format!("http://127.0.0.1:{port}"),
-        ws_base: format!("ws://127.0.0.1:{port}"),
-        db_url: db.url.clone(),
-        prefix,
-        stopper,
-        http: reqwest::Client::new(),
-    }
-}
 
 // ---- Raw WebSocket frames and kernel/process probes (tests that write bytes by hand) ----
 

@@ -11,16 +11,7 @@ async fn after_the_subscriber_reconnects_missed_events_are_delivered_in_order() 
     let prefix = new_prefix();
     let proxy = Cuttable::start("127.0.0.1:6379").await;
     // Node A holds the socket and reaches Redis through the proxy; node B relays, directly.
-    let a = spawn_app(
-        &db,
-        Opts {
-            prefix: Some(prefix.clone()),
-            relay: false,
-            redis_url: Some(proxy.url()),
-            ..Default::default()
-        },
-    )
-    .await;
+    let a = spawn_app(&db, Opts::behind_redis(&prefix, proxy.url())).await;
     let b = spawn_app(&db, Opts::in_cluster(&prefix)).await;
     let u = new_user();
     let mut client = a.ws(&u, None).await;
