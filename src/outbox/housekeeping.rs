@@ -9,25 +9,17 @@
 
 use std::time::{Duration, Instant};
 
-use diesel::sql_types::{BigInt, Bool};
-use diesel::QueryableByName;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::AsyncPgConnection;
 use tokio::sync::watch;
 
 use crate::config::Settings;
 use crate::db;
-use crate::store::{events, idempotency};
+use crate::store::{events, idempotency, session};
 
 /// The housekeeper's advisory lock key ("notifyd" + 01), beside the relay's `LEADER_LOCK`.
 pub const HOUSEKEEPER_LOCK: i64 = 0x6e6f_7469_6679_6401;
 /// How long a stand-by waits before it tries again after losing its connection.
 const RETRY: Duration = Duration::from_secs(1);
-
-#[derive(QueryableByName)]
-struct Locked {
-    #[diesel(sql_type = Bool)]
-    locked: bool,
-}
 
 /// What one round removed.
 #[derive(Debug, Default, Clone, Copy)]
@@ -69,24 +61,17 @@ impl Housekeeper {
             ..db::Limits::from_settings(s)
         };
         let mut conn = db::connect(&s.database_url, &limits).await?;
-        let name = format!("notifyd housekeeper {}", s.node_id).replace('\'', "");
-        bounded(
-            s.relay_db_timeout,
-            diesel::sql_query(format!("SET application_name = '{name}'")).execute(&mut conn),
-        )
-        .await?;
+        let name = format!("notifyd housekeeper {}", s.node_id);
+        bounded(s.relay_db_timeout, session::set_name(&mut conn, &name)).await?;
         // Session advisory locks stack: once ours, it is not taken again.
         let mut held = false;
         loop {
             if !held {
-                let got: Locked = bounded(
+                held = bounded(
                     s.relay_db_timeout,
-                    diesel::sql_query("SELECT pg_try_advisory_lock($1) AS locked")
-                        .bind::<BigInt, _>(HOUSEKEEPER_LOCK)
-                        .get_result(&mut conn),
+                    session::try_lock(&mut conn, HOUSEKEEPER_LOCK),
                 )
                 .await?;
-                held = got.locked;
             }
             if held {
                 let started = Instant::now();

@@ -23,8 +23,6 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use diesel::sql_types::{BigInt, Bool};
-use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use futures_util::StreamExt;
 use tokio::sync::watch;
@@ -33,7 +31,7 @@ use super::wake::{Waker, CHANNEL};
 use crate::broker::{Broker, PUBLISH_TIMEOUT};
 use crate::config::Settings;
 use crate::db;
-use crate::store::outbox;
+use crate::store::{outbox, session};
 
 /// The advisory lock key ("notifyd relay"); scoped to the database, so deployments on separate
 /// databases never contend.
@@ -67,12 +65,6 @@ impl From<diesel::result::Error> for StepError {
     }
 }
 
-#[derive(QueryableByName)]
-struct Locked {
-    #[diesel(sql_type = Bool)]
-    locked: bool,
-}
-
 impl Relay {
     /// Runs until `shutdown` turns true: stand by, lead, and stand by again after any loss.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
@@ -98,24 +90,13 @@ impl Relay {
         let t = self.settings.relay_db_timeout;
         let mut conn = db::connect(&self.settings.database_url, &self.limits()).await?;
         // Named so operators (and the chaos harness) can see which node holds the leader lock.
-        let name = format!("notifyd relay {}", self.settings.node_id).replace('\'', "");
-        bounded(
-            t,
-            diesel::sql_query(format!("SET application_name = '{name}'")).execute(&mut conn),
-        )
-        .await?;
+        let name = format!("notifyd relay {}", self.settings.node_id);
+        bounded(t, session::set_name(&mut conn, &name)).await?;
         loop {
             if *shutdown.borrow() {
                 return Ok(());
             }
-            let got: Locked = bounded(
-                t,
-                diesel::sql_query("SELECT pg_try_advisory_lock($1) AS locked")
-                    .bind::<BigInt, _>(LEADER_LOCK)
-                    .get_result(&mut conn),
-            )
-            .await?;
-            if got.locked {
+            if bounded(t, session::try_lock(&mut conn, LEADER_LOCK)).await? {
                 tracing::info!(node = %self.settings.node_id, "relay is now the leader");
                 metrics::counter!("notifyd_relay_leadership_acquired_total").increment(1);
                 self.waker.set_local_leader(true);

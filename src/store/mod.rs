@@ -7,5 +7,6 @@ pub mod inbox_state;
 pub mod messages;
 pub mod outbox;
 pub mod schema;
+pub mod session;
 
 pub use diesel_async::AsyncPgConnection as Conn;
