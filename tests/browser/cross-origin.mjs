@@ -1,60 +1,11 @@
-// Helpers for the cross-origin browser test: a notifyd started with extra environment variables
-// (harness.mjs's `Notifyd` clears NOTIFYD_ALLOWED_ORIGINS on purpose), and a tiny static "app"
-// server on its own port, i.e. its own origin.
+// Helpers for the cross-origin browser test: the bell page as a third-party app embeds it, and a
+// tiny static "app" server on its own port, i.e. its own origin.
 
-import { spawn } from 'node:child_process';
 import http from 'node:http';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 
-import { NOTIFYD_BIN, Notifyd, freePort, repoRoot, sleep } from './harness.mjs';
-
-/** A `Notifyd` (`serve --dev`) whose process also gets `extraEnv`. */
-export class NotifydWithEnv extends Notifyd {
-  constructor(extraEnv) {
-    super({ dev: true });
-    this.extraEnv = extraEnv;
-  }
-
-  // Same as Notifyd.start, plus `extraEnv` (harness.mjs removes NOTIFYD_ALLOWED_ORIGINS from the
-  // inherited environment, so it cannot be passed through process.env).
-  async start() {
-    if (this.proc) throw new Error('notifyd is already running');
-    const env = {
-      ...process.env,
-      NOTIFYD_BIND: `127.0.0.1:${this.port}`,
-      DATABASE_URL: `postgres://${process.env.PGUSER ?? 'postgres'}@${process.env.PGHOST ?? '127.0.0.1'}:${process.env.PGPORT ?? '5432'}/${this.db}`,
-      REDIS_URL: process.env.REDIS_URL ?? 'redis://127.0.0.1:6379',
-      NOTIFYD_REDIS_PREFIX: this.redisPrefix,
-      RUST_LOG: process.env.RUST_LOG ?? 'info,notifyd::http=warn',
-    };
-    delete env.NOTIFYD_JWT_SECRET;
-    Object.assign(env, this.extraEnv);
-    const proc = spawn(NOTIFYD_BIN, ['serve', '--dev'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    this.proc = proc;
-    const keep = (chunk) => {
-      this.logs.push(chunk.toString());
-      if (this.logs.length > 2000) this.logs.splice(0, 1000);
-    };
-    proc.stdout.on('data', keep);
-    proc.stderr.on('data', keep);
-    this.exited = new Promise((resolve) => proc.once('exit', (code, signal) => resolve({ code, signal })));
-    this.exited.then(() => {
-      if (this.proc === proc) this.proc = null;
-    });
-    const deadline = Date.now() + 60_000;
-    for (;;) {
-      if (this.proc !== proc) throw new Error(`notifyd exited during start-up:\n${this.dumpLogs()}`);
-      try {
-        if ((await fetch(`${this.baseUrl}/readyz`)).ok) return;
-      } catch {
-        /* not listening yet */
-      }
-      if (Date.now() > deadline) throw new Error(`notifyd not ready after 60 s:\n${this.dumpLogs()}`);
-      await sleep(100);
-    }
-  }
-}
+import { freePort, repoRoot } from './harness.mjs';
 
 /**
  * The bell page (web/demo.html) as a third-party app would embed it: served by the app's own

@@ -7,8 +7,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 
-import { launchBrowser, randomUser } from './harness.mjs';
-import { NotifydWithEnv, appServer, bellPage } from './cross-origin.mjs';
+import { Notifyd, launchBrowser, randomUser } from './harness.mjs';
+import { appServer, bellPage } from './cross-origin.mjs';
 
 let server;
 let app;
@@ -19,7 +19,7 @@ const pageErrors = [];
 before(async () => {
   app = await appServer();
   other = await appServer();
-  server = await new NotifydWithEnv({ NOTIFYD_ALLOWED_ORIGINS: app.origin }).setup();
+  server = await new Notifyd({ env: { NOTIFYD_ALLOWED_ORIGINS: app.origin } }).setup();
   app.notifydUrl = other.notifydUrl = server.baseUrl;
   app.page = other.page = await bellPage(server.baseUrl);
   browser = await launchBrowser();

@@ -54,9 +54,14 @@ export async function psql(sql, db = 'postgres') {
  * same database, same Redis prefix (a restart).
  */
 export class Notifyd {
-  /** @param {{dev?: boolean}} [opts] dev=false: a production-mode node (own JWT secret, no demo) */
-  constructor({ dev = true } = {}) {
+  /**
+   * @param {{dev?: boolean, env?: Record<string, string>}} [opts] dev=false: a production-mode
+   *   node (own JWT secret, no demo); env: variables for the node, set after the inherited
+   *   environment is cleaned (which drops NOTIFYD_ALLOWED_ORIGINS, so only `env` can set it)
+   */
+  constructor({ dev = true, env = {} } = {}) {
     this.dev = dev;
+    this.extraEnv = env;
     const tag = randomBytes(6).toString('hex');
     this.db = `notifyd_browser_${tag}`;
     this.redisPrefix = `notifyd-browser-${tag}:`;
@@ -89,6 +94,7 @@ export class Notifyd {
     delete env.NOTIFYD_JWT_SECRET;
     delete env.NOTIFYD_ALLOWED_ORIGINS;
     if (!this.dev) env.NOTIFYD_JWT_SECRET = randomBytes(24).toString('hex');
+    Object.assign(env, this.extraEnv);
     const args = this.dev ? ['serve', '--dev'] : ['serve'];
     const proc = spawn(NOTIFYD_BIN, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
     this.proc = proc;
