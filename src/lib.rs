@@ -16,6 +16,7 @@ pub mod inbox;
 pub mod listen;
 pub mod outbox;
 pub mod presence;
+pub mod ratelimit;
 pub mod startup;
 pub mod state;
 pub mod store;

@@ -118,6 +118,7 @@ impl Application {
         let settings_pool_size = settings.db_pool_size;
         let state = AppState {
             jwt: JwtKeys::new(&settings.jwt_secret),
+            limits: Arc::new(crate::ratelimit::RateLimits::default()),
             settings: Arc::new(settings),
             pool,
             redis,

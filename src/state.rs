@@ -9,6 +9,7 @@ use crate::db::DbPool;
 use crate::gateway::Gateway;
 use crate::outbox::Waker;
 use crate::presence::Presence;
+use crate::ratelimit::RateLimits;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -20,6 +21,8 @@ pub struct AppState {
     pub gateway: Arc<Gateway>,
     pub presence: Arc<Presence>,
     pub jwt: JwtKeys,
+    /// Per-user limits on what clients do on their own (publish, direct messages).
+    pub limits: Arc<RateLimits>,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 

@@ -1,6 +1,7 @@
 //! User tokens: HS256 JWTs with `sub` (the user id), a required `exp`, an optional `nbf`
-//! (enforced), and an optional `topics` claim of glob patterns (`product:*`) naming the topics
-//! the user may subscribe to.
+//! (enforced), and three optional claims of glob patterns (`product:*`), each a list or one
+//! comma-separated string: `topics` (may subscribe), `publish` (may publish to, contract §8
+//! groups) and `send_to` (may send direct messages to these user ids; `"*"` = anyone).
 
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -10,27 +11,67 @@ struct Claims {
     sub: String,
     exp: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    topics: Option<TopicsClaim>,
+    topics: Option<PatternsClaim>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    publish: Option<PatternsClaim>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    send_to: Option<PatternsClaim>,
 }
 
-/// `topics` may be a list or one comma-separated string.
+/// A patterns claim may be a list or one comma-separated string.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(untagged)]
-enum TopicsClaim {
+enum PatternsClaim {
     List(Vec<String>),
     One(String),
+}
+
+impl PatternsClaim {
+    fn patterns(claim: Option<PatternsClaim>) -> Vec<String> {
+        match claim {
+            None => vec![],
+            Some(PatternsClaim::List(l)) => l,
+            Some(PatternsClaim::One(s)) => s
+                .split(',')
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+                .collect(),
+        }
+    }
+
+    fn of(patterns: &[String]) -> Option<PatternsClaim> {
+        (!patterns.is_empty()).then(|| PatternsClaim::List(patterns.to_vec()))
+    }
+}
+
+/// What a token allows besides its own inbox (all glob patterns; empty = nothing).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Grants {
+    pub topics: Vec<String>,
+    pub publish: Vec<String>,
+    pub send_to: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct UserClaims {
     pub user: String,
     pub topics: Vec<String>,
+    pub publish: Vec<String>,
+    pub send_to: Vec<String>,
     pub exp: i64,
 }
 
 impl UserClaims {
     pub fn may_subscribe(&self, topic: &str) -> bool {
         self.topics.iter().any(|p| glob_match(p, topic))
+    }
+
+    pub fn may_publish(&self, topic: &str) -> bool {
+        self.publish.iter().any(|p| glob_match(p, topic))
+    }
+
+    pub fn may_send_to(&self, user: &str) -> bool {
+        self.send_to.iter().any(|p| glob_match(p, user))
     }
 }
 
@@ -62,27 +103,31 @@ impl JwtKeys {
         // in a request body, so a validly signed odd `sub` (U+0000, a newline) is a 401, not a
         // 500 from PostgreSQL.
         crate::inbox::input::check_user_id(&c.sub).map_err(|e| refuse(format_args!("sub {e}")))?;
-        let topics = match c.topics {
-            None => vec![],
-            Some(TopicsClaim::List(l)) => l,
-            Some(TopicsClaim::One(s)) => s
-                .split(',')
-                .map(|p| p.trim().to_string())
-                .filter(|p| !p.is_empty())
-                .collect(),
-        };
         Ok(UserClaims {
             user: c.sub,
-            topics,
+            topics: PatternsClaim::patterns(c.topics),
+            publish: PatternsClaim::patterns(c.publish),
+            send_to: PatternsClaim::patterns(c.send_to),
             exp: c.exp,
         })
     }
 
     pub fn mint(&self, user: &str, ttl_secs: i64, topics: &[String]) -> anyhow::Result<String> {
+        let grants = Grants {
+            topics: topics.to_vec(),
+            ..Grants::default()
+        };
+        self.mint_with(user, ttl_secs, &grants)
+    }
+
+    /// A token with every kind of grant (dev mode's `/demo/token`, tests).
+    pub fn mint_with(&self, user: &str, ttl_secs: i64, grants: &Grants) -> anyhow::Result<String> {
         let claims = Claims {
             sub: user.to_string(),
             exp: chrono::Utc::now().timestamp() + ttl_secs,
-            topics: (!topics.is_empty()).then(|| TopicsClaim::List(topics.to_vec())),
+            topics: PatternsClaim::of(&grants.topics),
+            publish: PatternsClaim::of(&grants.publish),
+            send_to: PatternsClaim::of(&grants.send_to),
         };
         Ok(encode(
             &Header::new(Algorithm::HS256),
@@ -153,6 +198,21 @@ mod tests {
         assert!(k.verify(&expired).is_err());
         assert!(JwtKeys::new("other").verify(&t).is_err());
         assert!(k.verify("garbage").is_err());
+    }
+
+    #[test]
+    fn publish_and_send_to_grants_round_trip() {
+        let k = JwtKeys::new("s");
+        let g = Grants {
+            topics: vec!["group:*".into()],
+            publish: vec!["group:7".into()],
+            send_to: vec!["*".into()],
+        };
+        let c = k.verify(&k.mint_with("42", 60, &g).unwrap()).unwrap();
+        assert!(c.may_publish("group:7") && !c.may_publish("group:8"));
+        assert!(c.may_send_to("anyone") && c.may_subscribe("group:8"));
+        let none = k.verify(&k.mint("42", 60, &[]).unwrap()).unwrap();
+        assert!(!none.may_publish("group:7") && !none.may_send_to("7"));
     }
 
     #[test]
