@@ -170,6 +170,39 @@ impl FaultInjector<'_> {
         Ok(candidates[(round * 7 + 3) % candidates.len()])
     }
 
+    /// A connected client that is its user's only one. The flood goes to every socket of the
+    /// user, and a burst bigger than the outbound budget may get a *reading* socket closed with
+    /// 4008 too (that is the documented behaviour); the slow-consumer metric could then rise for
+    /// that socket while the stalled one is never closed. With one socket per user, a rise of
+    /// the metric during the fault is the stalled socket's close.
+    pub(crate) fn pick_sole_client(&self, round: usize) -> anyhow::Result<usize> {
+        let candidates: Vec<usize> = (0..self.clients.len())
+            .filter(|&i| self.clients[i].ctl.connected.load(Ordering::SeqCst))
+            .filter(|&i| {
+                let user = &self.clients[i].user;
+                self.clients.iter().filter(|c| &c.user == user).count() == 1
+            })
+            .collect();
+        if candidates.is_empty() {
+            bail!("no connected client that is its user's only one");
+        }
+        Ok(candidates[(round * 7 + 3) % candidates.len()])
+    }
+
+    /// Connections, of every client, that ended with a 4008 close frame so far.
+    fn slow_closes_seen(&self) -> usize {
+        self.clients
+            .iter()
+            .map(|c| {
+                lock(&c.log)
+                    .ends
+                    .iter()
+                    .filter(|(_, how)| how == "close 4008")
+                    .count()
+            })
+            .sum()
+    }
+
     pub(crate) async fn restart_node(&mut self, i: usize) -> anyhow::Result<()> {
         self.cluster.nodes[i].launch()?;
         self.cluster.nodes[i].wait_ready(&self.cluster.http).await
@@ -294,10 +327,11 @@ impl FaultInjector<'_> {
     /// a slow consumer (its 512-frame queue is full once the socket buffers on the way are),
     /// then lets it read again: it drains, sees 4008 (or the end of the stream) and resumes.
     pub(crate) async fn slow_client(&mut self, round: usize) -> anyhow::Result<Fault> {
-        let c = self.pick_client(round + 2, false)?;
+        let c = self.pick_sole_client(round + 2)?;
         let user = self.clients[c].user.clone();
         let ctl = self.clients[c].ctl.clone();
         let before = self.cluster.slow_consumers_closed().await;
+        let closes_before = self.slow_closes_seen();
         let connects = ctl.connects.load(Ordering::SeqCst);
         let start = self.clock.ms();
         ctl.stall.notify_one();
@@ -320,14 +354,33 @@ impl FaultInjector<'_> {
         let stalled = (self.clock.ms() - start) / 1000.0;
         let resumed = Instant::now();
         ctl.resume.notify_one();
-        wait_for("the slow client to resume", Duration::from_secs(60), || {
+        let resumed_ok = wait_for("the slow client to resume", Duration::from_secs(60), || {
             let ctl = ctl.clone();
             async move {
                 ctl.connects.load(Ordering::SeqCst) > connects
                     && ctl.connected.load(Ordering::SeqCst)
             }
         })
-        .await?;
+        .await;
+        if let Err(e) = resumed_ok {
+            // Say what the client saw: how its connections ended, and whether it ever got
+            // a close frame, so a failure here can be told apart from a harness mistake.
+            let log = lock(&self.clients[c].log);
+            bail!(
+                "{e}: {user}'s client stalled {stalled:.1} s over {batches} flood batches; \
+                 slow-consumer metric rose: {closed}; connected now: {}; connects {} -> {}; \
+                 its last connection ends: {:?}; handshake failures: {:?}",
+                ctl.connected.load(Ordering::SeqCst),
+                connects,
+                ctl.connects.load(Ordering::SeqCst),
+                log.ends.iter().rev().take(3).collect::<Vec<_>>(),
+                log.handshake_failures
+                    .iter()
+                    .rev()
+                    .take(3)
+                    .collect::<Vec<_>>(),
+            );
+        }
         // Caught up: it has applied everything its user had when it started reading again.
         let target = self
             .cluster
@@ -352,8 +405,10 @@ impl FaultInjector<'_> {
             start,
             format!(
                 "a client of {user} stopped reading for {stalled:.1} s while {} large messages \
-                 came; server closed it: {closed}; caught up {caught_up:.1} s after reading again",
-                batches * FLOOD_BATCH
+                 came; server closed it: {closed}; caught up {caught_up:.1} s after reading again; \
+                 4008 closes seen by all clients during the fault: {}",
+                batches * FLOOD_BATCH,
+                self.slow_closes_seen() - closes_before
             ),
         );
         f.slow_closed = Some(closed);
