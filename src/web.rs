@@ -1,5 +1,6 @@
-//! Static browser assets: the JS client (always) and the demo page (`serve --dev` only), plus the
-//! dev-only token endpoint the demo page logs in with.
+//! Static browser assets: the JS client (always) and the demo pages (`serve --dev` only: the bell
+//! at `/demo`, the live product page at `/demo/products`), plus the dev-only token endpoint the
+//! bell demo logs in with.
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
@@ -8,6 +9,7 @@ use serde_json::{json, Value};
 use crate::api::browser;
 use crate::api::cors::CorsPolicy;
 use crate::api::methods::{only, GET};
+use crate::auth::jwt::Grants;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -30,6 +32,7 @@ pub fn configure_client(cfg: &mut web::ServiceConfig, cors: &CorsPolicy) {
 pub fn configure(cfg: &mut web::ServiceConfig, cors: &CorsPolicy) {
     configure_client(cfg, cors);
     cfg.service(only("/demo", GET).route(web::get().to(demo)))
+        .service(only("/demo/products", GET).route(web::get().to(products)))
         .service(only("/demo/token", GET).route(web::get().to(demo_token)));
 }
 
@@ -47,6 +50,14 @@ async fn demo() -> HttpResponse {
         .body(include_str!("../web/demo.html"))
 }
 
+/// The live product page: an anonymous viewer of `product:*` topics.
+async fn products() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header(("Cache-Control", "no-cache"))
+        .body(include_str!("../web/products.html"))
+}
+
 #[derive(Deserialize)]
 struct TokenQuery {
     user: Option<String>,
@@ -60,8 +71,13 @@ async fn demo_token(
 ) -> Result<HttpResponse, ApiError> {
     let raw = q.user.as_deref().unwrap_or("42");
     let user = crate::inbox::input::user_id(&Value::String(raw.to_string()), "user")?;
-    let topics = ["product:*".to_string(), "group:*".to_string()];
-    let token = state.jwt.mint(&user, DEMO_TOKEN_TTL_SECS, &topics)?;
+    // The demo user may watch products and groups, post to groups and message anyone.
+    let grants = Grants {
+        topics: vec!["product:*".into(), "group:*".into()],
+        publish: vec!["group:*".into()],
+        send_to: vec!["*".into()],
+    };
+    let token = state.jwt.mint_with(&user, DEMO_TOKEN_TTL_SECS, &grants)?;
     Ok(HttpResponse::Ok()
         .insert_header(("Cache-Control", "no-store"))
         .json(json!({ "token": token, "user": user, "expires_in": DEMO_TOKEN_TTL_SECS })))

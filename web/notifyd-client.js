@@ -56,8 +56,11 @@
  *   `seen`: the bell was opened somewhere (unseen is now 0).
  * @typedef {NotifydCounts & {ids: string[], replayed: boolean}} DeletedEventDetail
  *   `deleted`: messages were deleted.
- * @typedef {{topic: string, data: *}} TopicEventDetail
- *   `topic`: a live event on a subscribed topic (never replayed).
+ * @typedef {{topic: string, id: string|null, data: *, from: string|null, retained: boolean}} TopicEventDetail
+ *   `topic`: an event on a subscribed topic. `retained` = the topic's last value, sent right after
+ *   subscribing (then live ones follow); `from` = the publishing user for client publishes (set by
+ *   the server from the token), null for events from a backend service. An id already emitted
+ *   for that topic is dropped (the server delivers at least once).
  * @typedef {NotifydCounts & {source: string}} CountsEventDetail
  *   `counts`: the counters changed or were confirmed (`source` = the frame type).
  * @typedef {NotifydCounts & {reason: 'initial'|'server'}} ResetEventDetail
@@ -94,10 +97,12 @@
 
 /**
  * @typedef {Object} NotifydClientOptions
- * @property {() => (string|Promise<string>)} getToken  returns a valid user JWT; called before every
+ * @property {() => (string|Promise<string>)} [getToken]  returns a valid user JWT; called before every
  *   connection attempt and REST call, and before the socket's token expires (in-band refresh), so
  *   it must not hand back a cached token close to its `exp`. Its promise is abandoned (`timeout`)
- *   after `connectTimeoutMs`.
+ *   after `connectTimeoutMs`. Required unless `anonymous`.
+ * @property {boolean} [anonymous=false] connect without a token, as a viewer of public topics
+ *   (servers with `NOTIFYD_PUBLIC_TOPICS`): only subscribe/unsubscribe work; no inbox, no counts.
  * @property {string} [url]             base URL of notifyd (http(s)://host[:port][/prefix]); default
  *   the page's origin. The WebSocket URL is derived from it (ws(s)://.../ws).
  * @property {number|null} [since]      resume from this seq (e.g. kept in sessionStorage); default
@@ -166,6 +171,9 @@ const PER_USER_TYPES = new Set([
   'message.deleted',
 ]);
 
+/** Event ids remembered per topic to drop repeats. */
+const TOPIC_IDS_KEPT = 256;
+
 /** Close codes the client closes with (4000-4999 are free for applications). */
 const CLOSE_HEARTBEAT = 4000;
 const CLOSE_CONNECT_TIMEOUT = 4002;
@@ -231,7 +239,8 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 export class NotifydClient {
   /** @param {NotifydClientOptions} options */
   constructor(options) {
-    if (!options || typeof options.getToken !== 'function') {
+    this._anonymous = options?.anonymous === true;
+    if (!options || (!this._anonymous && typeof options.getToken !== 'function')) {
       throw new TypeError('NotifydClient: options.getToken (a function) is required');
     }
     this._getToken = options.getToken;
@@ -279,6 +288,8 @@ export class NotifydClient {
     this._openWaiters = new Set();
     /** topics acked by the server, re-subscribed after every reconnect */
     this._topics = new Set();
+    /** @type {Map<string, Set<string>>} per topic, the ids of the last events emitted */
+    this._topicIds = new Map();
 
     this._onOnline = () => this._retryNow('online');
     this._onVisible = () => {
@@ -382,17 +393,19 @@ export class NotifydClient {
     if (!this._wanted || this._ws) return;
     const gen = ++this._gen;
     this._status('connecting', why ? { attempt: this._attempt, reason: why } : { attempt: this._attempt });
-    let token;
-    try {
-      token = await this._fetchToken();
-    } catch (e) {
-      if (gen === this._gen) this._scheduleRetry({ reason: `getToken failed: ${e?.message ?? e}` });
-      return;
+    let token = null;
+    if (!this._anonymous) {
+      try {
+        token = await this._fetchToken();
+      } catch (e) {
+        if (gen === this._gen) this._scheduleRetry({ reason: `getToken failed: ${e?.message ?? e}` });
+        return;
+      }
     }
     // close() or another attempt happened while the token was being fetched.
     if (gen !== this._gen || !this._wanted || this._ws) return;
-    this._tokenExp = tokenExp(token);
-    const q = new URLSearchParams({ token: String(token) });
+    this._tokenExp = token === null ? null : tokenExp(token);
+    const q = new URLSearchParams(token === null ? {} : { token: String(token) });
     if (this._seq !== null) q.set('since', String(this._seq));
     const wsUrl = `${this.baseUrl.replace(/^http/i, 'ws')}/ws?${q}`;
     let ws;
@@ -626,7 +639,7 @@ export class NotifydClient {
         }
         return;
       case 'topic.event':
-        return this._emit('topic', { topic: f.topic, data: f.data });
+        return this._onTopicEvent(f);
       case 'ack':
       case 'error':
         return this._onReply(f);
@@ -647,13 +660,15 @@ export class NotifydClient {
     if (Number.isFinite(f.heartbeat_s) && f.heartbeat_s > 0) this._heartbeatMs = f.heartbeat_s * 1000;
     this._startHeartbeat(ws);
     this._status('open', { user: f.user, seq: f.seq });
-    this._emit('token', { exp: this._tokenExp, source: 'connect' });
-    this._scheduleRefresh(ws);
-    if (this._seq === null) {
-      this._reset('initial', f);
-    } else {
-      // If seq moved on, a `sync` with the missed events (or a reset) follows right away.
-      this._setCounts(f, 'hello');
+    if (!this._anonymous) {
+      this._emit('token', { exp: this._tokenExp, source: 'connect' });
+      this._scheduleRefresh(ws);
+      if (this._seq === null) {
+        this._reset('initial', f);
+      } else {
+        // If seq moved on, a `sync` with the missed events (or a reset) follows right away.
+        this._setCounts(f, 'hello');
+      }
     }
     // Re-subscribe to the topics this client had (topics are per connection).
     const topics = [...this._topics];
@@ -667,6 +682,27 @@ export class NotifydClient {
     }
     for (const w of this._openWaiters) w(null);
     this._openWaiters.clear();
+  }
+
+  /** Emits a topic event unless its id was already emitted for that topic (at-least-once). */
+  _onTopicEvent(f) {
+    if (typeof f.topic !== 'string') return;
+    const id = typeof f.id === 'string' ? f.id : null;
+    if (id !== null) {
+      let seen = this._topicIds.get(f.topic);
+      if (!seen) this._topicIds.set(f.topic, (seen = new Set()));
+      if (seen.has(id)) return;
+      seen.add(id);
+      // Bounded: forget the oldest ids (a Set iterates in insertion order).
+      if (seen.size > TOPIC_IDS_KEPT) seen.delete(seen.values().next().value);
+    }
+    this._emit('topic', {
+      topic: f.topic,
+      id,
+      data: f.data,
+      from: typeof f.from === 'string' ? f.from : null,
+      retained: f.retained === true,
+    });
   }
 
   _reset(reason, f) {
@@ -863,9 +899,39 @@ export class NotifydClient {
     if (!Array.isArray(topics) || topics.some((t) => typeof t !== 'string')) {
       throw new TypeError('unsubscribe(topics): topics must be an array of strings');
     }
-    for (const t of topics) this._topics.delete(t);
+    for (const t of topics) {
+      this._topics.delete(t);
+      this._topicIds.delete(t);
+    }
     await this._whenOpen();
     return this._command({ type: 'unsubscribe', topics });
+  }
+
+  /**
+   * Publishes to a topic (a group room): every subscriber gets a `topic` event whose `from` is
+   * this user. Allowed when the token's `publish` claim matches; rate-limited by the server
+   * (rejects with code `rate_limited`).
+   * @param {string} topic
+   * @param {*} data JSON
+   * @returns {Promise<{id: string}>}
+   */
+  async publish(topic, data) {
+    if (typeof topic !== 'string') throw new TypeError('publish(topic, data): topic must be a string');
+    await this._whenOpen();
+    return this._command({ type: 'publish', topic, data });
+  }
+
+  /**
+   * Sends a direct message: a notification in `toUser`'s inbox whose `send_user` is this user.
+   * Allowed when the token's `send_to` claim matches; rate-limited (code `rate_limited`).
+   * @param {string} toUser
+   * @param {{title: string, content?: string, type?: string, skip_url?: string|null, data?: *}} message
+   * @returns {Promise<{id: string}>}
+   */
+  async send(toUser, message) {
+    if (typeof toUser !== 'string') throw new TypeError('send(toUser, message): toUser must be a string');
+    await this._whenOpen();
+    return this._command({ type: 'send', to_user: toUser, message });
   }
 
   // ---------------------------------------------------------------- REST
@@ -898,6 +964,7 @@ export class NotifydClient {
   }
 
   async _rest(method, path, body) {
+    if (this._anonymous) throw new NotifydError('unauthorized', 'an anonymous client has no inbox');
     if (!this._fetch) throw new NotifydError('network', 'no fetch available');
     const token = await this._fetchToken();
     const headers = { Authorization: `Bearer ${token}`, Accept: 'application/json' };
