@@ -19,8 +19,10 @@ async fn listen_prints_each_event_once_and_resumes_after_a_restart() {
     let statuses: Arc<Mutex<Vec<String>>> = Arc::default();
     let listener = Listener {
         url: format!("ws://127.0.0.1:{port}/ws"),
-        token: TokenSource::Fixed(token(&u)),
+        token: Some(TokenSource::Fixed(token(&u))),
         since: None,
+        topics: vec![],
+        inbox: true,
     };
     let (ev, st) = (events.clone(), statuses.clone());
     let task = tokio::spawn(async move {
@@ -113,7 +115,7 @@ impl Running {
                     Output::Event(v) => ev.lock().unwrap().push(v.clone()),
                     Output::Status(s) => st.lock().unwrap().push(s),
                 })
-                .await
+                .await;
         });
         Running {
             events,
@@ -189,8 +191,10 @@ async fn listen_with_a_token_command_stays_on_one_socket_across_token_expiries()
     let u = new_user();
     let l = Running::start(Listener {
         url: format!("{}/ws", app.ws_base),
-        token: TokenSource::Command(token_cmd(&u, "5s")),
+        token: Some(TokenSource::Command(token_cmd(&u, "5s"))),
         since: None,
+        topics: vec![],
+        inbox: true,
     });
     l.wait_status("connected", 1, Duration::from_secs(20)).await;
     // 16 s: more than three lifetimes of the tokens (each refreshed ~2.5 s before its exp, a
@@ -237,8 +241,13 @@ async fn listen_reruns_the_token_command_after_a_401_and_a_4001() {
     std::fs::write(&script_path, script).expect("script");
     let l = Running::start(Listener {
         url: format!("{}/ws", app.ws_base),
-        token: TokenSource::Command(format!("sh '{}'", script_path.display())),
+        token: Some(TokenSource::Command(format!(
+            "sh '{}'",
+            script_path.display()
+        ))),
         since: None,
+        topics: vec![],
+        inbox: true,
     });
     l.wait_status("connected", 1, Duration::from_secs(20)).await;
     assert_eq!(l.statuses_with("HTTP 401"), 1, "{:?}", l.statuses());
@@ -364,8 +373,10 @@ async fn listen_replaces_a_connection_gone_silent_without_closing() {
     let u = new_user();
     let l = Running::start(Listener {
         url: format!("ws://127.0.0.1:{}/ws", proxy.port),
-        token: TokenSource::Fixed(token(&u)),
+        token: Some(TokenSource::Fixed(token(&u))),
         since: None,
+        topics: vec![],
+        inbox: true,
     });
     l.wait_status("connected", 1, Duration::from_secs(20)).await;
     app.send(&u, "before").await;
