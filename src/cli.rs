@@ -28,15 +28,17 @@ pub enum Cmd {
     Relay,
     /// Apply pending migrations and exit.
     Migrate,
-    /// Print every event of a user as a JSON line (reconnects and resumes with since).
+    /// Print every event of a user, and of the topics given, as a JSON line (reconnects and
+    /// resumes with since, subscribes again, prints each event once).
     Listen {
         /// e.g. ws://127.0.0.1:8080/ws
         #[arg(long)]
         url: String,
         /// A user JWT, used as it is (once it expires the server refuses it: see --token-cmd).
+        /// Neither this nor --token-cmd with --no-inbox: an anonymous connection (public topics).
         #[arg(
             long,
-            required_unless_present = "token_cmd",
+            required_unless_present_any = ["token_cmd", "no_inbox"],
             conflicts_with = "token_cmd"
         )]
         token: Option<String>,
@@ -46,8 +48,16 @@ pub enum Cmd {
         #[arg(long, value_name = "SHELL COMMAND")]
         token_cmd: Option<String>,
         /// Resume after this seq.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "no_inbox")]
         since: Option<i64>,
+        /// A topic to subscribe to after every (re)connect, e.g. product:1 (repeatable, or a
+        /// comma list). Its events are printed like the inbox's, each event id once.
+        #[arg(long = "topic", value_name = "TOPIC")]
+        topics: Vec<String>,
+        /// Topic events only (not the user's own events); without a token the connection is
+        /// anonymous. Exits non-zero when none of the topics can be subscribed.
+        #[arg(long, requires = "topics")]
+        no_inbox: bool,
     },
     /// Print a signed user JWT.
     Token {
@@ -108,15 +118,29 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             token,
             token_cmd,
             since,
+            topics,
+            no_inbox,
         } => {
             use crate::listen::TokenSource;
             use std::io::Write;
             let token = match (token, token_cmd) {
-                (_, Some(cmd)) => TokenSource::Command(cmd),
-                (Some(t), None) => TokenSource::Fixed(t),
+                (_, Some(cmd)) => Some(TokenSource::Command(cmd)),
+                (Some(t), None) => Some(TokenSource::Fixed(t)),
+                (None, None) if no_inbox => None,
                 (None, None) => anyhow::bail!("pass --token or --token-cmd"),
             };
-            let listener = crate::listen::Listener { url, token, since };
+            let topics = crate::listen::topic_list(&topics).map_err(anyhow::Error::msg)?;
+            anyhow::ensure!(
+                !(no_inbox && topics.is_empty()),
+                "--no-inbox needs at least one --topic"
+            );
+            let listener = crate::listen::Listener {
+                url,
+                token,
+                since,
+                topics,
+                inbox: !no_inbox,
+            };
             let run = listener.run(|o| match o {
                 crate::listen::Output::Event(v) => {
                     let mut stdout = std::io::stdout().lock();
@@ -126,10 +150,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 crate::listen::Output::Status(s) => eprintln!("notifyd listen: {s}"),
             });
             tokio::select! {
-                _ = run => {}
-                _ = crate::telemetry::shutdown_signal() => {}
+                why = run => anyhow::bail!(why),
+                _ = crate::telemetry::shutdown_signal() => Ok(()),
             }
-            Ok(())
         }
         Cmd::Token {
             user,

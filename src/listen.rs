@@ -6,8 +6,14 @@
 //! passes. With `--token-cmd` the listener runs the command before `exp` and sends the new token
 //! in-band (`auth`); if the server refuses it, or closes with 4001 anyway, or refuses the
 //! handshake with 401, it runs the command again and reconnects at once.
+//!
+//! Topics (contract §8): with `topics`, every connection subscribes to them after its `hello`,
+//! and topic events are printed like inbox events, each id once per topic. Without the inbox
+//! (`inbox: false`) only topic events are printed, and without a token the connection is
+//! anonymous (servers with `NOTIFYD_PUBLIC_TOPICS` accept it).
 
 mod token;
+mod topics;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -22,6 +28,8 @@ use tokio_tungstenite::tungstenite::{self, Message};
 pub use token::{
     refresh_delay, run_token_cmd, token_exp, Token, TokenSource, MAX_TOKEN_BYTES, TOKEN_CMD_TIMEOUT,
 };
+pub use topics::{topic_list, RECENT_IDS_PER_TOPIC};
+use topics::{Seen, Subscribing};
 
 const BACKOFF_BASE: Duration = Duration::from_millis(250);
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
@@ -48,9 +56,14 @@ pub struct Listener {
     /// `ws://host:port/ws`. The token goes in the `Authorization` header, never in the URL
     /// (URLs end up in proxy logs).
     pub url: String,
-    pub token: TokenSource,
+    /// None: an anonymous connection (no `Authorization` header), for public topics only.
+    pub token: Option<TokenSource>,
     /// The last seq already applied; events at or below it are not printed.
     pub since: Option<i64>,
+    /// Subscribed after every `hello` (see `topic_list`).
+    pub topics: Vec<String>,
+    /// Print the user's own events (`message.*`, `sync`); false: topic events only.
+    pub inbox: bool,
 }
 
 /// What the listener reports to its caller: event lines for stdout, status lines for stderr.
@@ -67,8 +80,15 @@ enum End {
     TokenRejected,
     /// The handshake answered 401.
     Unauthorized,
-    /// The URL cannot work: give up.
-    Fatal,
+    /// Cannot work (a bad URL; no topic allowed and no inbox): give up, saying why.
+    Fatal(String),
+}
+
+/// What outlives a connection: the inbox position, the topic ids printed, the back-off.
+struct Progress<'a> {
+    last: &'a mut Option<i64>,
+    seen: &'a mut Seen,
+    attempt: &'a mut u32,
 }
 
 type TokenRun = Pin<Box<dyn Future<Output = Result<String, String>> + Send>>;
@@ -85,8 +105,8 @@ struct PendingAuth {
 
 /// Per-connection token state.
 struct Session {
-    /// The token the server holds for this socket.
-    current: Token,
+    /// The token the server holds for this socket (None: anonymous).
+    current: Option<Token>,
     refresh_at: Option<Instant>,
     /// The token command, running for a refresh (dropped, and so killed, with the session).
     running: Option<TokenRun>,
@@ -97,7 +117,7 @@ struct Session {
 impl Session {
     /// Arms the refresh before the current token's exp (nothing without an `exp`).
     fn schedule_refresh(&mut self) {
-        self.refresh_at = self.current.exp.and_then(|exp| {
+        self.refresh_at = self.current.as_ref().and_then(|t| t.exp).and_then(|exp| {
             let now_ms = chrono::Utc::now().timestamp_millis();
             refresh_delay(exp, now_ms, rand::rng().random::<f64>()).map(|d| Instant::now() + d)
         });
@@ -112,7 +132,7 @@ impl Session {
 impl Listener {
     fn request(
         &self,
-        token: &str,
+        token: Option<&str>,
         since: Option<i64>,
     ) -> Result<tungstenite::handshake::client::Request, String> {
         use tungstenite::client::IntoClientRequest;
@@ -125,33 +145,50 @@ impl Listener {
             .as_str()
             .into_client_request()
             .map_err(|e| e.to_string())?;
-        let value = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| "the token cannot be sent in an HTTP header".to_string())?;
-        request.headers_mut().insert("authorization", value);
+        if let Some(token) = token {
+            let value = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| "the token cannot be sent in an HTTP header".to_string())?;
+            request.headers_mut().insert("authorization", value);
+        }
         Ok(request)
     }
 
-    /// Runs forever (until the task is dropped), calling `out` for every event and status change.
-    pub async fn run(&self, mut out: impl FnMut(Output<'_>)) {
-        let mut last = self.since;
+    fn renewable(&self) -> bool {
+        self.token.as_ref().is_some_and(TokenSource::renewable)
+    }
+
+    /// Runs until the task is dropped, calling `out` for every event and status change, or until
+    /// it cannot work at all: then it returns why.
+    pub async fn run(&self, mut out: impl FnMut(Output<'_>)) -> String {
+        let mut last = if self.inbox { self.since } else { None };
+        let mut seen = Seen::new(&self.topics);
         let mut attempt: u32 = 0;
         let mut cached: Option<Token> = None;
         let mut last_immediate: Option<Instant> = None;
         loop {
-            let immediate = match self.token.get(cached.as_ref()).await {
+            let token = match &self.token {
+                None => Ok(None),
+                Some(source) => source.get(cached.as_ref()).await.map(Some),
+            };
+            let immediate = match token {
                 Err(e) => {
                     out(Output::Status(e));
                     false
                 }
                 Ok(token) => {
-                    cached = Some(token.clone());
+                    cached = token.clone();
                     out(Output::Status(format!("connecting (since={last:?})")));
+                    let progress = Progress {
+                        last: &mut last,
+                        seen: &mut seen,
+                        attempt: &mut attempt,
+                    };
                     let end = self
-                        .connection(&token, &mut cached, &mut last, &mut attempt, &mut out)
+                        .connection(token.as_ref(), &mut cached, progress, &mut out)
                         .await;
                     match end {
-                        End::Fatal => return,
+                        End::Fatal(why) => return why,
                         End::Dropped => false,
                         End::TokenRejected => {
                             cached = None;
@@ -159,15 +196,14 @@ impl Listener {
                         }
                         End::Unauthorized => {
                             cached = None;
-                            if !self.token.renewable() {
-                                out(Output::Status(
-                                    "the token was refused; --token-cmd lets the listener get new ones"
-                                        .into(),
-                                ));
-                            }
+                            out(Output::Status(match &self.token {
+                                None => "the server refused an anonymous connection (it takes them only with NOTIFYD_PUBLIC_TOPICS set)".into(),
+                                Some(TokenSource::Fixed(_)) => "the token was refused; --token-cmd lets the listener get new ones".into(),
+                                Some(TokenSource::Command(_)) => "the token was refused".into(),
+                            }));
                             // A token from the cache may simply have expired: get a new one
                             // now. A fresh one refused means the command's tokens are no good.
-                            self.token.renewable() && !token.fresh
+                            self.renewable() && token.is_some_and(|t| !t.fresh)
                         }
                     }
                 }
@@ -189,18 +225,19 @@ impl Listener {
     /// One connection, from the handshake to its end.
     async fn connection(
         &self,
-        token: &Token,
+        token: Option<&Token>,
         cached: &mut Option<Token>,
-        last: &mut Option<i64>,
-        attempt: &mut u32,
+        progress: Progress<'_>,
         out: &mut impl FnMut(Output<'_>),
     ) -> End {
-        let request = match self.request(&token.value, *last) {
+        let Progress {
+            last,
+            seen,
+            attempt,
+        } = progress;
+        let request = match self.request(token.map(|t| t.value.as_str()), *last) {
             Ok(r) => r,
-            Err(e) => {
-                out(Output::Status(format!("bad url or token: {e}")));
-                return End::Fatal;
-            }
+            Err(e) => return End::Fatal(format!("bad url or token: {e}")),
         };
         let mut ws =
             match tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request))
@@ -231,12 +268,14 @@ impl Listener {
                 Ok(Ok((ws, _))) => ws,
             };
         let mut s = Session {
-            current: token.clone(),
+            current: token.cloned(),
             refresh_at: None,
             running: None,
             pending: None,
             next_ref: 0,
         };
+        // Started by `hello`.
+        let mut subscribing: Option<Subscribing> = None;
         let mut silence = FIRST_FRAME_TIMEOUT;
         loop {
             let auth_timer = s
@@ -291,16 +330,54 @@ impl Listener {
                             *attempt = 0;
                             out(Output::Status(format!("connected: {text}")));
                             // A fresh start (no since) begins at the current seq.
-                            if last.is_none() {
+                            if last.is_none() && self.inbox {
                                 *last = frame["seq"].as_i64();
                             }
                             if let Some(hb) = frame["heartbeat_s"].as_f64().filter(|h| *h > 0.0) {
                                 silence = Duration::from_secs_f64((hb * SILENT_HEARTBEATS).clamp(5.0, 600.0));
                             }
-                            if self.token.renewable() {
+                            if self.renewable() {
                                 s.schedule_refresh();
                             }
+                            let mut sub = Subscribing::new(&self.topics);
+                            if let Some(end) = self.subscribe_next(&mut sub, &mut s.next_ref, &mut ws, out).await {
+                                return end;
+                            }
+                            subscribing = Some(sub);
                         }
+                        Some("topic.event") => {
+                            if seen.first_time(&frame) {
+                                out(Output::Event(&frame));
+                            }
+                        }
+                        Some("ack") | Some("error") if is_reply_to(&frame, s.pending.as_ref()) => {
+                            if let Some(end) = on_auth_reply(&frame, &mut s, cached, out) {
+                                return end;
+                            }
+                        }
+                        Some("ack") | Some("error") if subscribing.as_ref().is_some_and(|sub| sub.is_reply(&frame)) => {
+                            let Some(sub) = subscribing.as_mut() else { continue };
+                            match sub.on_reply(&frame) {
+                                Err(e) => {
+                                    out(Output::Status(e));
+                                    return End::Dropped;
+                                }
+                                Ok(line) if line.is_empty() => {}
+                                Ok(line) => out(Output::Status(line)),
+                            }
+                            if let Some(end) = self.subscribe_next(sub, &mut s.next_ref, &mut ws, out).await {
+                                return end;
+                            }
+                        }
+                        // Not an answer to anything awaited: e.g. topics a renewed token no
+                        // longer allows (contract §7).
+                        Some("error") => out(Output::Status(format!(
+                            "server error: {}: {}",
+                            frame["error"]["code"].as_str().unwrap_or("error"),
+                            frame["error"]["message"].as_str().unwrap_or("")
+                        ))),
+                        Some("pong") | Some("ack") => {}
+                        _ if !self.inbox => {}
                         Some("sync") if frame["reset"] == true => {
                             out(Output::Event(&frame));
                             *last = frame["seq"].as_i64();
@@ -310,18 +387,28 @@ impl Listener {
                                 apply(ev, last, out);
                             }
                         }
-                        Some("ack") | Some("error") if is_reply_to(&frame, s.pending.as_ref()) => {
-                            if let Some(end) = on_auth_reply(&frame, &mut s, cached, out) {
-                                return end;
+                        _ => apply(&frame, last, out),
+                    }
+                }
+                _ = until(subscribing.as_ref().and_then(Subscribing::timer)) => {
+                    let Some(sub) = subscribing.as_mut() else { continue };
+                    match sub.on_timer() {
+                        Err(e) => {
+                            out(Output::Status(e));
+                            return End::Dropped;
+                        }
+                        Ok(Some(frame)) => {
+                            if !send(&mut ws, Message::text(frame)).await {
+                                out(Output::Status("could not send subscribe".into()));
+                                return End::Dropped;
                             }
                         }
-                        Some("pong") | Some("ack") | Some("error") => {}
-                        _ => apply(&frame, last, out),
+                        Ok(None) => {}
                     }
                 }
                 _ = until(s.refresh_at) => {
                     s.refresh_at = None;
-                    if let TokenSource::Command(cmd) = &self.token {
+                    if let Some(TokenSource::Command(cmd)) = &self.token {
                         let cmd = cmd.clone();
                         s.running = Some(Box::pin(async move {
                             run_token_cmd(&cmd, TOKEN_CMD_TIMEOUT).await
@@ -339,7 +426,7 @@ impl Listener {
                         }
                         Ok(value) => {
                             let new = Token::new(value, true);
-                            if new.exp.is_some() && new.exp <= s.current.exp {
+                            if new.exp.is_some() && new.exp <= s.current.as_ref().and_then(|t| t.exp) {
                                 out(Output::Status("refresh: the token command printed no newer token; asking again later".into()));
                                 s.schedule_refresh();
                                 continue;
@@ -381,6 +468,35 @@ impl Listener {
     }
 }
 
+impl Listener {
+    /// Sends the next subscribe frame, if any. Once every topic has been answered: with no inbox
+    /// and no topic allowed there is nothing to listen to, so the listener gives up.
+    async fn subscribe_next<S>(
+        &self,
+        sub: &mut Subscribing,
+        next_ref: &mut u64,
+        ws: &mut S,
+        out: &mut impl FnMut(Output<'_>),
+    ) -> Option<End>
+    where
+        S: futures_util::Sink<Message> + Unpin,
+    {
+        if let Some(frame) = sub.next_frame(next_ref) {
+            if !send(ws, Message::text(frame)).await {
+                out(Output::Status("could not send subscribe".into()));
+                return Some(End::Dropped);
+            }
+            return None;
+        }
+        (sub.done() && !self.inbox && sub.accepted == 0).then(|| {
+            End::Fatal(format!(
+                "none of the topics could be subscribed ({} refused) and --no-inbox was given: nothing to listen to",
+                sub.refused
+            ))
+        })
+    }
+}
+
 fn is_reply_to(frame: &Value, pending: Option<&PendingAuth>) -> bool {
     pending.is_some_and(|p| frame["ref"].as_str() == Some(p.reference.as_str()))
 }
@@ -418,7 +534,7 @@ fn on_auth_reply(
         token.exp
     )));
     *cached = Some(token.clone());
-    s.current = token;
+    s.current = Some(token);
     s.schedule_refresh();
     None
 }
@@ -482,14 +598,18 @@ mod tests {
     fn the_token_goes_in_the_header_not_the_url() {
         let l = Listener {
             url: "ws://h/ws".into(),
-            token: TokenSource::Fixed("t".into()),
+            token: Some(TokenSource::Fixed("t".into())),
             since: None,
+            topics: vec![],
+            inbox: true,
         };
-        let r = l.request("t", None).expect("request");
+        let r = l.request(Some("t"), None).expect("request");
         assert_eq!(r.uri().to_string(), "ws://h/ws");
         assert_eq!(r.headers()["authorization"], "Bearer t");
-        let r = l.request("t", Some(5)).expect("request");
+        let r = l.request(Some("t"), Some(5)).expect("request");
         assert_eq!(r.uri().to_string(), "ws://h/ws?since=5");
-        assert!(l.request("bad\ntoken", None).is_err());
+        assert!(l.request(Some("bad\ntoken"), None).is_err());
+        let r = l.request(None, None).expect("request");
+        assert!(r.headers().get("authorization").is_none());
     }
 }

@@ -19,8 +19,10 @@ async fn listen_prints_each_event_once_and_resumes_after_a_restart() {
     let statuses: Arc<Mutex<Vec<String>>> = Arc::default();
     let listener = Listener {
         url: format!("ws://127.0.0.1:{port}/ws"),
-        token: TokenSource::Fixed(token(&u)),
+        token: Some(TokenSource::Fixed(token(&u))),
         since: None,
+        topics: vec![],
+        inbox: true,
     };
     let (ev, st) = (events.clone(), statuses.clone());
     let task = tokio::spawn(async move {
@@ -113,7 +115,7 @@ impl Running {
                     Output::Event(v) => ev.lock().unwrap().push(v.clone()),
                     Output::Status(s) => st.lock().unwrap().push(s),
                 })
-                .await
+                .await;
         });
         Running {
             events,
@@ -189,8 +191,10 @@ async fn listen_with_a_token_command_stays_on_one_socket_across_token_expiries()
     let u = new_user();
     let l = Running::start(Listener {
         url: format!("{}/ws", app.ws_base),
-        token: TokenSource::Command(token_cmd(&u, "5s")),
+        token: Some(TokenSource::Command(token_cmd(&u, "5s"))),
         since: None,
+        topics: vec![],
+        inbox: true,
     });
     l.wait_status("connected", 1, Duration::from_secs(20)).await;
     // 16 s: more than three lifetimes of the tokens (each refreshed ~2.5 s before its exp, a
@@ -237,8 +241,13 @@ async fn listen_reruns_the_token_command_after_a_401_and_a_4001() {
     std::fs::write(&script_path, script).expect("script");
     let l = Running::start(Listener {
         url: format!("{}/ws", app.ws_base),
-        token: TokenSource::Command(format!("sh '{}'", script_path.display())),
+        token: Some(TokenSource::Command(format!(
+            "sh '{}'",
+            script_path.display()
+        ))),
         since: None,
+        topics: vec![],
+        inbox: true,
     });
     l.wait_status("connected", 1, Duration::from_secs(20)).await;
     assert_eq!(l.statuses_with("HTTP 401"), 1, "{:?}", l.statuses());
@@ -364,8 +373,10 @@ async fn listen_replaces_a_connection_gone_silent_without_closing() {
     let u = new_user();
     let l = Running::start(Listener {
         url: format!("ws://127.0.0.1:{}/ws", proxy.port),
-        token: TokenSource::Fixed(token(&u)),
+        token: Some(TokenSource::Fixed(token(&u))),
         since: None,
+        topics: vec![],
+        inbox: true,
     });
     l.wait_status("connected", 1, Duration::from_secs(20)).await;
     app.send(&u, "before").await;
@@ -379,4 +390,278 @@ async fn listen_replaces_a_connection_gone_silent_without_closing() {
     assert_eq!(l.statuses_with("presumed dead"), 1, "{:?}", l.statuses());
     assert_eq!(l.statuses_with("connected"), 2, "{:?}", l.statuses());
     app.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Topics (`--topic`, `--no-inbox`; contract §8).
+
+fn topic_listener(url: String, token: Option<String>, topics: &[&str], inbox: bool) -> Listener {
+    Listener {
+        url,
+        token: token.map(TokenSource::Fixed),
+        since: None,
+        topics: topics.iter().map(|t| t.to_string()).collect(),
+        inbox,
+    }
+}
+
+impl Running {
+    fn events(&self) -> Vec<Value> {
+        self.events.lock().unwrap().clone()
+    }
+
+    async fn wait_event(&self, what: &str, pred: impl Fn(&Value) -> bool) {
+        eventually(Duration::from_secs(20), what, || async {
+            self.events.lock().unwrap().iter().any(&pred).then_some(())
+        })
+        .await;
+    }
+}
+
+/// A `topic.event` frame as the relay publishes it, with an event id.
+fn topic_frame(topic: &str, id: &str, data: Value) -> String {
+    serde_json::json!({"type": "topic.event", "topic": topic, "id": id, "data": data}).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_prints_topic_events_once_and_subscribes_again_after_a_restart() {
+    let db = TestDb::new().await;
+    let prefix = new_prefix();
+    let app = spawn_app(&db, Opts::in_cluster(&prefix)).await;
+    let port = app.port;
+    let u = new_user();
+    let l = Running::start(topic_listener(
+        format!("ws://127.0.0.1:{port}/ws"),
+        Some(token_with_topics(&u, &["product:*"])),
+        &["product:1", "product:2"],
+        true,
+    ));
+    l.wait_status(
+        "subscribed: product:1, product:2",
+        1,
+        Duration::from_secs(20),
+    )
+    .await;
+
+    app.publish_topic("product:1", serde_json::json!({"stock": 3}))
+        .await;
+    l.wait_event("the published topic event", |e| e["data"]["stock"] == 3)
+        .await;
+    app.send(&u, "inbox too").await;
+    l.wait_event("the inbox event", |e| e["type"] == "message.created")
+        .await;
+
+    // The relay is at-least-once: the same event (same id) published twice is printed once.
+    let channel = app.topic_channel("product:2");
+    let dup = topic_frame("product:2", "ev-1", serde_json::json!({"stock": 1}));
+    redis_publish(&channel, &dup).await;
+    redis_publish(&channel, &dup).await;
+    redis_publish(
+        &channel,
+        &topic_frame("product:2", "ev-2", serde_json::json!({"stock": 2})),
+    )
+    .await;
+    l.wait_event("ev-2", |e| e["id"] == "ev-2").await;
+
+    // A restart: the listener reconnects, subscribes again and prints later events; an id it
+    // printed before the restart (e.g. the retained copy sent after the subscribe) is dropped.
+    app.stop().await;
+    let app = spawn_app(
+        &db,
+        Opts {
+            port: Some(port),
+            ..Opts::in_cluster(&prefix)
+        },
+    )
+    .await;
+    l.wait_status(
+        "subscribed: product:1, product:2",
+        2,
+        Duration::from_secs(40),
+    )
+    .await;
+    redis_publish(&app.topic_channel("product:2"), &dup).await;
+    app.publish_topic("product:2", serde_json::json!({"stock": 9}))
+        .await;
+    l.wait_event("the event after the restart", |e| e["data"]["stock"] == 9)
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let topic_events: Vec<(Value, Value)> = l
+        .events()
+        .iter()
+        .filter(|e| e["type"] == "topic.event")
+        .map(|e| (e["topic"].clone(), e["data"]["stock"].clone()))
+        .collect();
+    assert_eq!(
+        topic_events,
+        vec![
+            (serde_json::json!("product:1"), serde_json::json!(3)),
+            (serde_json::json!("product:2"), serde_json::json!(1)),
+            (serde_json::json!("product:2"), serde_json::json!(2)),
+            (serde_json::json!("product:2"), serde_json::json!(9)),
+        ],
+        "each topic event once, ev-1 not again after the restart: {:?}",
+        l.statuses()
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_names_a_forbidden_topic_and_goes_on_with_the_others() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let u = new_user();
+    let l = Running::start(topic_listener(
+        format!("{}/ws", app.ws_base),
+        Some(token_with_topics(&u, &["product:*"])),
+        &["product:1", "secret:1", "product:2"],
+        true,
+    ));
+    l.wait_status("subscribed: product:2", 1, Duration::from_secs(20))
+        .await;
+    let statuses = l.statuses();
+    let subscribe_lines: Vec<&String> = statuses
+        .iter()
+        .filter(|s| s.starts_with("subscribe"))
+        .collect();
+    assert_eq!(subscribe_lines.len(), 3, "{statuses:?}");
+    assert_eq!(subscribe_lines[0], "subscribed: product:1");
+    assert!(
+        subscribe_lines[1].starts_with("subscribe refused: secret:1: forbidden"),
+        "{statuses:?}"
+    );
+    app.publish_topic("product:2", serde_json::json!({"stock": 5}))
+        .await;
+    l.wait_event("an allowed topic's event", |e| e["data"]["stock"] == 5)
+        .await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_without_inbox_prints_topic_events_only() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let u = new_user();
+    let l = Running::start(topic_listener(
+        format!("{}/ws", app.ws_base),
+        Some(token_with_topics(&u, &["product:*"])),
+        &["product:1"],
+        false,
+    ));
+    l.wait_status("subscribed: product:1", 1, Duration::from_secs(20))
+        .await;
+    app.send(&u, "not printed").await;
+    app.publish_topic("product:1", serde_json::json!({"stock": 4}))
+        .await;
+    l.wait_event("the topic event", |e| e["data"]["stock"] == 4)
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        l.events().iter().all(|e| e["type"] == "topic.event"),
+        "{:?}",
+        l.events()
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_no_inbox_exits_non_zero_when_no_topic_can_be_subscribed() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let u = new_user();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_notifyd"))
+        .args(["listen", "--url", &format!("{}/ws", app.ws_base)])
+        .args(["--token", &token_with_topics(&u, &["product:*"])])
+        .args(["--no-inbox", "--topic", "secret:1,secret:2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start notifyd listen");
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("notifyd listen exits")
+        .expect("its output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for t in ["secret:1", "secret:2"] {
+        assert!(
+            stderr.contains(&format!("subscribe refused: {t}: forbidden")),
+            "{stderr}"
+        );
+    }
+    assert!(stderr.contains("nothing to listen to"), "{stderr}");
+    assert!(out.stdout.is_empty());
+    app.stop().await;
+}
+
+/// Anonymous viewers (contract §8, public topics): `--no-inbox` without a token connects with
+/// no `Authorization` header. A one-connection WebSocket server stands in for a notifyd with
+/// `NOTIFYD_PUBLIC_TOPICS`, recording the handshake and the frames the listener sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::result_large_err)] // tungstenite's handshake callback type
+async fn listen_without_a_token_connects_anonymously_and_subscribes() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{handshake::server, Message};
+
+    let server = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = server.local_addr().expect("addr").port();
+    let l = Running::start(topic_listener(
+        format!("ws://127.0.0.1:{port}/ws"),
+        None,
+        &["product:1"],
+        false,
+    ));
+    let (tcp, _) = tokio::time::timeout(Duration::from_secs(10), server.accept())
+        .await
+        .expect("the listener connects")
+        .expect("accept");
+    let mut headers = None;
+    let mut ws = tokio_tungstenite::accept_hdr_async(
+        tcp,
+        |req: &server::Request, resp: server::Response| {
+            headers = Some(req.headers().clone());
+            Ok(resp)
+        },
+    )
+    .await
+    .expect("handshake");
+    let headers = headers.expect("request seen");
+    assert!(headers.get("authorization").is_none(), "{headers:?}");
+
+    let hello = r#"{"type":"hello","user":null,"heartbeat_s":25}"#;
+    ws.send(Message::text(hello)).await.expect("hello");
+    let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("a frame")
+        .expect("open")
+        .expect("frame");
+    let sub: Value = serde_json::from_str(frame.to_text().expect("text")).expect("json");
+    assert_eq!(sub["type"], "subscribe");
+    assert_eq!(sub["topics"], serde_json::json!(["product:1"]));
+    let ack = serde_json::json!({"type": "ack", "ref": sub["ref"], "topics": ["product:1"]});
+    ws.send(Message::text(ack.to_string())).await.expect("ack");
+    let retained = serde_json::json!({"type": "topic.event", "topic": "product:1", "id": "r1",
+        "retained": true, "data": {"stock": 7}});
+    ws.send(Message::text(retained.to_string()))
+        .await
+        .expect("event");
+    ws.send(Message::text(retained.to_string()))
+        .await
+        .expect("again");
+    ws.send(Message::text(topic_frame(
+        "product:1",
+        "r2",
+        serde_json::json!({"stock": 6}),
+    )))
+    .await
+    .expect("event");
+    l.wait_events(2, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ids: Vec<Value> = l.events().iter().map(|e| e["id"].clone()).collect();
+    assert_eq!(ids, vec![serde_json::json!("r1"), serde_json::json!("r2")]);
+    assert_eq!(l.statuses_with("subscribed: product:1"), 1);
 }
