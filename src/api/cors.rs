@@ -56,7 +56,17 @@ impl CorsPolicy {
             }
         };
         cors.allowed_methods(allow.iter().cloned())
-            .allowed_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            // `Idempotency-Key` for `POST /api/v1/me/send`; pages may read `Retry-After` of a
+            // 429 and whether a send was a replay.
+            .allowed_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::HeaderName::from_static("idempotency-key"),
+            ])
+            .expose_headers([
+                header::RETRY_AFTER,
+                header::HeaderName::from_static("idempotent-replayed"),
+            ])
             .max_age(PREFLIGHT_MAX_AGE_SECS)
             // Actual requests from other origins are served without ACAO (the browser then
             // keeps the answer from the page) rather than refused: refusing protects nothing, as
@@ -101,7 +111,7 @@ pub async fn edge(
         }
         CorsError::MethodNotAllowed => methods::not_allowed(allow),
         CorsError::HeadersNotAllowed => ApiError::Forbidden(
-            "a requested header is not allowed (allowed: authorization, content-type)".into(),
+            "a requested header is not allowed (allowed: authorization, content-type, idempotency-key)".into(),
         )
         .error_response(),
         other => ApiError::BadRequest(format!("CORS preflight: {other}")).error_response(),

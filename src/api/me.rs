@@ -1,6 +1,6 @@
 //! The user API (contract §4): the caller's own inbox, authenticated by the user JWT.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -9,6 +9,7 @@ use crate::auth::user::User;
 use crate::error::ApiError;
 use crate::inbox::changes::{self as inbox_changes, MAX_PAGE};
 use crate::inbox::commands::{self, Command};
+use crate::inbox::direct::{self, Via};
 use crate::inbox::CountsView;
 use crate::state::AppState;
 
@@ -131,4 +132,35 @@ pub async fn delete(
         run(&state, &user.0.user, Command::Delete(id)).await?;
     }
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// `POST /api/v1/me/send` body `{"to_user": "7", "message": {...}}`: a direct message from the
+/// caller (contract §8). `201 {"id"}`; `Idempotency-Key` is honoured per sender.
+pub async fn send(
+    req: HttpRequest,
+    user: User,
+    body: web::Json<Value>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let key = super::messages::idempotency_key(&req)?;
+    let Value::Object(body) = body.into_inner() else {
+        return Err(ApiError::validation(
+            "",
+            "body must be a JSON object: {\"to_user\": ..., \"message\": {...}}",
+        ));
+    };
+    let sent = direct::send(
+        &state,
+        &user.0,
+        body.get("to_user"),
+        body.get("message"),
+        key,
+        Via::Rest,
+    )
+    .await?;
+    let mut resp = HttpResponse::Created();
+    if sent.replayed {
+        resp.insert_header(("Idempotent-Replayed", "true"));
+    }
+    Ok(resp.json(json!({ "id": sent.id })))
 }

@@ -35,7 +35,8 @@ pub async fn create(
     Ok(resp.json(created.body))
 }
 
-fn idempotency_key(req: &HttpRequest) -> Result<Option<&str>, ApiError> {
+/// The `Idempotency-Key` header, if any (also on `POST /api/v1/me/send`).
+pub fn idempotency_key(req: &HttpRequest) -> Result<Option<&str>, ApiError> {
     let Some(v) = req.headers().get("idempotency-key") else {
         return Ok(None);
     };

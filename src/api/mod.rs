@@ -84,6 +84,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, cors: &CorsPolicy) {
                 POST,
                 web::post().to(me::seen_all),
             ))
+            .service(browser(cors, "/send", POST, web::post().to(me::send)))
             .service(browser(
                 cors,
                 "/messages/{id}",

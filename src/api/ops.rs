@@ -88,6 +88,7 @@ mod tests {
             ("/api/v1/me/messages/read-all", "post"),
             ("/api/v1/me/messages/seen-all", "post"),
             ("/api/v1/me/messages/{id}", "delete"),
+            ("/api/v1/me/send", "post"),
             ("/ws", "get"),
             ("/healthz", "get"),
             ("/readyz", "get"),

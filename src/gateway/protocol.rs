@@ -47,6 +47,12 @@ pub enum ClientFrame {
         token: String,
         r#ref: Value,
     },
+    /// A direct message (contract §8); validated by `inbox::direct`, like `POST /api/v1/me/send`.
+    Send {
+        to_user: Value,
+        message: Value,
+        r#ref: Value,
+    },
 }
 
 impl ClientFrame {
@@ -58,7 +64,8 @@ impl ClientFrame {
             | ClientFrame::Subscribe { r#ref, .. }
             | ClientFrame::Unsubscribe { r#ref, .. }
             | ClientFrame::Ping { r#ref }
-            | ClientFrame::Auth { r#ref, .. } => r#ref,
+            | ClientFrame::Auth { r#ref, .. }
+            | ClientFrame::Send { r#ref, .. } => r#ref,
         }
     }
 }
@@ -159,6 +166,14 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
                 ))
             }
         },
+        "send" => match v.get("message") {
+            Some(m) if m.is_object() => ClientFrame::Send {
+                to_user: v.get("to_user").cloned().unwrap_or(Value::Null),
+                message: m.clone(),
+                r#ref,
+            },
+            _ => return Err(err("bad_frame", "\"message\" must be an object".into())),
+        },
         other => return Err(err("unknown_type", format!("unknown frame type {other:?}"))),
     })
 }
@@ -200,6 +215,16 @@ pub fn ack(r#ref: &Value, extra: Value) -> Value {
 
 pub fn error(r#ref: &Value, code: &str, message: &str) -> Value {
     json!({"type": "error", "ref": r#ref, "error": {"code": code, "message": message}})
+}
+
+/// An `error` frame for a refusal of the HTTP API's kind; a validation error names its field,
+/// as the REST error body does.
+pub fn api_error(r#ref: &Value, e: &crate::error::ApiError) -> Value {
+    let mut v = error(r#ref, e.code(), &e.to_string());
+    if let crate::error::ApiError::Validation { field, .. } = e {
+        v["error"]["field"] = json!(field);
+    }
+    v
 }
 
 pub fn pong(r#ref: &Value) -> Value {
@@ -273,5 +298,24 @@ mod tests {
             parse(r#"{"type":"auth","token":"t","ref":1}"#).unwrap(),
             ClientFrame::Auth { .. }
         ));
+    }
+
+    #[test]
+    fn send_needs_a_message_object() {
+        assert_eq!(
+            parse(r#"{"type":"send","to_user":"7","message":{"title":"t"},"ref":"d1"}"#).unwrap(),
+            ClientFrame::Send {
+                to_user: json!("7"),
+                message: json!({"title": "t"}),
+                r#ref: json!("d1")
+            }
+        );
+        for bad in [
+            r#"{"type":"send","to_user":"7","ref":"d1"}"#,
+            r#"{"type":"send","to_user":"7","message":"hi","ref":"d1"}"#,
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert_eq!((e.code, e.r#ref), ("bad_frame", json!("d1")), "{bad}");
+        }
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use actix_ws::{CloseCode, CloseReason};
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::conn::Conn;
@@ -20,9 +20,11 @@ use super::mailbox::ActorMsg;
 use super::outbound::{Out, Outbox, SessionTx};
 use super::protocol::{self, close, ClientFrame};
 use super::sockets::SocketPermit;
-use crate::auth::jwt::JwtKeys;
+use crate::auth::jwt::{JwtKeys, UserClaims};
+use crate::inbox::direct::{self, Via};
+use crate::state::AppState;
 
-/// Commands (read, read_all, seen_all, subscribe, unsubscribe) one session may have in flight;
+/// Commands (read, read_all, seen_all, subscribe, unsubscribe, send) one session may have in flight;
 /// more are answered `busy`.
 pub const MAX_COMMANDS_IN_FLIGHT: usize = 4;
 /// Bad frames tolerated on one connection before it is closed as abusive.
@@ -129,6 +131,10 @@ pub struct ReaderCtx {
     /// Held while the session lives: counts against the user's socket limit.
     pub permit: SocketPermit,
     pub conn: Option<Conn>,
+    /// For what the reader does itself, without the user's actor: direct messages (`send`).
+    pub state: AppState,
+    /// The token's claims (renewed by `auth`): whom `send` may reach.
+    pub claims: UserClaims,
 }
 
 fn deadline_of(exp: i64) -> Instant {
@@ -151,6 +157,8 @@ pub async fn reader(stream: actix_ws::MessageStream, ctx: ReaderCtx) {
         too_big,
         permit,
         conn,
+        state,
+        mut claims,
     } = ctx;
     let mut stream = stream
         .max_frame_size(protocol::MAX_CLIENT_FRAME)
@@ -217,12 +225,19 @@ pub async fn reader(stream: actix_ws::MessageStream, ctx: ReaderCtx) {
                             }
                             match renewed {
                                 // The actor acks it (after applying the new claims).
-                                Ok(new_exp) => expiry.as_mut().reset(deadline_of(new_exp)),
+                                Ok(renewed) => {
+                                    expiry.as_mut().reset(deadline_of(renewed.exp));
+                                    claims = renewed;
+                                }
                                 Err((code, message)) => {
                                     me.push_json(&protocol::error(&r#ref, code, message));
                                 }
                             }
                         }
+                        Ok(frame @ ClientFrame::Send { .. }) => match in_flight.clone().try_acquire_owned() {
+                            Ok(slot) => send_direct(&state, &claims, frame, &me, slot),
+                            Err(_) => busy(&me, &frame),
+                        },
                         Ok(frame) => match in_flight.clone().try_acquire_owned() {
                             Ok(slot) => match actor.try_send(ActorMsg::Command { session: me.id, frame, slot }) {
                                 Ok(()) => {}
@@ -307,6 +322,43 @@ fn busy(me: &SessionTx, frame: &ClientFrame) {
     ));
 }
 
+/// A `send` frame: a direct message, created beside the reader (not through the user's actor,
+/// which serves the recipient's inbox, not the sender's) while it holds one of the session's
+/// command slots; `inbox::direct` takes the node's database permit after its checks.
+fn send_direct(
+    state: &AppState,
+    claims: &UserClaims,
+    frame: ClientFrame,
+    me: &SessionTx,
+    slot: OwnedSemaphorePermit,
+) {
+    let ClientFrame::Send {
+        to_user,
+        message,
+        r#ref,
+    } = frame
+    else {
+        return;
+    };
+    let (state, claims, me) = (state.clone(), claims.clone(), me.clone());
+    tokio::spawn(async move {
+        let _slot = slot;
+        let sent = direct::send(
+            &state,
+            &claims,
+            Some(&to_user),
+            Some(&message),
+            None,
+            Via::Socket,
+        )
+        .await;
+        match sent {
+            Ok(sent) => me.push_json(&protocol::ack(&r#ref, serde_json::json!({"id": sent.id}))),
+            Err(e) => me.push_json(&protocol::api_error(&r#ref, &e)),
+        }
+    });
+}
+
 /// An in-band `auth`: a fresh token for the same user extends the session past the old `exp`.
 fn renew(
     jwt: &JwtKeys,
@@ -316,7 +368,7 @@ fn renew(
     actor: &mpsc::Sender<ActorMsg>,
     too_soon: bool,
     r#ref: &serde_json::Value,
-) -> Result<i64, (&'static str, &'static str)> {
+) -> Result<UserClaims, (&'static str, &'static str)> {
     let claims = jwt
         .verify(token)
         .map_err(|_| ("unauthorized", "invalid or expired token"))?;
@@ -327,13 +379,12 @@ fn renew(
         metrics::counter!("notifyd_ws_commands_busy_total").increment(1);
         return Err(("busy", "at most one renewal per second"));
     }
-    let exp = claims.exp;
     actor
         .try_send(ActorMsg::Reauth {
             session: me.id,
-            claims,
+            claims: claims.clone(),
             r#ref: r#ref.clone(),
         })
         .map_err(|_| ("busy", "the server is busy; send the token again"))?;
-    Ok(exp)
+    Ok(claims)
 }

@@ -56,7 +56,7 @@ struct Actor {
 }
 
 /// How long a WebSocket command waits for one of the node's database command permits.
-const COMMAND_WAIT: Duration = Duration::from_secs(10);
+pub const COMMAND_WAIT: Duration = Duration::from_secs(10);
 /// Events remembered for telling duplicates from a restored database.
 const RECENT_EVENTS: usize = 128;
 /// At most one database check per actor in this window when an unexpected old seq arrives.
@@ -509,7 +509,8 @@ impl Actor {
                 tx.push_json(&protocol::pong(&r#ref));
                 return;
             }
-            ClientFrame::Auth { .. } => return, // handled by the session's reader
+            // Handled by the session's reader.
+            ClientFrame::Auth { .. } | ClientFrame::Send { .. } => return,
         };
         // The transaction runs beside the actor so a slow database never holds up delivery.
         // It holds the session's command slot until answered, and one of the node's database

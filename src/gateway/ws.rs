@@ -57,7 +57,7 @@ pub async fn connect(
     let grace = session::close_grace(state.settings.heartbeat);
     let conn = Conn::of(&req);
     actix_web::rt::spawn(session::writer(ws_session, outbox, grace, conn.clone()));
-    let (user, exp) = (claims.user.clone(), claims.exp);
+    let (user, exp, reader_claims) = (claims.user.clone(), claims.exp, claims.clone());
     let (actor, joined) = match state.gateway.join(&state, claims, me.clone(), since) {
         Ok(joined) => joined,
         Err(e) => {
@@ -79,6 +79,8 @@ pub async fn connect(
             too_big,
             permit,
             conn,
+            state: state.get_ref().clone(),
+            claims: reader_claims,
         },
     ));
     Ok(response)

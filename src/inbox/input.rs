@@ -107,7 +107,8 @@ pub fn parse_create(body: &[u8]) -> Result<CreateRequest, ApiError> {
     Ok(req)
 }
 
-fn parse_message(m: &Map<String, Value>, at: &str) -> Result<MessageInput, ApiError> {
+/// One message object; `at` prefixes the field names in errors (`messages[3].`, `message.`).
+pub fn parse_message(m: &Map<String, Value>, at: &str) -> Result<MessageInput, ApiError> {
     let f = |name: &str| format!("{at}{name}");
     let recipients = match (m.get("to_user"), m.get("to_users")) {
         (Some(_), Some(_)) => {

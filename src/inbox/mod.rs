@@ -4,6 +4,7 @@
 pub mod changes;
 pub mod commands;
 pub mod create;
+pub mod direct;
 pub mod frames;
 pub mod input;
 

@@ -252,6 +252,17 @@ pub fn token_with_topics(user: &str, topics: &[&str]) -> String {
         .expect("mint")
 }
 
+/// A token for `user` that may send direct messages to the ids matching `send_to` (globs).
+pub fn token_send_to(user: &str, send_to: &[&str]) -> String {
+    let grants = notifyd::auth::jwt::Grants {
+        send_to: send_to.iter().map(|p| p.to_string()).collect(),
+        ..Default::default()
+    };
+    notifyd::auth::jwt::JwtKeys::new(JWT_SECRET)
+        .mint_with(user, 3600, &grants)
+        .expect("mint")
+}
+
 impl TestApp {
     pub async fn post_messages(&self, body: &Value) -> reqwest::Response {
         self.http
