@@ -68,9 +68,12 @@ impl BenchDb {
 
     pub async fn drop_db(self) -> anyhow::Result<()> {
         let mut admin = AsyncPgConnection::establish(&admin_url()).await?;
-        diesel::sql_query(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
-            .execute(&mut admin)
-            .await?;
+        diesel::sql_query(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut admin)
+        .await?;
         Ok(())
     }
 }
