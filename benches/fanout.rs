@@ -453,6 +453,8 @@ async fn trivial_server(bind: &str) -> anyhow::Result<()> {
     }
 }
 
+// The handshake callback's error type is tungstenite's own (large) `ErrorResponse`.
+#[allow(clippy::result_large_err)]
 async fn trivial_conn(stream: TcpStream, tx: broadcast::Sender<Utf8Bytes>) -> anyhow::Result<()> {
     let mut path = String::new();
     let mut ws = tokio_tungstenite::accept_hdr_async(
