@@ -9,7 +9,9 @@
 //! Needs a release binary (`cargo build --release`), PostgreSQL and Redis (scripts/services.sh).
 //! Run: `cargo bench --bench load` (env BENCH_SECS, BENCH_WS_CONNS to change the sizes).
 
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,111 +20,7 @@ use anyhow::{bail, Context};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use futures_util::StreamExt;
 use serde_json::json;
-
-const SECRET: &str = "bench-secret";
-const KEY: &str = "bench-key";
-
-fn env_num(k: &str, d: u64) -> u64 {
-    std::env::var(k)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(d)
-}
-
-fn admin_url() -> String {
-    std::env::var("TEST_DATABASE_ADMIN_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(18099)
-}
-
-struct Node {
-    child: Child,
-    base: String,
-    port: u16,
-}
-
-impl Node {
-    async fn start(
-        bin: &str,
-        db: &str,
-        prefix: &str,
-        relay: bool,
-        args: &[&str],
-    ) -> anyhow::Result<Node> {
-        let port = free_port();
-        let child = Command::new(bin)
-            .args(args)
-            .env("DATABASE_URL", db)
-            .env("REDIS_URL", "redis://127.0.0.1:6379")
-            .env("NOTIFYD_REDIS_PREFIX", prefix)
-            .env("NOTIFYD_BIND", format!("127.0.0.1:{port}"))
-            .env("NOTIFYD_JWT_SECRET", SECRET)
-            .env("NOTIFYD_SERVICE_KEYS", format!("bench:{KEY}"))
-            .env("NOTIFYD_RELAY", if relay { "on" } else { "off" })
-            .env("NOTIFYD_DB_POOL_SIZE", "32")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting notifyd")?;
-        let node = Node {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            port,
-        };
-        if args.first() == Some(&"serve") {
-            let http = reqwest::Client::new();
-            for _ in 0..200 {
-                if http
-                    .get(format!("{}/healthz", node.base))
-                    .send()
-                    .await
-                    .is_ok()
-                {
-                    return Ok(node);
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            bail!("notifyd did not become healthy");
-        }
-        Ok(node)
-    }
-
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    }
-
-    fn stop(mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-async fn scalar(db: &str, sql: &str) -> anyhow::Result<i64> {
-    #[derive(diesel::QueryableByName)]
-    struct R {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        v: i64,
-    }
-    let mut c = AsyncPgConnection::establish(db).await?;
-    Ok(diesel::sql_query(sql).get_result::<R>(&mut c).await?.v)
-}
+use support::{admin_url, env_num, scalar, Node, KEY, SECRET};
 
 /// Runs `clients` loops for `secs`, each POSTing `body(i)`; returns messages created per second.
 async fn post_load(

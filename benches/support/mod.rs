@@ -1,0 +1,219 @@
+//! What every load bench needs: a scratch database, a release `notifyd` started as its own
+//! process, and a description of the machine and commit for the report.
+
+// Each bench target compiles this module on its own and uses a part of it.
+#![allow(dead_code)]
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+
+pub const SECRET: &str = "bench-secret";
+pub const KEY: &str = "bench-key";
+
+pub fn env_num(k: &str, d: u64) -> u64 {
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
+}
+
+pub fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_ADMIN_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(18099)
+}
+
+/// The release binary the benches start (`NOTIFYD_BIN` to use another).
+pub fn notifyd_bin() -> anyhow::Result<String> {
+    let bin = std::env::var("NOTIFYD_BIN").unwrap_or_else(|_| "target/release/notifyd".into());
+    if !std::path::Path::new(&bin).exists() {
+        bail!("{bin} not found: run `cargo build --release` first");
+    }
+    Ok(bin)
+}
+
+/// A database of its own for one bench run, dropped by `drop_db`.
+pub struct BenchDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl BenchDb {
+    pub async fn create(tag: &str) -> anyhow::Result<BenchDb> {
+        let name = format!("notifyd_{tag}_{}", std::process::id());
+        let mut admin = AsyncPgConnection::establish(&admin_url()).await?;
+        diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut admin)
+            .await?;
+        diesel::sql_query(format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await?;
+        let base = admin_url();
+        let url = format!(
+            "{}/{}",
+            &base[..base.rfind('/').unwrap_or(base.len())],
+            name
+        );
+        Ok(BenchDb { name, url })
+    }
+
+    pub async fn drop_db(self) -> anyhow::Result<()> {
+        let mut admin = AsyncPgConnection::establish(&admin_url()).await?;
+        diesel::sql_query(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut admin)
+        .await?;
+        Ok(())
+    }
+}
+
+pub struct Node {
+    pub child: Child,
+    pub base: String,
+    pub port: u16,
+}
+
+impl Node {
+    pub async fn start(
+        bin: &str,
+        db: &str,
+        prefix: &str,
+        relay: bool,
+        args: &[&str],
+    ) -> anyhow::Result<Node> {
+        let port = free_port();
+        let child = Command::new(bin)
+            .args(args)
+            .env("DATABASE_URL", db)
+            .env("REDIS_URL", "redis://127.0.0.1:6379")
+            .env("NOTIFYD_REDIS_PREFIX", prefix)
+            .env("NOTIFYD_BIND", format!("127.0.0.1:{port}"))
+            .env("NOTIFYD_JWT_SECRET", SECRET)
+            .env("NOTIFYD_SERVICE_KEYS", format!("bench:{KEY}"))
+            .env("NOTIFYD_RELAY", if relay { "on" } else { "off" })
+            .env("NOTIFYD_DB_POOL_SIZE", "32")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting notifyd")?;
+        let node = Node {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            port,
+        };
+        if args.first() == Some(&"serve") {
+            let http = reqwest::Client::new();
+            for _ in 0..200 {
+                if http
+                    .get(format!("{}/healthz", node.base))
+                    .send()
+                    .await
+                    .is_ok()
+                {
+                    return Ok(node);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            bail!("notifyd did not become healthy");
+        }
+        Ok(node)
+    }
+
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.child.id())
+    }
+
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+pub async fn scalar(db: &str, sql: &str) -> anyhow::Result<i64> {
+    #[derive(diesel::QueryableByName)]
+    struct R {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        v: i64,
+    }
+    let mut c = AsyncPgConnection::establish(db).await?;
+    Ok(diesel::sql_query(sql).get_result::<R>(&mut c).await?.v)
+}
+
+fn command_out(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// CPU model, cores and memory, and the PostgreSQL and Redis versions, for a report's header.
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    pub mem: String,
+    pub pg: String,
+    pub redis: String,
+}
+
+pub fn machine() -> Machine {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().map(|l| l.to_string()))
+        .unwrap_or_default();
+    Machine {
+        cpu,
+        cores,
+        mem,
+        pg: command_out("psql", &["--version"]),
+        redis: command_out("redis-server", &["--version"]),
+    }
+}
+
+/// The checked-out commit (short), with `+dirty` when the worktree has uncommitted changes:
+/// a figure is only comparable with another if both name the code they measured.
+pub fn git_commit() -> String {
+    let sha = command_out("git", &["rev-parse", "--short=9", "HEAD"]);
+    let dirty = !command_out("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty();
+    match (sha.is_empty(), dirty) {
+        (true, _) => "unknown".into(),
+        (false, true) => format!("{sha}+dirty"),
+        (false, false) => sha,
+    }
+}
