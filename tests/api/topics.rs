@@ -43,6 +43,15 @@ async fn anonymous(app: &TestApp) -> WsClient {
     c
 }
 
+/// Waits until the relay has published everything committed (it runs asynchronously), so a
+/// later subscriber cannot also get those events live.
+async fn published(app: &TestApp) {
+    eventually(T, "the outbox published", || async {
+        (count_rows(&app.db_url, "outbox").await == 0).then_some(())
+    })
+    .await;
+}
+
 /// Every frame that arrives within `window`.
 async fn drain(c: &mut WsClient, window: Duration) -> Vec<Value> {
     let mut out = vec![];
@@ -146,6 +155,7 @@ async fn a_subscriber_gets_the_ack_then_the_retained_value_then_live_events() {
         .await;
     // Not retained: live only.
     app.publish_topic("product:1", json!({"stock": 6})).await;
+    published(&app).await;
     let mut c =
         WsClient::connect(&app.ws_url(&token_with_topics(&new_user(), &["product:*"]), None))
             .await
@@ -174,6 +184,7 @@ async fn a_newer_retained_value_replaces_the_older_on_every_node() {
     let b = spawn_app(&db, Opts::in_cluster(&prefix)).await;
     a.publish_topic_body("product:3", json!({"data": {"stock": 1}, "retain": true}))
         .await;
+    published(&a).await;
     let mut watcher = subscriber(&b, &new_user(), &["product:*"], &["product:3"]).await;
     assert_eq!(watcher.next_of("topic.event", T).await["data"]["stock"], 1);
     let newer = a
@@ -213,6 +224,7 @@ async fn an_expired_retained_value_is_not_sent_and_is_pruned() {
     .await;
     app.publish_topic_body("product:4", json!({"data": {"stock": 1}, "retain": true}))
         .await;
+    published(&app).await;
     let mut conn = db.conn().await;
     use diesel_async::RunQueryDsl;
     diesel::sql_query("UPDATE topic_retained SET expires_at = now() - interval '1 second'")
@@ -239,6 +251,7 @@ async fn the_retained_value_survives_a_node_restart() {
     let id = app
         .publish_topic_body("product:8", json!({"data": {"stock": 4}, "retain": true}))
         .await;
+    published(&app).await;
     app.stop().await;
     let app = spawn_app(&db, Opts::default()).await;
     let mut c =
@@ -421,4 +434,14 @@ async fn publishing_past_the_burst_is_rate_limited() {
     assert_eq!(e["error"]["code"], "rate_limited", "{e}");
     assert!(acked >= 20, "only {acked} publishes before the limit");
     app.stop().await;
+}
+
+/// Anonymous sessions have no actor to close them: the node closes them itself with 1012.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_node_closes_anonymous_sessions_with_1012() {
+    let db = TestDb::new().await;
+    let app = spawn_app_with(&db, Opts::default(), public(&["product:*"])).await;
+    let mut c = anonymous(&app).await;
+    app.stopper.stop().await;
+    assert_eq!(c.expect_close(T).await, Some(1012));
 }
