@@ -52,6 +52,15 @@ pub struct Settings {
     pub housekeeping_interval: Duration,
     /// Rows per housekeeping DELETE.
     pub housekeeping_batch: i64,
+    /// `NOTIFYD_PUBLIC_TOPICS`: glob patterns anyone may subscribe to, also without a token
+    /// (contract §8). Empty = no anonymous sockets.
+    pub public_topics: Vec<String>,
+    /// `NOTIFYD_TOPIC_RETAIN`: how long a topic's retained value is kept unless replaced.
+    pub topic_retain: Duration,
+    /// `NOTIFYD_MAX_ANON_SOCKETS_PER_IP`: anonymous WebSockets one client IP may hold per node.
+    pub max_anon_sockets_per_ip: usize,
+    /// `NOTIFYD_TRUSTED_PROXIES`: peers whose `X-Forwarded-For` (last hop) names the client.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Settings {
@@ -84,6 +93,15 @@ impl Settings {
             db_request_timeout: Duration::from_secs(10),
             housekeeping_interval: Duration::from_secs(10),
             housekeeping_batch: 50_000,
+            public_topics: vec![],
+            topic_retain: Duration::from_secs(24 * 3600),
+            max_anon_sockets_per_ip: 64,
+            // A reverse proxy on the same host (the usual nginx in front): its peer address is
+            // loopback, and only it can have written the last X-Forwarded-For hop.
+            trusted_proxies: vec![
+                std::net::IpAddr::from([127, 0, 0, 1]),
+                std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+            ],
         }
     }
 
@@ -195,7 +213,33 @@ impl Settings {
                 bail!("NOTIFYD_HOUSEKEEPING_BATCH must be at least 1");
             }
         }
+        if let Some(p) = env("NOTIFYD_PUBLIC_TOPICS") {
+            s.public_topics = comma_list(&p);
+        }
+        if let Some(r) = env("NOTIFYD_TOPIC_RETAIN") {
+            s.topic_retain = positive(
+                "NOTIFYD_TOPIC_RETAIN",
+                parse_duration(&r).context("NOTIFYD_TOPIC_RETAIN")?,
+            )?;
+        }
+        if let Some(n) = env("NOTIFYD_MAX_ANON_SOCKETS_PER_IP") {
+            s.max_anon_sockets_per_ip = n
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .context("NOTIFYD_MAX_ANON_SOCKETS_PER_IP must be a positive integer")?;
+        }
+        if let Some(p) = env("NOTIFYD_TRUSTED_PROXIES") {
+            s.trusted_proxies = parse_ips(&p)?;
+        }
         Ok(s)
+    }
+
+    /// Whether anyone, also without a token, may subscribe to `topic`.
+    pub fn is_public_topic(&self, topic: &str) -> bool {
+        self.public_topics
+            .iter()
+            .any(|p| crate::auth::jwt::glob_match(p, topic))
     }
 
     /// `serve --dev` with `NOTIFYD_JWT_SECRET` in the environment: the secret was ignored (see
@@ -236,6 +280,27 @@ pub fn parse_service_keys(raw: &str) -> anyhow::Result<Vec<(String, String)>> {
                 Ok((name.to_string(), key.to_string()))
             }
             _ => bail!("NOTIFYD_SERVICE_KEYS: expected name:key, got {pair:?}"),
+        })
+        .collect()
+}
+
+fn comma_list(raw: &str) -> Vec<String> {
+    raw.split(',')
+        .map(|x| x.trim().to_string())
+        .filter(|x| !x.is_empty())
+        .collect()
+}
+
+/// `NOTIFYD_TRUSTED_PROXIES`: comma-separated IP addresses (`none` = trust no proxy).
+pub fn parse_ips(raw: &str) -> anyhow::Result<Vec<std::net::IpAddr>> {
+    if raw.trim() == "none" {
+        return Ok(vec![]);
+    }
+    comma_list(raw)
+        .iter()
+        .map(|ip| {
+            ip.parse()
+                .with_context(|| format!("NOTIFYD_TRUSTED_PROXIES: {ip:?} is not an IP address"))
         })
         .collect()
 }
@@ -284,6 +349,13 @@ mod tests {
         );
         assert_eq!(s.topic_of_channel(&s.user_channel("42")), None);
         assert_eq!(s.topic_of_channel("other:t:x"), None);
+    }
+
+    #[test]
+    fn trusted_proxies_are_ip_addresses() {
+        assert_eq!(parse_ips("10.0.0.1, ::1").unwrap().len(), 2);
+        assert!(parse_ips("none").unwrap().is_empty());
+        assert!(parse_ips("proxy.local").is_err());
     }
 
     #[test]

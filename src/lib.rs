@@ -2,7 +2,8 @@
 //!
 //! The data path, by module: `api::messages` (handler) → `inbox::create` (one transaction:
 //! rows, counters, `store::events`, `store::outbox`) → `outbox::relay` → `broker` (Redis or
-//! in-process) → `broker::hub` → `gateway::user_actor` → `gateway::session` (the socket).
+//! in-process) → `broker::hub` → `gateway::user_actor` → `gateway::session` (the socket). Topic
+//! events go `broker::hub` → `topics::router` → `gateway::session`, without the user actors.
 
 pub mod api;
 pub mod auth;
@@ -21,4 +22,5 @@ pub mod startup;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod topics;
 pub mod web;

@@ -43,6 +43,7 @@ pub struct Stopper {
 impl Stopper {
     pub async fn stop(&self) {
         self.state.gateway.shutdown();
+        self.state.topics.close_anonymous();
         // Let the writers flush their close frames.
         tokio::time::sleep(Duration::from_millis(200)).await;
         let _ = self.shutdown.send(true);
@@ -115,19 +116,28 @@ impl Application {
             };
             tasks.push(tokio::spawn(housekeeper.run(shutdown_rx.clone())));
         }
-        let settings_pool_size = settings.db_pool_size;
+        let gateway = Arc::new(Gateway::new(
+            tokio::runtime::Handle::current(),
+            settings.db_pool_size,
+        ));
+        let settings = Arc::new(settings);
+        let (topics, shards) =
+            crate::topics::Router::new(hub.clone(), settings.clone(), gateway.next_id());
+        for shard in shards {
+            tasks.push(tokio::spawn(
+                topics.clone().run_shard(shard, shutdown_rx.clone()),
+            ));
+        }
         let state = AppState {
             jwt: JwtKeys::new(&settings.jwt_secret),
             limits: Arc::new(crate::ratelimit::RateLimits::default()),
-            settings: Arc::new(settings),
+            settings,
             pool,
             redis,
             hub,
             waker,
-            gateway: Arc::new(Gateway::new(
-                tokio::runtime::Handle::current(),
-                settings_pool_size,
-            )),
+            gateway,
+            topics,
             presence,
             metrics,
         };

@@ -19,6 +19,8 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub waker: Waker,
     pub gateway: Arc<Gateway>,
+    /// Topic subscriptions on this node and their routing (contract §8).
+    pub topics: Arc<crate::topics::Router>,
     pub presence: Arc<Presence>,
     pub jwt: JwtKeys,
     /// Per-user limits on what clients do on their own (publish, direct messages).

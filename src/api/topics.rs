@@ -6,11 +6,12 @@ use serde_json::{json, Value};
 use super::read_body;
 use crate::auth::service::Service;
 use crate::error::ApiError;
-use crate::gateway::protocol::MAX_TOPIC_CHARS;
 use crate::inbox::create;
-use crate::inbox::input::{json_has_nul, MAX_DATA_BYTES, NUL_MESSAGE};
 use crate::state::AppState;
+use crate::topics;
 
+/// `{"data": {...}, "retain": true}`: `retain` also makes the event the topic's retained value
+/// for `NOTIFYD_TOPIC_RETAIN`. Answers `202 {"id", "topic"}` (the event id frames carry too).
 pub async fn publish(
     req: HttpRequest,
     _service: Service,
@@ -19,35 +20,34 @@ pub async fn publish(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let topic = topic.into_inner();
-    if topic.is_empty()
-        || topic.chars().count() > MAX_TOPIC_CHARS
-        || topic.chars().any(|c| c.is_control() || c.is_whitespace())
-    {
-        return Err(ApiError::validation(
-            "topic",
-            format!("must be 1 to {MAX_TOPIC_CHARS} characters without spaces"),
-        ));
-    }
+    topics::check_topic(&topic).map_err(|m| ApiError::validation("topic", m))?;
     let body = read_body(&req, payload, 64 * 1024).await?;
     let v: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::MalformedJson(format!("body is not valid JSON: {e}")))?;
     let data = match v.get("data") {
-        Some(d) if v.is_object() => d.clone(),
+        Some(d) if v.is_object() => d,
         _ => return Err(ApiError::validation("data", "is required: {\"data\": ...}")),
     };
-    if data.to_string().len() > MAX_DATA_BYTES {
-        return Err(ApiError::validation(
-            "data",
-            format!("at most {MAX_DATA_BYTES} bytes as JSON"),
-        ));
-    }
-    if json_has_nul(&data) {
-        return Err(ApiError::validation("data", NUL_MESSAGE));
-    }
+    topics::check_data(data).map_err(|m| ApiError::validation("data", m))?;
+    let retain = match v.get("retain") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+        Some(Value::Bool(true)) => true,
+        Some(_) => return Err(ApiError::validation("retain", "must be true or false")),
+    };
+    let retain_until = retain.then(|| {
+        chrono::Utc::now()
+            + chrono::Duration::from_std(state.settings.topic_retain)
+                .unwrap_or(chrono::Duration::days(1))
+    });
+    let ev = create::TopicEvent {
+        topic: &topic,
+        data,
+        from: None,
+        retain_until,
+    };
     let id = state
-        .db(async |conn| Ok(create::topic_event(conn, &topic, &data).await?))
+        .db(async |conn| create::topic_event(conn, &ev).await)
         .await?;
     state.waker.wake();
-    Ok(HttpResponse::Accepted()
-        .json(json!({ "accepted": true, "id": id.to_string(), "topic": topic })))
+    Ok(HttpResponse::Accepted().json(json!({ "accepted": true, "id": id, "topic": topic })))
 }

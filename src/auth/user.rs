@@ -31,15 +31,26 @@ pub fn authenticate(req: &HttpRequest) -> Result<UserClaims, ApiError> {
     verify(req, token)
 }
 
-/// The WebSocket handshake: the `Authorization: Bearer` header, else `?token=`.
-pub fn authenticate_ws(req: &HttpRequest) -> Result<UserClaims, ApiError> {
+/// The WebSocket handshake: the `Authorization: Bearer` header, else `?token=`. Without any
+/// token: `Ok(None)` (an anonymous viewer) when `anonymous_allowed` (`NOTIFYD_PUBLIC_TOPICS`
+/// is set), else 401. A token that is present but invalid is always 401, never anonymous.
+pub fn authenticate_ws(
+    req: &HttpRequest,
+    anonymous_allowed: bool,
+) -> Result<Option<UserClaims>, ApiError> {
     let token = match bearer(req) {
         Some(t) => t.to_string(),
-        None => query_token(req.query_string()).ok_or_else(|| {
-            ApiError::Unauthorized("missing user token (?token= or Authorization: Bearer)".into())
-        })?,
+        None => match query_token(req.query_string()) {
+            Some(t) => t,
+            None if anonymous_allowed => return Ok(None),
+            None => {
+                return Err(ApiError::Unauthorized(
+                    "missing user token (?token= or Authorization: Bearer)".into(),
+                ))
+            }
+        },
     };
-    verify(req, &token)
+    verify(req, &token).map(Some)
 }
 
 fn verify(req: &HttpRequest, token: &str) -> Result<UserClaims, ApiError> {

@@ -79,8 +79,8 @@ pub struct Hub {
     done: watch::Sender<u64>,
     /// Wakes the subscriber task when channels turned dirty.
     dirty_wake: Notify,
-    /// Listener ids for the readiness canary (never used by user actors: they route on other
-    /// channels, and ids only need to be unique per channel).
+    /// Listener ids for the readiness canary, from a range of their own: `broadcast` tells
+    /// listeners apart by id, and gateway ids (user actors, the topic router) count up from 1.
     canary_ids: AtomicU64,
 }
 
@@ -93,7 +93,7 @@ impl Hub {
             requested: AtomicU64::new(0),
             done: watch::Sender::new(0),
             dirty_wake: Notify::new(),
-            canary_ids: AtomicU64::new(0),
+            canary_ids: AtomicU64::new(1 << 62),
         })
     }
 
@@ -115,6 +115,15 @@ impl Hub {
     /// reconnect will subscribe it and send `Resync`). Callers read PostgreSQL only after this
     /// returns.
     pub async fn listen(&self, channel: &str, listener: u64, tx: Sender<HubMsg>) {
+        if let Some(ticket) = self.listen_now(channel, listener, tx) {
+            self.confirmed(ticket).await;
+        }
+    }
+
+    /// The routing half of `listen`, without waiting: the route takes effect at once (in order
+    /// with any `unlisten` the caller makes after it). Returns the ticket to wait for with
+    /// `confirmed` when this needs a SUBSCRIBE.
+    pub fn listen_now(&self, channel: &str, listener: u64, tx: Sender<HubMsg>) -> Option<u64> {
         let redis = self.redis.load(Ordering::SeqCst);
         let ticket = {
             let mut r = self.routes();
@@ -127,10 +136,15 @@ impl Hub {
                 None
             }
         };
-        let Some(ticket) = ticket else {
-            return;
-        };
-        self.dirty_wake.notify_one();
+        if ticket.is_some() {
+            self.dirty_wake.notify_one();
+        }
+        ticket
+    }
+
+    /// Waits (at most `LISTEN_WAIT`, not at all while disconnected) until Redis confirmed the
+    /// SUBSCRIBEs up to `ticket`.
+    pub async fn confirmed(&self, ticket: u64) {
         if !self.is_connected() {
             return;
         }
@@ -140,10 +154,7 @@ impl Hub {
             .is_err()
         {
             metrics::counter!("notifyd_hub_listen_timeouts_total").increment(1);
-            tracing::warn!(
-                channel,
-                "SUBSCRIBE not confirmed within {LISTEN_WAIT:?}; going on without it"
-            );
+            tracing::warn!("SUBSCRIBE not confirmed within {LISTEN_WAIT:?}; going on without it");
         }
     }
 
@@ -193,11 +204,16 @@ impl Hub {
         }
     }
 
+    /// Hands `msg` to every listener once (a listener id routed on many channels, such as the
+    /// topic router's, gets it once, not once per channel).
     fn broadcast(&self, msg: HubMsg) {
         let routes = self.routes();
+        let mut seen = HashSet::new();
         for list in routes.map.values() {
-            for (_, tx) in list {
-                offer(tx, msg.clone());
+            for (id, tx) in list {
+                if seen.insert(*id) {
+                    offer(tx, msg.clone());
+                }
             }
         }
     }

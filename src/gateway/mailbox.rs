@@ -1,11 +1,11 @@
 //! What a user's actor is told: by the registry (joins, committed changes, the audit, shutdown)
-//! and by the user's sessions (commands, renewed tokens, departures).
+//! and by the user's sessions (inbox commands, departures). Topics do not pass through it
+//! (`topics::router`).
 
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use super::outbound::SessionTx;
 use super::protocol::ClientFrame;
-use crate::auth::jwt::UserClaims;
 use crate::inbox::CommittedEvent;
 
 /// Messages waiting for one user's actor. Everything that enqueues uses `try_send` (a full
@@ -16,7 +16,6 @@ pub const ACTOR_MAILBOX: usize = 256;
 pub enum ActorMsg {
     Join {
         session: SessionTx,
-        claims: UserClaims,
         since: Option<i64>,
         /// Fired once `hello` (and `sync`) are queued for the session.
         joined: oneshot::Sender<()>,
@@ -29,13 +28,6 @@ pub enum ActorMsg {
         frame: ClientFrame,
         /// One of the session's command slots, released when the command is answered.
         slot: OwnedSemaphorePermit,
-    },
-    /// The session renewed its token in-band (`auth`): the new claims decide its topics.
-    Reauth {
-        session: u64,
-        claims: UserClaims,
-        /// The `auth` frame's ref: the actor acks it, before telling of any revoked topic.
-        r#ref: serde_json::Value,
     },
     /// A change this node just committed: delivered at once, ahead of the relay's copy.
     Committed(CommittedEvent),

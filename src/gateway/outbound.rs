@@ -17,6 +17,7 @@ pub const OUTBOUND_BYTES: usize = 1024 * 1024;
 
 /// What the writer sends.
 pub enum Out {
+    /// A text frame, shared: a topic event fanned out to many sessions is one buffer.
     Text(Arc<str>),
     /// A WebSocket ping carrying a nonce the client must echo to count as reading.
     Ping(Bytes),
@@ -143,4 +144,19 @@ impl SessionTx {
             }
         });
     }
+}
+
+/// The text of a shared frame as actix-ws takes it, without copying it: the frame's buffer
+/// is kept alive by the `Arc` until the socket has written it (the UTF-8 check is a scan, not
+/// a copy).
+pub fn shared_text(text: Arc<str>) -> bytestring::ByteString {
+    struct Shared(Arc<str>);
+    impl AsRef<[u8]> for Shared {
+        fn as_ref(&self) -> &[u8] {
+            self.0.as_bytes()
+        }
+    }
+    let fallback = text.clone();
+    bytestring::ByteString::try_from(Bytes::from_owner(Shared(text)))
+        .unwrap_or_else(|_| bytestring::ByteString::from(fallback.as_ref()))
 }

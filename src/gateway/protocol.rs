@@ -8,12 +8,9 @@ use crate::inbox::CountsView;
 
 /// Largest text frame a client may send; larger frames close the socket with 1009.
 pub const MAX_CLIENT_FRAME: usize = 64 * 1024;
-/// Most topics one `subscribe` may name, and most one session may hold.
+/// Most topics one `subscribe` may name (per-session and per-user caps: `topics::router`).
 pub const MAX_TOPICS_PER_FRAME: usize = 100;
-pub const MAX_TOPICS_PER_SESSION: usize = 500;
-pub const MAX_TOPIC_CHARS: usize = 200;
-/// Most distinct topics one user's sessions on one node may hold together.
-pub const MAX_TOPICS_PER_USER: usize = 1000;
+pub use crate::topics::MAX_TOPIC_CHARS;
 /// Largest `ref` (as JSON) a client may send: it is echoed in every reply.
 pub const MAX_REF_BYTES: usize = 256;
 /// Largest token an `auth` frame may carry.
@@ -53,6 +50,12 @@ pub enum ClientFrame {
         message: Value,
         r#ref: Value,
     },
+    /// A client's event on a topic its token's `publish` claim allows (contract §8).
+    Publish {
+        topic: String,
+        data: Value,
+        r#ref: Value,
+    },
 }
 
 impl ClientFrame {
@@ -65,7 +68,8 @@ impl ClientFrame {
             | ClientFrame::Unsubscribe { r#ref, .. }
             | ClientFrame::Ping { r#ref }
             | ClientFrame::Auth { r#ref, .. }
-            | ClientFrame::Send { r#ref, .. } => r#ref,
+            | ClientFrame::Send { r#ref, .. }
+            | ClientFrame::Publish { r#ref, .. } => r#ref,
         }
     }
 }
@@ -174,12 +178,33 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
             },
             _ => return Err(err("bad_frame", "\"message\" must be an object".into())),
         },
+        "publish" => {
+            let topic = match v.get("topic").and_then(Value::as_str) {
+                Some(t) => t.to_string(),
+                None => return Err(err("bad_frame", "\"topic\" must be a string".into())),
+            };
+            crate::topics::check_topic(&topic).map_err(|m| err("bad_frame", m))?;
+            let Some(data) = v.get("data") else {
+                return Err(err("bad_frame", "\"data\" is required".into()));
+            };
+            crate::topics::check_data(data).map_err(|m| err("bad_frame", m))?;
+            ClientFrame::Publish {
+                topic,
+                data: data.clone(),
+                r#ref,
+            }
+        }
         other => return Err(err("unknown_type", format!("unknown frame type {other:?}"))),
     })
 }
 
 pub fn hello(user: &str, c: CountsView, heartbeat_s: u64) -> Value {
     json!({"type": "hello", "user": user, "seq": c.seq, "unread": c.unread, "unseen": c.unseen, "heartbeat_s": heartbeat_s})
+}
+
+/// `hello` for an anonymous viewer of public topics: no user, no inbox, no counts.
+pub fn hello_anonymous(heartbeat_s: u64) -> Value {
+    json!({"type": "hello", "user": null, "heartbeat_s": heartbeat_s})
 }
 
 /// The `sync` frame for a resuming client, or `None` when nothing happened since.
@@ -298,6 +323,17 @@ mod tests {
             parse(r#"{"type":"auth","token":"t","ref":1}"#).unwrap(),
             ClientFrame::Auth { .. }
         ));
+        assert!(matches!(
+            parse(r#"{"type":"publish","topic":"group:7","data":{"x":1},"ref":"p"}"#).unwrap(),
+            ClientFrame::Publish { .. }
+        ));
+        for bad in [
+            r#"{"type":"publish","data":{}}"#,
+            r#"{"type":"publish","topic":"a b","data":{}}"#,
+            r#"{"type":"publish","topic":"group:7"}"#,
+        ] {
+            assert_eq!(parse(bad).unwrap_err().code, "bad_frame", "{bad}");
+        }
     }
 
     #[test]

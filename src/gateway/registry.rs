@@ -12,7 +12,6 @@ use super::mailbox::{ActorMsg, ACTOR_MAILBOX};
 use super::outbound::SessionTx;
 use super::sockets::SocketCounts;
 use super::user_actor;
-use crate::auth::jwt::UserClaims;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -25,6 +24,8 @@ pub struct Gateway {
     actors: Mutex<HashMap<String, Entry>>,
     /// Open WebSockets per user on this node.
     pub sockets: Arc<SocketCounts>,
+    /// Open anonymous WebSockets per client IP on this node.
+    pub anon_sockets: Arc<SocketCounts>,
     /// WebSocket commands running a database transaction at once on this node: fewer than the
     /// pool holds, so a flood of commands never takes every connection from REST callers.
     pub db_commands: Arc<Semaphore>,
@@ -39,6 +40,7 @@ impl Gateway {
         Gateway {
             actors: Mutex::new(HashMap::new()),
             sockets: Arc::new(SocketCounts::default()),
+            anon_sockets: Arc::new(SocketCounts::default()),
             db_commands: Arc::new(Semaphore::new((db_pool_size / 2).max(1))),
             next_id: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
@@ -107,16 +109,15 @@ impl Gateway {
     pub fn join(
         &self,
         state: &AppState,
-        claims: UserClaims,
+        user: &str,
         session: SessionTx,
         since: Option<i64>,
     ) -> Result<(mpsc::Sender<ActorMsg>, oneshot::Receiver<()>), ApiError> {
         let mut actors = self.actors();
-        let user = claims.user.clone();
+        let user = user.to_string();
         let (joined_tx, joined) = oneshot::channel();
         let mut msg = ActorMsg::Join {
             session,
-            claims,
             since,
             joined: joined_tx,
         };

@@ -20,11 +20,13 @@ use super::mailbox::ActorMsg;
 use super::outbound::{Out, Outbox, SessionTx};
 use super::protocol::{self, close, ClientFrame};
 use super::sockets::SocketPermit;
-use crate::auth::jwt::{JwtKeys, UserClaims};
+use crate::auth::jwt::UserClaims;
+use crate::error::ApiError;
+use crate::inbox::create;
 use crate::inbox::direct::{self, Via};
 use crate::state::AppState;
 
-/// Commands (read, read_all, seen_all, subscribe, unsubscribe, send) one session may have in flight;
+/// Commands (read, read_all, seen_all, subscribe, publish, send) one session may have in flight;
 /// more are answered `busy`.
 pub const MAX_COMMANDS_IN_FLIGHT: usize = 4;
 /// Bad frames tolerated on one connection before it is closed as abusive.
@@ -36,6 +38,8 @@ const SHORT_GRACE: Duration = Duration::from_secs(2);
 const OUTSTANDING_PINGS: usize = 4;
 /// Token renewals one session may send: at most one per this interval, others get `busy`.
 const AUTH_EVERY: Duration = Duration::from_secs(1);
+/// How long a `publish` waits for one of the node's database command permits.
+const PUBLISH_WAIT: Duration = Duration::from_secs(10);
 
 /// Writes queued frames until closed. A close request interrupts even a write stuck on a slow
 /// socket. The close frame queues behind what the socket already holds, so it waits up to
@@ -60,7 +64,7 @@ pub async fn writer(
                     Some(Out::Text(text)) => {
                         out.queued.fetch_sub(text.len(), Ordering::Relaxed);
                         tokio::select! {
-                            r = session.text(text.as_ref().to_owned()) => r,
+                            r = session.text(super::outbound::shared_text(text)) => r,
                             _ = out.close.changed() => continue,
                         }
                     }
@@ -117,24 +121,21 @@ pub fn close_grace(heartbeat: Duration) -> Duration {
 /// What the reader needs besides the socket.
 pub struct ReaderCtx {
     pub me: SessionTx,
-    pub actor: mpsc::Sender<ActorMsg>,
-    /// Fires once the actor has sent `hello`: client frames wait for it, so nothing the reader
-    /// answers (a `pong`) can overtake `hello`.
+    /// The user's actor (the inbox); `None` for an anonymous viewer of public topics.
+    pub actor: Option<mpsc::Sender<ActorMsg>>,
+    /// Fires once `hello` was sent: client frames wait for it, so nothing the reader answers
+    /// (a `pong`) can overtake `hello`.
     pub joined: oneshot::Receiver<()>,
     pub heartbeat: Duration,
-    pub jwt: JwtKeys,
-    pub user: String,
-    /// The token's `exp` (unix seconds): the session is closed with 4001 then, unless renewed.
-    pub exp: i64,
+    pub state: AppState,
+    /// The token's claims (`None`: anonymous). Its `exp` closes the session with 4001 unless
+    /// renewed in-band.
+    pub claims: Option<UserClaims>,
     /// Set by the frame guard when it refused a frame for its size.
     pub too_big: Rc<Cell<bool>>,
     /// Held while the session lives: counts against the user's socket limit.
     pub permit: SocketPermit,
     pub conn: Option<Conn>,
-    /// For what the reader does itself, without the user's actor: direct messages (`send`).
-    pub state: AppState,
-    /// The token's claims (renewed by `auth`): whom `send` may reach.
-    pub claims: UserClaims,
 }
 
 fn deadline_of(exp: i64) -> Instant {
@@ -151,15 +152,13 @@ pub async fn reader(stream: actix_ws::MessageStream, ctx: ReaderCtx) {
         actor,
         mut joined,
         heartbeat,
-        jwt,
-        user,
-        exp,
+        state,
+        mut claims,
         too_big,
         permit,
         conn,
-        state,
-        mut claims,
     } = ctx;
+    let anonymous = claims.is_none();
     let mut stream = stream
         .max_frame_size(protocol::MAX_CLIENT_FRAME)
         .aggregate_continuations()
@@ -168,7 +167,7 @@ pub async fn reader(stream: actix_ws::MessageStream, ctx: ReaderCtx) {
     let mut close_rx = me.close.subscribe();
     let mut tick = tokio::time::interval(heartbeat);
     tick.tick().await;
-    let expiry = tokio::time::sleep_until(deadline_of(exp));
+    let expiry = tokio::time::sleep_until(deadline_of(claims.as_ref().map_or(0, |c| c.exp)));
     tokio::pin!(expiry);
     let mut is_joined = false;
     let mut last_pong = Instant::now();
@@ -199,7 +198,7 @@ pub async fn reader(stream: actix_ws::MessageStream, ctx: ReaderCtx) {
                 pings.push_back(nonce.clone());
                 me.ping(nonce);
             }
-            _ = &mut expiry => {
+            _ = &mut expiry, if !anonymous => {
                 metrics::counter!("notifyd_ws_token_expired_total").increment(1);
                 me.close_with(close::TOKEN_EXPIRED, "token expired");
                 break;
@@ -212,39 +211,49 @@ pub async fn reader(stream: actix_ws::MessageStream, ctx: ReaderCtx) {
                             me.push_json(&protocol::pong(&r#ref));
                         }
                         Ok(ClientFrame::Auth { token, r#ref }) => {
-                            // Only accepted renewals reach the actor's mailbox: those are
-                            // limited to one per AUTH_EVERY.
                             let now = Instant::now();
                             let too_soon = last_auth.is_some_and(|t| now.duration_since(t) < AUTH_EVERY);
-                            let renewed = renew(&jwt, &user, &token, &me, &actor, too_soon, &r#ref);
-                            if renewed.is_ok() {
-                                last_auth = Some(now);
-                            } else {
-                                // A refused token counts like any bad frame (and so is limited).
-                                bad += 1;
-                            }
-                            match renewed {
-                                // The actor acks it (after applying the new claims).
+                            match renew(&state, claims.as_ref(), &token, too_soon) {
                                 Ok(renewed) => {
+                                    last_auth = Some(now);
                                     expiry.as_mut().reset(deadline_of(renewed.exp));
-                                    claims = renewed;
+                                    me.push_json(&protocol::ack(&r#ref, serde_json::json!({ "exp": renewed.exp })));
+                                    revoke_topics(&state, &me, &renewed);
+                                    claims = Some(renewed);
                                 }
                                 Err((code, message)) => {
+                                    // A refused token counts like any bad frame (and so is limited).
+                                    bad += 1;
                                     me.push_json(&protocol::error(&r#ref, code, message));
                                 }
                             }
                         }
-                        Ok(frame @ ClientFrame::Send { .. }) => match in_flight.clone().try_acquire_owned() {
-                            Ok(slot) => send_direct(&state, &claims, frame, &me, slot),
-                            Err(_) => busy(&me, &frame),
-                        },
-                        Ok(frame) => match in_flight.clone().try_acquire_owned() {
-                            Ok(slot) => match actor.try_send(ActorMsg::Command { session: me.id, frame, slot }) {
+                        Ok(ClientFrame::Subscribe { topics, r#ref }) => {
+                            subscribe(&state, &me, claims.as_ref(), &in_flight, topics, r#ref);
+                        }
+                        Ok(ClientFrame::Unsubscribe { topics, r#ref }) => {
+                            state.topics.unsubscribe(me.id, &topics);
+                            me.push_json(&protocol::ack(&r#ref, serde_json::json!({ "topics": topics })));
+                        }
+                        Ok(ClientFrame::Publish { topic, data, r#ref }) => {
+                            publish(&state, &me, claims.as_ref(), &in_flight, topic, data, r#ref);
+                        }
+                        Ok(frame @ ClientFrame::Send { .. }) if !anonymous => {
+                            match (claims.as_ref(), in_flight.clone().try_acquire_owned()) {
+                                (Some(c), Ok(slot)) => send_direct(&state, c, frame, &me, slot),
+                                _ => busy(&me, &frame),
+                            }
+                        }
+                        Ok(frame) => match (&actor, in_flight.clone().try_acquire_owned()) {
+                            (None, _) => {
+                                me.push_json(&protocol::error(frame.r#ref(), "unauthorized", "an anonymous session has no inbox: connect with a token"));
+                            }
+                            (Some(actor), Ok(slot)) => match actor.try_send(ActorMsg::Command { session: me.id, frame, slot }) {
                                 Ok(()) => {}
                                 Err(mpsc::error::TrySendError::Full(ActorMsg::Command { frame, .. })) => busy(&me, &frame),
                                 Err(_) => break,
                             },
-                            Err(_) => busy(&me, &frame),
+                            (Some(_), Err(_)) => busy(&me, &frame),
                         },
                         Err(e) => {
                             bad += 1;
@@ -288,14 +297,19 @@ pub async fn reader(stream: actix_ws::MessageStream, ctx: ReaderCtx) {
             }
         }
     }
+    state.topics.leave(me.id);
     // The actor must hear of every departure (presence, gauges); its mailbox is bounded, so wait
     // for room, but not forever.
-    let leave = actor.send(ActorMsg::Leave { session: me.id });
-    if tokio::time::timeout(Duration::from_secs(30), leave)
-        .await
-        .is_err()
-    {
-        tracing::warn!(user = %user, "user actor did not take a session's departure in 30 s");
+    if let Some(actor) = actor {
+        let leave = actor.send(ActorMsg::Leave { session: me.id });
+        if tokio::time::timeout(Duration::from_secs(30), leave)
+            .await
+            .is_err()
+        {
+            tracing::warn!("a user actor did not take a session's departure in 30 s");
+        }
+    } else {
+        metrics::gauge!("notifyd_ws_anonymous_connections").decrement(1.0);
     }
     drop(permit);
     // Keep the request stream (unread) until the connection is gone: dropped, actix-http would
@@ -314,12 +328,99 @@ fn bad_frame(me: &SessionTx, e: &protocol::FrameError) {
 }
 
 fn busy(me: &SessionTx, frame: &ClientFrame) {
+    busy_ref(me, frame.r#ref())
+}
+
+fn busy_ref(me: &SessionTx, r#ref: &serde_json::Value) {
     metrics::counter!("notifyd_ws_commands_busy_total").increment(1);
     me.push_json(&protocol::error(
-        frame.r#ref(),
+        r#ref,
         "busy",
         &format!("at most {MAX_COMMANDS_IN_FLIGHT} commands in flight per connection; retry when one is answered"),
     ));
+}
+
+/// An in-band `auth`: a fresh token for the same user extends the session past the old `exp`.
+/// At most one renewal per `AUTH_EVERY`.
+fn renew(
+    state: &AppState,
+    current: Option<&UserClaims>,
+    token: &str,
+    too_soon: bool,
+) -> Result<UserClaims, (&'static str, &'static str)> {
+    let Some(current) = current else {
+        return Err((
+            "unauthorized",
+            "an anonymous session cannot take a token: reconnect with it",
+        ));
+    };
+    let claims = state
+        .jwt
+        .verify(token)
+        .map_err(|_| ("unauthorized", "invalid or expired token"))?;
+    if claims.user != current.user {
+        return Err(("unauthorized", "the token is for another user"));
+    }
+    if too_soon {
+        metrics::counter!("notifyd_ws_commands_busy_total").increment(1);
+        return Err(("busy", "at most one renewal per second"));
+    }
+    Ok(claims)
+}
+
+/// Whether `claims` (or, for anyone, `NOTIFYD_PUBLIC_TOPICS`) let a session subscribe to `topic`.
+fn may_subscribe(state: &AppState, claims: Option<&UserClaims>, topic: &str) -> bool {
+    claims.is_some_and(|c| c.may_subscribe(topic)) || state.settings.is_public_topic(topic)
+}
+
+/// A renewed token decides the session's topics from now on: those it no longer allows are
+/// dropped at once, and the session is told with an `error` frame `forbidden` (after the ack).
+fn revoke_topics(state: &AppState, me: &SessionTx, claims: &UserClaims) {
+    let revoked = state
+        .topics
+        .revoke(me.id, |t| may_subscribe(state, Some(claims), t));
+    if !revoked.is_empty() {
+        me.push_json(&protocol::error(
+            &serde_json::Value::Null,
+            "forbidden",
+            &format!("the renewed token does not allow {revoked:?}: unsubscribed"),
+        ));
+    }
+}
+
+/// `subscribe`: checked and registered here, answered (ack, then retained values) by a task
+/// holding one of the session's command slots (it may wait on Redis and PostgreSQL).
+fn subscribe(
+    state: &AppState,
+    me: &SessionTx,
+    claims: Option<&UserClaims>,
+    in_flight: &Arc<Semaphore>,
+    topics: Vec<String>,
+    r#ref: serde_json::Value,
+) {
+    if let Some(bad) = topics.iter().find(|t| !may_subscribe(state, claims, t)) {
+        me.push_json(&protocol::error(
+            &r#ref,
+            "forbidden",
+            &format!("token does not allow topic {bad:?}"),
+        ));
+        return;
+    }
+    let Ok(slot) = in_flight.clone().try_acquire_owned() else {
+        return busy_ref(me, &r#ref);
+    };
+    match state.topics.subscribe(me.id, &topics) {
+        Ok(pending) => {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let _slot = slot;
+                state.topics.finish(&state, pending, r#ref).await;
+            });
+        }
+        Err((code, message)) => {
+            me.push_json(&protocol::error(&r#ref, code, &message));
+        }
+    }
 }
 
 /// A `send` frame: a direct message, created beside the reader (not through the user's actor,
@@ -359,32 +460,76 @@ fn send_direct(
     });
 }
 
-/// An in-band `auth`: a fresh token for the same user extends the session past the old `exp`.
-fn renew(
-    jwt: &JwtKeys,
-    user: &str,
-    token: &str,
+/// `publish` (contract §8, groups): allowed by the token's `publish` claim, rate-limited per
+/// user, created through the same path as the REST publish with `from` taken from the token.
+/// The transaction runs in a task holding a command slot and one of the node's database
+/// command permits, so the reader never waits on the database.
+fn publish(
+    state: &AppState,
     me: &SessionTx,
-    actor: &mpsc::Sender<ActorMsg>,
-    too_soon: bool,
-    r#ref: &serde_json::Value,
-) -> Result<UserClaims, (&'static str, &'static str)> {
-    let claims = jwt
-        .verify(token)
-        .map_err(|_| ("unauthorized", "invalid or expired token"))?;
-    if claims.user != user {
-        return Err(("unauthorized", "the token is for another user"));
+    claims: Option<&UserClaims>,
+    in_flight: &Arc<Semaphore>,
+    topic: String,
+    data: serde_json::Value,
+    r#ref: serde_json::Value,
+) {
+    let refuse = |code: &str, message: &str| {
+        me.push_json(&protocol::error(&r#ref, code, message));
+    };
+    let Some(claims) = claims else {
+        return refuse("unauthorized", "an anonymous session cannot publish");
+    };
+    if !claims.may_publish(&topic) {
+        return refuse(
+            "forbidden",
+            &format!("token does not allow publishing to {topic:?}"),
+        );
     }
-    if too_soon {
-        metrics::counter!("notifyd_ws_commands_busy_total").increment(1);
-        return Err(("busy", "at most one renewal per second"));
+    let Ok(slot) = in_flight.clone().try_acquire_owned() else {
+        return busy_ref(me, &r#ref);
+    };
+    if let Err(wait) = state.limits.publish.take(&claims.user) {
+        return refuse(
+            "rate_limited",
+            &format!(
+                "at most {} publishes per second (burst {}); retry in {} ms",
+                crate::ratelimit::PUBLISH_PER_SECOND,
+                crate::ratelimit::PUBLISH_BURST,
+                wait.as_millis().max(1)
+            ),
+        );
     }
-    actor
-        .try_send(ActorMsg::Reauth {
-            session: me.id,
-            claims: claims.clone(),
-            r#ref: r#ref.clone(),
-        })
-        .map_err(|_| ("busy", "the server is busy; send the token again"))?;
-    Ok(claims)
+    let (state, me, user) = (state.clone(), me.clone(), claims.user.clone());
+    tokio::spawn(async move {
+        let _slot = slot;
+        let result = async {
+            let _permit = tokio::time::timeout(
+                PUBLISH_WAIT,
+                state.gateway.db_commands.clone().acquire_owned(),
+            )
+            .await
+            .map_err(|_| ApiError::Unavailable("the server is busy; retry".into()))?
+            .map_err(|_| ApiError::Unavailable("shutting down".into()))?;
+            let ev = create::TopicEvent {
+                topic: &topic,
+                data: &data,
+                from: Some(&user),
+                retain_until: None,
+            };
+            state
+                .db(async |conn| create::topic_event(conn, &ev).await)
+                .await
+        }
+        .await;
+        match result {
+            Ok(id) => {
+                state.waker.wake();
+                metrics::counter!("notifyd_topic_client_publishes_total").increment(1);
+                me.push_json(&protocol::ack(&r#ref, serde_json::json!({ "id": id })));
+            }
+            Err(e) => {
+                me.push_json(&protocol::error(&r#ref, e.code(), &e.to_string()));
+            }
+        }
+    });
 }

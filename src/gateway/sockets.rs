@@ -36,6 +36,28 @@ impl SocketCounts {
 
     /// Counts one more WebSocket for `user`, or refuses it (429) at `max` on this node.
     pub fn open(self: &Arc<Self>, user: &str, max: usize) -> Result<SocketPermit, ApiError> {
+        self.open_as(user, max, || {
+            format!("at most {max} WebSockets per user on one node")
+        })
+    }
+
+    /// Counts one more anonymous WebSocket from `ip` (`NOTIFYD_MAX_ANON_SOCKETS_PER_IP`).
+    pub fn open_anonymous(
+        self: &Arc<Self>,
+        ip: &str,
+        max: usize,
+    ) -> Result<SocketPermit, ApiError> {
+        self.open_as(ip, max, || {
+            format!("at most {max} anonymous WebSockets per client address on one node")
+        })
+    }
+
+    fn open_as(
+        self: &Arc<Self>,
+        user: &str,
+        max: usize,
+        message: impl FnOnce() -> String,
+    ) -> Result<SocketPermit, ApiError> {
         let mut sockets = self.sockets();
         let n = sockets.entry(user.to_string()).or_insert(0);
         if *n >= max {
@@ -43,7 +65,7 @@ impl SocketCounts {
                 .increment(1);
             return Err(ApiError::TooMany {
                 code: "too_many_connections",
-                message: format!("at most {max} WebSockets per user on one node"),
+                message: message(),
             });
         }
         *n += 1;

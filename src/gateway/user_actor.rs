@@ -1,5 +1,6 @@
 //! One actor per connected user per node: it owns the user's sessions, receives the user's events
 //! from the broker, and delivers them to every session in seq order with no hole and no duplicate.
+//! It deals with the inbox only: topics go from the hub to the sessions through `topics::router`.
 //!
 //! `last_seq` is the highest seq the actor has delivered. An event at `last_seq + 1` goes straight
 //! out; one at or below `last_seq` is a duplicate and is dropped; one further ahead means an event
@@ -7,7 +8,7 @@
 //! the broker carries was committed before it was published, and a user's events commit in seq
 //! order, so the log always holds the missing ones.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,8 +19,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
 use super::mailbox::ActorMsg;
 use super::outbound::{Push, SessionTx};
-use super::protocol::{self, close, ClientFrame, MAX_TOPICS_PER_SESSION, MAX_TOPICS_PER_USER};
-use crate::auth::jwt::UserClaims;
+use super::protocol::{self, close, ClientFrame};
 use crate::broker::HubMsg;
 use crate::error::ApiError;
 use crate::inbox::changes::{self, Changes};
@@ -30,10 +30,8 @@ use crate::store::events;
 
 struct Session {
     tx: SessionTx,
-    claims: UserClaims,
     /// Highest seq this session has been sent (its `hello`/`sync` seq, then each event).
     cursor: i64,
-    topics: HashSet<String>,
 }
 
 struct Actor {
@@ -41,7 +39,6 @@ struct Actor {
     user: String,
     id: u64,
     me: mpsc::Sender<ActorMsg>,
-    hub_tx: mpsc::Sender<HubMsg>,
     channel: String,
     last_seq: i64,
     /// Fingerprints of the last events delivered, to tell a duplicate (same seq, same event)
@@ -51,8 +48,6 @@ struct Actor {
     /// The user's turn at the database for WebSocket commands (one at a time).
     db_turn: Arc<tokio::sync::Semaphore>,
     sessions: HashMap<u64, Session>,
-    /// topic -> sessions subscribed to it on this node
-    topics: HashMap<String, HashSet<u64>>,
 }
 
 /// How long a WebSocket command waits for one of the node's database command permits.
@@ -99,7 +94,7 @@ pub async fn run(
     let (hub_tx, mut hub_rx) = mpsc::channel(crate::broker::hub::LISTENER_MAILBOX);
     let channel = state.settings.user_channel(&user);
     // Subscribe first, then read: whatever commits after the read arrives through the broker.
-    state.hub.listen(&channel, id, hub_tx.clone()).await;
+    state.hub.listen(&channel, id, hub_tx).await;
     metrics::gauge!("notifyd_users_online").increment(1.0);
     // last_seq is unknown (-1) until the first join reads the inbox.
     let mut actor = Actor {
@@ -107,14 +102,12 @@ pub async fn run(
         user,
         id,
         me,
-        hub_tx,
         channel,
         last_seq: -1,
         recent: VecDeque::new(),
         last_restore_check: None,
         db_turn: Arc::new(tokio::sync::Semaphore::new(1)),
         sessions: HashMap::new(),
-        topics: HashMap::new(),
     };
     loop {
         tokio::select! {
@@ -137,12 +130,6 @@ pub async fn run(
             }
         }
     }
-    for topic in actor.topics.keys() {
-        actor
-            .state
-            .hub
-            .unlisten(&actor.state.settings.topic_channel(topic), actor.id);
-    }
     actor.state.hub.unlisten(&actor.channel, actor.id);
     metrics::gauge!("notifyd_users_online").decrement(1.0);
 }
@@ -161,21 +148,15 @@ impl Actor {
         match msg {
             ActorMsg::Join {
                 session,
-                claims,
                 since,
                 joined,
-            } => self.join(session, claims, since, joined).await,
+            } => self.join(session, since, joined).await,
             ActorMsg::Leave { session } => self.remove(session),
             ActorMsg::Command {
                 session,
                 frame,
                 slot,
             } => self.command(session, frame, slot).await,
-            ActorMsg::Reauth {
-                session,
-                claims,
-                r#ref,
-            } => self.reauth(session, claims, r#ref),
             ActorMsg::Committed(ev) => {
                 let fp = fingerprint_of(&ev.frame);
                 let payload: Arc<str> = Arc::from(ev.frame.to_string());
@@ -199,46 +180,17 @@ impl Actor {
     }
 
     /// Closes a session with `code` (a no-op if it already has a close code) and forgets it:
-    /// its topics, the connection gauge and presence. Every way a session ends comes here.
+    /// the connection gauge and presence. Every way a session ends comes here (its reader
+    /// takes it off its topics).
     fn close(&mut self, id: u64, code: u16, reason: &'static str) {
         if let Some(s) = self.sessions.remove(&id) {
             s.tx.close_with(code, reason);
-            for t in &s.topics {
-                if let Some(set) = self.topics.get_mut(t) {
-                    set.remove(&id);
-                }
-            }
             metrics::gauge!("notifyd_ws_connections").decrement(1.0);
             self.state.presence.add(&self.user, -1);
         }
-        self.drop_idle_topics();
     }
 
-    /// Topics no session wants any more are unlistened at once, in order with any `listen` that
-    /// follows: unlistening in a task let a quick resubscribe's new route be removed by the old
-    /// unlisten, leaving an acked subscription that never got another event.
-    fn drop_idle_topics(&mut self) {
-        let idle: Vec<String> = self
-            .topics
-            .iter()
-            .filter(|(_, s)| s.is_empty())
-            .map(|(t, _)| t.clone())
-            .collect();
-        for t in idle {
-            self.topics.remove(&t);
-            self.state
-                .hub
-                .unlisten(&self.state.settings.topic_channel(&t), self.id);
-        }
-    }
-
-    async fn join(
-        &mut self,
-        tx: SessionTx,
-        claims: UserClaims,
-        since: Option<i64>,
-        joined: oneshot::Sender<()>,
-    ) {
+    async fn join(&mut self, tx: SessionTx, since: Option<i64>, joined: oneshot::Sender<()>) {
         let user = &self.user;
         let read = self.state.db(async |conn| match since {
             Some(n) => Ok(changes::since(conn, user, n).await?),
@@ -298,9 +250,7 @@ impl Actor {
             tx.id,
             Session {
                 tx,
-                claims,
                 cursor: counts.seq,
-                topics: HashSet::new(),
             },
         );
         self.state.presence.add(&self.user, 1);
@@ -326,8 +276,6 @@ impl Actor {
                         }
                         Err(e) => tracing::warn!(error = %e, "event without seq on a user channel"),
                     }
-                } else if let Some(topic) = self.state.settings.topic_of_channel(&channel) {
-                    self.on_topic(topic, payload);
                 }
             }
             HubMsg::Resync if self.sessions.is_empty() => {}
@@ -467,23 +415,6 @@ impl Actor {
         }
     }
 
-    fn on_topic(&mut self, topic: &str, payload: Arc<str>) {
-        let Some(ids) = self.topics.get(topic) else {
-            return;
-        };
-        let mut dropped = vec![];
-        for id in ids {
-            if let Some(s) = self.sessions.get(id) {
-                if let Push::Dropped = s.tx.push(payload.clone()) {
-                    dropped.push(*id);
-                }
-            }
-        }
-        for id in dropped {
-            self.remove(id);
-        }
-    }
-
     async fn command(&mut self, session: u64, frame: ClientFrame, slot: OwnedSemaphorePermit) {
         let Some(s) = self.sessions.get(&session) else {
             return;
@@ -499,18 +430,13 @@ impl Actor {
             },
             ClientFrame::ReadAll { r#ref } => (Command::ReadAll, r#ref),
             ClientFrame::SeenAll { r#ref } => (Command::SeenAll, r#ref),
-            ClientFrame::Subscribe { topics, r#ref } => {
-                return self.subscribe(session, topics, r#ref).await
-            }
-            ClientFrame::Unsubscribe { topics, r#ref } => {
-                return self.unsubscribe(session, topics, r#ref)
-            }
-            ClientFrame::Ping { r#ref } => {
-                tx.push_json(&protocol::pong(&r#ref));
-                return;
-            }
-            // Handled by the session's reader.
-            ClientFrame::Auth { .. } | ClientFrame::Send { .. } => return,
+            // Pings, tokens and topics are the session reader's (see gateway::session).
+            ClientFrame::Ping { .. }
+            | ClientFrame::Auth { .. }
+            | ClientFrame::Subscribe { .. }
+            | ClientFrame::Unsubscribe { .. }
+            | ClientFrame::Publish { .. }
+            | ClientFrame::Send { .. } => return,
         };
         // The transaction runs beside the actor so a slow database never holds up delivery.
         // It holds the session's command slot until answered, and one of the node's database
@@ -551,105 +477,6 @@ impl Actor {
                 }
             }
         });
-    }
-
-    async fn subscribe(&mut self, session: u64, topics: Vec<String>, r#ref: Value) {
-        let Some(s) = self.sessions.get_mut(&session) else {
-            return;
-        };
-        if let Some(bad) = topics.iter().find(|t| !s.claims.may_subscribe(t)) {
-            s.tx.push_json(&protocol::error(
-                &r#ref,
-                "forbidden",
-                &format!("token does not allow topic {bad:?}"),
-            ));
-            return;
-        }
-        if s.topics.len() + topics.len() > MAX_TOPICS_PER_SESSION {
-            s.tx.push_json(&protocol::error(
-                &r#ref,
-                "too_many_topics",
-                &format!("at most {MAX_TOPICS_PER_SESSION} topics per session"),
-            ));
-            return;
-        }
-        let fresh: HashSet<&String> = topics
-            .iter()
-            .filter(|t| !self.topics.contains_key(*t))
-            .collect();
-        if self.topics.len() + fresh.len() > MAX_TOPICS_PER_USER {
-            metrics::counter!("notifyd_topics_refused_total").increment(1);
-            s.tx.push_json(&protocol::error(
-                &r#ref,
-                "too_many_topics",
-                &format!("at most {MAX_TOPICS_PER_USER} topics per user on one node"),
-            ));
-            return;
-        }
-        let tx = s.tx.clone();
-        let mut new_channels = vec![];
-        for t in &topics {
-            s.topics.insert(t.clone());
-            let set = self.topics.entry(t.clone()).or_default();
-            if set.is_empty() {
-                new_channels.push(self.state.settings.topic_channel(t));
-            }
-            set.insert(session);
-        }
-        for ch in new_channels {
-            self.state
-                .hub
-                .listen(&ch, self.id, self.hub_tx.clone())
-                .await;
-        }
-        tx.push_json(&protocol::ack(&r#ref, json!({ "topics": topics })));
-    }
-
-    /// A renewed token decides the session's topics from now on: those it no longer allows are
-    /// unsubscribed at once, and the session is told with an `error` frame `forbidden`.
-    fn reauth(&mut self, session: u64, claims: UserClaims, r#ref: Value) {
-        let Some(s) = self.sessions.get_mut(&session) else {
-            return;
-        };
-        s.tx.push_json(&protocol::ack(&r#ref, json!({ "exp": claims.exp })));
-        let revoked: Vec<String> = s
-            .topics
-            .iter()
-            .filter(|t| !claims.may_subscribe(t))
-            .cloned()
-            .collect();
-        s.claims = claims;
-        if !revoked.is_empty() {
-            s.tx.push_json(&protocol::error(
-                &Value::Null,
-                "forbidden",
-                &format!("the renewed token does not allow {revoked:?}: unsubscribed"),
-            ));
-            self.leave_topics(session, &revoked);
-        }
-    }
-
-    /// Takes `session` off `topics`, and unlistens those no session here wants any more.
-    fn leave_topics(&mut self, session: u64, topics: &[String]) {
-        if let Some(s) = self.sessions.get_mut(&session) {
-            for t in topics {
-                s.topics.remove(t);
-            }
-        }
-        for t in topics {
-            if let Some(set) = self.topics.get_mut(t) {
-                set.remove(&session);
-            }
-        }
-        self.drop_idle_topics();
-    }
-
-    fn unsubscribe(&mut self, session: u64, topics: Vec<String>, r#ref: Value) {
-        let Some(tx) = self.sessions.get(&session).map(|s| s.tx.clone()) else {
-            return;
-        };
-        self.leave_topics(session, &topics);
-        tx.push_json(&protocol::ack(&r#ref, json!({ "topics": topics })));
     }
 }
 

@@ -1,5 +1,6 @@
-//! `GET /ws`: authenticate, check the origin and the user's socket limit, upgrade behind the
-//! frame guard, and hand the session to the user's actor.
+//! `GET /ws`: authenticate, check the origin and the user's (or anonymous client address's)
+//! socket limit, upgrade behind the frame guard, and hand the session to the user's actor (an
+//! anonymous viewer of public topics has none: it gets its `hello` here).
 
 use actix_web::{get, web, FromRequest, HttpRequest, HttpResponse};
 use serde::Deserialize;
@@ -7,11 +8,13 @@ use serde::Deserialize;
 use super::conn::Conn;
 use super::frame_guard::FrameGuard;
 use super::outbound::SessionTx;
-use super::protocol::{close, MAX_CLIENT_FRAME};
+use super::protocol::{self, close, MAX_CLIENT_FRAME};
 use super::session::{self, ReaderCtx};
 use crate::auth::user::authenticate_ws;
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::topics::public::client_ip;
+use tokio::sync::oneshot;
 
 #[derive(Deserialize)]
 struct WsQuery {
@@ -25,7 +28,7 @@ pub async fn connect(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     check_origin(&req, &state)?;
-    let claims = authenticate_ws(&req)?;
+    let claims = authenticate_ws(&req, !state.settings.public_topics.is_empty())?;
     let q = web::Query::<WsQuery>::from_query(req.query_string())
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let since = match q.since.as_deref() {
@@ -40,10 +43,21 @@ pub async fn connect(
     if state.gateway.is_shutting_down() {
         return Err(ApiError::Unavailable("server is restarting".into()));
     }
-    let permit = state
-        .gateway
-        .sockets
-        .open(&claims.user, state.settings.max_sockets_per_user)?;
+    let permit = match &claims {
+        Some(c) => state
+            .gateway
+            .sockets
+            .open(&c.user, state.settings.max_sockets_per_user)?,
+        None => {
+            let ip = client_ip(&req, &state.settings.trusted_proxies)
+                .map(|ip| ip.to_string())
+                .unwrap_or_default();
+            state
+                .gateway
+                .anon_sockets
+                .open_anonymous(&ip, state.settings.max_anon_sockets_per_ip)?
+        }
+    };
     // Every byte the client sends passes the frame guard before actix-ws buffers it.
     let (guard, too_big) = FrameGuard::new(body, MAX_CLIENT_FRAME);
     let guarded: actix_http::BoxedPayloadStream = Box::pin(guard);
@@ -57,15 +71,27 @@ pub async fn connect(
     let grace = session::close_grace(state.settings.heartbeat);
     let conn = Conn::of(&req);
     actix_web::rt::spawn(session::writer(ws_session, outbox, grace, conn.clone()));
-    let (user, exp, reader_claims) = (claims.user.clone(), claims.exp, claims.clone());
-    let (actor, joined) = match state.gateway.join(&state, claims, me.clone(), since) {
-        Ok(joined) => joined,
-        Err(e) => {
-            tracing::debug!(error = %e, "session refused after the upgrade");
-            me.close_with(close::TRY_AGAIN_LATER, "server busy: retry");
-            return Ok(response);
+    let (actor, joined) = match &claims {
+        Some(c) => match state.gateway.join(&state, &c.user, me.clone(), since) {
+            Ok((actor, joined)) => (Some(actor), joined),
+            Err(e) => {
+                tracing::debug!(error = %e, "session refused after the upgrade");
+                me.close_with(close::TRY_AGAIN_LATER, "server busy: retry");
+                return Ok(response);
+            }
+        },
+        None => {
+            let heartbeat_s = state.settings.heartbeat.as_secs().max(1);
+            me.push_json(&protocol::hello_anonymous(heartbeat_s));
+            metrics::gauge!("notifyd_ws_anonymous_connections").increment(1.0);
+            let (hello_sent, joined) = oneshot::channel();
+            let _ = hello_sent.send(());
+            (None, joined)
         }
     };
+    state
+        .topics
+        .open(&me, claims.as_ref().map(|c| c.user.as_str()));
     actix_web::rt::spawn(session::reader(
         stream,
         ReaderCtx {
@@ -73,14 +99,11 @@ pub async fn connect(
             actor,
             joined,
             heartbeat: state.settings.heartbeat,
-            jwt: state.jwt.clone(),
-            user,
-            exp,
+            state: state.get_ref().clone(),
+            claims,
             too_big,
             permit,
             conn,
-            state: state.get_ref().clone(),
-            claims: reader_claims,
         },
     ));
     Ok(response)

@@ -12,7 +12,7 @@ use super::input::CreateRequest;
 use crate::error::ApiError;
 use crate::store::events::NewEvent;
 use crate::store::messages::NewMessage;
-use crate::store::{events, idempotency, inbox_state, messages, outbox, Conn};
+use crate::store::{events, idempotency, inbox_state, messages, outbox, topic_retained, Conn};
 
 /// The result of a create: the `201` body, and whether it replays an earlier request.
 #[derive(Debug)]
@@ -129,8 +129,42 @@ async fn insert_all(
     Ok(json!({ "messages": answer }))
 }
 
-/// `POST /api/v1/topics/{topic}/events`: a topic event goes through the outbox too.
-pub async fn topic_event(conn: &mut Conn, topic: &str, data: &Value) -> Result<i64, ApiError> {
-    let frame = frames::topic_event(topic, data);
-    Ok(outbox::enqueue_topic_event(conn, topic, &frame).await?)
+/// A topic event to create: from `POST /api/v1/topics/{topic}/events` (a service) or a
+/// client's `publish` frame (`from` = the sender's `sub`, taken from its token).
+pub struct TopicEvent<'a> {
+    pub topic: &'a str,
+    pub data: &'a Value,
+    pub from: Option<&'a str>,
+    /// Also make it the topic's retained value until this instant.
+    pub retain_until: Option<chrono::DateTime<chrono::Utc>>,
 }
+
+/// Every topic event, whoever publishes it: a fresh id (UUIDv7), the frame in the outbox and,
+/// when retained, the topic's retained value, in one transaction. Returns the event id.
+pub async fn topic_event(conn: &mut Conn, ev: &TopicEvent<'_>) -> Result<String, ApiError> {
+    let id = Uuid::now_v7().to_string();
+    let frame = frames::topic_event(ev.topic, &id, ev.data, ev.from);
+    conn.transaction::<_, ApiError, _>(async |conn| {
+        match ev.retain_until {
+            None => {
+                outbox::enqueue_topic_event(conn, ev.topic, &frame).await?;
+            }
+            Some(until) => {
+                // The published payload says it is retained, so every node's router updates
+                // its cache; routers strip the marker before the frame reaches clients.
+                let mut payload = frame.clone();
+                if let Some(obj) = payload.as_object_mut() {
+                    obj.insert(RETAIN_MARKER.into(), Value::Bool(true));
+                }
+                outbox::enqueue_topic_event(conn, ev.topic, &payload).await?;
+                topic_retained::upsert(conn, ev.topic, &id, &frame, until).await?;
+            }
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(id)
+}
+
+/// The field of a published topic payload that marks a retained event (never sent to clients).
+pub const RETAIN_MARKER: &str = "retain";

@@ -27,6 +27,13 @@ pub fn deleted(c: Counters, ids: &[Uuid]) -> Value {
     json!({"type": "message.deleted", "seq": c.seq, "unread": c.unread, "unseen": c.unseen, "ids": ids})
 }
 
-pub fn topic_event(topic: &str, data: &Value) -> Value {
-    json!({"type": "topic.event", "topic": topic, "data": data})
+/// A topic event as subscribers get it (contract §8); `from` is the publishing user's `sub` for
+/// a client publish, stamped from the token.
+pub fn topic_event(topic: &str, id: &str, data: &Value, from: Option<&str>) -> Value {
+    match from {
+        Some(from) => {
+            json!({"type": "topic.event", "topic": topic, "id": id, "from": from, "data": data})
+        }
+        None => json!({"type": "topic.event", "topic": topic, "id": id, "data": data}),
+    }
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use crate::gateway::protocol::{MAX_TOPICS_PER_FRAME, MAX_TOPICS_PER_SESSION, MAX_TOPIC_CHARS};
+use crate::gateway::protocol::{MAX_TOPICS_PER_FRAME, MAX_TOPIC_CHARS};
+use crate::topics::router::MAX_TOPICS_PER_SESSION;
 
 /// Event ids remembered per topic: a duplicate comes soon after the original (a relay retry,
 /// the retained copy after a resubscribe), so a short memory suffices and stays bounded.

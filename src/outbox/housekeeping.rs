@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::config::Settings;
 use crate::db;
-use crate::store::{events, idempotency, session};
+use crate::store::{events, idempotency, session, topic_retained};
 
 /// The housekeeper's advisory lock key ("notifyd" + 01), beside the relay's `LEADER_LOCK`.
 pub const HOUSEKEEPER_LOCK: i64 = 0x6e6f_7469_6679_6401;
@@ -26,6 +26,7 @@ const RETRY: Duration = Duration::from_secs(1);
 pub struct Pruned {
     pub events: usize,
     pub idempotency_keys: usize,
+    pub retained_topics: usize,
 }
 
 pub struct Housekeeper {
@@ -121,6 +122,16 @@ pub async fn prune_expired(
         let n = bounded(bound, idempotency::prune(conn, batch)).await?;
         pruned.idempotency_keys += n;
         metrics::counter!("notifyd_housekeeping_pruned_total", "table" => "idempotency_key")
+            .increment(n as u64);
+        if (n as i64) < batch || *shutdown.borrow() {
+            break;
+        }
+    }
+    // Expired retained topic values are never sent (reads filter them); this frees the rows.
+    loop {
+        let n = bounded(bound, topic_retained::prune(conn, batch)).await?;
+        pruned.retained_topics += n;
+        metrics::counter!("notifyd_housekeeping_pruned_total", "table" => "topic_retained")
             .increment(n as u64);
         if (n as i64) < batch || *shutdown.borrow() {
             break;

@@ -8,5 +8,6 @@ pub mod messages;
 pub mod outbox;
 pub mod schema;
 pub mod session;
+pub mod topic_retained;
 
 pub use diesel_async::AsyncPgConnection as Conn;

@@ -561,10 +561,10 @@ async fn topic_events_reach_subscribers_the_token_allows_until_they_unsubscribe(
     c.send(&json!({"type": "subscribe", "topics": ["product:1"], "ref": "s1"}))
         .await;
     assert_eq!(c.next_of("ack", T).await["ref"], "s1");
-    app.publish_topic("product:1", json!({"stock": 3})).await;
+    let id = app.publish_topic("product:1", json!({"stock": 3})).await;
     assert_eq!(
         c.next_of("topic.event", T).await,
-        json!({"type": "topic.event", "topic": "product:1", "data": {"stock": 3}})
+        json!({"type": "topic.event", "topic": "product:1", "id": id, "data": {"stock": 3}})
     );
 
     c.send(&json!({"type": "subscribe", "topics": ["group:7"], "ref": "s2"}))
@@ -583,10 +583,10 @@ async fn topic_events_reach_subscribers_the_token_allows_until_they_unsubscribe(
     assert_eq!(c.next_of("ack", T).await["ref"], "s3");
     // Events go out in order: had product:1 still been delivered, it would come first.
     app.publish_topic("product:1", json!({"stock": 2})).await;
-    app.publish_topic("product:2", json!({"stock": 9})).await;
+    let id = app.publish_topic("product:2", json!({"stock": 9})).await;
     assert_eq!(
         c.next_of("topic.event", T).await,
-        json!({"type": "topic.event", "topic": "product:2", "data": {"stock": 9}})
+        json!({"type": "topic.event", "topic": "product:2", "id": id, "data": {"stock": 9}})
     );
     app.stop().await;
 }

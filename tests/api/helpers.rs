@@ -827,17 +827,31 @@ impl TestApp {
         r.json().await.expect("json")
     }
 
-    /// `POST /api/v1/topics/{topic}/events` with `{"data": data}`, asserting 202.
-    pub async fn publish_topic(&self, topic: &str, data: Value) {
+    /// `POST /api/v1/topics/{topic}/events` with `{"data": data}`, asserting 202; returns the
+    /// event id.
+    pub async fn publish_topic(&self, topic: &str, data: Value) -> String {
+        self.publish_topic_body(topic, serde_json::json!({ "data": data }))
+            .await
+    }
+
+    /// `POST /api/v1/topics/{topic}/events` with `body`, asserting 202 with the topic and an
+    /// event id; returns the id.
+    pub async fn publish_topic_body(&self, topic: &str, body: Value) -> String {
         let r = self
             .http
             .post(format!("{}/api/v1/topics/{topic}/events", self.base))
             .bearer_auth(SERVICE_KEY)
-            .json(&serde_json::json!({ "data": data }))
+            .json(&body)
             .send()
             .await
             .expect("POST topic event");
         assert_eq!(r.status(), 202, "topic event not accepted");
+        let answer: Value = r.json().await.expect("json");
+        assert_eq!(answer["topic"], topic, "{answer}");
+        answer["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no event id in {answer}"))
+            .to_string()
     }
 
     /// Creates `n` messages for `user` in ONE request (titles `"{prefix}{i}"`); returns the
@@ -1046,4 +1060,35 @@ pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     f.extend_from_slice(&mask);
     f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     f
+}
+
+/// A user JWT with the given grants (`topics`, `publish`, `send_to` glob patterns).
+pub fn token_with_grants(user: &str, topics: &[&str], publish: &[&str]) -> String {
+    let list = |l: &[&str]| l.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+    let grants = notifyd::auth::jwt::Grants {
+        topics: list(topics),
+        publish: list(publish),
+        send_to: vec![],
+    };
+    notifyd::auth::jwt::JwtKeys::new(JWT_SECRET)
+        .mint_with(user, 3600, &grants)
+        .expect("mint")
+}
+
+/// The HTTP status and JSON error body of a refused WebSocket handshake.
+pub fn refused_with_body(
+    r: Result<WsClient, tokio_tungstenite::tungstenite::Error>,
+) -> (u16, Value) {
+    match r {
+        Ok(_) => panic!("the WebSocket handshake was accepted"),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let body = resp
+                .body()
+                .as_deref()
+                .and_then(|b| serde_json::from_slice(b).ok())
+                .unwrap_or(Value::Null);
+            (resp.status().as_u16(), body)
+        }
+        Err(e) => panic!("the handshake failed without an HTTP answer: {e}"),
+    }
 }

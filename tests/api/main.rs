@@ -13,4 +13,5 @@ mod liveness;
 mod relay;
 mod resync;
 mod spine;
+mod topics;
 mod user_api;

@@ -502,6 +502,7 @@ async fn a_topic_event_is_accepted_and_published_on_the_topic_channel() {
         )
         .await;
     assert_eq!(r.status(), 202);
+    let answer: Value = r.json().await.expect("json");
 
     let got = tap
         .next(Duration::from_secs(10))
@@ -509,7 +510,7 @@ async fn a_topic_event_is_accepted_and_published_on_the_topic_channel() {
         .expect("the topic event is published");
     assert_eq!(
         got,
-        json!({"type": "topic.event", "topic": topic, "data": data})
+        json!({"type": "topic.event", "topic": topic, "id": answer["id"], "data": data})
     );
     assert_eq!(tap.drain(Duration::from_secs(1)).await, Vec::<Value>::new());
     assert_eq!(

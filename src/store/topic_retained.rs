@@ -1,0 +1,64 @@
+//! `topic_retained`: each topic's retained value (the frame of its latest retained event).
+
+use chrono::{DateTime, Utc};
+use diesel::sql_types::{Array, BigInt, Jsonb, Text, Timestamptz};
+use diesel_async::RunQueryDsl;
+
+use super::Conn;
+
+#[derive(diesel::QueryableByName, Debug, Clone)]
+pub struct Retained {
+    #[diesel(sql_type = Text)]
+    pub topic: String,
+    #[diesel(sql_type = Text)]
+    pub id: String,
+    #[diesel(sql_type = Jsonb)]
+    pub frame: serde_json::Value,
+    #[diesel(sql_type = Timestamptz)]
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Makes `frame` the topic's retained value. Event ids are UUIDv7 strings, which sort by
+/// creation time: an older event committing after a newer one never replaces it.
+pub async fn upsert(
+    conn: &mut Conn,
+    topic: &str,
+    id: &str,
+    frame: &serde_json::Value,
+    expires_at: DateTime<Utc>,
+) -> diesel::QueryResult<()> {
+    diesel::sql_query(
+        "INSERT INTO topic_retained (topic, id, frame, expires_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (topic) DO UPDATE SET id = EXCLUDED.id, frame = EXCLUDED.frame, \
+         expires_at = EXCLUDED.expires_at WHERE topic_retained.id < EXCLUDED.id",
+    )
+    .bind::<Text, _>(topic)
+    .bind::<Text, _>(id)
+    .bind::<Jsonb, _>(frame)
+    .bind::<Timestamptz, _>(expires_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The unexpired retained values of `topics` (those without one are absent).
+pub async fn get_many(conn: &mut Conn, topics: &[String]) -> diesel::QueryResult<Vec<Retained>> {
+    diesel::sql_query(
+        "SELECT topic, id, frame, expires_at FROM topic_retained \
+         WHERE topic = ANY($1) AND expires_at > now()",
+    )
+    .bind::<Array<Text>, _>(topics)
+    .load(conn)
+    .await
+}
+
+/// Deletes up to `batch` expired retained values.
+pub async fn prune(conn: &mut Conn, batch: i64) -> diesel::QueryResult<usize> {
+    diesel::sql_query(
+        "DELETE FROM topic_retained WHERE topic IN \
+         (SELECT topic FROM topic_retained WHERE expires_at <= now() LIMIT $1)",
+    )
+    .bind::<BigInt, _>(batch)
+    .execute(conn)
+    .await
+}

@@ -1,0 +1,60 @@
+//! Live topics (contract §8): per node, a router from topic channels straight to the sessions
+//! subscribed here (no user actor on the way), each topic's retained value, and who may watch
+//! without a token.
+
+pub mod public;
+pub mod retained;
+pub mod router;
+
+use serde_json::Value;
+
+pub use router::Router;
+
+use crate::inbox::input::{json_has_nul, MAX_DATA_BYTES, NUL_MESSAGE};
+
+/// Longest topic name, in characters.
+pub const MAX_TOPIC_CHARS: usize = 200;
+
+/// A topic name: 1 to `MAX_TOPIC_CHARS` characters, no whitespace or control characters (it
+/// becomes part of a Redis channel name). The `Err` is the message for the caller.
+pub fn check_topic(topic: &str) -> Result<(), String> {
+    if topic.is_empty()
+        || topic.chars().count() > MAX_TOPIC_CHARS
+        || topic.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(format!(
+            "a topic is 1 to {MAX_TOPIC_CHARS} characters without spaces"
+        ));
+    }
+    Ok(())
+}
+
+/// A topic event's `data`: at most `MAX_DATA_BYTES` as JSON, no U+0000 (PostgreSQL's jsonb
+/// refuses it).
+pub fn check_data(data: &Value) -> Result<(), String> {
+    if data.to_string().len() > MAX_DATA_BYTES {
+        return Err(format!(
+            "\"data\" must be at most {MAX_DATA_BYTES} bytes as JSON"
+        ));
+    }
+    if json_has_nul(data) {
+        return Err(format!("\"data\": {NUL_MESSAGE}"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_and_data_are_bounded() {
+        assert!(check_topic("product:42").is_ok());
+        for bad in ["", "a b", "a\u{0}", &"x".repeat(MAX_TOPIC_CHARS + 1)] {
+            assert!(check_topic(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_data(&serde_json::json!({"stock": 1})).is_ok());
+        let big = serde_json::json!({ "x": "y".repeat(MAX_DATA_BYTES) });
+        assert!(check_data(&big).is_err());
+    }
+}

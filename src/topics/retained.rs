@@ -1,0 +1,111 @@
+//! The node's cache of retained values, kept inside the router's topic entries (only topics
+//! with a local subscriber are cached). What it knows of a topic comes from two places: a live
+//! retained event (the newest there is) and a PostgreSQL read on a subscriber's cache miss.
+//! Event ids are UUIDv7 strings, which sort by creation: whichever arrives last, the newer
+//! value stays.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::inbox::create::RETAIN_MARKER;
+
+/// A retained event ready to send: its frame with `"retained": true`.
+#[derive(Debug, Clone)]
+pub struct Retained {
+    pub id: String,
+    pub frame: Arc<str>,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl Retained {
+    /// From an event frame (the marker, if any, removed).
+    pub fn of(id: String, mut frame: Value, expires_at: DateTime<Utc>) -> Self {
+        if let Some(obj) = frame.as_object_mut() {
+            obj.remove(RETAIN_MARKER);
+            obj.insert("retained".into(), Value::Bool(true));
+        }
+        Retained {
+            id,
+            frame: Arc::from(frame.to_string()),
+            expires_at,
+        }
+    }
+}
+
+/// What this node knows of a topic's retained value.
+#[derive(Debug, Clone, Default)]
+pub enum Cached {
+    /// Not read yet (or forgotten after a broker reconnect): the next subscribe reads it.
+    #[default]
+    Unknown,
+    /// Read: the topic has none.
+    Nothing,
+    Value(Retained),
+}
+
+impl Cached {
+    /// Takes `new` unless what is cached is newer (see the module comment).
+    pub fn offer(&mut self, new: Retained) {
+        match self {
+            Cached::Value(cur) if cur.id >= new.id => {}
+            _ => *self = Cached::Value(new),
+        }
+    }
+
+    /// The value to send now, if any; an expired one is forgotten.
+    pub fn current(&mut self, now: DateTime<Utc>) -> Option<Arc<str>> {
+        match self {
+            Cached::Value(r) if r.expires_at > now => Some(r.frame.clone()),
+            Cached::Value(_) => {
+                *self = Cached::Nothing;
+                None
+            }
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(id: &str) -> Retained {
+        Retained::of(
+            id.into(),
+            serde_json::json!({"id": id, "retain": true}),
+            Utc::now() + chrono::Duration::hours(1),
+        )
+    }
+
+    #[test]
+    fn the_newer_value_stays_whatever_the_order() {
+        let mut c = Cached::Unknown;
+        c.offer(value("b"));
+        c.offer(value("a"));
+        let frame = c.current(Utc::now()).expect("cached");
+        assert!(
+            frame.contains("\"b\"") && frame.contains("\"retained\":true"),
+            "{frame}"
+        );
+        assert!(
+            !frame.contains("\"retain\":"),
+            "the marker is stripped: {frame}"
+        );
+        c.offer(value("c"));
+        assert!(c.current(Utc::now()).expect("cached").contains("\"c\""));
+    }
+
+    #[test]
+    fn an_expired_value_is_not_sent() {
+        let mut c = Cached::Unknown;
+        c.offer(Retained::of(
+            "a".into(),
+            serde_json::json!({}),
+            Utc::now() - chrono::Duration::seconds(1),
+        ));
+        assert!(c.current(Utc::now()).is_none());
+        assert!(matches!(c, Cached::Nothing));
+    }
+}

@@ -1,0 +1,453 @@
+//! The node's topic router: topic -> the sessions subscribed to it here.
+//!
+//! Each topic with a local subscriber has ONE hub listener (the router's id), routed to one of
+//! `SHARDS` tasks by the topic's hash, so one topic's events are handled in order by one task.
+//! A shard reads an event's head once (its id, whether it is retained), drops an id it already
+//! delivered for that topic (the relay is at-least-once), and pushes the SAME shared frame to
+//! every subscribed session's queue: one serialisation per event, none per session.
+//!
+//! Sessions talk to the router directly (their reader, no actor, no database): subscribing
+//! registers the route at once; the subscription becomes live when the session gets its `ack`
+//! and, right after it, each topic's retained value (see `finish`). Events in between update
+//! the retained cache, so the value sent after the `ack` is the newest there is.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch};
+
+use super::retained::{Cached, Retained};
+use crate::broker::{Hub, HubMsg};
+use crate::config::Settings;
+use crate::gateway::outbound::SessionTx;
+use crate::gateway::protocol::{self, close};
+use crate::state::AppState;
+use crate::store::topic_retained;
+
+/// Most topics one session may hold.
+pub const MAX_TOPICS_PER_SESSION: usize = 500;
+/// Most distinct topics one user's sessions on one node may hold together.
+pub const MAX_TOPICS_PER_USER: usize = 1000;
+/// Event ids remembered per topic to drop a second delivery of the same event.
+pub const RECENT_IDS: usize = 64;
+/// Tasks routing topic events (a topic always goes to the same one).
+pub const SHARDS: usize = 4;
+/// Each shard's hub mailbox: a burst of this many events for one shard waits; beyond it events
+/// are dropped (counted in `notifyd_hub_dropped_total`): live topic delivery is at-most-once.
+pub const SHARD_MAILBOX: usize = 8192;
+/// How long a subscribe waits for a database permit to read retained values.
+const RETAINED_WAIT: Duration = Duration::from_secs(5);
+
+struct Sub {
+    tx: SessionTx,
+    /// False until the session got its `ack` (and retained values): see the module comment.
+    live: bool,
+}
+
+#[derive(Default)]
+struct Topic {
+    subs: HashMap<u64, Sub>,
+    recent: VecDeque<String>,
+    retained: Cached,
+}
+
+struct Session {
+    tx: SessionTx,
+    /// `None`: an anonymous viewer.
+    user: Option<String>,
+    topics: HashSet<String>,
+}
+
+#[derive(Default)]
+struct Inner {
+    topics: HashMap<String, Topic>,
+    sessions: HashMap<u64, Session>,
+    /// user -> topic -> how many of the user's sessions here hold it (the per-user cap).
+    users: HashMap<String, HashMap<String, usize>>,
+}
+
+pub struct Router {
+    inner: Mutex<Inner>,
+    hub: Arc<Hub>,
+    settings: Arc<Settings>,
+    /// The router's listener id on the hub (the same for every topic channel).
+    listener: u64,
+    shards: Vec<mpsc::Sender<HubMsg>>,
+}
+
+/// A subscribe registered but not yet answered (see `Router::finish`).
+pub struct Pending {
+    session: u64,
+    topics: Vec<String>,
+    /// The hub ticket to wait for when a topic needed a SUBSCRIBE.
+    ticket: Option<u64>,
+}
+
+/// Why a subscribe was refused: the `error` frame's code and message.
+pub type Refusal = (&'static str, String);
+
+#[derive(Deserialize)]
+struct Head {
+    id: Option<String>,
+    #[serde(default)]
+    retain: bool,
+}
+
+impl Router {
+    /// The router and its shards' mailboxes (run each with `run_shard`).
+    pub fn new(
+        hub: Arc<Hub>,
+        settings: Arc<Settings>,
+        listener: u64,
+    ) -> (Arc<Router>, Vec<mpsc::Receiver<HubMsg>>) {
+        let (txs, rxs) = (0..SHARDS).map(|_| mpsc::channel(SHARD_MAILBOX)).unzip();
+        let router = Router {
+            inner: Mutex::new(Inner::default()),
+            hub,
+            settings,
+            listener,
+            shards: txs,
+        };
+        (Arc::new(router), rxs)
+    }
+
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Routes one shard's events until shutdown.
+    pub async fn run_shard(
+        self: Arc<Self>,
+        mut rx: mpsc::Receiver<HubMsg>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(HubMsg::Message { channel, payload }) => {
+                        if let Some(topic) = self.settings.topic_of_channel(&channel) {
+                            self.on_event(topic, payload);
+                        }
+                    }
+                    Some(HubMsg::Resync) => self.on_resync(),
+                    None => return,
+                },
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// A new session: known to the router from its start (anonymous ones are closed through
+    /// it at shutdown).
+    pub fn open(&self, tx: &SessionTx, user: Option<&str>) {
+        self.inner().sessions.insert(
+            tx.id,
+            Session {
+                tx: tx.clone(),
+                user: user.map(str::to_string),
+                topics: HashSet::new(),
+            },
+        );
+    }
+
+    /// The session ended: it leaves every topic.
+    pub fn leave(&self, session: u64) {
+        let mut inner = self.inner();
+        if let Some(s) = inner.sessions.get(&session) {
+            let topics: Vec<String> = s.topics.iter().cloned().collect();
+            self.drop_topics(&mut inner, session, &topics);
+        }
+        inner.sessions.remove(&session);
+    }
+
+    /// Closes every anonymous session with 1012 (users' sessions are closed by their actors).
+    pub fn close_anonymous(&self) {
+        for s in self.inner().sessions.values() {
+            if s.user.is_none() {
+                s.tx.close_with(close::GOING_AWAY_RESTART, "server restarting");
+            }
+        }
+    }
+
+    /// Registers `session` on `topics` (the caller checked they are allowed) within the caps.
+    pub fn subscribe(&self, session: u64, topics: &[String]) -> Result<Pending, Refusal> {
+        let mut guard = self.inner();
+        let inner = &mut *guard;
+        let Some(s) = inner.sessions.get_mut(&session) else {
+            return Err(("unavailable", "the session is closing".into()));
+        };
+        let fresh: Vec<&String> = topics
+            .iter()
+            .filter(|t| !s.topics.contains(*t))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        if s.topics.len() + fresh.len() > MAX_TOPICS_PER_SESSION {
+            metrics::counter!("notifyd_topics_refused_total", "limit" => "session").increment(1);
+            return Err((
+                "too_many_topics",
+                format!("at most {MAX_TOPICS_PER_SESSION} topics per session"),
+            ));
+        }
+        if let Some(user) = &s.user {
+            let held = inner.users.get(user);
+            let new = fresh
+                .iter()
+                .filter(|t| !held.is_some_and(|h| h.contains_key(t.as_str())))
+                .count();
+            if held.map_or(0, HashMap::len) + new > MAX_TOPICS_PER_USER {
+                metrics::counter!("notifyd_topics_refused_total", "limit" => "user").increment(1);
+                return Err((
+                    "too_many_topics",
+                    format!("at most {MAX_TOPICS_PER_USER} topics per user on one node"),
+                ));
+            }
+        }
+        let mut ticket = None;
+        for t in fresh {
+            s.topics.insert(t.clone());
+            if let Some(user) = &s.user {
+                *inner
+                    .users
+                    .entry(user.clone())
+                    .or_default()
+                    .entry(t.clone())
+                    .or_default() += 1;
+            }
+            let topic = inner.topics.entry(t.clone()).or_insert_with(|| {
+                let shard = self.shards[shard_of(t)].clone();
+                let channel = self.settings.topic_channel(t);
+                ticket = ticket.max(self.hub.listen_now(&channel, self.listener, shard));
+                Topic::default()
+            });
+            topic.subs.insert(
+                session,
+                Sub {
+                    tx: s.tx.clone(),
+                    live: false,
+                },
+            );
+        }
+        metrics::gauge!("notifyd_topics_local").set(inner.topics.len() as f64);
+        Ok(Pending {
+            session,
+            topics: topics.to_vec(),
+            ticket,
+        })
+    }
+
+    /// Answers a registered subscribe: waits for Redis to confirm new topic channels (bounded),
+    /// reads the retained values this node does not know yet from PostgreSQL, then sends the
+    /// `ack` followed by each topic's retained event, and makes the subscriptions live.
+    pub async fn finish(&self, state: &AppState, p: Pending, r#ref: Value) {
+        if let Some(ticket) = p.ticket {
+            self.hub.confirmed(ticket).await;
+        }
+        let unknown: Vec<String> = {
+            let inner = self.inner();
+            p.topics
+                .iter()
+                .filter(|t| {
+                    inner
+                        .topics
+                        .get(*t)
+                        .is_some_and(|e| matches!(e.retained, Cached::Unknown))
+                })
+                .cloned()
+                .collect()
+        };
+        if !unknown.is_empty() {
+            self.read_retained(state, unknown).await;
+        }
+        let mut inner = self.inner();
+        let Some(tx) = inner.sessions.get(&p.session).map(|s| s.tx.clone()) else {
+            return;
+        };
+        tx.push_json(&protocol::ack(&r#ref, json!({ "topics": p.topics })));
+        let now = chrono::Utc::now();
+        for t in &p.topics {
+            let Some(topic) = inner.topics.get_mut(t) else {
+                continue;
+            };
+            let Some(sub) = topic.subs.get_mut(&p.session) else {
+                continue; // unsubscribed meanwhile
+            };
+            sub.live = true;
+            if let Some(frame) = topic.retained.current(now) {
+                metrics::counter!("notifyd_topic_retained_sent_total").increment(1);
+                tx.push(frame);
+            }
+        }
+    }
+
+    async fn read_retained(&self, state: &AppState, topics: Vec<String>) {
+        let permit = tokio::time::timeout(
+            RETAINED_WAIT,
+            state.gateway.db_commands.clone().acquire_owned(),
+        )
+        .await;
+        let Ok(Ok(_permit)) = permit else {
+            metrics::counter!("notifyd_topic_retained_read_failures_total").increment(1);
+            return;
+        };
+        let rows = state
+            .db(async |conn| Ok(topic_retained::get_many(conn, &topics).await?))
+            .await;
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) => {
+                metrics::counter!("notifyd_topic_retained_read_failures_total").increment(1);
+                tracing::warn!(error = %e, "reading retained topic values failed");
+                return;
+            }
+        };
+        let mut by_topic: HashMap<String, topic_retained::Retained> =
+            rows.into_iter().map(|r| (r.topic.clone(), r)).collect();
+        let mut inner = self.inner();
+        for t in topics {
+            let Some(topic) = inner.topics.get_mut(&t) else {
+                continue;
+            };
+            match by_topic.remove(&t) {
+                Some(row) => topic
+                    .retained
+                    .offer(Retained::of(row.id, row.frame, row.expires_at)),
+                None => {
+                    if matches!(topic.retained, Cached::Unknown) {
+                        topic.retained = Cached::Nothing;
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn unsubscribe(&self, session: u64, topics: &[String]) {
+        let mut inner = self.inner();
+        self.drop_topics(&mut inner, session, topics);
+    }
+
+    /// A renewed token: the topics it no longer allows (`keep` false) are dropped at once and
+    /// returned.
+    pub fn revoke(&self, session: u64, keep: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut inner = self.inner();
+        let revoked: Vec<String> = match inner.sessions.get(&session) {
+            Some(s) => s.topics.iter().filter(|t| !keep(t)).cloned().collect(),
+            None => vec![],
+        };
+        self.drop_topics(&mut inner, session, &revoked);
+        revoked
+    }
+
+    /// Takes `session` off `topics`; a topic left without local subscribers is unlistened at
+    /// once (in order with any later subscribe: it runs under the same lock).
+    fn drop_topics(&self, inner: &mut Inner, session: u64, topics: &[String]) {
+        let Some(s) = inner.sessions.get_mut(&session) else {
+            return;
+        };
+        for t in topics {
+            if !s.topics.remove(t) {
+                continue;
+            }
+            if let Some(user) = &s.user {
+                if let Some(held) = inner.users.get_mut(user) {
+                    if let Some(n) = held.get_mut(t) {
+                        *n -= 1;
+                        if *n == 0 {
+                            held.remove(t);
+                        }
+                    }
+                    if held.is_empty() {
+                        inner.users.remove(user);
+                    }
+                }
+            }
+            if let Some(topic) = inner.topics.get_mut(t) {
+                topic.subs.remove(&session);
+                if topic.subs.is_empty() {
+                    inner.topics.remove(t);
+                    self.hub
+                        .unlisten(&self.settings.topic_channel(t), self.listener);
+                }
+            }
+        }
+        metrics::gauge!("notifyd_topics_local").set(inner.topics.len() as f64);
+    }
+
+    /// One event from the broker for `topic`: dedupe, cache if retained, fan out.
+    fn on_event(&self, topic: &str, payload: Arc<str>) {
+        let head = match serde_json::from_str::<Head>(&payload) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %e, topic, "topic payload that is not an event object");
+                return;
+            }
+        };
+        // A retained event carries a marker for the routers; clients get the frame without it.
+        let (frame, retained) = if head.retain {
+            match serde_json::from_str::<Value>(&payload) {
+                Ok(mut v) => {
+                    if let Some(obj) = v.as_object_mut() {
+                        obj.remove(crate::inbox::create::RETAIN_MARKER);
+                    }
+                    let frame: Arc<str> = Arc::from(v.to_string());
+                    let until = chrono::Utc::now()
+                        + chrono::Duration::from_std(self.settings.topic_retain)
+                            .unwrap_or(chrono::Duration::days(1));
+                    let r = head.id.clone().map(|id| Retained::of(id, v, until));
+                    (frame, r)
+                }
+                Err(_) => return,
+            }
+        } else {
+            (payload, None)
+        };
+        let mut inner = self.inner();
+        let Some(t) = inner.topics.get_mut(topic) else {
+            return;
+        };
+        if let Some(id) = &head.id {
+            if t.recent.iter().any(|r| r == id) {
+                metrics::counter!("notifyd_topic_duplicates_dropped_total").increment(1);
+                return;
+            }
+            if t.recent.len() == RECENT_IDS {
+                t.recent.pop_front();
+            }
+            t.recent.push_back(id.clone());
+        }
+        if let Some(r) = retained {
+            t.retained.offer(r);
+        }
+        let mut sent = 0u64;
+        for sub in t.subs.values().filter(|s| s.live) {
+            // A full queue closes that session (4008); its reader then leaves the topic.
+            sub.tx.push(frame.clone());
+            sent += 1;
+        }
+        metrics::counter!("notifyd_topic_events_routed_total").increment(1);
+        metrics::counter!("notifyd_topic_frames_total").increment(sent);
+    }
+
+    /// The broker reconnected: retained values may have been missed; read them afresh.
+    fn on_resync(&self) {
+        for t in self.inner().topics.values_mut() {
+            t.retained = Cached::Unknown;
+        }
+    }
+
+    /// Sessions subscribed (live or pending) to `topic` on this node.
+    pub fn subscribers(&self, topic: &str) -> usize {
+        self.inner().topics.get(topic).map_or(0, |t| t.subs.len())
+    }
+}
+
+fn shard_of(topic: &str) -> usize {
+    let mut h = DefaultHasher::new();
+    topic.hash(&mut h);
+    (h.finish() as usize) % SHARDS
+}

@@ -1,0 +1,447 @@
+//! Live topics (contract §8) over real sockets: event ids and dedupe, per-topic order, fan-out
+//! straight from the node's router (no user actor), retained values (PostgreSQL and the node's
+//! cache), anonymous viewers of public topics, and group publish from clients.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+/// Deadline for anything that should happen "now" (never a measure of speed).
+const T: Duration = Duration::from_secs(15);
+/// How long a test waits to be sure something does NOT arrive.
+const QUIET: Duration = Duration::from_millis(800);
+
+fn public(patterns: &[&str]) -> impl FnOnce(&mut notifyd::config::Settings) {
+    let patterns: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
+    move |s| s.public_topics = patterns
+}
+
+async fn hello(c: &mut WsClient) -> Value {
+    c.expect("hello", T).await
+}
+
+/// A session of `user` (token allowing `topics`) subscribed to `subscribe`, past its ack.
+async fn subscriber(app: &TestApp, user: &str, topics: &[&str], subscribe: &[&str]) -> WsClient {
+    let mut c = WsClient::connect(&app.ws_url(&token_with_topics(user, topics), None))
+        .await
+        .expect("connect");
+    hello(&mut c).await;
+    c.send(&json!({"type": "subscribe", "topics": subscribe, "ref": "s"}))
+        .await;
+    assert_eq!(c.next_of("ack", T).await["ref"], "s");
+    c
+}
+
+async fn anonymous(app: &TestApp) -> WsClient {
+    let mut c = WsClient::connect(&format!("{}/ws", app.ws_base))
+        .await
+        .expect("anonymous connect");
+    let h = hello(&mut c).await;
+    assert_eq!(h["user"], Value::Null, "{h}");
+    c
+}
+
+/// Waits until the relay has published everything committed (it runs asynchronously), so a
+/// later subscriber cannot also get those events live.
+async fn published(app: &TestApp) {
+    eventually(T, "the outbox published", || async {
+        (count_rows(&app.db_url, "outbox").await == 0).then_some(())
+    })
+    .await;
+}
+
+/// Every frame that arrives within `window`.
+async fn drain(c: &mut WsClient, window: Duration) -> Vec<Value> {
+    let mut out = vec![];
+    while let Some(f) = c.next(window).await {
+        out.push(f);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_post_answers_the_event_id_that_the_frame_carries() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let mut c = subscriber(&app, &new_user(), &["product:*"], &["product:1"]).await;
+    let id = app.publish_topic("product:1", json!({"stock": 3})).await;
+    assert!(uuid::Uuid::parse_str(&id).is_ok(), "id {id}");
+    assert_eq!(
+        c.next_of("topic.event", T).await,
+        json!({"type": "topic.event", "topic": "product:1", "id": id, "data": {"stock": 3}})
+    );
+    let r = app
+        .http
+        .post(format!("{}/api/v1/topics/product:1/events", app.base))
+        .bearer_auth(SERVICE_KEY)
+        .json(&json!({"data": {}, "retain": "yes"}))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status(), 422, "a non-boolean retain is refused");
+    app.stop().await;
+}
+
+/// The relay is at-least-once: the same event published twice reaches a client once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_event_delivered_twice_reaches_a_client_once() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::no_relay()).await;
+    let mut c = subscriber(&app, &new_user(), &["product:*"], &["product:1"]).await;
+    let event = |id: &str| {
+        json!({"type": "topic.event", "topic": "product:1", "id": id, "data": {"stock": 1}})
+            .to_string()
+    };
+    let channel = app.topic_channel("product:1");
+    redis_publish(&channel, &event("e1")).await;
+    redis_publish(&channel, &event("e1")).await;
+    redis_publish(&channel, &event("e2")).await;
+    let got = drain(&mut c, QUIET).await;
+    let ids: Vec<&Value> = got.iter().map(|f| &f["id"]).collect();
+    assert_eq!(ids, vec!["e1", "e2"], "{got:?}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_rapid_events_of_a_topic_arrive_in_order() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let mut c = subscriber(&app, &new_user(), &["product:*"], &["product:9"]).await;
+    let mut ids = vec![];
+    for i in 0..200 {
+        ids.push(app.publish_topic("product:9", json!({ "i": i })).await);
+    }
+    let mut got = vec![];
+    while got.len() < 200 {
+        let f = c.next_of("topic.event", T).await;
+        got.push((f["data"]["i"].as_i64().expect("i"), f["id"].clone()));
+    }
+    let expected: Vec<(i64, Value)> = (0..200).zip(ids.into_iter().map(Value::from)).collect();
+    assert_eq!(got, expected);
+    app.stop().await;
+}
+
+/// The router pushes the one frame to every subscribed session on the node, users' and
+/// anonymous ones alike: an anonymous session has no actor, so delivery cannot depend on one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_event_reaches_fifty_users_sessions_and_an_actorless_anonymous_one() {
+    let db = TestDb::new().await;
+    let app = spawn_app_with(&db, Opts::default(), public(&["product:*"])).await;
+    let mut sessions = vec![];
+    for _ in 0..50 {
+        sessions.push(subscriber(&app, &new_user(), &[], &["product:5"]).await);
+    }
+    let mut anon = anonymous(&app).await;
+    anon.send(&json!({"type": "subscribe", "topics": ["product:5"], "ref": "a"}))
+        .await;
+    assert_eq!(anon.next_of("ack", T).await["ref"], "a");
+    assert_eq!(app.stopper.state().topics.subscribers("product:5"), 51);
+    let id = app.publish_topic("product:5", json!({"price": 10})).await;
+    for c in sessions.iter_mut().chain(std::iter::once(&mut anon)) {
+        let f = c.next_of("topic.event", T).await;
+        assert_eq!((&f["id"], &f["data"]["price"]), (&json!(id), &json!(10)));
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_gets_the_ack_then_the_retained_value_then_live_events() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let retained = app
+        .publish_topic_body("product:1", json!({"data": {"stock": 7}, "retain": true}))
+        .await;
+    // Not retained: live only.
+    app.publish_topic("product:1", json!({"stock": 6})).await;
+    published(&app).await;
+    let mut c =
+        WsClient::connect(&app.ws_url(&token_with_topics(&new_user(), &["product:*"]), None))
+            .await
+            .expect("connect");
+    hello(&mut c).await;
+    c.send(&json!({"type": "subscribe", "topics": ["product:1", "product:2"], "ref": "s"}))
+        .await;
+    assert_eq!(c.next(T).await.expect("ack")["type"], "ack");
+    assert_eq!(
+        c.next(T).await.expect("retained"),
+        json!({"type": "topic.event", "topic": "product:1", "id": retained, "data": {"stock": 7}, "retained": true})
+    );
+    let live = app.publish_topic("product:1", json!({"stock": 5})).await;
+    let f = c.next(T).await.expect("live");
+    assert_eq!((&f["id"], f.get("retained")), (&json!(live), None), "{f}");
+    app.stop().await;
+}
+
+/// Node b learns a newer retained value from the live event (its cache), node a's subscriber
+/// from PostgreSQL: both get the newest one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_retained_value_replaces_the_older_on_every_node() {
+    let db = TestDb::new().await;
+    let prefix = new_prefix();
+    let a = spawn_app(&db, Opts::in_cluster(&prefix)).await;
+    let b = spawn_app(&db, Opts::in_cluster(&prefix)).await;
+    a.publish_topic_body("product:3", json!({"data": {"stock": 1}, "retain": true}))
+        .await;
+    published(&a).await;
+    let mut watcher = subscriber(&b, &new_user(), &["product:*"], &["product:3"]).await;
+    assert_eq!(watcher.next_of("topic.event", T).await["data"]["stock"], 1);
+    let newer = a
+        .publish_topic_body("product:3", json!({"data": {"stock": 2}, "retain": true}))
+        .await;
+    let live = watcher.next_of("topic.event", T).await;
+    assert_eq!(
+        (&live["id"], live.get("retained")),
+        (&json!(newer), None),
+        "{live}"
+    );
+    for node in [&a, &b] {
+        let mut c =
+            WsClient::connect(&node.ws_url(&token_with_topics(&new_user(), &["product:*"]), None))
+                .await
+                .expect("connect");
+        hello(&mut c).await;
+        c.send(&json!({"type": "subscribe", "topics": ["product:3"], "ref": "s"}))
+            .await;
+        assert_eq!(c.next(T).await.expect("ack")["type"], "ack");
+        let r = c.next(T).await.expect("retained");
+        assert_eq!(
+            (&r["id"], &r["retained"], &r["data"]["stock"]),
+            (&json!(newer), &json!(true), &json!(2))
+        );
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_retained_value_is_not_sent_and_is_pruned() {
+    let db = TestDb::new().await;
+    let app = spawn_app_with(&db, Opts::default(), |s| {
+        s.housekeeping_interval = Duration::from_millis(300);
+    })
+    .await;
+    app.publish_topic_body("product:4", json!({"data": {"stock": 1}, "retain": true}))
+        .await;
+    published(&app).await;
+    let mut conn = db.conn().await;
+    use diesel_async::RunQueryDsl;
+    diesel::sql_query("UPDATE topic_retained SET expires_at = now() - interval '1 second'")
+        .execute(&mut conn)
+        .await
+        .expect("expire");
+    let mut c = subscriber(&app, &new_user(), &["product:*"], &["product:4"]).await;
+    let after = drain(&mut c, QUIET).await;
+    assert!(
+        after.is_empty(),
+        "an expired retained value was sent: {after:?}"
+    );
+    eventually(T, "expired retained rows pruned", || async {
+        (count_rows(&app.db_url, "topic_retained").await == 0).then_some(())
+    })
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retained_value_survives_a_node_restart() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let id = app
+        .publish_topic_body("product:8", json!({"data": {"stock": 4}, "retain": true}))
+        .await;
+    published(&app).await;
+    app.stop().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let mut c =
+        WsClient::connect(&app.ws_url(&token_with_topics(&new_user(), &["product:*"]), None))
+            .await
+            .expect("connect");
+    hello(&mut c).await;
+    c.send(&json!({"type": "subscribe", "topics": ["product:8"], "ref": "s"}))
+        .await;
+    assert_eq!(c.next(T).await.expect("ack")["type"], "ack");
+    let r = c.next(T).await.expect("retained");
+    assert_eq!((&r["id"], &r["retained"]), (&json!(id), &json!(true)));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anonymous_viewer_may_watch_public_topics_and_nothing_else() {
+    let db = TestDb::new().await;
+    let app = spawn_app_with(&db, Opts::default(), public(&["product:*"])).await;
+    let mut c = WsClient::connect(&format!("{}/ws", app.ws_base))
+        .await
+        .expect("anonymous connect");
+    let h = hello(&mut c).await;
+    assert_eq!(h, json!({"type": "hello", "user": null, "heartbeat_s": 25}));
+
+    c.send(&json!({"type": "subscribe", "topics": ["group:1"], "ref": "g"}))
+        .await;
+    let e = c.next_of("error", T).await;
+    assert_eq!(
+        (&e["ref"], &e["error"]["code"]),
+        (&json!("g"), &json!("forbidden"))
+    );
+    for (frame, r) in [
+        (json!({"type": "read_all", "ref": "r"}), "r"),
+        (json!({"type": "read", "ids": [], "ref": "r2"}), "r2"),
+        (json!({"type": "seen_all", "ref": "r3"}), "r3"),
+        (
+            json!({"type": "publish", "topic": "product:1", "data": {}, "ref": "p"}),
+            "p",
+        ),
+    ] {
+        c.send(&frame).await;
+        let e = c.next_of("error", T).await;
+        assert_eq!(
+            (&e["ref"], &e["error"]["code"]),
+            (&json!(r), &json!("unauthorized")),
+            "{frame}"
+        );
+    }
+    c.send(&json!({"type": "subscribe", "topics": ["product:1"], "ref": "s"}))
+        .await;
+    assert_eq!(c.next_of("ack", T).await["ref"], "s");
+    let id = app.publish_topic("product:1", json!({"stock": 2})).await;
+    assert_eq!(c.next_of("topic.event", T).await["id"], id);
+
+    // A token holder may watch public topics its token does not name.
+    let mut u = subscriber(&app, &new_user(), &[], &["product:1"]).await;
+    let id = app.publish_topic("product:1", json!({"stock": 1})).await;
+    assert_eq!(u.next_of("topic.event", T).await["id"], id);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_the_handshake_is_401_unless_public_topics_are_set_and_a_bad_token_always_is(
+) {
+    let db = TestDb::new().await;
+    let closed = spawn_app(&db, Opts::default()).await;
+    let r = WsClient::connect(&format!("{}/ws", closed.ws_base)).await;
+    assert_eq!(refused_status(r), 401);
+    closed.stop().await;
+
+    let open = spawn_app_with(&db, Opts::default(), public(&["product:*"])).await;
+    let r = WsClient::connect(&open.ws_url("not-a-token", None)).await;
+    assert_eq!(
+        refused_status(r),
+        401,
+        "an invalid token is never anonymous"
+    );
+    open.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_sockets_are_capped_per_client_address() {
+    let db = TestDb::new().await;
+    let app = spawn_app_with(&db, Opts::default(), |s| {
+        s.public_topics = vec!["product:*".into()];
+        s.max_anon_sockets_per_ip = 2;
+    })
+    .await;
+    let url = format!("{}/ws", app.ws_base);
+    // The test connects from 127.0.0.1, a trusted proxy by default: the last
+    // X-Forwarded-For hop is the client.
+    let from = |ip: &'static str| {
+        let url = url.clone();
+        async move { ws_connect_with(&url, &[("x-forwarded-for", ip)]).await }
+    };
+    let _a = from("6.6.6.6, 10.0.0.1").await.expect("first");
+    let _b = from("10.0.0.1").await.expect("second");
+    let (status, body) = refused_with_body(from("10.0.0.1").await);
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (429, &json!("too_many_connections")),
+        "{body}"
+    );
+    let other = from("10.0.0.2")
+        .await
+        .expect("another address has its own count");
+    drop(other);
+    // A token holder is not counted as anonymous.
+    let u = new_user();
+    let _t = ws_connect_with(
+        &app.ws_url(&token(&u), None),
+        &[("x-forwarded-for", "10.0.0.1")],
+    )
+    .await
+    .expect("token holder");
+    drop(_a);
+    eventually(T, "a freed anonymous slot", || async {
+        from("10.0.0.1").await.ok().map(|_| ())
+    })
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_publish_is_stamped_with_the_sender_and_acked_with_the_event_id() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let mut member = subscriber(&app, &new_user(), &["group:*"], &["group:7"]).await;
+    let sender = new_user();
+    let mut s =
+        WsClient::connect(&app.ws_url(&token_with_grants(&sender, &[], &["group:7"]), None))
+            .await
+            .expect("connect");
+    hello(&mut s).await;
+    s.send(&json!({"type": "publish", "topic": "group:7", "data": {"text": "hi"}, "from": "admin", "ref": "p1"}))
+        .await;
+    let ack = s.next_of("ack", T).await;
+    assert_eq!(ack["ref"], "p1");
+    let id = ack["id"].as_str().expect("id in the ack").to_string();
+    assert_eq!(
+        member.next_of("topic.event", T).await,
+        json!({"type": "topic.event", "topic": "group:7", "id": id, "from": sender, "data": {"text": "hi"}})
+    );
+
+    s.send(&json!({"type": "publish", "topic": "group:8", "data": {}, "ref": "p2"}))
+        .await;
+    let e = s.next_of("error", T).await;
+    assert_eq!(
+        (&e["ref"], &e["error"]["code"]),
+        (&json!("p2"), &json!("forbidden"))
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_past_the_burst_is_rate_limited() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let u = new_user();
+    let mut s = WsClient::connect(&app.ws_url(&token_with_grants(&u, &[], &["group:*"]), None))
+        .await
+        .expect("connect");
+    hello(&mut s).await;
+    // One at a time (never `busy`): the burst (20) passes, then the rate (10/s) holds.
+    let mut acked = 0;
+    let mut limited = None;
+    for i in 0..200 {
+        s.send(&json!({"type": "publish", "topic": "group:1", "data": {"i": i}, "ref": i}))
+            .await;
+        let f = s.next(T).await.expect("an answer");
+        if f["type"] == "ack" {
+            acked += 1;
+        } else {
+            limited = Some(f);
+            break;
+        }
+    }
+    let e = limited.expect("never rate limited");
+    assert_eq!(e["error"]["code"], "rate_limited", "{e}");
+    assert!(acked >= 20, "only {acked} publishes before the limit");
+    app.stop().await;
+}
+
+/// Anonymous sessions have no actor to close them: the node closes them itself with 1012.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_node_closes_anonymous_sessions_with_1012() {
+    let db = TestDb::new().await;
+    let app = spawn_app_with(&db, Opts::default(), public(&["product:*"])).await;
+    let mut c = anonymous(&app).await;
+    app.stopper.stop().await;
+    assert_eq!(c.expect_close(T).await, Some(1012));
+}
