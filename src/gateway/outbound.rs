@@ -1,5 +1,12 @@
 //! A session's outbound queue: bounded in frames and in bytes, filled without waiting by the
-//! user's actor and the session's reader, drained by the session's writer (`session::writer`).
+//! user's actor, the topic router and the session's reader, drained by the session's writer
+//! (`session::writer`).
+//!
+//! Two ways in. Inbox events are *offered* (`offer`): past the budget the queue refuses them
+//! without closing anything, and the user's actor refills the session from the event log once
+//! it has drained (a client that reads, only slower than a burst arrives, is never cut off for
+//! it). Everything else is *pushed* (`push`): replies, `hello`/`sync`, topic frames; they may
+//! use a headroom above the budget, and a push past that closes the session with 4008.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,9 +18,14 @@ use super::protocol::close;
 
 /// Frames queued for one session before it counts as a slow consumer and is closed with 4008.
 pub const OUTBOUND_QUEUE: usize = 512;
-/// Bytes of text frames that may wait for one session; a frame arriving when this much waits
-/// counts the session as a slow consumer (4008).
+/// Bytes of inbox events that may wait for one session; past it the actor stops queueing
+/// events for the session and refills it from the event log as it drains.
 pub const OUTBOUND_BYTES: usize = 1024 * 1024;
+/// Room above `OUTBOUND_BYTES` for pushed frames (replies, topic frames); a push arriving when
+/// this much waits closes the session as a slow consumer (4008).
+pub const PUSH_HEADROOM_BYTES: usize = 256 * 1024;
+/// Frame slots of the queue that offered events leave free for pushed frames and pings.
+pub const PUSH_HEADROOM_FRAMES: usize = 64;
 
 /// What the writer sends.
 pub enum Out {
@@ -42,6 +54,15 @@ pub enum Push {
     Sent,
     /// Queue full (slow consumer) or gone: the caller drops the session.
     Dropped,
+}
+
+/// What became of an offered event.
+pub enum Offer {
+    Queued,
+    /// At the budget: not queued, the session is untouched; offer it again later.
+    Full,
+    /// The session is closing or closed.
+    Gone,
 }
 
 /// The writer's end of a session.
@@ -83,12 +104,44 @@ impl SessionTx {
         )
     }
 
+    /// Queues an inbox event unless `OUTBOUND_BYTES` already wait (or the frame queue is down
+    /// to its headroom). Like the budget of `push`, one frame is always taken by a queue under
+    /// the budget, however large. Never closes the session.
+    pub fn offer(&self, frame: Arc<str>) -> Offer {
+        if self.frames.is_closed() || self.close.borrow().is_some() {
+            return Offer::Gone;
+        }
+        if self.queued.load(Ordering::Relaxed) >= OUTBOUND_BYTES
+            || self.frames.capacity() <= PUSH_HEADROOM_FRAMES
+        {
+            return Offer::Full;
+        }
+        let len = frame.len();
+        self.queued.fetch_add(len, Ordering::Relaxed);
+        match self.frames.try_send(Out::Text(frame)) {
+            Ok(()) => Offer::Queued,
+            Err(e) => {
+                self.queued.fetch_sub(len, Ordering::Relaxed);
+                match e {
+                    mpsc::error::TrySendError::Full(_) => Offer::Full,
+                    mpsc::error::TrySendError::Closed(_) => Offer::Gone,
+                }
+            }
+        }
+    }
+
+    /// Bytes of text frames waiting for the writer.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
     pub fn push(&self, frame: Arc<str>) -> Push {
         let len = frame.len();
         let before = self.queued.fetch_add(len, Ordering::Relaxed);
         // The budget is on what waits: one frame is always taken by a queue under it, however
-        // large (a resume's `sync` carries up to 1,000 events), so at most budget + one frame.
-        let result = if before >= OUTBOUND_BYTES {
+        // large (a resume's `sync` carries up to 1,000 events), so at most budget + headroom +
+        // one frame.
+        let result = if before >= OUTBOUND_BYTES + PUSH_HEADROOM_BYTES {
             Err(mpsc::error::TrySendError::Full(Out::Text(frame)))
         } else {
             self.frames.try_send(Out::Text(frame))

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
 use super::mailbox::ActorMsg;
-use super::outbound::{Push, SessionTx};
+use super::outbound::{Offer, Push, SessionTx, OUTBOUND_BYTES};
 use super::protocol::{self, close, ClientFrame};
 use crate::broker::HubMsg;
 use crate::error::ApiError;
@@ -32,6 +32,9 @@ struct Session {
     tx: SessionTx,
     /// Highest seq this session has been sent (its `hello`/`sync` seq, then each event).
     cursor: i64,
+    /// Since when its queue refused an event (`Offer::Full`): live events skip it, and
+    /// `catch_up` refills it from the event log as it drains, until `cursor` reaches `last_seq`.
+    behind_since: Option<Instant>,
 }
 
 struct Actor {
@@ -49,6 +52,14 @@ struct Actor {
     db_turn: Arc<tokio::sync::Semaphore>,
     sessions: HashMap<u64, Session>,
 }
+
+/// A session that has been behind (its queue at the byte budget) this long without catching up
+/// falls too far behind: it is closed with 4008 and resumes with `since`.
+pub const BEHIND_LIMIT: Duration = Duration::from_secs(10);
+/// How often the actor looks at sessions that are behind.
+const CATCH_UP_EVERY: Duration = Duration::from_millis(50);
+/// Events read from the log per catch-up query for one session.
+const CATCH_UP_PAGE: i64 = 200;
 
 /// How long a WebSocket command waits for one of the node's database command permits.
 pub const COMMAND_WAIT: Duration = Duration::from_secs(10);
@@ -109,6 +120,8 @@ pub async fn run(
         db_turn: Arc::new(tokio::sync::Semaphore::new(1)),
         sessions: HashMap::new(),
     };
+    let mut catch_up = tokio::time::interval(CATCH_UP_EVERY);
+    catch_up.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
@@ -122,6 +135,7 @@ pub async fn run(
                 Some(msg) => actor.handle(msg).await,
             },
             Some(msg) = hub_rx.recv() => actor.on_hub(msg).await,
+            _ = catch_up.tick(), if actor.any_behind() => actor.catch_up().await,
         }
         if actor.sessions.is_empty() {
             let (state, user, id) = (actor.state.clone(), actor.user.clone(), actor.id);
@@ -251,6 +265,7 @@ impl Actor {
             Session {
                 tx,
                 cursor: counts.seq,
+                behind_since: None,
             },
         );
         self.state.presence.add(&self.user, 1);
@@ -381,6 +396,7 @@ impl Actor {
         let mut dropped = vec![];
         for (id, s) in self.sessions.iter_mut() {
             s.cursor = c.seq;
+            s.behind_since = None;
             if let Some(f) = &frame {
                 if let Push::Dropped = s.tx.push(f.clone()) {
                     dropped.push(*id);
@@ -402,16 +418,93 @@ impl Actor {
         }
         let mut dropped = vec![];
         for (id, s) in self.sessions.iter_mut() {
-            if s.cursor >= seq {
+            // A session that is behind gets this event from the log, in order, once it drains.
+            if s.cursor >= seq || s.behind_since.is_some() {
                 continue;
             }
-            s.cursor = seq;
-            if let Push::Dropped = s.tx.push(payload.clone()) {
-                dropped.push(*id);
+            match s.tx.offer(payload.clone()) {
+                Offer::Queued => s.cursor = seq,
+                Offer::Full => {
+                    metrics::counter!("notifyd_ws_sessions_behind_total").increment(1);
+                    s.behind_since = Some(Instant::now());
+                }
+                Offer::Gone => dropped.push(*id),
             }
         }
         for id in dropped {
             self.remove(id);
+        }
+    }
+
+    fn any_behind(&self) -> bool {
+        self.sessions.values().any(|s| s.behind_since.is_some())
+    }
+
+    /// Refills the sessions that are behind from the event log once their queue has drained to
+    /// half the budget, and closes with 4008 those that stayed behind for `BEHIND_LIMIT`: a
+    /// client that reads, only slower than a burst arrives, catches up; one that does not read
+    /// (or cannot keep up at all) resumes later with `since`. Memory stays at the budget.
+    async fn catch_up(&mut self) {
+        let behind: Vec<(u64, Instant)> = self
+            .sessions
+            .iter()
+            .filter_map(|(id, s)| s.behind_since.map(|t| (*id, t)))
+            .collect();
+        for (id, since) in behind {
+            if since.elapsed() > BEHIND_LIMIT {
+                metrics::counter!("notifyd_slow_consumer_closed_total").increment(1);
+                self.close(id, close::SLOW_CONSUMER, "slow consumer: resume with since");
+                continue;
+            }
+            let Some(s) = self.sessions.get_mut(&id) else {
+                continue;
+            };
+            if s.tx.queued_bytes() > OUTBOUND_BYTES / 2 {
+                continue;
+            }
+            let (from, upto) = (s.cursor, self.last_seq);
+            if from >= upto {
+                s.behind_since = None;
+                continue;
+            }
+            let user = &self.user;
+            let rows = self
+                .state
+                .db(async |conn| {
+                    Ok(events::range(conn, user, from, Some(upto), CATCH_UP_PAGE).await?)
+                })
+                .await;
+            let Some(s) = self.sessions.get_mut(&id) else {
+                continue;
+            };
+            match rows {
+                Ok(rows) if rows.first().map(|r| r.0) == Some(from + 1) => {
+                    let mut gone = false;
+                    for (seq, payload) in rows {
+                        match s.tx.offer(Arc::from(payload.to_string())) {
+                            Offer::Queued => s.cursor = seq,
+                            Offer::Full => break,
+                            Offer::Gone => {
+                                gone = true;
+                                break;
+                            }
+                        }
+                    }
+                    if gone {
+                        self.remove(id);
+                    } else if s.cursor >= self.last_seq {
+                        metrics::counter!("notifyd_ws_sessions_caught_up_total").increment(1);
+                        s.behind_since = None;
+                    }
+                }
+                Ok(_) => {
+                    // The log no longer holds what it missed: resume and reset.
+                    self.close(id, close::SLOW_CONSUMER, "fell behind: resume with since");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, user = %self.user, "catching a session up failed; retrying");
+                }
+            }
         }
     }
 

@@ -441,15 +441,16 @@ async fn garbage_frames_get_error_frames_and_an_oversized_frame_closes_with_1009
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_that_stops_reading_is_closed_with_4008_while_its_sibling_tab_keeps_going() {
-    // Each request (and so each burst the relay publishes) stays below the session's 512-frame
-    // queue: the slow tab is cut off because its socket is full, not by one burst.
+    // The slow tab's socket has a 4 KiB receive buffer (loopback buffers here grow to 32 MB,
+    // which would hold the whole test): its queue fills, it stays behind, and after
+    // BEHIND_LIMIT (10 s) it is cut off. The reading tab takes every burst, each far over the
+    // 1 MiB budget, and is never cut off.
     const BATCHES: i64 = 8;
     const PER_BATCH: i64 = 400;
     let db = TestDb::new().await;
     let app = spawn_app(&db, Opts::default()).await;
     let u = new_user();
-    let mut slow = app.ws(&u, None).await;
-    hello(&mut slow).await;
+    let (slow, _) = small_buffer_ws(&app, &u).await;
     let mut normal = app.ws(&u, None).await;
     hello(&mut normal).await;
 
@@ -479,11 +480,45 @@ async fn a_session_that_stops_reading_is_closed_with_4008_while_its_sibling_tab_
         seqs.windows(2).find(|w| w[1] != w[0] + 1)
     );
 
-    // The slow tab: whatever was buffered, then a 4008 close (resume with since).
-    assert_eq!(slow.expect_close(Duration::from_secs(60)).await, Some(4008));
-    let got: Vec<i64> = slow.frames[1..].iter().map(seq).collect();
+    // The slow tab, still not reading when it has been behind for BEHIND_LIMIT: whatever was
+    // buffered, then a 4008 close (resume with since).
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let (got, code) = read_until_close(slow, Duration::ZERO).await;
+    assert_eq!(code, Some(4008));
     assert!(got.len() < total as usize, "the slow tab was never cut off");
     assert!(got.iter().copied().eq(1..=got.len() as i64));
+    app.stop().await;
+}
+
+/// A tab that reads, only slower than a burst arrives (a small receive buffer, a pause per
+/// frame), is not a slow consumer: when its queue is over the byte budget the actor stops
+/// queueing for it, refills it from the event log as it drains, and it gets every event in
+/// order without a close. (Before, any burst larger than the budget closed it with 4008.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tab_reading_slower_than_a_burst_arrives_catches_up_instead_of_being_closed() {
+    const PER_BATCH: i64 = 500;
+    const BATCHES: i64 = 2;
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let u = new_user();
+    let (ws, _) = small_buffer_ws(&app, &u).await;
+
+    // 1,000 events of 8 KB (8 MB) in two commits: each one alone is 4x the 1 MiB budget.
+    let content = "x".repeat(8000);
+    for b in 0..BATCHES {
+        app.send_batch(&u, PER_BATCH as usize, &format!("b{b} "), &content)
+            .await;
+    }
+    let total = BATCHES * PER_BATCH;
+    // About 4 MB/s: slower than the burst, far faster than "not reading".
+    let (seqs, closed) = read_until_seq(ws, total, Duration::from_millis(2)).await;
+    assert_eq!(closed, None, "closed after {} events", seqs.len());
+    assert!(
+        seqs.iter().copied().eq(1..=total),
+        "got {} events, first gap near {:?}",
+        seqs.len(),
+        seqs.windows(2).find(|w| w[1] != w[0] + 1)
+    );
     app.stop().await;
 }
 
@@ -611,4 +646,37 @@ async fn with_allowed_origins_set_a_handshake_from_another_origin_is_refused_wit
         .expect("allowed origin accepted");
     assert_eq!(hello(&mut c).await["user"], json!(u));
     app.stop().await;
+}
+
+type RawWs = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// Reads event frames (pausing `pause` after each) until one has seq `last`, or the socket
+/// closes: the seqs read and the close code, if any.
+async fn read_until_seq(mut ws: RawWs, last: i64, pause: Duration) -> (Vec<i64>, Option<u16>) {
+    use futures_util::StreamExt;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut seqs = vec![];
+    while seqs.last() != Some(&last) {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(WsMessage::Text(t)))) => {
+                let v: Value = serde_json::from_str(&t).expect("json");
+                seqs.push(seq(&v));
+                tokio::time::sleep(pause).await;
+            }
+            Ok(Some(Ok(WsMessage::Close(c)))) => {
+                return (seqs, Some(c.map(|c| u16::from(c.code)).unwrap_or(1005)))
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!(
+                "the socket ended without a close after {} events: {other:?}",
+                seqs.len()
+            ),
+        }
+    }
+    (seqs, None)
+}
+
+/// Reads every frame until the close: the seqs read and the close code.
+async fn read_until_close(ws: RawWs, pause: Duration) -> (Vec<i64>, Option<u16>) {
+    read_until_seq(ws, i64::MAX, pause).await
 }

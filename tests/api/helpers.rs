@@ -1092,3 +1092,30 @@ pub fn refused_with_body(
         Err(e) => panic!("the handshake failed without an HTTP answer: {e}"),
     }
 }
+
+/// A WebSocket on a socket with a 4 KiB receive buffer, so the server's side fills quickly;
+/// returns it with its local port.
+pub async fn small_buffer_ws(
+    app: &TestApp,
+    user: &str,
+) -> (
+    tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    u16,
+) {
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let stream = sock
+        .connect(([127, 0, 0, 1], app.port).into())
+        .await
+        .expect("connect");
+    let port = stream.local_addr().expect("local addr").port();
+    let (mut ws, _) = tokio_tungstenite::client_async(app.ws_url(&token(user), None), stream)
+        .await
+        .expect("handshake");
+    let hello = futures_util::StreamExt::next(&mut ws)
+        .await
+        .expect("hello")
+        .expect("hello frame");
+    assert!(hello.to_string().contains("hello"));
+    (ws, port)
+}
