@@ -7,6 +7,9 @@ use anyhow::{bail, Context};
 /// The secret used by `serve --dev` only. Logged loudly at start-up.
 pub const DEV_JWT_SECRET: &str = "notifyd-dev-secret-do-not-use-in-production";
 
+/// Upper bound of `NOTIFYD_BROADCAST_BATCH`: one batch's transaction must stay short.
+pub const MAX_BROADCAST_BATCH: i64 = 10_000;
+
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub database_url: String,
@@ -52,6 +55,11 @@ pub struct Settings {
     pub housekeeping_interval: Duration,
     /// Rows per housekeeping DELETE.
     pub housekeeping_batch: i64,
+    /// `NOTIFYD_BROADCAST_BATCH`: recipients per announcement batch (one transaction, which
+    /// holds those users' counter rows until it commits).
+    pub broadcast_batch: i64,
+    /// `NOTIFYD_MAX_RUNNING_BROADCASTS`: announcements one service may have running at once.
+    pub max_running_broadcasts: i64,
 }
 
 impl Settings {
@@ -84,6 +92,8 @@ impl Settings {
             db_request_timeout: Duration::from_secs(10),
             housekeeping_interval: Duration::from_secs(10),
             housekeeping_batch: 50_000,
+            broadcast_batch: 2000,
+            max_running_broadcasts: 16,
         }
     }
 
@@ -194,6 +204,22 @@ impl Settings {
             if s.housekeeping_batch < 1 {
                 bail!("NOTIFYD_HOUSEKEEPING_BATCH must be at least 1");
             }
+        }
+        if let Some(b) = env("NOTIFYD_BROADCAST_BATCH") {
+            s.broadcast_batch = b
+                .parse()
+                .ok()
+                .filter(|n| (1..=MAX_BROADCAST_BATCH).contains(n))
+                .with_context(|| {
+                    format!("NOTIFYD_BROADCAST_BATCH must be 1 to {MAX_BROADCAST_BATCH}")
+                })?;
+        }
+        if let Some(n) = env("NOTIFYD_MAX_RUNNING_BROADCASTS") {
+            s.max_running_broadcasts = n
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .context("NOTIFYD_MAX_RUNNING_BROADCASTS must be a positive integer")?;
         }
         Ok(s)
     }

@@ -4,6 +4,7 @@
 //! rows, counters, `store::events`, `store::outbox`) → `outbox::relay` → `broker` (Redis or
 //! in-process) → `broker::hub` → `gateway::user_actor` → `gateway::session` (the socket).
 
+pub mod announce;
 pub mod api;
 pub mod auth;
 pub mod broker;

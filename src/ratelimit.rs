@@ -110,7 +110,10 @@ mod tests {
         }
         let wait = t.take_at("a", now).expect_err("the burst is spent");
         assert!((wait.as_secs_f64() - 0.5).abs() < 0.01, "{wait:?}");
-        assert!(t.take_at("b", now).is_ok(), "another key has its own bucket");
+        assert!(
+            t.take_at("b", now).is_ok(),
+            "another key has its own bucket"
+        );
         assert!(t.take_at("a", now + Duration::from_millis(500)).is_ok());
         assert!(t.take_at("a", now + Duration::from_millis(500)).is_err());
         // A long pause refills only up to the burst.

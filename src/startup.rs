@@ -115,6 +115,18 @@ impl Application {
             };
             tasks.push(tokio::spawn(housekeeper.run(shutdown_rx.clone())));
         }
+        // Announcements: every node works on them (one at a time each, see announce::batch).
+        let announcements = crate::announce::Wake::default();
+        tasks.push(tokio::spawn(
+            crate::announce::worker::Worker {
+                pool: pool.clone(),
+                batch: settings.broadcast_batch,
+                timeout: settings.db_request_timeout,
+                relay: waker.clone(),
+                wake: announcements.clone(),
+            }
+            .run(shutdown_rx.clone()),
+        ));
         let settings_pool_size = settings.db_pool_size;
         let state = AppState {
             jwt: JwtKeys::new(&settings.jwt_secret),
@@ -124,6 +136,7 @@ impl Application {
             redis,
             hub,
             waker,
+            announcements,
             gateway: Arc::new(Gateway::new(
                 tokio::runtime::Handle::current(),
                 settings_pool_size,

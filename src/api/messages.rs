@@ -35,7 +35,7 @@ pub async fn create(
     Ok(resp.json(created.body))
 }
 
-fn idempotency_key(req: &HttpRequest) -> Result<Option<&str>, ApiError> {
+pub(super) fn idempotency_key(req: &HttpRequest) -> Result<Option<&str>, ApiError> {
     let Some(v) = req.headers().get("idempotency-key") else {
         return Ok(None);
     };

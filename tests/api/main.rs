@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod broadcasts;
 mod gateway;
 mod gateway_limits;
 mod http_edge;
