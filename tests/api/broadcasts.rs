@@ -452,3 +452,45 @@ async fn a_service_has_a_bounded_number_of_broadcasts_running() {
     assert_eq!(r.status(), 202, "room again once the first is done");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_routes_answer_other_methods_with_405_and_head_like_get() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let id = announce(&app, &json!({"title": "t"})).await;
+    for (method, path, allowed) in [
+        (
+            reqwest::Method::GET,
+            "/api/v1/broadcasts".to_string(),
+            "POST",
+        ),
+        (
+            reqwest::Method::DELETE,
+            format!("/api/v1/broadcasts/{id}"),
+            "GET, HEAD",
+        ),
+    ] {
+        let r = app
+            .http
+            .request(method.clone(), format!("{}{path}", app.base))
+            .bearer_auth(SERVICE_KEY)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), 405, "{method} {path}");
+        assert_eq!(
+            r.headers().get("allow").and_then(|v| v.to_str().ok()),
+            Some(allowed)
+        );
+        assert_eq!(error_of(r).await["code"], "method_not_allowed");
+    }
+    let head = app
+        .http
+        .head(format!("{}/api/v1/broadcasts/{id}", app.base))
+        .bearer_auth(SERVICE_KEY)
+        .send()
+        .await
+        .expect("HEAD");
+    assert_eq!(head.status(), 200);
+    app.stop().await;
+}
