@@ -7,6 +7,9 @@ use anyhow::{bail, Context};
 /// The secret used by `serve --dev` only. Logged loudly at start-up.
 pub const DEV_JWT_SECRET: &str = "notifyd-dev-secret-do-not-use-in-production";
 
+/// Upper bound of `NOTIFYD_BROADCAST_BATCH`: one batch's transaction must stay short.
+pub const MAX_BROADCAST_BATCH: i64 = 10_000;
+
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub database_url: String,
@@ -61,6 +64,11 @@ pub struct Settings {
     pub max_anon_sockets_per_ip: usize,
     /// `NOTIFYD_TRUSTED_PROXIES`: peers whose `X-Forwarded-For` (last hop) names the client.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// `NOTIFYD_BROADCAST_BATCH`: recipients per announcement batch (one transaction, which
+    /// holds those users' counter rows until it commits).
+    pub broadcast_batch: i64,
+    /// `NOTIFYD_MAX_RUNNING_BROADCASTS`: announcements one service may have running at once.
+    pub max_running_broadcasts: i64,
 }
 
 impl Settings {
@@ -102,6 +110,8 @@ impl Settings {
                 std::net::IpAddr::from([127, 0, 0, 1]),
                 std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
             ],
+            broadcast_batch: 2000,
+            max_running_broadcasts: 16,
         }
     }
 
@@ -231,6 +241,22 @@ impl Settings {
         }
         if let Some(p) = env("NOTIFYD_TRUSTED_PROXIES") {
             s.trusted_proxies = parse_ips(&p)?;
+        }
+        if let Some(b) = env("NOTIFYD_BROADCAST_BATCH") {
+            s.broadcast_batch = b
+                .parse()
+                .ok()
+                .filter(|n| (1..=MAX_BROADCAST_BATCH).contains(n))
+                .with_context(|| {
+                    format!("NOTIFYD_BROADCAST_BATCH must be 1 to {MAX_BROADCAST_BATCH}")
+                })?;
+        }
+        if let Some(n) = env("NOTIFYD_MAX_RUNNING_BROADCASTS") {
+            s.max_running_broadcasts = n
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .context("NOTIFYD_MAX_RUNNING_BROADCASTS must be a positive integer")?;
         }
         Ok(s)
     }

@@ -5,6 +5,7 @@
 //! in-process) → `broker::hub` → `gateway::user_actor` → `gateway::session` (the socket). Topic
 //! events go `broker::hub` → `topics::router` → `gateway::session`, without the user actors.
 
+pub mod announce;
 pub mod api;
 pub mod auth;
 pub mod broker;

@@ -128,6 +128,18 @@ impl Application {
                 topics.clone().run_shard(shard, shutdown_rx.clone()),
             ));
         }
+        // Announcements: every node works on them (one at a time each, see announce::batch).
+        let announcements = crate::announce::Wake::default();
+        tasks.push(tokio::spawn(
+            crate::announce::worker::Worker {
+                pool: pool.clone(),
+                batch: settings.broadcast_batch,
+                timeout: settings.db_request_timeout,
+                relay: waker.clone(),
+                wake: announcements.clone(),
+            }
+            .run(shutdown_rx.clone()),
+        ));
         let state = AppState {
             jwt: JwtKeys::new(&settings.jwt_secret),
             limits: Arc::new(crate::ratelimit::RateLimits::default()),
@@ -138,6 +150,7 @@ impl Application {
             waker,
             gateway,
             topics,
+            announcements,
             presence,
             metrics,
         };

@@ -18,6 +18,8 @@ pub struct AppState {
     pub redis: Option<deadpool_redis::Pool>,
     pub hub: Arc<Hub>,
     pub waker: Waker,
+    /// Wakes this node's announcement worker after a broadcast was accepted.
+    pub announcements: crate::announce::Wake,
     pub gateway: Arc<Gateway>,
     /// Topic subscriptions on this node and their routing (contract §8).
     pub topics: Arc<crate::topics::Router>,

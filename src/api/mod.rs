@@ -1,6 +1,7 @@
 //! HTTP routes. Handlers parse and authorise, call `inbox`, and wake the relay after a commit;
 //! they never build SQL.
 
+pub mod broadcasts;
 pub mod cors;
 pub mod me;
 pub mod messages;
@@ -95,6 +96,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, cors: &CorsPolicy) {
     .service(
         web::scope("/api/v1")
             .service(only("/messages", POST).route(web::post().to(messages::create)))
+            .service(only("/broadcasts", POST).route(web::post().to(broadcasts::create)))
+            .service(only("/broadcasts/{id}", GET).route(web::get().to(broadcasts::show)))
             .service(only("/topics/{topic}/events", POST).route(web::post().to(topics::publish)))
             .service(only("/users/{id}/presence", GET).route(web::get().to(presence::user)))
             .service(only("/presence", GET).route(web::get().to(presence::cluster))),

@@ -78,6 +78,8 @@ mod tests {
         let paths = doc["paths"].as_object().expect("paths");
         for (path, method) in [
             ("/api/v1/messages", "post"),
+            ("/api/v1/broadcasts", "post"),
+            ("/api/v1/broadcasts/{id}", "get"),
             ("/api/v1/topics/{topic}/events", "post"),
             ("/api/v1/users/{id}/presence", "get"),
             ("/api/v1/presence", "get"),

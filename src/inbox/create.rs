@@ -33,26 +33,14 @@ pub async fn create_messages(
 ) -> Result<Created, ApiError> {
     let hash = hex::encode(Sha256::digest(req.canonical.as_bytes()));
     conn.transaction::<_, ApiError, _>(async |conn| {
-        if let Some(idem) = &idem {
-            match idempotency::begin(conn, service, idem.key, &hash).await? {
-                idempotency::Begin::Fresh => {}
-                idempotency::Begin::Replay(body) => {
-                    return Ok(Created {
-                        body,
-                        replayed: true,
-                    })
-                }
-                idempotency::Begin::Mismatch => {
-                    return Err(ApiError::Conflict(
-                        "this Idempotency-Key was used with a different request body".into(),
-                    ))
-                }
-            }
+        if let Some(body) = replayed(conn, service, idem.as_ref(), &hash).await? {
+            return Ok(Created {
+                body,
+                replayed: true,
+            });
         }
-        let body = insert_all(conn, service, req).await?;
-        if let Some(idem) = &idem {
-            idempotency::finish(conn, service, idem.key, &body).await?;
-        }
+        let body = insert_rows(conn, service, req, None).await?;
+        remember(conn, service, idem.as_ref(), &body).await?;
         Ok(Created {
             body,
             replayed: false,
@@ -61,10 +49,48 @@ pub async fn create_messages(
     .await
 }
 
-async fn insert_all(
+/// The first half of an `Idempotency-Key`, inside the caller's transaction: claims the key, or
+/// answers with the first request's body (`Some`), or refuses a reuse with another body (409).
+/// `request_hash` identifies the request (route and canonical body).
+pub async fn replayed(
+    conn: &mut Conn,
+    service: &str,
+    idem: Option<&Idempotency<'_>>,
+    request_hash: &str,
+) -> Result<Option<Value>, ApiError> {
+    let Some(idem) = idem else {
+        return Ok(None);
+    };
+    match idempotency::begin(conn, service, idem.key, request_hash).await? {
+        idempotency::Begin::Fresh => Ok(None),
+        idempotency::Begin::Replay(body) => Ok(Some(body)),
+        idempotency::Begin::Mismatch => Err(ApiError::Conflict(
+            "this Idempotency-Key was used with a different request body".into(),
+        )),
+    }
+}
+
+/// The second half: stores the answer for later replays, in the same transaction.
+pub async fn remember(
+    conn: &mut Conn,
+    service: &str,
+    idem: Option<&Idempotency<'_>>,
+    body: &Value,
+) -> Result<(), ApiError> {
+    if let Some(idem) = idem {
+        idempotency::finish(conn, service, idem.key, body).await?;
+    }
+    Ok(())
+}
+
+/// THE insert path of notifications: message rows, counters, event-log rows and outbox entries,
+/// in the caller's transaction (`create_messages` for a request, one announcement batch for
+/// `announce::batch`, whose rows carry `broadcast`). Returns the `201` body.
+pub async fn insert_rows(
     conn: &mut Conn,
     service: &str,
     req: &CreateRequest,
+    broadcast: Option<Uuid>,
 ) -> Result<Value, ApiError> {
     // Rows in request order: (entry index, recipient).
     let rows: Vec<(usize, &str)> = req
@@ -110,6 +136,7 @@ async fn insert_all(
             skip_url: e.skip_url.clone(),
             data: e.data.clone(),
             service: service.to_string(),
+            broadcast_id: broadcast,
         };
         new_events.push(NewEvent {
             user_id: msg.to_user.clone(),

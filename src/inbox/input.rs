@@ -156,6 +156,16 @@ pub fn parse_message(m: &Map<String, Value>, at: &str) -> Result<MessageInput, A
             ))
         }
     };
+    parse_content(m, at, recipients)
+}
+
+/// Everything of a message but its recipients (given): the fields and limits of contract §3.
+fn parse_content(
+    m: &Map<String, Value>,
+    at: &str,
+    recipients: Vec<String>,
+) -> Result<MessageInput, ApiError> {
+    let f = |name: &str| format!("{at}{name}");
     let title = match m.get("title") {
         Some(Value::String(s)) if s.trim().is_empty() => {
             return Err(ApiError::validation(f("title"), "must not be empty"))
@@ -235,6 +245,41 @@ pub fn parse_message(m: &Map<String, Value>, at: &str) -> Result<MessageInput, A
         send_user,
         skip_url,
         data,
+    })
+}
+
+/// A validated announcement (`POST /api/v1/broadcasts`): one message for every known user.
+#[derive(Debug)]
+pub struct BroadcastRequest {
+    /// The message, with no recipients: the worker fills them in, batch by batch.
+    pub message: MessageInput,
+    /// The body's canonical form, for `Idempotency-Key` checks.
+    pub canonical: String,
+}
+
+/// One message body as for `POST /api/v1/messages` (same fields, same limits), without
+/// recipients: naming any (`to_user`, `to_users`, or a `messages` list) is refused, since an
+/// announcement goes to everyone.
+pub fn parse_broadcast(body: &[u8]) -> Result<BroadcastRequest, ApiError> {
+    let root: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::MalformedJson(format!("body is not valid JSON: {e}")))?;
+    let Value::Object(obj) = &root else {
+        return Err(ApiError::validation(
+            "",
+            "body must be a JSON object: one message",
+        ));
+    };
+    for field in ["to_user", "to_users", "messages"] {
+        if obj.contains_key(field) {
+            return Err(ApiError::validation(
+                field,
+                "an announcement goes to every known user: omit it",
+            ));
+        }
+    }
+    Ok(BroadcastRequest {
+        message: parse_content(obj, "", vec![])?,
+        canonical: root.to_string(),
     })
 }
 
@@ -433,6 +478,27 @@ mod tests {
             field_of(json!({"to_users": users, "title": "t"})),
             "to_users"
         );
+    }
+
+    #[test]
+    fn a_broadcast_is_one_message_without_recipients() {
+        let b = parse_broadcast(br#"{"title": "Maintenance", "type": "system"}"#).unwrap();
+        assert!(b.message.recipients.is_empty());
+        assert_eq!(b.message.title, "Maintenance");
+        let field = |body: Value| match parse_broadcast(body.to_string().as_bytes()) {
+            Err(ApiError::Validation { field, .. }) => field,
+            other => panic!("expected a validation error, got {other:?}"),
+        };
+        assert_eq!(field(json!({"to_user": "1", "title": "t"})), "to_user");
+        assert_eq!(field(json!({"to_users": ["1"], "title": "t"})), "to_users");
+        assert_eq!(field(json!({"messages": [], "title": "t"})), "messages");
+        assert_eq!(field(json!({"content": "c"})), "title");
+        assert_eq!(field(json!({"title": "x".repeat(201)})), "title");
+        assert_eq!(
+            field(json!({"title": "t", "skip_url": "//evil"})),
+            "skip_url"
+        );
+        assert_eq!(field(json!(["title"])), "");
     }
 
     #[test]

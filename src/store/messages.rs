@@ -26,6 +26,8 @@ pub struct NewMessage {
     pub skip_url: Option<String>,
     pub data: Option<serde_json::Value>,
     pub service: String,
+    /// The announcement this row belongs to (unique per user), if any.
+    pub broadcast_id: Option<Uuid>,
 }
 
 /// A message as every API shows it (contract §4).

@@ -1,6 +1,7 @@
 //! Query functions, one module per table. Each takes `&mut AsyncPgConnection` so callers compose
 //! them inside one transaction; nothing here opens a transaction of its own.
 
+pub mod broadcasts;
 pub mod events;
 pub mod idempotency;
 pub mod inbox_state;

@@ -17,6 +17,7 @@ diesel::table! {
         data -> Nullable<Jsonb>,
         service -> Text,
         deleted_at -> Nullable<Timestamptz>,
+        broadcast_id -> Nullable<Uuid>,
     }
 }
 
@@ -61,7 +62,28 @@ diesel::table! {
     }
 }
 
+// `snapshot` (pg_snapshot, no diesel type) is left out: store::broadcasts reads and writes it in SQL.
+diesel::table! {
+    broadcast (id) {
+        id -> Uuid,
+        service -> Text,
+        title -> Text,
+        content -> Text,
+        #[sql_name = "type"]
+        kind -> Text,
+        send_user -> Nullable<Text>,
+        skip_url -> Nullable<Text>,
+        data -> Nullable<Jsonb>,
+        total -> Int8,
+        created -> Int8,
+        cursor_user -> Nullable<Text>,
+        created_at -> Timestamptz,
+        done_at -> Nullable<Timestamptz>,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
+    broadcast,
     t_message_real_time,
     user_inbox_state,
     user_event,

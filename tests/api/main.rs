@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod broadcasts;
 mod direct;
 mod gateway;
 mod gateway_limits;

@@ -1,0 +1,57 @@
+//! One batch of an announcement, in ONE transaction: lock a running broadcast (skipping any
+//! another node holds), take the next recipients after its cursor, create their notifications
+//! through the insert path of `POST /api/v1/messages`, advance the cursor, commit.
+
+use diesel_async::AsyncConnection;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::inbox::create;
+use crate::inbox::input::{CreateRequest, MessageInput};
+use crate::store::{broadcasts, Conn};
+
+/// What one batch did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batch {
+    pub broadcast: Uuid,
+    /// Notifications created (one per recipient).
+    pub created: usize,
+    /// The cursor passed the last recipient: the broadcast is now `done`.
+    pub done: bool,
+}
+
+/// Runs one batch of at most `limit` recipients; `None` when no running broadcast is free.
+pub async fn run_one(conn: &mut Conn, limit: i64) -> Result<Option<Batch>, ApiError> {
+    conn.transaction::<_, ApiError, _>(async |conn| {
+        let Some(b) = broadcasts::claim(conn).await? else {
+            return Ok(None);
+        };
+        let users =
+            broadcasts::next_recipients(conn, &b.snapshot, b.cursor_user.as_deref(), limit).await?;
+        let n = users.len();
+        let done = (n as i64) < limit;
+        let cursor = users.last().cloned().or(b.cursor_user);
+        if n > 0 {
+            let req = CreateRequest {
+                entries: vec![MessageInput {
+                    recipients: users,
+                    title: b.title,
+                    content: b.content,
+                    kind: b.kind,
+                    send_user: b.send_user,
+                    skip_url: b.skip_url,
+                    data: b.data,
+                }],
+                canonical: String::new(),
+            };
+            create::insert_rows(conn, &b.service, &req, Some(b.id)).await?;
+        }
+        broadcasts::advance(conn, b.id, cursor.as_deref(), n as i64, done).await?;
+        Ok(Some(Batch {
+            broadcast: b.id,
+            created: n,
+            done,
+        }))
+    })
+    .await
+}
