@@ -225,6 +225,9 @@ impl Settings {
         }
         if let Some(p) = env("NOTIFYD_PUBLIC_TOPICS") {
             s.public_topics = comma_list(&p);
+        } else if dev {
+            // The demo's product page (`/demo/products`) is for shoppers without a token.
+            s.public_topics = vec!["product:*".into()];
         }
         if let Some(r) = env("NOTIFYD_TOPIC_RETAIN") {
             s.topic_retain = positive(

@@ -308,7 +308,11 @@ describe('notification bell in Chromium', { timeout: 240_000 }, () => {
     }, server.baseUrl);
     assert.deepEqual(result.sub.topics, ['product:42']);
     assert.equal(result.forbidden, 'forbidden');
-    assert.deepEqual(result.topics, [{ topic: 'product:42', data: { stock: 3 } }]);
+    assert.equal(result.topics.length, 1);
+    assert.match(result.topics[0].id, /^[0-9a-f-]{36}$/);
+    assert.deepEqual(result.topics, [
+      { topic: 'product:42', id: result.topics[0].id, data: { stock: 3 }, from: null, retained: false },
+    ]);
     assert.deepEqual(result.seen, { seq: 2, unread: 1, unseen: 0 });
     assert.deepEqual(result.noop, { seq: 2, unread: 1, unseen: 0 });
     assert.deepEqual(result.resets, [{ reason: 'initial', seq: 1, unread: 1, unseen: 1 }]);

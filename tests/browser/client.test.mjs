@@ -100,11 +100,21 @@ describe('NotifydClient', () => {
     ws.push({ type: 'message.read_all', seq: 9, unread: 0, unseen: 0 });
     ws.push({ type: 'message.deleted', seq: 10, unread: 0, unseen: 0, ids: ['m6'] });
     ws.push({ type: 'topic.event', topic: 'product:1', data: { stock: 3 } });
+    // Topic events with ids: a repeated id (at-least-once delivery) is dropped, per topic.
+    const ev = { type: 'topic.event', topic: 'group:7', id: 'e1', from: 'ann', data: { text: 'hi' } };
+    ws.push(ev);
+    ws.push(ev);
+    ws.push({ ...ev, retained: true });
+    ws.push({ ...ev, topic: 'group:8' });
     assert.deepEqual(of('message').map((d) => d.message.id), ['m6']);
     assert.deepEqual(of('read').map((d) => [d.ids, d.all]), [[['m6'], false], [null, true]]);
     assert.equal(of('seen').length, 1);
     assert.deepEqual(of('deleted')[0].ids, ['m6']);
-    assert.deepEqual(of('topic'), [{ topic: 'product:1', data: { stock: 3 } }]);
+    assert.deepEqual(of('topic'), [
+      { topic: 'product:1', id: null, data: { stock: 3 }, from: null, retained: false },
+      { topic: 'group:7', id: 'e1', data: { text: 'hi' }, from: 'ann', retained: false },
+      { topic: 'group:8', id: 'e1', data: { text: 'hi' }, from: 'ann', retained: false },
+    ]);
     assert.equal(c.seq, 10);
     assert.deepEqual(c.counts, { seq: 10, unread: 0, unseen: 0 });
   });

@@ -51,8 +51,9 @@ async function setStock(id, stockLevel, price) {
     headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${SERVICE_KEY}` },
     body: JSON.stringify({ data: { stock: stockLevel, price }, retain: true }),
   });
-  assert.equal(res.status, 202, await res.text());
-  return res.json();
+  const text = await res.text();
+  assert.equal(res.status, 202, text);
+  return JSON.parse(text);
 }
 
 describe('live product page (anonymous viewers of public topics)', () => {
