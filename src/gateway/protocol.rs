@@ -230,6 +230,48 @@ pub fn sync(changes: &Changes) -> Option<Value> {
     }
 }
 
+/// Bytes of events one `sync` frame carries at most (a single larger event goes alone).
+pub const SYNC_FRAME_BYTES: usize = 256 * 1024;
+
+/// A resume's events as `sync` frames of at most `max_bytes` of events each (at least one event
+/// per frame), in seq order, each with the seq it ends at. Each frame's `seq`/`unread`/`unseen`
+/// are those after its last event, so a client that applies the frames one by one always holds
+/// counts that match what it has applied.
+pub fn sync_frames(events: &[Value], max_bytes: usize) -> Vec<(i64, String)> {
+    let mut frames = vec![];
+    let mut batch: Vec<String> = vec![];
+    let mut bytes = 0;
+    let mut last: Option<&Value> = None;
+    let finish =
+        |batch: &mut Vec<String>, last: Option<&Value>, frames: &mut Vec<(i64, String)>| {
+            let Some(ev) = last else { return };
+            let n = |k: &str| ev.get(k).and_then(Value::as_i64).unwrap_or(0);
+            frames.push((
+                n("seq"),
+                format!(
+                    r#"{{"type":"sync","events":[{}],"seq":{},"unread":{},"unseen":{}}}"#,
+                    batch.join(","),
+                    n("seq"),
+                    n("unread"),
+                    n("unseen")
+                ),
+            ));
+            batch.clear();
+        };
+    for ev in events {
+        let text = ev.to_string();
+        if !batch.is_empty() && bytes + text.len() > max_bytes {
+            finish(&mut batch, last, &mut frames);
+            bytes = 0;
+        }
+        bytes += text.len() + 1;
+        batch.push(text);
+        last = Some(ev);
+    }
+    finish(&mut batch, last, &mut frames);
+    frames
+}
+
 pub fn ack(r#ref: &Value, extra: Value) -> Value {
     let mut v = json!({"type": "ack", "ref": r#ref});
     if let (Some(obj), Value::Object(more)) = (v.as_object_mut(), extra) {
@@ -277,6 +319,36 @@ pub mod close {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Sync frames split by bytes, keep order, never drop or repeat an event, and carry the
+    /// counts after their last event.
+    #[test]
+    fn sync_frames_split_by_bytes_in_order() {
+        let events: Vec<Value> = (1..=10)
+            .map(|i| json!({"type": "message.created", "seq": i, "unread": i, "unseen": 1, "pad": "x".repeat(100)}))
+            .collect();
+        let one = events[0].to_string().len();
+        let frames = sync_frames(&events, one * 3 + 3);
+        assert_eq!(frames.len(), 4);
+        let mut seqs = vec![];
+        for (last, text) in &frames {
+            let v: Value = serde_json::from_str(text).unwrap();
+            assert_eq!(v["type"], "sync");
+            assert_eq!(v["seq"], *last);
+            assert_eq!(v["unread"], *last);
+            seqs.extend(
+                v["events"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e["seq"].as_i64().unwrap()),
+            );
+        }
+        assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
+        // An event larger than the limit still goes, alone.
+        assert_eq!(sync_frames(&events[..2], 1).len(), 2);
+        assert!(sync_frames(&[], 100).is_empty());
+    }
 
     #[test]
     fn parses_every_command() {

@@ -254,9 +254,32 @@ impl Actor {
         if let Push::Dropped = tx.push_json(&protocol::hello(&self.user, counts, heartbeat_s)) {
             return;
         }
-        if let Some(sync) = protocol::sync(&snapshot) {
-            if let Push::Dropped = tx.push_json(&sync) {
-                return;
+        // The missed events, in `sync` frames of at most SYNC_FRAME_BYTES each, offered like
+        // live events: what does not fit the session's budget now comes from the log as it
+        // drains (`catch_up`), so a resume after a long absence is never one huge frame.
+        let (mut cursor, mut behind_since) = (counts.seq, None);
+        match &snapshot {
+            Changes::Events { events, .. } if !events.is_empty() => {
+                cursor = since.unwrap_or(counts.seq);
+                for (last, frame) in protocol::sync_frames(events, protocol::SYNC_FRAME_BYTES) {
+                    match tx.offer(Arc::from(frame)) {
+                        Offer::Queued => cursor = last,
+                        Offer::Full => {
+                            metrics::counter!("notifyd_ws_sessions_behind_total").increment(1);
+                            behind_since = Some(Instant::now());
+                            break;
+                        }
+                        Offer::Gone => return,
+                    }
+                }
+            }
+            Changes::Events { .. } => {}
+            Changes::Reset { .. } => {
+                if let Some(sync) = protocol::sync(&snapshot) {
+                    if let Push::Dropped = tx.push_json(&sync) {
+                        return;
+                    }
+                }
             }
         }
         metrics::gauge!("notifyd_ws_connections").increment(1.0);
@@ -264,8 +287,8 @@ impl Actor {
             tx.id,
             Session {
                 tx,
-                cursor: counts.seq,
-                behind_since: None,
+                cursor,
+                behind_since,
             },
         );
         self.state.presence.add(&self.user, 1);

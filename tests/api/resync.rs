@@ -93,3 +93,54 @@ async fn an_event_lost_on_the_broker_with_nothing_after_it_is_delivered_by_the_a
     );
     app.stop().await;
 }
+
+/// A resume after a long absence is never one huge frame: 900 missed events of about 23 KB
+/// (20 MB) arrive as `sync` frames of at most 256 KiB of events (one event may exceed it alone),
+/// in seq order, none missing or repeated, and the socket stays open. (Before, one 20 MB
+/// `sync` frame: more than WebSocket libraries take by default — tungstenite's limit is
+/// 16 MiB — so such a client could never resume.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_far_behind_comes_in_sync_frames_of_bounded_size() {
+    const EVENTS: i64 = 900;
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let u = new_user();
+    let content = "x".repeat(8000);
+    let data = serde_json::json!({ "pad": "y".repeat(15_000) });
+    for b in 0..EVENTS / 100 {
+        let messages: Vec<serde_json::Value> = (0..100)
+            .map(|i| serde_json::json!({"to_user": u, "title": format!("{b}-{i}"), "content": content, "data": data}))
+            .collect();
+        let r = app
+            .post_messages(&serde_json::json!({ "messages": messages }))
+            .await;
+        assert_eq!(r.status(), 201);
+    }
+    let mut c = app.ws(&u, Some(0)).await;
+    c.next_of("hello", Duration::from_secs(10)).await;
+    let mut seqs = vec![];
+    let mut largest = 0;
+    while seqs.last() != Some(&EVENTS) {
+        let f = c
+            .next(Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| panic!("ended after {} events: {:?}", seqs.len(), c.closed));
+        largest = largest.max(f.to_string().len());
+        match f["type"].as_str() {
+            Some("sync") => seqs.extend(
+                f["events"]
+                    .as_array()
+                    .expect("events")
+                    .iter()
+                    .map(|e| e["seq"].as_i64().expect("seq")),
+            ),
+            _ => seqs.push(f["seq"].as_i64().expect("seq")),
+        }
+    }
+    assert!(
+        seqs.iter().copied().eq(1..=EVENTS),
+        "out of order or repeated"
+    );
+    assert!(largest < 300 * 1024, "a frame of {largest} bytes");
+    app.stop().await;
+}
