@@ -293,31 +293,13 @@ async fn main() -> anyhow::Result<()> {
         .execute(&mut admin)
         .await?;
 
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| m.lines().next().map(|l| l.to_string()))
-        .unwrap_or_default();
-    let pg = Command::new("psql")
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    let redis = Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
+    let support::Machine {
+        cpu,
+        cores,
+        mem,
+        pg,
+        redis,
+    } = support::machine();
     let doc = format!(
         "# Benchmarks\n\n\
 Written by `cargo bench --bench load` (benches/load.rs) on {date}. One run, one machine; every figure\n\

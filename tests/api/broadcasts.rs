@@ -34,16 +34,8 @@ async fn post_broadcast(
     idempotency_key: Option<&str>,
     body: &Value,
 ) -> reqwest::Response {
-    let headers: Vec<(&str, &str)> = idempotency_key
-        .map(|k| vec![("Idempotency-Key", k)])
-        .unwrap_or_default();
-    app.post_raw(
-        "/api/v1/broadcasts",
-        Some(service_key),
-        &headers,
-        body.to_string(),
-    )
-    .await
+    app.post_as("/api/v1/broadcasts", service_key, idempotency_key, body)
+        .await
 }
 
 /// POSTs an announcement as the test service, asserting `202 {"id","status":"running"}`; its id.

@@ -692,16 +692,24 @@ impl TestApp {
         idempotency_key: Option<&str>,
         body: &Value,
     ) -> reqwest::Response {
+        self.post_as("/api/v1/messages", service_key, idempotency_key, body)
+            .await
+    }
+
+    /// A JSON POST to `path` as the service owning `service_key`, with an optional
+    /// `Idempotency-Key`.
+    pub async fn post_as(
+        &self,
+        path: &str,
+        service_key: &str,
+        idempotency_key: Option<&str>,
+        body: &Value,
+    ) -> reqwest::Response {
         let headers: Vec<(&str, &str)> = idempotency_key
             .map(|k| vec![("Idempotency-Key", k)])
             .unwrap_or_default();
-        self.post_raw(
-            "/api/v1/messages",
-            Some(service_key),
-            &headers,
-            body.to_string(),
-        )
-        .await
+        self.post_raw(path, Some(service_key), &headers, body.to_string())
+            .await
     }
 
     pub fn topic_channel(&self, topic: &str) -> String {
@@ -881,6 +889,33 @@ impl TestApp {
 }
 
 impl WsClient {
+    /// The events of a resume, up to seq `last`: a long resume comes in several `sync` frames,
+    /// and what did not fit the socket's budget follows as live frames. Panics on a reset, a
+    /// close or `timeout`.
+    pub async fn resumed_events(&mut self, last: i64, timeout: Duration) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut events: Vec<Value> = vec![];
+        while events.last().and_then(|e| e["seq"].as_i64()) != Some(last) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(f) = self.next(left).await else {
+                panic!(
+                    "resume ended after {} events: closed={:?}",
+                    events.len(),
+                    self.closed
+                );
+            };
+            match f["type"].as_str() {
+                Some("sync") => {
+                    assert_eq!(f.get("reset"), None, "a reset instead of events");
+                    events.extend(f["events"].as_array().expect("events").iter().cloned());
+                }
+                _ if f.get("seq").is_some() => events.push(f),
+                _ => {}
+            }
+        }
+        events
+    }
+
     /// The very next frame, which must be of type `ty` (panics on anything else, a close or
     /// `timeout`).
     pub async fn next_of(&mut self, ty: &str, timeout: Duration) -> Value {
