@@ -481,3 +481,29 @@ async fn the_anonymous_cap_counts_an_ipv6_client_by_its_64_prefix() {
     assert_eq!(status, 429, "an IPv4-mapped address is the same client");
     app.stop().await;
 }
+
+/// A topic named twice in one `subscribe` is one subscription: its retained value follows the
+/// ack once (not once per mention: 100 mentions of a topic with a 16 KiB value would queue
+/// 1.6 MB and close the session as a slow consumer), and the ack lists it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_named_twice_in_one_subscribe_gets_its_retained_value_once() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let id = app
+        .publish_topic_body("product:5", json!({"data": {"stock": 9}, "retain": true}))
+        .await;
+    published(&app).await;
+    let mut c =
+        WsClient::connect(&app.ws_url(&token_with_topics(&new_user(), &["product:*"]), None))
+            .await
+            .expect("connect");
+    hello(&mut c).await;
+    c.send(&json!({"type": "subscribe", "topics": ["product:5", "product:5", "product:5"], "ref": "s"}))
+        .await;
+    let ack = c.next_of("ack", T).await;
+    assert_eq!(ack["topics"], json!(["product:5"]), "{ack}");
+    let frames = drain(&mut c, QUIET).await;
+    let retained: Vec<&Value> = frames.iter().filter(|f| f["id"] == id.as_str()).collect();
+    assert_eq!(retained.len(), 1, "{frames:?}");
+    app.stop().await;
+}
