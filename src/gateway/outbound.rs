@@ -130,9 +130,13 @@ impl SessionTx {
         }
     }
 
-    /// Bytes of text frames waiting for the writer.
-    pub fn queued_bytes(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
+    /// Whether the queue has drained to half of what `offer` fills, in bytes AND in frames: a
+    /// session behind is refilled only then. A queue full of small frames is at its frame
+    /// limit long before its byte budget; reading the log for it would queue nothing.
+    pub fn half_drained(&self) -> bool {
+        let offerable = OUTBOUND_QUEUE - PUSH_HEADROOM_FRAMES;
+        self.queued.load(Ordering::Relaxed) <= OUTBOUND_BYTES / 2
+            && self.frames.capacity() >= PUSH_HEADROOM_FRAMES + offerable / 2
     }
 
     pub fn push(&self, frame: Arc<str>) -> Push {

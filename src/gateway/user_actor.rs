@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
 use super::mailbox::ActorMsg;
-use super::outbound::{Offer, Push, SessionTx, OUTBOUND_BYTES};
+use super::outbound::{Offer, Push, SessionTx};
 use super::protocol::{self, close, ClientFrame};
 use crate::broker::HubMsg;
 use crate::error::ApiError;
@@ -464,7 +464,7 @@ impl Actor {
     }
 
     /// Refills the sessions that are behind from the event log once their queue has drained to
-    /// half the budget, and closes with 4008 those that stayed behind for `BEHIND_LIMIT`: a
+    /// half of what it takes (bytes and frames), and closes with 4008 those that stayed behind for `BEHIND_LIMIT`: a
     /// client that reads, only slower than a burst arrives, catches up; one that does not read
     /// (or cannot keep up at all) resumes later with `since`. Memory stays at the budget.
     async fn catch_up(&mut self) {
@@ -482,7 +482,7 @@ impl Actor {
             let Some(s) = self.sessions.get_mut(&id) else {
                 continue;
             };
-            if s.tx.queued_bytes() > OUTBOUND_BYTES / 2 {
+            if !s.tx.half_drained() {
                 continue;
             }
             let (from, upto) = (s.cursor, self.last_seq);

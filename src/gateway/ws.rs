@@ -13,7 +13,7 @@ use super::session::{self, ReaderCtx};
 use crate::auth::user::authenticate_ws;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::topics::public::client_ip;
+use crate::topics::public::{client_ip, client_key};
 use tokio::sync::oneshot;
 
 #[derive(Deserialize)]
@@ -50,7 +50,7 @@ pub async fn connect(
             .open(&c.user, state.settings.max_sockets_per_user)?,
         None => {
             let ip = client_ip(&req, &state.settings.trusted_proxies)
-                .map(|ip| ip.to_string())
+                .map(client_key)
                 .unwrap_or_default();
             state
                 .gateway

@@ -1,7 +1,7 @@
 //! Anonymous viewers of public topics (`NOTIFYD_PUBLIC_TOPICS`): who the client is, for the
 //! per-IP socket cap.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use actix_web::HttpRequest;
 
@@ -21,6 +21,20 @@ pub fn client_ip(req: &HttpRequest, trusted: &[IpAddr]) -> Option<IpAddr> {
         .and_then(|v| v.rsplit(',').next())
         .and_then(|hop| hop.trim().parse::<IpAddr>().ok());
     Some(forwarded.unwrap_or(peer))
+}
+
+/// The key an anonymous client is counted under: an IPv4 address (also when written as
+/// IPv4-mapped IPv6, `::ffff:a.b.c.d`), or an IPv6 address's /64. One IPv6 client (a home, a
+/// phone) holds a whole /64 and may pick any address in it, so counting each /128 would not
+/// cap it at all.
+pub fn client_key(ip: IpAddr) -> String {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{}/64", Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -47,5 +61,15 @@ mod tests {
         assert_eq!(ip("10.1.1.1:1", Some("10.0.0.9")), Some("10.1.1.1".into()));
         assert_eq!(ip("127.0.0.1:1", None), Some("127.0.0.1".into()));
         assert_eq!(ip("127.0.0.1:1", Some("garbage")), Some("127.0.0.1".into()));
+    }
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_64_and_mapped_ipv4_by_the_ipv4() {
+        let key = |s: &str| client_key(s.parse().expect("ip"));
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
+        assert_eq!(key("2001:db8:1:2::1"), "2001:db8:1:2::/64");
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:10.0.0.1"), "10.0.0.1");
+        assert_eq!(key("10.0.0.1"), "10.0.0.1");
     }
 }

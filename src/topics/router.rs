@@ -181,12 +181,14 @@ impl Router {
         let Some(s) = inner.sessions.get_mut(&session) else {
             return Err(("unavailable", "the session is closing".into()));
         };
-        let fresh: Vec<&String> = topics
+        // Each topic once, in the order asked: it gets one ack entry and one retained value.
+        let mut seen = HashSet::new();
+        let topics: Vec<String> = topics
             .iter()
-            .filter(|t| !s.topics.contains(*t))
-            .collect::<HashSet<_>>()
-            .into_iter()
+            .filter(|t| seen.insert(t.as_str()))
+            .cloned()
             .collect();
+        let fresh: Vec<&String> = topics.iter().filter(|t| !s.topics.contains(*t)).collect();
         if s.topics.len() + fresh.len() > MAX_TOPICS_PER_SESSION {
             metrics::counter!("notifyd_topics_refused_total", "limit" => "session").increment(1);
             return Err((
@@ -236,7 +238,7 @@ impl Router {
         metrics::gauge!("notifyd_topics_local").set(inner.topics.len() as f64);
         Ok(Pending {
             session,
-            topics: topics.to_vec(),
+            topics,
             ticket,
         })
     }

@@ -680,3 +680,49 @@ async fn read_until_seq(mut ws: RawWs, last: i64, pause: Duration) -> (Vec<i64>,
 async fn read_until_close(ws: RawWs, pause: Duration) -> (Vec<i64>, Option<u16>) {
     read_until_seq(ws, i64::MAX, pause).await
 }
+
+/// Reads of the event log (`user_event` scans) PostgreSQL has counted for this database.
+async fn event_log_scans(db_url: &str) -> i64 {
+    scalar_i64(
+        db_url,
+        "SELECT (coalesce(sum(seq_scan), 0) + coalesce(sum(idx_scan), 0))::bigint AS v \
+         FROM pg_stat_user_tables WHERE relname = 'user_event'",
+    )
+    .await
+}
+
+/// A tab that stopped reading with many SMALL events queued is behind because its frame queue
+/// is at its limit, not its byte budget. The actor must not read the event log for it while
+/// the queue has no room: nothing it reads can be queued. (Before, it read a page of 200 events
+/// every 50 ms for the whole 10 s before the 4008: ~200 useless queries per stalled tab.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_tab_full_of_small_events_costs_no_event_log_reads_until_it_drains() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let u = new_user();
+    let (stalled, _) = small_buffer_ws(&app, &u).await;
+    // 10,000 events of about 800 bytes: far more than the socket buffers hold (up to 4 MB
+    // here), and the 448 the queue takes before its frame limit are under half the byte budget.
+    let content = "x".repeat(500);
+    for b in 0..10 {
+        app.send_batch(&u, 1000, &format!("b{b} "), &content).await;
+    }
+    eventually(T, "the outbox published", || async {
+        (count_rows(&app.db_url, "outbox").await == 0).then_some(())
+    })
+    .await;
+    // Let the queue fill and the session fall behind, then count log reads for a while.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = event_log_scans(&app.db_url).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let reads = event_log_scans(&app.db_url).await - before;
+    assert!(
+        reads < 5,
+        "{reads} event log reads in 4 s for a tab whose queue had no room"
+    );
+    // It was behind all along: cut off after BEHIND_LIMIT like any tab that does not read.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let (_, code) = read_until_close(stalled, Duration::ZERO).await;
+    assert_eq!(code, Some(4008));
+    app.stop().await;
+}

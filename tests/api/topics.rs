@@ -445,3 +445,65 @@ async fn stopping_the_node_closes_anonymous_sessions_with_1012() {
     app.stopper.stop().await;
     assert_eq!(c.expect_close(T).await, Some(1012));
 }
+
+/// One IPv6 client holds a whole /64 (its ISP hands out prefixes, privacy addresses rotate
+/// within it): counted per /128, the per-address cap would let it open sockets without end.
+/// IPv6 clients are counted per /64, and an IPv4 client seen as `::ffff:a.b.c.d` is the same
+/// client as `a.b.c.d`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_anonymous_cap_counts_an_ipv6_client_by_its_64_prefix() {
+    let db = TestDb::new().await;
+    let app = spawn_app_with(&db, Opts::default(), |s| {
+        s.public_topics = vec!["product:*".into()];
+        s.max_anon_sockets_per_ip = 2;
+    })
+    .await;
+    let url = format!("{}/ws", app.ws_base);
+    let from = |ip: &'static str| {
+        let url = url.clone();
+        async move { ws_connect_with(&url, &[("x-forwarded-for", ip)]).await }
+    };
+    let _a = from("2001:db8:1:2::1").await.expect("first");
+    let _b = from("2001:db8:1:2::2").await.expect("second");
+    let (status, body) = refused_with_body(from("2001:db8:1:2:ffff::3").await);
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (429, &json!("too_many_connections")),
+        "a third address of the same /64: {body}"
+    );
+    let _c = from("2001:db8:1:3::1")
+        .await
+        .expect("another /64 has its own count");
+
+    let _d = from("10.9.9.9").await.expect("IPv4 first");
+    let _e = from("::ffff:10.9.9.9").await.expect("IPv4 second");
+    let (status, _) = refused_with_body(from("10.9.9.9").await);
+    assert_eq!(status, 429, "an IPv4-mapped address is the same client");
+    app.stop().await;
+}
+
+/// A topic named twice in one `subscribe` is one subscription: its retained value follows the
+/// ack once (not once per mention: 100 mentions of a topic with a 16 KiB value would queue
+/// 1.6 MB and close the session as a slow consumer), and the ack lists it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_named_twice_in_one_subscribe_gets_its_retained_value_once() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let id = app
+        .publish_topic_body("product:5", json!({"data": {"stock": 9}, "retain": true}))
+        .await;
+    published(&app).await;
+    let mut c =
+        WsClient::connect(&app.ws_url(&token_with_topics(&new_user(), &["product:*"]), None))
+            .await
+            .expect("connect");
+    hello(&mut c).await;
+    c.send(&json!({"type": "subscribe", "topics": ["product:5", "product:5", "product:5"], "ref": "s"}))
+        .await;
+    let ack = c.next_of("ack", T).await;
+    assert_eq!(ack["topics"], json!(["product:5"]), "{ack}");
+    let frames = drain(&mut c, QUIET).await;
+    let retained: Vec<&Value> = frames.iter().filter(|f| f["id"] == id.as_str()).collect();
+    assert_eq!(retained.len(), 1, "{frames:?}");
+    app.stop().await;
+}
