@@ -38,12 +38,23 @@ pub fn authenticate_ws(
     req: &HttpRequest,
     anonymous_allowed: bool,
 ) -> Result<Option<UserClaims>, ApiError> {
+    // Anonymous means no credentials at all: a non-Bearer `Authorization`, an empty `token=` or
+    // a query string that cannot be read is a failed login (401), never a quiet downgrade.
+    let has_header = req
+        .headers()
+        .contains_key(actix_web::http::header::AUTHORIZATION);
     let token = match bearer(req) {
         Some(t) => t.to_string(),
+        None if has_header => {
+            return Err(ApiError::Unauthorized(
+                "the Authorization header must be Bearer <token>".into(),
+            ))
+        }
         None => match query_token(req.query_string()) {
-            Some(t) => t,
-            None if anonymous_allowed => return Ok(None),
-            None => {
+            Err(why) => return Err(ApiError::Unauthorized(why.into())),
+            Ok(Some(t)) => t,
+            Ok(None) if anonymous_allowed => return Ok(None),
+            Ok(None) => {
                 return Err(ApiError::Unauthorized(
                     "missing user token (?token= or Authorization: Bearer)".into(),
                 ))
@@ -60,10 +71,13 @@ fn verify(req: &HttpRequest, token: &str) -> Result<UserClaims, ApiError> {
     state.jwt.verify(token).map_err(ApiError::Unauthorized)
 }
 
-fn query_token(qs: &str) -> Option<String> {
-    web::Query::<std::collections::HashMap<String, String>>::from_query(qs)
-        .ok()?
-        .get("token")
-        .cloned()
-        .filter(|t| !t.is_empty())
+/// `?token=`: `Ok(None)` when the query has no `token` at all.
+fn query_token(qs: &str) -> Result<Option<String>, &'static str> {
+    let q = web::Query::<std::collections::HashMap<String, String>>::from_query(qs)
+        .map_err(|_| "the query string cannot be read")?;
+    match q.get("token") {
+        None => Ok(None),
+        Some(t) if t.is_empty() => Err("empty ?token="),
+        Some(t) => Ok(Some(t.clone())),
+    }
 }

@@ -330,6 +330,19 @@ async fn without_a_token_the_handshake_is_401_unless_public_topics_are_set_and_a
         401,
         "an invalid token is never anonymous"
     );
+    // Neither are other credentials that cannot be read (found by an attacker's review: they
+    // were taken as no credentials at all, so the socket became an anonymous viewer).
+    let url = format!("{}/ws", open.ws_base);
+    let basic = ws_connect_with(&url, &[("authorization", "Basic dXNlcjpwYXNz")]).await;
+    assert_eq!(refused_status(basic), 401, "a Basic Authorization header");
+    let empty = WsClient::connect(&format!("{url}?token=")).await;
+    assert_eq!(refused_status(empty), 401, "an empty ?token=");
+    let garbled = WsClient::connect(&format!("{url}?token=%ZZ")).await;
+    assert_eq!(
+        refused_status(garbled),
+        401,
+        "a query string that cannot be read"
+    );
     open.stop().await;
 }
 
