@@ -665,3 +665,49 @@ async fn listen_without_a_token_connects_anonymously_and_subscribes() {
     assert_eq!(ids, vec![serde_json::json!("r1"), serde_json::json!("r2")]);
     assert_eq!(l.statuses_with("subscribed: product:1"), 1);
 }
+
+/// `--no-inbox` without a token against a real node with public topics: an anonymous viewer that
+/// gets the topic's retained value once (its id is not printed again when it comes back after
+/// a reconnect), then live events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anonymous_listener_gets_the_retained_value_once_then_live_events() {
+    let db = TestDb::new().await;
+    let app = spawn_app_with(&db, Opts::default(), |s| {
+        s.public_topics = vec!["product:*".into()];
+    })
+    .await;
+    let retained = app
+        .publish_topic_body(
+            "product:7",
+            serde_json::json!({"data": {"stock": 9}, "retain": true}),
+        )
+        .await;
+    eventually(Duration::from_secs(10), "the outbox is empty", || async {
+        (count_rows(&db.url, "outbox").await == 0).then_some(())
+    })
+    .await;
+    let l = Running::start(topic_listener(
+        format!("{}/ws", app.ws_base),
+        None,
+        &["product:7"],
+        false,
+    ));
+    l.wait_event("the retained value", |e| {
+        e["id"] == retained.as_str() && e["retained"] == true
+    })
+    .await;
+    app.publish_topic("product:7", serde_json::json!({"stock": 8}))
+        .await;
+    l.wait_event("a live event", |e| e["data"]["stock"] == 8)
+        .await;
+    let printed = l.events();
+    assert_eq!(
+        printed
+            .iter()
+            .filter(|e| e["id"] == retained.as_str())
+            .count(),
+        1,
+        "{printed:?}"
+    );
+    app.stop().await;
+}
