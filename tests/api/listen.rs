@@ -667,8 +667,7 @@ async fn listen_without_a_token_connects_anonymously_and_subscribes() {
 }
 
 /// `--no-inbox` without a token against a real node with public topics: an anonymous viewer that
-/// gets the topic's retained value once (its id is not printed again when it comes back after
-/// a reconnect), then live events.
+/// prints the topic's retained value (with its id, `retained: true`) once, then live events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_anonymous_listener_gets_the_retained_value_once_then_live_events() {
     let db = TestDb::new().await;
