@@ -110,7 +110,9 @@ impl Settings {
                 std::net::IpAddr::from([127, 0, 0, 1]),
                 std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
             ],
-            broadcast_batch: 2000,
+            // 500: the same rows/s as 2,000 or 10,000 in the benchmark, with the shortest stall of
+            // other writers (docs/benchmarks.md, Announcements).
+            broadcast_batch: 500,
             max_running_broadcasts: 16,
         }
     }

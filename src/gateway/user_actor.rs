@@ -134,8 +134,11 @@ pub async fn run(
                 }
                 Some(msg) => actor.handle(msg).await,
             },
-            Some(msg) = hub_rx.recv() => actor.on_hub(msg).await,
+            // Before the broker's events: under a steady stream of them a later branch of this
+            // biased select would never run, and a session behind would be neither refilled
+            // nor closed while the stream lasts.
             _ = catch_up.tick(), if actor.any_behind() => actor.catch_up().await,
+            Some(msg) = hub_rx.recv() => actor.on_hub(msg).await,
         }
         if actor.sessions.is_empty() {
             let (state, user, id) = (actor.state.clone(), actor.user.clone(), actor.id);
