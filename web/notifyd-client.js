@@ -926,12 +926,16 @@ export class NotifydClient {
    * Allowed when the token's `send_to` claim matches; rate-limited (code `rate_limited`).
    * @param {string} toUser
    * @param {{title: string, content?: string, type?: string, skip_url?: string|null, data?: *}} message
-   * @returns {Promise<{id: string}>}
+   * @param {{key?: string}} [opts] `key`: an idempotency key; sending again with the same key (after
+   *   a lost answer) returns the first message's id instead of creating a second message
+   * @returns {Promise<{id: string, replayed?: boolean}>}
    */
-  async send(toUser, message) {
+  async send(toUser, message, { key } = {}) {
     if (typeof toUser !== 'string') throw new TypeError('send(toUser, message): toUser must be a string');
     await this._whenOpen();
-    return this._command({ type: 'send', to_user: toUser, message });
+    const frame = { type: 'send', to_user: toUser, message };
+    if (key !== undefined) frame.key = key;
+    return this._command(frame);
   }
 
   // ---------------------------------------------------------------- REST

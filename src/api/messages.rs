@@ -9,8 +9,6 @@ use crate::inbox::create::{create_messages, Idempotency};
 use crate::inbox::input;
 use crate::state::AppState;
 
-const MAX_IDEMPOTENCY_KEY: usize = 255;
-
 pub async fn create(
     req: HttpRequest,
     service: Service,
@@ -43,14 +41,6 @@ pub fn idempotency_key(req: &HttpRequest) -> Result<Option<&str>, ApiError> {
     let key = v
         .to_str()
         .map_err(|_| ApiError::validation("Idempotency-Key", "must be visible ASCII"))?;
-    if key.is_empty()
-        || key.len() > MAX_IDEMPOTENCY_KEY
-        || !key.bytes().all(|b| b.is_ascii_graphic())
-    {
-        return Err(ApiError::validation(
-            "Idempotency-Key",
-            format!("must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
-        ));
-    }
+    input::check_idempotency_key(key, "Idempotency-Key")?;
     Ok(Some(key))
 }

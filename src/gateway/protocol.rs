@@ -48,6 +48,9 @@ pub enum ClientFrame {
     Send {
         to_user: Value,
         message: Value,
+        /// Optional idempotency key (like `Idempotency-Key` on `POST /api/v1/me/send`): a resend
+        /// after a lost `ack` replays the first send instead of creating a second message.
+        key: Option<Value>,
         r#ref: Value,
     },
     /// A client's event on a topic its token's `publish` claim allows (contract §8).
@@ -174,6 +177,7 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
             Some(m) if m.is_object() => ClientFrame::Send {
                 to_user: v.get("to_user").cloned().unwrap_or(Value::Null),
                 message: m.clone(),
+                key: v.get("key").cloned(),
                 r#ref,
             },
             _ => return Err(err("bad_frame", "\"message\" must be an object".into())),
@@ -415,6 +419,7 @@ mod tests {
             ClientFrame::Send {
                 to_user: json!("7"),
                 message: json!({"title": "t"}),
+                key: None,
                 r#ref: json!("d1")
             }
         );

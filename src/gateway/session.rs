@@ -24,6 +24,7 @@ use crate::auth::jwt::UserClaims;
 use crate::error::ApiError;
 use crate::inbox::create;
 use crate::inbox::direct::{self, Via};
+use crate::inbox::input::check_idempotency_key;
 use crate::state::AppState;
 
 /// Commands (read, read_all, seen_all, subscribe, publish, send) one session may have in flight;
@@ -436,10 +437,26 @@ fn send_direct(
     let ClientFrame::Send {
         to_user,
         message,
+        key,
         r#ref,
     } = frame
     else {
         return;
+    };
+    let key = match key {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(k)) => match check_idempotency_key(&k, "key") {
+            Ok(()) => Some(k),
+            Err(e) => {
+                me.push_json(&protocol::api_error(&r#ref, &e));
+                return;
+            }
+        },
+        Some(_) => {
+            let e = ApiError::validation("key", "must be a string");
+            me.push_json(&protocol::api_error(&r#ref, &e));
+            return;
+        }
     };
     let (state, claims, me) = (state.clone(), claims.clone(), me.clone());
     tokio::spawn(async move {
@@ -449,13 +466,22 @@ fn send_direct(
             &claims,
             Some(&to_user),
             Some(&message),
-            None,
+            key.as_deref(),
             Via::Socket,
         )
         .await;
         match sent {
-            Ok(sent) => me.push_json(&protocol::ack(&r#ref, serde_json::json!({"id": sent.id}))),
-            Err(e) => me.push_json(&protocol::api_error(&r#ref, &e)),
+            Ok(sent) => {
+                let extra = if sent.replayed {
+                    serde_json::json!({"id": sent.id, "replayed": true})
+                } else {
+                    serde_json::json!({"id": sent.id})
+                };
+                me.push_json(&protocol::ack(&r#ref, extra));
+            }
+            Err(e) => {
+                me.push_json(&protocol::api_error(&r#ref, &e));
+            }
         }
     });
 }

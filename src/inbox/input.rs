@@ -17,6 +17,22 @@ pub const MAX_ID_CHARS: usize = 128;
 pub const MAX_TYPE_CHARS: usize = 64;
 pub const MAX_URL_BYTES: usize = 2048;
 pub const DEFAULT_TYPE: &str = "system";
+/// An idempotency key: 1 to this many visible ASCII characters.
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// The rule for an idempotency key (the `Idempotency-Key` header, a `send` frame's `key`).
+pub fn check_idempotency_key(key: &str, field: &str) -> Result<(), ApiError> {
+    if key.is_empty()
+        || key.len() > MAX_IDEMPOTENCY_KEY
+        || !key.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(ApiError::validation(
+            field,
+            format!("must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
+        ));
+    }
+    Ok(())
+}
 /// PostgreSQL `text` and `jsonb` cannot store U+0000: refusing it here makes it a `422` naming the
 /// field instead of a failed insert (`500`).
 pub const NUL_MESSAGE: &str = "must not contain the NUL character (U+0000)";

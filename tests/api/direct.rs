@@ -519,3 +519,41 @@ async fn the_send_route_answers_cors_preflights_with_the_idempotency_key_header(
         .unwrap();
     assert_eq!(r.status(), 405);
 }
+
+/// A `send` frame may carry `key` (an idempotency key, scoped to the sender like
+/// `Idempotency-Key` on REST): a client that lost the `ack` and sends again gets the first
+/// message's id (`replayed: true`) and the recipient gets one message. A bad key is a
+/// validation error naming `key`, and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_frame_with_a_key_sent_twice_creates_one_message() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let (sender, to) = (new_user(), new_user());
+    let mut c = WsClient::connect(&app.ws_url(&token_send_to(&sender, &["*"]), None))
+        .await
+        .expect("connect");
+    c.next_of("hello", T).await;
+    let frame = |r: &str, key: Value| json!({"type": "send", "to_user": to, "message": chat("once"), "key": key, "ref": r});
+    c.send(&frame("d1", json!("resend-1"))).await;
+    let first = answer(&mut c, "d1").await;
+    assert_eq!(first["type"], "ack", "{first}");
+    c.send(&frame("d2", json!("resend-1"))).await;
+    let again = answer(&mut c, "d2").await;
+    assert_eq!(
+        (&again["type"], &again["id"], &again["replayed"]),
+        (&json!("ack"), &first["id"], &json!(true)),
+        "{again}"
+    );
+    assert_eq!(rows_from(&app, &sender).await, 1);
+    for bad in [json!(""), json!(7), json!("a b")] {
+        c.send(&frame("d3", bad.clone())).await;
+        let e = answer(&mut c, "d3").await;
+        assert_eq!(
+            (&e["type"], &e["error"]["field"]),
+            (&json!("error"), &json!("key")),
+            "{bad}: {e}"
+        );
+    }
+    assert_eq!(rows_from(&app, &sender).await, 1);
+    app.stop().await;
+}
