@@ -19,8 +19,23 @@ pub fn client_ip(req: &HttpRequest, trusted: &[IpAddr]) -> Option<IpAddr> {
         .filter_map(|v| v.to_str().ok())
         .last()
         .and_then(|v| v.rsplit(',').next())
-        .and_then(|hop| hop.trim().parse::<IpAddr>().ok());
+        .and_then(parse_hop);
     Some(forwarded.unwrap_or(peer))
+}
+
+/// One `X-Forwarded-For` hop: an address, with or without a port, IPv6 with or without
+/// brackets (`10.0.0.9`, `10.0.0.9:4711`, `2001:db8::7`, `[2001:db8::7]:4711`).
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    let hop = hop.trim();
+    hop.parse::<IpAddr>()
+        .ok()
+        .or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| {
+            hop.strip_prefix('[')?
+                .strip_suffix(']')?
+                .parse::<IpAddr>()
+                .ok()
+        })
 }
 
 /// The key an anonymous client is counted under: an IPv4 address (also when written as
@@ -61,6 +76,18 @@ mod tests {
         assert_eq!(ip("10.1.1.1:1", Some("10.0.0.9")), Some("10.1.1.1".into()));
         assert_eq!(ip("127.0.0.1:1", None), Some("127.0.0.1".into()));
         assert_eq!(ip("127.0.0.1:1", Some("garbage")), Some("127.0.0.1".into()));
+    }
+
+    /// Proxies may write a port, or brackets around IPv6 (nginx's `$remote_addr:$remote_port`,
+    /// RFC 7239 style): the hop still names the client, not the proxy.
+    #[test]
+    fn forwarded_hops_with_ports_or_brackets_name_the_client() {
+        let trusted = vec![IpAddr::from([127, 0, 0, 1])];
+        let ip = |x| client_ip(&req("127.0.0.1:1", Some(x)), &trusted).map(|i| i.to_string());
+        assert_eq!(ip("10.0.0.9:4711"), Some("10.0.0.9".into()));
+        assert_eq!(ip("[2001:db8::7]:4711"), Some("2001:db8::7".into()));
+        assert_eq!(ip("[2001:db8::7]"), Some("2001:db8::7".into()));
+        assert_eq!(ip("6.6.6.6, 10.0.0.9:80"), Some("10.0.0.9".into()));
     }
 
     #[test]
