@@ -22,7 +22,7 @@ use anyhow::{bail, Context};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use futures_util::StreamExt;
 use serde_json::json;
-use support::{admin_url, env_num, scalar, Node, KEY, SECRET};
+use support::{env_num, scalar, BenchDb, Node, KEY, SECRET};
 
 /// Runs `clients` loops for `secs`, each POSTing `body(i)`; returns messages created per second.
 async fn post_load(
@@ -215,20 +215,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let secs = env_num("BENCH_SECS", 15);
     let ws_n = env_num("BENCH_WS_CONNS", 5000) as usize;
-    let name = format!("notifyd_bench_{}", std::process::id());
-    let mut admin = AsyncPgConnection::establish(&admin_url()).await?;
-    diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await?;
-    diesel::sql_query(format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await?;
-    let base = admin_url();
-    let db = format!(
-        "{}/{}",
-        &base[..base.rfind('/').unwrap_or(base.len())],
-        name
-    );
+    let scratch = BenchDb::create("bench").await?;
+    let db = scratch.url.clone();
     let prefix = format!("bench{}:", std::process::id());
 
     println!("1/5 single POSTs, 64 clients, {secs}s");
@@ -289,9 +277,7 @@ async fn main() -> anyhow::Result<()> {
     let per_conn = (after.saturating_sub(before)) as f64 * 1024.0 / ws_n as f64;
     println!("    RSS {before} KiB -> {after} KiB: {per_conn:.0} bytes per connection; connect {connect_s:.1}s; fan-out {fanout_s:.2}s");
 
-    diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await?;
+    scratch.drop_db().await?;
 
     let support::Machine {
         cpu,
@@ -494,21 +480,10 @@ async fn announce_once(
 
 /// A fresh database holding `ANNOUNCE_USERS` known users (counter rows; how they got their inbox
 /// does not matter here). Each batch size gets its own, so no run sees a bigger table.
-async fn announce_db(admin: &mut AsyncPgConnection, name: &str) -> anyhow::Result<String> {
-    diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(admin)
-        .await?;
-    diesel::sql_query(format!("CREATE DATABASE {name}"))
-        .execute(admin)
-        .await?;
-    let base = admin_url();
-    let db = format!(
-        "{}/{}",
-        &base[..base.rfind('/').unwrap_or(base.len())],
-        name
-    );
-    notifyd::db::migrate(&db).await?;
-    let mut conn = AsyncPgConnection::establish(&db).await?;
+async fn announce_db() -> anyhow::Result<BenchDb> {
+    let db = BenchDb::create("bench_announce").await?;
+    notifyd::db::migrate(&db.url).await?;
+    let mut conn = AsyncPgConnection::establish(&db.url).await?;
     diesel::sql_query(format!(
         "INSERT INTO user_inbox_state (user_id) \
          SELECT 'a' || lpad(g::text, 6, '0') FROM generate_series(0, {}) g",
@@ -524,14 +499,13 @@ async fn announce_db(admin: &mut AsyncPgConnection, name: &str) -> anyhow::Resul
 
 /// Scenario 6: writes its own section of docs/benchmarks.md (replacing an earlier one).
 async fn announcement(bin: &str) -> anyhow::Result<()> {
-    let name = format!("notifyd_bench_announce_{}", std::process::id());
-    let mut admin = AsyncPgConnection::establish(&admin_url()).await?;
     let prefix = format!("bench{}a:", std::process::id());
     let mut runs = vec![];
     for batch in ANNOUNCE_BATCHES {
         println!("6/6 announcement to {ANNOUNCE_USERS} known users, batches of {batch}");
-        let db = announce_db(&mut admin, &name).await?;
-        let r = announce_once(bin, &db, &prefix, batch).await?;
+        let db = announce_db().await?;
+        let r = announce_once(bin, &db.url, &prefix, batch).await?;
+        db.drop_db().await?;
         println!(
             "    {:.0} rows/s ({:.1} s); probe max {:.0} ms vs {:.0} ms quiet, p99 {:.0} vs {:.0} ms",
             r.rows as f64 / r.secs,
@@ -543,13 +517,13 @@ async fn announcement(bin: &str) -> anyhow::Result<()> {
         );
         runs.push(r);
     }
-    diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await?;
-
     let mut rows = String::new();
     for r in &runs {
-        let default = if r.batch == 2000 { " (default)" } else { "" };
+        let default = if r.batch == notifyd::config::Settings::new("").broadcast_batch {
+            " (default)"
+        } else {
+            ""
+        };
         rows.push_str(&format!(
             "| {batch}{default} | **{rate:.0} rows/s** ({secs:.1} s) | {qp50:.1} / {qp99:.1} / {qmax:.1} ms ({qn}) | {bp50:.1} / {bp99:.1} / **{bmax:.1} ms** ({bn}, {bf} failed) | **{ratio:.1}×** (p99 {pratio:.1}×) |\n",
             batch = r.batch,
