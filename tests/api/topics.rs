@@ -346,21 +346,29 @@ async fn without_a_token_the_handshake_is_401_unless_public_topics_are_set_and_a
     open.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn anonymous_sockets_are_capped_per_client_address() {
-    let db = TestDb::new().await;
-    let app = spawn_app_with(&db, Opts::default(), |s| {
+/// A node with public topics and at most 2 anonymous sockets per client address.
+async fn two_anonymous_sockets_per_address(db: &TestDb) -> TestApp {
+    spawn_app_with(db, Opts::default(), |s| {
         s.public_topics = vec!["product:*".into()];
         s.max_anon_sockets_per_ip = 2;
     })
-    .await;
-    let url = format!("{}/ws", app.ws_base);
-    // The test connects from 127.0.0.1, a trusted proxy by default: the last
-    // X-Forwarded-For hop is the client.
-    let from = |ip: &'static str| {
-        let url = url.clone();
-        async move { ws_connect_with(&url, &[("x-forwarded-for", ip)]).await }
-    };
+    .await
+}
+
+/// An anonymous socket from client address `ip`: the test connects from 127.0.0.1, a trusted
+/// proxy by default, so the last X-Forwarded-For hop is the client.
+async fn anonymous_from(
+    app: &TestApp,
+    ip: &str,
+) -> Result<WsClient, tokio_tungstenite::tungstenite::Error> {
+    ws_connect_with(&format!("{}/ws", app.ws_base), &[("x-forwarded-for", ip)]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_sockets_are_capped_per_client_address() {
+    let db = TestDb::new().await;
+    let app = two_anonymous_sockets_per_address(&db).await;
+    let from = |ip| anonymous_from(&app, ip);
     let _a = from("6.6.6.6, 10.0.0.1").await.expect("first");
     let _b = from("10.0.0.1").await.expect("second");
     let (status, body) = refused_with_body(from("10.0.0.1").await);
@@ -466,16 +474,8 @@ async fn stopping_the_node_closes_anonymous_sessions_with_1012() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_anonymous_cap_counts_an_ipv6_client_by_its_64_prefix() {
     let db = TestDb::new().await;
-    let app = spawn_app_with(&db, Opts::default(), |s| {
-        s.public_topics = vec!["product:*".into()];
-        s.max_anon_sockets_per_ip = 2;
-    })
-    .await;
-    let url = format!("{}/ws", app.ws_base);
-    let from = |ip: &'static str| {
-        let url = url.clone();
-        async move { ws_connect_with(&url, &[("x-forwarded-for", ip)]).await }
-    };
+    let app = two_anonymous_sockets_per_address(&db).await;
+    let from = |ip| anonymous_from(&app, ip);
     let _a = from("2001:db8:1:2::1").await.expect("first");
     let _b = from("2001:db8:1:2::2").await.expect("second");
     let (status, body) = refused_with_body(from("2001:db8:1:2:ffff::3").await);
