@@ -172,6 +172,9 @@ cores, so read the ratios.\n\n",
         );
     }
     s.push('\n');
+    for n in saturation_notes(r) {
+        let _ = writeln!(s, "{n}\n");
+    }
 
     // Details.
     s.push_str("### Memory per idle WebSocket\n\nEach socket a distinct user (notifyd and Socket.IO with a JWT, NATS with a `SUB` to a subject of\nits own), ready (notifyd: `hello`; Socket.IO: `40` answered and `hello`; NATS: `PONG`), then idle\nbut answering pings; the sockets are held by child processes of the bench (≤ 5,000 each, each\nfrom its own 127.0.0.x). Server RSS (VmRSS) after 20 warm-up sockets came and went, then again\nafter all sockets were ready and the server settled; per socket = difference ÷ sockets.\n\n| server | sockets ready (failed) | RSS before → after | per socket |\n|---|---|---|---|\n");
@@ -366,4 +369,48 @@ pub fn svg(lat: &[(&'static str, Latency)]) -> String {
     }
     s.push_str("</svg>\n");
     s
+}
+
+/// Where a figure measured queueing (the machine or this client saturated) rather than a
+/// server's delivery path, the report says so next to the verdicts.
+pub fn saturation_notes(r: &Results) -> Vec<String> {
+    let mut notes = vec![];
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f64;
+    let load: f64 = r
+        .load
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    if load > cores {
+        notes.push(format!(
+            "**Caution:** the load average ({load:.1}) was above the {cores} cores when this run began: other work shared \
+the machine, so every figure is lower and noisier than on an idle machine; compare only ratios from one run."
+        ));
+    }
+    let mut rates: Vec<u64> = r.lat.iter().map(|(_, l)| l.rate).collect();
+    rates.dedup();
+    for rate in rates {
+        if r.lat
+            .iter()
+            .any(|(_, l)| l.rate == rate && percentile(&l.us, 0.5) > 100.0)
+        {
+            notes.push(format!(
+                "**Saturated at {rate} msg/s:** a p50 above 100 ms means the offered rate exceeded what the machine \
+carried and frames queued; the latency ratio there compares two queues, not two delivery paths."
+            ));
+        }
+    }
+    if r.fan.iter().any(|(_, f)| f.steady.p50_ms > 1000.0) {
+        notes.push(
+            "**Fan-out saturated:** a steady-phase p50 above 1 s means frames queued for seconds (in the server or in \
+this load client, one process reading every socket); the frames/s then measure the whole machine's \
+throughput under each server's framing, and a ratio to NATS above 1 says more about the client than \
+about NATS."
+                .to_string(),
+        );
+    }
+    notes
 }
