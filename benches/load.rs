@@ -78,28 +78,53 @@ async fn post_load(
     ))
 }
 
-const PGBENCH_SCRIPT: &str = r#"\set u random(1, 5000)
-BEGIN;
-INSERT INTO user_inbox_state (user_id, seq, unread, unseen) VALUES ('p' || :u, 1, 1, 1)
-  ON CONFLICT (user_id) DO UPDATE SET seq = user_inbox_state.seq + 1, unread = user_inbox_state.unread + 1,
-  unseen = user_inbox_state.unseen + 1, updated_at = now() RETURNING seq;
-INSERT INTO t_message_real_time (id, to_user, seq, title, content, type, send_time, service)
-  SELECT gen_random_uuid(), 'p' || :u, seq, 'bench', repeat('x', 100), 'bench', now(), 'pgbench' FROM user_inbox_state WHERE user_id = 'p' || :u;
-INSERT INTO user_event (user_id, seq, payload)
-  SELECT 'p' || :u, seq, jsonb_build_object('type', 'message.created', 'seq', seq, 'content', repeat('x', 100)) FROM user_inbox_state WHERE user_id = 'p' || :u;
-INSERT INTO outbox (user_id, seq) SELECT 'p' || :u, seq FROM user_inbox_state WHERE user_id = 'p' || :u;
--- NOTIFY
-COMMIT;
-"#;
+/// The message template of the benchmark's messages, as the handler builds it (title "bench",
+/// 100 × "x", type "bench"); its exact `send_time` does not change the work.
+const PG_TEMPLATE: &str = r#"'{"title":"bench","content":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx","type":"bench","send_user":null,"send_time":"2026-11-30T00:00:00.000000Z","skip_url":null,"is_read":false,"read_at":null,"data":null}'::jsonb"#;
+
+/// The handler's create statement (`notifyd::store::create_rows::SQL`, verbatim) with its
+/// parameters written out for `pgbench`: `rows` messages to `rows` distinct users.
+fn pgbench_script(rows: u32) -> String {
+    let n = format!("generate_series(1, {rows})");
+    let each = |v: &str| format!("ARRAY(SELECT {v} FROM {n})");
+    // Recipients 'p' || ((u + 31 g) % 5000): distinct within one statement, sorted for `$12`
+    // as the handler sorts them.
+    let user = "'p' || ((:u + 31 * g) % 5000)";
+    let params: [(usize, String); 16] = [
+        (1, each("'bench'::text")),
+        (2, each("repeat('x', 100)")),
+        (3, each("'bench'::text")),
+        (4, each("NULL::text")),
+        (5, each("NULL::text")),
+        (6, each("NULL::jsonb")),
+        (7, each(PG_TEMPLATE)),
+        (8, format!("ARRAY(SELECT g::int4 FROM {n} g)")),
+        (9, format!("ARRAY(SELECT {user} FROM {n} g)")),
+        (10, each("0::int8")),
+        (11, each("gen_random_uuid()")),
+        (12, format!("ARRAY(SELECT {user} FROM {n} g ORDER BY 1)")),
+        (13, each("1::int8")),
+        (14, "now()".into()),
+        (15, "'pgbench'".into()),
+        (16, "NULL".into()),
+    ];
+    let mut sql = notifyd::store::create_rows::SQL.to_string();
+    // From $16 down, so "$1" never eats the start of "$16".
+    for (i, v) in params.iter().rev() {
+        sql = sql.replace(&format!("${i}"), v);
+    }
+    format!("\\set u random(1, 5000)\n{};\n", sql.replace('\n', " "))
+}
 
 /// `notify`: also `NOTIFY` inside the transaction, the wake-up design notifyd avoids (it takes a
 /// database-wide lock at commit); measured to show what it would cost.
-fn pgbench(db: &str, clients: u64, secs: u64, notify: bool) -> anyhow::Result<f64> {
+fn pgbench(db: &str, clients: u64, secs: u64, rows: u32, notify: bool) -> anyhow::Result<f64> {
     let script = std::env::temp_dir().join(format!("notifyd-bench-{}.sql", std::process::id()));
     let sql = if notify {
-        PGBENCH_SCRIPT.replace("-- NOTIFY", "NOTIFY notifyd_bench;")
+        // A NOTIFY needs the statement inside an explicit transaction with it.
+        pgbench_script(rows).replacen('\n', "\nBEGIN;\n", 1) + "NOTIFY notifyd_bench;\nCOMMIT;\n"
     } else {
-        PGBENCH_SCRIPT.to_string()
+        pgbench_script(rows)
     };
     std::fs::write(&script, sql)?;
     let out = Command::new("pgbench")
@@ -213,26 +238,20 @@ async fn main() -> anyhow::Result<()> {
     if std::env::var("BENCH_ONLY").as_deref() == Ok("announcement") {
         return announcement(&bin).await;
     }
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("write") {
+        let secs = env_num("BENCH_SECS", 15);
+        let section = creating_messages(&bin, secs).await?;
+        write_section("docs/benchmarks.md", "## Creating messages", &section)?;
+        println!("wrote docs/benchmarks.md (Creating messages)");
+        return Ok(());
+    }
     let secs = env_num("BENCH_SECS", 15);
     let ws_n = env_num("BENCH_WS_CONNS", 5000) as usize;
     let scratch = BenchDb::create("bench").await?;
     let db = scratch.url.clone();
     let prefix = format!("bench{}:", std::process::id());
 
-    println!("1/5 single POSTs, 64 clients, {secs}s");
-    let node = Node::start(&bin, &db, &prefix, true, &["serve"]).await?;
-    let (single, single_err) = post_load(&node.base, 64, secs, 1, false).await?;
-    println!("    {single:.0} messages/s ({single_err} errors)");
-    println!("2/5 100-message batches, 8 clients, {secs}s");
-    let (batched, batch_err) = post_load(&node.base, 8, secs, 100, true).await?;
-    println!("    {batched:.0} messages/s ({batch_err} errors)");
-    node.stop();
-
-    println!("3/5 pgbench, the same transaction, 64 clients, {secs}s");
-    let tps = pgbench(&db, 64, secs, false)?;
-    println!("    {tps:.0} transactions/s");
-    let tps_notify = pgbench(&db, 64, secs, true)?;
-    println!("    with NOTIFY inside the transaction: {tps_notify:.0} transactions/s");
+    let creating = creating_messages(&bin, secs).await?;
 
     println!("4/5 relay throughput");
     let mut conn = AsyncPgConnection::establish(&db).await?;
@@ -293,15 +312,7 @@ below was measured in the same run, with the server, PostgreSQL, Redis and the l
 sharing the same {cores} cores, so read the ratios between figures rather than the absolutes.\n\n\
 Machine: {cpu}, {cores} cores, {mem}. {pg}; {redis}. Release build, relay inside `serve`,\n\
 Redis pub/sub, database pool 32, default PostgreSQL settings.\n\n\
-## Creating messages\n\n\
-| what | figure |\n|---|---|\n\
-| single-message POSTs, 64 concurrent clients, {secs} s | **{single:.0} messages/s** ({single_err} non-201) |\n\
-| 100-message batch POSTs, 8 concurrent clients, {secs} s | **{batched:.0} messages/s** ({batch_err} non-201) |\n\
-| the same transaction (counter upsert + message + event + outbox rows) by `pgbench -f`, 64 clients | **{tps:.0} transactions/s** (the database's ceiling for one-message creates) |\n\
-| the same, plus `NOTIFY` inside the transaction (the wake-up notifyd avoids) | **{tps_notify:.0} transactions/s** ({notify_pct:.0}% of the ceiling) |\n\n\
-Single POSTs reach {ratio:.0}% of the pgbench ceiling: the remainder is HTTP, JSON, validation and\n\
-the relay publishing concurrently on the same cores. Batches amortise the per-transaction cost\n\
-(one commit, one fsync, one counter upsert per user per batch).\n\n\
+{creating}\
 ## Relay\n\n\
 | what | figure |\n|---|---|\n\
 | {backlog} committed outbox events published to Redis by `notifyd relay` (batches of 500, one pipeline each) | **{relay_rate:.0} events/s** ({relay_s:.2} s) |\n\n\
@@ -316,14 +327,209 @@ A process here may hold at most ~19,900 sockets (hard open-files limit 20,000), 
 capacity beyond that is an extrapolation from the per-connection figure, not a measurement:\n\
 at {per_conn_kib:.1} KiB each, 100,000 connections would need ≈ {extrap:.0} MiB of RSS across processes.\n",
         date = chrono::Utc::now().format("%Y-%m-%d"),
-        ratio = single / tps * 100.0,
-        notify_pct = tps_notify / tps * 100.0,
         per_conn_kib = per_conn / 1024.0,
         extrap = per_conn * 100_000.0 / 1024.0 / 1024.0,
     );
     std::fs::write("docs/benchmarks.md", doc)?;
     println!("wrote docs/benchmarks.md");
     announcement(&bin).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1-3. Creating messages: single POSTs, 100-message batches, send→frame latency, and the
+// handler's own statement under pgbench, all in one run (`BENCH_ONLY=write` runs only this).
+
+/// One binary's write figures.
+struct WriteRun {
+    label: String,
+    single: f64,
+    single_err: u64,
+    batched: f64,
+    batch_err: u64,
+    lat: (usize, f64, f64),
+}
+
+async fn write_run(label: &str, bin: &str, secs: u64) -> anyhow::Result<WriteRun> {
+    let scratch = BenchDb::create("write").await?;
+    let prefix = format!("benchw{}:", std::process::id());
+    let node = Node::start(bin, &scratch.url, &prefix, true, &["serve"]).await?;
+    // Latency first, on a quiet node (after the load the relay may still be draining).
+    let n = env_num("BENCH_LAT_N", 2000) as usize;
+    println!("  [{label}] send→frame latency, {n} messages at 200/s");
+    let lat = send_to_frame(&node, n, 200).await?;
+    println!(
+        "    p50 {:.2} ms, p99 {:.2} ms ({} frames)",
+        lat.1, lat.2, lat.0
+    );
+    println!("  [{label}] single POSTs, 64 clients, {secs}s");
+    let (single, single_err) = post_load(&node.base, 64, secs, 1, false).await?;
+    println!("    {single:.0} messages/s ({single_err} errors)");
+    println!("  [{label}] 100-message batches, 8 clients, {secs}s");
+    let (batched, batch_err) = post_load(&node.base, 8, secs, 100, true).await?;
+    println!("    {batched:.0} messages/s ({batch_err} errors)");
+    node.stop();
+    scratch.drop_db().await?;
+    Ok(WriteRun {
+        label: label.into(),
+        single,
+        single_err,
+        batched,
+        batch_err,
+        lat,
+    })
+}
+
+/// POSTs `n` single messages to one connected user at `rate`/s, each on its own task, and
+/// times POST start → its `message.created` frame on the socket. Returns (frames, p50, p99) ms.
+async fn send_to_frame(node: &Node, n: usize, rate: u64) -> anyhow::Result<(usize, f64, f64)> {
+    let keys = notifyd::auth::jwt::JwtKeys::new(SECRET);
+    let user = format!("lat{}", std::process::id());
+    let url = format!(
+        "ws://127.0.0.1:{}/ws?token={}",
+        node.port,
+        keys.mint(&user, 3600, &[])?
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+    let _hello = ws.next().await;
+    let sent: Arc<std::sync::Mutex<Vec<Option<Instant>>>> =
+        Arc::new(std::sync::Mutex::new(vec![None; n]));
+    let http = reqwest::Client::new();
+    let (base, sent2, user2) = (node.base.clone(), sent.clone(), user.clone());
+    let sender = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+        for i in 0..n {
+            tick.tick().await;
+            let (http, url, sent, user) = (
+                http.clone(),
+                format!("{base}/api/v1/messages"),
+                sent2.clone(),
+                user2.clone(),
+            );
+            tokio::spawn(async move {
+                if let Ok(mut s) = sent.lock() {
+                    s[i] = Some(Instant::now());
+                }
+                let _ = http
+                    .post(url)
+                    .bearer_auth(KEY)
+                    .json(&json!({"to_user": user, "title": i.to_string(), "content": "x".repeat(100)}))
+                    .send()
+                    .await;
+            });
+        }
+    });
+    let mut lat = Vec::with_capacity(n);
+    let deadline = Instant::now() + Duration::from_secs(n as u64 / rate + 30);
+    while lat.len() < n && Instant::now() < deadline {
+        let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(10), ws.next()).await
+        else {
+            break;
+        };
+        let tokio_tungstenite::tungstenite::Message::Text(t) = msg else {
+            continue;
+        };
+        let now = Instant::now();
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&t) else {
+            continue;
+        };
+        if v["type"] != "message.created" {
+            continue;
+        }
+        let i: usize = v["message"]["title"]
+            .as_str()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(usize::MAX);
+        let at = sent.lock().ok().and_then(|s| s.get(i).copied().flatten());
+        if let Some(at) = at {
+            lat.push(now.duration_since(at).as_secs_f64() * 1000.0);
+        }
+    }
+    sender.await?;
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let q = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    Ok((lat.len(), q(0.5), q(0.99)))
+}
+
+/// Scenarios 1-3 for this binary (and `BENCH_COMPARE_BIN`, an earlier build, run first), then
+/// the handler's statement under pgbench; returns the "Creating messages" section.
+async fn creating_messages(bin: &str, secs: u64) -> anyhow::Result<String> {
+    let mut runs = vec![];
+    if let Ok(before) = std::env::var("BENCH_COMPARE_BIN") {
+        runs.push(write_run("before", &before, secs).await?);
+    }
+    runs.push(write_run("this build", bin, secs).await?);
+    let scratch = BenchDb::create("pgbench").await?;
+    // A node migrates the schema at start-up.
+    let prefix = format!("benchp{}:", std::process::id());
+    Node::start(bin, &scratch.url, &prefix, false, &["serve"])
+        .await?
+        .stop();
+    // The counters pgbench upserts exist already, as they do for the POSTs' users by then.
+    let mut conn = AsyncPgConnection::establish(&scratch.url).await?;
+    diesel::sql_query(
+        "INSERT INTO user_inbox_state (user_id) SELECT 'p' || g FROM generate_series(0, 4999) g",
+    )
+    .execute(&mut conn)
+    .await?;
+    println!("  pgbench, the handler's statement, 1 row, 64 clients, {secs}s");
+    let tps = pgbench(&scratch.url, 64, secs, 1, false)?;
+    println!("    {tps:.0} statements/s");
+    println!("  pgbench, the same statement, 100 rows, 8 clients, {secs}s");
+    let tps100 = pgbench(&scratch.url, 8, secs, 100, false)?;
+    println!(
+        "    {tps100:.0} statements/s = {:.0} rows/s",
+        tps100 * 100.0
+    );
+    let tps_notify = pgbench(&scratch.url, 64, secs, 1, true)?;
+    println!("    1 row with NOTIFY in the transaction: {tps_notify:.0} transactions/s");
+    scratch.drop_db().await?;
+    let mut rows = String::new();
+    for r in &runs {
+        rows += &format!(
+            "| {} | **{:.0}/s** ({} non-201) | **{:.2}×** | **{:.0} msg/s** ({} non-201) | **{:.2}×** | {:.2} / {:.2} ms ({} frames) |\n",
+            r.label,
+            r.single,
+            r.single_err,
+            r.single / tps,
+            r.batched,
+            r.batch_err,
+            r.batched / (tps100 * 100.0),
+            r.lat.1,
+            r.lat.2,
+            r.lat.0,
+        );
+    }
+    Ok(format!(
+        "## Creating messages\n\n\
+Measured on {date} by `BENCH_ONLY=write cargo bench --bench load` (also part of the full run), \
+{secs} s per figure, all in one run. The ceiling is PostgreSQL running **the handler's own \
+statement** (`store::create_rows::SQL`: counter upsert, message, event and outbox rows in one \
+`WITH` statement over `UNNEST`ed arrays) under `pgbench` at the same concurrency: a single-message \
+POST without `Idempotency-Key` is exactly that one statement in an implicit transaction.\n\n\
+| build | single POSTs, 64 clients | ÷ pgbench 1-row | 100-message batch POSTs, 8 clients | ÷ pgbench 100-row | send→frame p50 / p99, 200 msg/s, socket on the committing node |\n\
+|---|---|---|---|---|---|\n\
+{rows}\n\
+| ceiling | figure |\n|---|---|\n\
+| the statement, 1 row, by `pgbench -f`, 64 clients | **{tps:.0} statements/s** |\n\
+| the statement, 100 rows to 100 users, by `pgbench -f`, 8 clients | **{rows100:.0} rows/s** ({tps100:.0} statements/s) |\n\
+| 1 row plus `NOTIFY` in an explicit transaction (the wake-up notifyd avoids) | {tps_notify:.0} transactions/s ({notify_pct:.0}% of the 1-row ceiling) |\n\n\
+\"before\" (when shown) is the build given in `BENCH_COMPARE_BIN`, measured first in the same run. \
+Load average at the end of the run (other work shares these 2 cores): {load}. Read the ratios, \
+and repeat the run before trusting a difference of less than ~30%.\n\n",
+        date = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        rows100 = tps100 * 100.0,
+        notify_pct = tps_notify / tps * 100.0,
+        load = std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------

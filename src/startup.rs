@@ -137,6 +137,10 @@ impl Application {
                 timeout: settings.db_request_timeout,
                 relay: waker.clone(),
                 wake: announcements.clone(),
+                local: crate::inbox::local::LocalDelivery {
+                    hub: hub.clone(),
+                    settings: settings.clone(),
+                },
             }
             .run(shutdown_rx.clone()),
         ));

@@ -8,6 +8,7 @@ use uuid::Uuid;
 use crate::error::ApiError;
 use crate::inbox::create;
 use crate::inbox::input::{CreateRequest, MessageInput};
+use crate::inbox::local::LocalDelivery;
 use crate::store::{broadcasts, Conn};
 
 /// What one batch did.
@@ -21,37 +22,51 @@ pub struct Batch {
 }
 
 /// Runs one batch of at most `limit` recipients; `None` when no running broadcast is free.
-pub async fn run_one(conn: &mut Conn, limit: i64) -> Result<Option<Batch>, ApiError> {
-    conn.transaction::<_, ApiError, _>(async |conn| {
-        let Some(b) = broadcasts::claim(conn).await? else {
-            return Ok(None);
-        };
-        let users =
-            broadcasts::next_recipients(conn, &b.snapshot, b.cursor_user.as_deref(), limit).await?;
-        let n = users.len();
-        let done = (n as i64) < limit;
-        let cursor = users.last().cloned().or(b.cursor_user);
-        if n > 0 {
-            let req = CreateRequest {
-                entries: vec![MessageInput {
-                    recipients: users,
-                    title: b.title,
-                    content: b.content,
-                    kind: b.kind,
-                    send_user: b.send_user,
-                    skip_url: b.skip_url,
-                    data: b.data,
-                }],
-                canonical: String::new(),
+/// After the commit, the batch's events go to this node's sessions (`local`).
+pub async fn run_one(
+    conn: &mut Conn,
+    local: &LocalDelivery,
+    limit: i64,
+) -> Result<Option<Batch>, ApiError> {
+    let mut created = None;
+    let done = conn
+        .transaction::<_, ApiError, _>(async |conn| {
+            let Some(b) = broadcasts::claim(conn).await? else {
+                return Ok(None);
             };
-            create::insert_rows(conn, &b.service, &req, Some(b.id)).await?;
-        }
-        broadcasts::advance(conn, b.id, cursor.as_deref(), n as i64, done).await?;
-        Ok(Some(Batch {
-            broadcast: b.id,
-            created: n,
-            done,
-        }))
-    })
-    .await
+            let users =
+                broadcasts::next_recipients(conn, &b.snapshot, b.cursor_user.as_deref(), limit)
+                    .await?;
+            let n = users.len();
+            let done = (n as i64) < limit;
+            let cursor = users.last().cloned().or(b.cursor_user);
+            if n > 0 {
+                let req = CreateRequest {
+                    entries: vec![MessageInput {
+                        recipients: users,
+                        title: b.title,
+                        content: b.content,
+                        kind: b.kind,
+                        send_user: b.send_user,
+                        skip_url: b.skip_url,
+                        data: b.data,
+                    }],
+                    canonical: String::new(),
+                };
+                let rows = create::insert_rows(conn, &b.service, &req, Some(b.id)).await?;
+                created = Some((req, rows));
+            }
+            broadcasts::advance(conn, b.id, cursor.as_deref(), n as i64, done).await?;
+            Ok(Some(Batch {
+                broadcast: b.id,
+                created: n,
+                done,
+            }))
+        })
+        .await?;
+    // Committed: hand the batch's events to the recipients connected here.
+    if let Some((req, rows)) = &created {
+        local.user_events(req, rows);
+    }
+    Ok(done)
 }

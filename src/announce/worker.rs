@@ -24,6 +24,8 @@ pub struct Worker {
     /// The relay, woken after each batch so online users get it at once.
     pub relay: Waker,
     pub wake: Wake,
+    /// This node's hub, for the batches' events to sessions here (`inbox::local`).
+    pub local: crate::inbox::local::LocalDelivery,
 }
 
 impl Worker {
@@ -52,7 +54,7 @@ impl Worker {
             let started = Instant::now();
             let limit = self.batch;
             match db::run(&self.pool, self.timeout, async |conn| {
-                batch::run_one(conn, limit).await
+                batch::run_one(conn, &self.local, limit).await
             })
             .await
             {

@@ -5,7 +5,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use super::read_body;
 use crate::auth::service::Service;
 use crate::error::ApiError;
-use crate::inbox::create::{create_messages, Idempotency};
+use crate::inbox::create::{self, Idempotency};
 use crate::inbox::input;
 use crate::state::AppState;
 
@@ -19,9 +19,7 @@ pub async fn create(
     let body = read_body(&req, payload, state.settings.max_body_bytes).await?;
     let parsed = input::parse_create(&body)?;
     let idempotency = key.map(|key| Idempotency { key });
-    let created = state
-        .db(async |conn| Ok(create_messages(conn, &service.0, &parsed, idempotency).await?))
-        .await?;
+    let created = create::create(&state, &service.0, &parsed, idempotency).await?;
     if !created.replayed {
         state.waker.wake();
         metrics::counter!("notifyd_messages_created_total").increment(parsed.rows() as u64);

@@ -186,6 +186,12 @@ impl Hub {
         }
     }
 
+    /// Whether anything on this node listens on `channel` (so a caller can skip building a
+    /// payload nobody here would get).
+    pub fn listens(&self, channel: &str) -> bool {
+        self.routes().map.contains_key(channel)
+    }
+
     /// Hands a payload to every local listener of `channel`, never waiting: a full or closed
     /// mailbox loses the message (counted; the listener repairs from PostgreSQL).
     pub fn deliver(&self, channel: &str, payload: Arc<str>) {

@@ -9,41 +9,74 @@ use uuid::Uuid;
 
 use super::frames;
 use super::input::CreateRequest;
+use super::local::LocalDelivery;
 use crate::error::ApiError;
-use crate::store::events::NewEvent;
-use crate::store::messages::NewMessage;
-use crate::store::{events, idempotency, inbox_state, messages, outbox, topic_retained, Conn};
+use crate::state::AppState;
+use crate::store::create_rows::{self, RowCounters};
+use crate::store::{idempotency, outbox, topic_retained, Conn};
 
-/// The result of a create: the `201` body, and whether it replays an earlier request.
+/// The result of a create: the `201` body, whether it replays an earlier request, and what it
+/// created (nothing for a replay).
 #[derive(Debug)]
 pub struct Created {
     pub body: Value,
     pub replayed: bool,
+    pub rows: Inserted,
 }
 
 pub struct Idempotency<'a> {
     pub key: &'a str,
 }
 
+/// Creates the request's notifications, then hands each created event to this node's sessions
+/// (after the commit, never before). Without an `Idempotency-Key` the create is one statement
+/// in PostgreSQL's implicit transaction (one round trip, no BEGIN/COMMIT) and the body is never
+/// hashed; with one, the key's claim, the rows and the stored answer share one transaction.
+pub async fn create(
+    state: &AppState,
+    service: &str,
+    req: &CreateRequest,
+    idem: Option<Idempotency<'_>>,
+) -> Result<Created, ApiError> {
+    let created = state
+        .db(async |conn| create_messages(conn, service, req, idem).await)
+        .await?;
+    // Committed (the statement or transaction has returned): local sessions get it now.
+    LocalDelivery::of(state).user_events(req, &created.rows);
+    Ok(created)
+}
+
+/// `create` without the local delivery: the database half (also used by tests).
 pub async fn create_messages(
     conn: &mut Conn,
     service: &str,
     req: &CreateRequest,
     idem: Option<Idempotency<'_>>,
 ) -> Result<Created, ApiError> {
+    let Some(idem) = idem else {
+        let rows = insert_rows(conn, service, req, None).await?;
+        return Ok(Created {
+            body: rows.body(req),
+            replayed: false,
+            rows,
+        });
+    };
     let hash = hex::encode(Sha256::digest(req.canonical.as_bytes()));
     conn.transaction::<_, ApiError, _>(async |conn| {
-        if let Some(body) = replayed(conn, service, idem.as_ref(), &hash).await? {
+        if let Some(body) = replayed(conn, service, Some(&idem), &hash).await? {
             return Ok(Created {
                 body,
                 replayed: true,
+                rows: Inserted::default(),
             });
         }
-        let body = insert_rows(conn, service, req, None).await?;
-        remember(conn, service, idem.as_ref(), &body).await?;
+        let rows = insert_rows(conn, service, req, None).await?;
+        let body = rows.body(req);
+        remember(conn, service, Some(&idem), &body).await?;
         Ok(Created {
             body,
             replayed: false,
+            rows,
         })
     })
     .await
@@ -83,77 +116,152 @@ pub async fn remember(
     Ok(())
 }
 
-/// THE insert path of notifications: message rows, counters, event-log rows and outbox entries,
-/// in the caller's transaction (`create_messages` for a request, one announcement batch for
-/// `announce::batch`, whose rows carry `broadcast`). Returns the `201` body.
+/// What `insert_rows` created: per row, in request order, where it came from in the request,
+/// its id and its counters; per entry, the message template its frames are built from.
+#[derive(Debug, Default)]
+pub struct Inserted {
+    rows: Vec<InsertedRow>,
+    templates: Vec<Value>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct InsertedRow {
+    entry: u32,
+    recipient: u32,
+    id: Uuid,
+    c: RowCounters,
+}
+
+impl Inserted {
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The `201` body: `{"messages": [{id, to_user, seq}, ...]}` in request order.
+    pub fn body(&self, req: &CreateRequest) -> Value {
+        let answer: Vec<Value> = self
+            .rows
+            .iter()
+            .map(|r| json!({"id": r.id, "to_user": recipient(req, r), "seq": r.c.seq}))
+            .collect();
+        json!({ "messages": answer })
+    }
+
+    /// Each row's recipient and `message.created` frame, as text: exactly what the relay
+    /// publishes for it (the frame stored in `user_event`, serialised by serde_json), built only
+    /// for the rows `wanted` says yes to.
+    pub fn frames<'a>(
+        &'a self,
+        req: &'a CreateRequest,
+        mut wanted: impl FnMut(&str) -> bool + 'a,
+    ) -> impl Iterator<Item = (&'a str, i64, String)> + 'a {
+        self.rows.iter().filter_map(move |r| {
+            let user = recipient(req, r);
+            if !wanted(user) {
+                return None;
+            }
+            let mut message = self.templates.get(r.entry as usize)?.clone();
+            if let Some(obj) = message.as_object_mut() {
+                obj.insert("id".into(), json!(r.id));
+                obj.insert("seq".into(), json!(r.c.seq));
+            }
+            let frame = json!({"type": "message.created", "seq": r.c.seq, "unread": r.c.unread,
+                "unseen": r.c.unseen, "message": message});
+            Some((user, r.c.seq, frame.to_string()))
+        })
+    }
+}
+
+fn recipient<'a>(req: &'a CreateRequest, r: &InsertedRow) -> &'a str {
+    req.entries
+        .get(r.entry as usize)
+        .and_then(|e| e.recipients.get(r.recipient as usize))
+        .map_or("", String::as_str)
+}
+
+/// THE insert path of notifications: message rows, counters, event-log rows and outbox entries
+/// in one statement (`store::create_rows`), on the caller's connection: alone it commits by
+/// itself, inside the caller's transaction (`create_messages` with an `Idempotency-Key`, one
+/// announcement batch for `announce::batch`, whose rows carry `broadcast`) it commits with it.
 pub async fn insert_rows(
     conn: &mut Conn,
     service: &str,
     req: &CreateRequest,
     broadcast: Option<Uuid>,
-) -> Result<Value, ApiError> {
-    // Rows in request order: (entry index, recipient).
-    let rows: Vec<(usize, &str)> = req
+) -> Result<Inserted, ApiError> {
+    let now = super::db_now();
+    // Rows per user, to number each user's rows in request order.
+    let mut per_user: BTreeMap<&str, i64> = BTreeMap::new();
+    for e in &req.entries {
+        for u in &e.recipients {
+            *per_user.entry(u).or_default() += 1;
+        }
+    }
+    let n = req.rows();
+    let mut rows = create_rows::Rows {
+        entry: Vec::with_capacity(n),
+        to_user: Vec::with_capacity(n),
+        back: Vec::with_capacity(n),
+        id: Vec::with_capacity(n),
+    };
+    let mut seen: BTreeMap<&str, i64> = BTreeMap::new();
+    let mut origin = Vec::with_capacity(n);
+    for (i, e) in req.entries.iter().enumerate() {
+        for (k, u) in e.recipients.iter().enumerate() {
+            let total = per_user.get(u.as_str()).copied().unwrap_or(1);
+            let before = seen.entry(u).or_default();
+            *before += 1;
+            rows.entry.push(i as i32 + 1);
+            rows.to_user.push(u);
+            rows.back.push(total - *before);
+            rows.id.push(Uuid::now_v7());
+            origin.push((i as u32, k as u32));
+        }
+    }
+    let templates: Vec<Value> = req
         .entries
         .iter()
-        .enumerate()
-        .flat_map(|(i, e)| e.recipients.iter().map(move |u| (i, u.as_str())))
+        .map(|e| frames::message_template(e, now))
         .collect();
-    let mut per_user: BTreeMap<&str, i64> = BTreeMap::new();
-    for (_, u) in &rows {
-        *per_user.entry(u).or_default() += 1;
-    }
-    // Sorted (BTreeMap) so every transaction locks counter rows in the same order.
-    let counts: Vec<(String, i64)> = per_user.iter().map(|(u, n)| (u.to_string(), *n)).collect();
-    let after = inbox_state::add_created(conn, &counts).await?;
-
-    // Each user's rows take the seqs (old, new], in request order.
-    let mut next: BTreeMap<&str, (i64, i64, i64)> = BTreeMap::new();
-    for ((user, n), (_, c)) in per_user.iter().zip(after.iter()) {
-        next.insert(user, (c.seq - n, c.unread - n, c.unseen - n));
-    }
-    let now = super::db_now();
-    let mut new_messages = Vec::with_capacity(rows.len());
-    let mut new_events = Vec::with_capacity(rows.len());
-    let mut answer = Vec::with_capacity(rows.len());
-    for (i, user) in &rows {
-        let e = &req.entries[*i];
-        let slot = next
-            .get_mut(user)
-            .ok_or_else(|| anyhow::anyhow!("counter row missing for a recipient"))?;
-        slot.0 += 1;
-        slot.1 += 1;
-        slot.2 += 1;
-        let msg = NewMessage {
-            id: Uuid::now_v7(),
-            to_user: user.to_string(),
-            seq: slot.0,
-            title: e.title.clone(),
-            content: e.content.clone(),
-            kind: e.kind.clone(),
-            send_user: e.send_user.clone(),
-            send_time: now,
-            skip_url: e.skip_url.clone(),
-            data: e.data.clone(),
-            service: service.to_string(),
-            broadcast_id: broadcast,
-        };
-        new_events.push(NewEvent {
-            user_id: msg.to_user.clone(),
-            seq: msg.seq,
-            payload: frames::created(slot.0, slot.1, slot.2, &msg.view()),
-        });
-        answer.push(json!({"id": msg.id, "to_user": msg.to_user, "seq": msg.seq}));
-        new_messages.push(msg);
-    }
-    messages::insert(conn, &new_messages).await?;
-    events::append(conn, &new_events).await?;
-    let entries: Vec<(&str, i64)> = new_events
+    let entries: Vec<create_rows::Entry> = req
+        .entries
         .iter()
-        .map(|e| (e.user_id.as_str(), e.seq))
+        .zip(&templates)
+        .map(|(e, t)| create_rows::Entry {
+            title: &e.title,
+            content: &e.content,
+            kind: &e.kind,
+            send_user: e.send_user.as_deref(),
+            skip_url: e.skip_url.as_deref(),
+            data: e.data.as_ref(),
+            template: t,
+        })
         .collect();
-    outbox::enqueue_user_events(conn, &entries).await?;
-    Ok(json!({ "messages": answer }))
+    let users: Vec<&str> = per_user.keys().copied().collect();
+    let counts: Vec<i64> = per_user.values().copied().collect();
+    let got = create_rows::insert(
+        conn, &entries, &rows, &users, &counts, now, service, broadcast,
+    )
+    .await?;
+    if got.len() != n {
+        return Err(anyhow::anyhow!("create returned {} rows for {n}", got.len()).into());
+    }
+    let rows = origin
+        .into_iter()
+        .zip(rows.id)
+        .zip(got)
+        .map(|(((entry, recipient), id), c)| InsertedRow {
+            entry,
+            recipient,
+            id,
+            c,
+        })
+        .collect();
+    Ok(Inserted { rows, templates })
 }
 
 /// A topic event to create: from `POST /api/v1/topics/{topic}/events` (a service) or a

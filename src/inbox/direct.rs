@@ -1,7 +1,7 @@
 //! Direct messages, user to user (contract §8): the `send` frame on the WebSocket and
 //! `POST /api/v1/me/send` both come here. Parse and validate (the rules of `POST /api/v1/messages`),
 //! authorise against the token's `send_to` claim, take a token from the sender's bucket, then
-//! create the notification through the one create path of the service API (`create_messages`).
+//! create the notification through the one create path of the service API (`create::create`).
 //!
 //! The sender never names itself: `send_user` is the token's `sub`; a `send_user` in the message
 //! is refused (`422`) rather than silently replaced, so a client that tries learns it at once.
@@ -11,7 +11,7 @@
 
 use serde_json::{Map, Value};
 
-use super::create::{create_messages, Idempotency};
+use super::create::{create, Idempotency};
 use super::input::{self, CreateRequest};
 use crate::auth::jwt::UserClaims;
 use crate::error::ApiError;
@@ -97,9 +97,7 @@ async fn send_checked(
     };
     let scope = format!("{SERVICE_PREFIX}{}", sender.user);
     let idem = idempotency_key.map(|key| Idempotency { key });
-    let created = state
-        .db(async |conn| create_messages(conn, &scope, &req, idem).await)
-        .await?;
+    let created = create(state, &scope, &req, idem).await?;
     if !created.replayed {
         state.waker.wake();
         metrics::counter!("notifyd_messages_created_total").increment(1);

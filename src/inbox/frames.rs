@@ -1,14 +1,25 @@
 //! The per-user event frames, exactly as the WebSocket sends them (contract §5). The same JSON is
 //! stored in `user_event`, published to Redis and replayed by `sync` / `changes`.
 
+use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use uuid::Uuid;
+
+use super::input::MessageInput;
 
 use crate::store::inbox_state::Counters;
 use crate::store::messages::Message;
 
 pub fn created(seq: i64, unread: i64, unseen: i64, message: &Message) -> Value {
     json!({"type": "message.created", "seq": seq, "unread": unread, "unseen": unseen, "message": message})
+}
+
+/// A new message as `Message` serialises it, minus `id` and `seq` (each row adds its own, see
+/// `store::create_rows`): one per request entry, shared by all its recipients.
+pub fn message_template(e: &MessageInput, send_time: DateTime<Utc>) -> Value {
+    json!({"title": e.title, "content": e.content, "type": e.kind, "send_user": e.send_user,
+        "send_time": send_time, "skip_url": e.skip_url, "is_read": false, "read_at": null,
+        "data": e.data})
 }
 
 pub fn read(c: Counters, ids: &[Uuid]) -> Value {

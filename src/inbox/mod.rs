@@ -7,6 +7,7 @@ pub mod create;
 pub mod direct;
 pub mod frames;
 pub mod input;
+pub mod local;
 
 use serde::Serialize;
 

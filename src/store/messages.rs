@@ -9,27 +9,6 @@ use uuid::Uuid;
 use super::schema::t_message_real_time as m;
 use super::Conn;
 
-/// Rows per INSERT statement: 11 binds each, well under PostgreSQL's 65,535 bind limit.
-const INSERT_CHUNK: usize = 2000;
-
-#[derive(Insertable, Debug, Clone)]
-#[diesel(table_name = m)]
-pub struct NewMessage {
-    pub id: Uuid,
-    pub to_user: String,
-    pub seq: i64,
-    pub title: String,
-    pub content: String,
-    pub kind: String,
-    pub send_user: Option<String>,
-    pub send_time: DateTime<Utc>,
-    pub skip_url: Option<String>,
-    pub data: Option<serde_json::Value>,
-    pub service: String,
-    /// The announcement this row belongs to (unique per user), if any.
-    pub broadcast_id: Option<Uuid>,
-}
-
 /// A message as every API shows it (contract §4).
 #[derive(Queryable, Selectable, Serialize, Debug, Clone, PartialEq)]
 #[diesel(table_name = m)]
@@ -46,35 +25,6 @@ pub struct Message {
     pub is_read: bool,
     pub read_at: Option<DateTime<Utc>>,
     pub data: Option<serde_json::Value>,
-}
-
-impl NewMessage {
-    /// The message as it looks right after creation (unread).
-    pub fn view(&self) -> Message {
-        Message {
-            id: self.id,
-            seq: self.seq,
-            title: self.title.clone(),
-            content: self.content.clone(),
-            kind: self.kind.clone(),
-            send_user: self.send_user.clone(),
-            send_time: self.send_time,
-            skip_url: self.skip_url.clone(),
-            is_read: false,
-            read_at: None,
-            data: self.data.clone(),
-        }
-    }
-}
-
-pub async fn insert(conn: &mut Conn, rows: &[NewMessage]) -> QueryResult<()> {
-    for chunk in rows.chunks(INSERT_CHUNK) {
-        diesel::insert_into(m::table)
-            .values(chunk)
-            .execute(conn)
-            .await?;
-    }
-    Ok(())
 }
 
 /// A user's live messages, newest first, strictly below `before` (keyset on seq).

@@ -2,6 +2,7 @@
 //! them inside one transaction; nothing here opens a transaction of its own.
 
 pub mod broadcasts;
+pub mod create_rows;
 pub mod events;
 pub mod idempotency;
 pub mod inbox_state;

@@ -11,6 +11,7 @@ mod http_edge;
 mod keepalive;
 mod listen;
 mod liveness;
+mod local_delivery;
 mod relay;
 mod resync;
 mod spine;
