@@ -3,7 +3,7 @@
 //!
 //! The outbox is split into `NOTIFYD_RELAY_PARTITIONS` partitions by a hash of the user (topic
 //! entries: of the topic), default 1. Exactly one relay publishes each partition at a time across
-//! all processes: its leader holds the session-level PostgreSQL advisory lock `LEADER_LOCK + k`
+//! all processes: its leader holds the session-level PostgreSQL advisory lock `partition_lock(k)`
 //! on the very connection it relays with, so if its process or connection dies the lock goes with
 //! it and a stand-by (retrying every 250 ms) takes over. One user's (one topic's) events all live
 //! in one partition and are published by one leader in id order, batch after batch, so their
@@ -46,6 +46,11 @@ use crate::store::session;
 /// The advisory lock key ("notifyd relay"); scoped to the database, so deployments on separate
 /// databases never contend.
 pub const LEADER_LOCK: i64 = 0x6e6f_7469_6679_6400;
+/// Partition `k`'s leader lock: `LEADER_LOCK` for partition 0 (so one partition is the lock of
+/// old), then steps of 2^16 (`LEADER_LOCK + 1` is the housekeeper's lock).
+pub fn partition_lock(k: u32) -> i64 {
+    LEADER_LOCK + (i64::from(k) << 16)
+}
 const STANDBY_RETRY: Duration = Duration::from_millis(250);
 const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 /// The longest the leader waits between two steps while the broker fails.
@@ -126,7 +131,7 @@ impl Relay {
         };
         bounded(t, session::set_name(&mut conn, &name)).await?;
         bounded(t, outbox::tune_relay_session(&mut conn)).await?;
-        let lock = LEADER_LOCK + i64::from(part.index);
+        let lock = partition_lock(part.index);
         loop {
             if *shutdown.borrow() {
                 return Ok(());
