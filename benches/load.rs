@@ -7,6 +7,9 @@
 //!    fan one `to_users` POST out to all of them;
 //! 6. an announcement to 100,000 known users: rows/s, and the longest stall of single POSTs
 //!    issued beside it (`announcement`, its own section; `BENCH_ONLY=announcement` runs only it).
+//! 7. the relay draining a backlog with 1, 2 and 4 partitions beside a `redis-benchmark`
+//!    pipelined PUBLISH ceiling measured in the same run (`BENCH_ONLY=relay` runs only it and
+//!    writes its own "Relay" section).
 //!
 //! Needs a release binary (`cargo build --release`), PostgreSQL and Redis (scripts/services.sh).
 //! Run: `cargo bench --bench load` (env BENCH_SECS, BENCH_WS_CONNS to change the sizes).
@@ -244,6 +247,9 @@ async fn main() -> anyhow::Result<()> {
         write_section("docs/benchmarks.md", "## Creating messages", &section)?;
         println!("wrote docs/benchmarks.md (Creating messages)");
         return Ok(());
+    }
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("relay") {
+        return relay_bench(&bin).await;
     }
     let secs = env_num("BENCH_SECS", 15);
     let ws_n = env_num("BENCH_WS_CONNS", 5000) as usize;
@@ -795,5 +801,220 @@ fn write_section(path: &str, heading: &str, section: &str) -> anyhow::Result<()>
         None => format!("{}\n\n{}", doc.trim_end_matches('\n'), section),
     };
     std::fs::write(path, out)?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. The relay alone: a committed backlog drained into Redis, beside Redis's own ceiling.
+
+/// A `message.created`-shaped frame of about the size real ones have (~450 bytes).
+const RELAY_FRAME_SQL: &str = "jsonb_build_object('type', 'message.created', 'seq', s, \
+    'unread', s, 'unseen', s, 'message', jsonb_build_object('id', gen_random_uuid()::text, \
+    'title', 'relay', 'content', repeat('x', 100), 'type', 'bench', 'send_user', null, \
+    'to_user', u, 'send_time', now(), 'skip_url', '/posts/9', 'is_read', false, 'seq', s, \
+    'data', jsonb_build_object('k', repeat('y', 120))))";
+
+/// A fresh database with `n` committed user events waiting in the outbox (2,000 users, each
+/// user's events in seq order by outbox id, like the write path leaves them).
+async fn relay_db(n: u64) -> anyhow::Result<BenchDb> {
+    let db = BenchDb::create("bench_relay").await?;
+    notifyd::db::migrate(&db.url).await?;
+    let mut conn = AsyncPgConnection::establish(&db.url).await?;
+    diesel::sql_query(format!(
+        "INSERT INTO user_event (user_id, seq, payload) \
+         SELECT u, s, {RELAY_FRAME_SQL} FROM ( \
+           SELECT 'r' || (g % 2000) AS u, g / 2000 + 1 AS s FROM generate_series(0, {}) g) x",
+        n - 1
+    ))
+    .execute(&mut conn)
+    .await?;
+    diesel::sql_query(
+        "INSERT INTO outbox (user_id, seq) SELECT user_id, seq FROM user_event ORDER BY seq, user_id",
+    )
+    .execute(&mut conn)
+    .await?;
+    diesel::sql_query("VACUUM ANALYZE")
+        .execute(&mut conn)
+        .await?;
+    Ok(db)
+}
+
+/// The mean payload size of the seeded frames, for the ceiling's PUBLISH.
+async fn relay_payload_len(db: &str) -> anyhow::Result<usize> {
+    Ok(scalar(
+        db,
+        "SELECT avg(length(payload::text))::bigint AS v FROM user_event",
+    )
+    .await? as usize)
+}
+
+/// `redis-benchmark`: `n` PUBLISHes of a `len`-byte payload pipelined `pipeline` deep on
+/// `clients` connections. Returns PUBLISHes/s.
+fn redis_ceiling(n: u64, len: usize, clients: u32, pipeline: u32) -> anyhow::Result<f64> {
+    let payload = "x".repeat(len);
+    let out = Command::new("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-p", "6379", "-q", "-n", &n.to_string()])
+        .args(["-c", &clients.to_string(), "-P", &pipeline.to_string()])
+        .args(["PUBLISH", "notifyd-bench:ceiling", &payload])
+        .output()
+        .context("running redis-benchmark (Debian: redis-tools)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The quiet output rewrites one line with \r; the last segment holds the result.
+    text.split(['\r', '\n'])
+        .filter(|l| l.contains("requests per second"))
+        .filter_map(|l| l.rsplit(": ").next())
+        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|v| v.parse::<f64>().ok())
+        .next_back()
+        .with_context(|| format!("no result in redis-benchmark's output: {text}"))
+}
+
+struct RelayRun {
+    partitions: u32,
+    events: i64,
+    secs: f64,
+}
+
+/// Starts `notifyd relay` with `partitions` on a seeded database and times the drain: from the
+/// first batch committed (the backlog dropped below its start) to an empty outbox, so the
+/// process's start-up is not counted. Polled every 25 ms.
+async fn relay_drain(
+    bin: &str,
+    db: &str,
+    prefix: &str,
+    partitions: u32,
+) -> anyhow::Result<RelayRun> {
+    let backlog = scalar(db, "SELECT count(*)::bigint AS v FROM outbox").await?;
+    let mut child = Command::new(bin)
+        .arg("relay")
+        .env("DATABASE_URL", db)
+        .env("REDIS_URL", "redis://127.0.0.1:6379")
+        .env("NOTIFYD_REDIS_PREFIX", prefix)
+        .env("NOTIFYD_JWT_SECRET", SECRET)
+        .env("NOTIFYD_RELAY_PARTITIONS", partitions.to_string())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("starting notifyd relay")?;
+    let waited = Instant::now();
+    let mut first: Option<(Instant, i64)> = None;
+    let result = loop {
+        let left = scalar(db, "SELECT count(*)::bigint AS v FROM outbox").await?;
+        if first.is_none() && left < backlog {
+            first = Some((Instant::now(), left));
+        }
+        if left == 0 {
+            let (t0, at) = first.unwrap_or((Instant::now(), 0));
+            break Ok(RelayRun {
+                partitions,
+                events: at,
+                secs: t0.elapsed().as_secs_f64(),
+            });
+        }
+        if waited.elapsed() > Duration::from_secs(300) {
+            break Err(anyhow::anyhow!("relay did not drain the outbox in 300 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+    result
+}
+
+async fn relay_bench(bin: &str) -> anyhow::Result<()> {
+    let n = env_num("BENCH_RELAY_EVENTS", 200_000);
+    let label = std::env::var("BENCH_RELAY_LABEL").unwrap_or_else(|_| "run".into());
+    let parts: Vec<u32> = std::env::var("BENCH_RELAY_PARTITIONS")
+        .unwrap_or_else(|_| "1,2,4".into())
+        .split(',')
+        .filter_map(|p| p.trim().parse().ok())
+        .collect();
+    let prefix = format!("bench{}r:", std::process::id());
+    let mut runs = vec![];
+    let mut len = 0;
+    for &p in &parts {
+        println!("7/7 relay, {n} events, {p} partition(s)");
+        let db = relay_db(n).await?;
+        len = relay_payload_len(&db.url).await?;
+        let r = relay_drain(bin, &db.url, &prefix, p).await;
+        db.drop_db().await?;
+        let r = r?;
+        println!(
+            "    {} events in {:.2}s = {:.0} events/s",
+            r.events,
+            r.secs,
+            r.events as f64 / r.secs
+        );
+        runs.push(r);
+    }
+    // The ceiling right after, on the same payload size: one connection pipelined 500 deep
+    // (what one relay partition does) and 50 connections (redis-benchmark's default).
+    let one = redis_ceiling(n.max(500_000), len, 1, 500)?;
+    let many = redis_ceiling(n.max(1_000_000), len, 50, 500)?;
+    println!("    redis-benchmark PUBLISH {len} B: {one:.0}/s (1 conn, -P 500), {many:.0}/s (50 conns, -P 500)");
+    let mut rows = String::new();
+    for r in &runs {
+        let rate = r.events as f64 / r.secs;
+        rows.push_str(&format!(
+            "| {label} | {p} | **{rate:.0} events/s** ({ev} in {secs:.2} s) | {r1:.1}% | {r50:.1}% |\n",
+            p = r.partitions,
+            ev = r.events,
+            secs = r.secs,
+            r1 = rate / one * 100.0,
+            r50 = rate / many * 100.0,
+        ));
+    }
+    let run = format!(
+        "<!-- relay-run:{label} -->\n\
+Run `{label}` on {date}, commit `{commit}`: ceiling {one:.0} PUBLISH/s on 1 connection, {many:.0}/s on 50 (payload {len} B).\n\n\
+| run | partitions | drained | of the 1-connection ceiling | of the 50-connection ceiling |\n|---|---|---|---|---|\n{rows}\
+<!-- relay-run-end:{label} -->\n",
+        date = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        commit = git_commit(),
+    );
+    write_relay_run("docs/benchmarks.md", &label, &run)?;
+    println!("wrote run `{label}` into the Relay section of docs/benchmarks.md");
+    Ok(())
+}
+
+fn git_commit() -> String {
+    Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Replaces the run block `label` inside the `<!-- relay:begin -->` … `<!-- relay:end -->`
+/// section (adding it before the end marker when new); other runs and sections stay as they are.
+fn write_relay_run(path: &str, label: &str, run: &str) -> anyhow::Result<()> {
+    let doc = std::fs::read_to_string(path).unwrap_or_default();
+    let (begin, end) = ("<!-- relay:begin -->", "<!-- relay:end -->");
+    let (Some(b), Some(e)) = (doc.find(begin), doc.find(end)) else {
+        bail!("{path} has no {begin} … {end} section");
+    };
+    let inner = &doc[b + begin.len()..e];
+    let (open, close) = (
+        format!("<!-- relay-run:{label} -->"),
+        format!("<!-- relay-run-end:{label} -->\n"),
+    );
+    let inner = match (inner.find(&open), inner.find(&close)) {
+        (Some(o), Some(c)) => format!("{}{}{}", &inner[..o], run, &inner[c + close.len()..]),
+        _ => format!("{inner}{run}\n"),
+    };
+    std::fs::write(
+        path,
+        format!(
+            "{}{}{}{}",
+            &doc[..b + begin.len()],
+            inner,
+            end,
+            &doc[e + end.len()..]
+        ),
+    )?;
     Ok(())
 }

@@ -37,7 +37,11 @@ pub struct Settings {
     pub relay_poll: Duration,
     /// How often a gateway compares its users' seqs with the database (catches a lost last event).
     pub audit_interval: Duration,
+    /// `NOTIFYD_RELAY_BATCH`: outbox entries per relay transaction (one PUBLISH pipeline).
     pub relay_batch: i64,
+    /// `NOTIFYD_RELAY_PARTITIONS`: the outbox is relayed in this many partitions by user (topic)
+    /// hash, each with its own leader; every process must use the same number.
+    pub relay_partitions: u32,
     pub log_json: bool,
     /// Server-side `statement_timeout` on every pooled/background connection.
     pub db_statement_timeout: Duration,
@@ -93,6 +97,7 @@ impl Settings {
             relay_poll: Duration::from_millis(500),
             audit_interval: Duration::from_secs(10),
             relay_batch: 500,
+            relay_partitions: 1,
             log_json: false,
             db_statement_timeout: Duration::from_secs(30),
             db_lock_timeout: Duration::from_secs(10),
@@ -218,6 +223,20 @@ impl Settings {
             if let Some(v) = env(name) {
                 *field = positive(name, parse_duration(&v).context(name.to_string())?)?;
             }
+        }
+        if let Some(b) = env("NOTIFYD_RELAY_BATCH") {
+            s.relay_batch = b
+                .parse()
+                .ok()
+                .filter(|b| (1..=100_000).contains(b))
+                .context("NOTIFYD_RELAY_BATCH must be an integer from 1 to 100000")?;
+        }
+        if let Some(p) = env("NOTIFYD_RELAY_PARTITIONS") {
+            s.relay_partitions = p
+                .parse()
+                .ok()
+                .filter(|p| (1..=64).contains(p))
+                .context("NOTIFYD_RELAY_PARTITIONS must be an integer from 1 to 64")?;
         }
         if let Some(b) = env("NOTIFYD_HOUSEKEEPING_BATCH") {
             s.housekeeping_batch = b.parse().context("NOTIFYD_HOUSEKEEPING_BATCH")?;

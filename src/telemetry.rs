@@ -21,15 +21,33 @@ pub fn init_logging(json: bool) {
     }
 }
 
-/// Installs the process-wide Prometheus recorder (once per process).
+/// How often recorded histogram samples are folded into their buckets.
+const METRICS_UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Installs the process-wide Prometheus recorder (once per process). Histogram samples are
+/// queued raw until an upkeep folds them into buckets; `install_recorder` runs none, so without
+/// a scrape the queues grew without bound (about 8 bytes per delivered event): a task here runs
+/// the upkeep every few seconds (when called on a tokio runtime, as `serve` does).
 pub fn init_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
-    metrics_exporter_prometheus::PrometheusBuilder::new()
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets(&[
-            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            2.5, 5.0,
         ])
         .ok()?
         .install_recorder()
-        .ok()
+        .ok()?;
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        let h = handle.clone();
+        rt.spawn(async move {
+            let mut every = tokio::time::interval(METRICS_UPKEEP_EVERY);
+            loop {
+                every.tick().await;
+                h.run_upkeep();
+            }
+        });
+    }
+    Some(handle)
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -1,11 +1,20 @@
 //! The relay: publishes committed outbox entries to the broker, then deletes them in the same
 //! transaction that locked them.
 //!
-//! Exactly one relay publishes at a time across all processes: the leader holds a session-level
-//! PostgreSQL advisory lock on the very connection it relays with, so if its process or
-//! connection dies the lock goes with it and a stand-by (retrying every second) takes over.
-//! Delivery to the broker is at-least-once: a crash between PUBLISH and COMMIT republishes the
-//! batch, and receivers drop the duplicate by seq.
+//! The outbox is split into `NOTIFYD_RELAY_PARTITIONS` partitions by a hash of the user (topic
+//! entries: of the topic), default 1. Exactly one relay publishes each partition at a time across
+//! all processes: its leader holds the session-level PostgreSQL advisory lock `partition_lock(k)`
+//! on the very connection it relays with, so if its process or connection dies the lock goes with
+//! it and a stand-by (retrying every 250 ms) takes over. One user's (one topic's) events all live
+//! in one partition and are published by one leader in id order, batch after batch, so their
+//! order holds; different partitions run side by side. Every process must use the same number.
+//!
+//! One batch is one transaction and three round trips: BEGIN; claim-and-delete in one statement
+//! (`store::outbox::claim_and_delete`); PUBLISH the batch in one pipeline; COMMIT. A failed
+//! publish rolls the delete back (nothing lost). Delivery to the broker is at-least-once: a crash
+//! between PUBLISH and COMMIT republishes the batch, and receivers drop the duplicate by seq. For
+//! the same reason the relay's session commits asynchronously (`synchronous_commit = off`): a
+//! database crash may forget the last deletes, which only republishes them.
 //!
 //! Leader loss is detected in bounded time, also on a half-open connection (the database host
 //! or the path to it died without closing the socket):
@@ -31,11 +40,17 @@ use super::wake::{Waker, CHANNEL};
 use crate::broker::{Broker, PUBLISH_TIMEOUT};
 use crate::config::Settings;
 use crate::db;
-use crate::store::{outbox, session};
+use crate::store::outbox::{self, Partition};
+use crate::store::session;
 
 /// The advisory lock key ("notifyd relay"); scoped to the database, so deployments on separate
 /// databases never contend.
 pub const LEADER_LOCK: i64 = 0x6e6f_7469_6679_6400;
+/// Partition `k`'s leader lock: `LEADER_LOCK` for partition 0 (so one partition is the lock of
+/// old), then steps of 2^16 (`LEADER_LOCK + 1` is the housekeeper's lock).
+pub fn partition_lock(k: u32) -> i64 {
+    LEADER_LOCK + (i64::from(k) << 16)
+}
 const STANDBY_RETRY: Duration = Duration::from_millis(250);
 const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 /// The longest the leader waits between two steps while the broker fails.
@@ -66,15 +81,30 @@ impl From<diesel::result::Error> for StepError {
 }
 
 impl Relay {
-    /// Runs until `shutdown` turns true: stand by, lead, and stand by again after any loss.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    /// Runs every partition until `shutdown` turns true.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        let count = self.settings.relay_partitions.max(1);
+        self.waker.set_partitions(count as usize);
+        let tasks: Vec<_> = (0..count)
+            .map(|index| {
+                let part = Partition { index, count };
+                tokio::spawn(self.clone().run_partition(part, shutdown.clone()))
+            })
+            .collect();
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// One partition until `shutdown` turns true: stand by, lead, and stand by again after any
+    /// loss.
+    async fn run_partition(self, part: Partition, mut shutdown: watch::Receiver<bool>) {
         loop {
             if *shutdown.borrow() {
                 return;
             }
-            if let Err(e) = self.session(&mut shutdown).await {
-                self.waker.set_local_leader(false);
-                tracing::warn!(error = %e, "relay lost its database connection; reconnecting");
+            if let Err(e) = self.session(part, &mut shutdown).await {
+                tracing::warn!(error = %e, partition = part.index, "relay lost its database connection; reconnecting");
             }
             tokio::select! {
                 _ = tokio::time::sleep(STANDBY_RETRY) => {}
@@ -86,23 +116,33 @@ impl Relay {
     /// One database connection's life: stand by on it, retrying the leader lock every second,
     /// and lead on it once the lock is ours. Returns `Ok` at shutdown, `Err` when the connection
     /// (and with it any leadership) is lost.
-    async fn session(&self, shutdown: &mut watch::Receiver<bool>) -> anyhow::Result<()> {
+    async fn session(
+        &self,
+        part: Partition,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
         let t = self.settings.relay_db_timeout;
         let mut conn = db::connect(&self.settings.database_url, &self.limits()).await?;
         // Named so operators (and the chaos harness) can see which node holds the leader lock.
-        let name = format!("notifyd relay {}", self.settings.node_id);
+        let name = if part.count > 1 {
+            format!("notifyd relay {} p{}", self.settings.node_id, part.index)
+        } else {
+            format!("notifyd relay {}", self.settings.node_id)
+        };
         bounded(t, session::set_name(&mut conn, &name)).await?;
+        bounded(t, outbox::tune_relay_session(&mut conn)).await?;
+        let lock = partition_lock(part.index);
         loop {
             if *shutdown.borrow() {
                 return Ok(());
             }
-            if bounded(t, session::try_lock(&mut conn, LEADER_LOCK)).await? {
-                tracing::info!(node = %self.settings.node_id, "relay is now the leader");
+            if bounded(t, session::try_lock(&mut conn, lock)).await? {
+                tracing::info!(node = %self.settings.node_id, partition = part.index, "relay is now the leader");
                 metrics::counter!("notifyd_relay_leadership_acquired_total").increment(1);
                 self.waker.set_local_leader(true);
                 let listener =
                     tokio::spawn(listen_for_wakes(self.settings.clone(), self.waker.clone()));
-                let result = self.lead(&mut conn, shutdown).await;
+                let result = self.lead(&mut conn, part, shutdown).await;
                 listener.abort();
                 self.waker.set_local_leader(false);
                 return result;
@@ -117,8 +157,10 @@ impl Relay {
     async fn lead(
         &self,
         conn: &mut AsyncPgConnection,
+        part: Partition,
         shutdown: &mut watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
+        let mut wakes = self.waker.subscribe();
         let mut backoff = Duration::from_millis(50);
         let mut last_backlog = Instant::now() - BACKLOG_EVERY;
         // A batch may take one database bound plus one publish bound.
@@ -127,9 +169,11 @@ impl Relay {
             if *shutdown.borrow() {
                 return Ok(());
             }
+            // A wake from here on means "look again" after this batch.
+            wakes.borrow_and_update();
             // On a timeout the whole transaction future is dropped with its connection (the
             // caller drops `conn`): nothing is published from that connection again.
-            let stepped = match tokio::time::timeout(step_bound, self.step(conn)).await {
+            let stepped = match tokio::time::timeout(step_bound, self.step(conn, part)).await {
                 Ok(r) => r,
                 Err(_) => {
                     metrics::counter!("notifyd_relay_db_timeouts_total").increment(1);
@@ -139,7 +183,8 @@ impl Relay {
             match stepped {
                 Ok(n) => {
                     backoff = Duration::from_millis(50);
-                    if last_backlog.elapsed() >= BACKLOG_EVERY {
+                    // Partition 0 reports for the whole outbox.
+                    if part.index == 0 && last_backlog.elapsed() >= BACKLOG_EVERY {
                         last_backlog = Instant::now();
                         let b =
                             bounded(self.settings.relay_db_timeout, outbox::backlog(conn)).await?;
@@ -150,7 +195,7 @@ impl Relay {
                         continue; // more is waiting
                     }
                     tokio::select! {
-                        _ = self.waker.woken() => {}
+                        _ = wakes.changed() => {}
                         _ = tokio::time::sleep(self.settings.relay_poll) => {}
                         _ = shutdown.changed() => return Ok(()),
                     }
@@ -170,35 +215,44 @@ impl Relay {
         }
     }
 
-    /// One batch: lock the oldest entries, publish them, delete them, commit.
-    async fn step(&self, conn: &mut AsyncPgConnection) -> Result<usize, StepError> {
+    /// One batch: claim-and-delete the partition's oldest entries, publish them, commit.
+    async fn step(
+        &self,
+        conn: &mut AsyncPgConnection,
+        part: Partition,
+    ) -> Result<usize, StepError> {
         let started = Instant::now();
         let limit = self.settings.relay_batch;
         let n = conn
             .transaction::<_, StepError, _>(async |conn| {
-                let batch = outbox::claim_batch(conn, limit).await?;
+                let batch = outbox::claim_and_delete(conn, limit, part).await?;
                 if batch.is_empty() {
                     return Ok(0);
                 }
-                let mut items = Vec::with_capacity(batch.len());
-                for entry in &batch {
+                let claimed = Instant::now();
+                let n = batch.len();
+                let commit_to_claim =
+                    metrics::histogram!("notifyd_stage_seconds", "stage" => "commit_to_claim");
+                let mut items = Vec::with_capacity(n);
+                for entry in batch {
+                    commit_to_claim.record(entry.age_s.max(0.0));
                     let channel = match (&entry.user_id, &entry.topic) {
                         (Some(u), _) => self.settings.user_channel(u),
                         (None, Some(t)) => self.settings.topic_channel(t),
                         (None, None) => continue,
                     };
                     // A user entry whose event was pruned has nothing left to say.
-                    if let Some(p) = &entry.payload {
-                        items.push((channel, p.to_string()));
+                    if let Some(p) = entry.payload {
+                        items.push((channel, p));
                     }
                 }
                 self.broker
                     .publish(&items)
                     .await
                     .map_err(StepError::Broker)?;
-                let ids: Vec<i64> = batch.iter().map(|e| e.id).collect();
-                outbox::delete(conn, &ids).await?;
-                Ok(batch.len())
+                metrics::histogram!("notifyd_stage_seconds", "stage" => "claim_to_published")
+                    .record(claimed.elapsed().as_secs_f64());
+                Ok(n)
             })
             .await?;
         if n > 0 {

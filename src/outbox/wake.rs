@@ -5,7 +5,7 @@
 //! in-process signal, and, when the relay leader may be another process, a background task sends
 //! one coalesced `NOTIFY` on its own connection (many wakes between two sends become one).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,12 +18,27 @@ pub const CHANNEL: &str = "notifyd_outbox";
 /// Bound on getting a pooled connection, and on the `NOTIFY` itself.
 const NOTIFY_TIMEOUT: Duration = Duration::from_secs(2);
 
-#[derive(Clone, Default)]
+/// A wake for every relay partition of this process: a counter each partition watches (a
+/// `Notify` would wake only one of them).
+#[derive(Clone)]
 pub struct Waker {
-    local: Arc<Notify>,
+    local: Arc<watch::Sender<u64>>,
     remote: Arc<Notify>,
-    /// True while this process's relay is the leader: then no NOTIFY is needed.
-    local_leader: Arc<AtomicBool>,
+    /// How many relay partitions this process leads, and how many there are: when it leads them
+    /// all, no NOTIFY is needed.
+    led: Arc<AtomicUsize>,
+    partitions: Arc<AtomicUsize>,
+}
+
+impl Default for Waker {
+    fn default() -> Self {
+        Self {
+            local: Arc::new(watch::channel(0).0),
+            remote: Arc::default(),
+            led: Arc::default(),
+            partitions: Arc::new(AtomicUsize::new(1)),
+        }
+    }
 }
 
 impl Waker {
@@ -33,24 +48,44 @@ impl Waker {
 
     /// Called after a commit that wrote outbox entries.
     pub fn wake(&self) {
-        self.local.notify_one();
-        if !std::sync::atomic::AtomicBool::load(&self.local_leader, Ordering::Relaxed) {
+        self.wake_local();
+        if !self.leads_all() {
             self.remote.notify_one();
         }
     }
 
-    /// Wakes only this process's relay (a NOTIFY from another node arrived).
+    /// Wakes only this process's relay partitions (a NOTIFY from another node arrived).
     pub fn wake_local(&self) {
-        self.local.notify_one();
+        self.local.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    /// The relay waits here (a stored permit makes a wake before the wait count).
-    pub async fn woken(&self) {
-        self.local.notified().await
+    /// A relay partition waits on this with `changed()`; a wake since its last
+    /// `borrow_and_update()` counts (like a stored permit).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.local.subscribe()
     }
 
+    /// The relay says how many partitions exist (all processes use the same number).
+    pub fn set_partitions(&self, n: usize) {
+        self.partitions.store(n.max(1), Ordering::Relaxed);
+    }
+
+    /// A partition of this process became leader (`true`) or stopped leading (`false`).
     pub fn set_local_leader(&self, leader: bool) {
-        self.local_leader.store(leader, Ordering::Relaxed);
+        if leader {
+            self.led.fetch_add(1, Ordering::Relaxed);
+        } else {
+            // Saturating: a stand-by that never led may report a loss too.
+            let _ = self
+                .led
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
+    }
+
+    fn leads_all(&self) -> bool {
+        // Fully qualified: diesel's `RunQueryDsl::load` is in scope too.
+        AtomicUsize::load(&self.led, Ordering::Relaxed)
+            >= AtomicUsize::load(&self.partitions, Ordering::Relaxed)
     }
 
     /// Sends coalesced `NOTIFY`s for other processes' relays until shutdown.
@@ -60,7 +95,7 @@ impl Waker {
                 _ = self.remote.notified() => {}
                 _ = shutdown.changed() => return,
             }
-            if std::sync::atomic::AtomicBool::load(&self.local_leader, Ordering::Relaxed) {
+            if self.leads_all() {
                 continue;
             }
             // Bounded: a wake that cannot be sent only delays delivery to the leader's next poll.

@@ -1,7 +1,7 @@
 //! `outbox`: the relay's queue of committed-but-unpublished events.
 
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Double, Jsonb, Nullable, Text};
+use diesel::sql_types::{BigInt, Double, Nullable, Text};
 use diesel_async::RunQueryDsl;
 
 use super::schema::outbox as o;
@@ -23,7 +23,8 @@ struct NewTopicEntry<'a> {
     payload: &'a serde_json::Value,
 }
 
-/// One claimed outbox entry, ready to publish.
+/// One claimed outbox entry, ready to publish: its payload as the exact JSON text to send (no
+/// `serde_json::Value` round trip on the relay), and how long ago it was committed.
 #[derive(QueryableByName, Debug, Clone)]
 pub struct Claimed {
     #[diesel(sql_type = BigInt)]
@@ -32,8 +33,39 @@ pub struct Claimed {
     pub user_id: Option<String>,
     #[diesel(sql_type = Nullable<Text>)]
     pub topic: Option<String>,
-    #[diesel(sql_type = Nullable<Jsonb>)]
-    pub payload: Option<serde_json::Value>,
+    /// None: a user entry whose event was already pruned (nothing left to say).
+    #[diesel(sql_type = Nullable<Text>)]
+    pub payload: Option<String>,
+    /// Seconds from the entry's `created_at` (its writer's transaction start, so about its
+    /// commit) to the claim, on the database's clock.
+    #[diesel(sql_type = Double)]
+    pub age_s: f64,
+}
+
+/// Which slice of the outbox a relay partition owns: entries whose user (or, for topic entries,
+/// topic) hashes to `index` modulo `count`. All events of one user (one topic) fall in one
+/// partition, so each keeps its order while partitions run side by side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partition {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl Partition {
+    pub const ALL: Partition = Partition { index: 0, count: 1 };
+
+    /// The SQL condition selecting this partition's rows (both numbers come from the
+    /// configuration, never from a client). `hashtext` is signed: shifted into 0..2^32 first.
+    fn condition(&self) -> String {
+        if self.count <= 1 {
+            "TRUE".into()
+        } else {
+            format!(
+                "mod(hashtext(COALESCE(user_id, topic))::bigint + 2147483648, {}) = {}",
+                self.count, self.index
+            )
+        }
+    }
 }
 
 /// Queues the user events `(user, seq)` (their payloads live in `user_event`).
@@ -66,25 +98,55 @@ pub async fn enqueue_topic_event(
         .await
 }
 
-/// Locks the oldest `limit` entries (by id) and returns them with their payloads. Scanning from
-/// the smallest id every time, instead of remembering a high-water mark, is what makes an entry
-/// that commits late with a lower id impossible to skip. `SKIP LOCKED` keeps a stand-by relay
-/// that briefly overlaps a leader from waiting on its rows.
-pub async fn claim_batch(conn: &mut Conn, limit: i64) -> QueryResult<Vec<Claimed>> {
-    diesel::sql_query(
-        "SELECT o.id, o.user_id, o.topic, COALESCE(o.payload, e.payload) AS payload \
-         FROM outbox o LEFT JOIN user_event e ON e.user_id = o.user_id AND e.seq = o.seq \
-         ORDER BY o.id LIMIT $1 FOR UPDATE OF o SKIP LOCKED",
-    )
+/// Claims the oldest `limit` entries (by id) of partition `part` and returns them with their
+/// payloads as JSON text, ordered by id, in ONE statement that also deletes them: the caller
+/// publishes inside the same transaction and commits only then, so a failed publish (rollback)
+/// leaves every entry in place. Scanning from the smallest id every time, instead of remembering
+/// a high-water mark, is what makes an entry that commits late with a lower id impossible to
+/// skip. `SKIP LOCKED` keeps a stand-by relay that briefly overlaps a leader from waiting on its
+/// rows. `DELETE ... RETURNING` has no order of its own, hence the final `ORDER BY`.
+///
+/// `id = ANY(ARRAY(...))`, not `id IN (...)`: with `IN` PostgreSQL hash-joins the claimed ids
+/// against a sequential scan of the whole outbox, which made each batch cost O(backlog) (measured:
+/// 51 ms instead of 17 ms per 500-entry batch with 100,000 waiting).
+pub async fn claim_and_delete(
+    conn: &mut Conn,
+    limit: i64,
+    part: Partition,
+) -> QueryResult<Vec<Claimed>> {
+    diesel::sql_query(format!(
+        "WITH c AS ( \
+           DELETE FROM outbox WHERE id = ANY(ARRAY( \
+             SELECT id FROM outbox WHERE {} ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)) \
+           RETURNING id, user_id, seq, topic, payload, created_at) \
+         SELECT c.id, c.user_id, c.topic, COALESCE(c.payload, e.payload)::text AS payload, \
+           EXTRACT(EPOCH FROM clock_timestamp() - c.created_at)::float8 AS age_s \
+         FROM c LEFT JOIN user_event e ON e.user_id = c.user_id AND e.seq = c.seq \
+         ORDER BY c.id",
+        part.condition()
+    ))
     .bind::<BigInt, _>(limit)
     .load(conn)
     .await
 }
 
-pub async fn delete(conn: &mut Conn, ids: &[i64]) -> QueryResult<usize> {
-    diesel::delete(o::table.filter(o::id.eq_any(ids)))
+/// Settings for the relay's own session (never a pooled connection), once per connection:
+/// - `synchronous_commit = off`: its commits do not wait for the WAL flush. Its transactions
+///   only delete published entries; if a database crash loses such a delete, the entries are
+///   published again, which receivers drop by seq / topic event id. Saves an fsync per batch.
+/// - `enable_seqscan = off`: a partition's filter (`Partition::condition`) is an expression the
+///   planner cannot estimate (it guesses 0.5% of rows), so it chose to scan and sort the whole
+///   outbox instead of walking the primary key until it has `limit` rows (measured: 62 ms
+///   instead of 1 ms to pick 500 of 100,000 with 4 partitions). The session runs nothing else
+///   that a sequential scan would serve better (the backlog count walks the primary key).
+pub async fn tune_relay_session(conn: &mut Conn) -> QueryResult<()> {
+    diesel::sql_query("SET synchronous_commit = off")
+        .execute(conn)
+        .await?;
+    diesel::sql_query("SET enable_seqscan = off")
         .execute(conn)
         .await
+        .map(|_| ())
 }
 
 #[derive(QueryableByName, Debug, Clone, Copy, Default)]

@@ -418,3 +418,62 @@ async fn two_relays_at_once_publish_each_event_exactly_once() {
         app.stop().await;
     }
 }
+
+/// `NOTIFYD_RELAY_PARTITIONS=4`: four leaders relay side by side (small batches, so each user's
+/// events span many batches); every user's events still reach its channel exactly once and in seq
+/// order, and each partition holds its own leader lock (`partition_lock(k)`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_relays_keep_each_users_order() {
+    let db = TestDb::new().await;
+    let prefix = new_prefix();
+    let app = spawn_app(
+        &db,
+        Opts {
+            relay: false,
+            ..Opts::in_cluster(&prefix)
+        },
+    )
+    .await;
+    let users: Vec<String> = (0..8).map(|_| new_user()).collect();
+    let mut taps = vec![];
+    for u in &users {
+        taps.push(RedisTap::subscribe(&app.user_channel(u)).await);
+    }
+    // Committed before any relay runs: a backlog the partitions drain concurrently.
+    for k in 0..20 {
+        for u in &users {
+            app.send(u, &format!("k{k}")).await;
+        }
+    }
+    let mut settings = notifyd::config::Settings::new(db.url.clone());
+    settings.redis_prefix = prefix.clone();
+    settings.relay_partitions = 4;
+    settings.relay_batch = 7;
+    let relay = notifyd::outbox::Relay {
+        database_url: db.url.clone(),
+        broker: notifyd::broker::Broker::Redis(
+            notifyd::broker::redis_pool(&redis_url()).expect("redis pool"),
+        ),
+        waker: notifyd::outbox::Waker::new(),
+        settings,
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(relay.run(stopped));
+    for (u, tap) in users.iter().zip(&mut taps) {
+        let mut got = tap.collect(20, Duration::from_secs(60)).await;
+        got.extend(tap.drain(Duration::from_millis(300)).await);
+        assert_exactly_once_in_order(&got, 20, u);
+    }
+    assert_eq!(count_rows(&db.url, "outbox").await, 0);
+    let locks = scalar_i64(
+        &db.url,
+        "SELECT count(*) AS v FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+         WHERE d.datname = current_database() AND l.locktype = 'advisory' AND l.granted \
+         AND l.classid = 1852798057 AND l.objid IN (1719231488, 1719297024, 1719362560, 1719428096)",
+    )
+    .await;
+    assert_eq!(locks, 4, "one leader lock per partition");
+    let _ = stop.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+    app.stop().await;
+}
