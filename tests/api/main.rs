@@ -14,5 +14,6 @@ mod liveness;
 mod relay;
 mod resync;
 mod spine;
+mod storm;
 mod topics;
 mod user_api;
