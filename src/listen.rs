@@ -78,6 +78,8 @@ enum End {
     Dropped,
     /// Closed with 4001, or the in-band refresh was refused: a new token, at once.
     TokenRejected,
+    /// Closed with 1013 naming a `retry_after` (a busy node): come back after it, not sooner.
+    RetryAfter(Duration),
     /// The handshake answered 401.
     Unauthorized,
     /// Cannot work (a bad URL; no topic allowed and no inbox): give up, saying why.
@@ -166,6 +168,7 @@ impl Listener {
         let mut attempt: u32 = 0;
         let mut cached: Option<Token> = None;
         let mut last_immediate: Option<Instant> = None;
+        let mut retry_after: Option<Duration> = None;
         loop {
             let token = match &self.token {
                 None => Ok(None),
@@ -190,6 +193,10 @@ impl Listener {
                     match end {
                         End::Fatal(why) => return why,
                         End::Dropped => false,
+                        End::RetryAfter(d) => {
+                            retry_after = Some(d);
+                            false
+                        }
                         End::TokenRejected => {
                             cached = None;
                             true
@@ -216,6 +223,13 @@ impl Listener {
                 continue;
             }
             attempt = attempt.saturating_add(1);
+            if let Some(delay) = retry_after.take() {
+                out(Output::Status(format!(
+                    "server busy: reconnecting in {delay:?}"
+                )));
+                tokio::time::sleep(delay).await;
+                continue;
+            }
             let delay = backoff(attempt);
             out(Output::Status(format!("reconnecting in {delay:?}")));
             tokio::time::sleep(delay).await;
@@ -305,16 +319,13 @@ impl Listener {
                             continue;
                         }
                         Ok(Message::Close(c)) => {
-                            let code = c.as_ref().map(|c| u16::from(c.code));
+                            let (code, reason) = c
+                                .map(|c| (Some(u16::from(c.code)), c.reason.to_string()))
+                                .unwrap_or((None, String::new()));
                             out(Output::Status(format!(
-                                "closed by server: {:?}",
-                                c.map(|c| (u16::from(c.code), c.reason.to_string()))
+                                "closed by server: {code:?} {reason:?}"
                             )));
-                            return if code == Some(CLOSE_TOKEN_EXPIRED) {
-                                End::TokenRejected
-                            } else {
-                                End::Dropped
-                            };
+                            return end_of_close(code, &reason);
                         }
                         Ok(_) => continue,
                         Err(e) => {
@@ -576,6 +587,24 @@ fn apply(ev: &Value, last: &mut Option<i64>, out: &mut impl FnMut(Output<'_>)) {
 }
 
 /// Full jitter: a uniform delay in [0, min(cap, base * 2^attempt)). The first retry is quick.
+/// The longest `retry_after` honoured (a bad value must not park the listener for hours).
+const RETRY_AFTER_MAX: Duration = Duration::from_secs(60);
+
+/// What a server close means for the next attempt: 4001 a new token at once, 1013 with
+/// `retry_after=<ms>` that wait, anything else the backoff.
+fn end_of_close(code: Option<u16>, reason: &str) -> End {
+    match code {
+        Some(CLOSE_TOKEN_EXPIRED) => End::TokenRejected,
+        Some(crate::gateway::protocol::close::TRY_AGAIN_LATER) => {
+            match crate::gateway::protocol::retry_after_ms(reason) {
+                Some(ms) => End::RetryAfter(Duration::from_millis(ms).min(RETRY_AFTER_MAX)),
+                None => End::Dropped,
+            }
+        }
+        _ => End::Dropped,
+    }
+}
+
 fn backoff(attempt: u32) -> Duration {
     let ceiling = BACKOFF_BASE
         .saturating_mul(1u32 << attempt.min(16))
@@ -586,6 +615,25 @@ fn backoff(attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_busy_close_names_the_wait() {
+        let wait = |code, reason| match end_of_close(Some(code), reason) {
+            End::RetryAfter(d) => Some(d),
+            _ => None,
+        };
+        assert_eq!(
+            wait(1013, "server busy: retry_after=2750"),
+            Some(Duration::from_millis(2750))
+        );
+        assert_eq!(
+            wait(1013, "server busy: retry_after=9999999"),
+            Some(RETRY_AFTER_MAX)
+        );
+        assert_eq!(wait(1013, "server busy: retry"), None);
+        assert_eq!(wait(1006, "retry_after=10"), None);
+        assert!(matches!(end_of_close(Some(4001), ""), End::TokenRejected));
+    }
 
     #[test]
     fn backoff_is_capped_and_jittered() {

@@ -181,6 +181,20 @@ const CLOSE_GAP = 4003;
 const CLOSE_TOKEN_REFRESH = 4004; // an in-band refresh failed: reconnect with a fresh token
 /** The server's close code for a token whose `exp` passed (contract §7). */
 const CLOSE_TOKEN_EXPIRED = 4001;
+/** The server is busy (a reconnect storm): its close reason names when to come back. */
+const CLOSE_TRY_AGAIN_LATER = 1013;
+/** The longest `retry_after` honoured (a bad value must not park the client for hours). */
+const RETRY_AFTER_MAX_MS = 60_000;
+
+/**
+ * The `retry_after=<ms>` in a 1013 close reason (already jittered by the server), else undefined.
+ * @param {number} code @param {string} reason
+ */
+export function retryAfterMs(code, reason) {
+  if (code !== CLOSE_TRY_AGAIN_LATER) return undefined;
+  const m = /retry_after=(\d+)/.exec(reason || '');
+  return m ? Math.min(Number(m[1]), RETRY_AFTER_MAX_MS) : undefined;
+}
 
 /** Refresh at least this long before `exp` when the token lives long enough for it. */
 const REFRESH_LEAD_MS = 30_000;
@@ -437,7 +451,8 @@ export class NotifydClient {
       // 4001: the token expired (a refresh did not happen in time, or refreshToken is off). That
       // says nothing about the network, so reconnect at once with a fresh token.
       const immediate = ev.code === CLOSE_TOKEN_EXPIRED;
-      this._drop(ws, ev.code, ev.reason || closeReason(ev.code), true, immediate);
+      // 1013 with retry_after: the server says when it can take us (a storm of resumes).
+      this._drop(ws, ev.code, ev.reason || closeReason(ev.code), true, immediate, retryAfterMs(ev.code, ev.reason));
     };
     // onerror is always followed by onclose; nothing to do here.
     ws.onerror = () => {};
@@ -445,9 +460,10 @@ export class NotifydClient {
 
   /**
    * Forgets `ws` (closing it if still open) and schedules the next attempt: at once when
-   * `immediate` (token trouble, not network trouble), else after the backoff.
+   * `immediate` (token trouble, not network trouble), after `retryAfter` ms when the server named
+   * it (1013 in a storm), else after the backoff.
    */
-  _drop(ws, code, reason, alreadyClosed = false, immediate = false) {
+  _drop(ws, code, reason, alreadyClosed = false, immediate = false, retryAfter = undefined) {
     if (this._ws !== ws) return;
     const wasOpen = this._hello;
     this._teardown(code, reason, alreadyClosed);
@@ -461,6 +477,9 @@ export class NotifydClient {
     if (immediate && wasOpen && now - this._lastImmediate >= IMMEDIATE_RETRY_GAP_MS) {
       this._lastImmediate = now;
       this._scheduleRetry({ reason, code }, 0);
+    } else if (retryAfter !== undefined) {
+      this._attempt += 1;
+      this._scheduleRetry({ reason, code }, retryAfter);
     } else {
       this._scheduleRetry({ reason, code });
     }

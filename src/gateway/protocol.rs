@@ -307,6 +307,45 @@ pub fn pong(r#ref: &Value) -> Value {
 }
 
 /// Close codes (RFC 6455 and the application range).
+/// Close reasons for 1013 (server busy), each naming when to come back: `retry_after=<ms>`,
+/// 1 to 5 s in 250 ms steps. One is picked at random per refusal, so the clients refused in a
+/// storm come back spread over 4 s, not as a second storm. (Fixed strings: a session's close
+/// reason is a `&'static str`, and a close reason has at most 123 bytes.)
+const BUSY_REASONS: [&str; 17] = [
+    "server busy: retry_after=1000",
+    "server busy: retry_after=1250",
+    "server busy: retry_after=1500",
+    "server busy: retry_after=1750",
+    "server busy: retry_after=2000",
+    "server busy: retry_after=2250",
+    "server busy: retry_after=2500",
+    "server busy: retry_after=2750",
+    "server busy: retry_after=3000",
+    "server busy: retry_after=3250",
+    "server busy: retry_after=3500",
+    "server busy: retry_after=3750",
+    "server busy: retry_after=4000",
+    "server busy: retry_after=4250",
+    "server busy: retry_after=4500",
+    "server busy: retry_after=4750",
+    "server busy: retry_after=5000",
+];
+
+/// A 1013 close reason with a jittered `retry_after` (see `BUSY_REASONS`).
+pub fn busy_reason() -> &'static str {
+    use rand::Rng;
+    BUSY_REASONS[rand::rng().random_range(0..BUSY_REASONS.len())]
+}
+
+/// The `retry_after=<ms>` a close reason names, if any (clients: `notifyd listen`, tests).
+pub fn retry_after_ms(reason: &str) -> Option<u64> {
+    let rest = &reason[reason.find("retry_after=")? + "retry_after=".len()..];
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
 pub mod close {
     pub const GOING_AWAY_RESTART: u16 = 1012;
     pub const TOO_BIG: u16 = 1009;
@@ -326,6 +365,17 @@ mod tests {
 
     /// Sync frames split by bytes, keep order, never drop or repeat an event, and carry the
     /// counts after their last event.
+    #[test]
+    fn busy_reasons_name_a_retry_after_between_1_and_5_s() {
+        for r in BUSY_REASONS {
+            let ms = retry_after_ms(r).unwrap();
+            assert!((1000..=5000).contains(&ms), "{r}");
+            assert!(r.len() <= 123);
+        }
+        assert!(retry_after_ms(busy_reason()).is_some());
+        assert_eq!(retry_after_ms("server busy: retry"), None);
+    }
+
     #[test]
     fn sync_frames_split_by_bytes_in_order() {
         let events: Vec<Value> = (1..=10)

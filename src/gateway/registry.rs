@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use super::catch_up::CatchUp;
 use super::mailbox::{ActorMsg, ACTOR_MAILBOX};
 use super::outbound::SessionTx;
 use super::sockets::SocketCounts;
@@ -29,6 +30,8 @@ pub struct Gateway {
     /// WebSocket commands running a database transaction at once on this node: fewer than the
     /// pool holds, so a flood of commands never takes every connection from REST callers.
     pub db_commands: Arc<Semaphore>,
+    /// Joining sessions' reads (counters, missed events), batched across users.
+    pub catch_up: CatchUp,
     next_id: AtomicU64,
     shutting_down: AtomicBool,
     /// Actors and other long-lived tasks run on the main runtime, not on an HTTP worker's.
@@ -42,6 +45,7 @@ impl Gateway {
             sockets: Arc::new(SocketCounts::default()),
             anon_sockets: Arc::new(SocketCounts::default()),
             db_commands: Arc::new(Semaphore::new((db_pool_size / 2).max(1))),
+            catch_up: CatchUp::new(runtime.clone()),
             next_id: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
             runtime,

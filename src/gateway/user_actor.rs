@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
+use super::catch_up::Busy;
 use super::mailbox::ActorMsg;
 use super::outbound::{Offer, Push, SessionTx};
 use super::protocol::{self, close, ClientFrame};
@@ -60,6 +61,9 @@ pub const BEHIND_LIMIT: Duration = Duration::from_secs(10);
 const CATCH_UP_EVERY: Duration = Duration::from_millis(50);
 /// Events read from the log per catch-up query for one session.
 const CATCH_UP_PAGE: i64 = 200;
+
+/// How long a join waits for its batched read before the session is refused as busy.
+const JOIN_READ_WAIT: Duration = Duration::from_secs(15);
 
 /// How long a WebSocket command waits for one of the node's database command permits.
 pub const COMMAND_WAIT: Duration = Duration::from_secs(10);
@@ -208,26 +212,26 @@ impl Actor {
     }
 
     async fn join(&mut self, tx: SessionTx, since: Option<i64>, joined: oneshot::Sender<()>) {
-        let user = &self.user;
-        let read = self.state.db(async |conn| match since {
-            Some(n) => Ok(changes::since(conn, user, n).await?),
-            None => {
-                let c = changes::counts(conn, user).await?;
-                Ok(Changes::Events {
-                    seq: c.seq,
-                    unread: c.unread,
-                    unseen: c.unseen,
-                    events: vec![],
-                })
-            }
-        });
-        let snapshot = match read.await {
-            Ok(s) => s,
-            Err(e) => {
+        // Through the node's batcher: in a reconnect storm one statement reads many users'
+        // counters and missed events (see gateway::catch_up).
+        let read = match self
+            .state
+            .gateway
+            .catch_up
+            .read(&self.state, &self.user, since)
+        {
+            Ok(read) => read,
+            Err(Busy) => return refuse_busy(&tx, "catch_up_queue_full"),
+        };
+        let snapshot = match tokio::time::timeout(JOIN_READ_WAIT, read).await {
+            Ok(Ok(Ok(s))) => s,
+            Ok(Ok(Err(e))) => {
                 tracing::warn!(error = %e, user = %self.user, "join failed to read the inbox");
                 tx.close_with(1011, "database unavailable");
                 return;
             }
+            // The read waited too long (or the batcher is gone): the node is overloaded.
+            Ok(Err(_)) | Err(_) => return refuse_busy(&tx, "catch_up_slow"),
         };
         let counts = match &snapshot {
             Changes::Events {
@@ -597,6 +601,12 @@ impl Actor {
             }
         });
     }
+}
+
+/// Closes a joining session with 1013 and a jittered `retry_after` (protocol::busy_reason).
+fn refuse_busy(tx: &SessionTx, reason: &'static str) {
+    metrics::counter!("notifyd_ws_refused_total", "reason" => reason).increment(1);
+    tx.close_with(close::TRY_AGAIN_LATER, protocol::busy_reason());
 }
 
 /// The fingerprint of an event already in memory as JSON (no text to parse again).

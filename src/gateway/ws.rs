@@ -76,7 +76,7 @@ pub async fn connect(
             Ok((actor, joined)) => (Some(actor), joined),
             Err(e) => {
                 tracing::debug!(error = %e, "session refused after the upgrade");
-                me.close_with(close::TRY_AGAIN_LATER, "server busy: retry");
+                me.close_with(close::TRY_AGAIN_LATER, protocol::busy_reason());
                 return Ok(response);
             }
         },

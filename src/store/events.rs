@@ -63,3 +63,54 @@ pub async fn prune(conn: &mut Conn, before: DateTime<Utc>, batch: i64) -> QueryR
     .execute(conn)
     .await
 }
+
+/// One row of `resume_many`: a request's counters, and one of its missed events (none when the
+/// request wants counters only, is caught up, or is too far behind for a replay).
+#[derive(diesel::QueryableByName, Debug)]
+pub struct ResumeRow {
+    /// Index of the request in the arrays given to `resume_many`.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub i: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub seq: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub unread: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub unseen: i64,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    pub event_seq: Option<i64>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Jsonb>)]
+    pub payload: Option<serde_json::Value>,
+}
+
+/// Many users' counters and missed events in ONE statement (so one snapshot, one round trip):
+/// request `i` is `(users[i], since[i])`; a `since` below 0 asks for counters only. Events are
+/// read only where a replay is possible (`0 <= since`, `seq - since <= max_replay`), at most
+/// `max_replay` per request, `since < seq <= counters' seq`, ordered by request then seq. Every
+/// request gets at least one row. A user may appear in more than one request.
+pub async fn resume_many(
+    conn: &mut Conn,
+    users: &[String],
+    since: &[i64],
+    max_replay: i64,
+) -> QueryResult<Vec<ResumeRow>> {
+    use diesel::sql_types::{Array, BigInt, Text};
+    diesel::sql_query(
+        "WITH r AS (SELECT * FROM unnest($1::text[], $2::int8[]) WITH ORDINALITY AS r(user_id, since, i)), \
+         c AS (SELECT r.i, r.user_id, r.since, coalesce(s.seq, 0) AS seq, \
+                      coalesce(s.unread, 0) AS unread, coalesce(s.unseen, 0) AS unseen \
+               FROM r LEFT JOIN user_inbox_state s ON s.user_id = r.user_id) \
+         SELECT c.i - 1 AS i, c.seq, c.unread, c.unseen, ev.seq AS event_seq, ev.payload \
+         FROM c LEFT JOIN LATERAL ( \
+             SELECT e.seq, e.payload FROM user_event e \
+             WHERE c.since >= 0 AND c.seq - c.since <= $3 \
+               AND e.user_id = c.user_id AND e.seq > c.since AND e.seq <= c.seq \
+             ORDER BY e.seq LIMIT $3) ev ON true \
+         ORDER BY c.i, ev.seq",
+    )
+    .bind::<Array<Text>, _>(users)
+    .bind::<Array<BigInt>, _>(since)
+    .bind::<BigInt, _>(max_replay)
+    .load(conn)
+    .await
+}

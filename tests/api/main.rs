@@ -15,5 +15,6 @@ mod local_delivery;
 mod relay;
 mod resync;
 mod spine;
+mod storm;
 mod topics;
 mod user_api;

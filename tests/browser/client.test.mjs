@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { afterEach, describe, it } from 'node:test';
 
-import { NotifydClient, NotifydError, safeUrl } from '../../web/notifyd-client.js';
+import { NotifydClient, NotifydError, safeUrl, retryAfterMs } from '../../web/notifyd-client.js';
 
 import { FakeWS, tick } from './fake-ws.mjs';
 
@@ -188,6 +188,19 @@ describe('NotifydClient', () => {
     } finally {
       Math.random = realRandom;
     }
+  });
+
+  it('a 1013 close with retry_after waits what the server named, not the backoff', async () => {
+    const { c, of } = make({ backoffBaseMs: 100, backoffMaxMs: 400 });
+    c.connect();
+    await waitFor(() => FakeWS.all.length === 1);
+    const ws = FakeWS.last();
+    await waitFor(() => ws.onclose);
+    ws.serverClose(1013, 'server busy: retry_after=2750');
+    assert.equal(of('status').at(-1).retryInMs, 2750);
+    assert.equal(retryAfterMs(1013, 'retry_after=999999'), 60000, 'capped');
+    assert.equal(retryAfterMs(1013, 'server busy: retry'), undefined, 'no value: backoff');
+    assert.equal(retryAfterMs(1006, 'retry_after=10'), undefined, 'only on 1013');
   });
 
   it('an online event retries at once', async () => {

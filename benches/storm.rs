@@ -1,0 +1,603 @@
+//! Reconnect-storm benchmark (issue 10 item 7), and the reproduction of its problem: a node
+//! holding N sockets dies, and all its clients resume on the surviving node at once.
+//!
+//! 1. two release nodes, A (no relay) and B (relay), share one scratch database and Redis;
+//! 2. N users (`s0`..) each get one message, then connect to A (one socket each, spread over
+//!    127.0.0.2..=127.0.0.9 as source addresses) and read their `hello` (seq 1);
+//! 3. A is killed with SIGKILL; while the clients are away, MISSED more messages are created for
+//!    each of them (`to_users` POSTs to B);
+//! 4. a steady POST load on B starts (single messages to other users, at a fixed rate, each
+//!    timed), and all N clients reconnect to B at once with `since=1`;
+//! 5. a client has *resumed* when it holds `hello` with the final seq and `sync` frames with
+//!    exactly the events 2..=1+MISSED, each once, in order. A client closed with 1013 waits the
+//!    `retry_after=<ms>` its close reason names (or 1 s) and tries again; a failed handshake
+//!    waits 0.5–1 s. Measured: time until every client resumed, resume p50/p99, refusals and
+//!    retries, wrong or missing events, catch-up queries and events read (B's
+//!    `notifyd_catch_up_queries_total`/`notifyd_catch_up_events_total`), and the POST p50/p99 on B
+//!    during the storm beside the same load before it (the quiet baseline).
+//!
+//! Needs a release binary (`cargo build --release`), PostgreSQL and Redis (scripts/services.sh).
+//! Run: `BENCH_STORM_CLIENTS=15000 BENCH_STORM_LABEL=<label> cargo bench --bench storm`. Env:
+//! BENCH_STORM_CLIENTS (default 1500), BENCH_STORM_MISSED messages per user while away (3),
+//! BENCH_STORM_POST_RATE steady POSTs/s on B (50). The doc section is written for runs of
+//! 10,000 clients or more (BENCH_WRITE_DOC=1 forces it, =0 prevents it), one block per label.
+//! Timing never fails the run: only a broken set-up does.
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use support::{env_num, BenchDb, Node, KEY, SECRET};
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// Client sockets come from 127.0.0.2..=127.0.0.(1+SOURCES): no source address runs short of
+/// ephemeral ports, and none is the address the steady POST load uses.
+const SOURCES: usize = 8;
+/// Sockets opened at once while setting up on node A (not the storm: that one is all at once).
+const CONNECT_CONCURRENCY: usize = 500;
+/// Every wait for a frame or a connection is bounded by this.
+const WAIT: Duration = Duration::from_secs(30);
+/// A client that has not resumed after this long counts as failed.
+const STORM_DEADLINE: Duration = Duration::from_secs(120);
+/// Recipients per `to_users` POST (the API's limit is 10,000).
+const RECIPIENTS_PER_POST: usize = 5000;
+
+async fn open_ws(i: usize, server: SocketAddr, path: &str) -> anyhow::Result<Ws> {
+    let src = SocketAddr::from(([127, 0, 0, 2 + (i % SOURCES) as u8], 0));
+    let sock = TcpSocket::new_v4()?;
+    sock.bind(src)
+        .with_context(|| format!("binding a client socket to {src}"))?;
+    let stream = tokio::time::timeout(WAIT, sock.connect(server))
+        .await
+        .context("connect timed out")??;
+    let (ws, _) = tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::client_async(format!("ws://{server}{path}"), stream),
+    )
+    .await
+    .context("WebSocket handshake timed out")??;
+    Ok(ws)
+}
+
+fn user(i: usize) -> String {
+    format!("s{i}")
+}
+
+/// One message to each of `n` storm users, in `to_users` POSTs of RECIPIENTS_PER_POST.
+async fn message_all(http: &reqwest::Client, base: &str, n: usize) -> anyhow::Result<()> {
+    let users: Vec<String> = (0..n).map(user).collect();
+    for chunk in users.chunks(RECIPIENTS_PER_POST) {
+        let body = json!({"to_users": chunk, "title": "while you were away", "content": "x".repeat(100), "type": "storm"});
+        let r = http
+            .post(format!("{base}/api/v1/messages"))
+            .bearer_auth(KEY)
+            .timeout(Duration::from_secs(120))
+            .json(&body)
+            .send()
+            .await?;
+        if r.status() != 201 {
+            bail!("to_users POST answered {}", r.status());
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The storm's client
+
+#[derive(Default)]
+struct Outcome {
+    /// Microseconds from the storm's start until this client resumed (None: it did not).
+    resumed_us: Option<u64>,
+    refusals: u32,
+    handshake_failures: u32,
+    /// Events missing, repeated, out of order, or a reset instead of a replay.
+    wrong: bool,
+    last_error: Option<String>,
+}
+
+/// `retry_after=<ms>` in a close reason.
+fn retry_after(reason: &str) -> Option<u64> {
+    let rest = &reason[reason.find("retry_after=")? + "retry_after=".len()..];
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+enum Attempt {
+    Resumed,
+    Wrong(String),
+    Refused(u64),
+    Failed(String),
+}
+
+/// One connection attempt: hello, then sync frames until the final seq.
+async fn attempt(i: usize, server: SocketAddr, token: &str, since: i64, last: i64) -> Attempt {
+    let mut ws = match open_ws(i, server, &format!("/ws?token={token}&since={since}")).await {
+        Ok(ws) => ws,
+        Err(e) => return Attempt::Failed(e.to_string()),
+    };
+    let mut hello = false;
+    let mut got: Vec<i64> = vec![];
+    loop {
+        let frame = match tokio::time::timeout(WAIT, ws.next()).await {
+            Err(_) => return Attempt::Failed("no frame within the wait".into()),
+            Ok(None) => return Attempt::Failed("socket ended".into()),
+            Ok(Some(Err(e))) => return Attempt::Failed(e.to_string()),
+            Ok(Some(Ok(f))) => f,
+        };
+        let text = match frame {
+            Message::Text(t) => t,
+            Message::Close(c) => {
+                let (code, reason) = c
+                    .map(|c| (u16::from(c.code), c.reason.to_string()))
+                    .unwrap_or((1005, String::new()));
+                if code == 1013 {
+                    return Attempt::Refused(retry_after(&reason).unwrap_or(1000));
+                }
+                return Attempt::Failed(format!("closed {code} {reason}"));
+            }
+            _ => continue,
+        };
+        let Ok(v) = serde_json::from_str::<Value>(&text) else {
+            return Attempt::Wrong(format!("not JSON: {text}"));
+        };
+        match v["type"].as_str() {
+            Some("hello") => {
+                if v["seq"].as_i64() != Some(last) {
+                    return Attempt::Wrong(format!("hello at seq {} not {last}", v["seq"]));
+                }
+                hello = true;
+            }
+            Some("sync") => {
+                if !hello || v["reset"].as_bool() == Some(true) {
+                    return Attempt::Wrong(format!("unexpected sync: {text}"));
+                }
+                for e in v["events"].as_array().into_iter().flatten() {
+                    got.push(e["seq"].as_i64().unwrap_or(-1));
+                }
+            }
+            _ => {}
+        }
+        if hello && (since == last || got.last() == Some(&last)) {
+            let want: Vec<i64> = (since + 1..=last).collect();
+            let _ = ws.close(None).await;
+            return if got == want {
+                Attempt::Resumed
+            } else {
+                Attempt::Wrong(format!("events {got:?}, expected {want:?}"))
+            };
+        }
+    }
+}
+
+async fn resume(i: usize, server: SocketAddr, token: String, since: i64, last: i64) -> Outcome {
+    let start = Instant::now();
+    let mut out = Outcome::default();
+    while start.elapsed() < STORM_DEADLINE {
+        match attempt(i, server, &token, since, last).await {
+            Attempt::Resumed => {
+                out.resumed_us = Some(start.elapsed().as_micros() as u64);
+                return out;
+            }
+            Attempt::Wrong(e) => {
+                out.wrong = true;
+                out.last_error = Some(e);
+                return out;
+            }
+            Attempt::Refused(ms) => {
+                out.refusals += 1;
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            Attempt::Failed(e) => {
+                out.handshake_failures += 1;
+                out.last_error = Some(e);
+                let jitter = 500 + (i as u64 * 7919 + out.handshake_failures as u64 * 131) % 500;
+                tokio::time::sleep(Duration::from_millis(jitter)).await;
+            }
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// The steady POST load on the survivor
+
+/// POSTs one message at a time at `rate`/s (to users no storm client is), timing each, until
+/// `stop`; returns (latencies in µs, failures).
+async fn steady_posts(base: String, rate: u64, stop: Arc<AtomicBool>) -> (Vec<u32>, u64) {
+    let http = reqwest::Client::new();
+    let every = Duration::from_micros(1_000_000 / rate.max(1));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let lat = Arc::new(std::sync::Mutex::new(vec![]));
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut tasks = vec![];
+    let mut k = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        k += 1;
+        let (http, url, lat, failed) = (
+            http.clone(),
+            format!("{base}/api/v1/messages"),
+            lat.clone(),
+            failed.clone(),
+        );
+        // Each POST on its own task: a slow answer never delays the next one (open loop).
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let body = json!({"to_user": format!("steady{}", k % 500), "title": "steady", "content": "x", "type": "steady"});
+            let r = http
+                .post(url)
+                .bearer_auth(KEY)
+                .timeout(Duration::from_secs(30))
+                .json(&body)
+                .send()
+                .await;
+            let us = t.elapsed().as_micros().min(u32::MAX as u128) as u32;
+            match r {
+                Ok(r) if r.status() == 201 => {
+                    if let Ok(mut l) = lat.lock() {
+                        l.push(us)
+                    }
+                }
+                _ => {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let v = lat.lock().map(|l| l.clone()).unwrap_or_default();
+    (v, failed.load(Ordering::Relaxed))
+}
+
+fn percentile(sorted: &[u32], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)] as f64
+}
+
+/// Counters from a node's `/metrics`, summed over labels.
+async fn metric_sums(base: &str) -> HashMap<String, f64> {
+    let text = match reqwest::get(format!("{base}/metrics")).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let mut out = HashMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let name = name.split('{').next().unwrap_or(name).to_string();
+        if let Ok(v) = value.parse::<f64>() {
+            *out.entry(name).or_default() += v;
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+
+struct StormResult {
+    clients: usize,
+    missed: i64,
+    connect_a_s: f64,
+    all_s: f64,
+    p50_s: f64,
+    p99_s: f64,
+    resumed: usize,
+    wrong: usize,
+    refusals: u64,
+    refused_clients: usize,
+    handshake_failures: u64,
+    queries: f64,
+    events_read: f64,
+    post_rate: u64,
+    quiet: (f64, f64, usize, u64),
+    storm: (f64, f64, usize, u64),
+    first_error: Option<String>,
+}
+
+async fn storm(
+    bin: &str,
+    db: &BenchDb,
+    n: usize,
+    missed: i64,
+    rate: u64,
+) -> anyhow::Result<StormResult> {
+    let prefix = format!("benchstorm{}:", std::process::id());
+    let a = Node::start(bin, &db.url, &prefix, false, &["serve"]).await?;
+    let b = Node::start(bin, &db.url, &prefix, true, &["serve"]).await?;
+    let http = reqwest::Client::new();
+    message_all(&http, &b.base, n).await?;
+
+    let keys = notifyd::auth::jwt::JwtKeys::new(SECRET);
+    let tokens: Vec<String> = (0..n)
+        .map(|i| keys.mint(&user(i), 3600, &[]))
+        .collect::<Result<_, _>>()?;
+    let server_a = SocketAddr::from(([127, 0, 0, 1], a.port));
+    let t = Instant::now();
+    let socks: Vec<anyhow::Result<Ws>> = futures_util::stream::iter(0..n)
+        .map(|i| {
+            let token = tokens[i].clone();
+            async move {
+                let mut ws = open_ws(i, server_a, &format!("/ws?token={token}")).await?;
+                loop {
+                    match tokio::time::timeout(WAIT, ws.next()).await {
+                        Ok(Some(Ok(Message::Text(t)))) if t.contains("\"hello\"") => {
+                            if !t.contains("\"seq\":1") {
+                                bail!("hello on A not at seq 1: {t}");
+                            }
+                            return Ok(ws);
+                        }
+                        Ok(Some(Ok(_))) => continue,
+                        other => bail!("no hello on A: {other:?}"),
+                    }
+                }
+            }
+        })
+        .buffer_unordered(CONNECT_CONCURRENCY)
+        .collect()
+        .await;
+    let socks = socks.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    let connect_a_s = t.elapsed().as_secs_f64();
+    println!("    {n} clients on A after {connect_a_s:.1} s; killing A");
+
+    let mut a = a;
+    a.child.kill()?; // SIGKILL: no 1012, no goodbye
+    let _ = a.child.wait();
+    drop(socks);
+    for _ in 0..missed {
+        message_all(&http, &b.base, n).await?;
+    }
+    let last = 1 + missed;
+
+    // The quiet baseline: the same steady load on B with nobody connected.
+    let stop = Arc::new(AtomicBool::new(false));
+    let quiet = tokio::spawn(steady_posts(b.base.clone(), rate, stop.clone()));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut quiet_lat, quiet_failed) = quiet.await?;
+    quiet_lat.sort_unstable();
+
+    let before = metric_sums(&b.base).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let steady = tokio::spawn(steady_posts(b.base.clone(), rate, stop.clone()));
+    println!("    {n} clients reconnect to B with since=1 (expecting seq {last})");
+    let server_b = SocketAddr::from(([127, 0, 0, 1], b.port));
+    let t0 = Instant::now();
+    let tasks: Vec<_> = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(i, token)| tokio::spawn(resume(i, server_b, token, 1, last)))
+        .collect();
+    let mut outcomes = vec![];
+    for t in tasks {
+        outcomes.push(t.await?);
+    }
+    let storm_s = t0.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let (mut storm_lat, storm_failed) = steady.await?;
+    storm_lat.sort_unstable();
+    let after = metric_sums(&b.base).await;
+    let delta =
+        |k: &str| after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
+    b.stop();
+
+    let mut times: Vec<u32> = outcomes
+        .iter()
+        .filter_map(|o| o.resumed_us.map(|u| (u / 1000).min(u32::MAX as u64) as u32))
+        .collect();
+    times.sort_unstable();
+    println!("    storm over after {storm_s:.1} s");
+    Ok(StormResult {
+        clients: n,
+        missed,
+        connect_a_s,
+        all_s: times.last().map(|v| *v as f64 / 1e3).unwrap_or(f64::NAN),
+        p50_s: percentile(&times, 0.5) / 1e3,
+        p99_s: percentile(&times, 0.99) / 1e3,
+        resumed: times.len(),
+        wrong: outcomes.iter().filter(|o| o.wrong).count(),
+        refusals: outcomes.iter().map(|o| o.refusals as u64).sum(),
+        refused_clients: outcomes.iter().filter(|o| o.refusals > 0).count(),
+        handshake_failures: outcomes.iter().map(|o| o.handshake_failures as u64).sum(),
+        queries: delta("notifyd_catch_up_queries_total"),
+        events_read: delta("notifyd_catch_up_events_total"),
+        post_rate: rate,
+        quiet: (
+            percentile(&quiet_lat, 0.5) / 1e3,
+            percentile(&quiet_lat, 0.99) / 1e3,
+            quiet_lat.len(),
+            quiet_failed,
+        ),
+        storm: (
+            percentile(&storm_lat, 0.5) / 1e3,
+            percentile(&storm_lat, 0.99) / 1e3,
+            storm_lat.len(),
+            storm_failed,
+        ),
+        first_error: outcomes.iter().find_map(|o| o.last_error.clone()),
+    })
+}
+
+fn run_block(label: &str, note: &str, load: &str, r: &StormResult) -> String {
+    let m = support::machine();
+    format!(
+        "<!-- storm-run:{label} -->\n\
+### {label}: {date}, commit `{commit}`, {n} clients\n\n\
+{note}Machine: {cpu}, {cores} cores, {mem}; {pg}; Redis {redis_v}. Two notifyd release nodes\n\
+(database pool 32 each) and the load client on the same cores. Load average when the run\n\
+began: {load}.\n\n\
+| what | figure |\n|---|---|\n\
+| clients resumed on B (hello at the final seq + exactly the {missed} missed events, in order) | **{resumed} of {n}** ({wrong} wrong) |\n\
+| storm start → every client resumed | **{all:.2} s** (p50 {p50:.2} s, p99 {p99:.2} s) |\n\
+| catch-up queries on B during the storm | **{queries:.0}** ({qpu:.3} per client); events read {events:.0} |\n\
+| refusals (1013 with `retry_after`) / clients refused at least once / failed handshakes | {refusals} / {refused_clients} / {hs} |\n\
+| steady POST /api/v1/messages on B at {rate}/s, quiet, p50 / p99 | {q50:.1} / {q99:.1} ms ({qn} POSTs, {qf} failed) |\n\
+| the same during the storm, p50 / p99 | **{s50:.1} / {s99:.1} ms** ({sn} POSTs, {sf} failed; p99 {ratio:.1}× quiet) |\n\
+| setting up: {n} clients opened on A | {ca:.1} s |\n\
+<!-- /storm-run:{label} -->\n",
+        date = chrono::Utc::now().format("%Y-%m-%d"),
+        commit = support::git_commit(),
+        n = r.clients,
+        cpu = m.cpu,
+        cores = m.cores,
+        mem = m.mem.split_whitespace().skip(1).collect::<Vec<_>>().join(" "),
+        pg = m.pg,
+        redis_v = m
+            .redis
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("v="))
+            .unwrap_or("?"),
+        missed = r.missed,
+        resumed = r.resumed,
+        wrong = r.wrong,
+        all = r.all_s,
+        p50 = r.p50_s,
+        p99 = r.p99_s,
+        queries = r.queries,
+        qpu = r.queries / r.clients as f64,
+        events = r.events_read,
+        refusals = r.refusals,
+        refused_clients = r.refused_clients,
+        hs = r.handshake_failures,
+        rate = r.post_rate,
+        q50 = r.quiet.0,
+        q99 = r.quiet.1,
+        qn = r.quiet.2,
+        qf = r.quiet.3,
+        s50 = r.storm.0,
+        s99 = r.storm.1,
+        sn = r.storm.2,
+        sf = r.storm.3,
+        ratio = r.storm.1 / r.quiet.1,
+        ca = r.connect_a_s,
+    )
+}
+
+const SECTION_BEGIN: &str = "<!-- storm:begin -->";
+const SECTION_END: &str = "<!-- storm:end -->";
+
+fn section_intro() -> String {
+    "## Reconnect storm: a node dies, its clients resume on the survivor\n\n\
+Written by `BENCH_STORM_CLIENTS=15000 BENCH_STORM_LABEL=<label> cargo bench --bench storm`\n\
+(benches/storm.rs), one block per label, each block one run. Two nodes share the database and\n\
+Redis; N clients (each a distinct user, one socket each, over 8 source addresses) connect to A\n\
+at seq 1; A is killed with SIGKILL; each user gets more messages while away; then every client\n\
+reconnects to B at once with `since=1`. *Resumed* = `hello` at the final seq and `sync` frames\n\
+with exactly the missed events, each once, in order. A client refused with 1013 waits the\n\
+`retry_after` its close reason names. Catch-up queries are B's\n\
+`notifyd_catch_up_queries_total` over the storm. The steady POSTs go to other users, one at a\n\
+time on their own task at a fixed rate (open loop), first with nobody connected (quiet), then\n\
+during the storm.\n\n"
+        .to_string()
+}
+
+/// Replaces this run's block (same label) in the storm section, or adds it; everything else in
+/// the document stays as it is.
+fn write_doc(path: &str, label: &str, block: &str) -> anyhow::Result<()> {
+    let doc = std::fs::read_to_string(path).unwrap_or_default();
+    let (before, section, after) = match (doc.find(SECTION_BEGIN), doc.find(SECTION_END)) {
+        (Some(b), Some(e)) if b < e => (
+            doc[..b].to_string(),
+            doc[b + SECTION_BEGIN.len()..e].to_string(),
+            doc[e + SECTION_END.len()..].to_string(),
+        ),
+        _ => (
+            format!("{}\n\n", doc.trim_end()),
+            String::new(),
+            "\n".to_string(),
+        ),
+    };
+    let mut blocks: Vec<(String, String)> = vec![];
+    let mut rest = section.as_str();
+    while let Some(b) = rest.find("<!-- storm-run:") {
+        let name_start = b + "<!-- storm-run:".len();
+        let Some(name_len) = rest[name_start..].find(" -->") else {
+            break;
+        };
+        let name = rest[name_start..name_start + name_len].to_string();
+        let close = format!("<!-- /storm-run:{name} -->\n");
+        let Some(c) = rest[b..].find(&close) else {
+            break;
+        };
+        blocks.push((name, rest[b..b + c + close.len()].to_string()));
+        rest = &rest[b + c + close.len()..];
+    }
+    match blocks.iter_mut().find(|(n, _)| n == label) {
+        Some(b) => b.1 = block.to_string(),
+        None => blocks.push((label.to_string(), block.to_string())),
+    }
+    let body: Vec<String> = blocks.into_iter().map(|(_, b)| b).collect();
+    let out = format!(
+        "{before}{SECTION_BEGIN}\n{}{}{SECTION_END}{after}",
+        section_intro(),
+        body.join("\n")
+    );
+    std::fs::write(path, out)?;
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(bench())
+}
+
+async fn bench() -> anyhow::Result<()> {
+    let bin = support::notifyd_bin()?;
+    let n = env_num("BENCH_STORM_CLIENTS", 1500) as usize;
+    let missed = env_num("BENCH_STORM_MISSED", 3) as i64;
+    let rate = env_num("BENCH_STORM_POST_RATE", 50).max(1);
+    let label = std::env::var("BENCH_STORM_LABEL").unwrap_or_else(|_| support::git_commit());
+    let note = std::env::var("BENCH_STORM_NOTE")
+        .map(|s| format!("{s}\n\n"))
+        .unwrap_or_default();
+    let write = match std::env::var("BENCH_WRITE_DOC").as_deref() {
+        Ok("1") => true,
+        Ok("0") => false,
+        _ => n >= 10_000,
+    };
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
+    let db = BenchDb::create("storm").await?;
+    println!(
+        "reconnect storm: {n} clients, {missed} messages each while away, {rate} POSTs/s on B"
+    );
+    let r = storm(&bin, &db, n, missed, rate).await;
+    db.drop_db().await?;
+    let r = r?;
+    if let Some(e) = &r.first_error {
+        println!("    a client's last error: {e}");
+    }
+    let block = run_block(&label, &note, &load, &r);
+    println!("{block}");
+    if write {
+        write_doc("docs/benchmarks.md", &label, &block)?;
+        println!("wrote run {label:?} into docs/benchmarks.md");
+    } else {
+        println!("(docs/benchmarks.md not written: runs of fewer than 10,000 clients are not recorded; BENCH_WRITE_DOC=1 forces it)");
+    }
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! A reconnect storm: many sessions resume at once, their reads batched across users
+//! (gateway::catch_up), and a node too busy to take a session says when to come back.
+
+use std::time::Duration;
+
+use notifyd::store::events;
+
+use crate::helpers::*;
+
+/// The batched read gives every request exactly its own counters and events after its `since`,
+/// in order, in one statement: counters-only requests, a caught-up one, the same user twice,
+/// one too far behind for a replay (no events read), one ahead of the stream, a stranger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_batched_read_gives_each_user_exactly_its_events() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::no_relay()).await;
+    let users: Vec<String> = (0..4).map(|_| new_user()).collect();
+    // user k has k + 2 messages
+    for (k, u) in users.iter().enumerate() {
+        for i in 0..k + 2 {
+            app.send(u, &format!("{k}-{i}")).await;
+        }
+    }
+    let stranger = new_user();
+    let reqs: Vec<(String, i64)> = vec![
+        (users[0].clone(), 0),  // both events
+        (users[1].clone(), 1),  // 2..=3
+        (users[2].clone(), 4),  // caught up: none
+        (users[3].clone(), -1), // counters only
+        (users[1].clone(), 2),  // the same user again: 3
+        (users[3].clone(), 9),  // ahead of the stream: no events
+        (stranger.clone(), 0),  // no row at all: zeros
+    ];
+    let names: Vec<String> = reqs.iter().map(|r| r.0.clone()).collect();
+    let since: Vec<i64> = reqs.iter().map(|r| r.1).collect();
+    let mut conn = db.conn().await;
+    let rows = events::resume_many(&mut conn, &names, &since, 2)
+        .await
+        .expect("batched read");
+    let of = |i: i64| -> (Vec<i64>, Vec<i64>) {
+        let mine: Vec<&events::ResumeRow> = rows.iter().filter(|r| r.i == i).collect();
+        assert!(!mine.is_empty(), "request {i} has no row");
+        let seqs = mine.iter().filter_map(|r| r.event_seq).collect();
+        let counts = vec![mine[0].seq, mine[0].unread, mine[0].unseen];
+        for r in &mine {
+            if let (Some(s), Some(p)) = (r.event_seq, &r.payload) {
+                assert_eq!(
+                    p["seq"].as_i64(),
+                    Some(s),
+                    "request {i}: payload of seq {s}"
+                );
+            }
+        }
+        (seqs, counts)
+    };
+    assert_eq!(of(0), (vec![1, 2], vec![2, 2, 2]));
+    assert_eq!(of(1), (vec![2, 3], vec![3, 3, 3]));
+    assert_eq!(of(2), (vec![], vec![4, 4, 4]));
+    assert_eq!(of(3), (vec![], vec![5, 5, 5]));
+    assert_eq!(of(4), (vec![3], vec![3, 3, 3]));
+    assert_eq!(of(5), (vec![], vec![5, 5, 5]));
+    assert_eq!(of(6), (vec![], vec![0, 0, 0]));
+    // With max_replay 2, user 3 resuming from 0 (5 behind) reads nothing: it gets a reset.
+    let far = events::resume_many(&mut conn, &[users[3].clone()], &[0], 2)
+        .await
+        .expect("batched read");
+    assert_eq!(far.len(), 1);
+    assert_eq!(far[0].event_seq, None);
+    app.stop().await;
+}
+
+/// Many users resuming at once on one node each get exactly their missed events, once, in
+/// order, and `hello` at their seq (the batcher serves them together).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_sessions_resuming_at_once_each_get_exactly_their_events() {
+    const USERS: usize = 40;
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::no_relay()).await;
+    let users: Vec<String> = (0..USERS).map(|_| new_user()).collect();
+    for (k, u) in users.iter().enumerate() {
+        for i in 0..(k % 4) + 1 {
+            app.send(u, &format!("{k}-{i}")).await;
+        }
+    }
+    let resumes = users.iter().enumerate().map(|(k, u)| {
+        let app = &app;
+        async move {
+            let last = (k % 4) as i64 + 1;
+            let since = (k % 2) as i64; // half from 0, half from 1
+            let mut c = app.ws(u, Some(since)).await;
+            let hello = c.expect("hello", Duration::from_secs(20)).await;
+            assert_eq!(hello["seq"].as_i64(), Some(last), "user {k}");
+            let mut seqs = vec![];
+            while since < last && seqs.last() != Some(&last) {
+                let f = c.expect("sync", Duration::from_secs(20)).await;
+                assert_ne!(f["reset"], true, "user {k} got a reset");
+                seqs.extend(
+                    f["events"]
+                        .as_array()
+                        .expect("events")
+                        .iter()
+                        .map(|e| e["seq"].as_i64().expect("seq")),
+                );
+            }
+            assert_eq!(seqs, (since + 1..=last).collect::<Vec<_>>(), "user {k}");
+            c.close().await;
+        }
+    });
+    futures_util::future::join_all(resumes).await;
+    app.stop().await;
+}
+
+/// A session the node cannot read for in time (here: its database stopped answering) is closed
+/// with 1013 and a close reason naming when to come back, 1 to 5 s, not left hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_the_node_cannot_serve_is_told_when_to_retry() {
+    let db = TestDb::new().await;
+    let proxy = Cuttable::start("127.0.0.1:5432").await;
+    let via_proxy = proxy.pg_url(&db.url);
+    let app = spawn_app_with(&db, Opts::no_relay(), |s| {
+        s.database_url = via_proxy.clone();
+        // Longer than the join's wait for its read, so the wait is what answers.
+        s.db_request_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let u = new_user();
+    app.send(&u, "before").await;
+    proxy.freeze();
+    let mut c = app.ws(&u, Some(0)).await;
+    assert_eq!(c.expect_close(Duration::from_secs(40)).await, Some(1013));
+    let (_, reason) = c.closed.clone().expect("closed");
+    let ms = notifyd::gateway::protocol::retry_after_ms(&reason)
+        .unwrap_or_else(|| panic!("no retry_after in {reason:?}"));
+    assert!((1000..=5000).contains(&ms), "retry_after={ms}");
+    proxy.restore();
+    app.stop().await;
+}
