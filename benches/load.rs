@@ -213,6 +213,9 @@ async fn main() -> anyhow::Result<()> {
     if std::env::var("BENCH_ONLY").as_deref() == Ok("announcement") {
         return announcement(&bin).await;
     }
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("ws") {
+        return ws_only(&bin).await;
+    }
     let secs = env_num("BENCH_SECS", 15);
     let ws_n = env_num("BENCH_WS_CONNS", 5000) as usize;
     let scratch = BenchDb::create("bench").await?;
@@ -589,5 +592,267 @@ fn write_section(path: &str, heading: &str, section: &str) -> anyhow::Result<()>
         None => format!("{}\n\n{}", doc.trim_end_matches('\n'), section),
     };
     std::fs::write(path, out)?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5 on its own (`BENCH_ONLY=ws`): memory per idle WebSocket, and memory given back after a burst.
+
+/// Bytes of topic data each socket receives in the burst (7 events of 16,000 bytes ≈ 100 KiB).
+const BURST_EVENTS: usize = 7;
+const BURST_EVENT_BYTES: usize = 16_000;
+
+/// What the memory scenario measured (RSS in KiB).
+struct WsMem {
+    n: usize,
+    base: u64,
+    idle: u64,
+    burst_peak: u64,
+    after_burst: u64,
+    after_close: u64,
+    connect_s: f64,
+    burst_s: f64,
+}
+
+type Client = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// One client socket from 127.0.0.(2 + i % 16): a single source address has ~28,000 ports.
+async fn ws_client(port: u16, i: usize, token: String) -> anyhow::Result<Client> {
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.bind(std::net::SocketAddr::from((
+        [127, 0, 0, 2 + (i % 16) as u8],
+        0,
+    )))?;
+    let tcp = sock
+        .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        .await?;
+    let url = format!("ws://127.0.0.1:{port}/ws?token={token}");
+    let (ws, _) = tokio_tungstenite::client_async(url, tcp).await?;
+    Ok(ws)
+}
+
+/// Reads frames until one contains `needle`, `count` times; false on timeout or close.
+async fn read_until(ws: &mut Client, needle: &str, count: usize, limit: Duration) -> bool {
+    use futures_util::SinkExt;
+    let mut seen = 0;
+    let deadline = tokio::time::Instant::now() + limit;
+    while seen < count {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) => {
+                if t.contains(needle) {
+                    seen += 1;
+                }
+            }
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Ping(p)))) => {
+                let _ = ws
+                    .send(tokio_tungstenite::tungstenite::Message::Pong(p))
+                    .await;
+            }
+            Ok(Some(Ok(_))) => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+async fn ws_memory(bin: &str, db: &str, prefix: &str, n: usize) -> anyhow::Result<WsMem> {
+    use futures_util::SinkExt;
+    let node = Node::start(bin, db, prefix, true, &["serve"]).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let base = node.rss_kib();
+    let keys = notifyd::auth::jwt::JwtKeys::new(SECRET);
+    let topics = vec!["bench:*".to_string()];
+    let mut clients = Vec::with_capacity(n);
+    let start = Instant::now();
+    let idx: Vec<usize> = (0..n).collect();
+    for chunk in idx.chunks(250) {
+        let futs = chunk.iter().map(|&i| {
+            let token = keys
+                .mint(&format!("m{i}"), 3600, &topics)
+                .unwrap_or_default();
+            async move {
+                let mut ws = ws_client(node.port, i, token).await?;
+                if !read_until(&mut ws, "\"hello\"", 1, Duration::from_secs(30)).await {
+                    bail!("socket {i}: no hello");
+                }
+                Ok::<_, anyhow::Error>(ws)
+            }
+        });
+        for r in futures_util::future::join_all(futs).await {
+            clients.push(r?);
+        }
+    }
+    let connect_s = start.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle = node.rss_kib();
+    println!(
+        "    idle: RSS {base} KiB -> {idle} KiB: {:.0} bytes per socket",
+        (idle.saturating_sub(base)) as f64 * 1024.0 / n as f64
+    );
+
+    // Every socket subscribes to one topic, then gets a burst of ~100 KiB on it.
+    let subs = clients.iter_mut().map(|ws| async move {
+        let sub = r#"{"type":"subscribe","topics":["bench:burst"],"ref":"s"}"#;
+        ws.send(tokio_tungstenite::tungstenite::Message::Text(sub.into()))
+            .await
+            .ok()?;
+        read_until(ws, "\"ack\"", 1, Duration::from_secs(60))
+            .await
+            .then_some(())
+    });
+    let subscribed = futures_util::future::join_all(subs)
+        .await
+        .into_iter()
+        .flatten()
+        .count();
+    if subscribed != n {
+        bail!("{subscribed} of {n} sockets subscribed");
+    }
+    let pid = node.child.id();
+    let peak = Arc::new(AtomicU64::new(0));
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (peak, sampling) = (peak.clone(), sampling.clone());
+        tokio::spawn(async move {
+            while std::sync::atomic::AtomicBool::load(&sampling, Ordering::Relaxed) {
+                peak.fetch_max(support::rss_kib(pid), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let start = Instant::now();
+    let readers = clients
+        .iter_mut()
+        .map(|ws| read_until(ws, "topic.event", BURST_EVENTS, Duration::from_secs(300)));
+    let reading = futures_util::future::join_all(readers);
+    let http = reqwest::Client::new();
+    let posting = async {
+        for k in 0..BURST_EVENTS {
+            let data = json!({ "k": k, "pad": "x".repeat(BURST_EVENT_BYTES) });
+            let r = http
+                .post(format!("{}/api/v1/topics/bench:burst/events", node.base))
+                .bearer_auth(KEY)
+                .json(&json!({ "data": data }))
+                .send()
+                .await?;
+            if !r.status().is_success() {
+                bail!("burst POST failed: {}", r.status());
+            }
+        }
+        Ok(())
+    };
+    let (got, posted) = tokio::join!(reading, posting);
+    posted?;
+    let got = got.into_iter().filter(|ok| *ok).count();
+    let burst_s = start.elapsed().as_secs_f64();
+    sampling.store(false, Ordering::Relaxed);
+    let _ = sampler.await;
+    if got != n {
+        bail!("the burst reached {got} of {n} sockets");
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after_burst = node.rss_kib();
+    let burst_peak = AtomicU64::load(&peak, Ordering::Relaxed).max(after_burst);
+    println!("    burst {burst_s:.1}s: peak {burst_peak} KiB, 5 s later {after_burst} KiB");
+    drop(clients);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after_close = node.rss_kib();
+    println!("    all closed, 5 s later: {after_close} KiB");
+    node.stop();
+    Ok(WsMem {
+        n,
+        base,
+        idle,
+        burst_peak,
+        after_burst,
+        after_close,
+        connect_s,
+        burst_s,
+    })
+}
+
+/// The allocator the measured binary was built with (`BENCH_ALLOCATOR` names it; the binary
+/// itself cannot be asked).
+fn allocator_label() -> String {
+    std::env::var("BENCH_ALLOCATOR").unwrap_or_else(|_| "default build".into())
+}
+
+/// `BENCH_ONLY=ws`: runs the memory scenario for each size in BENCH_WS_CONNS (comma-separated,
+/// default 5000) and writes its rows under the run's label (BENCH_WS_LABEL) into the
+/// "WebSocket memory" block of docs/benchmarks.md, leaving everything else as it is.
+async fn ws_only(bin: &str) -> anyhow::Result<()> {
+    let sizes: Vec<usize> = std::env::var("BENCH_WS_CONNS")
+        .unwrap_or_else(|_| "5000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let label = std::env::var("BENCH_WS_LABEL").unwrap_or_else(|_| support::git_commit());
+    let alloc = allocator_label();
+    let mut rows = String::new();
+    for n in sizes {
+        let scratch = BenchDb::create("benchws").await?;
+        let prefix = format!("benchws{}:", std::process::id());
+        println!("WebSocket memory, {n} sockets ({label}, {alloc})");
+        let m = ws_memory(bin, &scratch.url, &prefix, n).await;
+        scratch.drop_db().await?;
+        let m = m?;
+        let per = |kib: u64| (kib.saturating_sub(m.base)) as f64 * 1024.0 / m.n as f64 / 1024.0;
+        rows.push_str(&format!(
+            "| {label} | {alloc} | {n} | {base} | **{idle:.1} KiB** | {peak:.0} MiB | **{after:.0} MiB** ({after_per:.1} KiB/socket) | {closed:.0} MiB | {connect:.1} s / {burst:.1} s |\n",
+            n = m.n,
+            base = m.base,
+            idle = per(m.idle),
+            peak = m.burst_peak as f64 / 1024.0,
+            after = m.after_burst as f64 / 1024.0,
+            after_per = per(m.after_burst),
+            closed = m.after_close as f64 / 1024.0,
+            connect = m.connect_s,
+            burst = m.burst_s,
+        ));
+    }
+    write_ws_rows("docs/benchmarks.md", &label, &rows)?;
+    println!("wrote {label:?} into docs/benchmarks.md");
+    Ok(())
+}
+
+const WS_BEGIN: &str = "<!-- ws-memory:begin -->";
+const WS_END: &str = "<!-- ws-memory:end -->";
+
+/// Replaces the rows of `label` in the WebSocket memory table (or adds them), keeping the other
+/// labels' rows and everything outside the block.
+fn write_ws_rows(path: &str, label: &str, rows: &str) -> anyhow::Result<()> {
+    let doc = std::fs::read_to_string(path).unwrap_or_default();
+    let (head, body, tail) = match (doc.find(WS_BEGIN), doc.find(WS_END)) {
+        (Some(b), Some(e)) if b < e => (
+            doc[..b].to_string(),
+            doc[b + WS_BEGIN.len()..e].to_string(),
+            doc[e + WS_END.len()..].to_string(),
+        ),
+        _ => (
+            format!("{}\n", doc.trim_end()),
+            String::new(),
+            "\n".to_string(),
+        ),
+    };
+    let prefix = format!("| {label} |");
+    let mut kept: Vec<&str> = body
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| run ") && !l.starts_with(&prefix))
+        .collect();
+    kept.extend(rows.lines());
+    let block = format!(
+        "{WS_BEGIN}\n### WebSocket memory (`BENCH_ONLY=ws cargo bench --bench load`)\n\n\
+Each row is one run of `BENCH_ONLY=ws BENCH_WS_CONNS=<n> BENCH_WS_LABEL=<label> cargo bench --bench load`\n\
+(benches/load.rs, `ws_memory`): one node, `<n>` authenticated sockets (one user each, so one user\n\
+actor each) from 127.0.0.2–17, idle 3 s; then every socket subscribes to one topic and receives\n\
+{BURST_EVENTS} topic events of {BURST_EVENT_BYTES} bytes of data (≈ 110 KiB per socket) as fast as the node sends them, and\n\
+reads them all; RSS is read 5 s after the last frame arrived, and again 5 s after every client\n\
+closed. Per-socket figures are (RSS − RSS before the first connection) / sockets. Rows of one\n\
+label were measured back to back; compare rows, not absolutes (2 shared cores).\n\n\
+| run | allocator | sockets | RSS before (KiB) | idle RSS per socket | burst peak | 5 s after the burst | 5 s after all closed | connect / burst |\n\
+|---|---|---|---|---|---|---|---|---|\n{}\n{WS_END}",
+        kept.join("\n")
+    );
+    std::fs::write(path, format!("{head}{block}{tail}"))?;
     Ok(())
 }
