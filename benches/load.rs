@@ -3,8 +3,8 @@
 //! 2. messages created/s in 100-message batches;
 //! 3. the same SQL transaction run by `pgbench -f` (the database's ceiling for it);
 //! 4. relay throughput: outbox events/s published into Redis;
-//! 5. 5,000 concurrent WebSocket connections on one node: RSS per connection, and the time to
-//!    fan one `to_users` POST out to all of them;
+//! 5. idle WebSocket connections on one node (`BENCH_WS_CONNS`, e.g. `5000,19000`): RSS per
+//!    connection, RSS after a burst and after every client closed (`BENCH_ONLY=ws`);
 //! 6. an announcement to 100,000 known users: rows/s, and the longest stall of single POSTs
 //!    issued beside it (`announcement`, its own section; `BENCH_ONLY=announcement` runs only it).
 //! 7. the relay draining a backlog with 1, 2 and 4 partitions beside a `redis-benchmark`
@@ -12,7 +12,9 @@
 //!    writes its own "Relay" section).
 //!
 //! Needs a release binary (`cargo build --release`), PostgreSQL and Redis (scripts/services.sh).
-//! Run: `cargo bench --bench load` (env BENCH_SECS, BENCH_WS_CONNS to change the sizes).
+//! Run: `cargo bench --bench load` (env BENCH_SECS, BENCH_WS_CONNS to change the sizes;
+//! `BENCH_ONLY=write,relay,ws,announcement` picks scenarios). Each scenario rewrites only its own
+//! section of docs/benchmarks.md. `scripts/bench.sh` runs this and every other bench.
 
 mod support;
 
@@ -160,185 +162,32 @@ fn pgbench(db: &str, clients: u64, secs: u64, rows: u32, notify: bool) -> anyhow
     Ok(tps)
 }
 
-async fn ws_conns(
-    bin: &str,
-    db: &str,
-    prefix: &str,
-    n: usize,
-) -> anyhow::Result<(u64, u64, f64, f64)> {
-    let node = Node::start(bin, db, prefix, true, &["serve"]).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = node.rss_kib();
-    let keys = notifyd::auth::jwt::JwtKeys::new(SECRET);
-    let mut clients = Vec::with_capacity(n);
-    let start = Instant::now();
-    for chunk in (0..n).collect::<Vec<_>>().chunks(250) {
-        let futs = chunk.iter().map(|i| {
-            let url = format!(
-                "ws://127.0.0.1:{}/ws?token={}",
-                node.port,
-                keys.mint(&format!("w{i}"), 3600, &[]).unwrap_or_default()
-            );
-            async move {
-                let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
-                let _hello = ws.next().await;
-                Ok::<_, anyhow::Error>(ws)
-            }
-        });
-        for r in futures_util::future::join_all(futs).await {
-            clients.push(r?);
-        }
-    }
-    let connect_s = start.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = node.rss_kib();
-    // Fan one POST out to every connected user.
-    let users: Vec<String> = (0..n).map(|i| format!("w{i}")).collect();
-    let http = reqwest::Client::new();
-    let start = Instant::now();
-    let r = http
-        .post(format!("{}/api/v1/messages", node.base))
-        .bearer_auth(KEY)
-        .json(&json!({"to_users": users, "title": "fan-out"}))
-        .send()
-        .await?;
-    if r.status() != 201 {
-        bail!("fan-out POST failed: {}", r.status());
-    }
-    let waits = clients.iter_mut().map(|ws| async move {
-        loop {
-            match tokio::time::timeout(Duration::from_secs(60), ws.next()).await {
-                Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))))
-                    if t.contains("message.created") =>
-                {
-                    return true
-                }
-                Ok(Some(Ok(_))) => continue,
-                _ => return false,
-            }
-        }
-    });
-    let got = futures_util::future::join_all(waits)
-        .await
-        .into_iter()
-        .filter(|ok| *ok)
-        .count();
-    let fanout_s = start.elapsed().as_secs_f64();
-    if got != n {
-        bail!("fan-out reached {got} of {n} sockets");
-    }
-    drop(clients);
-    node.stop();
-    Ok((before, after, connect_s, fanout_s))
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let bin = std::env::var("NOTIFYD_BIN").unwrap_or_else(|_| "target/release/notifyd".into());
     if !std::path::Path::new(&bin).exists() {
         bail!("{bin} not found: run `cargo build --release` first");
     }
-    if std::env::var("BENCH_ONLY").as_deref() == Ok("announcement") {
-        return announcement(&bin).await;
-    }
-    if std::env::var("BENCH_ONLY").as_deref() == Ok("write") {
+    // Each scenario rewrites only its own section of docs/benchmarks.md, so a partial run
+    // (`BENCH_ONLY=write,relay`) never wipes the others' figures.
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let run = |name: &str| only.is_empty() || only.split(',').any(|x| x.trim() == name);
+    if run("write") {
         let secs = env_num("BENCH_SECS", 15);
         let section = creating_messages(&bin, secs).await?;
         write_section("docs/benchmarks.md", "## Creating messages", &section)?;
         println!("wrote docs/benchmarks.md (Creating messages)");
-        return Ok(());
     }
-    if std::env::var("BENCH_ONLY").as_deref() == Ok("relay") {
-        return relay_bench(&bin).await;
+    if run("relay") {
+        relay_bench(&bin).await?;
     }
-    let secs = env_num("BENCH_SECS", 15);
-    let ws_n = env_num("BENCH_WS_CONNS", 5000) as usize;
-    let scratch = BenchDb::create("bench").await?;
-    let db = scratch.url.clone();
-    let prefix = format!("bench{}:", std::process::id());
-
-    let creating = creating_messages(&bin, secs).await?;
-
-    println!("4/5 relay throughput");
-    let mut conn = AsyncPgConnection::establish(&db).await?;
-    diesel::sql_query("DELETE FROM outbox")
-        .execute(&mut conn)
-        .await?;
-    let node = Node::start(&bin, &db, &prefix, false, &["serve"]).await?;
-    let http = reqwest::Client::new();
-    let relay_n = 50_000u64;
-    for b in 0..(relay_n / 1000) {
-        let msgs: Vec<_> = (0..1000).map(|k| json!({"to_user": format!("r{}", (b * 1000 + k) % 2000), "title": "relay", "content": "x".repeat(100)})).collect();
-        let r = http
-            .post(format!("{}/api/v1/messages", node.base))
-            .bearer_auth(KEY)
-            .json(&json!({ "messages": msgs }))
-            .send()
-            .await?;
-        if r.status() != 201 {
-            bail!("seeding the outbox failed: {}", r.status());
-        }
+    if run("ws") {
+        ws_only(&bin).await?;
     }
-    node.stop();
-    let backlog = scalar(&db, "SELECT count(*)::bigint AS v FROM outbox").await?;
-    let start = Instant::now();
-    let relay = Node::start(&bin, &db, &prefix, true, &["relay"]).await?;
-    loop {
-        if scalar(&db, "SELECT count(*)::bigint AS v FROM outbox").await? == 0 {
-            break;
-        }
-        if start.elapsed() > Duration::from_secs(300) {
-            bail!("relay did not drain the outbox in 300 s");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    if run("announcement") {
+        announcement(&bin).await?;
     }
-    let relay_s = start.elapsed().as_secs_f64();
-    relay.stop();
-    let relay_rate = backlog as f64 / relay_s;
-    println!("    {backlog} events in {relay_s:.2}s = {relay_rate:.0} events/s");
-
-    println!("5/5 {ws_n} WebSocket connections on one node");
-    let (before, after, connect_s, fanout_s) = ws_conns(&bin, &db, &prefix, ws_n).await?;
-    let per_conn = (after.saturating_sub(before)) as f64 * 1024.0 / ws_n as f64;
-    println!("    RSS {before} KiB -> {after} KiB: {per_conn:.0} bytes per connection; connect {connect_s:.1}s; fan-out {fanout_s:.2}s");
-
-    scratch.drop_db().await?;
-
-    let support::Machine {
-        cpu,
-        cores,
-        mem,
-        pg,
-        redis,
-    } = support::machine();
-    let doc = format!(
-        "# Benchmarks\n\n\
-Written by `cargo bench --bench load` (benches/load.rs) on {date}. One run, one machine; every figure\n\
-below was measured in the same run, with the server, PostgreSQL, Redis and the load generator\n\
-sharing the same {cores} cores, so read the ratios between figures rather than the absolutes.\n\n\
-Machine: {cpu}, {cores} cores, {mem}. {pg}; {redis}. Release build, relay inside `serve`,\n\
-Redis pub/sub, database pool 32, default PostgreSQL settings.\n\n\
-{creating}\
-## Relay\n\n\
-| what | figure |\n|---|---|\n\
-| {backlog} committed outbox events published to Redis by `notifyd relay` (batches of 500, one pipeline each) | **{relay_rate:.0} events/s** ({relay_s:.2} s) |\n\n\
-## WebSocket connections\n\n\
-| what | figure |\n|---|---|\n\
-| connections held by one node | {ws_n} |\n\
-| server RSS before / after | {before} KiB / {after} KiB |\n\
-| **RSS per connection** | **{per_conn:.0} bytes** (≈ {per_conn_kib:.1} KiB) |\n\
-| time to open all (250 at a time, each waiting for `hello`) | {connect_s:.1} s |\n\
-| one `to_users` POST to all {ws_n} users → every socket has its `message.created` | {fanout_s:.2} s |\n\n\
-A process here may hold at most ~19,900 sockets (hard open-files limit 20,000), so one node's\n\
-capacity beyond that is an extrapolation from the per-connection figure, not a measurement:\n\
-at {per_conn_kib:.1} KiB each, 100,000 connections would need ≈ {extrap:.0} MiB of RSS across processes.\n",
-        date = chrono::Utc::now().format("%Y-%m-%d"),
-        per_conn_kib = per_conn / 1024.0,
-        extrap = per_conn * 100_000.0 / 1024.0 / 1024.0,
-    );
-    std::fs::write("docs/benchmarks.md", doc)?;
-    println!("wrote docs/benchmarks.md");
-    announcement(&bin).await
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1016,5 +865,267 @@ fn write_relay_run(path: &str, label: &str, run: &str) -> anyhow::Result<()> {
             &doc[e + end.len()..]
         ),
     )?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5 on its own (`BENCH_ONLY=ws`): memory per idle WebSocket, and memory given back after a burst.
+
+/// Bytes of topic data each socket receives in the burst (7 events of 16,000 bytes ≈ 100 KiB).
+const BURST_EVENTS: usize = 7;
+const BURST_EVENT_BYTES: usize = 16_000;
+
+/// What the memory scenario measured (RSS in KiB).
+struct WsMem {
+    n: usize,
+    base: u64,
+    idle: u64,
+    burst_peak: u64,
+    after_burst: u64,
+    after_close: u64,
+    connect_s: f64,
+    burst_s: f64,
+}
+
+type Client = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// One client socket from 127.0.0.(2 + i % 16): a single source address has ~28,000 ports.
+async fn ws_client(port: u16, i: usize, token: String) -> anyhow::Result<Client> {
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.bind(std::net::SocketAddr::from((
+        [127, 0, 0, 2 + (i % 16) as u8],
+        0,
+    )))?;
+    let tcp = sock
+        .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        .await?;
+    let url = format!("ws://127.0.0.1:{port}/ws?token={token}");
+    let (ws, _) = tokio_tungstenite::client_async(url, tcp).await?;
+    Ok(ws)
+}
+
+/// Reads frames until one contains `needle`, `count` times; false on timeout or close.
+async fn read_until(ws: &mut Client, needle: &str, count: usize, limit: Duration) -> bool {
+    use futures_util::SinkExt;
+    let mut seen = 0;
+    let deadline = tokio::time::Instant::now() + limit;
+    while seen < count {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) => {
+                if t.contains(needle) {
+                    seen += 1;
+                }
+            }
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Ping(p)))) => {
+                let _ = ws
+                    .send(tokio_tungstenite::tungstenite::Message::Pong(p))
+                    .await;
+            }
+            Ok(Some(Ok(_))) => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+async fn ws_memory(bin: &str, db: &str, prefix: &str, n: usize) -> anyhow::Result<WsMem> {
+    use futures_util::SinkExt;
+    let node = Node::start(bin, db, prefix, true, &["serve"]).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let base = node.rss_kib();
+    let keys = notifyd::auth::jwt::JwtKeys::new(SECRET);
+    let topics = vec!["bench:*".to_string()];
+    let mut clients = Vec::with_capacity(n);
+    let start = Instant::now();
+    let idx: Vec<usize> = (0..n).collect();
+    for chunk in idx.chunks(250) {
+        let futs = chunk.iter().map(|&i| {
+            let token = keys
+                .mint(&format!("m{i}"), 3600, &topics)
+                .unwrap_or_default();
+            async move {
+                let mut ws = ws_client(node.port, i, token).await?;
+                if !read_until(&mut ws, "\"hello\"", 1, Duration::from_secs(30)).await {
+                    bail!("socket {i}: no hello");
+                }
+                Ok::<_, anyhow::Error>(ws)
+            }
+        });
+        for r in futures_util::future::join_all(futs).await {
+            clients.push(r?);
+        }
+    }
+    let connect_s = start.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle = node.rss_kib();
+    println!(
+        "    idle: RSS {base} KiB -> {idle} KiB: {:.0} bytes per socket",
+        (idle.saturating_sub(base)) as f64 * 1024.0 / n as f64
+    );
+
+    // Every socket subscribes to one topic, then gets a burst of ~100 KiB on it.
+    let subs = clients.iter_mut().map(|ws| async move {
+        let sub = r#"{"type":"subscribe","topics":["bench:burst"],"ref":"s"}"#;
+        ws.send(tokio_tungstenite::tungstenite::Message::Text(sub.into()))
+            .await
+            .ok()?;
+        read_until(ws, "\"ack\"", 1, Duration::from_secs(60))
+            .await
+            .then_some(())
+    });
+    let subscribed = futures_util::future::join_all(subs)
+        .await
+        .into_iter()
+        .flatten()
+        .count();
+    if subscribed != n {
+        bail!("{subscribed} of {n} sockets subscribed");
+    }
+    let pid = node.child.id();
+    let peak = Arc::new(AtomicU64::new(0));
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (peak, sampling) = (peak.clone(), sampling.clone());
+        tokio::spawn(async move {
+            while std::sync::atomic::AtomicBool::load(&sampling, Ordering::Relaxed) {
+                peak.fetch_max(support::rss_kib(pid), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let start = Instant::now();
+    let readers = clients
+        .iter_mut()
+        .map(|ws| read_until(ws, "topic.event", BURST_EVENTS, Duration::from_secs(300)));
+    let reading = futures_util::future::join_all(readers);
+    let http = reqwest::Client::new();
+    let posting = async {
+        for k in 0..BURST_EVENTS {
+            let data = json!({ "k": k, "pad": "x".repeat(BURST_EVENT_BYTES) });
+            let r = http
+                .post(format!("{}/api/v1/topics/bench:burst/events", node.base))
+                .bearer_auth(KEY)
+                .json(&json!({ "data": data }))
+                .send()
+                .await?;
+            if !r.status().is_success() {
+                bail!("burst POST failed: {}", r.status());
+            }
+        }
+        Ok(())
+    };
+    let (got, posted) = tokio::join!(reading, posting);
+    posted?;
+    let got = got.into_iter().filter(|ok| *ok).count();
+    let burst_s = start.elapsed().as_secs_f64();
+    sampling.store(false, Ordering::Relaxed);
+    let _ = sampler.await;
+    if got != n {
+        bail!("the burst reached {got} of {n} sockets");
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after_burst = node.rss_kib();
+    let burst_peak = AtomicU64::load(&peak, Ordering::Relaxed).max(after_burst);
+    println!("    burst {burst_s:.1}s: peak {burst_peak} KiB, 5 s later {after_burst} KiB");
+    drop(clients);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after_close = node.rss_kib();
+    println!("    all closed, 5 s later: {after_close} KiB");
+    node.stop();
+    Ok(WsMem {
+        n,
+        base,
+        idle,
+        burst_peak,
+        after_burst,
+        after_close,
+        connect_s,
+        burst_s,
+    })
+}
+
+/// The allocator the measured binary was built with (`BENCH_ALLOCATOR` names it; the binary
+/// itself cannot be asked).
+fn allocator_label() -> String {
+    std::env::var("BENCH_ALLOCATOR").unwrap_or_else(|_| "default build".into())
+}
+
+/// `BENCH_ONLY=ws`: runs the memory scenario for each size in BENCH_WS_CONNS (comma-separated,
+/// default 5000) and writes its rows under the run's label (BENCH_WS_LABEL) into the
+/// "WebSocket memory" block of docs/benchmarks.md, leaving everything else as it is.
+async fn ws_only(bin: &str) -> anyhow::Result<()> {
+    let sizes: Vec<usize> = std::env::var("BENCH_WS_CONNS")
+        .unwrap_or_else(|_| "5000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let label = std::env::var("BENCH_WS_LABEL").unwrap_or_else(|_| support::git_commit());
+    let alloc = allocator_label();
+    let mut rows = String::new();
+    for n in sizes {
+        let scratch = BenchDb::create("benchws").await?;
+        let prefix = format!("benchws{}:", std::process::id());
+        println!("WebSocket memory, {n} sockets ({label}, {alloc})");
+        let m = ws_memory(bin, &scratch.url, &prefix, n).await;
+        scratch.drop_db().await?;
+        let m = m?;
+        let per = |kib: u64| (kib.saturating_sub(m.base)) as f64 * 1024.0 / m.n as f64 / 1024.0;
+        rows.push_str(&format!(
+            "| {label} | {alloc} | {n} | {base} | **{idle:.1} KiB** | {peak:.0} MiB | **{after:.0} MiB** ({after_per:.1} KiB/socket) | {closed:.0} MiB | {connect:.1} s / {burst:.1} s |\n",
+            n = m.n,
+            base = m.base,
+            idle = per(m.idle),
+            peak = m.burst_peak as f64 / 1024.0,
+            after = m.after_burst as f64 / 1024.0,
+            after_per = per(m.after_burst),
+            closed = m.after_close as f64 / 1024.0,
+            connect = m.connect_s,
+            burst = m.burst_s,
+        ));
+    }
+    write_ws_rows("docs/benchmarks.md", &label, &rows)?;
+    println!("wrote {label:?} into docs/benchmarks.md");
+    Ok(())
+}
+
+const WS_BEGIN: &str = "<!-- ws-memory:begin -->";
+const WS_END: &str = "<!-- ws-memory:end -->";
+
+/// Replaces the rows of `label` in the WebSocket memory table (or adds them), keeping the other
+/// labels' rows and everything outside the block.
+fn write_ws_rows(path: &str, label: &str, rows: &str) -> anyhow::Result<()> {
+    let doc = std::fs::read_to_string(path).unwrap_or_default();
+    let (head, body, tail) = match (doc.find(WS_BEGIN), doc.find(WS_END)) {
+        (Some(b), Some(e)) if b < e => (
+            doc[..b].to_string(),
+            doc[b + WS_BEGIN.len()..e].to_string(),
+            doc[e + WS_END.len()..].to_string(),
+        ),
+        _ => (
+            format!("{}\n", doc.trim_end()),
+            String::new(),
+            "\n".to_string(),
+        ),
+    };
+    let prefix = format!("| {label} |");
+    let mut kept: Vec<&str> = body
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| run ") && !l.starts_with(&prefix))
+        .collect();
+    kept.extend(rows.lines());
+    let block = format!(
+        "{WS_BEGIN}\n### WebSocket memory (`BENCH_ONLY=ws cargo bench --bench load`)\n\n\
+Each row is one run of `BENCH_ONLY=ws BENCH_WS_CONNS=<n> BENCH_WS_LABEL=<label> cargo bench --bench load`\n\
+(benches/load.rs, `ws_memory`): one node, `<n>` authenticated sockets (one user each, so one user\n\
+actor each) from 127.0.0.2–17, idle 3 s; then every socket subscribes to one topic and receives\n\
+{BURST_EVENTS} topic events of {BURST_EVENT_BYTES} bytes of data (≈ 110 KiB per socket) as fast as the node sends them, and\n\
+reads them all; RSS is read 5 s after the last frame arrived, and again 5 s after every client\n\
+closed. Per-socket figures are (RSS − RSS before the first connection) / sockets. Rows of one\n\
+label were measured back to back; compare rows, not absolutes (2 shared cores).\n\n\
+| run | allocator | sockets | RSS before (KiB) | idle RSS per socket | burst peak | 5 s after the burst | 5 s after all closed | connect / burst |\n\
+|---|---|---|---|---|---|---|---|---|\n{}\n{WS_END}",
+        kept.join("\n")
+    );
+    std::fs::write(path, format!("{head}{block}{tail}"))?;
     Ok(())
 }
