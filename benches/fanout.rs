@@ -116,7 +116,8 @@ where
 /// The integer after `key` in a frame's text (`"t":`, `"p":`): cheaper than parsing the JSON,
 /// which matters because this client's CPU is part of what is measured.
 fn field(text: &str, key: &str) -> Option<u64> {
-    let rest = &text[text.find(key)? + key.len()..];
+    // Servers may write `"t": 1` or `"t":1` (notifyd relays PostgreSQL's text form of jsonb).
+    let rest = text[text.find(key)? + key.len()..].trim_start();
     let end = rest
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(rest.len());

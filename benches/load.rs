@@ -85,7 +85,11 @@ async fn post_load(
 
 /// The message template of the benchmark's messages, as the handler builds it (title "bench",
 /// 100 × "x", type "bench"); its exact `send_time` does not change the work.
-const PG_TEMPLATE: &str = r#"'{"title":"bench","content":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx","type":"bench","send_user":null,"send_time":"2026-11-30T00:00:00.000000Z","skip_url":null,"is_read":false,"read_at":null,"data":null}'::jsonb"#;
+// Built by `jsonb_build_object`, not a JSON literal: in `-M prepared` pgbench reads the `:null`,
+// `:false` and `:00` of a literal as its variables.
+const PG_TEMPLATE: &str = "jsonb_build_object('title', 'bench', 'content', repeat('x', 100), \
+    'type', 'bench', 'send_user', NULL, 'skip_url', NULL, 'is_read', false, 'read_at', NULL, \
+    'data', NULL, 'send_time', now())";
 
 /// The handler's create statement (`notifyd::store::create_rows::SQL`, verbatim) with its
 /// parameters written out for `pgbench`: `rows` messages to `rows` distinct users.
@@ -135,6 +139,10 @@ fn pgbench(db: &str, clients: u64, secs: u64, rows: u32, notify: bool) -> anyhow
     let out = Command::new("pgbench")
         .args([
             "-n",
+            // Prepared, as notifyd runs it (each pooled connection prepares the statement once):
+            // in pgbench's default simple mode PostgreSQL parses and plans it on every call.
+            "-M",
+            "prepared",
             "-c",
             &clients.to_string(),
             "-j",

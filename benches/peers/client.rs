@@ -74,7 +74,8 @@ pub fn now_us() -> u64 {
 /// The integer after `key` in a frame's text: cheaper than parsing the JSON, which matters
 /// because this client's CPU shares the cores with the servers it measures.
 pub fn field(text: &str, key: &str) -> Option<u64> {
-    let rest = &text[text.find(key)? + key.len()..];
+    // Servers may write `"t": 1` or `"t":1` (notifyd relays PostgreSQL's text form of jsonb).
+    let rest = text[text.find(key)? + key.len()..].trim_start();
     let end = rest
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(rest.len());
