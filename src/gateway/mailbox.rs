@@ -25,12 +25,15 @@ pub enum ActorMsg {
     },
     Command {
         session: u64,
-        frame: ClientFrame,
+        // Boxed, like `Committed`: a mailbox allocates its slots in blocks of 32 messages of the
+        // largest variant's size, one block per connected user even when idle; unboxed, the
+        // largest frames made every user's first block ~5 KiB.
+        frame: Box<ClientFrame>,
         /// One of the session's command slots, released when the command is answered.
         slot: OwnedSemaphorePermit,
     },
     /// A change this node just committed: delivered at once, ahead of the relay's copy.
-    Committed(CommittedEvent),
+    Committed(Box<CommittedEvent>),
     /// The audit read the user's current seq from the database: repair if anything is missing.
     Audit(i64),
     /// The node is stopping: close every session with 1012.

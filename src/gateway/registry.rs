@@ -175,7 +175,7 @@ impl Gateway {
     pub fn committed(&self, ev: crate::inbox::CommittedEvent) {
         if let Some(entry) = self.actors().get(&ev.user) {
             // A full mailbox drops it: the relay's copy (or the audit) brings it.
-            let _ = entry.tx.try_send(ActorMsg::Committed(ev));
+            let _ = entry.tx.try_send(ActorMsg::Committed(Box::new(ev)));
         }
     }
 

@@ -249,7 +249,7 @@ pub async fn reader(stream: actix_ws::MessageStream, ctx: ReaderCtx) {
                             (None, _) => {
                                 me.push_json(&protocol::error(frame.r#ref(), "unauthorized", "an anonymous session has no inbox: connect with a token"));
                             }
-                            (Some(actor), Ok(slot)) => match actor.try_send(ActorMsg::Command { session: me.id, frame, slot }) {
+                            (Some(actor), Ok(slot)) => match actor.try_send(ActorMsg::Command { session: me.id, frame: Box::new(frame), slot }) {
                                 Ok(()) => {}
                                 Err(mpsc::error::TrySendError::Full(ActorMsg::Command { frame, .. })) => busy(&me, &frame),
                                 Err(_) => break,

@@ -158,10 +158,13 @@ pub async fn run(
 impl Actor {
     async fn current(&self) -> Result<CountsView, ApiError> {
         let user = &self.user;
-        let c = self
-            .state
-            .db(async |conn| Ok(changes::counts(conn, user).await?))
-            .await?;
+        // Database futures are boxed here and below: inline, the largest of them (a pool
+        // checkout plus a query) would size every idle actor's task, one per connected user.
+        let c = Box::pin(
+            self.state
+                .db(async |conn| Ok(changes::counts(conn, user).await?)),
+        )
+        .await?;
         Ok(c.into())
     }
 
@@ -177,7 +180,7 @@ impl Actor {
                 session,
                 frame,
                 slot,
-            } => self.command(session, frame, slot).await,
+            } => self.command(session, *frame, slot).await,
             ActorMsg::Committed(ev) => {
                 let fp = fingerprint_of(&ev.frame);
                 let payload: Arc<str> = Arc::from(ev.frame.to_string());
@@ -361,9 +364,10 @@ impl Actor {
     async fn repair(&mut self, upto: i64) {
         while self.last_seq < upto {
             let (user, from) = (&self.user, self.last_seq);
-            let rows = self
-                .state
-                .db(async |conn| Ok(events::range(conn, user, from, Some(upto), 500).await?));
+            let rows = Box::pin(
+                self.state
+                    .db(async |conn| Ok(events::range(conn, user, from, Some(upto), 500).await?)),
+            );
             match rows.await {
                 Ok(rows) if rows.first().map(|r| r.0) == Some(self.last_seq + 1) => {
                     for (seq, payload) in rows {
@@ -498,12 +502,10 @@ impl Actor {
                 continue;
             }
             let user = &self.user;
-            let rows = self
-                .state
-                .db(async |conn| {
-                    Ok(events::range(conn, user, from, Some(upto), CATCH_UP_PAGE).await?)
-                })
-                .await;
+            let rows = Box::pin(self.state.db(async |conn| {
+                Ok(events::range(conn, user, from, Some(upto), CATCH_UP_PAGE).await?)
+            }))
+            .await;
             let Some(s) = self.sessions.get_mut(&id) else {
                 continue;
             };
@@ -591,7 +593,7 @@ impl Actor {
                 Ok(out) => {
                     if let Some(ev) = out.event {
                         state.waker.wake();
-                        let _ = me.try_send(ActorMsg::Committed(ev));
+                        let _ = me.try_send(ActorMsg::Committed(Box::new(ev)));
                     }
                     tx.push_json(&protocol::ack(&r#ref, json!(out.counts)));
                 }
