@@ -42,7 +42,8 @@ pub async fn create(
         .db(async |conn| create_messages(conn, service, req, idem).await)
         .await?;
     // Committed (the statement or transaction has returned): local sessions get it now.
-    LocalDelivery::of(state).user_events(req, &created.rows);
+    let local = LocalDelivery::of(state);
+    local.user_events(created.rows.frames(req, |u| local.here(u)));
     Ok(created)
 }
 
@@ -151,9 +152,10 @@ impl Inserted {
         json!({ "messages": answer })
     }
 
-    /// Each row's recipient and `message.created` frame, as text: exactly what the relay
-    /// publishes for it (the frame stored in `user_event`, serialised by serde_json), built only
-    /// for the rows `wanted` says yes to.
+    /// Each row's recipient and `message.created` frame, as text: the frame stored in
+    /// `user_event` (serialised by serde_json; the relay publishes PostgreSQL's text form of the
+    /// same JSON, and actors drop the second copy by seq and fingerprint), built only for the
+    /// rows `wanted` says yes to.
     pub fn frames<'a>(
         &'a self,
         req: &'a CreateRequest,

@@ -5,8 +5,6 @@
 
 use std::sync::Arc;
 
-use super::create::Inserted;
-use super::input::CreateRequest;
 use crate::broker::Hub;
 use crate::config::Settings;
 use crate::state::AppState;
@@ -25,13 +23,15 @@ impl LocalDelivery {
         }
     }
 
-    /// The `message.created` frames of committed rows, to the recipients connected here (the
-    /// frames of others are not even built).
-    pub fn user_events(&self, req: &CreateRequest, rows: &Inserted) {
+    /// Whether `user` has sessions on this node: frames for anyone else need not be built.
+    pub fn here(&self, user: &str) -> bool {
+        self.hub.listens(&self.settings.user_channel(user))
+    }
+
+    /// The `message.created` frames `(user, seq, frame)` of committed rows, to this node's hub.
+    pub fn user_events<'a>(&self, frames: impl Iterator<Item = (&'a str, i64, String)>) {
         let mut delivered = 0u64;
-        for (user, _seq, frame) in
-            rows.frames(req, |u| self.hub.listens(&self.settings.user_channel(u)))
-        {
+        for (user, _seq, frame) in frames {
             self.hub
                 .deliver(&self.settings.user_channel(user), Arc::from(frame));
             delivered += 1;
