@@ -228,10 +228,12 @@ impl Actor {
         };
         let snapshot = match tokio::time::timeout(JOIN_READ_WAIT, read).await {
             Ok(Ok(Ok(s))) => s,
+            // The database failed the read (e.g. no connection could be made in time): the
+            // client can do nothing but come back, so it is told when, like any busy refusal
+            // (a bare 1011 sent every such client back at once, on its own backoff).
             Ok(Ok(Err(e))) => {
                 tracing::warn!(error = %e, user = %self.user, "join failed to read the inbox");
-                tx.close_with(1011, "database unavailable");
-                return;
+                return refuse_busy(&tx, "catch_up_failed");
             }
             // The read waited too long (or the batcher is gone): the node is overloaded.
             Ok(Err(_)) | Err(_) => return refuse_busy(&tx, "catch_up_slow"),

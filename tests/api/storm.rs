@@ -135,3 +135,29 @@ async fn a_session_the_node_cannot_serve_is_told_when_to_retry() {
     proxy.restore();
     app.stop().await;
 }
+
+/// A session whose read the database fails outright (here: the database is unreachable, so no
+/// connection can be made) is told when to retry as well, not closed with a bare 1011 that sends
+/// every such client back at once on its own backoff. (Found by CI: the test above got 1011
+/// whenever its read needed a new connection, which failed before the 15 s wait.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_whose_read_the_database_fails_is_told_when_to_retry() {
+    let db = TestDb::new().await;
+    let proxy = Cuttable::start("127.0.0.1:5432").await;
+    let via_proxy = proxy.pg_url(&db.url);
+    let app = spawn_app_with(&db, Opts::no_relay(), |s| {
+        s.database_url = via_proxy.clone();
+    })
+    .await;
+    let u = new_user();
+    app.send(&u, "before").await;
+    proxy.cut();
+    let mut c = app.ws(&u, Some(0)).await;
+    assert_eq!(c.expect_close(Duration::from_secs(40)).await, Some(1013));
+    let (_, reason) = c.closed.clone().expect("closed");
+    let ms = notifyd::gateway::protocol::retry_after_ms(&reason)
+        .unwrap_or_else(|| panic!("no retry_after in {reason:?}"));
+    assert!((1000..=5000).contains(&ms), "retry_after={ms}");
+    proxy.restore();
+    app.stop().await;
+}
