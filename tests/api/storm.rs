@@ -114,26 +114,9 @@ async fn many_sessions_resuming_at_once_each_get_exactly_their_events() {
 /// with 1013 and a close reason naming when to come back, 1 to 5 s, not left hanging.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_the_node_cannot_serve_is_told_when_to_retry() {
-    let db = TestDb::new().await;
-    let proxy = Cuttable::start("127.0.0.1:5432").await;
-    let via_proxy = proxy.pg_url(&db.url);
-    let app = spawn_app_with(&db, Opts::no_relay(), |s| {
-        s.database_url = via_proxy.clone();
-        // Longer than the join's wait for its read, so the wait is what answers.
-        s.db_request_timeout = Duration::from_secs(60);
-    })
-    .await;
-    let u = new_user();
-    app.send(&u, "before").await;
-    proxy.freeze();
-    let mut c = app.ws(&u, Some(0)).await;
-    assert_eq!(c.expect_close(Duration::from_secs(40)).await, Some(1013));
-    let (_, reason) = c.closed.clone().expect("closed");
-    let ms = notifyd::gateway::protocol::retry_after_ms(&reason)
-        .unwrap_or_else(|| panic!("no retry_after in {reason:?}"));
-    assert!((1000..=5000).contains(&ms), "retry_after={ms}");
-    proxy.restore();
-    app.stop().await;
+    // The request timeout is longer than the join's wait for its read, so the wait is what
+    // answers.
+    told_when_to_retry_after(Cuttable::freeze, Some(Duration::from_secs(60))).await;
 }
 
 /// A session whose read the database fails outright (here: the database is unreachable, so no
@@ -142,16 +125,26 @@ async fn a_session_the_node_cannot_serve_is_told_when_to_retry() {
 /// whenever its read needed a new connection, which failed before the 15 s wait.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_whose_read_the_database_fails_is_told_when_to_retry() {
+    told_when_to_retry_after(Cuttable::cut, None).await;
+}
+
+/// A node whose database is reached through a proxy; a user with one message; `outage` applied
+/// to the proxy; then the user connects with `since=0` and must be closed with 1013 and a
+/// `retry_after` of 1 to 5 s.
+async fn told_when_to_retry_after(outage: fn(&Cuttable), db_request_timeout: Option<Duration>) {
     let db = TestDb::new().await;
     let proxy = Cuttable::start("127.0.0.1:5432").await;
     let via_proxy = proxy.pg_url(&db.url);
     let app = spawn_app_with(&db, Opts::no_relay(), |s| {
         s.database_url = via_proxy.clone();
+        if let Some(t) = db_request_timeout {
+            s.db_request_timeout = t;
+        }
     })
     .await;
     let u = new_user();
     app.send(&u, "before").await;
-    proxy.cut();
+    outage(&proxy);
     let mut c = app.ws(&u, Some(0)).await;
     assert_eq!(c.expect_close(Duration::from_secs(40)).await, Some(1013));
     let (_, reason) = c.closed.clone().expect("closed");
