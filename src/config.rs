@@ -27,6 +27,9 @@ pub struct Settings {
     /// (dev only: start-up logs a warning).
     pub allowed_origins: Option<Vec<String>>,
     pub event_retention: Duration,
+    /// `NOTIFYD_MESSAGE_RETENTION`: notifications older than this (by `send_time`) are removed
+    /// by the housekeeper (contract §9).
+    pub message_retention: Duration,
     pub heartbeat: Duration,
     /// `NOTIFYD_MAX_SOCKETS_PER_USER`: WebSockets one user may hold on one node (contract §7).
     pub max_sockets_per_user: usize,
@@ -89,6 +92,7 @@ impl Settings {
             relay_enabled: true,
             allowed_origins: None,
             event_retention: Duration::from_secs(7 * 24 * 3600),
+            message_retention: Duration::from_secs(90 * 24 * 3600),
             heartbeat: Duration::from_secs(25),
             max_sockets_per_user: 32,
             dev: false,
@@ -171,6 +175,12 @@ impl Settings {
         }
         if let Some(r) = env("NOTIFYD_EVENT_RETENTION") {
             s.event_retention = parse_duration(&r).context("NOTIFYD_EVENT_RETENTION")?;
+        }
+        if let Some(r) = env("NOTIFYD_MESSAGE_RETENTION") {
+            s.message_retention = parse_duration(&r).context("NOTIFYD_MESSAGE_RETENTION")?;
+            if s.message_retention.is_zero() {
+                bail!("NOTIFYD_MESSAGE_RETENTION must be more than 0");
+            }
         }
         if let Some(h) = env("NOTIFYD_HEARTBEAT") {
             s.heartbeat = parse_duration(&h).context("NOTIFYD_HEARTBEAT")?;

@@ -113,6 +113,7 @@ impl Application {
             // Pruning runs apart from the publish loop (own task and connection).
             let housekeeper = Housekeeper {
                 settings: settings.clone(),
+                waker: waker.clone(),
             };
             tasks.push(tokio::spawn(housekeeper.run(shutdown_rx.clone())));
         }
@@ -245,6 +246,7 @@ pub async fn run_relay(settings: Settings) -> anyhow::Result<()> {
     let waker = Waker::new();
     let housekeeper = Housekeeper {
         settings: settings.clone(),
+        waker: waker.clone(),
     };
     let relay = Relay {
         database_url: settings.database_url.clone(),

@@ -90,10 +90,7 @@ async fn run(state: &AppState, user: &str, cmd: Command) -> Result<CountsView, A
     let out = state
         .db(async |conn| Ok(commands::run(conn, user, cmd).await?))
         .await?;
-    if let Some(ev) = out.event {
-        state.waker.wake();
-        state.gateway.committed(ev);
-    }
+    commands::committed(state, &out);
     Ok(out.counts)
 }
 

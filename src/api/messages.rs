@@ -1,10 +1,11 @@
-//! `POST /api/v1/messages` (internal services).
+//! `POST /api/v1/messages` and `DELETE /api/v1/messages/{id}` (internal services).
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::read_body;
 use crate::auth::service::Service;
 use crate::error::ApiError;
+use crate::inbox::commands;
 use crate::inbox::create::{self, Idempotency};
 use crate::inbox::input;
 use crate::state::AppState;
@@ -41,4 +42,24 @@ pub fn idempotency_key(req: &HttpRequest) -> Result<Option<&str>, ApiError> {
         .map_err(|_| ApiError::validation("Idempotency-Key", "must be visible ASCII"))?;
     input::check_idempotency_key(key, "Idempotency-Key")?;
     Ok(Some(key))
+}
+
+/// `DELETE /api/v1/messages/{id}`: the calling service retracts a message it created (contract
+/// §9). `204` when a live message was removed (its recipient's stream gets `message.deleted`);
+/// `404` for anything else — an id that is not a UUID, unknown, another service's, or already
+/// deleted, retracted or expired — so nothing about other services' messages is revealed.
+pub async fn retract(
+    service: Service,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let gone = || ApiError::NotFound("no such message".into());
+    let id = uuid::Uuid::parse_str(&id).map_err(|_| gone())?;
+    let out = state
+        .db(async |conn| commands::retract(conn, &service.0, id).await)
+        .await?
+        .ok_or_else(gone)?;
+    commands::committed(&state, &out);
+    metrics::counter!("notifyd_messages_retracted_total").increment(1);
+    Ok(HttpResponse::NoContent().finish())
 }

@@ -9,6 +9,7 @@ pub mod methods;
 pub mod ops;
 pub mod presence;
 pub mod topics;
+pub mod users;
 
 use actix_web::dev::HttpServiceFactory;
 use actix_web::error::{JsonPayloadError, PayloadError};
@@ -96,9 +97,11 @@ pub fn configure(cfg: &mut web::ServiceConfig, cors: &CorsPolicy) {
     .service(
         web::scope("/api/v1")
             .service(only("/messages", POST).route(web::post().to(messages::create)))
+            .service(only("/messages/{id}", DELETE).route(web::delete().to(messages::retract)))
             .service(only("/broadcasts", POST).route(web::post().to(broadcasts::create)))
             .service(only("/broadcasts/{id}", GET).route(web::get().to(broadcasts::show)))
             .service(only("/topics/{topic}/events", POST).route(web::post().to(topics::publish)))
+            .service(only("/users/{id}", DELETE).route(web::delete().to(users::erase)))
             .service(only("/users/{id}/presence", GET).route(web::get().to(presence::user)))
             .service(only("/presence", GET).route(web::get().to(presence::cluster))),
     );

@@ -34,6 +34,9 @@ pub enum ActorMsg {
     },
     /// A change this node just committed: delivered at once, ahead of the relay's copy.
     Committed(Box<CommittedEvent>),
+    /// The user was erased by a request on this node: reset the sessions now, before the
+    /// node's next committed change of the new inbox (the relayed notice follows for the rest).
+    Erased,
     /// The audit read the user's current seq from the database: repair if anything is missing.
     Audit(i64),
     /// The node is stopping: close every session with 1012.

@@ -96,10 +96,12 @@ impl Gateway {
                 match seqs.await {
                     Ok(seqs) => {
                         let by_user: HashMap<String, i64> = seqs.into_iter().collect();
+                        // A user without a counter row has seq 0: never had a message, or
+                        // was erased (then the actor resets its sessions if the erase notice
+                        // was lost on the broker).
                         for (user, tx) in chunk {
-                            if let Some(seq) = by_user.get(user) {
-                                let _ = tx.try_send(ActorMsg::Audit(*seq));
-                            }
+                            let seq = by_user.get(user).copied().unwrap_or(0);
+                            let _ = tx.try_send(ActorMsg::Audit(seq));
                         }
                     }
                     Err(e) => tracing::debug!(error = %e, "audit skipped"),
@@ -176,6 +178,14 @@ impl Gateway {
         if let Some(entry) = self.actors().get(&ev.user) {
             // A full mailbox drops it: the relay's copy (or the audit) brings it.
             let _ = entry.tx.try_send(ActorMsg::Committed(Box::new(ev)));
+        }
+    }
+
+    /// Tells the user's actor here, if any, that the user was erased (see `ActorMsg::Erased`).
+    pub fn erased(&self, user: &str) {
+        if let Some(entry) = self.actors().get(user) {
+            // A full mailbox drops it: the relayed notice (or the audit) resets the sessions.
+            let _ = entry.tx.try_send(ActorMsg::Erased);
         }
     }
 

@@ -80,6 +80,8 @@ struct EventHead {
     /// Present on `message.created`: its `send_time` gives the end-to-end delivery latency.
     message: Option<MessageHead>,
     ids: Option<Vec<String>>,
+    /// Only on the erase notice (`inbox::erase::notice`).
+    reset: Option<bool>,
 }
 
 #[derive(Deserialize, Hash)]
@@ -186,6 +188,7 @@ impl Actor {
                 let payload: Arc<str> = Arc::from(ev.frame.to_string());
                 self.on_event(ev.seq, fp, payload).await;
             }
+            ActorMsg::Erased => self.erased().await,
             ActorMsg::Audit(seq) => {
                 if self.sessions.is_empty() {
                 } else if seq > self.last_seq {
@@ -312,6 +315,15 @@ impl Actor {
             HubMsg::Message { channel, payload } => {
                 if *channel == *self.channel {
                     match serde_json::from_str::<EventHead>(&payload) {
+                        Ok(head)
+                            if crate::inbox::erase::is_notice(
+                                head.kind.as_deref(),
+                                head.reset,
+                                head.seq,
+                            ) =>
+                        {
+                            self.erased().await
+                        }
                         Ok(head) => {
                             let sent = head.message.as_ref().and_then(|m| m.send_time.as_deref());
                             if let Some(Ok(t)) = sent.map(chrono::DateTime::parse_from_rfc3339) {
@@ -331,7 +343,7 @@ impl Actor {
             HubMsg::Resync if self.sessions.is_empty() => {}
             HubMsg::Resync => match self.current().await {
                 Ok(c) if c.seq > self.last_seq => self.repair(c.seq).await,
-                Ok(c) if c.seq < self.last_seq => self.reset(c),
+                Ok(c) if c.seq < self.last_seq => self.reset(c, "seq_went_back"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, user = %self.user, "resync failed"),
             },
@@ -409,17 +421,45 @@ impl Actor {
         }
         self.last_restore_check = Some(now);
         match self.current().await {
-            Ok(c) if c.seq < self.last_seq => self.reset(c),
+            Ok(c) if c.seq < self.last_seq => self.reset(c, "seq_went_back"),
             Ok(_) => metrics::counter!("notifyd_duplicate_events_dropped_total").increment(1),
             Err(e) => tracing::warn!(error = %e, user = %self.user, "restore check failed"),
         }
     }
 
-    /// The database is behind what the sessions saw: every session gets a `sync` reset (the
-    /// client reloads its first page) and the stream goes on from the database's seq.
-    fn reset(&mut self, c: CountsView) {
-        tracing::warn!(user = %self.user, seen = self.last_seq, database = c.seq, "user's seq went back (database restored?): resetting sessions");
-        metrics::counter!("notifyd_resets_sent_total", "reason" => "seq_went_back").increment(1);
+    /// The user was erased (the notice came through the broker, in order with their events):
+    /// whatever these sessions hold belongs to an inbox that no longer exists, even if the new
+    /// one's seq has already caught up with the old. Every session is reset to the inbox as it
+    /// is now (events of the new inbox committed meanwhile are in the page the client reloads;
+    /// their relayed copies, at or below that seq, are then dropped as already delivered).
+    async fn erased(&mut self) {
+        if self.sessions.is_empty() {
+            return;
+        }
+        let c = match self.current().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Reset to the empty inbox the erase left: anything newer is then a gap,
+                // repaired from the event log like any other.
+                tracing::warn!(error = %e, "reading the counters after an erase failed");
+                CountsView {
+                    seq: 0,
+                    unread: 0,
+                    unseen: 0,
+                }
+            }
+        };
+        self.reset(c, "erased");
+    }
+
+    /// Every session gets a `sync` reset (the client reloads its first page) and the stream goes
+    /// on from `c.seq`: the database is behind what the sessions saw (`seq_went_back`, e.g. a
+    /// restored backup), or the user was erased (`erased`).
+    fn reset(&mut self, c: CountsView, reason: &'static str) {
+        if reason == "seq_went_back" {
+            tracing::warn!(user = %self.user, seen = self.last_seq, database = c.seq, "user's seq went back (database restored?): resetting sessions");
+        }
+        metrics::counter!("notifyd_resets_sent_total", "reason" => reason).increment(1);
         let frame = protocol::sync(&Changes::Reset {
             reset: true,
             seq: c.seq,

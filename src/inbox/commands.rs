@@ -1,6 +1,9 @@
-//! A user's own changes: mark read, read all, seen all, delete. Each is one transaction that takes
-//! the user's counter row first, exactly like a create, and emits one event, or none when nothing
-//! changed (marking an already-read message read is a no-op, not a new seq).
+//! Changes to one user's inbox besides creates: mark read, read all, seen all, delete (by the
+//! user, or retracted by the service that created the message), expire (the housekeeper). Each is
+//! one transaction that takes the user's counter row first, exactly like a create, and emits one
+//! event, or none when nothing changed (marking an already-read message read is a no-op, not a
+//! new seq). Every removal of live messages, whoever asks for it, is a `message.deleted` with
+//! the counts corrected here, in one place.
 
 use diesel_async::AsyncConnection;
 use serde_json::Value;
@@ -25,7 +28,10 @@ pub enum Command {
     Read(Vec<Uuid>),
     ReadAll,
     SeenAll,
+    /// Soft-delete one message (the user's own delete, or a service's retract).
     Delete(Uuid),
+    /// Remove messages past retention for good (the housekeeper).
+    Expire(Vec<Uuid>),
 }
 
 /// Ids that are not UUIDs cannot name a message of this user: they are dropped like foreign ids.
@@ -41,6 +47,50 @@ pub fn parse_ids(raw: &[Value]) -> Result<Vec<Uuid>, ApiError> {
         .filter_map(|v| v.as_str())
         .filter_map(|s| Uuid::parse_str(s).ok())
         .collect())
+}
+
+/// The `message.deleted` frame for removed rows `(id, was_read, seq)`, with `c` advanced to the
+/// new seq and counts (None when nothing was removed: no event). A removed unread message leaves
+/// `unread`, and `unseen` too if it came after the bell was last opened.
+fn removed(before: Counters, c: &mut Counters, rows: &[(Uuid, bool, i64)]) -> Option<Value> {
+    if rows.is_empty() {
+        return None;
+    }
+    c.seq += 1;
+    for &(_, was_read, seq) in rows {
+        if !was_read {
+            c.unread -= 1;
+            if seq > before.seen_seq {
+                c.unseen -= 1;
+            }
+        }
+    }
+    let ids: Vec<Uuid> = rows.iter().map(|(id, _, _)| *id).collect();
+    Some(frames::deleted(*c, &ids))
+}
+
+/// `DELETE /api/v1/messages/{id}`: the service that created message `id` takes it back, through
+/// the same delete as the recipient's own. `None`: no live message `id` of this service (never
+/// one, another service's, or already deleted, retracted or expired), so nothing is revealed.
+pub async fn retract(
+    conn: &mut Conn,
+    service: &str,
+    id: Uuid,
+) -> Result<Option<Outcome>, ApiError> {
+    let Some(user) = messages::recipient_for_service(conn, id, service).await? else {
+        return Ok(None);
+    };
+    let out = run(conn, &user, Command::Delete(id)).await?;
+    Ok(out.event.is_some().then_some(out))
+}
+
+/// After a command's commit, from a request handler: wake the relay (other nodes) and hand the
+/// event to this node's sessions at once.
+pub fn committed(state: &crate::state::AppState, out: &Outcome) {
+    if let Some(ev) = &out.event {
+        state.waker.wake();
+        state.gateway.committed(ev.clone());
+    }
 }
 
 pub async fn run(conn: &mut Conn, user: &str, cmd: Command) -> Result<Outcome, ApiError> {
@@ -103,19 +153,15 @@ pub async fn run(conn: &mut Conn, user: &str, cmd: Command) -> Result<Outcome, A
                     Some(frames::seen_all(c))
                 }
             }
-            Command::Delete(id) => match messages::soft_delete(conn, user, id, now).await? {
-                None => None,
-                Some((was_read, seq)) => {
-                    c.seq += 1;
-                    if !was_read {
-                        c.unread -= 1;
-                        if seq > before.seen_seq {
-                            c.unseen -= 1;
-                        }
-                    }
-                    Some(frames::deleted(c, &[id]))
-                }
-            },
+            Command::Delete(id) => {
+                let row = messages::soft_delete(conn, user, id, now).await?;
+                removed(before, &mut c, row.as_slice())
+            }
+            Command::Expire(ids) => {
+                let mut rows = messages::remove(conn, user, &ids).await?;
+                rows.sort_by_key(|(_, _, seq)| *seq);
+                removed(before, &mut c, &rows)
+            }
         };
         let Some(frame) = frame else {
             return Ok(Outcome {

@@ -5,6 +5,7 @@ pub mod changes;
 pub mod commands;
 pub mod create;
 pub mod direct;
+pub mod erase;
 pub mod frames;
 pub mod input;
 pub mod local;

@@ -64,6 +64,14 @@ pub async fn prune(conn: &mut Conn, before: DateTime<Utc>, batch: i64) -> QueryR
     .await
 }
 
+/// Every event of `user` (erasure). A plain `WHERE user_id` so it also works when the table is
+/// partitioned (every partition is searched by its own primary key).
+pub async fn erase_user(conn: &mut Conn, user: &str) -> QueryResult<usize> {
+    diesel::delete(e::table.filter(e::user_id.eq(user)))
+        .execute(conn)
+        .await
+}
+
 /// One row of `resume_many`: a request's counters, and one of its missed events (none when the
 /// request wants counters only, is caught up, or is too far behind for a replay).
 #[derive(diesel::QueryableByName, Debug)]

@@ -83,3 +83,26 @@ pub async fn prune(conn: &mut Conn, batch: i64) -> QueryResult<usize> {
     .execute(conn)
     .await
 }
+
+/// Erasure: drops the keys `user` used as a sender (`scope` is their direct-message service
+/// name) and takes `user`'s entries out of every stored create answer that names them, so a
+/// replay no longer mentions them (the other recipients' entries stay, and a retry still
+/// creates nothing). Scans the keys of the last 24 h: erasures are rare.
+pub async fn erase_user(conn: &mut Conn, user: &str, scope: &str) -> QueryResult<usize> {
+    use diesel::sql_types::Text;
+    let dropped = diesel::delete(k::table.filter(k::service.eq(scope)))
+        .execute(conn)
+        .await?;
+    let scrubbed = diesel::sql_query(
+        "UPDATE idempotency_key SET response = jsonb_set(response, '{messages}', \
+           (SELECT coalesce(jsonb_agg(m ORDER BY n), '[]'::jsonb) \
+            FROM jsonb_array_elements(response->'messages') WITH ORDINALITY AS x(m, n) \
+            WHERE m->>'to_user' IS DISTINCT FROM $1)) \
+         WHERE response @> jsonb_build_object('messages', \
+           jsonb_build_array(jsonb_build_object('to_user', $1::text)))",
+    )
+    .bind::<Text, _>(user)
+    .execute(conn)
+    .await?;
+    Ok(dropped + scrubbed)
+}

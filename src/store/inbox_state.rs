@@ -57,3 +57,9 @@ pub async fn seqs(conn: &mut Conn, users: &[String]) -> QueryResult<Vec<(String,
         .load(conn)
         .await
 }
+
+/// Removes the user's counters (erasure): their next change starts a new inbox at seq 1. A
+/// create waiting on this row (`INSERT .. ON CONFLICT`) inserts a fresh one once this commits.
+pub async fn erase(conn: &mut Conn, user: &str) -> QueryResult<usize> {
+    diesel::delete(s::table.find(user)).execute(conn).await
+}

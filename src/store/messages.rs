@@ -85,13 +85,13 @@ pub async fn mark_all_read(conn: &mut Conn, user: &str, now: DateTime<Utc>) -> Q
     .await
 }
 
-/// Soft-deletes one of the user's live messages; returns `(was_read, seq)` if it existed.
+/// Soft-deletes one of the user's live messages; returns `(id, was_read, seq)` if it existed.
 pub async fn soft_delete(
     conn: &mut Conn,
     user: &str,
     id: Uuid,
     now: DateTime<Utc>,
-) -> QueryResult<Option<(bool, i64)>> {
+) -> QueryResult<Option<(Uuid, bool, i64)>> {
     diesel::update(
         m::table
             .filter(m::to_user.eq(user))
@@ -99,10 +99,80 @@ pub async fn soft_delete(
             .filter(m::deleted_at.is_null()),
     )
     .set(m::deleted_at.eq(now))
-    .returning((m::is_read, m::seq))
+    .returning((m::id, m::is_read, m::seq))
     .get_result(conn)
     .await
     .optional()
+}
+
+/// Removes (for good) the user's live messages among `ids`; returns `(id, was_read, seq)` of
+/// each one removed. Expiry uses it: the rows go at once, their event tells the client.
+pub async fn remove(
+    conn: &mut Conn,
+    user: &str,
+    ids: &[Uuid],
+) -> QueryResult<Vec<(Uuid, bool, i64)>> {
+    diesel::delete(
+        m::table
+            .filter(m::to_user.eq(user))
+            .filter(m::id.eq_any(ids))
+            .filter(m::deleted_at.is_null()),
+    )
+    .returning((m::id, m::is_read, m::seq))
+    .get_results(conn)
+    .await
+}
+
+/// The recipient of message `id` if `service` created it (live or not): who a retract is for.
+pub async fn recipient_for_service(
+    conn: &mut Conn,
+    id: Uuid,
+    service: &str,
+) -> QueryResult<Option<String>> {
+    m::table
+        .filter(m::id.eq(id))
+        .filter(m::service.eq(service))
+        .select(m::to_user)
+        .get_result(conn)
+        .await
+        .optional()
+}
+
+/// Up to `limit` live messages sent before `cutoff`, oldest first, as `(id, recipient)`
+/// (walks `t_message_real_time_live_send_time`).
+pub async fn expired(
+    conn: &mut Conn,
+    cutoff: DateTime<Utc>,
+    limit: i64,
+) -> QueryResult<Vec<(Uuid, String)>> {
+    m::table
+        .filter(m::deleted_at.is_null())
+        .filter(m::send_time.lt(cutoff))
+        .select((m::id, m::to_user))
+        .order(m::send_time.asc())
+        .limit(limit)
+        .load(conn)
+        .await
+}
+
+/// Deletes up to `batch` soft-deleted rows (already out of every count and listing), oldest
+/// deletion first; returns how many went. One short statement walking
+/// `t_message_real_time_deleted`; by id, not ctid (rows of this table are updated).
+pub async fn purge_deleted(conn: &mut Conn, batch: i64) -> QueryResult<usize> {
+    diesel::sql_query(
+        "DELETE FROM t_message_real_time WHERE id = ANY(ARRAY(SELECT id FROM t_message_real_time \
+         WHERE deleted_at IS NOT NULL ORDER BY deleted_at LIMIT $1))",
+    )
+    .bind::<diesel::sql_types::BigInt, _>(batch)
+    .execute(conn)
+    .await
+}
+
+/// Every message row of `user`, live or soft-deleted (erasure).
+pub async fn erase_user(conn: &mut Conn, user: &str) -> QueryResult<usize> {
+    diesel::delete(m::table.filter(m::to_user.eq(user)))
+        .execute(conn)
+        .await
 }
 
 /// Live unread messages of a user (the ground truth behind the `unread` counter).

@@ -86,6 +86,42 @@ pub async fn enqueue_user_events(conn: &mut Conn, entries: &[(&str, i64)]) -> Qu
     Ok(())
 }
 
+#[derive(Insertable)]
+#[diesel(table_name = o)]
+struct NewUserNotice<'a> {
+    user_id: &'a str,
+    seq: i64,
+    payload: &'a serde_json::Value,
+}
+
+/// Queues a frame for the user's channel that is not an event of their stream (no seq of its
+/// own: stored as seq 0, which no event has, with the payload here instead of in `user_event`).
+/// It is relayed in order with the user's events: same partition, and outbox ids follow commit
+/// order for one user because every change of theirs takes their counter row first.
+pub async fn enqueue_user_notice(
+    conn: &mut Conn,
+    user: &str,
+    payload: &serde_json::Value,
+) -> QueryResult<()> {
+    diesel::insert_into(o::table)
+        .values(NewUserNotice {
+            user_id: user,
+            seq: 0,
+            payload,
+        })
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Every queued entry of `user` (erasure): nothing of theirs is published after it commits.
+/// An entry the relay has claimed is locked: this waits for that batch to be published.
+pub async fn erase_user(conn: &mut Conn, user: &str) -> QueryResult<usize> {
+    diesel::delete(o::table.filter(o::user_id.eq(user)))
+        .execute(conn)
+        .await
+}
+
 pub async fn enqueue_topic_event(
     conn: &mut Conn,
     topic: &str,

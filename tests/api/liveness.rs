@@ -344,10 +344,15 @@ async fn housekeeping_throughput() {
             n
         } else {
             let (_tx, rx) = tokio::sync::watch::channel(false);
-            notifyd::outbox::housekeeping::prune_expired(&mut conn, &settings, &rx)
-                .await
-                .expect("prune")
-                .events
+            notifyd::outbox::housekeeping::prune_expired(
+                &mut conn,
+                &settings,
+                &notifyd::outbox::Waker::new(),
+                &rx,
+            )
+            .await
+            .expect("prune")
+            .events
         };
         let secs = started.elapsed().as_secs_f64();
         let _ = stop_tx.send(true);

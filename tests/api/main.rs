@@ -9,6 +9,7 @@ mod gateway;
 mod gateway_limits;
 mod http_edge;
 mod keepalive;
+mod lifecycle;
 mod listen;
 mod liveness;
 mod local_delivery;

@@ -1,0 +1,37 @@
+//! `DELETE /api/v1/users/{id}` (internal services): erase a user (contract §9).
+
+use actix_web::{web, HttpResponse};
+
+use crate::auth::service::Service;
+use crate::error::ApiError;
+use crate::inbox::{erase, input};
+use crate::state::AppState;
+
+/// `204` once everything of the user is gone (also when there was nothing: erasing is
+/// idempotent). A user id that no message could have had (empty, too long, control characters)
+/// is a `400`. The user's open sockets get a `sync` reset: here at once, on every node through the relay.
+pub async fn erase(
+    service: Service,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let user = id.into_inner();
+    input::check_user_id(&user).map_err(|e| ApiError::validation("id", e))?;
+    let erased = state
+        .db(async |conn| erase::erase(conn, &user).await)
+        .await?;
+    if erased.had_inbox {
+        state.waker.wake();
+        state.gateway.erased(&user);
+    }
+    metrics::counter!("notifyd_users_erased_total").increment(1);
+    tracing::info!(
+        service = %service.0,
+        messages = erased.messages,
+        events = erased.events,
+        outbox = erased.outbox,
+        idempotency_keys = erased.idempotency_keys,
+        "user erased"
+    );
+    Ok(HttpResponse::NoContent().finish())
+}
