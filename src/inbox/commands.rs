@@ -191,3 +191,42 @@ pub async fn run(conn: &mut Conn, user: &str, cmd: Command) -> Result<Outcome, A
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One event for any number of removed rows; a read row leaves the counts alone, an unread
+    /// one leaves `unread`, and `unseen` only if it came after the bell was last opened.
+    #[test]
+    fn removed_rows_correct_the_counts_once() {
+        let before = Counters {
+            seq: 10,
+            unread: 5,
+            unseen: 2,
+            seen_seq: 8,
+        };
+        let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let mut after = before;
+        let frame = removed(
+            before,
+            &mut after,
+            &[(a, true, 3), (b, false, 4), (c, false, 9)],
+        )
+        .expect("an event");
+        assert_eq!(
+            after,
+            Counters {
+                seq: 11,
+                unread: 3,
+                unseen: 1,
+                seen_seq: 8
+            }
+        );
+        assert_eq!(frame["type"], "message.deleted");
+        assert_eq!(frame["ids"], serde_json::json!([a, b, c]));
+        let mut unchanged = before;
+        assert_eq!(removed(before, &mut unchanged, &[]), None);
+        assert_eq!(unchanged, before);
+    }
+}
