@@ -27,6 +27,9 @@ pub struct Settings {
     /// (dev only: start-up logs a warning).
     pub allowed_origins: Option<Vec<String>>,
     pub event_retention: Duration,
+    /// `NOTIFYD_EVENT_PARTITION_WIDTH`: the time range one event log partition covers (1 day).
+    /// Shorter only for tests and benchmarks that need to watch days pass in minutes.
+    pub event_partition_width: Duration,
     pub heartbeat: Duration,
     /// `NOTIFYD_MAX_SOCKETS_PER_USER`: WebSockets one user may hold on one node (contract §7).
     pub max_sockets_per_user: usize,
@@ -89,6 +92,7 @@ impl Settings {
             relay_enabled: true,
             allowed_origins: None,
             event_retention: Duration::from_secs(7 * 24 * 3600),
+            event_partition_width: Duration::from_secs(24 * 3600),
             heartbeat: Duration::from_secs(25),
             max_sockets_per_user: 32,
             dev: false,
@@ -171,6 +175,12 @@ impl Settings {
         }
         if let Some(r) = env("NOTIFYD_EVENT_RETENTION") {
             s.event_retention = parse_duration(&r).context("NOTIFYD_EVENT_RETENTION")?;
+        }
+        if let Some(w) = env("NOTIFYD_EVENT_PARTITION_WIDTH") {
+            s.event_partition_width = parse_duration(&w)
+                .ok()
+                .filter(|w| w.subsec_nanos() == 0 && (10..=7 * 24 * 3600).contains(&w.as_secs()))
+                .context("NOTIFYD_EVENT_PARTITION_WIDTH must be whole seconds from 10s to 7d")?;
         }
         if let Some(h) = env("NOTIFYD_HEARTBEAT") {
             s.heartbeat = parse_duration(&h).context("NOTIFYD_HEARTBEAT")?;
