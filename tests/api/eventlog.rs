@@ -231,3 +231,141 @@ async fn catch_up_across_a_day_boundary_is_one_gap_free_stream() {
     assert_eq!(seqs_of(&resumed), (3..=10).collect::<Vec<_>>());
     app.stop().await;
 }
+
+/// Inserts 100 events for `user` created at `at` (they land wherever the partitions say).
+async fn insert_events_at(c: &mut AsyncPgConnection, user: &str, at: DateTime<Utc>) {
+    diesel_async::RunQueryDsl::execute(
+        diesel::sql_query(format!(
+            "INSERT INTO user_event (user_id, seq, created_at, payload) \
+             SELECT '{user}', g, '{}'::timestamptz, '{{\"type\":\"x\"}}' \
+             FROM generate_series(1, 100) g",
+            at.to_rfc3339()
+        )),
+        c,
+    )
+    .await
+    .expect("insert");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drop_behind_a_long_reader_gives_up_quickly_and_writers_are_not_held() {
+    let db = TestDb::new().await;
+    notifyd::db::migrate(&db.url).await.expect("migrate");
+    let settings = settings_for(&db.url, &Opts::default());
+    let mut hk = db.conn().await;
+    let nine = Utc::now() - Days::days(9);
+    maintain_event_log(&mut hk, &settings, nine)
+        .await
+        .expect("round");
+    insert_events_at(&mut hk, "old", nine).await;
+    // Today's partitions exist (as after start-up), so the round below only has the DROP to do.
+    notifyd::outbox::housekeeping::create_partitions_ahead(&settings)
+        .await
+        .expect("partitions ahead");
+
+    // A reader in a long transaction holds a lock on every partition of the log.
+    let mut reader = db.conn().await;
+    for sql in ["BEGIN", "SELECT count(*) FROM user_event"] {
+        diesel_async::RunQueryDsl::execute(diesel::sql_query(sql), &mut reader)
+            .await
+            .expect(sql);
+    }
+    // The DROP waits for it, gives up after its lock timeout, and the round goes on.
+    let writer_url = db.url.clone();
+    let writes = tokio::spawn(async move {
+        // Writes issued while the DROP is queued: each waits at most the lock timeout.
+        let mut w = <AsyncPgConnection as diesel_async::AsyncConnection>::establish(&writer_url)
+            .await
+            .expect("conn");
+        let mut slowest = Duration::ZERO;
+        for i in 0..20 {
+            let t = std::time::Instant::now();
+            diesel_async::RunQueryDsl::execute(
+                diesel::sql_query(format!(
+                    "INSERT INTO user_event (user_id, seq, payload) VALUES ('w', {i}, '{{}}')"
+                )),
+                &mut w,
+            )
+            .await
+            .expect("write");
+            slowest = slowest.max(t.elapsed());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        slowest
+    });
+    let started = std::time::Instant::now();
+    let round = maintain_event_log(&mut hk, &settings, Utc::now())
+        .await
+        .expect("a refused DROP does not fail the round");
+    assert_eq!(round.dropped, 0, "{round:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the round took {:?}",
+        started.elapsed()
+    );
+    let slowest = writes.await.expect("writer");
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a write waited {slowest:?} behind the DROP"
+    );
+    assert!(partition_names(&mut hk)
+        .await
+        .contains(&day_partition(nine)));
+
+    // Once the reader is done, the next round drops the expired day.
+    diesel_async::RunQueryDsl::execute(diesel::sql_query("COMMIT"), &mut reader)
+        .await
+        .expect("commit");
+    let round = maintain_event_log(&mut hk, &settings, Utc::now())
+        .await
+        .expect("round");
+    // The round 9 days ago created days -9, -8 and -7: the first two have wholly expired.
+    assert_eq!(round.dropped, 2, "{round:?}");
+    let names = partition_names(&mut hk).await;
+    assert!(!names.contains(&day_partition(nine)));
+    assert!(names.contains(&day_partition(nine + Days::days(2))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_migration_carries_existing_events_into_day_partitions() {
+    use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+    use diesel_migrations::MigrationHarness;
+    let db = TestDb::new().await;
+    // Every migration before the partitioning one, then events in the plain table.
+    let conn = db.conn().await;
+    tokio::task::spawn_blocking(move || {
+        let mut w: AsyncConnectionWrapper<AsyncPgConnection> = AsyncConnectionWrapper::from(conn);
+        let pending = w
+            .pending_migrations(notifyd::db::MIGRATIONS)
+            .expect("pending");
+        for m in pending
+            .iter()
+            .take_while(|m| m.name().to_string().as_str() < "2026-12-02-000001")
+        {
+            w.run_migration(m.as_ref()).expect("migration");
+        }
+    })
+    .await
+    .expect("migrations");
+    let mut c = db.conn().await;
+    let two_days_ago = Utc::now() - Days::days(2);
+    insert_events_at(&mut c, "a", two_days_ago).await;
+    insert_events_at(&mut c, "b", Utc::now()).await;
+    notifyd::db::migrate(&db.url).await.expect("the rest");
+    assert_eq!(
+        where_stored(&db.url, "a").await,
+        (1..=100)
+            .map(|s| (s, day_partition(two_days_ago)))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        where_stored(&db.url, "b").await,
+        (1..=100)
+            .map(|s| (s, day_partition(Utc::now())))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        count_rows(&db.url, event_partitions::DEFAULT_PARTITION).await,
+        0
+    );
+}
