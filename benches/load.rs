@@ -27,7 +27,7 @@ use anyhow::{bail, Context};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use futures_util::StreamExt;
 use serde_json::json;
-use support::{env_num, scalar, BenchDb, Node, KEY, SECRET};
+use support::{env_num, scalar, write_section, BenchDb, Node, KEY, SECRET};
 
 /// Runs `clients` loops for `secs`, each POSTing `body(i)`; returns messages created per second.
 async fn post_load(
@@ -640,24 +640,6 @@ batch is not.\n",
     );
     write_section("docs/benchmarks.md", "## Announcements", &section)?;
     println!("wrote the Announcements section of docs/benchmarks.md");
-    Ok(())
-}
-
-/// Replaces the section starting with `heading` (up to the next `## `) in `path`, or appends it.
-fn write_section(path: &str, heading: &str, section: &str) -> anyhow::Result<()> {
-    let doc = std::fs::read_to_string(path).unwrap_or_default();
-    let out = match doc.find(heading) {
-        Some(start) => {
-            let rest = &doc[start + heading.len()..];
-            let end = rest
-                .find("\n## ")
-                .map(|i| start + heading.len() + i + 1)
-                .unwrap_or(doc.len());
-            format!("{}{}{}", &doc[..start], section, &doc[end..])
-        }
-        None => format!("{}\n\n{}", doc.trim_end_matches('\n'), section),
-    };
-    std::fs::write(path, out)?;
     Ok(())
 }
 

@@ -6,6 +6,7 @@
 #   fanout  (benches/fanout.rs) 10,000-socket topic fan-out vs a trivial ceiling server
 #   peers   (benches/peers.rs)  notifyd vs the Socket.IO peer and NATS: memory, latency, fan-out
 #   storm   (benches/storm.rs)  reconnect storm, when that bench exists
+#   eventlog (benches/eventlog.rs) the event log's size under steady writes (simulated days, ~4 min)
 # Needs PostgreSQL and Redis (scripts/services.sh starts them), node/npm and pip for the peers.
 # BENCH_ONLY="peers fanout" runs only those benches (a space-separated list).
 set -euo pipefail
@@ -13,7 +14,7 @@ cd "$(dirname "$0")/.."
 scripts/services.sh
 export TEST_DATABASE_ADMIN_URL=${TEST_DATABASE_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 export TEST_REDIS_URL=${TEST_REDIS_URL:-redis://127.0.0.1:6379}
-only=${BENCH_ONLY:-load fanout peers storm}
+only=${BENCH_ONLY:-load fanout peers storm eventlog}
 wants() { [[ " $only " == *" $1 "* ]]; }
 
 cargo build --release
@@ -35,5 +36,9 @@ fi
 if wants storm && [ -f benches/storm.rs ]; then
   echo "== storm"
   BENCH_STORM_CLIENTS=15000 BENCH_STORM_LABEL=current cargo bench --bench storm
+fi
+if wants eventlog; then
+  echo "== eventlog"
+  cargo bench --bench eventlog
 fi
 echo "docs/benchmarks.md regenerated"

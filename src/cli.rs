@@ -111,6 +111,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::telemetry::init_logging(settings.log_json);
             let applied = crate::db::migrate(&settings.database_url).await?;
             println!("{} migration(s) applied", applied.len());
+            let created = crate::outbox::housekeeping::create_partitions_ahead(&settings).await?;
+            println!("{created} event log partition(s) created ahead");
             Ok(())
         }
         Cmd::Listen {

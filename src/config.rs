@@ -30,6 +30,9 @@ pub struct Settings {
     /// `NOTIFYD_MESSAGE_RETENTION`: notifications older than this (by `send_time`) are removed
     /// by the housekeeper (contract §9).
     pub message_retention: Duration,
+    /// `NOTIFYD_EVENT_PARTITION_WIDTH`: the time range one event log partition covers (1 day).
+    /// Shorter only for tests and benchmarks that need to watch days pass in minutes.
+    pub event_partition_width: Duration,
     pub heartbeat: Duration,
     /// `NOTIFYD_MAX_SOCKETS_PER_USER`: WebSockets one user may hold on one node (contract §7).
     pub max_sockets_per_user: usize,
@@ -93,6 +96,7 @@ impl Settings {
             allowed_origins: None,
             event_retention: Duration::from_secs(7 * 24 * 3600),
             message_retention: Duration::from_secs(90 * 24 * 3600),
+            event_partition_width: Duration::from_secs(24 * 3600),
             heartbeat: Duration::from_secs(25),
             max_sockets_per_user: 32,
             dev: false,
@@ -181,6 +185,12 @@ impl Settings {
             if s.message_retention.is_zero() {
                 bail!("NOTIFYD_MESSAGE_RETENTION must be more than 0");
             }
+        }
+        if let Some(w) = env("NOTIFYD_EVENT_PARTITION_WIDTH") {
+            s.event_partition_width = parse_duration(&w)
+                .ok()
+                .filter(|w| w.subsec_nanos() == 0 && (10..=7 * 24 * 3600).contains(&w.as_secs()))
+                .context("NOTIFYD_EVENT_PARTITION_WIDTH must be whole seconds from 10s to 7d")?;
         }
         if let Some(h) = env("NOTIFYD_HEARTBEAT") {
             s.heartbeat = parse_duration(&h).context("NOTIFYD_HEARTBEAT")?;

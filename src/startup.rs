@@ -64,6 +64,7 @@ impl Application {
         if !applied.is_empty() {
             tracing::info!(?applied, "migrations applied");
         }
+        prepare_event_log(&settings).await;
         let pool = db::pool(
             &settings.database_url,
             settings.db_pool_size,
@@ -237,6 +238,7 @@ pub async fn run_relay(settings: Settings) -> anyhow::Result<()> {
         .clone()
         .context("`notifyd relay` needs REDIS_URL (single-node mode relays inside `serve`)")?;
     db::migrate(&settings.database_url).await?;
+    prepare_event_log(&settings).await;
     let pool = db::pool(
         &settings.database_url,
         2,
@@ -263,4 +265,17 @@ pub async fn run_relay(settings: Settings) -> anyhow::Result<()> {
     let _ = housekeeping.await;
     let _ = notifier.await;
     Ok(())
+}
+
+/// Right after the migrations: the event log's partitions for now and the next ranges. Not
+/// fatal: until the housekeeper's next round, writes without a partition land in the DEFAULT
+/// partition (and are moved out later).
+async fn prepare_event_log(settings: &Settings) {
+    match crate::outbox::housekeeping::create_partitions_ahead(settings).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(created = n, "event log partitions created ahead"),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "could not create event log partitions ahead")
+        }
+    }
 }

@@ -217,3 +217,21 @@ pub fn git_commit() -> String {
         (false, false) => sha,
     }
 }
+
+/// Replaces the section starting with `heading` (up to the next `## `) in `path`, or appends it.
+pub fn write_section(path: &str, heading: &str, section: &str) -> anyhow::Result<()> {
+    let doc = std::fs::read_to_string(path).unwrap_or_default();
+    let out = match doc.find(heading) {
+        Some(start) => {
+            let rest = &doc[start + heading.len()..];
+            let end = rest
+                .find("\n## ")
+                .map(|i| start + heading.len() + i + 1)
+                .unwrap_or(doc.len());
+            format!("{}{}{}", &doc[..start], section, &doc[end..])
+        }
+        None => format!("{}\n\n{}", doc.trim_end_matches('\n'), section),
+    };
+    std::fs::write(path, out)?;
+    Ok(())
+}

@@ -1,5 +1,6 @@
 //! Housekeeping: removes notifications past `NOTIFYD_MESSAGE_RETENTION` and soft-deleted ones,
-//! and prunes the event log past retention, expired idempotency keys and retained topic values.
+//! keeps the event log's partitions (creates them ahead, drops those past retention), and
+//! prunes expired idempotency keys and retained topic values.
 //!
 //! Expiring a live notification is an inbox change like any other (its unread count must go):
 //! each batch of expired rows goes user by user through `inbox::commands` (`Command::Expire`),
@@ -10,20 +11,23 @@
 //! It runs apart from the relay's publish loop — its own task, its own connection — so pruning
 //! never pauses delivery. One housekeeper works at a time across the cluster: it holds its own
 //! session advisory lock (`HOUSEKEEPER_LOCK`, not the relay's) on its connection; the others
-//! retry every round. A round deletes in large batches (`NOTIFYD_HOUSEKEEPING_BATCH`, each one
-//! short autocommit DELETE walking the `created_at` index) until nothing expired is left, so its
-//! throughput is the database's delete rate, not a fixed number of rows per interval.
+//! retry every round. The event log costs nothing to prune: a partition wholly past retention is
+//! dropped (one short DDL statement whatever it holds). Row-by-row deletes remain for the small
+//! tables and for the event log's DEFAULT partition (normally empty), in large batches
+//! (`NOTIFYD_HOUSEKEEPING_BATCH`, each one short autocommit DELETE) until nothing expired is left.
 
 use std::time::{Duration, Instant};
 
-use diesel_async::AsyncPgConnection;
+use chrono::{DateTime, Utc};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use tokio::sync::watch;
 
 use super::Waker;
 use crate::config::Settings;
 use crate::db;
 use crate::inbox::commands::{self, Command};
-use crate::store::{events, idempotency, messages, session, topic_retained};
+use crate::store::event_partitions::{self, Partition};
+use crate::store::{idempotency, messages, session, topic_retained};
 
 /// The housekeeper's advisory lock key ("notifyd" + 01), beside the relay's `LEADER_LOCK`.
 pub const HOUSEKEEPER_LOCK: i64 = 0x6e6f_7469_6679_6401;
@@ -33,6 +37,15 @@ pub const EXPIRE_BATCH: i64 = 1_000;
 /// How long a stand-by waits before it tries again after losing its connection.
 const RETRY: Duration = Duration::from_secs(1);
 
+/// Partitions kept ahead of the current one, so a housekeeper down for that long still leaves
+/// every write a partition of its own (after that, the DEFAULT partition takes them).
+pub const PARTITIONS_AHEAD: u32 = 2;
+/// How long partition DDL may wait for its lock. Waiting DDL queues every later reader and
+/// writer of `user_event` behind it, so it gives up quickly and is retried the next round.
+pub const DDL_LOCK_TIMEOUT: Duration = Duration::from_millis(250);
+/// Bound on the default partition's drain per round (each step creates one partition).
+const MAX_DRAIN_STEPS: usize = 64;
+
 /// What one round removed.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Pruned {
@@ -40,6 +53,8 @@ pub struct Pruned {
     pub expired_messages: usize,
     /// Soft-deleted notifications purged.
     pub deleted_messages: usize,
+    pub event_log: EventLogRound,
+    /// Expired rows deleted from the event log's DEFAULT partition.
     pub events: usize,
     pub idempotency_keys: usize,
     pub retained_topics: usize,
@@ -98,15 +113,21 @@ impl Housekeeper {
                 let pruned = prune_expired(&mut conn, s, &self.waker, shutdown).await?;
                 metrics::histogram!("notifyd_housekeeping_round_seconds")
                     .record(started.elapsed().as_secs_f64());
+                let log = pruned.event_log;
                 if pruned.expired_messages
                     + pruned.deleted_messages
                     + pruned.events
                     + pruned.idempotency_keys
+                    + log.created
+                    + log.dropped
                     > 0
                 {
                     tracing::info!(
                         expired_messages = pruned.expired_messages,
                         deleted_messages = pruned.deleted_messages,
+                        partitions_created = log.created,
+                        partitions_dropped = log.dropped,
+                        moved_from_default = log.moved,
                         events = pruned.events,
                         idempotency_keys = pruned.idempotency_keys,
                         seconds = started.elapsed().as_secs_f64(),
@@ -122,9 +143,10 @@ impl Housekeeper {
     }
 }
 
-/// Removes, batch after batch, every notification past retention, every soft-deleted one, every
-/// event older than the retention window and every expired idempotency key, until none is left
-/// (or shutdown). Each batch is its own short statement or transaction, bounded by the statement
+/// One round: expired and soft-deleted notifications, the event log's partitions
+/// (`maintain_event_log`, at the current time), then, batch after batch, every expired row of
+/// the DEFAULT partition, idempotency key and retained topic value, until none is left (or
+/// shutdown). Each batch is its own short statement or transaction, bounded by the statement
 /// timeout (server side) and a client-side timeout a little longer.
 pub async fn prune_expired(
     conn: &mut AsyncPgConnection,
@@ -132,12 +154,13 @@ pub async fn prune_expired(
     waker: &Waker,
     shutdown: &watch::Receiver<bool>,
 ) -> anyhow::Result<Pruned> {
+    let now = Utc::now();
+    let batch = s.housekeeping_batch;
+    let bound = s.db_statement_timeout + s.relay_db_timeout;
     let mut pruned = Pruned {
         expired_messages: expire_messages(conn, s, waker, shutdown).await?,
         ..Pruned::default()
     };
-    let batch = s.housekeeping_batch;
-    let bound = s.db_statement_timeout + s.relay_db_timeout;
     loop {
         let n = bounded(bound, messages::purge_deleted(conn, batch)).await?;
         pruned.deleted_messages += n;
@@ -147,10 +170,10 @@ pub async fn prune_expired(
             break;
         }
     }
-    let cutoff = chrono::Utc::now()
-        - chrono::Duration::from_std(s.event_retention).unwrap_or(chrono::Duration::days(7));
+    pruned.event_log = maintain_event_log(conn, s, now).await?;
+    let cutoff = retention_cutoff(s, now);
     loop {
-        let n = bounded(bound, events::prune(conn, cutoff, batch)).await?;
+        let n = bounded(bound, event_partitions::prune_default(conn, cutoff, batch)).await?;
         pruned.events += n;
         metrics::counter!("notifyd_housekeeping_pruned_total", "table" => "user_event")
             .increment(n as u64);
@@ -226,6 +249,165 @@ async fn expire_messages(
         }
     }
     Ok(total)
+}
+
+/// What one round did to the event log's partitions.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EventLogRound {
+    pub created: usize,
+    pub dropped: usize,
+    /// Rows moved out of the DEFAULT partition into a partition created for them.
+    pub moved: usize,
+    /// Range partitions attached after the round.
+    pub partitions: usize,
+}
+
+/// Events created before this are past retention.
+fn retention_cutoff(s: &Settings, now: DateTime<Utc>) -> DateTime<Utc> {
+    now - chrono::Duration::from_std(s.event_retention).unwrap_or(chrono::Duration::days(7))
+}
+
+/// The partition range (`NOTIFYD_EVENT_PARTITION_WIDTH` long, aligned on multiples of the width
+/// since the Unix epoch: UTC midnights for days) that holds `t`.
+pub fn slot_of(t: DateTime<Utc>, width: Duration) -> (DateTime<Utc>, DateTime<Utc>) {
+    let w = width.as_secs().max(1) as i64;
+    let start = t.timestamp().div_euclid(w) * w;
+    let from = DateTime::from_timestamp(start, 0).unwrap_or(t);
+    (from, from + chrono::Duration::seconds(w))
+}
+
+/// The event log's upkeep as of `now` (passed in so tests can move the clock):
+/// 1. the partitions for `now`'s range and the `PARTITIONS_AHEAD` after it exist;
+/// 2. rows the DEFAULT partition took (written while no partition covered their time) and still
+///    within retention move into partitions created for their ranges;
+/// 3. every partition whose whole range is older than `now - retention` is dropped. The part of a
+///    partition that passed retention stays until the whole partition has: events are kept up
+///    to one partition width (a day) longer than `NOTIFYD_EVENT_RETENTION`, never shorter.
+///
+/// Each DDL step is its own transaction with `DDL_LOCK_TIMEOUT`; a step that fails (a lock not
+/// granted in time, a partition another node created first) is logged, counted and retried the
+/// next round; the round goes on with the other steps.
+pub async fn maintain_event_log(
+    conn: &mut AsyncPgConnection,
+    s: &Settings,
+    now: DateTime<Utc>,
+) -> anyhow::Result<EventLogRound> {
+    let bound = s.db_statement_timeout + s.relay_db_timeout;
+    let mut round = EventLogRound {
+        created: create_ahead(conn, s, now).await?,
+        ..Default::default()
+    };
+    let cutoff = retention_cutoff(s, now);
+    // 2. Drain the DEFAULT partition, oldest range first.
+    let mut floor = cutoff;
+    for _ in 0..MAX_DRAIN_STEPS {
+        let Some(at) = bounded(bound, event_partitions::oldest_in_default(conn, floor)).await?
+        else {
+            break;
+        };
+        let (from, to) = slot_of(at, s.event_partition_width);
+        let parts = bounded(bound, event_partitions::list(conn)).await?;
+        // A range partly covered by a partition of another width (the width was changed) cannot
+        // get its own: those rows stay in DEFAULT until they expire and are deleted.
+        if !parts.iter().any(|p| p.overlaps(from, to)) {
+            if let Some(moved) = ddl(conn, bound, Ddl::Create(from, to)).await? {
+                round.created += 1;
+                round.moved += moved;
+                metrics::counter!("notifyd_event_partitions_created_total").increment(1);
+                metrics::counter!("notifyd_event_default_rows_moved_total").increment(moved as u64);
+            }
+        }
+        floor = to;
+    }
+    // 3. Drop the partitions wholly past retention.
+    let parts = bounded(bound, event_partitions::list(conn)).await?;
+    for p in parts.iter().filter(|p| p.to <= cutoff) {
+        if ddl(conn, bound, Ddl::Drop(p)).await?.is_some() {
+            round.dropped += 1;
+            metrics::counter!("notifyd_event_partitions_dropped_total").increment(1);
+        }
+    }
+    round.partitions = bounded(bound, event_partitions::list(conn)).await?.len();
+    metrics::gauge!("notifyd_event_partitions").set(round.partitions as f64);
+    Ok(round)
+}
+
+/// Creates the partitions for `now`'s range and the `PARTITIONS_AHEAD` after it where no
+/// partition covers that range yet; returns how many it created.
+async fn create_ahead(
+    conn: &mut AsyncPgConnection,
+    s: &Settings,
+    now: DateTime<Utc>,
+) -> anyhow::Result<usize> {
+    let bound = s.db_statement_timeout + s.relay_db_timeout;
+    let parts = bounded(bound, event_partitions::list(conn)).await?;
+    let mut created = 0;
+    let mut at = now;
+    for _ in 0..=PARTITIONS_AHEAD {
+        let (from, to) = slot_of(at, s.event_partition_width);
+        at = to;
+        if parts.iter().any(|p: &Partition| p.overlaps(from, to)) {
+            continue;
+        }
+        if let Some(moved) = ddl(conn, bound, Ddl::Create(from, to)).await? {
+            created += 1;
+            metrics::counter!("notifyd_event_partitions_created_total").increment(1);
+            metrics::counter!("notifyd_event_default_rows_moved_total").increment(moved as u64);
+        }
+    }
+    Ok(created)
+}
+
+/// Creates the event log's partitions ahead of time, at start-up and by `notifyd migrate`, right
+/// after the migrations: on its own connection, without the housekeeper's lock (two nodes racing
+/// here both end well: one creates, the other's attempt fails and is logged).
+pub async fn create_partitions_ahead(s: &Settings) -> anyhow::Result<usize> {
+    let mut conn = db::connect(&s.database_url, &db::Limits::from_settings(s)).await?;
+    create_ahead(&mut conn, s, Utc::now()).await
+}
+
+/// One DDL step on the event log's partitions.
+#[derive(Clone, Copy)]
+enum Ddl<'a> {
+    /// Create (and attach) the partition for `[from, to)`; answers the rows moved from DEFAULT.
+    Create(DateTime<Utc>, DateTime<Utc>),
+    Drop(&'a Partition),
+}
+
+impl Ddl<'_> {
+    fn name(&self) -> &'static str {
+        match self {
+            Ddl::Create(..) => "create",
+            Ddl::Drop(_) => "drop",
+        }
+    }
+}
+
+/// Runs one DDL step in its own transaction with `DDL_LOCK_TIMEOUT`. `Ok(None)`: the database
+/// refused it (rolled back, logged and counted; the round goes on). `Err`: no answer in `bound`
+/// (the connection's state is unknown, so the session ends and reconnects).
+async fn ddl(
+    conn: &mut AsyncPgConnection,
+    bound: Duration,
+    step: Ddl<'_>,
+) -> anyhow::Result<Option<usize>> {
+    let tx = conn.transaction::<usize, diesel::result::Error, _>(async |c| {
+        event_partitions::set_local_lock_timeout(c, DDL_LOCK_TIMEOUT).await?;
+        match step {
+            Ddl::Create(from, to) => event_partitions::create(c, from, to).await,
+            Ddl::Drop(p) => event_partitions::drop(c, p).await.map(|()| 0),
+        }
+    });
+    let op = step.name();
+    match tokio::time::timeout(bound, tx).await {
+        Ok(Ok(v)) => Ok(Some(v)),
+        Ok(Err(e)) => {
+            metrics::counter!("notifyd_errors_total", "kind" => "event_partition").increment(1);
+            tracing::warn!(op, error = %e, "event log partition step failed; retried next round");
+            Ok(None)
+        }
+        Err(_) => anyhow::bail!("an event log partition {op} took longer than {bound:?}"),
+    }
 }
 
 async fn bounded<T, E: std::error::Error + Send + Sync + 'static>(

@@ -1,6 +1,5 @@
 //! `user_event`: the retained per-user change stream. The payload is the exact WebSocket frame.
 
-use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
@@ -46,22 +45,6 @@ pub async fn range(
         q = q.filter(e::seq.le(u));
     }
     q.load(conn).await
-}
-
-/// Deletes up to `batch` of the oldest events older than `before`; returns how many went.
-/// The inner scan walks the `created_at` index from its oldest end (ORDER BY), so each batch
-/// reads only rows it deletes (plus index entries of rows deleted by the batch before, which the
-/// first visit marks dead), never a sequential scan past already-deleted heap pages; the rows
-/// are then deleted by ctid. `user_event` is append-only, so no row changes its ctid meanwhile.
-pub async fn prune(conn: &mut Conn, before: DateTime<Utc>, batch: i64) -> QueryResult<usize> {
-    diesel::sql_query(
-        "DELETE FROM user_event WHERE ctid = ANY(ARRAY(SELECT ctid FROM user_event \
-         WHERE created_at < $1 ORDER BY created_at LIMIT $2))",
-    )
-    .bind::<diesel::sql_types::Timestamptz, _>(before)
-    .bind::<diesel::sql_types::BigInt, _>(batch)
-    .execute(conn)
-    .await
 }
 
 /// Every event of `user` (erasure). A plain `WHERE user_id` so it also works when the table is

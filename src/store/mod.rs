@@ -3,6 +3,7 @@
 
 pub mod broadcasts;
 pub mod create_rows;
+pub mod event_partitions;
 pub mod events;
 pub mod idempotency;
 pub mod inbox_state;

@@ -681,12 +681,14 @@ async fn read_until_close(ws: RawWs, pause: Duration) -> (Vec<i64>, Option<u16>)
     read_until_seq(ws, i64::MAX, pause).await
 }
 
-/// Reads of the event log (`user_event` scans) PostgreSQL has counted for this database.
+/// Reads of the event log (scans of `user_event`'s partitions: the partitioned parent has no
+/// statistics of its own) PostgreSQL has counted for this database.
 async fn event_log_scans(db_url: &str) -> i64 {
     scalar_i64(
         db_url,
         "SELECT (coalesce(sum(seq_scan), 0) + coalesce(sum(idx_scan), 0))::bigint AS v \
-         FROM pg_stat_user_tables WHERE relname = 'user_event'",
+         FROM pg_stat_user_tables WHERE relid IN \
+           (SELECT inhrelid FROM pg_inherits WHERE inhparent = 'user_event'::regclass)",
     )
     .await
 }

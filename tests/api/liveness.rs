@@ -337,7 +337,7 @@ async fn housekeeping_throughput() {
             // The relay's old housekeeping: 20 batches of 5,000 (then nothing for 30 s).
             let mut n = 0;
             for _ in 0..20 {
-                n += notifyd::store::events::prune(&mut conn, cutoff, 5000)
+                n += notifyd::store::event_partitions::prune_default(&mut conn, cutoff, 5000)
                     .await
                     .expect("prune");
             }

@@ -5,6 +5,7 @@ mod helpers;
 
 mod broadcasts;
 mod direct;
+mod eventlog;
 mod gateway;
 mod gateway_limits;
 mod http_edge;
