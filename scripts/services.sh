@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure PostgreSQL and Redis are reachable on 127.0.0.1, installing (Debian/Ubuntu, apt) and
-# starting them when they are absent, and that nginx is installed (not started: the chaos harness
-# runs its own). Safe to run again: it only acts on what is missing.
+# starting them when they are absent, that nginx is installed (not started: the chaos harness runs
+# its own), and that python3 can make a venv (schemathesis). Safe to run again: it only acts on
+# what is missing.
 # Env: PGHOST_PORT (default 5432), REDIS_PORT (default 6379).
 set -euo pipefail
 
@@ -59,6 +60,16 @@ fi
 if [ ! -x /usr/sbin/nginx ]; then
   say "installing nginx"
   apt_install nginx
+fi
+
+# --- python3 with venv + curl (scripts/schemathesis.sh: a venv for the pinned schemathesis) ---
+if ! command -v python3 >/dev/null || ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+  say "installing python3-venv"
+  apt_install python3 python3-venv
+fi
+if ! command -v curl >/dev/null; then
+  say "installing curl"
+  apt_install curl
 fi
 
 # --- Rust ---

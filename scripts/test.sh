@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's second command: the whole test suite, against real PostgreSQL and Redis.
 # Lints, unit and integration tests (a fresh database and Redis prefix per test), property tests,
-# the chaos run, browser tests in headless Chromium, then the public conformance suite
+# the chaos run, schemathesis against the served OpenAPI document, browser tests in headless Chromium, then the public conformance suite
 # (../shared/conformance) against a release build when it is present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +19,9 @@ echo "== cargo test"
 export CHAOS=${CHAOS:-1}
 # Not --all-targets: that would also run benches/load.rs, which measures, it does not test.
 cargo test --lib --bins --tests -- --test-threads "${TEST_THREADS:-4}"
+
+echo "== schemathesis against /api-docs/openapi.json (a live node, service key and user token)"
+scripts/schemathesis.sh
 
 echo "== browser tests (headless Chromium)"
 scripts/browser-test.sh

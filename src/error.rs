@@ -2,7 +2,8 @@
 //! and nowhere else.
 
 use actix_web::{http::StatusCode, HttpResponse, ResponseError};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -66,13 +67,40 @@ impl ApiError {
     }
 
     /// The contract's error body: `{"error": {"code", "message", "field"?}}`.
-    pub fn body(&self) -> serde_json::Value {
-        let mut err = json!({ "code": self.code(), "message": self.to_string() });
-        if let ApiError::Validation { field, .. } = self {
-            err["field"] = json!(field);
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.code().to_string(),
+                message: self.to_string(),
+                field: match self {
+                    ApiError::Validation { field, .. } => Some(field.clone()),
+                    _ => None,
+                },
+            },
         }
-        json!({ "error": err })
     }
+}
+
+/// The error body of every refusal (contract §3), on every route.
+#[derive(Serialize, Debug, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, Debug, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, snake_case: `validation_failed`, `malformed_json`, `bad_request`,
+    /// `unauthorized`, `forbidden`, `not_found`, `idempotency_conflict`, `payload_too_large`,
+    /// `method_not_allowed`, `too_many_connections`, `too_many_broadcasts`, `rate_limited`,
+    /// `unavailable`, `internal`.
+    #[schema(example = "validation_failed")]
+    pub code: String,
+    /// For people, not programs: its wording may change.
+    pub message: String,
+    /// With `validation_failed`: the field at fault, e.g. `title` or `messages[3].title`
+    /// (empty when the body as a whole is wrong).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
 }
 
 impl From<diesel::result::Error> for ApiError {

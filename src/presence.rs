@@ -28,7 +28,8 @@ pub struct Presence {
     changed: Notify,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+/// A user's presence across the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct UserPresence {
     pub online: bool,
     pub connections: u64,

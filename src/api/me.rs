@@ -2,16 +2,25 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::user::User;
-use crate::error::ApiError;
-use crate::inbox::changes::{self as inbox_changes, MAX_PAGE};
+use crate::error::{ApiError, ErrorBody};
+use crate::inbox::changes::{self as inbox_changes, Changes, Page, MAX_PAGE};
 use crate::inbox::commands::{self, Command};
 use crate::inbox::direct::{self, Via};
 use crate::inbox::CountsView;
 use crate::state::AppState;
+
+/// `201` of `POST /api/v1/me/send`.
+#[derive(serde::Serialize, ToSchema)]
+pub struct Sent {
+    /// The message id in the recipient's inbox.
+    #[schema(value_type = Uuid)]
+    pub id: Value,
+}
 
 #[derive(Deserialize)]
 pub struct ListQuery {
@@ -34,6 +43,21 @@ fn int_param(raw: Option<&str>, field: &str, min: i64, max: i64) -> Result<Optio
 }
 
 /// `GET /api/v1/me/messages?limit=20&before=<seq>&unread_only=true`
+#[utoipa::path(get, path = "/api/v1/me/messages", tag = "user",
+    security(("userJwt" = [])),
+    params(
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "page size, default 20"),
+        ("before" = Option<i64>, Query, minimum = 1, description = "only messages with a smaller seq: the previous page's `next_before`"),
+        ("unread_only" = Option<bool>, Query, description = "only unread messages"),
+    ),
+    responses(
+        (status = 200, description = "the caller's messages, newest first", body = Page),
+        (status = 400, description = "the query string cannot be read (e.g. a parameter given twice)", body = ErrorBody),
+        (status = 401, description = "missing, invalid or expired user token", body = ErrorBody),
+        (status = 403, description = "a browser Origin not in NOTIFYD_ALLOWED_ORIGINS", body = ErrorBody),
+        (status = 422, description = "a parameter is out of range; `field` names it", body = ErrorBody),
+        (status = 503, description = "the database is unavailable; retry", body = ErrorBody),
+    ))]
 pub async fn list(
     user: User,
     q: web::Query<ListQuery>,
@@ -53,6 +77,14 @@ pub async fn list(
 }
 
 /// `GET /api/v1/me/unread-count`
+#[utoipa::path(get, path = "/api/v1/me/unread-count", tag = "user",
+    security(("userJwt" = [])),
+    responses(
+        (status = 200, description = "the caller's counts and last seq", body = CountsView),
+        (status = 401, description = "missing, invalid or expired user token", body = ErrorBody),
+        (status = 403, description = "a browser Origin not in NOTIFYD_ALLOWED_ORIGINS", body = ErrorBody),
+        (status = 503, description = "the database is unavailable; retry", body = ErrorBody),
+    ))]
 pub async fn unread_count(
     user: User,
     state: web::Data<AppState>,
@@ -60,7 +92,7 @@ pub async fn unread_count(
     let c = state
         .db(async |conn| Ok(inbox_changes::counts(conn, &user.0.user).await?))
         .await?;
-    Ok(HttpResponse::Ok().json(json!({"unread": c.unread, "unseen": c.unseen, "seq": c.seq})))
+    Ok(HttpResponse::Ok().json(CountsView::from(c)))
 }
 
 #[derive(Deserialize)]
@@ -69,6 +101,17 @@ pub struct ChangesQuery {
 }
 
 /// `GET /api/v1/me/changes?since=<seq>`
+#[utoipa::path(get, path = "/api/v1/me/changes", tag = "user",
+    security(("userJwt" = [])),
+    params(("since" = Option<i64>, Query, minimum = 0, description = "the last seq the client applied; default 0")),
+    responses(
+        (status = 200, description = "the events after `since`, or a reset", body = Changes),
+        (status = 400, description = "the query string cannot be read (e.g. a parameter given twice)", body = ErrorBody),
+        (status = 401, description = "missing, invalid or expired user token", body = ErrorBody),
+        (status = 403, description = "a browser Origin not in NOTIFYD_ALLOWED_ORIGINS", body = ErrorBody),
+        (status = 422, description = "`since` is not an integer from 0", body = ErrorBody),
+        (status = 503, description = "the database is unavailable; retry", body = ErrorBody),
+    ))]
 pub async fn changes(
     user: User,
     q: web::Query<ChangesQuery>,
@@ -95,6 +138,19 @@ async fn run(state: &AppState, user: &str, cmd: Command) -> Result<CountsView, A
 }
 
 /// `POST /api/v1/me/messages/read` body `{"ids": [...]}`
+#[utoipa::path(post, path = "/api/v1/me/messages/read", tag = "user",
+    security(("userJwt" = [])),
+    request_body(content = super::bodies::ReadIds, content_type = "application/json",
+        description = "read as JSON whatever its Content-Type; at most 64 KiB"),
+    responses(
+        (status = 200, description = "marked read; the caller's counts after it", body = CountsView),
+        (status = 400, description = "the body is not JSON", body = ErrorBody),
+        (status = 401, description = "missing, invalid or expired user token", body = ErrorBody),
+        (status = 403, description = "a browser Origin not in NOTIFYD_ALLOWED_ORIGINS", body = ErrorBody),
+        (status = 413, description = "the body is larger than 64 KiB", body = ErrorBody),
+        (status = 422, description = "`ids` is missing or too long", body = ErrorBody),
+        (status = 503, description = "the database is unavailable; retry", body = ErrorBody),
+    ))]
 pub async fn read(
     user: User,
     body: web::Json<ReadBody>,
@@ -108,18 +164,43 @@ pub async fn read(
     Ok(HttpResponse::Ok().json(run(&state, &user.0.user, Command::Read(ids)).await?))
 }
 
-/// `POST /api/v1/me/messages/read-all`
+/// `POST /api/v1/me/messages/read-all` (no body)
+#[utoipa::path(post, path = "/api/v1/me/messages/read-all", tag = "user",
+    security(("userJwt" = [])),
+    responses(
+        (status = 200, description = "all read; `unread` and `unseen` are 0", body = CountsView),
+        (status = 401, description = "missing, invalid or expired user token", body = ErrorBody),
+        (status = 403, description = "a browser Origin not in NOTIFYD_ALLOWED_ORIGINS", body = ErrorBody),
+        (status = 503, description = "the database is unavailable; retry", body = ErrorBody),
+    ))]
 pub async fn read_all(user: User, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(run(&state, &user.0.user, Command::ReadAll).await?))
 }
 
-/// `POST /api/v1/me/messages/seen-all`
+/// `POST /api/v1/me/messages/seen-all` (no body): the bell was opened.
+#[utoipa::path(post, path = "/api/v1/me/messages/seen-all", tag = "user",
+    security(("userJwt" = [])),
+    responses(
+        (status = 200, description = "all seen; `unseen` is 0", body = CountsView),
+        (status = 401, description = "missing, invalid or expired user token", body = ErrorBody),
+        (status = 403, description = "a browser Origin not in NOTIFYD_ALLOWED_ORIGINS", body = ErrorBody),
+        (status = 503, description = "the database is unavailable; retry", body = ErrorBody),
+    ))]
 pub async fn seen_all(user: User, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(run(&state, &user.0.user, Command::SeenAll).await?))
 }
 
 /// `DELETE /api/v1/me/messages/{id}`: 204 whether or not the id named one of the caller's
 /// messages, so ids of other users are never revealed.
+#[utoipa::path(delete, path = "/api/v1/me/messages/{id}", tag = "user",
+    security(("userJwt" = [])),
+    params(("id" = String, Path, description = "a message id (an id that is not one of the caller's messages changes nothing)")),
+    responses(
+        (status = 204, description = "deleted, or nothing to delete"),
+        (status = 401, description = "missing, invalid or expired user token", body = ErrorBody),
+        (status = 403, description = "a browser Origin not in NOTIFYD_ALLOWED_ORIGINS", body = ErrorBody),
+        (status = 503, description = "the database is unavailable; retry", body = ErrorBody),
+    ))]
 pub async fn delete(
     user: User,
     id: web::Path<String>,
@@ -133,6 +214,24 @@ pub async fn delete(
 
 /// `POST /api/v1/me/send` body `{"to_user": "7", "message": {...}}`: a direct message from the
 /// caller (contract §8). `201 {"id"}`; `Idempotency-Key` is honoured per sender.
+#[utoipa::path(post, path = "/api/v1/me/send", tag = "user",
+    security(("userJwt" = [])),
+    params(super::messages::IdempotencyKey),
+    request_body(content = super::bodies::DirectMessage, content_type = "application/json",
+        description = "read as JSON whatever its Content-Type; at most 64 KiB"),
+    responses(
+        (status = 201, description = "sent: a notification in the recipient's inbox", body = Sent,
+            headers(("Idempotent-Replayed" = String, description = "`true` when this answers an earlier request with the same Idempotency-Key"))),
+        (status = 400, description = "the body is not JSON", body = ErrorBody),
+        (status = 401, description = "missing, invalid or expired user token", body = ErrorBody),
+        (status = 403, description = "the token's `send_to` claim does not match `to_user` (or a browser Origin not in NOTIFYD_ALLOWED_ORIGINS)", body = ErrorBody),
+        (status = 409, description = "this Idempotency-Key was used with a different body", body = ErrorBody),
+        (status = 413, description = "the body is larger than 64 KiB", body = ErrorBody),
+        (status = 422, description = "a field is invalid; `field` names it", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: the sender's rate limit; retry after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "seconds"))),
+        (status = 503, description = "the database is unavailable or the server is busy; retry", body = ErrorBody),
+    ))]
 pub async fn send(
     req: HttpRequest,
     user: User,
@@ -159,5 +258,5 @@ pub async fn send(
     if sent.replayed {
         resp.insert_header(("Idempotent-Replayed", "true"));
     }
-    Ok(resp.json(json!({ "id": sent.id })))
+    Ok(resp.json(Sent { id: sent.id }))
 }

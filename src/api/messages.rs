@@ -1,15 +1,49 @@
 //! `POST /api/v1/messages` and `DELETE /api/v1/messages/{id}` (internal services).
 
 use actix_web::{web, HttpRequest, HttpResponse};
+use utoipa::ToSchema;
+use uuid::Uuid;
 
 use super::read_body;
 use crate::auth::service::Service;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::inbox::commands;
 use crate::inbox::create::{self, Idempotency};
 use crate::inbox::input;
 use crate::state::AppState;
 
+/// `201` of `POST /api/v1/messages`: one entry per row created, in request order.
+#[derive(ToSchema)]
+pub struct Created {
+    pub messages: Vec<CreatedMessage>,
+}
+
+#[derive(ToSchema)]
+pub struct CreatedMessage {
+    pub id: Uuid,
+    pub to_user: String,
+    /// The recipient's `seq` of its `message.created` event.
+    pub seq: i64,
+}
+
+/// Creates notifications (contract §3). With `Idempotency-Key`, the same key from the same
+/// service within 24 h answers the first result again (`Idempotent-Replayed: true`) and
+/// creates nothing.
+#[utoipa::path(post, path = "/api/v1/messages", tag = "service",
+    security(("serviceKey" = [])),
+    params(IdempotencyKey),
+    request_body(content = super::bodies::CreateMessages, content_type = "application/json",
+        description = "read as JSON whatever its Content-Type; at most NOTIFYD_MAX_BODY_BYTES (default 32 MiB)"),
+    responses(
+        (status = 201, description = "created; all rows of the request committed together", body = Created,
+            headers(("Idempotent-Replayed" = String, description = "`true` when this answers an earlier request with the same Idempotency-Key"))),
+        (status = 400, description = "the body is not JSON", body = ErrorBody),
+        (status = 401, description = "missing or unknown service key", body = ErrorBody),
+        (status = 409, description = "this Idempotency-Key was used with a different body", body = ErrorBody),
+        (status = 413, description = "the body is larger than NOTIFYD_MAX_BODY_BYTES", body = ErrorBody),
+        (status = 422, description = "a field is invalid; `field` names it", body = ErrorBody),
+        (status = 503, description = "the database is unavailable; retry", body = ErrorBody),
+    ))]
 pub async fn create(
     req: HttpRequest,
     service: Service,
@@ -32,6 +66,22 @@ pub async fn create(
     Ok(resp.json(created.body))
 }
 
+/// The `Idempotency-Key` header, as the OpenAPI document describes it.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct IdempotencyKey {
+    /// 1 to 255 visible ASCII characters. The same key from the same caller within 24 h
+    /// answers the first result and creates nothing new.
+    #[param(
+        rename = "Idempotency-Key",
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[\x21-\x7e]+$"
+    )]
+    #[allow(dead_code)]
+    key: Option<String>,
+}
+
 /// The `Idempotency-Key` header, if any (also on `POST /api/v1/me/send`).
 pub fn idempotency_key(req: &HttpRequest) -> Result<Option<&str>, ApiError> {
     let Some(v) = req.headers().get("idempotency-key") else {
@@ -48,6 +98,15 @@ pub fn idempotency_key(req: &HttpRequest) -> Result<Option<&str>, ApiError> {
 /// §9). `204` when a live message was removed (its recipient's stream gets `message.deleted`);
 /// `404` for anything else — an id that is not a UUID, unknown, another service's, or already
 /// deleted, retracted or expired — so nothing about other services' messages is revealed.
+#[utoipa::path(delete, path = "/api/v1/messages/{id}", tag = "service",
+    security(("serviceKey" = [])),
+    params(("id" = String, Path, description = "the message id `POST /api/v1/messages` answered")),
+    responses(
+        (status = 204, description = "retracted: the recipient's stream got `message.deleted` with corrected counts"),
+        (status = 401, description = "missing or unknown service key", body = ErrorBody),
+        (status = 404, description = "no live message of this service has this id (unknown, malformed, another service's, or already deleted, retracted or expired)", body = ErrorBody),
+        (status = 503, description = "the database is unavailable; retry", body = ErrorBody),
+    ))]
 pub async fn retract(
     service: Service,
     id: web::Path<String>,

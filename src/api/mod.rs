@@ -1,11 +1,13 @@
 //! HTTP routes. Handlers parse and authorise, call `inbox`, and wake the relay after a commit;
 //! they never build SQL.
 
+pub mod bodies;
 pub mod broadcasts;
 pub mod cors;
 pub mod me;
 pub mod messages;
 pub mod methods;
+pub mod openapi;
 pub mod ops;
 pub mod presence;
 pub mod topics;
@@ -27,8 +29,111 @@ use methods::{only, DELETE, GET, POST};
 /// topic events).
 pub const USER_BODY_LIMIT: usize = 64 * 1024;
 
-/// Every route, each with the methods it answers (others: 405 with `Allow`). The user API is
-/// in its own scope, the only one with CORS; the service API never answers CORS.
+/// Who calls a route: decides its CORS (only the user API answers it) here and its security
+/// scheme in the OpenAPI document (`openapi.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// No credentials: health, readiness, metrics, the OpenAPI document.
+    Anyone,
+    /// An internal service: `Authorization: Bearer <service key>` (contract §3).
+    Service,
+    /// A user: `Authorization: Bearer <user JWT>` (contract §4).
+    User,
+}
+
+/// One REST route: its path, the methods it answers (others: 405 with `Allow`), its caller and
+/// its handler. `configure` registers exactly these (and `/ws`), and a test checks that the
+/// OpenAPI document describes exactly these, so the two cannot drift apart.
+pub struct Endpoint {
+    pub path: &'static str,
+    pub allow: &'static [Method],
+    pub caller: Caller,
+    route: fn() -> Route,
+}
+
+const fn endpoint(
+    path: &'static str,
+    allow: &'static [Method],
+    caller: Caller,
+    route: fn() -> Route,
+) -> Endpoint {
+    Endpoint {
+        path,
+        allow,
+        caller,
+        route,
+    }
+}
+
+/// Every REST route, in registration order (a literal path before a `{param}` one it overlaps).
+pub const ENDPOINTS: &[Endpoint] = &[
+    endpoint("/healthz", GET, Caller::Anyone, || {
+        web::get().to(ops::healthz)
+    }),
+    endpoint("/readyz", GET, Caller::Anyone, || {
+        web::get().to(ops::readyz)
+    }),
+    endpoint("/metrics", GET, Caller::Anyone, || {
+        web::get().to(ops::metrics)
+    }),
+    endpoint("/api-docs/openapi.json", GET, Caller::Anyone, || {
+        web::get().to(ops::openapi)
+    }),
+    endpoint("/api/v1/me/messages", GET, Caller::User, || {
+        web::get().to(me::list)
+    }),
+    endpoint("/api/v1/me/unread-count", GET, Caller::User, || {
+        web::get().to(me::unread_count)
+    }),
+    endpoint("/api/v1/me/changes", GET, Caller::User, || {
+        web::get().to(me::changes)
+    }),
+    endpoint("/api/v1/me/messages/read", POST, Caller::User, || {
+        web::post().to(me::read)
+    }),
+    endpoint("/api/v1/me/messages/read-all", POST, Caller::User, || {
+        web::post().to(me::read_all)
+    }),
+    endpoint("/api/v1/me/messages/seen-all", POST, Caller::User, || {
+        web::post().to(me::seen_all)
+    }),
+    endpoint("/api/v1/me/send", POST, Caller::User, || {
+        web::post().to(me::send)
+    }),
+    endpoint("/api/v1/me/messages/{id}", DELETE, Caller::User, || {
+        web::delete().to(me::delete)
+    }),
+    endpoint("/api/v1/messages", POST, Caller::Service, || {
+        web::post().to(messages::create)
+    }),
+    endpoint("/api/v1/messages/{id}", DELETE, Caller::Service, || {
+        web::delete().to(messages::retract)
+    }),
+    endpoint("/api/v1/broadcasts", POST, Caller::Service, || {
+        web::post().to(broadcasts::create)
+    }),
+    endpoint("/api/v1/broadcasts/{id}", GET, Caller::Service, || {
+        web::get().to(broadcasts::show)
+    }),
+    endpoint(
+        "/api/v1/topics/{topic}/events",
+        POST,
+        Caller::Service,
+        || web::post().to(topics::publish),
+    ),
+    endpoint("/api/v1/users/{id}", DELETE, Caller::Service, || {
+        web::delete().to(users::erase)
+    }),
+    endpoint("/api/v1/users/{id}/presence", GET, Caller::Service, || {
+        web::get().to(presence::user)
+    }),
+    endpoint("/api/v1/presence", GET, Caller::Service, || {
+        web::get().to(presence::cluster)
+    }),
+];
+
+/// Every route, each with the methods it answers (others: 405 with `Allow`). Only the user API
+/// answers CORS; the service API never does.
 pub fn configure(cfg: &mut web::ServiceConfig, cors: &CorsPolicy) {
     cfg.app_data(
         web::JsonConfig::default()
@@ -45,66 +150,18 @@ pub fn configure(cfg: &mut web::ServiceConfig, cors: &CorsPolicy) {
     )
     .app_data(
         web::PathConfig::default().error_handler(|e, _| ApiError::BadRequest(e.to_string()).into()),
-    )
-    // Handlers routed by macro in modules of their own: each is followed by its path's fallback.
-    .service(ops::healthz)
-    .service(only("/healthz", GET))
-    .service(ops::readyz)
-    .service(only("/readyz", GET))
-    .service(ops::metrics)
-    .service(only("/metrics", GET))
-    .service(ops::openapi)
-    .service(only("/api-docs/openapi.json", GET))
-    .service(crate::gateway::ws::connect)
-    .service(only("/ws", GET))
-    // Registered before `/api/v1`, whose prefix it shares.
-    .service(
-        web::scope("/api/v1/me")
-            .service(browser(cors, "/messages", GET, web::get().to(me::list)))
-            .service(browser(
-                cors,
-                "/unread-count",
-                GET,
-                web::get().to(me::unread_count),
-            ))
-            .service(browser(cors, "/changes", GET, web::get().to(me::changes)))
-            .service(browser(
-                cors,
-                "/messages/read",
-                POST,
-                web::post().to(me::read),
-            ))
-            .service(browser(
-                cors,
-                "/messages/read-all",
-                POST,
-                web::post().to(me::read_all),
-            ))
-            .service(browser(
-                cors,
-                "/messages/seen-all",
-                POST,
-                web::post().to(me::seen_all),
-            ))
-            .service(browser(cors, "/send", POST, web::post().to(me::send)))
-            .service(browser(
-                cors,
-                "/messages/{id}",
-                DELETE,
-                web::delete().to(me::delete),
-            )),
-    )
-    .service(
-        web::scope("/api/v1")
-            .service(only("/messages", POST).route(web::post().to(messages::create)))
-            .service(only("/messages/{id}", DELETE).route(web::delete().to(messages::retract)))
-            .service(only("/broadcasts", POST).route(web::post().to(broadcasts::create)))
-            .service(only("/broadcasts/{id}", GET).route(web::get().to(broadcasts::show)))
-            .service(only("/topics/{topic}/events", POST).route(web::post().to(topics::publish)))
-            .service(only("/users/{id}", DELETE).route(web::delete().to(users::erase)))
-            .service(only("/users/{id}/presence", GET).route(web::get().to(presence::user)))
-            .service(only("/presence", GET).route(web::get().to(presence::cluster))),
     );
+    for e in ENDPOINTS {
+        match e.caller {
+            Caller::User => cfg.service(browser(cors, e.path, e.allow, (e.route)())),
+            Caller::Anyone | Caller::Service => {
+                cfg.service(only(e.path, e.allow).route((e.route)()))
+            }
+        };
+    }
+    // The WebSocket handshake: not REST, so not in the OpenAPI document (docs/websocket.md).
+    cfg.service(crate::gateway::ws::connect)
+        .service(only("/ws", GET));
 }
 
 /// A route browsers may call from another origin: `allow`'s methods, CORS for exactly those.

@@ -1,17 +1,43 @@
 //! `POST /api/v1/topics/{topic}/events` (internal services): a live event for a topic's subscribers.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::read_body;
 use crate::auth::service::Service;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::inbox::create;
 use crate::state::AppState;
 use crate::topics;
 
+/// `202` of `POST /api/v1/topics/{topic}/events`.
+#[derive(Serialize, ToSchema)]
+pub struct TopicAccepted {
+    /// Always `true`.
+    pub accepted: bool,
+    /// The event id its `topic.event` frames carry (a client drops an id seen twice).
+    pub id: String,
+    pub topic: String,
+}
+
 /// `{"data": {...}, "retain": true}`: `retain` also makes the event the topic's retained value
 /// for `NOTIFYD_TOPIC_RETAIN`. Answers `202 {"id", "topic"}` (the event id frames carry too).
+#[utoipa::path(post, path = "/api/v1/topics/{topic}/events", tag = "service",
+    security(("serviceKey" = [])),
+    params(("topic" = inline(String), Path, description = "e.g. `product:42`: 1 to 200 characters, no whitespace or control characters",
+        min_length = 1, max_length = 200, pattern = r"^[^\s\x00-\x1f\x7f-\x9f]+$")),
+    request_body(content = super::bodies::TopicEvent, content_type = "application/json",
+        description = "read as JSON whatever its Content-Type; at most 64 KiB"),
+    responses(
+        (status = 202, description = "committed to the outbox; subscribers get it live", body = TopicAccepted),
+        (status = 400, description = "the body is not JSON", body = ErrorBody),
+        (status = 401, description = "missing or unknown service key", body = ErrorBody),
+        (status = 413, description = "the body is larger than 64 KiB", body = ErrorBody),
+        (status = 422, description = "the topic or a field is invalid; `field` names it", body = ErrorBody),
+        (status = 503, description = "the database is unavailable; retry", body = ErrorBody),
+    ))]
 pub async fn publish(
     req: HttpRequest,
     _service: Service,
@@ -49,5 +75,9 @@ pub async fn publish(
         .db(async |conn| create::topic_event(conn, &ev).await)
         .await?;
     state.waker.wake();
-    Ok(HttpResponse::Accepted().json(json!({ "accepted": true, "id": id, "topic": topic })))
+    Ok(HttpResponse::Accepted().json(TopicAccepted {
+        accepted: true,
+        id,
+        topic,
+    }))
 }

@@ -3,13 +3,22 @@
 use actix_web::{web, HttpResponse};
 
 use crate::auth::service::Service;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::inbox::{erase, input};
 use crate::state::AppState;
 
 /// `204` once everything of the user is gone (also when there was nothing: erasing is
 /// idempotent). A user id that no message could have had (empty, too long, control characters)
 /// is a `400`. The user's open sockets get a `sync` reset: here at once, on every node through the relay.
+#[utoipa::path(delete, path = "/api/v1/users/{id}", tag = "service",
+    security(("serviceKey" = [])),
+    params(("id" = String, Path, description = "the user id (a token's `sub`)")),
+    responses(
+        (status = 204, description = "every notification, event, counter and key of the user is gone (also when there was nothing); their open sockets get a `sync` reset"),
+        (status = 401, description = "missing or unknown service key", body = ErrorBody),
+        (status = 422, description = "not a user id (empty, too long, whitespace or control characters); `field` is `id`", body = ErrorBody),
+        (status = 503, description = "the database is unavailable or the erase took longer than the request's database timeout (rolled back); retry", body = ErrorBody),
+    ))]
 pub async fn erase(
     service: Service,
     id: web::Path<String>,

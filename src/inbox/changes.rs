@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use crate::error::ApiError;
 use crate::store::inbox_state::Counters;
@@ -12,16 +13,21 @@ use crate::store::{events, inbox_state, messages, Conn};
 pub const MAX_REPLAY: i64 = 1000;
 pub const MAX_PAGE: i64 = 100;
 
-#[derive(Serialize, Debug, Clone)]
+/// `GET /api/v1/me/changes`: the events after `since`, or a reset (contract §2).
+#[derive(Serialize, Debug, Clone, ToSchema)]
 #[serde(untagged)]
 pub enum Changes {
     Events {
         seq: i64,
         unread: i64,
         unseen: i64,
+        /// The frames after `since`, oldest first, exactly as the WebSocket sends them
+        /// (docs/websocket.md).
         events: Vec<Value>,
     },
+    /// Reload the first page: `since` is too old, too far behind, or ahead of the stream.
     Reset {
+        /// Always `true`.
         reset: bool,
         seq: i64,
         unread: i64,
@@ -84,9 +90,11 @@ pub async fn counts(conn: &mut Conn, user: &str) -> Result<Counters, ApiError> {
     Ok(inbox_state::get(conn, user).await?)
 }
 
-#[derive(Serialize, Debug)]
+/// One page of `GET /api/v1/me/messages`, newest first.
+#[derive(Serialize, Debug, ToSchema)]
 pub struct Page {
     pub messages: Vec<Message>,
+    /// Pass as `before` for the next page; null on the last page.
     pub next_before: Option<i64>,
 }
 

@@ -42,11 +42,16 @@ pub fn parse_ids(raw: &[Value]) -> Result<Vec<Uuid>, ApiError> {
             format!("at most {MAX_READ_IDS} ids per call"),
         ));
     }
-    Ok(raw
-        .iter()
-        .filter_map(|v| v.as_str())
-        .filter_map(|s| Uuid::parse_str(s).ok())
-        .collect())
+    // A string that names no message of this user is ignored (never revealed); anything but a
+    // string is a client's mistake, said so rather than silently doing nothing.
+    let mut ids = Vec::with_capacity(raw.len());
+    for (i, v) in raw.iter().enumerate() {
+        let s = v.as_str().ok_or_else(|| {
+            ApiError::validation(format!("ids[{i}]"), "must be a string (a message id)")
+        })?;
+        ids.extend(Uuid::parse_str(s).ok());
+    }
+    Ok(ids)
 }
 
 /// The `message.deleted` frame for removed rows `(id, was_read, seq)`, with `c` advanced to the

@@ -309,11 +309,19 @@ pub fn json_has_nul(v: &Value) -> bool {
     }
 }
 
-/// User ids are strings; JSON integers are accepted and kept as their decimal text.
+/// User ids are strings; JSON integers are accepted and kept as their decimal text. JSON (and
+/// JSON Schema's `integer`) does not tell `42` from `42.0`, so an integral number written with a
+/// fraction or exponent is the same user `42`.
 pub fn user_id(v: &Value, field: &str) -> Result<String, ApiError> {
     let s = match v {
         Value::String(s) => s.clone(),
         Value::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
+        Value::Number(n) => match n.as_f64() {
+            // Only where every integer is exact as f64: beyond 2^53 the text (say
+            // -9223372036854775809) may have been rounded into range by the JSON parser.
+            Some(f) if f.fract() == 0.0 && f.abs() <= 2f64.powi(53) => (f as i64).to_string(),
+            _ => return Err(ApiError::validation(field, "must be a user id (a string)")),
+        },
         _ => return Err(ApiError::validation(field, "must be a user id (a string)")),
     };
     check_user_id(&s).map_err(|message| ApiError::validation(field, message))?;

@@ -11,11 +11,12 @@ pub mod input;
 pub mod local;
 
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::store::inbox_state::Counters;
 
-/// What a user-facing change answers with (contract §4).
-#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+/// What a user-facing change answers with (contract §4): the user's last `seq` and counts.
+#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq, ToSchema)]
 pub struct CountsView {
     pub seq: i64,
     pub unread: i64,

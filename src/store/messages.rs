@@ -4,26 +4,32 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use serde::Serialize;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::schema::t_message_real_time as m;
 use super::Conn;
 
 /// A message as every API shows it (contract §4).
-#[derive(Queryable, Selectable, Serialize, Debug, Clone, PartialEq)]
+#[derive(Queryable, Selectable, Serialize, Debug, Clone, PartialEq, ToSchema)]
 #[diesel(table_name = m)]
 pub struct Message {
     pub id: Uuid,
+    /// The recipient's `seq` of the `message.created` event.
     pub seq: i64,
     pub title: String,
     pub content: String,
+    /// Free-form category (`comment`, `review`, `system`, ...).
     #[serde(rename = "type")]
     pub kind: String,
+    /// The sender's user id; null for a system notification.
     pub send_user: Option<String>,
     pub send_time: DateTime<Utc>,
+    /// Relative or absolute http(s); follow it only through the client's `safeUrl()`.
     pub skip_url: Option<String>,
     pub is_read: bool,
     pub read_at: Option<DateTime<Utc>>,
+    /// Any JSON the creating service attached; opaque to notifyd.
     pub data: Option<serde_json::Value>,
 }
 

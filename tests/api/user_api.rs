@@ -400,3 +400,70 @@ async fn presence_counts_a_users_sockets_across_nodes_and_drops_them_when_they_c
     node_a.stop().await;
     node_b.stop().await;
 }
+
+/// Found by schemathesis: `{"ids": [{}]}` answered 200 and did nothing. An id that names none of
+/// the caller's messages is ignored (never revealed), but an entry that is not a string at all
+/// is the client's mistake: 422 naming it, and nothing is marked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_ids_that_are_not_strings_are_refused() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let u = new_user();
+    let m = app.send(&u, "m").await;
+    for bad in [json!({}), json!(7), json!(null), json!([m["id"]])] {
+        let r = app
+            .user_post(
+                &u,
+                "/api/v1/me/messages/read",
+                json!({"ids": [m["id"], bad]}),
+            )
+            .await;
+        assert_eq!(r.status(), 422, "{bad}");
+        let body: Value = r.json().await.expect("error body");
+        assert_eq!(body["error"]["code"], "validation_failed");
+        assert_eq!(body["error"]["field"], "ids[1]");
+    }
+    assert_eq!(
+        app.user_json(&u, "/api/v1/me/unread-count").await["unread"],
+        1,
+        "nothing was marked read"
+    );
+    // Strings that are not message ids still change nothing and reveal nothing.
+    let r = app
+        .user_post(
+            &u,
+            "/api/v1/me/messages/read",
+            json!({"ids": ["not-an-id", "00000000-0000-0000-0000-000000000000"]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    app.stop().await;
+}
+
+/// Found by schemathesis: JSON does not tell `42` from `42.0` (nor does the OpenAPI document's
+/// `integer`), but a user id written `42.0` was refused while `42` was accepted. Both are user
+/// "42"; a fraction is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_integral_user_id_is_the_same_user_however_it_is_written() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let r = app
+        .post_messages(&json!({"to_users": [4242, 4242.0, -7.0], "title": "t", "send_user": 9.0}))
+        .await;
+    assert_eq!(r.status(), 201);
+    let body: Value = r.json().await.expect("body");
+    let to: Vec<&str> = body["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["to_user"].as_str().expect("to_user"))
+        .collect();
+    assert_eq!(to, ["4242", "-7"], "4242 and 4242.0 are one user");
+    let page = app.user_json("4242", "/api/v1/me/messages").await;
+    assert_eq!(page["messages"][0]["send_user"], "9");
+    let r = app
+        .post_messages(&json!({"to_user": 42.5, "title": "t"}))
+        .await;
+    assert_eq!(r.status(), 422);
+    app.stop().await;
+}

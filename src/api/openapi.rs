@@ -1,0 +1,222 @@
+//! The OpenAPI document, generated from the `#[utoipa::path]` beside each handler and the schemas
+//! beside each type, assembled here and served at `/api-docs/openapi.json`. The WebSocket `/ws`
+//! is not in it: OpenAPI cannot describe its frames (docs/websocket.md does).
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::{bodies, broadcasts, me, messages, ops, presence, topics, users};
+use crate::error::{ErrorBody, ErrorDetail};
+use crate::inbox::changes::{Changes, Page};
+use crate::inbox::CountsView;
+use crate::presence::UserPresence;
+use crate::store::messages::Message;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "notifyd",
+        description = "In-app notifications: internal services create them (service key), users read them (user JWT) over REST and live over the WebSocket `/ws` (not described here: see docs/websocket.md). Every refusal has the error body `{\"error\": {\"code\", \"message\", \"field\"?}}`. A method a path does not answer gets 405 with `Allow`; HEAD works wherever GET does."
+    ),
+    paths(
+        ops::healthz,
+        ops::readyz,
+        ops::metrics,
+        ops::openapi,
+        me::list,
+        me::unread_count,
+        me::changes,
+        me::read,
+        me::read_all,
+        me::seen_all,
+        me::send,
+        me::delete,
+        messages::create,
+        messages::retract,
+        broadcasts::create,
+        broadcasts::show,
+        topics::publish,
+        users::erase,
+        presence::user,
+        presence::cluster,
+    ),
+    components(schemas(
+        ErrorBody,
+        ErrorDetail,
+        Message,
+        Page,
+        Changes,
+        CountsView,
+        UserPresence,
+        bodies::NewMessage,
+        bodies::CreateMessages,
+        bodies::NewBroadcast,
+        bodies::DirectMessage,
+        bodies::TopicEvent,
+        bodies::ReadIds,
+    )),
+    modifiers(&AuthSchemes),
+    tags(
+        (name = "service", description = "Internal service API (contract §3, §8): `Authorization: Bearer <service key>`, never CORS."),
+        (name = "user", description = "User API (contract §4, §8): `Authorization: Bearer <user JWT>`, CORS for NOTIFYD_ALLOWED_ORIGINS."),
+        (name = "ops", description = "Health, readiness, metrics and this document: no credentials."),
+    )
+)]
+pub struct ApiDoc;
+
+/// The two bearer schemes, named by the `security(...)` of each path.
+struct AuthSchemes;
+
+impl Modify for AuthSchemes {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "serviceKey",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "the key part of a `name:key` pair in NOTIFYD_SERVICE_KEYS",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "userJwt",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "a user JWT (HS256, NOTIFYD_JWT_SECRET): `sub` = user id (1-128 characters, no whitespace or control characters), `exp` required, `nbf` enforced; claims `topics`, `publish`, `send_to` (glob patterns). REST takes it from the Authorization header only.",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::http::Method;
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::api::{Caller, ENDPOINTS};
+
+    fn doc() -> Value {
+        serde_json::to_value(ApiDoc::openapi()).expect("the document serialises")
+    }
+
+    fn scheme_of(caller: Caller) -> Option<&'static str> {
+        match caller {
+            Caller::Anyone => None,
+            Caller::Service => Some("serviceKey"),
+            Caller::User => Some("userJwt"),
+        }
+    }
+
+    /// `configure` registers exactly `ENDPOINTS` (and `/ws`); the document must describe exactly
+    /// those, each method with its caller's security scheme and tag, so the two cannot drift.
+    #[test]
+    fn the_document_describes_exactly_the_registered_routes() {
+        let doc = doc();
+        let paths = doc["paths"].as_object().expect("paths");
+        let mut registered = vec![];
+        for e in ENDPOINTS {
+            for m in e.allow.iter().filter(|m| **m != Method::HEAD) {
+                let method = m.as_str().to_lowercase();
+                let op = &paths
+                    .get(e.path)
+                    .unwrap_or_else(|| panic!("{} is not in the document", e.path))[&method];
+                assert!(op.is_object(), "{method} {} is not in the document", e.path);
+                let security = match scheme_of(e.caller) {
+                    Some(s) => json!([{ s: [] }]),
+                    None => Value::Null,
+                };
+                assert_eq!(op["security"], security, "{method} {}", e.path);
+                let tag = match e.caller {
+                    Caller::Anyone => "ops",
+                    Caller::Service => "service",
+                    Caller::User => "user",
+                };
+                assert_eq!(op["tags"], json!([tag]), "{method} {}", e.path);
+                if e.caller != Caller::Anyone {
+                    assert!(
+                        op["responses"]["401"].is_object(),
+                        "{method} {} does not document 401",
+                        e.path
+                    );
+                }
+                registered.push((e.path.to_string(), method));
+            }
+        }
+        for (path, item) in paths {
+            for method in item.as_object().expect("path item").keys() {
+                assert!(
+                    registered.contains(&(path.clone(), method.clone())),
+                    "{method} {path} is documented but not registered in api::configure"
+                );
+            }
+        }
+    }
+
+    /// Every documented refusal carries the error body.
+    #[test]
+    fn every_error_response_has_the_error_body() {
+        let doc = doc();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, op) in item.as_object().expect("path item") {
+                for (status, resp) in op["responses"].as_object().expect("responses") {
+                    if status.starts_with('4') || (status.starts_with('5') && path != "/readyz") {
+                        assert_eq!(
+                            resp["content"]["application/json"]["schema"]["$ref"],
+                            "#/components/schemas/ErrorBody",
+                            "{method} {path} {status}"
+                        );
+                    }
+                }
+            }
+        }
+        for scheme in ["serviceKey", "userJwt"] {
+            assert_eq!(
+                doc["components"]["securitySchemes"][scheme]["scheme"],
+                "bearer"
+            );
+        }
+    }
+
+    /// The limits written as literals in `#[utoipa::path]` attributes (which take no constants)
+    /// are the ones the server enforces.
+    #[test]
+    fn literal_limits_in_the_document_are_the_enforced_ones() {
+        use crate::inbox::changes::MAX_PAGE;
+        use crate::inbox::input::MAX_IDEMPOTENCY_KEY;
+        use crate::topics::MAX_TOPIC_CHARS;
+        let doc = doc();
+        let param = |path: &str, method: &str, name: &str| -> Value {
+            doc["paths"][path][method]["parameters"]
+                .as_array()
+                .expect("parameters")
+                .iter()
+                .find(|p| p["name"] == name)
+                .unwrap_or_else(|| panic!("{method} {path}: no parameter {name}"))["schema"]
+                .clone()
+        };
+        assert_eq!(
+            param("/api/v1/me/messages", "get", "limit")["maximum"],
+            json!(MAX_PAGE)
+        );
+        assert_eq!(
+            param("/api/v1/topics/{topic}/events", "post", "topic")["maxLength"],
+            json!(MAX_TOPIC_CHARS)
+        );
+        for path in ["/api/v1/messages", "/api/v1/broadcasts", "/api/v1/me/send"] {
+            assert_eq!(
+                param(path, "post", "Idempotency-Key")["maxLength"],
+                json!(MAX_IDEMPOTENCY_KEY),
+                "{path}"
+            );
+        }
+    }
+}
