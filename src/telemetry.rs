@@ -2,9 +2,11 @@
 
 use tracing_subscriber::{fmt, EnvFilter};
 
-pub fn init_logging(json: bool) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    if json {
+/// `RUST_LOG` (`log_filter`, checked when the settings were read) and `NOTIFYD_LOG_FORMAT`.
+pub fn init_logging(settings: &crate::config::Settings) {
+    let filter =
+        EnvFilter::try_new(&settings.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    if settings.log_json {
         let _ = fmt()
             .with_env_filter(filter)
             .json()

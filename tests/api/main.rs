@@ -3,7 +3,9 @@
 
 mod helpers;
 
+mod binary;
 mod broadcasts;
+mod config;
 mod direct;
 mod gateway;
 mod gateway_limits;
