@@ -8,6 +8,7 @@ pub mod messages;
 pub mod methods;
 pub mod ops;
 pub mod presence;
+pub mod request_span;
 pub mod topics;
 
 use actix_web::dev::HttpServiceFactory;

@@ -18,5 +18,6 @@ mod relay;
 mod resync;
 mod spine;
 mod storm;
+mod telemetry;
 mod topics;
 mod user_api;
