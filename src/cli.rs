@@ -23,11 +23,19 @@ pub enum Cmd {
         /// Local demo mode: fixed dev secret, service key dev:dev, the demo page at /demo.
         #[arg(long)]
         dev: bool,
+        #[command(flatten)]
+        config: ConfigFile,
     },
     /// The outbox relay alone.
-    Relay,
+    Relay {
+        #[command(flatten)]
+        config: ConfigFile,
+    },
     /// Apply pending migrations and exit.
-    Migrate,
+    Migrate {
+        #[command(flatten)]
+        config: ConfigFile,
+    },
     /// Print every event of a user, and of the topics given, as a JSON line (reconnects and
     /// resumes with since, subscribes again, prints each event once).
     Listen {
@@ -75,23 +83,38 @@ pub enum Cmd {
     },
 }
 
+/// `--config FILE` of the commands that read settings.
+#[derive(clap::Args)]
+pub struct ConfigFile {
+    /// A TOML file of settings (keys in docs/configuration.md); the environment wins over it.
+    #[arg(long = "config", value_name = "FILE")]
+    pub path: Option<std::path::PathBuf>,
+}
+
+/// Below this many bytes an HS256 secret is guessable offline from one token (RFC 7518 §3.2
+/// asks for at least 256 bits).
+const WEAK_SECRET_BYTES: usize = 32;
+
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Cmd::Serve { dev } => {
-            let settings = Settings::from_env(dev, true)?;
-            crate::telemetry::init_logging(settings.log_json);
+        Cmd::Serve { dev, config } => {
+            let settings = Settings::load(dev, true, config.path.as_deref())?;
+            crate::telemetry::init_logging(&settings);
             if dev {
                 tracing::warn!("DEV MODE: JWT secret is the public dev secret and service key dev:dev is accepted. Never use in production.");
                 tracing::warn!("DEV MODE: demo page at http://{}/demo", settings.bind);
-                if settings.dev_ignores_env_secret() {
-                    tracing::warn!("DEV MODE: NOTIFYD_JWT_SECRET is set in the environment and IGNORED: tokens are signed and checked with the public dev secret only, so /demo/token can never mint tokens for a real secret. Unset it, or run without --dev.");
+                if settings.jwt_secret_ignored {
+                    tracing::warn!("DEV MODE: NOTIFYD_JWT_SECRET is set (in the environment or the config file) and IGNORED: tokens are signed and checked with the public dev secret only, so /demo/token can never mint tokens for a real secret. Unset it, or run without --dev.");
                 }
+            } else if settings.jwt_secret.len() < WEAK_SECRET_BYTES {
+                tracing::warn!("NOTIFYD_JWT_SECRET is shorter than {WEAK_SECRET_BYTES} bytes: use a long random secret in production");
             }
             if settings.allowed_origins.is_none() {
                 tracing::warn!("NOTIFYD_ALLOWED_ORIGINS is not set: any origin may open a WebSocket and call the user API cross-origin (CORS). Set it in production.");
             }
             let metrics = crate::telemetry::init_metrics();
-            tracing::info!(node = %settings.node_id, bind = %settings.bind, db = %crate::db::redact(&settings.database_url), redis = settings.redis_url.is_some(), "starting notifyd");
+            tracing::info!(node = %settings.node_id, bind = %settings.bind, db = %crate::config::redact::url(&settings.database_url), redis = settings.redis_url.is_some(), "starting notifyd");
+            tracing::debug!(?settings, "settings");
             let app = Application::build(settings, metrics).await?;
             let stopper = app.stopper();
             tokio::spawn(async move {
@@ -101,14 +124,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             });
             app.run_until_stopped().await
         }
-        Cmd::Relay => {
-            let settings = Settings::from_env(false, false)?;
-            crate::telemetry::init_logging(settings.log_json);
+        Cmd::Relay { config } => {
+            let settings = Settings::load(false, false, config.path.as_deref())?;
+            crate::telemetry::init_logging(&settings);
             crate::startup::run_relay(settings).await
         }
-        Cmd::Migrate => {
-            let settings = Settings::from_env(false, false)?;
-            crate::telemetry::init_logging(settings.log_json);
+        Cmd::Migrate { config } => {
+            let settings = Settings::load(false, false, config.path.as_deref())?;
+            crate::telemetry::init_logging(&settings);
             let applied = crate::db::migrate(&settings.database_url).await?;
             println!("{} migration(s) applied", applied.len());
             let created = crate::outbox::housekeeping::create_partitions_ahead(&settings).await?;
@@ -170,7 +193,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 _ if dev => DEV_JWT_SECRET.to_string(),
                 _ => anyhow::bail!("set NOTIFYD_JWT_SECRET (or pass --dev for the dev secret)"),
             };
-            let ttl = parse_duration(&ttl)?;
+            let ttl = parse_duration(&ttl).map_err(anyhow::Error::msg)?;
             // exp has whole seconds: a shorter lifetime would be expired when printed.
             anyhow::ensure!(ttl.as_secs() >= 1, "--ttl must be at least 1s");
             let topics: Vec<String> = topics

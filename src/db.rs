@@ -81,7 +81,7 @@ impl Limits {
 pub fn pg_config(database_url: &str, limits: &Limits) -> anyhow::Result<tokio_postgres::Config> {
     let mut config: tokio_postgres::Config = database_url
         .parse()
-        .with_context(|| format!("parsing {}", redact(database_url)))?;
+        .with_context(|| format!("parsing {}", crate::config::redact::url(database_url)))?;
     let ours = limits.options();
     let options = match config.get_options() {
         Some(theirs) if !theirs.trim().is_empty() => format!("{ours} {theirs}"),
@@ -160,7 +160,7 @@ pub async fn migrate(database_url: &str) -> anyhow::Result<Vec<String>> {
     };
     let conn = connect(database_url, &limits)
         .await
-        .with_context(|| format!("connecting to {}", redact(database_url)))?;
+        .with_context(|| format!("connecting to {}", crate::config::redact::url(database_url)))?;
     tokio::task::spawn_blocking(move || {
         let mut wrapper: AsyncConnectionWrapper<AsyncPgConnection> =
             AsyncConnectionWrapper::from(conn);
@@ -171,20 +171,6 @@ pub async fn migrate(database_url: &str) -> anyhow::Result<Vec<String>> {
     })
     .await
     .context("migration task")?
-}
-
-/// A database URL without its password, for logs.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{}:***{}", &url[..s + 3], user, &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
 }
 
 /// Runs one request's (or command's) database work on a pooled connection, bounded by

@@ -179,12 +179,11 @@ impl Application {
                 .wrap(actix_web::middleware::from_fn(
                     crate::api::methods::head_as_get,
                 ))
-                .wrap(
-                    // The path without the query string: browsers send user tokens as `?token=`.
-                    actix_web::middleware::Logger::new("%{method}xi %U %s %Dms")
-                        .custom_request_replace("method", |req| req.method().to_string())
-                        .log_target("notifyd::http"),
-                )
+                // A span per request and the access line (without the query string: browsers
+                // send user tokens as `?token=`).
+                .wrap(actix_web::middleware::from_fn(
+                    crate::api::request_span::trace,
+                ))
                 .configure(|c| crate::api::configure(c, &cors));
             let app = if dev {
                 app.configure(|c| crate::web::configure(c, &cors))

@@ -2,13 +2,21 @@
 
 use tracing_subscriber::{fmt, EnvFilter};
 
-pub fn init_logging(json: bool) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    if json {
+/// `RUST_LOG` (`log_filter`, checked when the settings were read) and `NOTIFYD_LOG_FORMAT`.
+pub fn init_logging(settings: &crate::config::Settings) {
+    let filter =
+        EnvFilter::try_new(&settings.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    if settings.log_json {
+        // One JSON object per line on stdout, for a log collector: the event's fields at the top
+        // level, `span` = the innermost span (request or WebSocket session: route, service,
+        // user, session, node, request id) and `spans` = all of them.
         let _ = fmt()
             .with_env_filter(filter)
             .json()
-            .with_writer(std::io::stderr)
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(true)
+            .with_writer(std::io::stdout)
             .try_init();
     } else {
         // Colours only on a terminal: redirected to a file or a log collector, escape codes

@@ -12,9 +12,11 @@ use crate::inbox::local::LocalDelivery;
 use crate::store::{broadcasts, Conn};
 
 /// What one batch did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Batch {
     pub broadcast: Uuid,
+    /// The service that sent the broadcast (labels `notifyd_messages_created_total`).
+    pub service: String,
     /// Notifications created (one per recipient).
     pub created: usize,
     /// The cursor passed the last recipient: the broadcast is now `done`.
@@ -59,6 +61,7 @@ pub async fn run_one(
             broadcasts::advance(conn, b.id, cursor.as_deref(), n as i64, done).await?;
             Ok(Some(Batch {
                 broadcast: b.id,
+                service: b.service.clone(),
                 created: n,
                 done,
             }))

@@ -66,7 +66,7 @@ impl Worker {
                         self.relay.wake();
                         metrics::counter!("notifyd_broadcast_rows_created_total")
                             .increment(b.created as u64);
-                        metrics::counter!("notifyd_messages_created_total")
+                        metrics::counter!("notifyd_messages_created_total", "service" => b.service.clone())
                             .increment(b.created as u64);
                     }
                     if b.done {

@@ -57,7 +57,8 @@ pub async fn create(
     let created = create::create(&state, &service.0, &parsed, idempotency).await?;
     if !created.replayed {
         state.waker.wake();
-        metrics::counter!("notifyd_messages_created_total").increment(parsed.rows() as u64);
+        metrics::counter!("notifyd_messages_created_total", "service" => service.0.clone())
+            .increment(parsed.rows() as u64);
     }
     let mut resp = HttpResponse::Created();
     if created.replayed {

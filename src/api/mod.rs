@@ -10,6 +10,7 @@ pub mod methods;
 pub mod openapi;
 pub mod ops;
 pub mod presence;
+pub mod request_span;
 pub mod topics;
 pub mod users;
 

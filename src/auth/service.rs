@@ -2,7 +2,7 @@
 
 use std::future::{ready, Ready};
 
-use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
+use actix_web::{dev::Payload, web, FromRequest, HttpMessage, HttpRequest};
 
 use super::{bearer, ct_eq};
 use crate::error::ApiError;
@@ -35,7 +35,11 @@ fn authenticate(req: &HttpRequest) -> Result<Service, ApiError> {
             found = Some(name.clone());
         }
     }
-    found
+    let service = found
         .map(Service)
-        .ok_or_else(|| ApiError::Unauthorized("invalid service key".into()))
+        .ok_or_else(|| ApiError::Unauthorized("invalid service key".into()))?;
+    // The request's span and its per-service error count (api::request_span).
+    tracing::Span::current().record("service", service.0.as_str());
+    req.extensions_mut().insert(service.clone());
+    Ok(service)
 }

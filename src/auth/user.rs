@@ -19,7 +19,10 @@ impl FromRequest for User {
     type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(authenticate(req).map(User))
+        ready(authenticate(req).map(|claims| {
+            tracing::Span::current().record("user", claims.user.as_str());
+            User(claims)
+        }))
     }
 }
 

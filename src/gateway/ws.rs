@@ -15,6 +15,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use crate::topics::public::{client_ip, client_key};
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 #[derive(Deserialize)]
 struct WsQuery {
@@ -70,12 +71,25 @@ pub async fn connect(
     let (me, outbox) = SessionTx::new(state.gateway.next_id());
     let grace = session::close_grace(state.settings.heartbeat);
     let conn = Conn::of(&req);
-    actix_web::rt::spawn(session::writer(ws_session, outbox, grace, conn.clone()));
+    // One span per session (issue 11 item 5): every log line of its reader and writer carries
+    // the user, the session id and the node. Not a child of the handshake's request span,
+    // which ends with the upgrade.
+    let span = tracing::info_span!(
+        parent: None,
+        "ws_session",
+        user = claims.as_ref().map(|c| c.user.as_str()).unwrap_or("anonymous"),
+        session = me.id,
+        node = %state.settings.node_id,
+    );
+    span.in_scope(|| tracing::info!(resume_after = ?since, "websocket session opened"));
+    actix_web::rt::spawn(
+        session::writer(ws_session, outbox, grace, conn.clone()).instrument(span.clone()),
+    );
     let (actor, joined) = match &claims {
         Some(c) => match state.gateway.join(&state, &c.user, me.clone(), since) {
             Ok((actor, joined)) => (Some(actor), joined),
             Err(e) => {
-                tracing::debug!(error = %e, "session refused after the upgrade");
+                span.in_scope(|| tracing::debug!(error = %e, "session refused after the upgrade"));
                 me.close_with(close::TRY_AGAIN_LATER, protocol::busy_reason());
                 return Ok(response);
             }
@@ -92,7 +106,7 @@ pub async fn connect(
     state
         .topics
         .open(&me, claims.as_ref().map(|c| c.user.as_str()));
-    actix_web::rt::spawn(session::reader(
+    let reader = session::reader(
         stream,
         ReaderCtx {
             me,
@@ -105,7 +119,14 @@ pub async fn connect(
             permit,
             conn,
         },
-    ));
+    );
+    actix_web::rt::spawn(
+        async move {
+            reader.await;
+            tracing::info!("websocket session ended");
+        }
+        .instrument(span),
+    );
     Ok(response)
 }
 

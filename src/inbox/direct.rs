@@ -100,7 +100,12 @@ async fn send_checked(
     let created = create(state, &scope, &req, idem).await?;
     if !created.replayed {
         state.waker.wake();
-        metrics::counter!("notifyd_messages_created_total").increment(1);
+        // Sent by a user, not a service.
+        metrics::counter!(
+            "notifyd_messages_created_total",
+            "service" => crate::config::values::NO_SERVICE
+        )
+        .increment(1);
     }
     let id = created.body["messages"][0]["id"].clone();
     if id.is_null() {

@@ -3,7 +3,9 @@
 
 mod helpers;
 
+mod binary;
 mod broadcasts;
+mod config;
 mod direct;
 mod eventlog;
 mod gateway;
@@ -18,5 +20,6 @@ mod relay;
 mod resync;
 mod spine;
 mod storm;
+mod telemetry;
 mod topics;
 mod user_api;

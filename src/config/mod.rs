@@ -1,0 +1,407 @@
+//! Typed configuration, read from the environment in one place (contract §1).
+
+mod file;
+pub mod redact;
+pub mod table;
+pub mod values;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::bail;
+
+pub use table::{Setting, SETTINGS};
+pub use values::parse_duration;
+
+/// `DATABASE_URL` when unset.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://localhost/notifyd";
+
+/// The secret used by `serve --dev` only. Logged loudly at start-up.
+pub const DEV_JWT_SECRET: &str = "notifyd-dev-secret-do-not-use-in-production";
+
+/// Upper bound of `NOTIFYD_BROADCAST_BATCH`: one batch's transaction must stay short.
+pub const MAX_BROADCAST_BATCH: i64 = 10_000;
+
+/// `Debug` is written out in `redact`: it hides the secrets.
+#[derive(Clone)]
+pub struct Settings {
+    pub database_url: String,
+    /// `None` = single-node mode with the in-process broker.
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel this deployment uses (lets tests and tenants share a Redis).
+    pub redis_prefix: String,
+    pub bind: String,
+    pub jwt_secret: String,
+    /// `(service name, key)` pairs accepted on the internal API.
+    pub service_keys: Vec<(String, String)>,
+    pub node_id: String,
+    pub relay_enabled: bool,
+    /// `None` = any origin may open a WebSocket and any origin is echoed by CORS on the user API
+    /// (dev only: start-up logs a warning).
+    pub allowed_origins: Option<Vec<String>>,
+    pub event_retention: Duration,
+    /// `NOTIFYD_EVENT_PARTITION_WIDTH`: the time range one event log partition covers (1 day).
+    /// Shorter only for tests and benchmarks that need to watch days pass in minutes.
+    pub event_partition_width: Duration,
+    /// `NOTIFYD_MESSAGE_RETENTION`: notifications older than this (by `send_time`) are removed
+    /// by the housekeeper (contract §9).
+    pub message_retention: Duration,
+    pub heartbeat: Duration,
+    /// `NOTIFYD_MAX_SOCKETS_PER_USER`: WebSockets one user may hold on one node (contract §7).
+    pub max_sockets_per_user: usize,
+    pub dev: bool,
+    /// `serve --dev` found a JWT secret configured and ignored it (start-up says so loudly).
+    pub jwt_secret_ignored: bool,
+    pub db_pool_size: usize,
+    pub max_body_bytes: usize,
+    /// How often the relay polls the outbox when nothing woke it.
+    pub relay_poll: Duration,
+    /// How often a gateway compares its users' seqs with the database (catches a lost last event).
+    pub audit_interval: Duration,
+    /// `NOTIFYD_RELAY_BATCH`: outbox entries per relay transaction (one PUBLISH pipeline).
+    pub relay_batch: i64,
+    /// `NOTIFYD_RELAY_PARTITIONS`: the outbox is relayed in this many partitions by user (topic)
+    /// hash, each with its own leader; every process must use the same number.
+    pub relay_partitions: u32,
+    pub log_json: bool,
+    /// `RUST_LOG`: the tracing filter.
+    pub log_filter: String,
+    /// Server-side `statement_timeout` on every pooled/background connection.
+    pub db_statement_timeout: Duration,
+    /// Server-side `lock_timeout` on every pooled/background connection.
+    pub db_lock_timeout: Duration,
+    /// Server-side `idle_in_transaction_session_timeout` on every connection.
+    pub db_idle_in_transaction_timeout: Duration,
+    /// Bound on every database call of the relay (leader and stand-by); the leader's session
+    /// also gets a server-side `idle_session_timeout` derived from it (see outbox::relay).
+    pub relay_db_timeout: Duration,
+    /// `NOTIFYD_DB_REQUEST_TIMEOUT`: bound on one request's (or WebSocket command's) database
+    /// work, checked on our side: a silent connection (half-open) answers 503 and is discarded.
+    pub db_request_timeout: Duration,
+    /// How often the housekeeper prunes expired events and idempotency keys.
+    pub housekeeping_interval: Duration,
+    /// Rows per housekeeping DELETE.
+    pub housekeeping_batch: i64,
+    /// `NOTIFYD_PUBLIC_TOPICS`: glob patterns anyone may subscribe to, also without a token
+    /// (contract §8). Empty = no anonymous sockets.
+    pub public_topics: Vec<String>,
+    /// `NOTIFYD_TOPIC_RETAIN`: how long a topic's retained value is kept unless replaced.
+    pub topic_retain: Duration,
+    /// `NOTIFYD_MAX_ANON_SOCKETS_PER_IP`: anonymous WebSockets one client IP may hold per node.
+    pub max_anon_sockets_per_ip: usize,
+    /// `NOTIFYD_TRUSTED_PROXIES`: peers whose `X-Forwarded-For` (last hop) names the client.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// `NOTIFYD_BROADCAST_BATCH`: recipients per announcement batch (one transaction, which
+    /// holds those users' counter rows until it commits).
+    pub broadcast_batch: i64,
+    /// `NOTIFYD_MAX_RUNNING_BROADCASTS`: announcements one service may have running at once.
+    pub max_running_broadcasts: i64,
+}
+
+impl Settings {
+    /// Defaults for everything, pointed at the given database (used by tests and as the base of `from_env`).
+    pub fn new(database_url: impl Into<String>) -> Self {
+        Settings {
+            database_url: database_url.into(),
+            redis_url: None,
+            redis_prefix: "notifyd:".into(),
+            bind: "127.0.0.1:8080".into(),
+            jwt_secret: DEV_JWT_SECRET.into(),
+            service_keys: vec![],
+            node_id: default_node_id(),
+            relay_enabled: true,
+            allowed_origins: None,
+            event_retention: Duration::from_secs(7 * 24 * 3600),
+            event_partition_width: Duration::from_secs(24 * 3600),
+            message_retention: Duration::from_secs(90 * 24 * 3600),
+            heartbeat: Duration::from_secs(25),
+            max_sockets_per_user: 32,
+            dev: false,
+            jwt_secret_ignored: false,
+            db_pool_size: 16,
+            max_body_bytes: 32 * 1024 * 1024,
+            relay_poll: Duration::from_millis(500),
+            audit_interval: Duration::from_secs(10),
+            relay_batch: 500,
+            relay_partitions: 1,
+            log_json: false,
+            log_filter: "info".into(),
+            db_statement_timeout: Duration::from_secs(30),
+            db_lock_timeout: Duration::from_secs(10),
+            db_idle_in_transaction_timeout: Duration::from_secs(60),
+            relay_db_timeout: Duration::from_secs(10),
+            db_request_timeout: Duration::from_secs(10),
+            housekeeping_interval: Duration::from_secs(10),
+            housekeeping_batch: 50_000,
+            public_topics: vec![],
+            topic_retain: Duration::from_secs(24 * 3600),
+            max_anon_sockets_per_ip: 64,
+            // A reverse proxy on the same host (the usual nginx in front): its peer address is
+            // loopback, and only it can have written the last X-Forwarded-For hop.
+            trusted_proxies: vec![
+                std::net::IpAddr::from([127, 0, 0, 1]),
+                std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+            ],
+            // 500: the same rows/s as 2,000 or 10,000 in the benchmark, with the shortest stall of
+            // other writers (docs/benchmarks.md, Announcements).
+            broadcast_batch: 500,
+            max_running_broadcasts: 16,
+        }
+    }
+
+    /// Reads the settings for a command: defaults, then the TOML `file` if given, then the
+    /// environment (which wins). Every value is checked against its range (see `table`); all
+    /// problems are reported together, each naming its setting, and nothing starts.
+    /// `dev` = `serve --dev`: the public dev secret, the `dev:dev` service key, `product:*`
+    /// public. `need_secret`: refuse to start without `NOTIFYD_JWT_SECRET` (unless `dev`).
+    pub fn load(dev: bool, need_secret: bool, file: Option<&Path>) -> anyhow::Result<Self> {
+        Self::load_from(&|k| std::env::var(k).ok(), file, dev, need_secret)
+    }
+
+    /// `load` with the environment looked up through `env` (tests pass their own).
+    pub fn load_from(
+        env: &dyn Fn(&str) -> Option<String>,
+        file: Option<&Path>,
+        dev: bool,
+        need_secret: bool,
+    ) -> anyhow::Result<Self> {
+        let mut problems: Vec<String> = vec![];
+        // Env name -> (value, where it came from); the environment overwrites the file.
+        let mut given: HashMap<&'static str, (String, Origin)> = HashMap::new();
+        if let Some(path) = file {
+            match file::read(path) {
+                Ok(pairs) => {
+                    for (setting, value) in pairs {
+                        given.insert(
+                            setting.env,
+                            (value, Origin::File(path.display().to_string())),
+                        );
+                    }
+                }
+                Err(p) => problems.extend(p),
+            }
+        }
+        for setting in SETTINGS {
+            if let Some(v) = env(setting.env) {
+                given.insert(setting.env, (v, Origin::Env));
+            }
+        }
+        // An empty value is no value (`NOTIFYD_X=` in a unit file, `x = ""`).
+        given.retain(|_, (v, _)| !v.trim().is_empty());
+
+        let mut s = Settings::new(DEFAULT_DATABASE_URL);
+        s.dev = dev;
+        for setting in SETTINGS {
+            let Some((value, origin)) = given.get(setting.env) else {
+                continue;
+            };
+            if let Err(why) = setting.apply(&mut s, value) {
+                problems.push(origin.describe(setting, value, &why));
+            }
+        }
+        let has = |env: &str| given.contains_key(env);
+        if dev {
+            // Dev mode signs anyone's tokens at `/demo/token`: with a real secret that would be
+            // a token mint for production. Only the public dev secret is used; start-up warns
+            // when one was configured and ignored.
+            s.jwt_secret_ignored = has("NOTIFYD_JWT_SECRET");
+            s.jwt_secret = DEV_JWT_SECRET.into();
+            if !s.service_keys.iter().any(|(n, _)| n == "dev") {
+                s.service_keys.push(("dev".into(), "dev".into()));
+            }
+            if !has("NOTIFYD_PUBLIC_TOPICS") {
+                // The demo's product page (`/demo/products`) is for shoppers without a token.
+                s.public_topics = vec!["product:*".into()];
+            }
+        } else if need_secret && !has("NOTIFYD_JWT_SECRET") {
+            problems.push(
+                "NOTIFYD_JWT_SECRET is not set (nor jwt_secret in a config file): refusing to \
+                 start (use `serve --dev` for a local demo)"
+                    .into(),
+            );
+        }
+        if !problems.is_empty() {
+            bail!("invalid configuration:\n  {}", problems.join("\n  "));
+        }
+        Ok(s)
+    }
+    /// Whether anyone, also without a token, may subscribe to `topic`.
+    pub fn is_public_topic(&self, topic: &str) -> bool {
+        self.public_topics
+            .iter()
+            .any(|p| crate::auth::jwt::glob_match(p, topic))
+    }
+
+    pub fn user_channel(&self, user: &str) -> String {
+        format!("{}u:{}", self.redis_prefix, user)
+    }
+
+    pub fn topic_channel(&self, topic: &str) -> String {
+        format!("{}t:{}", self.redis_prefix, topic)
+    }
+
+    /// The topic a channel named by `topic_channel` carries, if it is one.
+    pub fn topic_of_channel<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        channel
+            .strip_prefix(self.redis_prefix.as_str())?
+            .strip_prefix("t:")
+    }
+}
+
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "node".into());
+    format!("{}-{}", host, std::process::id())
+}
+
+/// Where a value came from, to name it the way the operator wrote it.
+enum Origin {
+    Env,
+    File(String),
+}
+
+impl Origin {
+    fn describe(&self, setting: &Setting, value: &str, why: &str) -> String {
+        let shown = if setting.secret {
+            "(value hidden)".to_string()
+        } else {
+            format!("{value:?}")
+        };
+        match self {
+            Origin::Env => format!("{} = {shown}: {why}", setting.env),
+            Origin::File(path) => format!("{} = {shown} in {path}: {why}", setting.key()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::table::Default;
+    use super::*;
+
+    fn load(env: &[(&str, &str)], dev: bool) -> anyhow::Result<Settings> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::load_from(&|k| env.get(k).cloned(), None, dev, true)
+    }
+
+    fn refusal(env: &[(&str, &str)]) -> String {
+        format!("{:#}", load(env, false).expect_err("accepted"))
+    }
+
+    const SECRET: (&str, &str) = ("NOTIFYD_JWT_SECRET", "s");
+
+    #[test]
+    fn topic_channels_round_trip() {
+        let s = Settings::new("postgres://x/y");
+        assert_eq!(
+            s.topic_of_channel(&s.topic_channel("product:1")),
+            Some("product:1")
+        );
+        assert_eq!(s.topic_of_channel(&s.user_channel("42")), None);
+        assert_eq!(s.topic_of_channel("other:t:x"), None);
+    }
+
+    /// The table's documented defaults are the defaults the code runs with.
+    #[test]
+    fn documented_defaults_are_the_code_defaults() {
+        let defaults = format!("{:?}", Settings::new(DEFAULT_DATABASE_URL));
+        for setting in SETTINGS {
+            if let Default::Value(v) = setting.default {
+                let mut s = Settings::new(DEFAULT_DATABASE_URL);
+                setting
+                    .apply(&mut s, v)
+                    .unwrap_or_else(|e| panic!("{}: default {v:?}: {e}", setting.env));
+                assert_eq!(format!("{s:?}"), defaults, "{}: default {v:?}", setting.env);
+            }
+        }
+    }
+
+    #[test]
+    fn nothing_set_gives_the_defaults() {
+        let s = load(&[SECRET], false).unwrap();
+        assert_eq!(s.database_url, DEFAULT_DATABASE_URL);
+        assert_eq!(s.heartbeat, Duration::from_secs(25));
+        assert_eq!(s.jwt_secret, "s");
+    }
+
+    /// Issue 11 item 3: `NOTIFYD_HEARTBEAT=0` was accepted and panicked the first session
+    /// (a zero-period interval); zero and out-of-range values now stop start-up by name.
+    #[test]
+    fn zero_and_out_of_range_values_are_refused_by_name() {
+        for (name, value, says) in [
+            ("NOTIFYD_HEARTBEAT", "0", "must be 1s to 10m"),
+            ("NOTIFYD_HEARTBEAT", "11m", "must be 1s to 10m"),
+            ("NOTIFYD_AUDIT_INTERVAL", "0s", "must be 100ms to 1h"),
+            ("NOTIFYD_EVENT_RETENTION", "0", "must be 1m to 365d"),
+            ("NOTIFYD_DB_POOL_SIZE", "0", "from 1 to 1000"),
+            ("NOTIFYD_DB_POOL_SIZE", "-3", "from 1 to 1000"),
+            ("NOTIFYD_MAX_BODY_BYTES", "12", "from 1024 to 1073741824"),
+            ("NOTIFYD_RELAY", "maybe", "on or off"),
+            ("NOTIFYD_BIND", "localhost", "IP address and port"),
+            ("NOTIFYD_LOG_FORMAT", "xml", "text or json"),
+            ("RUST_LOG", "notifyd=loud", "tracing filter"),
+            ("DATABASE_URL", "mysql://x/y", "postgres:// URL"),
+            ("REDIS_URL", "http://cache", "redis:// URL"),
+            (
+                "NOTIFYD_ALLOWED_ORIGINS",
+                "app.example.com",
+                "not an origin",
+            ),
+            ("NOTIFYD_SERVICE_KEYS", "billing", "not name:key"),
+        ] {
+            let e = refusal(&[SECRET, (name, value)]);
+            assert!(e.contains(name) && e.contains(says), "{name}={value}: {e}");
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let e = refusal(&[
+            SECRET,
+            ("NOTIFYD_HEARTBEAT", "0"),
+            ("NOTIFYD_RELAY_BATCH", "0"),
+        ]);
+        assert!(
+            e.contains("NOTIFYD_HEARTBEAT") && e.contains("NOTIFYD_RELAY_BATCH"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn secret_values_are_not_echoed() {
+        let e = refusal(&[
+            SECRET,
+            ("NOTIFYD_SERVICE_KEYS", "a:key-one,b:key-one"),
+            ("DATABASE_URL", "postgres://u:pg-pass@h:notaport/db"),
+        ]);
+        assert!(
+            e.contains("NOTIFYD_SERVICE_KEYS") && e.contains("DATABASE_URL"),
+            "{e}"
+        );
+        assert!(!e.contains("key-one") && !e.contains("pg-pass"), "{e}");
+    }
+
+    #[test]
+    fn serve_needs_a_secret() {
+        assert!(refusal(&[]).contains("NOTIFYD_JWT_SECRET is not set"));
+        assert!(load(&[], true).is_ok());
+    }
+
+    /// Defect 9: `serve --dev` kept a real secret from the environment, and `/demo/token` then
+    /// minted tokens for it while the log said the public dev secret was in use.
+    #[test]
+    fn dev_mode_ignores_a_configured_jwt_secret() {
+        let real = ("NOTIFYD_JWT_SECRET", "a-real-production-secret");
+        let dev = load(&[real], true).expect("dev settings");
+        assert_eq!(dev.jwt_secret, DEV_JWT_SECRET);
+        assert!(dev.jwt_secret_ignored);
+        let prod = load(&[real], false).expect("prod settings");
+        assert_eq!(prod.jwt_secret, "a-real-production-secret");
+        assert!(!prod.jwt_secret_ignored);
+    }
+}

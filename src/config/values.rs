@@ -1,0 +1,312 @@
+//! Parsers for the kinds of values settings take. Each answers a message that says what was
+//! expected, never echoing a value it cannot know to be harmless (the caller adds the value
+//! for settings that are not secret).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// `90`, `90s`, `15m`, `1h`, `7d`, `250ms`. Also used by `notifyd token --ttl`.
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+    let (num, unit) = raw.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("not a duration: {raw:?} (use e.g. 250ms, 90s, 15m, 1h, 7d)"))?;
+    let per_unit: u64 = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => {
+            return Err(format!(
+                "unknown duration unit in {raw:?} (use ms, s, m, h or d)"
+            ))
+        }
+    };
+    // A huge number times its unit must not overflow (a panic in a debug build).
+    n.checked_mul(per_unit)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("duration {raw:?} is too long"))
+}
+
+/// The shortest exact form of `d` in the units `parse_duration` reads (`1h`, not `3600s`).
+pub fn format_duration(d: Duration) -> String {
+    if d.subsec_nanos() != 0 || d.is_zero() {
+        return format!("{}ms", d.as_millis());
+    }
+    let s = d.as_secs();
+    for (unit, per) in [("d", 86400), ("h", 3600), ("m", 60)] {
+        if s.is_multiple_of(per) {
+            return format!("{}{unit}", s / per);
+        }
+    }
+    format!("{s}s")
+}
+
+/// A duration within `min..=max`; `zero_unsets`: `0` is accepted as well (and means "not set").
+pub fn duration_in(
+    raw: &str,
+    min: Duration,
+    max: Duration,
+    zero_unsets: bool,
+) -> Result<Duration, String> {
+    let d = parse_duration(raw)?;
+    if (zero_unsets && d.is_zero()) || (min..=max).contains(&d) {
+        Ok(d)
+    } else {
+        Err(format!("must be {}", duration_range(min, max, zero_unsets)))
+    }
+}
+
+pub fn duration_range(min: Duration, max: Duration, zero_unsets: bool) -> String {
+    let range = format!("{} to {}", format_duration(min), format_duration(max));
+    if zero_unsets {
+        format!("0 (not set) or {range}")
+    } else {
+        range
+    }
+}
+
+/// A whole number within `min..=max`.
+pub fn count_in(raw: &str, min: u64, max: u64) -> Result<u64, String> {
+    raw.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| format!("must be a whole number from {min} to {max}"))
+}
+
+/// `on`/`off` (also `true`/`false`, `1`/`0`).
+pub fn switch(raw: &str) -> Result<bool, String> {
+    match raw.trim() {
+        "on" | "true" | "1" => Ok(true),
+        "off" | "false" | "0" => Ok(false),
+        _ => Err("must be on or off".into()),
+    }
+}
+
+/// Non-empty items of a comma-separated list, trimmed.
+pub fn comma_list(raw: &str) -> Vec<String> {
+    raw.split(',')
+        .map(|x| x.trim().to_string())
+        .filter(|x| !x.is_empty())
+        .collect()
+}
+
+/// Visible ASCII only (no spaces, no control characters): safe in logs, keys and labels.
+pub fn visible_ascii(raw: &str) -> bool {
+    raw.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// At most this many service keys: each name is a metric label value.
+pub const MAX_SERVICES: usize = 100;
+/// The `service` label of metrics whose caller is not a service; no service may be named so.
+pub const NO_SERVICE: &str = "none";
+
+/// `name:key,name:key`. Names label metrics and logs, so they are short and plain; keys are
+/// secrets and never appear in a message.
+pub fn service_keys(raw: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out: Vec<(String, String)> = vec![];
+    for (i, pair) in comma_list(raw).iter().enumerate() {
+        let n = i + 1;
+        let Some((name, key)) = pair.split_once(':') else {
+            return Err(format!("pair {n} is not name:key"));
+        };
+        let name_ok = (1..=64).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        if !name_ok {
+            return Err(format!(
+                "pair {n}: a service name is 1 to 64 of A-Z a-z 0-9 _ . -"
+            ));
+        }
+        if name == NO_SERVICE {
+            return Err(format!(
+                "pair {n}: the service name {NO_SERVICE:?} is reserved"
+            ));
+        }
+        if !(1..=1024).contains(&key.len()) || !visible_ascii(key) {
+            return Err(format!(
+                "service {name:?}: a key is 1 to 1024 visible ASCII characters"
+            ));
+        }
+        if out.iter().any(|(other, _)| other == name) {
+            return Err(format!("service {name:?} is listed twice"));
+        }
+        if out.iter().any(|(_, other)| other == key) {
+            return Err(format!(
+                "service {name:?} has the same key as another service"
+            ));
+        }
+        out.push((name.to_string(), key.to_string()));
+    }
+    if out.len() > MAX_SERVICES {
+        return Err(format!("at most {MAX_SERVICES} services"));
+    }
+    Ok(out)
+}
+
+/// `NOTIFYD_TRUSTED_PROXIES`: comma-separated IP addresses (`none` = trust no proxy).
+pub fn ips(raw: &str) -> Result<Vec<IpAddr>, String> {
+    if raw.trim() == "none" {
+        return Ok(vec![]);
+    }
+    let list = comma_list(raw);
+    if list.len() > 100 {
+        return Err("at most 100 addresses".into());
+    }
+    list.iter()
+        .map(|ip| {
+            ip.parse()
+                .map_err(|_| format!("{ip:?} is not an IP address"))
+        })
+        .collect()
+}
+
+/// `NOTIFYD_ALLOWED_ORIGINS`: `*`, or origins `scheme://host[:port]` (no path), compared as
+/// browsers send them (a trailing `/` is dropped).
+pub fn origins(raw: &str) -> Result<Vec<String>, String> {
+    let list: Vec<String> = comma_list(raw)
+        .into_iter()
+        .map(|o| o.trim_end_matches('/').to_string())
+        .collect();
+    if list.len() > 100 {
+        return Err("at most 100 origins".into());
+    }
+    for o in &list {
+        if o == "*" {
+            continue;
+        }
+        let ok = o.split_once("://").is_some_and(|(scheme, rest)| {
+            !scheme.is_empty()
+                && scheme
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+                && !rest.is_empty()
+                && !rest.contains(['/', '?', '#'])
+                && visible_ascii(rest)
+        });
+        if !ok {
+            return Err(format!(
+                "{o:?} is not an origin (scheme://host[:port], e.g. https://app.example.com)"
+            ));
+        }
+    }
+    Ok(list)
+}
+
+/// A PostgreSQL URL (`postgres://` or `postgresql://`) that the driver can read.
+pub fn postgres_url(raw: &str) -> Result<String, String> {
+    let raw = raw.trim();
+    let scheme_ok = raw.starts_with("postgres://") || raw.starts_with("postgresql://");
+    if !scheme_ok || raw.parse::<tokio_postgres::Config>().is_err() {
+        return Err("must be a postgres:// URL (postgres://user:password@host:5432/db)".into());
+    }
+    Ok(raw.to_string())
+}
+
+/// A Redis URL (`redis://`, `redis+unix://`, `unix://`) that the client can read.
+pub fn redis_url(raw: &str) -> Result<String, String> {
+    use redis::IntoConnectionInfo;
+    let raw = raw.trim();
+    if raw.into_connection_info().is_err() {
+        return Err("must be a redis:// URL (redis://:password@host:6379/0)".into());
+    }
+    Ok(raw.to_string())
+}
+
+/// At most this many public topic patterns; each as long as a topic may be.
+const MAX_PATTERNS: usize = 100;
+const MAX_PATTERN_CHARS: usize = 200;
+
+/// `NOTIFYD_PUBLIC_TOPICS`: topic globs.
+pub fn topic_patterns(raw: &str) -> Result<Vec<String>, String> {
+    let list = comma_list(raw);
+    if list.len() > MAX_PATTERNS {
+        return Err(format!("at most {MAX_PATTERNS} patterns"));
+    }
+    if let Some(p) = list.iter().find(|p| p.chars().count() > MAX_PATTERN_CHARS) {
+        return Err(format!(
+            "pattern {p:?} is longer than {MAX_PATTERN_CHARS} characters"
+        ));
+    }
+    Ok(list)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86400)
+        );
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5w").is_err());
+        assert!(parse_duration("-5s").is_err());
+        // Overflowed (a panic in debug builds) before.
+        assert!(parse_duration("99999999999999999d").is_err());
+    }
+
+    #[test]
+    fn durations_format_in_their_largest_exact_unit() {
+        for s in ["250ms", "1s", "90s", "15m", "1h", "7d", "0ms"] {
+            assert_eq!(format_duration(parse_duration(s).unwrap()), s);
+        }
+    }
+
+    #[test]
+    fn trusted_proxies_are_ip_addresses() {
+        assert_eq!(ips("10.0.0.1, ::1").unwrap().len(), 2);
+        assert!(ips("none").unwrap().is_empty());
+        assert!(ips("proxy.local").is_err());
+    }
+
+    #[test]
+    fn service_keys_need_a_plain_name_and_a_key_each_distinct() {
+        assert_eq!(
+            service_keys("a:1, b:2").unwrap(),
+            vec![("a".into(), "1".into()), ("b".into(), "2".into())]
+        );
+        for bad in [
+            "nokey", ":k", "a:", "a b:k", "a:1,a:2", "a:k,b:k", "none:k", "a:k y",
+        ] {
+            assert!(service_keys(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn service_key_errors_never_show_a_key() {
+        for bad in ["a:sekrit,b:sekrit", "a:sek rit", "bad name:sekrit"] {
+            let e = service_keys(bad).unwrap_err();
+            assert!(!e.contains("sekrit") && !e.contains("sek rit"), "{e}");
+        }
+    }
+
+    #[test]
+    fn origins_are_scheme_and_host() {
+        assert_eq!(
+            origins("https://a.example.com/, http://localhost:3000, *").unwrap(),
+            vec!["https://a.example.com", "http://localhost:3000", "*"]
+        );
+        assert!(origins("a.example.com").is_err());
+        assert!(origins("https://a.example.com/path").is_err());
+    }
+
+    #[test]
+    fn urls_are_checked_by_their_clients_parsers() {
+        assert!(postgres_url("postgres://u:p@127.0.0.1:5432/db").is_ok());
+        assert!(postgres_url("mysql://x/y").is_err());
+        assert!(postgres_url("postgres://h:notaport/db").is_err());
+        assert!(redis_url("redis://127.0.0.1:6379").is_ok());
+        assert!(redis_url("http://127.0.0.1").is_err());
+    }
+}
