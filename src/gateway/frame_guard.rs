@@ -129,7 +129,11 @@ where
         }
         match Pin::new(&mut this.inner).poll_next(cx) {
             Poll::Ready(Some(Ok(bytes))) => match this.check(&bytes) {
-                Ok(()) => Poll::Ready(Some(Ok(bytes))),
+                // A copy of exactly these bytes, not the chunk itself: the chunk is a slice of
+                // the connection's 8 KiB read buffer, and actix-ws adopts a chunk it owns alone
+                // as its own buffer, so passing it on would keep that whole buffer alive for as
+                // long as the socket is open. Client frames are small and rare; the copy is cheap.
+                Ok(()) => Poll::Ready(Some(Ok(Bytes::copy_from_slice(&bytes)))),
                 Err(()) => {
                     this.tripped.set(true);
                     metrics::counter!("notifyd_ws_frames_too_large_total").increment(1);

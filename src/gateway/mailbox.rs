@@ -13,25 +13,15 @@ use crate::inbox::CommittedEvent;
 /// audit recover from PostgreSQL) except a session's departure, which waits for room.
 pub const ACTOR_MAILBOX: usize = 256;
 
+// Every variant is at most a word of payload: a mailbox allocates its slots in blocks of 32
+// messages of the largest variant's size, one block per connected user even when idle (16-byte
+// messages: a 512-byte block; before boxing, the largest frames made it ~5 KiB, then 2 KiB).
 pub enum ActorMsg {
-    Join {
-        session: SessionTx,
-        since: Option<i64>,
-        /// Fired once `hello` (and `sync`) are queued for the session.
-        joined: oneshot::Sender<()>,
-    },
+    Join(Box<Join>),
     Leave {
         session: u64,
     },
-    Command {
-        session: u64,
-        // Boxed, like `Committed`: a mailbox allocates its slots in blocks of 32 messages of the
-        // largest variant's size, one block per connected user even when idle; unboxed, the
-        // largest frames made every user's first block ~5 KiB.
-        frame: Box<ClientFrame>,
-        /// One of the session's command slots, released when the command is answered.
-        slot: OwnedSemaphorePermit,
-    },
+    Command(Box<SessionCommand>),
     /// A change this node just committed: delivered at once, ahead of the relay's copy.
     Committed(Box<CommittedEvent>),
     /// The user was erased by a request on this node: reset the sessions now, before the
@@ -41,4 +31,18 @@ pub enum ActorMsg {
     Audit(i64),
     /// The node is stopping: close every session with 1012.
     Shutdown,
+}
+
+pub struct Join {
+    pub session: SessionTx,
+    pub since: Option<i64>,
+    /// Fired once `hello` (and `sync`) are queued for the session.
+    pub joined: oneshot::Sender<()>,
+}
+
+pub struct SessionCommand {
+    pub session: u64,
+    pub frame: ClientFrame,
+    /// One of the session's command slots, released when the command is answered.
+    pub slot: OwnedSemaphorePermit,
 }

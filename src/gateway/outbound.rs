@@ -31,8 +31,9 @@ pub const PUSH_HEADROOM_FRAMES: usize = 64;
 pub enum Out {
     /// A text frame, shared: a topic event fanned out to many sessions is one buffer.
     Text(Arc<str>),
-    /// A WebSocket ping carrying a nonce the client must echo to count as reading.
-    Ping(Bytes),
+    /// A WebSocket ping carrying a nonce the client must echo to count as reading (a number,
+    /// not bytes: this enum is the size of every slot of every session's queue).
+    Ping(u64),
     /// Send the pong waiting in the session's pong slot (at most one waits: RFC 6455 lets an
     /// endpoint answer only the latest ping).
     Pong,
@@ -168,7 +169,7 @@ impl SessionTx {
     }
 
     /// Queues a ping; a full queue means the client is not reading: slow consumer.
-    pub fn ping(&self, nonce: Bytes) {
+    pub fn ping(&self, nonce: u64) {
         self.control(Out::Ping(nonce));
     }
 

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::catch_up::CatchUp;
-use super::mailbox::{ActorMsg, ACTOR_MAILBOX};
+use super::mailbox::{ActorMsg, Join, ACTOR_MAILBOX};
 use super::outbound::SessionTx;
 use super::sockets::SocketCounts;
 use super::user_actor;
@@ -122,11 +122,11 @@ impl Gateway {
         let mut actors = self.actors();
         let user = user.to_string();
         let (joined_tx, joined) = oneshot::channel();
-        let mut msg = ActorMsg::Join {
+        let mut msg = ActorMsg::Join(Box::new(Join {
             session,
             since,
             joined: joined_tx,
-        };
+        }));
         if let Some(entry) = actors.get(&user) {
             match entry.tx.try_send(msg) {
                 Ok(()) => return Ok((entry.tx.clone(), joined)),

@@ -11,12 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_ws::{CloseCode, CloseReason};
-use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::conn::Conn;
-use super::mailbox::ActorMsg;
+use super::mailbox::{ActorMsg, SessionCommand};
 use super::outbound::{Out, Outbox, SessionTx};
 use super::protocol::{self, close, ClientFrame};
 use super::sockets::SocketPermit;
@@ -69,10 +68,13 @@ pub async fn writer(
                             _ = out.close.changed() => continue,
                         }
                     }
-                    Some(Out::Ping(nonce)) => tokio::select! {
-                        r = session.ping(&nonce) => r,
-                        _ = out.close.changed() => continue,
-                    },
+                    Some(Out::Ping(nonce)) => {
+                        let nonce = nonce.to_be_bytes();
+                        tokio::select! {
+                            r = session.ping(&nonce) => r,
+                            _ = out.close.changed() => continue,
+                        }
+                    }
                     Some(Out::Pong) => match out.take_pong() {
                         None => Ok(()),
                         Some(bytes) => tokio::select! {
@@ -174,7 +176,7 @@ pub async fn reader(stream: actix_ws::MessageStream, ctx: ReaderCtx) {
     let mut last_pong = Instant::now();
     // Nonces of the pings not yet answered (newest last): only a pong echoing one of them
     // shows the client read that far; unsolicited pongs prove nothing.
-    let mut pings: VecDeque<Bytes> = VecDeque::new();
+    let mut pings: VecDeque<u64> = VecDeque::new();
     let mut last_auth: Option<Instant> = None;
     let mut bad = 0u32;
     loop {
@@ -192,11 +194,11 @@ pub async fn reader(stream: actix_ws::MessageStream, ctx: ReaderCtx) {
                     me.close_with(close::POLICY, "missed heartbeats");
                     break;
                 }
-                let nonce = Bytes::copy_from_slice(&rand::random::<u64>().to_be_bytes());
+                let nonce = rand::random::<u64>();
                 if pings.len() == OUTSTANDING_PINGS {
                     pings.pop_front();
                 }
-                pings.push_back(nonce.clone());
+                pings.push_back(nonce);
                 me.ping(nonce);
             }
             _ = &mut expiry, if !anonymous => {
@@ -249,9 +251,9 @@ pub async fn reader(stream: actix_ws::MessageStream, ctx: ReaderCtx) {
                             (None, _) => {
                                 me.push_json(&protocol::error(frame.r#ref(), "unauthorized", "an anonymous session has no inbox: connect with a token"));
                             }
-                            (Some(actor), Ok(slot)) => match actor.try_send(ActorMsg::Command { session: me.id, frame: Box::new(frame), slot }) {
+                            (Some(actor), Ok(slot)) => match actor.try_send(ActorMsg::Command(Box::new(SessionCommand { session: me.id, frame, slot }))) {
                                 Ok(()) => {}
-                                Err(mpsc::error::TrySendError::Full(ActorMsg::Command { frame, .. })) => busy(&me, &frame),
+                                Err(mpsc::error::TrySendError::Full(ActorMsg::Command(c))) => busy(&me, &c.frame),
                                 Err(_) => break,
                             },
                             (Some(_), Err(_)) => busy(&me, &frame),
@@ -271,7 +273,7 @@ pub async fn reader(stream: actix_ws::MessageStream, ctx: ReaderCtx) {
                     }
                     Ok(actix_ws::AggregatedMessage::Ping(bytes)) => me.pong(&bytes),
                     Ok(actix_ws::AggregatedMessage::Pong(bytes)) => {
-                        if let Some(i) = pings.iter().position(|n| *n == bytes) {
+                        if let Some(i) = pings.iter().position(|n| bytes.as_ref() == n.to_be_bytes()) {
                             last_pong = Instant::now();
                             pings.drain(..=i);
                         }

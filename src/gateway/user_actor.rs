@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
 use super::catch_up::Busy;
-use super::mailbox::ActorMsg;
+use super::mailbox::{ActorMsg, Join, SessionCommand};
 use super::outbound::{Offer, Push, SessionTx};
 use super::protocol::{self, close, ClientFrame};
 use crate::broker::HubMsg;
@@ -172,17 +172,23 @@ impl Actor {
 
     async fn handle(&mut self, msg: ActorMsg) {
         match msg {
-            ActorMsg::Join {
-                session,
-                since,
-                joined,
-            } => self.join(session, since, joined).await,
+            ActorMsg::Join(j) => {
+                let Join {
+                    session,
+                    since,
+                    joined,
+                } = *j;
+                self.join(session, since, joined).await
+            }
             ActorMsg::Leave { session } => self.remove(session),
-            ActorMsg::Command {
-                session,
-                frame,
-                slot,
-            } => self.command(session, *frame, slot).await,
+            ActorMsg::Command(c) => {
+                let SessionCommand {
+                    session,
+                    frame,
+                    slot,
+                } = *c;
+                self.command(session, frame, slot).await
+            }
             ActorMsg::Committed(ev) => {
                 let fp = fingerprint_of(&ev.frame);
                 let payload: Arc<str> = Arc::from(ev.frame.to_string());
