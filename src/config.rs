@@ -30,6 +30,10 @@ pub struct Settings {
     pub heartbeat: Duration,
     /// `NOTIFYD_MAX_SOCKETS_PER_USER`: WebSockets one user may hold on one node (contract §7).
     pub max_sockets_per_user: usize,
+    /// `NOTIFYD_WS_MAX_JOINING`: WebSocket handshakes this node takes at once, each counted from
+    /// its request until its `hello` was sent (auth, actor, catch-up read). Beyond it a handshake
+    /// is closed at once with 1013 and a `retry_after`, before any auth or database work.
+    pub ws_max_joining: usize,
     pub dev: bool,
     pub db_pool_size: usize,
     pub max_body_bytes: usize,
@@ -91,6 +95,7 @@ impl Settings {
             event_retention: Duration::from_secs(7 * 24 * 3600),
             heartbeat: Duration::from_secs(25),
             max_sockets_per_user: 32,
+            ws_max_joining: 256,
             dev: false,
             db_pool_size: 16,
             max_body_bytes: 32 * 1024 * 1024,
@@ -181,6 +186,13 @@ impl Settings {
                 .ok()
                 .filter(|n| *n > 0)
                 .context("NOTIFYD_MAX_SOCKETS_PER_USER must be a positive integer")?;
+        }
+        if let Some(n) = env("NOTIFYD_WS_MAX_JOINING") {
+            s.ws_max_joining = n
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .context("NOTIFYD_WS_MAX_JOINING must be a positive integer")?;
         }
         if let Some(a) = env("NOTIFYD_AUDIT_INTERVAL") {
             s.audit_interval = parse_duration(&a).context("NOTIFYD_AUDIT_INTERVAL")?;
