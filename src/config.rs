@@ -101,7 +101,9 @@ impl Settings {
             max_body_bytes: 32 * 1024 * 1024,
             relay_poll: Duration::from_millis(500),
             audit_interval: Duration::from_secs(10),
-            relay_batch: 500,
+            // 2,000, not 500: draining a 200k backlog, back to back on the same (loaded) machine,
+            // 1.2-1.5x the events/s and ~30% less relay CPU per event (docs/benchmarks.md).
+            relay_batch: 2000,
             relay_partitions: 1,
             log_json: false,
             db_statement_timeout: Duration::from_secs(30),
