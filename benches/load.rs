@@ -654,8 +654,11 @@ const RELAY_FRAME_SQL: &str = "jsonb_build_object('type', 'message.created', 'se
     'data', jsonb_build_object('k', repeat('y', 120))))";
 
 /// A fresh database with `n` committed user events waiting in the outbox (2,000 users, each
-/// user's events in seq order by outbox id, like the write path leaves them).
-async fn relay_db(n: u64) -> anyhow::Result<BenchDb> {
+/// user's events in seq order by outbox id, like the write path leaves them). `inline`: each
+/// outbox row carries its frame, as this build's create statement writes it; otherwise the row
+/// only points at its `user_event` (what builds before it wrote, `BENCH_RELAY_SEED=pointer`, to
+/// measure such a build on its own data).
+async fn relay_db(n: u64, inline: bool) -> anyhow::Result<BenchDb> {
     let db = BenchDb::create("bench_relay").await?;
     notifyd::db::migrate(&db.url).await?;
     let mut conn = AsyncPgConnection::establish(&db.url).await?;
@@ -667,9 +670,11 @@ async fn relay_db(n: u64) -> anyhow::Result<BenchDb> {
     ))
     .execute(&mut conn)
     .await?;
-    diesel::sql_query(
-        "INSERT INTO outbox (user_id, seq) SELECT user_id, seq FROM user_event ORDER BY seq, user_id",
-    )
+    let payload = if inline { "payload" } else { "NULL" };
+    diesel::sql_query(format!(
+        "INSERT INTO outbox (user_id, seq, payload) \
+         SELECT user_id, seq, {payload} FROM user_event ORDER BY seq, user_id",
+    ))
     .execute(&mut conn)
     .await?;
     diesel::sql_query("VACUUM ANALYZE")
@@ -712,6 +717,20 @@ struct RelayRun {
     partitions: u32,
     events: i64,
     secs: f64,
+    /// CPU time the relay process used (user + system), start-up included.
+    cpu_secs: f64,
+}
+
+/// User + system CPU seconds of process `pid` so far (`/proc/<pid>/stat`, clock ticks of 1/100 s
+/// on Linux), or 0 where that cannot be read.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat; here (state is field 3) indexes 11 and 12.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// Starts `notifyd relay` with `partitions` on a seeded database and times the drain: from the
@@ -748,6 +767,7 @@ async fn relay_drain(
                 partitions,
                 events: at,
                 secs: t0.elapsed().as_secs_f64(),
+                cpu_secs: cpu_secs(child.id()),
             });
         }
         if waited.elapsed() > Duration::from_secs(300) {
@@ -772,20 +792,23 @@ async fn relay_bench(bin: &str) -> anyhow::Result<()> {
         .filter_map(|p| p.trim().parse().ok())
         .collect();
     let prefix = format!("bench{}r:", std::process::id());
+    let inline = std::env::var("BENCH_RELAY_SEED").as_deref() != Ok("pointer");
+    let batch = std::env::var("NOTIFYD_RELAY_BATCH").unwrap_or_else(|_| "default".into());
     let mut runs = vec![];
     let mut len = 0;
     for &p in &parts {
         println!("7/7 relay, {n} events, {p} partition(s)");
-        let db = relay_db(n).await?;
+        let db = relay_db(n, inline).await?;
         len = relay_payload_len(&db.url).await?;
         let r = relay_drain(bin, &db.url, &prefix, p).await;
         db.drop_db().await?;
         let r = r?;
         println!(
-            "    {} events in {:.2}s = {:.0} events/s",
+            "    {} events in {:.2}s = {:.0} events/s, relay CPU {:.2}s",
             r.events,
             r.secs,
-            r.events as f64 / r.secs
+            r.events as f64 / r.secs,
+            r.cpu_secs
         );
         runs.push(r);
     }
@@ -798,7 +821,8 @@ async fn relay_bench(bin: &str) -> anyhow::Result<()> {
     for r in &runs {
         let rate = r.events as f64 / r.secs;
         rows.push_str(&format!(
-            "| {label} | {p} | **{rate:.0} events/s** ({ev} in {secs:.2} s) | {r1:.1}% | {r50:.1}% |\n",
+            "| {label} | {p} | **{rate:.0} events/s** ({ev} in {secs:.2} s) | {r1:.1}% | {r50:.1}% | {cpu:.1} µs |\n",
+            cpu = r.cpu_secs / n as f64 * 1e6,
             p = r.partitions,
             ev = r.events,
             secs = r.secs,
@@ -808,11 +832,21 @@ async fn relay_bench(bin: &str) -> anyhow::Result<()> {
     }
     let run = format!(
         "<!-- relay-run:{label} -->\n\
-Run `{label}` on {date}, commit `{commit}`: ceiling {one:.0} PUBLISH/s on 1 connection, {many:.0}/s on 50 (payload {len} B).\n\n\
-| run | partitions | drained | of the 1-connection ceiling | of the 50-connection ceiling |\n|---|---|---|---|---|\n{rows}\
+Run `{label}` on {date}, commit `{commit}`: ceiling {one:.0} PUBLISH/s on 1 connection, {many:.0}/s on 50 (payload {len} B); outbox rows {seed}, relay batch {batch}; load average {load}.\n\n\
+| run | partitions | drained | of the 1-connection ceiling | of the 50-connection ceiling | relay process CPU per event |\n|---|---|---|---|---|---|\n{rows}\
 <!-- relay-run-end:{label} -->\n",
         date = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
         commit = git_commit(),
+        seed = if inline {
+            "carry their frames"
+        } else {
+            "point at user_event"
+        },
+        load = std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .next()
+            .unwrap_or("?"),
     );
     write_relay_run("docs/benchmarks.md", &label, &run)?;
     println!("wrote run `{label}` into the Relay section of docs/benchmarks.md");

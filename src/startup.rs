@@ -121,6 +121,7 @@ impl Application {
         let gateway = Arc::new(Gateway::new(
             tokio::runtime::Handle::current(),
             settings.db_pool_size,
+            settings.ws_max_joining,
         ));
         let settings = Arc::new(settings);
         let (topics, shards) =

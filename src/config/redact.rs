@@ -60,6 +60,7 @@ impl fmt::Debug for Settings {
             relay_poll,
             audit_interval,
             relay_batch,
+            ws_max_joining,
             relay_partitions,
             log_json,
             log_filter,
@@ -103,6 +104,7 @@ impl fmt::Debug for Settings {
             .field("relay_poll", relay_poll)
             .field("audit_interval", audit_interval)
             .field("relay_batch", relay_batch)
+            .field("ws_max_joining", ws_max_joining)
             .field("relay_partitions", relay_partitions)
             .field("log_json", log_json)
             .field("log_filter", log_filter)

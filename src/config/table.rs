@@ -267,6 +267,16 @@ pub static SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        env: "NOTIFYD_WS_MAX_JOINING",
+        default: Default::Value("256"),
+        secret: false,
+        kind: Kind::Count {
+            min: 1,
+            max: 100_000,
+            set: |s, n| s.ws_max_joining = n as usize,
+        },
+    },
+    Setting {
         env: "NOTIFYD_HEARTBEAT",
         default: Default::Value("25s"),
         secret: false,
@@ -421,7 +431,7 @@ pub static SETTINGS: &[Setting] = &[
     },
     Setting {
         env: "NOTIFYD_RELAY_BATCH",
-        default: Default::Value("500"),
+        default: Default::Value("2000"),
         secret: false,
         kind: Kind::Count {
             min: 1,

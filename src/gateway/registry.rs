@@ -32,6 +32,8 @@ pub struct Gateway {
     pub db_commands: Arc<Semaphore>,
     /// Joining sessions' reads (counters, missed events), batched across users.
     pub catch_up: CatchUp,
+    /// Handshakes in flight, from the request to `hello` (`NOTIFYD_WS_MAX_JOINING`).
+    pub joining: Arc<Semaphore>,
     next_id: AtomicU64,
     shutting_down: AtomicBool,
     /// Actors and other long-lived tasks run on the main runtime, not on an HTTP worker's.
@@ -39,13 +41,14 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(runtime: tokio::runtime::Handle, db_pool_size: usize) -> Self {
+    pub fn new(runtime: tokio::runtime::Handle, db_pool_size: usize, max_joining: usize) -> Self {
         Gateway {
             actors: Mutex::new(HashMap::new()),
             sockets: Arc::new(SocketCounts::default()),
             anon_sockets: Arc::new(SocketCounts::default()),
             db_commands: Arc::new(Semaphore::new((db_pool_size / 2).max(1))),
             catch_up: CatchUp::new(runtime.clone()),
+            joining: Arc::new(Semaphore::new(max_joining.max(1))),
             next_id: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
             runtime,

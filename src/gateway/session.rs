@@ -138,6 +138,9 @@ pub struct ReaderCtx {
     pub too_big: Rc<Cell<bool>>,
     /// Held while the session lives: counts against the user's socket limit.
     pub permit: SocketPermit,
+    /// Held until `hello` was sent: counts against the node's handshakes in flight
+    /// (`NOTIFYD_WS_MAX_JOINING`).
+    pub joining: Option<OwnedSemaphorePermit>,
     pub conn: Option<Conn>,
 }
 
@@ -159,6 +162,7 @@ pub async fn reader(stream: actix_ws::MessageStream, ctx: ReaderCtx) {
         mut claims,
         too_big,
         permit,
+        mut joining,
         conn,
     } = ctx;
     let anonymous = claims.is_none();
@@ -183,6 +187,8 @@ pub async fn reader(stream: actix_ws::MessageStream, ctx: ReaderCtx) {
         tokio::select! {
             _ = close_rx.changed() => break,
             r = &mut joined, if !is_joined => {
+                // Joined or refused, this handshake no longer counts as in flight.
+                drop(joining.take());
                 if r.is_err() {
                     break; // the actor could not take the session (it closed it)
                 }

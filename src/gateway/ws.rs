@@ -1,6 +1,16 @@
-//! `GET /ws`: authenticate, check the origin and the user's (or anonymous client address's)
-//! socket limit, upgrade behind the frame guard, and hand the session to the user's actor (an
-//! anonymous viewer of public topics has none: it gets its `hello` here).
+//! `GET /ws`: admit (the node's handshakes in flight), authenticate, check the origin and the
+//! user's (or anonymous client address's) socket limit, upgrade behind the frame guard, and hand
+//! the session to the user's actor (an anonymous viewer of public topics has none: it gets its
+//! `hello` here).
+//!
+//! Admission comes first. When a node dies, all its clients resume on the survivors within a
+//! second; each join costs a handshake, a token check, an actor and a catch-up read, and
+//! thousands at once starve the HTTP API on the same cores. So at most `NOTIFYD_WS_MAX_JOINING`
+//! handshakes are in flight per node (from the request until `hello` was sent); one more is
+//! upgraded and closed at once with 1013 and a jittered `retry_after` (what our clients already
+//! honour for a busy node), before any auth or database work. A plain HTTP 503 would be cheaper
+//! still, but a browser's WebSocket sees neither its status nor its `Retry-After`: only a close
+//! code and reason reach it.
 
 use actix_web::{get, web, FromRequest, HttpRequest, HttpResponse};
 use serde::Deserialize;
@@ -28,6 +38,9 @@ pub async fn connect(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let Ok(joining) = state.gateway.joining.clone().try_acquire_owned() else {
+        return refuse_busy(&req, body, &state);
+    };
     check_origin(&req, &state)?;
     let claims = authenticate_ws(&req, !state.settings.public_topics.is_empty())?;
     let q = web::Query::<WsQuery>::from_query(req.query_string())
@@ -117,6 +130,7 @@ pub async fn connect(
             claims,
             too_big,
             permit,
+            joining: Some(joining),
             conn,
         },
     );
@@ -127,6 +141,23 @@ pub async fn connect(
         }
         .instrument(span),
     );
+    Ok(response)
+}
+
+/// Upgrades and at once closes with 1013 and a jittered `retry_after`: the node has
+/// `NOTIFYD_WS_MAX_JOINING` handshakes in flight. Nothing the client sent is read.
+fn refuse_busy(
+    req: &HttpRequest,
+    body: web::Payload,
+    state: &AppState,
+) -> Result<HttpResponse, ApiError> {
+    metrics::counter!("notifyd_ws_refused_total", "reason" => "joins_in_flight").increment(1);
+    let (response, ws_session, _stream) = actix_ws::handle(req, body)
+        .map_err(|e| ApiError::BadRequest(format!("websocket handshake: {e}")))?;
+    let (me, outbox) = SessionTx::new(state.gateway.next_id());
+    let grace = session::close_grace(state.settings.heartbeat);
+    actix_web::rt::spawn(session::writer(ws_session, outbox, grace, Conn::of(req)));
+    me.close_with(close::TRY_AGAIN_LATER, protocol::busy_reason());
     Ok(response)
 }
 

@@ -184,7 +184,7 @@ pub async fn run(conn: &mut Conn, user: &str, cmd: Command) -> Result<Outcome, A
             }],
         )
         .await?;
-        outbox::enqueue_user_events(conn, &[(user, c.seq)]).await?;
+        outbox::enqueue_user_events(conn, &[(user, c.seq, &frame)]).await?;
         Ok(Outcome {
             counts: c.into(),
             event: Some(CommittedEvent {

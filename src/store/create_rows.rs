@@ -15,6 +15,10 @@
 //! row's id and counters: the same JSON the caller would have built per row, without shipping
 //! each row's frame over the wire. The `send_time` in the template is the serialised `send_time`
 //! bound here, so row and frame agree.
+//!
+//! The frame is built once (`f`) and written twice: into the event log and into the outbox
+//! entry, so the relay publishes straight from the outbox row without reading `user_event`
+//! (see `store::outbox::claim_and_delete`). The outbox row is deleted once published.
 
 use chrono::{DateTime, Utc};
 use diesel::pg::Pg;
@@ -51,12 +55,14 @@ WITH e AS (
   INSERT INTO t_message_real_time
     (id, to_user, seq, title, content, type, send_user, send_time, skip_url, data, service, broadcast_id)
   SELECT id, to_user, seq, title, content, kind, send_user, $14, skip_url, data, $15, $16 FROM w
+), f AS MATERIALIZED (
+  SELECT ord, to_user, seq, jsonb_build_object('type', 'message.created', 'seq', seq,
+    'unread', unread, 'unseen', unseen, 'message', tmpl || jsonb_build_object('id', id, 'seq', seq))
+    AS payload FROM w
 ), ev AS (
-  INSERT INTO user_event (user_id, seq, payload)
-  SELECT to_user, seq, jsonb_build_object('type', 'message.created', 'seq', seq, 'unread', unread,
-    'unseen', unseen, 'message', tmpl || jsonb_build_object('id', id, 'seq', seq)) FROM w
+  INSERT INTO user_event (user_id, seq, payload) SELECT to_user, seq, payload FROM f
 ), o AS (
-  INSERT INTO outbox (user_id, seq) SELECT to_user, seq FROM w ORDER BY ord
+  INSERT INTO outbox (user_id, seq, payload) SELECT to_user, seq, payload FROM f ORDER BY ord
 )
 SELECT seq, unread, unseen FROM w ORDER BY ord";
 

@@ -477,3 +477,30 @@ async fn partitioned_relays_keep_each_users_order() {
     let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
     app.stop().await;
 }
+
+/// An outbox entry that only points at its event (what versions before frames were carried in
+/// the outbox queued, still waiting during a rolling upgrade) is published with the frame from
+/// `user_event`, in order after the entries before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_queued_without_its_frame_is_published_from_the_event_log() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let u = new_user();
+    let mut tap = RedisTap::subscribe(&app.user_channel(&u)).await;
+    assert_eq!(app.send(&u, "new shape").await["seq"], 1);
+    let frame = json!({"type": "message.created", "seq": 2, "unread": 2, "unseen": 2,
+        "message": {"id": "old-shape", "seq": 2}});
+    let mut conn = db.conn().await;
+    diesel::sql_query(format!(
+        "WITH e AS (INSERT INTO user_event (user_id, seq, payload) VALUES ('{u}', 2, '{frame}')) \
+         INSERT INTO outbox (user_id, seq) VALUES ('{u}', 2)"
+    ))
+    .execute(&mut conn)
+    .await
+    .expect("queue an old-shape entry");
+    let got = tap.collect(2, Duration::from_secs(30)).await;
+    assert_exactly_once_in_order(&got, 2, &u);
+    assert_eq!(got[1], frame);
+    assert_eq!(count_rows(&db.url, "outbox").await, 0);
+    app.stop().await;
+}

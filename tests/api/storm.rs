@@ -154,3 +154,134 @@ async fn told_when_to_retry_after(outage: fn(&Cuttable), db_request_timeout: Opt
     proxy.restore();
     app.stop().await;
 }
+
+/// Past `NOTIFYD_WS_MAX_JOINING` handshakes in flight (here 2, held in flight by a database that
+/// stopped answering), one more is upgraded and closed at once with 1013 and a `retry_after` of
+/// 1 to 5 s, before any auth work: even a bad token gets that answer, not 401. Once the
+/// in-flight joins have ended, a client that retries as told gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_past_the_nodes_cap_are_told_when_to_retry_and_get_in_when_they_do() {
+    let db = TestDb::new().await;
+    let proxy = Cuttable::start("127.0.0.1:5432").await;
+    let via_proxy = proxy.pg_url(&db.url);
+    let app = spawn_app_with(&db, Opts::no_relay(), |s| {
+        s.database_url = via_proxy.clone();
+        // Long enough to hold the two joins while the third is refused, short enough that the
+        // node recovers soon after the freeze.
+        s.db_request_timeout = Duration::from_secs(8);
+        s.ws_max_joining = 2;
+    })
+    .await;
+    let users: Vec<String> = (0..3).map(|_| new_user()).collect();
+    for u in &users {
+        app.send(u, "before").await;
+    }
+    proxy.freeze();
+    // Two joins wait for their catch-up reads: the node is full.
+    let mut waiting = vec![];
+    for u in &users[..2] {
+        waiting.push(app.ws(u, Some(0)).await);
+    }
+    let started = std::time::Instant::now();
+    let mut third = app.ws(&users[2], Some(0)).await;
+    assert_eq!(third.expect_close(Duration::from_secs(5)).await, Some(1013));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the refusal waited {:?}",
+        started.elapsed()
+    );
+    let (_, reason) = third.closed.clone().expect("closed");
+    let ms = notifyd::gateway::protocol::retry_after_ms(&reason)
+        .unwrap_or_else(|| panic!("no retry_after in {reason:?}"));
+    assert!((1000..=5000).contains(&ms), "retry_after={ms}");
+    let mut bad = WsClient::connect(&app.ws_url("not-a-token", None))
+        .await
+        .expect("a full node upgrades and closes, it does not answer 401");
+    assert_eq!(bad.expect_close(Duration::from_secs(5)).await, Some(1013));
+
+    proxy.restore();
+    // The two held joins end (with `hello`, or with 1013 if their read failed during the
+    // freeze): either way they no longer count against the cap.
+    for mut c in waiting {
+        match c.next(Duration::from_secs(30)).await {
+            Some(f) => assert_eq!(f["type"], "hello", "{f}"),
+            None => assert_eq!(c.closed.as_ref().map(|c| c.0), Some(1013)),
+        }
+    }
+    // Told to come back after `ms`: it does (again as told, while the node recovers from the
+    // freeze), and is let in with its missed event.
+    let mut wait = ms;
+    let mut again = loop {
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        let mut c = app.ws(&users[2], Some(0)).await;
+        if c.next(Duration::from_secs(20)).await.is_some() {
+            break c;
+        }
+        let (code, reason) = c.closed.clone().expect("closed without a frame");
+        assert_eq!(code, 1013, "{reason}");
+        wait = notifyd::gateway::protocol::retry_after_ms(&reason).expect("retry_after");
+        assert!(started.elapsed() < Duration::from_secs(90), "never got in");
+    };
+    let hello = again.frames[0].clone();
+    assert_eq!(hello["type"], "hello");
+    assert_eq!(hello["seq"].as_i64(), Some(1));
+    let sync = again.expect("sync", Duration::from_secs(20)).await;
+    assert_eq!(seqs_of(sync["events"].as_array().expect("events")), vec![1]);
+    again.close().await;
+    app.stop().await;
+}
+
+/// With a cap far below the crowd (3 handshakes in flight, 30 clients at once, the database
+/// pausing for the first half second so the first joins surely hold the cap), every client
+/// that honours 1013's `retry_after` gets in, each with its `hello` at its own seq.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowd_larger_than_the_cap_all_gets_in_by_retrying_as_told() {
+    const CLIENTS: usize = 30;
+    let db = TestDb::new().await;
+    let proxy = Cuttable::start("127.0.0.1:5432").await;
+    let via_proxy = proxy.pg_url(&db.url);
+    let app = spawn_app_with(&db, Opts::no_relay(), |s| {
+        s.database_url = via_proxy.clone();
+        s.ws_max_joining = 3;
+    })
+    .await;
+    let users: Vec<String> = (0..CLIENTS).map(|_| new_user()).collect();
+    for u in &users {
+        app.send(u, "one").await;
+    }
+    proxy.freeze();
+    let pause = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        proxy.restore();
+    };
+    let refused = std::sync::atomic::AtomicUsize::new(0);
+    let clients = users.iter().map(|u| {
+        let (app, refused) = (&app, &refused);
+        async move {
+            for _ in 0..20 {
+                let mut c = app.ws(u, Some(1)).await;
+                match c.next(Duration::from_secs(20)).await {
+                    Some(f) if f["type"] == "hello" => {
+                        assert_eq!(f["seq"].as_i64(), Some(1), "{u}");
+                        c.close().await;
+                        return;
+                    }
+                    Some(f) => panic!("{u}: expected hello, got {f}"),
+                    None => {
+                        let (code, reason) = c.closed.clone().expect("closed without a frame");
+                        assert_eq!(code, 1013, "{u}: {reason}");
+                        let ms = notifyd::gateway::protocol::retry_after_ms(&reason)
+                            .unwrap_or_else(|| panic!("no retry_after in {reason:?}"));
+                        refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                    }
+                }
+            }
+            panic!("{u} never got in");
+        }
+    });
+    tokio::join!(futures_util::future::join_all(clients), pause);
+    // The cap did refuse some (else this test shows nothing about retrying).
+    assert!(refused.into_inner() > 0, "no handshake was refused");
+    app.stop().await;
+}
