@@ -78,7 +78,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         web::get().to(ops::metrics)
     }),
     endpoint("/api-docs/openapi.json", GET, Caller::Anyone, || {
-        web::get().to(ops::openapi)
+        web::get().to(openapi::openapi)
     }),
     endpoint("/api/v1/me/messages", GET, Caller::User, || {
         web::get().to(me::list)

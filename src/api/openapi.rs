@@ -2,6 +2,7 @@
 //! beside each type, assembled here and served at `/api-docs/openapi.json`. The WebSocket `/ws`
 //! is not in it: OpenAPI cannot describe its frames (docs/websocket.md does).
 
+use actix_web::HttpResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -22,7 +23,7 @@ use crate::store::messages::Message;
         ops::healthz,
         ops::readyz,
         ops::metrics,
-        ops::openapi,
+        openapi,
         me::list,
         me::unread_count,
         me::changes,
@@ -94,6 +95,15 @@ impl Modify for AuthSchemes {
             ),
         );
     }
+}
+
+/// `GET /api-docs/openapi.json`: this document, generated from the code. Here, beside the
+/// document, not in `ops`: the document lists `ops`' handlers.
+#[utoipa::path(get, path = "/api-docs/openapi.json", tag = "ops",
+    responses((status = 200, description = "the OpenAPI 3.1 document of this API",
+        body = Object, content_type = "application/json")))]
+pub async fn openapi() -> HttpResponse {
+    HttpResponse::Ok().json(ApiDoc::openapi())
 }
 
 #[cfg(test)]

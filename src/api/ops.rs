@@ -5,7 +5,7 @@ use std::time::Duration;
 use actix_web::{web, HttpResponse};
 use diesel_async::RunQueryDsl;
 use serde::Serialize;
-use utoipa::{OpenApi, ToSchema};
+use utoipa::ToSchema;
 
 use crate::broker;
 use crate::state::AppState;
@@ -92,12 +92,4 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(text)
-}
-
-/// `GET /api-docs/openapi.json`: this document, generated from the code (`api::openapi`).
-#[utoipa::path(get, path = "/api-docs/openapi.json", tag = "ops",
-    responses((status = 200, description = "the OpenAPI 3.1 document of this API",
-        body = Object, content_type = "application/json")))]
-pub async fn openapi() -> HttpResponse {
-    HttpResponse::Ok().json(super::openapi::ApiDoc::openapi())
 }

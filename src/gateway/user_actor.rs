@@ -65,8 +65,6 @@ const CATCH_UP_PAGE: i64 = 200;
 /// How long a join waits for its batched read before the session is refused as busy.
 const JOIN_READ_WAIT: Duration = Duration::from_secs(15);
 
-/// How long a WebSocket command waits for one of the node's database command permits.
-pub const COMMAND_WAIT: Duration = Duration::from_secs(10);
 /// Events remembered for telling duplicates from a restored database.
 const RECENT_EVENTS: usize = 128;
 /// At most one database check per actor in this window when an unexpected old seq arrives.
@@ -628,7 +626,7 @@ impl Actor {
                     let node = state.gateway.db_commands.clone().acquire_owned().await;
                     mine.and_then(|m| node.map(|n| (m, n)))
                 };
-                let _turns = tokio::time::timeout(COMMAND_WAIT, turns)
+                let _turns = tokio::time::timeout(crate::inbox::COMMAND_WAIT, turns)
                     .await
                     .map_err(|_| ApiError::Unavailable("the server is busy; retry".into()))?
                     .map_err(|_| ApiError::Unavailable("shutting down".into()))?;

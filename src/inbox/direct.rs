@@ -121,7 +121,7 @@ async fn send_checked(
 /// of `send` frames waits in bounded numbers instead of taking every pooled connection.
 async fn socket_permit(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
     let permit = state.gateway.db_commands.clone().acquire_owned();
-    tokio::time::timeout(crate::gateway::user_actor::COMMAND_WAIT, permit)
+    tokio::time::timeout(super::COMMAND_WAIT, permit)
         .await
         .map_err(|_| ApiError::Unavailable("the server is busy; retry".into()))?
         .map_err(|_| ApiError::Unavailable("shutting down".into()))

@@ -42,6 +42,10 @@ pub struct CommittedEvent {
     pub frame: serde_json::Value,
 }
 
+/// How long a WebSocket command (an inbox command, a direct message) waits for one of the node's
+/// database command permits.
+pub const COMMAND_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// "Now" at PostgreSQL's precision (microseconds), so a timestamp in an event frame is exactly
 /// the one the row stores.
 pub fn db_now() -> chrono::DateTime<chrono::Utc> {
