@@ -13,6 +13,7 @@ use std::time::Duration;
 use actix_ws::{CloseCode, CloseReason};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::conn::Conn;
 use super::mailbox::{ActorMsg, SessionCommand};
@@ -421,10 +422,13 @@ fn subscribe(
     match state.topics.subscribe(me.id, &topics) {
         Ok(pending) => {
             let state = state.clone();
-            tokio::spawn(async move {
-                let _slot = slot;
-                state.topics.finish(&state, pending, r#ref).await;
-            });
+            tokio::spawn(
+                async move {
+                    let _slot = slot;
+                    state.topics.finish(&state, pending, r#ref).await;
+                }
+                .instrument(tracing::Span::current()),
+            );
         }
         Err((code, message)) => {
             me.push_json(&protocol::error(&r#ref, code, &message));
@@ -467,31 +471,34 @@ fn send_direct(
         }
     };
     let (state, claims, me) = (state.clone(), claims.clone(), me.clone());
-    tokio::spawn(async move {
-        let _slot = slot;
-        let sent = direct::send(
-            &state,
-            &claims,
-            Some(&to_user),
-            Some(&message),
-            key.as_deref(),
-            Via::Socket,
-        )
-        .await;
-        match sent {
-            Ok(sent) => {
-                let extra = if sent.replayed {
-                    serde_json::json!({"id": sent.id, "replayed": true})
-                } else {
-                    serde_json::json!({"id": sent.id})
-                };
-                me.push_json(&protocol::ack(&r#ref, extra));
-            }
-            Err(e) => {
-                me.push_json(&protocol::api_error(&r#ref, &e));
+    tokio::spawn(
+        async move {
+            let _slot = slot;
+            let sent = direct::send(
+                &state,
+                &claims,
+                Some(&to_user),
+                Some(&message),
+                key.as_deref(),
+                Via::Socket,
+            )
+            .await;
+            match sent {
+                Ok(sent) => {
+                    let extra = if sent.replayed {
+                        serde_json::json!({"id": sent.id, "replayed": true})
+                    } else {
+                        serde_json::json!({"id": sent.id})
+                    };
+                    me.push_json(&protocol::ack(&r#ref, extra));
+                }
+                Err(e) => {
+                    me.push_json(&protocol::api_error(&r#ref, &e));
+                }
             }
         }
-    });
+        .instrument(tracing::Span::current()),
+    );
 }
 
 /// `publish` (contract §8, groups): allowed by the token's `publish` claim, rate-limited per
@@ -534,36 +541,39 @@ fn publish(
         );
     }
     let (state, me, user) = (state.clone(), me.clone(), claims.user.clone());
-    tokio::spawn(async move {
-        let _slot = slot;
-        let result = async {
-            let _permit = tokio::time::timeout(
-                PUBLISH_WAIT,
-                state.gateway.db_commands.clone().acquire_owned(),
-            )
-            .await
-            .map_err(|_| ApiError::Unavailable("the server is busy; retry".into()))?
-            .map_err(|_| ApiError::Unavailable("shutting down".into()))?;
-            let ev = create::TopicEvent {
-                topic: &topic,
-                data: &data,
-                from: Some(&user),
-                retain_until: None,
-            };
-            state
-                .db(async |conn| create::topic_event(conn, &ev).await)
+    tokio::spawn(
+        async move {
+            let _slot = slot;
+            let result = async {
+                let _permit = tokio::time::timeout(
+                    PUBLISH_WAIT,
+                    state.gateway.db_commands.clone().acquire_owned(),
+                )
                 .await
-        }
-        .await;
-        match result {
-            Ok(id) => {
-                state.waker.wake();
-                metrics::counter!("notifyd_topic_client_publishes_total").increment(1);
-                me.push_json(&protocol::ack(&r#ref, serde_json::json!({ "id": id })));
+                .map_err(|_| ApiError::Unavailable("the server is busy; retry".into()))?
+                .map_err(|_| ApiError::Unavailable("shutting down".into()))?;
+                let ev = create::TopicEvent {
+                    topic: &topic,
+                    data: &data,
+                    from: Some(&user),
+                    retain_until: None,
+                };
+                state
+                    .db(async |conn| create::topic_event(conn, &ev).await)
+                    .await
             }
-            Err(e) => {
-                me.push_json(&protocol::error(&r#ref, e.code(), &e.to_string()));
+            .await;
+            match result {
+                Ok(id) => {
+                    state.waker.wake();
+                    metrics::counter!("notifyd_topic_client_publishes_total").increment(1);
+                    me.push_json(&protocol::ack(&r#ref, serde_json::json!({ "id": id })));
+                }
+                Err(e) => {
+                    me.push_json(&protocol::error(&r#ref, e.code(), &e.to_string()));
+                }
             }
         }
-    });
+        .instrument(tracing::Span::current()),
+    );
 }
