@@ -96,16 +96,17 @@ pub fn idempotency_key(req: &HttpRequest) -> Result<Option<&str>, ApiError> {
 }
 
 /// `DELETE /api/v1/messages/{id}`: the calling service retracts a message it created (contract
-/// §9). `204` when a live message was removed (its recipient's stream gets `message.deleted`);
-/// `404` for anything else — an id that is not a UUID, unknown, another service's, or already
-/// deleted, retracted or expired — so nothing about other services' messages is revealed.
+/// §9). `204` when a live message was removed (its recipient's stream gets `message.deleted`),
+/// and again for a retry while the deleted row is kept (24 h; no second event); `404` for
+/// anything else — an id that is not a UUID, unknown, another service's, expired or erased —
+/// so nothing about other services' messages is revealed.
 #[utoipa::path(delete, path = "/api/v1/messages/{id}", tag = "service",
     security(("serviceKey" = [])),
     params(("id" = String, Path, description = "the message id `POST /api/v1/messages` answered")),
     responses(
-        (status = 204, description = "retracted: the recipient's stream got `message.deleted` with corrected counts"),
+        (status = 204, description = "retracted: the recipient's stream got `message.deleted` with corrected counts; also for a message of this service already deleted (no second event), within the 24 h a deleted row is kept"),
         (status = 401, description = "missing or unknown service key", body = ErrorBody),
-        (status = 404, description = "no live message of this service has this id (unknown, malformed, another service's, or already deleted, retracted or expired)", body = ErrorBody),
+        (status = 404, description = "no message of this service has this id (unknown, malformed, another service's, expired, erased, or deleted more than 24 h ago)", body = ErrorBody),
         (status = 503, description = "the database is unavailable; retry", body = ErrorBody),
     ))]
 pub async fn retract(
@@ -119,7 +120,9 @@ pub async fn retract(
         .db(async |conn| commands::retract(conn, &service.0, id).await)
         .await?
         .ok_or_else(gone)?;
+    if out.event.is_some() {
+        metrics::counter!("notifyd_messages_retracted_total").increment(1);
+    }
     commands::committed(&state, &out);
-    metrics::counter!("notifyd_messages_retracted_total").increment(1);
     Ok(HttpResponse::NoContent().finish())
 }

@@ -221,6 +221,10 @@ mod tests {
             param("/api/v1/topics/{topic}/events", "post", "topic")["maxLength"],
             json!(MAX_TOPIC_CHARS)
         );
+        assert_eq!(
+            param("/api/v1/users/{id}", "delete", "id")["maxLength"],
+            json!(crate::inbox::input::MAX_ID_CHARS)
+        );
         for path in ["/api/v1/messages", "/api/v1/broadcasts", "/api/v1/me/send"] {
             assert_eq!(
                 param(path, "post", "Idempotency-Key")["maxLength"],

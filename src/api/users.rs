@@ -12,7 +12,8 @@ use crate::state::AppState;
 /// is a `400`. The user's open sockets get a `sync` reset: here at once, on every node through the relay.
 #[utoipa::path(delete, path = "/api/v1/users/{id}", tag = "service",
     security(("serviceKey" = [])),
-    params(("id" = String, Path, description = "the user id (a token's `sub`)")),
+    params(("id" = inline(String), Path, description = "the user id (a token's `sub`): 1 to 128 characters, no whitespace or control characters (a `%` works when sent as `%25`; the pattern leaves it out because some clients send a path's `%` unescaped)",
+        min_length = 1, max_length = 128, pattern = r"^[^\s\x00-\x1f\x7f-\x9f%]+$")),
     responses(
         (status = 204, description = "every notification, event, counter and key of the user is gone (also when there was nothing); their open sockets get a `sync` reset"),
         (status = 401, description = "missing or unknown service key", body = ErrorBody),

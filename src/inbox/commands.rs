@@ -85,8 +85,10 @@ pub async fn retract(
     let Some(user) = messages::recipient_for_service(conn, id, service).await? else {
         return Ok(None);
     };
-    let out = run(conn, &user, Command::Delete(id)).await?;
-    Ok(out.event.is_some().then_some(out))
+    // Already deleted (by its user or an earlier retract): still this service's message, so the
+    // retract is done; `run` changes nothing and emits no event. A retried DELETE answers 204,
+    // like the first, for as long as the soft-deleted row is kept (24 h).
+    Ok(Some(run(conn, &user, Command::Delete(id)).await?))
 }
 
 /// After a command's commit, from a request handler: wake the relay (other nodes) and hand the

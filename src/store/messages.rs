@@ -161,13 +161,15 @@ pub async fn expired(
         .await
 }
 
+/// Soft-deleted rows are kept 24 hours (the `Idempotency-Key` window) before they are purged, so
+/// a retried or replayed retract within that window still finds its message and answers 204.
 /// Deletes up to `batch` soft-deleted rows (already out of every count and listing), oldest
 /// deletion first; returns how many went. One short statement walking
 /// `t_message_real_time_deleted`; by id, not ctid (rows of this table are updated).
 pub async fn purge_deleted(conn: &mut Conn, batch: i64) -> QueryResult<usize> {
     diesel::sql_query(
         "DELETE FROM t_message_real_time WHERE id = ANY(ARRAY(SELECT id FROM t_message_real_time \
-         WHERE deleted_at IS NOT NULL ORDER BY deleted_at LIMIT $1))",
+         WHERE deleted_at < now() - interval '24 hours' ORDER BY deleted_at LIMIT $1))",
     )
     .bind::<diesel::sql_types::BigInt, _>(batch)
     .execute(conn)

@@ -95,9 +95,10 @@ async fn a_service_retracts_its_message_and_the_recipients_socket_gets_message_d
     );
     assert_ne!(listed["messages"][0]["id"], id);
 
-    // Retracting it again: it is no longer there (404, no new event).
+    // Retracting it again (a retry, or a create replayed by its Idempotency-Key answering the
+    // same id): done already, 204 again, and no second event.
     let r = delete_as(&app, SERVICE_KEY, &format!("/api/v1/messages/{id}")).await;
-    assert_eq!(r.status(), 404);
+    assert_eq!(r.status(), 204);
     assert!(
         client.next(Duration::from_millis(500)).await.is_none(),
         "no second event"
@@ -149,7 +150,8 @@ async fn another_service_cannot_retract_and_learns_nothing() {
     );
     assert!(client.next(Duration::from_millis(500)).await.is_none());
 
-    // A message the user already deleted: 404 for its own service too.
+    // A message the user already deleted: gone already, so its own service's retract is done
+    // (204) and changes nothing; another service still learns nothing (404).
     assert_eq!(
         app.user_delete(&u, &format!("/api/v1/me/messages/{id}"))
             .await
@@ -158,6 +160,12 @@ async fn another_service_cannot_retract_and_learns_nothing() {
     );
     client.expect("message.deleted", WAIT).await;
     let r = delete_as(&app, SERVICE_KEY, &format!("/api/v1/messages/{id}")).await;
+    assert_eq!(r.status(), 204);
+    assert!(
+        client.next(Duration::from_millis(500)).await.is_none(),
+        "no second event"
+    );
+    let r = delete_as(&app, "other-key", &format!("/api/v1/messages/{id}")).await;
     assert_eq!(r.status(), 404);
 
     // Service-key auth and methods like every service route.
@@ -429,6 +437,24 @@ async fn messages_past_retention_are_removed_and_the_badge_follows() {
         app.user_json(&u, "/api/v1/me/unread-count").await,
         json!({"unread": 1, "unseen": 1, "seq": 7})
     );
+    // The soft-deleted row is kept 24 h (a retried retract still finds it), then purged.
+    let kept = query_json(
+        &db.url,
+        &format!(
+            "SELECT id::text FROM t_message_real_time WHERE id = '{}'",
+            gone["id"].as_str().unwrap()
+        ),
+    )
+    .await;
+    assert_eq!(kept.len(), 1, "a row deleted just now is kept");
+    exec(
+        &db.url,
+        &format!(
+            "UPDATE t_message_real_time SET deleted_at = now() - interval '25 hours' WHERE id = '{}'",
+            gone["id"].as_str().unwrap()
+        ),
+    )
+    .await;
     // Only the fresh message is left; the soft-deleted row was purged as well.
     let left = eventually(WAIT, "the soft-deleted row purged", || async {
         let rows = query_json(
