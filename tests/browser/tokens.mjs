@@ -1,5 +1,5 @@
 // User JWTs for the browser tests, minted here with Node's crypto (HS256) and the dev secret that
-// `serve --dev` signs and verifies with (read from src/config.rs, so the two never drift apart).
+// `serve --dev` signs and verifies with (read from src/config/mod.rs, so the two never drift apart).
 
 import { createHmac } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -8,9 +8,9 @@ import path from 'node:path';
 import { repoRoot } from './harness.mjs';
 
 function devSecret() {
-  const src = readFileSync(path.join(repoRoot, 'src', 'config.rs'), 'utf8');
+  const src = readFileSync(path.join(repoRoot, 'src', 'config', 'mod.rs'), 'utf8');
   const m = src.match(/pub const DEV_JWT_SECRET: &str = "([^"]+)";/);
-  if (!m) throw new Error('DEV_JWT_SECRET not found in src/config.rs');
+  if (!m) throw new Error('DEV_JWT_SECRET not found in src/config/mod.rs');
   return m[1];
 }
 
