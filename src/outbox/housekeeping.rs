@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
+use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 
 use super::Waker;
@@ -161,46 +162,52 @@ pub async fn prune_expired(
         expired_messages: expire_messages(conn, s, waker, shutdown).await?,
         ..Pruned::default()
     };
-    loop {
-        let n = bounded(bound, messages::purge_deleted(conn, batch)).await?;
-        pruned.deleted_messages += n;
-        metrics::counter!("notifyd_housekeeping_pruned_total", "table" => "t_message_real_time")
-            .increment(n as u64);
-        if (n as i64) < batch || *shutdown.borrow() {
-            break;
-        }
-    }
+    // Soft-deleted rows are already out of every count: plain batched deletes.
+    pruned.deleted_messages = drain(conn, bound, batch, "t_message_real_time", shutdown, |c| {
+        Box::pin(messages::purge_deleted(c, batch))
+    })
+    .await?;
     pruned.event_log = maintain_event_log(conn, s, now).await?;
     let cutoff = retention_cutoff(s, now);
-    loop {
-        let n = bounded(bound, event_partitions::prune_default(conn, cutoff, batch)).await?;
-        pruned.events += n;
-        metrics::counter!("notifyd_housekeeping_pruned_total", "table" => "user_event")
-            .increment(n as u64);
-        if (n as i64) < batch || *shutdown.borrow() {
-            break;
-        }
-    }
-    loop {
-        let n = bounded(bound, idempotency::prune(conn, batch)).await?;
-        pruned.idempotency_keys += n;
-        metrics::counter!("notifyd_housekeeping_pruned_total", "table" => "idempotency_key")
-            .increment(n as u64);
-        if (n as i64) < batch || *shutdown.borrow() {
-            break;
-        }
-    }
+    pruned.events = drain(conn, bound, batch, "user_event", shutdown, |c| {
+        Box::pin(event_partitions::prune_default(c, cutoff, batch))
+    })
+    .await?;
+    pruned.idempotency_keys = drain(conn, bound, batch, "idempotency_key", shutdown, |c| {
+        Box::pin(idempotency::prune(c, batch))
+    })
+    .await?;
     // Expired retained topic values are never sent (reads filter them); this frees the rows.
+    pruned.retained_topics = drain(conn, bound, batch, "topic_retained", shutdown, |c| {
+        Box::pin(topic_retained::prune(c, batch))
+    })
+    .await?;
+    Ok(pruned)
+}
+
+/// Runs `step` (one batched DELETE of at most `batch` rows) until a batch comes back short
+/// (nothing more to remove) or shutdown; each step bounded by `bound`. Counts the rows in
+/// `notifyd_housekeeping_pruned_total{table}` and returns how many went.
+async fn drain(
+    conn: &mut AsyncPgConnection,
+    bound: Duration,
+    batch: i64,
+    table: &'static str,
+    shutdown: &watch::Receiver<bool>,
+    mut step: impl for<'c> FnMut(
+        &'c mut AsyncPgConnection,
+    ) -> BoxFuture<'c, Result<usize, diesel::result::Error>>,
+) -> anyhow::Result<usize> {
+    let mut total = 0;
     loop {
-        let n = bounded(bound, topic_retained::prune(conn, batch)).await?;
-        pruned.retained_topics += n;
-        metrics::counter!("notifyd_housekeeping_pruned_total", "table" => "topic_retained")
+        let n = bounded(bound, step(conn)).await?;
+        total += n;
+        metrics::counter!("notifyd_housekeeping_pruned_total", "table" => table)
             .increment(n as u64);
         if (n as i64) < batch || *shutdown.borrow() {
-            break;
+            return Ok(total);
         }
     }
-    Ok(pruned)
 }
 
 /// Expires live notifications sent before `NOTIFYD_MESSAGE_RETENTION`, oldest first,
