@@ -1,4 +1,5 @@
-//! A node's single subscriber: routes broker messages to the local listeners (user actors).
+//! A node's single subscriber: routes broker messages to the local listeners (user actors, the
+//! topic router, the readiness canary), each through the `Mailbox` it gave when it listened.
 //!
 //! With Redis it holds ONE pub/sub connection outside the pool. `listen`/`unlisten` only change
 //! the routing table and mark the channel dirty; the subscriber task alone talks to Redis: it
@@ -25,8 +26,6 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::mpsc::Sender;
 use tokio::sync::{watch, Notify};
 
-/// Capacity of each listener's (user actor's) mailbox.
-pub const LISTENER_MAILBOX: usize = 1024;
 /// How often the subscriber PINGs Redis, and how long an answer may take. A half-open
 /// connection is thus found within `PING_EVERY + COMMAND_TIMEOUT`.
 pub const PING_EVERY: Duration = Duration::from_secs(3);
@@ -59,9 +58,34 @@ pub enum HubMsg {
     Resync,
 }
 
+/// A listener's mailbox as the hub sees it: offered a message, it takes it or refuses it at
+/// once (the hub never waits on a listener). A user actor's is its own mailbox (one queue per
+/// connected user, not a second one for the broker); others are a channel of `HubMsg`.
+pub trait Mailbox: Send + Sync {
+    fn offer(&self, msg: HubMsg) -> Result<(), Refused>;
+}
+
+/// Why a mailbox did not take a message.
+pub enum Refused {
+    Full,
+    Closed,
+}
+
+impl Mailbox for Sender<HubMsg> {
+    fn offer(&self, msg: HubMsg) -> Result<(), Refused> {
+        self.try_send(msg).map_err(|e| match e {
+            TrySendError::Full(_) => Refused::Full,
+            TrySendError::Closed(_) => Refused::Closed,
+        })
+    }
+}
+
+/// One channel's local listeners: each listener's id and mailbox.
+type Listeners = Vec<(u64, Arc<dyn Mailbox>)>;
+
 #[derive(Default)]
 struct Routes {
-    map: HashMap<String, Vec<(u64, Sender<HubMsg>)>>,
+    map: HashMap<String, Listeners>,
     /// Channels whose first listener arrived or last listener left since the subscriber last
     /// looked: it compares them with what Redis has and (un)subscribes the difference.
     dirty: HashSet<String>,
@@ -114,7 +138,7 @@ impl Hub {
     /// subscription, or after at most `LISTEN_WAIT`, or at once while disconnected (the
     /// reconnect will subscribe it and send `Resync`). Callers read PostgreSQL only after this
     /// returns.
-    pub async fn listen(&self, channel: &str, listener: u64, tx: Sender<HubMsg>) {
+    pub async fn listen(&self, channel: &str, listener: u64, tx: impl Mailbox + 'static) {
         if let Some(ticket) = self.listen_now(channel, listener, tx) {
             self.confirmed(ticket).await;
         }
@@ -123,8 +147,14 @@ impl Hub {
     /// The routing half of `listen`, without waiting: the route takes effect at once (in order
     /// with any `unlisten` the caller makes after it). Returns the ticket to wait for with
     /// `confirmed` when this needs a SUBSCRIBE.
-    pub fn listen_now(&self, channel: &str, listener: u64, tx: Sender<HubMsg>) -> Option<u64> {
+    pub fn listen_now(
+        &self,
+        channel: &str,
+        listener: u64,
+        tx: impl Mailbox + 'static,
+    ) -> Option<u64> {
         let redis = self.redis.load(Ordering::SeqCst);
+        let tx: Arc<dyn Mailbox> = Arc::new(tx);
         let ticket = {
             let mut r = self.routes();
             let entry = r.map.entry(channel.to_string()).or_default();
@@ -366,13 +396,13 @@ impl Hub {
 }
 
 /// Offers `msg` to a listener's mailbox without waiting.
-fn offer(tx: &Sender<HubMsg>, msg: HubMsg) {
-    match tx.try_send(msg) {
+fn offer(tx: &Arc<dyn Mailbox>, msg: HubMsg) {
+    match tx.offer(msg) {
         Ok(()) => {}
-        Err(TrySendError::Full(_)) => {
+        Err(Refused::Full) => {
             metrics::counter!("notifyd_hub_dropped_total", "reason" => "full").increment(1)
         }
-        Err(TrySendError::Closed(_)) => {
+        Err(Refused::Closed) => {
             metrics::counter!("notifyd_hub_dropped_total", "reason" => "closed").increment(1)
         }
     }

@@ -1,17 +1,23 @@
-//! What a user's actor is told: by the registry (joins, committed changes, the audit, shutdown)
-//! and by the user's sessions (inbox commands, departures). Topics do not pass through it
-//! (`topics::router`).
+//! What a user's actor is told: by the registry (joins, committed changes, the audit, shutdown),
+//! by the broker's hub (the user's relayed events) and by the user's sessions (inbox commands,
+//! departures), all in one mailbox. Topics do not pass through it (`topics::router`).
 
-use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+pub use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit};
 
 use super::outbound::SessionTx;
 use super::protocol::ClientFrame;
+use crate::broker::hub::{self, HubMsg};
 use crate::inbox::CommittedEvent;
 
 /// Messages waiting for one user's actor. Everything that enqueues uses `try_send` (a full
 /// mailbox answers `busy`, refuses a join, or drops an event that the seq-gap repair and the
-/// audit recover from PostgreSQL) except a session's departure, which waits for room.
-pub const ACTOR_MAILBOX: usize = 256;
+/// audit recover from PostgreSQL) except a session's departure and the node's shutdown, which
+/// are always taken (`send_always`: one per session, one per node, so they stay bounded).
+pub const ACTOR_MAILBOX: usize = 1024;
 
 // Every variant is at most a word of payload: a mailbox allocates its slots in blocks of 32
 // messages of the largest variant's size, one block per connected user even when idle (16-byte
@@ -24,6 +30,10 @@ pub enum ActorMsg {
     Command(Box<SessionCommand>),
     /// A change this node just committed: delivered at once, ahead of the relay's copy.
     Committed(Box<CommittedEvent>),
+    /// An event of the user's as the broker relayed it (the frame's JSON text).
+    Relayed(Box<Arc<str>>),
+    /// The broker connection was re-established: events may have been missed meanwhile.
+    Resync,
     /// The user was erased by a request on this node: reset the sessions now, before the
     /// node's next committed change of the new inbox (the relayed notice follows for the rest).
     Erased,
@@ -45,4 +55,123 @@ pub struct SessionCommand {
     pub frame: ClientFrame,
     /// One of the session's command slots, released when the command is answered.
     pub slot: OwnedSemaphorePermit,
+}
+
+/// A user actor's mailbox: a bounded queue that allocates its slots as messages arrive and
+/// gives them back once drained. (A node holds one per connected user, most of them idle: a
+/// tokio channel would keep its first block of 32 slots and its cache-padded state, ~1 KiB,
+/// for the actor's life.) One receiver, the actor; once it is gone every send is refused as
+/// `Closed`, so the registry starts a fresh actor.
+pub fn mailbox() -> (MailboxSender, MailboxReceiver) {
+    let shared = Arc::new(Shared {
+        queue: Mutex::new(Queue {
+            msgs: VecDeque::new(),
+            closed: false,
+        }),
+        wake: Notify::new(),
+    });
+    (MailboxSender(shared.clone()), MailboxReceiver(shared))
+}
+
+struct Queue {
+    msgs: VecDeque<ActorMsg>,
+    closed: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Wakes the actor (`notify_one` keeps a permit while it is busy: no wake-up is lost).
+    wake: Notify,
+}
+
+impl Shared {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn put(&self, msg: ActorMsg, bounded: bool) -> Result<(), TrySendError<ActorMsg>> {
+        {
+            let mut q = self.queue();
+            if q.closed {
+                return Err(TrySendError::Closed(msg));
+            }
+            if bounded && q.msgs.len() >= ACTOR_MAILBOX {
+                return Err(TrySendError::Full(msg));
+            }
+            q.msgs.push_back(msg);
+        }
+        self.wake.notify_one();
+        Ok(())
+    }
+}
+
+#[derive(Clone)]
+pub struct MailboxSender(Arc<Shared>);
+
+impl MailboxSender {
+    /// Queues `msg` unless the mailbox holds `ACTOR_MAILBOX` messages or the actor is gone.
+    pub fn try_send(&self, msg: ActorMsg) -> Result<(), TrySendError<ActorMsg>> {
+        self.0.put(msg, true)
+    }
+
+    /// Queues `msg` past the bound (departures and shutdown only); refused once the actor is
+    /// gone.
+    pub fn send_always(&self, msg: ActorMsg) -> Result<(), TrySendError<ActorMsg>> {
+        self.0.put(msg, false)
+    }
+}
+
+pub struct MailboxReceiver(Arc<Shared>);
+
+impl MailboxReceiver {
+    /// The next message, waiting for one.
+    pub async fn recv(&self) -> ActorMsg {
+        loop {
+            {
+                let mut q = self.0.queue();
+                if let Some(msg) = q.msgs.pop_front() {
+                    // Drained, the mailbox gives its slots back (see `mailbox`).
+                    if q.msgs.is_empty() {
+                        q.msgs = VecDeque::new();
+                    }
+                    return msg;
+                }
+            }
+            self.0.wake.notified().await;
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.queue().msgs.is_empty()
+    }
+}
+
+impl Drop for MailboxReceiver {
+    fn drop(&mut self) {
+        let msgs = {
+            let mut q = self.0.queue();
+            q.closed = true;
+            std::mem::take(&mut q.msgs)
+        };
+        // Dropped outside the lock: a queued join's `joined` sender tells its session no.
+        drop(msgs);
+    }
+}
+
+/// The actor's mailbox is also its hub listener: the user's channel delivers into it, so a
+/// connected user costs one queue, not two, and relayed events, local deliveries and commands
+/// meet the actor in one order.
+pub struct HubInbox(pub MailboxSender);
+
+impl hub::Mailbox for HubInbox {
+    fn offer(&self, msg: HubMsg) -> Result<(), hub::Refused> {
+        let msg = match msg {
+            HubMsg::Message { payload, .. } => ActorMsg::Relayed(Box::new(payload)),
+            HubMsg::Resync => ActorMsg::Resync,
+        };
+        self.0.try_send(msg).map_err(|e| match e {
+            TrySendError::Full(_) => hub::Refused::Full,
+            TrySendError::Closed(_) => hub::Refused::Closed,
+        })
+    }
 }

@@ -1,18 +1,22 @@
 //! A session's outbound queue: bounded in frames and in bytes, filled without waiting by the
-//! user's actor, the topic router and the session's reader, drained by the session's writer
-//! (`session::writer`).
+//! user's actor, the topic router and the session's own task, drained by the session's task
+//! (`session::run`), which writes each frame to the socket.
 //!
 //! Two ways in. Inbox events are *offered* (`offer`): past the budget the queue refuses them
 //! without closing anything, and the user's actor refills the session from the event log once
 //! it has drained (a client that reads, only slower than a burst arrives, is never cut off for
 //! it). Everything else is *pushed* (`push`): replies, `hello`/`sync`, topic frames; they may
 //! use a headroom above the budget, and a push past that closes the session with 4008.
+//!
+//! One allocation per session, the size of a few words while idle: the frames wait in a
+//! `VecDeque` that is grown on demand and given back once drained (an idle node holds one of
+//! these per socket; a channel would keep its first block of slots for the session's life).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::Notify;
 
 use super::protocol::close;
 
@@ -27,28 +31,43 @@ pub const PUSH_HEADROOM_BYTES: usize = 256 * 1024;
 /// Frame slots of the queue that offered events leave free for pushed frames and pings.
 pub const PUSH_HEADROOM_FRAMES: usize = 64;
 
-/// What the writer sends.
+/// What the session's task writes.
 pub enum Out {
     /// A text frame, shared: a topic event fanned out to many sessions is one buffer.
     Text(Arc<str>),
-    /// A WebSocket ping carrying a nonce the client must echo to count as reading (a number,
-    /// not bytes: this enum is the size of every slot of every session's queue).
+    /// A WebSocket ping carrying a nonce the client must echo to count as reading.
     Ping(u64),
     /// Send the pong waiting in the session's pong slot (at most one waits: RFC 6455 lets an
     /// endpoint answer only the latest ping).
     Pong,
 }
 
-/// The handle on a session held by its actor and its reader.
+/// Why a session is closing: the close code and reason sent to the client.
+pub type CloseWith = (u16, &'static str);
+
+struct Queue {
+    frames: VecDeque<Out>,
+    /// Bytes of the text frames in `frames`.
+    bytes: usize,
+    /// The latest unanswered ping's payload (copied: a slice would pin the read buffer).
+    pong: Option<Bytes>,
+    close: Option<CloseWith>,
+    /// The session's task has ended: nothing queued will be written.
+    ended: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Wakes the session's task: a frame was queued or a close was asked for. (One waiter;
+    /// `notify_one` keeps a permit when the task is busy, so no wake-up is lost.)
+    wake: Notify,
+}
+
+/// The handle on a session held by its actor, the topic router and its own task.
 #[derive(Clone)]
 pub struct SessionTx {
     pub id: u64,
-    frames: mpsc::Sender<Out>,
-    /// Bytes of text frames in `frames`.
-    queued: Arc<AtomicUsize>,
-    /// The latest unanswered ping's payload (copied: a slice would pin the read buffer).
-    pong: Arc<Mutex<Option<Bytes>>>,
-    pub close: watch::Sender<Option<(u16, &'static str)>>,
+    shared: Arc<Shared>,
 }
 
 pub enum Push {
@@ -66,69 +85,53 @@ pub enum Offer {
     Gone,
 }
 
-/// The writer's end of a session.
-pub struct Outbox {
-    pub frames: mpsc::Receiver<Out>,
-    /// Bytes of text frames in `frames`: the writer subtracts what it takes.
-    pub queued: Arc<AtomicUsize>,
-    pong: Arc<Mutex<Option<Bytes>>>,
-    pub close: watch::Receiver<Option<(u16, &'static str)>>,
-}
-
-impl Outbox {
-    /// The pong to send for an `Out::Pong`, if it was not sent already.
-    pub fn take_pong(&self) -> Option<Bytes> {
-        self.pong.lock().unwrap_or_else(|p| p.into_inner()).take()
-    }
+/// What the session's task is to do next.
+pub enum Next {
+    /// Write this frame (the pong's bytes are taken out of the slot already).
+    Write(Out, Option<Bytes>),
+    /// Close the connection with this code and reason; nothing more is written before it.
+    Close(CloseWith),
 }
 
 impl SessionTx {
-    pub fn new(id: u64) -> (SessionTx, Outbox) {
-        let (frames_tx, frames) = mpsc::channel(OUTBOUND_QUEUE);
-        let (close_tx, close) = watch::channel(None);
-        let queued = Arc::new(AtomicUsize::new(0));
-        let pong = Arc::new(Mutex::new(None));
-        (
-            SessionTx {
-                id,
-                frames: frames_tx,
-                queued: queued.clone(),
-                pong: pong.clone(),
-                close: close_tx,
-            },
-            Outbox {
-                frames,
-                queued,
-                pong,
-                close,
-            },
-        )
+    pub fn new(id: u64) -> SessionTx {
+        SessionTx {
+            id,
+            shared: Arc::new(Shared {
+                queue: Mutex::new(Queue {
+                    frames: VecDeque::new(),
+                    bytes: 0,
+                    pong: None,
+                    close: None,
+                    ended: false,
+                }),
+                wake: Notify::new(),
+            }),
+        }
+    }
+
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.shared.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Queues an inbox event unless `OUTBOUND_BYTES` already wait (or the frame queue is down
     /// to its headroom). Like the budget of `push`, one frame is always taken by a queue under
     /// the budget, however large. Never closes the session.
     pub fn offer(&self, frame: Arc<str>) -> Offer {
-        if self.frames.is_closed() || self.close.borrow().is_some() {
-            return Offer::Gone;
-        }
-        if self.queued.load(Ordering::Relaxed) >= OUTBOUND_BYTES
-            || self.frames.capacity() <= PUSH_HEADROOM_FRAMES
         {
-            return Offer::Full;
-        }
-        let len = frame.len();
-        self.queued.fetch_add(len, Ordering::Relaxed);
-        match self.frames.try_send(Out::Text(frame)) {
-            Ok(()) => Offer::Queued,
-            Err(e) => {
-                self.queued.fetch_sub(len, Ordering::Relaxed);
-                match e {
-                    mpsc::error::TrySendError::Full(_) => Offer::Full,
-                    mpsc::error::TrySendError::Closed(_) => Offer::Gone,
-                }
+            let mut q = self.queue();
+            if q.ended || q.close.is_some() {
+                return Offer::Gone;
             }
+            if q.bytes >= OUTBOUND_BYTES || q.frames.len() >= OUTBOUND_QUEUE - PUSH_HEADROOM_FRAMES
+            {
+                return Offer::Full;
+            }
+            q.bytes += frame.len();
+            q.frames.push_back(Out::Text(frame));
         }
+        self.shared.wake.notify_one();
+        Offer::Queued
     }
 
     /// Whether the queue has drained to half of what `offer` fills, in bytes AND in frames: a
@@ -136,32 +139,33 @@ impl SessionTx {
     /// limit long before its byte budget; reading the log for it would queue nothing.
     pub fn half_drained(&self) -> bool {
         let offerable = OUTBOUND_QUEUE - PUSH_HEADROOM_FRAMES;
-        self.queued.load(Ordering::Relaxed) <= OUTBOUND_BYTES / 2
-            && self.frames.capacity() >= PUSH_HEADROOM_FRAMES + offerable / 2
+        let q = self.queue();
+        q.bytes <= OUTBOUND_BYTES / 2 && q.frames.len() <= offerable / 2
     }
 
     pub fn push(&self, frame: Arc<str>) -> Push {
-        let len = frame.len();
-        let before = self.queued.fetch_add(len, Ordering::Relaxed);
-        // The budget is on what waits: one frame is always taken by a queue under it, however
-        // large (a resume's `sync` carries up to 1,000 events), so at most budget + headroom +
-        // one frame.
-        let result = if before >= OUTBOUND_BYTES + PUSH_HEADROOM_BYTES {
-            Err(mpsc::error::TrySendError::Full(Out::Text(frame)))
-        } else {
-            self.frames.try_send(Out::Text(frame))
-        };
-        match result {
-            Ok(()) => Push::Sent,
-            Err(e) => {
-                self.queued.fetch_sub(len, Ordering::Relaxed);
-                if let mpsc::error::TrySendError::Full(_) = e {
-                    metrics::counter!("notifyd_slow_consumer_closed_total").increment(1);
-                    self.close_with(close::SLOW_CONSUMER, "slow consumer: resume with since");
-                }
-                Push::Dropped
+        let slow = {
+            let mut q = self.queue();
+            if q.ended || q.close.is_some() {
+                return Push::Dropped;
             }
+            // The budget is on what waits: one frame is always taken by a queue under it,
+            // however large (a resume's `sync` carries up to 1,000 events), so at most
+            // budget + headroom + one frame.
+            if q.bytes >= OUTBOUND_BYTES + PUSH_HEADROOM_BYTES || q.frames.len() >= OUTBOUND_QUEUE {
+                true
+            } else {
+                q.bytes += frame.len();
+                q.frames.push_back(Out::Text(frame));
+                false
+            }
+        };
+        if slow {
+            self.slow_consumer();
+            return Push::Dropped;
         }
+        self.shared.wake.notify_one();
+        Push::Sent
     }
 
     pub fn push_json(&self, v: &serde_json::Value) -> Push {
@@ -170,37 +174,103 @@ impl SessionTx {
 
     /// Queues a ping; a full queue means the client is not reading: slow consumer.
     pub fn ping(&self, nonce: u64) {
-        self.control(Out::Ping(nonce));
+        self.control(Out::Ping(nonce), None);
     }
 
     /// Answers a client's ping. Only the latest waits; a client pinging faster than it reads
     /// replaces its own pending pong instead of growing the queue.
     pub fn pong(&self, payload: &[u8]) {
-        let first = {
-            let mut slot = self.pong.lock().unwrap_or_else(|p| p.into_inner());
-            slot.replace(Bytes::copy_from_slice(payload)).is_none()
-        };
-        if first {
-            self.control(Out::Pong);
-        }
+        self.control(Out::Pong, Some(Bytes::copy_from_slice(payload)));
     }
 
-    fn control(&self, out: Out) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.frames.try_send(out) {
-            metrics::counter!("notifyd_slow_consumer_closed_total").increment(1);
-            self.close_with(close::SLOW_CONSUMER, "slow consumer: resume with since");
-        }
-    }
-
-    pub fn close_with(&self, code: u16, reason: &'static str) {
-        self.close.send_if_modified(|c| {
-            if c.is_none() {
-                *c = Some((code, reason));
+    fn control(&self, out: Out, pong: Option<Bytes>) {
+        let slow = {
+            let mut q = self.queue();
+            if q.ended || q.close.is_some() {
+                return;
+            }
+            let queue_it = match pong {
+                Some(p) => q.pong.replace(p).is_none(),
+                None => true,
+            };
+            if !queue_it {
+                return;
+            }
+            if q.frames.len() >= OUTBOUND_QUEUE {
                 true
             } else {
+                q.frames.push_back(out);
                 false
             }
-        });
+        };
+        if slow {
+            self.slow_consumer();
+        } else {
+            self.shared.wake.notify_one();
+        }
+    }
+
+    fn slow_consumer(&self) {
+        metrics::counter!("notifyd_slow_consumer_closed_total").increment(1);
+        self.close_with(close::SLOW_CONSUMER, "slow consumer: resume with since");
+    }
+
+    /// Asks the session's task to close the connection with `code`; the first close asked
+    /// for wins. Frames still queued are not written.
+    pub fn close_with(&self, code: u16, reason: &'static str) {
+        {
+            let mut q = self.queue();
+            if q.close.is_some() || q.ended {
+                return;
+            }
+            q.close = Some((code, reason));
+        }
+        self.shared.wake.notify_one();
+    }
+
+    /// The close asked for, if any.
+    pub fn closing(&self) -> Option<CloseWith> {
+        self.queue().close
+    }
+
+    /// The session's task only: what to do next, if anything is to be done now (a close
+    /// comes before any queued frame).
+    pub fn next(&self) -> Option<Next> {
+        let mut q = self.queue();
+        if let Some(c) = q.close {
+            return Some(Next::Close(c));
+        }
+        let out = q.frames.pop_front()?;
+        match &out {
+            Out::Text(t) => q.bytes -= t.len(),
+            Out::Ping(_) => {}
+            Out::Pong => {
+                let pong = q.pong.take();
+                return Some(Next::Write(out, pong));
+            }
+        }
+        // Drained, the queue gives its slots back: most sessions are idle most of the time,
+        // and a few bytes per socket times every socket is what an idle node holds.
+        if q.frames.is_empty() {
+            q.frames = VecDeque::new();
+        }
+        Some(Next::Write(out, None))
+    }
+
+    /// The session's task only: resolves once `next` may have something (a frame was queued
+    /// or a close was asked for since the last call).
+    pub async fn changed(&self) {
+        self.shared.wake.notified().await
+    }
+
+    /// The session's task only, when it ends: from now on every offer, push or close is a
+    /// no-op, and what is queued is freed.
+    pub fn end(&self) {
+        let mut q = self.queue();
+        q.ended = true;
+        q.frames = VecDeque::new();
+        q.bytes = 0;
+        q.pong = None;
     }
 }
 

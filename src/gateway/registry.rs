@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{oneshot, Semaphore};
 
 use super::catch_up::CatchUp;
-use super::mailbox::{ActorMsg, Join, ACTOR_MAILBOX};
+use super::mailbox::{self, ActorMsg, Join, MailboxSender, TrySendError};
 use super::outbound::SessionTx;
 use super::sockets::SocketCounts;
 use super::user_actor;
@@ -18,7 +18,7 @@ use crate::state::AppState;
 
 struct Entry {
     id: u64,
-    tx: mpsc::Sender<ActorMsg>,
+    tx: MailboxSender,
 }
 
 pub struct Gateway {
@@ -87,7 +87,7 @@ impl Gateway {
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
             }
-            let users: Vec<(String, mpsc::Sender<ActorMsg>)> = self
+            let users: Vec<(String, MailboxSender)> = self
                 .actors()
                 .iter()
                 .map(|(u, e)| (u.clone(), e.tx.clone()))
@@ -117,11 +117,11 @@ impl Gateway {
     /// mailbox, and a receiver that fires once the session got its `hello`.
     pub fn join(
         &self,
-        state: &AppState,
+        state: &Arc<AppState>,
         user: &str,
         session: SessionTx,
         since: Option<i64>,
-    ) -> Result<(mpsc::Sender<ActorMsg>, oneshot::Receiver<()>), ApiError> {
+    ) -> Result<(MailboxSender, oneshot::Receiver<()>), ApiError> {
         let mut actors = self.actors();
         let user = user.to_string();
         let (joined_tx, joined) = oneshot::channel();
@@ -133,7 +133,7 @@ impl Gateway {
         if let Some(entry) = actors.get(&user) {
             match entry.tx.try_send(msg) {
                 Ok(()) => return Ok((entry.tx.clone(), joined)),
-                Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(TrySendError::Full(_)) => {
                     metrics::counter!("notifyd_ws_refused_total", "reason" => "actor_busy")
                         .increment(1);
                     return Err(ApiError::Unavailable(
@@ -141,15 +141,21 @@ impl Gateway {
                     ));
                 }
                 // The actor died: start a fresh one.
-                Err(mpsc::error::TrySendError::Closed(back)) => msg = back,
+                Err(TrySendError::Closed(back)) => msg = back,
             }
         }
-        let (tx, rx) = mpsc::channel(ACTOR_MAILBOX);
+        let (tx, rx) = mailbox::mailbox();
         let id = self.next_id();
         let _ = tx.try_send(msg);
         actors.insert(user.clone(), Entry { id, tx: tx.clone() });
         self.runtime
-            .spawn(user_actor::run(state.clone(), user, id, tx.clone(), rx));
+            .spawn(user_actor::run(Box::new(user_actor::Start {
+                state: state.clone(),
+                user,
+                id,
+                me: tx.clone(),
+                rx,
+            })));
         Ok((tx, joined))
     }
 
@@ -196,10 +202,7 @@ impl Gateway {
     pub fn shutdown(&self) {
         self.shutting_down.store(true, Ordering::Relaxed);
         for entry in self.actors().values() {
-            let tx = entry.tx.clone();
-            self.runtime.spawn(async move {
-                let _ = tx.send(ActorMsg::Shutdown).await;
-            });
+            let _ = entry.tx.send_always(ActorMsg::Shutdown);
         }
     }
 }

@@ -1,23 +1,24 @@
-//! One WebSocket connection: a writer task that owns every outbound frame (events, replies,
-//! pings, pongs, the close) fed by a bounded queue, and a reader task for client frames,
-//! liveness and the token's lifetime. Neither ever waits on the other or on the client: a slow
-//! or silent client cannot block its user's actor, other sessions, or its own liveness check.
+//! One WebSocket connection, one task (`run`): it writes every outbound frame (events, replies,
+//! pings, pongs, the close) from the session's bounded queue (`outbound`), and reads client
+//! frames, watches liveness and the token's lifetime. It never waits on the client for long: a
+//! write the socket cannot take yet is kept while reading and the liveness check go on, so a
+//! slow or silent client cannot block its user's actor, other sessions, or its own liveness
+//! check. (One task, not a reader and a writer: an idle node holds one of these per socket.)
 
 use std::cell::Cell;
-use std::collections::VecDeque;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_ws::{CloseCode, CloseReason};
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use bytes::Bytes;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::conn::Conn;
-use super::mailbox::{ActorMsg, SessionCommand};
-use super::outbound::{Out, Outbox, SessionTx};
+use super::mailbox::{ActorMsg, MailboxSender, SessionCommand, TrySendError};
+use super::outbound::{Next, Out, SessionTx};
 use super::protocol::{self, close, ClientFrame};
 use super::sockets::SocketPermit;
 use crate::auth::jwt::UserClaims;
@@ -42,71 +43,49 @@ const AUTH_EVERY: Duration = Duration::from_secs(1);
 /// How long a `publish` waits for one of the node's database command permits.
 const PUBLISH_WAIT: Duration = Duration::from_secs(10);
 
-/// Writes queued frames until closed. A close request interrupts even a write stuck on a slow
-/// socket. The close frame queues behind what the socket already holds, so it waits up to
-/// `grace` for a slow client to read that far (a client that resumes reading then sees its 4008
-/// and resumes with `since`); a connection still there after another `grace` is reset.
-pub async fn writer(
-    mut session: actix_ws::Session,
-    mut out: Outbox,
+/// Writes one frame taken from the queue. Cancel-safe: dropped before it completes, nothing
+/// was sent and the caller writes the same frame again. (`None` never resolves: `select!`
+/// builds a disabled branch's future too.)
+async fn write(
+    ws: &mut actix_ws::Session,
+    out: Option<&(Out, Option<Bytes>)>,
+) -> Result<(), actix_ws::Closed> {
+    let Some(out) = out else {
+        return std::future::pending().await;
+    };
+    match out {
+        (Out::Text(text), _) => ws.text(super::outbound::shared_text(text.clone())).await,
+        (Out::Ping(nonce), _) => ws.ping(&nonce.to_be_bytes()).await,
+        (Out::Pong, Some(bytes)) => ws.pong(bytes).await,
+        (Out::Pong, None) => Ok(()),
+    }
+}
+
+/// Sends the close frame and makes sure the connection goes. The close frame queues behind
+/// what the socket already holds, so it waits up to `grace` for a slow client to read that far
+/// (a client that resumes reading then sees its 4008 and resumes with `since`); a connection
+/// still there after another `grace` is reset.
+pub async fn close_connection(
+    ws: actix_ws::Session,
+    (code, text): (u16, &'static str),
     grace: Duration,
     conn: Option<Conn>,
 ) {
-    let reason = loop {
-        if let Some(r) = *out.close.borrow() {
-            break Some(r);
-        }
-        tokio::select! {
-            biased;
-            _ = out.close.changed() => continue,
-            frame = out.frames.recv() => {
-                let sent = match frame {
-                    None => break None,
-                    Some(Out::Text(text)) => {
-                        out.queued.fetch_sub(text.len(), Ordering::Relaxed);
-                        tokio::select! {
-                            r = session.text(super::outbound::shared_text(text)) => r,
-                            _ = out.close.changed() => continue,
-                        }
-                    }
-                    Some(Out::Ping(nonce)) => {
-                        let nonce = nonce.to_be_bytes();
-                        tokio::select! {
-                            r = session.ping(&nonce) => r,
-                            _ = out.close.changed() => continue,
-                        }
-                    }
-                    Some(Out::Pong) => match out.take_pong() {
-                        None => Ok(()),
-                        Some(bytes) => tokio::select! {
-                            r = session.pong(&bytes) => r,
-                            _ = out.close.changed() => continue,
-                        },
-                    },
-                };
-                if sent.is_err() {
-                    break None;
-                }
-            }
-        }
+    metrics::counter!("notifyd_ws_closed_total", "code" => code.to_string()).increment(1);
+    let close = CloseReason {
+        code: CloseCode::from(code),
+        description: Some(text.to_string()),
     };
-    if let Some((code, text)) = reason {
-        metrics::counter!("notifyd_ws_closed_total", "code" => code.to_string()).increment(1);
-        let close = CloseReason {
-            code: CloseCode::from(code),
-            description: Some(text.to_string()),
-        };
-        // A slow consumer gets the whole grace to read what it was sent, then the close frame;
-        // a client closed for what it did (too large, expired, silent, abusive) only a moment.
-        let grace = if code == close::SLOW_CONSUMER || code == close::GOING_AWAY_RESTART {
-            grace
-        } else {
-            grace.min(SHORT_GRACE)
-        };
-        let _ = tokio::time::timeout(grace, session.close(Some(close))).await;
-        if let Some(conn) = conn {
-            conn.drop_after(grace).await;
-        }
+    // A slow consumer gets the whole grace to read what it was sent, then the close frame;
+    // a client closed for what it did (too large, expired, silent, abusive) only a moment.
+    let grace = if code == close::SLOW_CONSUMER || code == close::GOING_AWAY_RESTART {
+        grace
+    } else {
+        grace.min(SHORT_GRACE)
+    };
+    let _ = tokio::time::timeout(grace, ws.close(Some(close))).await;
+    if let Some(conn) = conn {
+        conn.drop_after(grace).await;
     }
 }
 
@@ -122,16 +101,19 @@ pub fn close_grace(heartbeat: Duration) -> Duration {
     liveness_window(heartbeat)
 }
 
-/// What the reader needs besides the socket.
-pub struct ReaderCtx {
+/// What the session's task starts with. (Handed over boxed: an `async fn` keeps its arguments
+/// beside the locals they are moved into, and this task is the one per socket.)
+pub struct SessionCtx {
+    pub ws: actix_ws::Session,
+    pub stream: actix_ws::MessageStream,
     pub me: SessionTx,
     /// The user's actor (the inbox); `None` for an anonymous viewer of public topics.
-    pub actor: Option<mpsc::Sender<ActorMsg>>,
-    /// Fires once `hello` was sent: client frames wait for it, so nothing the reader answers
+    pub actor: Option<MailboxSender>,
+    /// Fires once `hello` was sent: client frames wait for it, so nothing the session answers
     /// (a `pong`) can overtake `hello`.
     pub joined: oneshot::Receiver<()>,
     pub heartbeat: Duration,
-    pub state: AppState,
+    pub state: Arc<AppState>,
     /// The token's claims (`None`: anonymous). Its `exp` closes the session with 4001 unless
     /// renewed in-band.
     pub claims: Option<UserClaims>,
@@ -145,19 +127,77 @@ pub struct ReaderCtx {
     pub conn: Option<Conn>,
 }
 
+/// The session's command slots (`MAX_COMMANDS_IN_FLIGHT`), made when first needed.
+fn slots(in_flight: &mut Option<Arc<Semaphore>>) -> &Arc<Semaphore> {
+    in_flight.get_or_insert_with(|| Arc::new(Semaphore::new(MAX_COMMANDS_IN_FLIGHT)))
+}
+
+/// Resolves when the actor has sent `hello` (or refused the session); never once it has.
+async fn wait_joined(
+    joined: &mut Option<oneshot::Receiver<()>>,
+) -> Result<(), oneshot::error::RecvError> {
+    match joined {
+        Some(rx) => rx.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Far enough in the future to stand for "never" (an anonymous session's token expiry).
+const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// The last `OUTSTANDING_PINGS` ping nonces not yet answered, oldest first (a slow but
+/// reading client may answer an older one). Inline: no allocation per socket.
+#[derive(Default)]
+struct Pings {
+    nonces: [u64; OUTSTANDING_PINGS],
+    len: usize,
+}
+
+impl Pings {
+    /// Remembers `nonce` (forgetting the oldest when full) and returns it.
+    fn push(&mut self, nonce: u64) -> u64 {
+        if self.len == OUTSTANDING_PINGS {
+            self.nonces.copy_within(1.., 0);
+            self.len -= 1;
+        }
+        self.nonces[self.len] = nonce;
+        self.len += 1;
+        nonce
+    }
+
+    /// Whether `payload` echoes a remembered nonce; that one and every older one are then
+    /// forgotten.
+    fn answered(&mut self, payload: &[u8]) -> bool {
+        let Some(i) = self.nonces[..self.len]
+            .iter()
+            .position(|n| payload == n.to_be_bytes())
+        else {
+            return false;
+        };
+        self.nonces.copy_within(i + 1..self.len, 0);
+        self.len -= i + 1;
+        true
+    }
+}
+
 fn deadline_of(exp: i64) -> Instant {
     let left = exp - chrono::Utc::now().timestamp();
     Instant::now() + Duration::from_secs(left.max(0) as u64)
 }
 
-/// Reads client frames, answers pings, sends a ping every heartbeat through the writer and
-/// closes a session that has not answered for the liveness window or whose token expired.
-/// Commands go to the user's actor, at most `MAX_COMMANDS_IN_FLIGHT` at a time.
-pub async fn reader(stream: actix_ws::MessageStream, ctx: ReaderCtx) {
-    let ReaderCtx {
+/// The session's one task: writes what its queue holds, reads client frames, answers pings,
+/// sends a ping every heartbeat and closes a session that has not answered for the liveness
+/// window or whose token expired. Commands go to the user's actor, at most
+/// `MAX_COMMANDS_IN_FLIGHT` at a time. A write waiting on a slow socket never holds up reading
+/// or the liveness check (the select below keeps the frame and tries again), and a close asked
+/// for by anyone interrupts it.
+pub async fn run(ctx: Box<SessionCtx>) {
+    let SessionCtx {
+        mut ws,
+        stream,
         me,
         actor,
-        mut joined,
+        joined,
         heartbeat,
         state,
         mut claims,
@@ -165,29 +205,56 @@ pub async fn reader(stream: actix_ws::MessageStream, ctx: ReaderCtx) {
         permit,
         mut joining,
         conn,
-    } = ctx;
+    } = *ctx;
     let anonymous = claims.is_none();
     let mut stream = stream
         .max_frame_size(protocol::MAX_CLIENT_FRAME)
         .aggregate_continuations()
         .max_continuation_size(protocol::MAX_CLIENT_FRAME);
-    let in_flight = Arc::new(Semaphore::new(MAX_COMMANDS_IN_FLIGHT));
-    let mut close_rx = me.close.subscribe();
-    let mut tick = tokio::time::interval(heartbeat);
-    tick.tick().await;
-    let expiry = tokio::time::sleep_until(deadline_of(claims.as_ref().map_or(0, |c| c.exp)));
-    tokio::pin!(expiry);
+    // Made at the first command (most sessions never send one).
+    let mut in_flight: Option<Arc<Semaphore>> = None;
+    // One timer serves the heartbeat and the token's expiry (it fires at whichever is first):
+    // a task per socket carries one, not two.
+    let mut next_ping = Instant::now() + heartbeat;
+    let mut expires = match &claims {
+        Some(c) => deadline_of(c.exp),
+        None => Instant::now() + NEVER,
+    };
+    let timer = tokio::time::sleep_until(next_ping.min(expires));
+    tokio::pin!(timer);
+    let mut joined = Some(joined);
     let mut is_joined = false;
     let mut last_pong = Instant::now();
-    // Nonces of the pings not yet answered (newest last): only a pong echoing one of them
-    // shows the client read that far; unsolicited pongs prove nothing.
-    let mut pings: VecDeque<u64> = VecDeque::new();
+    // Nonces of the pings not yet answered: only a pong echoing one of them shows the client
+    // read that far; unsolicited pongs prove nothing.
+    let mut pings = Pings::default();
     let mut last_auth: Option<Instant> = None;
     let mut bad = 0u32;
+    // The frame taken from the queue that actix-ws has not accepted yet (its channel is full
+    // while the socket is slow).
+    let mut pending: Option<(Out, Option<Bytes>)> = None;
     loop {
+        if pending.is_none() {
+            match me.next() {
+                Some(Next::Close(_)) => break,
+                Some(Next::Write(out, pong)) => pending = Some((out, pong)),
+                None => {}
+            }
+        } else if me.closing().is_some() {
+            break;
+        }
         tokio::select! {
-            _ = close_rx.changed() => break,
-            r = &mut joined, if !is_joined => {
+            biased;
+            // A frame was queued or a close asked for: the loop's head looks.
+            _ = me.changed() => {}
+            sent = write(&mut ws, pending.as_ref()), if pending.is_some() => {
+                if sent.is_err() {
+                    break; // the connection is gone
+                }
+                pending = None;
+            }
+            r = wait_joined(&mut joined), if !is_joined => {
+                joined = None; // frees the channel
                 // Joined or refused, this handshake no longer counts as in flight.
                 drop(joining.take());
                 if r.is_err() {
@@ -195,23 +262,23 @@ pub async fn reader(stream: actix_ws::MessageStream, ctx: ReaderCtx) {
                 }
                 is_joined = true;
             }
-            _ = tick.tick() => {
-                if last_pong.elapsed() > liveness_window(heartbeat) {
-                    metrics::counter!("notifyd_ws_liveness_closed_total").increment(1);
-                    me.close_with(close::POLICY, "missed heartbeats");
+            _ = &mut timer => {
+                let now = Instant::now();
+                if now >= expires {
+                    metrics::counter!("notifyd_ws_token_expired_total").increment(1);
+                    me.close_with(close::TOKEN_EXPIRED, "token expired");
                     break;
                 }
-                let nonce = rand::random::<u64>();
-                if pings.len() == OUTSTANDING_PINGS {
-                    pings.pop_front();
+                if now >= next_ping {
+                    if last_pong.elapsed() > liveness_window(heartbeat) {
+                        metrics::counter!("notifyd_ws_liveness_closed_total").increment(1);
+                        me.close_with(close::POLICY, "missed heartbeats");
+                        break;
+                    }
+                    me.ping(pings.push(rand::random::<u64>()));
+                    next_ping += heartbeat;
                 }
-                pings.push_back(nonce);
-                me.ping(nonce);
-            }
-            _ = &mut expiry, if !anonymous => {
-                metrics::counter!("notifyd_ws_token_expired_total").increment(1);
-                me.close_with(close::TOKEN_EXPIRED, "token expired");
-                break;
+                timer.as_mut().reset(next_ping.min(expires));
             }
             msg = stream.recv(), if is_joined => {
                 let Some(msg) = msg else { break };
@@ -226,7 +293,8 @@ pub async fn reader(stream: actix_ws::MessageStream, ctx: ReaderCtx) {
                             match renew(&state, claims.as_ref(), &token, too_soon) {
                                 Ok(renewed) => {
                                     last_auth = Some(now);
-                                    expiry.as_mut().reset(deadline_of(renewed.exp));
+                                    expires = deadline_of(renewed.exp);
+                                    timer.as_mut().reset(next_ping.min(expires));
                                     me.push_json(&protocol::ack(&r#ref, serde_json::json!({ "exp": renewed.exp })));
                                     revoke_topics(&state, &me, &renewed);
                                     claims = Some(renewed);
@@ -239,28 +307,28 @@ pub async fn reader(stream: actix_ws::MessageStream, ctx: ReaderCtx) {
                             }
                         }
                         Ok(ClientFrame::Subscribe { topics, r#ref }) => {
-                            subscribe(&state, &me, claims.as_ref(), &in_flight, topics, r#ref);
+                            subscribe(&state, &me, claims.as_ref(), slots(&mut in_flight), topics, r#ref);
                         }
                         Ok(ClientFrame::Unsubscribe { topics, r#ref }) => {
                             state.topics.unsubscribe(me.id, &topics);
                             me.push_json(&protocol::ack(&r#ref, serde_json::json!({ "topics": topics })));
                         }
                         Ok(ClientFrame::Publish { topic, data, r#ref }) => {
-                            publish(&state, &me, claims.as_ref(), &in_flight, topic, data, r#ref);
+                            publish(&state, &me, claims.as_ref(), slots(&mut in_flight), topic, data, r#ref);
                         }
                         Ok(frame @ ClientFrame::Send { .. }) if !anonymous => {
-                            match (claims.as_ref(), in_flight.clone().try_acquire_owned()) {
+                            match (claims.as_ref(), slots(&mut in_flight).clone().try_acquire_owned()) {
                                 (Some(c), Ok(slot)) => send_direct(&state, c, frame, &me, slot),
                                 _ => busy(&me, &frame),
                             }
                         }
-                        Ok(frame) => match (&actor, in_flight.clone().try_acquire_owned()) {
+                        Ok(frame) => match (&actor, slots(&mut in_flight).clone().try_acquire_owned()) {
                             (None, _) => {
                                 me.push_json(&protocol::error(frame.r#ref(), "unauthorized", "an anonymous session has no inbox: connect with a token"));
                             }
                             (Some(actor), Ok(slot)) => match actor.try_send(ActorMsg::Command(Box::new(SessionCommand { session: me.id, frame, slot }))) {
                                 Ok(()) => {}
-                                Err(mpsc::error::TrySendError::Full(ActorMsg::Command(c))) => busy(&me, &c.frame),
+                                Err(TrySendError::Full(ActorMsg::Command(c))) => busy(&me, &c.frame),
                                 Err(_) => break,
                             },
                             (Some(_), Err(_)) => busy(&me, &frame),
@@ -280,9 +348,8 @@ pub async fn reader(stream: actix_ws::MessageStream, ctx: ReaderCtx) {
                     }
                     Ok(actix_ws::AggregatedMessage::Ping(bytes)) => me.pong(&bytes),
                     Ok(actix_ws::AggregatedMessage::Pong(bytes)) => {
-                        if let Some(i) = pings.iter().position(|n| bytes.as_ref() == n.to_be_bytes()) {
+                        if pings.answered(&bytes) {
                             last_pong = Instant::now();
-                            pings.drain(..=i);
                         }
                     }
                     Ok(actix_ws::AggregatedMessage::Close(_)) => {
@@ -307,28 +374,39 @@ pub async fn reader(stream: actix_ws::MessageStream, ctx: ReaderCtx) {
             }
         }
     }
-    state.topics.leave(me.id);
-    // The actor must hear of every departure (presence, gauges); its mailbox is bounded, so wait
-    // for room, but not forever.
-    if let Some(actor) = actor {
-        let leave = actor.send(ActorMsg::Leave { session: me.id });
-        if tokio::time::timeout(Duration::from_secs(30), leave)
-            .await
-            .is_err()
-        {
-            tracing::warn!("a user actor did not take a session's departure in 30 s");
+    let close = me.closing();
+    me.end();
+    drop(pending);
+    // Boxed: what only a closing session needs (timers, the close frame) is not carried in
+    // every open session's task.
+    Box::pin(async move {
+        let depart = async {
+            state.topics.leave(me.id);
+            // The actor must hear of every departure (presence, gauges): taken past the
+            // mailbox's bound (an actor that is gone needs no telling).
+            if let Some(actor) = actor {
+                let _ = actor.send_always(ActorMsg::Leave { session: me.id });
+            } else {
+                metrics::gauge!("notifyd_ws_anonymous_connections").decrement(1.0);
+            }
+            drop(permit);
+        };
+        let closing = async {
+            if let Some(reason) = close {
+                close_connection(ws, reason, close_grace(heartbeat), conn.clone()).await;
+            }
+        };
+        tokio::join!(depart, closing);
+        // Keep the request stream (unread) until the connection is gone: dropped, actix-http
+        // would read and discard whatever a client that was just closed keeps streaming; held,
+        // the client meets TCP backpressure until `close_connection` resets the connection.
+        if let Some(conn) = conn {
+            conn.wait_closed(liveness_window(heartbeat) * 3).await;
         }
-    } else {
-        metrics::gauge!("notifyd_ws_anonymous_connections").decrement(1.0);
-    }
-    drop(permit);
-    // Keep the request stream (unread) until the connection is gone: dropped, actix-http would
-    // read and discard whatever a client that was just closed keeps streaming; held, the
-    // client meets TCP backpressure until the writer resets the connection.
-    if let Some(conn) = conn {
-        conn.wait_closed(liveness_window(heartbeat) * 3).await;
-    }
-    drop(stream);
+        drop(stream);
+    })
+    .await;
+    tracing::info!("websocket session ended");
 }
 
 /// Answers a frame that could not be accepted (each one counts towards `MAX_BAD_FRAMES`).
@@ -419,7 +497,10 @@ fn subscribe(
     let Ok(slot) = in_flight.clone().try_acquire_owned() else {
         return busy_ref(me, &r#ref);
     };
-    match state.topics.subscribe(me.id, &topics) {
+    match state
+        .topics
+        .subscribe(me, claims.map(|c| c.user.as_str()), &topics)
+    {
         Ok(pending) => {
             let state = state.clone();
             tokio::spawn(
@@ -436,7 +517,7 @@ fn subscribe(
     }
 }
 
-/// A `send` frame: a direct message, created beside the reader (not through the user's actor,
+/// A `send` frame: a direct message, created beside the session (not through the user's actor,
 /// which serves the recipient's inbox, not the sender's) while it holds one of the session's
 /// command slots; `inbox::direct` takes the node's database permit after its checks.
 fn send_direct(
@@ -504,7 +585,7 @@ fn send_direct(
 /// `publish` (contract §8, groups): allowed by the token's `publish` claim, rate-limited per
 /// user, created through the same path as the REST publish with `from` taken from the token.
 /// The transaction runs in a task holding a command slot and one of the node's database
-/// command permits, so the reader never waits on the database.
+/// command permits, so the session never waits on the database.
 fn publish(
     state: &AppState,
     me: &SessionTx,

@@ -1,5 +1,5 @@
 //! Open WebSockets per user on this node (contract §7: `NOTIFYD_MAX_SOCKETS_PER_USER`): a
-//! permit per socket, taken before the upgrade and given back when the session's reader ends.
+//! permit per socket, taken before the upgrade and given back when the session's task ends.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -8,20 +8,20 @@
 //! the broker carries was committed before it was published, and a user's events commit in seq
 //! order, so the log always holds the missing ones.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use super::catch_up::Busy;
-use super::mailbox::{ActorMsg, Join, SessionCommand};
+use super::mailbox::{ActorMsg, HubInbox, Join, MailboxReceiver, MailboxSender, SessionCommand};
 use super::outbound::{Offer, Push, SessionTx};
 use super::protocol::{self, close, ClientFrame};
-use crate::broker::HubMsg;
+use super::vec_map::VecMap;
 use crate::error::ApiError;
 use crate::inbox::changes::{self, Changes};
 use crate::inbox::commands::{self, Command};
@@ -39,10 +39,10 @@ struct Session {
 }
 
 struct Actor {
-    state: AppState,
+    state: Arc<AppState>,
     user: String,
     id: u64,
-    me: mpsc::Sender<ActorMsg>,
+    me: MailboxSender,
     channel: String,
     last_seq: i64,
     /// Fingerprints of the last events delivered, to tell a duplicate (same seq, same event)
@@ -50,8 +50,8 @@ struct Actor {
     recent: VecDeque<(i64, u64)>,
     last_restore_check: Option<Instant>,
     /// The user's turn at the database for WebSocket commands (one at a time).
-    db_turn: Arc<tokio::sync::Semaphore>,
-    sessions: HashMap<u64, Session>,
+    db_turn: Option<Arc<tokio::sync::Semaphore>>,
+    sessions: VecMap<u64, Session>,
 }
 
 /// A session that has been behind (its queue at the byte budget) this long without catching up
@@ -99,17 +99,28 @@ impl EventHead {
     }
 }
 
-pub async fn run(
-    state: AppState,
-    user: String,
-    id: u64,
-    me: mpsc::Sender<ActorMsg>,
-    mut rx: mpsc::Receiver<ActorMsg>,
-) {
-    let (hub_tx, mut hub_rx) = mpsc::channel(crate::broker::hub::LISTENER_MAILBOX);
+/// What an actor starts with. (Handed over boxed: an `async fn` keeps its arguments beside
+/// the locals they are moved into, and this task is the one per connected user.)
+pub struct Start {
+    pub state: Arc<AppState>,
+    pub user: String,
+    pub id: u64,
+    pub me: MailboxSender,
+    pub rx: MailboxReceiver,
+}
+
+pub async fn run(start: Box<Start>) {
+    let Start {
+        state,
+        user,
+        id,
+        me,
+        rx,
+    } = *start;
     let channel = state.settings.user_channel(&user);
-    // Subscribe first, then read: whatever commits after the read arrives through the broker.
-    state.hub.listen(&channel, id, hub_tx).await;
+    // Subscribe first, then read: whatever commits after the read arrives through the broker,
+    // into this actor's own mailbox.
+    state.hub.listen(&channel, id, HubInbox(me.clone())).await;
     metrics::gauge!("notifyd_users_online").increment(1.0);
     // last_seq is unknown (-1) until the first join reads the inbox.
     let mut actor = Actor {
@@ -121,28 +132,33 @@ pub async fn run(
         last_seq: -1,
         recent: VecDeque::new(),
         last_restore_check: None,
-        db_turn: Arc::new(tokio::sync::Semaphore::new(1)),
-        sessions: HashMap::new(),
+        db_turn: None,
+        sessions: VecMap::default(),
     };
-    let mut catch_up = tokio::time::interval(CATCH_UP_EVERY);
-    catch_up.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Only while a session is behind (an idle actor carries no timer).
+    let mut catch_up: Option<tokio::time::Interval> = None;
     loop {
         tokio::select! {
             biased;
+            // Before the mailbox: under a steady stream of relayed events a later branch of
+            // this biased select would never run, and a session behind would be neither
+            // refilled nor closed while the stream lasts. (The tick is ready once per
+            // CATCH_UP_EVERY, so it cannot starve the mailbox.)
+            _ = tick(&mut catch_up), if actor.any_behind() => actor.catch_up().await,
             msg = rx.recv() => match msg {
-                Some(ActorMsg::Shutdown) | None => {
+                ActorMsg::Shutdown => {
                     let ids: Vec<u64> = actor.sessions.keys().copied().collect();
                     for id in ids {
                         actor.close(id, close::GOING_AWAY_RESTART, "server restarting");
                     }
                 }
-                Some(msg) => actor.handle(msg).await,
+                // Boxed: the largest of these futures (a join, a repair) would otherwise size
+                // every idle actor's task.
+                msg => Box::pin(actor.handle(msg)).await,
             },
-            // Before the broker's events: under a steady stream of them a later branch of this
-            // biased select would never run, and a session behind would be neither refilled
-            // nor closed while the stream lasts.
-            _ = catch_up.tick(), if actor.any_behind() => actor.catch_up().await,
-            Some(msg) = hub_rx.recv() => actor.on_hub(msg).await,
+        }
+        if !actor.any_behind() {
+            catch_up = None;
         }
         if actor.sessions.is_empty() {
             let (state, user, id) = (actor.state.clone(), actor.user.clone(), actor.id);
@@ -153,6 +169,18 @@ pub async fn run(
     }
     actor.state.hub.unlisten(&actor.channel, actor.id);
     metrics::gauge!("notifyd_users_online").decrement(1.0);
+}
+
+/// The next catch-up tick, starting the interval (first tick at once) if there is none.
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    interval
+        .get_or_insert_with(|| {
+            let mut i = tokio::time::interval(CATCH_UP_EVERY);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        })
+        .tick()
+        .await;
 }
 
 impl Actor {
@@ -192,6 +220,8 @@ impl Actor {
                 let payload: Arc<str> = Arc::from(ev.frame.to_string());
                 self.on_event(ev.seq, fp, payload).await;
             }
+            ActorMsg::Relayed(payload) => self.on_relayed(*payload).await,
+            ActorMsg::Resync => self.resync().await,
             ActorMsg::Erased => self.erased().await,
             ActorMsg::Audit(seq) => {
                 if self.sessions.is_empty() {
@@ -211,7 +241,7 @@ impl Actor {
     }
 
     /// Closes a session with `code` (a no-op if it already has a close code) and forgets it:
-    /// the connection gauge and presence. Every way a session ends comes here (its reader
+    /// the connection gauge and presence. Every way a session ends comes here (its task
     /// takes it off its topics).
     fn close(&mut self, id: u64, code: u16, reason: &'static str) {
         if let Some(s) = self.sessions.remove(&id) {
@@ -314,43 +344,41 @@ impl Actor {
         let _ = joined.send(());
     }
 
-    async fn on_hub(&mut self, msg: HubMsg) {
-        match msg {
-            HubMsg::Message { channel, payload } => {
-                if *channel == *self.channel {
-                    match serde_json::from_str::<EventHead>(&payload) {
-                        Ok(head)
-                            if crate::inbox::erase::is_notice(
-                                head.kind.as_deref(),
-                                head.reset,
-                                head.seq,
-                            ) =>
-                        {
-                            self.erased().await
-                        }
-                        Ok(head) => {
-                            let sent = head.message.as_ref().and_then(|m| m.send_time.as_deref());
-                            if let Some(Ok(t)) = sent.map(chrono::DateTime::parse_from_rfc3339) {
-                                let latency = (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
-                                    .num_microseconds()
-                                    .unwrap_or(0);
-                                metrics::histogram!("notifyd_delivery_latency_seconds")
-                                    .record(latency.max(0) as f64 / 1e6);
-                            }
-                            self.on_event(head.seq, Some(head.fingerprint()), payload)
-                                .await
-                        }
-                        Err(e) => tracing::warn!(error = %e, "event without seq on a user channel"),
-                    }
-                }
+    /// An event of the user's that the broker relayed (only the user's channel delivers into
+    /// this mailbox).
+    async fn on_relayed(&mut self, payload: Arc<str>) {
+        match serde_json::from_str::<EventHead>(&payload) {
+            Ok(head)
+                if crate::inbox::erase::is_notice(head.kind.as_deref(), head.reset, head.seq) =>
+            {
+                self.erased().await
             }
-            HubMsg::Resync if self.sessions.is_empty() => {}
-            HubMsg::Resync => match self.current().await {
-                Ok(c) if c.seq > self.last_seq => self.repair(c.seq).await,
-                Ok(c) if c.seq < self.last_seq => self.reset(c, "seq_went_back"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, user = %self.user, "resync failed"),
-            },
+            Ok(head) => {
+                let sent = head.message.as_ref().and_then(|m| m.send_time.as_deref());
+                if let Some(Ok(t)) = sent.map(chrono::DateTime::parse_from_rfc3339) {
+                    let latency = (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
+                        .num_microseconds()
+                        .unwrap_or(0);
+                    metrics::histogram!("notifyd_delivery_latency_seconds")
+                        .record(latency.max(0) as f64 / 1e6);
+                }
+                self.on_event(head.seq, Some(head.fingerprint()), payload)
+                    .await
+            }
+            Err(e) => tracing::warn!(error = %e, "event without seq on a user channel"),
+        }
+    }
+
+    /// The broker connection came back: re-read the user's seq and repair what was missed.
+    async fn resync(&mut self) {
+        if self.sessions.is_empty() {
+            return;
+        }
+        match self.current().await {
+            Ok(c) if c.seq > self.last_seq => self.repair(c.seq).await,
+            Ok(c) if c.seq < self.last_seq => self.reset(c, "seq_went_back"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, user = %self.user, "resync failed"),
         }
     }
 
@@ -601,7 +629,7 @@ impl Actor {
             },
             ClientFrame::ReadAll { r#ref } => (Command::ReadAll, r#ref),
             ClientFrame::SeenAll { r#ref } => (Command::SeenAll, r#ref),
-            // Pings, tokens and topics are the session reader's (see gateway::session).
+            // Pings, tokens and topics are the session task's (see gateway::session).
             ClientFrame::Ping { .. }
             | ClientFrame::Auth { .. }
             | ClientFrame::Subscribe { .. }
@@ -613,7 +641,10 @@ impl Actor {
         // It holds the session's command slot until answered, and one of the node's database
         // command permits while it runs, so floods wait in bounded numbers, not in the pool.
         let (state, user, me) = (self.state.clone(), self.user.clone(), self.me.clone());
-        let turn = self.db_turn.clone();
+        let turn = self
+            .db_turn
+            .get_or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(1)))
+            .clone();
         tokio::spawn(async move {
             let _slot = slot;
             let (cmd, r#ref) = cmd;

@@ -19,7 +19,7 @@ use super::conn::Conn;
 use super::frame_guard::FrameGuard;
 use super::outbound::SessionTx;
 use super::protocol::{self, close, MAX_CLIENT_FRAME};
-use super::session::{self, ReaderCtx};
+use super::session::{self, SessionCtx};
 use crate::auth::user::authenticate_ws;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -81,12 +81,12 @@ pub async fn connect(
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let (response, ws_session, stream) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::BadRequest(format!("websocket handshake: {e}")))?;
-    let (me, outbox) = SessionTx::new(state.gateway.next_id());
-    let grace = session::close_grace(state.settings.heartbeat);
+    let me = SessionTx::new(state.gateway.next_id());
     let conn = Conn::of(&req);
-    // One span per session (issue 11 item 5): every log line of its reader and writer carries
-    // the user, the session id and the node. Not a child of the handshake's request span,
-    // which ends with the upgrade.
+    let shared = state.clone().into_inner();
+    // One span per session (issue 11 item 5): every log line of its task carries the user, the
+    // session id and the node. Not a child of the handshake's request span, which ends with
+    // the upgrade.
     let span = tracing::info_span!(
         parent: None,
         "ws_session",
@@ -95,15 +95,16 @@ pub async fn connect(
         node = %state.settings.node_id,
     );
     span.in_scope(|| tracing::info!(resume_after = ?since, "websocket session opened"));
-    actix_web::rt::spawn(
-        session::writer(ws_session, outbox, grace, conn.clone()).instrument(span.clone()),
-    );
     let (actor, joined) = match &claims {
-        Some(c) => match state.gateway.join(&state, &c.user, me.clone(), since) {
+        Some(c) => match state.gateway.join(&shared, &c.user, me.clone(), since) {
             Ok((actor, joined)) => (Some(actor), joined),
             Err(e) => {
                 span.in_scope(|| tracing::debug!(error = %e, "session refused after the upgrade"));
-                me.close_with(close::TRY_AGAIN_LATER, protocol::busy_reason());
+                let grace = session::close_grace(state.settings.heartbeat);
+                let busy = (close::TRY_AGAIN_LATER, protocol::busy_reason());
+                actix_web::rt::spawn(
+                    session::close_connection(ws_session, busy, grace, conn).instrument(span),
+                );
                 return Ok(response);
             }
         },
@@ -116,31 +117,24 @@ pub async fn connect(
             (None, joined)
         }
     };
-    state
-        .topics
-        .open(&me, claims.as_ref().map(|c| c.user.as_str()));
-    let reader = session::reader(
+    if claims.is_none() {
+        state.topics.open_anonymous(&me);
+    }
+    let session = session::run(Box::new(SessionCtx {
+        ws: ws_session,
         stream,
-        ReaderCtx {
-            me,
-            actor,
-            joined,
-            heartbeat: state.settings.heartbeat,
-            state: state.get_ref().clone(),
-            claims,
-            too_big,
-            permit,
-            joining: Some(joining),
-            conn,
-        },
-    );
-    actix_web::rt::spawn(
-        async move {
-            reader.await;
-            tracing::info!("websocket session ended");
-        }
-        .instrument(span),
-    );
+        me,
+        actor,
+        joined,
+        heartbeat: state.settings.heartbeat,
+        state: shared,
+        claims,
+        too_big,
+        permit,
+        joining: Some(joining),
+        conn,
+    }));
+    actix_web::rt::spawn(session.instrument(span));
     Ok(response)
 }
 
@@ -154,10 +148,14 @@ fn refuse_busy(
     metrics::counter!("notifyd_ws_refused_total", "reason" => "joins_in_flight").increment(1);
     let (response, ws_session, _stream) = actix_ws::handle(req, body)
         .map_err(|e| ApiError::BadRequest(format!("websocket handshake: {e}")))?;
-    let (me, outbox) = SessionTx::new(state.gateway.next_id());
     let grace = session::close_grace(state.settings.heartbeat);
-    actix_web::rt::spawn(session::writer(ws_session, outbox, grace, Conn::of(req)));
-    me.close_with(close::TRY_AGAIN_LATER, protocol::busy_reason());
+    let busy = (close::TRY_AGAIN_LATER, protocol::busy_reason());
+    actix_web::rt::spawn(session::close_connection(
+        ws_session,
+        busy,
+        grace,
+        Conn::of(req),
+    ));
     Ok(response)
 }
 

@@ -6,7 +6,7 @@
 //! delivered for that topic (the relay is at-least-once), and pushes the SAME shared frame to
 //! every subscribed session's queue: one serialisation per event, none per session.
 //!
-//! Sessions talk to the router directly (their reader, no actor, no database): subscribing
+//! Sessions talk to the router directly (their own task, no actor, no database): subscribing
 //! registers the route at once; the subscription becomes live when the session gets its `ack`
 //! and, right after it, each topic's retained value (see `finish`). Events in between update
 //! the retained cache, so the value sent after the `ack` is the newest there is.
@@ -142,14 +142,15 @@ impl Router {
         }
     }
 
-    /// A new session: known to the router from its start (anonymous ones are closed through
-    /// it at shutdown).
-    pub fn open(&self, tx: &SessionTx, user: Option<&str>) {
+    /// A new anonymous session: known to the router from its start, so that shutdown closes
+    /// it through the router. (A user's session is known from its first `subscribe`: most
+    /// never subscribe, and an idle node holds one entry per socket otherwise.)
+    pub fn open_anonymous(&self, tx: &SessionTx) {
         self.inner().sessions.insert(
             tx.id,
             Session {
                 tx: tx.clone(),
-                user: user.map(str::to_string),
+                user: None,
                 topics: HashSet::new(),
             },
         );
@@ -174,13 +175,23 @@ impl Router {
         }
     }
 
-    /// Registers `session` on `topics` (the caller checked they are allowed) within the caps.
-    pub fn subscribe(&self, session: u64, topics: &[String]) -> Result<Pending, Refusal> {
+    /// Registers the session `tx` (of `user`; `None`: anonymous) on `topics` (the caller
+    /// checked they are allowed) within the caps. Called from the session's own task, so
+    /// never after its `leave`.
+    pub fn subscribe(
+        &self,
+        tx: &SessionTx,
+        user: Option<&str>,
+        topics: &[String],
+    ) -> Result<Pending, Refusal> {
+        let session = tx.id;
         let mut guard = self.inner();
         let inner = &mut *guard;
-        let Some(s) = inner.sessions.get_mut(&session) else {
-            return Err(("unavailable", "the session is closing".into()));
-        };
+        let s = inner.sessions.entry(session).or_insert_with(|| Session {
+            tx: tx.clone(),
+            user: user.map(str::to_string),
+            topics: HashSet::new(),
+        });
         // Each topic once, in the order asked: it gets one ack entry and one retained value.
         let mut seen = HashSet::new();
         let topics: Vec<String> = topics
@@ -427,7 +438,7 @@ impl Router {
         }
         let mut sent = 0u64;
         for sub in t.subs.values().filter(|s| s.live) {
-            // A full queue closes that session (4008); its reader then leaves the topic.
+            // A full queue closes that session (4008); its task then leaves the topic.
             sub.tx.push(frame.clone());
             sent += 1;
         }
