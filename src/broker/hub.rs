@@ -138,7 +138,7 @@ impl Hub {
     /// subscription, or after at most `LISTEN_WAIT`, or at once while disconnected (the
     /// reconnect will subscribe it and send `Resync`). Callers read PostgreSQL only after this
     /// returns.
-    pub async fn listen(&self, channel: &str, listener: u64, tx: impl Mailbox + 'static) {
+    pub async fn listen(&self, channel: &str, listener: u64, tx: Arc<dyn Mailbox>) {
         if let Some(ticket) = self.listen_now(channel, listener, tx) {
             self.confirmed(ticket).await;
         }
@@ -147,17 +147,14 @@ impl Hub {
     /// The routing half of `listen`, without waiting: the route takes effect at once (in order
     /// with any `unlisten` the caller makes after it). Returns the ticket to wait for with
     /// `confirmed` when this needs a SUBSCRIBE.
-    pub fn listen_now(
-        &self,
-        channel: &str,
-        listener: u64,
-        tx: impl Mailbox + 'static,
-    ) -> Option<u64> {
+    pub fn listen_now(&self, channel: &str, listener: u64, tx: Arc<dyn Mailbox>) -> Option<u64> {
         let redis = self.redis.load(Ordering::SeqCst);
-        let tx: Arc<dyn Mailbox> = Arc::new(tx);
         let ticket = {
             let mut r = self.routes();
             let entry = r.map.entry(channel.to_string()).or_default();
+            // One slot at a time: most channels have one listener on a node (a user's actor),
+            // and a Vec's first growth would make room for four.
+            entry.reserve_exact(1);
             entry.push((listener, tx));
             if entry.len() == 1 && redis {
                 r.dirty.insert(channel.to_string());
@@ -440,7 +437,7 @@ mod tests {
         let hub = Hub::new();
         hub.mark_local();
         let (tx, mut rx) = tokio::sync::mpsc::channel(2);
-        hub.listen("c", 1, tx).await;
+        hub.listen("c", 1, Arc::new(tx)).await;
         for i in 0..5 {
             hub.deliver("c", Arc::from(i.to_string().as_str()));
         }
@@ -457,7 +454,7 @@ mod tests {
         let hub = Hub::new();
         hub.mark_local();
         let (tx, _rx) = tokio::sync::mpsc::channel(1);
-        tokio::time::timeout(Duration::from_millis(100), hub.listen("c", 1, tx))
+        tokio::time::timeout(Duration::from_millis(100), hub.listen("c", 1, Arc::new(tx)))
             .await
             .expect("listen returned");
         assert_eq!(hub.channel_count(), 1);

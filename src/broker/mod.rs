@@ -159,7 +159,7 @@ pub async fn canary(hub: &Hub, pool: &deadpool_redis::Pool, channel: &str) -> bo
     }
     let (tx, mut rx) = tokio::sync::mpsc::channel(8);
     let id = hub.canary_listener();
-    hub.listen(channel, id, tx).await;
+    hub.listen(channel, id, Arc::new(tx)).await;
     let token = uuid::Uuid::new_v4().to_string();
     let published = query_cmd::<i64>(
         pool,

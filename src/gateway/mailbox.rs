@@ -161,17 +161,22 @@ impl Drop for MailboxReceiver {
 /// The actor's mailbox is also its hub listener: the user's channel delivers into it, so a
 /// connected user costs one queue, not two, and relayed events, local deliveries and commands
 /// meet the actor in one order.
-pub struct HubInbox(pub MailboxSender);
-
-impl hub::Mailbox for HubInbox {
+impl hub::Mailbox for Shared {
     fn offer(&self, msg: HubMsg) -> Result<(), hub::Refused> {
         let msg = match msg {
             HubMsg::Message { payload, .. } => ActorMsg::Relayed(Box::new(payload)),
             HubMsg::Resync => ActorMsg::Resync,
         };
-        self.0.try_send(msg).map_err(|e| match e {
+        self.put(msg, true).map_err(|e| match e {
             TrySendError::Full(_) => hub::Refused::Full,
             TrySendError::Closed(_) => hub::Refused::Closed,
         })
+    }
+}
+
+impl MailboxSender {
+    /// This mailbox as the hub's listener (the same queue, no second allocation).
+    pub fn hub_listener(&self) -> Arc<dyn hub::Mailbox> {
+        self.0.clone()
     }
 }

@@ -30,6 +30,7 @@ mod per_socket_sizes {
         // Measured (debug build): session 1,184 bytes, actor 688; release builds are smaller.
         let session = future_size(super::session::run);
         let actor = future_size(super::user_actor::run);
+        eprintln!("session {session} actor {actor}");
         assert!(session <= 1536, "session task future is {session} bytes");
         assert!(actor <= 1024, "user actor task future is {actor} bytes");
         assert!(std::mem::size_of::<super::mailbox::ActorMsg>() <= 16);

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use super::catch_up::Busy;
-use super::mailbox::{ActorMsg, HubInbox, Join, MailboxReceiver, MailboxSender, SessionCommand};
+use super::mailbox::{ActorMsg, Join, MailboxReceiver, MailboxSender, SessionCommand};
 use super::outbound::{Offer, Push, SessionTx};
 use super::protocol::{self, close, ClientFrame};
 use super::vec_map::VecMap;
@@ -120,7 +120,7 @@ pub async fn run(start: Box<Start>) {
     let channel = state.settings.user_channel(&user);
     // Subscribe first, then read: whatever commits after the read arrives through the broker,
     // into this actor's own mailbox.
-    state.hub.listen(&channel, id, HubInbox(me.clone())).await;
+    state.hub.listen(&channel, id, me.hub_listener()).await;
     metrics::gauge!("notifyd_users_online").increment(1.0);
     // last_seq is unknown (-1) until the first join reads the inbox.
     let mut actor = Actor {

@@ -27,7 +27,11 @@ impl<K: PartialEq + Copy, V> VecMap<K, V> {
     pub fn insert(&mut self, k: K, v: V) {
         match self.get_mut(&k) {
             Some(old) => *old = v,
-            None => self.0.push((k, v)),
+            None => {
+                // One slot at a time: a Vec's first growth would make room for four.
+                self.0.reserve_exact(1);
+                self.0.push((k, v))
+            }
         }
     }
 

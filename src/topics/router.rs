@@ -235,7 +235,10 @@ impl Router {
             let topic = inner.topics.entry(t.clone()).or_insert_with(|| {
                 let shard = self.shards[shard_of(t)].clone();
                 let channel = self.settings.topic_channel(t);
-                ticket = ticket.max(self.hub.listen_now(&channel, self.listener, shard));
+                ticket = ticket.max(
+                    self.hub
+                        .listen_now(&channel, self.listener, Arc::new(shard)),
+                );
                 Topic::default()
             });
             topic.subs.insert(
