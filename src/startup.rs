@@ -169,7 +169,9 @@ impl Application {
         ));
         let data = web::Data::new(state.clone());
         let dev = state.settings.dev;
-        let listener = std::net::TcpListener::bind(&state.settings.bind)
+        // A deep accept queue: a reconnect storm's SYNs are queued, not dropped (see
+        // http_listener).
+        let listener = crate::http_listener::bind(&state.settings.bind)
             .with_context(|| format!("binding {}", state.settings.bind))?;
         let port = listener.local_addr()?.port();
         let cors = crate::api::cors::CorsPolicy::new(state.settings.allowed_origins.as_deref());
