@@ -14,6 +14,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod gateway;
+pub mod http_listener;
 pub mod inbox;
 pub mod listen;
 pub mod outbox;

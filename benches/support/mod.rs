@@ -103,7 +103,12 @@ impl Node {
             .env("NOTIFYD_SERVICE_KEYS", format!("bench:{KEY}"))
             .env("NOTIFYD_RELAY", if relay { "on" } else { "off" })
             .env("NOTIFYD_DB_POOL_SIZE", "32")
-            .env("RUST_LOG", "warn")
+            // BENCH_NODE_RUST_LOG, e.g. `warn,notifyd::http=info` for the access lines (each with
+            // the request's time inside the node) on the bench's stderr.
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_NODE_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

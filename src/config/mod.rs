@@ -65,6 +65,10 @@ pub struct Settings {
     /// its request until its `hello` was sent (auth, actor, catch-up read). Beyond it a handshake
     /// is closed at once with 1013 and a `retry_after`, before any auth or database work.
     pub ws_max_joining: usize,
+    /// `NOTIFYD_HTTP_WORKERS`: HTTP worker threads (`None`: `HTTP_WORKERS_PER_CPU` per CPU). Each
+    /// is a single-threaded runtime that owns the connections it accepted: REST calls and
+    /// WebSocket sessions on the same worker wait in one queue.
+    pub http_workers: Option<usize>,
     /// `NOTIFYD_RELAY_PARTITIONS`: the outbox is relayed in this many partitions by user (topic)
     /// hash, each with its own leader; every process must use the same number.
     pub relay_partitions: u32,
@@ -131,6 +135,7 @@ impl Settings {
             // 1.2-1.5x the events/s and ~30% less relay CPU per event (docs/benchmarks.md).
             relay_batch: 2000,
             ws_max_joining: 256,
+            http_workers: None,
             relay_partitions: 1,
             log_json: false,
             log_filter: "info".into(),

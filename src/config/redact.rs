@@ -61,6 +61,7 @@ impl fmt::Debug for Settings {
             audit_interval,
             relay_batch,
             ws_max_joining,
+            http_workers,
             relay_partitions,
             log_json,
             log_filter,
@@ -105,6 +106,7 @@ impl fmt::Debug for Settings {
             .field("audit_interval", audit_interval)
             .field("relay_batch", relay_batch)
             .field("ws_max_joining", ws_max_joining)
+            .field("http_workers", http_workers)
             .field("relay_partitions", relay_partitions)
             .field("log_json", log_json)
             .field("log_filter", log_filter)

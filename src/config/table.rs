@@ -277,6 +277,16 @@ pub static SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        env: "NOTIFYD_HTTP_WORKERS",
+        default: Default::Note("4 per CPU"),
+        secret: false,
+        kind: Kind::Count {
+            min: 1,
+            max: 256,
+            set: |s, n| s.http_workers = Some(n as usize),
+        },
+    },
+    Setting {
         env: "NOTIFYD_HEARTBEAT",
         default: Default::Value("25s"),
         secret: false,

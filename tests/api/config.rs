@@ -184,3 +184,48 @@ async fn the_config_file_refuses_unknown_keys_and_bad_values_by_name() {
         "{stderr}"
     );
 }
+
+/// The HTTP worker threads a node runs (counted by their thread names), and its gauge.
+async fn http_workers(db: &TestDb, extra: &[(&str, &str)]) -> (usize, String) {
+    let port = free_port();
+    let env = with(node_env(db, port), extra);
+    let mut node = Notifyd::start(&["serve"], &env, port);
+    node.healthy().await;
+    let pid = node.child.id().expect("pid");
+    let workers = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the node's threads")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("actix-server wo"))
+        .count();
+    let metrics = reqwest::get(format!("{}/metrics", node.base))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    node.stop().await;
+    (workers, metrics)
+}
+
+/// `NOTIFYD_HTTP_WORKERS` is the number of HTTP worker threads the node runs, 4 per CPU when
+/// unset (actix's own default, one per CPU, let a reconnect storm's handshakes delay REST calls
+/// on the same worker), and the gauge says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_worker_count_is_what_the_setting_says_and_4_per_cpu_by_default() {
+    let db = TestDb::new().await;
+    let (workers, metrics) = http_workers(&db, &[("NOTIFYD_HTTP_WORKERS", "5")]).await;
+    assert_eq!(workers, 5);
+    assert!(
+        metrics.lines().any(|l| l == "notifyd_http_workers 5"),
+        "{metrics}"
+    );
+    let cpus = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+    let (workers, metrics) = http_workers(&db, &[]).await;
+    assert_eq!(workers, 4 * cpus);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == format!("notifyd_http_workers {}", 4 * cpus)),
+        "{metrics}"
+    );
+}
