@@ -31,7 +31,7 @@ use diesel::{QueryResult, QueryableByName};
 use diesel_async::RunQueryDsl;
 use uuid::Uuid;
 
-use super::Conn;
+use super::{Conn, JsonText};
 
 /// Public so the benchmark runs this exact statement under `pgbench` (benches/load.rs).
 pub const SQL: &str = "\
@@ -74,8 +74,8 @@ pub struct Entry<'a> {
     pub send_user: Option<&'a str>,
     pub skip_url: Option<&'a str>,
     pub data: Option<&'a serde_json::Value>,
-    /// The message view minus `id` and `seq` (see the module comment).
-    pub template: &'a serde_json::Value,
+    /// The message view minus `id` and `seq` (see the module comment), as JSON text.
+    pub template: &'a str,
 }
 
 /// The rows, in request order: entry number (1-based, as `WITH ORDINALITY` counts), recipient,
@@ -109,7 +109,7 @@ struct Statement<'a> {
     send_user: Vec<Option<&'a str>>,
     skip_url: Vec<Option<&'a str>>,
     data: Vec<Option<&'a serde_json::Value>>,
-    template: Vec<&'a serde_json::Value>,
+    template: Vec<JsonText<'a>>,
     rows: &'a Rows<'a>,
     users: &'a [&'a str],
     counts: &'a [i64],
@@ -235,7 +235,7 @@ pub async fn insert(
         send_user: entries.iter().map(|e| e.send_user).collect(),
         skip_url: entries.iter().map(|e| e.skip_url).collect(),
         data: entries.iter().map(|e| e.data).collect(),
-        template: entries.iter().map(|e| e.template).collect(),
+        template: entries.iter().map(|e| JsonText(e.template)).collect(),
         rows,
         users,
         counts,
