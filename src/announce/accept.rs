@@ -51,7 +51,7 @@ pub async fn accept(
         let id = Uuid::now_v7();
         broadcasts::accept(conn, id, service, &req.message).await?;
         let body = json!({ "id": id, "status": "running" });
-        create::remember(conn, service, idem.as_ref(), &body).await?;
+        create::remember(conn, service, idem.as_ref(), &body.to_string()).await?;
         Ok(Accepted {
             body,
             replayed: false,

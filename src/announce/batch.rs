@@ -53,7 +53,7 @@ pub async fn run_one(
                         skip_url: b.skip_url,
                         data: b.data,
                     }],
-                    canonical: String::new(),
+                    source: bytes::Bytes::new(),
                 };
                 let rows = create::insert_rows(conn, &b.service, &req, Some(b.id)).await?;
                 created = Some((req, rows));

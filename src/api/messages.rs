@@ -64,7 +64,9 @@ pub async fn create(
     if created.replayed {
         resp.insert_header(("Idempotent-Replayed", "true"));
     }
-    Ok(resp.json(created.body))
+    Ok(resp
+        .content_type(actix_web::http::header::ContentType::json())
+        .body(created.body))
 }
 
 /// The `Idempotency-Key` header, as the OpenAPI document describes it.

@@ -80,6 +80,12 @@ pub const ENDPOINTS: &[Endpoint] = &[
     endpoint("/api-docs/openapi.json", GET, Caller::Anyone, || {
         web::get().to(openapi::openapi)
     }),
+    // The busiest route comes before the first `{param}` one: actix tries routes in order and
+    // matches a `{param}` pattern with a regex (two regex runs were ~5% of a single-message
+    // POST's instructions, callgrind). It overlaps no route before it.
+    endpoint("/api/v1/messages", POST, Caller::Service, || {
+        web::post().to(messages::create)
+    }),
     endpoint("/api/v1/me/messages", GET, Caller::User, || {
         web::get().to(me::list)
     }),
@@ -103,9 +109,6 @@ pub const ENDPOINTS: &[Endpoint] = &[
     }),
     endpoint("/api/v1/me/messages/{id}", DELETE, Caller::User, || {
         web::delete().to(me::delete)
-    }),
-    endpoint("/api/v1/messages", POST, Caller::Service, || {
-        web::post().to(messages::create)
     }),
     endpoint("/api/v1/messages/{id}", DELETE, Caller::Service, || {
         web::delete().to(messages::retract)

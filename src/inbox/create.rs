@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use diesel_async::AsyncConnection;
-use serde_json::{json, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -13,13 +13,13 @@ use super::local::LocalDelivery;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::create_rows::{self, RowCounters};
-use crate::store::{idempotency, outbox, topic_retained, Conn};
+use crate::store::{idempotency, outbox, topic_retained, Conn, JsonText};
 
-/// The result of a create: the `201` body, whether it replays an earlier request, and what it
-/// created (nothing for a replay).
+/// The result of a create: the `201` body (JSON text), whether it replays an earlier request, and
+/// what it created (nothing for a replay).
 #[derive(Debug)]
 pub struct Created {
-    pub body: Value,
+    pub body: String,
     pub replayed: bool,
     pub rows: Inserted,
 }
@@ -62,11 +62,11 @@ pub async fn create_messages(
             rows,
         });
     };
-    let hash = hex::encode(Sha256::digest(req.canonical.as_bytes()));
+    let hash = hex::encode(Sha256::digest(req.canonical().as_bytes()));
     conn.transaction::<_, ApiError, _>(async |conn| {
         if let Some(body) = replayed(conn, service, Some(&idem), &hash).await? {
             return Ok(Created {
-                body,
+                body: body.to_string(),
                 replayed: true,
                 rows: Inserted::default(),
             });
@@ -104,15 +104,15 @@ pub async fn replayed(
     }
 }
 
-/// The second half: stores the answer for later replays, in the same transaction.
+/// The second half: stores the answer (JSON text) for later replays, in the same transaction.
 pub async fn remember(
     conn: &mut Conn,
     service: &str,
     idem: Option<&Idempotency<'_>>,
-    body: &Value,
+    body: &str,
 ) -> Result<(), ApiError> {
     if let Some(idem) = idem {
-        idempotency::finish(conn, service, idem.key, body).await?;
+        idempotency::finish(conn, service, idem.key, JsonText(body)).await?;
     }
     Ok(())
 }
@@ -122,7 +122,8 @@ pub async fn remember(
 #[derive(Debug, Default)]
 pub struct Inserted {
     rows: Vec<InsertedRow>,
-    templates: Vec<Value>,
+    /// The rows' `send_time` (their frames carry it).
+    send_time: frames::SendTime,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -142,20 +143,36 @@ impl Inserted {
         self.rows.is_empty()
     }
 
-    /// The `201` body: `{"messages": [{id, to_user, seq}, ...]}` in request order.
-    pub fn body(&self, req: &CreateRequest) -> Value {
-        let answer: Vec<Value> = self
+    /// The `201` body: `{"messages": [{id, to_user, seq}, ...]}` in request order, as JSON text
+    /// serialised straight from the rows (fields sorted, as a `serde_json::Value` held them);
+    /// building a `Value` per row first cost more than the rest of a batch's answer.
+    pub fn body(&self, req: &CreateRequest) -> String {
+        #[derive(serde::Serialize)]
+        struct Row<'a> {
+            id: Uuid,
+            seq: i64,
+            to_user: &'a str,
+        }
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            messages: Vec<Row<'a>>,
+        }
+        let messages = self
             .rows
             .iter()
-            .map(|r| json!({"id": r.id, "to_user": recipient(req, r), "seq": r.c.seq}))
+            .map(|r| Row {
+                id: r.id,
+                seq: r.c.seq,
+                to_user: recipient(req, r),
+            })
             .collect();
-        json!({ "messages": answer })
+        serde_json::to_string(&Body { messages }).unwrap_or_default()
     }
 
     /// Each row's recipient and `message.created` frame, as text: the frame stored in
-    /// `user_event` (serialised by serde_json; the relay publishes PostgreSQL's text form of the
-    /// same JSON, and actors drop the second copy by seq and fingerprint), built only for the
-    /// rows `wanted` says yes to.
+    /// `user_event` (serialised here from the request entry; the relay publishes PostgreSQL's
+    /// text form of the same JSON, and actors drop the second copy by seq and fingerprint),
+    /// built only for the rows `wanted` says yes to.
     pub fn frames<'a>(
         &'a self,
         req: &'a CreateRequest,
@@ -166,14 +183,9 @@ impl Inserted {
             if !wanted(user) {
                 return None;
             }
-            let mut message = self.templates.get(r.entry as usize)?.clone();
-            if let Some(obj) = message.as_object_mut() {
-                obj.insert("id".into(), json!(r.id));
-                obj.insert("seq".into(), json!(r.c.seq));
-            }
-            let frame = json!({"type": "message.created", "seq": r.c.seq, "unread": r.c.unread,
-                "unseen": r.c.unseen, "message": message});
-            Some((user, r.c.seq, frame.to_string()))
+            let entry = req.entries.get(r.entry as usize)?;
+            let frame = frames::created_text(entry, &self.send_time, r.id, r.c);
+            Some((user, r.c.seq, frame))
         })
     }
 }
@@ -224,10 +236,11 @@ pub async fn insert_rows(
             origin.push((i as u32, k as u32));
         }
     }
-    let templates: Vec<Value> = req
+    let send_time = frames::SendTime::of(now);
+    let templates: Vec<String> = req
         .entries
         .iter()
-        .map(|e| frames::message_template(e, now))
+        .map(|e| frames::message_template(e, &send_time))
         .collect();
     let entries: Vec<create_rows::Entry> = req
         .entries
@@ -263,7 +276,7 @@ pub async fn insert_rows(
             c,
         })
         .collect();
-    Ok(Inserted { rows, templates })
+    Ok(Inserted { rows, send_time })
 }
 
 /// A topic event to create: from `POST /api/v1/topics/{topic}/events` (a service) or a

@@ -107,7 +107,9 @@ async fn send_checked(
         )
         .increment(1);
     }
-    let id = created.body["messages"][0]["id"].clone();
+    let body: Value = serde_json::from_str(&created.body)
+        .map_err(|e| anyhow::anyhow!("create answered with a body that is not JSON: {e}"))?;
+    let id = body["messages"][0]["id"].clone();
     if id.is_null() {
         return Err(anyhow::anyhow!("create answered without a message id").into());
     }
@@ -171,7 +173,7 @@ pub fn parse(
         to,
         CreateRequest {
             entries: vec![entry],
-            canonical,
+            source: canonical.into(),
         },
     ))
 }

@@ -49,16 +49,28 @@ pub struct MessageInput {
     pub data: Option<Value>,
 }
 
-/// A parsed request: its entries and a canonical form of the body for idempotency checks.
+/// A parsed request: its entries and the JSON it came from, whose canonical form identifies the
+/// request for idempotency checks.
 #[derive(Debug)]
 pub struct CreateRequest {
     pub entries: Vec<MessageInput>,
-    pub canonical: String,
+    /// The request's JSON (valid: it was parsed). Kept as it came, not serialised afresh: only
+    /// a create with an `Idempotency-Key` needs the canonical form, and serialising every
+    /// body for it cost a third of a single message's parse (callgrind).
+    pub source: bytes::Bytes,
 }
 
 impl CreateRequest {
     pub fn rows(&self) -> usize {
         self.entries.iter().map(|e| e.recipients.len()).sum()
+    }
+
+    /// The canonical form of the request's JSON (keys sorted, no insignificant whitespace): the
+    /// same for the same request however its body was formatted.
+    pub fn canonical(&self) -> String {
+        serde_json::from_slice::<Value>(&self.source)
+            .map(|v| v.to_string())
+            .unwrap_or_default()
     }
 }
 
@@ -104,7 +116,7 @@ pub fn parse_create(body: &[u8]) -> Result<CreateRequest, ApiError> {
     };
     let req = CreateRequest {
         entries,
-        canonical: root.to_string(),
+        source: bytes::Bytes::copy_from_slice(body),
     };
     if req.rows() > MAX_ROWS {
         let field = if obj.contains_key("messages") {

@@ -5,7 +5,7 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
 use super::schema::idempotency_key as k;
-use super::Conn;
+use super::{Conn, JsonText};
 
 pub const TTL_HOURS: i64 = 24;
 
@@ -65,7 +65,7 @@ pub async fn finish(
     conn: &mut Conn,
     service: &str,
     key: &str,
-    response: &serde_json::Value,
+    response: JsonText<'_>,
 ) -> QueryResult<()> {
     diesel::update(k::table.find((service, key)))
         .set(k::response.eq(response))

@@ -163,20 +163,55 @@ pub async fn claim_and_delete(
     limit: i64,
     part: Partition,
 ) -> QueryResult<Vec<Claimed>> {
-    diesel::sql_query(format!(
-        "WITH c AS ( \
-           DELETE FROM outbox WHERE id = ANY(ARRAY( \
-             SELECT id FROM outbox WHERE {} ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)) \
-           RETURNING id, user_id, seq, topic, payload, created_at) \
-         SELECT c.id, c.user_id, c.topic, COALESCE(c.payload, (SELECT e.payload FROM user_event e \
-             WHERE e.user_id = c.user_id AND e.seq = c.seq))::text AS payload, \
-           EXTRACT(EPOCH FROM clock_timestamp() - c.created_at)::float8 AS age_s \
-         FROM c ORDER BY c.id",
-        part.condition()
-    ))
-    .bind::<BigInt, _>(limit)
+    Claim {
+        head: format!(
+            "WITH c AS ( \
+               DELETE FROM outbox WHERE id = ANY(ARRAY( \
+                 SELECT id FROM outbox WHERE {} ORDER BY id LIMIT ",
+            part.condition()
+        ),
+        limit,
+    }
     .load(conn)
     .await
+}
+
+/// The claim's text after its one parameter (the limit).
+const CLAIM_TAIL: &str = " FOR UPDATE SKIP LOCKED)) \
+       RETURNING id, user_id, seq, topic, payload, created_at) \
+     SELECT c.id, c.user_id, c.topic, COALESCE(c.payload, (SELECT e.payload FROM user_event e \
+         WHERE e.user_id = c.user_id AND e.seq = c.seq))::text AS payload, \
+       EXTRACT(EPOCH FROM clock_timestamp() - c.created_at)::float8 AS age_s \
+     FROM c ORDER BY c.id";
+
+/// The claim as a query diesel keeps prepared on the relay's connection (its statement cache,
+/// keyed by the text, which is fixed per partition). `sql_query` is never cached, so every
+/// batch made PostgreSQL parse and plan this statement again: CPU taken from the creates it
+/// shares the database with, once per batch, and batches are small when the load is light.
+struct Claim {
+    head: String,
+    limit: i64,
+}
+
+impl diesel::query_builder::QueryId for Claim {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl diesel::query_builder::Query for Claim {
+    type SqlType = diesel::sql_types::Untyped;
+}
+
+impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for Claim {
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+    ) -> QueryResult<()> {
+        out.push_sql(&self.head);
+        out.push_bind_param::<BigInt, _>(&self.limit)?;
+        out.push_sql(CLAIM_TAIL);
+        Ok(())
+    }
 }
 
 /// Settings for the relay's own session (never a pooled connection), once per connection:

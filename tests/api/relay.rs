@@ -134,7 +134,9 @@ async fn events_are_published_only_after_commit_and_never_after_rollback() {
         .transaction::<(), ApiError, _>(async |conn| {
             // Runs as a savepoint inside this transaction.
             let created = create_messages(conn, "test", &req, None).await?;
-            assert_eq!(created.body["messages"][0]["seq"], 1);
+            let body: serde_json::Value =
+                serde_json::from_str(&created.body).expect("the body is JSON");
+            assert_eq!(body["messages"][0]["seq"], 1);
             // Longer than the relay's 500 ms poll: it runs several times meanwhile.
             assert_eq!(
                 tap.next(Duration::from_millis(1500)).await,
