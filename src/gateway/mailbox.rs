@@ -180,3 +180,67 @@ impl MailboxSender {
         self.0.clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leave(session: u64) -> ActorMsg {
+        ActorMsg::Leave { session }
+    }
+
+    #[tokio::test]
+    async fn a_full_mailbox_refuses_sends_but_always_takes_departures_in_order() {
+        let (tx, rx) = mailbox();
+        for i in 0..ACTOR_MAILBOX as u64 {
+            assert!(tx.try_send(ActorMsg::Audit(i as i64)).is_ok());
+        }
+        assert!(matches!(
+            tx.try_send(ActorMsg::Audit(-1)),
+            Err(TrySendError::Full(_))
+        ));
+        assert!(tx.send_always(leave(7)).is_ok());
+        for i in 0..ACTOR_MAILBOX as i64 {
+            assert!(matches!(rx.recv().await, ActorMsg::Audit(n) if n == i));
+        }
+        assert!(matches!(rx.recv().await, ActorMsg::Leave { session: 7 }));
+        assert!(rx.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_message_sent_while_the_actor_waits_wakes_it() {
+        let (tx, rx) = mailbox();
+        let waiting = tokio::spawn(async move { rx.recv().await });
+        tokio::task::yield_now().await;
+        assert!(tx.try_send(ActorMsg::Erased).is_ok());
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await;
+        assert!(matches!(got, Ok(Ok(ActorMsg::Erased))));
+    }
+
+    #[tokio::test]
+    async fn once_the_actor_is_gone_every_send_is_refused_and_waiting_joins_are_told_no() {
+        let (tx, rx) = mailbox();
+        let (joined_tx, joined) = oneshot::channel();
+        let session = crate::gateway::outbound::SessionTx::new(1);
+        let join = Join {
+            session,
+            since: None,
+            joined: joined_tx,
+        };
+        assert!(tx.try_send(ActorMsg::Join(Box::new(join))).is_ok());
+        drop(rx);
+        assert!(joined.await.is_err(), "the queued join's session hears no");
+        assert!(matches!(
+            tx.try_send(ActorMsg::Erased),
+            Err(TrySendError::Closed(_))
+        ));
+        assert!(matches!(
+            tx.send_always(leave(1)),
+            Err(TrySendError::Closed(_))
+        ));
+        assert!(matches!(
+            tx.hub_listener().offer(HubMsg::Resync),
+            Err(hub::Refused::Closed)
+        ));
+    }
+}

@@ -232,12 +232,13 @@ pub async fn run(ctx: Box<SessionCtx>) {
     let mut bad = 0u32;
     // The frame taken from the queue that actix-ws has not accepted yet (its channel is full
     // while the socket is slow).
-    let mut pending: Option<(Out, Option<Bytes>)> = None;
+    // (Boxed while it waits: a socket's task carries a pointer, not the frame, when idle.)
+    let mut pending: Option<Box<(Out, Option<Bytes>)>> = None;
     loop {
         if pending.is_none() {
             match me.next() {
                 Some(Next::Close(_)) => break,
-                Some(Next::Write(out, pong)) => pending = Some((out, pong)),
+                Some(Next::Write(out, pong)) => pending = Some(Box::new((out, pong))),
                 None => {}
             }
         } else if me.closing().is_some() {
@@ -247,7 +248,7 @@ pub async fn run(ctx: Box<SessionCtx>) {
             biased;
             // A frame was queued or a close asked for: the loop's head looks.
             _ = me.changed() => {}
-            sent = write(&mut ws, pending.as_ref()), if pending.is_some() => {
+            sent = write(&mut ws, pending.as_deref()), if pending.is_some() => {
                 if sent.is_err() {
                     break; // the connection is gone
                 }

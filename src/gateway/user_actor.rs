@@ -43,7 +43,6 @@ struct Actor {
     user: String,
     id: u64,
     me: MailboxSender,
-    channel: String,
     last_seq: i64,
     /// Fingerprints of the last events delivered, to tell a duplicate (same seq, same event)
     /// from a database restored to an older state (same seq, another event).
@@ -117,10 +116,11 @@ pub async fn run(start: Box<Start>) {
         me,
         rx,
     } = *start;
-    let channel = state.settings.user_channel(&user);
     // Subscribe first, then read: whatever commits after the read arrives through the broker,
     // into this actor's own mailbox.
+    let channel = state.settings.user_channel(&user);
     state.hub.listen(&channel, id, me.hub_listener()).await;
+    drop(channel); // not carried for the actor's life
     metrics::gauge!("notifyd_users_online").increment(1.0);
     // last_seq is unknown (-1) until the first join reads the inbox.
     let mut actor = Actor {
@@ -128,7 +128,6 @@ pub async fn run(start: Box<Start>) {
         user,
         id,
         me,
-        channel,
         last_seq: -1,
         recent: VecDeque::new(),
         last_restore_check: None,
@@ -167,7 +166,9 @@ pub async fn run(start: Box<Start>) {
             }
         }
     }
-    actor.state.hub.unlisten(&actor.channel, actor.id);
+    // The channel's name is made again rather than kept: one less string per connected user.
+    let channel = actor.state.settings.user_channel(&actor.user);
+    actor.state.hub.unlisten(&channel, actor.id);
     metrics::gauge!("notifyd_users_online").decrement(1.0);
 }
 
