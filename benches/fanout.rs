@@ -368,8 +368,8 @@ async fn topic_notifyd(
     let (socks, connect_s) = open_all(n, |i| {
         let token = keys.mint(&format!("f{i}"), 3600, &grant);
         async move {
-            let mut ws = open_ws(i, server, &format!("/ws?token={}", token?)).await?;
-            wait_text(&mut ws, "\"hello\"").await?;
+            let path = format!("/ws?token={}", token?);
+            let (mut ws, _) = support::until_hello(|| open_ws(i, server, &path)).await?;
             let sub = json!({"type": "subscribe", "topics": [TOPIC], "ref": "s"});
             ws.send(Message::text(sub.to_string())).await?;
             wait_text(&mut ws, "\"ack\"").await?;
@@ -518,8 +518,8 @@ async fn to_users(node: &Node, db: &str, n: usize) -> anyhow::Result<ToUsersResu
     let (socks, connect_s) = open_all(n, |i| {
         let token = keys.mint(&format!("u{i}"), 3600, &[]);
         async move {
-            let mut ws = open_ws(i, server, &format!("/ws?token={}", token?)).await?;
-            wait_text(&mut ws, "\"hello\"").await?;
+            let path = format!("/ws?token={}", token?);
+            let (ws, _) = support::until_hello(|| open_ws(i, server, &path)).await?;
             Ok(ws)
         }
     })

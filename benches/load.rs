@@ -1034,10 +1034,9 @@ async fn ws_memory(bin: &str, db: &str, prefix: &str, n: usize) -> anyhow::Resul
                 .mint(&format!("m{i}"), 3600, &topics)
                 .unwrap_or_default();
             async move {
-                let mut ws = ws_client(node.port, i, token).await?;
-                if !read_until(&mut ws, "\"hello\"", 1, Duration::from_secs(30)).await {
-                    bail!("socket {i}: no hello");
-                }
+                let (ws, _) = support::until_hello(|| ws_client(node.port, i, token.clone()))
+                    .await
+                    .with_context(|| format!("socket {i}"))?;
                 Ok::<_, anyhow::Error>(ws)
             }
         });

@@ -239,14 +239,15 @@ impl Application {
     }
 }
 
-/// HTTP workers per CPU when `NOTIFYD_HTTP_WORKERS` is unset. Each worker is a single-threaded
-/// runtime running every connection it accepted on one queue, so with one worker per CPU (actix's
-/// default) a REST call waited behind the thousands of handshakes a reconnect storm put on its
-/// worker's queue. With four per CPU the operating system time-slices the workers: a REST call's
-/// worker gets the CPU within a scheduler slice of the storm's. Measured (15,000-client storm on 2
-/// CPUs, two rounds back to back): POST p99 on the survivor 200 and 106 ms with 2 workers, 77
-/// and 65 ms with 8 (docs/benchmarks.md). Idle workers cost a thread and an empty runtime each.
-pub const HTTP_WORKERS_PER_CPU: usize = 4;
+/// HTTP workers per CPU when `NOTIFYD_HTTP_WORKERS` is unset: one, actix's own default. Each
+/// worker is a single-threaded runtime running every connection it accepted on one queue. More
+/// workers than CPUs let the operating system time-slice a REST call's worker against workers
+/// busy with a reconnect storm's handshakes, but every event fanned out to sockets then wakes
+/// more threads: on 2 CPUs with 8 workers a 10,000-subscriber topic burst fell from ~670k to
+/// ~150k frames/s (4 workers: ~460k). The storm's REST latency is bounded instead by admitting
+/// fewer handshakes at once (`NOTIFYD_WS_MAX_JOINING`, 64): with 2 workers, POST p99 on the
+/// survivor 37–55 ms (204 ms with 256 admitted). docs/benchmarks.md has the runs.
+pub const HTTP_WORKERS_PER_CPU: usize = 1;
 
 pub fn default_http_workers() -> usize {
     HTTP_WORKERS_PER_CPU

@@ -165,8 +165,8 @@ pub async fn connect(
     match t.kind {
         Kind::Notifyd => {
             let token = keys.mint(user, 3600, &grant)?;
-            let mut ws = open_ws(src, t.ws, &format!("/ws?token={token}")).await?;
-            wait_for(&mut ws, t.kind, "\"hello\"").await?;
+            let path = format!("/ws?token={token}");
+            let (mut ws, _) = crate::support::until_hello(|| open_ws(src, t.ws, &path)).await?;
             if let Some(topic) = topic {
                 let sub = json!({"type": "subscribe", "topics": [topic], "ref": "s"});
                 send(&mut ws, t.kind, sub.to_string()).await?;

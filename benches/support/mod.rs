@@ -240,3 +240,53 @@ pub fn write_section(path: &str, heading: &str, section: &str) -> anyhow::Result
     std::fs::write(path, out)?;
     Ok(())
 }
+
+/// A notifyd WebSocket that got its `hello` (returned with the hello's text). `open` makes a
+/// fresh connection each try: a node at its handshakes-in-flight cap (`NOTIFYD_WS_MAX_JOINING`)
+/// closes the handshake with 1013 and `retry_after=<ms>`, and this waits that long and tries
+/// again, as notifyd's clients do (a bench opening thousands of sockets at once must not count
+/// the node's admission control as failures).
+pub async fn until_hello<F, Fut>(
+    mut open: F,
+) -> anyhow::Result<(
+    tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    String,
+)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<
+        Output = anyhow::Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>>,
+    >,
+{
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    for _ in 0..30 {
+        let mut ws = open().await?;
+        let wait = loop {
+            match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+                Err(_) => bail!("no hello within 30 s"),
+                Ok(Some(Ok(Message::Text(t)))) if t.contains("\"hello\"") => {
+                    return Ok((ws, t.to_string()))
+                }
+                Ok(Some(Ok(Message::Close(Some(c))))) if u16::from(c.code) == 1013 => {
+                    break retry_after_ms(&c.reason).unwrap_or(1000);
+                }
+                Ok(Some(Ok(Message::Close(c)))) => bail!("closed while waiting for hello: {c:?}"),
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(e))) => bail!("socket error waiting for hello: {e}"),
+                Ok(None) => bail!("socket ended waiting for hello"),
+            }
+        };
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+    }
+    bail!("refused 30 times (1013)")
+}
+
+/// `retry_after=<ms>` in a close reason.
+pub fn retry_after_ms(reason: &str) -> Option<u64> {
+    let rest = &reason[reason.find("retry_after=")? + "retry_after=".len()..];
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}

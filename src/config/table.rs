@@ -268,7 +268,7 @@ pub static SETTINGS: &[Setting] = &[
     },
     Setting {
         env: "NOTIFYD_WS_MAX_JOINING",
-        default: Default::Value("256"),
+        default: Default::Value("64"),
         secret: false,
         kind: Kind::Count {
             min: 1,
@@ -278,7 +278,7 @@ pub static SETTINGS: &[Setting] = &[
     },
     Setting {
         env: "NOTIFYD_HTTP_WORKERS",
-        default: Default::Note("4 per CPU"),
+        default: Default::Note("1 per CPU"),
         secret: false,
         kind: Kind::Count {
             min: 1,

@@ -61,6 +61,43 @@ async fn write(
     }
 }
 
+/// Frames written by `flush` before the session task looks at its socket and timers again.
+const FLUSH_BATCH: usize = 64;
+
+enum Flushed {
+    /// The queue is empty.
+    Empty,
+    /// A batch was written; more may wait.
+    More,
+    /// actix-ws's channel is full: this frame waits (the socket is slow).
+    Blocked(Box<(Out, Option<Bytes>)>),
+    /// A close was asked for.
+    Close,
+    /// The connection is gone.
+    Gone,
+}
+
+/// Writes queued frames while actix-ws's channel takes them at once, up to `FLUSH_BATCH`: a
+/// burst (a topic fanned out to every socket) costs one pass of the session's select per
+/// batch, not per frame. A write that would wait is kept for the select (`write` is
+/// cancel-safe: polled once and dropped, it sent nothing).
+fn flush(ws: &mut actix_ws::Session, me: &SessionTx) -> Flushed {
+    use futures_util::FutureExt;
+    for _ in 0..FLUSH_BATCH {
+        let frame = match me.next() {
+            None => return Flushed::Empty,
+            Some(Next::Close(_)) => return Flushed::Close,
+            Some(Next::Write(out, pong)) => (out, pong),
+        };
+        match write(ws, Some(&frame)).now_or_never() {
+            Some(Ok(())) => {}
+            Some(Err(_)) => return Flushed::Gone,
+            None => return Flushed::Blocked(Box::new(frame)),
+        }
+    }
+    Flushed::More
+}
+
 /// Sends the close frame and makes sure the connection goes. The close frame queues behind
 /// what the socket already holds, so it waits up to `grace` for a slow client to read that far
 /// (a client that resumes reading then sees its 4008 and resumes with `since`); a connection
@@ -235,11 +272,15 @@ pub async fn run(ctx: Box<SessionCtx>) {
     // (Boxed while it waits: a socket's task carries a pointer, not the frame, when idle.)
     let mut pending: Option<Box<(Out, Option<Bytes>)>> = None;
     loop {
+        // A full batch was written and more may wait: look at the socket and timers, let the
+        // worker's other tasks run, then write on.
+        let mut more = false;
         if pending.is_none() {
-            match me.next() {
-                Some(Next::Close(_)) => break,
-                Some(Next::Write(out, pong)) => pending = Some(Box::new((out, pong))),
-                None => {}
+            match flush(&mut ws, &me) {
+                Flushed::Empty => {}
+                Flushed::More => more = true,
+                Flushed::Blocked(frame) => pending = Some(frame),
+                Flushed::Close | Flushed::Gone => break,
             }
         } else if me.closing().is_some() {
             break;
@@ -373,6 +414,8 @@ pub async fn run(ctx: Box<SessionCtx>) {
                     break;
                 }
             }
+            // Last: every other branch was looked at first.
+            _ = tokio::task::yield_now(), if more => {}
         }
     }
     let close = me.closing();
