@@ -244,9 +244,11 @@ impl Application {
 /// workers than CPUs let the operating system time-slice a REST call's worker against workers
 /// busy with a reconnect storm's handshakes, but every event fanned out to sockets then wakes
 /// more threads: on 2 CPUs with 8 workers a 10,000-subscriber topic burst fell from ~670k to
-/// ~150k frames/s (4 workers: ~460k). The storm's REST latency is bounded instead by admitting
-/// fewer handshakes at once (`NOTIFYD_WS_MAX_JOINING`, 64): with 2 workers, POST p99 on the
-/// survivor 37–55 ms (204 ms with 256 admitted). docs/benchmarks.md has the runs.
+/// ~150k frames/s (4 workers: ~460k). A storm's REST latency is bounded instead by admitting
+/// fewer handshakes at once: with 2 workers, POST p99 on the survivor was 204 ms with
+/// `NOTIFYD_WS_MAX_JOINING` 256 (the default) and 37–55 ms with 64, which also slows thousands
+/// of clients getting back in (each refused one waits its 1–5 s `retry_after`). docs/benchmarks.md
+/// has the runs.
 pub const HTTP_WORKERS_PER_CPU: usize = 1;
 
 pub fn default_http_workers() -> usize {

@@ -134,7 +134,7 @@ impl Settings {
             // 2,000, not 500: draining a 200k backlog, back to back on the same (loaded) machine,
             // 1.2-1.5x the events/s and ~30% less relay CPU per event (docs/benchmarks.md).
             relay_batch: 2000,
-            ws_max_joining: 64,
+            ws_max_joining: 256,
             http_workers: None,
             relay_partitions: 1,
             log_json: false,

@@ -268,7 +268,7 @@ pub static SETTINGS: &[Setting] = &[
     },
     Setting {
         env: "NOTIFYD_WS_MAX_JOINING",
-        default: Default::Value("64"),
+        default: Default::Value("256"),
         secret: false,
         kind: Kind::Count {
             min: 1,
@@ -322,7 +322,7 @@ pub static SETTINGS: &[Setting] = &[
     },
     Setting {
         env: "NOTIFYD_MAX_ANON_SOCKETS_PER_IP",
-        default: Default::Value("64"),
+        default: Default::Value("256"),
         secret: false,
         kind: Kind::Count {
             min: 1,
