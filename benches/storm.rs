@@ -109,15 +109,6 @@ struct Outcome {
     last_error: Option<String>,
 }
 
-/// `retry_after=<ms>` in a close reason.
-fn retry_after(reason: &str) -> Option<u64> {
-    let rest = &reason[reason.find("retry_after=")? + "retry_after=".len()..];
-    let end = rest
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(rest.len());
-    rest[..end].parse().ok()
-}
-
 enum Attempt {
     Resumed,
     Wrong(String),
@@ -147,7 +138,9 @@ async fn attempt(i: usize, server: SocketAddr, token: &str, since: i64, last: i6
                     .map(|c| (u16::from(c.code), c.reason.to_string()))
                     .unwrap_or((1005, String::new()));
                 if code == 1013 {
-                    return Attempt::Refused(retry_after(&reason).unwrap_or(1000));
+                    return Attempt::Refused(
+                        notifyd::gateway::protocol::retry_after_ms(&reason).unwrap_or(1000),
+                    );
                 }
                 return Attempt::Failed(format!("closed {code} {reason}"));
             }
@@ -393,7 +386,8 @@ async fn storm(
                                 return Ok(ws);
                             }
                             Ok(Some(Ok(Message::Close(Some(c))))) if u16::from(c.code) == 1013 => {
-                                let wait = retry_after(&c.reason).unwrap_or(1000);
+                                let wait = notifyd::gateway::protocol::retry_after_ms(&c.reason)
+                                    .unwrap_or(1000);
                                 tokio::time::sleep(Duration::from_millis(wait)).await;
                                 continue 'attempt;
                             }

@@ -269,7 +269,7 @@ where
                     return Ok((ws, t.to_string()))
                 }
                 Ok(Some(Ok(Message::Close(Some(c))))) if u16::from(c.code) == 1013 => {
-                    break retry_after_ms(&c.reason).unwrap_or(1000);
+                    break notifyd::gateway::protocol::retry_after_ms(&c.reason).unwrap_or(1000);
                 }
                 Ok(Some(Ok(Message::Close(c)))) => bail!("closed while waiting for hello: {c:?}"),
                 Ok(Some(Ok(_))) => continue,
@@ -280,13 +280,4 @@ where
         tokio::time::sleep(Duration::from_millis(wait)).await;
     }
     bail!("refused 30 times (1013)")
-}
-
-/// `retry_after=<ms>` in a close reason.
-pub fn retry_after_ms(reason: &str) -> Option<u64> {
-    let rest = &reason[reason.find("retry_after=")? + "retry_after=".len()..];
-    let end = rest
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(rest.len());
-    rest[..end].parse().ok()
 }
