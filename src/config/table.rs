@@ -322,7 +322,7 @@ pub static SETTINGS: &[Setting] = &[
     },
     Setting {
         env: "NOTIFYD_MAX_ANON_SOCKETS_PER_IP",
-        default: Default::Value("256"),
+        default: Default::Value("64"),
         secret: false,
         kind: Kind::Count {
             min: 1,
