@@ -182,6 +182,7 @@ async fn bench() -> anyhow::Result<()> {
     };
     if write {
         report::write_doc("docs/benchmarks.md", &section)?;
+        support::summary_rows("10-peers", &report::summary(&r, &cfg.sizes, &cfg.rates))?;
         if !r.lat.is_empty() {
             std::fs::write("docs/bench-latency.csv", report::csv(&r.lat))?;
             std::fs::write("docs/bench-latency.svg", report::svg(&r.lat))?;

@@ -19,26 +19,62 @@ wants() { [[ " $only " == *" $1 "* ]]; }
 
 cargo build --release
 
+# Issue 10's table at the top of the page is composed from rows the benches of THIS run leave
+# here (benches/support: summary_rows), so it can hold no figure of an earlier run.
+export BENCH_SUMMARY_DIR="$PWD/target/bench-summary"
+rm -rf "$BENCH_SUMMARY_DIR"
+mkdir -p "$BENCH_SUMMARY_DIR"
+started="$(date -u '+%Y-%m-%d %H:%M UTC')"
+commit="$(git rev-parse --short=9 HEAD)$(git diff --quiet HEAD -- src benches Cargo.toml Cargo.lock || echo +dirty)"
+failed=""
+# A bench that fails is reported and the others still run; the run then exits non-zero.
+step() {
+  local name=$1
+  shift
+  echo "== $name"
+  if ! "$@"; then
+    echo "!! $name failed"
+    failed="$failed $name"
+  fi
+}
+
 doc=docs/benchmarks.md
-if wants load; then
-  echo "== load"
-  # Every scenario rewrites only its own section of the page.
-  BENCH_WS_CONNS=${BENCH_WS_CONNS:-5000} cargo bench --bench load
+# Every scenario rewrites only its own section of the page.
+wants load && step load env BENCH_WS_CONNS="${BENCH_WS_CONNS:-5000}" cargo bench --bench load
+wants fanout && step fanout env BENCH_FANOUT_CONNS=10000 BENCH_FANOUT_LABEL=current cargo bench --bench fanout
+wants peers && step peers cargo bench --bench peers
+wants storm && step storm env BENCH_STORM_CLIENTS=15000 BENCH_STORM_LABEL=current cargo bench --bench storm
+wants eventlog && step eventlog cargo bench --bench eventlog
+
+# The table, only after a full run: a partial one (BENCH_ONLY) leaves it as it was.
+if [ -z "${BENCH_ONLY:-}" ]; then
+  table="$(mktemp)"
+  {
+    echo "<!-- summary:begin -->"
+    echo "## Issue 10's table (written by the last full run of scripts/bench.sh)"
+    echo
+    echo "Composed by \`scripts/bench.sh\` from the rows its benches left in one run: started $started,"
+    echo "finished $(date -u '+%H:%M UTC'), commit \`$commit\`, $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')),"
+    echo "default settings. Each figure was measured beside its reference in that same run; the"
+    echo "sections below hold the details. Benches that failed in this run: ${failed:-none}."
+    echo
+    echo "| figure | notifyd | reference, same run | ratio | goal | met? |"
+    echo "|---|---|---|---|---|---|"
+    cat "$BENCH_SUMMARY_DIR"/*.md 2>/dev/null || true
+    echo "<!-- summary:end -->"
+  } > "$table"
+  if grep -q '^<!-- summary:begin -->' "$doc"; then
+    awk -v f="$table" '
+      index($0, "<!-- summary:begin -->") == 1 { while ((getline l < f) > 0) print l; skip = 1; next }
+      skip && index($0, "<!-- summary:end -->") == 1 { skip = 0; next }
+      !skip { print }' "$doc" > "$doc.new" && mv "$doc.new" "$doc"
+  else
+    cat "$table" >> "$doc"
+  fi
+  rm -f "$table"
 fi
-if wants fanout; then
-  echo "== fanout"
-  BENCH_FANOUT_CONNS=10000 BENCH_FANOUT_LABEL=current cargo bench --bench fanout
-fi
-if wants peers; then
-  echo "== peers"
-  cargo bench --bench peers
-fi
-if wants storm && [ -f benches/storm.rs ]; then
-  echo "== storm"
-  BENCH_STORM_CLIENTS=15000 BENCH_STORM_LABEL=current cargo bench --bench storm
-fi
-if wants eventlog; then
-  echo "== eventlog"
-  cargo bench --bench eventlog
+if [ -n "$failed" ]; then
+  echo "docs/benchmarks.md regenerated, except:$failed"
+  exit 1
 fi
 echo "docs/benchmarks.md regenerated"

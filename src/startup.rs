@@ -118,10 +118,20 @@ impl Application {
             };
             tasks.push(tokio::spawn(housekeeper.run(shutdown_rx.clone())));
         }
+        let workers = settings.http_workers.unwrap_or_else(default_http_workers);
+        metrics::gauge!("notifyd_http_workers").set(workers as f64);
+        let max_joining = settings
+            .ws_max_joining
+            .unwrap_or(WS_JOINING_PER_WORKER * workers);
+        metrics::gauge!("notifyd_ws_max_joining").set(max_joining as f64);
         let gateway = Arc::new(Gateway::new(
             tokio::runtime::Handle::current(),
             settings.db_pool_size,
-            settings.ws_max_joining,
+            crate::gateway::admission::Admission::new(
+                max_joining,
+                settings.ws_join_queue,
+                settings.ws_join_wait,
+            ),
         ));
         let settings = Arc::new(settings);
         let (topics, shards) =
@@ -175,11 +185,6 @@ impl Application {
             .with_context(|| format!("binding {}", state.settings.bind))?;
         let port = listener.local_addr()?.port();
         let cors = crate::api::cors::CorsPolicy::new(state.settings.allowed_origins.as_deref());
-        let workers = state
-            .settings
-            .http_workers
-            .unwrap_or_else(default_http_workers);
-        metrics::gauge!("notifyd_http_workers").set(workers as f64);
         let server = HttpServer::new(move || {
             let app = App::new()
                 .app_data(data.clone())
@@ -245,11 +250,16 @@ impl Application {
 /// busy with a reconnect storm's handshakes, but every event fanned out to sockets then wakes
 /// more threads: on 2 CPUs with 8 workers a 10,000-subscriber topic burst fell from ~670k to
 /// ~150k frames/s (4 workers: ~460k). A storm's REST latency is bounded instead by admitting
-/// fewer handshakes at once: with 2 workers, POST p99 on the survivor was 204 ms with
-/// `NOTIFYD_WS_MAX_JOINING` 256 (the default) and 37–55 ms with 64, which also slows thousands
-/// of clients getting back in (each refused one waits its 1–5 s `retry_after`). docs/benchmarks.md
-/// has the runs.
+/// fewer handshakes at once (`WS_JOINING_PER_WORKER`). docs/benchmarks.md has the runs.
 pub const HTTP_WORKERS_PER_CPU: usize = 1;
+
+/// Handshakes in flight per HTTP worker when `NOTIFYD_WS_MAX_JOINING` is unset. A worker runs
+/// a REST call and every handshake it holds on one queue, so the call waits behind the
+/// handshakes' turns: on a 2-worker survivor of a 15,000-client storm, POST p99 was 204 ms with
+/// 256 handshakes in flight and 37–55 ms with 64 (4 workers: 26.6 ms with 128). More wait for a
+/// turn (`gateway::admission`), so a small cap does not slow everyone getting back in.
+/// Counted per worker so that a node with more cores takes proportionally more.
+pub const WS_JOINING_PER_WORKER: usize = 32;
 
 pub fn default_http_workers() -> usize {
     HTTP_WORKERS_PER_CPU

@@ -103,6 +103,21 @@ cores, so read the ratios.\n\n",
     s.push_str(
         "| figure | notifyd | peer | ratio | goal (issue 10) | met? |\n|---|---|---|---|---|---|\n",
     );
+    s.push_str(&summary(r, sizes, rates));
+    s.push('\n');
+    for n in saturation_notes(r) {
+        let _ = writeln!(s, "{n}\n");
+    }
+    details(&mut s, r);
+    s.push_str(END);
+    s.push('\n');
+    s
+}
+
+/// One row per goal of issue 10's table that this bench measures (also the rows this bench
+/// gives the table at the top of the page, see `support::summary_rows`).
+pub fn summary(r: &Results, sizes: &[usize], rates: &[u64]) -> String {
+    let mut s = String::new();
     for &n in sizes {
         let nd = mem_at(r, "notifyd", n).map(|p| p.kib_per_socket());
         let sio = mem_at(r, "socketio", n).map(|p| p.kib_per_socket());
@@ -171,12 +186,10 @@ cores, so read the ratios.\n\n",
             met(ok)
         );
     }
-    s.push('\n');
-    for n in saturation_notes(r) {
-        let _ = writeln!(s, "{n}\n");
-    }
+    s
+}
 
-    // Details.
+fn details(s: &mut String, r: &Results) {
     s.push_str("### Memory per idle WebSocket\n\nEach socket a distinct user (notifyd and Socket.IO with a JWT, NATS with a `SUB` to a subject of\nits own), ready (notifyd: `hello`; Socket.IO: `40` answered and `hello`; NATS: `PONG`), then idle\nbut answering pings; the sockets are held by child processes of the bench (≤ 5,000 each, each\nfrom its own 127.0.0.x). Server RSS (VmRSS) after 20 warm-up sockets came and went, then again\nafter all sockets were ready and the server settled; per socket = difference ÷ sockets.\n\n| server | sockets ready (failed) | RSS before → after | per socket |\n|---|---|---|---|\n");
     for (who, points) in &r.mem {
         for p in points {
@@ -233,9 +246,6 @@ cores, so read the ratios.\n\n",
         }
     }
     s.push_str("\nA process here may hold at most ~19,900 sockets (hard open-files limit 20,000): figures beyond\nthat size are extrapolations, not measurements.\n");
-    s.push_str(END);
-    s.push('\n');
-    s
 }
 
 /// Replaces this bench's section of the document, or appends it; nothing else changes.

@@ -90,10 +90,27 @@ pub async fn hold() -> anyhow::Result<()> {
     let count: usize = var(HOLD_COUNT)?.parse()?;
     let base: u8 = var(HOLD_SRC)?.parse()?;
     let prefix = format!("{}{from}-", var(HOLD_PREFIX)?);
-    let (socks, failed, _) = open_many(&t, count, &prefix, None, base, 1).await;
-    let ok = socks.len();
-    for mut ws in socks {
-        tokio::spawn(async move { while let Ok(Some(_)) = client::recv(&mut ws, kind).await {} });
+    // Each socket answers pings from the moment it is open, not once all are: while a node
+    // refuses handshakes past its admission cap, opening thousands takes a while, and a socket
+    // that does not answer for the server's liveness window is closed.
+    let ready: Vec<anyhow::Result<()>> = futures_util::stream::iter(0..count)
+        .map(|i| {
+            let (t, user) = (&t, format!("{prefix}{i}"));
+            async move {
+                let mut ws = client::connect(t, src(base, i, 1), &user, None).await?;
+                tokio::spawn(async move {
+                    while let Ok(Some(_)) = client::recv(&mut ws, kind).await {}
+                });
+                Ok(())
+            }
+        })
+        .buffer_unordered(CONNECT_CONCURRENCY)
+        .collect()
+        .await;
+    let ok = ready.iter().filter(|r| r.is_ok()).count();
+    let failed = ready.len() - ok;
+    if let Some(Err(e)) = ready.iter().find(|r| r.is_err()) {
+        eprintln!("    first failed connect: {e:#}");
     }
     {
         use std::io::Write;

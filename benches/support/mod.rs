@@ -41,6 +41,29 @@ pub fn notifyd_bin() -> anyhow::Result<String> {
     Ok(bin)
 }
 
+/// Issue 10's table at the top of docs/benchmarks.md is composed by `scripts/bench.sh` from rows
+/// the benches of ONE run leave in `BENCH_SUMMARY_DIR` (the script sets it and empties it first),
+/// so no figure of an earlier run can stand in it. `part` names the file (the script sorts
+/// them); `rows` are lines of the table (`| figure | notifyd | reference | goal | met? |`).
+/// Unset (a bench run on its own): nothing is written.
+pub fn summary_rows(part: &str, rows: &str) -> anyhow::Result<()> {
+    let Ok(dir) = std::env::var("BENCH_SUMMARY_DIR") else {
+        return Ok(());
+    };
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(std::path::Path::new(&dir).join(format!("{part}.md")), rows)?;
+    Ok(())
+}
+
+/// "met" / "not met" for a summary row.
+pub fn met(ok: bool) -> &'static str {
+    if ok {
+        "**met**"
+    } else {
+        "**not met**"
+    }
+}
+
 /// A database of its own for one bench run, dropped by `drop_db`.
 pub struct BenchDb {
     pub name: String,
@@ -146,6 +169,17 @@ impl Node {
             .arg(self.child.id().to_string())
             .status();
         let _ = self.child.wait();
+    }
+}
+
+/// A bench that fails half-way (`?`) must not leave its node running: an orphaned `notifyd
+/// serve` kept logging database errors after its bench had dropped the database.
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 

@@ -64,7 +64,14 @@ pub struct Settings {
     /// `NOTIFYD_WS_MAX_JOINING`: WebSocket handshakes this node takes at once, each counted from
     /// its request until its `hello` was sent (auth, actor, catch-up read). Beyond it a handshake
     /// is closed at once with 1013 and a `retry_after`, before any auth or database work.
-    pub ws_max_joining: usize,
+    /// `None`: `WS_JOINING_PER_WORKER` per HTTP worker.
+    pub ws_max_joining: Option<usize>,
+    /// `NOTIFYD_WS_JOIN_QUEUE`: handshakes that may wait for a turn past `ws_max_joining`
+    /// (0: refuse at once).
+    pub ws_join_queue: usize,
+    /// `NOTIFYD_WS_JOIN_WAIT`: how long a queued handshake waits for its turn before it is
+    /// refused.
+    pub ws_join_wait: Duration,
     /// `NOTIFYD_HTTP_WORKERS`: HTTP worker threads (`None`: `HTTP_WORKERS_PER_CPU` per CPU). Each
     /// is a single-threaded runtime that owns the connections it accepted: REST calls and
     /// WebSocket sessions on the same worker wait in one queue.
@@ -134,7 +141,9 @@ impl Settings {
             // 2,000, not 500: draining a 200k backlog, back to back on the same (loaded) machine,
             // 1.2-1.5x the events/s and ~30% less relay CPU per event (docs/benchmarks.md).
             relay_batch: 2000,
-            ws_max_joining: 256,
+            ws_max_joining: None,
+            ws_join_queue: 8192,
+            ws_join_wait: Duration::from_secs(5),
             http_workers: None,
             relay_partitions: 1,
             log_json: false,

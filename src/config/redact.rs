@@ -61,6 +61,8 @@ impl fmt::Debug for Settings {
             audit_interval,
             relay_batch,
             ws_max_joining,
+            ws_join_queue,
+            ws_join_wait,
             http_workers,
             relay_partitions,
             log_json,
@@ -106,6 +108,8 @@ impl fmt::Debug for Settings {
             .field("audit_interval", audit_interval)
             .field("relay_batch", relay_batch)
             .field("ws_max_joining", ws_max_joining)
+            .field("ws_join_queue", ws_join_queue)
+            .field("ws_join_wait", ws_join_wait)
             .field("http_workers", http_workers)
             .field("relay_partitions", relay_partitions)
             .field("log_json", log_json)

@@ -268,12 +268,34 @@ pub static SETTINGS: &[Setting] = &[
     },
     Setting {
         env: "NOTIFYD_WS_MAX_JOINING",
-        default: Default::Value("256"),
+        default: Default::Note("32 per HTTP worker"),
         secret: false,
         kind: Kind::Count {
             min: 1,
             max: 100_000,
-            set: |s, n| s.ws_max_joining = n as usize,
+            set: |s, n| s.ws_max_joining = Some(n as usize),
+        },
+    },
+    Setting {
+        env: "NOTIFYD_WS_JOIN_QUEUE",
+        default: Default::Value("8192"),
+        secret: false,
+        kind: Kind::Count {
+            min: 0,
+            max: 1_000_000,
+            set: |s, n| s.ws_join_queue = n as usize,
+        },
+    },
+    Setting {
+        env: "NOTIFYD_WS_JOIN_WAIT",
+        default: Default::Value("5s"),
+        secret: false,
+        kind: Kind::Duration {
+            // Below a client's own handshake timeout (notifyd-client.js: 10 s).
+            min: ms(100),
+            max: secs(60),
+            zero_unsets: false,
+            set: |s, d| s.ws_join_wait = d,
         },
     },
     Setting {

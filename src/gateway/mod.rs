@@ -1,5 +1,6 @@
 //! The WebSocket gateway: per node, one actor per connected user owns all that user's sessions.
 
+pub mod admission;
 pub mod catch_up;
 pub mod conn;
 pub mod frame_guard;

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{oneshot, Semaphore};
 
+use super::admission::Admission;
 use super::catch_up::CatchUp;
 use super::mailbox::{self, ActorMsg, Join, MailboxSender, TrySendError};
 use super::outbound::SessionTx;
@@ -32,8 +33,9 @@ pub struct Gateway {
     pub db_commands: Arc<Semaphore>,
     /// Joining sessions' reads (counters, missed events), batched across users.
     pub catch_up: CatchUp,
-    /// Handshakes in flight, from the request to `hello` (`NOTIFYD_WS_MAX_JOINING`).
-    pub joining: Arc<Semaphore>,
+    /// Handshakes worked on at once and waiting for a turn (`NOTIFYD_WS_MAX_JOINING`,
+    /// `NOTIFYD_WS_JOIN_QUEUE`, `NOTIFYD_WS_JOIN_WAIT`).
+    pub admission: Admission,
     next_id: AtomicU64,
     shutting_down: AtomicBool,
     /// Actors and other long-lived tasks run on the main runtime, not on an HTTP worker's.
@@ -41,14 +43,14 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(runtime: tokio::runtime::Handle, db_pool_size: usize, max_joining: usize) -> Self {
+    pub fn new(runtime: tokio::runtime::Handle, db_pool_size: usize, admission: Admission) -> Self {
         Gateway {
             actors: Mutex::new(HashMap::new()),
             sockets: Arc::new(SocketCounts::default()),
             anon_sockets: Arc::new(SocketCounts::default()),
             db_commands: Arc::new(Semaphore::new((db_pool_size / 2).max(1))),
             catch_up: CatchUp::new(runtime.clone()),
-            joining: Arc::new(Semaphore::new(max_joining.max(1))),
+            admission,
             next_id: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
             runtime,

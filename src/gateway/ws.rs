@@ -3,14 +3,12 @@
 //! the session to the user's actor (an anonymous viewer of public topics has none: it gets its
 //! `hello` here).
 //!
-//! Admission comes first. When a node dies, all its clients resume on the survivors within a
-//! second; each join costs a handshake, a token check, an actor and a catch-up read, and
-//! thousands at once starve the HTTP API on the same cores. So at most `NOTIFYD_WS_MAX_JOINING`
-//! handshakes are in flight per node (from the request until `hello` was sent); one more is
-//! upgraded and closed at once with 1013 and a jittered `retry_after` (what our clients already
-//! honour for a busy node), before any auth or database work. A plain HTTP 503 would be cheaper
-//! still, but a browser's WebSocket sees neither its status nor its `Retry-After`: only a close
-//! code and reason reach it.
+//! Admission comes first (`gateway::admission`): a node works on `NOTIFYD_WS_MAX_JOINING`
+//! handshakes at once and queues a bounded number more. One it cannot take or queue is upgraded
+//! and closed at once with 1013 and a jittered `retry_after` (what our clients already honour
+//! for a busy node), before any auth or database work. A plain HTTP 503 would be cheaper still,
+//! but a browser's WebSocket sees neither its status nor its `Retry-After`: only a close code
+//! and reason reach it.
 
 use actix_web::{get, web, FromRequest, HttpRequest, HttpResponse};
 use serde::Deserialize;
@@ -38,7 +36,7 @@ pub async fn connect(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let Ok(joining) = state.gateway.joining.clone().try_acquire_owned() else {
+    let Some(joining) = state.gateway.admission.admit().await else {
         return refuse_busy(&req, body, &state);
     };
     check_origin(&req, &state)?;
@@ -139,7 +137,8 @@ pub async fn connect(
 }
 
 /// Upgrades and at once closes with 1013 and a jittered `retry_after`: the node has
-/// `NOTIFYD_WS_MAX_JOINING` handshakes in flight. Nothing the client sent is read.
+/// `NOTIFYD_WS_MAX_JOINING` handshakes in flight and no place in its queue (or the wait for one
+/// passed `NOTIFYD_WS_JOIN_WAIT`). Nothing the client sent is read.
 fn refuse_busy(
     req: &HttpRequest,
     body: web::Payload,

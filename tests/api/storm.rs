@@ -156,7 +156,8 @@ async fn told_when_to_retry_after(outage: fn(&Cuttable), db_request_timeout: Opt
 }
 
 /// Past `NOTIFYD_WS_MAX_JOINING` handshakes in flight (here 2, held in flight by a database that
-/// stopped answering), one more is upgraded and closed at once with 1013 and a `retry_after` of
+/// stopped answering) and with no place to wait (`NOTIFYD_WS_JOIN_QUEUE=0`), one more is
+/// upgraded and closed at once with 1013 and a `retry_after` of
 /// 1 to 5 s, before any auth work: even a bad token gets that answer, not 401. Once the
 /// in-flight joins have ended, a client that retries as told gets in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,7 +170,8 @@ async fn handshakes_past_the_nodes_cap_are_told_when_to_retry_and_get_in_when_th
         // Long enough to hold the two joins while the third is refused, short enough that the
         // node recovers soon after the freeze.
         s.db_request_timeout = Duration::from_secs(8);
-        s.ws_max_joining = 2;
+        s.ws_max_joining = Some(2);
+        s.ws_join_queue = 0;
     })
     .await;
     let users: Vec<String> = (0..3).map(|_| new_user()).collect();
@@ -231,9 +233,9 @@ async fn handshakes_past_the_nodes_cap_are_told_when_to_retry_and_get_in_when_th
     app.stop().await;
 }
 
-/// With a cap far below the crowd (3 handshakes in flight, 30 clients at once, the database
-/// pausing for the first half second so the first joins surely hold the cap), every client
-/// that honours 1013's `retry_after` gets in, each with its `hello` at its own seq.
+/// With a cap far below the crowd (3 handshakes in flight, no queue, 30 clients at once, the
+/// database pausing for the first half second so the first joins surely hold the cap), every
+/// client that honours 1013's `retry_after` gets in, each with its `hello` at its own seq.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crowd_larger_than_the_cap_all_gets_in_by_retrying_as_told() {
     const CLIENTS: usize = 30;
@@ -242,7 +244,8 @@ async fn a_crowd_larger_than_the_cap_all_gets_in_by_retrying_as_told() {
     let via_proxy = proxy.pg_url(&db.url);
     let app = spawn_app_with(&db, Opts::no_relay(), |s| {
         s.database_url = via_proxy.clone();
-        s.ws_max_joining = 3;
+        s.ws_max_joining = Some(3);
+        s.ws_join_queue = 0;
     })
     .await;
     let users: Vec<String> = (0..CLIENTS).map(|_| new_user()).collect();
@@ -283,5 +286,93 @@ async fn a_crowd_larger_than_the_cap_all_gets_in_by_retrying_as_told() {
     tokio::join!(futures_util::future::join_all(clients), pause);
     // The cap did refuse some (else this test shows nothing about retrying).
     assert!(refused.into_inner() > 0, "no handshake was refused");
+    app.stop().await;
+}
+
+/// With the default queue, a crowd larger than the cap (3 handshakes in flight, 30 clients at
+/// once, their catch-up reads held for the first half second by a lock on the inbox tables, so
+/// the first joins surely hold the cap) waits for its turns instead of being refused: every
+/// client gets its `hello` on its first try.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowd_larger_than_the_cap_waits_its_turn_and_nobody_is_refused() {
+    use diesel_async::RunQueryDsl;
+    const CLIENTS: usize = 30;
+    let db = TestDb::new().await;
+    let app = spawn_app_with(&db, Opts::no_relay(), |s| {
+        s.ws_max_joining = Some(3);
+    })
+    .await;
+    let users: Vec<String> = (0..CLIENTS).map(|_| new_user()).collect();
+    for u in &users {
+        app.send(u, "one").await;
+    }
+    let mut locker = db.conn().await;
+    for sql in [
+        "BEGIN",
+        "LOCK TABLE user_inbox_state, user_event IN ACCESS EXCLUSIVE MODE",
+    ] {
+        diesel::sql_query(sql)
+            .execute(&mut locker)
+            .await
+            .expect(sql);
+    }
+    let pause = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        diesel::sql_query("COMMIT")
+            .execute(&mut locker)
+            .await
+            .expect("COMMIT");
+    };
+    let clients = users.iter().map(|u| {
+        let app = &app;
+        async move {
+            let mut c = app.ws(u, Some(1)).await;
+            match c.next(Duration::from_secs(20)).await {
+                Some(f) => {
+                    assert_eq!(f["type"], "hello", "{u}: {f}");
+                    assert_eq!(f["seq"].as_i64(), Some(1), "{u}");
+                }
+                None => panic!("{u} was not let in: {:?}", c.closed),
+            }
+            c.close().await;
+        }
+    });
+    tokio::join!(futures_util::future::join_all(clients), pause);
+    app.stop().await;
+}
+
+/// A handshake waits for its turn at most `NOTIFYD_WS_JOIN_WAIT` (here 1 s, the only join
+/// held by a database that stopped answering): then it is told to retry with 1013, like one
+/// that found no place in the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_that_waits_past_the_bound_is_told_to_retry() {
+    let db = TestDb::new().await;
+    let proxy = Cuttable::start("127.0.0.1:5432").await;
+    let via_proxy = proxy.pg_url(&db.url);
+    let app = spawn_app_with(&db, Opts::no_relay(), |s| {
+        s.database_url = via_proxy.clone();
+        s.db_request_timeout = Duration::from_secs(8);
+        s.ws_max_joining = Some(1);
+        s.ws_join_wait = Duration::from_secs(1);
+    })
+    .await;
+    let (held, late) = (new_user(), new_user());
+    app.send(&held, "before").await;
+    proxy.freeze();
+    let _holding = app.ws(&held, Some(0)).await;
+    let started = std::time::Instant::now();
+    let mut c = app.ws(&late, Some(0)).await;
+    assert_eq!(c.expect_close(Duration::from_secs(5)).await, Some(1013));
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(4),
+        "refused after {waited:?}"
+    );
+    let (_, reason) = c.closed.clone().expect("closed");
+    assert!(
+        notifyd::gateway::protocol::retry_after_ms(&reason).is_some(),
+        "{reason}"
+    );
+    proxy.restore();
     app.stop().await;
 }
