@@ -61,9 +61,9 @@ pub struct Settings {
     pub audit_interval: Duration,
     /// `NOTIFYD_RELAY_BATCH`: outbox entries per relay transaction (one PUBLISH pipeline).
     pub relay_batch: i64,
-    /// `NOTIFYD_WS_MAX_JOINING`: WebSocket handshakes this node takes at once, each counted from
-    /// its request until its `hello` was sent (auth, actor, catch-up read). Beyond it a handshake
-    /// is closed at once with 1013 and a `retry_after`, before any auth or database work.
+    /// `NOTIFYD_WS_MAX_JOINING`: WebSocket handshakes this node works on at once, each counted
+    /// from its turn until its `hello` was sent (actor, catch-up read). Beyond it a handshake
+    /// waits for a turn (`ws_join_queue`, `ws_join_wait`, see `gateway::admission`).
     /// `None`: `WS_JOINING_PER_WORKER` per HTTP worker.
     pub ws_max_joining: Option<usize>,
     /// `NOTIFYD_WS_JOIN_QUEUE`: handshakes that may wait for a turn past `ws_max_joining`

@@ -281,8 +281,9 @@ pub static SETTINGS: &[Setting] = &[
         default: Default::Value("8192"),
         secret: false,
         kind: Kind::Count {
+            // Each waiting handshake holds a file descriptor.
             min: 0,
-            max: 1_000_000,
+            max: 100_000,
             set: |s, n| s.ws_join_queue = n as usize,
         },
     },
@@ -291,9 +292,10 @@ pub static SETTINGS: &[Setting] = &[
         default: Default::Value("5s"),
         secret: false,
         kind: Kind::Duration {
-            // Below a client's own handshake timeout (notifyd-client.js: 10 s).
+            // A client's own handshake timeout (notifyd-client.js: 10 s) covers its wait, its
+            // join and its token fetch: a longer wait only leaves given-up handshakes waiting.
             min: ms(100),
-            max: secs(60),
+            max: secs(10),
             zero_unsets: false,
             set: |s, d| s.ws_join_wait = d,
         },

@@ -7,21 +7,24 @@
 //! `NOTIFYD_WS_MAX_JOINING` handshakes are worked on at once, each from its request until its
 //! `hello` was sent.
 //!
-//! One more waits for a turn, in arrival order, holding nothing but its connection: up to
-//! `NOTIFYD_WS_JOIN_QUEUE` of them, each at most `NOTIFYD_WS_JOIN_WAIT`. Only past that is a
-//! handshake refused (the caller closes it with 1013 and a jittered `retry_after`). Refusing at
-//! once instead cost twice: every refused client came back with a whole new handshake, and its
-//! 1–5 s `retry_after` left the node idle while refused clients slept (a 15,000-client storm
-//! on 2 cores made 13,103 refusals and took 11.7 s to get everyone back; docs/benchmarks.md).
+//! One more waits for a turn, in arrival order, once the checks that need no database passed
+//! (origin, token, `since`, socket limits: `gateway::ws`), holding its connection and its socket
+//! count but no actor and no database work: up to `NOTIFYD_WS_JOIN_QUEUE` of them, each at most
+//! `NOTIFYD_WS_JOIN_WAIT`. Only past that is a handshake refused (the caller closes it with 1013
+//! and a jittered `retry_after`). Refusing at once instead cost twice: every refused client came
+//! back with a whole new handshake, and its 1–5 s `retry_after` left the node idle while refused
+//! clients slept (a 15,000-client storm on 2 cores made 13,103 refusals and took 11.7 s to get
+//! everyone back; docs/benchmarks.md). At shutdown (`close`) every waiting handshake is refused
+//! at once.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 pub struct Admission {
-    /// Handshakes worked on at once (`NOTIFYD_WS_MAX_JOINING`).
+    /// Handshakes worked on at once (`NOTIFYD_WS_MAX_JOINING`); closed when the node shuts down.
     joining: Arc<Semaphore>,
     /// Handshakes waiting for a turn now, at most `queue`.
     waiting: AtomicUsize,
@@ -29,14 +32,36 @@ pub struct Admission {
     wait: Duration,
 }
 
+/// Why a handshake got no turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The queue was full: refused at once.
+    QueueFull,
+    /// It waited `NOTIFYD_WS_JOIN_WAIT` without a turn.
+    WaitedTooLong,
+    /// The node is shutting down (`close`).
+    Closing,
+}
+
+impl Refused {
+    /// The `reason` label of `notifyd_ws_refused_total`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refused::QueueFull => "join_queue_full",
+            Refused::WaitedTooLong => "join_wait_expired",
+            Refused::Closing => "shutting_down",
+        }
+    }
+}
+
 /// A waiting handshake's place in the queue, given back however the wait ends (a turn, the
-/// bound, or the client going away, which drops the handler's future).
+/// bound, shutdown, or the handler's future being dropped).
 struct Place<'a>(&'a Admission);
 
 impl Drop for Place<'_> {
     fn drop(&mut self) {
-        let left = self.0.waiting.fetch_sub(1, Ordering::Relaxed) - 1;
-        metrics::gauge!("notifyd_ws_join_waiting").set(left as f64);
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!("notifyd_ws_join_waiting").decrement(1.0);
     }
 }
 
@@ -51,15 +76,26 @@ impl Admission {
     }
 
     /// A turn to work on a handshake (held until its `hello` was sent), at once or after a wait
-    /// in arrival order; `None` when the queue is full or the wait passed its bound.
-    pub async fn admit(&self) -> Option<OwnedSemaphorePermit> {
-        if let Ok(turn) = self.joining.clone().try_acquire_owned() {
-            return Some(turn);
+    /// in arrival order (tokio's semaphore hands a freed permit to the longest waiter).
+    pub async fn admit(&self) -> Result<OwnedSemaphorePermit, Refused> {
+        match self.joining.clone().try_acquire_owned() {
+            Ok(turn) => return Ok(turn),
+            Err(TryAcquireError::Closed) => return Err(Refused::Closing),
+            Err(TryAcquireError::NoPermits) => {}
         }
-        let place = self.enter()?;
+        let place = self.enter().ok_or(Refused::QueueFull)?;
         let turn = tokio::time::timeout(self.wait, self.joining.clone().acquire_owned()).await;
         drop(place);
-        turn.ok()?.ok()
+        match turn {
+            Ok(Ok(turn)) => Ok(turn),
+            Ok(Err(_closed)) => Err(Refused::Closing),
+            Err(_elapsed) => Err(Refused::WaitedTooLong),
+        }
+    }
+
+    /// Shutdown: every waiting handshake is refused now, and so is every later one.
+    pub fn close(&self) {
+        self.joining.close();
     }
 
     fn enter(&self) -> Option<Place<'_>> {
@@ -68,11 +104,9 @@ impl Admission {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
                 (n < queue).then_some(n + 1)
             })
-            .ok()
-            .map(|before| {
-                metrics::gauge!("notifyd_ws_join_waiting").set((before + 1) as f64);
-                Place(self)
-            })
+            .ok()?;
+        metrics::gauge!("notifyd_ws_join_waiting").increment(1.0);
+        Some(Place(self))
     }
 
     /// Handshakes waiting for a turn now.
@@ -92,7 +126,7 @@ mod tests {
         let a = Admission::new(2, 0, WAIT);
         let first = a.admit().await;
         let second = a.admit().await;
-        assert!(first.is_some() && second.is_some());
+        assert!(first.is_ok() && second.is_ok());
     }
 
     #[tokio::test(start_paused = true)]
@@ -100,7 +134,7 @@ mod tests {
         let a = Admission::new(1, 0, WAIT);
         let _held = a.admit().await.expect("the first turn");
         let started = tokio::time::Instant::now();
-        assert!(a.admit().await.is_none());
+        assert_eq!(a.admit().await.err(), Some(Refused::QueueFull));
         assert_eq!(started.elapsed(), Duration::ZERO);
     }
 
@@ -113,7 +147,7 @@ mod tests {
             let (a, tx) = (a.clone(), tx.clone());
             tokio::spawn(async move {
                 let turn = a.admit().await;
-                let _ = tx.send((who, turn.is_some()));
+                let _ = tx.send((who, turn.is_ok()));
                 // Each holds its turn a moment, so the next waits for it.
                 tokio::time::sleep(Duration::from_millis(100)).await;
             });
@@ -134,15 +168,19 @@ mod tests {
         let _held = a.admit().await.expect("the first turn");
         let queued = tokio::spawn({
             let a = a.clone();
-            async move { a.admit().await.is_some() }
+            async move { a.admit().await.err() }
         });
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(a.waiting(), 1);
         let started = tokio::time::Instant::now();
-        assert!(a.admit().await.is_none(), "the queue holds one");
+        assert_eq!(
+            a.admit().await.err(),
+            Some(Refused::QueueFull),
+            "the queue holds one"
+        );
         assert_eq!(started.elapsed(), Duration::ZERO);
         // The queued one is still waiting, then gives up at the bound.
-        assert!(!queued.await.expect("joined"));
+        assert_eq!(queued.await.expect("joined"), Some(Refused::WaitedTooLong));
         assert_eq!(a.waiting(), 0);
     }
 
@@ -151,7 +189,7 @@ mod tests {
         let a = Admission::new(1, 4, WAIT);
         let _held = a.admit().await.expect("the first turn");
         let started = tokio::time::Instant::now();
-        assert!(a.admit().await.is_none());
+        assert_eq!(a.admit().await.err(), Some(Refused::WaitedTooLong));
         assert_eq!(started.elapsed(), WAIT);
         assert_eq!(a.waiting(), 0);
     }
@@ -162,6 +200,23 @@ mod tests {
         let _held = a.admit().await.expect("the first turn");
         let gone = tokio::time::timeout(Duration::from_millis(50), a.admit()).await;
         assert!(gone.is_err(), "still waiting when dropped");
+        assert_eq!(a.waiting(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_refuses_the_waiting_at_once_and_everyone_after() {
+        let a = Arc::new(Admission::new(1, 4, WAIT));
+        let _held = a.admit().await.expect("the first turn");
+        let queued = tokio::spawn({
+            let a = a.clone();
+            async move { a.admit().await.err() }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let started = tokio::time::Instant::now();
+        a.close();
+        assert_eq!(queued.await.expect("joined"), Some(Refused::Closing));
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(a.admit().await.err(), Some(Refused::Closing));
         assert_eq!(a.waiting(), 0);
     }
 }

@@ -68,6 +68,26 @@ impl Conn {
         self.hard_drop();
     }
 
+    /// Whether the client has closed its side (or reset the connection) while its request was
+    /// still being answered. actix-http notices a client's FIN only when it next reads, not
+    /// while a handler is pending, so a handshake that waited for its turn looks here before
+    /// it spends a turn on a client that has gone. A peek: nothing is taken from the socket.
+    pub fn peer_closed(&self) -> bool {
+        if !self.is_open() {
+            return true;
+        }
+        // SAFETY: the connection (and so the descriptor) is open: see the module comment.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.fd) };
+        let sock = socket2::SockRef::from(&fd);
+        let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        // The socket is non-blocking (tokio's): no data yet is `WouldBlock`, an end is `Ok(0)`.
+        match sock.peek(&mut byte) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        }
+    }
+
     /// Resets the connection now (RST, buffers freed) if it is still open.
     pub fn hard_drop(&self) {
         if !self.is_open() {

@@ -89,8 +89,9 @@ pub enum Offer {
 pub enum Next {
     /// Write this frame (the pong's bytes are taken out of the slot already).
     Write(Out, Option<Bytes>),
-    /// Close the connection with this code and reason; nothing more is written before it.
-    Close(CloseWith),
+    /// Close the connection (with `closing()`'s code and reason, read once the session's loop
+    /// has ended, whatever ended it); nothing more is written before it.
+    Close,
 }
 
 impl SessionTx {
@@ -237,8 +238,8 @@ impl SessionTx {
     /// comes before any queued frame).
     pub fn next(&self) -> Option<Next> {
         let mut q = self.queue();
-        if let Some(c) = q.close {
-            return Some(Next::Close(c));
+        if q.close.is_some() {
+            return Some(Next::Close);
         }
         let out = q.frames.pop_front()?;
         match &out {

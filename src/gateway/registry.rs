@@ -203,6 +203,8 @@ impl Gateway {
     /// Closes every session with 1012 so clients reconnect elsewhere, and refuses new ones.
     pub fn shutdown(&self) {
         self.shutting_down.store(true, Ordering::Relaxed);
+        // Handshakes waiting for a turn are refused now, not when their wait ends.
+        self.admission.close();
         for entry in self.actors().values() {
             let _ = entry.tx.send_always(ActorMsg::Shutdown);
         }

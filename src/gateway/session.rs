@@ -86,7 +86,7 @@ fn flush(ws: &mut actix_ws::Session, me: &SessionTx) -> Flushed {
     for _ in 0..FLUSH_BATCH {
         let frame = match me.next() {
             None => return Flushed::Empty,
-            Some(Next::Close(_)) => return Flushed::Close,
+            Some(Next::Close) => return Flushed::Close,
             Some(Next::Write(out, pong)) => (out, pong),
         };
         match write(ws, Some(&frame)).now_or_never() {

@@ -3,16 +3,17 @@
 //! the session to the user's actor (an anonymous viewer of public topics has none: it gets its
 //! `hello` here).
 //!
-//! Admission comes first (`gateway::admission`): a node works on `NOTIFYD_WS_MAX_JOINING`
-//! handshakes at once and queues a bounded number more. One it cannot take or queue is upgraded
-//! and closed at once with 1013 and a jittered `retry_after` (what our clients already honour
-//! for a busy node), before any auth or database work. A plain HTTP 503 would be cheaper still,
-//! but a browser's WebSocket sees neither its status nor its `Retry-After`: only a close code
-//! and reason reach it.
+//! Admission (`gateway::admission`) comes after the checks that need no database (origin, token,
+//! `since`, socket limits): a node works on `NOTIFYD_WS_MAX_JOINING` handshakes at once and
+//! queues a bounded number more. One it cannot take or queue is upgraded and closed at once
+//! with 1013 and a jittered `retry_after` (what our clients already honour for a busy node),
+//! before any database work. A plain HTTP 503 would be cheaper still, but a browser's WebSocket
+//! sees neither its status nor its `Retry-After`: only a close code and reason reach it.
 
 use actix_web::{get, web, FromRequest, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
+use super::admission::Refused;
 use super::conn::Conn;
 use super::frame_guard::FrameGuard;
 use super::outbound::SessionTx;
@@ -36,9 +37,9 @@ pub async fn connect(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let Some(joining) = state.gateway.admission.admit().await else {
-        return refuse_busy(&req, body, &state);
-    };
+    // What needs no database and no turn comes first, so a handshake that would be refused
+    // anyway (bad origin, bad token, bad `since`, over its user's or address's socket limit)
+    // never takes a place in the queue.
     check_origin(&req, &state)?;
     let claims = authenticate_ws(&req, !state.settings.public_topics.is_empty())?;
     let q = web::Query::<WsQuery>::from_query(req.query_string())
@@ -70,6 +71,21 @@ pub async fn connect(
                 .open_anonymous(&ip, state.settings.max_anon_sockets_per_ip)?
         }
     };
+    let conn = Conn::of(&req);
+    let joining = match state.gateway.admission.admit().await {
+        Ok(turn) => turn,
+        Err(Refused::Closing) => return Err(ApiError::Unavailable("server is restarting".into())),
+        Err(busy) => return refuse_busy(&req, body, &state, busy.reason()),
+    };
+    // A client that gave up while it waited (closed its side) would still cost a join: an
+    // actor and a catch-up read for a socket nobody reads.
+    if conn.as_ref().is_some_and(Conn::peer_closed) {
+        metrics::counter!("notifyd_ws_refused_total", "reason" => "gone_while_waiting")
+            .increment(1);
+        return Err(ApiError::BadRequest(
+            "the client closed the connection while waiting for a turn".into(),
+        ));
+    }
     // Every byte the client sends passes the frame guard before actix-ws buffers it.
     let (guard, too_big) = FrameGuard::new(body, MAX_CLIENT_FRAME);
     let guarded: actix_http::BoxedPayloadStream = Box::pin(guard);
@@ -80,7 +96,6 @@ pub async fn connect(
     let (response, ws_session, stream) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::BadRequest(format!("websocket handshake: {e}")))?;
     let me = SessionTx::new(state.gateway.next_id());
-    let conn = Conn::of(&req);
     let shared = state.clone().into_inner();
     // One span per session (issue 11 item 5): every log line of its task carries the user, the
     // session id and the node. Not a child of the handshake's request span, which ends with
@@ -138,13 +153,14 @@ pub async fn connect(
 
 /// Upgrades and at once closes with 1013 and a jittered `retry_after`: the node has
 /// `NOTIFYD_WS_MAX_JOINING` handshakes in flight and no place in its queue (or the wait for one
-/// passed `NOTIFYD_WS_JOIN_WAIT`). Nothing the client sent is read.
+/// passed `NOTIFYD_WS_JOIN_WAIT`). Nothing more the client sent is read.
 fn refuse_busy(
     req: &HttpRequest,
     body: web::Payload,
     state: &AppState,
+    reason: &'static str,
 ) -> Result<HttpResponse, ApiError> {
-    metrics::counter!("notifyd_ws_refused_total", "reason" => "joins_in_flight").increment(1);
+    metrics::counter!("notifyd_ws_refused_total", "reason" => reason).increment(1);
     let (response, ws_session, _stream) = actix_ws::handle(req, body)
         .map_err(|e| ApiError::BadRequest(format!("websocket handshake: {e}")))?;
     let grace = session::close_grace(state.settings.heartbeat);
