@@ -5,7 +5,7 @@
 #                               and after a burst, announcements
 #   fanout  (benches/fanout.rs) 10,000-socket topic fan-out vs a trivial ceiling server
 #   peers   (benches/peers.rs)  notifyd vs the Socket.IO peer and NATS: memory, latency, fan-out
-#   storm   (benches/storm.rs)  reconnect storm, when that bench exists
+#   storm   (benches/storm.rs)  reconnect storm, with default settings and with a service listener
 #   eventlog (benches/eventlog.rs) the event log's size under steady writes (simulated days, ~4 min)
 # Needs PostgreSQL and Redis (scripts/services.sh starts them), node/npm and pip for the peers.
 # BENCH_ONLY="peers fanout" runs only those benches (a space-separated list).
@@ -44,6 +44,8 @@ wants load && step load env BENCH_WS_CONNS="${BENCH_WS_CONNS:-5000}" cargo bench
 wants fanout && step fanout env BENCH_FANOUT_CONNS=10000 BENCH_FANOUT_LABEL=current cargo bench --bench fanout
 wants peers && step peers cargo bench --bench peers
 wants storm && step storm env BENCH_STORM_CLIENTS=15000 BENCH_STORM_LABEL=current cargo bench --bench storm
+# The same storm with internal services on a listener of their own (NOTIFYD_SERVICE_BIND).
+wants storm && step storm-service env BENCH_STORM_CLIENTS=15000 BENCH_STORM_LABEL=service-listener BENCH_STORM_SERVICE_LISTENER=1 cargo bench --bench storm
 wants eventlog && step eventlog cargo bench --bench eventlog
 
 # The table, only after a full run: a partial one (BENCH_ONLY) leaves it as it was.
@@ -55,7 +57,7 @@ if [ -z "${BENCH_ONLY:-}" ]; then
     echo
     echo "Composed by \`scripts/bench.sh\` from the rows its benches left in one run: started $started,"
     echo "finished $(date -u '+%H:%M UTC'), commit \`$commit\`, $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')),"
-    echo "default settings. Each figure was measured beside its reference in that same run; the"
+    echo "default settings unless a row says otherwise. Each figure was measured beside its reference in that same run; the"
     echo "sections below hold the details. Benches that failed in this run: ${failed:-none}."
     echo
     echo "| figure | notifyd | reference, same run | ratio | goal | met? |"

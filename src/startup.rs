@@ -27,6 +27,8 @@ pub const HTTP_KEEP_ALIVE: Duration = Duration::from_secs(75);
 pub struct Application {
     port: u16,
     server: actix_web::dev::Server,
+    service_port: Option<u16>,
+    service_server: Option<actix_web::dev::Server>,
     stopper: Stopper,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -38,6 +40,7 @@ pub struct Stopper {
     state: AppState,
     shutdown: Arc<watch::Sender<bool>>,
     server: actix_web::dev::ServerHandle,
+    service: Option<actix_web::dev::ServerHandle>,
 }
 
 impl Stopper {
@@ -47,7 +50,12 @@ impl Stopper {
         // Let the writers flush their close frames.
         tokio::time::sleep(Duration::from_millis(200)).await;
         let _ = self.shutdown.send(true);
-        self.server.stop(true).await;
+        match &self.service {
+            Some(service) => {
+                futures_util::future::join(self.server.stop(true), service.stop(true)).await;
+            }
+            None => self.server.stop(true).await,
+        }
     }
 
     pub fn state(&self) -> &AppState {
@@ -177,6 +185,7 @@ impl Application {
                 .clone()
                 .run_audit(state.clone(), shutdown_rx.clone()),
         ));
+
         let data = web::Data::new(state.clone());
         let dev = state.settings.dev;
         // A deep accept queue: a reconnect storm's SYNs are queued, not dropped (see
@@ -185,7 +194,7 @@ impl Application {
             .with_context(|| format!("binding {}", state.settings.bind))?;
         let port = listener.local_addr()?.port();
         let cors = crate::api::cors::CorsPolicy::new(state.settings.allowed_origins.as_deref());
-        let server = HttpServer::new(move || {
+        let app = move || {
             let app = App::new()
                 .app_data(data.clone())
                 // Inside the access log, so the log still shows HEAD.
@@ -204,22 +213,47 @@ impl Application {
                 app.configure(|c| crate::web::configure_client(c, &cors))
             };
             app.default_service(web::to(crate::api::not_found))
-        })
-        .on_connect(crate::gateway::conn::on_connect)
-        .workers(workers)
-        .listen(listener)?
-        .keep_alive(HTTP_KEEP_ALIVE)
-        .disable_signals()
-        .shutdown_timeout(5)
-        .run();
+        };
+        let server = HttpServer::new(app.clone())
+            .on_connect(crate::gateway::conn::on_connect)
+            .workers(workers)
+            .listen(listener)?
+            .keep_alive(HTTP_KEEP_ALIVE)
+            .disable_signals()
+            .shutdown_timeout(5)
+            .run();
+        // The service listener: the same routes on an HTTP worker of its own, so internal
+        // services' calls never wait in a queue behind a reconnect storm's handshakes (on the
+        // public listener's workers); see `SERVICE_WORKERS`.
+        let service = match &state.settings.service_bind {
+            None => None,
+            Some(addr) => {
+                let listener = crate::http_listener::bind(addr)
+                    .with_context(|| format!("binding NOTIFYD_SERVICE_BIND {addr}"))?;
+                let port = listener.local_addr()?.port();
+                let server = HttpServer::new(app)
+                    .on_connect(crate::gateway::conn::on_connect)
+                    .workers(SERVICE_WORKERS)
+                    .listen(listener)?
+                    .keep_alive(HTTP_KEEP_ALIVE)
+                    .disable_signals()
+                    .shutdown_timeout(5)
+                    .run();
+                Some((port, server))
+            }
+        };
         let stopper = Stopper {
             state,
             shutdown: Arc::new(shutdown_tx),
             server: server.handle(),
+            service: service.as_ref().map(|(_, s)| s.handle()),
         };
+        let (service_port, service_server) = service.unzip();
         Ok(Application {
             port,
             server,
+            service_port,
+            service_server,
             stopper,
             tasks,
         })
@@ -229,13 +263,25 @@ impl Application {
         self.port
     }
 
+    /// The service listener's port (`NOTIFYD_SERVICE_BIND`), if there is one.
+    pub fn service_port(&self) -> Option<u16> {
+        self.service_port
+    }
+
     pub fn stopper(&self) -> Stopper {
         self.stopper.clone()
     }
 
     /// Serves until stopped (by a `Stopper`), then waits for the background tasks.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        self.server.await?;
+        match self.service_server {
+            Some(service) => {
+                let (a, b) = futures_util::future::join(self.server, service).await;
+                a?;
+                b?;
+            }
+            None => self.server.await?,
+        }
         let _ = self.stopper.shutdown.send(true);
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
@@ -252,6 +298,11 @@ impl Application {
 /// ~150k frames/s (4 workers: ~460k). A storm's REST latency is bounded instead by admitting
 /// fewer handshakes at once (`WS_JOINING_PER_WORKER`). docs/benchmarks.md has the runs.
 pub const HTTP_WORKERS_PER_CPU: usize = 1;
+
+/// HTTP workers of the service listener (`NOTIFYD_SERVICE_BIND`): one. Internal services'
+/// calls are few beside the sockets' traffic; what they need is a worker whose queue a storm
+/// of WebSocket handshakes never fills (measured in docs/benchmarks.md).
+pub const SERVICE_WORKERS: usize = 1;
 
 /// Handshakes in flight per HTTP worker when `NOTIFYD_WS_MAX_JOINING` is unset. A worker runs
 /// a REST call and every handshake it holds on one queue, so the call waits behind the

@@ -115,9 +115,22 @@ impl Node {
         relay: bool,
         args: &[&str],
     ) -> anyhow::Result<Node> {
+        Node::start_with(bin, db, prefix, relay, args, &[]).await
+    }
+
+    /// `start` with settings of this node's own (`env`), beside the ones every bench node gets.
+    pub async fn start_with(
+        bin: &str,
+        db: &str,
+        prefix: &str,
+        relay: bool,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> anyhow::Result<Node> {
         let port = free_port();
         let child = Command::new(bin)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("DATABASE_URL", db)
             .env("REDIS_URL", "redis://127.0.0.1:6379")
             .env("NOTIFYD_REDIS_PREFIX", prefix)

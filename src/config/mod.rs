@@ -32,6 +32,9 @@ pub struct Settings {
     /// Prefix of every Redis key and channel this deployment uses (lets tests and tenants share a Redis).
     pub redis_prefix: String,
     pub bind: String,
+    /// `NOTIFYD_SERVICE_BIND`: a second listener with an HTTP worker of its own, for internal
+    /// services' calls (`None`: none; everything is served on `bind`).
+    pub service_bind: Option<String>,
     pub jwt_secret: String,
     /// `(service name, key)` pairs accepted on the internal API.
     pub service_keys: Vec<(String, String)>,
@@ -122,6 +125,7 @@ impl Settings {
             redis_url: None,
             redis_prefix: "notifyd:".into(),
             bind: "127.0.0.1:8080".into(),
+            service_bind: None,
             jwt_secret: DEV_JWT_SECRET.into(),
             service_keys: vec![],
             node_id: default_node_id(),

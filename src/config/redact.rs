@@ -43,6 +43,7 @@ impl fmt::Debug for Settings {
             redis_url,
             redis_prefix,
             bind,
+            service_bind,
             jwt_secret: _,
             service_keys,
             node_id,
@@ -90,6 +91,7 @@ impl fmt::Debug for Settings {
             .field("redis_url", &redis_url.as_deref().map(url))
             .field("redis_prefix", redis_prefix)
             .field("bind", bind)
+            .field("service_bind", service_bind)
             .field("jwt_secret", &HIDDEN)
             .field("service_keys", &services)
             .field("node_id", node_id)

@@ -167,6 +167,22 @@ pub static SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        env: "NOTIFYD_SERVICE_BIND",
+        default: Default::Note("unset"),
+        secret: false,
+        kind: Kind::Value {
+            range: "IP:port, not `NOTIFYD_BIND`'s",
+            set: |s, v| {
+                let addr: std::net::SocketAddr = v
+                    .trim()
+                    .parse()
+                    .map_err(|_| "must be an IP address and port, e.g. 10.0.0.5:8081")?;
+                s.service_bind = Some(addr.to_string());
+                Ok(())
+            },
+        },
+    },
+    Setting {
         env: "NOTIFYD_JWT_SECRET",
         default: Default::Note("none"),
         secret: true,

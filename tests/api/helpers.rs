@@ -123,6 +123,8 @@ impl Default for Opts {
 /// One running node.
 pub struct TestApp {
     pub port: u16,
+    /// The service listener's port (`NOTIFYD_SERVICE_BIND`), if the node has one.
+    pub service_port: Option<u16>,
     pub base: String,
     pub ws_base: String,
     pub db_url: String,
@@ -222,10 +224,12 @@ pub async fn spawn_app_with(db: &TestDb, opts: Opts, tune: impl FnOnce(&mut Sett
     let prefix = settings.redis_prefix.clone();
     let app = Application::build(settings, None).await.expect("build app");
     let port = app.port();
+    let service_port = app.service_port();
     let stopper = app.stopper();
     tokio::spawn(app.run_until_stopped());
     TestApp {
         port,
+        service_port,
         base: format!("http://127.0.0.1:{port}"),
         ws_base: format!("ws://127.0.0.1:{port}"),
         db_url: db.url.clone(),

@@ -480,3 +480,51 @@ async fn a_handshake_that_waits_past_the_bound_is_told_to_retry() {
     proxy.restore();
     app.stop().await;
 }
+
+/// With `NOTIFYD_SERVICE_BIND`, internal services get a listener of their own (the same routes
+/// on an HTTP worker of its own, so a storm of handshakes on the public listener never queues
+/// their calls): a message POSTed there reaches the user's socket on the public listener, both
+/// listeners answer, and stopping the node stops both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_services_can_have_a_listener_of_their_own() {
+    let db = TestDb::new().await;
+    let app = spawn_app_with(&db, Opts::default(), |s| {
+        s.service_bind = Some("127.0.0.1:0".into());
+    })
+    .await;
+    let service = app.service_port.expect("a service listener");
+    assert_ne!(service, app.port);
+    let user = new_user();
+    let mut ws = app.ws(&user, None).await;
+    assert_eq!(
+        ws.next(Duration::from_secs(10)).await.expect("hello")["type"],
+        "hello"
+    );
+    let r = app
+        .http
+        .post(format!("http://127.0.0.1:{service}/api/v1/messages"))
+        .bearer_auth(SERVICE_KEY)
+        .json(&serde_json::json!({"to_user": user, "title": "via the service listener", "content": "c", "type": "comment"}))
+        .send()
+        .await
+        .expect("POST on the service listener");
+    assert_eq!(r.status(), 201);
+    let created = ws.expect("message.created", Duration::from_secs(10)).await;
+    assert_eq!(created["message"]["title"], "via the service listener");
+    for port in [app.port, service] {
+        let health = reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+            .await
+            .expect("healthz");
+        assert_eq!(health.status(), 200, "port {port}");
+    }
+    app.stop().await;
+    let gone = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{service}/healthz"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    assert!(
+        gone.is_err(),
+        "the service listener still answers after stop"
+    );
+}
