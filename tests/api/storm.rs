@@ -445,24 +445,20 @@ async fn shutdown_answers_the_waiting_handshakes_at_once() {
     stopping.await.expect("stopped");
 }
 
-/// A handshake waits for its turn at most `NOTIFYD_WS_JOIN_WAIT` (here 1 s, the only join
-/// held by a database that stopped answering): then it is told to retry with 1013, like one
-/// that found no place in the queue.
+/// A handshake waits for its turn at most `NOTIFYD_WS_JOIN_WAIT` (here 1 s; the only turn is
+/// held by a join whose catch-up read waits on locked inbox tables): then it is told to retry
+/// with 1013, like one that found no place in the queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handshake_that_waits_past_the_bound_is_told_to_retry() {
     let db = TestDb::new().await;
-    let proxy = Cuttable::start("127.0.0.1:5432").await;
-    let via_proxy = proxy.pg_url(&db.url);
     let app = spawn_app_with(&db, Opts::no_relay(), |s| {
-        s.database_url = via_proxy.clone();
-        s.db_request_timeout = Duration::from_secs(8);
         s.ws_max_joining = Some(1);
         s.ws_join_wait = Duration::from_secs(1);
     })
     .await;
     let (held, late) = (new_user(), new_user());
     app.send(&held, "before").await;
-    proxy.freeze();
+    let locker = lock_inbox_tables(&db).await;
     let _holding = app.ws(&held, Some(0)).await;
     let started = std::time::Instant::now();
     let mut c = app.ws(&late, Some(0)).await;
@@ -477,7 +473,7 @@ async fn a_handshake_that_waits_past_the_bound_is_told_to_retry() {
         notifyd::gateway::protocol::retry_after_ms(&reason).is_some(),
         "{reason}"
     );
-    proxy.restore();
+    unlock(locker).await;
     app.stop().await;
 }
 
