@@ -25,7 +25,7 @@ export BENCH_SUMMARY_DIR="$PWD/target/bench-summary"
 rm -rf "$BENCH_SUMMARY_DIR"
 mkdir -p "$BENCH_SUMMARY_DIR"
 started="$(date -u '+%Y-%m-%d %H:%M UTC')"
-commit="$(git rev-parse --short=9 HEAD)$(git diff --quiet HEAD -- src benches Cargo.toml Cargo.lock || echo +dirty)"
+commit="$(git rev-parse --short=9 HEAD)$(git diff --quiet HEAD -- src benches vendor migrations Cargo.toml Cargo.lock || echo +dirty)"
 failed=""
 # A bench that fails is reported and the others still run; the run then exits non-zero.
 step() {
