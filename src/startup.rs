@@ -50,12 +50,12 @@ impl Stopper {
         // Let the writers flush their close frames.
         tokio::time::sleep(Duration::from_millis(200)).await;
         let _ = self.shutdown.send(true);
-        match &self.service {
-            Some(service) => {
-                futures_util::future::join(self.server.stop(true), service.stop(true)).await;
+        let service = async {
+            if let Some(service) = &self.service {
+                service.stop(true).await;
             }
-            None => self.server.stop(true).await,
-        }
+        };
+        futures_util::future::join(self.server.stop(true), service).await;
     }
 
     pub fn state(&self) -> &AppState {
@@ -185,7 +185,6 @@ impl Application {
                 .clone()
                 .run_audit(state.clone(), shutdown_rx.clone()),
         ));
-
         let data = web::Data::new(state.clone());
         let dev = state.settings.dev;
         // A deep accept queue: a reconnect storm's SYNs are queued, not dropped (see
@@ -214,14 +213,19 @@ impl Application {
             };
             app.default_service(web::to(crate::api::not_found))
         };
-        let server = HttpServer::new(app.clone())
-            .on_connect(crate::gateway::conn::on_connect)
-            .workers(workers)
-            .listen(listener)?
-            .keep_alive(HTTP_KEEP_ALIVE)
-            .disable_signals()
-            .shutdown_timeout(5)
-            .run();
+        let serve = |listener: std::net::TcpListener, workers: usize| {
+            std::io::Result::Ok(
+                HttpServer::new(app.clone())
+                    .on_connect(crate::gateway::conn::on_connect)
+                    .workers(workers)
+                    .listen(listener)?
+                    .keep_alive(HTTP_KEEP_ALIVE)
+                    .disable_signals()
+                    .shutdown_timeout(5)
+                    .run(),
+            )
+        };
+        let server = serve(listener, workers)?;
         // The service listener: the same routes on an HTTP worker of its own, so internal
         // services' calls never wait in a queue behind a reconnect storm's handshakes (on the
         // public listener's workers); see `SERVICE_WORKERS`.
@@ -231,15 +235,7 @@ impl Application {
                 let listener = crate::http_listener::bind(addr)
                     .with_context(|| format!("binding NOTIFYD_SERVICE_BIND {addr}"))?;
                 let port = listener.local_addr()?.port();
-                let server = HttpServer::new(app)
-                    .on_connect(crate::gateway::conn::on_connect)
-                    .workers(SERVICE_WORKERS)
-                    .listen(listener)?
-                    .keep_alive(HTTP_KEEP_ALIVE)
-                    .disable_signals()
-                    .shutdown_timeout(5)
-                    .run();
-                Some((port, server))
+                Some((port, serve(listener, SERVICE_WORKERS)?))
             }
         };
         let stopper = Stopper {
@@ -274,14 +270,15 @@ impl Application {
 
     /// Serves until stopped (by a `Stopper`), then waits for the background tasks.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        match self.service_server {
-            Some(service) => {
-                let (a, b) = futures_util::future::join(self.server, service).await;
-                a?;
-                b?;
+        let service = async {
+            match self.service_server {
+                Some(service) => service.await,
+                None => Ok(()),
             }
-            None => self.server.await?,
-        }
+        };
+        let (server, service) = futures_util::future::join(self.server, service).await;
+        server?;
+        service?;
         let _ = self.stopper.shutdown.send(true);
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;

@@ -73,32 +73,36 @@ impl Conn {
     /// while a handler is pending, so a handshake that waited for its turn looks here before
     /// it spends a turn on a client that has gone. A peek: nothing is taken from the socket.
     pub fn peer_closed(&self) -> bool {
-        if !self.is_open() {
-            return true;
-        }
-        // SAFETY: the connection (and so the descriptor) is open: see the module comment.
-        let fd = unsafe { BorrowedFd::borrow_raw(self.fd) };
-        let sock = socket2::SockRef::from(&fd);
-        let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-        // The socket is non-blocking (tokio's): no data yet is `WouldBlock`, an end is `Ok(0)`.
-        match sock.peek(&mut byte) {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
-        }
+        self.with_socket(|sock| {
+            let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+            // The socket is non-blocking (tokio's): no data yet is `WouldBlock`, an end is
+            // `Ok(0)`.
+            match sock.peek(&mut byte) {
+                Ok(0) => true,
+                Ok(_) => false,
+                Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+            }
+        })
+        .unwrap_or(true)
     }
 
     /// Resets the connection now (RST, buffers freed) if it is still open.
     pub fn hard_drop(&self) {
+        self.with_socket(|sock| {
+            // Linger 0: the close that follows sends RST and frees the unsent data at once.
+            let _ = sock.set_linger(Some(Duration::ZERO));
+            let _ = sock.shutdown(std::net::Shutdown::Both);
+            metrics::counter!("notifyd_ws_connections_reset_total").increment(1);
+        });
+    }
+
+    /// `f` on the connection's socket if the connection is still open (`None`: it is gone).
+    fn with_socket<R>(&self, f: impl FnOnce(socket2::SockRef<'_>) -> R) -> Option<R> {
         if !self.is_open() {
-            return;
+            return None;
         }
         // SAFETY: the connection (and so the descriptor) is open: see the module comment.
         let fd = unsafe { BorrowedFd::borrow_raw(self.fd) };
-        let sock = socket2::SockRef::from(&fd);
-        // Linger 0: the close that follows sends RST and frees the unsent data at once.
-        let _ = sock.set_linger(Some(Duration::ZERO));
-        let _ = sock.shutdown(std::net::Shutdown::Both);
-        metrics::counter!("notifyd_ws_connections_reset_total").increment(1);
+        Some(f(socket2::SockRef::from(&fd)))
     }
 }
