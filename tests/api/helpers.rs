@@ -974,7 +974,30 @@ pub async fn raw_ws_with(
     user: &str,
     recv_buffer: Option<u32>,
 ) -> (tokio::net::TcpStream, u16) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
+    let (mut s, port) = raw_upgrade_request(app, user, recv_buffer).await;
+    let mut head = vec![];
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).await.expect("handshake answer");
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    (s, port)
+}
+
+/// A TCP connection to `app` that has sent `user`'s WebSocket upgrade request and read nothing
+/// yet; returns the stream and its local port.
+pub async fn raw_upgrade_request(
+    app: &TestApp,
+    user: &str,
+    recv_buffer: Option<u32>,
+) -> (tokio::net::TcpStream, u16) {
+    use tokio::io::AsyncWriteExt;
     let sock = tokio::net::TcpSocket::new_v4().expect("socket");
     if let Some(size) = recv_buffer {
         sock.set_recv_buffer_size(size).expect("SO_RCVBUF");
@@ -990,17 +1013,6 @@ pub async fn raw_ws_with(
         token(user)
     );
     s.write_all(req.as_bytes()).await.expect("handshake");
-    let mut head = vec![];
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut b).await.expect("handshake answer");
-        head.push(b[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
     (s, port)
 }
 

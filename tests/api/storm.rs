@@ -307,7 +307,7 @@ async fn a_crowd_larger_than_the_cap_waits_its_turn_and_nobody_is_refused() {
     let pause = async {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let waiting = app.stopper.state().gateway.admission.waiting();
-        unlock(locker).await;
+        release(locker).await;
         waiting
     };
     let clients = users.iter().map(|u| {
@@ -349,12 +349,17 @@ async fn lock_inbox_tables(db: &TestDb) -> diesel_async::AsyncPgConnection {
     locker
 }
 
-async fn unlock(mut locker: diesel_async::AsyncPgConnection) {
-    use diesel_async::RunQueryDsl;
-    diesel::sql_query("COMMIT")
-        .execute(&mut locker)
-        .await
-        .expect("COMMIT");
+/// With `NOTIFYD_WS_MAX_JOINING=1`: a join that holds the node's only turn (its catch-up read
+/// waits on the locked inbox tables) until `release` of the returned connection.
+async fn hold_the_only_turn(
+    app: &TestApp,
+    db: &TestDb,
+) -> (diesel_async::AsyncPgConnection, WsClient) {
+    let held = new_user();
+    app.send(&held, "one").await;
+    let locker = lock_inbox_tables(db).await;
+    let holding = app.ws(&held, Some(0)).await;
+    (locker, holding)
 }
 
 /// A client that gives up while its handshake waits for a turn (closes its side) costs no
@@ -370,35 +375,19 @@ async fn a_handshake_whose_client_left_while_waiting_is_not_joined() {
         s.ws_max_joining = Some(1);
     })
     .await;
-    let (held, gone) = (new_user(), new_user());
-    app.send(&held, "one").await;
+    let gone = new_user();
     app.send(&gone, "one").await;
-    let locker = lock_inbox_tables(&db).await;
-    let mut holding = app.ws(&held, Some(0)).await;
-    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
-        .await
-        .expect("connect");
-    let request = format!(
-        "GET /ws?token={}&since=0 HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nUpgrade: websocket\r\n\
-         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-         Sec-WebSocket-Version: 13\r\n\r\n",
-        token(&gone),
-        app.port
-    );
-    tcp.write_all(request.as_bytes()).await.expect("request");
-    let waited = async {
-        for _ in 0..100 {
-            if app.stopper.state().gateway.admission.waiting() == 1 {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        false
-    };
-    assert!(waited.await, "the handshake never waited for a turn");
+    let (locker, mut holding) = hold_the_only_turn(&app, &db).await;
+    let (mut tcp, _) = raw_upgrade_request(&app, &gone, None).await;
+    eventually(
+        Duration::from_secs(2),
+        "the handshake waits for a turn",
+        || async { (app.stopper.state().gateway.admission.waiting() == 1).then_some(()) },
+    )
+    .await;
     tcp.shutdown().await.expect("half-close"); // the client gives up
     tokio::time::sleep(Duration::from_millis(200)).await;
-    unlock(locker).await;
+    release(locker).await;
     let hello = holding.next(Duration::from_secs(20)).await.expect("hello");
     assert_eq!(hello["type"], "hello");
     let mut answer = vec![];
@@ -421,19 +410,15 @@ async fn shutdown_answers_the_waiting_handshakes_at_once() {
         s.ws_join_wait = Duration::from_secs(10);
     })
     .await;
-    let (held, late) = (new_user(), new_user());
-    app.send(&held, "one").await;
-    let locker = lock_inbox_tables(&db).await;
-    let _holding = app.ws(&held, Some(0)).await;
-    let url = app.ws_url(&token(&late), Some(0));
+    let (locker, _holding) = hold_the_only_turn(&app, &db).await;
+    let url = app.ws_url(&token(&new_user()), Some(0));
     let waiting = tokio::spawn(async move { WsClient::connect(&url).await });
-    for _ in 0..100 {
-        if app.stopper.state().gateway.admission.waiting() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(app.stopper.state().gateway.admission.waiting(), 1);
+    eventually(
+        Duration::from_secs(2),
+        "the handshake waits for a turn",
+        || async { (app.stopper.state().gateway.admission.waiting() == 1).then_some(()) },
+    )
+    .await;
     let started = std::time::Instant::now();
     let stopper = app.stopper.clone();
     let stopping = tokio::spawn(async move { stopper.stop().await });
@@ -441,7 +426,7 @@ async fn shutdown_answers_the_waiting_handshakes_at_once() {
     let after = started.elapsed();
     assert_eq!(refused_status(answer), 503);
     assert!(after < Duration::from_secs(5), "answered after {after:?}");
-    unlock(locker).await;
+    release(locker).await;
     stopping.await.expect("stopped");
 }
 
@@ -456,12 +441,9 @@ async fn a_handshake_that_waits_past_the_bound_is_told_to_retry() {
         s.ws_join_wait = Duration::from_secs(1);
     })
     .await;
-    let (held, late) = (new_user(), new_user());
-    app.send(&held, "before").await;
-    let locker = lock_inbox_tables(&db).await;
-    let _holding = app.ws(&held, Some(0)).await;
+    let (locker, _holding) = hold_the_only_turn(&app, &db).await;
     let started = std::time::Instant::now();
-    let mut c = app.ws(&late, Some(0)).await;
+    let mut c = app.ws(&new_user(), Some(0)).await;
     assert_eq!(c.expect_close(Duration::from_secs(5)).await, Some(1013));
     let waited = started.elapsed();
     assert!(
@@ -473,7 +455,7 @@ async fn a_handshake_that_waits_past_the_bound_is_told_to_retry() {
         notifyd::gateway::protocol::retry_after_ms(&reason).is_some(),
         "{reason}"
     );
-    unlock(locker).await;
+    release(locker).await;
     app.stop().await;
 }
 
