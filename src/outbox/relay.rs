@@ -9,9 +9,9 @@
 //! in one partition and are published by one leader in id order, batch after batch, so their
 //! order holds; different partitions run side by side. Every process must use the same number.
 //!
-//! One transaction holds up to `ROUNDS` batches: BEGIN; claim-and-delete a batch in one
-//! statement (`store::outbox::claim_and_delete`); PUBLISH it in one pipeline while the next
-//! batch is claimed, and so on; COMMIT. A failed publish rolls every delete back (nothing lost). Delivery to the broker is at-least-once: a crash
+//! One batch is one transaction and three round trips: BEGIN; claim-and-delete in one statement
+//! (`store::outbox::claim_and_delete`); PUBLISH the batch in one pipeline; COMMIT. A failed
+//! publish rolls the delete back (nothing lost). Delivery to the broker is at-least-once: a crash
 //! between PUBLISH and COMMIT republishes the batch, and receivers drop the duplicate by seq. For
 //! the same reason the relay's session commits asynchronously (`synchronous_commit = off`): a
 //! database crash may forget the last deletes, which only republishes them.
@@ -55,8 +55,6 @@ const STANDBY_RETRY: Duration = Duration::from_millis(250);
 const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 /// The longest the leader waits between two steps while the broker fails.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// Batches per relay transaction: while one full batch is published, the next is claimed.
-const ROUNDS: u32 = 4;
 /// How often the LISTEN connection is checked with a bounded `SELECT 1`.
 const LISTEN_CHECK_EVERY: Duration = Duration::from_secs(5);
 
@@ -165,8 +163,8 @@ impl Relay {
         let mut wakes = self.waker.subscribe();
         let mut backoff = Duration::from_millis(50);
         let mut last_backlog = Instant::now() - BACKLOG_EVERY;
-        // A step may take one database bound plus one publish bound per batch.
-        let step_bound = (self.settings.relay_db_timeout + PUBLISH_TIMEOUT) * ROUNDS;
+        // A batch may take one database bound plus one publish bound.
+        let step_bound = self.settings.relay_db_timeout + PUBLISH_TIMEOUT;
         loop {
             if *shutdown.borrow() {
                 return Ok(());
@@ -183,7 +181,7 @@ impl Relay {
                 }
             };
             match stepped {
-                Ok((_, full)) => {
+                Ok(n) => {
                     backoff = Duration::from_millis(50);
                     // Partition 0 reports for the whole outbox.
                     if part.index == 0 && last_backlog.elapsed() >= BACKLOG_EVERY {
@@ -193,7 +191,7 @@ impl Relay {
                         metrics::gauge!("notifyd_outbox_backlog").set(b.entries as f64);
                         metrics::gauge!("notifyd_outbox_oldest_age_seconds").set(b.oldest_age_s);
                     }
-                    if full {
+                    if n as i64 >= self.settings.relay_batch {
                         continue; // more is waiting
                     }
                     tokio::select! {
@@ -217,48 +215,44 @@ impl Relay {
         }
     }
 
-    /// One transaction of up to `ROUNDS` batches: claim-and-delete the partition's oldest
-    /// entries, publish them, and, while a full batch is being published, claim the next one on
-    /// the database (the two wait on different servers, so neither waits for the other); commit
-    /// once every batch claimed is published. Batches are published one after another in claim
-    /// order, so each user's (each topic's) order holds. A failure anywhere rolls every delete of
-    /// the transaction back: batches already published are published again (at-least-once, as
-    /// above), nothing is lost. Returns how many entries were published and whether the last
-    /// batch was full (more may be waiting).
+    /// One batch: claim-and-delete the partition's oldest entries, publish them, commit.
     async fn step(
         &self,
         conn: &mut AsyncPgConnection,
         part: Partition,
-    ) -> Result<(usize, bool), StepError> {
+    ) -> Result<usize, StepError> {
         let started = Instant::now();
         let limit = self.settings.relay_batch;
-        let (n, full) = conn
+        let n = conn
             .transaction::<_, StepError, _>(async |conn| {
-                let mut batch = outbox::claim_and_delete(conn, limit, part).await?;
-                let (mut total, mut full) = (0, false);
-                for round in 1..=ROUNDS {
-                    if batch.is_empty() {
-                        break;
-                    }
-                    let claimed = Instant::now();
-                    full = batch.len() as i64 >= limit;
-                    total += batch.len();
-                    let items = self.items(batch);
-                    let publish =
-                        async { self.broker.publish(&items).await.map_err(StepError::Broker) };
-                    batch = if full && round < ROUNDS {
-                        let (published, next) =
-                            tokio::join!(publish, outbox::claim_and_delete(conn, limit, part));
-                        published?;
-                        next?
-                    } else {
-                        publish.await?;
-                        Vec::new()
-                    };
-                    metrics::histogram!("notifyd_stage_seconds", "stage" => "claim_to_published")
-                        .record(claimed.elapsed().as_secs_f64());
+                let batch = outbox::claim_and_delete(conn, limit, part).await?;
+                if batch.is_empty() {
+                    return Ok(0);
                 }
-                Ok((total, full))
+                let claimed = Instant::now();
+                let n = batch.len();
+                let commit_to_claim =
+                    metrics::histogram!("notifyd_stage_seconds", "stage" => "commit_to_claim");
+                let mut items = Vec::with_capacity(n);
+                for entry in batch {
+                    commit_to_claim.record(entry.age_s.max(0.0));
+                    let channel = match (&entry.user_id, &entry.topic) {
+                        (Some(u), _) => self.settings.user_channel(u),
+                        (None, Some(t)) => self.settings.topic_channel(t),
+                        (None, None) => continue,
+                    };
+                    // A user entry whose event was pruned has nothing left to say.
+                    if let Some(p) = entry.payload {
+                        items.push((channel, p));
+                    }
+                }
+                self.broker
+                    .publish(&items)
+                    .await
+                    .map_err(StepError::Broker)?;
+                metrics::histogram!("notifyd_stage_seconds", "stage" => "claim_to_published")
+                    .record(claimed.elapsed().as_secs_f64());
+                Ok(n)
             })
             .await?;
         if n > 0 {
@@ -266,27 +260,7 @@ impl Relay {
             metrics::histogram!("notifyd_relay_batch_seconds")
                 .record(started.elapsed().as_secs_f64());
         }
-        Ok((n, full))
-    }
-
-    /// A claimed batch as (channel, frame) pairs for the broker, in claim order.
-    fn items(&self, batch: Vec<outbox::Claimed>) -> Vec<(String, String)> {
-        let commit_to_claim =
-            metrics::histogram!("notifyd_stage_seconds", "stage" => "commit_to_claim");
-        let mut items = Vec::with_capacity(batch.len());
-        for entry in batch {
-            commit_to_claim.record(entry.age_s.max(0.0));
-            let channel = match (&entry.user_id, &entry.topic) {
-                (Some(u), _) => self.settings.user_channel(u),
-                (None, Some(t)) => self.settings.topic_channel(t),
-                (None, None) => continue,
-            };
-            // A user entry whose event was pruned has nothing left to say.
-            if let Some(p) = entry.payload {
-                items.push((channel, p));
-            }
-        }
-        items
+        Ok(n)
     }
 
     /// Server-side limits of the relay's session: the pool's, plus short idle timeouts, so

@@ -480,57 +480,6 @@ async fn partitioned_relays_keep_each_users_order() {
     app.stop().await;
 }
 
-/// One relay transaction claims the next batch while it publishes the one before (up to four
-/// batches per transaction): across many such transactions (batches of 3, a backlog of 160
-/// events for 8 users), every user's events still reach its channel exactly once and in seq
-/// order, and the outbox ends empty.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backlog_relayed_several_batches_per_transaction_keeps_each_users_order() {
-    let db = TestDb::new().await;
-    let prefix = new_prefix();
-    let app = spawn_app(
-        &db,
-        Opts {
-            relay: false,
-            ..Opts::in_cluster(&prefix)
-        },
-    )
-    .await;
-    let users: Vec<String> = (0..8).map(|_| new_user()).collect();
-    let mut taps = vec![];
-    for u in &users {
-        taps.push(RedisTap::subscribe(&app.user_channel(u)).await);
-    }
-    // Committed before the relay runs, interleaved across users, so each batch of 3 mixes them.
-    for k in 0..20 {
-        for u in &users {
-            app.send(u, &format!("k{k}")).await;
-        }
-    }
-    let mut settings = notifyd::config::Settings::new(db.url.clone());
-    settings.redis_prefix = prefix.clone();
-    settings.relay_batch = 3;
-    let relay = notifyd::outbox::Relay {
-        database_url: db.url.clone(),
-        broker: notifyd::broker::Broker::Redis(
-            notifyd::broker::redis_pool(&redis_url()).expect("redis pool"),
-        ),
-        waker: notifyd::outbox::Waker::new(),
-        settings,
-    };
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(relay.run(stopped));
-    for (u, tap) in users.iter().zip(&mut taps) {
-        let mut got = tap.collect(20, Duration::from_secs(60)).await;
-        got.extend(tap.drain(Duration::from_millis(300)).await);
-        assert_exactly_once_in_order(&got, 20, u);
-    }
-    assert_eq!(count_rows(&db.url, "outbox").await, 0);
-    let _ = stop.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
-    app.stop().await;
-}
-
 /// An outbox entry that only points at its event (what versions before frames were carried in
 /// the outbox queued, still waiting during a rolling upgrade) is published with the frame from
 /// `user_event`, in order after the entries before it.
