@@ -224,9 +224,11 @@ async fn write_run(label: &str, bin: &str, secs: u64) -> anyhow::Result<WriteRun
         "    p50 {:.2} ms, p99 {:.2} ms ({} frames)",
         lat.1, lat.2, lat.0
     );
+    checkpoint(&scratch.url).await?;
     println!("  [{label}] single POSTs, 64 clients, {secs}s");
     let (single, single_err) = post_load(&node.base, 64, secs, 1, false).await?;
     println!("    {single:.0} messages/s ({single_err} errors)");
+    checkpoint(&scratch.url).await?;
     println!("  [{label}] 100-message batches, 8 clients, {secs}s");
     let (batched, batch_err) = post_load(&node.base, 8, secs, 100, true).await?;
     println!("    {batched:.0} messages/s ({batch_err} errors)");
@@ -317,6 +319,15 @@ async fn send_to_frame(node: &Node, n: usize, rate: u64) -> anyhow::Result<(usiz
     Ok((lat.len(), q(0.5), q(0.99)))
 }
 
+/// Every timed write phase (notifyd's and pgbench's) starts right after a `CHECKPOINT`, so none
+/// pays for what the phase before it left (dirty pages to write back, a checkpoint falling
+/// inside its 15 s, the full-page images WAL carries after one): the same start for every phase.
+async fn checkpoint(db: &str) -> anyhow::Result<()> {
+    let mut conn = AsyncPgConnection::establish(db).await?;
+    diesel::sql_query("CHECKPOINT").execute(&mut conn).await?;
+    Ok(())
+}
+
 /// Scenarios 1-3 for this binary (and `BENCH_COMPARE_BIN`, an earlier build, run first), then
 /// the handler's statement under pgbench; returns the "Creating messages" section.
 async fn creating_messages(bin: &str, secs: u64) -> anyhow::Result<String> {
@@ -338,9 +349,11 @@ async fn creating_messages(bin: &str, secs: u64) -> anyhow::Result<String> {
     )
     .execute(&mut conn)
     .await?;
+    checkpoint(&scratch.url).await?;
     println!("  pgbench, the handler's statement, 1 row, 64 clients, {secs}s");
     let tps = pgbench(&scratch.url, 64, secs, 1, false)?;
     println!("    {tps:.0} statements/s");
+    checkpoint(&scratch.url).await?;
     println!("  pgbench, the same statement, 100 rows, 8 clients, {secs}s");
     let tps100 = pgbench(&scratch.url, 8, secs, 100, false)?;
     println!(
@@ -387,7 +400,9 @@ Measured on {date} by `BENCH_ONLY=write cargo bench --bench load` (also part of 
 {secs} s per figure, all in one run. The ceiling is PostgreSQL running **the handler's own \
 statement** (`store::create_rows::SQL`: counter upsert, message, event and outbox rows in one \
 `WITH` statement over `UNNEST`ed arrays) under `pgbench` at the same concurrency: a single-message \
-POST without `Idempotency-Key` is exactly that one statement in an implicit transaction.\n\n\
+POST without `Idempotency-Key` is exactly that one statement in an implicit transaction. \
+notifyd's node runs its relay meanwhile, as it does in service (pgbench has none to run), and \
+every timed phase, notifyd's and pgbench's, starts right after a `CHECKPOINT`.\n\n\
 | build | single POSTs, 64 clients | ÷ pgbench 1-row | 100-message batch POSTs, 8 clients | ÷ pgbench 100-row | send→frame p50 / p99, 200 msg/s, socket on the committing node |\n\
 |---|---|---|---|---|---|\n\
 {rows}\n\

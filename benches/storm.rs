@@ -7,7 +7,8 @@
 //! 3. A is killed with SIGKILL; while the clients are away, MISSED more messages are created for
 //!    each of them (`to_users` POSTs to B);
 //! 4. a steady POST load on B starts (single messages to other users, at a fixed rate, each
-//!    timed), and all N clients reconnect to B at once with `since=1`;
+//!    timed), and all N clients reconnect to B with `since=1`: at once, or (BENCH_STORM_SPREAD_MS)
+//!    each after a delay uniform in [0, spread), as the shipped JS client's first retry waits;
 //! 5. a client has *resumed* when it holds `hello` with the final seq and `sync` frames with
 //!    exactly the events 2..=1+MISSED, each once, in order. A client closed with 1013 waits the
 //!    `retry_after=<ms>` its close reason names (or 1 s) and tries again; a failed handshake
@@ -19,7 +20,8 @@
 //! Needs a release binary (`cargo build --release`), PostgreSQL and Redis (scripts/services.sh).
 //! Run: `BENCH_STORM_CLIENTS=15000 BENCH_STORM_LABEL=<label> cargo bench --bench storm`. Env:
 //! BENCH_STORM_CLIENTS (default 1500), BENCH_STORM_MISSED messages per user while away (3),
-//! BENCH_STORM_POST_RATE steady POSTs/s on B (50). The doc section is written for runs of
+//! BENCH_STORM_POST_RATE steady POSTs/s on B (50), BENCH_STORM_SPREAD_MS (0: all at once; 500
+//! is the shipped client's first-retry window). The doc section is written for runs of
 //! 10,000 clients or more (BENCH_WRITE_DOC=1 forces it, =0 prevents it), one block per label.
 //! Timing never fails the run: only a broken set-up does.
 
@@ -179,9 +181,38 @@ async fn attempt(i: usize, server: SocketAddr, token: &str, since: i64, last: i6
     }
 }
 
-async fn resume(i: usize, server: SocketAddr, token: String, since: i64, last: i64) -> Outcome {
+/// Client `i`'s wait before its first reconnect: uniform in [0, `spread_ms`), as the shipped
+/// JS client waits after a healthy socket breaks (full jitter, at most `backoffBaseMs`, 500 by
+/// default), but deterministic per client so runs compare. 0 = everyone at once.
+/// How the clients came back, in words for the page.
+fn spread_words(spread_ms: u64) -> String {
+    match spread_ms {
+        0 => "all at once".into(),
+        ms => format!("each client's first reconnect after 0–{ms} ms, as the shipped client's"),
+    }
+}
+
+fn first_delay(i: usize, spread_ms: u64) -> Duration {
+    if spread_ms == 0 {
+        return Duration::ZERO;
+    }
+    // A multiplicative hash spreads consecutive clients over the whole window.
+    let h = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+    Duration::from_millis(h % spread_ms)
+}
+
+async fn resume(
+    i: usize,
+    server: SocketAddr,
+    token: String,
+    since: i64,
+    last: i64,
+    spread_ms: u64,
+) -> Outcome {
+    // Timed from the storm's start, so a client's own delay counts in its resume time.
     let start = Instant::now();
     let mut out = Outcome::default();
+    tokio::time::sleep(first_delay(i, spread_ms)).await;
     while start.elapsed() < STORM_DEADLINE {
         match attempt(i, server, &token, since, last).await {
             Attempt::Resumed => {
@@ -312,6 +343,9 @@ async fn metric_sums(base: &str) -> HashMap<String, f64> {
 // ---------------------------------------------------------------------------------------------
 
 struct StormResult {
+    /// Clients waited a delay uniform in [0, spread_ms) before their first reconnect (0: all at
+    /// once).
+    spread_ms: u64,
     /// The timed POSTs went to a service listener of B's own (`NOTIFYD_SERVICE_BIND`).
     service_listener: bool,
     clients: usize,
@@ -358,6 +392,7 @@ async fn storm(
     n: usize,
     missed: i64,
     rate: u64,
+    spread_ms: u64,
 ) -> anyhow::Result<StormResult> {
     let prefix = format!("benchstorm{}:", std::process::id());
     let a = Node::start(bin, &db.url, &prefix, false, &["serve"]).await?;
@@ -446,7 +481,7 @@ async fn storm(
     let tasks: Vec<_> = tokens
         .into_iter()
         .enumerate()
-        .map(|(i, token)| tokio::spawn(resume(i, server_b, token, 1, last)))
+        .map(|(i, token)| tokio::spawn(resume(i, server_b, token, 1, last, spread_ms)))
         .collect();
     let mut outcomes = vec![];
     for t in tasks {
@@ -500,6 +535,7 @@ async fn storm(
         ),
         first_error: outcomes.iter().find_map(|o| o.last_error.clone()),
         service_listener: service_port.is_some(),
+        spread_ms,
         listen_overflows: overflows,
         syn_retrans: syn,
     })
@@ -512,7 +548,7 @@ fn run_block(label: &str, note: &str, load: &str, r: &StormResult) -> String {
 ### {label}: {date}, commit `{commit}`, {n} clients\n\n\
 {note}Machine: {cpu}, {cores} cores, {mem}; {pg}; Redis {redis_v}. Two notifyd release nodes\n\
 (database pool 32 each) and the load client on the same cores. Load average when the run\n\
-began: {load}.\n\n\
+began: {load}. Clients came back {how}.\n\n\
 | what | figure |\n|---|---|\n\
 | clients resumed on B (hello at the final seq + exactly the {missed} missed events, in order) | **{resumed} of {n}** ({wrong} wrong) |\n\
 | storm start → every client resumed | **{all:.2} s** (p50 {p50:.2} s, p99 {p99:.2} s) |\n\
@@ -563,6 +599,7 @@ began: {load}.\n\n\
         sf = r.storm.3,
         ratio = r.storm.1 / r.quiet.1,
         ca = r.connect_a_s,
+        how = spread_words(r.spread_ms),
         lo = r.listen_overflows,
         sr = r.syn_retrans,
     )
@@ -577,7 +614,10 @@ Written by `BENCH_STORM_CLIENTS=15000 BENCH_STORM_LABEL=<label> cargo bench --be
 (benches/storm.rs), one block per label, each block one run. Two nodes share the database and\n\
 Redis; N clients (each a distinct user, one socket each, over 8 source addresses) connect to A\n\
 at seq 1; A is killed with SIGKILL; each user gets more messages while away; then every client\n\
-reconnects to B at once with `since=1`. *Resumed* = `hello` at the final seq and `sync` frames\n\
+reconnects to B with `since=1`, all at once unless the block says each waited a delay uniform\n\
+in [0, spread) first, as the shipped JS client does after a healthy socket breaks (its\n\
+`backoffBaseMs`, 500 ms); a client's resume time counts from the storm's start, its delay\n\
+included. *Resumed* = `hello` at the final seq and `sync` frames\n\
 with exactly the missed events, each once, in order. A client refused with 1013 waits the\n\
 `retry_after` its close reason names. Catch-up queries are B's\n\
 `notifyd_catch_up_queries_total` over the storm. The steady POSTs go to other users, one at a\n\
@@ -663,7 +703,10 @@ async fn bench() -> anyhow::Result<()> {
     println!(
         "reconnect storm: {n} clients, {missed} messages each while away, {rate} POSTs/s on B"
     );
-    let r = storm(&bin, &db, n, missed, rate).await;
+    // BENCH_STORM_SPREAD_MS=500: each client waits a delay uniform in [0, 500 ms) before its
+    // first reconnect, as the shipped JS client does; 0 (the default): all at once.
+    let spread_ms = env_num("BENCH_STORM_SPREAD_MS", 0);
+    let r = storm(&bin, &db, n, missed, rate, spread_ms).await;
     db.drop_db().await?;
     let r = r?;
     if let Some(e) = &r.first_error {
@@ -678,14 +721,20 @@ async fn bench() -> anyhow::Result<()> {
             && r.all_s <= 10.0
             && qpu <= 1.0
             && r.storm.1 < 100.0;
-        let (part, what) = if r.service_listener {
-            (
-                "51-storm-service",
-                "the timed POSTs on a service listener (`NOTIFYD_SERVICE_BIND`)",
-            )
-        } else {
-            ("50-storm", "default settings")
+        let part = match (r.service_listener, r.spread_ms) {
+            (true, _) => "52-storm-service",
+            (false, 0) => "50-storm",
+            (false, _) => "51-storm-spread",
         };
+        let what = format!(
+            "{}, {}",
+            if r.service_listener {
+                "the timed POSTs on a service listener (`NOTIFYD_SERVICE_BIND`)"
+            } else {
+                "default settings"
+            },
+            spread_words(r.spread_ms)
+        );
         support::summary_rows(
             part,
             &format!(

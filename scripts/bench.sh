@@ -5,7 +5,8 @@
 #                               and after a burst, announcements
 #   fanout  (benches/fanout.rs) 10,000-socket topic fan-out vs a trivial ceiling server
 #   peers   (benches/peers.rs)  notifyd vs the Socket.IO peer and NATS: memory, latency, fan-out
-#   storm   (benches/storm.rs)  reconnect storm, with default settings and with a service listener
+#   storm   (benches/storm.rs)  reconnect storm: default settings all at once, as the shipped
+#                               client comes back (0-500 ms), and with a service listener
 #   eventlog (benches/eventlog.rs) the event log's size under steady writes (simulated days, ~4 min)
 # Needs PostgreSQL and Redis (scripts/services.sh starts them), node/npm and pip for the peers.
 # BENCH_ONLY="peers fanout" runs only those benches (a space-separated list).
@@ -44,6 +45,9 @@ wants load && step load env BENCH_WS_CONNS="${BENCH_WS_CONNS:-5000}" cargo bench
 wants fanout && step fanout env BENCH_FANOUT_CONNS=10000 BENCH_FANOUT_LABEL=current cargo bench --bench fanout
 wants peers && step peers cargo bench --bench peers
 wants storm && step storm env BENCH_STORM_CLIENTS=15000 BENCH_STORM_LABEL=current cargo bench --bench storm
+# The same storm as the shipped JS client comes back: its first retry after a healthy socket
+# breaks waits a delay uniform in [0, backoffBaseMs = 500 ms).
+wants storm && step storm-spread env BENCH_STORM_CLIENTS=15000 BENCH_STORM_LABEL=client-spread BENCH_STORM_SPREAD_MS=500 cargo bench --bench storm
 # The same storm with internal services on a listener of their own (NOTIFYD_SERVICE_BIND).
 wants storm && step storm-service env BENCH_STORM_CLIENTS=15000 BENCH_STORM_LABEL=service-listener BENCH_STORM_SERVICE_LISTENER=1 cargo bench --bench storm
 wants eventlog && step eventlog cargo bench --bench eventlog

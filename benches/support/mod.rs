@@ -288,6 +288,11 @@ pub fn git_commit() -> String {
 
 /// Replaces the section starting with `heading` (up to the next `## `) in `path`, or appends it.
 pub fn write_section(path: &str, heading: &str, section: &str) -> anyhow::Result<()> {
+    // BENCH_WRITE_DOC=0: a trial run (the benches that choose by size read it themselves too).
+    if std::env::var("BENCH_WRITE_DOC").as_deref() == Ok("0") {
+        println!("({path} not written: BENCH_WRITE_DOC=0)");
+        return Ok(());
+    }
     let doc = std::fs::read_to_string(path).unwrap_or_default();
     let out = match doc.find(heading) {
         Some(start) => {
