@@ -330,13 +330,13 @@ mod tests {
 
     #[tokio::test]
     async fn json_session_encodes_text_frames_by_default() {
-        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let (tx, mut rx) = futures_channel::mpsc::channel(1);
         let session = Session::new(tx);
 
         let mut session = session.with_codec::<TestMsg, _>(crate::codec::JsonCodec::default());
         session.send(&TestMsg { a: 123 }).await.unwrap();
 
-        match rx.recv().await.unwrap() {
+        match futures_util::StreamExt::next(&mut rx).await.unwrap() {
             Message::Text(text) => {
                 let s: &str = text.as_ref();
                 assert_eq!(s, r#"{"a":123}"#);
@@ -347,14 +347,14 @@ mod tests {
 
     #[tokio::test]
     async fn json_session_can_encode_binary_frames() {
-        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let (tx, mut rx) = futures_channel::mpsc::channel(1);
         let session = Session::new(tx);
 
         let mut session =
             session.with_codec::<TestMsg, _>(crate::codec::JsonCodec::default().binary());
         session.send(&TestMsg { a: 123 }).await.unwrap();
 
-        match rx.recv().await.unwrap() {
+        match futures_util::StreamExt::next(&mut rx).await.unwrap() {
             Message::Binary(bytes) => assert_eq!(bytes, Bytes::from_static(br#"{"a":123}"#)),
             other => panic!("expected binary frame, got: {other:?}"),
         }

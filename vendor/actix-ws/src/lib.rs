@@ -92,7 +92,10 @@ pub fn handle_with_protocols(
     // notifyd patch: a futures-channel queue instead of tokio's mpsc. tokio's channel allocates
     // its 32-slot block and its cache-padded state (~1.8 KiB) when it is made and keeps them for
     // the socket's life; this one allocates a node per queued message and frees it when the body
-    // takes it, so an idle socket holds ~0.2 KiB. Same bound: 31 + one slot per sender.
+    // takes it, so an idle socket holds ~0.2 KiB. Its bound is 31 + one slot per live sender:
+    // 32 with the one `Session` made here. Each clone of a `Session` adds a slot (tokio's bound
+    // ignored clones), so code that clones a `Session` per send would weaken it; notifyd never
+    // clones one.
     let (tx, rx) = futures_channel::mpsc::channel(31);
     let (connection_closed_tx, connection_closed_rx) = oneshot::channel();
 

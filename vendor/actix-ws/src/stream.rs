@@ -321,7 +321,6 @@ pub(crate) mod tests {
     use actix_http::{error::PayloadError, ws::ProtocolError};
     use futures_core::Stream;
     // notifyd patch: the tests' session queues are futures-channel's, sent to as a Sink.
-    #[allow(unused_imports)]
     use futures_util::SinkExt as _;
     use tokio::sync::{
         mpsc::{Receiver, Sender},
@@ -686,7 +685,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn stream_closes() {
         std::future::poll_fn(move |cx| {
-            let (mut tx, rx) = futures_channel::mpsc::channel(3);
+            let (tx, rx) = futures_channel::mpsc::channel(3);
 
             drop(tx);
             let stream = StreamingBody::new(rx);
