@@ -423,28 +423,12 @@ async fn storm(
             async move {
                 // Set-up honours the admission cap as the storm's clients do: a 1013 waits its
                 // `retry_after` and tries again (not counted: set-up is not the storm).
-                'attempt: for _ in 0..20 {
-                    let mut ws = open_ws(i, server_a, &format!("/ws?token={token}")).await?;
-                    loop {
-                        match tokio::time::timeout(WAIT, ws.next()).await {
-                            Ok(Some(Ok(Message::Text(t)))) if t.contains("\"hello\"") => {
-                                if !t.contains("\"seq\":1") {
-                                    bail!("hello on A not at seq 1: {t}");
-                                }
-                                return Ok(ws);
-                            }
-                            Ok(Some(Ok(Message::Close(Some(c))))) if u16::from(c.code) == 1013 => {
-                                let wait = notifyd::gateway::protocol::retry_after_ms(&c.reason)
-                                    .unwrap_or(1000);
-                                tokio::time::sleep(Duration::from_millis(wait)).await;
-                                continue 'attempt;
-                            }
-                            Ok(Some(Ok(_))) => continue,
-                            other => bail!("no hello on A: {other:?}"),
-                        }
-                    }
+                let path = format!("/ws?token={token}");
+                let (ws, hello) = support::until_hello(|| open_ws(i, server_a, &path)).await?;
+                if !hello.contains("\"seq\":1") {
+                    bail!("hello on A not at seq 1: {hello}");
                 }
-                bail!("client {i} refused 20 times on A")
+                Ok(ws)
             }
         })
         .buffer_unordered(CONNECT_CONCURRENCY)

@@ -26,7 +26,9 @@ export BENCH_SUMMARY_DIR="$PWD/target/bench-summary"
 rm -rf "$BENCH_SUMMARY_DIR"
 mkdir -p "$BENCH_SUMMARY_DIR"
 started="$(date -u '+%Y-%m-%d %H:%M UTC')"
-commit="$(git rev-parse --short=9 HEAD)$(git diff --quiet HEAD -- src benches vendor migrations Cargo.toml Cargo.lock || echo +dirty)"
+# What counts as code for +dirty: the same list the benches' git_commit() reads.
+# shellcheck disable=SC2046
+commit="$(git rev-parse --short=9 HEAD)$(git diff --quiet HEAD -- $(cat benches/support/code-paths) || echo +dirty)"
 failed=""
 # A bench that fails is reported and the others still run; the run then exits non-zero.
 step() {

@@ -258,27 +258,17 @@ pub fn machine() -> Machine {
     }
 }
 
+/// What counts as code for `+dirty`; scripts/bench.sh reads the same file.
+const CODE_PATHS: &str = include_str!("code-paths");
+
 /// The checked-out commit (short), with `+dirty` when the code differs from it: a figure is
 /// only comparable with another if both name the code they measured. Only what is built
 /// counts: the docs a full run rewrites as it goes are not the code.
 pub fn git_commit() -> String {
     let sha = command_out("git", &["rev-parse", "--short=9", "HEAD"]);
-    let dirty = !command_out(
-        "git",
-        &[
-            "status",
-            "--porcelain",
-            "--untracked-files=no",
-            "--",
-            "src",
-            "benches",
-            "vendor",
-            "migrations",
-            "Cargo.toml",
-            "Cargo.lock",
-        ],
-    )
-    .is_empty();
+    let mut args = vec!["status", "--porcelain", "--untracked-files=no", "--"];
+    args.extend(CODE_PATHS.split_whitespace());
+    let dirty = !command_out("git", &args).is_empty();
     match (sha.is_empty(), dirty) {
         (true, _) => "unknown".into(),
         (false, true) => format!("{sha}+dirty"),

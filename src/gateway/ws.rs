@@ -53,8 +53,9 @@ pub async fn connect(
                 .ok_or_else(|| ApiError::validation("since", "must be a non-negative integer"))?,
         ),
     };
+    // Checked before a socket count is taken; admission answers the same once it is closed.
     if state.gateway.is_shutting_down() {
-        return Err(ApiError::Unavailable("server is restarting".into()));
+        return Err(refuse_shutting_down());
     }
     let permit = match &claims {
         Some(c) => state
@@ -74,7 +75,7 @@ pub async fn connect(
     let conn = Conn::of(&req);
     let joining = match state.gateway.admission.admit().await {
         Ok(turn) => turn,
-        Err(Refused::Closing) => return Err(ApiError::Unavailable("server is restarting".into())),
+        Err(Refused::Closing) => return Err(refuse_shutting_down()),
         Err(busy) => return refuse_busy(&req, body, &state, busy.reason()),
     };
     // A client that gave up while it waited (closed its side) would still cost a join: an
@@ -149,6 +150,13 @@ pub async fn connect(
     }));
     actix_web::rt::spawn(session.instrument(span));
     Ok(response)
+}
+
+/// The node is shutting down: 503 (no upgrade), counted with the other refusals.
+fn refuse_shutting_down() -> ApiError {
+    metrics::counter!("notifyd_ws_refused_total", "reason" => Refused::Closing.reason())
+        .increment(1);
+    ApiError::Unavailable("server is restarting".into())
 }
 
 /// Upgrades and at once closes with 1013 and a jittered `retry_after`: the node has
