@@ -157,11 +157,7 @@ pub static SETTINGS: &[Setting] = &[
         kind: Kind::Value {
             range: "IP:port (`[::1]:8080` for IPv6)",
             set: |s, v| {
-                let addr: std::net::SocketAddr = v
-                    .trim()
-                    .parse()
-                    .map_err(|_| "must be an IP address and port, e.g. 0.0.0.0:8080")?;
-                s.bind = addr.to_string();
+                s.bind = values::listen_addr(v, "0.0.0.0:8080")?;
                 Ok(())
             },
         },
@@ -173,11 +169,7 @@ pub static SETTINGS: &[Setting] = &[
         kind: Kind::Value {
             range: "IP:port, not `NOTIFYD_BIND`'s",
             set: |s, v| {
-                let addr: std::net::SocketAddr = v
-                    .trim()
-                    .parse()
-                    .map_err(|_| "must be an IP address and port, e.g. 10.0.0.5:8081")?;
-                s.service_bind = Some(addr.to_string());
+                s.service_bind = Some(values::listen_addr(v, "10.0.0.5:8081")?);
                 Ok(())
             },
         },

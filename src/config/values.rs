@@ -78,6 +78,14 @@ pub fn count_in(raw: &str, min: u64, max: u64) -> Result<u64, String> {
         .ok_or_else(|| format!("must be a whole number from {min} to {max}"))
 }
 
+/// An address to listen on, `IP:port`, in its canonical form; `example` goes into the error.
+pub fn listen_addr(raw: &str, example: &str) -> Result<String, String> {
+    raw.trim()
+        .parse::<std::net::SocketAddr>()
+        .map(|addr| addr.to_string())
+        .map_err(|_| format!("must be an IP address and port, e.g. {example}"))
+}
+
 /// `on`/`off` (also `true`/`false`, `1`/`0`).
 pub fn switch(raw: &str) -> Result<bool, String> {
     match raw.trim() {
@@ -261,6 +269,20 @@ mod tests {
         for s in ["250ms", "1s", "90s", "15m", "1h", "7d", "0ms"] {
             assert_eq!(format_duration(parse_duration(s).unwrap()), s);
         }
+    }
+
+    #[test]
+    fn listen_addresses_are_ip_and_port_in_canonical_form() {
+        assert_eq!(
+            listen_addr(" 0.0.0.0:8080 ", "x").as_deref(),
+            Ok("0.0.0.0:8080")
+        );
+        assert_eq!(listen_addr("[::1]:8081", "x").as_deref(), Ok("[::1]:8081"));
+        assert_eq!(
+            listen_addr("localhost:8080", "10.0.0.5:8081"),
+            Err("must be an IP address and port, e.g. 10.0.0.5:8081".to_string())
+        );
+        assert!(listen_addr("0.0.0.0", "x").is_err());
     }
 
     #[test]
