@@ -272,7 +272,6 @@ From t = {msg_steady_from} s (message retention + 20 s) `t_message_real_time` {m
         last_created = last.map(|s| s.created).unwrap_or(0),
     );
     write_section("docs/benchmarks.md", HEADING, &section)?;
-    println!("wrote the \"{HEADING}\" section of docs/benchmarks.md");
     Ok(())
 }
 

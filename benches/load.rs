@@ -184,7 +184,6 @@ async fn main() -> anyhow::Result<()> {
         let secs = env_num("BENCH_SECS", 15);
         let section = creating_messages(&bin, secs).await?;
         write_section("docs/benchmarks.md", "## Creating messages", &section)?;
-        println!("wrote docs/benchmarks.md (Creating messages)");
     }
     if run("relay") {
         relay_bench(&bin).await?;
@@ -669,7 +668,6 @@ batch is not.\n",
         stall_hi = runs.iter().map(|r| r.busy.max).fold(0.0, f64::max),
     );
     write_section("docs/benchmarks.md", "## Announcements", &section)?;
-    println!("wrote the Announcements section of docs/benchmarks.md");
     Ok(())
 }
 

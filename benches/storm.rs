@@ -181,9 +181,6 @@ async fn attempt(i: usize, server: SocketAddr, token: &str, since: i64, last: i6
     }
 }
 
-/// Client `i`'s wait before its first reconnect: uniform in [0, `spread_ms`), as the shipped
-/// JS client waits after a healthy socket breaks (full jitter, at most `backoffBaseMs`, 500 by
-/// default), but deterministic per client so runs compare. 0 = everyone at once.
 /// How the clients came back, in words for the page.
 fn spread_words(spread_ms: u64) -> String {
     match spread_ms {
@@ -192,6 +189,9 @@ fn spread_words(spread_ms: u64) -> String {
     }
 }
 
+/// Client `i`'s wait before its first reconnect: uniform in [0, `spread_ms`), as the shipped
+/// JS client waits after a healthy socket breaks (full jitter, at most `backoffBaseMs`, 500 by
+/// default), but deterministic per client so runs compare. 0 = everyone at once.
 fn first_delay(i: usize, spread_ms: u64) -> Duration {
     if spread_ms == 0 {
         return Duration::ZERO;

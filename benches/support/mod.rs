@@ -276,11 +276,12 @@ pub fn git_commit() -> String {
     }
 }
 
-/// Replaces the section starting with `heading` (up to the next `## `) in `path`, or appends it.
+/// Replaces the section starting with `heading` (up to the next `## `) in `path`, or appends it,
+/// and says which it wrote (or that `BENCH_WRITE_DOC=0` kept it from writing).
 pub fn write_section(path: &str, heading: &str, section: &str) -> anyhow::Result<()> {
     // BENCH_WRITE_DOC=0: a trial run (the benches that choose by size read it themselves too).
     if std::env::var("BENCH_WRITE_DOC").as_deref() == Ok("0") {
-        println!("({path} not written: BENCH_WRITE_DOC=0)");
+        println!("({path}, {heading:?} not written: BENCH_WRITE_DOC=0)");
         return Ok(());
     }
     let doc = std::fs::read_to_string(path).unwrap_or_default();
@@ -296,6 +297,7 @@ pub fn write_section(path: &str, heading: &str, section: &str) -> anyhow::Result
         None => format!("{}\n\n{}", doc.trim_end_matches('\n'), section),
     };
     std::fs::write(path, out)?;
+    println!("wrote the {heading:?} section of {path}");
     Ok(())
 }
 
