@@ -589,9 +589,6 @@ began: {load}. Clients came back {how}.\n\n\
     )
 }
 
-const SECTION_BEGIN: &str = "<!-- storm:begin -->";
-const SECTION_END: &str = "<!-- storm:end -->";
-
 fn section_intro() -> String {
     "## Reconnect storm: a node dies, its clients resume on the survivor\n\n\
 Written by `BENCH_STORM_CLIENTS=15000 BENCH_STORM_LABEL=<label> cargo bench --bench storm`\n\
@@ -615,48 +612,14 @@ retransmissions they cost (each waits 1 s, then 3 s, ...).\n\n"
 }
 
 /// Replaces this run's block (same label) in the storm section, or adds it; everything else in
-/// the document stays as it is.
+/// the document, and other labels' blocks, stay as they are (benches/support/doc.rs).
 fn write_doc(path: &str, label: &str, block: &str) -> anyhow::Result<()> {
-    let doc = std::fs::read_to_string(path).unwrap_or_default();
-    let (before, section, after) = match (doc.find(SECTION_BEGIN), doc.find(SECTION_END)) {
-        (Some(b), Some(e)) if b < e => (
-            doc[..b].to_string(),
-            doc[b + SECTION_BEGIN.len()..e].to_string(),
-            doc[e + SECTION_END.len()..].to_string(),
-        ),
-        _ => (
-            format!("{}\n\n", doc.trim_end()),
-            String::new(),
-            "\n".to_string(),
-        ),
+    let intro = section_intro();
+    let section = support::doc::Blocks {
+        name: "storm",
+        intro: &intro,
     };
-    let mut blocks: Vec<(String, String)> = vec![];
-    let mut rest = section.as_str();
-    while let Some(b) = rest.find("<!-- storm-run:") {
-        let name_start = b + "<!-- storm-run:".len();
-        let Some(name_len) = rest[name_start..].find(" -->") else {
-            break;
-        };
-        let name = rest[name_start..name_start + name_len].to_string();
-        let close = format!("<!-- /storm-run:{name} -->\n");
-        let Some(c) = rest[b..].find(&close) else {
-            break;
-        };
-        blocks.push((name, rest[b..b + c + close.len()].to_string()));
-        rest = &rest[b + c + close.len()..];
-    }
-    match blocks.iter_mut().find(|(n, _)| n == label) {
-        Some(b) => b.1 = block.to_string(),
-        None => blocks.push((label.to_string(), block.to_string())),
-    }
-    let body: Vec<String> = blocks.into_iter().map(|(_, b)| b).collect();
-    let out = format!(
-        "{before}{SECTION_BEGIN}\n{}{}{SECTION_END}{after}",
-        section_intro(),
-        body.join("\n")
-    );
-    std::fs::write(path, out)?;
-    Ok(())
+    support::write_block(path, &section, label, block)
 }
 
 fn main() -> anyhow::Result<()> {

@@ -10,6 +10,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
+pub mod doc;
+
 pub const SECRET: &str = "bench-secret";
 pub const KEY: &str = "bench-key";
 
@@ -276,7 +278,8 @@ pub fn git_commit() -> String {
     }
 }
 
-/// Replaces the section starting with `heading` (up to the next `## `) in `path`, or appends it,
+/// Replaces the section starting with `heading` (up to the next section: `doc::replace_section`)
+/// in `path`, or appends it,
 /// and says which it wrote (or that `BENCH_WRITE_DOC=0` kept it from writing).
 pub fn write_section(path: &str, heading: &str, section: &str) -> anyhow::Result<()> {
     // BENCH_WRITE_DOC=0: a trial run (the benches that choose by size read it themselves too).
@@ -285,19 +288,25 @@ pub fn write_section(path: &str, heading: &str, section: &str) -> anyhow::Result
         return Ok(());
     }
     let doc = std::fs::read_to_string(path).unwrap_or_default();
-    let out = match doc.find(heading) {
-        Some(start) => {
-            let rest = &doc[start + heading.len()..];
-            let end = rest
-                .find("\n## ")
-                .map(|i| start + heading.len() + i + 1)
-                .unwrap_or(doc.len());
-            format!("{}{}{}", &doc[..start], section, &doc[end..])
-        }
-        None => format!("{}\n\n{}", doc.trim_end_matches('\n'), section),
-    };
+    let out = doc::replace_section(&doc, heading, section);
     std::fs::write(path, out)?;
     println!("wrote the {heading:?} section of {path}");
+    Ok(())
+}
+
+/// Replaces (or adds) the block `label` of the labelled-blocks section `section` in `path`
+/// (`doc::Blocks::replace_block`); a page whose markers are broken is left as it is.
+pub fn write_block(
+    path: &str,
+    section: &doc::Blocks<'_>,
+    label: &str,
+    block: &str,
+) -> anyhow::Result<()> {
+    let page = std::fs::read_to_string(path).unwrap_or_default();
+    let out = section
+        .replace_block(&page, label, block)
+        .map_err(|e| anyhow::anyhow!("{path} not written: {e}"))?;
+    std::fs::write(path, out)?;
     Ok(())
 }
 
