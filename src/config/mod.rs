@@ -64,6 +64,10 @@ pub struct Settings {
     pub audit_interval: Duration,
     /// `NOTIFYD_RELAY_BATCH`: outbox entries per relay transaction (one PUBLISH pipeline).
     pub relay_batch: i64,
+    /// `NOTIFYD_RELAY_COALESCE`: after a batch that emptied the outbox, the next one starts no
+    /// sooner than this after it started (zero: at once), so a steady stream of single commits
+    /// shares relay transactions instead of paying one each (`outbox::relay`).
+    pub relay_coalesce: Duration,
     /// `NOTIFYD_WS_MAX_JOINING`: WebSocket handshakes this node works on at once, each counted
     /// from its turn until its `hello` was sent (actor, catch-up read). Beyond it a handshake
     /// waits for a turn (`ws_join_queue`, `ws_join_wait`, see `gateway::admission`).
@@ -145,6 +149,7 @@ impl Settings {
             // 2,000, not 500: draining a 200k backlog, back to back on the same (loaded) machine,
             // 1.2-1.5x the events/s and ~30% less relay CPU per event (docs/benchmarks.md).
             relay_batch: 2000,
+            relay_coalesce: Duration::from_millis(5),
             ws_max_joining: None,
             ws_join_queue: 8192,
             ws_join_wait: Duration::from_secs(5),

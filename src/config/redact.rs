@@ -61,6 +61,7 @@ impl fmt::Debug for Settings {
             relay_poll,
             audit_interval,
             relay_batch,
+            relay_coalesce,
             ws_max_joining,
             ws_join_queue,
             ws_join_wait,
@@ -109,6 +110,7 @@ impl fmt::Debug for Settings {
             .field("relay_poll", relay_poll)
             .field("audit_interval", audit_interval)
             .field("relay_batch", relay_batch)
+            .field("relay_coalesce", relay_coalesce)
             .field("ws_max_joining", ws_max_joining)
             .field("ws_join_queue", ws_join_queue)
             .field("ws_join_wait", ws_join_wait)

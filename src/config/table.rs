@@ -482,6 +482,17 @@ pub static SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        env: "NOTIFYD_RELAY_COALESCE",
+        default: Default::Value("5ms"),
+        secret: false,
+        kind: Kind::Duration {
+            min: ms(1),
+            max: secs(1),
+            zero_unsets: true,
+            set: |s, d| s.relay_coalesce = d,
+        },
+    },
+    Setting {
         env: "NOTIFYD_RELAY_PARTITIONS",
         default: Default::Value("1"),
         secret: false,

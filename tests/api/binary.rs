@@ -141,3 +141,10 @@ impl Notifyd {
         (self.stdout(), self.stderr())
     }
 }
+
+/// The value of the Prometheus sample `name{labels}` (labels in the exporter's order), if any.
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}

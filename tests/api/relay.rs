@@ -12,6 +12,7 @@ use notifyd::inbox::input::parse_create;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
+use crate::binary::sample;
 use crate::helpers::*;
 
 /// Asserts the payloads are the seqs 1..=n, each exactly once, in order.
@@ -505,4 +506,71 @@ async fn an_entry_queued_without_its_frame_is_published_from_the_event_log() {
     assert_eq!(got[1], frame);
     assert_eq!(count_rows(&db.url, "outbox").await, 0);
     app.stop().await;
+}
+
+/// Relay transactions a node has committed (`notifyd_relay_batch_seconds` counts one per batch
+/// that published something) and the events they published, from its `/metrics`.
+async fn relay_batches_and_events(http: &reqwest::Client, base: &str) -> (f64, f64) {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    (
+        sample(&text, "notifyd_relay_batch_seconds_count").unwrap_or(0.0),
+        sample(&text, "notifyd_events_published_total").unwrap_or(0.0),
+    )
+}
+
+/// Every commit wakes the relay; `NOTIFYD_RELAY_COALESCE` keeps a steady trickle of single
+/// commits from costing a relay transaction each. The first commit after a quiet spell goes out
+/// in a batch of its own, at once; commits made within the window after it share the next one.
+/// (Each POST below commits before the next is sent, 20 ms apart: without the window the relay,
+/// idle again after a few milliseconds, would take each in a transaction of its own.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_within_the_coalescing_window_share_one_relay_transaction() {
+    let db = TestDb::new().await;
+    let port = crate::binary::free_port();
+    let mut env = crate::binary::node_env(&db, port);
+    env.push(("NOTIFYD_RELAY_COALESCE".into(), "1s".into()));
+    let mut node = crate::binary::Notifyd::start(&["serve"], &env, port);
+    node.healthy().await;
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let post = |title: String| {
+        http.post(format!("{base}/api/v1/messages"))
+            .bearer_auth(SERVICE_KEY)
+            .json(&json!({"to_user": "coalesced", "title": title, "content": "c", "type": "t"}))
+            .send()
+    };
+    let published = |events: f64| {
+        let (http, base) = (&http, &base);
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let (batches, published) = relay_batches_and_events(http, base).await;
+                if published >= events || Instant::now() > deadline {
+                    return (batches, published);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+
+    assert_eq!(post("first".into()).await.expect("POST").status(), 201);
+    assert_eq!(published(1.0).await, (1.0, 1.0), "the first commit, alone");
+    for i in 2..=6 {
+        assert_eq!(post(format!("m{i}")).await.expect("POST").status(), 201);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        published(6.0).await,
+        (2.0, 6.0),
+        "the five commits made within the window share one transaction"
+    );
+    assert_eq!(count_rows(&db.url, "outbox").await, 0);
+    node.stop().await;
 }

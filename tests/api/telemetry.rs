@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::binary::{free_port, node_env, Notifyd};
+use crate::binary::{free_port, node_env, sample, Notifyd};
 use crate::helpers::{token, TestDb, WsClient, SERVICE_KEY};
 
 async fn post(http: &reqwest::Client, base: &str, key: &str, body: Value) -> reqwest::Response {
@@ -16,13 +16,6 @@ async fn post(http: &reqwest::Client, base: &str, key: &str, body: Value) -> req
         .send()
         .await
         .expect("POST /api/v1/messages")
-}
-
-/// The value of the Prometheus sample `name{labels}` (labels in the exporter's order), if any.
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
