@@ -84,7 +84,7 @@ async fn post_load(
 }
 
 /// The message template of the benchmark's messages, as the handler builds it (title "bench",
-/// 100 × "x", type "bench"); its exact `send_time` does not change the work.
+/// 100 × "x", type "bench"; bound as text); its exact `send_time` does not change the work.
 // Built by `jsonb_build_object`, not a JSON literal: in `-M prepared` pgbench reads the `:null`,
 // `:false` and `:00` of a literal as its variables.
 const PG_TEMPLATE: &str = "jsonb_build_object('title', 'bench', 'content', repeat('x', 100), \
@@ -106,7 +106,7 @@ fn pgbench_script(rows: u32) -> String {
         (4, each("NULL::text")),
         (5, each("NULL::text")),
         (6, each("NULL::jsonb")),
-        (7, each(PG_TEMPLATE)),
+        (7, each(&format!("({PG_TEMPLATE})::text"))),
         (8, format!("ARRAY(SELECT g::int4 FROM {n} g)")),
         (9, format!("ARRAY(SELECT {user} FROM {n} g)")),
         (10, each("0::int8")),
@@ -681,12 +681,40 @@ const RELAY_FRAME_SQL: &str = "jsonb_build_object('type', 'message.created', 'se
     'to_user', u, 'send_time', now(), 'skip_url', '/posts/9', 'is_read', false, 'seq', s, \
     'data', jsonb_build_object('k', repeat('y', 120))))";
 
+/// How the seeded outbox rows carry their frames (`BENCH_RELAY_SEED`), so a build can be measured
+/// on the rows its own create statement writes.
+#[derive(Clone, Copy, PartialEq)]
+enum Seed {
+    /// `frame`, text: what this build writes (the default).
+    Frame,
+    /// `payload`, jsonb: what builds before the `frame` column wrote (`payload`).
+    Payload,
+    /// Only `(user_id, seq)`, pointing at `user_event`: older builds still (`pointer`).
+    Pointer,
+}
+
+impl Seed {
+    fn from_env() -> Self {
+        match std::env::var("BENCH_RELAY_SEED").as_deref() {
+            Ok("payload") => Seed::Payload,
+            Ok("pointer") => Seed::Pointer,
+            _ => Seed::Frame,
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Seed::Frame => "carry their frames as text (`frame`)",
+            Seed::Payload => "carry their frames as jsonb (`payload`, before the `frame` column)",
+            Seed::Pointer => "point at user_event",
+        }
+    }
+}
+
 /// A fresh database with `n` committed user events waiting in the outbox (2,000 users, each
-/// user's events in seq order by outbox id, like the write path leaves them). `inline`: each
-/// outbox row carries its frame, as this build's create statement writes it; otherwise the row
-/// only points at its `user_event` (what builds before it wrote, `BENCH_RELAY_SEED=pointer`, to
-/// measure such a build on its own data).
-async fn relay_db(n: u64, inline: bool) -> anyhow::Result<BenchDb> {
+/// user's events in seq order by outbox id, like the write path leaves them), carrying their
+/// frames as `seed` says.
+async fn relay_db(n: u64, seed: Seed) -> anyhow::Result<BenchDb> {
     let db = BenchDb::create("bench_relay").await?;
     notifyd::db::migrate(&db.url).await?;
     let mut conn = AsyncPgConnection::establish(&db.url).await?;
@@ -698,10 +726,14 @@ async fn relay_db(n: u64, inline: bool) -> anyhow::Result<BenchDb> {
     ))
     .execute(&mut conn)
     .await?;
-    let payload = if inline { "payload" } else { "NULL" };
+    let (column, value) = match seed {
+        Seed::Frame => ("frame", "payload::text"),
+        Seed::Payload => ("payload", "payload"),
+        Seed::Pointer => ("payload", "NULL"),
+    };
     diesel::sql_query(format!(
-        "INSERT INTO outbox (user_id, seq, payload) \
-         SELECT user_id, seq, {payload} FROM user_event ORDER BY seq, user_id",
+        "INSERT INTO outbox (user_id, seq, {column}) \
+         SELECT user_id, seq, {value} FROM user_event ORDER BY seq, user_id",
     ))
     .execute(&mut conn)
     .await?;
@@ -885,14 +917,14 @@ async fn relay_bench(bin: &str) -> anyhow::Result<()> {
         .filter_map(|p| p.trim().parse().ok())
         .collect();
     let prefix = format!("bench{}r:", std::process::id());
-    let inline = std::env::var("BENCH_RELAY_SEED").as_deref() != Ok("pointer");
+    let seed = Seed::from_env();
     let batch = std::env::var("NOTIFYD_RELAY_BATCH").unwrap_or_else(|_| "default".into());
     let probe = DrainProbe::from_env();
     let mut runs = vec![];
     let mut len = 0;
     for &p in &parts {
         println!("7/7 relay, {n} events, {p} partition(s)");
-        let db = relay_db(n, inline).await?;
+        let db = relay_db(n, seed).await?;
         len = relay_payload_len(&db.url).await?;
         let r = relay_drain(bin, &db.url, &prefix, p, probe).await;
         db.drop_db().await?;
@@ -976,11 +1008,7 @@ Run `{label}` on {date}, commit `{commit}`: ceiling {one:.0} PUBLISH/s on 1 conn
             DrainProbe::Cheap => "`min(id)` on one connection",
             DrainProbe::Count => "`count(*)` on a new connection every 25 ms (the old probe)",
         },
-        seed = if inline {
-            "carry their frames"
-        } else {
-            "point at user_event"
-        },
+        seed = seed.describe(),
         load = std::fs::read_to_string("/proc/loadavg")
             .unwrap_or_default()
             .split_whitespace()

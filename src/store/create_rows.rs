@@ -16,9 +16,12 @@
 //! each row's frame over the wire. The `send_time` in the template is the serialised `send_time`
 //! bound here, so row and frame agree.
 //!
-//! The frame is built once (`f`) and written twice: into the event log and into the outbox
-//! entry, so the relay publishes straight from the outbox row without reading `user_event`
-//! (see `store::outbox::claim_and_delete`). The outbox row is deleted once published.
+//! The frame is built once (`f`), as text, by concatenation: the row's id and seq go first in
+//! the message, then the template's fields (its text after the opening brace). It is written
+//! twice: parsed into the event log's `jsonb`, and as the outbox entry's `frame` text, which the
+//! relay publishes as it is (see `store::outbox::claim_and_delete`), deleting the entry. Building
+//! it with `jsonb_build_object` and `||` and turning it back into text for the relay cost the
+//! database more per row than the whole rest of the relay's claim (docs/benchmarks.md, Relay).
 
 use chrono::{DateTime, Utc};
 use diesel::pg::Pg;
@@ -31,12 +34,11 @@ use diesel::{QueryResult, QueryableByName};
 use diesel_async::RunQueryDsl;
 use uuid::Uuid;
 
-use super::{Conn, JsonText};
+use super::Conn;
 
 /// Public so the benchmark runs this exact statement under `pgbench` (benches/load.rs).
-pub const SQL: &str = "\
-WITH e AS (
-  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[])
+pub const SQL: &str = r#"WITH e AS (
+  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::text[])
     WITH ORDINALITY AS e(title, content, kind, send_user, skip_url, data, tmpl, i)
 ), r AS (
   SELECT * FROM unnest($8::int4[], $9::text[], $10::int8[], $11::uuid[])
@@ -56,15 +58,15 @@ WITH e AS (
     (id, to_user, seq, title, content, type, send_user, send_time, skip_url, data, service, broadcast_id)
   SELECT id, to_user, seq, title, content, kind, send_user, $14, skip_url, data, $15, $16 FROM w
 ), f AS MATERIALIZED (
-  SELECT ord, to_user, seq, jsonb_build_object('type', 'message.created', 'seq', seq,
-    'unread', unread, 'unseen', unseen, 'message', tmpl || jsonb_build_object('id', id, 'seq', seq))
-    AS payload FROM w
+  SELECT ord, to_user, seq, '{"message":{"id":"' || id || '","seq":' || seq || ','
+    || substr(tmpl, 2) || ',"seq":' || seq || ',"type":"message.created","unread":' || unread
+    || ',"unseen":' || unseen || '}' AS frame FROM w
 ), ev AS (
-  INSERT INTO user_event (user_id, seq, payload) SELECT to_user, seq, payload FROM f
+  INSERT INTO user_event (user_id, seq, payload) SELECT to_user, seq, frame::jsonb FROM f
 ), o AS (
-  INSERT INTO outbox (user_id, seq, payload) SELECT to_user, seq, payload FROM f ORDER BY ord
+  INSERT INTO outbox (user_id, seq, frame) SELECT to_user, seq, frame FROM f ORDER BY ord
 )
-SELECT seq, unread, unseen FROM w ORDER BY ord";
+SELECT seq, unread, unseen FROM w ORDER BY ord"#;
 
 /// One entry's message, shared by all its recipients' rows.
 pub struct Entry<'a> {
@@ -74,7 +76,8 @@ pub struct Entry<'a> {
     pub send_user: Option<&'a str>,
     pub skip_url: Option<&'a str>,
     pub data: Option<&'a serde_json::Value>,
-    /// The message view minus `id` and `seq` (see the module comment), as JSON text.
+    /// The message view minus `id` and `seq` (see the module comment), as JSON text: an
+    /// object with at least one field (the statement splices the row's own after its `{`).
     pub template: &'a str,
 }
 
@@ -109,7 +112,7 @@ struct Statement<'a> {
     send_user: Vec<Option<&'a str>>,
     skip_url: Vec<Option<&'a str>>,
     data: Vec<Option<&'a serde_json::Value>>,
-    template: Vec<JsonText<'a>>,
+    template: Vec<&'a str>,
     rows: &'a Rows<'a>,
     users: &'a [&'a str],
     counts: &'a [i64],
@@ -153,7 +156,7 @@ impl QueryFragment<Pg> for Statement<'_> {
         next(&mut out);
         out.push_bind_param::<Array<Nullable<Jsonb>>, _>(&self.data)?;
         next(&mut out);
-        out.push_bind_param::<Array<Jsonb>, _>(&self.template)?;
+        out.push_bind_param::<Array<Text>, _>(&self.template)?;
         next(&mut out);
         out.push_bind_param::<Array<Integer>, _>(&self.rows.entry)?;
         next(&mut out);
@@ -235,7 +238,7 @@ pub async fn insert(
         send_user: entries.iter().map(|e| e.send_user).collect(),
         skip_url: entries.iter().map(|e| e.skip_url).collect(),
         data: entries.iter().map(|e| e.data).collect(),
-        template: entries.iter().map(|e| JsonText(e.template)).collect(),
+        template: entries.iter().map(|e| e.template).collect(),
         rows,
         users,
         counts,

@@ -9,12 +9,14 @@ use super::Conn;
 
 const INSERT_CHUNK: usize = 10_000;
 
+/// A user entry (an event of their stream, or a notice at seq 0) with its frame as the text the
+/// relay publishes.
 #[derive(Insertable)]
 #[diesel(table_name = o)]
 struct NewUserEntry<'a> {
     user_id: &'a str,
     seq: i64,
-    payload: &'a serde_json::Value,
+    frame: String,
 }
 
 #[derive(Insertable)]
@@ -71,7 +73,7 @@ impl Partition {
 }
 
 /// Queues the user events `(user, seq, frame)`. The frame is the one written to `user_event`,
-/// carried here too so the relay never reads the event log (`claim_and_delete`).
+/// carried here too, as text, so the relay never reads the event log (`claim_and_delete`).
 pub async fn enqueue_user_events(
     conn: &mut Conn,
     entries: &[(&str, i64, &serde_json::Value)],
@@ -82,7 +84,7 @@ pub async fn enqueue_user_events(
             .map(|(u, s, p)| NewUserEntry {
                 user_id: u,
                 seq: *s,
-                payload: p,
+                frame: p.to_string(),
             })
             .collect();
         diesel::insert_into(o::table)
@@ -91,14 +93,6 @@ pub async fn enqueue_user_events(
             .await?;
     }
     Ok(())
-}
-
-#[derive(Insertable)]
-#[diesel(table_name = o)]
-struct NewUserNotice<'a> {
-    user_id: &'a str,
-    seq: i64,
-    payload: &'a serde_json::Value,
 }
 
 /// Queues a frame for the user's channel that is not an event of their stream (no seq of its
@@ -111,10 +105,10 @@ pub async fn enqueue_user_notice(
     payload: &serde_json::Value,
 ) -> QueryResult<()> {
     diesel::insert_into(o::table)
-        .values(NewUserNotice {
+        .values(NewUserEntry {
             user_id: user,
             seq: 0,
-            payload,
+            frame: payload.to_string(),
         })
         .execute(conn)
         .await?;
@@ -155,9 +149,10 @@ pub async fn enqueue_topic_event(
 ///
 /// Every entry carries its frame (the create statement and `enqueue_user_events` write it), so
 /// no join with `user_event` is needed: that join cost one index lookup per entry and tied the
-/// relay to the event log's key. Only a user entry without a payload (queued by a version
-/// before this one, during a rolling upgrade) looks its frame up, in a subquery that
-/// `COALESCE` evaluates for such entries alone.
+/// relay to the event log's key. A user entry's frame is text (`frame`), sent as it is; a topic
+/// entry's is its `payload`, as text. Entries queued by versions before this one, during a
+/// rolling upgrade, have a `payload` instead, or only point at their event, which a subquery
+/// looks up; `COALESCE` evaluates each fallback for such entries alone.
 pub async fn claim_and_delete(
     conn: &mut Conn,
     limit: i64,
@@ -178,9 +173,9 @@ pub async fn claim_and_delete(
 
 /// The claim's text after its one parameter (the limit).
 const CLAIM_TAIL: &str = " FOR UPDATE SKIP LOCKED)) \
-       RETURNING id, user_id, seq, topic, payload, created_at) \
-     SELECT c.id, c.user_id, c.topic, COALESCE(c.payload, (SELECT e.payload FROM user_event e \
-         WHERE e.user_id = c.user_id AND e.seq = c.seq))::text AS payload, \
+       RETURNING id, user_id, seq, topic, frame, payload, created_at) \
+     SELECT c.id, c.user_id, c.topic, COALESCE(c.frame, c.payload::text, (SELECT e.payload::text \
+         FROM user_event e WHERE e.user_id = c.user_id AND e.seq = c.seq)) AS payload, \
        EXTRACT(EPOCH FROM clock_timestamp() - c.created_at)::float8 AS age_s \
      FROM c ORDER BY c.id";
 

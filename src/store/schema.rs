@@ -49,6 +49,7 @@ diesel::table! {
         topic -> Nullable<Text>,
         payload -> Nullable<Jsonb>,
         created_at -> Timestamptz,
+        frame -> Nullable<Text>,
     }
 }
 

@@ -481,11 +481,12 @@ async fn partitioned_relays_keep_each_users_order() {
     app.stop().await;
 }
 
-/// An outbox entry that only points at its event (what versions before frames were carried in
-/// the outbox queued, still waiting during a rolling upgrade) is published with the frame from
-/// `user_event`, in order after the entries before it.
+/// Entries queued by older versions, still waiting during a rolling upgrade, are published in
+/// order with the rest: one that only points at its event (before frames were carried in the
+/// outbox) with the frame from `user_event`, one with its frame as `payload` jsonb (before the
+/// `frame` text column) with that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_entry_queued_without_its_frame_is_published_from_the_event_log() {
+async fn entries_queued_by_older_versions_are_published_in_order() {
     let db = TestDb::new().await;
     let app = spawn_app(&db, Opts::default()).await;
     let u = new_user();
@@ -501,9 +502,28 @@ async fn an_entry_queued_without_its_frame_is_published_from_the_event_log() {
     .execute(&mut conn)
     .await
     .expect("queue an old-shape entry");
-    let got = tap.collect(2, Duration::from_secs(30)).await;
-    assert_exactly_once_in_order(&got, 2, &u);
+    let jsonb_frame = json!({"type": "message.created", "seq": 3, "unread": 3, "unseen": 3,
+        "message": {"id": "jsonb-shape", "seq": 3}});
+    diesel::sql_query(format!(
+        "WITH e AS (INSERT INTO user_event (user_id, seq, payload) VALUES ('{u}', 3, '{jsonb_frame}')) \
+         INSERT INTO outbox (user_id, seq, payload) VALUES ('{u}', 3, '{jsonb_frame}')"
+    ))
+    .execute(&mut conn)
+    .await
+    .expect("queue a jsonb-shape entry");
+    // The two entries above stand for creates: the counters move on as theirs would have.
+    diesel::sql_query(format!(
+        "UPDATE user_inbox_state SET seq = 3, unread = 3, unseen = 3 WHERE user_id = '{u}'"
+    ))
+    .execute(&mut conn)
+    .await
+    .expect("counters at seq 3");
+    assert_eq!(app.send(&u, "after them").await["seq"], 4);
+    let got = tap.collect(4, Duration::from_secs(30)).await;
+    assert_exactly_once_in_order(&got, 4, &u);
     assert_eq!(got[1], frame);
+    assert_eq!(got[2], jsonb_frame);
+    assert_eq!(got[3]["message"]["title"], "after them");
     assert_eq!(count_rows(&db.url, "outbox").await, 0);
     app.stop().await;
 }
