@@ -590,7 +590,8 @@ async fn to_users(node: &Node, db: &str, n: usize) -> anyhow::Result<ToUsersResu
 }
 
 /// The rows one `to_users` POST writes for `n` new users (counter upsert, message, event with a
-/// `message.created`-sized payload, outbox entry), as one set-based SQL statement (one
+/// `message.created`-sized payload, outbox entry carrying the frame as text, the frame built by
+/// concatenation as `store::create_rows` builds it), as one set-based SQL statement (one
 /// transaction): the database's own time for the write, with no HTTP, JSON or bind parameters.
 async fn plain_sql_insert(db: &str, n: usize) -> anyhow::Result<f64> {
     let sql = format!(
@@ -603,15 +604,15 @@ async fn plain_sql_insert(db: &str, n: usize) -> anyhow::Result<f64> {
 ), m AS (
   INSERT INTO t_message_real_time (id, to_user, seq, title, content, type, send_time, service)
     SELECT id, user_id, seq, 'fan-out', repeat('x', 100), 'bench', now(), 'bench' FROM s
+), f AS MATERIALIZED (
+  SELECT user_id, seq, '{{"message":{{"id":"' || id || '","seq":' || seq
+    || ',"content":"' || repeat('x', 100) || '","data":null,"is_read":false,"read_at":null,"send_time":"'
+    || now() || '","send_user":null,"skip_url":null,"title":"fan-out","type":"bench"}},"seq":' || seq
+    || ',"type":"message.created","unread":1,"unseen":1}}' AS frame FROM s
 ), e AS (
-  INSERT INTO user_event (user_id, seq, payload)
-    SELECT user_id, seq, jsonb_build_object('type', 'message.created', 'seq', seq, 'unread', 1,
-      'unseen', 1, 'message', jsonb_build_object('id', id, 'seq', seq, 'title', 'fan-out',
-      'content', repeat('x', 100), 'type', 'bench', 'send_user', null, 'send_time', now(),
-      'skip_url', null, 'is_read', false, 'read_at', null, 'data', null))
-    FROM s
+  INSERT INTO user_event (user_id, seq, payload) SELECT user_id, seq, frame::jsonb FROM f
 )
-INSERT INTO outbox (user_id, seq) SELECT user_id, seq FROM s"#
+INSERT INTO outbox (user_id, seq, frame) SELECT user_id, seq, frame FROM f"#
     );
     let mut c = AsyncPgConnection::establish(db).await?;
     let start = Instant::now();

@@ -170,8 +170,9 @@ impl Inserted {
     }
 
     /// Each row's recipient and `message.created` frame, as text: the frame stored in
-    /// `user_event` (serialised here from the request entry; the relay publishes PostgreSQL's
-    /// text form of the same JSON, and actors drop the second copy by seq and fingerprint),
+    /// `user_event` (serialised here from the request entry; the relay publishes the same JSON
+    /// as the create statement wrote it, with the message's fields in another order, and actors
+    /// drop the second copy by seq and fingerprint),
     /// built only for the rows `wanted` says yes to.
     pub fn frames<'a>(
         &'a self,

@@ -28,8 +28,9 @@
 //!   claimed rows go with it; a stand-by takes over within `leader_idle_timeout` + its retry.
 //!
 //! Batches follow each other at once while entries wait (a backlog drains at full speed); after a
-//! batch that emptied the partition, the next starts no sooner than `NOTIFYD_RELAY_COALESCE` after
-//! it started, so commits arriving one by one share transactions (see `lead`).
+//! batch that did not fill `NOTIFYD_RELAY_BATCH`, the next starts no sooner than
+//! `NOTIFYD_RELAY_COALESCE` after the last batch that published began, so commits arriving one
+//! by one share transactions (see `lead`).
 //!
 //! Pruning is not done here: see `outbox::housekeeping` (its own task and connection).
 
@@ -168,6 +169,8 @@ impl Relay {
         let mut backoff = Duration::from_millis(50);
         let mut last_backlog = Instant::now() - BACKLOG_EVERY;
         let coalesce = self.settings.relay_coalesce;
+        // When the last batch that published something started (the coalescing window's start).
+        let mut last_published: Option<Instant> = None;
         // A batch may take one database bound plus one publish bound.
         let step_bound = self.settings.relay_db_timeout + PUBLISH_TIMEOUT;
         loop {
@@ -189,6 +192,9 @@ impl Relay {
             match stepped {
                 Ok(n) => {
                     backoff = Duration::from_millis(50);
+                    if n > 0 {
+                        last_published = Some(started);
+                    }
                     // Partition 0 reports for the whole outbox.
                     if part.index == 0 && last_backlog.elapsed() >= BACKLOG_EVERY {
                         last_backlog = Instant::now();
@@ -209,10 +215,14 @@ impl Relay {
                     // each would otherwise get a transaction of its own (claim, delete, publish,
                     // commit: ~1,000 relay transactions a second at 1,000 POSTs a second, measured),
                     // costing the database as much as the creates; waiting out the rest of the
-                    // window lets the commits made meanwhile share one. The first commit after a
-                    // quiet spell goes at once, and the committing node has already delivered to
-                    // its own sockets: only other nodes' sockets wait, at most this window.
-                    if let Some(rest) = coalesce.checked_sub(started.elapsed()) {
+                    // window (from the last batch that published) lets the commits made meanwhile
+                    // share one. A commit more than a window after the last publish (the first
+                    // after a quiet spell, whatever polls found nothing since) goes at once. What
+                    // waits: creates' and commands' frames for sockets on other nodes (a node
+                    // delivers its own commits itself), and topic events, erase notices and
+                    // expiries for every node, which only ever travel through the relay.
+                    let rest = last_published.and_then(|t| coalesce.checked_sub(t.elapsed()));
+                    if let Some(rest) = rest {
                         tokio::select! {
                             _ = tokio::time::sleep(rest) => {}
                             _ = shutdown.changed() => return Ok(()),
@@ -275,9 +285,10 @@ impl Relay {
             })
             .await?;
         if n > 0 {
-            metrics::counter!("notifyd_events_published_total").increment(n as u64);
+            // The batch first, then its events: a scrape that sees the events sees their batch.
             metrics::histogram!("notifyd_relay_batch_seconds")
                 .record(started.elapsed().as_secs_f64());
+            metrics::counter!("notifyd_events_published_total").increment(n as u64);
         }
         Ok(n)
     }
@@ -296,10 +307,11 @@ impl Relay {
     }
 }
 
-/// The longest a live relay session is ever idle is its poll interval or the broker back-off;
-/// PostgreSQL ends the session after this much silence.
+/// The longest a live relay session is ever idle is its poll interval, its coalescing window or
+/// the broker back-off (one of them at a time); PostgreSQL ends the session after this much
+/// silence.
 pub fn leader_idle_timeout(s: &Settings) -> Duration {
-    s.relay_db_timeout + MAX_BACKOFF + s.relay_poll
+    s.relay_db_timeout + MAX_BACKOFF + s.relay_poll.max(s.relay_coalesce)
 }
 
 /// Runs one relay database call within `t`; a timeout is an error like a broken connection

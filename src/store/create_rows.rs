@@ -17,7 +17,8 @@
 //! bound here, so row and frame agree.
 //!
 //! The frame is built once (`f`), as text, by concatenation: the row's id and seq go first in
-//! the message, then the template's fields (its text after the opening brace). It is written
+//! the message, then the template's fields (its text after the opening brace, which is what is
+//! bound: cut in Rust once per entry, not by `substr` once per row). It is written
 //! twice: parsed into the event log's `jsonb`, and as the outbox entry's `frame` text, which the
 //! relay publishes as it is (see `store::outbox::claim_and_delete`), deleting the entry. Building
 //! it with `jsonb_build_object` and `||` and turning it back into text for the relay cost the
@@ -59,7 +60,7 @@ pub const SQL: &str = r#"WITH e AS (
   SELECT id, to_user, seq, title, content, kind, send_user, $14, skip_url, data, $15, $16 FROM w
 ), f AS MATERIALIZED (
   SELECT ord, to_user, seq, '{"message":{"id":"' || id || '","seq":' || seq || ','
-    || substr(tmpl, 2) || ',"seq":' || seq || ',"type":"message.created","unread":' || unread
+    || tmpl || ',"seq":' || seq || ',"type":"message.created","unread":' || unread
     || ',"unseen":' || unseen || '}' AS frame FROM w
 ), ev AS (
   INSERT INTO user_event (user_id, seq, payload) SELECT to_user, seq, frame::jsonb FROM f
@@ -213,6 +214,17 @@ fn sql_parts() -> impl Iterator<Item = &'static str> {
     })
 }
 
+/// A template's text after its opening brace: its fields and the closing brace, spliced after the
+/// row's own `id` and `seq` (a template is a JSON object with at least one field, as
+/// `inbox::frames::message_template` makes it).
+fn template_fields(template: &str) -> &str {
+    debug_assert!(
+        template.starts_with('{') && template.len() > 2,
+        "a template is an object with fields: {template}"
+    );
+    template.strip_prefix('{').unwrap_or(template)
+}
+
 /// Runs the statement; `users`/`counts` are the distinct recipients, sorted, and their row
 /// counts. Returns each row's counters in request order.
 #[allow(clippy::too_many_arguments)]
@@ -238,7 +250,10 @@ pub async fn insert(
         send_user: entries.iter().map(|e| e.send_user).collect(),
         skip_url: entries.iter().map(|e| e.skip_url).collect(),
         data: entries.iter().map(|e| e.data).collect(),
-        template: entries.iter().map(|e| e.template).collect(),
+        template: entries
+            .iter()
+            .map(|e| template_fields(e.template))
+            .collect(),
         rows,
         users,
         counts,

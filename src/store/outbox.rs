@@ -9,8 +9,7 @@ use super::Conn;
 
 const INSERT_CHUNK: usize = 10_000;
 
-/// A user entry (an event of their stream, or a notice at seq 0) with its frame as the text the
-/// relay publishes.
+/// A user event's entry, with its frame as the text the relay publishes.
 #[derive(Insertable)]
 #[diesel(table_name = o)]
 struct NewUserEntry<'a> {
@@ -95,20 +94,34 @@ pub async fn enqueue_user_events(
     Ok(())
 }
 
+#[derive(Insertable)]
+#[diesel(table_name = o)]
+struct NewUserNotice<'a> {
+    user_id: &'a str,
+    seq: i64,
+    payload: &'a serde_json::Value,
+}
+
 /// Queues a frame for the user's channel that is not an event of their stream (no seq of its
 /// own: stored as seq 0, which no event has, with the payload here instead of in `user_event`).
 /// It is relayed in order with the user's events: same partition, and outbox ids follow commit
 /// order for one user because every change of theirs takes their counter row first.
+///
+/// As `payload` jsonb, not `frame` text: a relay of a version before the `frame` column, still
+/// leading during a rolling upgrade (or after a roll-back), reads only `payload` and finds no
+/// event at seq 0 to fall back on, so it would drop a frame-only notice, and the sessions it
+/// should reset would take the new inbox's first seqs for duplicates. Notices are rare (one
+/// per erasure); user events may go as `frame` because such a relay finds them in `user_event`.
 pub async fn enqueue_user_notice(
     conn: &mut Conn,
     user: &str,
     payload: &serde_json::Value,
 ) -> QueryResult<()> {
     diesel::insert_into(o::table)
-        .values(NewUserEntry {
+        .values(NewUserNotice {
             user_id: user,
             seq: 0,
-            frame: payload.to_string(),
+            payload,
         })
         .execute(conn)
         .await?;

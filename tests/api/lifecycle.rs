@@ -199,6 +199,32 @@ async fn another_service_cannot_retract_and_learns_nothing() {
 // ---------------------------------------------------------------------------------------------
 // Erase: DELETE /api/v1/users/{id}
 
+/// The erasure's reset notice is queued as `payload` jsonb, the one form relays of every version
+/// read: a relay from before the outbox's `frame` column, still leading during a rolling upgrade
+/// (or after a roll-back), reads only `payload` and, with no event at seq 0 to fall back on,
+/// would drop a frame-only notice, leaving the user's sessions unreset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_erasure_notice_is_queued_in_the_form_every_relay_version_reads() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::no_relay()).await;
+    let u = new_user();
+    app.send(&u, "one").await;
+    let r = delete_as(&app, SERVICE_KEY, &format!("/api/v1/users/{u}")).await;
+    assert_eq!(r.status(), 204);
+    let queued = query_json(
+        &db.url,
+        &format!("SELECT seq, payload FROM outbox WHERE user_id = '{u}' ORDER BY id"),
+    )
+    .await;
+    assert_eq!(
+        queued,
+        vec![
+            json!({"seq": 0, "payload": {"type": "sync", "reset": true, "seq": 0, "unread": 0, "unseen": 0}})
+        ]
+    );
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn erasing_a_user_removes_every_row_and_resets_their_sockets_on_every_node() {
     let db = TestDb::new().await;
