@@ -18,7 +18,9 @@
 //! ("5000,19000"), BENCH_PEERS_RATES ("200,1000"), BENCH_PEERS_LAT_SECS (15), BENCH_PEERS_WARM_SECS
 //! (3), BENCH_PEERS_USERS (100), BENCH_PEERS_FANOUT_CONNS (10000), BENCH_PEERS_FANOUT_RATE (20),
 //! BENCH_PEERS_FANOUT_SECS (10), BENCH_PEERS_BURST (100), BENCH_PEERS_SETTLE_SECS (4),
-//! BENCH_PEERS_ONLY (comma list of memory,latency,fanout). Timing never fails the run.
+//! BENCH_PEERS_ONLY (comma list of memory,latency,fanout), BENCH_PEERS_CROSS_NODE=1 (also
+//! notifyd's latency with the POSTs sent to a second node: printed, not written). Timing never
+//! fails the run.
 
 mod support;
 
@@ -66,6 +68,8 @@ struct Config {
     small: bool,
     sizes: Vec<usize>,
     rates: Vec<u64>,
+    /// BENCH_PEERS_CROSS_NODE=1: notifyd's latency also with the POSTs on a second node.
+    cross_node: bool,
     lat_secs: u64,
     warm_secs: u64,
     users: usize,
@@ -91,6 +95,7 @@ impl Config {
             .map(|v| v as usize)
             .collect(),
             rates: env_list("BENCH_PEERS_RATES", "200,1000"),
+            cross_node: std::env::var("BENCH_PEERS_CROSS_NODE").as_deref() == Ok("1"),
             lat_secs: env_num("BENCH_PEERS_LAT_SECS", pick(15, 3)),
             warm_secs: env_num("BENCH_PEERS_WARM_SECS", pick(3, 1)),
             users: env_num("BENCH_PEERS_USERS", 100) as usize,
@@ -235,14 +240,30 @@ async fn scenarios_all(
                 cfg.warm_secs, cfg.lat_secs, cfg.users
             );
             let s = setup::start_notifyd(bin, db, prefix).await?;
-            let l = scenarios::latency(&s, cfg.users, rate, cfg.warm_secs, cfg.lat_secs).await?;
+            let l =
+                scenarios::latency(&s, None, cfg.users, rate, cfg.warm_secs, cfg.lat_secs).await?;
             print_lat("notifyd", &l);
             r.lat.push(("notifyd", l));
+            if cfg.cross_node {
+                // The sockets stay on the first node; the POSTs go to a second one, so every
+                // frame travels commit → relay → Redis → the first node's hub. Printed only.
+                let other = setup::start_notifyd(bin, db, prefix).await?;
+                let l = scenarios::latency(
+                    &s,
+                    Some(&other.http),
+                    cfg.users,
+                    rate,
+                    cfg.warm_secs,
+                    cfg.lat_secs,
+                )
+                .await?;
+                print_lat("notifyd, POSTs to another node", &l);
+            }
             drop(s);
             if let Some(dir) = &sio_dir {
                 let s = setup::start_socketio(dir, sio_db).await?;
-                let l =
-                    scenarios::latency(&s, cfg.users, rate, cfg.warm_secs, cfg.lat_secs).await?;
+                let l = scenarios::latency(&s, None, cfg.users, rate, cfg.warm_secs, cfg.lat_secs)
+                    .await?;
                 print_lat("socketio", &l);
                 r.lat.push(("socketio", l));
             }

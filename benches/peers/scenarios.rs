@@ -255,9 +255,11 @@ pub struct Latency {
 
 /// `rate` single-message POSTs per second to one of `users` connected users, for `warm` s
 /// (not counted) and then `secs` s; latency = the POST's send time (in `data.t`) → the
-/// `message.created` frame's arrival on the recipient's socket.
+/// `message.created` frame's arrival on the recipient's socket. The POSTs go to `server`, or to
+/// `post_to` (another node of the same cluster: the frame then comes through the relay).
 pub async fn latency(
     server: &Server,
+    post_to: Option<&str>,
     users: usize,
     rate: u64,
     warm: u64,
@@ -318,7 +320,7 @@ pub async fn latency(
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()?;
-    let url = format!("{}/api/v1/messages", server.http);
+    let url = format!("{}/api/v1/messages", post_to.unwrap_or(&server.http));
     let errors = Arc::new(AtomicU64::new(0));
     let total = rate * (warm + secs);
     let measured = rate * secs;
