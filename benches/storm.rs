@@ -321,7 +321,8 @@ fn percentile(sorted: &[u32], q: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)] as f64
 }
 
-/// Counters from a node's `/metrics`, summed over labels.
+/// Counters from a node's `/metrics`, summed over labels (by name), and each labelled series
+/// as it is (by `name{labels}`: histogram buckets).
 async fn metric_sums(base: &str) -> HashMap<String, f64> {
     let text = match reqwest::get(format!("{base}/metrics")).await {
         Ok(r) => r.text().await.unwrap_or_default(),
@@ -332,10 +333,14 @@ async fn metric_sums(base: &str) -> HashMap<String, f64> {
         let Some((name, value)) = line.rsplit_once(' ') else {
             continue;
         };
-        let name = name.split('{').next().unwrap_or(name).to_string();
-        if let Ok(v) = value.parse::<f64>() {
-            *out.entry(name).or_default() += v;
+        let Ok(v) = value.parse::<f64>() else {
+            continue;
+        };
+        if name.contains('{') {
+            out.insert(name.to_string(), v);
         }
+        let name = name.split('{').next().unwrap_or(name).to_string();
+        *out.entry(name).or_default() += v;
     }
     out
 }
@@ -361,6 +366,10 @@ struct StormResult {
     handshake_failures: u64,
     queries: f64,
     events_read: f64,
+    /// B's database pool checkouts over the storm (REST calls, commands, actors' and catch-up's
+    /// reads), and how many of them waited longer than 50 ms for a connection.
+    pool_checkouts: f64,
+    pool_waits_over_50ms: f64,
     post_rate: u64,
     quiet: (f64, f64, usize, u64),
     storm: (f64, f64, usize, u64),
@@ -503,6 +512,9 @@ async fn storm(
         refused_clients: outcomes.iter().filter(|o| o.refusals > 0).count(),
         handshake_failures: outcomes.iter().map(|o| o.handshake_failures as u64).sum(),
         queries: delta("notifyd_catch_up_queries_total"),
+        pool_checkouts: delta("notifyd_db_pool_wait_seconds_count"),
+        pool_waits_over_50ms: delta("notifyd_db_pool_wait_seconds_count")
+            - delta("notifyd_db_pool_wait_seconds_bucket{le=\"0.05\"}"),
         events_read: delta("notifyd_catch_up_events_total"),
         post_rate: rate,
         quiet: (
@@ -537,6 +549,7 @@ began: {load}. Clients came back {how}.\n\n\
 | clients resumed on B (hello at the final seq + exactly the {missed} missed events, in order) | **{resumed} of {n}** ({wrong} wrong) |\n\
 | storm start → every client resumed | **{all:.2} s** (p50 {p50:.2} s, p99 {p99:.2} s) |\n\
 | catch-up queries on B during the storm | **{queries:.0}** ({qpu:.3} per client); events read {events:.0} |\n\
+| B's database pool during the storm: checkouts / of which waited > 50 ms for a connection | {pool:.0} / {pool_slow:.0} |\n\
 | refusals (1013 with `retry_after`) / clients refused at least once / failed handshakes | {refusals} / {refused_clients} / {hs} |\n\
 | steady POST /api/v1/messages on B at {rate}/s ({on}), quiet, p50 / p99 | {q50:.1} / {q99:.1} ms ({qn} POSTs, {qf} failed) |\n\
 | the same during the storm, p50 / p99 | **{s50:.1} / {s99:.1} ms** ({sn} POSTs, {sf} failed; p99 {ratio:.1}× quiet) |\n\
@@ -564,6 +577,8 @@ began: {load}. Clients came back {how}.\n\n\
         queries = r.queries,
         qpu = r.queries / r.clients as f64,
         events = r.events_read,
+        pool = r.pool_checkouts,
+        pool_slow = r.pool_waits_over_50ms,
         refusals = r.refusals,
         refused_clients = r.refused_clients,
         hs = r.handshake_failures,

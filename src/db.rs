@@ -183,7 +183,11 @@ pub async fn run<T, F>(pool: &DbPool, limit: std::time::Duration, f: F) -> Resul
 where
     F: AsyncFnOnce(&mut AsyncPgConnection) -> Result<T, ApiError>,
 {
+    let asked = std::time::Instant::now();
     let mut conn = pool.get().await?;
+    // How long requests wait for a pooled connection: the first thing to look at when requests
+    // slow down while the database itself is not busy (a pool too small for the load).
+    metrics::histogram!("notifyd_db_pool_wait_seconds").record(asked.elapsed().as_secs_f64());
     let result = tokio::time::timeout(limit, f(&mut conn)).await;
     match result {
         Ok(r) => r,
