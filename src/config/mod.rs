@@ -64,9 +64,10 @@ pub struct Settings {
     pub audit_interval: Duration,
     /// `NOTIFYD_RELAY_BATCH`: outbox entries per relay transaction (one PUBLISH pipeline).
     pub relay_batch: i64,
-    /// `NOTIFYD_RELAY_COALESCE`: after a batch that emptied the outbox, the next one starts no
-    /// sooner than this after it started (zero: at once), so a steady stream of single commits
-    /// shares relay transactions instead of paying one each (`outbox::relay`).
+    /// `NOTIFYD_RELAY_COALESCE`: after a batch that did not fill `relay_batch`, the next one
+    /// starts no sooner than this after the last batch that published began (zero: at once), so
+    /// a steady stream of single commits shares relay transactions instead of paying one each
+    /// (`outbox::relay`).
     pub relay_coalesce: Duration,
     /// `NOTIFYD_WS_MAX_JOINING`: WebSocket handshakes this node works on at once, each counted
     /// from its turn until its `hello` was sent (actor, catch-up read). Beyond it a handshake
