@@ -494,30 +494,21 @@ async fn entries_queued_by_older_versions_are_published_in_order() {
     assert_eq!(app.send(&u, "new shape").await["seq"], 1);
     let frame = json!({"type": "message.created", "seq": 2, "unread": 2, "unseen": 2,
         "message": {"id": "old-shape", "seq": 2}});
-    let mut conn = db.conn().await;
-    diesel::sql_query(format!(
-        "WITH e AS (INSERT INTO user_event (user_id, seq, payload) VALUES ('{u}', 2, '{frame}')) \
-         INSERT INTO outbox (user_id, seq) VALUES ('{u}', 2)"
-    ))
-    .execute(&mut conn)
-    .await
-    .expect("queue an old-shape entry");
     let jsonb_frame = json!({"type": "message.created", "seq": 3, "unread": 3, "unseen": 3,
         "message": {"id": "jsonb-shape", "seq": 3}});
+    // Two creates as those versions queued them: both events in the log, the outbox entries in
+    // seq order (one VALUES list, so ids follow its rows), the counters moved on to seq 3.
+    let mut conn = db.conn().await;
     diesel::sql_query(format!(
-        "WITH e AS (INSERT INTO user_event (user_id, seq, payload) VALUES ('{u}', 3, '{jsonb_frame}')) \
-         INSERT INTO outbox (user_id, seq, payload) VALUES ('{u}', 3, '{jsonb_frame}')"
+        "WITH e AS (INSERT INTO user_event (user_id, seq, payload) \
+           VALUES ('{u}', 2, '{frame}'), ('{u}', 3, '{jsonb_frame}')), \
+         o AS (INSERT INTO outbox (user_id, seq, payload) \
+           VALUES ('{u}', 2, NULL), ('{u}', 3, '{jsonb_frame}')) \
+         UPDATE user_inbox_state SET seq = 3, unread = 3, unseen = 3 WHERE user_id = '{u}'"
     ))
     .execute(&mut conn)
     .await
-    .expect("queue a jsonb-shape entry");
-    // The two entries above stand for creates: the counters move on as theirs would have.
-    diesel::sql_query(format!(
-        "UPDATE user_inbox_state SET seq = 3, unread = 3, unseen = 3 WHERE user_id = '{u}'"
-    ))
-    .execute(&mut conn)
-    .await
-    .expect("counters at seq 3");
+    .expect("queue an old-shape and a jsonb-shape entry");
     assert_eq!(app.send(&u, "after them").await["seq"], 4);
     let got = tap.collect(4, Duration::from_secs(30)).await;
     assert_exactly_once_in_order(&got, 4, &u);
