@@ -15,6 +15,7 @@ pub mod db;
 pub mod error;
 pub mod gateway;
 pub mod http_listener;
+pub mod http_server;
 pub mod inbox;
 pub mod listen;
 pub mod outbox;

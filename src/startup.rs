@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{web, App, HttpServer};
+use actix_web::{web, App};
 use anyhow::Context;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -214,15 +214,14 @@ impl Application {
             app.default_service(web::to(crate::api::not_found))
         };
         let serve = |listener: std::net::TcpListener, workers: usize| {
-            std::io::Result::Ok(
-                HttpServer::new(app.clone())
-                    .on_connect(crate::gateway::conn::on_connect)
-                    .workers(workers)
-                    .listen(listener)?
-                    .keep_alive(HTTP_KEEP_ALIVE)
-                    .disable_signals()
-                    .shutdown_timeout(5)
-                    .run(),
+            crate::http_server::serve(
+                listener,
+                crate::http_server::Options {
+                    workers,
+                    keep_alive: HTTP_KEEP_ALIVE,
+                    on_connect: crate::gateway::conn::on_connect,
+                },
+                app.clone(),
             )
         };
         let server = serve(listener, workers)?;

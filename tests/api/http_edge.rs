@@ -727,3 +727,47 @@ async fn header_values_actix_accepts_but_tokens_cannot_hold_get_the_error_body()
     let v: Value = serde_json::from_str(&body).expect("JSON body");
     assert_eq!(v["error"]["field"], "Idempotency-Key");
 }
+
+/// A connection that opens and never sends its request holds nothing for long: the node closes
+/// it (the intake waits 1 s for its first bytes, then the HTTP layer's 5 s request timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_sends_a_request_is_closed() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
+        .await
+        .expect("connect");
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(T, s.read_to_end(&mut out)).await;
+    assert!(closed.is_ok(), "still open after {T:?}");
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+}
+
+/// A WebSocket handshake whose request line arrives in pieces (first `GET /w`, the rest later)
+/// is still read and answered: here 401, for its missing token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_that_arrives_in_pieces_is_answered() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
+        .await
+        .expect("connect");
+    s.write_all(b"GET /w").await.expect("write");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.write_all(
+        b"s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(T, s.read(&mut buf))
+        .await
+        .expect("an answer")
+        .expect("read");
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+}
