@@ -689,19 +689,7 @@ async fn duplicate_to_users_do_not_count_against_the_distinct_limit() {
 
 /// Sends raw bytes and returns the status line and the body of the answer.
 async fn raw_request(app: &TestApp, bytes: &[u8]) -> (String, String) {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
-        .await
-        .expect("connect");
-    s.write_all(bytes).await.expect("write");
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(T, s.read_to_end(&mut out)).await;
-    let text = String::from_utf8_lossy(&out).to_string();
-    let status = text.lines().next().unwrap_or("").to_string();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    raw_request_to(app.port, bytes).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -770,4 +758,67 @@ async fn a_handshake_that_arrives_in_pieces_is_answered() {
         .expect("read");
     let text = String::from_utf8_lossy(&buf[..n]);
     assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+}
+
+/// The node's listener looks at each new connection's first request: a WebSocket handshake
+/// (here refused for its token, in any spelling) waits for an intake turn, counted in
+/// `notifyd_http_intake_wait_seconds`; REST calls and probes start at once and are not counted.
+/// (A real process: the metrics recorder is one per process.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_take_an_intake_turn_and_rest_calls_do_not() {
+    let db = TestDb::new().await;
+    let port = crate::binary::free_port();
+    let env = crate::binary::node_env(&db, port);
+    let mut node = crate::binary::Notifyd::start(&["serve"], &env, port);
+    node.healthy().await;
+    let waited = || async move {
+        let (_, metrics) = raw_request_to(
+            port,
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        crate::binary::sample(&metrics, "notifyd_http_intake_wait_seconds_count").unwrap_or(0.0)
+    };
+    assert_eq!(waited().await, 0.0, "nothing has taken a turn yet");
+    let body = r#"{"to_user":"intake","title":"t"}"#;
+    let post = format!(
+        "POST /api/v1/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {SERVICE_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let (status, _) = raw_request_to(port, post.as_bytes()).await;
+    assert!(status.contains(" 201 "), "{status}");
+    raw_request_to(
+        port,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(waited().await, 0.0, "a REST call and a probe start at once");
+    let upgrade = "HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    for line in [
+        "GET /ws?token=bad",
+        "HEAD /ws?token=bad",
+        "GET http://x/ws?token=bad",
+    ] {
+        let (status, _) = raw_request_to(port, format!("{line} {upgrade}").as_bytes()).await;
+        assert!(status.contains(" 401 "), "{line}: {status}");
+    }
+    assert_eq!(waited().await, 3.0, "each handshake took a turn");
+    node.stop().await;
+}
+
+/// Sends raw bytes to a node's port on a new connection; returns the status line and the body.
+async fn raw_request_to(port: u16, bytes: &[u8]) -> (String, String) {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    s.write_all(bytes).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(T, s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text.lines().next().unwrap_or("").to_string();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }
