@@ -370,6 +370,10 @@ struct StormResult {
     /// reads), and how many of them waited longer than 50 ms for a connection.
     pool_checkouts: f64,
     pool_waits_over_50ms: f64,
+    /// B's new connections over the storm that waited for an intake turn (not REST calls), and
+    /// how many of them waited longer than 250 ms.
+    intake_waits: f64,
+    intake_waits_over_250ms: f64,
     post_rate: u64,
     quiet: (f64, f64, usize, u64),
     storm: (f64, f64, usize, u64),
@@ -513,6 +517,9 @@ async fn storm(
         handshake_failures: outcomes.iter().map(|o| o.handshake_failures as u64).sum(),
         queries: delta("notifyd_catch_up_queries_total"),
         pool_checkouts: delta("notifyd_db_pool_wait_seconds_count"),
+        intake_waits: delta("notifyd_http_intake_wait_seconds_count"),
+        intake_waits_over_250ms: delta("notifyd_http_intake_wait_seconds_count")
+            - delta("notifyd_http_intake_wait_seconds_bucket{le=\"0.25\"}"),
         pool_waits_over_50ms: delta("notifyd_db_pool_wait_seconds_count")
             - delta("notifyd_db_pool_wait_seconds_bucket{le=\"0.05\"}"),
         events_read: delta("notifyd_catch_up_events_total"),
@@ -550,6 +557,7 @@ began: {load}. Clients came back {how}.\n\n\
 | storm start → every client resumed | **{all:.2} s** (p50 {p50:.2} s, p99 {p99:.2} s) |\n\
 | catch-up queries on B during the storm | **{queries:.0}** ({qpu:.3} per client); events read {events:.0} |\n\
 | B's database pool during the storm: checkouts / of which waited > 50 ms for a connection | {pool:.0} / {pool_slow:.0} |\n\
+| B's new connections that waited for an intake turn (handshakes) / of which > 250 ms | {intake:.0} / {intake_slow:.0} |\n\
 | refusals (1013 with `retry_after`) / clients refused at least once / failed handshakes | {refusals} / {refused_clients} / {hs} |\n\
 | steady POST /api/v1/messages on B at {rate}/s ({on}), quiet, p50 / p99 | {q50:.1} / {q99:.1} ms ({qn} POSTs, {qf} failed) |\n\
 | the same during the storm, p50 / p99 | **{s50:.1} / {s99:.1} ms** ({sn} POSTs, {sf} failed; p99 {ratio:.1}× quiet) |\n\
@@ -579,6 +587,8 @@ began: {load}. Clients came back {how}.\n\n\
         events = r.events_read,
         pool = r.pool_checkouts,
         pool_slow = r.pool_waits_over_50ms,
+        intake = r.intake_waits,
+        intake_slow = r.intake_waits_over_250ms,
         refusals = r.refusals,
         refused_clients = r.refused_clients,
         hs = r.handshake_failures,
