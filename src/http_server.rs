@@ -1,7 +1,7 @@
 //! The node's HTTP server: the actix-web `App` on actix-server workers, as actix-web's
 //! `HttpServer` would serve it, with one step added in front of every new connection: its
 //! worker's intake (`gateway::intake`), which starts a REST call at once and lets WebSocket
-//! handshakes in a few per pass of the worker's queue. `HttpServer` has no place for such a
+//! handshakes in a few per round of the worker's scheduler. `HttpServer` has no place for such a
 //! step, so the server is put together here from the same parts and the same settings
 //! (timeouts, `TCP_NODELAY` left as the system's, graceful shutdown of keep-alive connections).
 

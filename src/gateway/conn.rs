@@ -25,7 +25,8 @@ struct ConnSocket {
     alive: Rc<()>,
 }
 
-/// `HttpServer::on_connect` hook: remembers the socket of every TCP connection.
+/// The server's on-connect hook (`http_server::Options::on_connect`): remembers the socket of
+/// every TCP connection.
 pub fn on_connect(conn: &dyn Any, data: &mut Extensions) {
     if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
         data.insert(ConnSocket {
