@@ -495,6 +495,10 @@ async fn storm(
     let after = metric_sums(&b.base).await;
     let delta =
         |k: &str| after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
+    // A histogram's samples over the storm that took longer than `le` (one of its buckets).
+    let slower_than = |histogram: &str, le: &str| {
+        delta(&format!("{histogram}_count")) - delta(&format!("{histogram}_bucket{{le=\"{le}\"}}"))
+    };
     b.stop();
 
     let mut times: Vec<u32> = outcomes
@@ -517,11 +521,9 @@ async fn storm(
         handshake_failures: outcomes.iter().map(|o| o.handshake_failures as u64).sum(),
         queries: delta("notifyd_catch_up_queries_total"),
         pool_checkouts: delta("notifyd_db_pool_wait_seconds_count"),
+        pool_waits_over_50ms: slower_than("notifyd_db_pool_wait_seconds", "0.05"),
         intake_waits: delta("notifyd_http_intake_wait_seconds_count"),
-        intake_waits_over_250ms: delta("notifyd_http_intake_wait_seconds_count")
-            - delta("notifyd_http_intake_wait_seconds_bucket{le=\"0.25\"}"),
-        pool_waits_over_50ms: delta("notifyd_db_pool_wait_seconds_count")
-            - delta("notifyd_db_pool_wait_seconds_bucket{le=\"0.05\"}"),
+        intake_waits_over_250ms: slower_than("notifyd_http_intake_wait_seconds", "0.25"),
         events_read: delta("notifyd_catch_up_events_total"),
         post_rate: rate,
         quiet: (
