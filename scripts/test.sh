@@ -9,6 +9,8 @@ scripts/services.sh
 export TEST_DATABASE_ADMIN_URL=${TEST_DATABASE_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 export TEST_REDIS_URL=${TEST_REDIS_URL:-redis://127.0.0.1:6379}
 
+echo "== vendored crates: the upstream .crate + patches/*.diff, nothing else (scripts/vendor.sh)"
+scripts/vendor.sh check
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
