@@ -3,7 +3,6 @@
 pub mod admission;
 pub mod catch_up;
 pub mod conn;
-pub mod frame_guard;
 pub mod intake;
 pub mod mailbox;
 pub mod outbound;

@@ -6,8 +6,14 @@ use serde_json::{json, Value};
 use crate::inbox::changes::Changes;
 use crate::inbox::CountsView;
 
-/// Largest text frame a client may send; larger frames close the socket with 1009.
+/// Largest message a client may send, in frame bytes (for a fragmented message: its fragments'
+/// headers and payloads together); larger ones close the socket with 1009 as soon as a header
+/// announces it (the size check is in actix-http's frame parser, patches/actix-http.md).
 pub const MAX_CLIENT_FRAME: usize = 64 * 1024;
+/// Most fragments (the first frame and its continuations) one client message may have; one
+/// more closes the socket with 1009. Browsers never fragment what they send; a client library
+/// that does uses a few large fragments, not hundreds.
+pub const MAX_CLIENT_FRAGMENTS: usize = 128;
 /// Most topics one `subscribe` may name (per-session and per-user caps: `topics::router`).
 pub const MAX_TOPICS_PER_FRAME: usize = 100;
 pub use crate::topics::MAX_TOPIC_CHARS;
@@ -346,10 +352,18 @@ pub fn retry_after_ms(reason: &str) -> Option<u64> {
     rest[..end].parse().ok()
 }
 
+/// Close codes (RFC 6455 §7.4.1, and notifyd's own 4xxx): docs/websocket.md lists them.
 pub mod close {
     pub const GOING_AWAY_RESTART: u16 = 1012;
+    /// A violation of the WebSocket protocol itself (unmasked frame, reserved bits or opcodes,
+    /// a continuation without a start, a fragmented or over-long control frame).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text message that is not valid UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
+    /// A message over `MAX_CLIENT_FRAME` bytes or `MAX_CLIENT_FRAGMENTS` fragments.
     pub const TOO_BIG: u16 = 1009;
     pub const UNSUPPORTED: u16 = 1003;
+    /// Missed heartbeats (the client stopped reading).
     pub const POLICY: u16 = 1008;
     /// The server cannot take the session now (its user's mailbox is full): retry with backoff.
     pub const TRY_AGAIN_LATER: u16 = 1013;
@@ -357,6 +371,20 @@ pub mod close {
     pub const TOKEN_EXPIRED: u16 = 4001;
     /// The session could not keep up: resume with `since`.
     pub const SLOW_CONSUMER: u16 = 4008;
+}
+
+/// The close code and reason for a frame the WebSocket layer refused.
+pub fn close_for(e: &actix_ws::ProtocolError) -> (u16, &'static str) {
+    use actix_ws::ProtocolError as P;
+    match e {
+        P::Overflow => (close::TOO_BIG, "message too large"),
+        // actix-ws reports a text message's invalid UTF-8 as an `InvalidData` I/O error carrying
+        // the `Utf8Error` (patches/actix-ws.md makes the fragmented path do the same).
+        P::Io(io) if io.get_ref().is_some_and(|e| e.is::<std::str::Utf8Error>()) => {
+            (close::INVALID_DATA, "invalid UTF-8 in a text message")
+        }
+        _ => (close::PROTOCOL_ERROR, "protocol error"),
+    }
 }
 
 #[cfg(test)]

@@ -5,8 +5,6 @@
 //! slow or silent client cannot block its user's actor, other sessions, or its own liveness
 //! check. (One task, not a reader and a writer: an idle node holds one of these per socket.)
 
-use std::cell::Cell;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -154,8 +152,6 @@ pub struct SessionCtx {
     /// The token's claims (`None`: anonymous). Its `exp` closes the session with 4001 unless
     /// renewed in-band.
     pub claims: Option<UserClaims>,
-    /// Set by the frame guard when it refused a frame for its size.
-    pub too_big: Rc<Cell<bool>>,
     /// Held while the session lives: counts against the user's socket limit.
     pub permit: SocketPermit,
     /// Held until `hello` was sent: counts against the node's handshakes in flight
@@ -238,7 +234,6 @@ pub async fn run(ctx: Box<SessionCtx>) {
         heartbeat,
         state,
         mut claims,
-        too_big,
         permit,
         mut joining,
         conn,
@@ -247,7 +242,8 @@ pub async fn run(ctx: Box<SessionCtx>) {
     let mut stream = stream
         .max_frame_size(protocol::MAX_CLIENT_FRAME)
         .aggregate_continuations()
-        .max_continuation_size(protocol::MAX_CLIENT_FRAME);
+        .max_continuation_size(protocol::MAX_CLIENT_FRAME)
+        .max_continuation_frames(protocol::MAX_CLIENT_FRAGMENTS);
     // Made at the first command (most sessions never send one).
     let mut in_flight: Option<Arc<Semaphore>> = None;
     // One timer serves the heartbeat and the token's expiry (it fires at whichever is first):
@@ -399,13 +395,11 @@ pub async fn run(ctx: Box<SessionCtx>) {
                         break;
                     }
                     Err(e) => {
-                        let overflow = too_big.get() || matches!(e, actix_ws::ProtocolError::Overflow);
+                        // The client's fault, never the server's: logged below warn.
                         tracing::debug!(error = %e, "websocket protocol error");
-                        if overflow {
-                            me.close_with(close::TOO_BIG, "frame too large");
-                        } else {
-                            me.close_with(close::POLICY, "protocol error");
-                        }
+                        let (code, reason) = protocol::close_for(&e);
+                        metrics::counter!("notifyd_ws_protocol_errors_total", "code" => code.to_string()).increment(1);
+                        me.close_with(code, reason);
                         break;
                     }
                 }

@@ -1,5 +1,5 @@
 //! `GET /ws`: admit (the node's handshakes in flight), authenticate, check the origin and the
-//! user's (or anonymous client address's) socket limit, upgrade behind the frame guard, and hand
+//! user's (or anonymous client address's) socket limit, upgrade, and hand
 //! the session to the user's actor (an anonymous viewer of public topics has none: it gets its
 //! `hello` here).
 //!
@@ -10,14 +10,13 @@
 //! before any database work. A plain HTTP 503 would be cheaper still, but a browser's WebSocket
 //! sees neither its status nor its `Retry-After`: only a close code and reason reach it.
 
-use actix_web::{get, web, FromRequest, HttpRequest, HttpResponse};
+use actix_web::{get, web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 use super::admission::Refused;
 use super::conn::Conn;
-use super::frame_guard::FrameGuard;
 use super::outbound::SessionTx;
-use super::protocol::{self, close, MAX_CLIENT_FRAME};
+use super::protocol::{self, close};
 use super::session::{self, SessionCtx};
 use crate::auth::user::authenticate_ws;
 use crate::error::ApiError;
@@ -87,13 +86,6 @@ pub async fn connect(
             "the client closed the connection while waiting for a turn".into(),
         ));
     }
-    // Every byte the client sends passes the frame guard before actix-ws buffers it.
-    let (guard, too_big) = FrameGuard::new(body, MAX_CLIENT_FRAME);
-    let guarded: actix_http::BoxedPayloadStream = Box::pin(guard);
-    let mut payload = actix_web::dev::Payload::from(guarded);
-    let body = web::Payload::from_request(&req, &mut payload)
-        .await
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let (response, ws_session, stream) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::BadRequest(format!("websocket handshake: {e}")))?;
     let me = SessionTx::new(state.gateway.next_id());
@@ -143,7 +135,6 @@ pub async fn connect(
         heartbeat: state.settings.heartbeat,
         state: shared,
         claims,
-        too_big,
         permit,
         joining: Some(joining),
         conn,

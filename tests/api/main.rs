@@ -23,3 +23,4 @@ mod storm;
 mod telemetry;
 mod topics;
 mod user_api;
+mod ws_frames;

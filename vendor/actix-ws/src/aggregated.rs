@@ -43,9 +43,27 @@ pub struct AggregatedMessageStream {
     stream: MessageStream,
     current_size: usize,
     max_size: usize,
-    continuations: Vec<Bytes>,
+    // notifyd patch: the fragments' payloads are copied into one buffer as they come (upstream
+    // kept one `Bytes` per fragment, each pinning the whole read chunk it was cut from: 65,000
+    // one-byte fragments held ~4 MB), and their number is capped.
+    continuations: BytesMut,
+    fragments: usize,
+    max_fragments: usize,
     continuation_kind: ContinuationKind,
     overflowed: bool,
+}
+
+/// notifyd patch: the bytes a client's (masked) frame header takes for a payload of `len`
+/// bytes, as RFC 6455 §5.2 requires it to be encoded (the minimal length encoding), so that a
+/// message's size counts its fragments' headers too and many tiny fragments cannot pass as
+/// a small message.
+fn header_len(len: usize) -> usize {
+    2 + 4
+        + match len {
+            0..=125 => 0,
+            126..=65535 => 2,
+            _ => 8,
+        }
 }
 
 impl AggregatedMessageStream {
@@ -55,7 +73,9 @@ impl AggregatedMessageStream {
             stream,
             current_size: 0,
             max_size: 1024 * 1024,
-            continuations: Vec::new(),
+            continuations: BytesMut::new(),
+            fragments: 0,
+            max_fragments: usize::MAX,
             continuation_kind: ContinuationKind::Binary,
             overflowed: false,
         }
@@ -82,6 +102,16 @@ impl AggregatedMessageStream {
         self
     }
 
+    /// notifyd patch: sets the most fragments (the first frame and its continuations) one
+    /// message may have; one more fails the stream with [`ProtocolError::Overflow`].
+    ///
+    /// By default there is no limit.
+    #[must_use]
+    pub fn max_continuation_frames(mut self, max_fragments: usize) -> Self {
+        self.max_fragments = max_fragments;
+        self
+    }
+
     /// Waits for the next item from the aggregated message stream.
     ///
     /// This is a convenience for calling the [`Stream`](Stream::poll_next()) implementation.
@@ -100,10 +130,10 @@ impl AggregatedMessageStream {
     }
 }
 
+// notifyd patch: `Overflow`, the error a frame over the size limit gets, so a server can
+// answer both the same way (close code 1009); upstream returned an `io::Error`.
 fn size_error() -> Poll<Option<Result<AggregatedMessage, ProtocolError>>> {
-    Poll::Ready(Some(Err(ProtocolError::Io(io::Error::other(
-        "Exceeded maximum continuation size",
-    )))))
+    Poll::Ready(Some(Err(ProtocolError::Overflow)))
 }
 
 impl Stream for AggregatedMessageStream {
@@ -125,18 +155,20 @@ impl Stream for AggregatedMessageStream {
                         }
 
                         this.continuation_kind = ContinuationKind::Text;
-                        this.current_size += bytes.len();
+                        this.current_size += bytes.len() + header_len(bytes.len());
+                        this.fragments += 1;
 
-                        if this.current_size > this.max_size {
+                        if this.current_size > this.max_size || this.fragments > this.max_fragments {
                             this.current_size = 0;
-                            this.continuations.clear();
+                            this.continuations = BytesMut::new();
+                            this.fragments = 0;
                             this.overflowed = true;
                             return size_error();
                         }
 
                         // Avoid unbounded growth when receiving unlimited empty continuation frames.
                         if !bytes.is_empty() {
-                            this.continuations.push(bytes);
+                            this.continuations.extend_from_slice(&bytes);
                         }
 
                         continue;
@@ -148,18 +180,20 @@ impl Stream for AggregatedMessageStream {
                         }
 
                         this.continuation_kind = ContinuationKind::Binary;
-                        this.current_size += bytes.len();
+                        this.current_size += bytes.len() + header_len(bytes.len());
+                        this.fragments += 1;
 
-                        if this.current_size > this.max_size {
+                        if this.current_size > this.max_size || this.fragments > this.max_fragments {
                             this.current_size = 0;
-                            this.continuations.clear();
+                            this.continuations = BytesMut::new();
+                            this.fragments = 0;
                             this.overflowed = true;
                             return size_error();
                         }
 
                         // Avoid unbounded growth when receiving unlimited empty continuation frames.
                         if !bytes.is_empty() {
-                            this.continuations.push(bytes);
+                            this.continuations.extend_from_slice(&bytes);
                         }
 
                         continue;
@@ -170,18 +204,20 @@ impl Stream for AggregatedMessageStream {
                             continue;
                         }
 
-                        this.current_size += bytes.len();
+                        this.current_size += bytes.len() + header_len(bytes.len());
+                        this.fragments += 1;
 
-                        if this.current_size > this.max_size {
+                        if this.current_size > this.max_size || this.fragments > this.max_fragments {
                             this.current_size = 0;
-                            this.continuations.clear();
+                            this.continuations = BytesMut::new();
+                            this.fragments = 0;
                             this.overflowed = true;
                             return size_error();
                         }
 
                         // Avoid unbounded growth when receiving unlimited empty continuation frames.
                         if !bytes.is_empty() {
-                            this.continuations.push(bytes);
+                            this.continuations.extend_from_slice(&bytes);
                         }
 
                         continue;
@@ -190,37 +226,44 @@ impl Stream for AggregatedMessageStream {
                     Item::Last(bytes) => {
                         if this.overflowed {
                             this.current_size = 0;
-                            this.continuations.clear();
+                            this.continuations = BytesMut::new();
+                            this.fragments = 0;
                             this.overflowed = false;
                             continue;
                         }
 
-                        this.current_size += bytes.len();
+                        this.current_size += bytes.len() + header_len(bytes.len());
+                        this.fragments += 1;
 
-                        if this.current_size > this.max_size {
+                        if this.current_size > this.max_size || this.fragments > this.max_fragments {
                             // reset current_size, as this is the last message for
                             // the current continuation
                             this.current_size = 0;
-                            this.continuations.clear();
+                            this.continuations = BytesMut::new();
+                            this.fragments = 0;
 
                             return size_error();
                         }
 
                         // Avoid unbounded growth when receiving unlimited empty continuation frames.
                         if !bytes.is_empty() {
-                            this.continuations.push(bytes);
+                            this.continuations.extend_from_slice(&bytes);
                         }
-                        let bytes = collect(&mut this.continuations, this.current_size);
+                        let bytes = mem::take(&mut this.continuations).freeze();
 
                         this.current_size = 0;
+                        this.fragments = 0;
 
                         match this.continuation_kind {
                             ContinuationKind::Text => {
                                 return Poll::Ready(Some(match ByteString::try_from(bytes) {
                                     Ok(bytestring) => Ok(AggregatedMessage::Text(bytestring)),
+                                    // notifyd patch: the `Utf8Error` itself, as `MessageStream`
+                                    // gives for an unfragmented text, so a server can tell
+                                    // invalid UTF-8 (close code 1007) from other errors.
                                     Err(err) => Err(ProtocolError::Io(io::Error::new(
                                         io::ErrorKind::InvalidData,
-                                        err.to_string(),
+                                        err,
                                     ))),
                                 }))
                             }
@@ -245,17 +288,6 @@ impl Stream for AggregatedMessageStream {
             }
         }
     }
-}
-
-fn collect(continuations: &mut Vec<Bytes>, total_len: usize) -> Bytes {
-    let continuations = mem::take(continuations);
-    let mut buf = BytesMut::with_capacity(total_len);
-
-    for chunk in continuations {
-        buf.extend_from_slice(&chunk);
-    }
-
-    buf.freeze()
 }
 
 #[cfg(test)]

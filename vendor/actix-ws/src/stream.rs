@@ -227,6 +227,20 @@ impl Drop for StreamingBody {
     }
 }
 
+// notifyd patch: one conversion for both decode loops of `poll_next`.
+fn message_of(frame: Frame) -> Result<Message, ProtocolError> {
+    Ok(match frame {
+        Frame::Text(bytes) => ByteString::try_from(bytes)
+            .map(Message::Text)
+            .map_err(|err| ProtocolError::Io(io::Error::new(io::ErrorKind::InvalidData, err)))?,
+        Frame::Binary(bytes) => Message::Binary(bytes),
+        Frame::Ping(bytes) => Message::Ping(bytes),
+        Frame::Pong(bytes) => Message::Pong(bytes),
+        Frame::Close(reason) => Message::Close(reason),
+        Frame::Continuation(item) => Message::Continuation(item),
+    })
+}
+
 impl Stream for MessageStream {
     type Item = Result<Message, ProtocolError>;
 
@@ -251,8 +265,20 @@ impl Stream for MessageStream {
                 this.connection_closed = None;
             }
 
-            // Read in bytes until there's nothing left to read
+            // notifyd patch: read only until a message can be decoded (upstream read until the
+            // payload had nothing left, so a client streaming fast had everything it sent buffered
+            // here before one frame was looked at, and after an error it was read on at full
+            // speed). With the frame size checked at its header, the buffer holds at most one
+            // frame under the limit plus one read chunk, and a client that is not being read meets
+            // TCP back-pressure.
             loop {
+                while let Some(frame) = this.codec.decode(&mut this.buf)? {
+                    let message = message_of(frame)?;
+                    this.messages.push_back(message);
+                }
+                if !this.messages.is_empty() {
+                    break;
+                }
                 match Pin::new(&mut this.payload).poll_next(cx) {
                     Poll::Ready(Some(Ok(bytes))) => {
                         if this.buf.is_empty() {
@@ -277,22 +303,14 @@ impl Stream for MessageStream {
 
         // Create messages until there's no more bytes left
         while let Some(frame) = this.codec.decode(&mut this.buf)? {
-            let message = match frame {
-                Frame::Text(bytes) => {
-                    ByteString::try_from(bytes)
-                        .map(Message::Text)
-                        .map_err(|err| {
-                            ProtocolError::Io(io::Error::new(io::ErrorKind::InvalidData, err))
-                        })?
-                }
-                Frame::Binary(bytes) => Message::Binary(bytes),
-                Frame::Ping(bytes) => Message::Ping(bytes),
-                Frame::Pong(bytes) => Message::Pong(bytes),
-                Frame::Close(reason) => Message::Close(reason),
-                Frame::Continuation(item) => Message::Continuation(item),
-            };
-
+            let message = message_of(frame)?;
             this.messages.push_back(message);
+        }
+
+        // notifyd patch: an emptied buffer is released rather than kept: it may be a whole read
+        // chunk adopted above, held for as long as the (mostly idle) socket is open.
+        if this.buf.is_empty() && this.buf.capacity() > 0 {
+            this.buf = BytesMut::new();
         }
 
         // Return the first message in the queue

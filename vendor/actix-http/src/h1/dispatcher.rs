@@ -443,6 +443,21 @@ where
             return Ok(Poll::Ready(()));
         }
 
+        // notifyd patch: while the request's payload still has a consumer (a WebSocket session
+        // that stopped reading a client it refused, say), its bytes are that consumer's, not
+        // ours to discard: the linger only waits for its deadline, and the client meets TCP
+        // back-pressure. Upstream read and discarded them at full speed (gigabytes a second
+        // from a client that kept streaming).
+        if self
+            .as_mut()
+            .project()
+            .payload
+            .as_ref()
+            .is_some_and(|payload| !payload.is_dropped())
+        {
+            return Ok(Poll::Pending);
+        }
+
         loop {
             let should_disconnect = self.as_mut().read_available(cx)?;
             let this = self.as_mut().project();
@@ -1468,7 +1483,18 @@ where
                     // keep-alive and stream errors
                     if state_is_none && inner_p.write_buf.is_empty() {
                         if let Some(err) = inner_p.error.take() {
-                            error!("stream error: {}", &err);
+                            // notifyd patch: what a client can cause at will (a malformed
+                            // request, a reset, a slow request) is logged at debug; only the
+                            // server's own failures are errors.
+                            match &err {
+                                DispatchError::Parse(_)
+                                | DispatchError::Io(_)
+                                | DispatchError::SlowRequestTimeout
+                                | DispatchError::DisconnectTimeout => {
+                                    tracing::debug!("stream error: {}", &err)
+                                }
+                                _ => error!("stream error: {}", &err),
+                            }
                             return Poll::Ready(Err(err));
                         }
 

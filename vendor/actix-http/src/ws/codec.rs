@@ -261,7 +261,8 @@ impl Decoder for Codec {
                     }
                 }
                 _ => {
-                    tracing::error!("Unfinished fragment {opcode:?}");
+                    // notifyd patch: a client's protocol error, not the server's: not logged as an error.
+                    tracing::debug!("Unfinished fragment {opcode:?}");
                     Err(ProtocolError::ContinuationFragment(opcode))
                 }
             };

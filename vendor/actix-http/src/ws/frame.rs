@@ -167,6 +167,19 @@ impl Parser {
             None => return Err(ProtocolError::Overflow),
         };
 
+        // notifyd patch: the size limits are checked as soon as the header is parsed, not once
+        // the whole frame has arrived, so a header that announces more than `max_size` is
+        // refused before any of its payload is buffered (upstream waited for, and buffered,
+        // the announced length first).
+        if length > max_size {
+            return Err(ProtocolError::Overflow);
+        }
+        if matches!(opcode, OpCode::Ping | OpCode::Pong | OpCode::Close)
+            && length > MAX_CONTROL_FRAME_PAYLOAD
+        {
+            return Err(ProtocolError::InvalidLength(length));
+        }
+
         // not enough data
         if src.len() < frame_len {
             let min_length = min(length, max_size);

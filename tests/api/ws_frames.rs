@@ -1,0 +1,294 @@
+//! The WebSocket wire as a hostile client writes it (contract §7, "Frames", "Fragments", "Close
+//! codes"): sizes are judged at the frame header, a fragmented message counts its fragments'
+//! headers and is capped in fragments, and each kind of violation closes with its RFC 6455 code:
+//! 1002 protocol error, 1007 invalid UTF-8, 1009 too large. Frames are written byte by byte on a
+//! raw socket, so nothing in a client library smooths them over.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::helpers::*;
+
+/// Deadline for anything that should happen "now" (never a measure of speed).
+const T: Duration = Duration::from_secs(15);
+
+const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+/// One client frame as RFC 6455 §5.2 lays it out: FIN, RSV bits and opcode in the first byte,
+/// the minimal length encoding, masked unless `masked` is false.
+fn frame(fin: bool, rsv: u8, opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mut f = vec![(if fin { 0x80 } else { 0 }) | (rsv << 4) | opcode];
+    let mask_bit = if masked { 0x80 } else { 0 };
+    match payload.len() {
+        n @ 0..=125 => f.push(mask_bit | n as u8),
+        n @ 126..=65535 => {
+            f.push(mask_bit | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(mask_bit | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    if masked {
+        f.extend_from_slice(&MASK);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+    } else {
+        f.extend_from_slice(payload);
+    }
+    f
+}
+
+/// A masked frame with no RSV bits.
+fn data(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    frame(fin, 0, opcode, payload, true)
+}
+
+const CONT: u8 = 0x0;
+const TEXT: u8 = 0x1;
+const PING: u8 = 0x9;
+
+/// Opens a raw WebSocket for a new user, writes `bytes`, and returns the close code the server
+/// answers with.
+async fn close_code_after(app: &TestApp, bytes: &[u8]) -> Option<u16> {
+    let mut s = raw_ws(app, &new_user()).await;
+    s.write_all(bytes).await.expect("write the frames");
+    read_close_code(&mut s, T).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_announcing_more_than_64_kib_closes_1009_before_its_payload_arrives() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    // The header announces 1 MiB; only 1 KiB of it is ever sent.
+    let mut bytes = vec![0x81, 0x80 | 127];
+    bytes.extend_from_slice(&(1u64 << 20).to_be_bytes());
+    bytes.extend_from_slice(&MASK);
+    bytes.extend(vec![b'x'; 1024]);
+    assert_eq!(close_code_after(&app, &bytes).await, Some(1009));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_fragments_count_their_headers_and_close_with_1009() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::fast_heartbeat()).await;
+    // 10,000 payload bytes in one-byte fragments: far under 64 KiB of payload, but each fragment
+    // also costs its 6-byte header (70,000 bytes in all). The message is never finished.
+    let mut bytes = data(false, TEXT, b"{");
+    for _ in 0..9_999 {
+        bytes.extend(data(false, CONT, b" "));
+    }
+    assert_eq!(close_code_after(&app, &bytes).await, Some(1009));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_with_more_fragments_than_the_cap_closes_with_1009() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    // 129 fragments of 8 bytes: about 1.8 KB in all, one fragment over the documented cap (128).
+    let mut bytes = data(false, TEXT, b"{\"type\":");
+    for _ in 0..127 {
+        bytes.extend(data(false, CONT, b"        "));
+    }
+    bytes.extend(data(true, CONT, b"\"ping\"} "));
+    assert_eq!(close_code_after(&app, &bytes).await, Some(1009));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fragmented_command_within_the_limits_is_answered_with_a_ping_between_its_fragments() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let u = new_user();
+    let parts: [&[u8]; 3] = [b"{\"type\":\"pi", b"ng\",\"ref\":", b"\"frag\"}"];
+    let mut s = raw_ws(&app, &u).await;
+    let mut bytes = data(false, TEXT, parts[0]);
+    bytes.extend(data(false, CONT, parts[1]));
+    bytes.extend(data(true, PING, b"between"));
+    bytes.extend(data(true, CONT, parts[2]));
+    s.write_all(&bytes).await.expect("write");
+    let text = read_text_frames_until(&mut s, "\"frag\"", T).await;
+    let pong = serde_json::json!({"type": "pong", "ref": "frag"});
+    assert!(
+        text.lines()
+            .any(|l| serde_json::from_str::<serde_json::Value>(l).ok() == Some(pong.clone())),
+        "no pong for the fragmented ping: {text}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_protocol_violation_closes_with_1002() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let ping = br#"{"type":"ping"}"#;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("an unmasked frame", frame(true, 0, TEXT, ping, false)),
+        ("a reserved bit set", frame(true, 0b100, TEXT, ping, true)),
+        ("a reserved data opcode", data(true, 0x3, ping)),
+        ("a reserved control opcode", data(true, 0xb, b"")),
+        ("a continuation without a start", data(true, CONT, ping)),
+        ("a fragmented control frame", data(false, PING, b"p")),
+        (
+            "a control frame over 125 bytes",
+            data(true, PING, &[b'p'; 126]),
+        ),
+        ("a new message inside a fragmented one", {
+            let mut b = data(false, TEXT, b"{");
+            b.extend(data(true, TEXT, ping));
+            b
+        }),
+    ];
+    for (what, bytes) in cases {
+        assert_eq!(close_code_after(&app, &bytes).await, Some(1002), "{what}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_utf8_in_a_text_message_closes_with_1007() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let whole = data(true, TEXT, b"{\"type\":\"ping\",\"ref\":\"\xff\xfe\"}");
+    assert_eq!(
+        close_code_after(&app, &whole).await,
+        Some(1007),
+        "one frame"
+    );
+    let mut fragmented = data(false, TEXT, b"{\"type\":\"ping\",\"ref\":\"\xc3");
+    fragmented.extend(data(true, CONT, b"\x28\"}"));
+    assert_eq!(
+        close_code_after(&app, &fragmented).await,
+        Some(1007),
+        "fragments"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_refused_for_a_frame_meets_tcp_backpressure_not_a_reader() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let mut s = raw_ws(&app, &new_user()).await;
+    // A header announcing 1 GiB, then as much of its payload as the server will take in 3 s.
+    let mut head = vec![0x82, 0x80 | 127];
+    head.extend_from_slice(&(1u64 << 30).to_be_bytes());
+    head.extend_from_slice(&MASK);
+    s.write_all(&head).await.expect("header");
+    let chunk = vec![0u8; 64 * 1024];
+    let mut written = 0usize;
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    while written < (1 << 30) {
+        match tokio::time::timeout_at(until, s.write(&chunk)).await {
+            Ok(Ok(n)) => written += n,
+            Ok(Err(_)) | Err(_) => break, // reset by the server, or blocked: both are fine
+        }
+    }
+    // What the kernel's buffers on both sides hold (a few MB on loopback) and what the server
+    // read before it saw the header: far less than a server reading on at full speed takes.
+    assert!(
+        written < 64 << 20,
+        "the server went on reading a refused client: {} MB taken in 3 s",
+        written >> 20
+    );
+    app.stop().await;
+}
+
+/// Reads server frames (unmasked, as a server sends them) until one contains `needle` or
+/// `timeout` passes; returns the text frames read, joined.
+async fn read_text_frames_until(
+    s: &mut tokio::net::TcpStream,
+    needle: &str,
+    timeout: Duration,
+) -> String {
+    let mut all = String::new();
+    let read = async {
+        loop {
+            let mut h = [0u8; 2];
+            if s.read_exact(&mut h).await.is_err() {
+                return;
+            }
+            let len = match h[1] & 0x7f {
+                126 => {
+                    let mut l = [0u8; 2];
+                    if s.read_exact(&mut l).await.is_err() {
+                        return;
+                    }
+                    u16::from_be_bytes(l) as usize
+                }
+                127 => {
+                    let mut l = [0u8; 8];
+                    if s.read_exact(&mut l).await.is_err() {
+                        return;
+                    }
+                    u64::from_be_bytes(l) as usize
+                }
+                n => n as usize,
+            };
+            let mut payload = vec![0u8; len];
+            if s.read_exact(&mut payload).await.is_err() {
+                return;
+            }
+            if h[0] & 0x0f == TEXT {
+                let text = String::from_utf8_lossy(&payload);
+                all.push_str(&text);
+                all.push('\n');
+                if text.contains(needle) {
+                    return;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(timeout, read).await;
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_and_frames_are_never_logged_above_warn() {
+    use crate::binary::{free_port, node_env, Notifyd};
+    let db = TestDb::new().await;
+    let port = free_port();
+    let mut node = Notifyd::start(&["serve"], &node_env(&db, port), port);
+    node.healthy().await;
+
+    // Requests actix-http cannot parse.
+    for garbage in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\nthis is no header\r\n\r\n"[..],
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 (a TLS hello on the plain port)\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+    ] {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        s.write_all(garbage).await.expect("write");
+        let mut answer = vec![];
+        let _ = tokio::time::timeout(T, s.read_to_end(&mut answer)).await;
+    }
+    // Frames the WebSocket layer refuses: a fragmented control frame ("Unfinished fragment"),
+    // an unmasked frame, a header over the limit.
+    for bad in [
+        data(false, PING, b"p"),
+        frame(true, 0, TEXT, b"{}", false),
+        data(true, TEXT, &[b' '; 70_000]),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let req = format!(
+            "GET /ws?token={} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            token(&new_user())
+        );
+        s.write_all(req.as_bytes()).await.expect("handshake");
+        s.write_all(&bad).await.expect("frame");
+        assert!(read_close_code(&mut s, T).await.is_some(), "no close frame");
+    }
+
+    let (stdout, stderr) = node.stop().await;
+    let logs = format!("{stdout}{stderr}");
+    let errors: Vec<&str> = logs.lines().filter(|l| l.contains("ERROR")).collect();
+    assert!(errors.is_empty(), "a client wrote ERROR lines: {errors:#?}");
+}
