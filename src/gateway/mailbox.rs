@@ -2,14 +2,14 @@
 //! by the broker's hub (the user's relayed events) and by the user's sessions (inbox commands,
 //! departures), all in one mailbox. Topics do not pass through it (`topics::router`).
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 pub use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit};
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use super::outbound::SessionTx;
 use super::protocol::ClientFrame;
+use super::queue::{Queue, Shared};
 use crate::broker::hub::{self, HubMsg};
 use crate::inbox::CommittedEvent;
 
@@ -57,101 +57,73 @@ pub struct SessionCommand {
     pub slot: OwnedSemaphorePermit,
 }
 
-/// A user actor's mailbox: a bounded queue that allocates its slots as messages arrive and
-/// gives them back once drained. (A node holds one per connected user, most of them idle: a
-/// tokio channel would keep its first block of 32 slots and its cache-padded state, ~1 KiB,
-/// for the actor's life.) One receiver, the actor; once it is gone every send is refused as
-/// `Closed`, so the registry starts a fresh actor.
+/// A user actor's mailbox: the edge's one queue primitive (`queue::Queue`), bounded in messages
+/// (each is at most a word: there are no bytes to account), with a `closed` flag beside them.
+/// One receiver, the actor; once it is gone every send is refused as `Closed`, so the registry
+/// starts a fresh actor.
 pub fn mailbox() -> (MailboxSender, MailboxReceiver) {
-    let shared = Arc::new(Shared {
-        queue: Mutex::new(Queue {
-            msgs: VecDeque::new(),
-            closed: false,
-        }),
-        wake: Notify::new(),
-    });
-    (MailboxSender(shared.clone()), MailboxReceiver(shared))
+    let queue = Queue::new(false);
+    (MailboxSender(queue.clone()), MailboxReceiver(queue))
 }
 
-struct Queue {
-    msgs: VecDeque<ActorMsg>,
-    closed: bool,
-}
+/// The mailbox's queue (its state: whether the actor is gone).
+type Inbox = Shared<ActorMsg, bool>;
 
-struct Shared {
-    queue: Mutex<Queue>,
-    /// Wakes the actor (`notify_one` keeps a permit while it is busy: no wake-up is lost).
-    wake: Notify,
-}
-
-impl Shared {
-    fn queue(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn put(&self, msg: ActorMsg, bounded: bool) -> Result<(), TrySendError<ActorMsg>> {
-        {
-            let mut q = self.queue();
-            if q.closed {
-                return Err(TrySendError::Closed(msg));
-            }
-            if bounded && q.msgs.len() >= ACTOR_MAILBOX {
-                return Err(TrySendError::Full(msg));
-            }
-            q.msgs.push_back(msg);
+fn put(inbox: &Inbox, msg: ActorMsg, bounded: bool) -> Result<(), TrySendError<ActorMsg>> {
+    {
+        let mut q = inbox.lock();
+        if q.state {
+            return Err(TrySendError::Closed(msg));
         }
-        self.wake.notify_one();
-        Ok(())
+        if bounded && q.len() >= ACTOR_MAILBOX {
+            return Err(TrySendError::Full(msg));
+        }
+        q.push(msg, 0);
     }
+    inbox.wake();
+    Ok(())
 }
 
 #[derive(Clone)]
-pub struct MailboxSender(Arc<Shared>);
+pub struct MailboxSender(Queue<ActorMsg, bool>);
 
 impl MailboxSender {
     /// Queues `msg` unless the mailbox holds `ACTOR_MAILBOX` messages or the actor is gone.
     pub fn try_send(&self, msg: ActorMsg) -> Result<(), TrySendError<ActorMsg>> {
-        self.0.put(msg, true)
+        put(&self.0, msg, true)
     }
 
     /// Queues `msg` past the bound (departures and shutdown only); refused once the actor is
     /// gone.
     pub fn send_always(&self, msg: ActorMsg) -> Result<(), TrySendError<ActorMsg>> {
-        self.0.put(msg, false)
+        put(&self.0, msg, false)
     }
 }
 
-pub struct MailboxReceiver(Arc<Shared>);
+pub struct MailboxReceiver(Queue<ActorMsg, bool>);
 
 impl MailboxReceiver {
     /// The next message, waiting for one.
     pub async fn recv(&self) -> ActorMsg {
         loop {
-            {
-                let mut q = self.0.queue();
-                if let Some(msg) = q.msgs.pop_front() {
-                    // Drained, the mailbox gives its slots back (see `mailbox`).
-                    if q.msgs.is_empty() {
-                        q.msgs = VecDeque::new();
-                    }
-                    return msg;
-                }
+            if let Some(msg) = self.0.lock().pop(|_| 0) {
+                return msg;
             }
-            self.0.wake.notified().await;
+            self.0.changed().await;
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.queue().msgs.is_empty()
+        self.0.lock().is_empty()
     }
 }
 
 impl Drop for MailboxReceiver {
     fn drop(&mut self) {
         let msgs = {
-            let mut q = self.0.queue();
-            q.closed = true;
-            std::mem::take(&mut q.msgs)
+            let mut q = self.0.lock();
+            q.state = true;
+            q.take_all()
         };
         // Dropped outside the lock: a queued join's `joined` sender tells its session no.
         drop(msgs);
@@ -161,13 +133,13 @@ impl Drop for MailboxReceiver {
 /// The actor's mailbox is also its hub listener: the user's channel delivers into it, so a
 /// connected user costs one queue, not two, and relayed events, local deliveries and commands
 /// meet the actor in one order.
-impl hub::Mailbox for Shared {
+impl hub::Mailbox for Inbox {
     fn offer(&self, msg: HubMsg) -> Result<(), hub::Refused> {
         let msg = match msg {
             HubMsg::Message { payload, .. } => ActorMsg::Relayed(Box::new(payload)),
             HubMsg::Resync => ActorMsg::Resync,
         };
-        self.put(msg, true).map_err(|e| match e {
+        put(self, msg, true).map_err(|e| match e {
             TrySendError::Full(_) => hub::Refused::Full,
             TrySendError::Closed(_) => hub::Refused::Closed,
         })
@@ -177,7 +149,7 @@ impl hub::Mailbox for Shared {
 impl MailboxSender {
     /// This mailbox as the hub's listener (the same queue, no second allocation).
     pub fn hub_listener(&self) -> Arc<dyn hub::Mailbox> {
-        self.0.clone()
+        self.0.arc()
     }
 }
 

@@ -7,6 +7,7 @@ pub mod intake;
 pub mod mailbox;
 pub mod outbound;
 pub mod protocol;
+pub mod queue;
 pub mod registry;
 pub mod session;
 pub mod sockets;

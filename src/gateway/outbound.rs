@@ -8,17 +8,15 @@
 //! it). Everything else is *pushed* (`push`): replies, `hello`/`sync`, topic frames; they may
 //! use a headroom above the budget, and a push past that closes the session with 4008.
 //!
-//! One allocation per session, the size of a few words while idle: the frames wait in a
-//! `VecDeque` that is grown on demand and given back once drained (an idle node holds one of
-//! these per socket; a channel would keep its first block of slots for the session's life).
+//! One allocation per session, the size of a few words while idle: the edge's one queue
+//! primitive (`queue::Queue`), with the pong slot and the close beside the frames under its lock.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::Notify;
 
 use super::protocol::close;
+use super::queue::Queue;
 
 /// Frames queued for one session before it counts as a slow consumer and is closed with 4008.
 pub const OUTBOUND_QUEUE: usize = 512;
@@ -45,10 +43,9 @@ pub enum Out {
 /// Why a session is closing: the close code and reason sent to the client.
 pub type CloseWith = (u16, &'static str);
 
-struct Queue {
-    frames: VecDeque<Out>,
-    /// Bytes of the text frames in `frames`.
-    bytes: usize,
+/// What the session keeps beside its frames, under the same lock.
+#[derive(Default)]
+struct State {
     /// The latest unanswered ping's payload (copied: a slice would pin the read buffer).
     pong: Option<Bytes>,
     close: Option<CloseWith>,
@@ -56,18 +53,19 @@ struct Queue {
     ended: bool,
 }
 
-struct Shared {
-    queue: Mutex<Queue>,
-    /// Wakes the session's task: a frame was queued or a close was asked for. (One waiter;
-    /// `notify_one` keeps a permit when the task is busy, so no wake-up is lost.)
-    wake: Notify,
+/// The bytes a queued frame is accounted for: text frames count, control frames do not.
+fn weight(out: &Out) -> usize {
+    match out {
+        Out::Text(t) => t.len(),
+        Out::Ping(_) | Out::Pong => 0,
+    }
 }
 
 /// The handle on a session held by its actor, the topic router and its own task.
 #[derive(Clone)]
 pub struct SessionTx {
     pub id: u64,
-    shared: Arc<Shared>,
+    queue: Queue<Out, State>,
 }
 
 pub enum Push {
@@ -98,21 +96,8 @@ impl SessionTx {
     pub fn new(id: u64) -> SessionTx {
         SessionTx {
             id,
-            shared: Arc::new(Shared {
-                queue: Mutex::new(Queue {
-                    frames: VecDeque::new(),
-                    bytes: 0,
-                    pong: None,
-                    close: None,
-                    ended: false,
-                }),
-                wake: Notify::new(),
-            }),
+            queue: Queue::new(State::default()),
         }
-    }
-
-    fn queue(&self) -> MutexGuard<'_, Queue> {
-        self.shared.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Queues an inbox event unless `OUTBOUND_BYTES` already wait (or the frame queue is down
@@ -120,18 +105,17 @@ impl SessionTx {
     /// the budget, however large. Never closes the session.
     pub fn offer(&self, frame: Arc<str>) -> Offer {
         {
-            let mut q = self.queue();
-            if q.ended || q.close.is_some() {
+            let mut q = self.queue.lock();
+            if q.state.ended || q.state.close.is_some() {
                 return Offer::Gone;
             }
-            if q.bytes >= OUTBOUND_BYTES || q.frames.len() >= OUTBOUND_QUEUE - PUSH_HEADROOM_FRAMES
-            {
+            if q.bytes() >= OUTBOUND_BYTES || q.len() >= OUTBOUND_QUEUE - PUSH_HEADROOM_FRAMES {
                 return Offer::Full;
             }
-            q.bytes += frame.len();
-            q.frames.push_back(Out::Text(frame));
+            let bytes = frame.len();
+            q.push(Out::Text(frame), bytes);
         }
-        self.shared.wake.notify_one();
+        self.queue.wake();
         Offer::Queued
     }
 
@@ -140,24 +124,24 @@ impl SessionTx {
     /// limit long before its byte budget; reading the log for it would queue nothing.
     pub fn half_drained(&self) -> bool {
         let offerable = OUTBOUND_QUEUE - PUSH_HEADROOM_FRAMES;
-        let q = self.queue();
-        q.bytes <= OUTBOUND_BYTES / 2 && q.frames.len() <= offerable / 2
+        let q = self.queue.lock();
+        q.bytes() <= OUTBOUND_BYTES / 2 && q.len() <= offerable / 2
     }
 
     pub fn push(&self, frame: Arc<str>) -> Push {
         let slow = {
-            let mut q = self.queue();
-            if q.ended || q.close.is_some() {
+            let mut q = self.queue.lock();
+            if q.state.ended || q.state.close.is_some() {
                 return Push::Dropped;
             }
             // The budget is on what waits: one frame is always taken by a queue under it,
             // however large (a resume's `sync` carries up to 1,000 events), so at most
             // budget + headroom + one frame.
-            if q.bytes >= OUTBOUND_BYTES + PUSH_HEADROOM_BYTES || q.frames.len() >= OUTBOUND_QUEUE {
+            if q.bytes() >= OUTBOUND_BYTES + PUSH_HEADROOM_BYTES || q.len() >= OUTBOUND_QUEUE {
                 true
             } else {
-                q.bytes += frame.len();
-                q.frames.push_back(Out::Text(frame));
+                let bytes = frame.len();
+                q.push(Out::Text(frame), bytes);
                 false
             }
         };
@@ -165,7 +149,7 @@ impl SessionTx {
             self.slow_consumer();
             return Push::Dropped;
         }
-        self.shared.wake.notify_one();
+        self.queue.wake();
         Push::Sent
     }
 
@@ -186,28 +170,28 @@ impl SessionTx {
 
     fn control(&self, out: Out, pong: Option<Bytes>) {
         let slow = {
-            let mut q = self.queue();
-            if q.ended || q.close.is_some() {
+            let mut q = self.queue.lock();
+            if q.state.ended || q.state.close.is_some() {
                 return;
             }
             let queue_it = match pong {
-                Some(p) => q.pong.replace(p).is_none(),
+                Some(p) => q.state.pong.replace(p).is_none(),
                 None => true,
             };
             if !queue_it {
                 return;
             }
-            if q.frames.len() >= OUTBOUND_QUEUE {
+            if q.len() >= OUTBOUND_QUEUE {
                 true
             } else {
-                q.frames.push_back(out);
+                q.push(out, 0);
                 false
             }
         };
         if slow {
             self.slow_consumer();
         } else {
-            self.shared.wake.notify_one();
+            self.queue.wake();
         }
     }
 
@@ -220,58 +204,51 @@ impl SessionTx {
     /// for wins. Frames still queued are not written.
     pub fn close_with(&self, code: u16, reason: &'static str) {
         {
-            let mut q = self.queue();
-            if q.close.is_some() || q.ended {
+            let mut q = self.queue.lock();
+            if q.state.close.is_some() || q.state.ended {
                 return;
             }
-            q.close = Some((code, reason));
+            q.state.close = Some((code, reason));
         }
-        self.shared.wake.notify_one();
+        self.queue.wake();
     }
 
     /// The close asked for, if any.
     pub fn closing(&self) -> Option<CloseWith> {
-        self.queue().close
+        self.queue.lock().state.close
     }
 
     /// The session's task only: what to do next, if anything is to be done now (a close
     /// comes before any queued frame).
     pub fn next(&self) -> Option<Next> {
-        let mut q = self.queue();
-        if q.close.is_some() {
+        let mut q = self.queue.lock();
+        if q.state.close.is_some() {
             return Some(Next::Close);
         }
-        let out = q.frames.pop_front()?;
-        match &out {
-            Out::Text(t) => q.bytes -= t.len(),
-            Out::Ping(_) => {}
-            Out::Pong => {
-                let pong = q.pong.take();
-                return Some(Next::Write(out, pong));
-            }
-        }
-        // Drained, the queue gives its slots back: most sessions are idle most of the time,
-        // and a few bytes per socket times every socket is what an idle node holds.
-        if q.frames.is_empty() {
-            q.frames = VecDeque::new();
-        }
-        Some(Next::Write(out, None))
+        let out = q.pop(weight)?;
+        let pong = match out {
+            Out::Pong => q.state.pong.take(),
+            Out::Text(_) | Out::Ping(_) => None,
+        };
+        Some(Next::Write(out, pong))
     }
 
     /// The session's task only: resolves once `next` may have something (a frame was queued
     /// or a close was asked for since the last call).
     pub async fn changed(&self) {
-        self.shared.wake.notified().await
+        self.queue.changed().await
     }
 
     /// The session's task only, when it ends: from now on every offer, push or close is a
     /// no-op, and what is queued is freed.
     pub fn end(&self) {
-        let mut q = self.queue();
-        q.ended = true;
-        q.frames = VecDeque::new();
-        q.bytes = 0;
-        q.pong = None;
+        let freed = {
+            let mut q = self.queue.lock();
+            q.state.ended = true;
+            q.state.pong = None;
+            q.take_all()
+        };
+        drop(freed);
     }
 }
 
