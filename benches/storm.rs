@@ -243,8 +243,15 @@ async fn resume(
 // The steady POST load on the survivor
 
 /// POSTs one message at a time at `rate`/s (to users no storm client is), timing each, until
-/// `stop`; returns (latencies in µs, failures).
+/// `stop`; returns (latencies in µs, failures). With BENCH_STORM_INFLIGHT=k (k > 0) the load is
+/// closed loop instead: k services each POST, wait for the answer, and POST again, so the
+/// server is never idle and its queueing shows in every request (an open-loop probe at a low
+/// rate mostly meets an idle server).
 async fn steady_posts(base: String, rate: u64, stop: Arc<AtomicBool>) -> (Vec<u32>, u64) {
+    let inflight = env_num("BENCH_STORM_INFLIGHT", 0);
+    if inflight > 0 {
+        return closed_loop_posts(base, inflight, stop).await;
+    }
     let http = reqwest::Client::new();
     let every = Duration::from_micros(1_000_000 / rate.max(1));
     let mut tick = tokio::time::interval(every);
@@ -291,6 +298,55 @@ async fn steady_posts(base: String, rate: u64, stop: Arc<AtomicBool>) -> (Vec<u3
     }
     let v = lat.lock().map(|l| l.clone()).unwrap_or_default();
     (v, failed.load(Ordering::Relaxed))
+}
+
+/// `inflight` POST loops, each sending the next message when the last was answered.
+async fn closed_loop_posts(base: String, inflight: u64, stop: Arc<AtomicBool>) -> (Vec<u32>, u64) {
+    let http = reqwest::Client::new();
+    let url = format!("{base}/api/v1/messages");
+    let workers: Vec<_> = (0..inflight)
+        .map(|w| {
+            let (http, url, stop) = (http.clone(), url.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut lat, mut failed, mut k) = (vec![], 0u64, 0u64);
+                while !stop.load(Ordering::Relaxed) {
+                    k += 1;
+                    let body = json!({"to_user": format!("steady{w}-{}", k % 8), "title": "steady", "content": "x", "type": "steady"});
+                    let t = Instant::now();
+                    let r = http
+                        .post(&url)
+                        .bearer_auth(KEY)
+                        .timeout(Duration::from_secs(30))
+                        .json(&body)
+                        .send()
+                        .await;
+                    match r {
+                        Ok(r) if r.status() == 201 => {
+                            lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32)
+                        }
+                        _ => failed += 1,
+                    }
+                }
+                (lat, failed)
+            })
+        })
+        .collect();
+    let (mut all, mut failed) = (vec![], 0);
+    for w in workers {
+        if let Ok((lat, f)) = w.await {
+            all.extend(lat);
+            failed += f;
+        }
+    }
+    (all, failed)
+}
+
+/// The steady load in words, for the doc block.
+fn load_words(rate: u64) -> String {
+    match env_num("BENCH_STORM_INFLIGHT", 0) {
+        0 => format!("at {rate}/s (open loop)"),
+        k => format!("with {k} in flight (closed loop)"),
+    }
 }
 
 /// Runs `steady_posts` on a thread and runtime of its own (the default), so that its timing is
@@ -561,7 +617,7 @@ began: {load}. Clients came back {how}.\n\n\
 | B's database pool during the storm: checkouts / of which waited > 50 ms for a connection | {pool:.0} / {pool_slow:.0} |\n\
 | B's new connections that waited for an intake turn (handshakes) / of which > 250 ms | {intake:.0} / {intake_slow:.0} |\n\
 | refusals (1013 with `retry_after`) / clients refused at least once / failed handshakes | {refusals} / {refused_clients} / {hs} |\n\
-| steady POST /api/v1/messages on B at {rate}/s ({on}), quiet, p50 / p99 | {q50:.1} / {q99:.1} ms ({qn} POSTs, {qf} failed) |\n\
+| steady POST /api/v1/messages on B {load_words} ({on}), quiet, p50 / p99 | {q50:.1} / {q99:.1} ms ({qn} POSTs, {qf} failed) |\n\
 | the same during the storm, p50 / p99 | **{s50:.1} / {s99:.1} ms** ({sn} POSTs, {sf} failed; p99 {ratio:.1}× quiet) |\n\
 | kernel, during the storm (whole machine): accept-queue overflows / SYN retransmissions | {lo} / {sr} |\n\
 | setting up: {n} clients opened on A | {ca:.1} s |\n\
@@ -594,7 +650,7 @@ began: {load}. Clients came back {how}.\n\n\
         refusals = r.refusals,
         refused_clients = r.refused_clients,
         hs = r.handshake_failures,
-        rate = r.post_rate,
+        load_words = load_words(r.post_rate),
         on = if r.service_listener {
             "on its service listener, `NOTIFYD_SERVICE_BIND`"
         } else {
@@ -675,7 +731,8 @@ async fn bench() -> anyhow::Result<()> {
         .unwrap_or_default();
     let db = BenchDb::create("storm").await?;
     println!(
-        "reconnect storm: {n} clients, {missed} messages each while away, {rate} POSTs/s on B"
+        "reconnect storm: {n} clients, {missed} messages each while away, POSTs on B {}",
+        load_words(rate)
     );
     // BENCH_STORM_SPREAD_MS=500: each client waits a delay uniform in [0, 500 ms) before its
     // first reconnect, as the shipped JS client does; 0 (the default): all at once.
