@@ -184,6 +184,16 @@ impl Router {
         user: Option<&str>,
         topics: &[String],
     ) -> Result<Pending, Refusal> {
+        // Checked where every subscribing path ends (the socket's frames are checked when
+        // parsed already): a name the rule refuses never becomes a Redis channel, a router key
+        // or a retained-value lookup (a NUL failed that read in PostgreSQL).
+        if let Some(Err(message)) = topics
+            .iter()
+            .map(|t| super::check_topic(t))
+            .find(Result::is_err)
+        {
+            return Err(("validation_failed", message));
+        }
         let session = tx.id;
         let mut guard = self.inner();
         let inner = &mut *guard;
