@@ -18,6 +18,7 @@ pub mod http_listener;
 pub mod http_server;
 pub mod inbox;
 pub mod listen;
+pub mod names;
 pub mod outbox;
 pub mod presence;
 pub mod ratelimit;

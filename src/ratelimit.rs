@@ -1,6 +1,8 @@
 //! Token buckets per key (a user id), for what clients may do on their own: publish to a group
 //! topic, send a direct message. Per node: a client spread over N nodes gets N times the rate,
 //! which bounds abuse without a round trip to Redis on every frame (documented in docs/topics.md).
+//! And `SessionRate`, the per-session limit of `subscribe`/`unsubscribe` frames, kept inline in
+//! the session's task.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -81,6 +83,45 @@ fn refill(b: Bucket, now: Instant, per_second: f64, burst: f64) -> f64 {
     (b.tokens + elapsed * per_second).min(burst)
 }
 
+/// A limit on one session's own commands (`subscribe`/`unsubscribe`: contract §7): `per_second`
+/// sustained with bursts of `burst`, exactly a token bucket's answers, kept in 8 bytes because
+/// every open socket carries one (an idle socket costs ~7.8 KiB in all; a `TokenBuckets` entry
+/// would be a map slot and a lock per session). It is GCRA: the one number is the theoretical
+/// arrival time of the next command (microseconds since the process's epoch); a command may
+/// pass while that time is at most `burst - 1` intervals ahead of now.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SessionRate {
+    next_us: u64,
+}
+
+impl SessionRate {
+    /// Takes one command, or says how long until one would pass. The rate and burst are passed
+    /// in (from the settings), not stored per session.
+    pub fn take(&mut self, per_second: u32, burst: u32) -> Result<(), Duration> {
+        self.take_at(epoch_us(), per_second, burst)
+    }
+
+    fn take_at(&mut self, now_us: u64, per_second: u32, burst: u32) -> Result<(), Duration> {
+        let interval = 1_000_000 / u64::from(per_second.max(1));
+        let tolerance = interval * u64::from(burst.max(1) - 1);
+        let next = self.next_us.max(now_us);
+        let ahead = next - now_us;
+        if ahead > tolerance {
+            return Err(Duration::from_micros(ahead - tolerance));
+        }
+        self.next_us = next + interval;
+        Ok(())
+    }
+}
+
+/// Microseconds since the first call in this process: a `u64` instead of an `Instant` (16 bytes)
+/// in every `SessionRate`, and zero is "long ago" for a fresh one.
+fn epoch_us() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
 /// The node's limiters, one per kind of client action.
 pub struct RateLimits {
     pub publish: TokenBuckets,
@@ -122,5 +163,37 @@ mod tests {
             assert!(t.take_at("a", later).is_ok());
         }
         assert!(t.take_at("a", later).is_err());
+    }
+
+    /// The session limiter answers like a token bucket of `burst` refilled at `per_second`:
+    /// the burst at once, then one per interval, never more than the burst after a pause.
+    #[test]
+    fn a_session_rate_allows_the_burst_then_the_rate() {
+        let mut r = SessionRate::default();
+        let t0 = 5_000_000; // any time after the epoch
+        for i in 0..20 {
+            assert!(r.take_at(t0, 10, 20).is_ok(), "burst {i}");
+        }
+        let wait = r.take_at(t0, 10, 20).expect_err("the burst is spent");
+        assert_eq!(wait, Duration::from_millis(100));
+        // Refused commands cost nothing: still one per 100 ms.
+        assert!(r.take_at(t0 + 99_999, 10, 20).is_err());
+        assert!(r.take_at(t0 + 100_000, 10, 20).is_ok());
+        assert!(r.take_at(t0 + 100_000, 10, 20).is_err());
+        // A long pause refills only up to the burst.
+        let later = t0 + 60_000_000;
+        for i in 0..20 {
+            assert!(r.take_at(later, 10, 20).is_ok(), "second burst {i}");
+        }
+        assert!(r.take_at(later, 10, 20).is_err());
+        assert_eq!(std::mem::size_of::<SessionRate>(), 8);
+    }
+
+    #[test]
+    fn a_burst_of_one_is_the_rate_alone() {
+        let mut r = SessionRate::default();
+        assert!(r.take_at(1_000, 2, 1).is_ok());
+        assert_eq!(r.take_at(1_000, 2, 1), Err(Duration::from_millis(500)));
+        assert!(r.take_at(501_000, 2, 1).is_ok());
     }
 }

@@ -18,11 +18,18 @@ use crate::inbox::input::{
 };
 use crate::topics::MAX_TOPIC_CHARS;
 
-/// Characters refused in ids, topics and URLs: whitespace and control characters (`\s` is
-/// Unicode whitespace in both ECMAScript and Python regular expressions).
+/// Characters refused in URLs: whitespace and control characters (`\s` is Unicode whitespace
+/// in both ECMAScript and Python regular expressions).
 const NO_SPACE_OR_CONTROL: &str = r"[^\s\x00-\x1f\x7f-\x9f]";
 
-/// A user id: 1 to `MAX_ID_CHARS` characters, no whitespace or control character
+/// A character of a name (`names`: ids, topics): not whitespace, control or a format
+/// character. The path parameters' patterns in `#[utoipa::path]` (which take only literals)
+/// spell the same class, with `%` left out; a test in `openapi` compares them.
+pub fn name_char() -> String {
+    format!(r"[^\s\x00-\x1f\x7f-\x9f{}]", crate::names::BMP_FORMAT_CLASS)
+}
+
+/// A user id: 1 to `MAX_ID_CHARS` characters, no whitespace, control or format character
 /// (`input::check_user_id`). A JSON integer is accepted too and kept as its decimal text.
 pub fn user_id() -> OneOfBuilder {
     OneOfBuilder::new()
@@ -36,16 +43,16 @@ pub fn user_id() -> OneOfBuilder {
                 .description(Some("an integer user id, kept as its decimal text")),
         )
         .description(Some(
-            "A user id: 1 to 128 characters, no whitespace or control characters (or a JSON integer).",
+            "A user id: 1 to 128 characters, no whitespace, control or format characters (or a JSON integer).",
         ))
 }
 
-/// A string of 1 to `MAX_ID_CHARS` characters without whitespace or control characters.
+/// A string of 1 to `MAX_ID_CHARS` characters without whitespace, control or format characters.
 pub fn id_string(what: &str) -> Schema {
     string(1, MAX_ID_CHARS)
-        .pattern(Some(format!("^{NO_SPACE_OR_CONTROL}+$")))
+        .pattern(Some(format!("^{}+$", name_char())))
         .description(Some(format!(
-            "{what}: 1 to {MAX_ID_CHARS} characters, no whitespace or control characters"
+            "{what}: 1 to {MAX_ID_CHARS} characters, no whitespace, control or format characters"
         )))
         .into()
 }
@@ -53,9 +60,9 @@ pub fn id_string(what: &str) -> Schema {
 /// A topic name as in the path of `POST /api/v1/topics/{topic}/events` (`topics::check_topic`).
 pub fn topic() -> Schema {
     string(1, MAX_TOPIC_CHARS)
-        .pattern(Some(format!("^{NO_SPACE_OR_CONTROL}+$")))
+        .pattern(Some(format!("^{}+$", name_char())))
         .description(Some(format!(
-            "e.g. `product:42`, `group:7`: 1 to {MAX_TOPIC_CHARS} characters, no whitespace or control characters"
+            "e.g. `product:42`, `group:7`: 1 to {MAX_TOPIC_CHARS} characters, no whitespace, control or format characters"
         )))
         .into()
 }

@@ -89,7 +89,7 @@ impl Modify for AuthSchemes {
                     .scheme(HttpAuthScheme::Bearer)
                     .bearer_format("JWT")
                     .description(Some(
-                        "a user JWT (HS256, NOTIFYD_JWT_SECRET): `sub` = user id (1-128 characters, no whitespace or control characters), `exp` required, `nbf` enforced; claims `topics`, `publish`, `send_to` (glob patterns). REST takes it from the Authorization header only.",
+                        "a user JWT (HS256, NOTIFYD_JWT_SECRET): `sub` = user id (1-128 characters, no whitespace, control or format characters), `exp` required, `nbf` enforced; claims `topics`, `publish`, `send_to` (glob patterns). REST takes it from the Authorization header only.",
                     ))
                     .build(),
             ),
@@ -223,6 +223,23 @@ mod tests {
         );
         assert_eq!(
             param("/api/v1/users/{id}", "delete", "id")["maxLength"],
+            json!(crate::inbox::input::MAX_ID_CHARS)
+        );
+        // The name rule's characters, `%` left out (see the parameters' descriptions).
+        let path_name = format!("^{}+$", crate::api::bodies::name_char().replace(']', "%]"));
+        for (path, method, name) in [
+            ("/api/v1/users/{id}", "delete", "id"),
+            ("/api/v1/users/{id}/presence", "get", "id"),
+            ("/api/v1/topics/{topic}/events", "post", "topic"),
+        ] {
+            assert_eq!(
+                param(path, method, name)["pattern"],
+                json!(path_name),
+                "{method} {path}"
+            );
+        }
+        assert_eq!(
+            param("/api/v1/users/{id}/presence", "get", "id")["maxLength"],
             json!(crate::inbox::input::MAX_ID_CHARS)
         );
         for path in ["/api/v1/messages", "/api/v1/broadcasts", "/api/v1/me/send"] {

@@ -26,8 +26,8 @@ pub struct TopicAccepted {
 /// for `NOTIFYD_TOPIC_RETAIN`. Answers `202 {"id", "topic"}` (the event id frames carry too).
 #[utoipa::path(post, path = "/api/v1/topics/{topic}/events", tag = "service",
     security(("serviceKey" = [])),
-    params(("topic" = inline(String), Path, description = "e.g. `product:42`: 1 to 200 characters, no whitespace or control characters (a `%` works when sent as `%25`; the pattern leaves it out because some clients send a path's `%` unescaped)",
-        min_length = 1, max_length = 200, pattern = r"^[^\s\x00-\x1f\x7f-\x9f%]+$")),
+    params(("topic" = inline(String), Path, description = "e.g. `product:42`: 1 to 200 characters, no whitespace, control or format characters (a `%` works when sent as `%25`; the pattern leaves it out because some clients send a path's `%` unescaped)",
+        min_length = 1, max_length = 200, pattern = r"^[^\s\x00-\x1f\x7f-\x9f\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb%]+$")),
     request_body(content = super::bodies::TopicEvent, content_type = "application/json",
         description = "read as JSON whatever its Content-Type; at most 64 KiB"),
     responses(

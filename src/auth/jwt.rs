@@ -218,7 +218,18 @@ mod tests {
     #[test]
     fn odd_subs_are_refused_with_the_generic_message() {
         let k = JwtKeys::new("s");
-        for sub in ["a\u{0}b", "a\nb", "\tx", " x", "", &"x".repeat(129)] {
+        for sub in [
+            "a\u{0}b",
+            "a\nb",
+            "\tx",
+            " x",
+            "",
+            &"x".repeat(129),
+            // Format characters (Cf): a bidi override, a zero-width space, a BOM.
+            "a\u{202e}b",
+            "\u{200b}x",
+            "x\u{feff}",
+        ] {
             let t = k.mint(sub, 60, &[]).unwrap();
             assert_eq!(k.verify(&t), Err(INVALID_TOKEN.to_string()), "{sub:?}");
         }

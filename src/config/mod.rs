@@ -113,6 +113,14 @@ pub struct Settings {
     pub topic_retain: Duration,
     /// `NOTIFYD_MAX_ANON_SOCKETS_PER_IP`: anonymous WebSockets one client IP may hold per node.
     pub max_anon_sockets_per_ip: usize,
+    /// `NOTIFYD_MAX_ANON_TOPICS_PER_IP`: distinct topics one client address's anonymous sessions
+    /// may hold together on one node (each is a broker channel; contract §7).
+    pub max_anon_topics_per_ip: usize,
+    /// `NOTIFYD_SUBSCRIBE_RATE`: `subscribe` and `unsubscribe` frames one session may send per
+    /// second, sustained (contract §7).
+    pub subscribe_rate: u32,
+    /// `NOTIFYD_SUBSCRIBE_BURST`: such frames one session may send at once.
+    pub subscribe_burst: u32,
     /// `NOTIFYD_TRUSTED_PROXIES`: peers whose `X-Forwarded-For` (last hop) names the client.
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// `NOTIFYD_BROADCAST_BATCH`: recipients per announcement batch (one transaction, which
@@ -168,6 +176,9 @@ impl Settings {
             public_topics: vec![],
             topic_retain: Duration::from_secs(24 * 3600),
             max_anon_sockets_per_ip: 64,
+            max_anon_topics_per_ip: 1000,
+            subscribe_rate: 10,
+            subscribe_burst: 20,
             // A reverse proxy on the same host (the usual nginx in front): its peer address is
             // loopback, and only it can have written the last X-Forwarded-For hop.
             trusted_proxies: vec![

@@ -79,6 +79,9 @@ impl fmt::Debug for Settings {
             public_topics,
             topic_retain,
             max_anon_sockets_per_ip,
+            max_anon_topics_per_ip,
+            subscribe_rate,
+            subscribe_burst,
             trusted_proxies,
             broadcast_batch,
             max_running_broadcasts,
@@ -131,6 +134,9 @@ impl fmt::Debug for Settings {
             .field("public_topics", public_topics)
             .field("topic_retain", topic_retain)
             .field("max_anon_sockets_per_ip", max_anon_sockets_per_ip)
+            .field("max_anon_topics_per_ip", max_anon_topics_per_ip)
+            .field("subscribe_rate", subscribe_rate)
+            .field("subscribe_burst", subscribe_burst)
             .field("trusted_proxies", trusted_proxies)
             .field("broadcast_batch", broadcast_batch)
             .field("max_running_broadcasts", max_running_broadcasts)

@@ -363,6 +363,36 @@ pub static SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        env: "NOTIFYD_MAX_ANON_TOPICS_PER_IP",
+        default: Default::Value("1000"),
+        secret: false,
+        kind: Kind::Count {
+            min: 1,
+            max: 100_000,
+            set: |s, n| s.max_anon_topics_per_ip = n as usize,
+        },
+    },
+    Setting {
+        env: "NOTIFYD_SUBSCRIBE_RATE",
+        default: Default::Value("10"),
+        secret: false,
+        kind: Kind::Count {
+            min: 1,
+            max: 10_000,
+            set: |s, n| s.subscribe_rate = n as u32,
+        },
+    },
+    Setting {
+        env: "NOTIFYD_SUBSCRIBE_BURST",
+        default: Default::Value("20"),
+        secret: false,
+        kind: Kind::Count {
+            min: 1,
+            max: 10_000,
+            set: |s, n| s.subscribe_burst = n as u32,
+        },
+    },
+    Setting {
         env: "NOTIFYD_TRUSTED_PROXIES",
         default: Default::Value("127.0.0.1,::1"),
         secret: false,

@@ -124,12 +124,14 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
                 format!("\"topics\" must hold 1 to {MAX_TOPICS_PER_FRAME} topics"),
             ));
         }
+        // A name that breaks the name rule (contract §7) is `validation_failed`, like the REST
+        // publish's `422`; only a frame of the wrong shape is `bad_frame`.
         list.iter()
             .map(|t| match t.as_str() {
-                Some(s) if !s.is_empty() && s.chars().count() <= MAX_TOPIC_CHARS => {
-                    Ok(s.to_string())
-                }
-                _ => Err(err(
+                Some(s) => crate::topics::check_topic(s)
+                    .map(|()| s.to_string())
+                    .map_err(|m| err("validation_failed", m)),
+                None => Err(err(
                     "bad_frame",
                     format!("a topic is a string of 1 to {MAX_TOPIC_CHARS} characters"),
                 )),
@@ -193,7 +195,7 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
                 Some(t) => t.to_string(),
                 None => return Err(err("bad_frame", "\"topic\" must be a string".into())),
             };
-            crate::topics::check_topic(&topic).map_err(|m| err("bad_frame", m))?;
+            crate::topics::check_topic(&topic).map_err(|m| err("validation_failed", m))?;
             let Some(data) = v.get("data") else {
                 return Err(err("bad_frame", "\"data\" is required".into()));
             };
@@ -483,11 +485,17 @@ mod tests {
         ));
         for bad in [
             r#"{"type":"publish","data":{}}"#,
-            r#"{"type":"publish","topic":"a b","data":{}}"#,
             r#"{"type":"publish","topic":"group:7"}"#,
         ] {
             assert_eq!(parse(bad).unwrap_err().code, "bad_frame", "{bad}");
         }
+        assert_eq!(
+            parse(r#"{"type":"publish","topic":"a b","data":{}}"#)
+                .unwrap_err()
+                .code,
+            "validation_failed",
+            "a bad name is not a bad frame shape"
+        );
     }
 
     #[test]
@@ -508,5 +516,38 @@ mod tests {
             let e = parse(bad).unwrap_err();
             assert_eq!((e.code, e.r#ref), ("bad_frame", json!("d1")), "{bad}");
         }
+    }
+
+    /// A topic that breaks the name rule is `validation_failed` in every frame that names one
+    /// (also when it is too long); a frame of the wrong shape stays `bad_frame`.
+    #[test]
+    fn topic_names_are_checked_by_the_name_rule_in_every_frame() {
+        let long = "x".repeat(MAX_TOPIC_CHARS + 1);
+        for name in [
+            "a\u{0}b",
+            " a",
+            "a\r\n",
+            "a\u{85}",
+            "a\u{202e}b",
+            "\u{feff}a",
+            "",
+            &long,
+        ] {
+            for frame in [
+                json!({"type": "subscribe", "topics": ["ok:1", name], "ref": "r"}),
+                json!({"type": "unsubscribe", "topics": [name], "ref": "r"}),
+                json!({"type": "publish", "topic": name, "data": {}, "ref": "r"}),
+            ] {
+                let e = parse(&frame.to_string()).unwrap_err();
+                assert_eq!(
+                    (e.code, e.r#ref),
+                    ("validation_failed", json!("r")),
+                    "{frame}"
+                );
+            }
+        }
+        let e = parse(r#"{"type": "subscribe", "topics": [7], "ref": "r"}"#).unwrap_err();
+        assert_eq!(e.code, "bad_frame");
+        assert!(parse(r#"{"type": "subscribe", "topics": ["product:\u00e9"]}"#).is_ok());
     }
 }

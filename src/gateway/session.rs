@@ -24,7 +24,9 @@ use crate::error::ApiError;
 use crate::inbox::create;
 use crate::inbox::direct::{self, Via};
 use crate::inbox::input::check_idempotency_key;
+use crate::ratelimit::SessionRate;
 use crate::state::AppState;
+use crate::topics::router::Holder;
 
 /// Commands (read, read_all, seen_all, subscribe, publish, send) one session may have in flight;
 /// more are answered `busy`.
@@ -262,6 +264,8 @@ pub async fn run(ctx: Box<SessionCtx>) {
     // read that far; unsolicited pongs prove nothing.
     let mut pings = Pings::default();
     let mut last_auth: Option<Instant> = None;
+    // `subscribe`/`unsubscribe` frames of this session (8 bytes, inline: every socket has one).
+    let mut topic_rate = SessionRate::default();
     let mut bad = 0u32;
     // The frame taken from the queue that actix-ws has not accepted yet (its channel is full
     // while the socket is slow).
@@ -345,11 +349,15 @@ pub async fn run(ctx: Box<SessionCtx>) {
                             }
                         }
                         Ok(ClientFrame::Subscribe { topics, r#ref }) => {
-                            subscribe(&state, &me, claims.as_ref(), slots(&mut in_flight), topics, r#ref);
+                            if topic_command_allowed(&state, &me, &mut topic_rate, &r#ref) {
+                                subscribe(&state, &me, claims.as_ref(), permit.key(), slots(&mut in_flight), topics, r#ref);
+                            }
                         }
                         Ok(ClientFrame::Unsubscribe { topics, r#ref }) => {
-                            state.topics.unsubscribe(me.id, &topics);
-                            me.push_json(&protocol::ack(&r#ref, serde_json::json!({ "topics": topics })));
+                            if topic_command_allowed(&state, &me, &mut topic_rate, &r#ref) {
+                                state.topics.unsubscribe(me.id, &topics);
+                                me.push_json(&protocol::ack(&r#ref, serde_json::json!({ "topics": topics })));
+                            }
                         }
                         Ok(ClientFrame::Publish { topic, data, r#ref }) => {
                             publish(&state, &me, claims.as_ref(), slots(&mut in_flight), topic, data, r#ref);
@@ -514,12 +522,46 @@ fn revoke_topics(state: &AppState, me: &SessionTx, claims: &UserClaims) {
     }
 }
 
+/// Takes one of the session's `subscribe`/`unsubscribe` turns (`NOTIFYD_SUBSCRIBE_RATE`, burst
+/// `NOTIFYD_SUBSCRIBE_BURST`; contract §7), or answers `rate_limited` and says no. Every such
+/// frame counts, refused or not: each may (un)subscribe broker channels, and a session churning
+/// them is what the limit is for.
+fn topic_command_allowed(
+    state: &AppState,
+    me: &SessionTx,
+    rate: &mut SessionRate,
+    r#ref: &serde_json::Value,
+) -> bool {
+    let (per_second, burst) = (
+        state.settings.subscribe_rate,
+        state.settings.subscribe_burst,
+    );
+    match rate.take(per_second, burst) {
+        Ok(()) => true,
+        Err(wait) => {
+            metrics::counter!("notifyd_rate_limited_total", "what" => "subscribe").increment(1);
+            me.push_json(&protocol::error(
+                r#ref,
+                "rate_limited",
+                &format!(
+                    "at most {per_second} subscribes and unsubscribes per second (burst {burst}) per connection; retry in {} ms",
+                    wait.as_millis().max(1)
+                ),
+            ));
+            false
+        }
+    }
+}
+
 /// `subscribe`: checked and registered here, answered (ack, then retained values) by a task
-/// holding one of the session's command slots (it may wait on Redis and PostgreSQL).
+/// holding one of the session's command slots (it may wait on Redis and PostgreSQL). An
+/// anonymous session's topics count against its client `address` (the key its socket is
+/// counted under), a user's against the user.
 fn subscribe(
     state: &AppState,
     me: &SessionTx,
     claims: Option<&UserClaims>,
+    address: &str,
     in_flight: &Arc<Semaphore>,
     topics: Vec<String>,
     r#ref: serde_json::Value,
@@ -535,10 +577,11 @@ fn subscribe(
     let Ok(slot) = in_flight.clone().try_acquire_owned() else {
         return busy_ref(me, &r#ref);
     };
-    match state
-        .topics
-        .subscribe(me, claims.map(|c| c.user.as_str()), &topics)
-    {
+    let holder = match claims {
+        Some(c) => Holder::User(c.user.clone()),
+        None => Holder::Address(address.to_string()),
+    };
+    match state.topics.subscribe(me, holder, &topics) {
         Ok(pending) => {
             let state = state.clone();
             tokio::spawn(

@@ -29,6 +29,14 @@ impl Drop for SocketPermit {
     }
 }
 
+impl SocketPermit {
+    /// What the socket is counted under: its user id, or for an anonymous socket its client
+    /// address key (`topics::public::client_key`), which its topics are capped by too.
+    pub fn key(&self) -> &str {
+        &self.user
+    }
+}
+
 impl SocketCounts {
     fn sockets(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
         self.sockets.lock().unwrap_or_else(|p| p.into_inner())

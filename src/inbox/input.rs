@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
+use crate::names;
 
 pub const MAX_BATCH: usize = 1000;
 pub const MAX_ROWS: usize = 10_000;
@@ -340,17 +341,19 @@ pub fn user_id(v: &Value, field: &str) -> Result<String, ApiError> {
     Ok(s)
 }
 
-/// The rules of a user id wherever one comes from (a request body, a token's `sub`): 1 to
-/// `MAX_ID_CHARS` characters, no whitespace anywhere (so no leading spaces, tabs or newlines) and
-/// no control character (U+0000 included, which PostgreSQL `text` refuses).
+/// The rules of a user id wherever one comes from (a request body, a token's `sub`, a path):
+/// the one name rule (`names`): 1 to `MAX_ID_CHARS` characters, no whitespace anywhere (so no
+/// leading spaces, tabs or newlines), no control character (U+0000 included, which PostgreSQL
+/// `text` refuses) and no format character (bidi overrides, zero-width characters).
 pub fn check_user_id(s: &str) -> Result<(), String> {
-    if s.is_empty() || s.chars().count() > MAX_ID_CHARS {
-        return Err(format!("must be 1 to {MAX_ID_CHARS} characters"));
+    match names::check(s, MAX_ID_CHARS) {
+        Ok(()) => Ok(()),
+        Err(names::Refused::Length) => Err(format!("must be 1 to {MAX_ID_CHARS} characters")),
+        Err(names::Refused::Char(c)) => Err(format!(
+            "must not contain whitespace, control or format characters (found {})",
+            names::describe(c)
+        )),
     }
-    if s.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err("must not contain spaces or control characters".into());
-    }
-    Ok(())
 }
 
 /// `skip_url` must be relative (`/posts/9`, `posts/9`, `?tab=2`) or absolute http(s). Anything
@@ -483,6 +486,19 @@ mod tests {
             "data"
         );
         assert_eq!(field_of(json!({"to_user": nul, "title": "t"})), "to_user");
+    }
+
+    /// User ids follow the name rule (`names`): format characters are refused like controls,
+    /// and the message names the character by code point (printed, it would be invisible).
+    #[test]
+    fn user_ids_refuse_format_characters_by_code_point() {
+        assert_eq!(check_user_id("u42"), Ok(()));
+        let e = check_user_id("u\u{202e}42").unwrap_err();
+        assert!(e.contains("U+202E"), "{e}");
+        assert_eq!(
+            field_of(json!({"to_users": ["1", "\u{200d}"], "title": "t"})),
+            "to_users[1]"
+        );
     }
 
     #[test]

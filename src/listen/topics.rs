@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use crate::gateway::protocol::{MAX_TOPICS_PER_FRAME, MAX_TOPIC_CHARS};
+use crate::gateway::protocol::MAX_TOPICS_PER_FRAME;
 use crate::topics::router::MAX_TOPICS_PER_SESSION;
 
 /// Event ids remembered per topic: a duplicate comes soon after the original (a relay retry,
@@ -29,9 +29,8 @@ pub fn topic_list(raw: &[String]) -> Result<Vec<String>, String> {
         if t.is_empty() {
             continue;
         }
-        if t.chars().count() > MAX_TOPIC_CHARS {
-            return Err(format!("a topic has at most {MAX_TOPIC_CHARS} characters"));
-        }
+        // The server's rule, so a name it would refuse fails here, before any connection.
+        crate::topics::check_topic(t).map_err(|m| format!("{t:?}: {m}"))?;
         if seen.insert(t.to_string()) {
             topics.push(t.to_string());
         }
@@ -230,7 +229,8 @@ mod tests {
             topic_list(&strings(&["product:1", " product:2 ,product:1", ","])),
             Ok(strings(&["product:1", "product:2"]))
         );
-        assert!(topic_list(&["x".repeat(MAX_TOPIC_CHARS + 1)]).is_err());
+        assert!(topic_list(&["x".repeat(crate::topics::MAX_TOPIC_CHARS + 1)]).is_err());
+        assert!(topic_list(&strings(&["product:\u{200b}1"])).is_err());
         let many: Vec<String> = (0..=MAX_TOPICS_PER_SESSION)
             .map(|i| format!("t:{i}"))
             .collect();

@@ -11,22 +11,25 @@ use serde_json::Value;
 pub use router::Router;
 
 use crate::inbox::input::{json_has_nul, MAX_DATA_BYTES, NUL_MESSAGE};
+use crate::names;
 
 /// Longest topic name, in characters.
 pub const MAX_TOPIC_CHARS: usize = 200;
 
-/// A topic name: 1 to `MAX_TOPIC_CHARS` characters, no whitespace or control characters (it
-/// becomes part of a Redis channel name). The `Err` is the message for the caller.
+/// A topic name: the one name rule (`names`) with at most `MAX_TOPIC_CHARS` characters (it
+/// becomes part of a Redis channel name, a row key and log fields). The `Err` is the message
+/// for the caller.
 pub fn check_topic(topic: &str) -> Result<(), String> {
-    if topic.is_empty()
-        || topic.chars().count() > MAX_TOPIC_CHARS
-        || topic.chars().any(|c| c.is_control() || c.is_whitespace())
-    {
-        return Err(format!(
-            "a topic is 1 to {MAX_TOPIC_CHARS} characters without spaces"
-        ));
+    match names::check(topic, MAX_TOPIC_CHARS) {
+        Ok(()) => Ok(()),
+        Err(names::Refused::Length) => Err(format!(
+            "a topic is 1 to {MAX_TOPIC_CHARS} characters without whitespace, control or format characters"
+        )),
+        Err(names::Refused::Char(c)) => Err(format!(
+            "a topic has no whitespace, control or format characters (found {})",
+            names::describe(c)
+        )),
     }
-    Ok(())
 }
 
 /// A topic event's `data`: at most `MAX_DATA_BYTES` as JSON, no U+0000 (PostgreSQL's jsonb
@@ -50,7 +53,14 @@ mod tests {
     #[test]
     fn topic_names_and_data_are_bounded() {
         assert!(check_topic("product:42").is_ok());
-        for bad in ["", "a b", "a\u{0}", &"x".repeat(MAX_TOPIC_CHARS + 1)] {
+        for bad in [
+            "",
+            "a b",
+            "a\u{0}",
+            "a\u{202e}b",
+            "\u{feff}a",
+            &"x".repeat(MAX_TOPIC_CHARS + 1),
+        ] {
             assert!(check_topic(bad).is_err(), "{bad:?}");
         }
         assert!(check_data(&serde_json::json!({"stock": 1})).is_ok());

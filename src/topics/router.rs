@@ -56,19 +56,38 @@ struct Topic {
     retained: Cached,
 }
 
+/// Whose cap a session's topics count against on this node.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Holder {
+    /// A token holder: at most `MAX_TOPICS_PER_USER` distinct topics per user.
+    User(String),
+    /// An anonymous viewer, by its client address key (`public::client_key`): at most
+    /// `NOTIFYD_MAX_ANON_TOPICS_PER_IP` distinct topics per address, so one address cannot make
+    /// the node hold a broker channel for every name it can think of.
+    Address(String),
+}
+
 struct Session {
     tx: SessionTx,
-    /// `None`: an anonymous viewer.
-    user: Option<String>,
+    /// `None` until an anonymous session's first subscribe (`open_anonymous` does not know its
+    /// address); a user's session is known from its first subscribe, with its holder.
+    holder: Option<Holder>,
     topics: HashSet<String>,
+}
+
+impl Session {
+    fn anonymous(&self) -> bool {
+        !matches!(self.holder, Some(Holder::User(_)))
+    }
 }
 
 #[derive(Default)]
 struct Inner {
     topics: HashMap<String, Topic>,
     sessions: HashMap<u64, Session>,
-    /// user -> topic -> how many of the user's sessions here hold it (the per-user cap).
-    users: HashMap<String, HashMap<String, usize>>,
+    /// holder -> topic -> how many of the holder's sessions here hold it (the per-user and
+    /// per-address caps count its distinct topics).
+    held: HashMap<Holder, HashMap<String, usize>>,
 }
 
 pub struct Router {
@@ -150,7 +169,7 @@ impl Router {
             tx.id,
             Session {
                 tx: tx.clone(),
-                user: None,
+                holder: None,
                 topics: HashSet::new(),
             },
         );
@@ -169,29 +188,42 @@ impl Router {
     /// Closes every anonymous session with 1012 (users' sessions are closed by their actors).
     pub fn close_anonymous(&self) {
         for s in self.inner().sessions.values() {
-            if s.user.is_none() {
+            if s.anonymous() {
                 s.tx.close_with(close::GOING_AWAY_RESTART, "server restarting");
             }
         }
     }
 
-    /// Registers the session `tx` (of `user`; `None`: anonymous) on `topics` (the caller
-    /// checked they are allowed) within the caps. Called from the session's own task, so
-    /// never after its `leave`.
+    /// Registers the session `tx` (its topics counted against `holder`) on `topics` (the
+    /// caller checked they are allowed) within the caps. Called from the session's own task,
+    /// so never after its `leave`.
     pub fn subscribe(
         &self,
         tx: &SessionTx,
-        user: Option<&str>,
+        holder: Holder,
         topics: &[String],
     ) -> Result<Pending, Refusal> {
+        // Checked where every subscribing path ends (the socket's frames are checked when
+        // parsed already): a name the rule refuses never becomes a Redis channel, a router key
+        // or a retained-value lookup (a NUL failed that read in PostgreSQL).
+        if let Some(Err(message)) = topics
+            .iter()
+            .map(|t| super::check_topic(t))
+            .find(Result::is_err)
+        {
+            return Err(("validation_failed", message));
+        }
         let session = tx.id;
         let mut guard = self.inner();
         let inner = &mut *guard;
         let s = inner.sessions.entry(session).or_insert_with(|| Session {
             tx: tx.clone(),
-            user: user.map(str::to_string),
+            holder: None,
             topics: HashSet::new(),
         });
+        // Set once: a session's topics are always counted against the same holder, so
+        // `drop_topics` takes them off the count they were added to.
+        let holder = s.holder.get_or_insert(holder);
         // Each topic once, in the order asked: it gets one ack entry and one retained value.
         let mut seen = HashSet::new();
         let topics: Vec<String> = topics
@@ -207,31 +239,37 @@ impl Router {
                 format!("at most {MAX_TOPICS_PER_SESSION} topics per session"),
             ));
         }
-        if let Some(user) = &s.user {
-            let held = inner.users.get(user);
-            let new = fresh
-                .iter()
-                .filter(|t| !held.is_some_and(|h| h.contains_key(t.as_str())))
-                .count();
-            if held.map_or(0, HashMap::len) + new > MAX_TOPICS_PER_USER {
-                metrics::counter!("notifyd_topics_refused_total", "limit" => "user").increment(1);
-                return Err((
-                    "too_many_topics",
-                    format!("at most {MAX_TOPICS_PER_USER} topics per user on one node"),
-                ));
-            }
+        // Distinct topics: one the holder already holds (through another session) costs no
+        // new channel, so it does not count again.
+        let held = inner.held.get(holder);
+        let new = fresh
+            .iter()
+            .filter(|t| !held.is_some_and(|h| h.contains_key(t.as_str())))
+            .count();
+        let (max, limit, per) = match holder {
+            Holder::User(_) => (MAX_TOPICS_PER_USER, "user", "per user"),
+            Holder::Address(_) => (
+                self.settings.max_anon_topics_per_ip,
+                "address",
+                "per client address for anonymous sessions",
+            ),
+        };
+        if held.map_or(0, HashMap::len) + new > max {
+            metrics::counter!("notifyd_topics_refused_total", "limit" => limit).increment(1);
+            return Err((
+                "too_many_topics",
+                format!("at most {max} topics {per} on one node"),
+            ));
         }
         let mut ticket = None;
         for t in fresh {
             s.topics.insert(t.clone());
-            if let Some(user) = &s.user {
-                *inner
-                    .users
-                    .entry(user.clone())
-                    .or_default()
-                    .entry(t.clone())
-                    .or_default() += 1;
-            }
+            *inner
+                .held
+                .entry(holder.clone())
+                .or_default()
+                .entry(t.clone())
+                .or_default() += 1;
             let topic = inner.topics.entry(t.clone()).or_insert_with(|| {
                 let shard = self.shards[shard_of(t)].clone();
                 let channel = self.settings.topic_channel(t);
@@ -369,8 +407,8 @@ impl Router {
             if !s.topics.remove(t) {
                 continue;
             }
-            if let Some(user) = &s.user {
-                if let Some(held) = inner.users.get_mut(user) {
+            if let Some(holder) = &s.holder {
+                if let Some(held) = inner.held.get_mut(holder) {
                     if let Some(n) = held.get_mut(t) {
                         *n -= 1;
                         if *n == 0 {
@@ -378,7 +416,7 @@ impl Router {
                         }
                     }
                     if held.is_empty() {
-                        inner.users.remove(user);
+                        inner.held.remove(holder);
                     }
                 }
             }

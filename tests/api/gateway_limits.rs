@@ -511,7 +511,13 @@ async fn a_resume_whose_sync_is_larger_than_the_byte_budget_is_delivered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quick_resubscribe_keeps_getting_the_topics_events() {
     let db = TestDb::new().await;
-    let app = spawn_app(&db, Opts::default()).await;
+    // 81 subscribes and unsubscribes as fast as events go round: far past the per-session
+    // limit (10 a second, burst 20), which is not what this test is about.
+    let app = spawn_app_with(&db, Opts::default(), |s| {
+        s.subscribe_rate = 10_000;
+        s.subscribe_burst = 100;
+    })
+    .await;
     let u = new_user();
     let mut c = WsClient::connect(&app.ws_url(&token_with_topics(&u, &["product:*"]), None))
         .await

@@ -16,6 +16,7 @@ mod lifecycle;
 mod listen;
 mod liveness;
 mod local_delivery;
+mod names;
 mod relay;
 mod resync;
 mod spine;

@@ -520,3 +520,204 @@ async fn a_topic_named_twice_in_one_subscribe_gets_its_retained_value_once() {
     assert_eq!(retained.len(), 1, "{frames:?}");
     app.stop().await;
 }
+
+/// Subscribes `c` to `n` topics `{prefix}{i}` in frames of 100, each acked.
+async fn subscribe_many(c: &mut WsClient, prefix: &str, n: usize) {
+    let topics: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+    for (f, chunk) in topics.chunks(100).enumerate() {
+        c.send(&json!({"type": "subscribe", "topics": chunk, "ref": f}))
+            .await;
+        let a = c.next_of("ack", T).await;
+        assert_eq!(a["ref"], f, "{a}");
+    }
+}
+
+/// The answer to a subscribe of `topics` (the ack or an error; retained values are skipped).
+async fn subscribe_answer(c: &mut WsClient, topics: &[&str], r#ref: &str) -> Value {
+    c.send(&json!({"type": "subscribe", "topics": topics, "ref": r#ref}))
+        .await;
+    loop {
+        let f = c.next(T).await.expect("an answer to the subscribe");
+        if f["ref"] == r#ref {
+            return f;
+        }
+    }
+}
+
+/// Contract §7, anonymous load: the distinct topics held by one client address's anonymous
+/// sessions on a node are capped (default 1,000; each distinct topic is one Redis channel).
+/// Before the cap, 64 anonymous sockets of one address held 32,000 channels. A topic the address
+/// already holds costs nothing more; another address and a token holder have their own counts;
+/// topics free up when a session leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_topics_are_capped_per_client_address() {
+    let db = TestDb::new().await;
+    let app = spawn_app_with(&db, Opts::default(), public(&["product:*"])).await;
+    let from = |ip| anonymous_from(&app, ip);
+    let mut a = from("10.0.0.1").await.expect("a");
+    let mut b = from("10.0.0.1").await.expect("b");
+    let mut c = from("10.0.0.1").await.expect("c");
+    for s in [&mut a, &mut b, &mut c] {
+        hello(s).await;
+    }
+    // 500 per session (the session cap), 1,000 for the address.
+    subscribe_many(&mut a, "product:a", 500).await;
+    subscribe_many(&mut b, "product:b", 500).await;
+    let e = subscribe_answer(&mut c, &["product:c0"], "over").await;
+    assert_eq!(
+        (&e["type"], &e["error"]["code"]),
+        (&json!("error"), &json!("too_many_topics")),
+        "the 1,001st topic of one address: {e}"
+    );
+    let held = subscribe_answer(&mut c, &["product:a0", "product:b499"], "held").await;
+    assert_eq!(held["type"], "ack", "topics the address holds: {held}");
+
+    let mut other = from("10.0.0.2").await.expect("another address");
+    hello(&mut other).await;
+    let e = subscribe_answer(&mut other, &["product:c0"], "other").await;
+    assert_eq!(e["type"], "ack", "another address has its own count: {e}");
+    let mut user = ws_connect_with(
+        &app.ws_url(&token(&new_user()), None),
+        &[("x-forwarded-for", "10.0.0.1")],
+    )
+    .await
+    .expect("token holder");
+    hello(&mut user).await;
+    let e = subscribe_answer(&mut user, &["product:c0"], "user").await;
+    assert_eq!(e["type"], "ack", "a token holder is not anonymous: {e}");
+
+    // The session's leave runs after its close: the freed topics show within moments.
+    a.close().await;
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let f = subscribe_answer(&mut c, &["product:c1"], "again").await;
+        if f["type"] == "ack" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the closed session's topics still count: {f}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    app.stop().await;
+}
+
+/// Contract §7: `subscribe` and `unsubscribe` are rate-limited per session, anonymous or not
+/// (default 10 a second, burst 20; beyond: `error` `rate_limited`). Before the limit, 8 sockets
+/// churned ~50,000 subscribes and unsubscribes a second through Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_and_unsubscribe_are_rate_limited_per_session() {
+    let db = TestDb::new().await;
+    let app = spawn_app_with(&db, Opts::default(), public(&["product:*"])).await;
+    let u = new_user();
+    let url = app.ws_url(&token_with_topics(&u, &["product:*"]), None);
+    let mut user = WsClient::connect(&url).await.expect("connect");
+    hello(&mut user).await;
+    let mut anon = anonymous(&app).await;
+    for c in [&mut user, &mut anon] {
+        // One at a time (never `busy`), alternating: each frame is answered before the next.
+        let mut acked = 0;
+        let mut limited = None;
+        let started = std::time::Instant::now();
+        for i in 0..200 {
+            let kind = if i % 2 == 0 {
+                "subscribe"
+            } else {
+                "unsubscribe"
+            };
+            c.send(&json!({"type": kind, "topics": ["product:1"], "ref": i}))
+                .await;
+            let f = loop {
+                let f = c.next(T).await.expect("an answer");
+                if f["ref"] == i {
+                    break f;
+                }
+            };
+            if f["type"] == "ack" {
+                acked += 1;
+            } else {
+                limited = Some(f);
+                break;
+            }
+        }
+        let e = limited.expect("200 subscribes and unsubscribes, never rate limited");
+        assert_eq!(e["error"]["code"], "rate_limited", "{e}");
+        // The burst, plus what refilled meanwhile at 10 a second.
+        let refilled = (started.elapsed().as_secs_f64() * 10.0).ceil() as usize;
+        assert!(
+            (20..=20 + refilled).contains(&acked),
+            "{acked} acked before the limit ({refilled} refilled)"
+        );
+        // A token comes back every 100 ms.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        c.send(&json!({"type": "unsubscribe", "topics": ["product:1"], "ref": "later"}))
+            .await;
+        assert_eq!(c.next_of("ack", T).await["ref"], "later");
+    }
+    // Per session: another session of the same user is not limited.
+    let mut second = WsClient::connect(&url).await.expect("connect");
+    hello(&mut second).await;
+    let f = subscribe_answer(&mut second, &["product:2"], "fresh").await;
+    assert_eq!(f["type"], "ack", "{f}");
+    app.stop().await;
+}
+
+/// The limits through the real binary: the settings read from the environment, each refusal
+/// counted on `/metrics`, and a NUL topic (which once failed the retained-value read in
+/// PostgreSQL) leaving no warning or error in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_counts_topic_refusals_and_logs_no_error_for_a_bad_name() {
+    use crate::binary::{free_port, node_env, sample, Notifyd};
+    let db = TestDb::new().await;
+    let port = free_port();
+    let mut env = node_env(&db, port);
+    for (k, v) in [
+        ("NOTIFYD_PUBLIC_TOPICS", "product:*"),
+        ("NOTIFYD_MAX_ANON_TOPICS_PER_IP", "2"),
+        ("NOTIFYD_SUBSCRIBE_BURST", "5"),
+        ("RUST_LOG", "info"),
+    ] {
+        env.push((k.into(), v.into()));
+    }
+    let mut node = Notifyd::start(&["serve"], &env, port);
+    node.healthy().await;
+    // Start-up warns about the test's short secret and unset origins: only what follows counts.
+    let (out_from, err_from) = (node.stdout().len(), node.stderr().len());
+    let mut c = WsClient::connect(&format!("ws://127.0.0.1:{port}/ws"))
+        .await
+        .expect("anonymous connect");
+    hello(&mut c).await;
+    let nul = subscribe_answer(&mut c, &["product:\u{0}1"], "nul").await;
+    assert_eq!(nul["error"]["code"], "validation_failed", "{nul}");
+    let over = subscribe_answer(&mut c, &["product:1", "product:2", "product:3"], "over").await;
+    assert_eq!(over["error"]["code"], "too_many_topics", "{over}");
+    // The burst of 5: "over" was the first; 4 more pass, the next is limited.
+    for i in 0..4 {
+        let f = subscribe_answer(&mut c, &["product:1"], &format!("s{i}")).await;
+        assert_eq!(f["type"], "ack", "{f}");
+    }
+    let limited = subscribe_answer(&mut c, &["product:1"], "limited").await;
+    assert_eq!(limited["error"]["code"], "rate_limited", "{limited}");
+
+    let metrics = reqwest::get(format!("{}/metrics", node.base))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    for series in [
+        r#"notifyd_topics_refused_total{limit="address"}"#,
+        r#"notifyd_rate_limited_total{what="subscribe"}"#,
+        r#"notifyd_ws_bad_frames_total{code="validation_failed"}"#,
+    ] {
+        assert_eq!(sample(&metrics, series), Some(1.0), "{series}");
+    }
+    let (stdout, stderr) = node.stop().await;
+    let log = format!("{}{}", &stdout[out_from..], &stderr[err_from..]);
+    let loud: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .collect();
+    assert!(loud.is_empty(), "warnings or errors in the log: {loud:#?}");
+}
