@@ -15,7 +15,7 @@
 //! (`topics::check_topic`, `inbox::input::check_user_id`). The general categories come from
 //! the `unicode-properties` crate's tables rather than a hand-written list: Cf alone has ~170
 //! code points in 20-odd ranges, and Unicode adds some in most releases
-//! (docs/decisions/0001-name-rule-unicode-tables.md).
+//! (docs/decisions/0008-name-rule-unicode-tables.md).
 
 use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
