@@ -142,7 +142,7 @@ async fn attempt(i: usize, server: SocketAddr, token: &str, since: i64, last: i6
                     .unwrap_or((1005, String::new()));
                 if code == 1013 {
                     return Attempt::Refused(
-                        notifyd::gateway::protocol::retry_after_ms(&reason).unwrap_or(1000),
+                        notifyd::wire::protocol::retry_after_ms(&reason).unwrap_or(1000),
                     );
                 }
                 return Attempt::Failed(format!("closed {code} {reason}"));

@@ -595,8 +595,8 @@ const RETRY_AFTER_MAX: Duration = Duration::from_secs(60);
 fn end_of_close(code: Option<u16>, reason: &str) -> End {
     match code {
         Some(CLOSE_TOKEN_EXPIRED) => End::TokenRejected,
-        Some(crate::gateway::protocol::close::TRY_AGAIN_LATER) => {
-            match crate::gateway::protocol::retry_after_ms(reason) {
+        Some(crate::wire::protocol::close::TRY_AGAIN_LATER) => {
+            match crate::wire::protocol::retry_after_ms(reason) {
                 Some(ms) => End::RetryAfter(Duration::from_millis(ms).min(RETRY_AFTER_MAX)),
                 None => End::Dropped,
             }

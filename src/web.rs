@@ -70,7 +70,7 @@ async fn demo_token(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let raw = q.user.as_deref().unwrap_or("42");
-    let user = crate::inbox::input::user_id(&Value::String(raw.to_string()), "user")?;
+    let user = crate::model::input::user_id(&Value::String(raw.to_string()), "user")?;
     // The demo user may watch products and groups, post to groups and message anyone.
     let grants = Grants {
         topics: vec!["product:*".into(), "group:*".into()],

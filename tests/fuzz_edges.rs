@@ -3,8 +3,8 @@
 //! `PROPTEST_CASES` raises the number of cases (the docs record a long run).
 
 use notifyd::error::ApiError;
-use notifyd::gateway::protocol;
-use notifyd::inbox::input::parse_create;
+use notifyd::model::input::parse_create;
+use notifyd::wire::protocol;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 

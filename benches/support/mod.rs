@@ -338,7 +338,7 @@ where
                     return Ok((ws, t.to_string()))
                 }
                 Ok(Some(Ok(Message::Close(Some(c))))) if u16::from(c.code) == 1013 => {
-                    break notifyd::gateway::protocol::retry_after_ms(&c.reason).unwrap_or(1000);
+                    break notifyd::wire::protocol::retry_after_ms(&c.reason).unwrap_or(1000);
                 }
                 Ok(Some(Ok(Message::Close(c)))) => bail!("closed while waiting for hello: {c:?}"),
                 Ok(Some(Ok(_))) => continue,

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::inbox::create::{self, Idempotency};
-use crate::inbox::input::BroadcastRequest;
+use crate::model::input::BroadcastRequest;
 use crate::store::{broadcasts, Conn};
 
 /// The `202` body, and whether it replays an earlier request.

@@ -7,8 +7,8 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::inbox::create;
-use crate::inbox::input::{CreateRequest, MessageInput};
 use crate::inbox::local::LocalDelivery;
+use crate::model::input::{CreateRequest, MessageInput};
 use crate::store::{broadcasts, Conn};
 
 /// What one batch did.

@@ -12,11 +12,11 @@ use utoipa::openapi::RefOr;
 use utoipa::{PartialSchema, ToSchema};
 
 use crate::inbox::commands::MAX_READ_IDS;
-use crate::inbox::input::{
+use crate::model::input::{
     MAX_BATCH, MAX_CONTENT_BYTES, MAX_DATA_BYTES, MAX_ID_CHARS, MAX_ROWS, MAX_TITLE_CHARS,
     MAX_TYPE_CHARS, MAX_URL_BYTES,
 };
-use crate::topics::MAX_TOPIC_CHARS;
+use crate::model::topic::MAX_TOPIC_CHARS;
 
 /// Characters refused in URLs: whitespace and control characters (`\s` is Unicode whitespace
 /// in both ECMAScript and Python regular expressions).
@@ -26,7 +26,10 @@ const NO_SPACE_OR_CONTROL: &str = r"[^\s\x00-\x1f\x7f-\x9f]";
 /// character. The path parameters' patterns in `#[utoipa::path]` (which take only literals)
 /// spell the same class, with `%` left out; a test in `openapi` compares them.
 pub fn name_char() -> String {
-    format!(r"[^\s\x00-\x1f\x7f-\x9f{}]", crate::names::BMP_FORMAT_CLASS)
+    format!(
+        r"[^\s\x00-\x1f\x7f-\x9f{}]",
+        crate::model::names::BMP_FORMAT_CLASS
+    )
 }
 
 /// A user id: 1 to `MAX_ID_CHARS` characters, no whitespace, control or format character
@@ -57,7 +60,7 @@ pub fn id_string(what: &str) -> Schema {
         .into()
 }
 
-/// A topic name as in the path of `POST /api/v1/topics/{topic}/events` (`topics::check_topic`).
+/// A topic name as in the path of `POST /api/v1/topics/{topic}/events` (`model::topic::check_topic`).
 pub fn topic() -> Schema {
     string(1, MAX_TOPIC_CHARS)
         .pattern(Some(format!("^{}+$", name_char())))

@@ -13,7 +13,7 @@ use crate::announce::accept::accept;
 use crate::auth::service::Service;
 use crate::error::{ApiError, ErrorBody};
 use crate::inbox::create::Idempotency;
-use crate::inbox::input;
+use crate::model::input;
 use crate::state::AppState;
 use crate::store::broadcasts;
 

@@ -9,7 +9,7 @@ use crate::auth::service::Service;
 use crate::error::{ApiError, ErrorBody};
 use crate::inbox::commands;
 use crate::inbox::create::{self, Idempotency};
-use crate::inbox::input;
+use crate::model::input;
 use crate::state::AppState;
 
 /// `201` of `POST /api/v1/messages`: one entry per row created, in request order.

@@ -201,8 +201,8 @@ mod tests {
     #[test]
     fn literal_limits_in_the_document_are_the_enforced_ones() {
         use crate::inbox::changes::MAX_PAGE;
-        use crate::inbox::input::MAX_IDEMPOTENCY_KEY;
-        use crate::topics::MAX_TOPIC_CHARS;
+        use crate::model::input::MAX_IDEMPOTENCY_KEY;
+        use crate::model::topic::MAX_TOPIC_CHARS;
         let doc = doc();
         let param = |path: &str, method: &str, name: &str| -> Value {
             doc["paths"][path][method]["parameters"]
@@ -223,7 +223,7 @@ mod tests {
         );
         assert_eq!(
             param("/api/v1/users/{id}", "delete", "id")["maxLength"],
-            json!(crate::inbox::input::MAX_ID_CHARS)
+            json!(crate::model::input::MAX_ID_CHARS)
         );
         // The name rule's characters, `%` left out (see the parameters' descriptions).
         let path_name = format!("^{}+$", crate::api::bodies::name_char().replace(']', "%]"));
@@ -240,7 +240,7 @@ mod tests {
         }
         assert_eq!(
             param("/api/v1/users/{id}/presence", "get", "id")["maxLength"],
-            json!(crate::inbox::input::MAX_ID_CHARS)
+            json!(crate::model::input::MAX_ID_CHARS)
         );
         for path in ["/api/v1/messages", "/api/v1/broadcasts", "/api/v1/me/send"] {
             assert_eq!(

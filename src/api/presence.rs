@@ -6,7 +6,7 @@ use utoipa::ToSchema;
 
 use crate::auth::service::Service;
 use crate::error::{ApiError, ErrorBody};
-use crate::inbox::input;
+use crate::model::input;
 use crate::presence::UserPresence;
 use crate::state::AppState;
 

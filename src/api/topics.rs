@@ -9,8 +9,8 @@ use super::read_body;
 use crate::auth::service::Service;
 use crate::error::{ApiError, ErrorBody};
 use crate::inbox::create;
+use crate::model::topic;
 use crate::state::AppState;
-use crate::topics;
 
 /// `202` of `POST /api/v1/topics/{topic}/events`.
 #[derive(Serialize, ToSchema)]
@@ -46,7 +46,7 @@ pub async fn publish(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let topic = topic.into_inner();
-    topics::check_topic(&topic).map_err(|m| ApiError::validation("topic", m))?;
+    topic::check_topic(&topic).map_err(|m| ApiError::validation("topic", m))?;
     let body = read_body(&req, payload, 64 * 1024).await?;
     let v: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::MalformedJson(format!("body is not valid JSON: {e}")))?;
@@ -54,7 +54,7 @@ pub async fn publish(
         Some(d) if v.is_object() => d,
         _ => return Err(ApiError::validation("data", "is required: {\"data\": ...}")),
     };
-    topics::check_data(data).map_err(|m| ApiError::validation("data", m))?;
+    topic::check_data(data).map_err(|m| ApiError::validation("data", m))?;
     let retain = match v.get("retain") {
         None | Some(Value::Null) | Some(Value::Bool(false)) => false,
         Some(Value::Bool(true)) => true,

@@ -4,7 +4,8 @@ use actix_web::{web, HttpResponse};
 
 use crate::auth::service::Service;
 use crate::error::{ApiError, ErrorBody};
-use crate::inbox::{erase, input};
+use crate::inbox::erase;
+use crate::model::input;
 use crate::state::AppState;
 
 /// `204` once everything of the user is gone (also when there was nothing: erasing is

@@ -3,6 +3,7 @@
 //! comma-separated string: `topics` (may subscribe), `publish` (may publish to, contract §8
 //! groups) and `send_to` (may send direct messages to these user ids; `"*"` = anyone).
 
+use crate::model::glob::glob_match;
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
@@ -102,7 +103,7 @@ impl JwtKeys {
         // `sub` becomes a user id in SQL, Redis channel names and logs: the same rules as an id
         // in a request body, so a validly signed odd `sub` (U+0000, a newline) is a 401, not a
         // 500 from PostgreSQL.
-        crate::inbox::input::check_user_id(&c.sub).map_err(|e| refuse(format_args!("sub {e}")))?;
+        crate::model::input::check_user_id(&c.sub).map_err(|e| refuse(format_args!("sub {e}")))?;
         Ok(UserClaims {
             user: c.sub,
             topics: PatternsClaim::patterns(c.topics),
@@ -145,47 +146,9 @@ fn refuse(why: std::fmt::Arguments<'_>) -> String {
     INVALID_TOKEN.to_string()
 }
 
-/// Glob match with `*` (any run, possibly empty) and `?` (one character).
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    let (mut pi, mut ti) = (0, 0);
-    let (mut star, mut mark) = (None, 0);
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = ti;
-            pi += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ti = mark;
-        } else {
-            return false;
-        }
-    }
-    while pi < p.len() && p[pi] == '*' {
-        pi += 1;
-    }
-    pi == p.len()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn globs() {
-        assert!(glob_match("product:*", "product:42"));
-        assert!(glob_match("group:7", "group:7"));
-        assert!(!glob_match("group:7", "group:70"));
-        assert!(glob_match("*", "anything"));
-        assert!(glob_match("a?c", "abc"));
-        assert!(!glob_match("product:*", "products:1"));
-    }
 
     #[test]
     fn tokens_round_trip_and_expire() {

@@ -272,7 +272,7 @@ impl Settings {
     pub fn is_public_topic(&self, topic: &str) -> bool {
         self.public_topics
             .iter()
-            .any(|p| crate::auth::jwt::glob_match(p, topic))
+            .any(|p| crate::model::glob::glob_match(p, topic))
     }
 
     pub fn user_channel(&self, user: &str) -> String {

@@ -7,11 +7,11 @@ use std::sync::Arc;
 pub use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
-use super::outbound::SessionTx;
-use super::protocol::ClientFrame;
-use super::queue::{Queue, Shared};
 use crate::broker::hub::{self, HubMsg};
 use crate::inbox::CommittedEvent;
+use crate::wire::outbound::SessionTx;
+use crate::wire::protocol::ClientFrame;
+use crate::wire::queue::{Queue, Shared};
 
 /// Messages waiting for one user's actor. Everything that enqueues uses `try_send` (a full
 /// mailbox answers `busy`, refuses a join, or drops an event that the seq-gap repair and the
@@ -193,7 +193,7 @@ mod tests {
     async fn once_the_actor_is_gone_every_send_is_refused_and_waiting_joins_are_told_no() {
         let (tx, rx) = mailbox();
         let (joined_tx, joined) = oneshot::channel();
-        let session = crate::gateway::outbound::SessionTx::new(1);
+        let session = crate::wire::outbound::SessionTx::new(1);
         let join = Join {
             session,
             since: None,

@@ -5,9 +5,6 @@ pub mod catch_up;
 pub mod conn;
 pub mod intake;
 pub mod mailbox;
-pub mod outbound;
-pub mod protocol;
-pub mod queue;
 pub mod registry;
 pub mod session;
 pub mod sockets;
@@ -36,6 +33,6 @@ mod per_socket_sizes {
         assert!(session <= 1536, "session task future is {session} bytes");
         assert!(actor <= 1024, "user actor task future is {actor} bytes");
         assert!(std::mem::size_of::<super::mailbox::ActorMsg>() <= 16);
-        assert!(std::mem::size_of::<super::outbound::Out>() <= 24);
+        assert!(std::mem::size_of::<crate::wire::outbound::Out>() <= 24);
     }
 }

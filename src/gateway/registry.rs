@@ -11,11 +11,11 @@ use tokio::sync::{oneshot, Semaphore};
 use super::admission::Admission;
 use super::catch_up::CatchUp;
 use super::mailbox::{self, ActorMsg, Join, MailboxSender, TrySendError};
-use super::outbound::SessionTx;
 use super::sockets::SocketCounts;
 use super::user_actor;
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::wire::outbound::SessionTx;
 
 struct Entry {
     id: u64,

@@ -16,17 +16,17 @@ use tracing::Instrument;
 
 use super::conn::Conn;
 use super::mailbox::{ActorMsg, MailboxSender, SessionCommand, TrySendError};
-use super::outbound::{Next, Out, SessionTx};
-use super::protocol::{self, close, ClientFrame};
 use super::sockets::SocketPermit;
 use crate::auth::jwt::UserClaims;
 use crate::error::ApiError;
 use crate::inbox::create;
 use crate::inbox::direct::{self, Via};
-use crate::inbox::input::check_idempotency_key;
+use crate::model::input::check_idempotency_key;
 use crate::ratelimit::SessionRate;
 use crate::state::AppState;
 use crate::topics::router::Holder;
+use crate::wire::outbound::{Next, Out, SessionTx};
+use crate::wire::protocol::{self, close, ClientFrame};
 
 /// Commands (read, read_all, seen_all, subscribe, publish, send) one session may have in flight;
 /// more are answered `busy`.
@@ -54,7 +54,7 @@ async fn write(
         return std::future::pending().await;
     };
     match out {
-        (Out::Text(text), _) => ws.text(super::outbound::shared_text(text.clone())).await,
+        (Out::Text(text), _) => ws.text(shared_text(text.clone())).await,
         (Out::Ping(nonce), _) => ws.ping(&nonce.to_be_bytes()).await,
         (Out::Pong, Some(bytes)) => ws.pong(bytes).await,
         (Out::Pong, None) => Ok(()),
@@ -405,7 +405,7 @@ pub async fn run(ctx: Box<SessionCtx>) {
                     Err(e) => {
                         // The client's fault, never the server's: logged below warn.
                         tracing::debug!(error = %e, "websocket protocol error");
-                        let (code, reason) = protocol::close_for(&e);
+                        let (code, reason) = close_for(&e);
                         metrics::counter!("notifyd_ws_protocol_errors_total", "code" => code.to_string()).increment(1);
                         me.close_with(code, reason);
                         break;
@@ -738,4 +738,33 @@ fn publish(
         }
         .instrument(tracing::Span::current()),
     );
+}
+
+/// The close code and reason for a frame the WebSocket layer refused.
+pub fn close_for(e: &actix_ws::ProtocolError) -> (u16, &'static str) {
+    use actix_ws::ProtocolError as P;
+    match e {
+        P::Overflow => (close::TOO_BIG, "message too large"),
+        // actix-ws reports a text message's invalid UTF-8 as an `InvalidData` I/O error carrying
+        // the `Utf8Error` (patches/actix-ws.md makes the fragmented path do the same).
+        P::Io(io) if io.get_ref().is_some_and(|e| e.is::<std::str::Utf8Error>()) => {
+            (close::INVALID_DATA, "invalid UTF-8 in a text message")
+        }
+        _ => (close::PROTOCOL_ERROR, "protocol error"),
+    }
+}
+
+/// The text of a shared frame as actix-ws takes it, without copying it: the frame's buffer
+/// is kept alive by the `Arc` until the socket has written it (the UTF-8 check is a scan, not
+/// a copy).
+pub fn shared_text(text: Arc<str>) -> bytestring::ByteString {
+    struct Shared(Arc<str>);
+    impl AsRef<[u8]> for Shared {
+        fn as_ref(&self) -> &[u8] {
+            self.0.as_bytes()
+        }
+    }
+    let fallback = text.clone();
+    bytestring::ByteString::try_from(Bytes::from_owner(Shared(text)))
+        .unwrap_or_else(|_| bytestring::ByteString::from(fallback.as_ref()))
 }

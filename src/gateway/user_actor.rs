@@ -19,8 +19,6 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use super::catch_up::Busy;
 use super::mailbox::{ActorMsg, Join, MailboxReceiver, MailboxSender, SessionCommand};
-use super::outbound::{Offer, Push, SessionTx};
-use super::protocol::{self, close, ClientFrame};
 use super::vec_map::VecMap;
 use crate::error::ApiError;
 use crate::inbox::changes::{self, Changes};
@@ -28,6 +26,8 @@ use crate::inbox::commands::{self, Command};
 use crate::inbox::CountsView;
 use crate::state::AppState;
 use crate::store::events;
+use crate::wire::outbound::{Offer, Push, SessionTx};
+use crate::wire::protocol::{self, close, ClientFrame};
 
 struct Session {
     tx: SessionTx,

@@ -15,13 +15,13 @@ use serde::Deserialize;
 
 use super::admission::Refused;
 use super::conn::Conn;
-use super::outbound::SessionTx;
-use super::protocol::{self, close};
 use super::session::{self, SessionCtx};
 use crate::auth::user::authenticate_ws;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::topics::public::{client_ip, client_key};
+use crate::wire::outbound::SessionTx;
+use crate::wire::protocol::{self, close};
 use tokio::sync::oneshot;
 use tracing::Instrument;
 

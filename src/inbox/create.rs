@@ -8,9 +8,9 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::frames;
-use super::input::CreateRequest;
 use super::local::LocalDelivery;
 use crate::error::ApiError;
+use crate::model::input::CreateRequest;
 use crate::state::AppState;
 use crate::store::create_rows::{self, RowCounters};
 use crate::store::{idempotency, outbox, topic_retained, Conn, JsonText};

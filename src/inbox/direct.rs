@@ -12,9 +12,9 @@
 use serde_json::{Map, Value};
 
 use super::create::{create, Idempotency};
-use super::input::{self, CreateRequest};
 use crate::auth::jwt::UserClaims;
 use crate::error::ApiError;
+use crate::model::input::{self, CreateRequest};
 use crate::state::AppState;
 
 /// The `service` column (and idempotency scope) of direct messages is this plus the sender's id.

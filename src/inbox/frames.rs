@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::input::MessageInput;
+use crate::model::input::MessageInput;
 
 use crate::store::create_rows::RowCounters;
 use crate::store::inbox_state::Counters;

@@ -7,7 +7,6 @@ pub mod create;
 pub mod direct;
 pub mod erase;
 pub mod frames;
-pub mod input;
 pub mod local;
 
 use serde::Serialize;

@@ -8,8 +8,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use crate::gateway::protocol::MAX_TOPICS_PER_FRAME;
 use crate::topics::router::MAX_TOPICS_PER_SESSION;
+use crate::wire::protocol::MAX_TOPICS_PER_FRAME;
 
 /// Event ids remembered per topic: a duplicate comes soon after the original (a relay retry,
 /// the retained copy after a resubscribe), so a short memory suffices and stays bounded.
@@ -30,7 +30,7 @@ pub fn topic_list(raw: &[String]) -> Result<Vec<String>, String> {
             continue;
         }
         // The server's rule, so a name it would refuse fails here, before any connection.
-        crate::topics::check_topic(t).map_err(|m| format!("{t:?}: {m}"))?;
+        crate::model::topic::check_topic(t).map_err(|m| format!("{t:?}: {m}"))?;
         if seen.insert(t.to_string()) {
             topics.push(t.to_string());
         }
@@ -229,7 +229,7 @@ mod tests {
             topic_list(&strings(&["product:1", " product:2 ,product:1", ","])),
             Ok(strings(&["product:1", "product:2"]))
         );
-        assert!(topic_list(&["x".repeat(crate::topics::MAX_TOPIC_CHARS + 1)]).is_err());
+        assert!(topic_list(&["x".repeat(crate::model::topic::MAX_TOPIC_CHARS + 1)]).is_err());
         assert!(topic_list(&strings(&["product:\u{200b}1"])).is_err());
         let many: Vec<String> = (0..=MAX_TOPICS_PER_SESSION)
             .map(|i| format!("t:{i}"))

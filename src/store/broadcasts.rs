@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::schema::broadcast as b;
 use super::Conn;
-use crate::inbox::input::MessageInput;
+use crate::model::input::MessageInput;
 
 /// What `GET /api/v1/broadcasts/{id}` shows.
 #[derive(Queryable, Selectable, Debug, Clone, PartialEq, Eq)]

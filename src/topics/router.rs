@@ -24,10 +24,10 @@ use tokio::sync::{mpsc, watch};
 use super::retained::{Cached, Retained};
 use crate::broker::{Hub, HubMsg};
 use crate::config::Settings;
-use crate::gateway::outbound::SessionTx;
-use crate::gateway::protocol::{self, close};
 use crate::state::AppState;
 use crate::store::topic_retained;
+use crate::wire::outbound::SessionTx;
+use crate::wire::protocol::{self, close};
 
 /// Most topics one session may hold.
 pub const MAX_TOPICS_PER_SESSION: usize = 500;
@@ -208,7 +208,7 @@ impl Router {
         // or a retained-value lookup (a NUL failed that read in PostgreSQL).
         if let Some(Err(message)) = topics
             .iter()
-            .map(|t| super::check_topic(t))
+            .map(|t| crate::model::topic::check_topic(t))
             .find(Result::is_err)
         {
             return Err(("validation_failed", message));

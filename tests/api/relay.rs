@@ -8,7 +8,7 @@ use std::time::Duration;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use notifyd::error::ApiError;
 use notifyd::inbox::create::create_messages;
-use notifyd::inbox::input::parse_create;
+use notifyd::model::input::parse_create;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 

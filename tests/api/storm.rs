@@ -148,7 +148,7 @@ async fn told_when_to_retry_after(outage: fn(&Cuttable), db_request_timeout: Opt
     let mut c = app.ws(&u, Some(0)).await;
     assert_eq!(c.expect_close(Duration::from_secs(40)).await, Some(1013));
     let (_, reason) = c.closed.clone().expect("closed");
-    let ms = notifyd::gateway::protocol::retry_after_ms(&reason)
+    let ms = notifyd::wire::protocol::retry_after_ms(&reason)
         .unwrap_or_else(|| panic!("no retry_after in {reason:?}"));
     assert!((1000..=5000).contains(&ms), "retry_after={ms}");
     proxy.restore();
@@ -193,7 +193,7 @@ async fn handshakes_past_the_nodes_cap_are_told_when_to_retry_and_get_in_when_th
         started.elapsed()
     );
     let (_, reason) = third.closed.clone().expect("closed");
-    let ms = notifyd::gateway::protocol::retry_after_ms(&reason)
+    let ms = notifyd::wire::protocol::retry_after_ms(&reason)
         .unwrap_or_else(|| panic!("no retry_after in {reason:?}"));
     assert!((1000..=5000).contains(&ms), "retry_after={ms}");
     let bad = WsClient::connect(&app.ws_url("not-a-token", None)).await;
@@ -219,7 +219,7 @@ async fn handshakes_past_the_nodes_cap_are_told_when_to_retry_and_get_in_when_th
         }
         let (code, reason) = c.closed.clone().expect("closed without a frame");
         assert_eq!(code, 1013, "{reason}");
-        wait = notifyd::gateway::protocol::retry_after_ms(&reason).expect("retry_after");
+        wait = notifyd::wire::protocol::retry_after_ms(&reason).expect("retry_after");
         assert!(started.elapsed() < Duration::from_secs(90), "never got in");
     };
     let hello = again.frames[0].clone();
@@ -271,7 +271,7 @@ async fn a_crowd_larger_than_the_cap_all_gets_in_by_retrying_as_told() {
                     None => {
                         let (code, reason) = c.closed.clone().expect("closed without a frame");
                         assert_eq!(code, 1013, "{u}: {reason}");
-                        let ms = notifyd::gateway::protocol::retry_after_ms(&reason)
+                        let ms = notifyd::wire::protocol::retry_after_ms(&reason)
                             .unwrap_or_else(|| panic!("no retry_after in {reason:?}"));
                         refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -452,7 +452,7 @@ async fn a_handshake_that_waits_past_the_bound_is_told_to_retry() {
     );
     let (_, reason) = c.closed.clone().expect("closed");
     assert!(
-        notifyd::gateway::protocol::retry_after_ms(&reason).is_some(),
+        notifyd::wire::protocol::retry_after_ms(&reason).is_some(),
         "{reason}"
     );
     release(locker).await;

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
-use crate::names;
+use crate::model::names;
 
 pub const MAX_BATCH: usize = 1000;
 pub const MAX_ROWS: usize = 10_000;

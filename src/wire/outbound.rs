@@ -251,18 +251,3 @@ impl SessionTx {
         drop(freed);
     }
 }
-
-/// The text of a shared frame as actix-ws takes it, without copying it: the frame's buffer
-/// is kept alive by the `Arc` until the socket has written it (the UTF-8 check is a scan, not
-/// a copy).
-pub fn shared_text(text: Arc<str>) -> bytestring::ByteString {
-    struct Shared(Arc<str>);
-    impl AsRef<[u8]> for Shared {
-        fn as_ref(&self) -> &[u8] {
-            self.0.as_bytes()
-        }
-    }
-    let fallback = text.clone();
-    bytestring::ByteString::try_from(Bytes::from_owner(Shared(text)))
-        .unwrap_or_else(|_| bytestring::ByteString::from(fallback.as_ref()))
-}

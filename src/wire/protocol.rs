@@ -16,7 +16,7 @@ pub const MAX_CLIENT_FRAME: usize = 64 * 1024;
 pub const MAX_CLIENT_FRAGMENTS: usize = 128;
 /// Most topics one `subscribe` may name (per-session and per-user caps: `topics::router`).
 pub const MAX_TOPICS_PER_FRAME: usize = 100;
-pub use crate::topics::MAX_TOPIC_CHARS;
+pub use crate::model::topic::MAX_TOPIC_CHARS;
 /// Largest `ref` (as JSON) a client may send: it is echoed in every reply.
 pub const MAX_REF_BYTES: usize = 256;
 /// Largest token an `auth` frame may carry.
@@ -128,7 +128,7 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
         // publish's `422`; only a frame of the wrong shape is `bad_frame`.
         list.iter()
             .map(|t| match t.as_str() {
-                Some(s) => crate::topics::check_topic(s)
+                Some(s) => crate::model::topic::check_topic(s)
                     .map(|()| s.to_string())
                     .map_err(|m| err("validation_failed", m)),
                 None => Err(err(
@@ -195,11 +195,11 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
                 Some(t) => t.to_string(),
                 None => return Err(err("bad_frame", "\"topic\" must be a string".into())),
             };
-            crate::topics::check_topic(&topic).map_err(|m| err("validation_failed", m))?;
+            crate::model::topic::check_topic(&topic).map_err(|m| err("validation_failed", m))?;
             let Some(data) = v.get("data") else {
                 return Err(err("bad_frame", "\"data\" is required".into()));
             };
-            crate::topics::check_data(data).map_err(|m| err("bad_frame", m))?;
+            crate::model::topic::check_data(data).map_err(|m| err("bad_frame", m))?;
             ClientFrame::Publish {
                 topic,
                 data: data.clone(),
@@ -373,20 +373,6 @@ pub mod close {
     pub const TOKEN_EXPIRED: u16 = 4001;
     /// The session could not keep up: resume with `since`.
     pub const SLOW_CONSUMER: u16 = 4008;
-}
-
-/// The close code and reason for a frame the WebSocket layer refused.
-pub fn close_for(e: &actix_ws::ProtocolError) -> (u16, &'static str) {
-    use actix_ws::ProtocolError as P;
-    match e {
-        P::Overflow => (close::TOO_BIG, "message too large"),
-        // actix-ws reports a text message's invalid UTF-8 as an `InvalidData` I/O error carrying
-        // the `Utf8Error` (patches/actix-ws.md makes the fragmented path do the same).
-        P::Io(io) if io.get_ref().is_some_and(|e| e.is::<std::str::Utf8Error>()) => {
-            (close::INVALID_DATA, "invalid UTF-8 in a text message")
-        }
-        _ => (close::PROTOCOL_ERROR, "protocol error"),
-    }
 }
 
 #[cfg(test)]

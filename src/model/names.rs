@@ -12,7 +12,7 @@
 //!   what is shown around them.
 //!
 //! Every path that takes a name checks it here, so the rule cannot differ between them
-//! (`topics::check_topic`, `inbox::input::check_user_id`). The general categories come from
+//! (`model::topic::check_topic`, `model::input::check_user_id`). The general categories come from
 //! the `unicode-properties` crate's tables rather than a hand-written list: Cf alone has ~170
 //! code points in 20-odd ranges, and Unicode adds some in most releases
 //! (docs/decisions/0008-name-rule-unicode-tables.md).
