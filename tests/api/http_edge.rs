@@ -706,11 +706,12 @@ async fn header_values_actix_accepts_but_tokens_cannot_hold_get_the_error_body()
     assert!(status.contains(" 401 "), "{status}");
     let v: Value = serde_json::from_str(&body).expect("JSON body");
     assert_eq!(v["error"]["code"], "unauthorized");
-    let (status, body) = raw_request(
-        &app,
-        b"POST /api/v1/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer test-service-key\r\nIdempotency-Key: \xff\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+    let mut post = format!(
+        "POST /api/v1/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {SERVICE_KEY}\r\nIdempotency-Key: "
     )
-    .await;
+    .into_bytes();
+    post.extend_from_slice(b"\xff\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}");
+    let (status, body) = raw_request(&app, &post).await;
     assert!(status.contains(" 422 "), "{status}");
     let v: Value = serde_json::from_str(&body).expect("JSON body");
     assert_eq!(v["error"]["field"], "Idempotency-Key");
