@@ -196,10 +196,6 @@ impl Application {
         let app = move || {
             let app = App::new()
                 .app_data(data.clone())
-                // Inside the access log, so the log still shows HEAD.
-                .wrap(actix_web::middleware::from_fn(
-                    crate::api::methods::head_as_get,
-                ))
                 // A span per request and the access line (without the query string: browsers
                 // send user tokens as `?token=`).
                 .wrap(actix_web::middleware::from_fn(

@@ -23,7 +23,7 @@ use futures_util::StreamExt;
 
 use crate::error::ApiError;
 use cors::CorsPolicy;
-use methods::{only, DELETE, GET, POST};
+use methods::{get, only, DELETE, GET, GET_ONLY, POST};
 
 /// Body limit of the user API's JSON bodies (`{"ids": [...]}`: at most 1,000 ids of 36
 /// characters, under 40 KiB). The service API has its own (`NOTIFYD_MAX_BODY_BYTES`, 64 KiB for
@@ -68,17 +68,11 @@ const fn endpoint(
 
 /// Every REST route, in registration order (a literal path before a `{param}` one it overlaps).
 pub const ENDPOINTS: &[Endpoint] = &[
-    endpoint("/healthz", GET, Caller::Anyone, || {
-        web::get().to(ops::healthz)
-    }),
-    endpoint("/readyz", GET, Caller::Anyone, || {
-        web::get().to(ops::readyz)
-    }),
-    endpoint("/metrics", GET, Caller::Anyone, || {
-        web::get().to(ops::metrics)
-    }),
+    endpoint("/healthz", GET, Caller::Anyone, || get().to(ops::healthz)),
+    endpoint("/readyz", GET, Caller::Anyone, || get().to(ops::readyz)),
+    endpoint("/metrics", GET, Caller::Anyone, || get().to(ops::metrics)),
     endpoint("/api-docs/openapi.json", GET, Caller::Anyone, || {
-        web::get().to(openapi::openapi)
+        get().to(openapi::openapi)
     }),
     // The busiest route comes before the first `{param}` one: actix tries routes in order and
     // matches a `{param}` pattern with a regex (two regex runs were ~5% of a single-message
@@ -87,13 +81,13 @@ pub const ENDPOINTS: &[Endpoint] = &[
         web::post().to(messages::create)
     }),
     endpoint("/api/v1/me/messages", GET, Caller::User, || {
-        web::get().to(me::list)
+        get().to(me::list)
     }),
     endpoint("/api/v1/me/unread-count", GET, Caller::User, || {
-        web::get().to(me::unread_count)
+        get().to(me::unread_count)
     }),
     endpoint("/api/v1/me/changes", GET, Caller::User, || {
-        web::get().to(me::changes)
+        get().to(me::changes)
     }),
     endpoint("/api/v1/me/messages/read", POST, Caller::User, || {
         web::post().to(me::read)
@@ -117,7 +111,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         web::post().to(broadcasts::create)
     }),
     endpoint("/api/v1/broadcasts/{id}", GET, Caller::Service, || {
-        web::get().to(broadcasts::show)
+        get().to(broadcasts::show)
     }),
     endpoint(
         "/api/v1/topics/{topic}/events",
@@ -129,10 +123,10 @@ pub const ENDPOINTS: &[Endpoint] = &[
         web::delete().to(users::erase)
     }),
     endpoint("/api/v1/users/{id}/presence", GET, Caller::Service, || {
-        web::get().to(presence::user)
+        get().to(presence::user)
     }),
     endpoint("/api/v1/presence", GET, Caller::Service, || {
-        web::get().to(presence::cluster)
+        get().to(presence::cluster)
     }),
 ];
 
@@ -164,8 +158,9 @@ pub fn configure(cfg: &mut web::ServiceConfig, cors: &CorsPolicy) {
         };
     }
     // The WebSocket handshake: not REST, so not in the OpenAPI document (docs/websocket.md).
+    // `connect` answers `GET` only; every other method, `HEAD` too, gets 405 with `Allow: GET`.
     cfg.service(crate::gateway::ws::connect)
-        .service(only("/ws", GET));
+        .service(only("/ws", GET_ONLY));
 }
 
 /// A route browsers may call from another origin: `allow`'s methods, CORS for exactly those.

@@ -318,8 +318,13 @@ async fn unsupported_methods_on_known_routes_get_405_with_allow_and_unknown_path
             allow.contains(&allowed.to_ascii_lowercase()),
             "{method} {path}: Allow {allow:?}"
         );
+        // `HEAD` wherever `GET` is, but on `/ws`: a handshake is a `GET` only.
         if allowed == "GET" {
-            assert!(allow.contains(&"head".to_string()), "{path}: {allow:?}");
+            assert_eq!(
+                allow.contains(&"head".to_string()),
+                path != "/ws",
+                "{path}: {allow:?}"
+            );
         }
         assert_eq!(error_code(r).await, "method_not_allowed", "{method} {path}");
     }
@@ -384,6 +389,105 @@ async fn head_works_on_get_routes_without_a_body() {
         .await
         .expect("HEAD");
     assert_eq!(r.status(), 401);
+}
+
+/// Sends `request` on a new connection; returns the response's status line, its headers (names
+/// lower-cased) and every byte that followed the head within a short wait (a body, or the frames
+/// of a WebSocket session).
+async fn raw_head(port: u16, request: &str) -> (String, Vec<(String, String)>, Vec<u8>) {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    s.write_all(request.as_bytes()).await.expect("write");
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let end = loop {
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match tokio::time::timeout(T, s.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&chunk[..n]),
+            other => panic!(
+                "no response head ({other:?}): {:?}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    };
+    // Whatever comes after the head: nothing is expected, so a short wait tells.
+    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(500), s.read(&mut chunk)).await
+    {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&chunk[..n]);
+    }
+    let head = String::from_utf8_lossy(&got[..end]).to_string();
+    let mut lines = head.lines();
+    let status = lines.next().unwrap_or("").to_string();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, got[end..].to_vec())
+}
+
+/// Contract §7: `HEAD /ws`, with or without upgrade headers, is `405` with `Allow: GET` and the
+/// error body's headers (a HEAD answer carries no body). It used to be routed as `GET` and so
+/// upgraded into a real session (with a valid token), or refused as a bad handshake (400). Any
+/// spelling of the path and any token change nothing; `GET /ws` still upgrades, and the other
+/// methods on `/ws` say `Allow: GET` too (never `HEAD`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_ws_is_405_with_allow_get_and_never_upgrades() {
+    let db = TestDb::new().await;
+    let app = app_with_origins(&db, None).await;
+    let user = new_user();
+    let t = token(&user);
+    let upgrade = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    let mut wrong = vec![];
+    for target in [
+        format!("/ws?token={t}"),
+        format!("/%77s?token={t}"),
+        format!("http://x/ws?token={t}"),
+        "/ws".to_string(),
+        "/ws?token=bad".to_string(),
+    ] {
+        for (kind, extra) in [("upgrade", upgrade), ("plain", "Connection: close\r\n")] {
+            let request = format!("HEAD {target} HTTP/1.1\r\nHost: x\r\n{extra}\r\n");
+            let (status, headers, after) = raw_head(app.port, &request).await;
+            let get = |name: &str| {
+                headers
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.as_str())
+            };
+            let ok = status.starts_with("HTTP/1.1 405 ")
+                && get("allow") == Some("GET")
+                && get("content-type").is_some_and(|c| c.starts_with("application/json"))
+                && get("upgrade").is_none()
+                && after.is_empty();
+            if !ok {
+                wrong.push(format!(
+                    "HEAD {target} ({kind}): {status}, {headers:?}, {} bytes after the head",
+                    after.len()
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // The error body the HEAD answer's headers describe, as GET-less methods get it.
+    for method in [Method::POST, Method::PUT, Method::DELETE] {
+        let r = app
+            .http
+            .request(method.clone(), format!("{}/ws?token={t}", app.base))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), 405, "{method} /ws");
+        assert_eq!(header(r.headers(), "allow"), Some("GET"), "{method} /ws");
+        assert_eq!(error_code(r).await, "method_not_allowed");
+    }
+    let mut ws = app.ws(&user, None).await;
+    assert_eq!(ws.expect("hello", T).await["type"], "hello");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -795,13 +899,14 @@ async fn handshakes_take_an_intake_turn_and_rest_calls_do_not() {
     .await;
     assert_eq!(waited().await, 0.0, "a REST call and a probe start at once");
     let upgrade = "HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
-    for line in [
-        "GET /ws?token=bad",
-        "HEAD /ws?token=bad",
-        "GET http://x/ws?token=bad",
+    for (line, answer) in [
+        ("GET /ws?token=bad", " 401 "),
+        // Not a handshake (405), but its connection was looked at like one.
+        ("HEAD /ws?token=bad", " 405 "),
+        ("GET http://x/ws?token=bad", " 401 "),
     ] {
         let (status, _) = raw_request_to(port, format!("{line} {upgrade}").as_bytes()).await;
-        assert!(status.contains(" 401 "), "{line}: {status}");
+        assert!(status.contains(answer), "{line}: {status}");
     }
     assert_eq!(waited().await, 3.0, "each handshake took a turn");
     node.stop().await;
