@@ -49,6 +49,9 @@ pub struct Endpoint {
     pub path: &'static str,
     pub allow: &'static [Method],
     pub caller: Caller,
+    /// An internal surface (contract §7): for operators' scrapers and probes, not the internet.
+    /// Served on the service listener only when there is one (`Listener`).
+    pub internal: bool,
     route: fn() -> Route,
 }
 
@@ -62,15 +65,44 @@ const fn endpoint(
         path,
         allow,
         caller,
+        internal: false,
         route,
+    }
+}
+
+/// An internal surface: `GET` for anyone who can reach it (see `Endpoint::internal`).
+const fn internal(path: &'static str, route: fn() -> Route) -> Endpoint {
+    Endpoint {
+        internal: true,
+        ..endpoint(path, GET, Caller::Anyone, route)
+    }
+}
+
+/// The listener a set of routes is served on. What the node's metrics say (users online, the
+/// backlog, services by name) and its readiness are for the operator's scrapers and probes: once
+/// internal services have a listener of their own (`NOTIFYD_SERVICE_BIND`, on an address browsers
+/// cannot reach), these stay off the public one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// `NOTIFYD_BIND` with no service listener beside it: every route, as always.
+    Only,
+    /// `NOTIFYD_BIND` beside a service listener: every route but the internal ones (`404`).
+    Public,
+    /// `NOTIFYD_SERVICE_BIND`: every route.
+    Service,
+}
+
+impl Listener {
+    pub fn serves_internal(self) -> bool {
+        self != Listener::Public
     }
 }
 
 /// Every REST route, in registration order (a literal path before a `{param}` one it overlaps).
 pub const ENDPOINTS: &[Endpoint] = &[
     endpoint("/healthz", GET, Caller::Anyone, || get().to(ops::healthz)),
-    endpoint("/readyz", GET, Caller::Anyone, || get().to(ops::readyz)),
-    endpoint("/metrics", GET, Caller::Anyone, || get().to(ops::metrics)),
+    internal("/readyz", || get().to(ops::readyz)),
+    internal("/metrics", || get().to(ops::metrics)),
     endpoint("/api-docs/openapi.json", GET, Caller::Anyone, || {
         get().to(openapi::openapi)
     }),
@@ -130,9 +162,10 @@ pub const ENDPOINTS: &[Endpoint] = &[
     }),
 ];
 
-/// Every route, each with the methods it answers (others: 405 with `Allow`). Only the user API
-/// answers CORS; the service API never does.
-pub fn configure(cfg: &mut web::ServiceConfig, cors: &CorsPolicy) {
+/// Every route `listener` serves, each with the methods it answers (others: 405 with `Allow`).
+/// Only the user API answers CORS; the service API never does. A route a listener does not serve
+/// is not registered there: an unknown path (`404` with the error body).
+pub fn configure(cfg: &mut web::ServiceConfig, cors: &CorsPolicy, listener: Listener) {
     cfg.app_data(
         web::JsonConfig::default()
             .limit(USER_BODY_LIMIT)
@@ -149,7 +182,10 @@ pub fn configure(cfg: &mut web::ServiceConfig, cors: &CorsPolicy) {
     .app_data(
         web::PathConfig::default().error_handler(|e, _| ApiError::BadRequest(e.to_string()).into()),
     );
-    for e in ENDPOINTS {
+    for e in ENDPOINTS
+        .iter()
+        .filter(|e| !e.internal || listener.serves_internal())
+    {
         match e.caller {
             Caller::User => cfg.service(browser(cors, e.path, e.allow, (e.route)())),
             Caller::Anyone | Caller::Service => {

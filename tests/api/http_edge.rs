@@ -490,6 +490,100 @@ async fn head_ws_is_405_with_allow_get_and_never_upgrades() {
     assert_eq!(ws.expect("hello", T).await["type"], "hello");
 }
 
+/// Contract §7 (internal surfaces): with `NOTIFYD_SERVICE_BIND` set, `/metrics` and `/readyz`
+/// answer only on the service listener, and the public one says `404` with the error body (they
+/// were served on both); `/healthz` answers on both. Without a service listener, its one listener
+/// serves all three, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_readiness_answer_only_on_the_service_listener_when_there_is_one() {
+    let db = TestDb::new().await;
+    let app = spawn_app_with(&db, Opts::default(), |s| {
+        s.service_bind = Some("127.0.0.1:0".into());
+    })
+    .await;
+    let public = app.base.clone();
+    let service = format!(
+        "http://127.0.0.1:{}",
+        app.service_port.expect("a service listener")
+    );
+    let mut wrong = vec![];
+    for path in ["/metrics", "/readyz"] {
+        for method in [Method::GET, Method::HEAD, Method::POST] {
+            let r = app
+                .http
+                .request(method.clone(), format!("{public}{path}"))
+                .send()
+                .await
+                .expect("request");
+            let status = r.status();
+            let json = header(r.headers(), "content-type")
+                .is_some_and(|c| c.starts_with("application/json"));
+            let code = if method == Method::HEAD {
+                None
+            } else {
+                r.json::<Value>()
+                    .await
+                    .ok()
+                    .map(|b| b["error"]["code"].clone())
+            };
+            let ok = status == 404
+                && json
+                && (method == Method::HEAD || code == Some(json!("not_found")));
+            if !ok {
+                wrong.push(format!(
+                    "public {method} {path}: {status}, error code {code:?}"
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    let metrics = app
+        .http
+        .get(format!("{service}/metrics"))
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(metrics.status(), 200, "service /metrics");
+    // Ready once the node's Redis subscriber has connected.
+    eventually(T, "service /readyz answers 200", || async {
+        let r = app.http.get(format!("{service}/readyz")).send().await;
+        r.ok().filter(|r| r.status() == 200)
+    })
+    .await;
+    for base in [&public, &service] {
+        let r = app
+            .http
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .expect("healthz");
+        assert_eq!(r.status(), 200, "{base}/healthz");
+    }
+    app.stop().await;
+
+    // One listener: everything on it.
+    let single = spawn_app(&db, Opts::default()).await;
+    for path in ["/metrics", "/healthz"] {
+        let r = single
+            .http
+            .get(format!("{}{path}", single.base))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), 200, "{path} without a service listener");
+    }
+    eventually(T, "/readyz answers 200", || async {
+        let r = single
+            .http
+            .get(format!("{}/readyz", single.base))
+            .send()
+            .await;
+        r.ok().filter(|r| r.status() == 200)
+    })
+    .await;
+    single.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_limit_bodies_get_413_with_the_error_body_on_every_route() {
     let db = TestDb::new().await;
