@@ -584,6 +584,48 @@ async fn metrics_and_readiness_answer_only_on_the_service_listener_when_there_is
     single.stop().await;
 }
 
+/// The WebSocket handshake and CORS compare origins the same way: scheme and host without
+/// regard to case (browsers send them lowercase; an operator may not write them so), the port
+/// exactly. The handshake used to compare case-sensitively, so `NOTIFYD_ALLOWED_ORIGINS=
+/// https://Shop.Example:8443` let CORS through for the shop's pages and refused their sockets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_websocket_and_cors_accept_the_same_origins_ignoring_case() {
+    let db = TestDb::new().await;
+    let app = app_with_origins(
+        &db,
+        Some(&["http://app.example", "https://Shop.Example:8443"]),
+    )
+    .await;
+    let u = new_user();
+    let url = app.ws_url(&token(&u), None);
+    let mut wrong = vec![];
+    for (origin, allowed) in [
+        ("http://app.example", true),
+        ("HTTP://App.EXAMPLE", true),
+        ("https://shop.example:8443", true),
+        ("HTTPS://SHOP.EXAMPLE:8443", true),
+        ("https://shop.example", false),
+        ("http://shop.example:8443", false),
+        ("http://app.example.evil", false),
+        (EVIL_ORIGIN, false),
+    ] {
+        let ws = match ws_connect_with(&url, &[("Origin", origin)]).await {
+            Ok(_) => true,
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 403 => false,
+            Err(e) => panic!("{origin}: the handshake failed otherwise: {e}"),
+        };
+        let r = preflight(&app, "/api/v1/me/unread-count", origin, "GET").await;
+        let cors =
+            r.status() == 204 && header(r.headers(), "access-control-allow-origin") == Some(origin);
+        if (ws, cors) != (allowed, allowed) {
+            wrong.push(format!(
+                "{origin}: expected allowed={allowed}, the WebSocket said {ws}, CORS said {cors}"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_limit_bodies_get_413_with_the_error_body_on_every_route() {
     let db = TestDb::new().await;
