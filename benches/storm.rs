@@ -477,6 +477,9 @@ async fn storm(
     let post_base = service_port
         .map(|p| format!("http://127.0.0.1:{p}"))
         .unwrap_or_else(|| b.base.clone());
+    // B's `/metrics`: on its service listener when it has one (the public listener then answers
+    // 404 there: contract §7, internal surfaces).
+    let metrics_base = post_base.clone();
     let http = reqwest::Client::new();
     message_all(&http, &b.base, n).await?;
 
@@ -524,7 +527,7 @@ async fn storm(
     let (mut quiet_lat, quiet_failed) = quiet.await?;
     quiet_lat.sort_unstable();
 
-    let before = metric_sums(&b.base).await;
+    let before = metric_sums(&metrics_base).await;
     let (overflows0, syn0) = (tcp_ext("ListenOverflows"), tcp_ext("TCPSynRetrans"));
     let stop = Arc::new(AtomicBool::new(false));
     let steady = tokio::spawn(timed_posts(post_base.clone(), rate, stop.clone()));
@@ -548,7 +551,7 @@ async fn storm(
     stop.store(true, Ordering::Relaxed);
     let (mut storm_lat, storm_failed) = steady.await?;
     storm_lat.sort_unstable();
-    let after = metric_sums(&b.base).await;
+    let after = metric_sums(&metrics_base).await;
     let delta =
         |k: &str| after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
     // A histogram's samples over the storm that took longer than `le` (one of its buckets).

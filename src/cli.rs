@@ -91,10 +91,6 @@ pub struct ConfigFile {
     pub path: Option<std::path::PathBuf>,
 }
 
-/// Below this many bytes an HS256 secret is guessable offline from one token (RFC 7518 §3.2
-/// asks for at least 256 bits).
-const WEAK_SECRET_BYTES: usize = 32;
-
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Cmd::Serve { dev, config } => {
@@ -106,9 +102,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 if settings.jwt_secret_ignored {
                     tracing::warn!("DEV MODE: NOTIFYD_JWT_SECRET is set (in the environment or the config file) and IGNORED: tokens are signed and checked with the public dev secret only, so /demo/token can never mint tokens for a real secret. Unset it, or run without --dev.");
                 }
-            } else if settings.jwt_secret.len() < WEAK_SECRET_BYTES {
-                tracing::warn!("NOTIFYD_JWT_SECRET is shorter than {WEAK_SECRET_BYTES} bytes: use a long random secret in production");
             }
+            // Without --dev a short or dev secret never gets here: `Settings::load` refused it
+            // (config::secrets).
             if settings.allowed_origins.is_none() {
                 tracing::warn!("NOTIFYD_ALLOWED_ORIGINS is not set: any origin may open a WebSocket and call the user API cross-origin (CORS). Set it in production.");
             }

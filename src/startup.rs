@@ -9,6 +9,7 @@ use anyhow::Context;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::api::Listener;
 use crate::auth::jwt::JwtKeys;
 use crate::broker::{self, Broker, Hub};
 use crate::config::Settings;
@@ -193,27 +194,28 @@ impl Application {
             .with_context(|| format!("binding {}", state.settings.bind))?;
         let port = listener.local_addr()?.port();
         let cors = crate::api::cors::CorsPolicy::new(state.settings.allowed_origins.as_deref());
-        let app = move || {
-            let app = App::new()
-                .app_data(data.clone())
-                // Inside the access log, so the log still shows HEAD.
-                .wrap(actix_web::middleware::from_fn(
-                    crate::api::methods::head_as_get,
-                ))
-                // A span per request and the access line (without the query string: browsers
-                // send user tokens as `?token=`).
-                .wrap(actix_web::middleware::from_fn(
-                    crate::api::request_span::trace,
-                ))
-                .configure(|c| crate::api::configure(c, &cors));
-            let app = if dev {
-                app.configure(|c| crate::web::configure(c, &cors))
-            } else {
-                app.configure(|c| crate::web::configure_client(c, &cors))
-            };
-            app.default_service(web::to(crate::api::not_found))
+        // The app factory of one listener (called once per worker): the same routes on both,
+        // but the internal surfaces only where `routes` serves them.
+        let app = move |routes: Listener| {
+            let (data, cors) = (data.clone(), cors.clone());
+            move || {
+                let app = App::new()
+                    .app_data(data.clone())
+                    // A span per request and the access line (without the query string: browsers
+                    // send user tokens as `?token=`).
+                    .wrap(actix_web::middleware::from_fn(
+                        crate::api::request_span::trace,
+                    ))
+                    .configure(|c| crate::api::configure(c, &cors, routes));
+                let app = if dev {
+                    app.configure(|c| crate::web::configure(c, &cors))
+                } else {
+                    app.configure(|c| crate::web::configure_client(c, &cors))
+                };
+                app.default_service(web::to(crate::api::not_found))
+            }
         };
-        let serve = |listener: std::net::TcpListener, workers: usize| {
+        let serve = |listener: std::net::TcpListener, workers: usize, routes: Listener| {
             crate::http_server::serve(
                 listener,
                 crate::http_server::Options {
@@ -221,20 +223,25 @@ impl Application {
                     keep_alive: HTTP_KEEP_ALIVE,
                     on_connect: crate::gateway::conn::on_connect,
                 },
-                app.clone(),
+                app(routes),
             )
         };
-        let server = serve(listener, workers)?;
+        let public = match state.settings.service_bind {
+            Some(_) => Listener::Public,
+            None => Listener::Only,
+        };
+        let server = serve(listener, workers, public)?;
         // The service listener: the same routes on an HTTP worker of its own, so internal
         // services' calls never wait in a queue behind a reconnect storm's handshakes (on the
-        // public listener's workers); see `SERVICE_WORKERS`.
+        // public listener's workers); see `SERVICE_WORKERS`. The internal surfaces (`/metrics`,
+        // `/readyz`) are then served here only (`Listener`).
         let service = match &state.settings.service_bind {
             None => None,
             Some(addr) => {
                 let listener = crate::http_listener::bind(addr)
                     .with_context(|| format!("binding NOTIFYD_SERVICE_BIND {addr}"))?;
                 let port = listener.local_addr()?.port();
-                Some((port, serve(listener, SERVICE_WORKERS)?))
+                Some((port, serve(listener, SERVICE_WORKERS, Listener::Service)?))
             }
         };
         let stopper = Stopper {

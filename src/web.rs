@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use crate::api::browser;
 use crate::api::cors::CorsPolicy;
-use crate::api::methods::{only, GET};
+use crate::api::methods::{get, only, GET};
 use crate::auth::jwt::Grants;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -23,7 +23,7 @@ pub fn configure_client(cfg: &mut web::ServiceConfig, cors: &CorsPolicy) {
         cors,
         "/client/notifyd-client.js",
         GET,
-        web::get().to(client),
+        get().to(client),
     ));
 }
 
@@ -31,9 +31,9 @@ pub fn configure_client(cfg: &mut web::ServiceConfig, cors: &CorsPolicy) {
 /// another origin must not mint tokens).
 pub fn configure(cfg: &mut web::ServiceConfig, cors: &CorsPolicy) {
     configure_client(cfg, cors);
-    cfg.service(only("/demo", GET).route(web::get().to(demo)))
-        .service(only("/demo/products", GET).route(web::get().to(products)))
-        .service(only("/demo/token", GET).route(web::get().to(demo_token)));
+    cfg.service(only("/demo", GET).route(get().to(demo)))
+        .service(only("/demo/products", GET).route(get().to(products)))
+        .service(only("/demo/token", GET).route(get().to(demo_token)));
 }
 
 async fn client() -> HttpResponse {

@@ -12,8 +12,9 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 pub mod doc;
 
-pub const SECRET: &str = "bench-secret";
-pub const KEY: &str = "bench-key";
+// 32 bytes and more: bench nodes run `serve` without `--dev`, which refuses shorter ones.
+pub const SECRET: &str = "bench-jwt-secret-0123456789abcdef";
+pub const KEY: &str = "bench-service-key-0123456789abcdef";
 
 pub fn env_num(k: &str, d: u64) -> u64 {
     std::env::var(k)

@@ -17,6 +17,7 @@ use actix_web::middleware::Next;
 use actix_web::ResponseError;
 
 use super::methods;
+use crate::config::values;
 use crate::error::ApiError;
 
 /// How long a browser may cache a preflight answer. Short, so a change of
@@ -44,14 +45,14 @@ impl CorsPolicy {
         let cors = match &self.origins {
             None => Cors::default().allow_any_origin(),
             // A function rather than `allowed_origin`: that one panics on `*` and fails the
-            // worker on an origin it cannot parse; a plain comparison cannot fail. Origins are
-            // compared without case, as browsers lower-case scheme and host.
+            // worker on an origin it cannot parse; a plain comparison cannot fail. The same
+            // comparison as the WebSocket handshake's (`values::origin_allowed`).
             Some(list) => {
                 let list = list.clone();
                 Cors::default().allowed_origin_fn(move |origin, _| {
                     origin
                         .to_str()
-                        .is_ok_and(|o| list.iter().any(|a| a.eq_ignore_ascii_case(o)))
+                        .is_ok_and(|o| values::origin_allowed(&list, o))
                 })
             }
         };

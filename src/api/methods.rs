@@ -1,18 +1,27 @@
 //! Methods at the edge (contract §7): a known path asked with a method it does not answer gets
 //! `405` with `Allow` and the error body (actix's own answer is a bare 404 when every route of a
-//! path has a method guard), and `HEAD` works wherever `GET` does.
+//! path has a method guard), `HEAD` works wherever `GET` does, and `HEAD /ws` is `405` with
+//! `Allow: GET`: a handshake is a `GET` and nothing else.
 
-use actix_web::body::MessageBody;
-use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{header, Method};
-use actix_web::middleware::Next;
-use actix_web::{web, HttpResponse, Resource, ResponseError};
+use actix_web::{guard, web, HttpResponse, Resource, ResponseError, Route};
 
 use crate::error::ApiError;
 
 pub const GET: &[Method] = &[Method::GET, Method::HEAD];
 pub const POST: &[Method] = &[Method::POST];
 pub const DELETE: &[Method] = &[Method::DELETE];
+/// The WebSocket handshake's methods: `GET` only. A `HEAD` cannot switch protocols, and routed
+/// as a `GET` it was upgraded into a session all the same.
+pub const GET_ONLY: &[Method] = &[Method::GET];
+
+/// A route answering `GET` and `HEAD` (`GET`'s methods). Each route says so itself, rather than
+/// `HEAD` being turned into `GET` before routing for the whole app, which sent `HEAD /ws` into the
+/// handshake. actix-http sends no body for a `HEAD` request (it decides that from the request
+/// line it parsed) and keeps `Content-Length`.
+pub fn get() -> Route {
+    web::route().guard(guard::Any(guard::Get()).or(guard::Head()))
+}
 
 /// A resource at `path` whose routes answer `allow`; any other method gets `405`. Registered
 /// after a macro-routed handler of the same path (whose method guard then fails), it is that
@@ -33,17 +42,4 @@ pub fn not_allowed(allow: &'static [Method]) -> HttpResponse {
         res.headers_mut().insert(header::ALLOW, v);
     }
     res
-}
-
-/// App-wide: `HEAD` is routed as `GET`. actix-http still sends no body, since it decides that
-/// from the request line it parsed (a `HEAD`), and keeps `Content-Length`. Registered inside the
-/// access log, which therefore still shows `HEAD`.
-pub async fn head_as_get(
-    mut req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    if req.method() == Method::HEAD {
-        req.head_mut().method = Method::GET;
-    }
-    next.call(req).await
 }

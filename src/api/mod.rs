@@ -23,7 +23,7 @@ use futures_util::StreamExt;
 
 use crate::error::ApiError;
 use cors::CorsPolicy;
-use methods::{only, DELETE, GET, POST};
+use methods::{get, only, DELETE, GET, GET_ONLY, POST};
 
 /// Body limit of the user API's JSON bodies (`{"ids": [...]}`: at most 1,000 ids of 36
 /// characters, under 40 KiB). The service API has its own (`NOTIFYD_MAX_BODY_BYTES`, 64 KiB for
@@ -49,6 +49,9 @@ pub struct Endpoint {
     pub path: &'static str,
     pub allow: &'static [Method],
     pub caller: Caller,
+    /// An internal surface (contract §7): for operators' scrapers and probes, not the internet.
+    /// Served on the service listener only when there is one (`Listener`).
+    pub internal: bool,
     route: fn() -> Route,
 }
 
@@ -62,23 +65,46 @@ const fn endpoint(
         path,
         allow,
         caller,
+        internal: false,
         route,
+    }
+}
+
+/// An internal surface: `GET` for anyone who can reach it (see `Endpoint::internal`).
+const fn internal(path: &'static str, route: fn() -> Route) -> Endpoint {
+    Endpoint {
+        internal: true,
+        ..endpoint(path, GET, Caller::Anyone, route)
+    }
+}
+
+/// The listener a set of routes is served on. What the node's metrics say (users online, the
+/// backlog, services by name) and its readiness are for the operator's scrapers and probes: once
+/// internal services have a listener of their own (`NOTIFYD_SERVICE_BIND`, on an address browsers
+/// cannot reach), these stay off the public one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// `NOTIFYD_BIND` with no service listener beside it: every route, as always.
+    Only,
+    /// `NOTIFYD_BIND` beside a service listener: every route but the internal ones (`404`).
+    Public,
+    /// `NOTIFYD_SERVICE_BIND`: every route.
+    Service,
+}
+
+impl Listener {
+    pub fn serves_internal(self) -> bool {
+        self != Listener::Public
     }
 }
 
 /// Every REST route, in registration order (a literal path before a `{param}` one it overlaps).
 pub const ENDPOINTS: &[Endpoint] = &[
-    endpoint("/healthz", GET, Caller::Anyone, || {
-        web::get().to(ops::healthz)
-    }),
-    endpoint("/readyz", GET, Caller::Anyone, || {
-        web::get().to(ops::readyz)
-    }),
-    endpoint("/metrics", GET, Caller::Anyone, || {
-        web::get().to(ops::metrics)
-    }),
+    endpoint("/healthz", GET, Caller::Anyone, || get().to(ops::healthz)),
+    internal("/readyz", || get().to(ops::readyz)),
+    internal("/metrics", || get().to(ops::metrics)),
     endpoint("/api-docs/openapi.json", GET, Caller::Anyone, || {
-        web::get().to(openapi::openapi)
+        get().to(openapi::openapi)
     }),
     // The busiest route comes before the first `{param}` one: actix tries routes in order and
     // matches a `{param}` pattern with a regex (two regex runs were ~5% of a single-message
@@ -87,13 +113,13 @@ pub const ENDPOINTS: &[Endpoint] = &[
         web::post().to(messages::create)
     }),
     endpoint("/api/v1/me/messages", GET, Caller::User, || {
-        web::get().to(me::list)
+        get().to(me::list)
     }),
     endpoint("/api/v1/me/unread-count", GET, Caller::User, || {
-        web::get().to(me::unread_count)
+        get().to(me::unread_count)
     }),
     endpoint("/api/v1/me/changes", GET, Caller::User, || {
-        web::get().to(me::changes)
+        get().to(me::changes)
     }),
     endpoint("/api/v1/me/messages/read", POST, Caller::User, || {
         web::post().to(me::read)
@@ -117,7 +143,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         web::post().to(broadcasts::create)
     }),
     endpoint("/api/v1/broadcasts/{id}", GET, Caller::Service, || {
-        web::get().to(broadcasts::show)
+        get().to(broadcasts::show)
     }),
     endpoint(
         "/api/v1/topics/{topic}/events",
@@ -129,16 +155,17 @@ pub const ENDPOINTS: &[Endpoint] = &[
         web::delete().to(users::erase)
     }),
     endpoint("/api/v1/users/{id}/presence", GET, Caller::Service, || {
-        web::get().to(presence::user)
+        get().to(presence::user)
     }),
     endpoint("/api/v1/presence", GET, Caller::Service, || {
-        web::get().to(presence::cluster)
+        get().to(presence::cluster)
     }),
 ];
 
-/// Every route, each with the methods it answers (others: 405 with `Allow`). Only the user API
-/// answers CORS; the service API never does.
-pub fn configure(cfg: &mut web::ServiceConfig, cors: &CorsPolicy) {
+/// Every route `listener` serves, each with the methods it answers (others: 405 with `Allow`).
+/// Only the user API answers CORS; the service API never does. A route a listener does not serve
+/// is not registered there: an unknown path (`404` with the error body).
+pub fn configure(cfg: &mut web::ServiceConfig, cors: &CorsPolicy, listener: Listener) {
     cfg.app_data(
         web::JsonConfig::default()
             .limit(USER_BODY_LIMIT)
@@ -155,7 +182,10 @@ pub fn configure(cfg: &mut web::ServiceConfig, cors: &CorsPolicy) {
     .app_data(
         web::PathConfig::default().error_handler(|e, _| ApiError::BadRequest(e.to_string()).into()),
     );
-    for e in ENDPOINTS {
+    for e in ENDPOINTS
+        .iter()
+        .filter(|e| !e.internal || listener.serves_internal())
+    {
         match e.caller {
             Caller::User => cfg.service(browser(cors, e.path, e.allow, (e.route)())),
             Caller::Anyone | Caller::Service => {
@@ -164,8 +194,9 @@ pub fn configure(cfg: &mut web::ServiceConfig, cors: &CorsPolicy) {
         };
     }
     // The WebSocket handshake: not REST, so not in the OpenAPI document (docs/websocket.md).
+    // `connect` answers `GET` only; every other method, `HEAD` too, gets 405 with `Allow: GET`.
     cfg.service(crate::gateway::ws::connect)
-        .service(only("/ws", GET));
+        .service(only("/ws", GET_ONLY));
 }
 
 /// A route browsers may call from another origin: `allow`'s methods, CORS for exactly those.

@@ -8,6 +8,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::broker;
+use crate::error::ErrorBody;
 use crate::state::AppState;
 
 #[derive(Serialize, ToSchema)]
@@ -41,9 +42,11 @@ pub struct Readiness {
 /// Ready when PostgreSQL answers within `DB_CHECK_TIMEOUT` and, with Redis, an end-to-end
 /// canary works: a token PUBLISHed on this node's own channel arrives through this node's
 /// subscriber (see `broker::canary`). A stuck or half-open subscriber makes the node unready.
+/// With `NOTIFYD_SERVICE_BIND` set, served on the service listener only (contract §7).
 #[utoipa::path(get, path = "/readyz", tag = "ops",
     responses(
         (status = 200, description = "PostgreSQL and (if configured) Redis reachable", body = Readiness),
+        (status = 404, description = "asked on the public listener of a node with a service listener (NOTIFYD_SERVICE_BIND): readiness answers there only", body = ErrorBody),
         (status = 503, description = "not ready (a dependency is down, or the node is shutting down)", body = Readiness),
     ))]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
@@ -79,10 +82,14 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-/// `GET /metrics`: Prometheus text (docs/operations.md lists the series).
+/// `GET /metrics`: Prometheus text (docs/operations.md lists the series). With
+/// `NOTIFYD_SERVICE_BIND` set, served on the service listener only (contract §7).
 #[utoipa::path(get, path = "/metrics", tag = "ops",
-    responses((status = 200, description = "Prometheus text exposition format",
-        body = String, content_type = "text/plain")))]
+    responses(
+        (status = 200, description = "Prometheus text exposition format",
+            body = String, content_type = "text/plain"),
+        (status = 404, description = "asked on the public listener of a node with a service listener (NOTIFYD_SERVICE_BIND): metrics answer there only", body = ErrorBody),
+    ))]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let text = state
         .metrics

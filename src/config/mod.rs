@@ -2,6 +2,7 @@
 
 mod file;
 pub mod redact;
+pub mod secrets;
 pub mod table;
 pub mod values;
 
@@ -196,7 +197,8 @@ impl Settings {
     /// environment (which wins). Every value is checked against its range (see `table`); all
     /// problems are reported together, each naming its setting, and nothing starts.
     /// `dev` = `serve --dev`: the public dev secret, the `dev:dev` service key, `product:*`
-    /// public. `need_secret`: refuse to start without `NOTIFYD_JWT_SECRET` (unless `dev`).
+    /// public. `need_secret` (`serve`): unless `dev`, refuse to start without
+    /// `NOTIFYD_JWT_SECRET`, or with a dev or short JWT secret or service key (`secrets`).
     pub fn load(dev: bool, need_secret: bool, file: Option<&Path>) -> anyhow::Result<Self> {
         Self::load_from(&|k| std::env::var(k).ok(), file, dev, need_secret)
     }
@@ -211,6 +213,7 @@ impl Settings {
         let mut problems: Vec<String> = vec![];
         // Env name -> (value, where it came from); the environment overwrites the file.
         let mut given: HashMap<&'static str, (String, Origin)> = HashMap::new();
+        let mut file_refused = false;
         if let Some(path) = file {
             match file::read(path) {
                 Ok(pairs) => {
@@ -221,7 +224,10 @@ impl Settings {
                         );
                     }
                 }
-                Err(p) => problems.extend(p),
+                Err(p) => {
+                    file_refused = true;
+                    problems.extend(p);
+                }
             }
         }
         for setting in SETTINGS {
@@ -234,12 +240,16 @@ impl Settings {
 
         let mut s = Settings::new(DEFAULT_DATABASE_URL);
         s.dev = dev;
+        // Settings given and read: only these are checked further (one that was refused still
+        // holds its default, which is no reason for a second complaint).
+        let mut read: Vec<&'static Setting> = vec![];
         for setting in SETTINGS {
             let Some((value, origin)) = given.get(setting.env) else {
                 continue;
             };
-            if let Err(why) = setting.apply(&mut s, value) {
-                problems.push(origin.describe(setting, value, &why));
+            match setting.apply(&mut s, value) {
+                Ok(()) => read.push(setting),
+                Err(why) => problems.push(origin.describe(setting, value, &why)),
             }
         }
         let has = |env: &str| given.contains_key(env);
@@ -250,18 +260,33 @@ impl Settings {
             s.jwt_secret_ignored = has("NOTIFYD_JWT_SECRET");
             s.jwt_secret = DEV_JWT_SECRET.into();
             if !s.service_keys.iter().any(|(n, _)| n == "dev") {
-                s.service_keys.push(("dev".into(), "dev".into()));
+                s.service_keys
+                    .push(("dev".into(), secrets::DEV_SERVICE_KEY.into()));
             }
             if !has("NOTIFYD_PUBLIC_TOPICS") {
                 // The demo's product page (`/demo/products`) is for shoppers without a token.
                 s.public_topics = vec!["product:*".into()];
             }
-        } else if need_secret && !has("NOTIFYD_JWT_SECRET") {
-            problems.push(
-                "NOTIFYD_JWT_SECRET is not set (nor jwt_secret in a config file): refusing to \
-                 start (use `serve --dev` for a local demo)"
-                    .into(),
-            );
+        } else if need_secret {
+            // A file that was refused may hold the secret: its problems are reported instead.
+            if !has("NOTIFYD_JWT_SECRET") && !file_refused {
+                problems.push(
+                    "NOTIFYD_JWT_SECRET is not set (nor jwt_secret in a config file): refusing \
+                     to start (use `serve --dev` for a local demo)"
+                        .into(),
+                );
+            }
+            // Production secrets (contract §7): not the dev ones, not short.
+            for setting in read {
+                let why = match setting.env {
+                    "NOTIFYD_JWT_SECRET" => secrets::jwt_secret(&s.jwt_secret),
+                    "NOTIFYD_SERVICE_KEYS" => secrets::service_keys(&s.service_keys),
+                    _ => None,
+                };
+                if let (Some(why), Some((value, origin))) = (why, given.get(setting.env)) {
+                    problems.push(origin.describe(setting, value, &why));
+                }
+            }
         }
         if !problems.is_empty() {
             bail!("invalid configuration:\n  {}", problems.join("\n  "));
@@ -335,7 +360,10 @@ mod tests {
         format!("{:#}", load(env, false).expect_err("accepted"))
     }
 
-    const SECRET: (&str, &str) = ("NOTIFYD_JWT_SECRET", "s");
+    const SECRET: (&str, &str) = (
+        "NOTIFYD_JWT_SECRET",
+        "a-production-jwt-secret-of-48-bytes-0123456789ab",
+    );
 
     #[test]
     fn topic_channels_round_trip() {
@@ -368,7 +396,7 @@ mod tests {
         let s = load(&[SECRET], false).unwrap();
         assert_eq!(s.database_url, DEFAULT_DATABASE_URL);
         assert_eq!(s.heartbeat, Duration::from_secs(25));
-        assert_eq!(s.jwt_secret, "s");
+        assert_eq!(s.jwt_secret, SECRET.1);
     }
 
     /// Issue 11 item 3: `NOTIFYD_HEARTBEAT=0` was accepted and panicked the first session
@@ -438,12 +466,74 @@ mod tests {
     /// minted tokens for it while the log said the public dev secret was in use.
     #[test]
     fn dev_mode_ignores_a_configured_jwt_secret() {
-        let real = ("NOTIFYD_JWT_SECRET", "a-real-production-secret");
+        let real = SECRET;
         let dev = load(&[real], true).expect("dev settings");
         assert_eq!(dev.jwt_secret, DEV_JWT_SECRET);
         assert!(dev.jwt_secret_ignored);
         let prod = load(&[real], false).expect("prod settings");
-        assert_eq!(prod.jwt_secret, "a-real-production-secret");
+        assert_eq!(prod.jwt_secret, SECRET.1);
         assert!(!prod.jwt_secret_ignored);
+    }
+
+    /// Contract §7: without `--dev`, `serve` refuses the dev secret, the dev service key and
+    /// short ones, naming the setting (and the service) and never the value; `--dev`, `relay`
+    /// and `migrate` (which sign nothing) take them as before.
+    #[test]
+    fn serve_refuses_dev_and_short_secrets_by_name_only() {
+        let long_key = "billing:a-production-service-key-of-40-bytes-01";
+        for (env, says, hidden) in [
+            (
+                [
+                    ("NOTIFYD_JWT_SECRET", DEV_JWT_SECRET),
+                    ("NOTIFYD_SERVICE_KEYS", long_key),
+                ],
+                "NOTIFYD_JWT_SECRET = (value hidden): is the public dev secret",
+                DEV_JWT_SECRET,
+            ),
+            (
+                [
+                    ("NOTIFYD_JWT_SECRET", "short-secret"),
+                    ("NOTIFYD_SERVICE_KEYS", long_key),
+                ],
+                "NOTIFYD_JWT_SECRET = (value hidden): is shorter than 32 bytes",
+                "short-secret",
+            ),
+            (
+                [SECRET, ("NOTIFYD_SERVICE_KEYS", "dev:dev")],
+                "NOTIFYD_SERVICE_KEYS = (value hidden): service \"dev\" has the public dev key",
+                "dev:dev",
+            ),
+            (
+                [SECRET, ("NOTIFYD_SERVICE_KEYS", "shop:shop-key-1")],
+                "NOTIFYD_SERVICE_KEYS = (value hidden): service \"shop\" has a key shorter than 32",
+                "shop-key-1",
+            ),
+        ] {
+            let e = refusal(&env);
+            assert!(e.contains(says), "{says:?} missing from {e}");
+            assert!(!e.contains(hidden), "{hidden:?} shown in {e}");
+            assert!(load(&env, true).is_ok(), "--dev: {e}");
+            let relay = Settings::load_from(
+                &|k| {
+                    env.iter()
+                        .find(|(n, _)| *n == k)
+                        .map(|(_, v)| v.to_string())
+                },
+                None,
+                false,
+                false,
+            );
+            assert!(relay.is_ok(), "relay/migrate: {relay:?}");
+        }
+        assert!(load(&[SECRET, ("NOTIFYD_SERVICE_KEYS", long_key)], false).is_ok());
+    }
+
+    /// A secret that was itself refused (too long) is not also called short or dev: its default
+    /// is not what the operator gave.
+    #[test]
+    fn a_refused_secret_gets_one_complaint() {
+        let e = refusal(&[("NOTIFYD_JWT_SECRET", &"x".repeat(5000))]);
+        assert!(e.contains("must be 1 to 4096 bytes"), "{e}");
+        assert!(!e.contains("dev secret"), "{e}");
     }
 }

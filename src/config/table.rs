@@ -179,7 +179,7 @@ pub static SETTINGS: &[Setting] = &[
         default: Default::Note("none"),
         secret: true,
         kind: Kind::Value {
-            range: "1 to 4096 bytes",
+            range: "1 to 4096 bytes; `serve`: 32 or more, not the dev secret",
             set: |s, v| {
                 if !(1..=4096).contains(&v.len()) {
                     return Err("must be 1 to 4096 bytes".into());
@@ -194,7 +194,7 @@ pub static SETTINGS: &[Setting] = &[
         default: Default::Note("none"),
         secret: true,
         kind: Kind::Value {
-            range: "up to 100 `name:key` pairs",
+            range: "up to 100 `name:key` pairs; `serve`: keys of 32 bytes or more, not `dev`",
             set: |s, v| {
                 s.service_keys = values::service_keys(v)?;
                 Ok(())

@@ -206,6 +206,20 @@ pub fn origins(raw: &str) -> Result<Vec<String>, String> {
     Ok(list)
 }
 
+/// Whether `origin` (an `Origin` header's value) is one of `allowed` (`NOTIFYD_ALLOWED_ORIGINS`
+/// as `origins` read it; `*` allows any): the one comparison both the WebSocket handshake
+/// (`gateway::ws`) and CORS (`api::cors`) make, so a page is never let through by one and refused
+/// by the other. Scheme and host are compared without regard to case: browsers serialise them
+/// lowercase (RFC 6454 §6.1), while an operator may write `https://App.Example` and a
+/// non-browser client may send any case; the port is digits, compared as they are. A trailing `/`
+/// is dropped, as `origins` drops it from the list.
+pub fn origin_allowed(allowed: &[String], origin: &str) -> bool {
+    let origin = origin.trim_end_matches('/');
+    allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+}
+
 /// A PostgreSQL URL (`postgres://` or `postgresql://`) that the driver can read.
 pub fn postgres_url(raw: &str) -> Result<String, String> {
     let raw = raw.trim();
@@ -321,6 +335,30 @@ mod tests {
         );
         assert!(origins("a.example.com").is_err());
         assert!(origins("https://a.example.com/path").is_err());
+    }
+
+    #[test]
+    fn origins_match_without_case_in_scheme_and_host_but_not_by_port_or_suffix() {
+        let allowed = origins("https://App.Example, http://localhost:3000").unwrap();
+        for yes in [
+            "https://app.example",
+            "HTTPS://APP.EXAMPLE",
+            "https://app.example/",
+            "http://LOCALHOST:3000",
+        ] {
+            assert!(origin_allowed(&allowed, yes), "{yes}");
+        }
+        for no in [
+            "http://app.example",
+            "https://app.example:8443",
+            "https://app.example.evil",
+            "http://localhost:30000",
+            "null",
+            "",
+        ] {
+            assert!(!origin_allowed(&allowed, no), "{no}");
+        }
+        assert!(origin_allowed(&["*".to_string()], "https://any.example"));
     }
 
     #[test]

@@ -175,6 +175,8 @@ fn refuse_busy(
 
 /// Cross-site WebSocket hijacking guard: with `NOTIFYD_ALLOWED_ORIGINS` set, a browser handshake
 /// from any other origin is refused. Non-browser clients send no `Origin` and are let through.
+/// Compared as CORS compares (`values::origin_allowed`: scheme and host without regard to case),
+/// so a page CORS lets call the API is never refused its socket.
 fn check_origin(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     let Some(allowed) = &state.settings.allowed_origins else {
         return Ok(());
@@ -182,8 +184,9 @@ fn check_origin(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     let Some(origin) = req.headers().get("origin") else {
         return Ok(());
     };
-    let origin = origin.to_str().unwrap_or("").trim_end_matches('/');
-    if allowed.iter().any(|a| a == origin || a == "*") {
+    // Not visible ASCII: no listed origin (those are) can match it.
+    let origin = origin.to_str().unwrap_or("");
+    if crate::config::values::origin_allowed(allowed, origin) {
         Ok(())
     } else {
         Err(ApiError::Forbidden(format!(

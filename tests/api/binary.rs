@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
 
-use crate::helpers::{new_prefix, redis_url, TestDb, JWT_SECRET, SERVICE_KEY};
+use crate::helpers::{new_prefix, redis_url, TestDb, JWT_SECRET, OTHER_KEY, SERVICE_KEY};
 
 pub struct Notifyd {
     pub child: Child,
@@ -36,7 +36,7 @@ pub fn node_env(db: &TestDb, port: u16) -> Vec<(String, String)> {
         ("NOTIFYD_JWT_SECRET", JWT_SECRET.to_string()),
         (
             "NOTIFYD_SERVICE_KEYS",
-            format!("test:{SERVICE_KEY},other:other-key"),
+            format!("test:{SERVICE_KEY},other:{OTHER_KEY}"),
         ),
     ]
     .into_iter()

@@ -246,7 +246,7 @@ async fn the_same_idempotency_key_and_body_give_the_same_broadcast_once() {
     assert_eq!(other.status(), 409);
     assert_eq!(error_of(other).await["code"], "idempotency_conflict");
     // A key is per service: another service's use of it is its own broadcast.
-    let theirs = post_broadcast(&app, "other-key", Some("terms-2026"), &body).await;
+    let theirs = post_broadcast(&app, OTHER_KEY, Some("terms-2026"), &body).await;
     assert_eq!(theirs.status(), 202);
 
     let id = first["id"].as_str().expect("id");
@@ -405,7 +405,7 @@ async fn a_broadcast_is_visible_only_to_the_service_that_created_it() {
     let theirs = app
         .http
         .get(format!("{}/api/v1/broadcasts/{id}", app.base))
-        .bearer_auth("other-key")
+        .bearer_auth(OTHER_KEY)
         .send()
         .await
         .expect("GET");
@@ -435,7 +435,7 @@ async fn a_service_has_a_bounded_number_of_broadcasts_running() {
     assert_eq!(r.status(), 429);
     assert_eq!(error_of(r).await["code"], "too_many_broadcasts");
     // Another service's limit is its own.
-    let r = post_broadcast(&app, "other-key", None, &json!({"title": "theirs"})).await;
+    let r = post_broadcast(&app, OTHER_KEY, None, &json!({"title": "theirs"})).await;
     assert_eq!(r.status(), 202);
 
     release(hold).await;

@@ -39,6 +39,26 @@ async fn refused(args: &[&str], env: &[(String, String)]) -> String {
     stderr
 }
 
+/// Like `refused`, but says what happened instead of panicking, so a test of many cases
+/// reports every case that was not refused (a node that starts is stopped after `limit`).
+async fn refusal_of(
+    args: &[&str],
+    env: &[(String, String)],
+    limit: Duration,
+) -> Result<String, String> {
+    let mut p = Notifyd::start(args, env, 0);
+    let status = p.exit_within(limit).await;
+    let stderr = p.stderr();
+    if status.is_none() {
+        let _ = p.child.kill().await;
+        return Err(format!("started (still running after {limit:?}): {stderr}"));
+    }
+    match status.and_then(|s| s.code()) {
+        Some(1) if !stderr.contains("panicked") => Ok(stderr),
+        _ => Err(format!("exited with {status:?}: {stderr}")),
+    }
+}
+
 /// The heartbeat a node announces in `hello`.
 async fn heartbeat_s(p: &Notifyd) -> i64 {
     let mut ws = WsClient::connect(&format!(
@@ -228,4 +248,165 @@ async fn the_http_worker_count_is_what_the_setting_says_and_one_per_cpu_by_defau
             .any(|l| l == format!("notifyd_http_workers {cpus}")),
         "{metrics}"
     );
+}
+
+/// A JWT secret and a service key long enough for production (32 bytes and more), so that a
+/// refusal below is about the one setting each case spoils.
+const STRONG_SECRET: &str = "a-production-jwt-secret-of-48-bytes-0123456789ab";
+const STRONG_KEYS: &str = "billing:a-production-service-key-of-40-bytes-01";
+
+/// Contract §7 (production secrets): `serve` without `--dev` refuses the public dev secret, the
+/// dev service key, and any JWT secret or service key shorter than 32 bytes, naming the setting
+/// and never showing the value. It used to start with the dev secret and `dev:dev` silently, and
+/// with a short secret after a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_the_dev_secrets_and_short_ones_by_name_without_showing_them() {
+    let db = TestDb::new().await;
+    let dev_secret = notifyd::config::DEV_JWT_SECRET;
+    let mut wrong = vec![];
+    for (name, value, shown) in [
+        ("NOTIFYD_JWT_SECRET", dev_secret, dev_secret),
+        ("NOTIFYD_JWT_SECRET", "4byt", "4byt"),
+        // 31 bytes: one short.
+        (
+            "NOTIFYD_JWT_SECRET",
+            "thirty-one-bytes-of-secret-0123",
+            "thirty-one-bytes-of-secret-0123",
+        ),
+        ("NOTIFYD_SERVICE_KEYS", "dev:dev", "dev:dev"),
+        (
+            "NOTIFYD_SERVICE_KEYS",
+            "billing:a-production-service-key-of-40-bytes-01,shop:short-shop-key",
+            "short-shop-key",
+        ),
+    ] {
+        let port = free_port();
+        let env = with(
+            node_env(&db, port),
+            &[
+                ("NOTIFYD_JWT_SECRET", STRONG_SECRET),
+                ("NOTIFYD_SERVICE_KEYS", STRONG_KEYS),
+                (name, value),
+            ],
+        );
+        match refusal_of(&["serve"], &env, Duration::from_secs(10)).await {
+            Ok(stderr) => {
+                if stderr.contains(shown) {
+                    wrong.push(format!("{name}={value:?}: the value is shown: {stderr}"));
+                }
+                if !stderr.contains(name) {
+                    wrong.push(format!("{name}={value:?}: not named: {stderr}"));
+                }
+            }
+            Err(e) => wrong.push(format!("{name}={value:?}: not refused: {e}")),
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n\n"));
+}
+
+/// `serve --dev` keeps working whatever secrets are configured: it ignores them and uses the
+/// public dev secret and `dev:dev`, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_dev_still_starts_with_short_or_no_secrets() {
+    let db = TestDb::new().await;
+    let port = free_port();
+    let env = with(
+        node_env(&db, port),
+        &[
+            ("NOTIFYD_JWT_SECRET", "4byt"),
+            ("NOTIFYD_SERVICE_KEYS", "a:b"),
+        ],
+    );
+    let mut dev = Notifyd::start(&["serve", "--dev"], &env, port);
+    dev.healthy().await;
+    let r = reqwest::Client::new()
+        .get(format!("{}/api/v1/presence", dev.base))
+        .bearer_auth("dev")
+        .send()
+        .await
+        .expect("presence with the dev key");
+    assert_eq!(r.status(), 200);
+    dev.stop().await;
+}
+
+/// Contract §7: a `jwt_secret` in the config file that is not a string (a number, a boolean, a
+/// list, a table, a date, or text TOML cannot read as a value) stops `serve`, naming
+/// `jwt_secret` and never showing what was written. TOML used to turn a number or a boolean into
+/// other text (`1_000` became `1000`: another secret than the one written) and start, and a
+/// number too large for TOML's integers put its digits in the error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwt_secret_in_the_file_that_is_not_a_string_is_refused_without_its_value() {
+    let db = TestDb::new().await;
+    let mut wrong = vec![];
+    for (written, shown) in [
+        // Too large for TOML's 64-bit integers: its digits were echoed.
+        (
+            "123456789012345678901234567890123456",
+            "123456789012345678901234567890123456",
+        ),
+        // Too large for any integer.
+        (
+            "1234567890123456789012345678901234567890",
+            "1234567890123456789012345678901234567890",
+        ),
+        ("1234567890123456789", "1234567890123456789"),
+        ("1_234_567_890_123_456_789", "1234567890123456789"),
+        ("true", "jwt_secret = true"),
+        (
+            "[\"a-production-jwt-secret-part-one\", \"and-part-two-xyz\"]",
+            "part-one",
+        ),
+        (
+            "{ value = \"a-production-jwt-secret-in-a-table\" }",
+            "in-a-table",
+        ),
+        ("1979-05-27T07:32:00Z", "1979-05-27"),
+        ("1.5e300", "1.5e300"),
+        // Not quoted: not a TOML value at all.
+        (
+            "unquoted-production-secret-0123456789",
+            "unquoted-production-secret",
+        ),
+    ] {
+        let port = free_port();
+        let env = node_env(&db, port);
+        let mut toml = String::new();
+        for (k, v) in env.iter().filter(|(k, _)| k != "NOTIFYD_JWT_SECRET") {
+            let key = k.strip_prefix("NOTIFYD_").unwrap_or(k).to_ascii_lowercase();
+            let v = if k == "NOTIFYD_SERVICE_KEYS" {
+                STRONG_KEYS
+            } else {
+                v
+            };
+            toml.push_str(&format!("{key} = {v:?}\n"));
+        }
+        toml.push_str(&format!("jwt_secret = {written}\n"));
+        let file = config_file(&toml);
+        let shown_path = file.display().to_string();
+        match refusal_of(
+            &["serve", "--config", &shown_path],
+            &[],
+            Duration::from_secs(10),
+        )
+        .await
+        {
+            Ok(stderr) => {
+                if stderr.contains(shown) {
+                    wrong.push(format!(
+                        "jwt_secret = {written}: the value is shown: {stderr}"
+                    ));
+                }
+                // Named on the file's own line (not only by "NOTIFYD_JWT_SECRET is not set
+                // (nor jwt_secret in a config file)", which is not what is wrong).
+                if !stderr
+                    .lines()
+                    .any(|l| l.contains(&shown_path) && l.contains("jwt_secret"))
+                {
+                    wrong.push(format!("jwt_secret = {written}: not named: {stderr}"));
+                }
+            }
+            Err(e) => wrong.push(format!("jwt_secret = {written}: not refused: {e}")),
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n\n"));
 }

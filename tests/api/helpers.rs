@@ -12,8 +12,12 @@ use notifyd::startup::{Application, Stopper};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-pub const SERVICE_KEY: &str = "test-service-key";
-pub const JWT_SECRET: &str = "test-jwt-secret";
+// 32 bytes and more: `serve` without `--dev` refuses shorter secrets and keys (contract §7), and
+// the nodes of `binary::node_env` run as in production.
+pub const SERVICE_KEY: &str = "test-service-key-0123456789abcdef";
+/// The key of a second service (`other`), for what one service may not do to another's data.
+pub const OTHER_KEY: &str = "other-service-key-0123456789abcdef";
+pub const JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef";
 
 pub fn admin_url() -> String {
     std::env::var("TEST_DATABASE_ADMIN_URL")
@@ -177,7 +181,7 @@ pub fn settings_for(db_url: &str, opts: &Opts) -> Settings {
     s.jwt_secret = JWT_SECRET.into();
     s.service_keys = vec![
         ("test".into(), SERVICE_KEY.into()),
-        ("other".into(), "other-key".into()),
+        ("other".into(), OTHER_KEY.into()),
     ];
     s.redis_url = if opts.redis {
         Some(opts.redis_url.clone().unwrap_or_else(redis_url))

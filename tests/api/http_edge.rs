@@ -318,8 +318,13 @@ async fn unsupported_methods_on_known_routes_get_405_with_allow_and_unknown_path
             allow.contains(&allowed.to_ascii_lowercase()),
             "{method} {path}: Allow {allow:?}"
         );
+        // `HEAD` wherever `GET` is, but on `/ws`: a handshake is a `GET` only.
         if allowed == "GET" {
-            assert!(allow.contains(&"head".to_string()), "{path}: {allow:?}");
+            assert_eq!(
+                allow.contains(&"head".to_string()),
+                path != "/ws",
+                "{path}: {allow:?}"
+            );
         }
         assert_eq!(error_code(r).await, "method_not_allowed", "{method} {path}");
     }
@@ -384,6 +389,241 @@ async fn head_works_on_get_routes_without_a_body() {
         .await
         .expect("HEAD");
     assert_eq!(r.status(), 401);
+}
+
+/// Sends `request` on a new connection; returns the response's status line, its headers (names
+/// lower-cased) and every byte that followed the head within a short wait (a body, or the frames
+/// of a WebSocket session).
+async fn raw_head(port: u16, request: &str) -> (String, Vec<(String, String)>, Vec<u8>) {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    s.write_all(request.as_bytes()).await.expect("write");
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let end = loop {
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match tokio::time::timeout(T, s.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&chunk[..n]),
+            other => panic!(
+                "no response head ({other:?}): {:?}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    };
+    // Whatever comes after the head: nothing is expected, so a short wait tells.
+    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(500), s.read(&mut chunk)).await
+    {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&chunk[..n]);
+    }
+    let head = String::from_utf8_lossy(&got[..end]).to_string();
+    let mut lines = head.lines();
+    let status = lines.next().unwrap_or("").to_string();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, got[end..].to_vec())
+}
+
+/// Contract §7: `HEAD /ws`, with or without upgrade headers, is `405` with `Allow: GET` and the
+/// error body's headers (a HEAD answer carries no body). It used to be routed as `GET` and so
+/// upgraded into a real session (with a valid token), or refused as a bad handshake (400). Any
+/// spelling of the path and any token change nothing; `GET /ws` still upgrades, and the other
+/// methods on `/ws` say `Allow: GET` too (never `HEAD`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_ws_is_405_with_allow_get_and_never_upgrades() {
+    let db = TestDb::new().await;
+    let app = app_with_origins(&db, None).await;
+    let user = new_user();
+    let t = token(&user);
+    let upgrade = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    let mut wrong = vec![];
+    for target in [
+        format!("/ws?token={t}"),
+        format!("/%77s?token={t}"),
+        format!("http://x/ws?token={t}"),
+        "/ws".to_string(),
+        "/ws?token=bad".to_string(),
+    ] {
+        for (kind, extra) in [("upgrade", upgrade), ("plain", "Connection: close\r\n")] {
+            let request = format!("HEAD {target} HTTP/1.1\r\nHost: x\r\n{extra}\r\n");
+            let (status, headers, after) = raw_head(app.port, &request).await;
+            let get = |name: &str| {
+                headers
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.as_str())
+            };
+            let ok = status.starts_with("HTTP/1.1 405 ")
+                && get("allow") == Some("GET")
+                && get("content-type").is_some_and(|c| c.starts_with("application/json"))
+                && get("upgrade").is_none()
+                && after.is_empty();
+            if !ok {
+                wrong.push(format!(
+                    "HEAD {target} ({kind}): {status}, {headers:?}, {} bytes after the head",
+                    after.len()
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // The error body the HEAD answer's headers describe, as GET-less methods get it.
+    for method in [Method::POST, Method::PUT, Method::DELETE] {
+        let r = app
+            .http
+            .request(method.clone(), format!("{}/ws?token={t}", app.base))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), 405, "{method} /ws");
+        assert_eq!(header(r.headers(), "allow"), Some("GET"), "{method} /ws");
+        assert_eq!(error_code(r).await, "method_not_allowed");
+    }
+    let mut ws = app.ws(&user, None).await;
+    assert_eq!(ws.expect("hello", T).await["type"], "hello");
+}
+
+/// Contract §7 (internal surfaces): with `NOTIFYD_SERVICE_BIND` set, `/metrics` and `/readyz`
+/// answer only on the service listener, and the public one says `404` with the error body (they
+/// were served on both); `/healthz` answers on both. Without a service listener, its one listener
+/// serves all three, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_readiness_answer_only_on_the_service_listener_when_there_is_one() {
+    let db = TestDb::new().await;
+    let app = spawn_app_with(&db, Opts::default(), |s| {
+        s.service_bind = Some("127.0.0.1:0".into());
+    })
+    .await;
+    let public = app.base.clone();
+    let service = format!(
+        "http://127.0.0.1:{}",
+        app.service_port.expect("a service listener")
+    );
+    let mut wrong = vec![];
+    for path in ["/metrics", "/readyz"] {
+        for method in [Method::GET, Method::HEAD, Method::POST] {
+            let r = app
+                .http
+                .request(method.clone(), format!("{public}{path}"))
+                .send()
+                .await
+                .expect("request");
+            let status = r.status();
+            let json = header(r.headers(), "content-type")
+                .is_some_and(|c| c.starts_with("application/json"));
+            let code = if method == Method::HEAD {
+                None
+            } else {
+                r.json::<Value>()
+                    .await
+                    .ok()
+                    .map(|b| b["error"]["code"].clone())
+            };
+            let ok = status == 404
+                && json
+                && (method == Method::HEAD || code == Some(json!("not_found")));
+            if !ok {
+                wrong.push(format!(
+                    "public {method} {path}: {status}, error code {code:?}"
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    let metrics = app
+        .http
+        .get(format!("{service}/metrics"))
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(metrics.status(), 200, "service /metrics");
+    // Ready once the node's Redis subscriber has connected.
+    eventually(T, "service /readyz answers 200", || async {
+        let r = app.http.get(format!("{service}/readyz")).send().await;
+        r.ok().filter(|r| r.status() == 200)
+    })
+    .await;
+    for base in [&public, &service] {
+        let r = app
+            .http
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .expect("healthz");
+        assert_eq!(r.status(), 200, "{base}/healthz");
+    }
+    app.stop().await;
+
+    // One listener: everything on it.
+    let single = spawn_app(&db, Opts::default()).await;
+    for path in ["/metrics", "/healthz"] {
+        let r = single
+            .http
+            .get(format!("{}{path}", single.base))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), 200, "{path} without a service listener");
+    }
+    eventually(T, "/readyz answers 200", || async {
+        let r = single
+            .http
+            .get(format!("{}/readyz", single.base))
+            .send()
+            .await;
+        r.ok().filter(|r| r.status() == 200)
+    })
+    .await;
+    single.stop().await;
+}
+
+/// The WebSocket handshake and CORS compare origins the same way: scheme and host without
+/// regard to case (browsers send them lowercase; an operator may not write them so), the port
+/// exactly. The handshake used to compare case-sensitively, so `NOTIFYD_ALLOWED_ORIGINS=
+/// https://Shop.Example:8443` let CORS through for the shop's pages and refused their sockets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_websocket_and_cors_accept_the_same_origins_ignoring_case() {
+    let db = TestDb::new().await;
+    let app = app_with_origins(
+        &db,
+        Some(&["http://app.example", "https://Shop.Example:8443"]),
+    )
+    .await;
+    let u = new_user();
+    let url = app.ws_url(&token(&u), None);
+    let mut wrong = vec![];
+    for (origin, allowed) in [
+        ("http://app.example", true),
+        ("HTTP://App.EXAMPLE", true),
+        ("https://shop.example:8443", true),
+        ("HTTPS://SHOP.EXAMPLE:8443", true),
+        ("https://shop.example", false),
+        ("http://shop.example:8443", false),
+        ("http://app.example.evil", false),
+        (EVIL_ORIGIN, false),
+    ] {
+        let ws = match ws_connect_with(&url, &[("Origin", origin)]).await {
+            Ok(_) => true,
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 403 => false,
+            Err(e) => panic!("{origin}: the handshake failed otherwise: {e}"),
+        };
+        let r = preflight(&app, "/api/v1/me/unread-count", origin, "GET").await;
+        let cors =
+            r.status() == 204 && header(r.headers(), "access-control-allow-origin") == Some(origin);
+        if (ws, cors) != (allowed, allowed) {
+            wrong.push(format!(
+                "{origin}: expected allowed={allowed}, the WebSocket said {ws}, CORS said {cors}"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -706,11 +946,12 @@ async fn header_values_actix_accepts_but_tokens_cannot_hold_get_the_error_body()
     assert!(status.contains(" 401 "), "{status}");
     let v: Value = serde_json::from_str(&body).expect("JSON body");
     assert_eq!(v["error"]["code"], "unauthorized");
-    let (status, body) = raw_request(
-        &app,
-        b"POST /api/v1/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer test-service-key\r\nIdempotency-Key: \xff\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+    let mut post = format!(
+        "POST /api/v1/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {SERVICE_KEY}\r\nIdempotency-Key: "
     )
-    .await;
+    .into_bytes();
+    post.extend_from_slice(b"\xff\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}");
+    let (status, body) = raw_request(&app, &post).await;
     assert!(status.contains(" 422 "), "{status}");
     let v: Value = serde_json::from_str(&body).expect("JSON body");
     assert_eq!(v["error"]["field"], "Idempotency-Key");
@@ -794,13 +1035,14 @@ async fn handshakes_take_an_intake_turn_and_rest_calls_do_not() {
     .await;
     assert_eq!(waited().await, 0.0, "a REST call and a probe start at once");
     let upgrade = "HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
-    for line in [
-        "GET /ws?token=bad",
-        "HEAD /ws?token=bad",
-        "GET http://x/ws?token=bad",
+    for (line, answer) in [
+        ("GET /ws?token=bad", " 401 "),
+        // Not a handshake (405), but its connection was looked at like one.
+        ("HEAD /ws?token=bad", " 405 "),
+        ("GET http://x/ws?token=bad", " 401 "),
     ] {
         let (status, _) = raw_request_to(port, format!("{line} {upgrade}").as_bytes()).await;
-        assert!(status.contains(" 401 "), "{line}: {status}");
+        assert!(status.contains(answer), "{line}: {status}");
     }
     assert_eq!(waited().await, 3.0, "each handshake took a turn");
     node.stop().await;

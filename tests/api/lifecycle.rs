@@ -117,7 +117,7 @@ async fn another_service_cannot_retract_and_learns_nothing() {
     client.expect("hello", WAIT).await;
 
     // "other" did not create it: the same 404 body as an unknown id and as a malformed one.
-    let foreign = delete_as(&app, "other-key", &format!("/api/v1/messages/{id}")).await;
+    let foreign = delete_as(&app, OTHER_KEY, &format!("/api/v1/messages/{id}")).await;
     assert_eq!(foreign.status(), 404);
     let foreign: Value = foreign.json().await.expect("json");
     let unknown = delete_as(
@@ -165,7 +165,7 @@ async fn another_service_cannot_retract_and_learns_nothing() {
         client.next(Duration::from_millis(500)).await.is_none(),
         "no second event"
     );
-    let r = delete_as(&app, "other-key", &format!("/api/v1/messages/{id}")).await;
+    let r = delete_as(&app, OTHER_KEY, &format!("/api/v1/messages/{id}")).await;
     assert_eq!(r.status(), 404);
 
     // Service-key auth and methods like every service route.

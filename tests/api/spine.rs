@@ -319,7 +319,7 @@ async fn idempotency_key_replays_the_first_result_per_service() {
     assert_eq!(count_rows(&db.url, "t_message_real_time").await, 3);
 
     // The same key from another service is another key.
-    let r = app.post_messages_as("other-key", Some(key), &body).await;
+    let r = app.post_messages_as(OTHER_KEY, Some(key), &body).await;
     assert_eq!(r.status(), 201);
     let theirs: Value = r.json().await.unwrap();
     let seqs = recipients_and_seqs(&theirs);
@@ -334,7 +334,7 @@ async fn idempotency_key_replays_the_first_result_per_service() {
     assert_ne!(theirs["messages"][0]["id"], first["messages"][0]["id"]);
     assert_eq!(count_rows(&db.url, "t_message_real_time").await, 6);
     let again: Value = app
-        .post_messages_as("other-key", Some(key), &body)
+        .post_messages_as(OTHER_KEY, Some(key), &body)
         .await
         .json()
         .await

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::binary::{free_port, node_env, sample, Notifyd};
-use crate::helpers::{token, TestDb, WsClient, SERVICE_KEY};
+use crate::helpers::{token, TestDb, WsClient, OTHER_KEY, SERVICE_KEY};
 
 async fn post(http: &reqwest::Client, base: &str, key: &str, body: Value) -> reqwest::Response {
     http.post(format!("{base}/api/v1/messages"))
@@ -45,15 +45,9 @@ async fn json_logs_carry_request_and_session_spans_and_metrics_name_the_service(
     assert_eq!(r.headers()["x-request-id"], "req-from-caller-1");
     ws.expect("message.created", Duration::from_secs(10)).await;
     let two = json!({"messages": [msg("u-a"), msg("u-b")]});
-    assert_eq!(
-        post(&http, &node.base, "other-key", two).await.status(),
-        201
-    );
+    assert_eq!(post(&http, &node.base, OTHER_KEY, two).await.status(), 201);
     let bad = json!({"to_user": "u-a", "title": "", "content": "c"});
-    assert_eq!(
-        post(&http, &node.base, "other-key", bad).await.status(),
-        422
-    );
+    assert_eq!(post(&http, &node.base, OTHER_KEY, bad).await.status(), 422);
     let unnamed = http
         .get(format!("{}/healthz", node.base))
         .send()

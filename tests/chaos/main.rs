@@ -51,8 +51,9 @@ use faults::{FaultInjector, ALL_FAULTS};
 use producer::Producer;
 use util::{lock, note, wait_for, Clock};
 
-pub(crate) const JWT_SECRET: &str = "chaos-jwt-secret";
-pub(crate) const SERVICE_KEY: &str = "chaos-service-key";
+// 32 bytes and more: the nodes run `serve` without `--dev`, which refuses shorter ones.
+pub(crate) const JWT_SECRET: &str = "chaos-jwt-secret-0123456789abcdef";
+pub(crate) const SERVICE_KEY: &str = "chaos-service-key-0123456789abcdef";
 pub(crate) const NODES: usize = 3;
 /// The nodes ping every 2 s, so a client that hears nothing for this long has a dead socket.
 pub(crate) const CLIENT_SILENCE: Duration = Duration::from_secs(12);
