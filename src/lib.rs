@@ -26,6 +26,7 @@ pub mod startup;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod timed;
 pub mod topics;
 pub mod web;
 pub mod wire;

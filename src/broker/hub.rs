@@ -410,13 +410,9 @@ async fn bounded<T>(
     what: &'static str,
     fut: impl std::future::Future<Output = redis::RedisResult<T>>,
 ) -> anyhow::Result<T> {
-    match tokio::time::timeout(COMMAND_TIMEOUT, fut).await {
-        Ok(r) => r.with_context(|| format!("{what} failed")),
-        Err(_) => {
-            metrics::counter!("notifyd_hub_command_timeouts_total", "command" => what).increment(1);
-            anyhow::bail!("{what} timed out after {COMMAND_TIMEOUT:?}")
-        }
-    }
+    let late =
+        || metrics::counter!("notifyd_hub_command_timeouts_total", "command" => what).increment(1);
+    crate::timed::timed(COMMAND_TIMEOUT, what, late, fut).await
 }
 
 #[cfg(test)]

@@ -421,8 +421,5 @@ async fn bounded<T, E: std::error::Error + Send + Sync + 'static>(
     t: Duration,
     fut: impl std::future::Future<Output = Result<T, E>>,
 ) -> anyhow::Result<T> {
-    match tokio::time::timeout(t, fut).await {
-        Ok(r) => Ok(r?),
-        Err(_) => anyhow::bail!("a housekeeping database call took longer than {t:?}"),
-    }
+    crate::timed::timed(t, "a housekeeping database call", || {}, fut).await
 }

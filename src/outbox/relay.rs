@@ -320,13 +320,8 @@ async fn bounded<T>(
     t: Duration,
     fut: impl Future<Output = Result<T, diesel::result::Error>>,
 ) -> anyhow::Result<T> {
-    match tokio::time::timeout(t, fut).await {
-        Ok(r) => Ok(r?),
-        Err(_) => {
-            metrics::counter!("notifyd_relay_db_timeouts_total").increment(1);
-            anyhow::bail!("a relay database call took longer than {t:?}")
-        }
-    }
+    let late = || metrics::counter!("notifyd_relay_db_timeouts_total").increment(1);
+    crate::timed::timed(t, "a relay database call", late, fut).await
 }
 
 /// While leading: LISTEN on a separate connection so commits on other nodes wake this relay.
