@@ -51,19 +51,7 @@ async fn socket(app: &TestApp, token: &str) -> WsClient {
 async fn ws_send(c: &mut WsClient, r#ref: &str, to_user: Value, message: Value) -> Value {
     c.send(&json!({"type": "send", "to_user": to_user, "message": message, "ref": r#ref}))
         .await;
-    answer(c, r#ref).await
-}
-
-async fn answer(c: &mut WsClient, r#ref: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + T;
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match c.next(left).await {
-            Some(f) if f["ref"] == r#ref => return f,
-            Some(_) => continue,
-            None => panic!("no answer to {ref} within {T:?}; closed={:?}", c.closed),
-        }
-    }
+    c.answer_to(r#ref, T).await
 }
 
 async fn rows_from(app: &TestApp, sender: &str) -> i64 {
@@ -294,7 +282,7 @@ async fn invalid_messages_are_refused_with_their_field_and_write_nothing() {
     // A frame whose message is not an object is malformed, as a frame.
     s.send(&json!({"type": "send", "to_user": to, "message": "hi", "ref": "b1"}))
         .await;
-    let e = answer(&mut s, "b1").await;
+    let e = s.answer_to("b1", T).await;
     assert_eq!(e["error"]["code"], "bad_frame");
     // Malformed REST bodies.
     let r = rest_send(&app, &tok, None, &json!({"to_user": to, "message": "hi"})).await;
@@ -416,7 +404,7 @@ async fn past_the_burst_send_frames_get_rate_limited_and_write_nothing() {
     assert_eq!(rows_from(&app, &sender).await, accepted as i64);
     // The socket stays open and usable.
     s.send(&json!({"type": "ping", "ref": "p"})).await;
-    assert_eq!(answer(s, "p").await["type"], "pong");
+    assert_eq!(s.answer_to("p", T).await["type"], "pong");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -535,10 +523,10 @@ async fn a_send_frame_with_a_key_sent_twice_creates_one_message() {
     c.next_of("hello", T).await;
     let frame = |r: &str, key: Value| json!({"type": "send", "to_user": to, "message": chat("once"), "key": key, "ref": r});
     c.send(&frame("d1", json!("resend-1"))).await;
-    let first = answer(&mut c, "d1").await;
+    let first = c.answer_to("d1", T).await;
     assert_eq!(first["type"], "ack", "{first}");
     c.send(&frame("d2", json!("resend-1"))).await;
-    let again = answer(&mut c, "d2").await;
+    let again = c.answer_to("d2", T).await;
     assert_eq!(
         (&again["type"], &again["id"], &again["replayed"]),
         (&json!("ack"), &first["id"], &json!(true)),
@@ -547,7 +535,7 @@ async fn a_send_frame_with_a_key_sent_twice_creates_one_message() {
     assert_eq!(rows_from(&app, &sender).await, 1);
     for bad in [json!(""), json!(7), json!("a b")] {
         c.send(&frame("d3", bad.clone())).await;
-        let e = answer(&mut c, "d3").await;
+        let e = c.answer_to("d3", T).await;
         assert_eq!(
             (&e["type"], &e["error"]["field"]),
             (&json!("error"), &json!("key")),

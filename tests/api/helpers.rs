@@ -937,6 +937,23 @@ impl WsClient {
         }
     }
 
+    /// The answer to `ref` (an `ack` or `error` echoing it), skipping any other frame; panics
+    /// with what arrived if none comes within `timeout`.
+    pub async fn answer_to(&mut self, r#ref: &str, timeout: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await {
+                Some(f) if f["ref"] == r#ref => return f,
+                Some(_) => continue,
+                None => panic!(
+                    "no answer to {ref} within {timeout:?}; closed={:?}",
+                    self.closed
+                ),
+            }
+        }
+    }
+
     /// The next `types.len()` frames, which must be exactly one of each type in any order;
     /// returned in the order of `types`.
     pub async fn next_set(&mut self, types: &[&str], timeout: Duration) -> Vec<Value> {

@@ -70,19 +70,6 @@ async fn error_of(r: reqwest::Response) -> (u16, Value) {
     (status, body["error"].clone())
 }
 
-/// The answer to `ref` (skipping anything else), or a panic naming what arrived.
-async fn answer(c: &mut WsClient, r#ref: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + T;
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match c.next(left).await {
-            Some(f) if f["ref"] == r#ref => return f,
-            Some(_) => continue,
-            None => panic!("no answer to {ref} within {T:?}; closed={:?}", c.closed),
-        }
-    }
-}
-
 async fn socket(app: &TestApp, token: &str) -> WsClient {
     let mut c = WsClient::connect(&app.ws_url(token, None))
         .await
@@ -119,12 +106,12 @@ async fn a_bad_topic_name_is_refused_on_every_path() {
                 _ => json!({"type": kind, "topics": ["product:ok", name], "ref": r#ref}),
             };
             c.send(&frame).await;
-            assert_validation_failed(&answer(&mut c, &r#ref).await, &format!("{why} ({kind})"));
+            assert_validation_failed(&c.answer_to(&r#ref, T).await, &format!("{why} ({kind})"));
         }
         // The session still works, and none of the bad names was subscribed.
         c.send(&json!({"type": "subscribe", "topics": ["product:ok"], "ref": "fine"}))
             .await;
-        assert_eq!(answer(&mut c, "fine").await["type"], "ack", "{kind}");
+        assert_eq!(c.answer_to("fine", T).await["type"], "ack", "{kind}");
         for (why, name) in &names {
             assert_eq!(app.stopper.state().topics.subscribers(name), 0, "{why}");
         }
@@ -229,7 +216,7 @@ async fn a_bad_user_id_in_a_body_or_a_path_is_422_naming_it() {
         let r#ref = format!("d{i}");
         s.send(&json!({"type": "send", "to_user": id, "message": message, "ref": r#ref}))
             .await;
-        let f = answer(&mut s, &r#ref).await;
+        let f = s.answer_to(&r#ref, T).await;
         assert_eq!(
             (&f["error"]["code"], &f["error"]["field"]),
             (&json!("validation_failed"), &json!("to_user")),
