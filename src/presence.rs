@@ -7,7 +7,9 @@
 //! within a minute. Without Redis the local counts are the whole truth.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
@@ -47,8 +49,8 @@ impl Presence {
         })
     }
 
-    fn local(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
-        self.local.lock().unwrap_or_else(|p| p.into_inner())
+    fn local(&self) -> parking_lot::MutexGuard<'_, HashMap<String, usize>> {
+        self.local.lock()
     }
 
     /// One more (`+1`) or one fewer (`-1`) connection of `user` on this node. Counted by deltas,
@@ -69,10 +71,7 @@ impl Presence {
             }
         }
         if self.redis.is_some() {
-            self.dirty
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(user.to_string());
+            self.dirty.lock().insert(user.to_string());
             self.changed.notify_one();
         }
     }
@@ -133,7 +132,7 @@ impl Presence {
         loop {
             let users: Vec<String> = tokio::select! {
                 _ = self.changed.notified() => {
-                    std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|p| p.into_inner()))
+                    std::mem::take(&mut *self.dirty.lock())
                         .into_iter()
                         .collect()
                 }

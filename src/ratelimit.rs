@@ -4,8 +4,8 @@
 //! And `SessionRate`, the per-session limit of `subscribe`/`unsubscribe` frames, kept inline in
 //! the session's task.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Keys one limiter remembers at most. Past it, buckets that have refilled completely (they
@@ -49,7 +49,7 @@ impl TokenBuckets {
     }
 
     fn take_at(&self, key: &str, now: Instant) -> Result<(), Duration> {
-        let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.buckets.lock();
         if !map.contains_key(key) && map.len() >= MAX_KEYS {
             let (rate, burst) = (self.per_second, self.burst);
             map.retain(|_, b| refill(*b, now, rate, burst) < burst);

@@ -17,7 +17,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -130,8 +132,8 @@ impl Hub {
         self.connected.store(true, Ordering::SeqCst);
     }
 
-    fn routes(&self) -> std::sync::MutexGuard<'_, Routes> {
-        self.routes.lock().unwrap_or_else(|p| p.into_inner())
+    fn routes(&self) -> parking_lot::MutexGuard<'_, Routes> {
+        self.routes.lock()
     }
 
     /// Routes `channel` to `tx` under `listener`. Returns once the broker confirmed the

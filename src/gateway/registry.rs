@@ -4,7 +4,9 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use tokio::sync::{oneshot, Semaphore};
 
@@ -61,8 +63,8 @@ impl Gateway {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn actors(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
-        self.actors.lock().unwrap_or_else(|p| p.into_inner())
+    fn actors(&self) -> parking_lot::MutexGuard<'_, HashMap<String, Entry>> {
+        self.actors.lock()
     }
 
     pub fn is_shutting_down(&self) -> bool {

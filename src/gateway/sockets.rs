@@ -2,7 +2,9 @@
 //! permit per socket, taken before the upgrade and given back when the session's task ends.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use crate::error::ApiError;
 
@@ -38,8 +40,8 @@ impl SocketPermit {
 }
 
 impl SocketCounts {
-    fn sockets(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
-        self.sockets.lock().unwrap_or_else(|p| p.into_inner())
+    fn sockets(&self) -> parking_lot::MutexGuard<'_, HashMap<String, usize>> {
+        self.sockets.lock()
     }
 
     /// Counts one more WebSocket for `user`, or refuses it (429) at `max` on this node.
