@@ -2,8 +2,11 @@
 //!
 //! The data path, by module: `api::messages` (handler) → `inbox::create` (one transaction:
 //! rows, counters, `store::events`, `store::outbox`) → `outbox::relay` → `broker` (Redis or
-//! in-process) → `broker::hub` → `gateway::user_actor` → `gateway::session` (the socket). Topic
-//! events go `broker::hub` → `topics::router` → `gateway::session`, without the user actors.
+//! in-process) → `broker::hub` → `gateway::user_actor` → `wire::outbound` (the session's queue)
+//! → `gateway::session` (the socket). Topic events go `broker::hub` → `topics::router` →
+//! `wire::outbound`, without the user actors. A client's messages come back the other way:
+//! `gateway::session` → `gateway::inbound` → the actor's `gateway::mailbox`, the router, or
+//! `inbox::direct`. Every input is checked by `model` first.
 
 pub mod announce;
 pub mod api;

@@ -3,6 +3,7 @@
 pub mod admission;
 pub mod catch_up;
 pub mod conn;
+pub mod inbound;
 pub mod intake;
 pub mod mailbox;
 pub mod registry;
