@@ -197,6 +197,30 @@ async fn a_client_refused_for_a_frame_meets_tcp_backpressure_not_a_reader() {
     app.stop().await;
 }
 
+/// A raw WebSocket to `port` with `token`, its `101` answer read: the next bytes are frames.
+async fn raw_ws_token(port: u16, token: &str) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let req = format!(
+        "GET /ws?token={token} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.expect("handshake");
+    let mut head = vec![];
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).await.expect("handshake answer");
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s
+}
+
 /// Reads server frames (unmasked, as a server sends them) until one contains `needle` or
 /// `timeout` passes; returns the text frames read, joined.
 async fn read_text_frames_until(
@@ -274,21 +298,28 @@ async fn malformed_requests_and_frames_are_never_logged_above_warn() {
         frame(true, 0, TEXT, b"{}", false),
         data(true, TEXT, &[b' '; 70_000]),
     ] {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .expect("connect");
-        let req = format!(
-            "GET /ws?token={} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-            token(&new_user())
-        );
-        s.write_all(req.as_bytes()).await.expect("handshake");
+        let mut s = raw_ws_token(port, &token(&new_user())).await;
         s.write_all(&bad).await.expect("frame");
-        assert!(read_close_code(&mut s, T).await.is_some(), "no close frame");
+        let code = read_close_code(&mut s, T).await;
+        assert!(matches!(code, Some(1002 | 1009)), "closed with {code:?}");
     }
 
     let (stdout, stderr) = node.stop().await;
     let logs = format!("{stdout}{stderr}");
     let errors: Vec<&str> = logs.lines().filter(|l| l.contains("ERROR")).collect();
     assert!(errors.is_empty(), "a client wrote ERROR lines: {errors:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_continuation_that_would_take_a_message_past_64_kib_closes_1009_at_its_header() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    // 60,000 bytes of a text message, then a continuation header announcing 60,000 more that
+    // never come: the message would be 120,000 bytes, and nothing of it is to be buffered.
+    let mut bytes = data(false, TEXT, &[b' '; 60_000]);
+    bytes.extend([0x80, 0x80 | 126]);
+    bytes.extend_from_slice(&60_000u16.to_be_bytes());
+    bytes.extend_from_slice(&MASK);
+    assert_eq!(close_code_after(&app, &bytes).await, Some(1009));
+    app.stop().await;
 }

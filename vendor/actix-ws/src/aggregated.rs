@@ -57,7 +57,7 @@ pub struct AggregatedMessageStream {
 /// bytes, as RFC 6455 §5.2 requires it to be encoded (the minimal length encoding), so that a
 /// message's size counts its fragments' headers too and many tiny fragments cannot pass as
 /// a small message.
-fn header_len(len: usize) -> usize {
+pub(crate) fn header_len(len: usize) -> usize {
     2 + 4
         + match len {
             0..=125 => 0,

@@ -68,6 +68,11 @@ pub struct MessageStream {
     buf: BytesMut,
     codec: Codec,
     closing: bool,
+    // notifyd patch: the frame size limit, and the bytes (headers and payloads) of the
+    // fragmented message being received, so that a fragment is refused at its header when it
+    // would take the message past the limit (see `decode_next`).
+    max_frame: usize,
+    message: usize,
 }
 
 impl MessageStream {
@@ -79,6 +84,8 @@ impl MessageStream {
             buf: BytesMut::new(),
             codec: Codec::new(),
             closing: false,
+            max_frame: 65_536,
+            message: 0,
         }
     }
 
@@ -107,6 +114,7 @@ impl MessageStream {
     #[must_use]
     pub fn max_frame_size(mut self, max_size: usize) -> Self {
         self.codec = self.codec.max_size(max_size);
+        self.max_frame = max_size;
         self
     }
 
@@ -227,6 +235,33 @@ impl Drop for StreamingBody {
     }
 }
 
+// notifyd patch: decodes the next frame with the size limit that is left for it. Inside a
+// fragmented message a frame may take only what the message has left of `max_frame`, so a
+// continuation that would take it past the limit is refused at its header (upstream buffered
+// the whole continuation first, up to `max_frame` more, and the aggregated stream refused it
+// only then). Control frames, which may come between fragments, always have their 125 bytes.
+fn decode_next(
+    codec: &mut Codec,
+    buf: &mut BytesMut,
+    max_frame: usize,
+    message: &mut usize,
+) -> Result<Option<Frame>, ProtocolError> {
+    let budget = max_frame.saturating_sub(*message).max(125);
+    *codec = codec.clone().max_size(budget);
+    let frame = codec.decode(buf)?;
+    if let Some(Frame::Continuation(item)) = &frame {
+        match item {
+            actix_http::ws::Item::FirstText(b)
+            | actix_http::ws::Item::FirstBinary(b)
+            | actix_http::ws::Item::Continue(b) => {
+                *message += b.len() + crate::aggregated::header_len(b.len());
+            }
+            actix_http::ws::Item::Last(_) => *message = 0,
+        }
+    }
+    Ok(frame)
+}
+
 // notifyd patch: one conversion for both decode loops of `poll_next`.
 fn message_of(frame: Frame) -> Result<Message, ProtocolError> {
     Ok(match frame {
@@ -272,7 +307,9 @@ impl Stream for MessageStream {
             // frame under the limit plus one read chunk, and a client that is not being read meets
             // TCP back-pressure.
             loop {
-                while let Some(frame) = this.codec.decode(&mut this.buf)? {
+                while let Some(frame) =
+            decode_next(&mut this.codec, &mut this.buf, this.max_frame, &mut this.message)?
+        {
                     let message = message_of(frame)?;
                     this.messages.push_back(message);
                 }
@@ -302,7 +339,9 @@ impl Stream for MessageStream {
         }
 
         // Create messages until there's no more bytes left
-        while let Some(frame) = this.codec.decode(&mut this.buf)? {
+        while let Some(frame) =
+            decode_next(&mut this.codec, &mut this.buf, this.max_frame, &mut this.message)?
+        {
             let message = message_of(frame)?;
             this.messages.push_back(message);
         }
