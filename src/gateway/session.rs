@@ -112,6 +112,24 @@ pub async fn close_connection(
     }
 }
 
+/// `close_connection` for a session refused before it started (the node is busy): the client's
+/// stream is held, unread, until the connection is gone. Dropped at once, the HTTP layer would
+/// read and discard whatever the client streams for as long as the close takes; held, the client
+/// meets TCP back-pressure.
+pub async fn refuse_connection(
+    ws: actix_ws::Session,
+    stream: actix_ws::MessageStream,
+    reason: (u16, &'static str),
+    grace: Duration,
+    conn: Option<Conn>,
+) {
+    close_connection(ws, reason, grace, conn.clone()).await;
+    if let Some(conn) = conn {
+        conn.wait_closed(grace * 3).await;
+    }
+    drop(stream);
+}
+
 /// How long a client may go without answering a ping before it counts as not reading: two
 /// missed heartbeats and half of the third.
 pub fn liveness_window(heartbeat: Duration) -> Duration {

@@ -109,7 +109,8 @@ pub async fn connect(
                 let grace = session::close_grace(state.settings.heartbeat);
                 let busy = (close::TRY_AGAIN_LATER, protocol::busy_reason());
                 actix_web::rt::spawn(
-                    session::close_connection(ws_session, busy, grace, conn).instrument(span),
+                    session::refuse_connection(ws_session, stream, busy, grace, conn)
+                        .instrument(span),
                 );
                 return Ok(response);
             }
@@ -152,7 +153,8 @@ fn refuse_shutting_down() -> ApiError {
 
 /// Upgrades and at once closes with 1013 and a jittered `retry_after`: the node has
 /// `NOTIFYD_WS_MAX_JOINING` handshakes in flight and no place in its queue (or the wait for one
-/// passed `NOTIFYD_WS_JOIN_WAIT`). Nothing more the client sent is read.
+/// passed `NOTIFYD_WS_JOIN_WAIT`). Nothing more the client sent is read: it meets TCP
+/// back-pressure until the connection is reset (`session::refuse_connection`).
 fn refuse_busy(
     req: &HttpRequest,
     body: web::Payload,
@@ -160,12 +162,13 @@ fn refuse_busy(
     reason: &'static str,
 ) -> Result<HttpResponse, ApiError> {
     metrics::counter!("notifyd_ws_refused_total", "reason" => reason).increment(1);
-    let (response, ws_session, _stream) = actix_ws::handle(req, body)
+    let (response, ws_session, stream) = actix_ws::handle(req, body)
         .map_err(|e| ApiError::BadRequest(format!("websocket handshake: {e}")))?;
     let grace = session::close_grace(state.settings.heartbeat);
     let busy = (close::TRY_AGAIN_LATER, protocol::busy_reason());
-    actix_web::rt::spawn(session::close_connection(
+    actix_web::rt::spawn(session::refuse_connection(
         ws_session,
+        stream,
         busy,
         grace,
         Conn::of(req),
