@@ -20,7 +20,7 @@ use super::mailbox::{ActorMsg, MailboxSender};
 use super::sockets::SocketPermit;
 use crate::auth::jwt::UserClaims;
 use crate::state::AppState;
-use crate::wire::outbound::{Next, Out, SessionTx};
+use crate::wire::outbound::{CloseWith, Next, Out, SessionTx};
 use crate::wire::protocol::{self, close};
 
 /// How long a client closed for its own behaviour has to take its close frame before the
@@ -112,22 +112,26 @@ pub async fn close_connection(
     }
 }
 
-/// `close_connection` for a session refused before it started (the node is busy): the client's
-/// stream is held, unread, until the connection is gone. Dropped at once, the HTTP layer would
-/// read and discard whatever the client streams for as long as the close takes; held, the client
-/// meets TCP back-pressure.
-pub async fn refuse_connection(
+/// Ends a connection whose session is over: sends `reason`'s close frame (none when the
+/// connection is already gone) and keeps `held`, the client's request stream, unread until the
+/// connection is gone. Dropped at once, actix-http would read and discard whatever a client that
+/// was just closed keeps streaming; held, the client meets TCP back-pressure until
+/// `close_connection` resets the connection. For every session, and for one refused right
+/// after its upgrade (the node is busy).
+pub async fn close_holding<S>(
     ws: actix_ws::Session,
-    stream: actix_ws::MessageStream,
-    reason: (u16, &'static str),
+    held: S,
+    reason: Option<CloseWith>,
     grace: Duration,
     conn: Option<Conn>,
 ) {
-    close_connection(ws, reason, grace, conn.clone()).await;
+    if let Some(reason) = reason {
+        close_connection(ws, reason, grace, conn.clone()).await;
+    }
     if let Some(conn) = conn {
         conn.wait_closed(grace * 3).await;
     }
-    drop(stream);
+    drop(held);
 }
 
 /// How long a client may go without answering a ping before it counts as not reading: two
@@ -376,19 +380,8 @@ pub async fn run(ctx: Box<SessionCtx>) {
             }
             drop(permit);
         };
-        let closing = async {
-            if let Some(reason) = close {
-                close_connection(ws, reason, close_grace(heartbeat), conn.clone()).await;
-            }
-        };
+        let closing = close_holding(ws, stream, close, close_grace(heartbeat), conn);
         tokio::join!(depart, closing);
-        // Keep the request stream (unread) until the connection is gone: dropped, actix-http
-        // would read and discard whatever a client that was just closed keeps streaming; held,
-        // the client meets TCP backpressure until `close_connection` resets the connection.
-        if let Some(conn) = conn {
-            conn.wait_closed(liveness_window(heartbeat) * 3).await;
-        }
-        drop(stream);
     })
     .await;
     tracing::info!("websocket session ended");

@@ -106,12 +106,7 @@ pub async fn connect(
             Ok((actor, joined)) => (Some(actor), joined),
             Err(e) => {
                 span.in_scope(|| tracing::debug!(error = %e, "session refused after the upgrade"));
-                let grace = session::close_grace(state.settings.heartbeat);
-                let busy = (close::TRY_AGAIN_LATER, protocol::busy_reason());
-                actix_web::rt::spawn(
-                    session::refuse_connection(ws_session, stream, busy, grace, conn)
-                        .instrument(span),
-                );
+                actix_web::rt::spawn(close_busy(ws_session, stream, &state, conn).instrument(span));
                 return Ok(response);
             }
         },
@@ -154,7 +149,7 @@ fn refuse_shutting_down() -> ApiError {
 /// Upgrades and at once closes with 1013 and a jittered `retry_after`: the node has
 /// `NOTIFYD_WS_MAX_JOINING` handshakes in flight and no place in its queue (or the wait for one
 /// passed `NOTIFYD_WS_JOIN_WAIT`). Nothing more the client sent is read: it meets TCP
-/// back-pressure until the connection is reset (`session::refuse_connection`).
+/// back-pressure until the connection is reset (`close_busy`).
 fn refuse_busy(
     req: &HttpRequest,
     body: web::Payload,
@@ -164,16 +159,21 @@ fn refuse_busy(
     metrics::counter!("notifyd_ws_refused_total", "reason" => reason).increment(1);
     let (response, ws_session, stream) = actix_ws::handle(req, body)
         .map_err(|e| ApiError::BadRequest(format!("websocket handshake: {e}")))?;
-    let grace = session::close_grace(state.settings.heartbeat);
-    let busy = (close::TRY_AGAIN_LATER, protocol::busy_reason());
-    actix_web::rt::spawn(session::refuse_connection(
-        ws_session,
-        stream,
-        busy,
-        grace,
-        Conn::of(req),
-    ));
+    actix_web::rt::spawn(close_busy(ws_session, stream, state, Conn::of(req)));
     Ok(response)
+}
+
+/// Closes a session refused right after its upgrade with 1013 and a jittered `retry_after`,
+/// holding the client's stream unread until the connection is gone (`session::close_holding`).
+fn close_busy(
+    ws: actix_ws::Session,
+    stream: actix_ws::MessageStream,
+    state: &AppState,
+    conn: Option<Conn>,
+) -> impl std::future::Future<Output = ()> {
+    let busy = (close::TRY_AGAIN_LATER, protocol::busy_reason());
+    let grace = session::close_grace(state.settings.heartbeat);
+    session::close_holding(ws, stream, Some(busy), grace, conn)
 }
 
 /// Cross-site WebSocket hijacking guard: with `NOTIFYD_ALLOWED_ORIGINS` set, a browser handshake
