@@ -995,8 +995,22 @@ pub async fn raw_ws_with(
     user: &str,
     recv_buffer: Option<u32>,
 ) -> (tokio::net::TcpStream, u16) {
-    use tokio::io::AsyncReadExt;
     let (mut s, port) = raw_upgrade_request(app, user, recv_buffer).await;
+    read_upgrade_answer(&mut s).await;
+    (s, port)
+}
+
+/// A raw WebSocket to the node on `port` with `token` (any token, or none that is valid), its
+/// `101` answer read: the next bytes are frames.
+pub async fn raw_ws_token(port: u16, token: &str) -> tokio::net::TcpStream {
+    let (mut s, _) = raw_upgrade_request_to(port, token, None).await;
+    read_upgrade_answer(&mut s).await;
+    s
+}
+
+/// Reads a WebSocket handshake's answer up to its blank line; it must be `101`.
+pub async fn read_upgrade_answer(s: &mut tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
     let mut head = vec![];
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -1008,7 +1022,6 @@ pub async fn raw_ws_with(
         "{}",
         String::from_utf8_lossy(&head)
     );
-    (s, port)
 }
 
 /// A TCP connection to `app` that has sent `user`'s WebSocket upgrade request and read nothing
@@ -1018,23 +1031,56 @@ pub async fn raw_upgrade_request(
     user: &str,
     recv_buffer: Option<u32>,
 ) -> (tokio::net::TcpStream, u16) {
+    raw_upgrade_request_to(app.port, &token(user), recv_buffer).await
+}
+
+/// `raw_upgrade_request` to the node on `port`, with `token` as it is.
+pub async fn raw_upgrade_request_to(
+    port: u16,
+    token: &str,
+    recv_buffer: Option<u32>,
+) -> (tokio::net::TcpStream, u16) {
     use tokio::io::AsyncWriteExt;
     let sock = tokio::net::TcpSocket::new_v4().expect("socket");
     if let Some(size) = recv_buffer {
         sock.set_recv_buffer_size(size).expect("SO_RCVBUF");
     }
     let mut s = sock
-        .connect(([127, 0, 0, 1], app.port).into())
+        .connect(([127, 0, 0, 1], port).into())
         .await
         .expect("connect");
-    let port = s.local_addr().expect("local addr").port();
+    let local = s.local_addr().expect("local addr").port();
     let req = format!(
-        "GET /ws?token={} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        token(user)
+        "GET /ws?token={token} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     );
     s.write_all(req.as_bytes()).await.expect("handshake");
-    (s, port)
+    (s, local)
+}
+
+/// Writes a masked binary frame header announcing 1 GiB, then as much of its payload as the
+/// server takes within `limit`; returns the payload bytes it took. A server that stopped reading
+/// leaves the client to TCP back-pressure (a few MB of kernel buffers on loopback); one that
+/// reads and discards takes hundreds of MB.
+pub async fn bytes_taken_after_a_huge_frame(
+    s: &mut tokio::net::TcpStream,
+    limit: Duration,
+) -> usize {
+    use tokio::io::AsyncWriteExt;
+    let mut head = vec![0x82, 0x80 | 127];
+    head.extend_from_slice(&(1u64 << 30).to_be_bytes());
+    head.extend_from_slice(&[0x37, 0xfa, 0x21, 0x3d]);
+    s.write_all(&head).await.expect("header");
+    let chunk = vec![0u8; 64 * 1024];
+    let mut written = 0usize;
+    let until = tokio::time::Instant::now() + limit;
+    while written < (1 << 30) {
+        match tokio::time::timeout_at(until, s.write(&chunk)).await {
+            Ok(Ok(n)) => written += n,
+            Ok(Err(_)) | Err(_) => break, // reset by the server, or blocked: both are fine
+        }
+    }
+    written
 }
 
 /// Opens a transaction holding `user`'s counter row (`FOR UPDATE`): every command of that user

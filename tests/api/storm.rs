@@ -512,7 +512,6 @@ async fn internal_services_can_have_a_listener_of_their_own() {
 /// client's stream at once, and the HTTP layer read and discarded it at full speed.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_refused_as_busy_meets_tcp_backpressure_not_a_reader() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let db = TestDb::new().await;
     let app = spawn_app_with(&db, Opts::no_relay(), |s| {
         s.ws_max_joining = Some(1);
@@ -521,31 +520,8 @@ async fn a_client_refused_as_busy_meets_tcp_backpressure_not_a_reader() {
     .await;
     let (locker, _holding) = hold_the_only_turn(&app, &db).await;
     let (mut tcp, _) = raw_upgrade_request(&app, &new_user(), None).await;
-    let mut head = vec![];
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        tcp.read_exact(&mut b).await.expect("the refusal's upgrade");
-        head.push(b[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    // A binary frame announcing 1 GiB, then as much of it as the server takes in 3 s.
-    let mut frame = vec![0x82, 0x80 | 127];
-    frame.extend_from_slice(&(1u64 << 30).to_be_bytes());
-    frame.extend_from_slice(&[1, 2, 3, 4]);
-    tcp.write_all(&frame).await.expect("header");
-    let chunk = vec![0u8; 64 * 1024];
-    let mut written = 0usize;
-    let until = tokio::time::Instant::now() + Duration::from_secs(3);
-    while written < (1 << 30) {
-        match tokio::time::timeout_at(until, tcp.write(&chunk)).await {
-            Ok(Ok(n)) => written += n,
-            Ok(Err(_)) | Err(_) => break, // reset, or blocked: both are fine
-        }
-    }
+    read_upgrade_answer(&mut tcp).await;
+    let written = bytes_taken_after_a_huge_frame(&mut tcp, Duration::from_secs(3)).await;
     assert!(
         written < 64 << 20,
         "the server read on a refused client: {} MB taken in 3 s",

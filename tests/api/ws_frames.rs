@@ -173,20 +173,7 @@ async fn a_client_refused_for_a_frame_meets_tcp_backpressure_not_a_reader() {
     let db = TestDb::new().await;
     let app = spawn_app(&db, Opts::default()).await;
     let mut s = raw_ws(&app, &new_user()).await;
-    // A header announcing 1 GiB, then as much of its payload as the server will take in 3 s.
-    let mut head = vec![0x82, 0x80 | 127];
-    head.extend_from_slice(&(1u64 << 30).to_be_bytes());
-    head.extend_from_slice(&MASK);
-    s.write_all(&head).await.expect("header");
-    let chunk = vec![0u8; 64 * 1024];
-    let mut written = 0usize;
-    let until = tokio::time::Instant::now() + Duration::from_secs(3);
-    while written < (1 << 30) {
-        match tokio::time::timeout_at(until, s.write(&chunk)).await {
-            Ok(Ok(n)) => written += n,
-            Ok(Err(_)) | Err(_) => break, // reset by the server, or blocked: both are fine
-        }
-    }
+    let written = bytes_taken_after_a_huge_frame(&mut s, Duration::from_secs(3)).await;
     // What the kernel's buffers on both sides hold (a few MB on loopback) and what the server
     // read before it saw the header: far less than a server reading on at full speed takes.
     assert!(
@@ -195,30 +182,6 @@ async fn a_client_refused_for_a_frame_meets_tcp_backpressure_not_a_reader() {
         written >> 20
     );
     app.stop().await;
-}
-
-/// A raw WebSocket to `port` with `token`, its `101` answer read: the next bytes are frames.
-async fn raw_ws_token(port: u16, token: &str) -> tokio::net::TcpStream {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect");
-    let req = format!(
-        "GET /ws?token={token} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).await.expect("handshake");
-    let mut head = vec![];
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut b).await.expect("handshake answer");
-        head.push(b[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    s
 }
 
 /// Reads server frames (unmasked, as a server sends them) until one contains `needle` or
