@@ -36,6 +36,14 @@ pub enum Cmd {
         #[command(flatten)]
         config: ConfigFile,
     },
+    /// After restoring the database from a backup: give every inbox a new epoch, so that
+    /// gateways and clients that saw seqs the restored database no longer has reset their
+    /// sessions at once (docs/operations.md). Safe to run at any time: it costs every open
+    /// session one reset.
+    ResetEpochs {
+        #[command(flatten)]
+        config: ConfigFile,
+    },
     /// Print every event of a user, and of the topics given, as a JSON line (reconnects and
     /// resumes with since, subscribes again, prints each event once).
     Listen {
@@ -132,6 +140,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{} migration(s) applied", applied.len());
             let created = crate::outbox::housekeeping::create_partitions_ahead(&settings).await?;
             println!("{created} event log partition(s) created ahead");
+            Ok(())
+        }
+        Cmd::ResetEpochs { config } => {
+            let settings = Settings::load(false, false, config.path.as_deref())?;
+            crate::telemetry::init_logging(&settings);
+            let n = crate::db::reset_epochs(&settings.database_url).await?;
+            println!("{n} inbox(es) given a new epoch");
             Ok(())
         }
         Cmd::Listen {

@@ -173,6 +173,19 @@ pub async fn migrate(database_url: &str) -> anyhow::Result<Vec<String>> {
     .context("migration task")?
 }
 
+/// `notifyd reset-epochs`: every inbox a new epoch (`store::inbox_state::renew_epochs`), on a
+/// connection of its own with a lock timeout (it updates every counter row).
+pub async fn reset_epochs(database_url: &str) -> anyhow::Result<usize> {
+    let limits = Limits {
+        lock_timeout: Some(Duration::from_secs(30)),
+        ..Default::default()
+    };
+    let mut conn = connect(database_url, &limits)
+        .await
+        .with_context(|| format!("connecting to {}", crate::config::redact::url(database_url)))?;
+    Ok(crate::store::inbox_state::renew_epochs(&mut conn).await?)
+}
+
 /// Runs one request's (or command's) database work on a pooled connection, bounded by
 /// `limit` on our side. The server's own timeouts cannot fire for a statement that never
 /// reached it: a connection gone silent (a hung server or pooler, a black-holing network)

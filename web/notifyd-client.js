@@ -107,6 +107,9 @@
  *   the page's origin. The WebSocket URL is derived from it (ws(s)://.../ws).
  * @property {number|null} [since]      resume from this seq (e.g. kept in sessionStorage); default
  *   none: the first `hello` triggers a `reset` with reason `initial`
+ * @property {number|null} [epoch]      the inbox epoch `since` belongs to ({@link NotifydClient#epoch},
+ *   kept beside it): if the user's inbox was erased and began again meanwhile, the resume is a
+ *   `reset`, not the new inbox's events after `since`
  * @property {number} [backoffBaseMs=500]   first retry delay cap
  * @property {number} [backoffMaxMs=30000]  cap of the retry delay
  * @property {number} [commandTimeoutMs=15000] a command not answered by then is rejected (`timeout`)
@@ -274,6 +277,9 @@ export class NotifydClient {
 
     /** @type {number|null} */
     this._seq = Number.isSafeInteger(options.since) && options.since >= 0 ? options.since : null;
+    /** @type {number|null} which inbox `_seq` counts in (set by the initial `hello` and resets) */
+    this._epoch =
+      this._seq !== null && Number.isSafeInteger(options.epoch) && options.epoch >= 0 ? options.epoch : null;
     /** @type {NotifydCounts|null} */
     this._counts = null;
     /** @type {Map<string, Set<Function>>} */
@@ -314,6 +320,11 @@ export class NotifydClient {
   // ---------------------------------------------------------------- state
 
   /** @returns {number|null} the last applied seq (persist it to resume across page loads) */
+  /** @returns {number|null} the inbox epoch of {@link NotifydClient#seq}: keep it beside `seq` */
+  get epoch() {
+    return this._epoch;
+  }
+
   get seq() {
     return this._seq;
   }
@@ -421,6 +432,7 @@ export class NotifydClient {
     this._tokenExp = token === null ? null : tokenExp(token);
     const q = new URLSearchParams(token === null ? {} : { token: String(token) });
     if (this._seq !== null) q.set('since', String(this._seq));
+    if (this._seq !== null && this._epoch !== null) q.set('epoch', String(this._epoch));
     const wsUrl = `${this.baseUrl.replace(/^http/i, 'ws')}/ws?${q}`;
     let ws;
     try {
@@ -726,6 +738,9 @@ export class NotifydClient {
 
   _reset(reason, f) {
     this._seq = Number.isSafeInteger(f.seq) ? f.seq : 0;
+    // Only a reset (or the first hello) moves the epoch: a resume's `hello` comes before its
+    // `sync`, and a drop between them must not pair the old `since` with the new epoch.
+    this._epoch = Number.isSafeInteger(f.epoch) ? f.epoch : null;
     this._setCounts(f, reason === 'initial' ? 'hello' : 'sync');
     this._emit('reset', { reason, seq: this._seq, unread: f.unread, unseen: f.unseen });
   }

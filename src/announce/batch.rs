@@ -69,7 +69,7 @@ pub async fn run_one(
         .await?;
     // Committed: hand the batch's events to the recipients connected here.
     if let Some((req, rows)) = &created {
-        local.user_events(rows.frames(req, |u| local.here(u)));
+        local.user_events(rows.envelopes(req, |u| local.here(u)));
     }
     Ok(done)
 }

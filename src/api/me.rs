@@ -100,18 +100,20 @@ pub async fn unread_count(
 #[derive(Deserialize)]
 pub struct ChangesQuery {
     since: Option<String>,
+    epoch: Option<String>,
 }
 
 /// `GET /api/v1/me/changes?since=<seq>`
 #[utoipa::path(get, path = "/api/v1/me/changes", tag = "user",
     security(("userJwt" = [])),
-    params(("since" = Option<i64>, Query, minimum = 0, description = "the last seq the client applied; default 0")),
+    params(("since" = Option<i64>, Query, minimum = 0, description = "the last seq the client applied; default 0"),
+        ("epoch" = Option<i64>, Query, minimum = 0, description = "the inbox epoch that seq belongs to (from `hello`, a reset or an earlier answer): when the user's inbox has another (it was erased and began again), the answer is a reset")),
     responses(
         (status = 200, description = "the events after `since`, or a reset", body = Changes),
         (status = 400, description = "the query string cannot be read (e.g. a parameter given twice)", body = ErrorBody),
         (status = 401, description = "missing, invalid or expired user token", body = ErrorBody),
         (status = 403, description = "a browser Origin not in NOTIFYD_ALLOWED_ORIGINS", body = ErrorBody),
-        (status = 422, description = "`since` is not an integer from 0", body = ErrorBody),
+        (status = 422, description = "`since` or `epoch` is not an integer from 0", body = ErrorBody),
         (status = 503, description = "the database is unavailable; retry", body = ErrorBody),
     ))]
 pub async fn changes(
@@ -120,8 +122,9 @@ pub async fn changes(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let since = int_param(q.since.as_deref(), "since", 0, i64::MAX)?.unwrap_or(0);
+    let epoch = int_param(q.epoch.as_deref(), "epoch", 0, i64::MAX)?;
     let changes = state
-        .db(async |conn| Ok(inbox_changes::since(conn, &user.0.user, since).await?))
+        .db(async |conn| Ok(inbox_changes::since(conn, &user.0.user, since, epoch).await?))
         .await?;
     Ok(HttpResponse::Ok().json(changes))
 }

@@ -3,8 +3,10 @@
 use actix_web::{web, HttpResponse};
 
 use crate::auth::service::Service;
+use crate::broker::Envelope;
 use crate::error::{ApiError, ErrorBody};
 use crate::inbox::erase;
+use crate::inbox::local::LocalDelivery;
 use crate::model::input;
 use crate::state::AppState;
 
@@ -33,7 +35,8 @@ pub async fn erase(
         .await?;
     if erased.had_inbox {
         state.waker.wake();
-        state.gateway.erased(&user);
+        // Sessions here hear it now, ahead of the relayed notice (one path, see inbox::local).
+        LocalDelivery::of(&state).deliver(&user, Envelope::erased());
     }
     metrics::counter!("notifyd_users_erased_total").increment(1);
     tracing::info!(

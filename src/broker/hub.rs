@@ -28,6 +28,8 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::mpsc::Sender;
 use tokio::sync::{watch, Notify};
 
+use super::envelope::Envelope;
+
 /// How often the subscriber PINGs Redis, and how long an answer may take. A half-open
 /// connection is thus found within `PING_EVERY + COMMAND_TIMEOUT`.
 pub const PING_EVERY: Duration = Duration::from_secs(3);
@@ -51,10 +53,10 @@ pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Clone)]
 pub enum HubMsg {
-    /// A payload published on `channel`.
+    /// An envelope published on `channel` (its header read once, by the hub).
     Message {
         channel: Arc<str>,
-        payload: Arc<str>,
+        envelope: Envelope,
     },
     /// The broker connection was (re)established: anything may have been missed before it.
     Resync,
@@ -221,9 +223,10 @@ impl Hub {
         self.routes().map.contains_key(channel)
     }
 
-    /// Hands a payload to every local listener of `channel`, never waiting: a full or closed
-    /// mailbox loses the message (counted; the listener repairs from PostgreSQL).
-    pub fn deliver(&self, channel: &str, payload: Arc<str>) {
+    /// Hands an envelope to every local listener of `channel`, never waiting: a full or closed
+    /// mailbox loses the message (counted; the listener repairs from PostgreSQL). Listeners
+    /// share its frame (one allocation, however many listen).
+    pub fn deliver(&self, channel: &str, envelope: Envelope) {
         let routes = self.routes();
         if let Some(list) = routes.map.get(channel) {
             let channel: Arc<str> = Arc::from(channel);
@@ -232,9 +235,25 @@ impl Hub {
                     tx,
                     HubMsg::Message {
                         channel: channel.clone(),
-                        payload: payload.clone(),
+                        envelope: envelope.clone(),
                     },
                 );
+            }
+        }
+    }
+
+    /// A payload as the broker carries it (`Envelope::encode`), to the local listeners of
+    /// `channel`. One that is not an envelope is dropped and counted: nothing a listener could
+    /// do with it.
+    pub fn deliver_encoded(&self, channel: &str, payload: &str) {
+        if !self.listens(channel) {
+            return;
+        }
+        match Envelope::decode(payload) {
+            Ok(envelope) => self.deliver(channel, envelope),
+            Err(e) => {
+                metrics::counter!("notifyd_hub_malformed_total").increment(1);
+                tracing::debug!(error = %e, channel, "dropped a broker payload");
             }
         }
     }
@@ -342,7 +361,7 @@ impl Hub {
                 msg = stream.next() => match msg {
                     Some(msg) => {
                         let payload = String::from_utf8_lossy(msg.get_payload_bytes());
-                        self.deliver(msg.get_channel_name(), Arc::from(payload.as_ref()));
+                        self.deliver_encoded(msg.get_channel_name(), &payload);
                     }
                     None => anyhow::bail!("the subscriber connection closed"),
                 },
@@ -423,7 +442,7 @@ mod tests {
 
     fn payload(msg: HubMsg) -> String {
         match msg {
-            HubMsg::Message { payload, .. } => payload.to_string(),
+            HubMsg::Message { envelope, .. } => envelope.frame.to_string(),
             HubMsg::Resync => "resync".into(),
         }
     }
@@ -437,12 +456,12 @@ mod tests {
         let (tx, mut rx) = tokio::sync::mpsc::channel(2);
         hub.listen("c", 1, Arc::new(tx)).await;
         for i in 0..5 {
-            hub.deliver("c", Arc::from(i.to_string().as_str()));
+            hub.deliver("c", Envelope::probe(&i.to_string()));
         }
         assert_eq!(payload(rx.recv().await.expect("first")), "0");
         assert_eq!(payload(rx.recv().await.expect("second")), "1");
         assert!(rx.try_recv().is_err(), "2, 3 and 4 were dropped");
-        hub.deliver("c", Arc::from("5"));
+        hub.deliver("c", Envelope::probe("5"));
         assert_eq!(payload(rx.recv().await.expect("after room")), "5");
     }
 

@@ -7,6 +7,7 @@
 //! otherwise be read as the answer to the next command, and a half-open connection would be
 //! handed to the next caller.
 
+pub mod envelope;
 pub mod hub;
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use anyhow::Context;
 use redis::io::tcp::{socket2::TcpKeepalive, TcpSettings};
 use redis::IntoConnectionInfo;
 
+pub use envelope::{Envelope, Head};
 pub use hub::{Hub, HubMsg};
 
 /// How long one pipeline of PUBLISHes may take before the relay treats Redis as down.
@@ -33,7 +35,7 @@ pub enum Broker {
 }
 
 impl Broker {
-    /// Publishes `(channel, payload)` pairs in order, in one round trip.
+    /// Publishes `(channel, envelope text)` pairs in order, in one round trip.
     pub async fn publish(&self, items: &[(String, String)]) -> anyhow::Result<()> {
         match self {
             Broker::Redis(pool) => {
@@ -45,7 +47,7 @@ impl Broker {
             }
             Broker::Local(hub) => {
                 for (channel, payload) in items {
-                    hub.deliver(channel, Arc::from(payload.as_str()));
+                    hub.deliver_encoded(channel, payload);
                 }
                 Ok(())
             }
@@ -163,7 +165,9 @@ pub async fn canary(hub: &Hub, pool: &deadpool_redis::Pool, channel: &str) -> bo
     let token = uuid::Uuid::new_v4().to_string();
     let published = query_cmd::<i64>(
         pool,
-        redis::cmd("PUBLISH").arg(channel).arg(&token),
+        redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(Envelope::probe(&token).encode()),
         CANARY_TIMEOUT,
     )
     .await;
@@ -174,8 +178,8 @@ pub async fn canary(hub: &Hub, pool: &deadpool_redis::Pool, channel: &str) -> bo
         }
         Ok(_) => tokio::time::timeout(CANARY_TIMEOUT, async {
             while let Some(msg) = rx.recv().await {
-                if let HubMsg::Message { payload, .. } = msg {
-                    if *payload == *token {
+                if let HubMsg::Message { envelope, .. } = msg {
+                    if envelope.head == Head::Probe && *envelope.frame == *token {
                         return true;
                     }
                 }

@@ -18,9 +18,10 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::error::ApiError;
-use crate::inbox::changes::{Changes, MAX_REPLAY};
+use crate::inbox::changes::{self, Changes, MAX_REPLAY};
 use crate::state::AppState;
 use crate::store::events::{self, ResumeRow};
+use crate::store::inbox_state::Counters;
 
 /// Joins waiting for their read on this node; more are refused with `retry_after`.
 pub const QUEUE: usize = 8192;
@@ -36,6 +37,8 @@ struct Request {
     user: String,
     /// `None`: counters only (a fresh session, nothing to replay).
     since: Option<i64>,
+    /// The inbox epoch `since` belongs to, if the client said.
+    epoch: Option<i64>,
     reply: oneshot::Sender<Reply>,
 }
 
@@ -64,6 +67,7 @@ impl CatchUp {
         state: &AppState,
         user: &str,
         since: Option<i64>,
+        epoch: Option<i64>,
     ) -> Result<oneshot::Receiver<Reply>, Busy> {
         let tx = self.tx.get_or_init(|| {
             let (tx, rx) = mpsc::channel(QUEUE);
@@ -74,6 +78,7 @@ impl CatchUp {
         let req = Request {
             user: user.to_string(),
             since,
+            epoch,
             reply,
         };
         match tx.try_send(req) {
@@ -135,86 +140,24 @@ async fn read_batch(state: &AppState, batch: Vec<Request>) {
         let mut evs: Vec<(i64, Value)> = vec![];
         while rows.front().is_some_and(|row| row.i == i as i64) {
             let Some(row) = rows.pop_front() else { break };
-            counts.get_or_insert((row.seq, row.unread, row.unseen));
+            counts.get_or_insert(Counters {
+                seq: row.seq,
+                unread: row.unread,
+                unseen: row.unseen,
+                seen_seq: 0,
+                epoch: row.epoch,
+            });
             if let (Some(s), Some(p)) = (row.event_seq, row.payload) {
                 evs.push((s, p));
             }
         }
         events_read += evs.len() as u64;
         let reply = match counts {
-            Some((seq, unread, unseen)) => Ok(resolve(r.since, seq, unread, unseen, evs)),
+            Some(c) => Ok(changes::resolve(r.since, r.epoch, c, evs)),
             // Every request has a row; none means the statement did not do what it says.
             None => Err(ApiError::Unavailable("catch-up read lost a request".into())),
         };
         let _ = r.reply.send(reply);
     }
     metrics::counter!("notifyd_catch_up_events_total").increment(events_read);
-}
-
-/// What a session resuming after `since` gets, by the rules of `changes::since`: the events,
-/// or a reset when `since` is ahead of the stream (a restored database), more than
-/// `MAX_REPLAY` behind, or older than what retention kept (a hole at the start or inside).
-fn resolve(
-    since: Option<i64>,
-    seq: i64,
-    unread: i64,
-    unseen: i64,
-    events: Vec<(i64, Value)>,
-) -> Changes {
-    let replay = |events: Vec<Value>| Changes::Events {
-        seq,
-        unread,
-        unseen,
-        events,
-    };
-    let Some(since) = since else {
-        return replay(vec![]);
-    };
-    let reset = Changes::Reset {
-        reset: true,
-        seq,
-        unread,
-        unseen,
-    };
-    if since < 0 || since > seq || seq - since > MAX_REPLAY {
-        return reset;
-    }
-    if since == seq {
-        return replay(vec![]);
-    }
-    if events.first().map(|(s, _)| *s) != Some(since + 1) || events.len() as i64 != seq - since {
-        return reset;
-    }
-    replay(events.into_iter().map(|(_, p)| p).collect())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn evs(r: std::ops::RangeInclusive<i64>) -> Vec<(i64, Value)> {
-        r.map(|s| (s, json!({ "seq": s }))).collect()
-    }
-
-    #[test]
-    fn resolve_follows_the_rules_of_changes_since() {
-        let seqs = |c: &Changes| match c {
-            Changes::Events { events, .. } => Some(events.len()),
-            Changes::Reset { .. } => None,
-        };
-        assert_eq!(seqs(&resolve(None, 5, 1, 1, vec![])), Some(0));
-        assert_eq!(seqs(&resolve(Some(5), 5, 1, 1, vec![])), Some(0));
-        assert_eq!(seqs(&resolve(Some(2), 5, 1, 1, evs(3..=5))), Some(3));
-        // ahead of the stream, a pruned start, a hole inside, too far behind
-        assert_eq!(seqs(&resolve(Some(6), 5, 1, 1, vec![])), None);
-        assert_eq!(seqs(&resolve(Some(2), 5, 1, 1, evs(4..=5))), None);
-        let mut holed = evs(3..=5);
-        holed.remove(1);
-        assert_eq!(seqs(&resolve(Some(2), 5, 1, 1, holed)), None);
-        assert_eq!(
-            seqs(&resolve(Some(0), MAX_REPLAY + 1, 1, 1, evs(1..=MAX_REPLAY))),
-            None
-        );
-    }
 }

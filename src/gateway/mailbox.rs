@@ -8,7 +8,7 @@ pub use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use crate::broker::hub::{self, HubMsg};
-use crate::inbox::CommittedEvent;
+use crate::broker::Envelope;
 use crate::wire::outbound::SessionTx;
 use crate::wire::protocol::ClientFrame;
 use crate::wire::queue::{Queue, Shared};
@@ -28,24 +28,29 @@ pub enum ActorMsg {
         session: u64,
     },
     Command(Box<SessionCommand>),
-    /// A change this node just committed: delivered at once, ahead of the relay's copy.
-    Committed(Box<CommittedEvent>),
-    /// An event of the user's as the broker relayed it (the frame's JSON text).
-    Relayed(Box<Arc<str>>),
+    /// An envelope on the user's channel: relayed by the broker, or handed over by this node
+    /// right after its commit (`inbox::local`), ahead of the relay's copy.
+    Event(Box<Envelope>),
     /// The broker connection was re-established: events may have been missed meanwhile.
     Resync,
-    /// The user was erased by a request on this node: reset the sessions now, before the
-    /// node's next committed change of the new inbox (the relayed notice follows for the rest).
-    Erased,
-    /// The audit read the user's current seq from the database: repair if anything is missing.
-    Audit(i64),
+    /// The audit read the user's inbox from the database: repair if anything is missing.
+    Audit(Box<Seen>),
     /// The node is stopping: close every session with 1012.
     Shutdown,
+}
+
+/// A user's seq and inbox epoch as the database has them (0, 0: no inbox).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    pub seq: i64,
+    pub epoch: i64,
 }
 
 pub struct Join {
     pub session: SessionTx,
     pub since: Option<i64>,
+    /// The inbox epoch the client's `since` belongs to (from its `hello`), if it said.
+    pub epoch: Option<i64>,
     /// Fired once `hello` (and `sync`) are queued for the session.
     pub joined: oneshot::Sender<()>,
 }
@@ -136,7 +141,7 @@ impl Drop for MailboxReceiver {
 impl hub::Mailbox for Inbox {
     fn offer(&self, msg: HubMsg) -> Result<(), hub::Refused> {
         let msg = match msg {
-            HubMsg::Message { payload, .. } => ActorMsg::Relayed(Box::new(payload)),
+            HubMsg::Message { envelope, .. } => ActorMsg::Event(Box::new(envelope)),
             HubMsg::Resync => ActorMsg::Resync,
         };
         put(self, msg, true).map_err(|e| match e {
@@ -161,19 +166,20 @@ mod tests {
         ActorMsg::Leave { session }
     }
 
+    fn audit(seq: i64) -> ActorMsg {
+        ActorMsg::Audit(Box::new(Seen { seq, epoch: 1 }))
+    }
+
     #[tokio::test]
     async fn a_full_mailbox_refuses_sends_but_always_takes_departures_in_order() {
         let (tx, rx) = mailbox();
         for i in 0..ACTOR_MAILBOX as u64 {
-            assert!(tx.try_send(ActorMsg::Audit(i as i64)).is_ok());
+            assert!(tx.try_send(audit(i as i64)).is_ok());
         }
-        assert!(matches!(
-            tx.try_send(ActorMsg::Audit(-1)),
-            Err(TrySendError::Full(_))
-        ));
+        assert!(matches!(tx.try_send(audit(-1)), Err(TrySendError::Full(_))));
         assert!(tx.send_always(leave(7)).is_ok());
         for i in 0..ACTOR_MAILBOX as i64 {
-            assert!(matches!(rx.recv().await, ActorMsg::Audit(n) if n == i));
+            assert!(matches!(rx.recv().await, ActorMsg::Audit(s) if s.seq == i));
         }
         assert!(matches!(rx.recv().await, ActorMsg::Leave { session: 7 }));
         assert!(rx.is_empty());
@@ -184,9 +190,9 @@ mod tests {
         let (tx, rx) = mailbox();
         let waiting = tokio::spawn(async move { rx.recv().await });
         tokio::task::yield_now().await;
-        assert!(tx.try_send(ActorMsg::Erased).is_ok());
+        assert!(tx.try_send(ActorMsg::Resync).is_ok());
         let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await;
-        assert!(matches!(got, Ok(Ok(ActorMsg::Erased))));
+        assert!(matches!(got, Ok(Ok(ActorMsg::Resync))));
     }
 
     #[tokio::test]
@@ -197,13 +203,14 @@ mod tests {
         let join = Join {
             session,
             since: None,
+            epoch: None,
             joined: joined_tx,
         };
         assert!(tx.try_send(ActorMsg::Join(Box::new(join))).is_ok());
         drop(rx);
         assert!(joined.await.is_err(), "the queued join's session hears no");
         assert!(matches!(
-            tx.try_send(ActorMsg::Erased),
+            tx.try_send(ActorMsg::Resync),
             Err(TrySendError::Closed(_))
         ));
         assert!(matches!(

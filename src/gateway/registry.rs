@@ -12,7 +12,7 @@ use tokio::sync::{oneshot, Semaphore};
 
 use super::admission::Admission;
 use super::catch_up::CatchUp;
-use super::mailbox::{self, ActorMsg, Join, MailboxSender, TrySendError};
+use super::mailbox::{self, ActorMsg, Join, MailboxSender, Seen, TrySendError};
 use super::sockets::SocketCounts;
 use super::user_actor;
 use crate::error::ApiError;
@@ -102,13 +102,19 @@ impl Gateway {
                     state.db(async |conn| Ok(crate::store::inbox_state::seqs(conn, &names).await?));
                 match seqs.await {
                     Ok(seqs) => {
-                        let by_user: HashMap<String, i64> = seqs.into_iter().collect();
-                        // A user without a counter row has seq 0: never had a message, or
-                        // was erased (then the actor resets its sessions if the erase notice
-                        // was lost on the broker).
+                        let by_user: HashMap<String, Seen> = seqs
+                            .into_iter()
+                            .map(|(u, seq, epoch)| (u, Seen { seq, epoch }))
+                            .collect();
+                        // A user without a counter row has seq 0 and epoch 0: never had a
+                        // message, or was erased (then the actor resets its sessions if the
+                        // erase notice was lost on the broker).
                         for (user, tx) in chunk {
-                            let seq = by_user.get(user).copied().unwrap_or(0);
-                            let _ = tx.try_send(ActorMsg::Audit(seq));
+                            let seen = by_user
+                                .get(user)
+                                .copied()
+                                .unwrap_or(Seen { seq: 0, epoch: 0 });
+                            let _ = tx.try_send(ActorMsg::Audit(Box::new(seen)));
                         }
                     }
                     Err(e) => tracing::debug!(error = %e, "audit skipped"),
@@ -125,6 +131,7 @@ impl Gateway {
         user: &str,
         session: SessionTx,
         since: Option<i64>,
+        epoch: Option<i64>,
     ) -> Result<(MailboxSender, oneshot::Receiver<()>), ApiError> {
         let mut actors = self.actors();
         let user = user.to_string();
@@ -132,6 +139,7 @@ impl Gateway {
         let mut msg = ActorMsg::Join(Box::new(Join {
             session,
             since,
+            epoch,
             joined: joined_tx,
         }));
         if let Some(entry) = actors.get(&user) {
@@ -182,23 +190,6 @@ impl Gateway {
                 }
             }
             _ => true,
-        }
-    }
-
-    /// Hands a change committed on this node straight to the user's actor, if the user is
-    /// connected here (the relay's copy follows and is dropped as a duplicate).
-    pub fn committed(&self, ev: crate::inbox::CommittedEvent) {
-        if let Some(entry) = self.actors().get(&ev.user) {
-            // A full mailbox drops it: the relay's copy (or the audit) brings it.
-            let _ = entry.tx.try_send(ActorMsg::Committed(Box::new(ev)));
-        }
-    }
-
-    /// Tells the user's actor here, if any, that the user was erased (see `ActorMsg::Erased`).
-    pub fn erased(&self, user: &str) {
-        if let Some(entry) = self.actors().get(user) {
-            // A full mailbox drops it: the relayed notice (or the audit) resets the sessions.
-            let _ = entry.tx.try_send(ActorMsg::Erased);
         }
     }
 

@@ -2,30 +2,34 @@
 //! from the broker, and delivers them to every session in seq order with no hole and no duplicate.
 //! It deals with the inbox only: topics go from the hub to the sessions through `topics::router`.
 //!
-//! `last_seq` is the highest seq the actor has delivered. An event at `last_seq + 1` goes straight
-//! out; one at or below `last_seq` is a duplicate and is dropped; one further ahead means an event
-//! was lost on the way, and the actor reads the missing ones from the event log first. Every event
-//! the broker carries was committed before it was published, and a user's events commit in seq
-//! order, so the log always holds the missing ones.
+//! `last_seq` is the highest seq the actor has delivered, in the inbox `epoch` (see
+//! `broker::envelope`). An event at `last_seq + 1` goes straight out; one at or below `last_seq`
+//! is a duplicate and is dropped; one further ahead means an event was lost on the way, and the
+//! actor reads the missing ones from the event log first. Every event the broker carries was
+//! committed before it was published, and a user's events commit in seq order, so the log always
+//! holds the missing ones. An event of another epoch belongs to another inbox: an older one's
+//! is dropped; a newer one's means the inbox was replaced (erased, or a restored database marked
+//! with `notifyd reset-epochs`), and every session is reset to the inbox as it is now.
+//!
+//! Nothing here parses a frame: the envelope's header says what the actor needs.
 
-use std::collections::VecDeque;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use super::catch_up::Busy;
-use super::mailbox::{ActorMsg, Join, MailboxReceiver, MailboxSender, SessionCommand};
+use super::mailbox::{ActorMsg, Join, MailboxReceiver, MailboxSender, Seen, SessionCommand};
 use super::vec_map::VecMap;
+use crate::broker::{Envelope, Head};
 use crate::error::ApiError;
 use crate::inbox::changes::{self, Changes};
 use crate::inbox::commands::{self, Command};
 use crate::inbox::CountsView;
 use crate::state::AppState;
 use crate::store::events;
+use crate::store::inbox_state::Counters;
 use crate::wire::outbound::{Offer, Push, SessionTx};
 use crate::wire::protocol::{self, close, ClientFrame};
 
@@ -42,12 +46,9 @@ struct Actor {
     state: Arc<AppState>,
     user: String,
     id: u64,
-    me: MailboxSender,
     last_seq: i64,
-    /// Fingerprints of the last events delivered, to tell a duplicate (same seq, same event)
-    /// from a database restored to an older state (same seq, another event).
-    recent: VecDeque<(i64, u64)>,
-    last_restore_check: Option<Instant>,
+    /// The inbox `last_seq` counts in; 0 while the user has none (or it is not known yet).
+    epoch: i64,
     /// The user's turn at the database for WebSocket commands (one at a time).
     db_turn: Option<Arc<tokio::sync::Semaphore>>,
     sessions: VecMap<u64, Session>,
@@ -63,40 +64,6 @@ const CATCH_UP_PAGE: i64 = 200;
 
 /// How long a join waits for its batched read before the session is refused as busy.
 const JOIN_READ_WAIT: Duration = Duration::from_secs(15);
-
-/// Events remembered for telling duplicates from a restored database.
-const RECENT_EVENTS: usize = 128;
-/// At most one database check per actor in this window when an unexpected old seq arrives.
-const RESTORE_CHECK_EVERY: Duration = Duration::from_secs(1);
-
-#[derive(Deserialize, Hash)]
-struct EventHead {
-    seq: i64,
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    /// Present on `message.created`: its `send_time` gives the end-to-end delivery latency.
-    message: Option<MessageHead>,
-    ids: Option<Vec<String>>,
-    /// Only on the erase notice (`inbox::erase::notice`).
-    reset: Option<bool>,
-}
-
-#[derive(Deserialize, Hash)]
-struct MessageHead {
-    id: Option<String>,
-    send_time: Option<String>,
-}
-
-impl EventHead {
-    /// What identifies an event besides its seq (the same event published twice has the same).
-    fn fingerprint(&self) -> u64 {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.kind.hash(&mut h);
-        self.message.as_ref().map(|m| &m.id).hash(&mut h);
-        self.ids.hash(&mut h);
-        h.finish()
-    }
-}
 
 /// What an actor starts with. (Handed over boxed: an `async fn` keeps its arguments beside
 /// the locals they are moved into, and this task is the one per connected user.)
@@ -127,10 +94,8 @@ pub async fn run(start: Box<Start>) {
         state,
         user,
         id,
-        me,
         last_seq: -1,
-        recent: VecDeque::new(),
-        last_restore_check: None,
+        epoch: 0,
         db_turn: None,
         sessions: VecMap::default(),
     };
@@ -185,16 +150,16 @@ async fn tick(interval: &mut Option<tokio::time::Interval>) {
 }
 
 impl Actor {
-    async fn current(&self) -> Result<CountsView, ApiError> {
+    /// The user's counters and inbox epoch as the database has them now.
+    async fn current(&self) -> Result<Counters, ApiError> {
         let user = &self.user;
         // Database futures are boxed here and below: inline, the largest of them (a pool
         // checkout plus a query) would size every idle actor's task, one per connected user.
-        let c = Box::pin(
+        Box::pin(
             self.state
                 .db(async |conn| Ok(changes::counts(conn, user).await?)),
         )
-        .await?;
-        Ok(c.into())
+        .await
     }
 
     async fn handle(&mut self, msg: ActorMsg) {
@@ -203,9 +168,10 @@ impl Actor {
                 let Join {
                     session,
                     since,
+                    epoch,
                     joined,
                 } = *j;
-                self.join(session, since, joined).await
+                self.join(session, since, epoch, joined).await
             }
             ActorMsg::Leave { session } => self.remove(session),
             ActorMsg::Command(c) => {
@@ -216,23 +182,9 @@ impl Actor {
                 } = *c;
                 self.command(session, frame, slot).await
             }
-            ActorMsg::Committed(ev) => {
-                let fp = fingerprint_of(&ev.frame);
-                let payload: Arc<str> = Arc::from(ev.frame.to_string());
-                self.on_event(ev.seq, fp, payload).await;
-            }
-            ActorMsg::Relayed(payload) => self.on_relayed(*payload).await,
+            ActorMsg::Event(envelope) => self.on_envelope(*envelope).await,
             ActorMsg::Resync => self.resync().await,
-            ActorMsg::Erased => self.erased().await,
-            ActorMsg::Audit(seq) => {
-                if self.sessions.is_empty() {
-                } else if seq > self.last_seq {
-                    metrics::counter!("notifyd_audit_repairs_total").increment(1);
-                    self.repair(seq).await;
-                } else if seq < self.last_seq {
-                    self.check_restore(true).await;
-                }
-            }
+            ActorMsg::Audit(seen) => self.audit(*seen).await,
             ActorMsg::Shutdown => {}
         }
     }
@@ -252,14 +204,20 @@ impl Actor {
         }
     }
 
-    async fn join(&mut self, tx: SessionTx, since: Option<i64>, joined: oneshot::Sender<()>) {
+    async fn join(
+        &mut self,
+        tx: SessionTx,
+        since: Option<i64>,
+        epoch: Option<i64>,
+        joined: oneshot::Sender<()>,
+    ) {
         // Through the node's batcher: in a reconnect storm one statement reads many users'
         // counters and missed events (see gateway::catch_up).
         let read = match self
             .state
             .gateway
             .catch_up
-            .read(&self.state, &self.user, since)
+            .read(&self.state, &self.user, since, epoch)
         {
             Ok(read) => read,
             Err(Busy) => return refuse_busy(&tx, "catch_up_queue_full"),
@@ -276,32 +234,48 @@ impl Actor {
             // The read waited too long (or the batcher is gone): the node is overloaded.
             Ok(Err(_)) | Err(_) => return refuse_busy(&tx, "catch_up_slow"),
         };
-        let counts = match &snapshot {
+        let (counts, inbox) = match &snapshot {
             Changes::Events {
                 seq,
                 unread,
                 unseen,
+                epoch,
                 ..
             }
             | Changes::Reset {
                 seq,
                 unread,
                 unseen,
+                epoch,
                 ..
-            } => CountsView {
-                seq: *seq,
-                unread: *unread,
-                unseen: *unseen,
-            },
+            } => (
+                CountsView {
+                    seq: *seq,
+                    unread: *unread,
+                    unseen: *unseen,
+                },
+                *epoch,
+            ),
         };
         // Bring the sessions already here up to the snapshot before the new one joins at it.
         if self.sessions.is_empty() {
+            if inbox != self.epoch {
+                self.last_seq = counts.seq;
+            }
             self.last_seq = self.last_seq.max(counts.seq);
-        } else if counts.seq > self.last_seq {
-            self.repair(counts.seq).await;
+            self.epoch = inbox;
+        } else if self.other_inbox(inbox) {
+            // Replaced while these sessions were open, and the news is still on its way.
+            self.reset(snapshot_counters(counts, inbox), "erased");
+        } else {
+            self.adopt(inbox);
+            if counts.seq > self.last_seq {
+                self.repair(counts.seq).await;
+            }
         }
         let heartbeat_s = self.state.settings.heartbeat.as_secs().max(1);
-        if let Push::Dropped = tx.push_json(&protocol::hello(&self.user, counts, heartbeat_s)) {
+        let hello = protocol::hello(&self.user, counts, inbox, heartbeat_s);
+        if let Push::Dropped = tx.push_json(&hello) {
             return;
         }
         // The missed events, in `sync` frames of at most SYNC_FRAME_BYTES each, offered like
@@ -345,28 +319,34 @@ impl Actor {
         let _ = joined.send(());
     }
 
-    /// An event of the user's that the broker relayed (only the user's channel delivers into
-    /// this mailbox).
-    async fn on_relayed(&mut self, payload: Arc<str>) {
-        match serde_json::from_str::<EventHead>(&payload) {
-            Ok(head)
-                if crate::inbox::erase::is_notice(head.kind.as_deref(), head.reset, head.seq) =>
-            {
-                self.erased().await
-            }
-            Ok(head) => {
-                let sent = head.message.as_ref().and_then(|m| m.send_time.as_deref());
-                if let Some(Ok(t)) = sent.map(chrono::DateTime::parse_from_rfc3339) {
-                    let latency = (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
-                        .num_microseconds()
-                        .unwrap_or(0);
+    /// An envelope on the user's channel (relayed, or delivered here after a local commit).
+    async fn on_envelope(&mut self, envelope: Envelope) {
+        match envelope.head {
+            Head::User { seq, epoch, at } => {
+                if at > 0 {
+                    let latency = chrono::Utc::now().timestamp_micros() - at;
                     metrics::histogram!("notifyd_delivery_latency_seconds")
                         .record(latency.max(0) as f64 / 1e6);
                 }
-                self.on_event(head.seq, Some(head.fingerprint()), payload)
-                    .await
+                self.on_event(seq, epoch, envelope.frame).await
             }
-            Err(e) => tracing::warn!(error = %e, "event without seq on a user channel"),
+            Head::Erased => self.erased().await,
+            Head::Topic { .. } | Head::Probe => {
+                tracing::debug!(user = %self.user, "not a user event on a user channel");
+            }
+        }
+    }
+
+    /// Whether the inbox `epoch` (as the database or an event says) is another than the one
+    /// these sessions hold. An actor that knew no inbox (0) holds none to be replaced.
+    fn other_inbox(&self, epoch: i64) -> bool {
+        self.epoch != 0 && epoch != self.epoch
+    }
+
+    /// Takes `epoch` as the sessions' inbox when they knew none (the user's first change).
+    fn adopt(&mut self, epoch: i64) {
+        if self.epoch == 0 {
+            self.epoch = epoch;
         }
     }
 
@@ -376,27 +356,67 @@ impl Actor {
             return;
         }
         match self.current().await {
-            Ok(c) if c.seq > self.last_seq => self.repair(c.seq).await,
-            Ok(c) if c.seq < self.last_seq => self.reset(c, "seq_went_back"),
-            Ok(_) => {}
+            Ok(c) => self.compare(c.seq, c.epoch, c).await,
             Err(e) => tracing::warn!(error = %e, user = %self.user, "resync failed"),
         }
     }
 
-    /// `fp`: the event's fingerprint, from wherever it was already parsed (see `EventHead`).
-    async fn on_event(&mut self, seq: i64, fp: Option<u64>, payload: Arc<str>) {
+    /// The audit read the user's seq and epoch (a user without an inbox: 0 and 0).
+    async fn audit(&mut self, seen: Seen) {
+        if self.sessions.is_empty() {
+            return;
+        }
+        if seen.seq > self.last_seq && !self.other_inbox(seen.epoch) {
+            metrics::counter!("notifyd_audit_repairs_total").increment(1);
+        }
+        if self.other_inbox(seen.epoch) || seen.seq < self.last_seq {
+            // A reset needs the counts too: read them (rare).
+            match self.current().await {
+                Ok(c) => self.compare(c.seq, c.epoch, c).await,
+                Err(e) => tracing::warn!(error = %e, user = %self.user, "audit read failed"),
+            }
+        } else {
+            self.compare(seen.seq, seen.epoch, Counters::default())
+                .await;
+        }
+    }
+
+    /// Brings the sessions in line with what the database says (`c` holds the counts when a
+    /// reset may follow): another inbox or a seq that went back is a reset, a seq ahead a repair.
+    async fn compare(&mut self, seq: i64, epoch: i64, c: Counters) {
+        if self.other_inbox(epoch) {
+            self.reset(c, "erased");
+        } else if seq < self.last_seq {
+            self.reset(c, "seq_went_back");
+        } else {
+            self.adopt(epoch);
+            if seq > self.last_seq {
+                self.repair(seq).await;
+            }
+        }
+    }
+
+    /// `epoch` 0: not known (a plain frame of an earlier version): judged by seq alone.
+    async fn on_event(&mut self, seq: i64, epoch: i64, frame: Arc<str>) {
         if self.sessions.is_empty() {
             return; // nobody to deliver to; the next join reads the inbox afresh
         }
-        if seq <= self.last_seq {
-            let known = fp.is_some_and(|fp| self.recent.iter().any(|&(s, f)| s == seq && f == fp));
-            if known {
+        if epoch != 0 && self.other_inbox(epoch) {
+            if epoch < self.epoch {
+                // A late copy of the old inbox's event: nothing the sessions should see.
                 metrics::counter!("notifyd_duplicate_events_dropped_total").increment(1);
             } else {
-                // Not the event delivered at that seq (or too old to tell): was the database
-                // restored to an older state? Then these sessions need a reset, not silence.
-                self.check_restore(false).await;
+                // The inbox was replaced and this is the new one's: the sessions start over
+                // from it as it is now (the event is in what they reload).
+                self.erased().await;
             }
+            return;
+        }
+        if epoch != 0 {
+            self.adopt(epoch);
+        }
+        if seq <= self.last_seq {
+            metrics::counter!("notifyd_duplicate_events_dropped_total").increment(1);
             return;
         }
         if seq > self.last_seq + 1 {
@@ -404,7 +424,7 @@ impl Actor {
             self.repair(seq).await;
             return;
         }
-        self.deliver(seq, fp, payload);
+        self.deliver(seq, frame);
     }
 
     /// Delivers everything in `(last_seq, upto]` from the event log, in order.
@@ -418,8 +438,7 @@ impl Actor {
             match rows.await {
                 Ok(rows) if rows.first().map(|r| r.0) == Some(self.last_seq + 1) => {
                     for (seq, payload) in rows {
-                        let fp = fingerprint_of(&payload);
-                        self.deliver(seq, fp, Arc::from(payload.to_string()));
+                        self.deliver(seq, Arc::from(payload.to_string()));
                     }
                 }
                 Ok(_) => {
@@ -440,26 +459,6 @@ impl Actor {
         }
     }
 
-    /// Asks PostgreSQL whether the user's seq went back (a restored backup) and, if so, resets
-    /// every session. `force` skips the rate limit (the audit already read the seq).
-    async fn check_restore(&mut self, force: bool) {
-        let now = Instant::now();
-        if !force
-            && self
-                .last_restore_check
-                .is_some_and(|t| now.duration_since(t) < RESTORE_CHECK_EVERY)
-        {
-            metrics::counter!("notifyd_duplicate_events_dropped_total").increment(1);
-            return;
-        }
-        self.last_restore_check = Some(now);
-        match self.current().await {
-            Ok(c) if c.seq < self.last_seq => self.reset(c, "seq_went_back"),
-            Ok(_) => metrics::counter!("notifyd_duplicate_events_dropped_total").increment(1),
-            Err(e) => tracing::warn!(error = %e, user = %self.user, "restore check failed"),
-        }
-    }
-
     /// The user was erased (the notice came through the broker, in order with their events):
     /// whatever these sessions hold belongs to an inbox that no longer exists, even if the new
     /// one's seq has already caught up with the old. Every session is reset to the inbox as it
@@ -472,14 +471,10 @@ impl Actor {
         let c = match self.current().await {
             Ok(c) => c,
             Err(e) => {
-                // Reset to the empty inbox the erase left: anything newer is then a gap,
-                // repaired from the event log like any other.
+                // Reset to the empty inbox the erase left (no epoch): anything newer is then
+                // a gap, repaired from the event log like any other.
                 tracing::warn!(error = %e, "reading the counters after an erase failed");
-                CountsView {
-                    seq: 0,
-                    unread: 0,
-                    unseen: 0,
-                }
+                Counters::default()
             }
         };
         self.reset(c, "erased");
@@ -488,20 +483,14 @@ impl Actor {
     /// Every session gets a `sync` reset (the client reloads its first page) and the stream goes
     /// on from `c.seq`: the database is behind what the sessions saw (`seq_went_back`, e.g. a
     /// restored backup), or the user was erased (`erased`).
-    fn reset(&mut self, c: CountsView, reason: &'static str) {
+    fn reset(&mut self, c: Counters, reason: &'static str) {
         if reason == "seq_went_back" {
             tracing::warn!(user = %self.user, seen = self.last_seq, database = c.seq, "user's seq went back (database restored?): resetting sessions");
         }
         metrics::counter!("notifyd_resets_sent_total", "reason" => reason).increment(1);
-        let frame = protocol::sync(&Changes::Reset {
-            reset: true,
-            seq: c.seq,
-            unread: c.unread,
-            unseen: c.unseen,
-        })
-        .map(|v| Arc::<str>::from(v.to_string()));
+        let frame = protocol::sync(&Changes::reset(c)).map(|v| Arc::<str>::from(v.to_string()));
         self.last_seq = c.seq;
-        self.recent.clear();
+        self.epoch = c.epoch;
         let mut dropped = vec![];
         for (id, s) in self.sessions.iter_mut() {
             s.cursor = c.seq;
@@ -517,14 +506,8 @@ impl Actor {
         }
     }
 
-    fn deliver(&mut self, seq: i64, fp: Option<u64>, payload: Arc<str>) {
+    fn deliver(&mut self, seq: i64, payload: Arc<str>) {
         self.last_seq = seq;
-        if let Some(fp) = fp {
-            if self.recent.len() == RECENT_EVENTS {
-                self.recent.pop_front();
-            }
-            self.recent.push_back((seq, fp));
-        }
         let mut dropped = vec![];
         for (id, s) in self.sessions.iter_mut() {
             // A session that is behind gets this event from the log, in order, once it drains.
@@ -641,7 +624,7 @@ impl Actor {
         // The transaction runs beside the actor so a slow database never holds up delivery.
         // It holds the session's command slot until answered, and one of the node's database
         // command permits while it runs, so floods wait in bounded numbers, not in the pool.
-        let (state, user, me) = (self.state.clone(), self.user.clone(), self.me.clone());
+        let (state, user) = (self.state.clone(), self.user.clone());
         let turn = self
             .db_turn
             .get_or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(1)))
@@ -669,10 +652,8 @@ impl Actor {
             .await;
             match result {
                 Ok(out) => {
-                    if let Some(ev) = out.event {
-                        state.waker.wake();
-                        let _ = me.try_send(ActorMsg::Committed(Box::new(ev)));
-                    }
+                    // To this actor's mailbox the one way every local commit goes.
+                    commands::committed(&state, &out);
                     tx.push_json(&protocol::ack(&r#ref, json!(out.counts)));
                 }
                 Err(e) => {
@@ -689,7 +670,13 @@ fn refuse_busy(tx: &SessionTx, reason: &'static str) {
     tx.close_with(close::TRY_AGAIN_LATER, protocol::busy_reason());
 }
 
-/// The fingerprint of an event already in memory as JSON (no text to parse again).
-fn fingerprint_of(event: &Value) -> Option<u64> {
-    EventHead::deserialize(event).ok().map(|h| h.fingerprint())
+/// The counters a join's snapshot gave, as a reset sends them.
+fn snapshot_counters(c: CountsView, epoch: i64) -> Counters {
+    Counters {
+        seq: c.seq,
+        unread: c.unread,
+        unseen: c.unseen,
+        seen_seq: 0,
+        epoch,
+    }
 }

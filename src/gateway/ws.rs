@@ -28,6 +28,9 @@ use tracing::Instrument;
 #[derive(Deserialize)]
 struct WsQuery {
     since: Option<String>,
+    /// The inbox epoch of the client's `hello` (`broker::envelope`): with `since`, a resume
+    /// into another inbox (the user was erased meanwhile) gets a reset.
+    epoch: Option<String>,
 }
 
 #[get("/ws")]
@@ -43,15 +46,8 @@ pub async fn connect(
     let claims = authenticate_ws(&req, !state.settings.public_topics.is_empty())?;
     let q = web::Query::<WsQuery>::from_query(req.query_string())
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let since = match q.since.as_deref() {
-        None | Some("") => None,
-        Some(s) => Some(
-            s.parse::<i64>()
-                .ok()
-                .filter(|n| *n >= 0)
-                .ok_or_else(|| ApiError::validation("since", "must be a non-negative integer"))?,
-        ),
-    };
+    let since = non_negative(q.since.as_deref(), "since")?;
+    let epoch = non_negative(q.epoch.as_deref(), "epoch")?;
     // Checked before a socket count is taken; admission answers the same once it is closed.
     if state.gateway.is_shutting_down() {
         return Err(refuse_shutting_down());
@@ -102,7 +98,10 @@ pub async fn connect(
     );
     span.in_scope(|| tracing::info!(resume_after = ?since, "websocket session opened"));
     let (actor, joined) = match &claims {
-        Some(c) => match state.gateway.join(&shared, &c.user, me.clone(), since) {
+        Some(c) => match state
+            .gateway
+            .join(&shared, &c.user, me.clone(), since, epoch)
+        {
             Ok((actor, joined)) => (Some(actor), joined),
             Err(e) => {
                 span.in_scope(|| tracing::debug!(error = %e, "session refused after the upgrade"));
@@ -195,5 +194,18 @@ fn check_origin(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
         Err(ApiError::Forbidden(format!(
             "origin {origin:?} is not allowed"
         )))
+    }
+}
+
+/// An optional query parameter that must be a non-negative integer (`since`, `epoch`).
+fn non_negative(v: Option<&str>, field: &'static str) -> Result<Option<i64>, ApiError> {
+    match v {
+        None | Some("") => Ok(None),
+        Some(s) => s
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .map(Some)
+            .ok_or_else(|| ApiError::validation(field, "must be a non-negative integer")),
     }
 }

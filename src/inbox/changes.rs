@@ -21,17 +21,21 @@ pub enum Changes {
         seq: i64,
         unread: i64,
         unseen: i64,
+        /// The inbox epoch: pass it back as `epoch` with `since` (docs/websocket.md).
+        epoch: i64,
         /// The frames after `since`, oldest first, exactly as the WebSocket sends them
         /// (docs/websocket.md).
         events: Vec<Value>,
     },
-    /// Reload the first page: `since` is too old, too far behind, or ahead of the stream.
+    /// Reload the first page: `since` is too old, too far behind, ahead of the stream, or of
+    /// another inbox (`epoch`: the user was erased meanwhile).
     Reset {
         /// Always `true`.
         reset: bool,
         seq: i64,
         unread: i64,
         unseen: i64,
+        epoch: i64,
     },
 }
 
@@ -41,47 +45,81 @@ impl Changes {
             Changes::Events { seq, .. } | Changes::Reset { seq, .. } => *seq,
         }
     }
+
+    pub fn reset(c: Counters) -> Changes {
+        Changes::Reset {
+            reset: true,
+            seq: c.seq,
+            unread: c.unread,
+            unseen: c.unseen,
+            epoch: c.epoch,
+        }
+    }
+
+    fn events(c: Counters, events: Vec<Value>) -> Changes {
+        Changes::Events {
+            seq: c.seq,
+            unread: c.unread,
+            unseen: c.unseen,
+            epoch: c.epoch,
+            events,
+        }
+    }
 }
 
-/// The events after `since`, or a reset when `since` is ahead of the stream (a restored
-/// database), more than `MAX_REPLAY` behind, or older than what retention kept. Reads the counters
-/// and the events in one snapshot so they agree.
-pub async fn since(conn: &mut Conn, user: &str, since: i64) -> Result<Changes, ApiError> {
+/// Whether a resume after `since`, from inbox `epoch` if the client said, is a reset whatever
+/// the event log holds: `since` ahead of the stream (a restored database), more than
+/// `MAX_REPLAY` behind, or of another inbox (an epoch of 0 is a client that knew no inbox).
+fn must_reset(since: i64, epoch: Option<i64>, c: &Counters) -> bool {
+    since < 0
+        || since > c.seq
+        || c.seq - since > MAX_REPLAY
+        || epoch.is_some_and(|e| e != 0 && e != c.epoch)
+}
+
+/// THE rule of a resume, for `GET /me/changes` and a WebSocket's `since` alike: given the
+/// counters and the events the log holds after `since` (oldest first, read in one snapshot with
+/// the counters), the events to replay or a reset. A hole at the start or inside (retention
+/// pruned it) is a reset too. `since: None` asks for the counters only.
+pub fn resolve(
+    since: Option<i64>,
+    epoch: Option<i64>,
+    c: Counters,
+    events: Vec<(i64, Value)>,
+) -> Changes {
+    let Some(since) = since else {
+        return Changes::events(c, vec![]);
+    };
+    if must_reset(since, epoch, &c) {
+        return Changes::reset(c);
+    }
+    if since == c.seq {
+        return Changes::events(c, vec![]);
+    }
+    if events.first().map(|(s, _)| *s) != Some(since + 1) || events.len() as i64 != c.seq - since {
+        return Changes::reset(c);
+    }
+    Changes::events(c, events.into_iter().map(|(_, p)| p).collect())
+}
+
+/// The events after `since`, or a reset (`resolve`). Reads the counters and the events in one
+/// snapshot so they agree.
+pub async fn since(
+    conn: &mut Conn,
+    user: &str,
+    since: i64,
+    epoch: Option<i64>,
+) -> Result<Changes, ApiError> {
     conn.build_transaction()
         .repeatable_read()
         .read_only()
         .run::<_, ApiError, _>(async |conn| {
             let c = inbox_state::get(conn, user).await?;
-            let reset = Changes::Reset {
-                reset: true,
-                seq: c.seq,
-                unread: c.unread,
-                unseen: c.unseen,
-            };
-            if since < 0 || since > c.seq || c.seq - since > MAX_REPLAY {
-                return Ok(reset);
-            }
-            if since == c.seq {
-                return Ok(Changes::Events {
-                    seq: c.seq,
-                    unread: c.unread,
-                    unseen: c.unseen,
-                    events: vec![],
-                });
+            if must_reset(since, epoch, &c) || since == c.seq {
+                return Ok(resolve(Some(since), epoch, c, vec![]));
             }
             let rows = events::range(conn, user, since, Some(c.seq), MAX_REPLAY).await?;
-            // Retention may have pruned the start of the range: then a replay would have a hole.
-            if rows.first().map(|(s, _)| *s) != Some(since + 1)
-                || rows.len() as i64 != c.seq - since
-            {
-                return Ok(reset);
-            }
-            Ok(Changes::Events {
-                seq: c.seq,
-                unread: c.unread,
-                unseen: c.unseen,
-                events: rows.into_iter().map(|(_, p)| p).collect(),
-            })
+            Ok(resolve(Some(since), epoch, c, rows))
         })
         .await
 }
@@ -117,4 +155,76 @@ pub async fn page(
         messages: rows,
         next_before,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn evs(r: std::ops::RangeInclusive<i64>) -> Vec<(i64, Value)> {
+        r.map(|s| (s, json!({ "seq": s }))).collect()
+    }
+
+    fn at(seq: i64) -> Counters {
+        Counters {
+            seq,
+            unread: 1,
+            unseen: 1,
+            seen_seq: 0,
+            epoch: 7,
+        }
+    }
+
+    fn replayed(c: &Changes) -> Option<usize> {
+        match c {
+            Changes::Events { events, .. } => Some(events.len()),
+            Changes::Reset { .. } => None,
+        }
+    }
+
+    #[test]
+    fn a_resume_replays_exactly_the_missed_events_or_resets() {
+        assert_eq!(replayed(&resolve(None, None, at(5), vec![])), Some(0));
+        assert_eq!(replayed(&resolve(Some(5), None, at(5), vec![])), Some(0));
+        assert_eq!(
+            replayed(&resolve(Some(2), None, at(5), evs(3..=5))),
+            Some(3)
+        );
+        // ahead of the stream, a pruned start, a hole inside, too far behind
+        assert_eq!(replayed(&resolve(Some(6), None, at(5), vec![])), None);
+        assert_eq!(replayed(&resolve(Some(2), None, at(5), evs(4..=5))), None);
+        let mut holed = evs(3..=5);
+        holed.remove(1);
+        assert_eq!(replayed(&resolve(Some(2), None, at(5), holed)), None);
+        assert_eq!(
+            replayed(&resolve(
+                Some(0),
+                None,
+                at(MAX_REPLAY + 1),
+                evs(1..=MAX_REPLAY)
+            )),
+            None
+        );
+    }
+
+    /// The hole the epoch closes: a client offline while its user was erased comes back with a
+    /// `since` the new inbox has already passed; its events are not the ones it missed.
+    #[test]
+    fn a_since_of_another_inbox_is_a_reset_even_when_the_log_could_replay_it() {
+        assert_eq!(
+            replayed(&resolve(Some(2), Some(7), at(5), evs(3..=5))),
+            Some(3)
+        );
+        assert_eq!(
+            replayed(&resolve(Some(2), Some(6), at(5), evs(3..=5))),
+            None
+        );
+        assert_eq!(replayed(&resolve(Some(5), Some(6), at(5), vec![])), None);
+        // 0: the client knew no inbox; nothing to compare.
+        assert_eq!(
+            replayed(&resolve(Some(2), Some(0), at(5), evs(3..=5))),
+            Some(3)
+        );
+    }
 }

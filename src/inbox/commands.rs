@@ -10,6 +10,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{frames, CommittedEvent, CountsView};
+use crate::broker::Envelope;
 use crate::error::ApiError;
 use crate::store::events::NewEvent;
 use crate::store::inbox_state::Counters;
@@ -20,6 +21,8 @@ pub const MAX_READ_IDS: usize = 1000;
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub counts: CountsView,
+    /// How many messages an id-taking command (read, delete, expire) changed.
+    pub changed: usize,
     /// The committed event, if the command changed anything.
     pub event: Option<CommittedEvent>,
 }
@@ -96,7 +99,7 @@ pub async fn retract(
 pub fn committed(state: &crate::state::AppState, out: &Outcome) {
     if let Some(ev) = &out.event {
         state.waker.wake();
-        state.gateway.committed(ev.clone());
+        super::local::LocalDelivery::of(state).deliver(&ev.user, ev.envelope.clone());
     }
 }
 
@@ -105,6 +108,7 @@ pub async fn run(conn: &mut Conn, user: &str, cmd: Command) -> Result<Outcome, A
         let Some(before) = inbox_state::lock(conn, user).await? else {
             return Ok(Outcome {
                 counts: Counters::default().into(),
+                changed: 0,
                 event: None,
             });
         };
@@ -173,6 +177,7 @@ pub async fn run(conn: &mut Conn, user: &str, cmd: Command) -> Result<Outcome, A
         let Some(frame) = frame else {
             return Ok(Outcome {
                 counts: before.into(),
+                changed: 0,
                 event: None,
             });
         };
@@ -186,13 +191,15 @@ pub async fn run(conn: &mut Conn, user: &str, cmd: Command) -> Result<Outcome, A
             }],
         )
         .await?;
-        outbox::enqueue_user_events(conn, &[(user, c.seq, &frame)]).await?;
+        let changed = frame["ids"].as_array().map_or(0, Vec::len);
+        let envelope = Envelope::user(c.seq, c.epoch, now.timestamp_micros(), frame.to_string());
+        outbox::enqueue_user_events(conn, &[(user, &envelope)]).await?;
         Ok(Outcome {
             counts: c.into(),
+            changed,
             event: Some(CommittedEvent {
                 user: user.to_string(),
-                seq: c.seq,
-                frame,
+                envelope,
             }),
         })
     })
@@ -212,6 +219,7 @@ mod tests {
             unread: 5,
             unseen: 2,
             seen_seq: 8,
+            epoch: 1,
         };
         let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
         let mut after = before;
@@ -227,7 +235,8 @@ mod tests {
                 seq: 11,
                 unread: 3,
                 unseen: 1,
-                seen_seq: 8
+                seen_seq: 8,
+                epoch: 1
             }
         );
         assert_eq!(frame["type"], "message.deleted");

@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::frames;
 use super::local::LocalDelivery;
+use crate::broker::Envelope;
 use crate::error::ApiError;
 use crate::model::input::CreateRequest;
 use crate::state::AppState;
@@ -43,7 +44,7 @@ pub async fn create(
         .await?;
     // Committed (the statement or transaction has returned): local sessions get it now.
     let local = LocalDelivery::of(state);
-    local.user_events(created.rows.frames(req, |u| local.here(u)));
+    local.user_events(created.rows.envelopes(req, |u| local.here(u)));
     Ok(created)
 }
 
@@ -124,6 +125,8 @@ pub struct Inserted {
     rows: Vec<InsertedRow>,
     /// The rows' `send_time` (their frames carry it).
     send_time: frames::SendTime,
+    /// The same instant, as an envelope's `at` (microseconds since 1970).
+    at: i64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -169,16 +172,15 @@ impl Inserted {
         serde_json::to_string(&Body { messages }).unwrap_or_default()
     }
 
-    /// Each row's recipient and `message.created` frame, as text: the frame stored in
-    /// `user_event` (serialised here from the request entry; the relay publishes the same JSON
+    /// Each row's recipient and `message.created` envelope, its frame as text: the frame stored
+    /// in `user_event` (serialised here from the request entry; the relay publishes the same JSON
     /// as the create statement wrote it, with the message's fields in another order, and actors
-    /// drop the second copy by seq and fingerprint),
-    /// built only for the rows `wanted` says yes to.
-    pub fn frames<'a>(
+    /// drop the second copy by seq), built only for the rows `wanted` says yes to.
+    pub fn envelopes<'a>(
         &'a self,
         req: &'a CreateRequest,
         mut wanted: impl FnMut(&str) -> bool + 'a,
-    ) -> impl Iterator<Item = (&'a str, i64, String)> + 'a {
+    ) -> impl Iterator<Item = (&'a str, Envelope)> + 'a {
         self.rows.iter().filter_map(move |r| {
             let user = recipient(req, r);
             if !wanted(user) {
@@ -186,7 +188,7 @@ impl Inserted {
             }
             let entry = req.entries.get(r.entry as usize)?;
             let frame = frames::created_text(entry, &self.send_time, r.id, r.c);
-            Some((user, r.c.seq, frame))
+            Some((user, Envelope::user(r.c.seq, r.c.epoch, self.at, frame)))
         })
     }
 }
@@ -277,7 +279,11 @@ pub async fn insert_rows(
             c,
         })
         .collect();
-    Ok(Inserted { rows, send_time })
+    Ok(Inserted {
+        rows,
+        send_time,
+        at: now.timestamp_micros(),
+    })
 }
 
 /// A topic event to create: from `POST /api/v1/topics/{topic}/events` (a service) or a
@@ -295,27 +301,16 @@ pub struct TopicEvent<'a> {
 pub async fn topic_event(conn: &mut Conn, ev: &TopicEvent<'_>) -> Result<String, ApiError> {
     let id = Uuid::now_v7().to_string();
     let frame = frames::topic_event(ev.topic, &id, ev.data, ev.from);
+    // Retained or not is said in the envelope's header, so every node's router updates its
+    // cache without reading the frame.
+    let envelope = Envelope::topic(&id, ev.retain_until.is_some(), frame.to_string());
     conn.transaction::<_, ApiError, _>(async |conn| {
-        match ev.retain_until {
-            None => {
-                outbox::enqueue_topic_event(conn, ev.topic, &frame).await?;
-            }
-            Some(until) => {
-                // The published payload says it is retained, so every node's router updates
-                // its cache; routers strip the marker before the frame reaches clients.
-                let mut payload = frame.clone();
-                if let Some(obj) = payload.as_object_mut() {
-                    obj.insert(RETAIN_MARKER.into(), Value::Bool(true));
-                }
-                outbox::enqueue_topic_event(conn, ev.topic, &payload).await?;
-                topic_retained::upsert(conn, ev.topic, &id, &frame, until).await?;
-            }
+        outbox::enqueue_topic_event(conn, ev.topic, &envelope).await?;
+        if let Some(until) = ev.retain_until {
+            topic_retained::upsert(conn, ev.topic, &id, &frame, until).await?;
         }
         Ok(())
     })
     .await?;
     Ok(id)
 }
-
-/// The field of a published topic payload that marks a retained event (never sent to clients).
-pub const RETAIN_MARKER: &str = "retain";

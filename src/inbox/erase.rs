@@ -7,12 +7,12 @@
 //! with them: a change that committed before is erased; a create waiting on the row inserts a
 //! fresh one once the erase commits, and the user starts again as a new, empty inbox at seq 1.
 //!
-//! Why a notice, not silence: a gateway remembers the last seq it delivered (say 5). The new
-//! inbox's events reuse seqs 1, 2, ... and, without a word, would look like duplicates (dropped)
-//! and then, from seq 6 on, like the continuation of the old stream. The notice is relayed on
-//! the user's channel in order with their events (see `outbox::enqueue_user_notice`): after the
-//! old inbox's last event and before the new inbox's first, so every gateway resets its
-//! sessions (a `sync` with `reset: true`) and then takes seq 1 as the next event.
+//! The new inbox gets a new epoch (`user_inbox_state.epoch`, see `broker::envelope`): its seqs
+//! 1, 2, ... are never taken for the old inbox's, by a gateway (an event of another epoch resets
+//! the sessions) or by a client that resumes with the old `since` and `epoch` (it gets a reset).
+//! The notice (`Envelope::erased`) resets the sessions that are open now, whether or not the new
+//! inbox ever has an event: relayed on the user's channel in order with their events (see
+//! `outbox::enqueue_user_notice`), after the old inbox's last.
 
 use diesel_async::AsyncConnection;
 use serde_json::{json, Value};
@@ -32,15 +32,10 @@ pub struct Erased {
     pub idempotency_keys: usize,
 }
 
-/// The notice relayed to the user's sockets: exactly the `sync` reset a client gets for an empty
-/// inbox. A gateway that reads it resets its sessions to the user's state at that moment.
-pub fn notice() -> Value {
+/// The notice as versions before the envelope relayed it, for their relays during a rolling
+/// upgrade (`outbox::enqueue_user_notice`): the `sync` reset of an empty inbox.
+pub fn legacy_notice() -> Value {
     json!({"type": "sync", "reset": true, "seq": 0, "unread": 0, "unseen": 0})
-}
-
-/// Whether a frame on a user's channel is the erase notice (events always have `seq >= 1`).
-pub fn is_notice(kind: Option<&str>, reset: Option<bool>, seq: i64) -> bool {
-    kind == Some("sync") && reset == Some(true) && seq == 0
 }
 
 pub async fn erase(conn: &mut Conn, user: &str) -> Result<Erased, ApiError> {
@@ -60,7 +55,7 @@ pub async fn erase(conn: &mut Conn, user: &str) -> Result<Erased, ApiError> {
         };
         inbox_state::erase(conn, user).await?;
         if had_inbox {
-            outbox::enqueue_user_notice(conn, user, &notice()).await?;
+            outbox::enqueue_user_notice(conn, user, &legacy_notice()).await?;
         }
         Ok(erased)
     })

@@ -164,6 +164,7 @@ mod tests {
                 seq: 7,
                 unread: 3,
                 unseen: 2,
+                epoch: 1,
             };
             let row = Message {
                 id,

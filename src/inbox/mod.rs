@@ -37,8 +37,7 @@ impl From<Counters> for CountsView {
 #[derive(Debug, Clone)]
 pub struct CommittedEvent {
     pub user: String,
-    pub seq: i64,
-    pub frame: serde_json::Value,
+    pub envelope: crate::broker::Envelope,
 }
 
 /// How long a WebSocket command (an inbox command, a direct message) waits for one of the node's

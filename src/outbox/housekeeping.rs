@@ -238,9 +238,7 @@ async fn expire_messages(
         let mut removed = 0;
         for (user, ids) in by_user {
             let out = bounded(bound, commands::run(conn, &user, Command::Expire(ids))).await?;
-            if let Some(ev) = out.event {
-                removed += ev.frame["ids"].as_array().map_or(0, Vec::len);
-            }
+            removed += out.changed;
         }
         if removed > 0 {
             waker.wake();

@@ -19,8 +19,9 @@
 //! The frame is built once (`f`), as text, by concatenation: the row's id and seq go first in
 //! the message, then the template's fields (its text after the opening brace, which is what is
 //! bound: cut in Rust once per entry, not by `substr` once per row). It is written
-//! twice: parsed into the event log's `jsonb`, and as the outbox entry's `frame` text, which the
-//! relay publishes as it is (see `store::outbox::claim_and_delete`), deleting the entry. Building
+//! twice: parsed into the event log's `jsonb`, and in the outbox entry's envelope (the header
+//! line `u <seq> <epoch> <commit time>` of `broker::envelope`, then the frame), which the relay
+//! publishes as it is (see `store::outbox::claim_and_delete`), deleting the entry. Building
 //! it with `jsonb_build_object` and `||` and turning it back into text for the relay cost the
 //! database more per row than the whole rest of the relay's claim (docs/benchmarks.md, Relay).
 
@@ -49,25 +50,27 @@ pub const SQL: &str = r#"WITH e AS (
   SELECT u, n, n, n FROM unnest($12::text[], $13::int8[]) AS x(u, n)
   ON CONFLICT (user_id) DO UPDATE SET seq = s.seq + excluded.seq,
     unread = s.unread + excluded.unread, unseen = s.unseen + excluded.unseen, updated_at = now()
-  RETURNING user_id, seq, unread, unseen
+  RETURNING user_id, seq, unread, unseen, epoch
 ), w AS MATERIALIZED (
   SELECT r.ord, r.id, r.to_user, c.seq - r.back AS seq, c.unread - r.back AS unread,
-    c.unseen - r.back AS unseen, e.title, e.content, e.kind, e.send_user, e.skip_url, e.data, e.tmpl
+    c.unseen - r.back AS unseen, c.epoch, e.title, e.content, e.kind, e.send_user, e.skip_url, e.data, e.tmpl
   FROM r JOIN c ON c.user_id = r.to_user JOIN e ON e.i = r.entry
 ), m AS (
   INSERT INTO t_message_real_time
     (id, to_user, seq, title, content, type, send_user, send_time, skip_url, data, service, broadcast_id)
   SELECT id, to_user, seq, title, content, kind, send_user, $14, skip_url, data, $15, $16 FROM w
 ), f AS MATERIALIZED (
-  SELECT ord, to_user, seq, '{"message":{"id":"' || id || '","seq":' || seq || ','
+  SELECT ord, to_user, seq, epoch, '{"message":{"id":"' || id || '","seq":' || seq || ','
     || tmpl || ',"seq":' || seq || ',"type":"message.created","unread":' || unread
     || ',"unseen":' || unseen || '}' AS frame FROM w
 ), ev AS (
   INSERT INTO user_event (user_id, seq, payload) SELECT to_user, seq, frame::jsonb FROM f
 ), o AS (
-  INSERT INTO outbox (user_id, seq, frame) SELECT to_user, seq, frame FROM f ORDER BY ord
+  INSERT INTO outbox (user_id, seq, envelope)
+  SELECT to_user, seq, 'u ' || seq || ' ' || epoch || ' '
+    || (floor(extract(epoch FROM now()) * 1000000))::int8 || E'\n' || frame FROM f ORDER BY ord
 )
-SELECT seq, unread, unseen FROM w ORDER BY ord"#;
+SELECT seq, unread, unseen, epoch FROM w ORDER BY ord"#;
 
 /// One entry's message, shared by all its recipients' rows.
 pub struct Entry<'a> {
@@ -100,6 +103,9 @@ pub struct RowCounters {
     pub unread: i64,
     #[diesel(sql_type = BigInt)]
     pub unseen: i64,
+    /// The recipient's inbox epoch (`broker::envelope`).
+    #[diesel(sql_type = BigInt)]
+    pub epoch: i64,
 }
 
 /// The statement with its binds, as a query diesel may keep prepared. `sql_query` marks its

@@ -68,6 +68,9 @@ pub struct ResumeRow {
     pub unread: i64,
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     pub unseen: i64,
+    /// The inbox epoch (0: no inbox).
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub epoch: i64,
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
     pub event_seq: Option<i64>,
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Jsonb>)]
@@ -89,9 +92,10 @@ pub async fn resume_many(
     diesel::sql_query(
         "WITH r AS (SELECT * FROM unnest($1::text[], $2::int8[]) WITH ORDINALITY AS r(user_id, since, i)), \
          c AS (SELECT r.i, r.user_id, r.since, coalesce(s.seq, 0) AS seq, \
-                      coalesce(s.unread, 0) AS unread, coalesce(s.unseen, 0) AS unseen \
+                      coalesce(s.unread, 0) AS unread, coalesce(s.unseen, 0) AS unseen, \
+                      coalesce(s.epoch, 0) AS epoch \
                FROM r LEFT JOIN user_inbox_state s ON s.user_id = r.user_id) \
-         SELECT c.i - 1 AS i, c.seq, c.unread, c.unseen, ev.seq AS event_seq, ev.payload \
+         SELECT c.i - 1 AS i, c.seq, c.unread, c.unseen, c.epoch, ev.seq AS event_seq, ev.payload \
          FROM c LEFT JOIN LATERAL ( \
              SELECT e.seq, e.payload FROM user_event e \
              WHERE c.since >= 0 AND c.seq - c.since <= $3 \

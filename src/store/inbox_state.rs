@@ -17,6 +17,8 @@ pub struct Counters {
     pub unread: i64,
     pub unseen: i64,
     pub seen_seq: i64,
+    /// Which inbox of the user this is (`broker::envelope`); 0 when there is none.
+    pub epoch: i64,
 }
 
 /// Locks the user's row for the rest of the transaction. `None`: the user never had a message.
@@ -49,11 +51,11 @@ pub async fn save(conn: &mut Conn, user: &str, c: Counters) -> QueryResult<()> {
     Ok(())
 }
 
-/// The current seq of each of `users` that has one.
-pub async fn seqs(conn: &mut Conn, users: &[String]) -> QueryResult<Vec<(String, i64)>> {
+/// The current seq and epoch of each of `users` that has an inbox.
+pub async fn seqs(conn: &mut Conn, users: &[String]) -> QueryResult<Vec<(String, i64, i64)>> {
     s::table
         .filter(s::user_id.eq_any(users))
-        .select((s::user_id, s::seq))
+        .select((s::user_id, s::seq, s::epoch))
         .load(conn)
         .await
 }
@@ -62,4 +64,16 @@ pub async fn seqs(conn: &mut Conn, users: &[String]) -> QueryResult<Vec<(String,
 /// create waiting on this row (`INSERT .. ON CONFLICT`) inserts a fresh one once this commits.
 pub async fn erase(conn: &mut Conn, user: &str) -> QueryResult<usize> {
     diesel::delete(s::table.find(user)).execute(conn).await
+}
+
+/// Gives every inbox a new epoch (after a database was restored from a backup: the seqs the
+/// gateways and clients saw may then belong to a future the database no longer has). Returns
+/// how many inboxes there are.
+pub async fn renew_epochs(conn: &mut Conn) -> QueryResult<usize> {
+    diesel::sql_query(
+        "UPDATE user_inbox_state SET epoch = \
+         greatest(epoch + 1, (floor(extract(epoch FROM clock_timestamp()) * 1000000))::bigint)",
+    )
+    .execute(conn)
+    .await
 }

@@ -6,23 +6,18 @@ use diesel_async::RunQueryDsl;
 
 use super::schema::outbox as o;
 use super::Conn;
+use crate::broker::envelope::{Envelope, Head};
 
 const INSERT_CHUNK: usize = 10_000;
 
-/// A user event's entry, with its frame as the text the relay publishes.
+/// An entry with its envelope, the text the relay publishes (`broker::envelope`).
 #[derive(Insertable)]
 #[diesel(table_name = o)]
-struct NewUserEntry<'a> {
-    user_id: &'a str,
-    seq: i64,
-    frame: String,
-}
-
-#[derive(Insertable)]
-#[diesel(table_name = o)]
-struct NewTopicEntry<'a> {
-    topic: &'a str,
-    payload: &'a serde_json::Value,
+struct NewEntry<'a> {
+    user_id: Option<&'a str>,
+    seq: Option<i64>,
+    topic: Option<&'a str>,
+    envelope: String,
 }
 
 /// One claimed outbox entry, ready to publish: its payload as the exact JSON text to send (no
@@ -71,19 +66,23 @@ impl Partition {
     }
 }
 
-/// Queues the user events `(user, seq, frame)`. The frame is the one written to `user_event`,
-/// carried here too, as text, so the relay never reads the event log (`claim_and_delete`).
+/// Queues the user events `(user, envelope)`. The envelope carries the frame written to
+/// `user_event`, so the relay never reads the event log (`claim_and_delete`).
 pub async fn enqueue_user_events(
     conn: &mut Conn,
-    entries: &[(&str, i64, &serde_json::Value)],
+    entries: &[(&str, &Envelope)],
 ) -> QueryResult<()> {
     for chunk in entries.chunks(INSERT_CHUNK) {
-        let rows: Vec<NewUserEntry> = chunk
+        let rows: Vec<NewEntry> = chunk
             .iter()
-            .map(|(u, s, p)| NewUserEntry {
-                user_id: u,
-                seq: *s,
-                frame: p.to_string(),
+            .map(|(u, env)| NewEntry {
+                user_id: Some(u),
+                seq: Some(match env.head {
+                    Head::User { seq, .. } => seq,
+                    _ => 0,
+                }),
+                topic: None,
+                envelope: env.encode(),
             })
             .collect();
         diesel::insert_into(o::table)
@@ -100,28 +99,29 @@ struct NewUserNotice<'a> {
     user_id: &'a str,
     seq: i64,
     payload: &'a serde_json::Value,
+    envelope: String,
 }
 
-/// Queues a frame for the user's channel that is not an event of their stream (no seq of its
-/// own: stored as seq 0, which no event has, with the payload here instead of in `user_event`).
-/// It is relayed in order with the user's events: same partition, and outbox ids follow commit
-/// order for one user because every change of theirs takes their counter row first.
+/// Queues `Envelope::erased()` on the user's channel: not an event of their stream (no seq of
+/// its own: stored as seq 0, which no event has). It is relayed in order with the user's
+/// events: same partition, and outbox ids follow commit order for one user because every change
+/// of theirs takes their counter row first.
 ///
-/// As `payload` jsonb, not `frame` text: a relay of a version before the `frame` column, still
-/// leading during a rolling upgrade (or after a roll-back), reads only `payload` and finds no
-/// event at seq 0 to fall back on, so it would drop a frame-only notice, and the sessions it
-/// should reset would take the new inbox's first seqs for duplicates. Notices are rare (one
-/// per erasure); user events may go as `frame` because such a relay finds them in `user_event`.
+/// With `legacy`, the notice as versions before the envelope sent it, in `payload`: a relay of
+/// such a version, still leading during a rolling upgrade (or after a roll-back), reads only
+/// `frame`/`payload` and would otherwise drop the notice, and the sessions it should reset would
+/// take the new inbox's first seqs for duplicates.
 pub async fn enqueue_user_notice(
     conn: &mut Conn,
     user: &str,
-    payload: &serde_json::Value,
+    legacy: &serde_json::Value,
 ) -> QueryResult<()> {
     diesel::insert_into(o::table)
         .values(NewUserNotice {
             user_id: user,
             seq: 0,
-            payload,
+            payload: legacy,
+            envelope: Envelope::erased().encode(),
         })
         .execute(conn)
         .await?;
@@ -136,13 +136,15 @@ pub async fn erase_user(conn: &mut Conn, user: &str) -> QueryResult<usize> {
         .await
 }
 
-pub async fn enqueue_topic_event(
-    conn: &mut Conn,
-    topic: &str,
-    payload: &serde_json::Value,
-) -> QueryResult<i64> {
+/// Queues a topic event's envelope (`Envelope::topic`).
+pub async fn enqueue_topic_event(conn: &mut Conn, topic: &str, env: &Envelope) -> QueryResult<i64> {
     diesel::insert_into(o::table)
-        .values(NewTopicEntry { topic, payload })
+        .values(NewEntry {
+            user_id: None,
+            seq: None,
+            topic: Some(topic),
+            envelope: env.encode(),
+        })
         .returning(o::id)
         .get_result(conn)
         .await
@@ -160,12 +162,13 @@ pub async fn enqueue_topic_event(
 /// against a sequential scan of the whole outbox, which made each batch cost O(backlog) (measured:
 /// 51 ms instead of 17 ms per 500-entry batch with 100,000 waiting).
 ///
-/// Every entry carries its frame (the create statement and `enqueue_user_events` write it), so
-/// no join with `user_event` is needed: that join cost one index lookup per entry and tied the
-/// relay to the event log's key. A user entry's frame is text (`frame`), sent as it is; a topic
-/// entry's is its `payload`, as text. Entries queued by versions before this one, during a
-/// rolling upgrade, have a `payload` instead, or only point at their event, which a subquery
-/// looks up; `COALESCE` evaluates each fallback for such entries alone.
+/// Every entry carries its envelope (`broker::envelope`: a header line and the frame, written by
+/// the create statement, `enqueue_user_events` and `enqueue_topic_event`), published as it is:
+/// no join with `user_event` (one index lookup per entry) and no JSON on the relay. Entries
+/// queued by versions before the envelope, during a rolling upgrade, have a `frame` or a
+/// `payload` instead, or only point at their event, which a subquery looks up; they go out as
+/// plain frames, which gateways still read. `COALESCE` evaluates each fallback for such entries
+/// alone.
 pub async fn claim_and_delete(
     conn: &mut Conn,
     limit: i64,
@@ -186,9 +189,9 @@ pub async fn claim_and_delete(
 
 /// The claim's text after its one parameter (the limit).
 const CLAIM_TAIL: &str = " FOR UPDATE SKIP LOCKED)) \
-       RETURNING id, user_id, seq, topic, frame, payload, created_at) \
-     SELECT c.id, c.user_id, c.topic, COALESCE(c.frame, c.payload::text, (SELECT e.payload::text \
-         FROM user_event e WHERE e.user_id = c.user_id AND e.seq = c.seq)) AS payload, \
+       RETURNING id, user_id, seq, topic, envelope, frame, payload, created_at) \
+     SELECT c.id, c.user_id, c.topic, COALESCE(c.envelope, c.frame, c.payload::text, \
+         (SELECT e.payload::text FROM user_event e WHERE e.user_id = c.user_id AND e.seq = c.seq)) AS payload, \
        EXTRACT(EPOCH FROM clock_timestamp() - c.created_at)::float8 AS age_s \
      FROM c ORDER BY c.id";
 

@@ -29,6 +29,7 @@ diesel::table! {
         unseen -> Int8,
         seen_seq -> Int8,
         updated_at -> Timestamptz,
+        epoch -> Int8,
     }
 }
 
@@ -50,6 +51,7 @@ diesel::table! {
         payload -> Nullable<Jsonb>,
         created_at -> Timestamptz,
         frame -> Nullable<Text>,
+        envelope -> Nullable<Text>,
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::inbox::create::RETAIN_MARKER;
+use crate::broker::envelope::retained_frame;
 
 /// A retained event ready to send: its frame with `"retained": true`.
 #[derive(Debug, Clone)]
@@ -20,10 +20,18 @@ pub struct Retained {
 }
 
 impl Retained {
-    /// From an event frame (the marker, if any, removed).
+    /// A live event's frame, as its envelope carried it.
+    pub fn live(id: String, frame: &str, expires_at: DateTime<Utc>) -> Self {
+        Retained {
+            id,
+            frame: retained_frame(frame),
+            expires_at,
+        }
+    }
+
+    /// From an event frame as PostgreSQL keeps it (`topic_retained`).
     pub fn of(id: String, mut frame: Value, expires_at: DateTime<Utc>) -> Self {
         if let Some(obj) = frame.as_object_mut() {
-            obj.remove(RETAIN_MARKER);
             obj.insert("retained".into(), Value::Bool(true));
         }
         Retained {
@@ -72,9 +80,9 @@ mod tests {
     use super::*;
 
     fn value(id: &str) -> Retained {
-        Retained::of(
+        Retained::live(
             id.into(),
-            serde_json::json!({"id": id, "retain": true}),
+            &serde_json::json!({"type": "topic.event", "id": id}).to_string(),
             Utc::now() + chrono::Duration::hours(1),
         )
     }
@@ -88,10 +96,6 @@ mod tests {
         assert!(
             frame.contains("\"b\"") && frame.contains("\"retained\":true"),
             "{frame}"
-        );
-        assert!(
-            !frame.contains("\"retain\":"),
-            "the marker is stripped: {frame}"
         );
         c.offer(value("c"));
         assert!(c.current(Utc::now()).expect("cached").contains("\"c\""));

@@ -19,12 +19,11 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use std::time::Duration;
 
-use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
 use super::retained::{Cached, Retained};
-use crate::broker::{Hub, HubMsg};
+use crate::broker::{Envelope, Head, Hub, HubMsg};
 use crate::config::Settings;
 use crate::state::AppState;
 use crate::store::topic_retained;
@@ -54,7 +53,7 @@ struct Sub {
 #[derive(Default)]
 struct Topic {
     subs: HashMap<u64, Sub>,
-    recent: VecDeque<String>,
+    recent: VecDeque<Arc<str>>,
     retained: Cached,
 }
 
@@ -112,13 +111,6 @@ pub struct Pending {
 /// Why a subscribe was refused: the `error` frame's code and message.
 pub type Refusal = (&'static str, String);
 
-#[derive(Deserialize)]
-struct Head {
-    id: Option<String>,
-    #[serde(default)]
-    retain: bool,
-}
-
 impl Router {
     /// The router and its shards' mailboxes (run each with `run_shard`).
     pub fn new(
@@ -150,9 +142,9 @@ impl Router {
         loop {
             tokio::select! {
                 msg = rx.recv() => match msg {
-                    Some(HubMsg::Message { channel, payload }) => {
+                    Some(HubMsg::Message { channel, envelope }) => {
                         if let Some(topic) = self.settings.topic_of_channel(&channel) {
-                            self.on_event(topic, payload);
+                            self.on_event(topic, envelope);
                         }
                     }
                     Some(HubMsg::Resync) => self.on_resync(),
@@ -434,48 +426,32 @@ impl Router {
         metrics::gauge!("notifyd_topics_local").set(inner.topics.len() as f64);
     }
 
-    /// One event from the broker for `topic`: dedupe, cache if retained, fan out.
-    fn on_event(&self, topic: &str, payload: Arc<str>) {
-        let head = match serde_json::from_str::<Head>(&payload) {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::warn!(error = %e, topic, "topic payload that is not an event object");
-                return;
-            }
+    /// One event from the broker for `topic`: dedupe, cache if retained, fan out. The envelope's
+    /// header says what this needs (id, retained); the frame goes out as it came.
+    fn on_event(&self, topic: &str, envelope: Envelope) {
+        let Head::Topic { id, retain } = envelope.head else {
+            tracing::debug!(topic, "not a topic event on a topic channel");
+            return;
         };
-        // A retained event carries a marker for the routers; clients get the frame without it.
-        let (frame, retained) = if head.retain {
-            match serde_json::from_str::<Value>(&payload) {
-                Ok(mut v) => {
-                    if let Some(obj) = v.as_object_mut() {
-                        obj.remove(crate::inbox::create::RETAIN_MARKER);
-                    }
-                    let frame: Arc<str> = Arc::from(v.to_string());
-                    let until = chrono::Utc::now()
-                        + chrono::Duration::from_std(self.settings.topic_retain)
-                            .unwrap_or(chrono::Duration::days(1));
-                    let r = head.id.clone().map(|id| Retained::of(id, v, until));
-                    (frame, r)
-                }
-                Err(_) => return,
-            }
-        } else {
-            (payload, None)
-        };
+        let frame = envelope.frame;
+        let retained = retain.then(|| {
+            let until = chrono::Utc::now()
+                + chrono::Duration::from_std(self.settings.topic_retain)
+                    .unwrap_or(chrono::Duration::days(1));
+            Retained::live(id.to_string(), &frame, until)
+        });
         let mut inner = self.inner();
         let Some(t) = inner.topics.get_mut(topic) else {
             return;
         };
-        if let Some(id) = &head.id {
-            if t.recent.iter().any(|r| r == id) {
-                metrics::counter!("notifyd_topic_duplicates_dropped_total").increment(1);
-                return;
-            }
-            if t.recent.len() == RECENT_IDS {
-                t.recent.pop_front();
-            }
-            t.recent.push_back(id.clone());
+        if t.recent.iter().any(|r| *r == id) {
+            metrics::counter!("notifyd_topic_duplicates_dropped_total").increment(1);
+            return;
         }
+        if t.recent.len() == RECENT_IDS {
+            t.recent.pop_front();
+        }
+        t.recent.push_back(id);
         if let Some(r) = retained {
             t.retained.offer(r);
         }

@@ -210,8 +210,9 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
     })
 }
 
-pub fn hello(user: &str, c: CountsView, heartbeat_s: u64) -> Value {
-    json!({"type": "hello", "user": user, "seq": c.seq, "unread": c.unread, "unseen": c.unseen, "heartbeat_s": heartbeat_s})
+/// `epoch`: the inbox's (`broker::envelope`); a client resumes with it beside `since`.
+pub fn hello(user: &str, c: CountsView, epoch: i64, heartbeat_s: u64) -> Value {
+    json!({"type": "hello", "user": user, "seq": c.seq, "unread": c.unread, "unseen": c.unseen, "epoch": epoch, "heartbeat_s": heartbeat_s})
 }
 
 /// `hello` for an anonymous viewer of public topics: no user, no inbox, no counts.
@@ -228,16 +229,19 @@ pub fn sync(changes: &Changes) -> Option<Value> {
             unread,
             unseen,
             events,
+            ..
         } => Some(
             json!({"type": "sync", "events": events, "seq": seq, "unread": unread, "unseen": unseen}),
         ),
+        // A reset says which inbox the client now holds (its next resume passes it back).
         Changes::Reset {
             seq,
             unread,
             unseen,
+            epoch,
             ..
         } => Some(
-            json!({"type": "sync", "reset": true, "seq": seq, "unread": unread, "unseen": unseen}),
+            json!({"type": "sync", "reset": true, "seq": seq, "unread": unread, "unseen": unseen, "epoch": epoch}),
         ),
     }
 }

@@ -34,7 +34,7 @@ async fn two_tabs_of_one_user_both_get_each_event_and_a_read_from_one_reaches_bo
         let h = hello(c).await;
         assert_eq!(
             h,
-            json!({"type": "hello", "user": u, "seq": 0, "unread": 0, "unseen": 0, "heartbeat_s": 25})
+            json!({"type": "hello", "user": u, "seq": 0, "unread": 0, "unseen": 0, "epoch": 0, "heartbeat_s": 25})
         );
     }
 
@@ -208,17 +208,18 @@ async fn since_ahead_of_the_stream_or_more_than_1000_behind_is_a_reset_on_ws_and
     app.send(&u, "two").await;
 
     // Ahead of the stream (the database was restored): reset.
+    let epoch = epoch_of(&db.url, &u).await;
     let mut c = app.ws(&u, Some(3)).await;
     assert_eq!(seq(&hello(&mut c).await), 2);
     let sync = c.next_of("sync", T).await;
     assert_eq!(
         sync,
-        json!({"type": "sync", "reset": true, "seq": 2, "unread": 2, "unseen": 2})
+        json!({"type": "sync", "reset": true, "seq": 2, "unread": 2, "unseen": 2, "epoch": epoch})
     );
     c.close().await;
     assert_eq!(
         app.user_json(&u, "/api/v1/me/changes?since=3").await,
-        json!({"reset": true, "seq": 2, "unread": 2, "unseen": 2})
+        json!({"reset": true, "seq": 2, "unread": 2, "unseen": 2, "epoch": epoch})
     );
 
     // 1,005 events in all: since=1 is 1,004 behind (reset), since=5 exactly 1,000 (replayed).
@@ -228,12 +229,12 @@ async fn since_ahead_of_the_stream_or_more_than_1000_behind_is_a_reset_on_ws_and
     assert_eq!(seq(&hello(&mut c).await), 1005);
     assert_eq!(
         c.next_of("sync", T).await,
-        json!({"type": "sync", "reset": true, "seq": 1005, "unread": 1005, "unseen": 1005})
+        json!({"type": "sync", "reset": true, "seq": 1005, "unread": 1005, "unseen": 1005, "epoch": epoch})
     );
     c.close().await;
     assert_eq!(
         app.user_json(&u, "/api/v1/me/changes?since=1").await,
-        json!({"reset": true, "seq": 1005, "unread": 1005, "unseen": 1005})
+        json!({"reset": true, "seq": 1005, "unread": 1005, "unseen": 1005, "epoch": epoch})
     );
 
     let mut c = app.ws(&u, Some(5)).await;
@@ -727,4 +728,13 @@ async fn a_stalled_tab_full_of_small_events_costs_no_event_log_reads_until_it_dr
     let (_, code) = read_until_close(stalled, Duration::ZERO).await;
     assert_eq!(code, Some(4008));
     app.stop().await;
+}
+
+/// The user's inbox epoch as PostgreSQL has it (0: no inbox).
+pub async fn epoch_of(db_url: &str, user: &str) -> i64 {
+    scalar_i64(
+        db_url,
+        &format!("SELECT coalesce((SELECT epoch FROM user_inbox_state WHERE user_id = '{user}'), 0) AS v"),
+    )
+    .await
 }

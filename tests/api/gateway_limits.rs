@@ -356,20 +356,8 @@ async fn sessions_the_log_cannot_repair_are_closed_and_leave_presence() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_a_database_restore_live_sessions_get_a_reset_not_silence() {
-    let db = TestDb::new().await;
-    let app = spawn_app(&db, Opts::default()).await;
-    let u = new_user();
-    let mut c = app.ws(&u, None).await;
-    c.next_of("hello", T).await;
-    for i in 0..5 {
-        app.send(&u, &format!("m{i}")).await;
-    }
-    for _ in 0..5 {
-        c.next_of("message.created", T).await;
-    }
-    // Restore an older backup: the user's inbox as it was at seq 2.
+/// A restored backup: the user's inbox as it was at seq 2, while the sessions saw 5.
+async fn restore_to_seq_2(db: &TestDb, u: &str) {
     let mut conn = db.conn().await;
     for sql in [
         format!("DELETE FROM t_message_real_time WHERE to_user = '{u}' AND seq > 2"),
@@ -382,14 +370,69 @@ async fn after_a_database_restore_live_sessions_get_a_reset_not_silence() {
             .await
             .expect("restore");
     }
+}
+
+async fn five_messages_seen(app: &TestApp, u: &str) -> WsClient {
+    let mut c = app.ws(u, None).await;
+    c.next_of("hello", T).await;
+    for i in 0..5 {
+        app.send(u, &format!("m{i}")).await;
+    }
+    for _ in 0..5 {
+        c.next_of("message.created", T).await;
+    }
+    c
+}
+
+/// After a restore the operator runs `notifyd reset-epochs` (docs/operations.md): every inbox
+/// gets a new epoch, and live sessions are reset at their user's next event, whose seq (3)
+/// the sessions had already seen in the lost future.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_database_restore_and_reset_epochs_live_sessions_get_a_reset_not_silence() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let u = new_user();
+    let mut c = five_messages_seen(&app, &u).await;
+    restore_to_seq_2(&db, &u).await;
+    assert!(
+        notifyd::db::reset_epochs(&db.url)
+            .await
+            .expect("reset-epochs")
+            >= 1
+    );
     app.send(&u, "after the restore").await;
     let f = c.next(T).await.expect("a frame after the restore");
     assert_eq!(
-        (&f["type"], &f["reset"]),
-        (&json!("sync"), &json!(true)),
+        (&f["type"], &f["reset"], &f["seq"]),
+        (&json!("sync"), &json!(true), &json!(3)),
         "{f}"
     );
-    assert!(f["seq"].as_i64().expect("seq") >= 3);
+    assert_eq!(f["epoch"], crate::gateway::epoch_of(&db.url, &u).await);
+    app.stop().await;
+}
+
+/// Without `reset-epochs` the audit still finds the seq that went back and resets the
+/// sessions within `NOTIFYD_AUDIT_INTERVAL`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restore_without_reset_epochs_the_audit_resets_live_sessions() {
+    let db = TestDb::new().await;
+    let app = spawn_app(
+        &db,
+        Opts {
+            audit_interval: Some(Duration::from_secs(1)),
+            ..Opts::default()
+        },
+    )
+    .await;
+    let u = new_user();
+    let mut c = five_messages_seen(&app, &u).await;
+    restore_to_seq_2(&db, &u).await;
+    let f = c.next(T).await.expect("a frame after the restore");
+    assert_eq!(
+        (&f["type"], &f["reset"], &f["seq"]),
+        (&json!("sync"), &json!(true), &json!(2)),
+        "{f}"
+    );
     app.stop().await;
 }
 

@@ -449,9 +449,24 @@ impl RedisTap {
         RedisTap { rx, task }
     }
 
+    /// The next published frame. The relay publishes envelopes (a header line, then the frame:
+    /// `broker::envelope`); this gives the frame, or the header alone (a JSON string) for an
+    /// envelope without one (the erase notice, `"x"`).
     pub async fn next(&mut self, timeout: Duration) -> Option<Value> {
-        let s = tokio::time::timeout(timeout, self.rx.recv()).await.ok()??;
-        Some(serde_json::from_str(&s).expect("published JSON"))
+        let s = self.next_raw(timeout).await?;
+        if s.starts_with('{') {
+            return Some(serde_json::from_str(&s).expect("published JSON"));
+        }
+        let (head, frame) = s.split_once('\n').expect("an envelope has a header line");
+        if frame.is_empty() {
+            return Some(Value::String(head.to_string()));
+        }
+        Some(serde_json::from_str(frame).expect("an envelope's frame is JSON"))
+    }
+
+    /// The next payload exactly as published.
+    pub async fn next_raw(&mut self, timeout: Duration) -> Option<String> {
+        tokio::time::timeout(timeout, self.rx.recv()).await.ok()?
     }
 
     /// Collects payloads until `n` arrived or `timeout` passed.

@@ -199,10 +199,11 @@ async fn another_service_cannot_retract_and_learns_nothing() {
 // ---------------------------------------------------------------------------------------------
 // Erase: DELETE /api/v1/users/{id}
 
-/// The erasure's reset notice is queued as `payload` jsonb, the one form relays of every version
-/// read: a relay from before the outbox's `frame` column, still leading during a rolling upgrade
-/// (or after a roll-back), reads only `payload` and, with no event at seq 0 to fall back on,
-/// would drop a frame-only notice, leaving the user's sessions unreset.
+/// The erasure's reset notice is queued as an envelope (`x`, what this version's relay
+/// publishes) and as `payload` jsonb, the form relays of every earlier version read: such a
+/// relay, still leading during a rolling upgrade (or after a roll-back), reads only `frame` or
+/// `payload` and, with no event at seq 0 to fall back on, would drop the notice, leaving the
+/// user's sessions unreset.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_erasure_notice_is_queued_in_the_form_every_relay_version_reads() {
     let db = TestDb::new().await;
@@ -213,13 +214,13 @@ async fn the_erasure_notice_is_queued_in_the_form_every_relay_version_reads() {
     assert_eq!(r.status(), 204);
     let queued = query_json(
         &db.url,
-        &format!("SELECT seq, payload FROM outbox WHERE user_id = '{u}' ORDER BY id"),
+        &format!("SELECT seq, payload, envelope FROM outbox WHERE user_id = '{u}' ORDER BY id"),
     )
     .await;
     assert_eq!(
         queued,
         vec![
-            json!({"seq": 0, "payload": {"type": "sync", "reset": true, "seq": 0, "unread": 0, "unseen": 0}})
+            json!({"seq": 0, "payload": {"type": "sync", "reset": true, "seq": 0, "unread": 0, "unseen": 0}, "envelope": "x\n"})
         ]
     );
     app.stop().await;
@@ -261,7 +262,7 @@ async fn erasing_a_user_removes_every_row_and_resets_their_sockets_on_every_node
         let f = c.expect("sync", WAIT).await;
         assert_eq!(
             f,
-            json!({"type": "sync", "reset": true, "seq": 0, "unread": 0, "unseen": 0})
+            json!({"type": "sync", "reset": true, "seq": 0, "unread": 0, "unseen": 0, "epoch": 0})
         );
     }
     // Every row of u is gone; v's are all there.
@@ -376,6 +377,110 @@ async fn a_gateway_that_remembers_the_old_seq_resets_before_the_new_inbox_overta
         }
         assert_eq!(c.frames.last().map(|f| f["unread"].clone()), Some(json!(4)));
     }
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The hole the inbox epoch closes: a client offline while its user was erased comes back with
+/// the old inbox's `since`, which the new inbox has already passed. Its seqs 1..since are not
+/// the new inbox's, so replaying what follows would leave the client with a list that mixes two
+/// inboxes: with the `epoch` of its `hello` it gets a reset instead, on the socket and on REST.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_offline_during_an_erasure_resumes_into_a_reset_not_into_the_new_inbox() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let u = new_user();
+    for t in ["one", "two", "three"] {
+        app.send(&u, t).await;
+    }
+    let mut c = app.ws(&u, None).await;
+    let hello = c.expect("hello", WAIT).await;
+    let old_epoch = hello["epoch"]
+        .as_i64()
+        .expect("hello carries the inbox epoch");
+    assert_eq!(
+        (hello["seq"].as_i64(), old_epoch > 0),
+        (Some(3), true),
+        "{hello}"
+    );
+    c.close().await;
+
+    let r = delete_as(&app, SERVICE_KEY, &format!("/api/v1/users/{u}")).await;
+    assert_eq!(r.status(), 204);
+    for i in 1..=5 {
+        app.send(&u, &format!("new {i}")).await;
+    }
+    let new_epoch = crate::gateway::epoch_of(&db.url, &u).await;
+    assert!(new_epoch > old_epoch, "{new_epoch} after {old_epoch}");
+
+    let url = format!("{}&epoch={old_epoch}", app.ws_url(&token(&u), Some(3)));
+    let mut back = WsClient::connect(&url).await.expect("connect");
+    assert_eq!(back.expect("hello", WAIT).await["epoch"], new_epoch);
+    assert_eq!(
+        back.expect("sync", WAIT).await,
+        json!({"type": "sync", "reset": true, "seq": 5, "unread": 5, "unseen": 5, "epoch": new_epoch})
+    );
+    assert_eq!(
+        app.user_json(&u, &format!("/api/v1/me/changes?since=3&epoch={old_epoch}"))
+            .await,
+        json!({"reset": true, "seq": 5, "unread": 5, "unseen": 5, "epoch": new_epoch})
+    );
+    // With the new inbox's epoch the same `since` is a plain resume.
+    let url = format!("{}&epoch={new_epoch}", app.ws_url(&token(&u), Some(3)));
+    let mut same = WsClient::connect(&url).await.expect("connect");
+    same.expect("hello", WAIT).await;
+    let sync = same.expect("sync", WAIT).await;
+    let seqs: Vec<i64> = sync["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["seq"].as_i64().expect("seq"))
+        .collect();
+    assert_eq!(seqs, vec![4, 5]);
+    app.stop().await;
+}
+
+/// The erase notice lost on the way (here: an inbox replaced behind the service's back, with
+/// no notice at all) and the new inbox overtaking the old seq in one batch: the gateway tells
+/// the new inbox by the epoch its events carry and resets the sessions, instead of taking seqs
+/// 4 and 5 of the new inbox for the continuation of the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_of_a_newer_inbox_resets_the_sessions_even_without_the_notice() {
+    let db = TestDb::new().await;
+    let prefix = new_prefix();
+    let a = spawn_app(&db, Opts::in_cluster(&prefix)).await;
+    let b = spawn_app(&db, Opts::in_cluster(&prefix)).await;
+    let u = new_user();
+    for t in ["one", "two", "three"] {
+        a.send(&u, t).await;
+    }
+    let mut on_b = b.ws(&u, None).await;
+    assert_eq!(on_b.expect("hello", WAIT).await["seq"], 3);
+    for table in [
+        "t_message_real_time WHERE to_user",
+        "user_event WHERE user_id",
+        "user_inbox_state WHERE user_id",
+    ] {
+        exec(&db.url, &format!("DELETE FROM {table} = '{u}'")).await;
+    }
+    let batch: Vec<Value> = (1..=5)
+        .map(|i| json!({"to_user": u, "title": format!("new {i}"), "type": "comment"}))
+        .collect();
+    assert_eq!(
+        a.post_messages(&json!({"messages": batch})).await.status(),
+        201
+    );
+    let f = on_b.next(WAIT).await.expect("a frame");
+    assert_eq!(
+        (&f["type"], &f["reset"], &f["seq"]),
+        (&json!("sync"), &json!(true), &json!(5)),
+        "the first frame after the new inbox's batch must be a reset; saw {:?}",
+        on_b.frames
+    );
+    // Nothing of the new inbox follows as if it continued the old one (a wait that proves an
+    // absence: the relayed copies of seqs 1-5 come within it, and must be dropped).
+    let more = on_b.next(Duration::from_millis(700)).await;
+    assert!(more.is_none(), "after the reset: {more:?}");
     a.stop().await;
     b.stop().await;
 }

@@ -315,25 +315,44 @@ async fn changes_since_n_are_exactly_the_frames_the_socket_received_after_n() {
     let seqs: Vec<i64> = frames.iter().map(|f| f["seq"].as_i64().unwrap()).collect();
     assert_eq!(seqs, (1..=7).collect::<Vec<_>>());
 
+    let epoch = crate::gateway::epoch_of(&db.url, &u).await;
+    assert!(
+        epoch > 1,
+        "a new inbox's epoch is its creation time in µs: {epoch}"
+    );
     let all = app.user_json(&u, "/api/v1/me/changes?since=0").await;
     assert_eq!(
         all,
-        json!({"seq": 7, "unread": 0, "unseen": 0, "events": frames})
+        json!({"seq": 7, "unread": 0, "unseen": 0, "epoch": epoch, "events": frames})
     );
     let tail = app.user_json(&u, "/api/v1/me/changes?since=3").await;
     assert_eq!(
         tail,
-        json!({"seq": 7, "unread": 0, "unseen": 0, "events": frames[3..]})
+        json!({"seq": 7, "unread": 0, "unseen": 0, "epoch": epoch, "events": frames[3..]})
+    );
+    // The same with the epoch the client holds; another epoch is another inbox: a reset.
+    let same = format!("/api/v1/me/changes?since=3&epoch={epoch}");
+    assert_eq!(app.user_json(&u, &same).await, tail);
+    let other = format!("/api/v1/me/changes?since=3&epoch={}", epoch - 1);
+    assert_eq!(
+        app.user_json(&u, &other).await,
+        json!({"reset": true, "seq": 7, "unread": 0, "unseen": 0, "epoch": epoch})
     );
     let none = app.user_json(&u, "/api/v1/me/changes?since=7").await;
     assert_eq!(
         none,
-        json!({"seq": 7, "unread": 0, "unseen": 0, "events": []})
+        json!({"seq": 7, "unread": 0, "unseen": 0, "epoch": epoch, "events": []})
     );
     // Without since: everything (since=0).
     assert_eq!(app.user_json(&u, "/api/v1/me/changes").await, all);
     // An empty value is not the parameter left out: the document says integer (schemathesis).
-    for bad in ["since=-1", "since=x", "since="] {
+    for bad in [
+        "since=-1",
+        "since=x",
+        "since=",
+        "since=1&epoch=-1",
+        "since=1&epoch=x",
+    ] {
         let r = app.user_get(&u, &format!("/api/v1/me/changes?{bad}")).await;
         assert_eq!(r.status(), 422, "{bad}");
     }
