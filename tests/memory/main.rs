@@ -2,7 +2,7 @@
 //! runs in-process). A test binary of their own, run one at a time, so no other test's
 //! allocations blur the figure.
 
-#[path = "../api/helpers.rs"]
+#[path = "../api/helpers/mod.rs"]
 mod helpers;
 
 use std::time::Duration;
