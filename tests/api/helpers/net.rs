@@ -15,6 +15,24 @@ pub struct Cuttable {
     pub port: u16,
     mode: std::sync::Arc<tokio::sync::watch::Sender<ProxyMode>>,
     accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    forwarding: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// One connection the proxy forwards, counted in `Cuttable::forwarding` until it stops
+/// forwarding (both its sockets closed, or frozen).
+struct Forwarding(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Forwarding {
+    fn new(count: &std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Forwarding(count.clone())
+    }
+}
+
+impl Drop for Forwarding {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,9 +51,11 @@ impl Cuttable {
         let (mode, _) = tokio::sync::watch::channel(ProxyMode::On);
         let mode = std::sync::Arc::new(mode);
         let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let forwarding = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let target = target.to_string();
         let mode2 = mode.clone();
         let accepted2 = accepted.clone();
+        let forwarding2 = forwarding.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((inbound, _)) = listener.accept().await else {
@@ -52,11 +72,12 @@ impl Cuttable {
                     }
                     ProxyMode::On => {
                         let target = target.clone();
+                        let counted = Forwarding::new(&forwarding2);
                         tokio::spawn(async move {
                             let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else {
                                 return;
                             };
-                            proxy_one(inbound, outbound, &mut rx).await;
+                            proxy_one(inbound, outbound, &mut rx, counted).await;
                         });
                     }
                 }
@@ -66,6 +87,7 @@ impl Cuttable {
             port,
             mode,
             accepted,
+            forwarding,
         }
     }
 
@@ -93,6 +115,12 @@ impl Cuttable {
         self.mode.send_replace(ProxyMode::On);
     }
 
+    /// How many connections the proxy forwards now: after `cut`, 0 once every proxied
+    /// connection is closed on both sides.
+    pub fn forwarding(&self) -> usize {
+        self.forwarding.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// How many connections the proxy has accepted so far (reconnects show up here).
     pub fn accepted(&self) -> usize {
         std::sync::atomic::AtomicUsize::load(&self.accepted, std::sync::atomic::Ordering::Relaxed)
@@ -105,13 +133,19 @@ async fn proxy_one(
     mut inbound: tokio::net::TcpStream,
     mut outbound: tokio::net::TcpStream,
     rx: &mut tokio::sync::watch::Receiver<ProxyMode>,
+    counted: Forwarding,
 ) {
     let mode = tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => return,
+        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => ProxyMode::Cut,
         m = rx.wait_for(|m| *m != ProxyMode::On) => m.map(|m| *m).unwrap_or(ProxyMode::Cut),
     };
     if mode == ProxyMode::Frozen {
+        drop(counted);
         hold_silently(inbound, Some(outbound)).await;
+    } else {
+        // Both sockets closed before the count goes down.
+        drop((inbound, outbound));
+        drop(counted);
     }
 }
 
