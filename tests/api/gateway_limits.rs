@@ -60,9 +60,17 @@ async fn outbound_queues_are_bounded_in_bytes_not_only_in_frames() {
     // 400 frames (fewer than the 512-frame queue) of about 25 KB: 10 MB, far more than the
     // socket buffers hold. The client reads nothing meanwhile: the server queues events up to
     // the 1 MiB budget and no more (the rest stays in the event log), and a session that stays
-    // behind for BEHIND_LIMIT (10 s) has fallen too far behind.
+    // behind for BEHIND_LIMIT (10 s) has fallen too far behind: the node lets it go (the user
+    // leaves presence; the default heartbeat, 25 s, is too slow to be what closed it).
     send_big(&app, &u, 8).await;
-    tokio::time::sleep(Duration::from_secs(12)).await;
+    eventually(
+        Duration::from_secs(60),
+        "the session that stayed behind was let go",
+        || async {
+            (app.presence(&u).await == json!({"online": false, "connections": 0})).then_some(())
+        },
+    )
+    .await;
     // Then it reads what was sent: it must end in a 4008 close, before all 400 arrived.
     let mut created = 0;
     let code = tokio::time::timeout(Duration::from_secs(60), async {
@@ -282,6 +290,8 @@ async fn a_fresh_token_sent_in_band_keeps_the_socket_open_past_the_old_exp() {
     let ack = c.next_of("ack", T).await;
     assert_eq!(ack["ref"], "a2");
     assert!(ack["exp"].as_i64().expect("exp") > chrono::Utc::now().timestamp() + 3000);
+    // A sleep to show that something does NOT happen: the old token's exp (2 s) passes, and the
+    // socket is not closed for it.
     tokio::time::sleep(Duration::from_secs(4)).await;
     app.send(&u, "after the old exp").await;
     assert_eq!(
@@ -324,6 +334,8 @@ async fn a_reconnect_racing_the_old_actors_exit_stays_online() {
         next.next_of("hello", T).await;
         c = next;
     }
+    // A sleep to show that something does NOT happen: the old actors' exits, each a few
+    // milliseconds after its socket closed, do not take the user offline under the live socket.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         app.presence(&u).await,
@@ -445,18 +457,29 @@ async fn unsolicited_pongs_do_not_count_as_reading() {
     let u = new_user();
     let mut s = raw_ws(&app, &u).await;
     let client_port = s.local_addr().expect("local addr").port();
-    for _ in 0..30 {
+    // Pongs every 300 ms, without reading a byte, until the node lets the client go (2.5 s of
+    // liveness at this heartbeat); had the pongs counted, the client would stay online for as
+    // long as it sends them, past the generous deadline.
+    let offline = json!({"online": false, "connections": 0});
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while app.presence(&u).await != offline {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a client sending only pongs stayed online for 60 s"
+        );
         if s.write_all(&client_frame(0xA, b"")).await.is_err() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    // 9 s is 3.6 liveness windows without reading a byte.
-    assert_eq!(
-        app.presence(&u).await,
-        json!({"online": false, "connections": 0})
-    );
-    assert!(!server_side_established(app.port, client_port));
+    eventually(T, "the client goes offline", || async {
+        (app.presence(&u).await == offline).then_some(())
+    })
+    .await;
+    eventually(T, "the server dropped the TCP connection", || async {
+        (!server_side_established(app.port, client_port)).then_some(())
+    })
+    .await;
     app.stop().await;
 }
 
@@ -514,7 +537,18 @@ async fn one_users_command_flood_does_not_hold_up_another_users_commands() {
         }
         flood.push(c);
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The flood is under way: one of its commands waits on the held row in the database.
+    eventually(T, "a flooding command waits on the held row", || async {
+        (scalar_i64(
+            &db.url,
+            "SELECT count(*) AS v FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .await
+            > 0)
+        .then_some(())
+    })
+    .await;
     let mut v = app.ws(&victim, None).await;
     v.next_of("hello", T).await;
     v.send(&json!({"type": "seen_all", "ref": "v"})).await;

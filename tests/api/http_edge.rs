@@ -732,12 +732,7 @@ fn dechunk(mut s: &str) -> String {
 
 /// A validly signed token with arbitrary claims.
 fn signed(claims: &Value) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        claims,
-        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
-    )
-    .expect("encode")
+    sign_claims(claims, JWT_SECRET)
 }
 
 fn now() -> i64 {
@@ -830,12 +825,7 @@ async fn nbf_is_enforced_and_401_bodies_reveal_nothing_of_the_jwt_library() {
     );
 
     let expired = signed(&json!({"sub": u, "exp": now() - 5}));
-    let wrong_key = jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &json!({"sub": u, "exp": now() + 3600}),
-        &jsonwebtoken::EncodingKey::from_secret(b"another secret"),
-    )
-    .expect("encode");
+    let wrong_key = sign_claims(&json!({"sub": u, "exp": now() + 3600}), "another secret");
     let no_exp = signed(&json!({"sub": u}));
     for (what, t) in [
         ("expired", expired.as_str()),

@@ -82,6 +82,7 @@ async fn listen_prints_each_event_once_and_resumes_after_a_restart() {
     .await;
     app.send(&u, "live again").await;
     eventually(Duration::from_secs(10), "6 events", count(6)).await;
+    // A sleep to show that something does NOT happen: no repeat of an event follows the sixth.
     tokio::time::sleep(Duration::from_millis(500)).await;
     task.abort();
 
@@ -485,6 +486,7 @@ async fn listen_prints_topic_events_once_and_subscribes_again_after_a_restart() 
         .await;
     l.wait_event("the event after the restart", |e| e["data"]["stock"] == 9)
         .await;
+    // A sleep to show that something does NOT happen: no repeat follows the last event.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let topic_events: Vec<(Value, Value)> = l
@@ -556,6 +558,8 @@ async fn listen_without_inbox_prints_topic_events_only() {
         .await;
     l.wait_event("the topic event", |e| e["data"]["stock"] == 4)
         .await;
+    // A sleep to show that something does NOT happen: the inbox message (sent first) is not
+    // printed, late or not.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         l.events().iter().all(|e| e["type"] == "topic.event"),
@@ -660,6 +664,8 @@ async fn listen_without_a_token_connects_anonymously_and_subscribes() {
     .await
     .expect("event");
     l.wait_events(2, Duration::from_secs(10)).await;
+    // A sleep to show that something does NOT happen: nothing more is printed after `r2` (a
+    // printed repeat of `r1` would already be the second event: one socket, in order).
     tokio::time::sleep(Duration::from_millis(200)).await;
     let ids: Vec<Value> = l.events().iter().map(|e| e["id"].clone()).collect();
     assert_eq!(ids, vec![serde_json::json!("r1"), serde_json::json!("r2")]);

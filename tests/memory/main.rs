@@ -2,7 +2,9 @@
 //! runs in-process). A test binary of their own, run one at a time, so no other test's
 //! allocations blur the figure.
 
-#[path = "../api/helpers.rs"]
+// This binary uses a part of the harness: the rest of its re-exports go unused here.
+#[path = "../api/helpers/mod.rs"]
+#[allow(unused_imports)]
 mod helpers;
 
 use std::time::Duration;

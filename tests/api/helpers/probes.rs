@@ -1,0 +1,29 @@
+//! What the kernel says about this process and its sockets (`/proc`).
+
+/// This process's resident set size, from `/proc/self/status`.
+pub fn rss_bytes() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Whether the kernel still holds an ESTABLISHED TCP connection from `client_port` to the
+/// server's `server_port` on the server's side (`/proc/net/tcp`, local address first).
+pub fn server_side_established(server_port: u16, client_port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table.lines().skip(1).any(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let port = |addr: &str| {
+            addr.rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok())
+        };
+        cols.len() > 3
+            && port(cols[1]) == Some(server_port)
+            && port(cols[2]) == Some(client_port)
+            && cols[3] == "01"
+    })
+}
