@@ -5,8 +5,10 @@
 //! `MAX_COMMANDS_IN_FLIGHT` at a time per session; subscriptions go to the topic router; a
 //! `publish` or a `send` runs beside the session, holding one of its command slots.
 //!
-//! What stays with the transport: reading and writing its connection, liveness (pings), the
-//! token's expiry timer (`Verdict::Renewed` tells it of a new `exp`), and closing.
+//! Beside it, transport-neutral too: `lifetime` (liveness and the token's expiry, on one timer;
+//! `Verdict::Renewed` gives it a new `exp`) and `Inbound::depart` (what a session's end tells
+//! the topic router and the actor). What stays with the transport: reading and writing its
+//! connection, and closing it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,8 +82,17 @@ impl Inbound {
     }
 
     /// The state and the actor back, for the session's departure.
-    pub fn into_parts(self) -> (Arc<AppState>, Option<MailboxSender>) {
-        (self.state, self.actor)
+    /// The session is over, whatever ended it: it leaves its topics and its user's actor hears
+    /// of it (presence, gauges), past the mailbox's bound (an actor that is gone needs no
+    /// telling).
+    pub fn depart(self, session: u64) {
+        self.state.topics.leave(session);
+        match self.actor {
+            Some(actor) => {
+                let _ = actor.send_always(ActorMsg::Leave { session });
+            }
+            None => metrics::gauge!("notifyd_ws_anonymous_connections").decrement(1.0),
+        }
     }
 
     /// Whether the client has sent more bad frames than a session tolerates.

@@ -5,6 +5,7 @@ pub mod catch_up;
 pub mod conn;
 pub mod inbound;
 pub mod intake;
+pub mod lifetime;
 pub mod mailbox;
 pub mod registry;
 pub mod session;

@@ -16,7 +16,8 @@ use tokio::time::Instant;
 
 use super::conn::Conn;
 use super::inbound::{Inbound, Verdict};
-use super::mailbox::{ActorMsg, MailboxSender};
+use super::lifetime::{close_grace, Lifetime, Tick};
+use super::mailbox::MailboxSender;
 use super::sockets::SocketPermit;
 use crate::auth::jwt::UserClaims;
 use crate::state::AppState;
@@ -26,8 +27,6 @@ use crate::wire::protocol::{self, close};
 /// How long a client closed for its own behaviour has to take its close frame before the
 /// connection is reset.
 const SHORT_GRACE: Duration = Duration::from_secs(2);
-/// Pings remembered for matching pongs (a slow but reading client may answer an older one).
-const OUTSTANDING_PINGS: usize = 4;
 
 /// Writes one frame taken from the queue. Cancel-safe: dropped before it completes, nothing
 /// was sent and the caller writes the same frame again. (`None` never resolves: `select!`
@@ -134,18 +133,6 @@ pub async fn close_holding<S>(
     drop(held);
 }
 
-/// How long a client may go without answering a ping before it counts as not reading: two
-/// missed heartbeats and half of the third.
-pub fn liveness_window(heartbeat: Duration) -> Duration {
-    heartbeat * 2 + heartbeat / 2
-}
-
-/// How long a closing session's last frames and close frame get to drain: the same time a live
-/// client has to answer a ping.
-pub fn close_grace(heartbeat: Duration) -> Duration {
-    liveness_window(heartbeat)
-}
-
 /// What the session's task starts with. (Handed over boxed: an `async fn` keeps its arguments
 /// beside the locals they are moved into, and this task is the one per socket.)
 pub struct SessionCtx {
@@ -180,49 +167,6 @@ async fn wait_joined(
     }
 }
 
-/// Far enough in the future to stand for "never" (an anonymous session's token expiry).
-const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-
-/// The last `OUTSTANDING_PINGS` ping nonces not yet answered, oldest first (a slow but
-/// reading client may answer an older one). Inline: no allocation per socket.
-#[derive(Default)]
-struct Pings {
-    nonces: [u64; OUTSTANDING_PINGS],
-    len: usize,
-}
-
-impl Pings {
-    /// Remembers `nonce` (forgetting the oldest when full) and returns it.
-    fn push(&mut self, nonce: u64) -> u64 {
-        if self.len == OUTSTANDING_PINGS {
-            self.nonces.copy_within(1.., 0);
-            self.len -= 1;
-        }
-        self.nonces[self.len] = nonce;
-        self.len += 1;
-        nonce
-    }
-
-    /// Whether `payload` echoes a remembered nonce; that one and every older one are then
-    /// forgotten.
-    fn answered(&mut self, payload: &[u8]) -> bool {
-        let Some(i) = self.nonces[..self.len]
-            .iter()
-            .position(|n| payload == n.to_be_bytes())
-        else {
-            return false;
-        };
-        self.nonces.copy_within(i + 1..self.len, 0);
-        self.len -= i + 1;
-        true
-    }
-}
-
-fn deadline_of(exp: i64) -> Instant {
-    let left = exp - chrono::Utc::now().timestamp();
-    Instant::now() + Duration::from_secs(left.max(0) as u64)
-}
-
 /// The session's one task: writes what its queue holds, reads client frames, answers pings,
 /// sends a ping every heartbeat and closes a session that has not answered for the liveness
 /// window or whose token expired. What each client message does is `inbound`'s (the same for
@@ -248,21 +192,12 @@ pub async fn run(ctx: Box<SessionCtx>) {
         .aggregate_continuations()
         .max_continuation_size(protocol::MAX_CLIENT_FRAME)
         .max_continuation_frames(protocol::MAX_CLIENT_FRAGMENTS);
-    // One timer serves the heartbeat and the token's expiry (it fires at whichever is first):
-    // a task per socket carries one, not two.
-    let mut next_ping = Instant::now() + heartbeat;
-    let mut expires = match &claims {
-        Some(c) => deadline_of(c.exp),
-        None => Instant::now() + NEVER,
-    };
-    let timer = tokio::time::sleep_until(next_ping.min(expires));
+    // Liveness and the token's expiry, on one timer (transport-neutral).
+    let mut lifetime = Lifetime::new(heartbeat, claims.as_ref().map(|c| c.exp));
+    let timer = tokio::time::sleep_until(lifetime.deadline());
     tokio::pin!(timer);
     let mut joined = Some(joined);
     let mut is_joined = false;
-    let mut last_pong = Instant::now();
-    // Nonces of the pings not yet answered: only a pong echoing one of them shows the client
-    // read that far; unsolicited pongs prove nothing.
-    let mut pings = Pings::default();
     // What the client's messages do, whatever carried them (transport-neutral).
     let mut inbound = Inbound::new(state, actor, claims);
     // The frame taken from the queue that actix-ws has not accepted yet (its channel is full
@@ -303,22 +238,15 @@ pub async fn run(ctx: Box<SessionCtx>) {
                 is_joined = true;
             }
             _ = &mut timer => {
-                let now = Instant::now();
-                if now >= expires {
-                    metrics::counter!("notifyd_ws_token_expired_total").increment(1);
-                    me.close_with(close::TOKEN_EXPIRED, "token expired");
-                    break;
-                }
-                if now >= next_ping {
-                    if last_pong.elapsed() > liveness_window(heartbeat) {
-                        metrics::counter!("notifyd_ws_liveness_closed_total").increment(1);
-                        me.close_with(close::POLICY, "missed heartbeats");
+                match lifetime.tick(Instant::now()) {
+                    Tick::Wait => {}
+                    Tick::Ping(nonce) => me.ping(nonce),
+                    Tick::End((code, reason)) => {
+                        me.close_with(code, reason);
                         break;
                     }
-                    me.ping(pings.push(rand::random::<u64>()));
-                    next_ping += heartbeat;
                 }
-                timer.as_mut().reset(next_ping.min(expires));
+                timer.as_mut().reset(lifetime.deadline());
             }
             msg = stream.recv(), if is_joined => {
                 let Some(msg) = msg else { break };
@@ -327,19 +255,15 @@ pub async fn run(ctx: Box<SessionCtx>) {
                         match inbound.on_text(&me, permit.key(), &text) {
                             Verdict::Done => {}
                             Verdict::Renewed(exp) => {
-                                expires = deadline_of(exp);
-                                timer.as_mut().reset(next_ping.min(expires));
+                                lifetime.renewed(exp);
+                                timer.as_mut().reset(lifetime.deadline());
                             }
                             Verdict::ActorGone => break,
                         }
                     }
                     Ok(actix_ws::AggregatedMessage::Binary(_)) => inbound.on_binary(&me),
                     Ok(actix_ws::AggregatedMessage::Ping(bytes)) => me.pong(&bytes),
-                    Ok(actix_ws::AggregatedMessage::Pong(bytes)) => {
-                        if pings.answered(&bytes) {
-                            last_pong = Instant::now();
-                        }
-                    }
+                    Ok(actix_ws::AggregatedMessage::Pong(bytes)) => lifetime.answered(&bytes),
                     Ok(actix_ws::AggregatedMessage::Close(_)) => {
                         me.close_with(1000, "bye");
                         break;
@@ -369,15 +293,7 @@ pub async fn run(ctx: Box<SessionCtx>) {
     // every open session's task.
     Box::pin(async move {
         let depart = async {
-            let (state, actor) = inbound.into_parts();
-            state.topics.leave(me.id);
-            // The actor must hear of every departure (presence, gauges): taken past the
-            // mailbox's bound (an actor that is gone needs no telling).
-            if let Some(actor) = actor {
-                let _ = actor.send_always(ActorMsg::Leave { session: me.id });
-            } else {
-                metrics::gauge!("notifyd_ws_anonymous_connections").decrement(1.0);
-            }
+            inbound.depart(me.id);
             drop(permit);
         };
         let closing = close_holding(ws, stream, close, close_grace(heartbeat), conn);

@@ -171,7 +171,7 @@ fn close_busy(
     conn: Option<Conn>,
 ) -> impl std::future::Future<Output = ()> {
     let busy = (close::TRY_AGAIN_LATER, protocol::busy_reason());
-    let grace = session::close_grace(state.settings.heartbeat);
+    let grace = super::lifetime::close_grace(state.settings.heartbeat);
     session::close_holding(ws, stream, Some(busy), grace, conn)
 }
 
