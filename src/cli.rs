@@ -36,9 +36,9 @@ pub enum Cmd {
         #[command(flatten)]
         config: ConfigFile,
     },
-    /// After restoring the database from a backup: give every inbox a new epoch, so that
-    /// gateways and clients that saw seqs the restored database no longer has reset their
-    /// sessions at once (docs/operations.md). Safe to run at any time: it costs every open
+    /// After restoring the database from a backup, before the nodes start: give every inbox a
+    /// new epoch, so that gateways and clients that saw seqs the restored database no longer
+    /// has reset their sessions (docs/operations.md). Run needlessly, it costs every open
     /// session one reset.
     ResetEpochs {
         #[command(flatten)]

@@ -183,7 +183,7 @@ pub async fn reset_epochs(database_url: &str) -> anyhow::Result<usize> {
     let mut conn = connect(database_url, &limits)
         .await
         .with_context(|| format!("connecting to {}", crate::config::redact::url(database_url)))?;
-    Ok(crate::store::inbox_state::renew_epochs(&mut conn).await?)
+    Ok(crate::store::inbox_state::renew_epochs(&mut conn, 1000).await?)
 }
 
 /// Runs one request's (or command's) database work on a pooled connection, bounded by

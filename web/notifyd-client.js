@@ -320,13 +320,13 @@ export class NotifydClient {
   // ---------------------------------------------------------------- state
 
   /** @returns {number|null} the last applied seq (persist it to resume across page loads) */
+  get seq() {
+    return this._seq;
+  }
+
   /** @returns {number|null} the inbox epoch of {@link NotifydClient#seq}: keep it beside `seq` */
   get epoch() {
     return this._epoch;
-  }
-
-  get seq() {
-    return this._seq;
   }
 
   /** @returns {NotifydCounts|null} the latest counters, null before the first `hello` */
@@ -697,6 +697,9 @@ export class NotifydClient {
       if (this._seq === null) {
         this._reset('initial', f);
       } else {
+        // From seq 0 any inbox's events are the right ones: the hello's epoch is safe to take
+        // (from a later seq only a reset may change it: see _reset).
+        if (this._seq === 0) this._epoch = Number.isSafeInteger(f.epoch) ? f.epoch : null;
         // If seq moved on, a `sync` with the missed events (or a reset) follows right away.
         this._setCounts(f, 'hello');
       }

@@ -49,6 +49,10 @@ struct Actor {
     last_seq: i64,
     /// The inbox `last_seq` counts in; 0 while the user has none (or it is not known yet).
     epoch: i64,
+    /// The highest epoch of an inbox these sessions were reset away from (erased, replaced):
+    /// an event or a database read of that epoch or below came from before the reset and is
+    /// dropped, whatever `epoch` is now (an erasure leaves it 0).
+    gone: i64,
     /// The user's turn at the database for WebSocket commands (one at a time).
     db_turn: Option<Arc<tokio::sync::Semaphore>>,
     sessions: VecMap<u64, Session>,
@@ -96,6 +100,7 @@ pub async fn run(start: Box<Start>) {
         id,
         last_seq: -1,
         epoch: 0,
+        gone: 0,
         db_turn: None,
         sessions: VecMap::default(),
     };
@@ -343,9 +348,15 @@ impl Actor {
         self.epoch != 0 && epoch != self.epoch
     }
 
+    /// Whether `epoch` names an inbox the sessions were already reset away from (a late copy
+    /// of its event, or a database read from before the reset).
+    fn stale(&self, epoch: i64) -> bool {
+        epoch != 0 && epoch != self.epoch && epoch <= self.gone
+    }
+
     /// Takes `epoch` as the sessions' inbox when they knew none (the user's first change).
     fn adopt(&mut self, epoch: i64) {
-        if self.epoch == 0 {
+        if self.epoch == 0 && epoch > self.gone {
             self.epoch = epoch;
         }
     }
@@ -384,6 +395,9 @@ impl Actor {
     /// Brings the sessions in line with what the database says (`c` holds the counts when a
     /// reset may follow): another inbox or a seq that went back is a reset, a seq ahead a repair.
     async fn compare(&mut self, seq: i64, epoch: i64, c: Counters) {
+        if self.stale(epoch) {
+            return;
+        }
         if self.other_inbox(epoch) {
             self.reset(c, "erased");
         } else if seq < self.last_seq {
@@ -401,18 +415,18 @@ impl Actor {
         if self.sessions.is_empty() {
             return; // nobody to deliver to; the next join reads the inbox afresh
         }
-        if epoch != 0 && self.other_inbox(epoch) {
-            if epoch < self.epoch {
-                // A late copy of the old inbox's event: nothing the sessions should see.
+        if epoch != 0 {
+            if self.stale(epoch) || (self.other_inbox(epoch) && epoch < self.epoch) {
+                // A late copy of an old inbox's event: nothing the sessions should see.
                 metrics::counter!("notifyd_duplicate_events_dropped_total").increment(1);
-            } else {
+                return;
+            }
+            if self.other_inbox(epoch) {
                 // The inbox was replaced and this is the new one's: the sessions start over
                 // from it as it is now (the event is in what they reload).
                 self.erased().await;
+                return;
             }
-            return;
-        }
-        if epoch != 0 {
             self.adopt(epoch);
         }
         if seq <= self.last_seq {
@@ -430,17 +444,18 @@ impl Actor {
     /// Delivers everything in `(last_seq, upto]` from the event log, in order.
     async fn repair(&mut self, upto: i64) {
         while self.last_seq < upto {
-            let (user, from) = (&self.user, self.last_seq);
-            let rows = Box::pin(
-                self.state
-                    .db(async |conn| Ok(events::range(conn, user, from, Some(upto), 500).await?)),
-            );
+            let (user, from, epoch) = (&self.user, self.last_seq, self.epoch);
+            let rows =
+                Box::pin(self.state.db(async |conn| {
+                    Ok(events::range_in(conn, user, epoch, from, upto, 500).await?)
+                }));
             match rows.await {
                 Ok(rows) if rows.first().map(|r| r.0) == Some(self.last_seq + 1) => {
                     for (seq, payload) in rows {
                         self.deliver(seq, Arc::from(payload.to_string()));
                     }
                 }
+                Ok(_) if self.replaced().await => return,
                 Ok(_) => {
                     // The log no longer holds what these sessions missed: they must resume and reset.
                     tracing::warn!(user = %self.user, from = self.last_seq, upto, "events missing from the log; closing sessions");
@@ -456,6 +471,18 @@ impl Actor {
                     return;
                 }
             }
+        }
+    }
+
+    /// After a read of the log came back short: whether that is because the inbox was replaced
+    /// meanwhile (then every session has been reset to the new one).
+    async fn replaced(&mut self) -> bool {
+        match self.current().await {
+            Ok(c) if self.other_inbox(c.epoch) => {
+                self.reset(c, "erased");
+                true
+            }
+            _ => false,
         }
     }
 
@@ -489,6 +516,9 @@ impl Actor {
         }
         metrics::counter!("notifyd_resets_sent_total", "reason" => reason).increment(1);
         let frame = protocol::sync(&Changes::reset(c)).map(|v| Arc::<str>::from(v.to_string()));
+        if c.epoch != self.epoch {
+            self.gone = self.gone.max(self.epoch);
+        }
         self.last_seq = c.seq;
         self.epoch = c.epoch;
         let mut dropped = vec![];
@@ -559,9 +589,9 @@ impl Actor {
                 s.behind_since = None;
                 continue;
             }
-            let user = &self.user;
+            let (user, epoch) = (&self.user, self.epoch);
             let rows = Box::pin(self.state.db(async |conn| {
-                Ok(events::range(conn, user, from, Some(upto), CATCH_UP_PAGE).await?)
+                Ok(events::range_in(conn, user, epoch, from, upto, CATCH_UP_PAGE).await?)
             }))
             .await;
             let Some(s) = self.sessions.get_mut(&id) else {
@@ -587,6 +617,7 @@ impl Actor {
                         s.behind_since = None;
                     }
                 }
+                Ok(_) if self.replaced().await => return,
                 Ok(_) => {
                     // The log no longer holds what it missed: resume and reset.
                     self.close(id, close::SLOW_CONSUMER, "fell behind: resume with since");

@@ -69,12 +69,14 @@ impl Changes {
 
 /// Whether a resume after `since`, from inbox `epoch` if the client said, is a reset whatever
 /// the event log holds: `since` ahead of the stream (a restored database), more than
-/// `MAX_REPLAY` behind, or of another inbox (an epoch of 0 is a client that knew no inbox).
+/// `MAX_REPLAY` behind, or of another inbox. A client that says epoch 0 (it knew no inbox, or
+/// was reset by an erasure) yet has applied events cannot say whose: a reset too. From
+/// `since` 0 every inbox's events are the right ones, whatever the epoch.
 fn must_reset(since: i64, epoch: Option<i64>, c: &Counters) -> bool {
     since < 0
         || since > c.seq
         || c.seq - since > MAX_REPLAY
-        || epoch.is_some_and(|e| e != 0 && e != c.epoch)
+        || (since > 0 && epoch.is_some_and(|e| e != c.epoch))
 }
 
 /// THE rule of a resume, for `GET /me/changes` and a WebSocket's `since` alike: given the
@@ -221,10 +223,19 @@ mod tests {
             None
         );
         assert_eq!(replayed(&resolve(Some(5), Some(6), at(5), vec![])), None);
-        // 0: the client knew no inbox; nothing to compare.
+        // 0 with events applied: whose they were cannot be told (it knew no inbox, or an
+        // erasure reset it and it took events since); from 0, any inbox's events are right.
         assert_eq!(
             replayed(&resolve(Some(2), Some(0), at(5), evs(3..=5))),
-            Some(3)
+            None
+        );
+        assert_eq!(
+            replayed(&resolve(Some(0), Some(0), at(5), evs(1..=5))),
+            Some(5)
+        );
+        assert_eq!(
+            replayed(&resolve(Some(0), Some(6), at(5), evs(1..=5))),
+            Some(5)
         );
     }
 }

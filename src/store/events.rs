@@ -47,6 +47,38 @@ pub async fn range(
     q.load(conn).await
 }
 
+/// `range`, only while the user's inbox is still `epoch` (checked in the same statement, so in
+/// the same snapshot): an inbox replaced meanwhile (erased and begun again) gives no rows
+/// rather than the new inbox's events at the old inbox's seqs. `epoch` 0 (not known) is not
+/// checked.
+pub async fn range_in(
+    conn: &mut Conn,
+    user: &str,
+    epoch: i64,
+    since: i64,
+    until: i64,
+    limit: i64,
+) -> QueryResult<Vec<(i64, serde_json::Value)>> {
+    use super::schema::user_inbox_state as s;
+    if epoch == 0 {
+        return range(conn, user, since, Some(until), limit).await;
+    }
+    e::table
+        .filter(e::user_id.eq(user))
+        .filter(e::seq.gt(since))
+        .filter(e::seq.le(until))
+        .filter(diesel::dsl::exists(
+            s::table
+                .filter(s::user_id.eq(user))
+                .filter(s::epoch.eq(epoch)),
+        ))
+        .select((e::seq, e::payload))
+        .order(e::seq.asc())
+        .limit(limit)
+        .load(conn)
+        .await
+}
+
 /// Every event of `user` (erasure). A plain `WHERE user_id` so it also works when the table is
 /// partitioned (every partition is searched by its own primary key).
 pub async fn erase_user(conn: &mut Conn, user: &str) -> QueryResult<usize> {

@@ -68,12 +68,34 @@ pub async fn erase(conn: &mut Conn, user: &str) -> QueryResult<usize> {
 
 /// Gives every inbox a new epoch (after a database was restored from a backup: the seqs the
 /// gateways and clients saw may then belong to a future the database no longer has). Returns
-/// how many inboxes there are.
-pub async fn renew_epochs(conn: &mut Conn) -> QueryResult<usize> {
-    diesel::sql_query(
-        "UPDATE user_inbox_state SET epoch = \
-         greatest(epoch + 1, (floor(extract(epoch FROM clock_timestamp()) * 1000000))::bigint)",
-    )
-    .execute(conn)
-    .await
+/// how many inboxes there are. In batches of `batch` rows, each its own statement, taking the
+/// rows in user order as every create does (no deadlock with a multi-recipient create, and no
+/// create waits on more than one batch).
+pub async fn renew_epochs(conn: &mut Conn, batch: i64) -> QueryResult<usize> {
+    use diesel::sql_types::{BigInt, Text};
+    #[derive(QueryableByName)]
+    struct Renewed {
+        #[diesel(sql_type = Text)]
+        user_id: String,
+    }
+    let mut after = String::new();
+    let mut total = 0;
+    loop {
+        let rows: Vec<Renewed> = diesel::sql_query(
+            "WITH b AS (SELECT user_id FROM user_inbox_state WHERE user_id > $1 \
+               ORDER BY user_id LIMIT $2 FOR UPDATE) \
+             UPDATE user_inbox_state s SET epoch = \
+               greatest(s.epoch + 1, (floor(extract(epoch FROM clock_timestamp()) * 1000000))::bigint) \
+             FROM b WHERE s.user_id = b.user_id RETURNING s.user_id",
+        )
+        .bind::<Text, _>(&after)
+        .bind::<BigInt, _>(batch)
+        .load(conn)
+        .await?;
+        total += rows.len();
+        match rows.into_iter().map(|r| r.user_id).max() {
+            Some(last) => after = last,
+            None => return Ok(total),
+        }
+    }
 }

@@ -485,6 +485,56 @@ async fn an_event_of_a_newer_inbox_resets_the_sessions_even_without_the_notice()
     b.stop().await;
 }
 
+/// Found by an attacker's review: after an erasure's reset the gateway held no inbox (epoch 0)
+/// and adopted the next event's epoch, so a late copy of the ERASED inbox's event (a relayed
+/// copy, a local delivery that lost the race with the erasure's) reached the reset socket, or,
+/// at a seq the log no longer held, closed it with 4008. It must be dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_copy_of_an_erased_inboxs_event_never_reaches_the_reset_sockets() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let u = new_user();
+    app.send(&u, "one").await;
+    let mut c = app.ws(&u, None).await;
+    let old_epoch = c.expect("hello", WAIT).await["epoch"]
+        .as_i64()
+        .expect("epoch");
+    let r = delete_as(&app, SERVICE_KEY, &format!("/api/v1/users/{u}")).await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(c.expect("sync", WAIT).await["reset"], true);
+    for seq in [1, 3] {
+        let late = format!(
+            "u {seq} {old_epoch} 0\n{}",
+            json!({"type": "message.created", "seq": seq, "unread": 1, "unseen": 1,
+                   "message": {"id": "01a2", "seq": seq, "title": "erased"}})
+        );
+        redis_publish(&app.user_channel(&u), &late).await;
+    }
+    // An absence: the two late copies arrive within this wait and must be dropped, and the
+    // socket must stay open (a ping still gets its pong).
+    c.send(&json!({"type": "ping", "ref": "after"})).await;
+    let next = c.next(WAIT).await.expect("the pong");
+    assert_eq!(
+        (&next["type"], &next["ref"]),
+        (&json!("pong"), &json!("after")),
+        "a late copy of the erased inbox reached the socket: {next}"
+    );
+    // The relayed erase notice may reset the socket a second time (documented, harmless);
+    // nothing else may come.
+    while let Some(f) = c.next(Duration::from_millis(500)).await {
+        assert_eq!(
+            (&f["type"], &f["reset"]),
+            (&json!("sync"), &json!(true)),
+            "{f}"
+        );
+    }
+    // The new inbox's first message still arrives, at seq 1.
+    app.send(&u, "new").await;
+    let f = c.expect("message.created", WAIT).await;
+    assert_eq!(f["seq"], 1, "{f}");
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn erase_refuses_an_id_no_user_can_have() {
     let db = TestDb::new().await;
