@@ -19,6 +19,32 @@ async fn exec(db_url: &str, sql: &str) {
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
+/// Two nodes of one cluster and a user with three messages (seq 3).
+async fn two_nodes_and_a_user_at_seq_3() -> (TestDb, TestApp, TestApp, String) {
+    let db = TestDb::new().await;
+    let prefix = new_prefix();
+    let a = spawn_app(&db, Opts::in_cluster(&prefix)).await;
+    let b = spawn_app(&db, Opts::in_cluster(&prefix)).await;
+    let u = new_user();
+    for t in ["one", "two", "three"] {
+        a.send(&u, t).await;
+    }
+    (db, a, b, u)
+}
+
+/// `n` messages to `u` in one request: their seqs are given in one statement.
+async fn batch_to(app: &TestApp, u: &str, n: usize) {
+    let batch: Vec<Value> = (1..=n)
+        .map(|i| json!({"to_user": u, "title": format!("new {i}"), "type": "comment"}))
+        .collect();
+    assert_eq!(
+        app.post_messages(&json!({"messages": batch}))
+            .await
+            .status(),
+        201
+    );
+}
+
 async fn delete_as(app: &TestApp, key: &str, path: &str) -> reqwest::Response {
     app.http
         .delete(format!("{}{path}", app.base))
@@ -320,14 +346,7 @@ async fn erasing_a_user_removes_every_row_and_resets_their_sockets_on_every_node
 /// it sees any event of the new inbox, then go on from the reset's seq with no hole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_that_remembers_the_old_seq_resets_before_the_new_inbox_overtakes_it() {
-    let db = TestDb::new().await;
-    let prefix = new_prefix();
-    let a = spawn_app(&db, Opts::in_cluster(&prefix)).await;
-    let b = spawn_app(&db, Opts::in_cluster(&prefix)).await;
-    let u = new_user();
-    for t in ["one", "two", "three"] {
-        a.send(&u, t).await;
-    }
+    let (_db, a, b, u) = two_nodes_and_a_user_at_seq_3().await;
     // One socket on the node that takes the requests (local delivery), one on the other.
     let mut on_a = a.ws(&u, None).await;
     let mut on_b = b.ws(&u, None).await;
@@ -340,13 +359,7 @@ async fn a_gateway_that_remembers_the_old_seq_resets_before_the_new_inbox_overta
             .status(),
         204
     );
-    let batch: Vec<Value> = (1..=4)
-        .map(|i| json!({"to_user": u, "title": format!("new {i}"), "type": "comment"}))
-        .collect();
-    assert_eq!(
-        a.post_messages(&json!({"messages": batch})).await.status(),
-        201
-    );
+    batch_to(&a, &u, 4).await;
 
     for (name, c) in [("a", &mut on_a), ("b", &mut on_b)] {
         // Read until the new inbox's last event (seq 4) has been applied.
@@ -446,14 +459,7 @@ async fn a_client_offline_during_an_erasure_resumes_into_a_reset_not_into_the_ne
 /// 4 and 5 of the new inbox for the continuation of the old one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_of_a_newer_inbox_resets_the_sessions_even_without_the_notice() {
-    let db = TestDb::new().await;
-    let prefix = new_prefix();
-    let a = spawn_app(&db, Opts::in_cluster(&prefix)).await;
-    let b = spawn_app(&db, Opts::in_cluster(&prefix)).await;
-    let u = new_user();
-    for t in ["one", "two", "three"] {
-        a.send(&u, t).await;
-    }
+    let (db, a, b, u) = two_nodes_and_a_user_at_seq_3().await;
     let mut on_b = b.ws(&u, None).await;
     assert_eq!(on_b.expect("hello", WAIT).await["seq"], 3);
     for table in [
@@ -463,13 +469,7 @@ async fn an_event_of_a_newer_inbox_resets_the_sessions_even_without_the_notice()
     ] {
         exec(&db.url, &format!("DELETE FROM {table} = '{u}'")).await;
     }
-    let batch: Vec<Value> = (1..=5)
-        .map(|i| json!({"to_user": u, "title": format!("new {i}"), "type": "comment"}))
-        .collect();
-    assert_eq!(
-        a.post_messages(&json!({"messages": batch})).await.status(),
-        201
-    );
+    batch_to(&a, &u, 5).await;
     let f = on_b.next(WAIT).await.expect("a frame");
     assert_eq!(
         (&f["type"], &f["reset"], &f["seq"]),
