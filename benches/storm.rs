@@ -24,7 +24,8 @@
 //! BENCH_STORM_CLIENTS (default 1500), BENCH_STORM_MISSED messages per user while away (3),
 //! BENCH_STORM_POST_RATE steady POSTs/s on B (50), BENCH_STORM_INFLIGHT (0: the open-loop rate;
 //! k: k POSTs always in flight, closed loop), BENCH_STORM_USER_RATE users' REST calls/s on B's
-//! public listener (50; 0 leaves them out), BENCH_STORM_SERVICE_LISTENER=1 (the POSTs on B's
+//! public listener (50; 0 leaves them out), BENCH_STORM_USER_CONN=keepalive (those calls reuse
+//! idle connections; by default each opens its own), BENCH_STORM_SERVICE_LISTENER=1 (the POSTs on B's
 //! `NOTIFYD_SERVICE_BIND`), BENCH_STORM_SPREAD_MS (0: all at once; 500 is the shipped client's
 //! first-retry window), NOTIFYD_BIN (the binary both nodes run; target/release/notifyd). The doc section is written for runs of
 //! 10,000 clients or more (BENCH_WRITE_DOC=1 forces it, =0 prevents it), one block per label.
@@ -383,7 +384,14 @@ async fn user_calls(base: String, rate: u64, stop: Arc<AtomicBool>) -> (Vec<u32>
     let tokens: Vec<String> = (0..USER_PROBE_USERS)
         .filter_map(|i| keys.mint(&format!("reader{i}"), 3600, &[]).ok())
         .collect();
-    let Ok(http) = reqwest::Client::builder().pool_max_idle_per_host(0).build() else {
+    // BENCH_STORM_USER_CONN=keepalive: calls reuse idle connections instead (as they arrive
+    // through a proxy that keeps connections to the nodes open, docs/deploy/nginx.conf).
+    let fresh = std::env::var("BENCH_STORM_USER_CONN").as_deref() != Ok("keepalive");
+    let idle = if fresh { 0 } else { usize::MAX };
+    let Ok(http) = reqwest::Client::builder()
+        .pool_max_idle_per_host(idle)
+        .build()
+    else {
         return (vec![], 0);
     };
     let url = format!("{base}/api/v1/me/unread-count");
@@ -721,7 +729,7 @@ began: {load}. Clients came back {how}.\n\n\
 | refusals (1013 with `retry_after`) / clients refused at least once / failed handshakes | {refusals} / {refused_clients} / {hs} |\n\
 | steady POST /api/v1/messages on B {load_words} ({on}), quiet, p50 / p99 | {q50:.1} / {q99:.1} ms ({qn} POSTs, {qf} failed) |\n\
 | the same during the storm, p50 / p99 | **{s50:.1} / {s99:.1} ms** ({sn} POSTs, {sf} failed; p99 {ratio:.1}× quiet) |\n\
-| users' GET /api/v1/me/unread-count on B's public listener at {ur}/s (open loop, a new connection each), quiet, p50 / p99 | {uq50:.1} / {uq99:.1} ms ({uqn} calls, {uqf} failed) |\n\
+| users' GET /api/v1/me/unread-count on B's public listener at {ur}/s (open loop, {conn}), quiet, p50 / p99 | {uq50:.1} / {uq99:.1} ms ({uqn} calls, {uqf} failed) |\n\
 | the same during the storm, p50 / p99 | **{us50:.1} / {us99:.1} ms** ({usn} calls, {usf} failed; p99 {uratio:.1}× quiet) |\n\
 | kernel, during the storm (whole machine): accept-queue overflows / SYN retransmissions | {lo} / {sr} |\n\
 | setting up: {n} clients opened on A | {ca:.1} s |\n\
@@ -770,6 +778,10 @@ began: {load}. Clients came back {how}.\n\n\
         sf = r.storm.3,
         ratio = r.storm.1 / r.quiet.1,
         ur = r.user_rate,
+        conn = match std::env::var("BENCH_STORM_USER_CONN").as_deref() {
+            Ok("keepalive") => "idle connections reused",
+            _ => "a new connection each",
+        },
         uq50 = r.user_quiet.0,
         uq99 = r.user_quiet.1,
         uqn = r.user_quiet.2,
@@ -804,7 +816,8 @@ during the storm; they run on a thread and runtime of their own in the bench (un
 says `BENCH_STORM_POSTS=shared`), so their timing does not include waiting behind the storm\n\
 clients' tasks in the bench's runtime; a block whose POSTs were `with k in flight` kept k POSTs\n\
 always in flight instead (closed loop). Users' own calls (`GET /api/v1/me/unread-count`, users no\n\
-storm client is) go to B's public listener at a fixed rate, open loop, a new connection each,\n\
+storm client is) go to B's public listener at a fixed rate, open loop, a new connection each\n\
+(unless the block says idle connections were reused),\n\
 timed the same way. The kernel's `ListenOverflows` and `TCPSynRetrans` (/proc/net/netstat, whole\n\
 machine, over the storm) count SYNs dropped because a listener's accept queue was full and the\n\
 retransmissions they cost (each waits 1 s, then 3 s, ...).\n\n"
