@@ -15,6 +15,7 @@
 //! Run: `cargo bench --bench load` (env BENCH_SECS, BENCH_WS_CONNS to change the sizes;
 //! `BENCH_ONLY=write,relay,ws,announcement` picks scenarios). Each scenario rewrites only its own
 //! section of docs/benchmarks.md. `scripts/bench.sh` runs this and every other bench.
+//! `BENCH_PGBENCH_SCRIPTS=<dir>` only writes the handler's statement as pgbench scripts there.
 
 mod support;
 
@@ -173,6 +174,16 @@ fn pgbench(db: &str, clients: u64, secs: u64, rows: u32, notify: bool) -> anyhow
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // BENCH_PGBENCH_SCRIPTS=<dir>: only write the handler's statement as pgbench scripts (1 row,
+    // and a 100-message batch, beside benches/pgbench/minimal-batch-100.sql), to run by hand.
+    if let Ok(dir) = std::env::var("BENCH_PGBENCH_SCRIPTS") {
+        for rows in [1, 100] {
+            let path = std::path::Path::new(&dir).join(format!("handler-batch-{rows}.sql"));
+            std::fs::write(&path, pgbench_script(rows))?;
+            println!("wrote {}", path.display());
+        }
+        return Ok(());
+    }
     let bin = std::env::var("NOTIFYD_BIN").unwrap_or_else(|_| "target/release/notifyd".into());
     if !std::path::Path::new(&bin).exists() {
         bail!("{bin} not found: run `cargo build --release` first");

@@ -15,13 +15,19 @@
 //!    waits 0.5–1 s. Measured: time until every client resumed, resume p50/p99, refusals and
 //!    retries, wrong or missing events, catch-up queries and events read (B's
 //!    `notifyd_catch_up_queries_total`/`notifyd_catch_up_events_total`), and the POST p50/p99 on B
-//!    during the storm beside the same load before it (the quiet baseline).
+//!    during the storm beside the same load before it (the quiet baseline); beside them, users'
+//!    own REST calls (`GET /api/v1/me/unread-count`, user tokens of users no storm client is) on
+//!    B's public listener, where the handshakes arrive, quiet and during the storm (`user_calls`).
 //!
 //! Needs a release binary (`cargo build --release`), PostgreSQL and Redis (scripts/services.sh).
 //! Run: `BENCH_STORM_CLIENTS=15000 BENCH_STORM_LABEL=<label> cargo bench --bench storm`. Env:
 //! BENCH_STORM_CLIENTS (default 1500), BENCH_STORM_MISSED messages per user while away (3),
-//! BENCH_STORM_POST_RATE steady POSTs/s on B (50), BENCH_STORM_SPREAD_MS (0: all at once; 500
-//! is the shipped client's first-retry window). The doc section is written for runs of
+//! BENCH_STORM_POST_RATE steady POSTs/s on B (50), BENCH_STORM_INFLIGHT (0: the open-loop rate;
+//! k: k POSTs always in flight, closed loop), BENCH_STORM_USER_RATE users' REST calls/s on B's
+//! public listener (50; 0 leaves them out), BENCH_STORM_USER_CONN=keepalive (those calls reuse
+//! idle connections; by default each opens its own), BENCH_STORM_SERVICE_LISTENER=1 (the POSTs on B's
+//! `NOTIFYD_SERVICE_BIND`), BENCH_STORM_SPREAD_MS (0: all at once; 500 is the shipped client's
+//! first-retry window), NOTIFYD_BIN (the binary both nodes run; target/release/notifyd). The doc section is written for runs of
 //! 10,000 clients or more (BENCH_WRITE_DOC=1 forces it, =0 prevents it), one block per label.
 //! Timing never fails the run: only a broken set-up does.
 
@@ -57,6 +63,8 @@ const WAIT: Duration = Duration::from_secs(30);
 const STORM_DEADLINE: Duration = Duration::from_secs(120);
 /// Recipients per `to_users` POST (the API's limit is 10,000).
 const RECIPIENTS_PER_POST: usize = 5000;
+/// Users behind the user REST probe (`user_calls`), none of them a storm client.
+const USER_PROBE_USERS: usize = 64;
 
 async fn open_ws(i: usize, server: SocketAddr, path: &str) -> anyhow::Result<Ws> {
     let src = SocketAddr::from(([127, 0, 0, 2 + (i % SOURCES) as u8], 0));
@@ -357,16 +365,110 @@ async fn timed_posts(base: String, rate: u64, stop: Arc<AtomicBool>) -> (Vec<u32
     if std::env::var("BENCH_STORM_POSTS").as_deref() == Ok("shared") {
         return steady_posts(base, rate, stop).await;
     }
+    on_own_thread(move || steady_posts(base, rate, stop)).await
+}
+
+/// Users' own REST calls on B's PUBLIC listener (where the storm's handshakes arrive):
+/// `GET /api/v1/me/unread-count` with a user token, for `USER_PROBE_USERS` users no storm
+/// client is, at `rate`/s until `stop`; returns (latencies in µs, failures).
+///
+/// Open loop, each call on its own task and its own new connection: users are many independent
+/// browsers, whose calls do not wait for one another's answers, so a slow server must not slow
+/// the probe down with it (a closed loop with a few in flight would send fewer calls exactly
+/// when the server is slow, and its p99 would under-count the slow moments). A new connection
+/// per call is what the HTTP intake acts on (it looks at a connection's first request only), so
+/// this is the case where taking the intake out could cost users the most; a call on a kept-alive
+/// connection meets the same worker queue without the accept.
+async fn user_calls(base: String, rate: u64, stop: Arc<AtomicBool>) -> (Vec<u32>, u64) {
+    let keys = notifyd::auth::jwt::JwtKeys::new(SECRET);
+    let tokens: Vec<String> = (0..USER_PROBE_USERS)
+        .filter_map(|i| keys.mint(&format!("reader{i}"), 3600, &[]).ok())
+        .collect();
+    // BENCH_STORM_USER_CONN=keepalive: calls reuse idle connections instead (as they arrive
+    // through a proxy that keeps connections to the nodes open, docs/deploy/nginx.conf).
+    let fresh = std::env::var("BENCH_STORM_USER_CONN").as_deref() != Ok("keepalive");
+    let idle = if fresh { 0 } else { usize::MAX };
+    let Ok(http) = reqwest::Client::builder()
+        .pool_max_idle_per_host(idle)
+        .build()
+    else {
+        return (vec![], 0);
+    };
+    let url = format!("{base}/api/v1/me/unread-count");
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let lat = Arc::new(std::sync::Mutex::new(vec![]));
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut tasks = vec![];
+    let mut k = 0usize;
+    while !stop.load(Ordering::Relaxed) && !tokens.is_empty() {
+        tick.tick().await;
+        k += 1;
+        let (http, url, token) = (http.clone(), url.clone(), tokens[k % tokens.len()].clone());
+        let (lat, failed) = (lat.clone(), failed.clone());
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let r = http
+                .get(url)
+                .bearer_auth(token)
+                .timeout(Duration::from_secs(30))
+                .send()
+                .await;
+            let us = t.elapsed().as_micros().min(u32::MAX as u128) as u32;
+            match r {
+                Ok(r) if r.status() == 200 => {
+                    if let Ok(mut l) = lat.lock() {
+                        l.push(us)
+                    }
+                }
+                _ => {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let v = lat.lock().map(|l| l.clone()).unwrap_or_default();
+    (v, failed.load(Ordering::Relaxed))
+}
+
+/// `user_calls` on a thread of its own; BENCH_STORM_USER_RATE=0 leaves it out.
+async fn user_probe(base: String, rate: u64, stop: Arc<AtomicBool>) -> (Vec<u32>, u64) {
+    if rate == 0 {
+        return (vec![], 0);
+    }
+    on_own_thread(move || user_calls(base, rate, stop)).await
+}
+
+/// Runs `f` on a thread and single-threaded runtime of its own, so that its timing is not also
+/// the wait of its tasks behind the storm clients' tasks in the bench's own runtime.
+async fn on_own_thread<F, Fut>(f: F) -> (Vec<u32>, u64)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = (Vec<u32>, u64)>,
+{
     let thread = std::thread::spawn(move || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map(|rt| rt.block_on(steady_posts(base, rate, stop)))
+            .map(|rt| rt.block_on(f()))
             .unwrap_or_default()
     });
     tokio::task::spawn_blocking(move || thread.join().unwrap_or_default())
         .await
         .unwrap_or_default()
+}
+
+/// p50, p99 (ms), count and failures of sorted latencies (µs).
+fn summary(sorted: &[u32], failed: u64) -> (f64, f64, usize, u64) {
+    (
+        percentile(sorted, 0.5) / 1e3,
+        percentile(sorted, 0.99) / 1e3,
+        sorted.len(),
+        failed,
+    )
 }
 
 fn percentile(sorted: &[u32], q: f64) -> f64 {
@@ -433,6 +535,11 @@ struct StormResult {
     post_rate: u64,
     quiet: (f64, f64, usize, u64),
     storm: (f64, f64, usize, u64),
+    /// The user REST probe (`user_calls`) on the public listener: rate, then quiet and during
+    /// the storm as above.
+    user_rate: u64,
+    user_quiet: (f64, f64, usize, u64),
+    user_storm: (f64, f64, usize, u64),
     first_error: Option<String>,
     /// Kernel counters over the storm (whole machine): accept-queue overflows (SYNs dropped
     /// because a listener's queue was full) and SYN retransmissions.
@@ -461,6 +568,7 @@ async fn storm(
     n: usize,
     missed: i64,
     rate: u64,
+    user_rate: u64,
     spread_ms: u64,
 ) -> anyhow::Result<StormResult> {
     let prefix = format!("benchstorm{}:", std::process::id());
@@ -522,15 +630,19 @@ async fn storm(
     // The quiet baseline: the same steady load on B with nobody connected.
     let stop = Arc::new(AtomicBool::new(false));
     let quiet = tokio::spawn(timed_posts(post_base.clone(), rate, stop.clone()));
+    let user_quiet = tokio::spawn(user_probe(b.base.clone(), user_rate, stop.clone()));
     tokio::time::sleep(Duration::from_secs(5)).await;
     stop.store(true, Ordering::Relaxed);
     let (mut quiet_lat, quiet_failed) = quiet.await?;
     quiet_lat.sort_unstable();
+    let (mut user_quiet_lat, user_quiet_failed) = user_quiet.await?;
+    user_quiet_lat.sort_unstable();
 
     let before = metric_sums(&metrics_base).await;
     let (overflows0, syn0) = (tcp_ext("ListenOverflows"), tcp_ext("TCPSynRetrans"));
     let stop = Arc::new(AtomicBool::new(false));
     let steady = tokio::spawn(timed_posts(post_base.clone(), rate, stop.clone()));
+    let user_storm = tokio::spawn(user_probe(b.base.clone(), user_rate, stop.clone()));
     println!("    {n} clients reconnect to B with since=1 (expecting seq {last})");
     let server_b = SocketAddr::from(([127, 0, 0, 1], b.port));
     let t0 = Instant::now();
@@ -551,6 +663,8 @@ async fn storm(
     stop.store(true, Ordering::Relaxed);
     let (mut storm_lat, storm_failed) = steady.await?;
     storm_lat.sort_unstable();
+    let (mut user_storm_lat, user_storm_failed) = user_storm.await?;
+    user_storm_lat.sort_unstable();
     let after = metric_sums(&metrics_base).await;
     let delta =
         |k: &str| after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
@@ -585,18 +699,11 @@ async fn storm(
         intake_waits_over_250ms: slower_than("notifyd_http_intake_wait_seconds", "0.25"),
         events_read: delta("notifyd_catch_up_events_total"),
         post_rate: rate,
-        quiet: (
-            percentile(&quiet_lat, 0.5) / 1e3,
-            percentile(&quiet_lat, 0.99) / 1e3,
-            quiet_lat.len(),
-            quiet_failed,
-        ),
-        storm: (
-            percentile(&storm_lat, 0.5) / 1e3,
-            percentile(&storm_lat, 0.99) / 1e3,
-            storm_lat.len(),
-            storm_failed,
-        ),
+        quiet: summary(&quiet_lat, quiet_failed),
+        storm: summary(&storm_lat, storm_failed),
+        user_rate,
+        user_quiet: summary(&user_quiet_lat, user_quiet_failed),
+        user_storm: summary(&user_storm_lat, user_storm_failed),
         first_error: outcomes.iter().find_map(|o| o.last_error.clone()),
         service_listener: service_port.is_some(),
         spread_ms,
@@ -622,6 +729,8 @@ began: {load}. Clients came back {how}.\n\n\
 | refusals (1013 with `retry_after`) / clients refused at least once / failed handshakes | {refusals} / {refused_clients} / {hs} |\n\
 | steady POST /api/v1/messages on B {load_words} ({on}), quiet, p50 / p99 | {q50:.1} / {q99:.1} ms ({qn} POSTs, {qf} failed) |\n\
 | the same during the storm, p50 / p99 | **{s50:.1} / {s99:.1} ms** ({sn} POSTs, {sf} failed; p99 {ratio:.1}× quiet) |\n\
+| users' GET /api/v1/me/unread-count on B's public listener at {ur}/s (open loop, {conn}), quiet, p50 / p99 | {uq50:.1} / {uq99:.1} ms ({uqn} calls, {uqf} failed) |\n\
+| the same during the storm, p50 / p99 | **{us50:.1} / {us99:.1} ms** ({usn} calls, {usf} failed; p99 {uratio:.1}× quiet) |\n\
 | kernel, during the storm (whole machine): accept-queue overflows / SYN retransmissions | {lo} / {sr} |\n\
 | setting up: {n} clients opened on A | {ca:.1} s |\n\
 <!-- /storm-run:{label} -->\n",
@@ -668,6 +777,20 @@ began: {load}. Clients came back {how}.\n\n\
         sn = r.storm.2,
         sf = r.storm.3,
         ratio = r.storm.1 / r.quiet.1,
+        ur = r.user_rate,
+        conn = match std::env::var("BENCH_STORM_USER_CONN").as_deref() {
+            Ok("keepalive") => "idle connections reused",
+            _ => "a new connection each",
+        },
+        uq50 = r.user_quiet.0,
+        uq99 = r.user_quiet.1,
+        uqn = r.user_quiet.2,
+        uqf = r.user_quiet.3,
+        us50 = r.user_storm.0,
+        us99 = r.user_storm.1,
+        usn = r.user_storm.2,
+        usf = r.user_storm.3,
+        uratio = r.user_storm.1 / r.user_quiet.1,
         ca = r.connect_a_s,
         how = spread_words(r.spread_ms),
         lo = r.listen_overflows,
@@ -691,7 +814,11 @@ with exactly the missed events, each once, in order. A client refused with 1013 
 time on their own task at a fixed rate (open loop), first with nobody connected (quiet), then\n\
 during the storm; they run on a thread and runtime of their own in the bench (unless the block\n\
 says `BENCH_STORM_POSTS=shared`), so their timing does not include waiting behind the storm\n\
-clients' tasks in the bench's runtime. The kernel's `ListenOverflows` and `TCPSynRetrans` (/proc/net/netstat, whole\n\
+clients' tasks in the bench's runtime; a block whose POSTs were `with k in flight` kept k POSTs\n\
+always in flight instead (closed loop). Users' own calls (`GET /api/v1/me/unread-count`, users no\n\
+storm client is) go to B's public listener at a fixed rate, open loop, a new connection each\n\
+(unless the block says idle connections were reused),\n\
+timed the same way. The kernel's `ListenOverflows` and `TCPSynRetrans` (/proc/net/netstat, whole\n\
 machine, over the storm) count SYNs dropped because a listener's accept queue was full and the\n\
 retransmissions they cost (each waits 1 s, then 3 s, ...).\n\n"
         .to_string()
@@ -720,6 +847,7 @@ async fn bench() -> anyhow::Result<()> {
     let n = env_num("BENCH_STORM_CLIENTS", 1500) as usize;
     let missed = env_num("BENCH_STORM_MISSED", 3) as i64;
     let rate = env_num("BENCH_STORM_POST_RATE", 50).max(1);
+    let user_rate = env_num("BENCH_STORM_USER_RATE", 50);
     let label = std::env::var("BENCH_STORM_LABEL").unwrap_or_else(|_| support::git_commit());
     let note = std::env::var("BENCH_STORM_NOTE")
         .map(|s| format!("{s}\n\n"))
@@ -740,7 +868,7 @@ async fn bench() -> anyhow::Result<()> {
     // BENCH_STORM_SPREAD_MS=500: each client waits a delay uniform in [0, 500 ms) before its
     // first reconnect, as the shipped JS client does; 0 (the default): all at once.
     let spread_ms = env_num("BENCH_STORM_SPREAD_MS", 0);
-    let r = storm(&bin, &db, n, missed, rate, spread_ms).await;
+    let r = storm(&bin, &db, n, missed, rate, user_rate, spread_ms).await;
     db.drop_db().await?;
     let r = r?;
     if let Some(e) = &r.first_error {
