@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::Listener;
 use crate::auth::jwt::JwtKeys;
+use crate::auth::service::ServiceKeys;
 use crate::broker::{self, Broker, Hub};
 use crate::config::Settings;
 use crate::db;
@@ -95,8 +96,15 @@ impl Application {
         metrics::gauge!("notifyd_http_workers").set(workers as f64);
         let gateway = new_gateway(&settings, workers);
         let settings = Arc::new(settings);
-        let (topics, shards) =
-            crate::topics::Router::new(hub.clone(), settings.clone(), gateway.next_id());
+        let (topics, shards) = crate::topics::Router::new(
+            hub.clone(),
+            settings.clone(),
+            gateway.next_id(),
+            crate::topics::RetainedStore {
+                pool: pool.clone(),
+                permits: gateway.db_commands.clone(),
+            },
+        );
         for shard in shards {
             bg.spawn(|stop| topics.clone().run_shard(shard, stop));
         }
@@ -282,6 +290,9 @@ struct Http {
 /// Binds and starts the HTTP listeners over `state`.
 fn serve_http(state: &AppState, workers: usize) -> anyhow::Result<Http> {
     let data = web::Data::new(state.clone());
+    // What the auth extractors read, apart from the state (auth::user, auth::service).
+    let jwt = web::Data::new(state.jwt.clone());
+    let service_keys = web::Data::new(ServiceKeys(state.settings.service_keys.clone()));
     let dev = state.settings.dev;
     // A deep accept queue: a reconnect storm's SYNs are queued, not dropped (see
     // http_listener).
@@ -293,9 +304,12 @@ fn serve_http(state: &AppState, workers: usize) -> anyhow::Result<Http> {
     // but the internal surfaces only where `routes` serves them.
     let app = move |routes: Listener| {
         let (data, cors) = (data.clone(), cors.clone());
+        let (jwt, service_keys) = (jwt.clone(), service_keys.clone());
         move || {
             let app = App::new()
                 .app_data(data.clone())
+                .app_data(jwt.clone())
+                .app_data(service_keys.clone())
                 // A span per request and the access line (without the query string: browsers
                 // send user tokens as `?token=`).
                 .wrap(actix_web::middleware::from_fn(

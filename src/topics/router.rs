@@ -28,12 +28,12 @@ use parking_lot::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 use super::retained::{Cached, Retained};
 use crate::broker::{Envelope, Head, Hub, HubMsg};
 use crate::config::Settings;
-use crate::state::AppState;
+use crate::db::DbPool;
 use crate::store::topic_retained;
 use crate::wire::outbound::SessionTx;
 use crate::wire::protocol::{self, close};
@@ -114,6 +114,15 @@ pub struct Router {
     /// The router's listener id on the hub (the same for every topic channel).
     listener: u64,
     shards: Vec<mpsc::Sender<HubMsg>>,
+    store: RetainedStore,
+}
+
+/// Where a subscribe reads the retained values this node does not know yet.
+pub struct RetainedStore {
+    pub pool: DbPool,
+    /// The node's permits for database work on sessions' behalf (the gateway's
+    /// `db_commands`, shared with inbox commands), so subscribes cannot take the whole pool.
+    pub permits: Arc<Semaphore>,
 }
 
 /// A subscribe registered but not yet answered (see `Router::finish`).
@@ -133,6 +142,7 @@ impl Router {
         hub: Arc<Hub>,
         settings: Arc<Settings>,
         listener: u64,
+        store: RetainedStore,
     ) -> (Arc<Router>, Vec<mpsc::Receiver<HubMsg>>) {
         let (txs, rxs) = (0..SHARDS).map(|_| mpsc::channel(SHARD_MAILBOX)).unzip();
         let router = Router {
@@ -143,6 +153,7 @@ impl Router {
             settings,
             listener,
             shards: txs,
+            store,
         };
         (Arc::new(router), rxs)
     }
@@ -327,7 +338,7 @@ impl Router {
     /// Answers a registered subscribe: waits for Redis to confirm new topic channels (bounded),
     /// reads the retained values this node does not know yet from PostgreSQL, then sends the
     /// `ack` followed by each topic's retained event, and makes the subscriptions live.
-    pub async fn finish(&self, state: &AppState, p: Pending, r#ref: Value) {
+    pub async fn finish(&self, p: Pending, r#ref: Value) {
         if let Some(ticket) = p.ticket {
             self.hub.confirmed(ticket).await;
         }
@@ -342,7 +353,7 @@ impl Router {
             .cloned()
             .collect();
         if !unknown.is_empty() {
-            self.read_retained(state, unknown).await;
+            self.read_retained(unknown).await;
         }
         // `members` is held until every topic is live, as one lock was before the shards had
         // their own: nothing of this session's subscriptions changes meanwhile.
@@ -370,19 +381,19 @@ impl Router {
         }
     }
 
-    async fn read_retained(&self, state: &AppState, topics: Vec<String>) {
-        let permit = tokio::time::timeout(
-            RETAINED_WAIT,
-            state.gateway.db_commands.clone().acquire_owned(),
-        )
-        .await;
+    async fn read_retained(&self, topics: Vec<String>) {
+        let permit =
+            tokio::time::timeout(RETAINED_WAIT, self.store.permits.clone().acquire_owned()).await;
         let Ok(Ok(_permit)) = permit else {
             metrics::counter!("notifyd_topic_retained_read_failures_total").increment(1);
             return;
         };
-        let rows = state
-            .db(async |conn| Ok(topic_retained::get_many(conn, &topics).await?))
-            .await;
+        let rows = crate::db::run(
+            &self.store.pool,
+            self.settings.db_request_timeout,
+            async |conn| Ok(topic_retained::get_many(conn, &topics).await?),
+        )
+        .await;
         let rows = match rows {
             Ok(rows) => rows,
             Err(e) => {
@@ -533,8 +544,17 @@ mod tests {
     /// go ahead.
     #[test]
     fn a_shard_busy_fanning_out_holds_back_no_other_shard() {
-        let (router, _mailboxes) =
-            Router::new(Hub::new(), Arc::new(Settings::new("postgres://unused")), 1);
+        let settings = Settings::new("postgres://unused");
+        let store = RetainedStore {
+            pool: crate::db::pool(
+                &settings.database_url,
+                1,
+                crate::db::Limits::from_settings(&settings),
+            )
+            .expect("a pool connects lazily"),
+            permits: Arc::new(Semaphore::new(1)),
+        };
+        let (router, _mailboxes) = Router::new(Hub::new(), Arc::new(settings), 1, store);
         let busy = "room:0".to_string();
         let other = (1..)
             .map(|i| format!("room:{i}"))
