@@ -236,7 +236,9 @@ impl Listener {
         }
     }
 
-    /// One connection, from the handshake to its end.
+    /// One connection, from the handshake to its end: whichever comes first of a frame from
+    /// the server, a subscribe to resend, a token refresh due, the token command's answer, and
+    /// an `auth` to resend or given up on, each handled by its own step below.
     async fn connection(
         &self,
         token: Option<&Token>,
@@ -244,239 +246,362 @@ impl Listener {
         progress: Progress<'_>,
         out: &mut impl FnMut(Output<'_>),
     ) -> End {
-        let Progress {
-            last,
-            seen,
-            attempt,
-        } = progress;
-        let request = match self.request(token.map(|t| t.value.as_str()), *last) {
-            Ok(r) => r,
-            Err(e) => return End::Fatal(format!("bad url or token: {e}")),
+        let mut ws = match self
+            .open(token.map(|t| t.value.as_str()), *progress.last, out)
+            .await
+        {
+            Ok(ws) => ws,
+            Err(end) => return end,
         };
-        let mut ws =
-            match tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request))
-                .await
-            {
-                Err(_) => {
-                    out(Output::Status(format!(
-                        "connect timed out after {CONNECT_TIMEOUT:?}"
-                    )));
-                    return End::Dropped;
-                }
-                Ok(Err(tungstenite::Error::Http(resp))) => {
-                    out(Output::Status(format!(
-                        "handshake refused: HTTP {}",
-                        resp.status()
-                    )));
-                    // 429 (too many sockets for this user) and 5xx: try again after the back-off.
-                    return if resp.status().as_u16() == 401 {
-                        End::Unauthorized
-                    } else {
-                        End::Dropped
-                    };
-                }
-                Ok(Err(e)) => {
-                    out(Output::Status(format!("connect failed: {e}")));
-                    return End::Dropped;
-                }
-                Ok(Ok((ws, _))) => ws,
-            };
-        let mut s = Session {
-            current: token.cloned(),
-            refresh_at: None,
-            running: None,
-            pending: None,
-            next_ref: 0,
+        let mut c = Open {
+            s: Session {
+                current: token.cloned(),
+                refresh_at: None,
+                running: None,
+                pending: None,
+                next_ref: 0,
+            },
+            subscribing: None,
+            silence: FIRST_FRAME_TIMEOUT,
+            progress,
+            cached,
         };
-        // Started by `hello`.
-        let mut subscribing: Option<Subscribing> = None;
-        let mut silence = FIRST_FRAME_TIMEOUT;
         loop {
-            let auth_timer = s
-                .pending
-                .as_ref()
-                .map(|p| p.resend_at.unwrap_or(p.deadline));
-            tokio::select! {
-                msg = tokio::time::timeout(silence, ws.next()) => {
-                    let msg = match msg {
-                        Err(_) => {
-                            out(Output::Status(format!("nothing heard for {silence:?}: connection presumed dead")));
-                            return End::Dropped;
-                        }
-                        Ok(None) => {
-                            out(Output::Status("connection closed".into()));
-                            return End::Dropped;
-                        }
-                        Ok(Some(m)) => m,
-                    };
-                    let text = match msg {
-                        Ok(Message::Text(t)) => t,
-                        Ok(Message::Ping(p)) => {
-                            if !send(&mut ws, Message::Pong(p)).await {
-                                out(Output::Status("could not answer a ping".into()));
-                                return End::Dropped;
-                            }
-                            continue;
-                        }
-                        Ok(Message::Close(c)) => {
-                            let (code, reason) = c
-                                .map(|c| (Some(u16::from(c.code)), c.reason.to_string()))
-                                .unwrap_or((None, String::new()));
-                            out(Output::Status(format!(
-                                "closed by server: {code:?} {reason:?}"
-                            )));
-                            return end_of_close(code, &reason);
-                        }
-                        Ok(_) => continue,
-                        Err(e) => {
-                            out(Output::Status(format!("connection error: {e}")));
-                            return End::Dropped;
-                        }
-                    };
-                    let Ok(frame) = serde_json::from_str::<Value>(&text) else {
-                        continue;
-                    };
-                    match frame["type"].as_str() {
-                        Some("hello") => {
-                            *attempt = 0;
-                            out(Output::Status(format!("connected: {text}")));
-                            // A fresh start (no since) begins at the current seq.
-                            if last.is_none() && self.inbox {
-                                *last = frame["seq"].as_i64();
-                            }
-                            if let Some(hb) = frame["heartbeat_s"].as_f64().filter(|h| *h > 0.0) {
-                                silence = Duration::from_secs_f64((hb * SILENT_HEARTBEATS).clamp(5.0, 600.0));
-                            }
-                            if self.renewable() {
-                                s.schedule_refresh();
-                            }
-                            let mut sub = Subscribing::new(&self.topics);
-                            if let Some(end) = self.subscribe_next(&mut sub, &mut s.next_ref, &mut ws, out).await {
-                                return end;
-                            }
-                            subscribing = Some(sub);
-                        }
-                        Some("topic.event") => {
-                            if seen.first_time(&frame) {
-                                out(Output::Event(&frame));
-                            }
-                        }
-                        Some("ack") | Some("error") if is_reply_to(&frame, s.pending.as_ref()) => {
-                            if let Some(end) = on_auth_reply(&frame, &mut s, cached, out) {
-                                return end;
-                            }
-                        }
-                        Some("ack") | Some("error") if subscribing.as_ref().is_some_and(|sub| sub.is_reply(&frame)) => {
-                            let Some(sub) = subscribing.as_mut() else { continue };
-                            match sub.on_reply(&frame) {
-                                Err(e) => {
-                                    out(Output::Status(e));
-                                    return End::Dropped;
-                                }
-                                Ok(line) if line.is_empty() => {}
-                                Ok(line) => out(Output::Status(line)),
-                            }
-                            if let Some(end) = self.subscribe_next(sub, &mut s.next_ref, &mut ws, out).await {
-                                return end;
-                            }
-                        }
-                        // Not an answer to anything awaited: e.g. topics a renewed token no
-                        // longer allows (contract §7).
-                        Some("error") => out(Output::Status(format!(
-                            "server error: {}: {}",
-                            frame["error"]["code"].as_str().unwrap_or("error"),
-                            frame["error"]["message"].as_str().unwrap_or("")
-                        ))),
-                        Some("pong") | Some("ack") => {}
-                        _ if !self.inbox => {}
-                        Some("sync") if frame["reset"] == true => {
-                            out(Output::Event(&frame));
-                            *last = frame["seq"].as_i64();
-                        }
-                        Some("sync") => {
-                            for ev in frame["events"].as_array().into_iter().flatten() {
-                                apply(ev, last, out);
-                            }
-                        }
-                        _ => apply(&frame, last, out),
+            let auth_timer =
+                c.s.pending
+                    .as_ref()
+                    .map(|p| p.resend_at.unwrap_or(p.deadline));
+            let end = tokio::select! {
+                msg = tokio::time::timeout(c.silence, ws.next()) => {
+                    match read(msg, c.silence, &mut ws, out).await {
+                        Read::Text(text) => self.on_frame(&text, &mut c, &mut ws, out).await,
+                        Read::Nothing => None,
+                        Read::End(end) => Some(end),
                     }
                 }
-                _ = until(subscribing.as_ref().and_then(Subscribing::timer)) => {
-                    let Some(sub) = subscribing.as_mut() else { continue };
-                    match sub.on_timer() {
-                        Err(e) => {
-                            out(Output::Status(e));
-                            return End::Dropped;
-                        }
-                        Ok(Some(frame)) => {
-                            if !send(&mut ws, Message::text(frame)).await {
-                                out(Output::Status("could not send subscribe".into()));
-                                return End::Dropped;
-                            }
-                        }
-                        Ok(None) => {}
-                    }
+                _ = until(c.subscribing.as_ref().and_then(Subscribing::timer)) => {
+                    on_subscribe_timer(c.subscribing.as_mut(), &mut ws, out).await
                 }
-                _ = until(s.refresh_at) => {
-                    s.refresh_at = None;
-                    if let Some(TokenSource::Command(cmd)) = &self.token {
-                        let cmd = cmd.clone();
-                        s.running = Some(Box::pin(async move {
-                            run_token_cmd(&cmd, TOKEN_CMD_TIMEOUT).await
-                        }));
-                    }
+                _ = until(c.s.refresh_at) => {
+                    self.start_refresh(&mut c.s);
+                    None
                 }
-                result = maybe(s.running.as_mut()) => {
-                    s.running = None;
-                    match result {
-                        Err(e) => {
-                            out(Output::Status(format!("refresh: {e}")));
-                            // Try again before exp; if it passes first, the 4001 reconnect
-                            // runs the command again (with back-off if it keeps failing).
-                            s.schedule_refresh();
-                        }
-                        Ok(value) => {
-                            let new = Token::new(value, true);
-                            if new.exp.is_some() && new.exp <= s.current.as_ref().and_then(|t| t.exp) {
-                                out(Output::Status("refresh: the token command printed no newer token; asking again later".into()));
-                                s.schedule_refresh();
-                                continue;
-                            }
-                            s.next_ref += 1;
-                            s.pending = Some(PendingAuth {
-                                token: new,
-                                reference: format!("a{}", s.next_ref),
-                                deadline: Instant::now() + AUTH_REPLY_TIMEOUT,
-                                busy_retries: 0,
-                                resend_at: None,
-                            });
-                            if let Some(frame) = s.auth_frame() {
-                                if !send(&mut ws, Message::text(frame)).await {
-                                    out(Output::Status("could not send auth".into()));
-                                    return End::Dropped;
-                                }
-                            }
-                        }
-                    }
+                result = maybe(c.s.running.as_mut()) => {
+                    c.s.running = None;
+                    on_token_cmd(result, &mut c.s, &mut ws, out).await
                 }
-                _ = until(auth_timer) => {
-                    let Some(p) = s.pending.as_mut() else { continue };
-                    if p.resend_at.take().is_some() {
-                        p.deadline = Instant::now() + AUTH_REPLY_TIMEOUT;
-                        if let Some(frame) = s.auth_frame() {
-                            if !send(&mut ws, Message::text(frame)).await {
-                                out(Output::Status("could not send auth".into()));
-                                return End::Dropped;
-                            }
-                        }
-                    } else {
-                        out(Output::Status(format!("refresh: no answer to auth within {AUTH_REPLY_TIMEOUT:?}")));
-                        return End::TokenRejected;
-                    }
-                }
+                _ = until(auth_timer) => on_auth_timer(&mut c.s, &mut ws, out).await,
+            };
+            if let Some(end) = end {
+                return end;
             }
         }
     }
+
+    /// The handshake: the socket, or how the attempt ended (a refusal's HTTP status decides
+    /// between a new token and the back-off).
+    async fn open(
+        &self,
+        token: Option<&str>,
+        since: Option<i64>,
+        out: &mut impl FnMut(Output<'_>),
+    ) -> Result<Ws, End> {
+        let request = self
+            .request(token, since)
+            .map_err(|e| End::Fatal(format!("bad url or token: {e}")))?;
+        match tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request)).await
+        {
+            Err(_) => {
+                out(Output::Status(format!(
+                    "connect timed out after {CONNECT_TIMEOUT:?}"
+                )));
+                Err(End::Dropped)
+            }
+            Ok(Err(tungstenite::Error::Http(resp))) => {
+                out(Output::Status(format!(
+                    "handshake refused: HTTP {}",
+                    resp.status()
+                )));
+                // 429 (too many sockets for this user) and 5xx: try again after the back-off.
+                Err(if resp.status().as_u16() == 401 {
+                    End::Unauthorized
+                } else {
+                    End::Dropped
+                })
+            }
+            Ok(Err(e)) => {
+                out(Output::Status(format!("connect failed: {e}")));
+                Err(End::Dropped)
+            }
+            Ok(Ok((ws, _))) => Ok(ws),
+        }
+    }
+
+    /// One JSON text frame from the server: what it means for the connection.
+    async fn on_frame(
+        &self,
+        text: &str,
+        c: &mut Open<'_, '_>,
+        ws: &mut Ws,
+        out: &mut impl FnMut(Output<'_>),
+    ) -> Option<End> {
+        let Ok(frame) = serde_json::from_str::<Value>(text) else {
+            return None;
+        };
+        let last = &mut *c.progress.last;
+        match frame["type"].as_str() {
+            Some("hello") => return self.on_hello(&frame, text, c, ws, out).await,
+            Some("topic.event") => {
+                if c.progress.seen.first_time(&frame) {
+                    out(Output::Event(&frame));
+                }
+            }
+            Some("ack") | Some("error") if is_reply_to(&frame, c.s.pending.as_ref()) => {
+                return on_auth_reply(&frame, &mut c.s, c.cached, out);
+            }
+            Some("ack") | Some("error")
+                if c.subscribing
+                    .as_ref()
+                    .is_some_and(|sub| sub.is_reply(&frame)) =>
+            {
+                let sub = c.subscribing.as_mut()?;
+                match sub.on_reply(&frame) {
+                    Err(e) => {
+                        out(Output::Status(e));
+                        return Some(End::Dropped);
+                    }
+                    Ok(line) if line.is_empty() => {}
+                    Ok(line) => out(Output::Status(line)),
+                }
+                return self.subscribe_next(sub, &mut c.s.next_ref, ws, out).await;
+            }
+            // Not an answer to anything awaited: e.g. topics a renewed token no
+            // longer allows (contract §7).
+            Some("error") => out(Output::Status(format!(
+                "server error: {}: {}",
+                frame["error"]["code"].as_str().unwrap_or("error"),
+                frame["error"]["message"].as_str().unwrap_or("")
+            ))),
+            Some("pong") | Some("ack") => {}
+            _ if !self.inbox => {}
+            Some("sync") if frame["reset"] == true => {
+                out(Output::Event(&frame));
+                *last = frame["seq"].as_i64();
+            }
+            Some("sync") => {
+                for ev in frame["events"].as_array().into_iter().flatten() {
+                    apply(ev, last, out);
+                }
+            }
+            _ => apply(&frame, last, out),
+        }
+        None
+    }
+
+    /// `hello`: the connection is up. The back-off starts over, the silence allowed follows
+    /// the server's heartbeat, the token refresh is armed and the topics are subscribed.
+    async fn on_hello(
+        &self,
+        frame: &Value,
+        text: &str,
+        c: &mut Open<'_, '_>,
+        ws: &mut Ws,
+        out: &mut impl FnMut(Output<'_>),
+    ) -> Option<End> {
+        *c.progress.attempt = 0;
+        out(Output::Status(format!("connected: {text}")));
+        // A fresh start (no since) begins at the current seq.
+        if c.progress.last.is_none() && self.inbox {
+            *c.progress.last = frame["seq"].as_i64();
+        }
+        if let Some(hb) = frame["heartbeat_s"].as_f64().filter(|h| *h > 0.0) {
+            c.silence = Duration::from_secs_f64((hb * SILENT_HEARTBEATS).clamp(5.0, 600.0));
+        }
+        if self.renewable() {
+            c.s.schedule_refresh();
+        }
+        let mut sub = Subscribing::new(&self.topics);
+        if let Some(end) = self
+            .subscribe_next(&mut sub, &mut c.s.next_ref, ws, out)
+            .await
+        {
+            return Some(end);
+        }
+        c.subscribing = Some(sub);
+        None
+    }
+
+    /// The refresh is due: run the token command (its answer: `on_token_cmd`).
+    fn start_refresh(&self, s: &mut Session) {
+        s.refresh_at = None;
+        if let Some(TokenSource::Command(cmd)) = &self.token {
+            let cmd = cmd.clone();
+            s.running = Some(Box::pin(async move {
+                run_token_cmd(&cmd, TOKEN_CMD_TIMEOUT).await
+            }));
+        }
+    }
+}
+
+/// The socket of one connection.
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// What one connection holds between its frames.
+struct Open<'p, 'c> {
+    s: Session,
+    /// Started by `hello`.
+    subscribing: Option<Subscribing>,
+    /// Silence allowed before the server is presumed gone.
+    silence: Duration,
+    progress: Progress<'p>,
+    cached: &'c mut Option<Token>,
+}
+
+/// What reading the socket gave.
+enum Read {
+    Text(tungstenite::Utf8Bytes),
+    /// A control frame (answered here) or a frame the listener ignores.
+    Nothing,
+    End(End),
+}
+
+/// One message read within the allowed silence: a ping is answered, a close or an error ends
+/// the connection.
+async fn read(
+    msg: Result<Option<Result<Message, tungstenite::Error>>, tokio::time::error::Elapsed>,
+    silence: Duration,
+    ws: &mut Ws,
+    out: &mut impl FnMut(Output<'_>),
+) -> Read {
+    let msg = match msg {
+        Err(_) => {
+            out(Output::Status(format!(
+                "nothing heard for {silence:?}: connection presumed dead"
+            )));
+            return Read::End(End::Dropped);
+        }
+        Ok(None) => {
+            out(Output::Status("connection closed".into()));
+            return Read::End(End::Dropped);
+        }
+        Ok(Some(m)) => m,
+    };
+    match msg {
+        Ok(Message::Text(t)) => Read::Text(t),
+        Ok(Message::Ping(p)) => {
+            if !send(ws, Message::Pong(p)).await {
+                out(Output::Status("could not answer a ping".into()));
+                return Read::End(End::Dropped);
+            }
+            Read::Nothing
+        }
+        Ok(Message::Close(c)) => {
+            let (code, reason) = c
+                .map(|c| (Some(u16::from(c.code)), c.reason.to_string()))
+                .unwrap_or((None, String::new()));
+            out(Output::Status(format!(
+                "closed by server: {code:?} {reason:?}"
+            )));
+            Read::End(end_of_close(code, &reason))
+        }
+        Ok(_) => Read::Nothing,
+        Err(e) => {
+            out(Output::Status(format!("connection error: {e}")));
+            Read::End(End::Dropped)
+        }
+    }
+}
+
+/// A subscribe not answered in time: send it again, or give up on the connection.
+async fn on_subscribe_timer(
+    sub: Option<&mut Subscribing>,
+    ws: &mut Ws,
+    out: &mut impl FnMut(Output<'_>),
+) -> Option<End> {
+    match sub?.on_timer() {
+        Err(e) => {
+            out(Output::Status(e));
+            Some(End::Dropped)
+        }
+        Ok(Some(frame)) => {
+            if !send(ws, Message::text(frame)).await {
+                out(Output::Status("could not send subscribe".into()));
+                return Some(End::Dropped);
+            }
+            None
+        }
+        Ok(None) => None,
+    }
+}
+
+/// The token command's answer: a newer token is sent in-band (`auth`); a failure or a token
+/// no newer than the current one is asked for again later.
+async fn on_token_cmd(
+    result: Result<String, String>,
+    s: &mut Session,
+    ws: &mut Ws,
+    out: &mut impl FnMut(Output<'_>),
+) -> Option<End> {
+    let value = match result {
+        Err(e) => {
+            out(Output::Status(format!("refresh: {e}")));
+            // Try again before exp; if it passes first, the 4001 reconnect
+            // runs the command again (with back-off if it keeps failing).
+            s.schedule_refresh();
+            return None;
+        }
+        Ok(value) => value,
+    };
+    let new = Token::new(value, true);
+    if new.exp.is_some() && new.exp <= s.current.as_ref().and_then(|t| t.exp) {
+        out(Output::Status(
+            "refresh: the token command printed no newer token; asking again later".into(),
+        ));
+        s.schedule_refresh();
+        return None;
+    }
+    s.next_ref += 1;
+    s.pending = Some(PendingAuth {
+        token: new,
+        reference: format!("a{}", s.next_ref),
+        deadline: Instant::now() + AUTH_REPLY_TIMEOUT,
+        busy_retries: 0,
+        resend_at: None,
+    });
+    send_auth(s.auth_frame(), ws, out).await
+}
+
+/// The pending `auth`'s timer: resend it after a `busy`, or give up on it unanswered.
+async fn on_auth_timer(
+    s: &mut Session,
+    ws: &mut Ws,
+    out: &mut impl FnMut(Output<'_>),
+) -> Option<End> {
+    let p = s.pending.as_mut()?;
+    if p.resend_at.take().is_some() {
+        p.deadline = Instant::now() + AUTH_REPLY_TIMEOUT;
+        return send_auth(s.auth_frame(), ws, out).await;
+    }
+    out(Output::Status(format!(
+        "refresh: no answer to auth within {AUTH_REPLY_TIMEOUT:?}"
+    )));
+    Some(End::TokenRejected)
+}
+
+/// Sends the pending `auth` (`frame`: `Session::auth_frame`, built before the await: a
+/// `Session` holds the token command's future, which is not `Sync`).
+async fn send_auth(
+    frame: Option<String>,
+    ws: &mut Ws,
+    out: &mut impl FnMut(Output<'_>),
+) -> Option<End> {
+    let frame = frame?;
+    if !send(ws, Message::text(frame)).await {
+        out(Output::Status("could not send auth".into()));
+        return Some(End::Dropped);
+    }
+    None
 }
 
 impl Listener {

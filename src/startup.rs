@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::Listener;
 use crate::auth::jwt::JwtKeys;
+use crate::auth::service::ServiceKeys;
 use crate::broker::{self, Broker, Hub};
 use crate::config::Settings;
 use crate::db;
@@ -65,94 +66,51 @@ impl Stopper {
 }
 
 impl Application {
+    /// A node, in the order its parts depend on each other: the database, the broker, the
+    /// background tasks that feed deliveries, the gateway and the topic router, the shared
+    /// state, then the HTTP listeners.
     pub async fn build(
         settings: Settings,
         metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     ) -> anyhow::Result<Self> {
-        let applied = db::migrate(&settings.database_url).await?;
-        if !applied.is_empty() {
-            tracing::info!(?applied, "migrations applied");
-        }
-        prepare_event_log(&settings).await;
-        let pool = db::pool(
-            &settings.database_url,
-            settings.db_pool_size,
-            db::Limits::from_settings(&settings),
-        )?;
+        let pool = prepare_database(&settings).await?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let mut bg = Background {
+            tasks: vec![],
+            shutdown: shutdown_rx,
+        };
         let hub = Hub::new();
-        let mut tasks = vec![];
-        let redis = match &settings.redis_url {
-            Some(url) => {
-                let pool = broker::redis_pool(url)?;
-                tasks.push(tokio::spawn(
-                    hub.clone().run_redis(url.clone(), shutdown_rx.clone()),
-                ));
-                Some(pool)
-            }
-            None => {
-                tracing::warn!("REDIS_URL is not set: single-node mode with the in-process broker");
-                hub.mark_local();
-                None
-            }
-        };
-        let broker = match &redis {
-            Some(p) => Broker::Redis(p.clone()),
-            None => Broker::Local(hub.clone()),
-        };
+        let (redis, broker) = start_broker(&settings, &hub, &mut bg)?;
         let waker = Waker::new();
         let presence = Presence::new(
             settings.node_id.clone(),
             settings.redis_prefix.clone(),
             redis.clone(),
         );
-        tasks.push(tokio::spawn(presence.clone().run(shutdown_rx.clone())));
-        tasks.push(tokio::spawn(
-            waker
-                .clone()
-                .run_notifier(pool.clone(), shutdown_rx.clone()),
-        ));
+        bg.spawn(|stop| presence.clone().run(stop));
+        bg.spawn(|stop| waker.clone().run_notifier(pool.clone(), stop));
         if settings.relay_enabled {
-            let relay = Relay {
-                database_url: settings.database_url.clone(),
-                broker,
-                waker: waker.clone(),
-                settings: settings.clone(),
-            };
-            tasks.push(tokio::spawn(relay.run(shutdown_rx.clone())));
-            // Pruning runs apart from the publish loop (own task and connection).
-            let housekeeper = Housekeeper {
-                settings: settings.clone(),
-                waker: waker.clone(),
-            };
-            tasks.push(tokio::spawn(housekeeper.run(shutdown_rx.clone())));
+            start_relay(&settings, broker, &waker, &mut bg);
         }
         let workers = settings.http_workers.unwrap_or_else(default_http_workers);
         metrics::gauge!("notifyd_http_workers").set(workers as f64);
-        let max_joining = settings
-            .ws_max_joining
-            .unwrap_or(WS_JOINING_PER_WORKER * workers);
-        metrics::gauge!("notifyd_ws_max_joining").set(max_joining as f64);
-        let gateway = Arc::new(Gateway::new(
-            tokio::runtime::Handle::current(),
-            settings.db_pool_size,
-            crate::gateway::admission::Admission::new(
-                max_joining,
-                settings.ws_join_queue,
-                settings.ws_join_wait,
-            ),
-        ));
+        let gateway = new_gateway(&settings, workers);
         let settings = Arc::new(settings);
-        let (topics, shards) =
-            crate::topics::Router::new(hub.clone(), settings.clone(), gateway.next_id());
+        let (topics, shards) = crate::topics::Router::new(
+            hub.clone(),
+            settings.clone(),
+            gateway.next_id(),
+            crate::topics::RetainedStore {
+                pool: pool.clone(),
+                permits: gateway.db_commands.clone(),
+            },
+        );
         for shard in shards {
-            tasks.push(tokio::spawn(
-                topics.clone().run_shard(shard, shutdown_rx.clone()),
-            ));
+            bg.spawn(|stop| topics.clone().run_shard(shard, stop));
         }
         // Announcements: every node works on them (one at a time each, see announce::batch).
         let announcements = crate::announce::Wake::default();
-        tasks.push(tokio::spawn(
+        bg.spawn(|stop| {
             crate::announce::worker::Worker {
                 pool: pool.clone(),
                 batch: settings.broadcast_batch,
@@ -164,8 +122,8 @@ impl Application {
                     settings: settings.clone(),
                 },
             }
-            .run(shutdown_rx.clone()),
-        ));
+            .run(stop)
+        });
         let state = AppState {
             jwt: JwtKeys::new(&settings.jwt_secret),
             limits: Arc::new(crate::ratelimit::RateLimits::default()),
@@ -180,84 +138,22 @@ impl Application {
             presence,
             metrics,
         };
-        tasks.push(tokio::spawn(
-            state
-                .gateway
-                .clone()
-                .run_audit(state.clone(), shutdown_rx.clone()),
-        ));
-        let data = web::Data::new(state.clone());
-        let dev = state.settings.dev;
-        // A deep accept queue: a reconnect storm's SYNs are queued, not dropped (see
-        // http_listener).
-        let listener = crate::http_listener::bind(&state.settings.bind)
-            .with_context(|| format!("binding {}", state.settings.bind))?;
-        let port = listener.local_addr()?.port();
-        let cors = crate::api::cors::CorsPolicy::new(state.settings.allowed_origins.as_deref());
-        // The app factory of one listener (called once per worker): the same routes on both,
-        // but the internal surfaces only where `routes` serves them.
-        let app = move |routes: Listener| {
-            let (data, cors) = (data.clone(), cors.clone());
-            move || {
-                let app = App::new()
-                    .app_data(data.clone())
-                    // A span per request and the access line (without the query string: browsers
-                    // send user tokens as `?token=`).
-                    .wrap(actix_web::middleware::from_fn(
-                        crate::api::request_span::trace,
-                    ))
-                    .configure(|c| crate::api::configure(c, &cors, routes));
-                let app = if dev {
-                    app.configure(|c| crate::web::configure(c, &cors))
-                } else {
-                    app.configure(|c| crate::web::configure_client(c, &cors))
-                };
-                app.default_service(web::to(crate::api::not_found))
-            }
-        };
-        let serve = |listener: std::net::TcpListener, workers: usize, routes: Listener| {
-            crate::http_server::serve(
-                listener,
-                crate::http_server::Options {
-                    workers,
-                    keep_alive: HTTP_KEEP_ALIVE,
-                    on_connect: crate::gateway::conn::on_connect,
-                },
-                app(routes),
-            )
-        };
-        let public = match state.settings.service_bind {
-            Some(_) => Listener::Public,
-            None => Listener::Only,
-        };
-        let server = serve(listener, workers, public)?;
-        // The service listener: the same routes on an HTTP worker of its own, so internal
-        // services' calls never wait in a queue behind a reconnect storm's handshakes (on the
-        // public listener's workers); see `SERVICE_WORKERS`. The internal surfaces (`/metrics`,
-        // `/readyz`) are then served here only (`Listener`).
-        let service = match &state.settings.service_bind {
-            None => None,
-            Some(addr) => {
-                let listener = crate::http_listener::bind(addr)
-                    .with_context(|| format!("binding NOTIFYD_SERVICE_BIND {addr}"))?;
-                let port = listener.local_addr()?.port();
-                Some((port, serve(listener, SERVICE_WORKERS, Listener::Service)?))
-            }
-        };
+        bg.spawn(|stop| state.gateway.clone().run_audit(state.clone(), stop));
+        let http = serve_http(&state, workers)?;
         let stopper = Stopper {
             state,
             shutdown: Arc::new(shutdown_tx),
-            server: server.handle(),
-            service: service.as_ref().map(|(_, s)| s.handle()),
+            server: http.server.handle(),
+            service: http.service.as_ref().map(|(_, s)| s.handle()),
         };
-        let (service_port, service_server) = service.unzip();
+        let (service_port, service_server) = http.service.unzip();
         Ok(Application {
-            port,
-            server,
+            port: http.port,
+            server: http.server,
             service_port,
             service_server,
             stopper,
-            tasks,
+            tasks: bg.tasks,
         })
     }
 
@@ -291,6 +187,177 @@ impl Application {
         }
         Ok(())
     }
+}
+
+/// The node's background tasks, each stopped by the shutdown signal it is given.
+struct Background {
+    tasks: Vec<JoinHandle<()>>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Background {
+    fn spawn<F>(&mut self, task: impl FnOnce(watch::Receiver<bool>) -> F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.push(tokio::spawn(task(self.shutdown.clone())));
+    }
+}
+
+/// Migrations, the event log's partitions, then the pool.
+async fn prepare_database(settings: &Settings) -> anyhow::Result<db::DbPool> {
+    let applied = db::migrate(&settings.database_url).await?;
+    if !applied.is_empty() {
+        tracing::info!(?applied, "migrations applied");
+    }
+    prepare_event_log(settings).await;
+    db::pool(
+        &settings.database_url,
+        settings.db_pool_size,
+        db::Limits::from_settings(settings),
+    )
+}
+
+/// Redis when `REDIS_URL` is set (its pool, and the hub's subscriber task), else the
+/// in-process broker of a single node.
+fn start_broker(
+    settings: &Settings,
+    hub: &Arc<Hub>,
+    bg: &mut Background,
+) -> anyhow::Result<(Option<deadpool_redis::Pool>, Broker)> {
+    let redis = match &settings.redis_url {
+        Some(url) => {
+            let pool = broker::redis_pool(url)?;
+            bg.spawn(|stop| hub.clone().run_redis(url.clone(), stop));
+            Some(pool)
+        }
+        None => {
+            tracing::warn!("REDIS_URL is not set: single-node mode with the in-process broker");
+            hub.mark_local();
+            None
+        }
+    };
+    let broker = match &redis {
+        Some(p) => Broker::Redis(p.clone()),
+        None => Broker::Local(hub.clone()),
+    };
+    Ok((redis, broker))
+}
+
+/// The relay (outbox to broker) and, apart from its publish loop (own task and connection),
+/// the pruning.
+fn start_relay(settings: &Settings, broker: Broker, waker: &Waker, bg: &mut Background) {
+    let relay = Relay {
+        database_url: settings.database_url.clone(),
+        broker,
+        waker: waker.clone(),
+        settings: settings.clone(),
+    };
+    bg.spawn(|stop| relay.run(stop));
+    let housekeeper = Housekeeper {
+        settings: settings.clone(),
+        waker: waker.clone(),
+    };
+    bg.spawn(|stop| housekeeper.run(stop));
+}
+
+/// The gateway, admitting at most `ws_max_joining` handshakes at once (by default
+/// `WS_JOINING_PER_WORKER` per HTTP worker).
+fn new_gateway(settings: &Settings, workers: usize) -> Arc<Gateway> {
+    let max_joining = settings
+        .ws_max_joining
+        .unwrap_or(WS_JOINING_PER_WORKER * workers);
+    metrics::gauge!("notifyd_ws_max_joining").set(max_joining as f64);
+    Arc::new(Gateway::new(
+        tokio::runtime::Handle::current(),
+        settings.db_pool_size,
+        crate::gateway::admission::Admission::new(
+            max_joining,
+            settings.ws_join_queue,
+            settings.ws_join_wait,
+        ),
+    ))
+}
+
+/// The HTTP servers of a node: the public listener and, with `NOTIFYD_SERVICE_BIND`, the
+/// service listener.
+struct Http {
+    port: u16,
+    server: actix_web::dev::Server,
+    service: Option<(u16, actix_web::dev::Server)>,
+}
+
+/// Binds and starts the HTTP listeners over `state`.
+fn serve_http(state: &AppState, workers: usize) -> anyhow::Result<Http> {
+    let data = web::Data::new(state.clone());
+    // What the auth extractors read, apart from the state (auth::user, auth::service).
+    let jwt = web::Data::new(state.jwt.clone());
+    let service_keys = web::Data::new(ServiceKeys(state.settings.service_keys.clone()));
+    let dev = state.settings.dev;
+    // A deep accept queue: a reconnect storm's SYNs are queued, not dropped (see
+    // http_listener).
+    let listener = crate::http_listener::bind(&state.settings.bind)
+        .with_context(|| format!("binding {}", state.settings.bind))?;
+    let port = listener.local_addr()?.port();
+    let cors = crate::api::cors::CorsPolicy::new(state.settings.allowed_origins.as_deref());
+    // The app factory of one listener (called once per worker): the same routes on both,
+    // but the internal surfaces only where `routes` serves them.
+    let app = move |routes: Listener| {
+        let (data, cors) = (data.clone(), cors.clone());
+        let (jwt, service_keys) = (jwt.clone(), service_keys.clone());
+        move || {
+            let app = App::new()
+                .app_data(data.clone())
+                .app_data(jwt.clone())
+                .app_data(service_keys.clone())
+                // A span per request and the access line (without the query string: browsers
+                // send user tokens as `?token=`).
+                .wrap(actix_web::middleware::from_fn(
+                    crate::api::request_span::trace,
+                ))
+                .configure(|c| crate::api::configure(c, &cors, routes));
+            let app = if dev {
+                app.configure(|c| crate::web::configure(c, &cors))
+            } else {
+                app.configure(|c| crate::web::configure_client(c, &cors))
+            };
+            app.default_service(web::to(crate::api::not_found))
+        }
+    };
+    let serve = |listener: std::net::TcpListener, workers: usize, routes: Listener| {
+        crate::http_server::serve(
+            listener,
+            crate::http_server::Options {
+                workers,
+                keep_alive: HTTP_KEEP_ALIVE,
+                on_connect: crate::gateway::conn::on_connect,
+            },
+            app(routes),
+        )
+    };
+    let public = match state.settings.service_bind {
+        Some(_) => Listener::Public,
+        None => Listener::Only,
+    };
+    let server = serve(listener, workers, public)?;
+    // The service listener: the same routes on an HTTP worker of its own, so internal
+    // services' calls never wait in a queue behind a reconnect storm's handshakes (on the
+    // public listener's workers); see `SERVICE_WORKERS`. The internal surfaces (`/metrics`,
+    // `/readyz`) are then served here only (`Listener`).
+    let service = match &state.settings.service_bind {
+        None => None,
+        Some(addr) => {
+            let listener = crate::http_listener::bind(addr)
+                .with_context(|| format!("binding NOTIFYD_SERVICE_BIND {addr}"))?;
+            let port = listener.local_addr()?.port();
+            Some((port, serve(listener, SERVICE_WORKERS, Listener::Service)?))
+        }
+    };
+    Ok(Http {
+        port,
+        server,
+        service,
+    })
 }
 
 /// HTTP workers per CPU when `NOTIFYD_HTTP_WORKERS` is unset: one, actix's own default. Each

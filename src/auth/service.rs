@@ -6,7 +6,10 @@ use actix_web::{dev::Payload, web, FromRequest, HttpMessage, HttpRequest};
 
 use super::{bearer, ct_eq};
 use crate::error::ApiError;
-use crate::state::AppState;
+
+/// The service keys (`NOTIFYD_SERVICE_KEYS`: name, key), registered as app data
+/// (`web::Data<ServiceKeys>`, see `startup::serve_http`): all the extractor needs.
+pub struct ServiceKeys(pub Vec<(String, String)>);
 
 /// The authenticated calling service (its configured name).
 #[derive(Debug, Clone)]
@@ -22,15 +25,15 @@ impl FromRequest for Service {
 }
 
 fn authenticate(req: &HttpRequest) -> Result<Service, ApiError> {
-    let state = req
-        .app_data::<web::Data<AppState>>()
-        .ok_or_else(|| anyhow::anyhow!("app state missing"))?;
+    let keys = req
+        .app_data::<web::Data<ServiceKeys>>()
+        .ok_or_else(|| anyhow::anyhow!("service keys missing from the app data"))?;
     let key = bearer(req).ok_or_else(|| {
         ApiError::Unauthorized("missing service key (Authorization: Bearer <key>)".into())
     })?;
     // Compare against every key so the time taken does not reveal which one was close.
     let mut found = None;
-    for (name, k) in &state.settings.service_keys {
+    for (name, k) in &keys.0 {
         if ct_eq(k.as_bytes(), key.as_bytes()) {
             found = Some(name.clone());
         }

@@ -7,9 +7,8 @@ use std::future::{ready, Ready};
 use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
 
 use super::bearer;
-use super::jwt::UserClaims;
+use super::jwt::{JwtKeys, UserClaims};
 use crate::error::ApiError;
-use crate::state::AppState;
 
 #[derive(Debug, Clone)]
 pub struct User(pub UserClaims);
@@ -67,11 +66,13 @@ pub fn authenticate_ws(
     verify(req, &token).map(Some)
 }
 
+/// Checks `token` with the keys the app registered (`web::Data<JwtKeys>`, see
+/// `startup::serve_http`).
 fn verify(req: &HttpRequest, token: &str) -> Result<UserClaims, ApiError> {
-    let state = req
-        .app_data::<web::Data<AppState>>()
-        .ok_or_else(|| anyhow::anyhow!("app state missing"))?;
-    state.jwt.verify(token).map_err(ApiError::Unauthorized)
+    let keys = req
+        .app_data::<web::Data<JwtKeys>>()
+        .ok_or_else(|| anyhow::anyhow!("JWT keys missing from the app data"))?;
+    keys.verify(token).map_err(ApiError::Unauthorized)
 }
 
 /// `?token=`: `Ok(None)` when the query has no `token` at all.

@@ -344,11 +344,11 @@ fn subscribe(
     };
     match state.topics.subscribe(me, holder, &topics) {
         Ok(pending) => {
-            let state = state.clone();
+            let router = state.topics.clone();
             tokio::spawn(
                 async move {
                     let _slot = slot;
-                    state.topics.finish(&state, pending, r#ref).await;
+                    router.finish(pending, r#ref).await;
                 }
                 .instrument(tracing::Span::current()),
             );

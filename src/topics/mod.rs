@@ -6,4 +6,4 @@ pub mod public;
 pub mod retained;
 pub mod router;
 
-pub use router::Router;
+pub use router::{RetainedStore, Router};

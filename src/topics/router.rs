@@ -6,6 +6,13 @@
 //! delivered for that topic (the relay is at-least-once), and pushes the SAME shared frame to
 //! every subscribed session's queue: one serialisation per event, none per session.
 //!
+//! The router's state is split the same way: each shard holds its own topics (subscribers,
+//! recent ids, retained value) under its own lock, so a shard fanning out one topic's event to
+//! 10,000 sessions holds only that shard, and a subscribe to a topic of another shard, or an
+//! event of another shard, does not wait for it. The sessions' own book-keeping (their topics,
+//! their holders' caps) is under one more lock, `members`, which the fan-out never takes; a
+//! path that needs both takes `members` first, then a shard.
+//!
 //! Sessions talk to the router directly (their own task, no actor, no database): subscribing
 //! registers the route at once; the subscription becomes live when the session gets its `ack`
 //! and, right after it, each topic's retained value (see `finish`). Events in between update
@@ -14,18 +21,19 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 use super::retained::{Cached, Retained};
 use crate::broker::{Envelope, Head, Hub, HubMsg};
 use crate::config::Settings;
-use crate::state::AppState;
+use crate::db::DbPool;
 use crate::store::topic_retained;
 use crate::wire::outbound::SessionTx;
 use crate::wire::protocol::{self, close};
@@ -82,9 +90,12 @@ impl Session {
     }
 }
 
+/// One shard's topics.
+type Topics = HashMap<String, Topic>;
+
+/// The sessions known to the router and what their holders hold.
 #[derive(Default)]
-struct Inner {
-    topics: HashMap<String, Topic>,
+struct Members {
     sessions: HashMap<u64, Session>,
     /// holder -> topic -> how many of the holder's sessions here hold it (the per-user and
     /// per-address caps count its distinct topics).
@@ -92,12 +103,26 @@ struct Inner {
 }
 
 pub struct Router {
-    inner: Mutex<Inner>,
+    members: Mutex<Members>,
+    /// `SHARDS` topic maps, a topic in the one `shard_of` names.
+    topics: Vec<Mutex<Topics>>,
+    /// Topics in all shards together (the `notifyd_topics_local` gauge), kept beside them so
+    /// that reading it locks no shard.
+    local_topics: AtomicUsize,
     hub: Arc<Hub>,
     settings: Arc<Settings>,
     /// The router's listener id on the hub (the same for every topic channel).
     listener: u64,
     shards: Vec<mpsc::Sender<HubMsg>>,
+    store: RetainedStore,
+}
+
+/// Where a subscribe reads the retained values this node does not know yet.
+pub struct RetainedStore {
+    pub pool: DbPool,
+    /// The node's permits for database work on sessions' behalf (the gateway's
+    /// `db_commands`, shared with inbox commands), so subscribes cannot take the whole pool.
+    pub permits: Arc<Semaphore>,
 }
 
 /// A subscribe registered but not yet answered (see `Router::finish`).
@@ -117,20 +142,39 @@ impl Router {
         hub: Arc<Hub>,
         settings: Arc<Settings>,
         listener: u64,
+        store: RetainedStore,
     ) -> (Arc<Router>, Vec<mpsc::Receiver<HubMsg>>) {
         let (txs, rxs) = (0..SHARDS).map(|_| mpsc::channel(SHARD_MAILBOX)).unzip();
         let router = Router {
-            inner: Mutex::new(Inner::default()),
+            members: Mutex::new(Members::default()),
+            topics: (0..SHARDS).map(|_| Mutex::new(Topics::new())).collect(),
+            local_topics: AtomicUsize::new(0),
             hub,
             settings,
             listener,
             shards: txs,
+            store,
         };
         (Arc::new(router), rxs)
     }
 
-    fn inner(&self) -> parking_lot::MutexGuard<'_, Inner> {
-        self.inner.lock()
+    fn members(&self) -> MutexGuard<'_, Members> {
+        self.members.lock()
+    }
+
+    /// The topics of `topic`'s shard (where `topic` is, if this node holds it).
+    fn shard(&self, topic: &str) -> MutexGuard<'_, Topics> {
+        self.topics[shard_of(topic)].lock()
+    }
+
+    /// Counts a topic this node starts or stops holding, and sets the gauge.
+    fn count_topics(&self, added: bool) {
+        let n = if added {
+            self.local_topics.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            self.local_topics.fetch_sub(1, Ordering::Relaxed) - 1
+        };
+        metrics::gauge!("notifyd_topics_local").set(n as f64);
     }
 
     /// Routes one shard's events until shutdown.
@@ -159,7 +203,7 @@ impl Router {
     /// it through the router. (A user's session is known from its first `subscribe`: most
     /// never subscribe, and an idle node holds one entry per socket otherwise.)
     pub fn open_anonymous(&self, tx: &SessionTx) {
-        self.inner().sessions.insert(
+        self.members().sessions.insert(
             tx.id,
             Session {
                 tx: tx.clone(),
@@ -171,17 +215,17 @@ impl Router {
 
     /// The session ended: it leaves every topic.
     pub fn leave(&self, session: u64) {
-        let mut inner = self.inner();
-        if let Some(s) = inner.sessions.get(&session) {
+        let mut members = self.members();
+        if let Some(s) = members.sessions.get(&session) {
             let topics: Vec<String> = s.topics.iter().cloned().collect();
-            self.drop_topics(&mut inner, session, &topics);
+            self.drop_topics(&mut members, session, &topics);
         }
-        inner.sessions.remove(&session);
+        members.sessions.remove(&session);
     }
 
     /// Closes every anonymous session with 1012 (users' sessions are closed by their actors).
     pub fn close_anonymous(&self) {
-        for s in self.inner().sessions.values() {
+        for s in self.members().sessions.values() {
             if s.anonymous() {
                 s.tx.close_with(close::GOING_AWAY_RESTART, "server restarting");
             }
@@ -208,9 +252,9 @@ impl Router {
             return Err(("validation_failed", message));
         }
         let session = tx.id;
-        let mut guard = self.inner();
-        let inner = &mut *guard;
-        let s = inner.sessions.entry(session).or_insert_with(|| Session {
+        let mut guard = self.members();
+        let members = &mut *guard;
+        let s = members.sessions.entry(session).or_insert_with(|| Session {
             tx: tx.clone(),
             holder: None,
             topics: HashSet::new(),
@@ -235,7 +279,7 @@ impl Router {
         }
         // Distinct topics: one the holder already holds (through another session) costs no
         // new channel, so it does not count again.
-        let held = inner.held.get(holder);
+        let held = members.held.get(holder);
         let new = fresh
             .iter()
             .filter(|t| !held.is_some_and(|h| h.contains_key(t.as_str())))
@@ -258,19 +302,22 @@ impl Router {
         let mut ticket = None;
         for t in fresh {
             s.topics.insert(t.clone());
-            *inner
+            *members
                 .held
                 .entry(holder.clone())
                 .or_default()
                 .entry(t.clone())
                 .or_default() += 1;
-            let topic = inner.topics.entry(t.clone()).or_insert_with(|| {
-                let shard = self.shards[shard_of(t)].clone();
+            let mut shard = self.shard(t);
+            let topic = shard.entry(t.clone()).or_insert_with(|| {
+                let mailbox = self.shards[shard_of(t)].clone();
                 let channel = self.settings.topic_channel(t);
-                ticket = ticket.max(
-                    self.hub
-                        .listen_now(&channel, self.listener, Arc::new(shard)),
-                );
+                ticket = ticket.max(self.hub.listen_now(
+                    &channel,
+                    self.listener,
+                    Arc::new(mailbox),
+                ));
+                self.count_topics(true);
                 Topic::default()
             });
             topic.subs.insert(
@@ -281,7 +328,6 @@ impl Router {
                 },
             );
         }
-        metrics::gauge!("notifyd_topics_local").set(inner.topics.len() as f64);
         Ok(Pending {
             session,
             topics,
@@ -292,34 +338,36 @@ impl Router {
     /// Answers a registered subscribe: waits for Redis to confirm new topic channels (bounded),
     /// reads the retained values this node does not know yet from PostgreSQL, then sends the
     /// `ack` followed by each topic's retained event, and makes the subscriptions live.
-    pub async fn finish(&self, state: &AppState, p: Pending, r#ref: Value) {
+    pub async fn finish(&self, p: Pending, r#ref: Value) {
         if let Some(ticket) = p.ticket {
             self.hub.confirmed(ticket).await;
         }
-        let unknown: Vec<String> = {
-            let inner = self.inner();
-            p.topics
-                .iter()
-                .filter(|t| {
-                    inner
-                        .topics
-                        .get(*t)
-                        .is_some_and(|e| matches!(e.retained, Cached::Unknown))
-                })
-                .cloned()
-                .collect()
-        };
+        let unknown: Vec<String> = p
+            .topics
+            .iter()
+            .filter(|t| {
+                self.shard(t)
+                    .get(*t)
+                    .is_some_and(|e| matches!(e.retained, Cached::Unknown))
+            })
+            .cloned()
+            .collect();
         if !unknown.is_empty() {
-            self.read_retained(state, unknown).await;
+            self.read_retained(unknown).await;
         }
-        let mut inner = self.inner();
-        let Some(tx) = inner.sessions.get(&p.session).map(|s| s.tx.clone()) else {
+        // `members` is held until every topic is live, as one lock was before the shards had
+        // their own: nothing of this session's subscriptions changes meanwhile.
+        let members = self.members();
+        let Some(tx) = members.sessions.get(&p.session).map(|s| s.tx.clone()) else {
             return;
         };
         tx.push_json(&protocol::ack(&r#ref, json!({ "topics": p.topics })));
         let now = chrono::Utc::now();
         for t in &p.topics {
-            let Some(topic) = inner.topics.get_mut(t) else {
+            // Live and the retained value under the shard's lock: the topic's next event
+            // reaches the session after its retained value, never before.
+            let mut shard = self.shard(t);
+            let Some(topic) = shard.get_mut(t) else {
                 continue;
             };
             let Some(sub) = topic.subs.get_mut(&p.session) else {
@@ -333,19 +381,19 @@ impl Router {
         }
     }
 
-    async fn read_retained(&self, state: &AppState, topics: Vec<String>) {
-        let permit = tokio::time::timeout(
-            RETAINED_WAIT,
-            state.gateway.db_commands.clone().acquire_owned(),
-        )
-        .await;
+    async fn read_retained(&self, topics: Vec<String>) {
+        let permit =
+            tokio::time::timeout(RETAINED_WAIT, self.store.permits.clone().acquire_owned()).await;
         let Ok(Ok(_permit)) = permit else {
             metrics::counter!("notifyd_topic_retained_read_failures_total").increment(1);
             return;
         };
-        let rows = state
-            .db(async |conn| Ok(topic_retained::get_many(conn, &topics).await?))
-            .await;
+        let rows = crate::db::run(
+            &self.store.pool,
+            self.settings.db_request_timeout,
+            async |conn| Ok(topic_retained::get_many(conn, &topics).await?),
+        )
+        .await;
         let rows = match rows {
             Ok(rows) => rows,
             Err(e) => {
@@ -356,9 +404,9 @@ impl Router {
         };
         let mut by_topic: HashMap<String, topic_retained::Retained> =
             rows.into_iter().map(|r| (r.topic.clone(), r)).collect();
-        let mut inner = self.inner();
         for t in topics {
-            let Some(topic) = inner.topics.get_mut(&t) else {
+            let mut shard = self.shard(&t);
+            let Some(topic) = shard.get_mut(&t) else {
                 continue;
             };
             match by_topic.remove(&t) {
@@ -375,26 +423,26 @@ impl Router {
     }
 
     pub fn unsubscribe(&self, session: u64, topics: &[String]) {
-        let mut inner = self.inner();
-        self.drop_topics(&mut inner, session, topics);
+        let mut members = self.members();
+        self.drop_topics(&mut members, session, topics);
     }
 
     /// A renewed token: the topics it no longer allows (`keep` false) are dropped at once and
     /// returned.
     pub fn revoke(&self, session: u64, keep: impl Fn(&str) -> bool) -> Vec<String> {
-        let mut inner = self.inner();
-        let revoked: Vec<String> = match inner.sessions.get(&session) {
+        let mut members = self.members();
+        let revoked: Vec<String> = match members.sessions.get(&session) {
             Some(s) => s.topics.iter().filter(|t| !keep(t)).cloned().collect(),
             None => vec![],
         };
-        self.drop_topics(&mut inner, session, &revoked);
+        self.drop_topics(&mut members, session, &revoked);
         revoked
     }
 
     /// Takes `session` off `topics`; a topic left without local subscribers is unlistened at
-    /// once (in order with any later subscribe: it runs under the same lock).
-    fn drop_topics(&self, inner: &mut Inner, session: u64, topics: &[String]) {
-        let Some(s) = inner.sessions.get_mut(&session) else {
+    /// once (in order with any later subscribe: both run under `members` and the topic's shard).
+    fn drop_topics(&self, members: &mut Members, session: u64, topics: &[String]) {
+        let Some(s) = members.sessions.get_mut(&session) else {
             return;
         };
         for t in topics {
@@ -402,7 +450,7 @@ impl Router {
                 continue;
             }
             if let Some(holder) = &s.holder {
-                if let Some(held) = inner.held.get_mut(holder) {
+                if let Some(held) = members.held.get_mut(holder) {
                     if let Some(n) = held.get_mut(t) {
                         *n -= 1;
                         if *n == 0 {
@@ -410,20 +458,21 @@ impl Router {
                         }
                     }
                     if held.is_empty() {
-                        inner.held.remove(holder);
+                        members.held.remove(holder);
                     }
                 }
             }
-            if let Some(topic) = inner.topics.get_mut(t) {
+            let mut shard = self.shard(t);
+            if let Some(topic) = shard.get_mut(t) {
                 topic.subs.remove(&session);
                 if topic.subs.is_empty() {
-                    inner.topics.remove(t);
+                    shard.remove(t);
                     self.hub
                         .unlisten(&self.settings.topic_channel(t), self.listener);
+                    self.count_topics(false);
                 }
             }
         }
-        metrics::gauge!("notifyd_topics_local").set(inner.topics.len() as f64);
     }
 
     /// One event from the broker for `topic`: dedupe, cache if retained, fan out. The envelope's
@@ -440,8 +489,8 @@ impl Router {
                     .unwrap_or(chrono::Duration::days(1));
             Retained::live(id.to_string(), &frame, until)
         });
-        let mut inner = self.inner();
-        let Some(t) = inner.topics.get_mut(topic) else {
+        let mut shard = self.shard(topic);
+        let Some(t) = shard.get_mut(topic) else {
             return;
         };
         if t.recent.iter().any(|r| *r == id) {
@@ -467,14 +516,16 @@ impl Router {
 
     /// The broker reconnected: retained values may have been missed; read them afresh.
     fn on_resync(&self) {
-        for t in self.inner().topics.values_mut() {
-            t.retained = Cached::Unknown;
+        for shard in &self.topics {
+            for t in shard.lock().values_mut() {
+                t.retained = Cached::Unknown;
+            }
         }
     }
 
     /// Sessions subscribed (live or pending) to `topic` on this node.
     pub fn subscribers(&self, topic: &str) -> usize {
-        self.inner().topics.get(topic).map_or(0, |t| t.subs.len())
+        self.shard(topic).get(topic).map_or(0, |t| t.subs.len())
     }
 }
 
@@ -482,4 +533,46 @@ fn shard_of(topic: &str) -> usize {
     let mut h = DefaultHasher::new();
     topic.hash(&mut h);
     (h.finish() as usize) % SHARDS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each shard's state has its own lock: while one shard holds its topics (as a fan-out to
+    /// 10,000 sessions does), a subscribe to a topic of another shard, and that topic's events,
+    /// go ahead.
+    #[test]
+    fn a_shard_busy_fanning_out_holds_back_no_other_shard() {
+        let settings = Settings::new("postgres://unused");
+        let store = RetainedStore {
+            pool: crate::db::pool(
+                &settings.database_url,
+                1,
+                crate::db::Limits::from_settings(&settings),
+            )
+            .expect("a pool connects lazily"),
+            permits: Arc::new(Semaphore::new(1)),
+        };
+        let (router, _mailboxes) = Router::new(Hub::new(), Arc::new(settings), 1, store);
+        let busy = "room:0".to_string();
+        let other = (1..)
+            .map(|i| format!("room:{i}"))
+            .find(|t| shard_of(t) != shard_of(&busy))
+            .expect("topics spread over the shards");
+        let held = router.topics[shard_of(&busy)].lock();
+        let (done, finished) = std::sync::mpsc::channel();
+        let r = router.clone();
+        std::thread::spawn(move || {
+            let tx = SessionTx::new(7);
+            let subscribed = r
+                .subscribe(&tx, Holder::User("u".into()), std::slice::from_ref(&other))
+                .is_ok();
+            r.on_event(&other, Envelope::topic("e1", false, r#"{"id":"e1"}"#));
+            let _ = done.send((subscribed, r.subscribers(&other)));
+        });
+        let got = finished.recv_timeout(Duration::from_secs(5));
+        drop(held);
+        assert_eq!(got, Ok((true, 1)));
+    }
 }

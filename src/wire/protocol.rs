@@ -1,6 +1,7 @@
 //! Frames between client and server (contract §5): parsing what clients send, building what
 //! the server says besides the stored events.
 
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::inbox::changes::Changes;
@@ -22,47 +23,70 @@ pub const MAX_REF_BYTES: usize = 256;
 /// Largest token an `auth` frame may carry.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
-#[derive(Debug, Clone, PartialEq)]
+/// A client frame, as serde reads it: `type` names the variant, every variant may carry a
+/// `ref` (echoed in the reply), and each field's reader (`field`) checks its shape and limits,
+/// so a frame that deserializes is one the session can act on.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame {
     Read {
+        #[serde(deserialize_with = "field::ids")]
         ids: Vec<Value>,
+        #[serde(default)]
         r#ref: Value,
     },
     ReadAll {
+        #[serde(default)]
         r#ref: Value,
     },
     SeenAll {
+        #[serde(default)]
         r#ref: Value,
     },
     Subscribe {
+        #[serde(deserialize_with = "field::topics")]
         topics: Vec<String>,
+        #[serde(default)]
         r#ref: Value,
     },
     Unsubscribe {
+        #[serde(deserialize_with = "field::topics")]
         topics: Vec<String>,
+        #[serde(default)]
         r#ref: Value,
     },
     Ping {
+        #[serde(default)]
         r#ref: Value,
     },
     /// A fresh token for the same user, before the current one's `exp`.
     Auth {
+        #[serde(deserialize_with = "field::token")]
         token: String,
+        #[serde(default)]
         r#ref: Value,
     },
     /// A direct message (contract §8); validated by `inbox::direct`, like `POST /api/v1/me/send`.
     Send {
+        #[serde(default)]
         to_user: Value,
+        #[serde(deserialize_with = "field::message")]
         message: Value,
         /// Optional idempotency key (like `Idempotency-Key` on `POST /api/v1/me/send`): a resend
         /// after a lost `ack` replays the first send instead of creating a second message.
+        #[serde(default)]
         key: Option<Value>,
+        #[serde(default)]
         r#ref: Value,
     },
     /// A client's event on a topic its token's `publish` claim allows (contract §8).
     Publish {
+        #[serde(deserialize_with = "field::topic")]
         topic: String,
+        /// Its size is checked after the frame is read (`parse`), so that a bad topic name is
+        /// reported before a bad `data`, whatever order the client wrote them in.
         data: Value,
+        #[serde(default)]
         r#ref: Value,
     },
 }
@@ -97,6 +121,7 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
         code: "bad_frame",
         message: format!("not JSON: {e}"),
     })?;
+    // The `ref` is read before the rest, so that every refusal of a frame echoes it.
     let r#ref = v.get("ref").cloned().unwrap_or(Value::Null);
     if !r#ref.is_null() && r#ref.to_string().len() > MAX_REF_BYTES {
         return Err(FrameError {
@@ -105,109 +130,158 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
             message: format!("\"ref\" must be at most {MAX_REF_BYTES} bytes of JSON"),
         });
     }
-    let err = |code, message: String| FrameError {
-        r#ref: r#ref.clone(),
-        code,
-        message,
-    };
+    // Checked here, not left to serde: an internally tagged enum would also read an array
+    // whose first element is the tag, and its errors for a missing tag name no field.
     let Some(kind) = v.get("type").and_then(Value::as_str) else {
-        return Err(err("bad_frame", "a frame needs a string \"type\"".into()));
+        return Err(FrameError {
+            r#ref,
+            code: "bad_frame",
+            message: "a frame needs a string \"type\"".into(),
+        });
     };
-    let topics = || -> Result<Vec<String>, FrameError> {
-        let list = v
-            .get("topics")
-            .and_then(Value::as_array)
-            .ok_or_else(|| err("bad_frame", "\"topics\" must be an array of strings".into()))?;
-        if list.is_empty() || list.len() > MAX_TOPICS_PER_FRAME {
-            return Err(err(
+    let frame = match ClientFrame::deserialize(&v) {
+        Ok(frame) => frame,
+        Err(e) => return Err(field::refusal(kind, r#ref, &e)),
+    };
+    if let ClientFrame::Publish { data, .. } = &frame {
+        if let Err(message) = crate::model::topic::check_data(data) {
+            return Err(FrameError {
+                r#ref,
+                code: "bad_frame",
+                message,
+            });
+        }
+    }
+    Ok(frame)
+}
+
+/// The readers of `ClientFrame`'s checked fields, and the one place where a serde error becomes
+/// the `error` frame clients see.
+///
+/// serde's errors carry only text, so a reader's refusal travels as `<code>` `SEP` `<message>`
+/// and `refusal` splits it again; serde's own errors (a missing field, an unknown variant) are
+/// worded by serde and so are mapped to the field's message here.
+mod field {
+    use serde::de::{Deserialize, Deserializer, Error};
+    use serde_json::Value;
+
+    use super::{FrameError, MAX_TOKEN_BYTES, MAX_TOPICS_PER_FRAME, MAX_TOPIC_CHARS};
+    use crate::inbox::commands::MAX_READ_IDS;
+    use crate::model::topic::check_topic;
+
+    /// Between a refusal's code and its message (a control character no code or message of
+    /// ours contains).
+    const SEP: char = '\u{1f}';
+
+    /// What a frame with this field missing or of the wrong type is told.
+    fn shape(field: &str) -> String {
+        match field {
+            "ids" => "\"ids\" must be an array".into(),
+            "topics" => "\"topics\" must be an array of strings".into(),
+            "token" => format!("\"token\" must be a string of 1 to {MAX_TOKEN_BYTES} bytes"),
+            "message" => "\"message\" must be an object".into(),
+            "topic" => "\"topic\" must be a string".into(),
+            "data" => "\"data\" is required".into(),
+            other => format!("\"{other}\" is missing or of the wrong type"),
+        }
+    }
+
+    fn refuse<E: Error>(code: &str, message: impl std::fmt::Display) -> E {
+        E::custom(format_args!("{code}{SEP}{message}"))
+    }
+
+    fn bad_shape<E: Error>(field: &str) -> E {
+        refuse("bad_frame", shape(field))
+    }
+
+    /// The `error` frame for a frame of type `kind` that serde refused with `e`.
+    pub(super) fn refusal(kind: &str, r#ref: Value, e: &serde_json::Error) -> FrameError {
+        let text = e.to_string();
+        let (code, message) = if let Some((code, message)) = text.split_once(SEP) {
+            let code = if code == "validation_failed" {
+                "validation_failed"
+            } else {
+                "bad_frame"
+            };
+            (code, message.to_string())
+        } else if let Some(field) = text
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.strip_suffix('`'))
+        {
+            ("bad_frame", shape(field))
+        } else if text.starts_with("unknown variant") {
+            ("unknown_type", format!("unknown frame type {kind:?}"))
+        } else {
+            ("bad_frame", text)
+        };
+        FrameError {
+            r#ref,
+            code,
+            message,
+        }
+    }
+
+    pub(super) fn ids<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Value>, D::Error> {
+        let Value::Array(ids) = Value::deserialize(d)? else {
+            return Err(bad_shape("ids"));
+        };
+        if ids.len() > MAX_READ_IDS {
+            return Err(refuse(
                 "bad_frame",
-                format!("\"topics\" must hold 1 to {MAX_TOPICS_PER_FRAME} topics"),
+                format_args!("at most {MAX_READ_IDS} ids per read"),
             ));
         }
-        // A name that breaks the name rule (contract §7) is `validation_failed`, like the REST
-        // publish's `422`; only a frame of the wrong shape is `bad_frame`.
-        list.iter()
-            .map(|t| match t.as_str() {
-                Some(s) => crate::model::topic::check_topic(s)
-                    .map(|()| s.to_string())
-                    .map_err(|m| err("validation_failed", m)),
-                None => Err(err(
+        Ok(ids)
+    }
+
+    /// A name that breaks the name rule (contract §7) is `validation_failed`, like the REST
+    /// publish's `422`; only a frame of the wrong shape is `bad_frame`. The first bad topic in
+    /// the list decides which.
+    pub(super) fn topics<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        let Value::Array(list) = Value::deserialize(d)? else {
+            return Err(bad_shape("topics"));
+        };
+        if list.is_empty() || list.len() > MAX_TOPICS_PER_FRAME {
+            return Err(refuse(
+                "bad_frame",
+                format_args!("\"topics\" must hold 1 to {MAX_TOPICS_PER_FRAME} topics"),
+            ));
+        }
+        list.into_iter()
+            .map(|t| match t {
+                Value::String(s) => match check_topic(&s) {
+                    Ok(()) => Ok(s),
+                    Err(m) => Err(refuse("validation_failed", m)),
+                },
+                _ => Err(refuse(
                     "bad_frame",
-                    format!("a topic is a string of 1 to {MAX_TOPIC_CHARS} characters"),
+                    format_args!("a topic is a string of 1 to {MAX_TOPIC_CHARS} characters"),
                 )),
             })
             .collect()
-    };
-    Ok(match kind {
-        "read" => {
-            let ids = v
-                .get("ids")
-                .and_then(Value::as_array)
-                .ok_or_else(|| err("bad_frame", "\"ids\" must be an array".into()))?;
-            if ids.len() > crate::inbox::commands::MAX_READ_IDS {
-                return Err(err(
-                    "bad_frame",
-                    format!(
-                        "at most {} ids per read",
-                        crate::inbox::commands::MAX_READ_IDS
-                    ),
-                ));
-            }
-            ClientFrame::Read {
-                ids: ids.clone(),
-                r#ref,
-            }
+    }
+
+    pub(super) fn topic<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        let Value::String(topic) = Value::deserialize(d)? else {
+            return Err(bad_shape("topic"));
+        };
+        check_topic(&topic).map_err(|m| refuse("validation_failed", m))?;
+        Ok(topic)
+    }
+
+    pub(super) fn token<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        match Value::deserialize(d)? {
+            Value::String(t) if !t.is_empty() && t.len() <= MAX_TOKEN_BYTES => Ok(t),
+            _ => Err(bad_shape("token")),
         }
-        "read_all" => ClientFrame::ReadAll { r#ref },
-        "seen_all" => ClientFrame::SeenAll { r#ref },
-        "subscribe" => ClientFrame::Subscribe {
-            topics: topics()?,
-            r#ref,
-        },
-        "unsubscribe" => ClientFrame::Unsubscribe {
-            topics: topics()?,
-            r#ref,
-        },
-        "ping" => ClientFrame::Ping { r#ref },
-        "auth" => match v.get("token").and_then(Value::as_str) {
-            Some(t) if !t.is_empty() && t.len() <= MAX_TOKEN_BYTES => ClientFrame::Auth {
-                token: t.to_string(),
-                r#ref,
-            },
-            _ => {
-                return Err(err(
-                    "bad_frame",
-                    format!("\"token\" must be a string of 1 to {MAX_TOKEN_BYTES} bytes"),
-                ))
-            }
-        },
-        "send" => match v.get("message") {
-            Some(m) if m.is_object() => ClientFrame::Send {
-                to_user: v.get("to_user").cloned().unwrap_or(Value::Null),
-                message: m.clone(),
-                key: v.get("key").cloned(),
-                r#ref,
-            },
-            _ => return Err(err("bad_frame", "\"message\" must be an object".into())),
-        },
-        "publish" => {
-            let topic = match v.get("topic").and_then(Value::as_str) {
-                Some(t) => t.to_string(),
-                None => return Err(err("bad_frame", "\"topic\" must be a string".into())),
-            };
-            crate::model::topic::check_topic(&topic).map_err(|m| err("validation_failed", m))?;
-            let Some(data) = v.get("data") else {
-                return Err(err("bad_frame", "\"data\" is required".into()));
-            };
-            crate::model::topic::check_data(data).map_err(|m| err("bad_frame", m))?;
-            ClientFrame::Publish {
-                topic,
-                data: data.clone(),
-                r#ref,
-            }
+    }
+
+    pub(super) fn message<'de, D: Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+        match Value::deserialize(d)? {
+            m @ Value::Object(_) => Ok(m),
+            _ => Err(bad_shape("message")),
         }
-        other => return Err(err("unknown_type", format!("unknown frame type {other:?}"))),
-    })
+    }
 }
 
 /// `epoch`: the inbox's (`broker::envelope`); a client resumes with it beside `since`.
@@ -485,6 +559,146 @@ mod tests {
                 .code,
             "validation_failed",
             "a bad name is not a bad frame shape"
+        );
+    }
+
+    /// The `error` a client gets for each way a frame can be wrong: its code and its exact
+    /// message (clients and docs/websocket.md read them), with the frame's `ref` echoed.
+    #[test]
+    fn every_refusal_has_its_code_and_message() {
+        let ids = json!({"type": "read", "ids": vec![1; crate::inbox::commands::MAX_READ_IDS + 1], "ref": "r"});
+        let data = json!({"type": "publish", "topic": "group:7", "ref": "r",
+            "data": "x".repeat(crate::model::input::MAX_DATA_BYTES)});
+        let topics = json!({"type": "subscribe", "topics": vec!["a:1"; MAX_TOPICS_PER_FRAME + 1], "ref": "r"});
+        let shape = |m: &str| ("bad_frame", m.to_string());
+        let token = format!("\"token\" must be a string of 1 to {MAX_TOKEN_BYTES} bytes");
+        let cases: Vec<(String, (&str, String))> = vec![
+            (
+                r#"{"type":"read","ref":"r"}"#.into(),
+                shape("\"ids\" must be an array"),
+            ),
+            (
+                r#"{"type":"read","ids":{},"ref":"r"}"#.into(),
+                shape("\"ids\" must be an array"),
+            ),
+            (
+                ids.to_string(),
+                shape(&format!(
+                    "at most {} ids per read",
+                    crate::inbox::commands::MAX_READ_IDS
+                )),
+            ),
+            (
+                r#"{"type":"subscribe","ref":"r"}"#.into(),
+                shape("\"topics\" must be an array of strings"),
+            ),
+            (
+                r#"{"type":"unsubscribe","topics":"a:1","ref":"r"}"#.into(),
+                shape("\"topics\" must be an array of strings"),
+            ),
+            (
+                r#"{"type":"subscribe","topics":[],"ref":"r"}"#.into(),
+                shape(&format!(
+                    "\"topics\" must hold 1 to {MAX_TOPICS_PER_FRAME} topics"
+                )),
+            ),
+            (
+                topics.to_string(),
+                shape(&format!(
+                    "\"topics\" must hold 1 to {MAX_TOPICS_PER_FRAME} topics"
+                )),
+            ),
+            (
+                r#"{"type":"subscribe","topics":["a:1",7,"a b"],"ref":"r"}"#.into(),
+                shape(&format!(
+                    "a topic is a string of 1 to {MAX_TOPIC_CHARS} characters"
+                )),
+            ),
+            (r#"{"type":"auth","ref":"r"}"#.into(), shape(&token)),
+            (
+                r#"{"type":"auth","token":"","ref":"r"}"#.into(),
+                shape(&token),
+            ),
+            (
+                r#"{"type":"auth","token":7,"ref":"r"}"#.into(),
+                shape(&token),
+            ),
+            (
+                json!({"type": "auth", "token": "t".repeat(MAX_TOKEN_BYTES + 1), "ref": "r"})
+                    .to_string(),
+                shape(&token),
+            ),
+            (
+                r#"{"type":"send","to_user":"7","message":null,"ref":"r"}"#.into(),
+                shape("\"message\" must be an object"),
+            ),
+            (
+                r#"{"type":"publish","data":{},"ref":"r"}"#.into(),
+                shape("\"topic\" must be a string"),
+            ),
+            (
+                r#"{"type":"publish","topic":7,"data":{},"ref":"r"}"#.into(),
+                shape("\"topic\" must be a string"),
+            ),
+            (
+                r#"{"type":"publish","topic":"group:7","ref":"r"}"#.into(),
+                shape("\"data\" is required"),
+            ),
+            (
+                data.to_string(),
+                shape(&crate::model::topic::check_data(&data["data"]).unwrap_err()),
+            ),
+            (
+                r#"{"ref":"r"}"#.into(),
+                shape("a frame needs a string \"type\""),
+            ),
+            (
+                r#"{"type":7,"ref":"r"}"#.into(),
+                shape("a frame needs a string \"type\""),
+            ),
+            (
+                r#"{"type":"Ping","ref":"r"}"#.into(),
+                ("unknown_type", "unknown frame type \"Ping\"".into()),
+            ),
+        ];
+        for (frame, (code, message)) in cases {
+            let e = parse(&frame).unwrap_err();
+            assert_eq!(
+                (e.code, e.message, e.r#ref),
+                (code, message, json!("r")),
+                "{frame}"
+            );
+        }
+        // A name that breaks the rule is reported before anything else wrong in the frame.
+        for frame in [
+            r#"{"type":"subscribe","topics":["a b",7],"ref":"r"}"#,
+            r#"{"type":"publish","topic":"a b","ref":"r"}"#,
+        ] {
+            assert_eq!(
+                parse(frame).unwrap_err().code,
+                "validation_failed",
+                "{frame}"
+            );
+        }
+        // Not an object: no `type` to read (serde alone would take an array's first element).
+        for frame in [r#"["ping"]"#, r#""ping""#, "7"] {
+            let e = parse(frame).unwrap_err();
+            assert_eq!(
+                (e.code, e.message.as_str()),
+                ("bad_frame", "a frame needs a string \"type\""),
+                "{frame}"
+            );
+        }
+        // `null` fields read as absent where a field is optional; unknown fields are ignored.
+        assert_eq!(
+            parse(r#"{"type":"send","to_user":null,"message":{},"key":null,"ref":null,"x":1}"#)
+                .unwrap(),
+            ClientFrame::Send {
+                to_user: Value::Null,
+                message: json!({}),
+                key: None,
+                r#ref: Value::Null
+            }
         );
     }
 
