@@ -81,7 +81,6 @@ impl Inbound {
         }
     }
 
-    /// The state and the actor back, for the session's departure.
     /// The session is over, whatever ended it: it leaves its topics and its user's actor hears
     /// of it (presence, gauges), past the mailbox's bound (an actor that is gone needs no
     /// telling).
