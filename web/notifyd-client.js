@@ -277,6 +277,8 @@ export class NotifydClient {
 
     /** @type {number|null} */
     this._seq = Number.isSafeInteger(options.since) && options.since >= 0 ? options.since : null;
+    /** @type {number|null} a resume's `hello` epoch, taken once an event follows it */
+    this._helloEpoch = null;
     /** @type {number|null} which inbox `_seq` counts in (set by the initial `hello` and resets) */
     this._epoch =
       this._seq !== null && Number.isSafeInteger(options.epoch) && options.epoch >= 0 ? options.epoch : null;
@@ -432,7 +434,11 @@ export class NotifydClient {
     this._tokenExp = token === null ? null : tokenExp(token);
     const q = new URLSearchParams(token === null ? {} : { token: String(token) });
     if (this._seq !== null) q.set('since', String(this._seq));
-    if (this._seq !== null && this._epoch !== null) q.set('epoch', String(this._epoch));
+    // Epoch 0 with events applied cannot say whose they were (the server would answer with a
+    // reset): sent as unknown, and learnt from this connection's hello (see _onHello).
+    if (this._seq !== null && this._epoch !== null && !(this._epoch === 0 && this._seq > 0)) {
+      q.set('epoch', String(this._epoch));
+    }
     const wsUrl = `${this.baseUrl.replace(/^http/i, 'ws')}/ws?${q}`;
     let ws;
     try {
@@ -443,6 +449,7 @@ export class NotifydClient {
     }
     this._ws = ws;
     this._hello = false;
+    this._helloEpoch = null;
     this._connectTimer = setTimeout(() => {
       if (this._ws === ws && !this._hello) this._drop(ws, CLOSE_CONNECT_TIMEOUT, 'connect timeout');
     }, this._connectTimeout);
@@ -505,6 +512,7 @@ export class NotifydClient {
     const ws = this._ws;
     this._ws = null;
     this._hello = false;
+    this._helloEpoch = null;
     if (ws) {
       ws.onmessage = ws.onclose = ws.onerror = null;
       if (!alreadyClosed) {
@@ -697,9 +705,13 @@ export class NotifydClient {
       if (this._seq === null) {
         this._reset('initial', f);
       } else {
-        // From seq 0 any inbox's events are the right ones: the hello's epoch is safe to take
-        // (from a later seq only a reset may change it: see _reset).
-        if (this._seq === 0) this._epoch = Number.isSafeInteger(f.epoch) ? f.epoch : null;
+        // From seq 0 any inbox's events are the right ones: the hello's epoch is safe to take.
+        // From a later seq it is taken only once the resume went on without a reset (the
+        // first event after this hello, in `_apply`): a connection lost between the hello and
+        // its `sync` must not pair the old `since` with the new epoch.
+        const epoch = Number.isSafeInteger(f.epoch) ? f.epoch : null;
+        if (this._seq === 0) this._epoch = epoch;
+        else this._helloEpoch = epoch;
         // If seq moved on, a `sync` with the missed events (or a reset) follows right away.
         this._setCounts(f, 'hello');
       }
@@ -744,6 +756,7 @@ export class NotifydClient {
     // Only a reset (or the first hello) moves the epoch: a resume's `hello` comes before its
     // `sync`, and a drop between them must not pair the old `since` with the new epoch.
     this._epoch = Number.isSafeInteger(f.epoch) ? f.epoch : null;
+    this._helloEpoch = null;
     this._setCounts(f, reason === 'initial' ? 'hello' : 'sync');
     this._emit('reset', { reason, seq: this._seq, unread: f.unread, unseen: f.unseen });
   }
@@ -766,6 +779,11 @@ export class NotifydClient {
       return false;
     }
     this._seq = ev.seq;
+    if (this._helloEpoch !== null) {
+      // The resume went on in the hello's inbox: its epoch is this stream's.
+      this._epoch = this._helloEpoch;
+      this._helloEpoch = null;
+    }
     const c = { seq: ev.seq, unread: ev.unread, unseen: ev.unseen };
     switch (ev.type) {
       case 'message.created':
