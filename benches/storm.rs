@@ -261,8 +261,24 @@ async fn steady_posts(base: String, rate: u64, stop: Arc<AtomicBool>) -> (Vec<u3
         return closed_loop_posts(base, inflight, stop).await;
     }
     let http = reqwest::Client::new();
-    let every = Duration::from_micros(1_000_000 / rate.max(1));
-    let mut tick = tokio::time::interval(every);
+    let url = format!("{base}/api/v1/messages");
+    open_loop(rate, stop, 201, move |k| {
+        let body = json!({"to_user": format!("steady{}", k % 500), "title": "steady", "content": "x", "type": "steady"});
+        http.post(&url).bearer_auth(KEY).json(&body)
+    })
+    .await
+}
+
+/// Sends `request(k)` for k = 1, 2, ... at `rate` a second until `stop`, each on its own task
+/// (a slow answer never delays the next one: open loop, 30 s timeout), and returns the latency
+/// of every answer with status `ok` (µs) and how many failed.
+async fn open_loop(
+    rate: u64,
+    stop: Arc<AtomicBool>,
+    ok: u16,
+    request: impl Fn(u64) -> reqwest::RequestBuilder,
+) -> (Vec<u32>, u64) {
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let lat = Arc::new(std::sync::Mutex::new(vec![]));
     let failed = Arc::new(AtomicU64::new(0));
@@ -271,26 +287,14 @@ async fn steady_posts(base: String, rate: u64, stop: Arc<AtomicBool>) -> (Vec<u3
     while !stop.load(Ordering::Relaxed) {
         tick.tick().await;
         k += 1;
-        let (http, url, lat, failed) = (
-            http.clone(),
-            format!("{base}/api/v1/messages"),
-            lat.clone(),
-            failed.clone(),
-        );
-        // Each POST on its own task: a slow answer never delays the next one (open loop).
+        let req = request(k).timeout(Duration::from_secs(30));
+        let (lat, failed) = (lat.clone(), failed.clone());
         tasks.push(tokio::spawn(async move {
             let t = Instant::now();
-            let body = json!({"to_user": format!("steady{}", k % 500), "title": "steady", "content": "x", "type": "steady"});
-            let r = http
-                .post(url)
-                .bearer_auth(KEY)
-                .timeout(Duration::from_secs(30))
-                .json(&body)
-                .send()
-                .await;
+            let r = req.send().await;
             let us = t.elapsed().as_micros().min(u32::MAX as u128) as u32;
             match r {
-                Ok(r) if r.status() == 201 => {
+                Ok(r) if r.status() == ok => {
                     if let Ok(mut l) = lat.lock() {
                         l.push(us)
                     }
@@ -394,44 +398,15 @@ async fn user_calls(base: String, rate: u64, stop: Arc<AtomicBool>) -> (Vec<u32>
     else {
         return (vec![], 0);
     };
+    if tokens.is_empty() {
+        return (vec![], 0);
+    }
     let url = format!("{base}/api/v1/me/unread-count");
-    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let lat = Arc::new(std::sync::Mutex::new(vec![]));
-    let failed = Arc::new(AtomicU64::new(0));
-    let mut tasks = vec![];
-    let mut k = 0usize;
-    while !stop.load(Ordering::Relaxed) && !tokens.is_empty() {
-        tick.tick().await;
-        k += 1;
-        let (http, url, token) = (http.clone(), url.clone(), tokens[k % tokens.len()].clone());
-        let (lat, failed) = (lat.clone(), failed.clone());
-        tasks.push(tokio::spawn(async move {
-            let t = Instant::now();
-            let r = http
-                .get(url)
-                .bearer_auth(token)
-                .timeout(Duration::from_secs(30))
-                .send()
-                .await;
-            let us = t.elapsed().as_micros().min(u32::MAX as u128) as u32;
-            match r {
-                Ok(r) if r.status() == 200 => {
-                    if let Ok(mut l) = lat.lock() {
-                        l.push(us)
-                    }
-                }
-                _ => {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
-    let v = lat.lock().map(|l| l.clone()).unwrap_or_default();
-    (v, failed.load(Ordering::Relaxed))
+    open_loop(rate, stop, 200, move |k| {
+        let token = &tokens[k as usize % tokens.len()];
+        http.get(&url).bearer_auth(token)
+    })
+    .await
 }
 
 /// `user_calls` on a thread of its own; BENCH_STORM_USER_RATE=0 leaves it out.

@@ -205,11 +205,6 @@ pub fn retained_frame(frame: &str) -> Arc<str> {
     }
 }
 
-/// Microseconds since 1970 of `t` (an envelope's `at`).
-pub fn micros(t: chrono::DateTime<chrono::Utc>) -> i64 {
-    t.timestamp_micros()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
