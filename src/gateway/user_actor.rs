@@ -367,7 +367,7 @@ impl Actor {
             return;
         }
         match self.current().await {
-            Ok(c) => self.compare(c.seq, c.epoch, c).await,
+            Ok(c) => self.compare(c).await,
             Err(e) => tracing::warn!(error = %e, user = %self.user, "resync failed"),
         }
     }
@@ -383,29 +383,35 @@ impl Actor {
         if self.other_inbox(seen.epoch) || seen.seq < self.last_seq {
             // A reset needs the counts too: read them (rare).
             match self.current().await {
-                Ok(c) => self.compare(c.seq, c.epoch, c).await,
+                Ok(c) => self.compare(c).await,
                 Err(e) => tracing::warn!(error = %e, user = %self.user, "audit read failed"),
             }
         } else {
-            self.compare(seen.seq, seen.epoch, Counters::default())
-                .await;
+            // Neither a reset nor a new inbox: only the seq and epoch are looked at.
+            let Seen { seq, epoch } = seen;
+            self.compare(Counters {
+                seq,
+                epoch,
+                ..Counters::default()
+            })
+            .await;
         }
     }
 
-    /// Brings the sessions in line with what the database says (`c` holds the counts when a
-    /// reset may follow): another inbox or a seq that went back is a reset, a seq ahead a repair.
-    async fn compare(&mut self, seq: i64, epoch: i64, c: Counters) {
-        if self.stale(epoch) {
+    /// Brings the sessions in line with what the database says: another inbox or a seq that
+    /// went back is a reset (to `c`), a seq ahead a repair.
+    async fn compare(&mut self, c: Counters) {
+        if self.stale(c.epoch) {
             return;
         }
-        if self.other_inbox(epoch) {
+        if self.other_inbox(c.epoch) {
             self.reset(c, "erased");
-        } else if seq < self.last_seq {
+        } else if c.seq < self.last_seq {
             self.reset(c, "seq_went_back");
         } else {
-            self.adopt(epoch);
-            if seq > self.last_seq {
-                self.repair(seq).await;
+            self.adopt(c.epoch);
+            if c.seq > self.last_seq {
+                self.repair(c.seq).await;
             }
         }
     }
