@@ -126,6 +126,7 @@ impl Application {
         });
         let state = AppState {
             jwt: JwtKeys::new(&settings.jwt_secret),
+            tickets: crate::auth::ticket::TicketKeys::new(&settings.jwt_secret),
             limits: Arc::new(crate::ratelimit::RateLimits::default()),
             settings,
             pool,

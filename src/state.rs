@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::auth::jwt::JwtKeys;
+use crate::auth::ticket::TicketKeys;
 use crate::broker::Hub;
 use crate::config::Settings;
 use crate::db::DbPool;
@@ -25,6 +26,8 @@ pub struct AppState {
     pub topics: Arc<crate::topics::Router>,
     pub presence: Arc<Presence>,
     pub jwt: JwtKeys,
+    /// SSE tickets (`auth::ticket`), keyed from the same secret.
+    pub tickets: TicketKeys,
     /// Per-user limits on what clients do on their own (publish, direct messages).
     pub limits: Arc<RateLimits>,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,

@@ -11,6 +11,7 @@ pub mod openapi;
 pub mod ops;
 pub mod presence;
 pub mod request_span;
+pub mod tickets;
 pub mod topics;
 pub mod users;
 
@@ -130,6 +131,9 @@ pub const ENDPOINTS: &[Endpoint] = &[
     endpoint("/api/v1/me/messages/seen-all", POST, Caller::User, || {
         web::post().to(me::seen_all)
     }),
+    endpoint("/api/v1/me/tickets", POST, Caller::User, || {
+        web::post().to(tickets::create)
+    }),
     endpoint("/api/v1/me/send", POST, Caller::User, || {
         web::post().to(me::send)
     }),
@@ -197,6 +201,15 @@ pub fn configure(cfg: &mut web::ServiceConfig, cors: &CorsPolicy, listener: List
     // `connect` answers `GET` only; every other method, `HEAD` too, gets 405 with `Allow: GET`.
     cfg.service(crate::gateway::ws::connect)
         .service(only("/ws", GET_ONLY));
+    // The SSE stream (contract §10): not REST either (docs/websocket.md, "SSE"). `GET` and
+    // `HEAD` (the checks and the headers, no session), with CORS like the user API: an
+    // `EventSource` on another origin needs it.
+    cfg.service(browser(
+        cors,
+        "/sse",
+        GET,
+        get().to(crate::gateway::sse::connect),
+    ));
 }
 
 /// A route browsers may call from another origin: `allow`'s methods, CORS for exactly those.

@@ -31,6 +31,7 @@ use crate::store::messages::Message;
         me::read_all,
         me::seen_all,
         me::send,
+        super::tickets::create,
         me::delete,
         messages::create,
         messages::retract,
@@ -55,6 +56,7 @@ use crate::store::messages::Message;
         bodies::DirectMessage,
         bodies::TopicEvent,
         bodies::ReadIds,
+        super::tickets::TicketView,
     )),
     modifiers(&AuthSchemes),
     tags(

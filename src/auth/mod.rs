@@ -2,6 +2,7 @@
 
 pub mod jwt;
 pub mod service;
+pub mod ticket;
 pub mod user;
 
 /// Constant-time comparison, so a key cannot be guessed byte by byte from response times.

@@ -1,4 +1,5 @@
-//! The TCP connection under a WebSocket, so the gateway can drop it when the peer stops reading.
+//! The TCP connection under a WebSocket or an SSE stream, so the gateway can drop it when the
+//! peer stops reading.
 //!
 //! A client that stops reading fills its socket's buffers; actix-http then waits for the socket
 //! to become writable, with no timeout, and the connection (its buffers, its file descriptor)
@@ -85,6 +86,19 @@ impl Conn {
             }
         })
         .unwrap_or(true)
+    }
+
+    /// Sets `TCP_USER_TIMEOUT`: data left unacknowledged this long makes the kernel drop the
+    /// connection (a peer that vanished without FIN or RST; Linux only, a no-op elsewhere).
+    pub fn set_user_timeout(&self, timeout: Duration) {
+        #[cfg(target_os = "linux")]
+        self.with_socket(|sock| {
+            if let Err(e) = sock.set_tcp_user_timeout(Some(timeout)) {
+                tracing::debug!(error = %e, "TCP_USER_TIMEOUT not set");
+            }
+        });
+        #[cfg(not(target_os = "linux"))]
+        let _ = timeout;
     }
 
     /// Resets the connection now (RST, buffers freed) if it is still open.

@@ -84,13 +84,14 @@ impl Inbound {
     /// The session is over, whatever ended it: it leaves its topics and its user's actor hears
     /// of it (presence, gauges), past the mailbox's bound (an actor that is gone needs no
     /// telling).
-    pub fn depart(self, session: u64) {
+    pub fn depart(self, me: &SessionTx) {
+        let session = me.id;
         self.state.topics.leave(session);
         match self.actor {
             Some(actor) => {
                 let _ = actor.send_always(ActorMsg::Leave { session });
             }
-            None => metrics::gauge!("notifyd_ws_anonymous_connections").decrement(1.0),
+            None => anonymous_gauge(me, -1.0),
         }
     }
 
@@ -210,6 +211,12 @@ impl Inbound {
     }
 }
 
+/// Anonymous sessions on this node, by transport (`depart` takes them off).
+pub fn anonymous_gauge(me: &SessionTx, delta: f64) {
+    metrics::gauge!("notifyd_ws_anonymous_connections", "transport" => me.transport.label())
+        .increment(delta);
+}
+
 /// The session's command slots (`MAX_COMMANDS_IN_FLIGHT`), made when first needed.
 fn slots(in_flight: &mut Option<Arc<Semaphore>>) -> &Arc<Semaphore> {
     in_flight.get_or_insert_with(|| Arc::new(Semaphore::new(MAX_COMMANDS_IN_FLIGHT)))
@@ -263,7 +270,7 @@ fn renew(
 }
 
 /// Whether `claims` (or, for anyone, `NOTIFYD_PUBLIC_TOPICS`) let a session subscribe to `topic`.
-fn may_subscribe(state: &AppState, claims: Option<&UserClaims>, topic: &str) -> bool {
+pub fn may_subscribe(state: &AppState, claims: Option<&UserClaims>, topic: &str) -> bool {
     claims.is_some_and(|c| c.may_subscribe(topic)) || state.settings.is_public_topic(topic)
 }
 
@@ -347,7 +354,7 @@ fn subscribe(
             tokio::spawn(
                 async move {
                     let _slot = slot;
-                    router.finish(pending, r#ref).await;
+                    router.finish(pending, Some(r#ref)).await;
                 }
                 .instrument(tracing::Span::current()),
             );

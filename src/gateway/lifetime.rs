@@ -3,8 +3,8 @@
 //! expired (unless renewed in-band). One timer serves both (it fires at whichever comes first):
 //! a task per socket carries one, not two. The transport asks `deadline` when to wake, calls
 //! `tick` then, sends the ping `tick` asks for, and reports what shows the client reads
-//! (`answered` for a WebSocket pong; a transport without pongs calls `read_up_to_now` when its
-//! writes drain).
+//! (`answered` for a WebSocket pong; a transport without pongs calls `read_until` with when its
+//! writes last drained).
 
 use std::time::Duration;
 
@@ -81,9 +81,10 @@ impl Lifetime {
         }
     }
 
-    /// The client has read everything sent so far (for transports without pongs).
-    pub fn read_up_to_now(&mut self) {
-        self.last_read = Instant::now();
+    /// The client had read everything sent before `at` (for transports without pongs: SSE
+    /// reports when its writes last drained).
+    pub fn read_until(&mut self, at: Instant) {
+        self.last_read = self.last_read.max(at);
     }
 
     /// The timer fired: the token may have expired, a ping may be due, or the client may have
@@ -105,9 +106,11 @@ impl Lifetime {
     }
 }
 
+/// The instant the clock reads `exp` (Unix seconds), to the millisecond: a session never ends
+/// before its token has expired (a reconnect with it is then refused).
 fn deadline_of(exp: i64) -> Instant {
-    let left = exp - chrono::Utc::now().timestamp();
-    Instant::now() + Duration::from_secs(left.max(0) as u64)
+    let left_ms = exp.saturating_mul(1000) - chrono::Utc::now().timestamp_millis();
+    Instant::now() + Duration::from_millis(left_ms.max(0) as u64)
 }
 
 /// The last `OUTSTANDING_PINGS` ping nonces not yet answered, oldest first (a slow but
@@ -193,9 +196,16 @@ mod tests {
         let mut l = Lifetime::new(HB, None);
         for _ in 0..10 {
             tokio::time::advance(HB).await;
-            l.read_up_to_now();
+            l.read_until(Instant::now());
             assert!(matches!(l.tick(Instant::now()), Tick::Ping(_)));
         }
+        // Drains that stopped long ago do not keep it alive, however often they are reported.
+        let stalled = Instant::now();
+        for _ in 0..3 {
+            tokio::time::advance(HB).await;
+            l.read_until(stalled);
+        }
+        assert!(matches!(l.tick(Instant::now()), Tick::End(_)));
     }
 
     #[tokio::test(start_paused = true)]

@@ -199,7 +199,8 @@ mod tests {
     async fn once_the_actor_is_gone_every_send_is_refused_and_waiting_joins_are_told_no() {
         let (tx, rx) = mailbox();
         let (joined_tx, joined) = oneshot::channel();
-        let session = crate::wire::outbound::SessionTx::new(1);
+        let session =
+            crate::wire::outbound::SessionTx::new(1, crate::wire::outbound::Transport::Ws);
         let join = Join {
             session,
             since: None,

@@ -293,7 +293,7 @@ pub async fn run(ctx: Box<SessionCtx>) {
     // every open session's task.
     Box::pin(async move {
         let depart = async {
-            inbound.depart(me.id);
+            inbound.depart(&me);
             drop(permit);
         };
         let closing = close_holding(ws, stream, close, close_grace(heartbeat), conn);

@@ -47,7 +47,7 @@ impl SocketCounts {
     /// Counts one more WebSocket for `user`, or refuses it (429) at `max` on this node.
     pub fn open(self: &Arc<Self>, user: &str, max: usize) -> Result<SocketPermit, ApiError> {
         self.open_as(user, max, || {
-            format!("at most {max} WebSockets per user on one node")
+            format!("at most {max} connections (WebSocket and SSE) per user on one node")
         })
     }
 

@@ -204,7 +204,8 @@ impl Actor {
     fn close(&mut self, id: u64, code: u16, reason: &'static str) {
         if let Some(s) = self.sessions.remove(&id) {
             s.tx.close_with(code, reason);
-            metrics::gauge!("notifyd_ws_connections").decrement(1.0);
+            metrics::gauge!("notifyd_ws_connections", "transport" => s.tx.transport.label())
+                .decrement(1.0);
             self.state.presence.add(&self.user, -1);
         }
     }
@@ -311,7 +312,8 @@ impl Actor {
                 }
             }
         }
-        metrics::gauge!("notifyd_ws_connections").increment(1.0);
+        metrics::gauge!("notifyd_ws_connections", "transport" => tx.transport.label())
+            .increment(1.0);
         self.sessions.insert(
             tx.id,
             Session {

@@ -15,12 +15,12 @@ use serde::Deserialize;
 
 use super::admission::Refused;
 use super::conn::Conn;
+use super::opening::{check_origin, non_negative, refuse_shutting_down, socket_permit};
 use super::session::{self, SessionCtx};
 use crate::auth::user::authenticate_ws;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::topics::public::{client_ip, client_key};
-use crate::wire::outbound::SessionTx;
+use crate::wire::outbound::{SessionTx, Transport};
 use crate::wire::protocol::{self, close};
 use tokio::sync::oneshot;
 use tracing::Instrument;
@@ -52,21 +52,7 @@ pub async fn connect(
     if state.gateway.is_shutting_down() {
         return Err(refuse_shutting_down());
     }
-    let permit = match &claims {
-        Some(c) => state
-            .gateway
-            .sockets
-            .open(&c.user, state.settings.max_sockets_per_user)?,
-        None => {
-            let ip = client_ip(&req, &state.settings.trusted_proxies)
-                .map(client_key)
-                .unwrap_or_default();
-            state
-                .gateway
-                .anon_sockets
-                .open_anonymous(&ip, state.settings.max_anon_sockets_per_ip)?
-        }
-    };
+    let permit = socket_permit(&req, &state, claims.as_ref())?;
     let conn = Conn::of(&req);
     let joining = match state.gateway.admission.admit().await {
         Ok(turn) => turn,
@@ -84,7 +70,7 @@ pub async fn connect(
     }
     let (response, ws_session, stream) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::BadRequest(format!("websocket handshake: {e}")))?;
-    let me = SessionTx::new(state.gateway.next_id());
+    let me = SessionTx::new(state.gateway.next_id(), Transport::Ws);
     let shared = state.clone().into_inner();
     // One span per session (issue 11 item 5): every log line of its task carries the user, the
     // session id and the node. Not a child of the handshake's request span, which ends with
@@ -112,7 +98,7 @@ pub async fn connect(
         None => {
             let heartbeat_s = state.settings.heartbeat.as_secs().max(1);
             me.push_json(&protocol::hello_anonymous(heartbeat_s));
-            metrics::gauge!("notifyd_ws_anonymous_connections").increment(1.0);
+            super::inbound::anonymous_gauge(&me, 1.0);
             let (hello_sent, joined) = oneshot::channel();
             let _ = hello_sent.send(());
             (None, joined)
@@ -136,13 +122,6 @@ pub async fn connect(
     }));
     actix_web::rt::spawn(session.instrument(span));
     Ok(response)
-}
-
-/// The node is shutting down: 503 (no upgrade), counted with the other refusals.
-fn refuse_shutting_down() -> ApiError {
-    metrics::counter!("notifyd_ws_refused_total", "reason" => Refused::Closing.reason())
-        .increment(1);
-    ApiError::Unavailable("server is restarting".into())
 }
 
 /// Upgrades and at once closes with 1013 and a jittered `retry_after`: the node has
@@ -173,39 +152,4 @@ fn close_busy(
     let busy = (close::TRY_AGAIN_LATER, protocol::busy_reason());
     let grace = super::lifetime::close_grace(state.settings.heartbeat);
     session::close_holding(ws, stream, Some(busy), grace, conn)
-}
-
-/// Cross-site WebSocket hijacking guard: with `NOTIFYD_ALLOWED_ORIGINS` set, a browser handshake
-/// from any other origin is refused. Non-browser clients send no `Origin` and are let through.
-/// Compared as CORS compares (`values::origin_allowed`: scheme and host without regard to case),
-/// so a page CORS lets call the API is never refused its socket.
-fn check_origin(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
-    let Some(allowed) = &state.settings.allowed_origins else {
-        return Ok(());
-    };
-    let Some(origin) = req.headers().get("origin") else {
-        return Ok(());
-    };
-    // Not visible ASCII: no listed origin (those are) can match it.
-    let origin = origin.to_str().unwrap_or("");
-    if crate::config::values::origin_allowed(allowed, origin) {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden(format!(
-            "origin {origin:?} is not allowed"
-        )))
-    }
-}
-
-/// An optional query parameter that must be a non-negative integer (`since`, `epoch`).
-fn non_negative(v: Option<&str>, field: &'static str) -> Result<Option<i64>, ApiError> {
-    match v {
-        None | Some("") => Ok(None),
-        Some(s) => s
-            .parse::<i64>()
-            .ok()
-            .filter(|n| *n >= 0)
-            .map(Some)
-            .ok_or_else(|| ApiError::validation(field, "must be a non-negative integer")),
-    }
 }

@@ -337,8 +337,9 @@ impl Router {
 
     /// Answers a registered subscribe: waits for Redis to confirm new topic channels (bounded),
     /// reads the retained values this node does not know yet from PostgreSQL, then sends the
-    /// `ack` followed by each topic's retained event, and makes the subscriptions live.
-    pub async fn finish(&self, p: Pending, r#ref: Value) {
+    /// `ack` (unless `r#ref` is `None`: an SSE stream's topics, subscribed as it opened, get
+    /// none) followed by each topic's retained event, and makes the subscriptions live.
+    pub async fn finish(&self, p: Pending, r#ref: Option<Value>) {
         if let Some(ticket) = p.ticket {
             self.hub.confirmed(ticket).await;
         }
@@ -361,7 +362,9 @@ impl Router {
         let Some(tx) = members.sessions.get(&p.session).map(|s| s.tx.clone()) else {
             return;
         };
-        tx.push_json(&protocol::ack(&r#ref, json!({ "topics": p.topics })));
+        if let Some(r#ref) = r#ref {
+            tx.push_json(&protocol::ack(&r#ref, json!({ "topics": p.topics })));
+        }
         let now = chrono::Utc::now();
         for t in &p.topics {
             // Live and the retained value under the shard's lock: the topic's next event
@@ -564,7 +567,7 @@ mod tests {
         let (done, finished) = std::sync::mpsc::channel();
         let r = router.clone();
         std::thread::spawn(move || {
-            let tx = SessionTx::new(7);
+            let tx = SessionTx::new(7, crate::wire::outbound::Transport::Ws);
             let subscribed = r
                 .subscribe(&tx, Holder::User("u".into()), std::slice::from_ref(&other))
                 .is_ok();

@@ -1,5 +1,5 @@
-//! What travels between notifyd and a connected client, whatever carries it (a WebSocket today,
-//! SSE next): the frames both ways (`protocol`), the close codes, and each session's outbound
+//! What travels between notifyd and a connected client, whatever carries it (a WebSocket or an SSE
+//! stream): the frames both ways (`protocol`), the close codes, and each session's outbound
 //! queue (`outbound::SessionTx`) that the user actor, the topic router and the session's own
 //! transport task fill and drain, built on the edge's one queue primitive (`queue`).
 //!
@@ -9,3 +9,4 @@
 pub mod outbound;
 pub mod protocol;
 pub mod queue;
+pub mod sse;

@@ -61,10 +61,28 @@ fn weight(out: &Out) -> usize {
     }
 }
 
+/// What carries a session's frames: decides only how they are written, and labels the
+/// connection gauge (contract §6: `transport`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Ws,
+    Sse,
+}
+
+impl Transport {
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Ws => "ws",
+            Transport::Sse => "sse",
+        }
+    }
+}
+
 /// The handle on a session held by its actor, the topic router and its own task.
 #[derive(Clone)]
 pub struct SessionTx {
     pub id: u64,
+    pub transport: Transport,
     queue: Queue<Out, State>,
 }
 
@@ -93,9 +111,10 @@ pub enum Next {
 }
 
 impl SessionTx {
-    pub fn new(id: u64) -> SessionTx {
+    pub fn new(id: u64, transport: Transport) -> SessionTx {
         SessionTx {
             id,
+            transport,
             queue: Queue::new(State::default()),
         }
     }

@@ -20,6 +20,7 @@ mod names;
 mod relay;
 mod resync;
 mod spine;
+mod sse;
 mod storm;
 mod telemetry;
 mod topics;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::binary::{free_port, node_env, sample, Notifyd};
-use crate::helpers::{token, TestDb, WsClient, OTHER_KEY, SERVICE_KEY};
+use crate::helpers::{token, SseClient, TestDb, WsClient, OTHER_KEY, SERVICE_KEY};
 
 async fn post(http: &reqwest::Client, base: &str, key: &str, body: Value) -> reqwest::Response {
     http.post(format!("{base}/api/v1/messages"))
@@ -57,6 +57,15 @@ async fn json_logs_carry_request_and_session_spans_and_metrics_name_the_service(
     assert!(made_up_id.len() >= 16, "{made_up_id}");
     ws.close().await;
 
+    // An SSE stream counts in the connection gauge under its own transport (contract §10).
+    let mut sse = SseClient::open(
+        &format!("{}/sse", node.base),
+        &[("Authorization", format!("Bearer {}", token("u-sse")))],
+    )
+    .await
+    .unwrap_or_else(|r| panic!("GET /sse: {}", r.status()));
+    sse.expect("hello", Duration::from_secs(10)).await;
+
     // Metrics by calling service.
     let metrics = http
         .get(format!("{}/metrics", node.base))
@@ -66,6 +75,12 @@ async fn json_logs_carry_request_and_session_spans_and_metrics_name_the_service(
         .text()
         .await
         .expect("metrics text");
+    assert_eq!(
+        sample(&metrics, "notifyd_ws_connections{transport=\"sse\"}"),
+        Some(1.0),
+        "{metrics}"
+    );
+    drop(sse);
     assert_eq!(
         sample(&metrics, "notifyd_messages_created_total{service=\"test\"}"),
         Some(1.0),
