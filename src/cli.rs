@@ -44,6 +44,9 @@ pub enum Cmd {
         #[command(flatten)]
         config: ConfigFile,
     },
+    /// Print a new VAPID key pair for Web Push: the private key (base64url of the 32-byte
+    /// scalar) for NOTIFYD_VAPID_PRIVATE_KEY, and its public key (what browsers subscribe with).
+    VapidKeys,
     /// Print every event of a user, and of the topics given, as a JSON line (reconnects and
     /// resumes with since, subscribes again, prints each event once).
     Listen {
@@ -140,6 +143,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{} migration(s) applied", applied.len());
             let created = crate::outbox::housekeeping::create_partitions_ahead(&settings).await?;
             println!("{created} event log partition(s) created ahead");
+            Ok(())
+        }
+        Cmd::VapidKeys => {
+            let (private, public) = crate::push::vapid::generate();
+            println!("NOTIFYD_VAPID_PRIVATE_KEY={private}");
+            println!("# public key (GET /api/v1/push/key answers it): {public}");
             Ok(())
         }
         Cmd::ResetEpochs { config } => {

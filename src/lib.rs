@@ -24,6 +24,7 @@ pub mod listen;
 pub mod model;
 pub mod outbox;
 pub mod presence;
+pub mod push;
 pub mod ratelimit;
 pub mod startup;
 pub mod state;

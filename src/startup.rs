@@ -124,7 +124,21 @@ impl Application {
             }
             .run(stop)
         });
+        // Web Push: every node runs the worker (pending pushes are claimed one node each).
+        let push = crate::push::Push::from_settings(&settings)?;
+        if let Some(push) = &push {
+            bg.spawn(|stop| {
+                crate::push::worker::Worker {
+                    push: push.clone(),
+                    pool: pool.clone(),
+                    delay: settings.push_delay,
+                    timeout: settings.db_request_timeout,
+                }
+                .run(stop)
+            });
+        }
         let state = AppState {
+            push,
             jwt: JwtKeys::new(&settings.jwt_secret),
             tickets: crate::auth::ticket::TicketKeys::new(&settings.jwt_secret),
             limits: Arc::new(crate::ratelimit::RateLimits::default()),

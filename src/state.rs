@@ -30,6 +30,8 @@ pub struct AppState {
     pub tickets: TicketKeys,
     /// Per-user limits on what clients do on their own (publish, direct messages).
     pub limits: Arc<RateLimits>,
+    /// Web Push, when configured (`NOTIFYD_VAPID_PRIVATE_KEY`).
+    pub push: Option<Arc<crate::push::Push>>,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 

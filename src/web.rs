@@ -24,7 +24,23 @@ pub fn configure_client(cfg: &mut web::ServiceConfig, cors: &CorsPolicy) {
         "/client/notifyd-client.js",
         GET,
         get().to(client),
+    ))
+    .service(browser(
+        cors,
+        "/client/notifyd-sw.js",
+        GET,
+        get().to(service_worker),
     ));
+}
+
+/// The Web Push service worker (`docs/push.md`): served here for apps on notifyd's origin and
+/// to copy from; `Service-Worker-Allowed: /` lets it control the whole origin from `/client/`.
+async fn service_worker() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .insert_header(("Cache-Control", "no-cache"))
+        .insert_header(("Service-Worker-Allowed", "/"))
+        .body(include_str!("../web/notifyd-sw.js"))
 }
 
 /// `serve --dev` only: the client, the demo page and `GET /demo/token` (no CORS: a page of

@@ -10,6 +10,7 @@ pub mod methods;
 pub mod openapi;
 pub mod ops;
 pub mod presence;
+pub mod push;
 pub mod request_span;
 pub mod tickets;
 pub mod topics;
@@ -41,6 +42,9 @@ pub enum Caller {
     Service,
     /// A user: `Authorization: Bearer <user JWT>` (contract §4).
     User,
+    /// A browser page without credentials (the Web Push public key): CORS as the user API
+    /// answers it, no security scheme.
+    Browser,
 }
 
 /// One REST route: its path, the methods it answers (others: 405 with `Allow`), its caller and
@@ -134,6 +138,21 @@ pub const ENDPOINTS: &[Endpoint] = &[
     endpoint("/api/v1/me/tickets", POST, Caller::User, || {
         web::post().to(tickets::create)
     }),
+    endpoint("/api/v1/me/received", POST, Caller::User, || {
+        web::post().to(push::received)
+    }),
+    endpoint("/api/v1/push/key", GET, Caller::Browser, || {
+        get().to(push::key)
+    }),
+    endpoint("/api/v1/me/push-subscriptions", POST, Caller::User, || {
+        web::post().to(push::subscribe)
+    }),
+    endpoint(
+        "/api/v1/me/push-subscriptions/{id}",
+        DELETE,
+        Caller::User,
+        || web::delete().to(push::unsubscribe),
+    ),
     endpoint("/api/v1/me/send", POST, Caller::User, || {
         web::post().to(me::send)
     }),
@@ -191,7 +210,9 @@ pub fn configure(cfg: &mut web::ServiceConfig, cors: &CorsPolicy, listener: List
         .filter(|e| !e.internal || listener.serves_internal())
     {
         match e.caller {
-            Caller::User => cfg.service(browser(cors, e.path, e.allow, (e.route)())),
+            Caller::User | Caller::Browser => {
+                cfg.service(browser(cors, e.path, e.allow, (e.route)()))
+            }
             Caller::Anyone | Caller::Service => {
                 cfg.service(only(e.path, e.allow).route((e.route)()))
             }

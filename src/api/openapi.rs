@@ -32,6 +32,10 @@ use crate::store::messages::Message;
         me::seen_all,
         me::send,
         super::tickets::create,
+        super::push::received,
+        super::push::key,
+        super::push::subscribe,
+        super::push::unsubscribe,
         me::delete,
         messages::create,
         messages::retract,
@@ -57,6 +61,8 @@ use crate::store::messages::Message;
         bodies::TopicEvent,
         bodies::ReadIds,
         super::tickets::TicketView,
+        super::push::PushKey,
+        super::push::SubscriptionId,
     )),
     modifiers(&AuthSchemes),
     tags(
@@ -122,7 +128,7 @@ mod tests {
 
     fn scheme_of(caller: Caller) -> Option<&'static str> {
         match caller {
-            Caller::Anyone => None,
+            Caller::Anyone | Caller::Browser => None,
             Caller::Service => Some("serviceKey"),
             Caller::User => Some("userJwt"),
         }
@@ -150,10 +156,10 @@ mod tests {
                 let tag = match e.caller {
                     Caller::Anyone => "ops",
                     Caller::Service => "service",
-                    Caller::User => "user",
+                    Caller::User | Caller::Browser => "user",
                 };
                 assert_eq!(op["tags"], json!([tag]), "{method} {}", e.path);
-                if e.caller != Caller::Anyone {
+                if !matches!(e.caller, Caller::Anyone | Caller::Browser) {
                     assert!(
                         op["responses"]["401"].is_object(),
                         "{method} {} does not document 401",

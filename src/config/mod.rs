@@ -129,6 +129,17 @@ pub struct Settings {
     pub broadcast_batch: i64,
     /// `NOTIFYD_MAX_RUNNING_BROADCASTS`: announcements one service may have running at once.
     pub max_running_broadcasts: i64,
+    /// `NOTIFYD_VAPID_PRIVATE_KEY` (secret): Web Push is on when it is set (`push`).
+    pub vapid_private_key: Option<String>,
+    /// `NOTIFYD_VAPID_SUBJECT`: `mailto:` or `https:`, required with a key.
+    pub vapid_subject: Option<String>,
+    /// `NOTIFYD_PUSH_DELAY`: how long a live session has to acknowledge an event before it is
+    /// pushed.
+    pub push_delay: Duration,
+    /// `NOTIFYD_PUSH_TTL`: the push service keeps an undelivered push this long.
+    pub push_ttl: Duration,
+    /// `NOTIFYD_PUSH_ALLOW_INSECURE`: `http:` and private endpoints allowed (tests only).
+    pub push_allow_insecure: bool,
 }
 
 impl Settings {
@@ -190,6 +201,11 @@ impl Settings {
             // other writers (docs/benchmarks.md, Announcements).
             broadcast_batch: 500,
             max_running_broadcasts: 16,
+            vapid_private_key: None,
+            vapid_subject: None,
+            push_delay: Duration::from_secs(10),
+            push_ttl: Duration::from_secs(24 * 3600),
+            push_allow_insecure: false,
         }
     }
 
@@ -287,6 +303,13 @@ impl Settings {
                     problems.push(origin.describe(setting, value, &why));
                 }
             }
+        }
+        if s.vapid_private_key.is_some() && s.vapid_subject.is_none() {
+            problems.push(
+                "NOTIFYD_VAPID_PRIVATE_KEY is set without NOTIFYD_VAPID_SUBJECT (mailto: or \
+                 https:): push services refuse pushes that name no contact"
+                    .into(),
+            );
         }
         if !problems.is_empty() {
             bail!("invalid configuration:\n  {}", problems.join("\n  "));

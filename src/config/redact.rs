@@ -85,6 +85,11 @@ impl fmt::Debug for Settings {
             trusted_proxies,
             broadcast_batch,
             max_running_broadcasts,
+            vapid_private_key,
+            vapid_subject,
+            push_delay,
+            push_ttl,
+            push_allow_insecure,
         } = self;
         let services: Vec<String> = service_keys
             .iter()
@@ -140,6 +145,14 @@ impl fmt::Debug for Settings {
             .field("trusted_proxies", trusted_proxies)
             .field("broadcast_batch", broadcast_batch)
             .field("max_running_broadcasts", max_running_broadcasts)
+            .field(
+                "vapid_private_key",
+                &vapid_private_key.as_ref().map(|_| HIDDEN),
+            )
+            .field("vapid_subject", vapid_subject)
+            .field("push_delay", push_delay)
+            .field("push_ttl", push_ttl)
+            .field("push_allow_insecure", push_allow_insecure)
             .finish()
     }
 }

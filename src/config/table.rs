@@ -603,6 +603,69 @@ pub static SETTINGS: &[Setting] = &[
             },
         },
     },
+    Setting {
+        env: "NOTIFYD_VAPID_PRIVATE_KEY",
+        default: Default::Note("unset = no Web Push"),
+        secret: true,
+        kind: Kind::Value {
+            range: "a P-256 key: PKCS#8 or SEC1 PEM, or base64url of the 32-byte scalar",
+            set: |s, v| {
+                crate::push::vapid::Vapid::parse_key(v)?;
+                s.vapid_private_key = Some(v.trim().to_string());
+                Ok(())
+            },
+        },
+    },
+    Setting {
+        env: "NOTIFYD_VAPID_SUBJECT",
+        default: Default::Note("unset"),
+        secret: false,
+        kind: Kind::Value {
+            range: "a `mailto:` or `https:` URI, up to 256 characters",
+            set: |s, v| {
+                let v = v.trim();
+                if !(v.starts_with("mailto:") || v.starts_with("https:")) || v.len() > 256 {
+                    return Err("must be a mailto: or https: URI of at most 256 characters".into());
+                }
+                s.vapid_subject = Some(v.to_string());
+                Ok(())
+            },
+        },
+    },
+    Setting {
+        env: "NOTIFYD_PUSH_DELAY",
+        default: Default::Value("10s"),
+        secret: false,
+        kind: Kind::Duration {
+            min: secs(1),
+            max: secs(DAY),
+            zero_unsets: false,
+            set: |s, d| s.push_delay = d,
+        },
+    },
+    Setting {
+        env: "NOTIFYD_PUSH_TTL",
+        default: Default::Value("86400s"),
+        secret: false,
+        kind: Kind::Duration {
+            min: secs(0),
+            max: secs(28 * DAY),
+            zero_unsets: false,
+            set: |s, d| s.push_ttl = d,
+        },
+    },
+    Setting {
+        env: "NOTIFYD_PUSH_ALLOW_INSECURE",
+        default: Default::Value("off"),
+        secret: false,
+        kind: Kind::Value {
+            range: "`on` or `off`",
+            set: |s, v| {
+                s.push_allow_insecure = values::switch(v)?;
+                Ok(())
+            },
+        },
+    },
 ];
 
 #[cfg(test)]

@@ -166,6 +166,12 @@ impl Inbound {
                     ));
                 }
             }
+            Ok(ClientFrame::Received { seq, .. }) => {
+                // Nothing to answer; an anonymous session has no inbox to acknowledge.
+                if let (Some(c), Some(push)) = (&self.claims, &state.push) {
+                    push.receipts.note(&c.user, seq);
+                }
+            }
             Ok(ClientFrame::Publish { topic, data, r#ref }) => {
                 let slots = slots(&mut self.in_flight);
                 publish(state, me, self.claims.as_ref(), slots, topic, data, r#ref);

@@ -652,8 +652,9 @@ impl Actor {
             },
             ClientFrame::ReadAll { r#ref } => (Command::ReadAll, r#ref),
             ClientFrame::SeenAll { r#ref } => (Command::SeenAll, r#ref),
-            // Pings, tokens and topics are the session task's (see gateway::session).
+            // Pings, tokens, topics and acknowledgements are the session's (`gateway::inbound`).
             ClientFrame::Ping { .. }
+            | ClientFrame::Received { .. }
             | ClientFrame::Auth { .. }
             | ClientFrame::Subscribe { .. }
             | ClientFrame::Unsubscribe { .. }

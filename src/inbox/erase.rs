@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 use super::direct::SERVICE_PREFIX;
 use crate::error::ApiError;
-use crate::store::{events, idempotency, inbox_state, messages, outbox, Conn};
+use crate::store::{events, idempotency, inbox_state, messages, outbox, push, Conn};
 
 /// What one erasure removed, per table.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +54,8 @@ pub async fn erase(conn: &mut Conn, user: &str) -> Result<Erased, ApiError> {
             .await?,
         };
         inbox_state::erase(conn, user).await?;
+        // Their browsers' push subscriptions (and pushes waiting) go with them.
+        push::erase_user(conn, user).await?;
         if had_inbox {
             outbox::enqueue_user_notice(conn, user, &legacy_notice()).await?;
         }

@@ -1,6 +1,7 @@
 //! The whole insert of a create in ONE statement: the recipients' counters
-//! (`user_inbox_state`), the `t_message_real_time` rows, their `user_event` rows and their
-//! `outbox` entries. One round trip whatever the number of rows (arrays bound with `UNNEST`),
+//! (`user_inbox_state`), the `t_message_real_time` rows, their `user_event` rows, their
+//! `outbox` entries, and a pending Web Push per row and subscription of its recipient
+//! (`push_pending`: none when nobody subscribed, a join with an empty table). One round trip whatever the number of rows (arrays bound with `UNNEST`),
 //! so a create without an `Idempotency-Key` needs no BEGIN/COMMIT of its own: a single
 //! statement is atomic in PostgreSQL's implicit transaction.
 //!
@@ -69,6 +70,9 @@ pub const SQL: &str = r#"WITH e AS (
   INSERT INTO outbox (user_id, seq, envelope)
   SELECT to_user, seq, 'u ' || seq || ' ' || epoch || ' '
     || (floor(extract(epoch FROM now()) * 1000000))::int8 || E'\n' || frame FROM f ORDER BY ord
+), p AS (
+  INSERT INTO push_pending (subscription_id, seq, user_id, message_id, created_at)
+  SELECT s.id, w.seq, w.to_user, w.id, now() FROM w JOIN push_subscription s ON s.user_id = w.to_user
 )
 SELECT seq, unread, unseen, epoch FROM w ORDER BY ord"#;
 

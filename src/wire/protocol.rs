@@ -79,6 +79,14 @@ pub enum ClientFrame {
         #[serde(default)]
         r#ref: Value,
     },
+    /// The client handed every user frame up to `seq` to its app: no Web Push for those
+    /// (contract §10). Never answered (one per event would double the traffic).
+    Received {
+        #[serde(deserialize_with = "field::seq")]
+        seq: i64,
+        #[serde(default)]
+        r#ref: Value,
+    },
     /// A client's event on a topic its token's `publish` claim allows (contract §8).
     Publish {
         #[serde(deserialize_with = "field::topic")]
@@ -102,6 +110,7 @@ impl ClientFrame {
             | ClientFrame::Ping { r#ref }
             | ClientFrame::Auth { r#ref, .. }
             | ClientFrame::Send { r#ref, .. }
+            | ClientFrame::Received { r#ref, .. }
             | ClientFrame::Publish { r#ref, .. } => r#ref,
         }
     }
@@ -182,6 +191,7 @@ mod field {
             "message" => "\"message\" must be an object".into(),
             "topic" => "\"topic\" must be a string".into(),
             "data" => "\"data\" is required".into(),
+            "seq" => "\"seq\" must be a non-negative integer".into(),
             other => format!("\"{other}\" is missing or of the wrong type"),
         }
     }
@@ -267,6 +277,16 @@ mod field {
         };
         check_topic(&topic).map_err(|m| refuse("validation_failed", m))?;
         Ok(topic)
+    }
+
+    pub(super) fn seq<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        match Value::deserialize(d)? {
+            Value::Number(n) => n
+                .as_i64()
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| bad_shape("seq")),
+            _ => Err(bad_shape("seq")),
+        }
     }
 
     pub(super) fn token<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {

@@ -17,6 +17,7 @@ mod listen;
 mod liveness;
 mod local_delivery;
 mod names;
+mod push;
 mod relay;
 mod resync;
 mod spine;

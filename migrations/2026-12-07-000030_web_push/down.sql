@@ -1,0 +1,3 @@
+DROP TABLE push_received;
+DROP TABLE push_pending;
+DROP TABLE push_subscription;
