@@ -124,6 +124,19 @@ impl Application {
             }
             .run(stop)
         });
+        // Snooze wake-ups: every node looks for due ones (inbox::snooze), so any survivor does.
+        bg.spawn(|stop| {
+            crate::inbox::snooze::SnoozeWaker {
+                pool: pool.clone(),
+                timeout: settings.db_request_timeout,
+                relay: waker.clone(),
+                local: crate::inbox::local::LocalDelivery {
+                    hub: hub.clone(),
+                    settings: settings.clone(),
+                },
+            }
+            .run(stop)
+        });
         let state = AppState {
             jwt: JwtKeys::new(&settings.jwt_secret),
             tickets: crate::auth::ticket::TicketKeys::new(&settings.jwt_secret),

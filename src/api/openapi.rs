@@ -6,12 +6,12 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{bodies, broadcasts, me, messages, ops, presence, topics, users};
+use super::{bodies, broadcasts, inbox_states, me, messages, ops, presence, topics, users};
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::inbox::changes::{Changes, Page};
 use crate::inbox::CountsView;
 use crate::presence::UserPresence;
-use crate::store::messages::Message;
+use crate::store::messages::{Listed, Message};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -33,6 +33,10 @@ use crate::store::messages::Message;
         me::send,
         super::tickets::create,
         me::delete,
+        inbox_states::unread,
+        inbox_states::archive,
+        inbox_states::unarchive,
+        inbox_states::snooze,
         messages::create,
         messages::retract,
         broadcasts::create,
@@ -46,6 +50,7 @@ use crate::store::messages::Message;
         ErrorBody,
         ErrorDetail,
         Message,
+        Listed,
         Page,
         Changes,
         CountsView,
@@ -57,6 +62,7 @@ use crate::store::messages::Message;
         bodies::TopicEvent,
         bodies::ReadIds,
         super::tickets::TicketView,
+        bodies::SnoozeIds,
     )),
     modifiers(&AuthSchemes),
     tags(
