@@ -437,40 +437,48 @@ async fn a_snooze_comes_back_unread_and_unseen_when_its_time_passes() {
     app.stop().await;
 }
 
-/// The node that took the snooze is stopped before it is due (a graceful stop of the
-/// in-process node: its waker ends with it; tests/chaos kills whole processes); the other node,
-/// sharing the database, wakes it, and the user's socket there gets exactly one
-/// `message.unsnoozed`, in seq order.
+/// The node that took the snooze is a real `notifyd serve` process, killed with SIGKILL before
+/// the snooze is due (no shutdown, no goodbye). The other node, sharing the database, wakes it:
+/// the user's socket there gets exactly one `message.unsnoozed`, in seq order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_snooze_wakes_on_the_surviving_node_after_the_one_that_took_it_stops() {
+async fn a_snooze_wakes_on_the_surviving_node_after_the_one_that_took_it_is_killed() {
     let db = TestDb::new().await;
     let prefix = new_prefix();
-    let first = spawn_app(&db, Opts::in_cluster(&prefix)).await;
+    let port = crate::binary::free_port();
+    let mut env = crate::binary::node_env(&db, port);
+    for (k, v) in env.iter_mut() {
+        if k == "NOTIFYD_REDIS_PREFIX" {
+            *v = prefix.clone();
+        }
+    }
+    let mut first = crate::binary::Notifyd::start(&["serve"], &env, port);
+    first.healthy().await;
     let second = spawn_app(&db, Opts::in_cluster(&prefix)).await;
     let u = new_user();
-    let a = first.send(&u, "a").await["id"].clone();
+    let a = second.send(&u, "a").await["id"].clone();
     let mut ws = second.ws(&u, None).await;
     assert_eq!(counts_of(&ws.expect("hello", T).await), (1, 1, 1));
 
     let until = (chrono::Utc::now() + chrono::TimeDelta::seconds(3)).to_rfc3339();
-    let answer = first
-        .user_post_json(
-            &u,
-            "/api/v1/me/messages/snooze",
-            json!({"ids": [a], "until": until}),
-        )
-        .await;
+    let answer: Value = reqwest::Client::new()
+        .post(format!("{}/api/v1/me/messages/snooze", first.base))
+        .bearer_auth(token(&u))
+        .json(&json!({"ids": [a], "until": until}))
+        .send()
+        .await
+        .expect("snooze on the first node")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(counts_of(&answer), (2, 0, 0));
-    first.stop().await;
+    first.child.kill().await.expect("kill -9 the first node");
     assert_eq!(counts_of(&ws.expect("message.snoozed", T).await), (2, 0, 0));
 
     let woken = ws.expect("message.unsnoozed", T).await;
+    assert!(chrono::Utc::now() >= until.parse::<chrono::DateTime<chrono::Utc>>().expect("until"));
     assert_eq!(counts_of(&woken), (3, 1, 1));
     assert_eq!(woken["ids"], json!([a]));
-    assert!(
-        ws.next(Duration::from_secs(2)).await.is_none(),
-        "woken twice"
-    );
+    assert!(ws.next(Duration::from_secs(2)).await.is_none(), "woken twice");
     assert_eq!(truth(&second, &u).await, (1, 1));
     let changes = second.user_json(&u, "/api/v1/me/changes?since=0").await;
     let seqs: Vec<i64> = changes["events"]
