@@ -231,6 +231,20 @@ async fn each_state_over_rest_is_a_seq_event_with_exact_counts_and_the_listing_f
         "another user's message was changed"
     );
 
+    // Deleting an archived unread message leaves the counts alone: it did not count.
+    let r = app
+        .user_delete(
+            &u,
+            &format!("/api/v1/me/messages/{}", c.as_str().expect("id")),
+        )
+        .await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        counts_of(&ws.expect("message.deleted", T).await),
+        (11, 2, 2)
+    );
+    assert_eq!(truth(&app, &u).await, (2, 2));
+
     // The change stream replays every one of them, gap-free.
     let changes = app.user_json(&u, "/api/v1/me/changes?since=3").await;
     let types: Vec<Value> = changes["events"]
@@ -248,7 +262,8 @@ async fn each_state_over_rest_is_a_seq_event_with_exact_counts_and_the_listing_f
             "message.read",
             "message.unread",
             "message.snoozed",
-            "message.archived"
+            "message.archived",
+            "message.deleted"
         ])
         .as_array()
         .expect("list")
@@ -475,10 +490,18 @@ async fn a_snooze_wakes_on_the_surviving_node_after_the_one_that_took_it_is_kill
     assert_eq!(counts_of(&ws.expect("message.snoozed", T).await), (2, 0, 0));
 
     let woken = ws.expect("message.unsnoozed", T).await;
-    assert!(chrono::Utc::now() >= until.parse::<chrono::DateTime<chrono::Utc>>().expect("until"));
+    assert!(
+        chrono::Utc::now()
+            >= until
+                .parse::<chrono::DateTime<chrono::Utc>>()
+                .expect("until")
+    );
     assert_eq!(counts_of(&woken), (3, 1, 1));
     assert_eq!(woken["ids"], json!([a]));
-    assert!(ws.next(Duration::from_secs(2)).await.is_none(), "woken twice");
+    assert!(
+        ws.next(Duration::from_secs(2)).await.is_none(),
+        "woken twice"
+    );
     assert_eq!(truth(&second, &u).await, (1, 1));
     let changes = second.user_json(&u, "/api/v1/me/changes?since=0").await;
     let seqs: Vec<i64> = changes["events"]
