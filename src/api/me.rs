@@ -57,22 +57,22 @@ fn int_param(raw: Option<&str>, field: &str, min: i64, max: i64) -> Result<Optio
 }
 
 /// `GET /api/v1/me/messages?limit=20&before=<seq>&unread_only=true` (`&archived=true` or
-/// `&snoozed=true`: those only; without either, neither)
+/// `&snoozed=true`: those only; both: either; without either, neither)
 #[utoipa::path(get, path = "/api/v1/me/messages", tag = "user",
     security(("userJwt" = [])),
     params(
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "page size, default 20"),
         ("before" = Option<i64>, Query, minimum = 1, description = "only messages with a smaller seq: the previous page's `next_before`"),
         ("unread_only" = Option<bool>, Query, description = "only unread messages"),
-        ("archived" = Option<bool>, Query, description = "only archived messages (without it, archived ones are hidden); not with `snoozed`"),
-        ("snoozed" = Option<bool>, Query, description = "only snoozed messages (without it, snoozed ones are hidden until they wake); not with `archived`"),
+        ("archived" = Option<bool>, Query, description = "only archived messages (without it, archived ones are hidden); with `snoozed` too, archived and snoozed ones"),
+        ("snoozed" = Option<bool>, Query, description = "only snoozed messages (without it, snoozed ones are hidden until they wake); with `archived` too, archived and snoozed ones"),
     ),
     responses(
         (status = 200, description = "the caller's messages, newest first", body = Page),
         (status = 400, description = "the query string cannot be read (e.g. a parameter given twice)", body = ErrorBody),
         (status = 401, description = "missing, invalid or expired user token", body = ErrorBody),
         (status = 403, description = "a browser Origin not in NOTIFYD_ALLOWED_ORIGINS", body = ErrorBody),
-        (status = 422, description = "a parameter is out of range, or both `archived` and `snoozed`; `field` names it", body = ErrorBody),
+        (status = 422, description = "a parameter is out of range; `field` names it", body = ErrorBody),
         (status = 503, description = "the database is unavailable; retry", body = ErrorBody),
     ))]
 pub async fn list(
@@ -90,12 +90,9 @@ pub async fn list(
         (false, false) => Shelf::Inbox,
         (true, false) => Shelf::Archived,
         (false, true) => Shelf::Snoozed,
-        (true, true) => {
-            return Err(ApiError::validation(
-                "snoozed",
-                "archived and snoozed messages are listed apart: not both",
-            ))
-        }
+        // Every request the document allows is served: both is everything out of the inbox
+        // (a message is never both: archiving drops a snooze).
+        (true, true) => Shelf::Aside,
     };
     let page = state
         .db(async |conn| {

@@ -54,6 +54,8 @@ pub enum Shelf {
     Inbox,
     Archived,
     Snoozed,
+    /// Archived or snoozed: everything out of the inbox.
+    Aside,
 }
 
 /// A user's live messages on `shelf`, newest first, strictly below `before` (keyset on seq).
@@ -73,6 +75,7 @@ pub async fn list(
         Shelf::Inbox => "archived_at IS NULL AND snoozed_until IS NULL",
         Shelf::Archived => "archived_at IS NOT NULL",
         Shelf::Snoozed => "snoozed_until IS NOT NULL",
+        Shelf::Aside => "(archived_at IS NOT NULL OR snoozed_until IS NOT NULL)",
     };
     let mut q = m::table
         .filter(m::to_user.eq(user))
