@@ -575,3 +575,32 @@ async fn counts_stay_exact_when_states_of_the_same_messages_race() {
     assert_eq!(counts_of(events.last().expect("an event")), counts);
     app.stop().await;
 }
+
+/// The SSE transport carries the same events: each state change is an `event:` of its type with
+/// `id: <seq>`, and the stream resumes past it like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_events_reach_an_sse_stream_with_their_seq_as_id() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let u = new_user();
+    let a = app.send(&u, "a").await["id"].clone();
+    let mut s = app.sse(&u, "").await; // after its `hello`
+    for (path, body, event, seq) in [
+        ("archive", json!({"ids": [a]}), "message.archived", 2),
+        ("unarchive", json!({"ids": [a]}), "message.unarchived", 3),
+        (
+            "snooze",
+            json!({"ids": [a], "until": in_an_hour()}),
+            "message.snoozed",
+            4,
+        ),
+    ] {
+        let answer = app
+            .user_post_json(&u, &format!("/api/v1/me/messages/{path}"), body)
+            .await;
+        let ev = s.expect(event, T).await;
+        assert_eq!(ev.seq_id(), Some(seq), "{event}");
+        assert_eq!(counts_of(&ev.json()), counts_of(&answer), "{event}");
+    }
+    app.stop().await;
+}
