@@ -56,12 +56,12 @@ pub enum Change<'a> {
 
 /// The statement: lock the rows the change selects (in id order), change them, and return each
 /// one's standing before (from the locked snapshot `o`) and after.
-fn statement(select: &str, order: &str, set: &str) -> String {
+fn statement(select: &str, set: &str) -> String {
     format!(
         "WITH o AS (SELECT id, (archived_at IS NULL AND snoozed_until IS NULL) AS in_inbox, \
            NOT is_read AS unread, coalesce(arrived_seq, seq) AS arrived \
            FROM t_message_real_time WHERE to_user = $1 AND deleted_at IS NULL AND {select} \
-           ORDER BY {order} FOR UPDATE) \
+           ORDER BY id FOR UPDATE) \
          UPDATE t_message_real_time m SET {set} FROM o WHERE m.id = o.id \
          RETURNING m.id, o.in_inbox AS was_in_inbox, o.unread AS was_unread, o.arrived AS was_arrived, \
            (m.archived_at IS NULL AND m.snoozed_until IS NULL) AS in_inbox, NOT m.is_read AS unread, \
@@ -82,7 +82,6 @@ pub async fn apply(
         Change::Read { ids, now } => {
             sql_query(statement(
                 "id = ANY($2) AND NOT is_read",
-                "id",
                 "is_read = true, read_at = $3",
             ))
             .bind::<Text, _>(user)
@@ -94,7 +93,6 @@ pub async fn apply(
         Change::Unread { ids, seq } => {
             sql_query(statement(
                 "id = ANY($2) AND is_read",
-                "id",
                 "is_read = false, read_at = NULL, arrived_seq = $3",
             ))
             .bind::<Text, _>(user)
@@ -106,7 +104,6 @@ pub async fn apply(
         Change::Archive { ids, now } => {
             sql_query(statement(
                 "id = ANY($2) AND archived_at IS NULL",
-                "id",
                 "archived_at = $3, snoozed_until = NULL",
             ))
             .bind::<Text, _>(user)
@@ -118,7 +115,6 @@ pub async fn apply(
         Change::Unarchive { ids, seq } => {
             sql_query(statement(
                 "id = ANY($2) AND archived_at IS NOT NULL",
-                "id",
                 "archived_at = NULL, is_read = false, read_at = NULL, arrived_seq = $3",
             ))
             .bind::<Text, _>(user)
@@ -130,7 +126,6 @@ pub async fn apply(
         Change::Snooze { ids, until } => {
             sql_query(statement(
                 "id = ANY($2) AND archived_at IS NULL AND snoozed_until IS DISTINCT FROM $3",
-                "id",
                 "snoozed_until = $3",
             ))
             .bind::<Text, _>(user)
@@ -144,7 +139,6 @@ pub async fn apply(
                 "snoozed_until <= now() AND id = ANY(ARRAY(SELECT id FROM t_message_real_time \
                    WHERE to_user = $1 AND deleted_at IS NULL AND snoozed_until <= now() \
                    ORDER BY snoozed_until, id LIMIT $3))",
-                "id",
                 "snoozed_until = NULL, is_read = false, read_at = NULL, arrived_seq = $2",
             ))
             .bind::<Text, _>(user)
