@@ -137,6 +137,19 @@ impl Application {
                 .run(stop)
             });
         }
+        // Snooze wake-ups: every node looks for due ones (inbox::snooze), so any survivor does.
+        bg.spawn(|stop| {
+            crate::inbox::snooze::SnoozeWaker {
+                pool: pool.clone(),
+                timeout: settings.db_request_timeout,
+                relay: waker.clone(),
+                local: crate::inbox::local::LocalDelivery {
+                    hub: hub.clone(),
+                    settings: settings.clone(),
+                },
+            }
+            .run(stop)
+        });
         let state = AppState {
             push,
             jwt: JwtKeys::new(&settings.jwt_secret),

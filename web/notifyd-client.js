@@ -56,6 +56,10 @@
  *   `seen`: the bell was opened somewhere (unseen is now 0).
  * @typedef {NotifydCounts & {ids: string[], replayed: boolean}} DeletedEventDetail
  *   `deleted`: messages were deleted.
+ * @typedef {NotifydCounts & {ids: string[], until?: string, replayed: boolean}} StateEventDetail
+ *   `unread`, `archived`, `unarchived`, `snoozed` (with `until`), `unsnoozed`: inbox states
+ *   changed (docs/api.md). Archived and snoozed messages leave the inbox list; unarchived,
+ *   unsnoozed and unread ones are back, unread.
  * @typedef {{topic: string, id: string|null, data: *, from: string|null, retained: boolean}} TopicEventDetail
  *   `topic`: an event on a subscribed topic. `retained` = the topic's last value, sent right after
  *   subscribing (then live ones follow); `from` = the publishing user for client publishes (set by
@@ -86,6 +90,11 @@
  * @property {ReadEventDetail} read
  * @property {SeenEventDetail} seen
  * @property {DeletedEventDetail} deleted
+ * @property {StateEventDetail} unread
+ * @property {StateEventDetail} archived
+ * @property {StateEventDetail} unarchived
+ * @property {StateEventDetail} snoozed
+ * @property {StateEventDetail} unsnoozed
  * @property {TopicEventDetail} topic
  * @property {CountsEventDetail} counts
  * @property {ResetEventDetail} reset
@@ -172,6 +181,13 @@ const PER_USER_TYPES = new Set([
   'message.read_all',
   'message.seen_all',
   'message.deleted',
+  // Inbox states (docs/api.md): each also a seq of the user's stream, so a client that did not
+  // know them would see a hole in seq and reconnect forever.
+  'message.unread',
+  'message.archived',
+  'message.unarchived',
+  'message.snoozed',
+  'message.unsnoozed',
 ]);
 
 /** Event ids remembered per topic to drop repeats. */
@@ -803,6 +819,17 @@ export class NotifydClient {
       case 'message.deleted':
         this._emit('deleted', { ...c, ids: Array.isArray(ev.ids) ? ev.ids : [], replayed });
         break;
+      case 'message.unread':
+      case 'message.archived':
+      case 'message.unarchived':
+      case 'message.snoozed':
+      case 'message.unsnoozed': {
+        // 'unread', 'archived', 'unarchived', 'snoozed' (with `until`), 'unsnoozed'.
+        const detail = { ...c, ids: Array.isArray(ev.ids) ? ev.ids : [], replayed };
+        if (ev.type === 'message.snoozed') detail.until = ev.until;
+        this._emit(ev.type.slice('message.'.length), detail);
+        break;
+      }
     }
     this._setCounts(ev, ev.type);
     this._emit('event', ev);
@@ -917,6 +944,42 @@ export class NotifydClient {
       return Promise.reject(new TypeError('markRead(ids): ids must be an array of strings'));
     }
     return this._readCommand({ type: 'read', ids }, '/api/v1/me/messages/read', { ids });
+  }
+
+  _idsCommand(name, type, path, ids, extra = {}) {
+    if (!Array.isArray(ids) || ids.some((id) => typeof id !== 'string')) {
+      return Promise.reject(new TypeError(`${name}(ids): ids must be an array of strings`));
+    }
+    return this._readCommand({ type, ids, ...extra }, path, { ids, ...extra });
+  }
+
+  /** Marks messages unread (and unseen) again. @param {string[]} ids @returns {Promise<NotifydCounts>} */
+  markUnread(ids) {
+    return this._idsCommand('markUnread', 'unread', '/api/v1/me/messages/unread', ids);
+  }
+
+  /** Archives messages (out of the inbox and the counts). @param {string[]} ids @returns {Promise<NotifydCounts>} */
+  archive(ids) {
+    return this._idsCommand('archive', 'archive', '/api/v1/me/messages/archive', ids);
+  }
+
+  /** Brings archived messages back, unread. @param {string[]} ids @returns {Promise<NotifydCounts>} */
+  unarchive(ids) {
+    return this._idsCommand('unarchive', 'unarchive', '/api/v1/me/messages/unarchive', ids);
+  }
+
+  /**
+   * Snoozes messages until a time (they come back unread with an 'unsnoozed' event).
+   * @param {string[]} ids
+   * @param {Date|string} until a Date or an RFC 3339 string
+   * @returns {Promise<NotifydCounts>}
+   */
+  snooze(ids, until) {
+    const when = until instanceof Date ? until.toISOString() : until;
+    if (typeof when !== 'string') {
+      return Promise.reject(new TypeError('snooze(ids, until): until must be a Date or an RFC 3339 string'));
+    }
+    return this._idsCommand('snooze', 'snooze', '/api/v1/me/messages/snooze', ids, { until: when });
   }
 
   /** Marks every message read. @returns {Promise<NotifydCounts>} */

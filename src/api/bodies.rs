@@ -354,3 +354,39 @@ impl ToSchema for ReadIds {
         Cow::Borrowed("ReadIds")
     }
 }
+
+/// The body of `POST /api/v1/me/messages/snooze`.
+pub struct SnoozeIds;
+
+impl PartialSchema for SnoozeIds {
+    fn schema() -> RefOr<Schema> {
+        let ids = match ReadIds::schema() {
+            RefOr::T(Schema::Object(o)) => o.properties.get("ids").cloned(),
+            _ => None,
+        };
+        let mut b = ObjectBuilder::new();
+        if let Some(ids) = ids {
+            b = b.property("ids", ids);
+        }
+        b.required("ids")
+            .property(
+                "until",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .format(Some(utoipa::openapi::schema::SchemaFormat::KnownFormat(
+                        utoipa::openapi::schema::KnownFormat::DateTime,
+                    )))
+                    .description(Some(
+                        "RFC 3339: when the messages come back (unread and unseen, `message.unsnoozed`); a time already past wakes them within a second",
+                    )),
+            )
+            .required("until")
+            .into()
+    }
+}
+
+impl ToSchema for SnoozeIds {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("SnoozeIds")
+    }
+}

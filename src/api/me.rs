@@ -13,6 +13,7 @@ use crate::inbox::commands::{self, Command};
 use crate::inbox::direct::{self, Via};
 use crate::inbox::CountsView;
 use crate::state::AppState;
+use crate::store::messages::Shelf;
 
 /// `201` of `POST /api/v1/me/send`.
 #[derive(serde::Serialize, ToSchema)]
@@ -27,6 +28,17 @@ pub struct ListQuery {
     limit: Option<String>,
     before: Option<String>,
     unread_only: Option<String>,
+    archived: Option<String>,
+    snoozed: Option<String>,
+}
+
+/// A boolean query parameter: absent, empty, `false` or `0` is false; `true` or `1` true.
+fn bool_param(raw: Option<&str>, field: &str) -> Result<bool, ApiError> {
+    match raw {
+        None | Some("") | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") => Ok(true),
+        Some(_) => Err(ApiError::validation(field, "must be true or false")),
+    }
 }
 
 fn int_param(raw: Option<&str>, field: &str, min: i64, max: i64) -> Result<Option<i64>, ApiError> {
@@ -44,13 +56,16 @@ fn int_param(raw: Option<&str>, field: &str, min: i64, max: i64) -> Result<Optio
     }
 }
 
-/// `GET /api/v1/me/messages?limit=20&before=<seq>&unread_only=true`
+/// `GET /api/v1/me/messages?limit=20&before=<seq>&unread_only=true` (`&archived=true` or
+/// `&snoozed=true`: those only; both: either; without either, neither)
 #[utoipa::path(get, path = "/api/v1/me/messages", tag = "user",
     security(("userJwt" = [])),
     params(
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "page size, default 20"),
         ("before" = Option<i64>, Query, minimum = 1, description = "only messages with a smaller seq: the previous page's `next_before`"),
         ("unread_only" = Option<bool>, Query, description = "only unread messages"),
+        ("archived" = Option<bool>, Query, description = "only archived messages (without it, archived ones are hidden); with `snoozed` too, archived and snoozed ones"),
+        ("snoozed" = Option<bool>, Query, description = "only snoozed messages (without it, snoozed ones are hidden until they wake); with `archived` too, archived and snoozed ones"),
     ),
     responses(
         (status = 200, description = "the caller's messages, newest first", body = Page),
@@ -67,13 +82,22 @@ pub async fn list(
 ) -> Result<HttpResponse, ApiError> {
     let limit = int_param(q.limit.as_deref(), "limit", 1, MAX_PAGE)?.unwrap_or(20);
     let before = int_param(q.before.as_deref(), "before", 1, i64::MAX)?;
-    let unread_only = match q.unread_only.as_deref() {
-        None | Some("") | Some("false") | Some("0") => false,
-        Some("true") | Some("1") => true,
-        Some(_) => return Err(ApiError::validation("unread_only", "must be true or false")),
+    let unread_only = bool_param(q.unread_only.as_deref(), "unread_only")?;
+    let shelf = match (
+        bool_param(q.archived.as_deref(), "archived")?,
+        bool_param(q.snoozed.as_deref(), "snoozed")?,
+    ) {
+        (false, false) => Shelf::Inbox,
+        (true, false) => Shelf::Archived,
+        (false, true) => Shelf::Snoozed,
+        // Every request the document allows is served: both is everything out of the inbox
+        // (a message is never both: archiving drops a snooze).
+        (true, true) => Shelf::Aside,
     };
     let page = state
-        .db(async |conn| inbox_changes::page(conn, &user.0.user, before, limit, unread_only).await)
+        .db(async |conn| {
+            inbox_changes::page(conn, &user.0.user, before, limit, unread_only, shelf).await
+        })
         .await?;
     Ok(HttpResponse::Ok().json(page))
 }
@@ -131,10 +155,14 @@ pub async fn changes(
 
 #[derive(Deserialize)]
 pub struct ReadBody {
-    ids: Option<Vec<Value>>,
+    pub(super) ids: Option<Vec<Value>>,
 }
 
-async fn run(state: &AppState, user: &str, cmd: Command) -> Result<CountsView, ApiError> {
+pub(super) async fn run(
+    state: &AppState,
+    user: &str,
+    cmd: Command,
+) -> Result<CountsView, ApiError> {
     let out = state
         .db(async |conn| Ok(commands::run(conn, user, cmd).await?))
         .await?;

@@ -4,6 +4,7 @@
 pub mod bodies;
 pub mod broadcasts;
 pub mod cors;
+pub mod inbox_states;
 pub mod me;
 pub mod messages;
 pub mod methods;
@@ -153,6 +154,20 @@ pub const ENDPOINTS: &[Endpoint] = &[
         Caller::User,
         || web::delete().to(push::unsubscribe),
     ),
+    // Inbox states (contract §10), before `/api/v1/me/messages/{id}`, which they overlap.
+    endpoint("/api/v1/me/messages/unread", POST, Caller::User, || {
+        web::post().to(inbox_states::unread)
+    }),
+    endpoint("/api/v1/me/messages/archive", POST, Caller::User, || {
+        web::post().to(inbox_states::archive)
+    }),
+    endpoint("/api/v1/me/messages/unarchive", POST, Caller::User, || {
+        web::post().to(inbox_states::unarchive)
+    }),
+    endpoint("/api/v1/me/messages/snooze", POST, Caller::User, || {
+        web::post().to(inbox_states::snooze)
+    }),
+    // (end of inbox states)
     endpoint("/api/v1/me/send", POST, Caller::User, || {
         web::post().to(me::send)
     }),

@@ -6,12 +6,12 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{bodies, broadcasts, me, messages, ops, presence, topics, users};
+use super::{bodies, broadcasts, inbox_states, me, messages, ops, presence, topics, users};
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::inbox::changes::{Changes, Page};
 use crate::inbox::CountsView;
 use crate::presence::UserPresence;
-use crate::store::messages::Message;
+use crate::store::messages::{Listed, Message};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -37,6 +37,10 @@ use crate::store::messages::Message;
         super::push::subscribe,
         super::push::unsubscribe,
         me::delete,
+        inbox_states::unread,
+        inbox_states::archive,
+        inbox_states::unarchive,
+        inbox_states::snooze,
         messages::create,
         messages::retract,
         broadcasts::create,
@@ -50,6 +54,7 @@ use crate::store::messages::Message;
         ErrorBody,
         ErrorDetail,
         Message,
+        Listed,
         Page,
         Changes,
         CountsView,
@@ -63,6 +68,7 @@ use crate::store::messages::Message;
         super::tickets::TicketView,
         super::push::PushKey,
         super::push::SubscriptionId,
+        bodies::SnoozeIds,
     )),
     modifiers(&AuthSchemes),
     tags(

@@ -642,16 +642,28 @@ impl Actor {
             return;
         };
         let tx = s.tx.clone();
-        let cmd = match frame {
-            ClientFrame::Read { ids, r#ref } => match commands::parse_ids(&ids) {
-                Ok(ids) => (Command::Read(ids), r#ref),
-                Err(e) => {
-                    tx.push_json(&protocol::error(&r#ref, e.code(), &e.to_string()));
-                    return;
-                }
-            },
-            ClientFrame::ReadAll { r#ref } => (Command::ReadAll, r#ref),
-            ClientFrame::SeenAll { r#ref } => (Command::SeenAll, r#ref),
+        let made = match frame {
+            ClientFrame::Read { ids, r#ref } => {
+                (commands::parse_ids(&ids).map(Command::Read), r#ref)
+            }
+            ClientFrame::ReadAll { r#ref } => (Ok(Command::ReadAll), r#ref),
+            ClientFrame::SeenAll { r#ref } => (Ok(Command::SeenAll), r#ref),
+            ClientFrame::Unread { ids, r#ref } => {
+                (commands::parse_ids(&ids).map(Command::Unread), r#ref)
+            }
+            ClientFrame::Archive { ids, r#ref } => {
+                (commands::parse_ids(&ids).map(Command::Archive), r#ref)
+            }
+            ClientFrame::Unarchive { ids, r#ref } => {
+                (commands::parse_ids(&ids).map(Command::Unarchive), r#ref)
+            }
+            ClientFrame::Snooze { ids, until, r#ref } => {
+                let cmd = commands::parse_ids(&ids).and_then(|ids| {
+                    let until = commands::parse_until(Some(&until))?;
+                    Ok(Command::Snooze(ids, until))
+                });
+                (cmd, r#ref)
+            }
             // Pings, tokens, topics and acknowledgements are the session's (`gateway::inbound`).
             ClientFrame::Ping { .. }
             | ClientFrame::Received { .. }
@@ -660,6 +672,13 @@ impl Actor {
             | ClientFrame::Unsubscribe { .. }
             | ClientFrame::Publish { .. }
             | ClientFrame::Send { .. } => return,
+        };
+        let cmd = match made {
+            (Ok(cmd), r#ref) => (cmd, r#ref),
+            (Err(e), r#ref) => {
+                tx.push_json(&protocol::error(&r#ref, e.code(), &e.to_string()));
+                return;
+            }
         };
         // The transaction runs beside the actor so a slow database never holds up delivery.
         // It holds the session's command slot until answered, and one of the node's database

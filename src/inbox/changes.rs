@@ -6,7 +6,7 @@ use utoipa::ToSchema;
 
 use crate::error::ApiError;
 use crate::store::inbox_state::Counters;
-use crate::store::messages::Message;
+use crate::store::messages::{Listed, Shelf};
 use crate::store::{events, inbox_state, messages, Conn};
 
 /// A client more than this many events behind gets a reset instead of a replay.
@@ -133,7 +133,7 @@ pub async fn counts(conn: &mut Conn, user: &str) -> Result<Counters, ApiError> {
 /// One page of `GET /api/v1/me/messages`, newest first.
 #[derive(Serialize, Debug, ToSchema)]
 pub struct Page {
-    pub messages: Vec<Message>,
+    pub messages: Vec<Listed>,
     /// Pass as `before` for the next page; null on the last page.
     pub next_before: Option<i64>,
 }
@@ -144,12 +144,13 @@ pub async fn page(
     before: Option<i64>,
     limit: i64,
     unread_only: bool,
+    shelf: Shelf,
 ) -> Result<Page, ApiError> {
-    let mut rows = messages::list(conn, user, before, limit + 1, unread_only).await?;
+    let mut rows = messages::list(conn, user, before, limit + 1, unread_only, shelf).await?;
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
     let next_before = if more {
-        rows.last().map(|m| m.seq)
+        rows.last().map(|m| m.message.seq)
     } else {
         None
     };

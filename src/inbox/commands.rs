@@ -1,10 +1,12 @@
-//! Changes to one user's inbox besides creates: mark read, read all, seen all, delete (by the
-//! user, or retracted by the service that created the message), expire (the housekeeper). Each is
+//! Changes to one user's inbox besides creates: mark read, read all, seen all, mark unread,
+//! archive, unarchive, snooze, a snooze's wake-up (contract §10), delete (by the user, or
+//! retracted by the service that created the message), expire (the housekeeper). Each is
 //! one transaction that takes the user's counter row first, exactly like a create, and emits one
 //! event, or none when nothing changed (marking an already-read message read is a no-op, not a
 //! new seq). Every removal of live messages, whoever asks for it, is a `message.deleted` with
 //! the counts corrected here, in one place.
 
+use chrono::{DateTime, Utc};
 use diesel_async::AsyncConnection;
 use serde_json::Value;
 use uuid::Uuid;
@@ -14,6 +16,7 @@ use crate::broker::Envelope;
 use crate::error::ApiError;
 use crate::store::events::NewEvent;
 use crate::store::inbox_state::Counters;
+use crate::store::message_states::{self, Change, Changed, Standing};
 use crate::store::{events, inbox_state, messages, outbox, Conn};
 
 pub const MAX_READ_IDS: usize = 1000;
@@ -31,10 +34,44 @@ pub enum Command {
     Read(Vec<Uuid>),
     ReadAll,
     SeenAll,
+    /// Mark read messages unread (they count as unread and unseen again).
+    Unread(Vec<Uuid>),
+    /// Out of the inbox and the counts until unarchived.
+    Archive(Vec<Uuid>),
+    /// Back in the inbox, unread and unseen.
+    Unarchive(Vec<Uuid>),
+    /// Out of the inbox and the counts until the time (a wake-up brings them back).
+    Snooze(Vec<Uuid>, DateTime<Utc>),
+    /// The snoozes that are due come back, unread and unseen (`inbox::snooze`).
+    Wake,
     /// Soft-delete one message (the user's own delete, or a service's retract).
     Delete(Uuid),
     /// Remove messages past retention for good (the housekeeper).
     Expire(Vec<Uuid>),
+}
+
+/// A snooze's `until`: an RFC 3339 timestamp (`T` and `Z` in either case, as RFC 3339 allows),
+/// kept at PostgreSQL's precision (microseconds) so the event carries exactly what the row
+/// stores. Any such time is taken: one already past wakes the messages at the waker's next
+/// tick (`inbox::snooze`), as a time that passed while the request travelled would. (A JSON
+/// Schema cannot say "in the future", so refusing it would refuse bodies the document allows.)
+pub fn parse_until(raw: Option<&Value>) -> Result<DateTime<Utc>, ApiError> {
+    use chrono::SubsecRound;
+    let what = "must be an RFC 3339 timestamp, e.g. \"2026-12-24T08:00:00Z\"";
+    let s = match raw {
+        None | Some(Value::Null) => {
+            return Err(ApiError::validation(
+                "until",
+                format!("is required: it {what}"),
+            ))
+        }
+        Some(Value::String(s)) => s,
+        Some(_) => return Err(ApiError::validation("until", what)),
+    };
+    Ok(DateTime::parse_from_rfc3339(&s.to_ascii_uppercase())
+        .map_err(|_| ApiError::validation("until", what))?
+        .with_timezone(&Utc)
+        .trunc_subsecs(6))
 }
 
 /// Ids that are not UUIDs cannot name a message of this user: they are dropped like foreign ids.
@@ -57,24 +94,71 @@ pub fn parse_ids(raw: &[Value]) -> Result<Vec<Uuid>, ApiError> {
     Ok(ids)
 }
 
-/// The `message.deleted` frame for removed rows `(id, was_read, seq)`, with `c` advanced to the
-/// new seq and counts (None when nothing was removed: no event). A removed unread message leaves
-/// `unread`, and `unseen` too if it came after the bell was last opened.
+/// The `message.deleted` frame for removed rows `(id, uncounted, arrived_seq)`, with `c`
+/// advanced to the new seq and counts (None when nothing was removed: no event). A removed
+/// message that counted (unread, not archived, not snoozed) leaves `unread`, and `unseen` too
+/// if it arrived after the bell was last opened.
 fn removed(before: Counters, c: &mut Counters, rows: &[(Uuid, bool, i64)]) -> Option<Value> {
     if rows.is_empty() {
         return None;
     }
     c.seq += 1;
-    for &(_, was_read, seq) in rows {
-        if !was_read {
+    for &(_, uncounted, arrived) in rows {
+        if !uncounted {
             c.unread -= 1;
-            if seq > before.seen_seq {
+            if arrived > before.seen_seq {
                 c.unseen -= 1;
             }
         }
     }
     let ids: Vec<Uuid> = rows.iter().map(|(id, _, _)| *id).collect();
     Some(frames::deleted(*c, &ids))
+}
+
+/// A row's part in (`unread`, `unseen`) with the bell last opened at `seen_seq`.
+fn weight(s: Standing, seen_seq: i64) -> (i64, i64) {
+    let unread = s.in_inbox && s.unread;
+    (i64::from(unread), i64::from(unread && s.arrived > seen_seq))
+}
+
+/// Corrects `c`'s counts by what each changed row took out of them and put into them. From the
+/// rows as they were and are, never from what was asked: a message already archived, read or
+/// someone else's changes nothing.
+fn tally(c: &mut Counters, seen_seq: i64, rows: &[Changed]) {
+    for r in rows {
+        let (u0, s0) = weight(r.before, seen_seq);
+        let (u1, s1) = weight(r.after, seen_seq);
+        c.unread += u1 - u0;
+        c.unseen += s1 - s0;
+    }
+}
+
+/// Applies a state `change` (for the event with seq `c.seq + 1`) and, if it changed any row,
+/// advances `c` and returns the changed ids, in the order `asked` gave them (when given).
+async fn change_states(
+    conn: &mut Conn,
+    user: &str,
+    c: &mut Counters,
+    change: Change<'_>,
+    asked: &[Uuid],
+) -> Result<Option<Vec<Uuid>>, ApiError> {
+    let rows = message_states::apply(conn, user, change).await?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    c.seq += 1;
+    tally(c, c.seen_seq, &rows);
+    if asked.is_empty() {
+        return Ok(Some(rows.iter().map(|r| r.id).collect()));
+    }
+    let mut pending: std::collections::HashSet<Uuid> = rows.iter().map(|r| r.id).collect();
+    Ok(Some(
+        asked
+            .iter()
+            .filter(|id| pending.remove(id))
+            .copied()
+            .collect(),
+    ))
 }
 
 /// `DELETE /api/v1/messages/{id}`: the service that created message `id` takes it back, through
@@ -112,35 +196,74 @@ pub async fn run(conn: &mut Conn, user: &str, cmd: Command) -> Result<Outcome, A
                 event: None,
             });
         };
+        apply(conn, user, before, cmd).await
+    })
+    .await
+}
+
+/// `cmd` for `user`, inside a transaction that holds the user's counter row (`before`, as
+/// `inbox_state::lock` or `lock_free` returned it): the rows, the counters, the event and its
+/// outbox entry, or nothing when nothing changed.
+pub async fn apply(
+    conn: &mut Conn,
+    user: &str,
+    before: Counters,
+    cmd: Command,
+) -> Result<Outcome, ApiError> {
+    {
         let now = crate::inbox::db_now();
         let mut c = before;
+        // The seq an event of this command gets, for the rows it brings back into the inbox.
+        let next = before.seq + 1;
         let frame = match cmd {
             Command::Read(ids) => {
+                let change = Change::Read { ids: &ids, now };
                 if ids.is_empty() {
                     None
                 } else {
-                    let changed = messages::mark_read(conn, user, &ids, now).await?;
-                    if changed.is_empty() {
-                        None
-                    } else {
-                        let unseen = changed
-                            .iter()
-                            .filter(|(_, seq)| *seq > before.seen_seq)
-                            .count() as i64;
-                        c.seq += 1;
-                        c.unread -= changed.len() as i64;
-                        c.unseen -= unseen;
-                        // Report the ids in the order the caller gave them.
-                        let mut pending: std::collections::HashSet<Uuid> =
-                            changed.iter().map(|(id, _)| *id).collect();
-                        let ids: Vec<Uuid> = ids
-                            .iter()
-                            .filter(|id| pending.remove(id))
-                            .copied()
-                            .collect();
-                        Some(frames::read(c, &ids))
-                    }
+                    change_states(conn, user, &mut c, change, &ids)
+                        .await?
+                        .map(|ids| frames::read(c, &ids))
                 }
+            }
+            Command::Unread(ids) => {
+                let change = Change::Unread {
+                    ids: &ids,
+                    seq: next,
+                };
+                change_states(conn, user, &mut c, change, &ids)
+                    .await?
+                    .map(|ids| frames::changed("message.unread", c, &ids))
+            }
+            Command::Archive(ids) => {
+                let change = Change::Archive { ids: &ids, now };
+                change_states(conn, user, &mut c, change, &ids)
+                    .await?
+                    .map(|ids| frames::changed("message.archived", c, &ids))
+            }
+            Command::Unarchive(ids) => {
+                let change = Change::Unarchive {
+                    ids: &ids,
+                    seq: next,
+                };
+                change_states(conn, user, &mut c, change, &ids)
+                    .await?
+                    .map(|ids| frames::changed("message.unarchived", c, &ids))
+            }
+            Command::Snooze(ids, until) => {
+                let change = Change::Snooze { ids: &ids, until };
+                change_states(conn, user, &mut c, change, &ids)
+                    .await?
+                    .map(|ids| frames::snoozed(c, &ids, until))
+            }
+            Command::Wake => {
+                let change = Change::Wake {
+                    seq: next,
+                    limit: MAX_READ_IDS as i64,
+                };
+                change_states(conn, user, &mut c, change, &[])
+                    .await?
+                    .map(|ids| frames::changed("message.unsnoozed", c, &ids))
             }
             Command::ReadAll => {
                 if before.unread == 0 {
@@ -202,13 +325,65 @@ pub async fn run(conn: &mut Conn, user: &str, cmd: Command) -> Result<Outcome, A
                 envelope,
             }),
         })
-    })
-    .await
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn standing(in_inbox: bool, unread: bool, arrived: i64) -> Standing {
+        Standing {
+            in_inbox,
+            unread,
+            arrived,
+        }
+    }
+
+    /// The counters move by what each row took out of them and put back: a row counts in
+    /// `unread` while in the inbox and unread, in `unseen` too when it arrived after the bell
+    /// was last opened.
+    #[test]
+    fn state_changes_correct_the_counts_by_each_rows_standing_before_and_after() {
+        let seen_seq = 10;
+        let row = |before, after| Changed {
+            id: Uuid::now_v7(),
+            before,
+            after,
+        };
+        let mut c = Counters {
+            seq: 12,
+            unread: 3,
+            unseen: 1,
+            seen_seq,
+            epoch: 1,
+        };
+        tally(
+            &mut c,
+            seen_seq,
+            &[
+                // archived: an unread, unseen one leaves both
+                row(standing(true, true, 11), standing(false, true, 11)),
+                // archived: an unread, seen one leaves `unread` only
+                row(standing(true, true, 4), standing(false, true, 4)),
+                // archived: a read one leaves nothing
+                row(standing(true, false, 5), standing(false, false, 5)),
+            ],
+        );
+        assert_eq!((c.unread, c.unseen), (1, 0));
+        tally(
+            &mut c,
+            seen_seq,
+            &[
+                // unarchived / unsnoozed / unread: back unread, arriving at the new seq
+                row(standing(false, true, 4), standing(true, true, 13)),
+                row(standing(true, false, 5), standing(true, true, 13)),
+                // read while archived: nothing counted before or after
+                row(standing(false, true, 6), standing(false, false, 6)),
+            ],
+        );
+        assert_eq!((c.unread, c.unseen), (3, 2));
+    }
 
     /// One event for any number of removed rows; a read row leaves the counts alone, an unread
     /// one leaves `unread`, and `unseen` only if it came after the bell was last opened.

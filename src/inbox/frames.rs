@@ -110,6 +110,18 @@ pub fn read(c: Counters, ids: &[Uuid]) -> Value {
     json!({"type": "message.read", "seq": c.seq, "unread": c.unread, "unseen": c.unseen, "ids": ids})
 }
 
+/// An event that names the messages it changed: `message.read`, `message.unread`,
+/// `message.archived`, `message.unarchived`, `message.unsnoozed` (contract §10).
+pub fn changed(kind: &str, c: Counters, ids: &[Uuid]) -> Value {
+    json!({"type": kind, "seq": c.seq, "unread": c.unread, "unseen": c.unseen, "ids": ids})
+}
+
+/// `message.snoozed`: the messages snoozed and until when (they come back with a
+/// `message.unsnoozed` then).
+pub fn snoozed(c: Counters, ids: &[Uuid], until: DateTime<Utc>) -> Value {
+    json!({"type": "message.snoozed", "seq": c.seq, "unread": c.unread, "unseen": c.unseen, "ids": ids, "until": until})
+}
+
 pub fn read_all(c: Counters) -> Value {
     json!({"type": "message.read_all", "seq": c.seq, "unread": c.unread, "unseen": c.unseen})
 }

@@ -8,6 +8,7 @@ pub mod direct;
 pub mod erase;
 pub mod frames;
 pub mod local;
+pub mod snooze;
 
 use serde::Serialize;
 use utoipa::ToSchema;

@@ -32,6 +32,20 @@ pub async fn lock(conn: &mut Conn, user: &str) -> QueryResult<Option<Counters>> 
         .optional()
 }
 
+/// Locks, in user order, the rows of those of `users` that no other transaction holds, and
+/// returns them; a row held elsewhere (a command, a create, another node's snooze waker) is
+/// skipped, never waited for. For background work that may simply come back for it.
+pub async fn lock_free(conn: &mut Conn, users: &[String]) -> QueryResult<Vec<(String, Counters)>> {
+    s::table
+        .filter(s::user_id.eq_any(users))
+        .order(s::user_id)
+        .select((s::user_id, Counters::as_select()))
+        .for_update()
+        .skip_locked()
+        .load(conn)
+        .await
+}
+
 /// Current counters without locking (zeros for a user who never had a message).
 pub async fn get(conn: &mut Conn, user: &str) -> QueryResult<Counters> {
     Ok(s::table

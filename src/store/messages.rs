@@ -33,18 +33,59 @@ pub struct Message {
     pub data: Option<serde_json::Value>,
 }
 
-/// A user's live messages, newest first, strictly below `before` (keyset on seq).
+/// A message as `GET /api/v1/me/messages` lists it: the message, and its inbox state when it is
+/// archived or snoozed (contract §10).
+#[derive(Queryable, Serialize, Debug, Clone, PartialEq, ToSchema)]
+pub struct Listed {
+    #[serde(flatten)]
+    pub message: Message,
+    /// When the user archived it; absent unless archived (`?archived=true` lists these).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub archived_at: Option<DateTime<Utc>>,
+    /// Until when the user snoozed it; absent unless snoozed (`?snoozed=true` lists these).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snoozed_until: Option<DateTime<Utc>>,
+}
+
+/// Which of a user's messages a listing shows (contract §10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shelf {
+    /// The inbox: neither archived nor snoozed.
+    Inbox,
+    Archived,
+    Snoozed,
+    /// Archived or snoozed: everything out of the inbox.
+    Aside,
+}
+
+/// A user's live messages on `shelf`, newest first, strictly below `before` (keyset on seq).
 pub async fn list(
     conn: &mut Conn,
     user: &str,
     before: Option<i64>,
     limit: i64,
     unread_only: bool,
-) -> QueryResult<Vec<Message>> {
+    shelf: Shelf,
+) -> QueryResult<Vec<Listed>> {
+    use diesel::dsl::sql;
+    use diesel::sql_types::{Bool, Nullable, Timestamptz};
+    // Literal conditions for the columns `schema.rs` leaves out, each matching a partial index
+    // (`t_message_real_time_user_archived`, `_user_snoozed`).
+    let on_shelf = match shelf {
+        Shelf::Inbox => "archived_at IS NULL AND snoozed_until IS NULL",
+        Shelf::Archived => "archived_at IS NOT NULL",
+        Shelf::Snoozed => "snoozed_until IS NOT NULL",
+        Shelf::Aside => "(archived_at IS NOT NULL OR snoozed_until IS NOT NULL)",
+    };
     let mut q = m::table
         .filter(m::to_user.eq(user))
         .filter(m::deleted_at.is_null())
-        .select(Message::as_select())
+        .filter(sql::<Bool>(on_shelf))
+        .select((
+            Message::as_select(),
+            sql::<Nullable<Timestamptz>>("archived_at"),
+            sql::<Nullable<Timestamptz>>("snoozed_until"),
+        ))
         .order(m::seq.desc())
         .limit(limit)
         .into_boxed();
@@ -57,41 +98,41 @@ pub async fn list(
     q.load(conn).await
 }
 
-/// Marks the user's own unread, live messages among `ids` read; returns `(id, seq)` of those
-/// that changed. Ids of other users' messages simply match nothing.
-pub async fn mark_read(
-    conn: &mut Conn,
-    user: &str,
-    ids: &[Uuid],
-    now: DateTime<Utc>,
-) -> QueryResult<Vec<(Uuid, i64)>> {
-    diesel::update(
-        m::table
-            .filter(m::to_user.eq(user))
-            .filter(m::id.eq_any(ids))
-            .filter(m::is_read.eq(false))
-            .filter(m::deleted_at.is_null()),
-    )
-    .set((m::is_read.eq(true), m::read_at.eq(now)))
-    .returning((m::id, m::seq))
-    .get_results(conn)
-    .await
-}
-
-/// Marks every unread, live message of the user read; returns how many changed.
+/// Marks every unread message in the user's inbox read (archived and snoozed ones, which do not
+/// count, are left as they are); returns how many changed.
 pub async fn mark_all_read(conn: &mut Conn, user: &str, now: DateTime<Utc>) -> QueryResult<usize> {
     diesel::update(
         m::table
             .filter(m::to_user.eq(user))
             .filter(m::is_read.eq(false))
-            .filter(m::deleted_at.is_null()),
+            .filter(m::deleted_at.is_null())
+            .filter(in_inbox()),
     )
     .set((m::is_read.eq(true), m::read_at.eq(now)))
     .execute(conn)
     .await
 }
 
-/// Soft-deletes one of the user's live messages; returns `(id, was_read, seq)` if it existed.
+/// Neither archived nor snoozed (the columns `schema.rs` leaves out).
+fn in_inbox() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
+    diesel::dsl::sql("(archived_at IS NULL AND snoozed_until IS NULL)")
+}
+
+/// Whether a row is out of the counts (read, archived or snoozed), and the seq it last arrived
+/// at: what a removal needs to correct the counters (`inbox::commands`).
+fn standing() -> (
+    diesel::expression::SqlLiteral<diesel::sql_types::Bool>,
+    diesel::expression::SqlLiteral<diesel::sql_types::BigInt>,
+) {
+    use diesel::dsl::sql;
+    (
+        sql("(is_read OR archived_at IS NOT NULL OR snoozed_until IS NOT NULL)"),
+        sql("coalesce(arrived_seq, seq)"),
+    )
+}
+
+/// Soft-deletes one of the user's live messages; returns `(id, uncounted, arrived_seq)` if it
+/// existed (`uncounted`: read, archived or snoozed, so not in `unread`).
 pub async fn soft_delete(
     conn: &mut Conn,
     user: &str,
@@ -105,14 +146,14 @@ pub async fn soft_delete(
             .filter(m::deleted_at.is_null()),
     )
     .set(m::deleted_at.eq(now))
-    .returning((m::id, m::is_read, m::seq))
+    .returning((m::id, standing().0, standing().1))
     .get_result(conn)
     .await
     .optional()
 }
 
-/// Removes (for good) the user's live messages among `ids`; returns `(id, was_read, seq)` of
-/// each one removed. Expiry uses it: the rows go at once, their event tells the client.
+/// Removes (for good) the user's live messages among `ids`; returns `(id, uncounted,
+/// arrived_seq)` of each one removed (as `soft_delete`). Expiry uses it: the rows go at once, their event tells the client.
 pub async fn remove(
     conn: &mut Conn,
     user: &str,
@@ -124,7 +165,7 @@ pub async fn remove(
             .filter(m::id.eq_any(ids))
             .filter(m::deleted_at.is_null()),
     )
-    .returning((m::id, m::is_read, m::seq))
+    .returning((m::id, standing().0, standing().1))
     .get_results(conn)
     .await
 }
@@ -183,12 +224,14 @@ pub async fn erase_user(conn: &mut Conn, user: &str) -> QueryResult<usize> {
         .await
 }
 
-/// Live unread messages of a user (the ground truth behind the `unread` counter).
+/// Live unread messages in a user's inbox, neither archived nor snoozed (the ground truth behind
+/// the `unread` counter).
 pub async fn count_unread(conn: &mut Conn, user: &str) -> QueryResult<i64> {
     m::table
         .filter(m::to_user.eq(user))
         .filter(m::is_read.eq(false))
         .filter(m::deleted_at.is_null())
+        .filter(in_inbox())
         .count()
         .get_result(conn)
         .await

@@ -7,6 +7,7 @@ pub mod event_partitions;
 pub mod events;
 pub mod idempotency;
 pub mod inbox_state;
+pub mod message_states;
 pub mod messages;
 pub mod outbox;
 pub mod push;

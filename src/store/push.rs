@@ -128,14 +128,15 @@ pub struct Settled {
 }
 
 /// Drops the pushes whose delay passed that need no push any more: acknowledged by a live
-/// session, or their message was read or deleted meanwhile.
+/// session, or their message was read, deleted, archived or snoozed meanwhile.
 pub async fn settle(conn: &mut Conn, delay_ms: i64) -> QueryResult<Vec<Settled>> {
     diesel::sql_query(
         "DELETE FROM push_pending p \
          WHERE p.sending_since IS NULL AND p.created_at <= now() - $1 * interval '1 millisecond' \
            AND (EXISTS (SELECT 1 FROM push_received r WHERE r.user_id = p.user_id AND r.seq >= p.seq) \
              OR NOT EXISTS (SELECT 1 FROM t_message_real_time m \
-                            WHERE m.id = p.message_id AND NOT m.is_read AND m.deleted_at IS NULL)) \
+                            WHERE m.id = p.message_id AND NOT m.is_read AND m.deleted_at IS NULL \
+                              AND m.archived_at IS NULL AND m.snoozed_until IS NULL)) \
          RETURNING EXISTS (SELECT 1 FROM push_received r WHERE r.user_id = p.user_id AND r.seq >= p.seq) \
            AS acknowledged",
     )

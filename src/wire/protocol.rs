@@ -43,6 +43,34 @@ pub enum ClientFrame {
         #[serde(default)]
         r#ref: Value,
     },
+    /// Inbox states (contract §10), like `POST /api/v1/me/messages/{unread,archive,...}`.
+    Unread {
+        #[serde(deserialize_with = "field::ids")]
+        ids: Vec<Value>,
+        #[serde(default)]
+        r#ref: Value,
+    },
+    Archive {
+        #[serde(deserialize_with = "field::ids")]
+        ids: Vec<Value>,
+        #[serde(default)]
+        r#ref: Value,
+    },
+    Unarchive {
+        #[serde(deserialize_with = "field::ids")]
+        ids: Vec<Value>,
+        #[serde(default)]
+        r#ref: Value,
+    },
+    Snooze {
+        #[serde(deserialize_with = "field::ids")]
+        ids: Vec<Value>,
+        /// Checked where the command is made (`inbox::commands::parse_until`), as over REST.
+        #[serde(default)]
+        until: Value,
+        #[serde(default)]
+        r#ref: Value,
+    },
     Subscribe {
         #[serde(deserialize_with = "field::topics")]
         topics: Vec<String>,
@@ -105,6 +133,10 @@ impl ClientFrame {
             ClientFrame::Read { r#ref, .. }
             | ClientFrame::ReadAll { r#ref }
             | ClientFrame::SeenAll { r#ref }
+            | ClientFrame::Unread { r#ref, .. }
+            | ClientFrame::Archive { r#ref, .. }
+            | ClientFrame::Unarchive { r#ref, .. }
+            | ClientFrame::Snooze { r#ref, .. }
             | ClientFrame::Subscribe { r#ref, .. }
             | ClientFrame::Unsubscribe { r#ref, .. }
             | ClientFrame::Ping { r#ref }

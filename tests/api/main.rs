@@ -11,6 +11,7 @@ mod eventlog;
 mod gateway;
 mod gateway_limits;
 mod http_edge;
+mod inbox_states;
 mod keepalive;
 mod lifecycle;
 mod listen;

@@ -32,7 +32,7 @@ function make(opts = {}) {
     ...opts,
   });
   const seen = [];
-  for (const t of ['message', 'read', 'seen', 'deleted', 'counts', 'reset', 'status', 'topic', 'error']) {
+  for (const t of ['message', 'read', 'seen', 'deleted', 'unread', 'archived', 'unarchived', 'snoozed', 'unsnoozed', 'counts', 'reset', 'status', 'topic', 'error']) {
     c.on(t, (d) => seen.push([t, d]));
   }
   clients.push(c);
@@ -244,6 +244,36 @@ describe('NotifydClient', () => {
     // the socket dropped before the ack: retried over REST (the command is idempotent)
     assert.deepEqual(await pending, { seq: 4, unread: 0, unseen: 0 });
     assert.deepEqual(rest.at(-1), { url: 'http://notifyd.test/api/v1/me/messages/seen-all', method: 'POST', auth: 'Bearer tok' });
+  });
+
+  it('inbox states: their events are seqs of the stream (no gap, no reconnect) and emit by name; commands go over the socket', async () => {
+    const { c, of } = make();
+    const ws = await connected(c, { seq: 2, unread: 2, unseen: 2 });
+    ws.push({ type: 'message.archived', seq: 3, unread: 1, unseen: 1, ids: ['a'] });
+    ws.push({ type: 'message.snoozed', seq: 4, unread: 0, unseen: 0, ids: ['b'], until: '2026-12-24T08:00:00Z' });
+    ws.push({ type: 'message.unarchived', seq: 5, unread: 1, unseen: 1, ids: ['a'] });
+    ws.push({ type: 'message.unsnoozed', seq: 6, unread: 2, unseen: 2, ids: ['b'] });
+    ws.push({ type: 'message.read', seq: 7, unread: 1, unseen: 1, ids: ['a'] });
+    ws.push({ type: 'message.unread', seq: 8, unread: 2, unseen: 2, ids: ['a'] });
+    assert.equal(c.seq, 8);
+    assert.equal(FakeWS.all.length, 1, 'no reconnect');
+    assert.deepEqual(of('archived').map((d) => d.ids), [['a']]);
+    assert.deepEqual(of('snoozed').map((d) => [d.ids, d.until]), [[['b'], '2026-12-24T08:00:00Z']]);
+    assert.deepEqual(of('unarchived').map((d) => d.seq), [5]);
+    assert.deepEqual(of('unsnoozed').map((d) => d.seq), [6]);
+    assert.deepEqual(of('unread').map((d) => d.ids), [['a']]);
+    assert.deepEqual(c.counts, { seq: 8, unread: 2, unseen: 2 });
+    const archive = c.archive(['a']);
+    const snooze = c.snooze(['b'], new Date('2026-12-24T08:00:00Z'));
+    await tick(5);
+    const [f1, f2] = ws.sent.filter((f) => f.type !== 'ping');
+    assert.deepEqual([f1.type, f1.ids], ['archive', ['a']]);
+    assert.deepEqual([f2.type, f2.ids, f2.until], ['snooze', ['b'], '2026-12-24T08:00:00.000Z']);
+    ws.push({ type: 'ack', ref: f1.ref, seq: 9, unread: 1, unseen: 1 });
+    ws.push({ type: 'ack', ref: f2.ref, seq: 10, unread: 0, unseen: 0 });
+    assert.deepEqual(await archive, { seq: 9, unread: 1, unseen: 1 });
+    assert.deepEqual(await snooze, { seq: 10, unread: 0, unseen: 0 });
+    await assert.rejects(c.markUnread('a'), TypeError);
   });
 
   it('REST: fetchPage builds the query and maps error bodies to NotifydError', async () => {
