@@ -224,8 +224,17 @@ pub fn origin_allowed(allowed: &[String], origin: &str) -> bool {
 pub fn postgres_url(raw: &str) -> Result<String, String> {
     let raw = raw.trim();
     let scheme_ok = raw.starts_with("postgres://") || raw.starts_with("postgresql://");
-    if !scheme_ok || raw.parse::<tokio_postgres::Config>().is_err() {
-        return Err("must be a postgres:// URL (postgres://user:password@host:5432/db)".into());
+    let usage = "must be a postgres:// URL (postgres://user:password@host:5432/db)";
+    if !scheme_ok {
+        return Err(usage.into());
+    }
+    // libpq's TLS parameters are read by `db::Ssl` (tokio-postgres knows only some of them).
+    let rest = match crate::db::Ssl::split(raw) {
+        Ok((rest, _)) => rest,
+        Err(e) => return Err(format!("{usage}: {e:#}")),
+    };
+    if rest.parse::<tokio_postgres::Config>().is_err() {
+        return Err(usage.into());
     }
     Ok(raw.to_string())
 }
@@ -235,7 +244,9 @@ pub fn redis_url(raw: &str) -> Result<String, String> {
     use redis::IntoConnectionInfo;
     let raw = raw.trim();
     if raw.into_connection_info().is_err() {
-        return Err("must be a redis:// URL (redis://:password@host:6379/0)".into());
+        return Err(
+            "must be a redis:// URL, or rediss:// for TLS (redis://:password@host:6379/0)".into(),
+        );
     }
     Ok(raw.to_string())
 }

@@ -112,10 +112,7 @@ pub async fn since(
     since: i64,
     epoch: Option<i64>,
 ) -> Result<Changes, ApiError> {
-    conn.build_transaction()
-        .repeatable_read()
-        .read_only()
-        .run::<_, ApiError, _>(async |conn| {
+    crate::db::snapshot(conn, async |conn| {
             let c = inbox_state::get(conn, user).await?;
             if must_reset(since, epoch, &c) || since == c.seq {
                 return Ok(resolve(Some(since), epoch, c, vec![]));
