@@ -19,6 +19,7 @@ say() { printf '[tls-pooler] %s\n' "$*" >&2; }
 
 work=$(mktemp -d /tmp/notifyd-tls-pooler.XXXXXX)
 chmod 755 "$work"
+if [ "$(id -u)" = 0 ]; then chown postgres "$work"; fi
 # initdb, postgres and pgbouncer refuse to run as root: then they run as the `postgres` user.
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 pg_bin=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)}
@@ -53,7 +54,7 @@ openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 
   -extfile server.ext -out server.pem 2>/dev/null
 chmod 644 ./*.pem
 chmod 600 server.key
-[ "$(id -u)" = 0 ] && chown postgres server.key
+if [ "$(id -u)" = 0 ]; then chown postgres server.key; fi
 cd - >/dev/null
 
 # --- 2. PostgreSQL with TLS only, Redis with TLS only ---
@@ -104,7 +105,7 @@ pidfile = $work/pgbouncer.pid
 logfile = $work/pgbouncer.log
 EOF
 echo '"postgres" ""' >"$work/users.txt"
-[ "$(id -u)" = 0 ] && chown -R postgres "$work"
+if [ "$(id -u)" = 0 ]; then chown -R postgres "$work"; fi
 pgbouncer=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
 as_pg "$pgbouncer" -d "$work/pgbouncer.ini"
 wait_for "pgbouncer" psql "postgres://postgres@127.0.0.1:$pgb_port/postgres" -c 'SELECT 1'
@@ -124,3 +125,9 @@ cargo test --test api -- --test-threads 2 \
   gateway::since_ahead_of_the_stream_or_more_than_1000_behind_is_a_reset_on_ws_and_rest \
   gateway::a_hole_in_the_published_seqs_is_repaired_from_the_database_in_order_without_duplicates \
   user_api::
+# The nodes' requests really went through the pooler (it logs each login).
+logins=$(grep -c 'login attempt: db=notifyd_test_' "$work/pgbouncer.log" || true)
+if [ "${logins:-0}" -lt 10 ]; then
+  say "only ${logins:-0} test connections logged in through PgBouncer: the tests did not use it"; exit 1
+fi
+say "$logins test connections logged in through PgBouncer"

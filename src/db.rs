@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use diesel::connection::CacheSize;
 use diesel::ConnectionError;
 use diesel::ConnectionResult;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
@@ -11,7 +12,6 @@ use diesel_async::pooled_connection::deadpool::{Object, Pool};
 use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
 };
-use diesel::connection::CacheSize;
 use diesel_async::{
     AnsiTransactionManager, AsyncConnection, AsyncPgConnection, SimpleAsyncConnection,
     TransactionManager,
@@ -133,7 +133,8 @@ impl Target {
     /// one is an error at start-up.
     pub fn new(database_url: &str, limits: &Limits, pooler: Pooler) -> anyhow::Result<Self> {
         let redacted = || crate::config::redact::url(database_url);
-        let (rest, ssl) = Ssl::split(database_url).with_context(|| format!("parsing {}", redacted()))?;
+        let (rest, ssl) =
+            Ssl::split(database_url).with_context(|| format!("parsing {}", redacted()))?;
         let mut config: tokio_postgres::Config = rest
             .parse()
             .with_context(|| format!("parsing {}", redacted()))?;
@@ -164,7 +165,10 @@ impl Target {
         if config.get_tcp_user_timeout().is_none() {
             config.tcp_user_timeout(TCP_USER_TIMEOUT);
         }
-        let tls = match ssl.client_config().with_context(|| format!("TLS for {}", redacted()))? {
+        let tls = match ssl
+            .client_config()
+            .with_context(|| format!("TLS for {}", redacted()))?
+        {
             Some(c) => {
                 config.ssl_mode(tokio_postgres::config::SslMode::Require);
                 Some(tokio_postgres_rustls::MakeRustlsConnect::new(c))
@@ -184,15 +188,29 @@ impl Target {
     /// Opens one connection within `CONNECT_TIMEOUT`.
     pub async fn connect(&self) -> ConnectionResult<AsyncPgConnection> {
         let connecting = async {
-            let bad = |e: tokio_postgres::Error| ConnectionError::BadConnection(pg_error(&e));
+            let bad = |e: tokio_postgres::Error| {
+                let mut m = pg_error(&e);
+                if m.contains("unsupported startup parameter") {
+                    // PgBouncer's answer to `options`: say what to do about it.
+                    m.push_str(
+                        " (a pooler in transaction mode? set NOTIFYD_DATABASE_DIRECT_URL to \
+                         PostgreSQL itself, see docs/operations.md#pgbouncer)",
+                    );
+                }
+                ConnectionError::BadConnection(m)
+            };
             let conn = match &self.tls {
                 None => {
-                    let (client, connection) =
-                        self.config.connect(tokio_postgres::NoTls).await.map_err(bad)?;
+                    let (client, connection) = self
+                        .config
+                        .connect(tokio_postgres::NoTls)
+                        .await
+                        .map_err(bad)?;
                     self.setup(client, connection).await?
                 }
                 Some(tls) => {
-                    let (client, connection) = self.config.connect(tls.clone()).await.map_err(bad)?;
+                    let (client, connection) =
+                        self.config.connect(tls.clone()).await.map_err(bad)?;
                     self.setup(client, connection).await?
                 }
             };
@@ -216,16 +234,20 @@ impl Target {
         S: tokio_postgres::tls::TlsStream + Unpin + Send + 'static,
     {
         match self.pooler {
-            Pooler::None => AsyncPgConnection::try_from_client_and_connection(client, connection).await,
+            Pooler::None => {
+                AsyncPgConnection::try_from_client_and_connection(client, connection).await
+            }
             Pooler::Transaction => {
                 // diesel-async's own set-up (`SET TIME ZONE`, `SET CLIENT_ENCODING`, each a
                 // prepared statement) inside one transaction, so its prepare and execute meet on
                 // the same server session; PgBouncer tracks both settings for this client.
                 let setup_error = |e: tokio_postgres::Error| {
-                    ConnectionError::CouldntSetupConfiguration(diesel::result::Error::DatabaseError(
-                        diesel::result::DatabaseErrorKind::Unknown,
-                        Box::new(pg_error(&e)),
-                    ))
+                    ConnectionError::CouldntSetupConfiguration(
+                        diesel::result::Error::DatabaseError(
+                            diesel::result::DatabaseErrorKind::Unknown,
+                            Box::new(pg_error(&e)),
+                        ),
+                    )
                 };
                 // The client is only a handle; the connection task must run for it to answer.
                 let (client, connection) = (client, connection);
@@ -369,9 +391,13 @@ impl Ssl {
         let root_cert = match root {
             Some(r) if r == "system" => Some(RootCert::System),
             Some(r) if !r.is_empty() => Some(RootCert::File(r.into())),
-            _ => env_root
-                .filter(|r| !r.is_empty())
-                .map(|r| if r == "system" { RootCert::System } else { RootCert::File(r.into()) }),
+            _ => env_root.filter(|r| !r.is_empty()).map(|r| {
+                if r == "system" {
+                    RootCert::System
+                } else {
+                    RootCert::File(r.into())
+                }
+            }),
         };
         let rest = if kept.is_empty() {
             base.to_string()
@@ -412,7 +438,9 @@ fn percent_decode(s: &str) -> anyhow::Result<String> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let hex = b.get(i + 1..i + 3).context("a `%` without two hex digits")?;
+            let hex = b
+                .get(i + 1..i + 3)
+                .context("a `%` without two hex digits")?;
             let hex = std::str::from_utf8(hex).context("a `%` without two hex digits")?;
             out.push(u8::from_str_radix(hex, 16).context("a `%` without two hex digits")?);
             i += 3;
@@ -562,7 +590,11 @@ where
 /// `BEGIN`): behind a transaction pooler that is the only way a timeout holds, and the only
 /// way a statement's prepare and execute reach the same server session. `f`'s own
 /// transactions become savepoints; [`snapshot`] knows how to ask for its isolation.
-async fn in_transaction<T, F>(conn: &mut AsyncPgConnection, limits: &Limits, f: F) -> Result<T, ApiError>
+async fn in_transaction<T, F>(
+    conn: &mut AsyncPgConnection,
+    limits: &Limits,
+    f: F,
+) -> Result<T, ApiError>
 where
     F: AsyncFnOnce(&mut AsyncPgConnection) -> Result<T, ApiError>,
 {
@@ -696,7 +728,11 @@ mod tests {
             assert_eq!(ssl.mode, SslMode::Plain, "{url}");
             assert!(ssl.client_config().expect("config").is_none(), "{url}");
             let c = pg_config(url, &limits()).expect("config");
-            assert_eq!(c.get_ssl_mode(), tokio_postgres::config::SslMode::Disable, "{url}");
+            assert_eq!(
+                c.get_ssl_mode(),
+                tokio_postgres::config::SslMode::Disable,
+                "{url}"
+            );
         }
     }
 
@@ -704,9 +740,15 @@ mod tests {
     fn pgsslrootcert_is_the_ca_when_the_url_names_none_and_system_means_the_store() {
         let (_, ssl) = split("postgres://u@db/n?sslmode=verify-ca", Some("/ca.pem"));
         assert_eq!(ssl.root_cert, Some(RootCert::File("/ca.pem".into())));
-        let (_, ssl) = split("postgres://u@db/n?sslmode=verify-ca&sslrootcert=/mine.pem", Some("/ca.pem"));
+        let (_, ssl) = split(
+            "postgres://u@db/n?sslmode=verify-ca&sslrootcert=/mine.pem",
+            Some("/ca.pem"),
+        );
         assert_eq!(ssl.root_cert, Some(RootCert::File("/mine.pem".into())));
-        let (_, ssl) = split("postgres://u@db/n?sslmode=verify-full&sslrootcert=system", None);
+        let (_, ssl) = split(
+            "postgres://u@db/n?sslmode=verify-full&sslrootcert=system",
+            None,
+        );
         assert_eq!(ssl.root_cert, Some(RootCert::System));
     }
 

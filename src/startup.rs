@@ -220,7 +220,7 @@ async fn prepare_database(settings: &Settings) -> anyhow::Result<db::DbPool> {
         &settings.database_url,
         settings.db_pool_size,
         db::Limits::from_settings(settings),
-        settings.database_pooler,
+        settings.pooler(),
     )
 }
 
@@ -406,7 +406,7 @@ pub async fn run_relay(settings: Settings) -> anyhow::Result<()> {
         &settings.database_url,
         2,
         db::Limits::from_settings(&settings),
-        settings.database_pooler,
+        settings.pooler(),
     )?;
     let info = broker::connection_info_with_ca(&url, settings.redis_ca_file.as_deref())?;
     let redis = broker::redis_pool_for(info.clone())?;

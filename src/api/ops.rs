@@ -52,11 +52,9 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let db = tokio::time::timeout(DB_CHECK_TIMEOUT, async {
         match state.pool.get().await {
             // The simple protocol: no prepared statement (a transaction pooler could not carry one).
-            Ok(mut c) => {
-                diesel_async::SimpleAsyncConnection::batch_execute(&mut *c, "SELECT 1")
-                    .await
-                    .is_ok()
-            }
+            Ok(mut c) => diesel_async::SimpleAsyncConnection::batch_execute(&mut *c, "SELECT 1")
+                .await
+                .is_ok(),
             Err(_) => false,
         }
     })

@@ -294,7 +294,8 @@ impl Hub {
     pub async fn run_redis(
         self: Arc<Self>,
         info: redis::ConnectionInfo,
-        mut shutdown: watch::Receiver<bool>) {
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         self.redis.store(true, Ordering::SeqCst);
         let mut backoff = Duration::from_millis(100);
         loop {

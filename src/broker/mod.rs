@@ -191,7 +191,10 @@ pub fn redis_pool_for(info: redis::ConnectionInfo) -> anyhow::Result<deadpool_re
 /// CA, a host name the certificate does not carry) stops start-up with the reason instead of
 /// being retried forever in the background. Redis merely being down is not a reason to stop
 /// (the node starts not ready, as with `redis://`): that is only logged.
-pub async fn check_tls(pool: &deadpool_redis::Pool, info: &redis::ConnectionInfo) -> anyhow::Result<()> {
+pub async fn check_tls(
+    pool: &deadpool_redis::Pool,
+    info: &redis::ConnectionInfo,
+) -> anyhow::Result<()> {
     if !matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
         return Ok(());
     }

@@ -32,9 +32,10 @@ pub struct Settings {
     /// session of their own (the relay's and housekeeper's leader locks, `LISTEN`, migrations)
     /// when `database_url` goes through a pooler. `None`: `database_url`.
     pub database_direct_url: Option<String>,
-    /// `NOTIFYD_DATABASE_POOLER`: `transaction` when `database_url` is a pooler in
-    /// `pool_mode = transaction` (PgBouncer), see `db::Pooler`.
-    pub database_pooler: crate::db::Pooler,
+    /// `NOTIFYD_DATABASE_POOLER`: `Some(Transaction)` when `database_url` is a pooler in
+    /// `pool_mode = transaction` (PgBouncer), see `db::Pooler`; `None` (`auto`): a transaction
+    /// pooler exactly when a direct URL is set (see `pooler`).
+    pub database_pooler: Option<crate::db::Pooler>,
     /// `NOTIFYD_REDIS_CA_FILE`: the CA (PEM) a `rediss://` server's certificate must lead to.
     /// `None`: the system store (which honours `SSL_CERT_FILE`).
     pub redis_ca_file: Option<std::path::PathBuf>,
@@ -147,7 +148,7 @@ impl Settings {
         Settings {
             database_url: database_url.into(),
             database_direct_url: None,
-            database_pooler: crate::db::Pooler::None,
+            database_pooler: None,
             redis_ca_file: None,
             redis_url: None,
             redis_prefix: "notifyd:".into(),
@@ -301,7 +302,9 @@ impl Settings {
                 }
             }
         }
-        if s.database_pooler == crate::db::Pooler::Transaction && s.database_direct_url.is_none() {
+        if s.database_pooler == Some(crate::db::Pooler::Transaction)
+            && s.database_direct_url.is_none()
+        {
             problems.push(
                 "NOTIFYD_DATABASE_POOLER = \"transaction\" needs NOTIFYD_DATABASE_DIRECT_URL: the \
                  relay's leader locks and LISTEN need a PostgreSQL session of their own, which a \
@@ -319,6 +322,17 @@ impl Settings {
         self.database_direct_url
             .as_deref()
             .unwrap_or(&self.database_url)
+    }
+
+    /// How the pool reaches PostgreSQL: as `NOTIFYD_DATABASE_POOLER` says, or (`auto`) through
+    /// a transaction pooler when a direct URL is set (a direct URL says `DATABASE_URL` is not
+    /// direct; a pooler in session mode works with the transaction discipline too).
+    pub fn pooler(&self) -> crate::db::Pooler {
+        self.database_pooler
+            .unwrap_or(match self.database_direct_url {
+                Some(_) => crate::db::Pooler::Transaction,
+                None => crate::db::Pooler::None,
+            })
     }
 
     /// Whether anyone, also without a token, may subscribe to `topic`.
@@ -415,16 +429,49 @@ mod tests {
                 SECRET,
                 ("DATABASE_URL", "postgres://u@pgbouncer:6432/n"),
                 ("NOTIFYD_DATABASE_POOLER", "transaction"),
-                ("NOTIFYD_DATABASE_DIRECT_URL", "postgres://u@db:5432/n?sslmode=verify-full"),
+                (
+                    "NOTIFYD_DATABASE_DIRECT_URL",
+                    "postgres://u@db:5432/n?sslmode=verify-full",
+                ),
             ],
             false,
         )
         .expect("accepted");
-        assert_eq!(s.database_pooler, crate::db::Pooler::Transaction);
-        assert_eq!(s.direct_database_url(), "postgres://u@db:5432/n?sslmode=verify-full");
-        assert_eq!(Settings::new("postgres://a/b").direct_database_url(), "postgres://a/b");
+        assert_eq!(s.pooler(), crate::db::Pooler::Transaction);
+        assert_eq!(
+            s.direct_database_url(),
+            "postgres://u@db:5432/n?sslmode=verify-full"
+        );
+        // `auto`: a direct URL means DATABASE_URL is a pooler; without one, PostgreSQL itself.
+        let s = load(
+            &[
+                SECRET,
+                ("NOTIFYD_DATABASE_DIRECT_URL", "postgres://u@db:5432/n"),
+            ],
+            false,
+        )
+        .expect("accepted");
+        assert_eq!(s.pooler(), crate::db::Pooler::Transaction);
+        let s = load(
+            &[
+                SECRET,
+                ("NOTIFYD_DATABASE_DIRECT_URL", "postgres://u@db:5432/n"),
+                ("NOTIFYD_DATABASE_POOLER", "none"),
+            ],
+            false,
+        )
+        .expect("accepted");
+        assert_eq!(s.pooler(), crate::db::Pooler::None);
+        assert_eq!(
+            load(&[SECRET], false).expect("accepted").pooler(),
+            crate::db::Pooler::None
+        );
+        assert_eq!(
+            Settings::new("postgres://a/b").direct_database_url(),
+            "postgres://a/b"
+        );
         let e = refusal(&[SECRET, ("NOTIFYD_DATABASE_POOLER", "session")]);
-        assert!(e.contains("`none` or `transaction`"), "{e}");
+        assert!(e.contains("`auto`, `none` or `transaction`"), "{e}");
     }
 
     /// The table's documented defaults are the defaults the code runs with.

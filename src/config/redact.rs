@@ -95,7 +95,10 @@ impl fmt::Debug for Settings {
             .collect();
         f.debug_struct("Settings")
             .field("database_url", &url(database_url))
-            .field("database_direct_url", &database_direct_url.as_deref().map(url))
+            .field(
+                "database_direct_url",
+                &database_direct_url.as_deref().map(url),
+            )
             .field("database_pooler", database_pooler)
             .field("redis_ca_file", redis_ca_file)
             .field("redis_url", &redis_url.as_deref().map(url))

@@ -137,15 +137,16 @@ pub static SETTINGS: &[Setting] = &[
     },
     Setting {
         env: "NOTIFYD_DATABASE_POOLER",
-        default: Default::Value("none"),
+        default: Default::Value("auto"),
         secret: false,
         kind: Kind::Value {
-            range: "`none` or `transaction`",
+            range: "`auto`, `none` or `transaction`",
             set: |s, v| {
                 s.database_pooler = match v.trim() {
-                    "none" => crate::db::Pooler::None,
-                    "transaction" => crate::db::Pooler::Transaction,
-                    _ => return Err("must be `none` or `transaction`".into()),
+                    "auto" => None,
+                    "none" => Some(crate::db::Pooler::None),
+                    "transaction" => Some(crate::db::Pooler::Transaction),
+                    _ => return Err("must be `auto`, `none` or `transaction`".into()),
                 };
                 Ok(())
             },

@@ -113,14 +113,14 @@ pub async fn since(
     epoch: Option<i64>,
 ) -> Result<Changes, ApiError> {
     crate::db::snapshot(conn, async |conn| {
-            let c = inbox_state::get(conn, user).await?;
-            if must_reset(since, epoch, &c) || since == c.seq {
-                return Ok(resolve(Some(since), epoch, c, vec![]));
-            }
-            let rows = events::range(conn, user, since, Some(c.seq), MAX_REPLAY).await?;
-            Ok(resolve(Some(since), epoch, c, rows))
-        })
-        .await
+        let c = inbox_state::get(conn, user).await?;
+        if must_reset(since, epoch, &c) || since == c.seq {
+            return Ok(resolve(Some(since), epoch, c, vec![]));
+        }
+        let rows = events::range(conn, user, since, Some(c.seq), MAX_REPLAY).await?;
+        Ok(resolve(Some(since), epoch, c, rows))
+    })
+    .await
 }
 
 pub async fn counts(conn: &mut Conn, user: &str) -> Result<Counters, ApiError> {

@@ -65,8 +65,13 @@ async fn pgbouncer_refuses_limits_sent_as_startup_options() {
 async fn each_pooled_call_carries_its_timeouts_and_leaves_no_session_state() {
     let db = TestDb::new().await;
     let url = pooler_url(&db);
-    let pool = db::pool_with(&url, 4, limits(Duration::from_millis(300)), Pooler::Transaction)
-        .expect("pool");
+    let pool = db::pool_with(
+        &url,
+        4,
+        limits(Duration::from_millis(300)),
+        Pooler::Transaction,
+    )
+    .expect("pool");
     let t = Duration::from_secs(10);
     let calls = (0..40).map(|_| db::run(&pool, t, async |c| statement_timeout(c).await));
     for r in futures_util::future::join_all(calls).await {
