@@ -1,5 +1,5 @@
-//! PostgreSQL: connections (with keepalive and server-side limits), the pool, the embedded
-//! migrations.
+//! PostgreSQL: connections (with keepalive, server-side limits and, as the URL asks, TLS), the
+//! pool (straight to PostgreSQL or behind a transaction pooler), the embedded migrations.
 
 use std::time::Duration;
 
@@ -35,7 +35,8 @@ pub const KEEPALIVE_RETRIES: u32 = 3;
 /// Data unacknowledged this long closes the socket (Linux `TCP_USER_TIMEOUT`).
 pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Server-side limits set on a connection at start-up (`options=-c ...`). They bound what the
+/// Server-side limits set on a connection at start-up (`options=-c ...`), or behind a transaction
+/// pooler at the start of every transaction (`SET LOCAL`, see [`Pooler`]). They bound what the
 /// SERVER lets one session do: a statement that runs too long, a lock wait, a transaction left
 /// idle (its locks, e.g. the relay's claimed outbox rows, go with it), an idle session (the
 /// relay leader's, so a leader whose client vanished behind a half-open path loses its advisory
