@@ -62,6 +62,17 @@ if [ ! -x /usr/sbin/nginx ]; then
   apt_install nginx
 fi
 
+# --- PgBouncer and openssl (scripts/tls-pooler-test.sh: a PgBouncer of its own in transaction
+# mode, and the test certificates; the package's own pgbouncer service is not used) ---
+if ! command -v pgbouncer >/dev/null && [ ! -x /usr/sbin/pgbouncer ]; then
+  say "installing pgbouncer"
+  apt_install pgbouncer
+fi
+if ! command -v openssl >/dev/null; then
+  say "installing openssl"
+  apt_install openssl
+fi
+
 # --- python3 with venv + curl (scripts/schemathesis.sh: a venv for the pinned schemathesis) ---
 if ! command -v python3 >/dev/null || ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
   say "installing python3-venv"

@@ -139,7 +139,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Migrate { config } => {
             let settings = Settings::load(false, false, config.path.as_deref())?;
             crate::telemetry::init_logging(&settings);
-            let applied = crate::db::migrate(&settings.database_url).await?;
+            let applied = crate::db::migrate(settings.direct_database_url()).await?;
             println!("{} migration(s) applied", applied.len());
             let created = crate::outbox::housekeeping::create_partitions_ahead(&settings).await?;
             println!("{created} event log partition(s) created ahead");
@@ -154,7 +154,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::ResetEpochs { config } => {
             let settings = Settings::load(false, false, config.path.as_deref())?;
             crate::telemetry::init_logging(&settings);
-            let n = crate::db::reset_epochs(&settings.database_url).await?;
+            let n = crate::db::reset_epochs(settings.direct_database_url()).await?;
             println!("{n} inbox(es) given a new epoch");
             Ok(())
         }

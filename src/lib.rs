@@ -31,6 +31,7 @@ pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod timed;
+pub mod tls;
 pub mod topics;
 pub mod web;
 pub mod wire;

@@ -74,6 +74,10 @@ impl Application {
         metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     ) -> anyhow::Result<Self> {
         let pool = prepare_database(&settings).await?;
+        if let Some(url) = &settings.redis_url {
+            let info = broker::connection_info_with_ca(url, settings.redis_ca_file.as_deref())?;
+            broker::check_tls(&broker::redis_pool_for(info.clone())?, &info).await?;
+        }
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let mut bg = Background {
             tasks: vec![],
@@ -234,15 +238,17 @@ impl Background {
 
 /// Migrations, the event log's partitions, then the pool.
 async fn prepare_database(settings: &Settings) -> anyhow::Result<db::DbPool> {
-    let applied = db::migrate(&settings.database_url).await?;
+    // Migrations need a session of their own (their lock, their statements): never a pooler.
+    let applied = db::migrate(settings.direct_database_url()).await?;
     if !applied.is_empty() {
         tracing::info!(?applied, "migrations applied");
     }
     prepare_event_log(settings).await;
-    db::pool(
+    db::pool_with(
         &settings.database_url,
         settings.db_pool_size,
         db::Limits::from_settings(settings),
+        settings.pooler(),
     )
 }
 
@@ -255,8 +261,9 @@ fn start_broker(
 ) -> anyhow::Result<(Option<deadpool_redis::Pool>, Broker)> {
     let redis = match &settings.redis_url {
         Some(url) => {
-            let pool = broker::redis_pool(url)?;
-            bg.spawn(|stop| hub.clone().run_redis(url.clone(), stop));
+            let info = broker::connection_info_with_ca(url, settings.redis_ca_file.as_deref())?;
+            let pool = broker::redis_pool_for(info.clone())?;
+            bg.spawn(|stop| hub.clone().run_redis(info, stop));
             Some(pool)
         }
         None => {
@@ -276,7 +283,7 @@ fn start_broker(
 /// the pruning.
 fn start_relay(settings: &Settings, broker: Broker, waker: &Waker, bg: &mut Background) {
     let relay = Relay {
-        database_url: settings.database_url.clone(),
+        database_url: settings.direct_database_url().to_string(),
         broker,
         waker: waker.clone(),
         settings: settings.clone(),
@@ -421,13 +428,17 @@ pub async fn run_relay(settings: Settings) -> anyhow::Result<()> {
         .redis_url
         .clone()
         .context("`notifyd relay` needs REDIS_URL (single-node mode relays inside `serve`)")?;
-    db::migrate(&settings.database_url).await?;
+    db::migrate(settings.direct_database_url()).await?;
     prepare_event_log(&settings).await;
-    let pool = db::pool(
+    let pool = db::pool_with(
         &settings.database_url,
         2,
         db::Limits::from_settings(&settings),
+        settings.pooler(),
     )?;
+    let info = broker::connection_info_with_ca(&url, settings.redis_ca_file.as_deref())?;
+    let redis = broker::redis_pool_for(info.clone())?;
+    broker::check_tls(&redis, &info).await?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let waker = Waker::new();
     let housekeeper = Housekeeper {
@@ -435,8 +446,8 @@ pub async fn run_relay(settings: Settings) -> anyhow::Result<()> {
         waker: waker.clone(),
     };
     let relay = Relay {
-        database_url: settings.database_url.clone(),
-        broker: Broker::Redis(broker::redis_pool(&url)?),
+        database_url: settings.direct_database_url().to_string(),
+        broker: Broker::Redis(redis),
         waker: waker.clone(),
         settings,
     };

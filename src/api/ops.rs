@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
-use diesel_async::RunQueryDsl;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -52,7 +51,10 @@ pub struct Readiness {
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let db = tokio::time::timeout(DB_CHECK_TIMEOUT, async {
         match state.pool.get().await {
-            Ok(mut c) => diesel::sql_query("SELECT 1").execute(&mut c).await.is_ok(),
+            // The simple protocol: no prepared statement (a transaction pooler could not carry one).
+            Ok(mut c) => diesel_async::SimpleAsyncConnection::batch_execute(&mut *c, "SELECT 1")
+                .await
+                .is_ok(),
             Err(_) => false,
         }
     })

@@ -291,7 +291,11 @@ impl Hub {
 
     /// The Redis subscriber loop: connect, subscribe, route, PING, and start over after any
     /// failure. Runs until `shutdown` turns true.
-    pub async fn run_redis(self: Arc<Self>, url: String, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run_redis(
+        self: Arc<Self>,
+        info: redis::ConnectionInfo,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         self.redis.store(true, Ordering::SeqCst);
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -299,7 +303,7 @@ impl Hub {
                 return;
             }
             let mut connected_at = None;
-            match self.serve(&url, &mut shutdown, &mut connected_at).await {
+            match self.serve(&info, &mut shutdown, &mut connected_at).await {
                 Ok(()) => return,
                 Err(e) => {
                     self.set_disconnected();
@@ -329,11 +333,11 @@ impl Hub {
     /// reconnects). Dropping the stream on return closes the connection.
     async fn serve(
         &self,
-        url: &str,
+        info: &redis::ConnectionInfo,
         shutdown: &mut watch::Receiver<bool>,
         connected_at: &mut Option<tokio::time::Instant>,
     ) -> anyhow::Result<()> {
-        let client = redis::Client::open(super::connection_info(url)?)?;
+        let client = redis::Client::open(info.clone())?;
         let pubsub = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
             .await
             .context("connect timeout")??;

@@ -117,9 +117,44 @@ fn discard(conn: deadpool_redis::Connection) {
 }
 
 /// `url` with this service's TCP settings: keepalive probes and `TCP_USER_TIMEOUT`, so a peer
-/// that vanished is noticed by the kernel too, not only by our command timeouts.
+/// that vanished is noticed by the kernel too, not only by our command timeouts. A `rediss://`
+/// URL trusts the system store (which honours `SSL_CERT_FILE`); see [`connection_info_with_ca`].
 pub fn connection_info(url: &str) -> anyhow::Result<redis::ConnectionInfo> {
+    connection_info_with_ca(url, None)
+}
+
+/// [`connection_info`] with `NOTIFYD_REDIS_CA_FILE`: the server's certificate of a `rediss://`
+/// URL must lead to this CA (and name the host: the redis crate always checks it). A CA file
+/// with a `redis://` URL is an error (it would silently mean "no TLS").
+pub fn connection_info_with_ca(
+    url: &str,
+    ca_file: Option<&std::path::Path>,
+) -> anyhow::Result<redis::ConnectionInfo> {
+    // The redis crate builds its rustls configuration with the process's default provider.
+    crate::tls::provider();
     let info = url.into_connection_info().context("parsing REDIS_URL")?;
+    let info = match ca_file {
+        None => info,
+        Some(path) => {
+            if !matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+                anyhow::bail!(
+                    "NOTIFYD_REDIS_CA_FILE is set but REDIS_URL is not a rediss:// URL (no TLS)"
+                );
+            }
+            let pem = std::fs::read(path)
+                .with_context(|| format!("reading NOTIFYD_REDIS_CA_FILE {}", path.display()))?;
+            crate::tls::roots_from_pem(&pem)
+                .with_context(|| format!("NOTIFYD_REDIS_CA_FILE {}", path.display()))?;
+            let certs = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem),
+            };
+            redis::Client::build_with_tls(info, certs)
+                .context("TLS for REDIS_URL")?
+                .get_connection_info()
+                .clone()
+        }
+    };
     let keepalive = TcpKeepalive::new()
         .with_time(hub::TCP_KEEPALIVE_IDLE)
         .with_interval(hub::TCP_KEEPALIVE_INTERVAL)
@@ -132,11 +167,15 @@ pub fn connection_info(url: &str) -> anyhow::Result<redis::ConnectionInfo> {
 }
 
 pub fn redis_pool(url: &str) -> anyhow::Result<deadpool_redis::Pool> {
+    redis_pool_for(connection_info(url)?)
+}
+
+pub fn redis_pool_for(info: redis::ConnectionInfo) -> anyhow::Result<deadpool_redis::Pool> {
     // The response timeout is a second line behind `query`'s own timeout.
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(POOL_WAIT))
         .set_response_timeout(Some(PUBLISH_TIMEOUT));
-    let manager = deadpool_redis::Manager::new_with_config(connection_info(url)?, config)
+    let manager = deadpool_redis::Manager::new_with_config(info, config)
         .context("building the redis pool")?;
     deadpool_redis::Pool::builder(manager)
         .max_size(16)
@@ -147,6 +186,42 @@ pub fn redis_pool(url: &str) -> anyhow::Result<deadpool_redis::Pool> {
         .build()
         .context("building the redis pool")
 }
+
+/// At start-up, for a `rediss://` URL: one PING, so a certificate the client refuses (a wrong
+/// CA, a host name the certificate does not carry) stops start-up with the reason instead of
+/// being retried forever in the background. Redis merely being down is not a reason to stop
+/// (the node starts not ready, as with `redis://`): that is only logged.
+pub async fn check_tls(
+    pool: &deadpool_redis::Pool,
+    info: &redis::ConnectionInfo,
+) -> anyhow::Result<()> {
+    if !matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+        return Ok(());
+    }
+    let result = query_cmd::<String>(pool, &redis::cmd("PING"), CONNECT_CHECK).await;
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let text = format!("{e:#}");
+            let refused = e.chain().any(crate::tls::is_certificate_error)
+                || text.contains("invalid peer certificate")
+                || text.contains("CertificateError")
+                || text.contains("certificate");
+            if refused {
+                Err(e).context(
+                    "Redis over TLS: the server's certificate was refused (check \
+                     NOTIFYD_REDIS_CA_FILE and the host name in REDIS_URL)",
+                )
+            } else {
+                tracing::warn!(error = %text, "Redis over TLS is not reachable yet; starting anyway");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Bound on [`check_tls`]'s PING (connect and TLS handshake included).
+const CONNECT_CHECK: Duration = Duration::from_secs(5);
 
 /// Bound on each leg of the readiness canary (PUBLISH, then seeing it arrive).
 pub const CANARY_TIMEOUT: Duration = Duration::from_secs(2);

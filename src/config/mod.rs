@@ -28,6 +28,17 @@ pub const MAX_BROADCAST_BATCH: i64 = 10_000;
 #[derive(Clone)]
 pub struct Settings {
     pub database_url: String,
+    /// `NOTIFYD_DATABASE_DIRECT_URL`: PostgreSQL itself, for the connections that need a server
+    /// session of their own (the relay's and housekeeper's leader locks, `LISTEN`, migrations)
+    /// when `database_url` goes through a pooler. `None`: `database_url`.
+    pub database_direct_url: Option<String>,
+    /// `NOTIFYD_DATABASE_POOLER`: `Some(Transaction)` when `database_url` is a pooler in
+    /// `pool_mode = transaction` (PgBouncer), see `db::Pooler`; `None` (`auto`): a transaction
+    /// pooler exactly when a direct URL is set (see `pooler`).
+    pub database_pooler: Option<crate::db::Pooler>,
+    /// `NOTIFYD_REDIS_CA_FILE`: the CA (PEM) a `rediss://` server's certificate must lead to.
+    /// `None`: the system store (which honours `SSL_CERT_FILE`).
+    pub redis_ca_file: Option<std::path::PathBuf>,
     /// `None` = single-node mode with the in-process broker.
     pub redis_url: Option<String>,
     /// Prefix of every Redis key and channel this deployment uses (lets tests and tenants share a Redis).
@@ -147,6 +158,9 @@ impl Settings {
     pub fn new(database_url: impl Into<String>) -> Self {
         Settings {
             database_url: database_url.into(),
+            database_direct_url: None,
+            database_pooler: None,
+            redis_ca_file: None,
             redis_url: None,
             redis_prefix: "notifyd:".into(),
             bind: "127.0.0.1:8080".into(),
@@ -311,11 +325,39 @@ impl Settings {
                     .into(),
             );
         }
+        if s.database_pooler == Some(crate::db::Pooler::Transaction)
+            && s.database_direct_url.is_none()
+        {
+            problems.push(
+                "NOTIFYD_DATABASE_POOLER = \"transaction\" needs NOTIFYD_DATABASE_DIRECT_URL: the \
+                 relay's leader locks and LISTEN need a PostgreSQL session of their own, which a \
+                 transaction pooler does not keep"
+                    .into(),
+            );
+        }
         if !problems.is_empty() {
             bail!("invalid configuration:\n  {}", problems.join("\n  "));
         }
         Ok(s)
     }
+    /// The URL of PostgreSQL itself (not a pooler): for dedicated connections.
+    pub fn direct_database_url(&self) -> &str {
+        self.database_direct_url
+            .as_deref()
+            .unwrap_or(&self.database_url)
+    }
+
+    /// How the pool reaches PostgreSQL: as `NOTIFYD_DATABASE_POOLER` says, or (`auto`) through
+    /// a transaction pooler when a direct URL is set (a direct URL says `DATABASE_URL` is not
+    /// direct; a pooler in session mode works with the transaction discipline too).
+    pub fn pooler(&self) -> crate::db::Pooler {
+        self.database_pooler
+            .unwrap_or(match self.database_direct_url {
+                Some(_) => crate::db::Pooler::Transaction,
+                None => crate::db::Pooler::None,
+            })
+    }
+
     /// Whether anyone, also without a token, may subscribe to `topic`.
     pub fn is_public_topic(&self, topic: &str) -> bool {
         self.public_topics
@@ -397,6 +439,62 @@ mod tests {
         );
         assert_eq!(s.topic_of_channel(&s.user_channel("42")), None);
         assert_eq!(s.topic_of_channel("other:t:x"), None);
+    }
+
+    /// A transaction pooler cannot carry the relay's leader locks and LISTEN: the direct URL
+    /// is required with it, and is what dedicated connections use.
+    #[test]
+    fn a_transaction_pooler_needs_the_direct_url() {
+        let e = refusal(&[SECRET, ("NOTIFYD_DATABASE_POOLER", "transaction")]);
+        assert!(e.contains("NOTIFYD_DATABASE_DIRECT_URL"), "{e}");
+        let s = load(
+            &[
+                SECRET,
+                ("DATABASE_URL", "postgres://u@pgbouncer:6432/n"),
+                ("NOTIFYD_DATABASE_POOLER", "transaction"),
+                (
+                    "NOTIFYD_DATABASE_DIRECT_URL",
+                    "postgres://u@db:5432/n?sslmode=verify-full",
+                ),
+            ],
+            false,
+        )
+        .expect("accepted");
+        assert_eq!(s.pooler(), crate::db::Pooler::Transaction);
+        assert_eq!(
+            s.direct_database_url(),
+            "postgres://u@db:5432/n?sslmode=verify-full"
+        );
+        // `auto`: a direct URL means DATABASE_URL is a pooler; without one, PostgreSQL itself.
+        let s = load(
+            &[
+                SECRET,
+                ("NOTIFYD_DATABASE_DIRECT_URL", "postgres://u@db:5432/n"),
+            ],
+            false,
+        )
+        .expect("accepted");
+        assert_eq!(s.pooler(), crate::db::Pooler::Transaction);
+        let s = load(
+            &[
+                SECRET,
+                ("NOTIFYD_DATABASE_DIRECT_URL", "postgres://u@db:5432/n"),
+                ("NOTIFYD_DATABASE_POOLER", "none"),
+            ],
+            false,
+        )
+        .expect("accepted");
+        assert_eq!(s.pooler(), crate::db::Pooler::None);
+        assert_eq!(
+            load(&[SECRET], false).expect("accepted").pooler(),
+            crate::db::Pooler::None
+        );
+        assert_eq!(
+            Settings::new("postgres://a/b").direct_database_url(),
+            "postgres://a/b"
+        );
+        let e = refusal(&[SECRET, ("NOTIFYD_DATABASE_POOLER", "session")]);
+        assert!(e.contains("`auto`, `none` or `transaction`"), "{e}");
     }
 
     /// The table's documented defaults are the defaults the code runs with.

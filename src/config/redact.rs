@@ -40,6 +40,9 @@ impl fmt::Debug for Settings {
         // Destructured so that a new field cannot be left out (and leak by a derive).
         let Settings {
             database_url,
+            database_direct_url,
+            database_pooler,
+            redis_ca_file,
             redis_url,
             redis_prefix,
             bind,
@@ -97,6 +100,12 @@ impl fmt::Debug for Settings {
             .collect();
         f.debug_struct("Settings")
             .field("database_url", &url(database_url))
+            .field(
+                "database_direct_url",
+                &database_direct_url.as_deref().map(url),
+            )
+            .field("database_pooler", database_pooler)
+            .field("redis_ca_file", redis_ca_file)
             .field("redis_url", &redis_url.as_deref().map(url))
             .field("redis_prefix", redis_prefix)
             .field("bind", bind)

@@ -124,13 +124,56 @@ pub static SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        env: "NOTIFYD_DATABASE_DIRECT_URL",
+        default: Default::Note("`DATABASE_URL`"),
+        secret: true,
+        kind: Kind::Value {
+            range: "a `postgres://` URL",
+            set: |s, v| {
+                s.database_direct_url = Some(values::postgres_url(v)?);
+                Ok(())
+            },
+        },
+    },
+    Setting {
+        env: "NOTIFYD_DATABASE_POOLER",
+        default: Default::Value("auto"),
+        secret: false,
+        kind: Kind::Value {
+            range: "`auto`, `none` or `transaction`",
+            set: |s, v| {
+                s.database_pooler = match v.trim() {
+                    "auto" => None,
+                    "none" => Some(crate::db::Pooler::None),
+                    "transaction" => Some(crate::db::Pooler::Transaction),
+                    _ => return Err("must be `auto`, `none` or `transaction`".into()),
+                };
+                Ok(())
+            },
+        },
+    },
+    Setting {
         env: "REDIS_URL",
         default: Default::Note("unset"),
         secret: true,
         kind: Kind::Value {
-            range: "a `redis://` URL",
+            range: "a `redis://` or `rediss://` URL",
             set: |s, v| {
                 s.redis_url = Some(values::redis_url(v)?);
+                Ok(())
+            },
+        },
+    },
+    Setting {
+        env: "NOTIFYD_REDIS_CA_FILE",
+        default: Default::Note("the system store"),
+        secret: false,
+        kind: Kind::Value {
+            range: "a PEM file",
+            set: |s, v| {
+                let path = std::path::PathBuf::from(v.trim());
+                crate::tls::roots_from_file(&path).map_err(|e| format!("{e:#}"))?;
+                s.redis_ca_file = Some(path);
                 Ok(())
             },
         },

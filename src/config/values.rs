@@ -224,8 +224,17 @@ pub fn origin_allowed(allowed: &[String], origin: &str) -> bool {
 pub fn postgres_url(raw: &str) -> Result<String, String> {
     let raw = raw.trim();
     let scheme_ok = raw.starts_with("postgres://") || raw.starts_with("postgresql://");
-    if !scheme_ok || raw.parse::<tokio_postgres::Config>().is_err() {
-        return Err("must be a postgres:// URL (postgres://user:password@host:5432/db)".into());
+    let usage = "must be a postgres:// URL (postgres://user:password@host:5432/db)";
+    if !scheme_ok {
+        return Err(usage.into());
+    }
+    // libpq's TLS parameters are read by `db::Ssl` (tokio-postgres knows only some of them).
+    let rest = match crate::db::Ssl::split(raw) {
+        Ok((rest, _)) => rest,
+        Err(e) => return Err(format!("{usage}: {e:#}")),
+    };
+    if rest.parse::<tokio_postgres::Config>().is_err() {
+        return Err(usage.into());
     }
     Ok(raw.to_string())
 }
@@ -234,8 +243,27 @@ pub fn postgres_url(raw: &str) -> Result<String, String> {
 pub fn redis_url(raw: &str) -> Result<String, String> {
     use redis::IntoConnectionInfo;
     let raw = raw.trim();
-    if raw.into_connection_info().is_err() {
-        return Err("must be a redis:// URL (redis://:password@host:6379/0)".into());
+    match raw.into_connection_info() {
+        Err(_) => {
+            return Err(
+                "must be a redis:// URL, or rediss:// for TLS (redis://:password@host:6379/0)"
+                    .into(),
+            )
+        }
+        // TLS without checking the certificate is not offered (contract §11).
+        Ok(info)
+            if matches!(
+                info.addr(),
+                redis::ConnectionAddr::TcpTls { insecure: true, .. }
+            ) =>
+        {
+            return Err(
+                "`#insecure` (TLS without a certificate check) is not supported: give \
+                        the CA in NOTIFYD_REDIS_CA_FILE"
+                    .into(),
+            )
+        }
+        Ok(_) => {}
     }
     Ok(raw.to_string())
 }
@@ -368,5 +396,12 @@ mod tests {
         assert!(postgres_url("postgres://h:notaport/db").is_err());
         assert!(redis_url("redis://127.0.0.1:6379").is_ok());
         assert!(redis_url("http://127.0.0.1").is_err());
+    }
+
+    #[test]
+    fn rediss_is_tls_and_an_unchecked_certificate_is_refused() {
+        assert!(redis_url("rediss://cache.example.com:6380/0").is_ok());
+        let e = redis_url("rediss://cache.example.com:6380/#insecure").expect_err("refused");
+        assert!(e.contains("#insecure"), "{e}");
     }
 }

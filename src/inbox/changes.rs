@@ -112,18 +112,15 @@ pub async fn since(
     since: i64,
     epoch: Option<i64>,
 ) -> Result<Changes, ApiError> {
-    conn.build_transaction()
-        .repeatable_read()
-        .read_only()
-        .run::<_, ApiError, _>(async |conn| {
-            let c = inbox_state::get(conn, user).await?;
-            if must_reset(since, epoch, &c) || since == c.seq {
-                return Ok(resolve(Some(since), epoch, c, vec![]));
-            }
-            let rows = events::range(conn, user, since, Some(c.seq), MAX_REPLAY).await?;
-            Ok(resolve(Some(since), epoch, c, rows))
-        })
-        .await
+    crate::db::snapshot(conn, async |conn| {
+        let c = inbox_state::get(conn, user).await?;
+        if must_reset(since, epoch, &c) || since == c.seq {
+            return Ok(resolve(Some(since), epoch, c, vec![]));
+        }
+        let rows = events::range(conn, user, since, Some(c.seq), MAX_REPLAY).await?;
+        Ok(resolve(Some(since), epoch, c, rows))
+    })
+    .await
 }
 
 pub async fn counts(conn: &mut Conn, user: &str) -> Result<Counters, ApiError> {

@@ -95,7 +95,7 @@ impl Housekeeper {
             idle_session_timeout: Some(s.housekeeping_interval + s.relay_db_timeout * 2),
             ..db::Limits::from_settings(s)
         };
-        let mut conn = db::connect(&s.database_url, &limits).await?;
+        let mut conn = db::connect(s.direct_database_url(), &limits).await?;
         let name = format!("notifyd housekeeper {}", s.node_id);
         bounded(s.relay_db_timeout, session::set_name(&mut conn, &name)).await?;
         bounded(s.relay_db_timeout, session::asynchronous_commit(&mut conn)).await?;
@@ -367,7 +367,7 @@ async fn create_ahead(
 /// after the migrations: on its own connection, without the housekeeper's lock (two nodes racing
 /// here both end well: one creates, the other's attempt fails and is logged).
 pub async fn create_partitions_ahead(s: &Settings) -> anyhow::Result<usize> {
-    let mut conn = db::connect(&s.database_url, &db::Limits::from_settings(s)).await?;
+    let mut conn = db::connect(s.direct_database_url(), &db::Limits::from_settings(s)).await?;
     create_ahead(&mut conn, s, Utc::now()).await
 }
 

@@ -127,7 +127,7 @@ impl Relay {
         shutdown: &mut watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
         let t = self.settings.relay_db_timeout;
-        let mut conn = db::connect(&self.settings.database_url, &self.limits()).await?;
+        let mut conn = db::connect(self.settings.direct_database_url(), &self.limits()).await?;
         // Named so operators (and the chaos harness) can see which node holds the leader lock.
         let name = if part.count > 1 {
             format!("notifyd relay {} p{}", self.settings.node_id, part.index)
@@ -332,7 +332,7 @@ async fn listen_for_wakes(settings: Settings, waker: Waker) {
     let t = settings.relay_db_timeout;
     let limits = db::Limits::from_settings(&settings);
     loop {
-        match db::connect(&settings.database_url, &limits).await {
+        match db::connect(settings.direct_database_url(), &limits).await {
             Ok(mut conn) => {
                 if let Err(e) = listen_on(&mut conn, &waker, t).await {
                     tracing::debug!(error = %format!("{e:#}"), "LISTEN connection lost; reconnecting");

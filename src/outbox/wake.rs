@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use diesel_async::RunQueryDsl;
 use tokio::sync::{watch, Notify};
 
 use crate::db::DbPool;
@@ -103,7 +102,12 @@ impl Waker {
                 Ok(Ok(mut conn)) => {
                     match tokio::time::timeout(
                         NOTIFY_TIMEOUT,
-                        diesel::sql_query(format!("NOTIFY {CHANNEL}")).execute(&mut conn),
+                        // The simple protocol: no prepared statement (a transaction pooler could not carry
+                        // one); NOTIFY in its own implicit transaction.
+                        diesel_async::SimpleAsyncConnection::batch_execute(
+                            &mut *conn,
+                            &format!("NOTIFY {CHANNEL}"),
+                        ),
                     )
                     .await
                     {

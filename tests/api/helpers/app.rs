@@ -128,6 +128,14 @@ pub fn settings_for(db_url: &str, opts: &Opts) -> Settings {
     s.heartbeat = opts.heartbeat;
     s.node_id = opts.node_id.clone();
     s.db_pool_size = 8;
+    // scripts/tls-pooler-test.sh: the same tests with requests going through PgBouncer in
+    // transaction mode, and the relay, LISTEN and migrations to PostgreSQL directly (a direct
+    // URL alone makes the node treat DATABASE_URL as a transaction pooler).
+    if let Ok(pooler) = std::env::var("TEST_DATABASE_POOLER_URL") {
+        let name = &db_url[db_url.rfind('/').expect("a database in the url") + 1..];
+        s.database_direct_url = Some(db_url.to_string());
+        s.database_url = format!("{}/{name}", pooler.trim_end_matches('/'));
+    }
     if let Some(m) = opts.max_body_bytes {
         s.max_body_bytes = m;
     }

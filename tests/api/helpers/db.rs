@@ -14,25 +14,46 @@ pub fn admin_url() -> String {
 pub struct TestDb {
     pub name: String,
     pub url: String,
+    /// The server's maintenance database it was made from (and is dropped through).
+    admin: String,
+}
+
+/// The service's own connection code (TLS parameters of the URL included).
+async fn admin_conn(url: &str) -> AsyncPgConnection {
+    notifyd::db::connect(url, &notifyd::db::Limits::default())
+        .await
+        .unwrap_or_else(|e| panic!("admin connection to PostgreSQL: {e}"))
 }
 
 impl TestDb {
     pub async fn new() -> Self {
+        Self::on(&admin_url()).await
+    }
+
+    /// A fresh database on the server of `admin` (a URL of its maintenance database, whose
+    /// query string, e.g. TLS parameters, the new database's URL keeps).
+    pub async fn on(admin: &str) -> Self {
         let name = format!("notifyd_test_{}", rand_hex());
-        let mut admin = AsyncPgConnection::establish(&admin_url())
-            .await
-            .expect("admin connection to PostgreSQL");
+        let mut conn = admin_conn(admin).await;
         diesel::sql_query(format!("CREATE DATABASE \"{name}\""))
-            .execute(&mut admin)
+            .execute(&mut conn)
             .await
             .expect("create test database");
-        let base = admin_url();
+        let (base, query) = match admin.split_once('?') {
+            Some((b, q)) => (b, format!("?{q}")),
+            None => (admin, String::new()),
+        };
         let url = format!(
-            "{}/{}",
+            "{}/{}{}",
             &base[..base.rfind('/').expect("admin url has a database")],
-            name
+            name,
+            query
         );
-        TestDb { name, url }
+        TestDb {
+            name,
+            url,
+            admin: admin.to_string(),
+        }
     }
 
     pub async fn conn(&self) -> AsyncPgConnection {
@@ -45,6 +66,7 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
+        let admin = self.admin.clone();
         // Drop runs outside async context guarantees: use a throwaway runtime on its own thread.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -52,7 +74,8 @@ impl Drop for TestDb {
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
-                if let Ok(mut admin) = AsyncPgConnection::establish(&admin_url()).await {
+                let limits = notifyd::db::Limits::default();
+                if let Ok(mut admin) = notifyd::db::connect(&admin, &limits).await {
                     let _ = diesel::sql_query(format!(
                         "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
                     ))
