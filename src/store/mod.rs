@@ -9,6 +9,7 @@ pub mod idempotency;
 pub mod inbox_state;
 pub mod messages;
 pub mod outbox;
+pub mod relay_node;
 pub mod schema;
 pub mod session;
 pub mod topic_retained;

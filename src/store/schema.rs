@@ -93,3 +93,13 @@ diesel::allow_tables_to_appear_in_same_query!(
     outbox,
     idempotency_key
 );
+
+// The live relay processes (src/outbox/share.rs reads and writes it in SQL).
+diesel::table! {
+    relay_node (id) {
+        id -> Text,
+        seen_at -> Timestamptz,
+        partitions -> Int4,
+        led -> Array<Int4>,
+    }
+}

@@ -18,6 +18,7 @@ mod liveness;
 mod local_delivery;
 mod names;
 mod relay;
+mod relay_spread;
 mod resync;
 mod spine;
 mod storm;

@@ -1,0 +1,61 @@
+//! `relay_node`: the live relay processes and the partitions each leads (`outbox::share`).
+//!
+//! Every time is the database's (`now()`), so the nodes' clocks never need to agree.
+
+use diesel::sql_types::{Array, Double, Integer, Text};
+use diesel::QueryableByName;
+use diesel_async::RunQueryDsl;
+
+use super::Conn;
+
+#[derive(QueryableByName, Debug)]
+struct Live {
+    #[diesel(sql_type = Text)]
+    id: String,
+}
+
+/// This relay's heartbeat: upserts its row (seen now, the partition count it runs, the
+/// partitions it leads) and returns the ids of every relay seen within `live_s` seconds, itself
+/// included, sorted. One statement, one round trip; the data-modifying CTE is not visible to the
+/// outer query, so this node is added to the list by hand.
+pub async fn beat(
+    conn: &mut Conn,
+    id: &str,
+    partitions: i32,
+    led: &[i32],
+    live_s: f64,
+) -> diesel::QueryResult<Vec<String>> {
+    let rows: Vec<Live> = diesel::sql_query(
+        "WITH me AS ( \
+           INSERT INTO relay_node (id, seen_at, partitions, led) VALUES ($1, now(), $2, $3) \
+           ON CONFLICT (id) DO UPDATE SET seen_at = now(), partitions = $2, led = $3) \
+         SELECT id FROM relay_node WHERE id <> $1 AND seen_at > now() - make_interval(secs => $4) \
+         UNION ALL SELECT $1 \
+         ORDER BY 1",
+    )
+    .bind::<Text, _>(id)
+    .bind::<Integer, _>(partitions)
+    .bind::<Array<Integer>, _>(led)
+    .bind::<Double, _>(live_s)
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| r.id).collect())
+}
+
+/// A relay that stops cleanly leaves at once (the others need not wait out its last heartbeat).
+pub async fn leave(conn: &mut Conn, id: &str) -> diesel::QueryResult<()> {
+    diesel::sql_query("DELETE FROM relay_node WHERE id = $1")
+        .bind::<Text, _>(id)
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+/// Forgets relays not seen for `older_s` seconds (processes that died; restarted ones come back
+/// under a new id). Returns how many rows went.
+pub async fn prune(conn: &mut Conn, older_s: f64) -> diesel::QueryResult<usize> {
+    diesel::sql_query("DELETE FROM relay_node WHERE seen_at < now() - make_interval(secs => $1)")
+        .bind::<Double, _>(older_s)
+        .execute(conn)
+        .await
+}
