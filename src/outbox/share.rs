@@ -7,9 +7,12 @@
 //!
 //! - Every relay process upserts its row in `relay_node` every `HEARTBEAT_EVERY` and reads the
 //!   ids of the relays seen within `LIVE_FOR` (`store::relay_node::beat`, one statement, the
-//!   database's clock). With `L` live relays and `N` partitions, the relay ranked `r` among the
-//!   sorted ids has the target `⌊N/L⌋ + (1 if r < N mod L)`: the targets add up to `N`, and no
-//!   relay's exceeds `⌈N/L⌉`.
+//!   database's clock). With `L` live relays and `N` partitions, the relay ranked `r` has the
+//!   target `⌊N/L⌋ + (1 if r < N mod L)`: the targets add up to `N`, and no relay's exceeds
+//!   `⌈N/L⌉`. Relays are ranked by the partitions they led at their last heartbeat, most first,
+//!   then by id: the extra places go to relays that already hold them, so a relay that joins
+//!   never takes a partition from one that is not over `⌈N/L⌉` (with one partition, the default,
+//!   a joining relay leaves the leader alone).
 //! - A stand-by partition tries its lock only while this process leads fewer than its target
 //!   (`reserve`); a leader over the target gives its partition up after its in-flight batch
 //!   (`release_surplus`), so a relay that joins finds free locks to take.
@@ -55,6 +58,12 @@ pub fn target(n: u32, live: usize, rank: usize) -> u32 {
     let live = u32::try_from(live.max(1)).unwrap_or(u32::MAX);
     let rank = u32::try_from(rank).unwrap_or(u32::MAX);
     n / live + u32::from(rank < n % live)
+}
+
+/// Where `me` stands among the live relays: those leading more first, then by id.
+pub fn rank(mut live: Vec<relay_node::Live>, me: &str) -> usize {
+    live.sort_by(|a, b| b.led.cmp(&a.led).then_with(|| a.id.cmp(&b.id)));
+    live.iter().position(|l| l.id == me).unwrap_or(0)
 }
 
 /// This process's side of the spread: its id in `relay_node`, how many partitions it holds, and
@@ -256,9 +265,12 @@ impl Share {
             relay_node::beat(c, self.id(), partitions, &led, LIVE_FOR.as_secs_f64()),
         )
         .await?;
-        let rank = live.iter().position(|id| id == self.id()).unwrap_or(0);
         metrics::gauge!("notifyd_relay_live").set(live.len() as f64);
-        self.set_target(target(self.inner.partitions, live.len(), rank));
+        self.set_target(target(
+            self.inner.partitions,
+            live.len(),
+            rank(live, self.id()),
+        ));
         Ok(())
     }
 }
@@ -284,6 +296,29 @@ mod tests {
             (0..3).map(|r| target(4, 3, r)).collect::<Vec<_>>(),
             [2, 1, 1]
         );
+    }
+
+    #[test]
+    fn relays_that_lead_more_rank_first_so_a_joining_relay_takes_nothing_it_need_not() {
+        let live = |v: &[(&str, i32)]| {
+            v.iter()
+                .map(|(id, led)| relay_node::Live {
+                    id: id.to_string(),
+                    led: *led,
+                })
+                .collect::<Vec<_>>()
+        };
+        // One partition led by "b"; "a" joins: "b" keeps it.
+        let l = live(&[("a", 0), ("b", 1)]);
+        assert_eq!(target(1, 2, rank(l.clone(), "b")), 1);
+        assert_eq!(target(1, 2, rank(l, "a")), 0);
+        // 2 + 2, a third joins: one of the two gives one up, the first by id keeps 2.
+        let l = live(&[("c", 0), ("a", 2), ("b", 2)]);
+        let ts: Vec<u32> = ["a", "b", "c"]
+            .iter()
+            .map(|me| target(4, 3, rank(l.clone(), me)))
+            .collect();
+        assert_eq!(ts, [2, 1, 1]);
     }
 
     #[test]

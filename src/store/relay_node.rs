@@ -8,38 +8,40 @@ use diesel_async::RunQueryDsl;
 
 use super::Conn;
 
-#[derive(QueryableByName, Debug)]
-struct Live {
+/// A live relay: its id and how many partitions it led at its last heartbeat.
+#[derive(QueryableByName, Debug, Clone, PartialEq, Eq)]
+pub struct Live {
     #[diesel(sql_type = Text)]
-    id: String,
+    pub id: String,
+    #[diesel(sql_type = Integer)]
+    pub led: i32,
 }
 
 /// This relay's heartbeat: upserts its row (seen now, the partition count it runs, the
-/// partitions it leads) and returns the ids of every relay seen within `live_s` seconds, itself
-/// included, sorted. One statement, one round trip; the data-modifying CTE is not visible to the
-/// outer query, so this node is added to the list by hand.
+/// partitions it leads) and returns every relay seen within `live_s` seconds, itself included.
+/// One statement, one round trip; the data-modifying CTE is not visible to the outer query, so
+/// this node is added to the list by hand.
 pub async fn beat(
     conn: &mut Conn,
     id: &str,
     partitions: i32,
     led: &[i32],
     live_s: f64,
-) -> diesel::QueryResult<Vec<String>> {
-    let rows: Vec<Live> = diesel::sql_query(
+) -> diesel::QueryResult<Vec<Live>> {
+    diesel::sql_query(
         "WITH me AS ( \
            INSERT INTO relay_node (id, seen_at, partitions, led) VALUES ($1, now(), $2, $3) \
            ON CONFLICT (id) DO UPDATE SET seen_at = now(), partitions = $2, led = $3) \
-         SELECT id FROM relay_node WHERE id <> $1 AND seen_at > now() - make_interval(secs => $4) \
-         UNION ALL SELECT $1 \
-         ORDER BY 1",
+         SELECT id, cardinality(led) AS led FROM relay_node \
+           WHERE id <> $1 AND seen_at > now() - make_interval(secs => $4) \
+         UNION ALL SELECT $1, cardinality($3)",
     )
     .bind::<Text, _>(id)
     .bind::<Integer, _>(partitions)
     .bind::<Array<Integer>, _>(led)
     .bind::<Double, _>(live_s)
     .load(conn)
-    .await?;
-    Ok(rows.into_iter().map(|r| r.id).collect())
+    .await
 }
 
 /// A relay that stops cleanly leaves at once (the others need not wait out its last heartbeat).
