@@ -6,19 +6,20 @@
 //! process *tries* to lead, so that they spread:
 //!
 //! - Every relay process upserts its row in `relay_node` every `HEARTBEAT_EVERY` and reads the
-//!   ids of the relays seen within `LIVE_FOR` (`store::relay_node::beat`, one statement, the
-//!   database's clock). With `L` live relays and `N` partitions, the relay ranked `r` has the
+//!   relays alive: seen within `LIVE_FOR` and their heartbeat session still open
+//!   (`store::relay_node::beat`, one statement, the database's clock). With `L` live relays and `N` partitions, the relay ranked `r` has the
 //!   target `⌊N/L⌋ + (1 if r < N mod L)`: the targets add up to `N`, and no relay's exceeds
 //!   `⌈N/L⌉`. Relays are ranked by the partitions they led at their last heartbeat, most first,
-//!   then by id: the extra places go to relays that already hold them, so a relay that joins
-//!   never takes a partition from one that is not over `⌈N/L⌉` (with one partition, the default,
-//!   a joining relay leaves the leader alone).
+//!   then by id: the extra places go to relays that already hold them, so partitions move only
+//!   as far as the spread needs (with one partition, the default, a joining relay leaves the
+//!   leader alone).
 //! - A stand-by partition tries its lock only while this process leads fewer than its target
 //!   (`reserve`); a leader over the target gives its partition up after its in-flight batch
 //!   (`release_surplus`), so a relay that joins finds free locks to take.
-//! - A relay that stops cleanly deletes its row; one that dies stops heartbeating and drops out
-//!   of the others' count after `LIVE_FOR`. Its locks went with its sessions already, so the
-//!   others, whose targets then rise, take its partitions at their next stand-by retry.
+//! - A relay that stops cleanly deletes its row; one whose process dies drops out of the others'
+//!   count at their next heartbeat (its heartbeat session ended with it), one cut off silently
+//!   after `LIVE_FOR`. Its locks go with its sessions, so the others, whose targets then rise,
+//!   take its partitions at their next stand-by retry (measured: under 1 s after a SIGKILL).
 //!
 //! Why PostgreSQL and not Redis keys with a TTL: PostgreSQL already holds the locks that decide
 //! leadership and is the source of truth for the outbox; a relay that cannot reach it cannot lead
@@ -45,9 +46,9 @@ use crate::store::{relay_node, session};
 
 /// How often each relay writes its heartbeat and recounts the live relays.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
-/// A relay not seen for this long is dead to the others. Five heartbeats: a loaded machine may
-/// delay a few without partitions moving; a dead relay's partitions are taken over within this
-/// plus one heartbeat plus a stand-by retry (~6.5 s, inside the contract's 10 s).
+/// A relay not seen for this long is dead to the others, even if its heartbeat session looks
+/// open (a silent path). Five heartbeats: a loaded machine may delay a few without partitions
+/// moving. A relay whose process died is out sooner (its session is gone: `relay_node::beat`).
 pub const LIVE_FOR: Duration = Duration::from_secs(5);
 /// Rows of relays gone this long are deleted (a restarted process has a new id).
 const FORGET_AFTER: Duration = Duration::from_secs(600);

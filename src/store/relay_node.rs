@@ -17,8 +17,14 @@ pub struct Live {
     pub led: i32,
 }
 
-/// This relay's heartbeat: upserts its row (seen now, the partition count it runs, the
-/// partitions it leads) and returns every relay seen within `live_s` seconds, itself included.
+/// This relay's heartbeat: upserts its row (seen now, from this session, the partition count it
+/// runs, the partitions it leads) and returns every live relay, itself included: seen within
+/// `live_s` seconds and its heartbeat session still open. The session test finds a relay whose
+/// process died at the next heartbeat of the others (PostgreSQL ends the backend as soon as the
+/// socket closes) instead of after `live_s`; a relay behind a silent path (its socket still open)
+/// drops out after `live_s`. Behind a transaction pooler the session may be another client's or
+/// gone: the first only leaves the `live_s` bound, the second counts a live relay out for less
+/// than a heartbeat (it beats again within a second), moving nothing but free partitions.
 /// One statement, one round trip; the data-modifying CTE is not visible to the outer query, so
 /// this node is added to the list by hand.
 pub async fn beat(
@@ -30,10 +36,12 @@ pub async fn beat(
 ) -> diesel::QueryResult<Vec<Live>> {
     diesel::sql_query(
         "WITH me AS ( \
-           INSERT INTO relay_node (id, seen_at, partitions, led) VALUES ($1, now(), $2, $3) \
-           ON CONFLICT (id) DO UPDATE SET seen_at = now(), partitions = $2, led = $3) \
-         SELECT id, cardinality(led) AS led FROM relay_node \
+           INSERT INTO relay_node (id, seen_at, pid, partitions, led) \
+           VALUES ($1, now(), pg_backend_pid(), $2, $3) \
+           ON CONFLICT (id) DO UPDATE SET seen_at = now(), pid = pg_backend_pid(), partitions = $2, led = $3) \
+         SELECT id, cardinality(led) AS led FROM relay_node r \
            WHERE id <> $1 AND seen_at > now() - make_interval(secs => $4) \
+             AND EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = r.pid) \
          UNION ALL SELECT $1, cardinality($3)",
     )
     .bind::<Text, _>(id)

@@ -99,6 +99,7 @@ diesel::table! {
     relay_node (id) {
         id -> Text,
         seen_at -> Timestamptz,
+        pid -> Int4,
         partitions -> Int4,
         led -> Array<Int4>,
     }

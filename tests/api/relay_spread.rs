@@ -186,13 +186,20 @@ async fn two_relays_split_the_partitions_and_the_survivor_takes_over_in_order() 
     }
     let mut sent = vec![0i64; users.len()];
     let mut killed_at = None;
+    let mut takeover = None;
     let mut a = Some(a);
     for i in 0..160 {
         if i == 40 {
             // SIGKILL: no clean shutdown, no row deleted; its sessions (and locks) end with it.
             let mut dead = a.take().expect("a runs");
             dead.child.kill().await.expect("kill relay-a");
-            killed_at = Some(Instant::now());
+            let at = Instant::now();
+            killed_at = Some(at);
+            // Watched while the events keep coming.
+            let url = db.url.clone();
+            takeover = Some(tokio::spawn(async move {
+                wait_for_counts(&url, &["relay-b"], &[4], at, "a died").await
+            }));
         }
         let k = i % users.len();
         sent[k] += 1;
@@ -202,8 +209,11 @@ async fn two_relays_split_the_partitions_and_the_survivor_takes_over_in_order() 
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let killed_at = killed_at.expect("relay-a was killed");
-    wait_for_counts(&db.url, &["relay-b"], &[4], killed_at, "a died").await;
+    assert!(killed_at.is_some(), "relay-a was killed");
+    takeover
+        .expect("watched")
+        .await
+        .expect("relay-b leads all four within 10 s of relay-a's death");
     assert_gauges(&db.url, &[("relay-b", &b)]).await;
 
     for (((u, tap), ws), n) in users.iter().zip(&mut taps).zip(&mut sockets).zip(&sent) {
