@@ -73,6 +73,9 @@ pub fn partition_lock(k: u32) -> i64 {
     LEADER_LOCK + (i64::from(k) << 16)
 }
 const STANDBY_RETRY: Duration = Duration::from_millis(250);
+/// A stand-by at its share tries no lock; it runs `SELECT 1` this often instead, well inside
+/// its session's `leader_idle_timeout`.
+const STANDBY_PING: Duration = Duration::from_secs(2);
 /// The longest the leader waits between two steps while the broker fails.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How often the LISTEN connection is checked with a bounded `SELECT 1`.
@@ -173,19 +176,28 @@ impl Relay {
         bounded(t, session::set_name(&mut conn, &name)).await?;
         bounded(t, outbox::tune_relay_session(&mut conn)).await?;
         let lock = partition_lock(part.index);
+        let mut last_call = Instant::now();
         loop {
             if *shutdown.borrow() {
                 return Ok(());
             }
-            if share.reserve() {
+            if !share.reserve() {
+                // At its share: no lock to try, but the session must not sit idle past its
+                // `idle_session_timeout` (PostgreSQL would end it, and this stand-by reconnect).
+                if last_call.elapsed() >= STANDBY_PING {
+                    bounded(t, diesel::sql_query("SELECT 1").execute(&mut conn)).await?;
+                    last_call = Instant::now();
+                }
+            } else {
                 let locked = bounded(t, session::try_lock(&mut conn, lock)).await;
+                last_call = Instant::now();
                 if !matches!(locked, Ok(true)) {
                     share.unreserve();
                 }
                 if locked? {
                     match self.turn(&mut conn, part, share, shutdown).await {
                         Ok(Turn::Shutdown) => return Ok(()),
-                        Ok(Turn::Released) => {}
+                        Ok(Turn::Released) => last_call = Instant::now(),
                         Err(e) => return Err(e),
                     }
                 }
