@@ -7,9 +7,9 @@
 //!    connection, RSS after a burst and after every client closed (`BENCH_ONLY=ws`);
 //! 6. an announcement to 100,000 known users: rows/s, and the longest stall of single POSTs
 //!    issued beside it (`announcement`, its own section; `BENCH_ONLY=announcement` runs only it).
-//! 7. the relay draining a backlog with 1, 2 and 4 partitions beside a `redis-benchmark`
-//!    pipelined PUBLISH ceiling measured in the same run (`BENCH_ONLY=relay` runs only it and
-//!    writes its own "Relay" section).
+//! 7. the relay draining a backlog with 1, 2 and 4 partitions over 1 and 2 relay processes,
+//!    beside a `redis-benchmark` pipelined PUBLISH ceiling measured in the same run
+//!    (`BENCH_ONLY=relay` runs only it and writes its own "Relay" section).
 //!
 //! Needs a release binary (`cargo build --release`), PostgreSQL and Redis (scripts/services.sh).
 //! Run: `cargo bench --bench load` (env BENCH_SECS, BENCH_WS_CONNS to change the sizes;
@@ -752,6 +752,10 @@ async fn relay_db(n: u64, seed: Seed) -> anyhow::Result<BenchDb> {
     diesel::sql_query("VACUUM ANALYZE")
         .execute(&mut conn)
         .await?;
+    // Held aside: each run puts it into the outbox only once its relays have spread.
+    diesel::sql_query("CREATE TABLE bench_held AS SELECT * FROM outbox ORDER BY id")
+        .execute(&mut conn)
+        .await?;
     Ok(db)
 }
 
@@ -790,6 +794,8 @@ fn redis_ceiling(n: u64, len: usize, clients: u32, pipeline: u32) -> anyhow::Res
 const ISSUE_REDIS_CEILING: f64 = 2_300_000.0;
 
 struct RelayRun {
+    /// Relay processes (`notifyd relay`) sharing the partitions.
+    processes: u32,
     partitions: u32,
     events: i64,
     secs: f64,
@@ -837,17 +843,80 @@ struct MinId {
     v: Option<i64>,
 }
 
-/// Starts `notifyd relay` with `partitions` on a seeded database and times the drain: from the
-/// first batch committed (the backlog dropped below its start) to an empty outbox, so the
-/// process's start-up is not counted. Polled every 25 ms (see `DrainProbe`).
+/// Starts `processes` × `notifyd relay` with `partitions` on a seeded database, waits until the
+/// partitions have spread over them (`relay_node`: every process live, every partition led, none
+/// leading more than ⌈partitions / processes⌉), then puts the held backlog into the outbox in one
+/// transaction and times the drain: from the first batch committed (the smallest id moved) to an
+/// empty outbox, so neither start-up nor the spread is counted. Polled every 25 ms (see
+/// `DrainProbe`).
 async fn relay_drain(
     bin: &str,
     db: &str,
     prefix: &str,
+    processes: u32,
     partitions: u32,
     probe: DrainProbe,
 ) -> anyhow::Result<RelayRun> {
-    let backlog = scalar(db, "SELECT count(*)::bigint AS v FROM outbox").await?;
+    diesel::sql_query("TRUNCATE outbox")
+        .execute(&mut AsyncPgConnection::establish(db).await?)
+        .await?;
+    let mut children = vec![];
+    for i in 0..processes {
+        let child = Command::new(bin)
+            .arg("relay")
+            .env("DATABASE_URL", db)
+            .env("REDIS_URL", "redis://127.0.0.1:6379")
+            .env("NOTIFYD_REDIS_PREFIX", prefix)
+            .env("NOTIFYD_JWT_SECRET", SECRET)
+            .env("NOTIFYD_RELAY_PARTITIONS", partitions.to_string())
+            .env("NOTIFYD_NODE_ID", format!("bench-relay-{i}"))
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("starting notifyd relay")?;
+        children.push(child);
+    }
+    let result = drain_spread(db, processes, partitions, probe).await;
+    let cpu: f64 = children.iter().map(|c| cpu_secs(c.id())).sum();
+    for child in &children {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+    }
+    for mut child in children {
+        let _ = child.wait();
+    }
+    result.map(|(events, secs)| RelayRun {
+        processes,
+        partitions,
+        events,
+        secs,
+        cpu_secs: cpu,
+    })
+}
+
+/// The part of `relay_drain` between starting the relays and stopping them: the events drained
+/// and the seconds it took.
+async fn drain_spread(
+    db: &str,
+    processes: u32,
+    partitions: u32,
+    probe: DrainProbe,
+) -> anyhow::Result<(i64, f64)> {
+    let most = partitions.div_ceil(processes);
+    let spread = format!(
+        "SELECT CASE WHEN count(*) = {processes} AND sum(cardinality(led)) = {partitions} \
+           AND max(cardinality(led)) <= {most} THEN 1 ELSE 0 END::bigint AS v \
+         FROM relay_node WHERE seen_at > now() - interval '3 seconds'"
+    );
+    let waited = Instant::now();
+    while scalar(db, &spread).await? != 1 {
+        if waited.elapsed() > Duration::from_secs(60) {
+            bail!("{partitions} partitions did not spread over {processes} relays in 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let mut watch = AsyncPgConnection::establish(db).await?;
     for set in [
         "SET enable_seqscan = off",
@@ -856,24 +925,18 @@ async fn relay_drain(
         diesel::sql_query(set).execute(&mut watch).await?;
     }
     let min_id = "SELECT min(id) AS v FROM outbox";
-    let first_id = diesel::sql_query(min_id)
+    let first_id = diesel::sql_query("SELECT min(id) AS v FROM bench_held")
         .get_result::<MinId>(&mut watch)
         .await?
         .v;
-    let mut child = Command::new(bin)
-        .arg("relay")
-        .env("DATABASE_URL", db)
-        .env("REDIS_URL", "redis://127.0.0.1:6379")
-        .env("NOTIFYD_REDIS_PREFIX", prefix)
-        .env("NOTIFYD_JWT_SECRET", SECRET)
-        .env("NOTIFYD_RELAY_PARTITIONS", partitions.to_string())
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .context("starting notifyd relay")?;
+    // One transaction: the relays see the whole backlog at once.
+    diesel::sql_query("INSERT INTO outbox SELECT * FROM bench_held ORDER BY id")
+        .execute(&mut watch)
+        .await?;
+    let backlog = scalar(db, "SELECT count(*)::bigint AS v FROM bench_held").await?;
     let waited = Instant::now();
     let mut first: Option<(Instant, i64)> = None;
-    let result = loop {
+    loop {
         // Whether the first batch was committed, whether the outbox is empty, and the entries
         // left when the probe counted them.
         let (started, empty, counted) = match probe {
@@ -900,24 +963,13 @@ async fn relay_drain(
         }
         if empty {
             let (t0, at) = first.unwrap_or((Instant::now(), 0));
-            break Ok(RelayRun {
-                partitions,
-                events: at,
-                secs: t0.elapsed().as_secs_f64(),
-                cpu_secs: cpu_secs(child.id()),
-            });
+            return Ok((at, t0.elapsed().as_secs_f64()));
         }
         if waited.elapsed() > Duration::from_secs(300) {
-            break Err(anyhow::anyhow!("relay did not drain the outbox in 300 s"));
+            bail!("the relays did not drain the outbox in 300 s");
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
-    };
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let _ = child.wait();
-    result
+    }
 }
 
 async fn relay_bench(bin: &str) -> anyhow::Result<()> {
@@ -932,24 +984,40 @@ async fn relay_bench(bin: &str) -> anyhow::Result<()> {
     let seed = Seed::from_env();
     let batch = std::env::var("NOTIFYD_RELAY_BATCH").unwrap_or_else(|_| "default".into());
     let probe = DrainProbe::from_env();
-    let mut runs = vec![];
-    let mut len = 0;
-    for &p in &parts {
-        println!("7/7 relay, {n} events, {p} partition(s)");
-        let db = relay_db(n, seed).await?;
-        len = relay_payload_len(&db.url).await?;
-        let r = relay_drain(bin, &db.url, &prefix, p, probe).await;
-        db.drop_db().await?;
-        let r = r?;
-        println!(
-            "    {} events in {:.2}s = {:.0} events/s, relay CPU {:.2}s",
-            r.events,
-            r.secs,
-            r.events as f64 / r.secs,
-            r.cpu_secs
-        );
-        runs.push(r);
+    let procs: Vec<u32> = std::env::var("BENCH_RELAY_PROCESSES")
+        .unwrap_or_else(|_| "1,2".into())
+        .split(',')
+        .filter_map(|p| p.trim().parse().ok())
+        .collect();
+    let load = load_average();
+    // One seeded database for every run: each run starts from an empty outbox (TRUNCATE) and
+    // puts the same held backlog into it.
+    let db = relay_db(n, seed).await?;
+    let len = relay_payload_len(&db.url).await?;
+    let mut all = vec![];
+    for &procs in &procs {
+        for &p in &parts {
+            println!("7/7 relay, {n} events, {p} partition(s) over {procs} relay process(es)");
+            let r = match relay_drain(bin, &db.url, &prefix, procs, p, probe).await {
+                Ok(r) => r,
+                Err(e) => {
+                    db.drop_db().await?;
+                    return Err(e);
+                }
+            };
+            println!(
+                "    {} events in {:.2}s = {:.0} events/s, relay CPU {:.2}s",
+                r.events,
+                r.secs,
+                r.events as f64 / r.secs,
+                r.cpu_secs
+            );
+            all.push(r);
+        }
     }
+    db.drop_db().await?;
+    // Issue 10's row and its goal are about one relay process.
+    let runs: Vec<&RelayRun> = all.iter().filter(|r| r.processes == 1).collect();
     // The ceiling right after, on the same payload size: one connection pipelined 500 deep
     // (what one relay partition does) and 50 connections (redis-benchmark's default).
     let one = redis_ceiling(n.max(500_000), len, 1, 500)?;
@@ -997,11 +1065,12 @@ async fn relay_bench(bin: &str) -> anyhow::Result<()> {
         )?;
     }
     let mut rows = String::new();
-    for r in &runs {
+    for r in &all {
         let rate = r.events as f64 / r.secs;
         rows.push_str(&format!(
-            "| {label} | {p} | **{rate:.0} events/s** ({ev} in {secs:.2} s) | {r1:.1}% | {r50:.1}% | {cpu:.1} µs |\n",
+            "| {label} | {procs} | {p} | **{rate:.0} events/s** ({ev} in {secs:.2} s) | {r1:.1}% | {r50:.1}% | {cpu:.1} µs |\n",
             cpu = r.cpu_secs / n as f64 * 1e6,
+            procs = r.processes,
             p = r.partitions,
             ev = r.events,
             secs = r.secs,
@@ -1009,10 +1078,26 @@ async fn relay_bench(bin: &str) -> anyhow::Result<()> {
             r50 = rate / many * 100.0,
         ));
     }
+    // Issue 25's goal: 4 partitions at least twice one partition's events/s, per process count.
+    let mut scaling = String::new();
+    for &procs in &procs {
+        let rate = |p: u32| {
+            all.iter()
+                .find(|r| r.processes == procs && r.partitions == p)
+                .map(|r| r.events as f64 / r.secs)
+        };
+        if let (Some(one_p), Some(four)) = (rate(1), rate(4)) {
+            let x = four / one_p;
+            scaling.push_str(&format!(
+                "- {procs} relay process(es): 4 partitions drained **{x:.2}×** what 1 did (goal ≥ 2×: {}).\n",
+                support::met(x >= 2.0)
+            ));
+        }
+    }
     let run = format!(
         "<!-- relay-run:{label} -->\n\
-Run `{label}` on {date}, commit `{commit}`: ceiling {one:.0} PUBLISH/s on 1 connection, {many:.0}/s on 50 (payload {len} B); outbox rows {seed}, relay batch {batch}, drain watched by {probe}; load average {load}.\n\n\
-| run | partitions | drained | of the 1-connection ceiling | of the 50-connection ceiling | relay process CPU per event |\n|---|---|---|---|---|---|\n{rows}\
+Run `{label}` on {date}, commit `{commit}`: ceiling {one:.0} PUBLISH/s on 1 connection, {many:.0}/s on 50 (payload {len} B); outbox rows {seed}, relay batch {batch}, drain watched by {probe}; load average {load} before the first drain, {load_end} after the last, on {cores} cores.\n\n\
+| run | relay processes | partitions | drained | of the 1-connection ceiling | of the 50-connection ceiling | relay CPU per event (all processes) |\n|---|---|---|---|---|---|---|\n{rows}\n{scaling}\
 <!-- relay-run-end:{label} -->\n",
         date = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
         commit = git_commit(),
@@ -1021,15 +1106,22 @@ Run `{label}` on {date}, commit `{commit}`: ceiling {one:.0} PUBLISH/s on 1 conn
             DrainProbe::Count => "`count(*)` on a new connection every 25 ms (the old probe)",
         },
         seed = seed.describe(),
-        load = std::fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .split_whitespace()
-            .next()
-            .unwrap_or("?"),
+        load_end = load_average(),
+        cores = std::thread::available_parallelism().map_or(0, std::num::NonZeroUsize::get),
     );
     write_relay_run("docs/benchmarks.md", &label, &run)?;
     println!("wrote run `{label}` into the Relay section of docs/benchmarks.md");
     Ok(())
+}
+
+/// The 1-minute load average (`/proc/loadavg`).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .next()
+        .unwrap_or("?")
+        .to_string()
 }
 
 fn git_commit() -> String {

@@ -93,6 +93,15 @@ impl Application {
         );
         bg.spawn(|stop| presence.clone().run(stop));
         bg.spawn(|stop| waker.clone().run_notifier(pool.clone(), stop));
+        // Every node, leading or not: so the backlog's age is reported when no relay leads.
+        bg.spawn(|stop| {
+            crate::outbox::backlog::run(
+                pool.clone(),
+                settings.relay_partitions,
+                settings.db_request_timeout,
+                stop,
+            )
+        });
         if settings.relay_enabled {
             start_relay(&settings, broker, &waker, &mut bg);
         }

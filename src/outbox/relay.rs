@@ -9,6 +9,21 @@
 //! in one partition and are published by one leader in id order, batch after batch, so their
 //! order holds; different partitions run side by side. Every process must use the same number.
 //!
+//! The partitions spread over the live relays (`outbox::share`): a stand-by tries its lock only
+//! while its process leads fewer than its share, and a leader over its share gives its partition
+//! up between two batches. Order holds through every hand-over because a partition's new leader
+//! can only start once the old one can no longer publish, and the lock is what guarantees it:
+//! - a leader publishes only rows it claimed inside a transaction on the very session that holds
+//!   the lock, and PUBLISHes them (waiting for Redis's answer) before that transaction commits;
+//! - a leader that gives its partition up does so between batches: its last transaction has
+//!   committed and its last pipeline was acknowledged by Redis, so nothing of it is in flight
+//!   when `pg_advisory_unlock` returns, and the new leader's first claim sees the outbox after
+//!   that commit;
+//! - a leader that dies or loses its connection loses the lock only with its session; its
+//!   uncommitted claim rolls back and the rows go out again (at-least-once, dropped by seq), and
+//!   a leader cut off from PostgreSQL drops its batch (publish included) at its own timeout,
+//!   which is shorter than the server's `leader_idle_timeout` that ends its session (below).
+//!
 //! One batch is one transaction and three round trips: BEGIN; claim-and-delete in one statement
 //! (`store::outbox::claim_and_delete`); PUBLISH the batch in one pipeline; COMMIT. A failed
 //! publish rolls the delete back (nothing lost). Delivery to the broker is at-least-once: a crash
@@ -41,6 +56,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
+use super::share::Share;
 use super::wake::{Waker, CHANNEL};
 use crate::broker::{Broker, PUBLISH_TIMEOUT};
 use crate::config::Settings;
@@ -57,7 +73,9 @@ pub fn partition_lock(k: u32) -> i64 {
     LEADER_LOCK + (i64::from(k) << 16)
 }
 const STANDBY_RETRY: Duration = Duration::from_millis(250);
-const BACKLOG_EVERY: Duration = Duration::from_secs(5);
+/// A stand-by at its share tries no lock; it runs `SELECT 1` this often instead, well inside
+/// its session's `leader_idle_timeout`.
+const STANDBY_PING: Duration = Duration::from_secs(2);
 /// The longest the leader waits between two steps while the broker fails.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How often the LISTEN connection is checked with a bounded `SELECT 1`.
@@ -85,30 +103,48 @@ impl From<diesel::result::Error> for StepError {
     }
 }
 
+/// How a leader's turn ended without losing its connection.
+enum Turn {
+    Shutdown,
+    /// Its process leads more than its share: the partition is handed on.
+    Released,
+}
+
 impl Relay {
-    /// Runs every partition until `shutdown` turns true.
+    /// Runs every partition, and the heartbeat that spreads them, until `shutdown` turns true.
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
         let count = self.settings.relay_partitions.max(1);
         self.waker.set_partitions(count as usize);
+        let share = Share::new(&self.settings.node_id, count);
+        let heartbeat = tokio::spawn(share.clone().run(self.settings.clone(), shutdown.clone()));
         let tasks: Vec<_> = (0..count)
             .map(|index| {
                 let part = Partition { index, count };
-                tokio::spawn(self.clone().run_partition(part, shutdown.clone()))
+                tokio::spawn(
+                    self.clone()
+                        .run_partition(part, share.clone(), shutdown.clone()),
+                )
             })
             .collect();
         for t in tasks {
             let _ = t.await;
         }
+        let _ = heartbeat.await;
     }
 
     /// One partition until `shutdown` turns true: stand by, lead, and stand by again after any
     /// loss.
-    async fn run_partition(self, part: Partition, mut shutdown: watch::Receiver<bool>) {
+    async fn run_partition(
+        self,
+        part: Partition,
+        share: Share,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         loop {
             if *shutdown.borrow() {
                 return;
             }
-            if let Err(e) = self.session(part, &mut shutdown).await {
+            if let Err(e) = self.session(part, &share, &mut shutdown).await {
                 tracing::warn!(error = %e, partition = part.index, "relay lost its database connection; reconnecting");
             }
             tokio::select! {
@@ -118,12 +154,15 @@ impl Relay {
         }
     }
 
-    /// One database connection's life: stand by on it, retrying the leader lock every second,
-    /// and lead on it once the lock is ours. Returns `Ok` at shutdown, `Err` when the connection
-    /// (and with it any leadership) is lost.
+    /// One database connection's life: stand by on it, retrying the leader lock every
+    /// `STANDBY_RETRY` while this process leads fewer partitions than its share, and lead on it
+    /// once the lock is ours, until the share says to hand the partition on (then stand by again
+    /// on the same connection). Returns `Ok` at shutdown, `Err` when the connection (and with it
+    /// any leadership) is lost.
     async fn session(
         &self,
         part: Partition,
+        share: &Share,
         shutdown: &mut watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
         let t = self.settings.relay_db_timeout;
@@ -137,20 +176,31 @@ impl Relay {
         bounded(t, session::set_name(&mut conn, &name)).await?;
         bounded(t, outbox::tune_relay_session(&mut conn)).await?;
         let lock = partition_lock(part.index);
+        let mut last_call = Instant::now();
         loop {
             if *shutdown.borrow() {
                 return Ok(());
             }
-            if bounded(t, session::try_lock(&mut conn, lock)).await? {
-                tracing::info!(node = %self.settings.node_id, partition = part.index, "relay is now the leader");
-                metrics::counter!("notifyd_relay_leadership_acquired_total").increment(1);
-                self.waker.set_local_leader(true);
-                let listener =
-                    tokio::spawn(listen_for_wakes(self.settings.clone(), self.waker.clone()));
-                let result = self.lead(&mut conn, part, shutdown).await;
-                listener.abort();
-                self.waker.set_local_leader(false);
-                return result;
+            if !share.reserve() {
+                // At its share: no lock to try, but the session must not sit idle past its
+                // `idle_session_timeout` (PostgreSQL would end it, and this stand-by reconnect).
+                if last_call.elapsed() >= STANDBY_PING {
+                    bounded(t, diesel::sql_query("SELECT 1").execute(&mut conn)).await?;
+                    last_call = Instant::now();
+                }
+            } else {
+                let locked = bounded(t, session::try_lock(&mut conn, lock)).await;
+                last_call = Instant::now();
+                if !matches!(locked, Ok(true)) {
+                    share.unreserve();
+                }
+                if locked? {
+                    match self.turn(&mut conn, part, share, shutdown).await {
+                        Ok(Turn::Shutdown) => return Ok(()),
+                        Ok(Turn::Released) => last_call = Instant::now(),
+                        Err(e) => return Err(e),
+                    }
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(STANDBY_RETRY) => {}
@@ -159,15 +209,59 @@ impl Relay {
         }
     }
 
+    /// A turn as the partition's leader, the lock just taken on `conn` (with its place in the
+    /// share reserved): lead until shutdown, loss, or a hand-over, and give the place back.
+    async fn turn(
+        &self,
+        conn: &mut AsyncPgConnection,
+        part: Partition,
+        share: &Share,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<Turn> {
+        tracing::info!(node = %self.settings.node_id, partition = part.index, "relay is now the leader");
+        metrics::counter!("notifyd_relay_leadership_acquired_total").increment(1);
+        share.started(part.index);
+        self.waker.set_local_leader(true);
+        let listener = tokio::spawn(listen_for_wakes(self.settings.clone(), self.waker.clone()));
+        let result = self.lead(conn, part, share, shutdown).await;
+        listener.abort();
+        self.waker.set_local_leader(false);
+        match result {
+            Ok(Turn::Released) => {
+                // `release_surplus` already gave the place back. Between batches: the last
+                // transaction committed after Redis acknowledged its pipeline, so this leader has
+                // nothing in flight, and once the lock is free the next leader starts from the
+                // outbox as that commit left it. If the unlock fails, the caller drops the
+                // connection and the lock goes with the session.
+                let unlocked = bounded(
+                    self.settings.relay_db_timeout,
+                    session::unlock(conn, partition_lock(part.index)),
+                )
+                .await;
+                share.stopped(part.index);
+                unlocked?;
+                tracing::info!(node = %self.settings.node_id, partition = part.index, "relay handed its partition on (over its share)");
+                metrics::counter!("notifyd_relay_partitions_released_total").increment(1);
+                Ok(Turn::Released)
+            }
+            other => {
+                share.stopped(part.index);
+                share.unreserve();
+                other
+            }
+        }
+    }
+
     async fn lead(
         &self,
         conn: &mut AsyncPgConnection,
         part: Partition,
+        share: &Share,
         shutdown: &mut watch::Receiver<bool>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Turn> {
         let mut wakes = self.waker.subscribe();
+        let mut targets = share.target_changes();
         let mut backoff = Duration::from_millis(50);
-        let mut last_backlog = Instant::now() - BACKLOG_EVERY;
         let coalesce = self.settings.relay_coalesce;
         // When the last batch that published something started (the coalescing window's start).
         let mut last_published: Option<Instant> = None;
@@ -175,8 +269,13 @@ impl Relay {
         let step_bound = self.settings.relay_db_timeout + PUBLISH_TIMEOUT;
         loop {
             if *shutdown.borrow() {
-                return Ok(());
+                return Ok(Turn::Shutdown);
             }
+            // Only here, between batches, is a partition handed on (see the module's comment).
+            if share.release_surplus() {
+                return Ok(Turn::Released);
+            }
+            targets.borrow_and_update();
             // A wake from here on means "look again" after this batch.
             wakes.borrow_and_update();
             let started = Instant::now();
@@ -195,21 +294,14 @@ impl Relay {
                     if n > 0 {
                         last_published = Some(started);
                     }
-                    // Partition 0 reports for the whole outbox.
-                    if part.index == 0 && last_backlog.elapsed() >= BACKLOG_EVERY {
-                        last_backlog = Instant::now();
-                        let b =
-                            bounded(self.settings.relay_db_timeout, outbox::backlog(conn)).await?;
-                        metrics::gauge!("notifyd_outbox_backlog").set(b.entries as f64);
-                        metrics::gauge!("notifyd_outbox_oldest_age_seconds").set(b.oldest_age_s);
-                    }
                     if n as i64 >= self.settings.relay_batch {
                         continue; // more is waiting
                     }
                     tokio::select! {
                         _ = wakes.changed() => {}
                         _ = tokio::time::sleep(self.settings.relay_poll) => {}
-                        _ = shutdown.changed() => return Ok(()),
+                        _ = targets.changed() => continue, // maybe over its share now
+                        _ = shutdown.changed() => return Ok(Turn::Shutdown),
                     }
                     // Every commit wakes the relay. At a steady rate of single-message commits
                     // each would otherwise get a transaction of its own (claim, delete, publish,
@@ -225,7 +317,7 @@ impl Relay {
                     if let Some(rest) = rest {
                         tokio::select! {
                             _ = tokio::time::sleep(rest) => {}
-                            _ = shutdown.changed() => return Ok(()),
+                            _ = shutdown.changed() => return Ok(Turn::Shutdown),
                         }
                     }
                 }
@@ -235,7 +327,8 @@ impl Relay {
                     tracing::warn!(error = %e, "relay cannot publish; events stay in the outbox, retrying in {backoff:?}");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.changed() => return Ok(()),
+                        _ = targets.changed() => {}
+                        _ = shutdown.changed() => return Ok(Turn::Shutdown),
                     }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }

@@ -11,6 +11,7 @@ pub mod message_states;
 pub mod messages;
 pub mod outbox;
 pub mod push;
+pub mod relay_node;
 pub mod schema;
 pub mod session;
 pub mod topic_retained;

@@ -96,3 +96,14 @@ diesel::allow_tables_to_appear_in_same_query!(
     outbox,
     idempotency_key
 );
+
+// The live relay processes (src/outbox/share.rs reads and writes it in SQL).
+diesel::table! {
+    relay_node (id) {
+        id -> Text,
+        seen_at -> Timestamptz,
+        pid -> Int4,
+        partitions -> Int4,
+        led -> Array<Int4>,
+    }
+}

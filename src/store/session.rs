@@ -31,6 +31,16 @@ pub async fn try_lock(conn: &mut AsyncPgConnection, key: i64) -> diesel::QueryRe
     Ok(got.locked)
 }
 
+/// Gives the session-level advisory lock `key` back (a relay leader over its share hands its
+/// partition on). Whether it was held.
+pub async fn unlock(conn: &mut AsyncPgConnection, key: i64) -> diesel::QueryResult<bool> {
+    let got: Locked = diesel::sql_query("SELECT pg_advisory_unlock($1) AS locked")
+        .bind::<BigInt, _>(key)
+        .get_result(conn)
+        .await?;
+    Ok(got.locked)
+}
+
 /// Commits on this session do not wait for the WAL flush. For the housekeeper: a crash can lose
 /// only its last few commits, whole, and its work is then simply done again (rows past
 /// retention are still past it). Saves an fsync per user on a large expiry.

@@ -21,6 +21,7 @@ mod names;
 mod pooler;
 mod push;
 mod relay;
+mod relay_spread;
 mod resync;
 mod spine;
 mod sse;
