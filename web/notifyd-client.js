@@ -17,6 +17,12 @@
 // application ping every `heartbeat_s` and drops a connection that stayed silent for two of them,
 // and matches command replies to their commands by `ref`.
 //
+// Transports (option `transport`, docs/websocket.md "Transports and shared connections"): a
+// WebSocket (`/ws`), or Server-Sent Events (`/sse`, with a ticket; commands over REST) where a
+// WebSocket cannot get through; `auto` (the default) falls back to SSE and remembers that for the
+// notifyd origin for 24 h. `shared: true` keeps one connection for all tabs of the user (a
+// SharedWorker running this same client, notifyd-shared-worker.js, or a leader tab).
+//
 // Token lifetime: the server closes a socket with 4001 when its token's `exp` passes, unless the
 // client sent a fresh one in-band first. So the client reads `exp` from the JWT it got from
 // `getToken` (the payload only, no verification), calls `getToken` again before `exp` and sends
@@ -343,7 +349,8 @@ class SseConn {
 }
 
 /**
- * The notifyd client. One instance per user session (per tab); it owns one WebSocket at a time.
+ * The notifyd client. One instance per user session (per tab); it owns one connection (WebSocket
+ * or event stream) at a time, or, with `shared: true`, talks to the hub that owns it.
  */
 export class NotifydClient {
   /** @param {NotifydClientOptions} options */
@@ -717,7 +724,7 @@ export class NotifydClient {
     this._teardown(code, reason, alreadyClosed);
     this._rejectAll('disconnected', `connection lost (${reason}); the command may or may not have been applied`);
     if (!this._wanted) return;
-    if (!wasOpen && ws.kind !== 'sse' && this._mode === 'auto' && !this._wsEverOpen && !this._fellBack) {
+    if (!wasOpen && ws.kind !== 'sse' && this._mode === 'auto' && !this._wsEverOpen && !this._fellBack && this._ES) {
       // Contract §10: no hello within 5 s, or the first two attempts ended before one: SSE.
       this._wsEarlyFailures += 1;
       if (code === CLOSE_CONNECT_TIMEOUT || this._wsEarlyFailures >= AUTO_EARLY_FAILURES) {
