@@ -20,12 +20,6 @@ let browser;
 before(async () => {
   server = await new Notifyd().setup();
   browser = await launchBrowser();
-  if (process.env.CLIENT_FROM_DISK) {
-    const { repoRoot } = await import('./harness.mjs');
-    await browser.context.route(/\/client\/[a-z-]+\.js$/, (route) =>
-      route.fulfill({ path: `${repoRoot}/web/${new URL(route.request().url()).pathname.split('/').pop()}`, contentType: 'text/javascript' }),
-    );
-  }
 });
 
 after(async () => {
@@ -273,7 +267,7 @@ describe('shared: true (one connection per browser)', { timeout: 180_000 }, () =
     });
   });
 
-  it('a shared connection falls back to SSE like a tab of its own (one gauge, transport sse)', async () => {
+  it("a shared connection over SSE (transport: 'sse'): one stream for three tabs", async () => {
     const user = randomUser('swsse');
     const pages = [];
     for (let i = 0; i < 3; i++) {
@@ -282,7 +276,8 @@ describe('shared: true (one connection per browser)', { timeout: 180_000 }, () =
       pages.push(page);
     }
     assert.equal((await presence(user)).connections, 1);
-    assert.ok((await gauge('sse')) >= 1);
+    assert.ok((await gauge('sse')) >= 1, 'counted under transport="sse"');
+    for (const p of pages) assert.equal(await p.evaluate(() => Boolean(window.__client._port)), true);
     await server.send({ to_user: user, title: 'shared over sse', content: 'x' });
     for (const p of pages) await waitMessages(p, 1);
     for (const p of pages) assert.equal(await p.evaluate(() => window.__client.transport), 'sse');
