@@ -387,6 +387,8 @@ export class NotifydClient {
     /** @type {'ws'|'sse'|null} the transport of the current connection */
     this._transport = null;
     this._sharedOpt = options.shared === true;
+    /** true while this tab's connection is a hub's (shared: true) */
+    this._remote = false;
     this._sharedWorkerUrl = options.sharedWorkerUrl;
     /** the options a hub (worker or leader tab) builds its own client from */
     this._options = options;
@@ -1278,8 +1280,10 @@ export class NotifydClient {
   }
 
   /** A command run by the hub's client; resolves or rejects as it did there. */
-  _hubCall(method, args) {
-    if (!this._wanted || !this._hubPost) return Promise.reject(new NotifydError('closed', 'call connect() first'));
+  async _hubCall(method, args) {
+    // As on a connection of its own: a command waits for the (shared) connection to be open.
+    await this._whenOpen();
+    if (!this._wanted || !this._hubPost) throw new NotifydError('closed', 'the client was closed');
     const id = `h${++this._nextRef}`;
     return new Promise((resolve, reject) => {
       // The hub's own command timeout runs inside this one.
@@ -1463,7 +1467,10 @@ export class NotifydClient {
    * every session of the user, this one included).
    */
   async _readCommand(frame, path, body) {
-    if (this._remote) return this._hubCall(frame.type, [frame]);
+    if (this._remote) {
+      // The shared connection runs it; while it is not open, REST does the same here.
+      return this._state === 'open' ? this._hubCall(frame.type, [frame]) : this._rest('POST', path, body);
+    }
     if (this._ws && this._hello && this._ws.kind !== 'sse') {
       try {
         const ack = await this._command(frame);
