@@ -1,4 +1,4 @@
-//! Static browser assets: the JS client (always) and the demo pages (`serve --dev` only: the bell
+//! Static browser assets: the JS client and its SharedWorker (always) and the demo pages (`serve --dev` only: the bell
 //! at `/demo`, the live product page at `/demo/products`), plus the dev-only token endpoint the
 //! bell demo logs in with.
 
@@ -30,6 +30,12 @@ pub fn configure_client(cfg: &mut web::ServiceConfig, cors: &CorsPolicy) {
         "/client/notifyd-sw.js",
         GET,
         get().to(service_worker),
+    ))
+    .service(browser(
+        cors,
+        "/client/notifyd-shared-worker.js",
+        GET,
+        get().to(shared_worker),
     ));
 }
 
@@ -57,6 +63,15 @@ async fn client() -> HttpResponse {
         .content_type("text/javascript; charset=utf-8")
         .insert_header(("Cache-Control", "no-cache"))
         .body(include_str!("../web/notifyd-client.js"))
+}
+
+/// The SharedWorker of `shared: true` clients. An app hosts its own copy (a SharedWorker must be
+/// same-origin with the page); this one serves pages on notifyd's origin (the demo, the tests).
+async fn shared_worker() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .insert_header(("Cache-Control", "no-cache"))
+        .body(include_str!("../web/notifyd-shared-worker.js"))
 }
 
 async fn demo() -> HttpResponse {

@@ -17,6 +17,12 @@
 // application ping every `heartbeat_s` and drops a connection that stayed silent for two of them,
 // and matches command replies to their commands by `ref`.
 //
+// Transports (option `transport`, docs/websocket.md "Transports and shared connections"): a
+// WebSocket (`/ws`), or Server-Sent Events (`/sse`, with a ticket; commands over REST) where a
+// WebSocket cannot get through; `auto` (the default) falls back to SSE and remembers that for the
+// notifyd origin for 24 h. `shared: true` keeps one connection for all tabs of the user (a
+// SharedWorker running this same client, notifyd-shared-worker.js, or a leader tab).
+//
 // Token lifetime: the server closes a socket with 4001 when its token's `exp` passes, unless the
 // client sent a fresh one in-band first. So the client reads `exp` from the JWT it got from
 // `getToken` (the payload only, no verification), calls `getToken` again before `exp` and sends
@@ -129,7 +135,19 @@
  *   socket) is sent again up to this many times, after `busyRetryMs`, then twice that, ... (with
  *   jitter); after that its promise rejects with code `busy`
  * @property {number} [busyRetryMs=200] first wait before resending a `busy` command
+ * @property {'auto'|'ws'|'sse'} [transport='auto'] `ws`: WebSocket only; `sse`: Server-Sent Events
+ *   only (`GET /sse` with a ticket; commands over REST); `auto`: WebSocket first, and SSE when no
+ *   `hello` came within 5 s or the first two attempts ended before one (a proxy that strips
+ *   `Upgrade`). That fallback is remembered for the notifyd origin for 24 h (localStorage).
+ * @property {boolean} [shared=false] one server connection for all tabs of this browser profile,
+ *   origin and user: a SharedWorker ({@link NotifydClientOptions.sharedWorkerUrl}) holds it, or,
+ *   where there is none, one leader tab elected with Web Locks relays over BroadcastChannel
+ * @property {string|URL} [sharedWorkerUrl] the worker script (`notifyd-shared-worker.js`, shipped
+ *   beside this file) on the page's own origin; default beside this module
  * @property {typeof WebSocket} [WebSocket] WebSocket implementation (default the global one)
+ * @property {typeof EventSource} [EventSource] EventSource implementation (default the global one)
+ * @property {{getItem: Function, setItem: Function, removeItem?: Function}|null} [storage] where the
+ *   `auto` choice is remembered (default localStorage; null = nowhere)
  * @property {typeof fetch} [fetch]         fetch implementation (default the global one)
  */
 
@@ -266,8 +284,89 @@ export function refreshDelayMs(expSec, nowMs = Date.now(), rnd = Math.random()) 
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+/** `auto`: a WebSocket attempt without `hello` by then means the fallback to SSE (contract §10). */
+const AUTO_HELLO_MS = 5_000;
+/** `auto`: this many WebSocket attempts ended before any `hello`: the fallback to SSE. */
+const AUTO_EARLY_FAILURES = 2;
+/** How long the fallback to SSE is remembered for a notifyd origin. */
+const AUTO_REMEMBER_MS = 24 * 3600 * 1000;
+/** The localStorage key prefix of the remembered transport (followed by the notifyd origin). */
+const TRANSPORT_KEY = 'notifyd:transport:';
+/** Frame types an SSE stream carries as `event:` names (EventSource needs a listener per name). */
+const SSE_EVENTS = ['hello', 'sync', 'topic.event', ...PER_USER_TYPES];
+
+/** The localStorage key the `auto` choice for `baseUrl` is kept under. */
+export function transportKey(baseUrl) {
+  let origin = baseUrl;
+  try {
+    origin = new URL(baseUrl).origin;
+  } catch {
+    /* keep the raw string */
+  }
+  return TRANSPORT_KEY + origin;
+}
+
+/** The `sub` claim of a JWT (unverified, like {@link tokenExp}), or null. */
+export function tokenSub(token) {
+  if (typeof token !== 'string') return null;
+  const parts = token.split('.');
+  if (parts.length !== 3) return null;
+  try {
+    let b64 = parts[1].replace(/-/g, '+').replace(/_/g, '/');
+    b64 += '='.repeat((4 - (b64.length % 4)) % 4);
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    const payload = JSON.parse(new TextDecoder().decode(bytes));
+    return payload && typeof payload.sub === 'string' ? payload.sub : null;
+  } catch {
+    return null;
+  }
+}
+
 /**
- * The notifyd client. One instance per user session (per tab); it owns one WebSocket at a time.
+ * An EventSource dressed as the part of a WebSocket the client uses: `onmessage` gets every
+ * frame (whatever its `event:` name), `onclose` the end of the stream. There is nothing to send
+ * upstream (commands go over REST), so `readyState` is never 1 for {@link NotifydClient#_send}.
+ * The EventSource is closed on its first error: the client reconnects itself, with a fresh
+ * ticket, `since`, its backoff and its status events, as after any WebSocket drop.
+ */
+class SseConn {
+  constructor(ES, url) {
+    this.kind = 'sse';
+    this.readyState = 0;
+    this.onmessage = null;
+    this.onclose = null;
+    this.onerror = null;
+    const es = new ES(url);
+    this.es = es;
+    const deliver = (ev) => this.onmessage?.({ data: ev.data });
+    for (const name of SSE_EVENTS) es.addEventListener(name, deliver);
+    es.addEventListener('message', deliver);
+    es.addEventListener('error', (ev) => {
+      // `event: error` from the server is a MessageEvent with data (token_expired, ...); a
+      // failed or lost connection is a plain Event.
+      if (typeof ev.data === 'string') {
+        deliver(ev);
+        return;
+      }
+      es.close();
+      this.readyState = 3;
+      this.onclose?.({ code: 1006, reason: 'event stream lost' });
+    });
+  }
+
+  send() {
+    throw new Error('an event stream has no upstream');
+  }
+
+  close() {
+    this.readyState = 3;
+    this.es.close();
+  }
+}
+
+/**
+ * The notifyd client. One instance per user session (per tab); it owns one connection (WebSocket
+ * or event stream) at a time, or, with `shared: true`, talks to the hub that owns it.
  */
 export class NotifydClient {
   /** @param {NotifydClientOptions} options */
@@ -289,6 +388,28 @@ export class NotifydClient {
     this._busyRetries = options.busyRetries ?? 3;
     this._busyRetryMs = options.busyRetryMs ?? 200;
     this._WS = options.WebSocket ?? globalThis.WebSocket;
+    this._ES = options.EventSource ?? globalThis.EventSource;
+    const mode = options.transport ?? 'auto';
+    if (!['auto', 'ws', 'sse'].includes(mode)) {
+      throw new TypeError("NotifydClient: options.transport must be 'auto', 'ws' or 'sse'");
+    }
+    /** @type {'auto'|'ws'|'sse'} */
+    this._mode = mode;
+    this._storage = options.storage !== undefined ? options.storage : safeLocalStorage();
+    /** `auto` fell back to SSE (this client, or remembered for the origin) */
+    this._fellBack = mode === 'auto' && this._rememberedSse();
+    this._wsEverOpen = false; // a WebSocket reached `hello` in this client: auto stays on it
+    this._wsEarlyFailures = 0;
+    /** @type {'ws'|'sse'|null} the transport of the current connection */
+    this._transport = null;
+    this._sharedOpt = options.shared === true;
+    /** true while this tab's connection is a hub's (shared: true) */
+    this._remote = false;
+    this._sharedWorkerUrl = options.sharedWorkerUrl;
+    /** the options a hub (worker or leader tab) builds its own client from */
+    this._options = options;
+    /** set by a hub: topic ids are not filtered here (each tab filters its own) */
+    this._keepTopicRepeats = options._keepTopicRepeats === true;
     this._fetch = options.fetch ?? globalThis.fetch?.bind(globalThis);
 
     /** @type {number|null} */
@@ -357,6 +478,84 @@ export class NotifydClient {
     return this._state;
   }
 
+  /** @returns {'ws'|'sse'|null} the transport of the last connection (or of the shared one) */
+  get transport() {
+    return this._transport;
+  }
+
+  // ---------------------------------------------------------------- transport choice
+
+  _rememberedSse() {
+    try {
+      const raw = this._storage?.getItem(transportKey(this.baseUrl));
+      if (!raw) return false;
+      const v = JSON.parse(raw);
+      return v?.transport === 'sse' && Number.isFinite(v.until) && v.until > Date.now();
+    } catch {
+      return false;
+    }
+  }
+
+  _rememberSse() {
+    try {
+      const v = JSON.stringify({ transport: 'sse', until: Date.now() + AUTO_REMEMBER_MS });
+      this._storage?.setItem(transportKey(this.baseUrl), v);
+    } catch {
+      /* storage full or denied: the fallback is decided again next time */
+    }
+  }
+
+  /** `POST /api/v1/me/tickets` with `token`: a ticket for `GET /sse` (valid <= 5 min). */
+  async _mintTicket(token) {
+    if (!this._fetch) throw new NotifydError('network', 'no fetch available');
+    const res = await this._fetch(`${this.baseUrl}/api/v1/me/tickets`, {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${token}`, Accept: 'application/json' },
+    });
+    let json = null;
+    try {
+      json = await res.json();
+    } catch {
+      /* not JSON */
+    }
+    if (!res.ok || typeof json?.ticket !== 'string') {
+      throw new NotifydError(String(json?.error?.code ?? `http_${res.status}`), 'could not get an SSE ticket', {
+        status: res.status,
+      });
+    }
+    return json.ticket;
+  }
+
+  /**
+   * Over SSE the topics are fixed per stream: checks `topics` with `HEAD /sse` (403 for one not
+   * allowed, without opening a session), then reopens the stream with them, resuming with
+   * `since` (nothing is lost or doubled; retained values come again and repeats are dropped).
+   */
+  async _sseTopics(topics) {
+    const q = new URLSearchParams();
+    if (!this._anonymous) q.set('ticket', await this._mintTicket(await this._fetchToken()));
+    if (topics.length > 0) q.set('topics', topics.join(','));
+    if (topics.length > 0 || !this._anonymous) {
+      let res;
+      try {
+        res = await this._fetch(`${this.baseUrl}/sse?${q}`, { method: 'HEAD' });
+      } catch (e) {
+        throw new NotifydError('network', String(e?.message ?? e));
+      }
+      if (!res.ok) {
+        const code = res.status === 403 ? 'forbidden' : res.status === 422 ? 'validation_failed' : `http_${res.status}`;
+        throw new NotifydError(code, `topics refused (${res.status})`, { status: res.status });
+      }
+    }
+    this._topics = new Set(topics);
+    for (const t of this._topicIds.keys()) if (!this._topics.has(t)) this._topicIds.delete(t);
+    if (this._ws) this._teardown(1000, 'topics changed');
+    clearTimeout(this._retryTimer);
+    this._retryTimer = null;
+    this._open('topics changed');
+    await this._whenOpen();
+  }
+
   // ---------------------------------------------------------------- events
 
   /**
@@ -410,6 +609,10 @@ export class NotifydClient {
   connect() {
     if (this._wanted) return;
     this._wanted = true;
+    if (this._sharedOpt && !this._anonymous) {
+      this._startShared();
+      return;
+    }
     globalThis.addEventListener?.('online', this._onOnline);
     globalThis.document?.addEventListener?.('visibilitychange', this._onVisible);
     this._open();
@@ -419,6 +622,13 @@ export class NotifydClient {
   close() {
     if (!this._wanted) return;
     this._wanted = false;
+    if (this._remote) {
+      this._stopShared();
+      for (const w of this._openWaiters) w(new NotifydError('closed', 'the client was closed'));
+      this._openWaiters.clear();
+      this._status('closed', { reason: 'client closed' });
+      return;
+    }
     this._gen += 1;
     globalThis.removeEventListener?.('online', this._onOnline);
     globalThis.document?.removeEventListener?.('visibilitychange', this._onVisible);
@@ -448,27 +658,55 @@ export class NotifydClient {
     // close() or another attempt happened while the token was being fetched.
     if (gen !== this._gen || !this._wanted || this._ws) return;
     this._tokenExp = token === null ? null : tokenExp(token);
-    const q = new URLSearchParams(token === null ? {} : { token: String(token) });
+    const sse = this._mode === 'sse' || (this._mode === 'auto' && this._fellBack);
+    const q = new URLSearchParams();
+    if (sse) {
+      if (token !== null) {
+        // EventSource cannot set headers and a JWT must not sit in a URL: a short-lived ticket.
+        let ticket;
+        try {
+          ticket = await this._mintTicket(token);
+        } catch (e) {
+          if (gen === this._gen) this._scheduleRetry({ reason: `ticket failed: ${e?.message ?? e}` });
+          return;
+        }
+        if (gen !== this._gen || !this._wanted || this._ws) return;
+        q.set('ticket', ticket);
+      }
+      if (this._topics.size > 0) q.set('topics', [...this._topics].join(','));
+    } else if (token !== null) {
+      q.set('token', String(token));
+    }
     if (this._seq !== null) q.set('since', String(this._seq));
     // Epoch 0 with events applied cannot say whose they were (the server would answer with a
     // reset): sent as unknown, and learnt from this connection's hello (see _onHello).
     if (this._seq !== null && this._epoch !== null && !(this._epoch === 0 && this._seq > 0)) {
       q.set('epoch', String(this._epoch));
     }
-    const wsUrl = `${this.baseUrl.replace(/^http/i, 'ws')}/ws?${q}`;
     let ws;
     try {
-      ws = new this._WS(wsUrl);
+      if (sse) {
+        if (!this._ES) throw new Error('no EventSource available');
+        ws = new SseConn(this._ES, `${this.baseUrl}/sse?${q}`);
+      } else {
+        ws = new this._WS(`${this.baseUrl.replace(/^http/i, 'ws')}/ws?${q}`);
+      }
     } catch (e) {
       this._scheduleRetry({ reason: `bad url: ${e?.message ?? e}` });
       return;
     }
     this._ws = ws;
+    this._transport = sse ? 'sse' : 'ws';
     this._hello = false;
     this._helloEpoch = null;
-    this._connectTimer = setTimeout(() => {
-      if (this._ws === ws && !this._hello) this._drop(ws, CLOSE_CONNECT_TIMEOUT, 'connect timeout');
-    }, this._connectTimeout);
+    // `auto` on a WebSocket that never reached hello: 5 s decide the fallback.
+    const probing = !sse && this._mode === 'auto' && !this._wsEverOpen;
+    this._connectTimer = setTimeout(
+      () => {
+        if (this._ws === ws && !this._hello) this._drop(ws, CLOSE_CONNECT_TIMEOUT, 'connect timeout');
+      },
+      probing ? Math.min(this._connectTimeout, AUTO_HELLO_MS) : this._connectTimeout,
+    );
     ws.onmessage = (ev) => {
       if (this._ws !== ws) return;
       this._lastHeard = Date.now();
@@ -504,6 +742,15 @@ export class NotifydClient {
     this._teardown(code, reason, alreadyClosed);
     this._rejectAll('disconnected', `connection lost (${reason}); the command may or may not have been applied`);
     if (!this._wanted) return;
+    if (!wasOpen && ws.kind !== 'sse' && this._mode === 'auto' && !this._wsEverOpen && !this._fellBack && this._ES) {
+      // Contract §10: no hello within 5 s, or the first two attempts ended before one: SSE.
+      this._wsEarlyFailures += 1;
+      if (code === CLOSE_CONNECT_TIMEOUT || this._wsEarlyFailures >= AUTO_EARLY_FAILURES) {
+        this._fellBack = true;
+        this._scheduleRetry({ reason: `${reason}; falling back to SSE`, code }, 0);
+        return;
+      }
+    }
     // A connection that reached `hello` was healthy: its first retry waits at most backoffBase.
     if (wasOpen) this._attempt = 0;
     const now = Date.now();
@@ -568,6 +815,10 @@ export class NotifydClient {
   /** Drops the current connection and reconnects (with `since`), e.g. after a long sleep. */
   reconnect() {
     if (!this._wanted) return;
+    if (this._remote) {
+      this._hubCall('reconnect', []).catch(() => {});
+      return;
+    }
     if (this._ws) this._drop(this._ws, 1000, 'reconnect requested');
     this._retryNow('reconnect requested');
   }
@@ -695,8 +946,14 @@ export class NotifydClient {
         return;
       case 'topic.event':
         return this._onTopicEvent(f);
-      case 'ack':
       case 'error':
+        if (ws.kind === 'sse' && f.error?.code === 'token_expired') {
+          // The stream's JWT expired: reconnect at once with a fresh token (as after a 4001).
+          this._drop(ws, CLOSE_TOKEN_EXPIRED, 'token expired', false, true);
+          return;
+        }
+        return this._onReply(f);
+      case 'ack':
         return this._onReply(f);
       case 'pong':
         return;
@@ -712,12 +969,21 @@ export class NotifydClient {
     this._connectTimer = null;
     this._hello = true;
     this._attempt = 0;
+    const sse = ws.kind === 'sse';
+    if (sse) {
+      if (this._mode === 'auto') this._rememberSse();
+    } else {
+      this._wsEverOpen = true;
+    }
     if (Number.isFinite(f.heartbeat_s) && f.heartbeat_s > 0) this._heartbeatMs = f.heartbeat_s * 1000;
-    this._startHeartbeat(ws);
+    // An event stream cannot be pinged (its `: ping` comments never reach script), and its token
+    // cannot be refreshed in-band: it ends at exp with `token_expired` and is reopened at once.
+    if (!sse) this._startHeartbeat(ws);
     this._status('open', { user: f.user, seq: f.seq });
     if (!this._anonymous) {
       this._emit('token', { exp: this._tokenExp, source: 'connect' });
-      this._scheduleRefresh(ws);
+      if (!sse) this._scheduleRefresh(ws);
+      this._emit('_hello', { resumed: this._seq !== null });
       if (this._seq === null) {
         this._reset('initial', f);
       } else {
@@ -732,8 +998,9 @@ export class NotifydClient {
         this._setCounts(f, 'hello');
       }
     }
-    // Re-subscribe to the topics this client had (topics are per connection).
-    const topics = [...this._topics];
+    // Re-subscribe to the topics this client had (topics are per connection; an event stream
+    // was opened with them).
+    const topics = sse ? [] : [...this._topics];
     for (let i = 0; i < topics.length; i += 100) {
       const chunk = topics.slice(i, i + 100);
       this._command({ type: 'subscribe', topics: chunk }).catch((e) => {
@@ -750,7 +1017,7 @@ export class NotifydClient {
   _onTopicEvent(f) {
     if (typeof f.topic !== 'string') return;
     const id = typeof f.id === 'string' ? f.id : null;
-    if (id !== null) {
+    if (id !== null && !this._keepTopicRepeats) {
       let seen = this._topicIds.get(f.topic);
       if (!seen) this._topicIds.set(f.topic, (seen = new Set()));
       if (seen.has(id)) return;
@@ -790,6 +1057,11 @@ export class NotifydClient {
     if (!ev || !PER_USER_TYPES.has(ev.type) || !Number.isSafeInteger(ev.seq)) return true;
     if (this._seq !== null && ev.seq <= this._seq) return true; // duplicate: already applied
     if (this._seq !== null && ev.seq !== this._seq + 1) {
+      // A tab of a shared connection fetches what it missed (it joined late, or a hub changed).
+      if (this._remote) {
+        this._repairGap();
+        return false;
+      }
       // The server promises no holes; if one shows anyway, resume from what we have.
       this._drop(ws, CLOSE_GAP, `gap in seq: expected ${this._seq + 1}, got ${ev.seq}`);
       return false;
@@ -833,6 +1105,7 @@ export class NotifydClient {
     }
     this._setCounts(ev, ev.type);
     this._emit('event', ev);
+    this._emit('_applied', { ev, replayed });
     return true;
   }
 
@@ -865,11 +1138,309 @@ export class NotifydClient {
     this._pending.clear();
   }
 
+  // ---------------------------------------------------------------- shared connection (tab side)
+  //
+  // With `shared: true` this client owns no connection: a hub does (a SharedWorker, or the leader
+  // tab), running a plain NotifydClient and relaying to every tab what it applied. Each tab
+  // applies those events with its own seq (repeats dropped, a hole fetched over REST), filters
+  // topic events by its own subscriptions, and sends its commands to the hub. Messages:
+  // tab -> hub `{op: 'hello'|'bye'|'call'|'token', tab, ...}`, hub -> tab `{t: ..., to?}`.
+
+  async _startShared() {
+    this._remote = true;
+    this._hubCalls ??= new Map();
+    this._tabId = `t${Math.random().toString(36).slice(2)}${Date.now().toString(36)}`;
+    this._status('connecting', { attempt: 0 });
+    let token;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        token = await this._fetchToken();
+        break;
+      } catch (e) {
+        if (!this._wanted) return;
+        this._emit('error', { code: 'token', message: `getToken failed: ${e?.message ?? e}` });
+        await sleep(Math.random() * Math.min(this._backoffMax, this._backoffBase * 2 ** Math.min(attempt, 30)));
+      }
+      if (!this._wanted) return;
+    }
+    if (!this._wanted) return;
+    // One connection per browser profile, notifyd origin and user.
+    const key = `notifyd|${this.baseUrl}|${tokenSub(token) ?? ''}`;
+    this._pageHide = () => this._hubPost?.({ op: 'bye', tab: this._tabId });
+    globalThis.addEventListener?.('pagehide', this._pageHide);
+    const SW = globalThis.SharedWorker;
+    if (typeof SW === 'function') {
+      try {
+        const url = this._sharedWorkerUrl ?? new URL('./notifyd-shared-worker.js', import.meta.url);
+        const worker = new SW(url, { type: 'module', name: key });
+        const port = worker.port;
+        this._port = port;
+        port.onmessage = (e) => this._onHub(e.data);
+        // The script did not load (wrong URL, another origin): leader tabs instead.
+        worker.onerror = () => {
+          if (this._port !== port || this._welcomed) return;
+          port.close();
+          this._port = null;
+          this._electLeader(key);
+        };
+        this._hubPost = (m) => port.postMessage(m);
+        port.start();
+        this._sayHello();
+        return;
+      } catch {
+        this._port = null; // e.g. a SecurityError for a worker URL on another origin
+      }
+    }
+    this._electLeader(key);
+  }
+
+  /** Where there is no SharedWorker: the tab holding the Web Lock `key` is the hub. */
+  _electLeader(key) {
+    if (!globalThis.navigator?.locks || typeof globalThis.BroadcastChannel !== 'function') {
+      // Nothing to share with: this tab connects on its own.
+      this._remote = false;
+      this._open();
+      return;
+    }
+    const ch = new BroadcastChannel(key);
+    this._channel = ch;
+    ch.onmessage = (e) => {
+      const m = e.data;
+      if (!m || typeof m !== 'object') return;
+      if (typeof m.op === 'string') this._hub?.fromPeer(m.tab, m);
+      else if (m.to == null || m.to === this._tabId) this._onHub(m);
+    };
+    this._hubPost = (m) => {
+      if (this._hub) this._hub.fromPeer(this._tabId, m);
+      else ch.postMessage(m);
+    };
+    this._lockAbort = new AbortController();
+    navigator.locks
+      .request(key, { signal: this._lockAbort.signal }, () => {
+        if (!this._wanted) return undefined;
+        return new Promise((release) => {
+          this._releaseLock = release;
+          this._becomeLeader(ch);
+        });
+      })
+      .catch(() => {});
+    this._sayHello();
+  }
+
+  _becomeLeader(ch) {
+    const hub = new NotifydHub({
+      options: this._hubOptions(),
+      getToken: this._getToken,
+      storage: this._storage,
+      post: (m) => {
+        if (m.to == null || m.to === this._tabId) this._onHub(m);
+        if (m.to !== this._tabId) ch.postMessage(m);
+      },
+    });
+    this._hub = hub;
+    // Commands sent to the previous leader may or may not have been applied.
+    this._failHubCalls('disconnected', 'the shared connection moved to another tab');
+    hub.fromPeer(this._tabId, { op: 'hello', tab: this._tabId, topics: [...this._topics] });
+    ch.postMessage({ t: 'leader', tab: this._tabId });
+    hub.start();
+  }
+
+  _stopShared() {
+    this._hubPost?.({ op: 'bye', tab: this._tabId });
+    globalThis.removeEventListener?.('pagehide', this._pageHide);
+    if (this._hub) {
+      this._hub.close();
+      this._hub = null;
+    }
+    this._releaseLock?.();
+    this._releaseLock = null;
+    this._lockAbort?.abort();
+    this._channel?.close();
+    this._channel = null;
+    this._port?.close();
+    this._port = null;
+    this._hubPost = null;
+    this._welcomed = false;
+    this._failHubCalls('closed', 'the client was closed');
+  }
+
+  /** What a hub builds its client from (structured-cloneable: no functions). */
+  _hubOptions() {
+    return {
+      url: this.baseUrl,
+      transport: this._mode,
+      backoffBaseMs: this._backoffBase,
+      backoffMaxMs: this._backoffMax,
+      commandTimeoutMs: this._commandTimeout,
+      connectTimeoutMs: this._connectTimeout,
+      refreshToken: this._refreshEnabled,
+      busyRetries: this._busyRetries,
+      busyRetryMs: this._busyRetryMs,
+      since: this._seq,
+      epoch: this._epoch,
+    };
+  }
+
+  _sayHello() {
+    let remembered = null;
+    try {
+      remembered = this._storage?.getItem(transportKey(this.baseUrl)) ?? null;
+    } catch {
+      /* no storage */
+    }
+    this._hubPost?.({
+      op: 'hello',
+      tab: this._tabId,
+      topics: [...this._topics],
+      options: this._hubOptions(),
+      remembered,
+    });
+  }
+
+  _failHubCalls(code, message) {
+    if (!this._hubCalls) return;
+    for (const [, p] of this._hubCalls) {
+      clearTimeout(p.timer);
+      p.reject(new NotifydError(code, message));
+    }
+    this._hubCalls.clear();
+  }
+
+  /** A command run by the hub's client; resolves or rejects as it did there. */
+  async _hubCall(method, args) {
+    // As on a connection of its own: a command waits for the (shared) connection to be open.
+    await this._whenOpen();
+    if (!this._wanted || !this._hubPost) throw new NotifydError('closed', 'the client was closed');
+    const id = `h${++this._nextRef}`;
+    return new Promise((resolve, reject) => {
+      // The hub's own command timeout runs inside this one.
+      const timer = setTimeout(() => {
+        this._hubCalls.delete(id);
+        reject(new NotifydError('timeout', `no answer to ${method} from the shared connection`));
+      }, this._commandTimeout * 2);
+      this._hubCalls.set(id, { resolve, reject, timer });
+      this._hubPost({ op: 'call', tab: this._tabId, id, method, args });
+    });
+  }
+
+  async _remoteTopics(kind, topics) {
+    if (kind === 'subscribe') {
+      const added = topics.filter((t) => !this._topics.has(t));
+      // Known before the ack: the retained values follow it at once.
+      for (const t of added) this._topics.add(t);
+      try {
+        return await this._hubCall('subscribe', [topics]);
+      } catch (e) {
+        for (const t of added) this._topics.delete(t);
+        throw e;
+      }
+    }
+    for (const t of topics) {
+      this._topics.delete(t);
+      this._topicIds.delete(t);
+    }
+    return this._hubCall('unsubscribe', [topics]);
+  }
+
+  /** Fetches the events after this tab's seq over REST (a hole in what the hub relayed). */
+  async _repairGap() {
+    if (this._repairing) return;
+    this._repairing = true;
+    try {
+      const r = await this._rest('GET', `/api/v1/me/changes?since=${this._seq}`);
+      if (r?.reset) this._reset('server', r);
+      else for (const ev of Array.isArray(r?.events) ? r.events : []) if (!this._apply(null, ev, true)) break;
+    } catch (e) {
+      this._emit('error', { code: e?.code ?? 'network', message: `could not fetch missed events: ${e?.message ?? e}` });
+    } finally {
+      this._repairing = false;
+    }
+  }
+
+  _onHub(m) {
+    if (!m || typeof m !== 'object' || !this._wanted || !this._remote) return;
+    switch (m.t) {
+      case 'welcome':
+        this._welcomed = true;
+        this._transport = m.transport ?? null;
+        if (m.state === 'open') this._hubOpen(m.f);
+        return;
+      case 'leader':
+        // A new leader tab: what was asked of the old one is lost; introduce this tab again.
+        this._failHubCalls('disconnected', 'the shared connection moved to another tab');
+        this._sayHello();
+        return;
+      case 'status':
+        this._transport = m.transport ?? this._transport;
+        if (m.d?.state === 'open') {
+          this._status('open', m.d);
+          for (const w of this._openWaiters) w(null);
+          this._openWaiters.clear();
+        } else if (m.d?.state) {
+          this._status(m.d.state, m.d);
+        }
+        return;
+      case 'user':
+        this._apply(null, m.ev, m.replayed === true);
+        return;
+      case 'reset':
+        this._reset(m.reason, m.f);
+        return;
+      case 'counts':
+        // A resumed hello of the hub: a tab that knows nothing yet starts from it.
+        if (this._seq === null) this._reset('initial', m.f);
+        else this._setCounts(m.f, 'hello');
+        return;
+      case 'topic':
+        if (m.f && this._topics.has(m.f.topic)) this._onTopicEvent(m.f);
+        return;
+      case 'error':
+        this._emit('error', m.d);
+        return;
+      case 'token':
+        this._emit('token', m.d);
+        return;
+      case 'store':
+        try {
+          this._storage?.setItem(m.k, m.v);
+        } catch {
+          /* full or denied */
+        }
+        return;
+      case 'token?':
+        this._fetchToken().then(
+          (token) => this._hubPost?.({ op: 'token', tab: this._tabId, id: m.id, token }),
+          (e) => this._hubPost?.({ op: 'token', tab: this._tabId, id: m.id, error: String(e?.message ?? e) }),
+        );
+        return;
+      case 'result': {
+        const p = this._hubCalls.get(m.id);
+        if (!p) return;
+        this._hubCalls.delete(m.id);
+        clearTimeout(p.timer);
+        if (m.ok) p.resolve(m.v);
+        else p.reject(new NotifydError(String(m.e?.code ?? 'error'), String(m.e?.message ?? ''), m.e ?? {}));
+        return;
+      }
+    }
+  }
+
+  /** The hub is (or just got) connected: this tab catches up with it. */
+  _hubOpen(f) {
+    if (this._state !== 'open') this._status('open', { seq: f?.seq });
+    for (const w of this._openWaiters) w(null);
+    this._openWaiters.clear();
+    if (!f || !Number.isSafeInteger(f.seq)) return;
+    if (this._seq === null) this._reset('initial', f);
+    else if (this._seq < f.seq) this._repairGap();
+    else this._setCounts(f, 'hello');
+  }
+
   // ---------------------------------------------------------------- commands
 
   /** Resolves once a `hello` arrived (at once if open); rejects after the command timeout. */
   _whenOpen() {
-    if (this._ws && this._hello) return Promise.resolve();
+    if ((this._ws && this._hello) || (this._remote && this._state === 'open')) return Promise.resolve();
     if (!this._wanted) return Promise.reject(new NotifydError('closed', 'call connect() first'));
     return new Promise((resolve, reject) => {
       const waiter = (err) => {
@@ -923,7 +1494,11 @@ export class NotifydClient {
    * every session of the user, this one included).
    */
   async _readCommand(frame, path, body) {
-    if (this._ws && this._hello) {
+    if (this._remote) {
+      // The shared connection runs it; while it is not open, REST does the same here.
+      return this._state === 'open' ? this._hubCall(frame.type, [frame]) : this._rest('POST', path, body);
+    }
+    if (this._ws && this._hello && this._ws.kind !== 'sse') {
       try {
         const ack = await this._command(frame);
         return { seq: ack.seq, unread: ack.unread, unseen: ack.unseen };
@@ -1002,7 +1577,12 @@ export class NotifydClient {
     if (!Array.isArray(topics) || topics.some((t) => typeof t !== 'string')) {
       throw new TypeError('subscribe(topics): topics must be an array of strings');
     }
+    if (this._remote) return this._remoteTopics('subscribe', topics);
     await this._whenOpen();
+    if (this._transport === 'sse') {
+      await this._sseTopics([...new Set([...this._topics, ...topics])]);
+      return { topics: [...topics] };
+    }
     const ack = await this._command({ type: 'subscribe', topics });
     for (const t of topics) this._topics.add(t);
     return ack;
@@ -1017,11 +1597,16 @@ export class NotifydClient {
     if (!Array.isArray(topics) || topics.some((t) => typeof t !== 'string')) {
       throw new TypeError('unsubscribe(topics): topics must be an array of strings');
     }
+    if (this._remote) return this._remoteTopics('unsubscribe', topics);
     for (const t of topics) {
       this._topics.delete(t);
       this._topicIds.delete(t);
     }
     await this._whenOpen();
+    if (this._transport === 'sse') {
+      await this._sseTopics([...this._topics]);
+      return { topics: [...topics] };
+    }
     return this._command({ type: 'unsubscribe', topics });
   }
 
@@ -1035,7 +1620,11 @@ export class NotifydClient {
    */
   async publish(topic, data) {
     if (typeof topic !== 'string') throw new TypeError('publish(topic, data): topic must be a string');
+    if (this._remote) return this._hubCall('publish', [topic, data]);
     await this._whenOpen();
+    if (this._transport === 'sse') {
+      throw new NotifydError('unsupported', 'publishing needs the WebSocket transport (there is no REST call for it)');
+    }
     return this._command({ type: 'publish', topic, data });
   }
 
@@ -1050,7 +1639,11 @@ export class NotifydClient {
    */
   async send(toUser, message, { key } = {}) {
     if (typeof toUser !== 'string') throw new TypeError('send(toUser, message): toUser must be a string');
+    if (this._remote) return this._hubCall('send', [toUser, message, { key }]);
     await this._whenOpen();
+    if (this._transport === 'sse') {
+      return this._rest('POST', '/api/v1/me/send', { to_user: toUser, message }, key === undefined ? {} : { 'Idempotency-Key': key });
+    }
     const frame = { type: 'send', to_user: toUser, message };
     if (key !== undefined) frame.key = key;
     return this._command(frame);
@@ -1085,11 +1678,11 @@ export class NotifydClient {
     await this._rest('DELETE', `/api/v1/me/messages/${encodeURIComponent(id)}`);
   }
 
-  async _rest(method, path, body) {
+  async _rest(method, path, body, extraHeaders = {}) {
     if (this._anonymous) throw new NotifydError('unauthorized', 'an anonymous client has no inbox');
     if (!this._fetch) throw new NotifydError('network', 'no fetch available');
     const token = await this._fetchToken();
-    const headers = { Authorization: `Bearer ${token}`, Accept: 'application/json' };
+    const headers = { ...extraHeaders, Authorization: `Bearer ${token}`, Accept: 'application/json' };
     const init = { method, headers };
     if (body !== undefined) {
       headers['Content-Type'] = 'application/json';
@@ -1116,6 +1709,185 @@ export class NotifydClient {
       });
     }
     return json;
+  }
+}
+
+/**
+ * The hub of a shared connection (`shared: true`): runs one NotifydClient for every tab of a
+ * user and relays to them what it applies; used by notifyd-shared-worker.js and by the leader
+ * tab where there is no SharedWorker. Not part of the public API.
+ * `post(m)` delivers a message to the tab `m.to`, or to every tab when `m.to` is absent.
+ */
+export class NotifydHub {
+  /**
+   * @param {{options: Object, getToken: Function, post: (m: Object) => void,
+   *   storage?: *, onPeerGone?: (tab: string) => void}} init
+   */
+  constructor({ options, getToken, post, storage, onPeerGone }) {
+    this._post = post;
+    this._onPeerGone = onPeerGone;
+    /** @type {Map<string, Set<string>>} per tab, its topics */
+    this._peers = new Map();
+    this._tokenWaits = new Map();
+    this._nextId = 0;
+    const c = new NotifydClient({ ...options, shared: false, getToken, storage, _keepTopicRepeats: true });
+    this.core = c;
+    c.on('status', (d) => post({ t: 'status', d, transport: c.transport }));
+    c.on('_applied', ({ ev, replayed }) => post({ t: 'user', ev, replayed }));
+    c.on('reset', (d) => post({ t: 'reset', reason: d.reason, f: { ...d, epoch: c.epoch } }));
+    c.on('_hello', ({ resumed }) => {
+      if (resumed) post({ t: 'counts', f: { ...c.counts, epoch: c.epoch } });
+    });
+    c.on('topic', (d) => post({ t: 'topic', f: d }));
+    c.on('error', (d) => post({ t: 'error', d }));
+    c.on('token', (d) => post({ t: 'token', d }));
+  }
+
+  start() {
+    this.core.connect();
+  }
+
+  close() {
+    this.core.close();
+  }
+
+  get peers() {
+    return this._peers.size;
+  }
+
+  /** A message from tab `tab`. */
+  fromPeer(tab, m) {
+    if (!m || typeof m !== 'object' || typeof tab !== 'string') return;
+    switch (m.op) {
+      case 'hello': {
+        const topics = Array.isArray(m.topics) ? m.topics.filter((t) => typeof t === 'string') : [];
+        const held = this._heldTopics();
+        this._peers.set(tab, new Set(topics));
+        const c = this.core;
+        const f = c.counts ? { ...c.counts, epoch: c.epoch } : null;
+        this._post({ t: 'welcome', to: tab, state: c.state, transport: c.transport, f });
+        const fresh = topics.filter((t) => !held.has(t));
+        if (fresh.length > 0) {
+          c.subscribe(fresh).catch((e) =>
+            this._post({ t: 'error', to: tab, d: { code: e.code ?? 'error', message: `re-subscribe failed: ${e.message}` } }),
+          );
+        }
+        return;
+      }
+      case 'bye':
+        this._removePeer(tab);
+        return;
+      case 'call':
+        this._call(tab, m);
+        return;
+      case 'token': {
+        const w = this._tokenWaits.get(m.id);
+        if (!w) return;
+        this._tokenWaits.delete(m.id);
+        if (typeof m.token === 'string') w.resolve(m.token);
+        else w.reject(new NotifydError('token', String(m.error ?? 'getToken failed')));
+        return;
+      }
+    }
+  }
+
+  _removePeer(tab) {
+    const topics = this._peers.get(tab);
+    if (!topics) return;
+    this._peers.delete(tab);
+    const held = this._heldTopics();
+    const drop = [...topics].filter((t) => !held.has(t));
+    if (drop.length > 0 && this._peers.size > 0) this.core.unsubscribe(drop).catch(() => {});
+    this._onPeerGone?.(tab);
+  }
+
+  _heldTopics() {
+    const all = new Set();
+    for (const set of this._peers.values()) for (const t of set) all.add(t);
+    return all;
+  }
+
+  /** A token from a tab (a worker has no getToken of its own): the newest tab first. */
+  async askToken() {
+    const tabs = [...this._peers.keys()].reverse();
+    for (const tab of tabs) {
+      const id = `k${++this._nextId}`;
+      const answer = new Promise((resolve, reject) => {
+        this._tokenWaits.set(id, { resolve, reject });
+        setTimeout(() => reject(new NotifydError('timeout', 'the tab did not answer')), 4_000);
+      });
+      this._post({ t: 'token?', to: tab, id });
+      try {
+        return await answer;
+      } catch (e) {
+        // A tab that does not answer is gone (closed without a `bye`).
+        if (e.code === 'timeout') this._removePeer(tab);
+        else throw e;
+      } finally {
+        this._tokenWaits.delete(id);
+      }
+    }
+    throw new NotifydError('token', 'no tab left to get a token from');
+  }
+
+  async _call(tab, m) {
+    const c = this.core;
+    const args = Array.isArray(m.args) ? m.args : [];
+    try {
+      let v;
+      switch (m.method) {
+        case 'read':
+          v = await c.markRead(args[0]?.ids);
+          break;
+        case 'read_all':
+          v = await c.markAllRead();
+          break;
+        case 'seen_all':
+          v = await c.markAllSeen();
+          break;
+        case 'publish':
+          v = await c.publish(args[0], args[1]);
+          break;
+        case 'send':
+          v = await c.send(args[0], args[1], args[2] ?? {});
+          break;
+        case 'reconnect':
+          c.reconnect();
+          v = null;
+          break;
+        case 'subscribe': {
+          const topics = Array.isArray(args[0]) ? args[0] : [];
+          const mine = this._peers.get(tab) ?? new Set();
+          v = await c.subscribe(topics);
+          for (const t of topics) mine.add(t);
+          this._peers.set(tab, mine);
+          break;
+        }
+        case 'unsubscribe': {
+          const topics = Array.isArray(args[0]) ? args[0] : [];
+          const mine = this._peers.get(tab);
+          for (const t of topics) mine?.delete(t);
+          const held = this._heldTopics();
+          const drop = topics.filter((t) => !held.has(t));
+          v = drop.length > 0 ? await c.unsubscribe(drop) : { topics };
+          break;
+        }
+        default:
+          throw new NotifydError('validation_failed', `unknown command ${m.method}`);
+      }
+      this._post({ t: 'result', to: tab, id: m.id, ok: true, v });
+    } catch (e) {
+      const err = { code: String(e?.code ?? 'error'), message: String(e?.message ?? e), status: e?.status, field: e?.field };
+      this._post({ t: 'result', to: tab, id: m.id, ok: false, e: err });
+    }
+  }
+}
+
+function safeLocalStorage() {
+  try {
+    return globalThis.localStorage ?? null;
+  } catch {
+    return null; // access denied (sandboxed frame, storage blocked)
   }
 }
 
