@@ -104,7 +104,7 @@ pub(crate) enum Ended {
     Silent,
     Dropped,
     /// SSE: the server ended the response (a slow consumer, a restart): the stream's close.
-    StreamEnded,
+    EndOfStream,
 }
 
 impl Ended {
@@ -117,7 +117,7 @@ impl Ended {
             Ended::Error(e) => format!("error: {e}"),
             Ended::Silent => "silent (no frame for 12 s)".into(),
             Ended::Dropped => "dropped by the harness".into(),
-            Ended::StreamEnded => "SSE stream ended by the server".into(),
+            Ended::EndOfStream => "SSE stream ended by the server".into(),
         }
     }
 }

@@ -240,7 +240,7 @@ impl FaultInjector<'_> {
     /// Kills the node holding a client's connection: an SSE client's in even rounds, a
     /// WebSocket's in odd ones (the node holds both kinds either way).
     pub(crate) async fn kill_node_of_a_client(&mut self, round: usize) -> anyhow::Result<Fault> {
-        let want = if round % 2 == 0 {
+        let want = if round.is_multiple_of(2) {
             Transport::Sse
         } else {
             Transport::WebSocket
@@ -402,7 +402,7 @@ impl FaultInjector<'_> {
         // One slow client a round (two at once take twice the floods, and the run's time):
         // an SSE stream in even rounds, a WebSocket in odd ones.
         let mut problems = vec![];
-        let (want, other) = if round % 2 == 0 {
+        let (want, other) = if round.is_multiple_of(2) {
             (Transport::Sse, Transport::WebSocket)
         } else {
             (Transport::WebSocket, Transport::Sse)

@@ -172,7 +172,7 @@ impl SseChaosClient {
                 _ = self.ctl.stall.notified() => self.stall().await,
                 chunk = tokio::time::timeout(CLIENT_SILENCE, resp.chunk()) => match chunk {
                     Err(_) => return (Ended::Silent, healthy),
-                    Ok(Ok(None)) => return (Ended::StreamEnded, healthy),
+                    Ok(Ok(None)) => return (Ended::EndOfStream, healthy),
                     Ok(Err(e)) => return (Ended::Error(e.to_string()), healthy),
                     Ok(Ok(Some(bytes))) => {
                         buf.extend_from_slice(&bytes);
