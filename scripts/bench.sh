@@ -8,6 +8,7 @@
 #   storm   (benches/storm.rs)  reconnect storm: default settings all at once, as the shipped
 #                               client comes back (0-500 ms), and with a service listener
 #   eventlog (benches/eventlog.rs) the event log's size under steady writes (simulated days, ~4 min)
+#   sse     (benches/sse.rs)    SSE beside the WebSocket: RSS per idle connection, send→frame latency
 # Needs PostgreSQL and Redis (scripts/services.sh starts them), node/npm and pip for the peers.
 # BENCH_ONLY="peers fanout" runs only those benches (a space-separated list).
 set -euo pipefail
@@ -15,7 +16,7 @@ cd "$(dirname "$0")/.."
 scripts/services.sh
 export TEST_DATABASE_ADMIN_URL=${TEST_DATABASE_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 export TEST_REDIS_URL=${TEST_REDIS_URL:-redis://127.0.0.1:6379}
-only=${BENCH_ONLY:-load fanout peers storm eventlog}
+only=${BENCH_ONLY:-load fanout peers storm eventlog sse}
 wants() { [[ " $only " == *" $1 "* ]]; }
 
 cargo build --release
@@ -53,6 +54,7 @@ wants storm && step storm-spread env BENCH_STORM_CLIENTS=15000 BENCH_STORM_LABEL
 # The same storm with internal services on a listener of their own (NOTIFYD_SERVICE_BIND).
 wants storm && step storm-service env BENCH_STORM_CLIENTS=15000 BENCH_STORM_LABEL=service-listener BENCH_STORM_SERVICE_LISTENER=1 cargo bench --bench storm
 wants eventlog && step eventlog cargo bench --bench eventlog
+wants sse && step sse cargo bench --bench sse
 
 # The table, only after a full run: a partial one (BENCH_ONLY) leaves it as it was.
 if [ -z "${BENCH_ONLY:-}" ]; then

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
@@ -73,12 +74,36 @@ pub(crate) struct Report {
     pub(crate) handshake_failures: usize,
     pub(crate) error_frames: usize,
     pub(crate) caught_up: bool,
+    /// The same checks per transport (`Transport::label`).
+    pub(crate) by_transport: BTreeMap<&'static str, TransportCounts>,
     pub(crate) problems: Vec<String>,
+}
+
+/// What the checker found for the clients of one transport.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct TransportCounts {
+    pub(crate) clients: usize,
+    pub(crate) connections: usize,
+    pub(crate) events_applied: usize,
+    pub(crate) lost: usize,
+    pub(crate) duplicates_applied: usize,
+    pub(crate) reorders: usize,
+    pub(crate) duplicates_received: usize,
 }
 
 impl Report {
     pub(crate) fn passed(&self) -> bool {
         self.problems.is_empty()
+    }
+
+    /// "27 WebSocket + 13 SSE".
+    fn transport_split(&self) -> String {
+        let parts: Vec<String> = self
+            .by_transport
+            .iter()
+            .map(|(t, c)| format!("{} {t}", c.clients))
+            .collect();
+        parts.join(" + ")
     }
 
     pub(crate) fn markdown(&self) -> String {
@@ -87,7 +112,7 @@ impl Report {
         let _ = writeln!(s, "| | |\n|---|---|");
         let rows: Vec<(&str, String)> = vec![
             ("nodes", format!("{NODES} × `notifyd serve` behind nginx (docs/deploy/nginx.conf), private PostgreSQL and Redis")),
-            ("users / WebSocket clients", format!("{} / {} (1–3 per user, through nginx)", self.users, self.clients)),
+            ("users / clients", format!("{} / {} (1–3 per user, through nginx: {})", self.users, self.clients, self.transport_split())),
             ("messages (regular, one per POST)", self.regular.to_string()),
             ("messages (slow-client floods, 100 per POST)", self.flood.to_string()),
             ("rows in t_message_real_time", self.rows_in_db.to_string()),
@@ -110,6 +135,29 @@ impl Report {
         for (k, v) in rows {
             let _ = writeln!(s, "| {k} | {v} |");
         }
+        let _ = writeln!(
+            s,
+            "\n### By transport\n\n| transport | clients | connections | events applied | **lost** | **duplicates applied** | **reorders** | duplicates received (before dedupe) |\n|---|---|---|---|---|---|---|---|"
+        );
+        for (t, c) in &self.by_transport {
+            let _ = writeln!(
+                s,
+                "| {t} | {} | {} | {} | **{}** | **{}** | **{}** | {} |",
+                c.clients,
+                c.connections,
+                c.events_applied,
+                c.lost,
+                c.duplicates_applied,
+                c.reorders,
+                c.duplicates_received
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nSSE clients take a ticket (`POST /api/v1/me/tickets`) and open `GET /sse?ticket=..&since=0`; \
+             every reconnect sends `Last-Event-ID`, the last `id:` the stream gave, as `EventSource` does. \
+             WebSocket clients resume with `?since=<last applied seq>`."
+        );
         let _ = writeln!(s, "\n### Faults\n");
         let _ = writeln!(
             s,
@@ -201,7 +249,7 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "\nWebSocket handshakes that failed (retried): {}. `error` frames: {}.",
+            "\nWebSocket handshakes and SSE opens (ticket or GET) that failed (retried): {}. `error` frames: {}.",
             self.handshake_failures, self.error_frames
         );
         let _ = writeln!(s, "\nHow client connections ended:\n");
@@ -283,7 +331,14 @@ impl Checker<'_> {
         for (ci, c) in self.clients.iter().enumerate() {
             let log = lock(&c.log);
             let (n, db_unread) = state.get(&c.user).copied().unwrap_or((0, 0));
-            let who = format!("client {ci} ({})", c.user);
+            let who = format!("client {ci} ({}, {})", c.user, c.transport.label());
+            let (lost_before, dup_before, reorders_before, dup_rx_before, applied_before) = (
+                report.lost,
+                report.duplicates_applied,
+                report.reorders,
+                report.duplicates_received,
+                report.events_applied,
+            );
             // Exactly 1..=n, each once, in order.
             let lost: Vec<i64> = (1..=n).filter(|s| !log.applied_set.contains(s)).collect();
             if !lost.is_empty() {
@@ -315,8 +370,19 @@ impl Checker<'_> {
             report.error_frames += log.error_frames;
             report.handshake_failures += log.handshake_failures.len();
             for (_, how) in &log.ends {
-                *report.closes.entry(how.clone()).or_default() += 1;
+                *report
+                    .closes
+                    .entry(format!("{}: {how}", c.transport.label()))
+                    .or_default() += 1;
             }
+            let t = report.by_transport.entry(c.transport.label()).or_default();
+            t.clients += 1;
+            t.connections += AtomicUsize::load(&c.ctl.connects, Ordering::SeqCst);
+            t.lost += report.lost - lost_before;
+            t.duplicates_applied += report.duplicates_applied - dup_before;
+            t.reorders += report.reorders - reorders_before;
+            t.duplicates_received += report.duplicates_received - dup_rx_before;
+            t.events_applied += report.events_applied - applied_before;
             for (seq, id) in &log.created {
                 if by_user_seq.get(&(c.user.as_str(), *seq)) != Some(&id.as_str()) {
                     report.id_mismatches += 1;
@@ -508,8 +574,9 @@ pub(crate) fn dump_client_logs(path: &Path, clients: &[Client]) {
         let log = lock(&c.log);
         let _ = writeln!(
             out,
-            "== client {i} ({}) last_seq {} applied {}",
+            "== client {i} ({}, {}) last_seq {} applied {}",
             c.user,
+            c.transport.label(),
             log.last_seq,
             log.applied.len()
         );

@@ -1,5 +1,6 @@
-//! The simulated users' WebSocket clients: connect through nginx, apply, dedupe by seq,
-//! reconnect with `since`, obey the faults.
+//! The simulated users' clients: connect through nginx, apply, dedupe by seq, reconnect with
+//! `since` (WebSocket) or `Last-Event-ID` (SSE, `sse_client.rs`), obey the faults. What both
+//! transports share is here: the log the checker reads, the controls the faults use.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -13,6 +14,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
+use crate::sse_client::SseChaosClient;
 use crate::util::{lock, Clock};
 use crate::{Config, CLIENT_SILENCE, JWT_SECRET};
 
@@ -101,6 +103,8 @@ pub(crate) enum Ended {
     Error(String),
     Silent,
     Dropped,
+    /// SSE: the server ended the response (a slow consumer, a restart): the stream's close.
+    EndOfStream,
 }
 
 impl Ended {
@@ -113,6 +117,7 @@ impl Ended {
             Ended::Error(e) => format!("error: {e}"),
             Ended::Silent => "silent (no frame for 12 s)".into(),
             Ended::Dropped => "dropped by the harness".into(),
+            Ended::EndOfStream => "SSE stream ended by the server".into(),
         }
     }
 }
@@ -242,14 +247,28 @@ impl ChaosClient {
     pub(crate) fn on_frame(&self, text: &str) -> (bool, Option<String>) {
         let t = self.clock.ms();
         let mut log = lock(&self.log);
+        let (hello, created) = log.on_frame(text, t);
+        // Some clients mark about a fifth of what they get read: more events, from every node.
+        let pick = created.filter(|_| {
+            self.sends_reads
+                && (log.last_seq as u64).wrapping_mul(2_654_435_761) % 5 == self.salt % 5
+        });
+        (hello, pick)
+    }
+}
+
+impl ClientLog {
+    /// Records and applies one frame's JSON, whatever carried it. Returns (was it `hello`, the
+    /// id of a message it created).
+    pub(crate) fn on_frame(&mut self, text: &str, t: f64) -> (bool, Option<String>) {
         let Ok(v) = serde_json::from_str::<Value>(text) else {
             let head: String = text.chars().take(80).collect();
-            log.violations
+            self.violations
                 .push(format!("a frame that is not JSON: {head}"));
             return (false, None);
         };
         let kind = v["type"].as_str().unwrap_or_default().to_string();
-        log.frames.push(FrameRec {
+        self.frames.push(FrameRec {
             t,
             kind: kind.clone(),
             seq: v["seq"].as_i64(),
@@ -259,30 +278,25 @@ impl ChaosClient {
             "hello" => return (true, None),
             "sync" if v["reset"] == true => {
                 // Cannot happen in this run (never 1,000 events behind): it would hide losses.
-                log.resets += 1;
-                log.violations.push(format!(
+                self.resets += 1;
+                self.violations.push(format!(
                     "sync reset at seq {}",
                     v["seq"].as_i64().unwrap_or(-1)
                 ));
                 if let Some(s) = v["seq"].as_i64() {
-                    log.last_seq = s;
+                    self.last_seq = s;
                 }
             }
             "sync" => {
                 for ev in v["events"].as_array().into_iter().flatten() {
-                    created = log.apply(ev, t).or(created);
+                    created = self.apply(ev, t).or(created);
                 }
             }
-            "error" => log.error_frames += 1,
+            "error" => self.error_frames += 1,
             "ack" | "pong" | "topic.event" => {}
-            _ => created = log.apply(&v, t),
+            _ => created = self.apply(&v, t),
         }
-        // Some clients mark about a fifth of what they get read: more events, from every node.
-        let pick = created.filter(|_| {
-            self.sends_reads
-                && (log.last_seq as u64).wrapping_mul(2_654_435_761) % 5 == self.salt % 5
-        });
-        (false, pick)
+        (false, created)
     }
 }
 
@@ -292,48 +306,104 @@ pub(crate) fn backoff(attempt: u32) -> Duration {
     Duration::from_millis((rand::random::<f64>() * ceiling as f64) as u64)
 }
 
+/// How a client reaches the nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Transport {
+    WebSocket,
+    Sse,
+}
+
+impl Transport {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "WebSocket",
+            Transport::Sse => "SSE",
+        }
+    }
+
+    /// "a WebSocket", "an SSE".
+    pub(crate) fn a(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "a WebSocket",
+            Transport::Sse => "an SSE",
+        }
+    }
+}
+
 /// The harness's view of one client.
 pub(crate) struct Client {
     pub(crate) user: String,
+    pub(crate) transport: Transport,
     pub(crate) log: Arc<Mutex<ClientLog>>,
     pub(crate) ctl: Arc<ClientCtl>,
     pub(crate) task: JoinHandle<()>,
 }
 
-/// Users `user-000`.. with 1, 2 or 3 clients each (`1 + i % 3`).
+/// Client `k` of user `i` is on SSE when `(i / 3 + k) % 3 == 1`: about a third of the clients,
+/// spread over users with one, two and three clients (so some users have tabs on both
+/// transports, and some sole clients, which the slow-client fault needs, are on SSE).
+pub(crate) fn transport_of(user: usize, k: usize) -> Transport {
+    if (user / 3 + k) % 3 == 1 {
+        Transport::Sse
+    } else {
+        Transport::WebSocket
+    }
+}
+
+/// Users `user-000`.. with 1, 2 or 3 clients each (`1 + i % 3`), on either transport
+/// (`transport_of`), all through nginx (`base`: `http://host:port`).
 pub(crate) fn start_clients(
     cfg: &Config,
-    ws_base: &str,
+    base: &str,
     clock: Clock,
     stop: &watch::Receiver<bool>,
 ) -> (Vec<String>, Vec<Client>) {
     let keys = notifyd::auth::jwt::JwtKeys::new(JWT_SECRET);
     let users: Vec<String> = (0..cfg.users).map(|i| format!("user-{i:03}")).collect();
+    let ws_base = base.replacen("http://", "ws://", 1);
     let mut clients = vec![];
     for (i, user) in users.iter().enumerate() {
         let token = keys.mint(user, 24 * 3600, &[]).expect("mint a user token");
-        for _ in 0..1 + i % 3 {
+        for k in 0..1 + i % 3 {
             let n = clients.len();
             let log = Arc::new(Mutex::new(ClientLog {
                 user: user.clone(),
                 ..Default::default()
             }));
             let ctl = Arc::new(ClientCtl::default());
-            let client = ChaosClient {
-                ws_base: ws_base.to_string(),
-                token: token.clone(),
-                log: log.clone(),
-                ctl: ctl.clone(),
-                clock,
-                stop: stop.clone(),
-                sends_reads: n % 3 == 1,
-                salt: n as u64,
+            let transport = transport_of(i, k);
+            let task = match transport {
+                Transport::WebSocket => tokio::spawn(
+                    ChaosClient {
+                        ws_base: ws_base.clone(),
+                        token: token.clone(),
+                        log: log.clone(),
+                        ctl: ctl.clone(),
+                        clock,
+                        stop: stop.clone(),
+                        sends_reads: n % 3 == 1,
+                        salt: n as u64,
+                    }
+                    .run(),
+                ),
+                Transport::Sse => tokio::spawn(
+                    SseChaosClient::new(
+                        base,
+                        &token,
+                        log.clone(),
+                        ctl.clone(),
+                        clock,
+                        stop.clone(),
+                    )
+                    .run(),
+                ),
             };
             clients.push(Client {
                 user: user.clone(),
+                transport,
                 log,
                 ctl,
-                task: tokio::spawn(client.run()),
+                task,
             });
         }
     }

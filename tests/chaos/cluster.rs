@@ -364,10 +364,6 @@ impl Nginx {
     pub(crate) fn http_base(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
-
-    pub(crate) fn ws_base(&self) -> String {
-        format!("ws://127.0.0.1:{}", self.port)
-    }
 }
 
 impl Drop for Nginx {
@@ -413,8 +409,8 @@ pub(crate) fn missing_prerequisites() -> Vec<String> {
 }
 
 /// The deploy recipe with our nodes in the upstream and our port in `listen`, nothing else
-/// changed, plus an `X-Upstream` header on the WebSocket handshake so a client knows which
-/// node holds its socket (the node-kill fault needs that).
+/// changed, plus an `X-Upstream` header on the WebSocket handshake and the SSE response so a
+/// client knows which node holds its connection (the node-kill fault needs that).
 pub(crate) fn deploy_config_for(
     template: &str,
     port: u16,
@@ -422,8 +418,8 @@ pub(crate) fn deploy_config_for(
     log_dir: &Path,
 ) -> anyhow::Result<String> {
     let mut out = String::new();
-    let (mut in_upstream, mut servers_done, mut listen_done, mut ws_done) =
-        (false, false, false, false);
+    let (mut in_upstream, mut servers_done, mut listen_done, mut ws_done, mut sse_done) =
+        (false, false, false, false, false);
     for line in template.lines() {
         let t = line.trim_start();
         if t.starts_with("upstream ") {
@@ -463,13 +459,17 @@ pub(crate) fn deploy_config_for(
         }
         out.push_str(line);
         out.push('\n');
-        if t.starts_with("location /ws") {
+        if t.starts_with("location /ws") || t.starts_with("location /sse") {
             out.push_str("        add_header X-Upstream $upstream_addr always;\n");
-            ws_done = true;
+            if t.starts_with("location /ws") {
+                ws_done = true;
+            } else {
+                sse_done = true;
+            }
         }
     }
-    if !(servers_done && listen_done && ws_done) {
-        bail!("docs/deploy/nginx.conf needs an upstream with server lines, a listen line and a /ws location");
+    if !(servers_done && listen_done && ws_done && sse_done) {
+        bail!("docs/deploy/nginx.conf needs an upstream with server lines, a listen line, a /ws and a /sse location");
     }
     Ok(out)
 }
@@ -610,14 +610,6 @@ impl Cluster {
         self.nodes
             .iter()
             .position(|n| n.name == name_or_addr || n.addr() == name_or_addr)
-    }
-
-    pub(crate) async fn slow_consumers_closed(&self) -> f64 {
-        let mut total = 0.0;
-        for n in &self.nodes {
-            total += n.slow_consumers_closed(&self.http).await;
-        }
-        total
     }
 
     pub(crate) async fn inbox_seqs(&self) -> anyhow::Result<HashMap<String, (i64, i64)>> {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tokio::task::JoinHandle;
 
-use crate::clients::Client;
+use crate::clients::{Client, Transport};
 use crate::cluster::Cluster;
 use crate::producer::Producer;
 use crate::proxy::RoleCounts;
@@ -158,25 +158,42 @@ impl FaultInjector<'_> {
         }
     }
 
-    /// A connected client, chosen by `round` among those that qualify.
-    pub(crate) fn pick_client(&self, round: usize, with_upstream: bool) -> anyhow::Result<usize> {
+    /// A connected client, chosen by `round` among those that qualify: on `transport` if one
+    /// is connected, else on either.
+    pub(crate) fn pick_client(
+        &self,
+        round: usize,
+        with_upstream: bool,
+        transport: Transport,
+    ) -> anyhow::Result<usize> {
         let candidates: Vec<usize> = (0..self.clients.len())
             .filter(|&i| self.clients[i].ctl.connected.load(Ordering::SeqCst))
             .filter(|&i| !with_upstream || lock(&self.clients[i].ctl.upstream).is_some())
             .collect();
-        if candidates.is_empty() {
+        let on: Vec<usize> = candidates
+            .iter()
+            .copied()
+            .filter(|&i| self.clients[i].transport == transport)
+            .collect();
+        let pool = if on.is_empty() { &candidates } else { &on };
+        if pool.is_empty() {
             bail!("no connected client to inject a fault into");
         }
-        Ok(candidates[(round * 7 + 3) % candidates.len()])
+        Ok(pool[(round * 7 + 3) % pool.len()])
     }
 
-    /// A connected client that is its user's only one. The flood goes to every socket of the
-    /// user, and a burst bigger than the outbound budget may get a *reading* socket closed with
-    /// 4008 too (that is the documented behaviour); the slow-consumer metric could then rise for
-    /// that socket while the stalled one is never closed. With one socket per user, a rise of
-    /// the metric during the fault is the stalled socket's close.
-    pub(crate) fn pick_sole_client(&self, round: usize) -> anyhow::Result<usize> {
+    /// A connected client on `transport` that is its user's only one. The flood goes to every
+    /// socket of the user, and a burst bigger than the outbound budget may get a *reading*
+    /// socket closed with 4008 too (that is the documented behaviour); the slow-consumer metric
+    /// could then rise for that socket while the stalled one is never closed. With one socket
+    /// per user, a rise of the metric during the fault is the stalled socket's close.
+    pub(crate) fn pick_sole_client(
+        &self,
+        round: usize,
+        transport: Transport,
+    ) -> anyhow::Result<usize> {
         let candidates: Vec<usize> = (0..self.clients.len())
+            .filter(|&i| self.clients[i].transport == transport)
             .filter(|&i| self.clients[i].ctl.connected.load(Ordering::SeqCst))
             .filter(|&i| {
                 let user = &self.clients[i].user;
@@ -184,9 +201,21 @@ impl FaultInjector<'_> {
             })
             .collect();
         if candidates.is_empty() {
-            bail!("no connected client that is its user's only one");
+            bail!(
+                "no connected {} client that is its user's only one",
+                transport.label()
+            );
         }
         Ok(candidates[(round * 7 + 3) % candidates.len()])
+    }
+
+    /// `notifyd_slow_consumer_closed_total` of each node (0 for one that does not answer).
+    async fn slow_closes_by_node(&self) -> Vec<f64> {
+        let mut out = vec![];
+        for n in &self.cluster.nodes {
+            out.push(n.slow_consumers_closed(&self.cluster.http).await);
+        }
+        out
     }
 
     /// Connections, of every client, that ended with a 4008 close frame so far.
@@ -208,8 +237,15 @@ impl FaultInjector<'_> {
         self.cluster.nodes[i].wait_ready(&self.cluster.http).await
     }
 
+    /// Kills the node holding a client's connection: an SSE client's in even rounds, a
+    /// WebSocket's in odd ones (the node holds both kinds either way).
     pub(crate) async fn kill_node_of_a_client(&mut self, round: usize) -> anyhow::Result<Fault> {
-        let c = self.pick_client(round, true)?;
+        let want = if round.is_multiple_of(2) {
+            Transport::Sse
+        } else {
+            Transport::WebSocket
+        };
+        let c = self.pick_client(round, true, want)?;
         let addr = lock(&self.clients[c].ctl.upstream)
             .clone()
             .unwrap_or_default();
@@ -217,19 +253,24 @@ impl FaultInjector<'_> {
             .cluster
             .node_index(&addr)
             .with_context(|| format!("X-Upstream {addr:?} is not one of our nodes"))?;
-        let sockets = self
-            .clients
-            .iter()
-            .filter(|c| c.ctl.connected.load(Ordering::SeqCst))
-            .filter(|c| lock(&c.ctl.upstream).as_deref() == Some(addr.as_str()))
-            .count();
+        let on_node = |t: Transport| {
+            self.clients
+                .iter()
+                .filter(|c| c.transport == t && c.ctl.connected.load(Ordering::SeqCst))
+                .filter(|c| lock(&c.ctl.upstream).as_deref() == Some(addr.as_str()))
+                .count()
+        };
+        let (ws, sse) = (on_node(Transport::WebSocket), on_node(Transport::Sse));
         let start = self.clock.ms();
         self.cluster.nodes[i].kill9();
         tokio::time::sleep(Duration::from_millis(1500)).await;
         self.restart_node(i).await?;
         let detail = format!(
-            "{} (socket of {}; {sockets} sockets on it), restarted after 1.5 s",
-            self.cluster.nodes[i].name, self.clients[c].user
+            "{} ({} connection of {}; {ws} WebSocket + {sse} SSE connections on it), \
+             restarted after 1.5 s",
+            self.cluster.nodes[i].name,
+            self.clients[c].transport.label(),
+            self.clients[c].user
         );
         Ok(self.fault(FaultKind::NodeKill, start, detail))
     }
@@ -275,27 +316,55 @@ impl FaultInjector<'_> {
         Ok(f)
     }
 
+    /// Cuts one WebSocket client's and one SSE client's TCP connection at once (no close
+    /// frame, no end of stream); both must come back.
     pub(crate) async fn drop_client_tcp(&mut self, round: usize) -> anyhow::Result<Fault> {
-        let c = self.pick_client(round + 1, false)?;
-        let before = self.clients[c].ctl.connects.load(Ordering::SeqCst);
+        let mut picked = vec![];
+        for t in [Transport::WebSocket, Transport::Sse] {
+            let c = self.pick_client(round + 1, false, t)?;
+            if !picked.contains(&c) {
+                picked.push(c);
+            }
+        }
+        let before: Vec<usize> = picked
+            .iter()
+            .map(|&c| self.clients[c].ctl.connects.load(Ordering::SeqCst))
+            .collect();
         let start = self.clock.ms();
-        self.clients[c].ctl.drop_socket.notify_one();
-        let ctl = self.clients[c].ctl.clone();
+        for &c in &picked {
+            self.clients[c].ctl.drop_socket.notify_one();
+        }
+        let ctls: Vec<_> = picked
+            .iter()
+            .map(|&c| self.clients[c].ctl.clone())
+            .collect();
         wait_for(
-            "the dropped client to reconnect",
+            "the dropped clients to reconnect",
             Duration::from_secs(30),
             || {
-                let ctl = ctl.clone();
+                let (ctls, before) = (&ctls, &before);
                 async move {
-                    ctl.connects.load(Ordering::SeqCst) > before
-                        && ctl.connected.load(Ordering::SeqCst)
+                    ctls.iter().zip(before).all(|(ctl, b)| {
+                        ctl.connects.load(Ordering::SeqCst) > *b
+                            && ctl.connected.load(Ordering::SeqCst)
+                    })
                 }
             },
         )
         .await?;
+        let who: Vec<String> = picked
+            .iter()
+            .map(|&c| {
+                format!(
+                    "{} client of {}",
+                    self.clients[c].transport.a(),
+                    self.clients[c].user
+                )
+            })
+            .collect();
         let detail = format!(
-            "a client of {} cut its socket and reconnected",
-            self.clients[c].user
+            "{} cut their connections and reconnected",
+            who.join(" and ")
         );
         Ok(self.fault(FaultKind::TcpDrop, start, detail))
     }
@@ -323,95 +392,176 @@ impl FaultInjector<'_> {
         ))
     }
 
-    /// Stops one client reading, floods its user with large messages until the server closes
-    /// a slow consumer (its 512-frame queue is full once the socket buffers on the way are),
-    /// then lets it read again: it drains, sees 4008 (or the end of the stream) and resumes.
+    /// Stops one client reading (its user's only client; an SSE stream in even rounds, a
+    /// WebSocket in odd ones), floods its user with large messages until the server closes it
+    /// as a slow consumer (its queue is full once the socket buffers on the way are), then lets
+    /// it read again: it drains, sees 4008 (WebSocket) or the end of its stream (SSE) and
+    /// resumes (with `since`, or `Last-Event-ID`). The code takes several stalled clients at
+    /// once (each flooded until its node's metric shows its close).
     pub(crate) async fn slow_client(&mut self, round: usize) -> anyhow::Result<Fault> {
-        let c = self.pick_sole_client(round + 2)?;
-        let user = self.clients[c].user.clone();
-        let ctl = self.clients[c].ctl.clone();
-        let before = self.cluster.slow_consumers_closed().await;
+        // One slow client a round (two at once take twice the floods, and the run's time):
+        // an SSE stream in even rounds, a WebSocket in odd ones.
+        let mut problems = vec![];
+        let (want, other) = if round.is_multiple_of(2) {
+            (Transport::Sse, Transport::WebSocket)
+        } else {
+            (Transport::WebSocket, Transport::Sse)
+        };
+        let picked = match self.pick_sole_client(round + 2, want) {
+            Ok(c) => vec![c],
+            Err(e) => {
+                problems.push(format!("slow client: {e}"));
+                vec![self.pick_sole_client(round + 2, other)?]
+            }
+        };
+        let users: Vec<String> = picked
+            .iter()
+            .map(|&c| self.clients[c].user.clone())
+            .collect();
+        let ctls: Vec<_> = picked
+            .iter()
+            .map(|&c| self.clients[c].ctl.clone())
+            .collect();
+        // Which node holds each stalled connection: a rise of that node's slow-consumer metric
+        // by as many stalled connections as it holds is their close (without an upstream,
+        // the sum over the nodes must rise by all of them).
+        let nodes: Vec<Option<usize>> = picked
+            .iter()
+            .map(|&c| {
+                let addr = lock(&self.clients[c].ctl.upstream).clone();
+                addr.and_then(|a| self.cluster.node_index(&a))
+            })
+            .collect();
+        let before = self.slow_closes_by_node().await;
         let closes_before = self.slow_closes_seen();
-        let connects = ctl.connects.load(Ordering::SeqCst);
+        let connects: Vec<usize> = ctls
+            .iter()
+            .map(|c| c.connects.load(Ordering::SeqCst))
+            .collect();
         let start = self.clock.ms();
-        ctl.stall.notify_one();
+        for ctl in &ctls {
+            ctl.stall.notify_one();
+        }
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let mut closed = false;
+        let mut done = vec![false; picked.len()];
         let mut batches = 0;
-        while batches < 40 && !closed {
-            self.producer
-                .flood(&user, format!("flood-{round}-{batches}"))
-                .await;
+        // Every stalled client's user flooded at once, each until its own connection is
+        // closed: the stall lasts at most a minute (the liveness window is 75 s).
+        while batches < 40 && done.contains(&false) {
+            let floods = users
+                .iter()
+                .zip(&done)
+                .filter(|(_, d)| !**d)
+                .map(|(user, _)| {
+                    self.producer
+                        .flood(user, format!("flood-{round}-{batches}-{user}"))
+                });
+            futures_util::future::join_all(floods).await;
             batches += 1;
             for _ in 0..4 {
                 tokio::time::sleep(Duration::from_millis(150)).await;
-                if self.cluster.slow_consumers_closed().await > before {
-                    closed = true;
+                let now = self.slow_closes_by_node().await;
+                let rise: Vec<f64> = now.iter().zip(&before).map(|(a, b)| a - b).collect();
+                if nodes.iter().all(Option::is_some) {
+                    for (k, n) in nodes.iter().enumerate() {
+                        let n = n.unwrap_or_default();
+                        let held = nodes.iter().filter(|m| **m == Some(n)).count() as f64;
+                        done[k] = done[k] || rise[n] >= held;
+                    }
+                } else if rise.iter().sum::<f64>() >= picked.len() as f64 {
+                    done.iter_mut().for_each(|d| *d = true);
+                }
+                if !done.contains(&false) {
                     break;
                 }
             }
         }
+        let closed = !done.contains(&false);
         let stalled = (self.clock.ms() - start) / 1000.0;
         let resumed = Instant::now();
-        ctl.resume.notify_one();
-        let resumed_ok = wait_for("the slow client to resume", Duration::from_secs(60), || {
-            let ctl = ctl.clone();
-            async move {
-                ctl.connects.load(Ordering::SeqCst) > connects
-                    && ctl.connected.load(Ordering::SeqCst)
-            }
-        })
-        .await;
-        if let Err(e) = resumed_ok {
-            // Say what the client saw: how its connections ended, and whether it ever got
-            // a close frame, so a failure here can be told apart from a harness mistake.
-            let log = lock(&self.clients[c].log);
-            bail!(
-                "{e}: {user}'s client stalled {stalled:.1} s over {batches} flood batches; \
-                 slow-consumer metric rose: {closed}; connected now: {}; connects {} -> {}; \
-                 its last connection ends: {:?}; handshake failures: {:?}",
-                ctl.connected.load(Ordering::SeqCst),
-                connects,
-                ctl.connects.load(Ordering::SeqCst),
-                log.ends.iter().rev().take(3).collect::<Vec<_>>(),
-                log.handshake_failures
-                    .iter()
-                    .rev()
-                    .take(3)
-                    .collect::<Vec<_>>(),
-            );
+        for ctl in &ctls {
+            ctl.resume.notify_one();
         }
-        // Caught up: it has applied everything its user had when it started reading again.
-        let target = self
-            .cluster
-            .inbox_seqs()
-            .await?
-            .get(&user)
-            .map(|s| s.0)
-            .unwrap_or(0);
-        let log = self.clients[c].log.clone();
-        wait_for(
-            "the slow client to catch up",
-            Duration::from_secs(60),
-            || {
-                let log = log.clone();
-                async move { lock(&log).last_seq >= target }
-            },
-        )
-        .await?;
+        for (k, &c) in picked.iter().enumerate() {
+            let ctl = ctls[k].clone();
+            let connects = connects[k];
+            let resumed_ok = wait_for("the slow client to resume", Duration::from_secs(60), || {
+                let ctl = ctl.clone();
+                async move {
+                    ctl.connects.load(Ordering::SeqCst) > connects
+                        && ctl.connected.load(Ordering::SeqCst)
+                }
+            })
+            .await;
+            if let Err(e) = resumed_ok {
+                // Say what the client saw: how its connections ended, and whether it ever got
+                // a close, so a failure here can be told apart from a harness mistake.
+                let log = lock(&self.clients[c].log);
+                bail!(
+                    "{e}: {}'s {} client stalled {stalled:.1} s over {batches} flood batches; \
+                     slow-consumer metric rose enough: {closed}; connected now: {}; connects \
+                     {} -> {}; its last connection ends: {:?}; handshake failures: {:?}",
+                    users[k],
+                    self.clients[c].transport.label(),
+                    ctl.connected.load(Ordering::SeqCst),
+                    connects,
+                    ctl.connects.load(Ordering::SeqCst),
+                    log.ends.iter().rev().take(3).collect::<Vec<_>>(),
+                    log.handshake_failures
+                        .iter()
+                        .rev()
+                        .take(3)
+                        .collect::<Vec<_>>(),
+                );
+            }
+        }
+        // Caught up: each has applied everything its user had when it started reading again.
+        let seqs = self.cluster.inbox_seqs().await?;
+        for (k, &c) in picked.iter().enumerate() {
+            let target = seqs.get(&users[k]).map(|s| s.0).unwrap_or(0);
+            let log = self.clients[c].log.clone();
+            wait_for(
+                "the slow client to catch up",
+                Duration::from_secs(60),
+                || {
+                    let log = log.clone();
+                    async move { lock(&log).last_seq >= target }
+                },
+            )
+            .await?;
+        }
         let caught_up = resumed.elapsed().as_secs_f64();
+        let who: Vec<String> = picked
+            .iter()
+            .map(|&c| {
+                let log = lock(&self.clients[c].log);
+                let ended = log
+                    .ends
+                    .iter()
+                    .find(|(t, _)| *t >= start)
+                    .map(|(_, how)| how.clone())
+                    .unwrap_or_default();
+                format!(
+                    "{} client of {} (its stalled connection: {ended})",
+                    self.clients[c].transport.a(),
+                    self.clients[c].user
+                )
+            })
+            .collect();
         let mut f = self.fault(
             FaultKind::SlowClient,
             start,
             format!(
-                "a client of {user} stopped reading for {stalled:.1} s while {} large messages \
-                 came; server closed it: {closed}; caught up {caught_up:.1} s after reading again; \
-                 4008 closes seen by all clients during the fault: {}",
-                batches * FLOOD_BATCH,
+                "{} stopped reading for {stalled:.1} s while {} large messages came; server \
+                 closed it: {closed}; caught up {caught_up:.1} s after reading again; 4008 \
+                 closes seen by all WebSocket clients during the fault: {}",
+                who.join(" and "),
+                batches * FLOOD_BATCH * users.len(),
                 self.slow_closes_seen() - closes_before
             ),
         );
         f.slow_closed = Some(closed);
+        f.problems = problems;
         Ok(f)
     }
 

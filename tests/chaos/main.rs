@@ -4,12 +4,15 @@
 //! It starts its OWN PostgreSQL cluster and Redis (private instances on free ports, so it may
 //! kill and restart them without touching the shared servers other tests use), three
 //! `notifyd serve` nodes, and nginx in front of them running `docs/deploy/nginx.conf`. Simulated
-//! users (1-3 WebSocket clients each, through nginx) reconnect with back-off and resume with
-//! `since`; a producer POSTs messages through nginx with an `Idempotency-Key` each, retrying until
-//! `201`. Meanwhile it injects, at least once each: `kill -9` of the node holding a client's
-//! socket, `kill -9` of the node running the active relay, a Redis restart, a PostgreSQL restart
-//! (`pg_ctl restart -m fast`), a client TCP connection dropped without a close frame, a slow
-//! client that stops reading (the server must close it with 4008; it resumes), and a half-open
+//! users (1-3 clients each, through nginx; about a third of the clients on SSE, `GET /sse`, the
+//! rest on WebSocket) reconnect with back-off and resume with `since` (WebSocket) or
+//! `Last-Event-ID` (SSE, as `EventSource` does); a producer POSTs messages through nginx with
+//! an `Idempotency-Key` each, retrying until `201`. Meanwhile it injects, at least once each:
+//! `kill -9` of the node holding a client's connection (an SSE client's in even rounds), `kill
+//! -9` of the node running the active relay, a Redis restart, a PostgreSQL restart (`pg_ctl
+//! restart -m fast`), a WebSocket's and an SSE stream's TCP connection dropped without a close,
+//! a slow WebSocket client and a slow SSE client that stop reading (the server must close both
+//! as slow consumers; they resume), and a half-open
 //! Redis and a half-open PostgreSQL: the nodes reach both through TCP proxies (`proxy.rs`) that
 //! silence every open connection without closing it, then reset them; each node must give up
 //! on its silent subscriber / relay connection by itself before the reset.
@@ -42,6 +45,7 @@ mod cluster;
 mod faults;
 mod producer;
 mod proxy;
+mod sse_client;
 mod util;
 
 use checker::{dump_client_logs, wait_until_caught_up, Checker, Report};
@@ -139,7 +143,7 @@ async fn chaos() {
     let mut cluster = Cluster::start(&cfg).await.expect("start the cluster");
     let clock = Clock(Instant::now());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (users, clients) = start_clients(&cfg, &cluster.nginx.ws_base(), clock, &stop_rx);
+    let (users, clients) = start_clients(&cfg, &cluster.nginx.http_base(), clock, &stop_rx);
     let connected = wait_for(
         "every client's first connection",
         Duration::from_secs(60),
