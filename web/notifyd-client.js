@@ -1040,6 +1040,8 @@ export class NotifydClient {
     // `sync`, and a drop between them must not pair the old `since` with the new epoch.
     this._epoch = Number.isSafeInteger(f.epoch) ? f.epoch : null;
     this._helloEpoch = null;
+    // Acknowledgements count in the inbox they were made in: none carries over a reset.
+    this._ackSeq = null;
     this._setCounts(f, reason === 'initial' ? 'hello' : 'sync');
     this._emit('reset', { reason, seq: this._seq, unread: f.unread, unseen: f.unseen });
   }
@@ -1106,7 +1108,30 @@ export class NotifydClient {
     this._setCounts(ev, ev.type);
     this._emit('event', ev);
     this._emit('_applied', { ev, replayed });
+    this._acknowledge(ev.seq);
     return true;
+  }
+
+  /**
+   * Tells the server the app was handed every user frame up to `seq`, so Web Push leaves those
+   * alone (docs/push.md). One acknowledgement per burst (it covers every seq up to it): on the
+   * socket right after the burst, over REST (`POST /api/v1/me/received`) half a second after
+   * one on SSE. A tab of a shared connection leaves it to the connection's own client.
+   */
+  _acknowledge(seq) {
+    if (this._remote) return;
+    this._ackSeq = Math.max(this._ackSeq ?? 0, seq);
+    if (this._ackTimer) return;
+    const sse = this._transport === 'sse';
+    this._ackTimer = setTimeout(() => {
+      this._ackTimer = null;
+      const upTo = this._ackSeq;
+      if (this._transport === 'sse') {
+        this._rest('POST', '/api/v1/me/received', { seq: upTo }).catch(() => {});
+      } else {
+        this._send({ type: 'received', seq: upTo });
+      }
+    }, sse ? 500 : 0);
   }
 
   _onReply(f) {

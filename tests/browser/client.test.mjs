@@ -327,3 +327,22 @@ describe('NotifydClient', () => {
     assert.equal(of('status').at(-1).state, 'closed');
   });
 });
+
+describe('acknowledgements for Web Push', () => {
+  it('acknowledges a burst of user frames once, with its last seq, and never topic frames', async () => {
+    const { c, of } = make();
+    const ws = await connected(c);
+    ws.push(created(1));
+    ws.push(created(2));
+    ws.push(created(3));
+    ws.push({ type: 'topic.event', topic: 'product:1', data: {} });
+    await waitFor(() => of('message').length === 3);
+    await waitFor(() => ws.sent.some((f) => f.type === 'received'));
+    await tick(20);
+    assert.deepEqual(ws.sent.filter((f) => f.type === 'received'), [{ type: 'received', seq: 3 }]);
+    // A later frame: acknowledged on its own.
+    ws.push(created(4));
+    await waitFor(() => ws.sent.filter((f) => f.type === 'received').length === 2);
+    assert.deepEqual(ws.sent.filter((f) => f.type === 'received').at(-1), { type: 'received', seq: 4 });
+  });
+});
