@@ -1126,6 +1126,7 @@ export class NotifydClient {
     this._ackTimer = setTimeout(() => {
       this._ackTimer = null;
       const upTo = this._ackSeq;
+      if (upTo === null) return; // a reset came meanwhile: nothing of the new inbox to say
       if (this._transport === 'sse') {
         this._rest('POST', '/api/v1/me/received', { seq: upTo }).catch(() => {});
       } else {

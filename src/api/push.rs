@@ -2,6 +2,7 @@
 //! subscriptions, and acknowledgements from clients without a WebSocket (SSE). See `push`.
 
 use actix_web::{web, HttpResponse};
+use diesel_async::AsyncConnection;
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -113,8 +114,12 @@ pub async fn subscribe(
         .await
         .map_err(|why| ApiError::validation("endpoint", why))?;
     let user = user.0.user;
+    // Stored as parsed: one browser's endpoint written two ways is one subscription.
+    let endpoint_text = url.as_str().to_string();
     let id = state
         .db(async |c| {
+            c.transaction::<_, ApiError, _>(async |c| {
+            store::lock_user(c, &user).await?;
             let again = store::has_endpoint(c, &user, &endpoint_text).await?;
             if !again && store::count(c, &user).await? >= MAX_SUBSCRIPTIONS_PER_USER {
                 return Err(ApiError::TooMany {
@@ -131,6 +136,8 @@ pub async fn subscribe(
                 auth: &auth,
             };
             Ok(store::subscribe(c, Uuid::now_v7(), &new).await?)
+            })
+            .await
         })
         .await?;
     metrics::counter!("notifyd_push_subscriptions_total").increment(1);

@@ -101,6 +101,15 @@ impl Conn {
         let _ = timeout;
     }
 
+    /// Sets the kernel's send buffer (`SO_SNDBUF`), which also stops its autotuning.
+    pub fn set_send_buffer(&self, bytes: usize) {
+        self.with_socket(|sock| {
+            if let Err(e) = sock.set_send_buffer_size(bytes) {
+                tracing::debug!(error = %e, "SO_SNDBUF not set");
+            }
+        });
+    }
+
     /// Resets the connection now (RST, buffers freed) if it is still open.
     pub fn hard_drop(&self) {
         self.with_socket(|sock| {

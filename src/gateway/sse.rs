@@ -47,8 +47,15 @@ use crate::wire::outbound::{Next, Out, SessionTx, Transport};
 use crate::wire::protocol::{self, close, MAX_TOPICS_PER_FRAME};
 use crate::wire::sse;
 
+/// The kernel's send buffer of an SSE connection.
+const SEND_BUFFER: usize = 64 * 1024;
 /// What the body hands actix-http at most at once (it asks again while its buffer has room).
 const CHUNK_BYTES: usize = 16 * 1024;
+/// How often an idle stream looks whether its client has gone. actix-http keeps writing a
+/// response whose client closed its side (HTTP allows a half-close), and an idle stream writes
+/// only a heartbeat: without a look of its own, a browser that closed the tab or reconnected
+/// would keep its old session (its socket count, its presence) for up to a heartbeat.
+const PEER_CHECK: Duration = Duration::from_secs(2);
 /// How long a stream closed for what its client did (its token expired, it stopped reading)
 /// has to take its last event before the connection is reset.
 const SHORT_GRACE: Duration = Duration::from_secs(2);
@@ -65,6 +72,16 @@ struct SseQuery {
     /// `a,b`: subscribed before `hello`.
     topics: Option<String>,
 }
+
+/// The query parameters `SseQuery` reads.
+const KNOWN_PARAMS: [&str; 6] = [
+    "ticket",
+    "token",
+    "access_token",
+    "since",
+    "epoch",
+    "topics",
+];
 
 /// `GET /sse` (and `HEAD /sse`: the same checks, the stream's headers, no session).
 pub async fn connect(
@@ -110,9 +127,21 @@ pub async fn connect(
         Err(Refused::Closing) => return Err(refuse_shutting_down()),
         Err(busy) => return Ok(refuse_busy(busy.reason())),
     };
+    // A client that gave up while it waited would still cost a join (as on `/ws`).
+    if conn.as_ref().is_some_and(Conn::peer_closed) {
+        metrics::counter!("notifyd_ws_refused_total", "reason" => "gone_while_waiting")
+            .increment(1);
+        return Err(ApiError::BadRequest(
+            "the client closed the connection while waiting for a turn".into(),
+        ));
+    }
     if let Some(c) = &conn {
         // A peer that vanished stops acknowledging the heartbeats: the kernel drops it then.
         c.set_user_timeout(liveness_window(state.settings.heartbeat));
+        // What the kernel holds for a client that stopped reading counts as taken by it
+        // (`Body::drained`): kept small, so a stalled reader is found within the liveness
+        // window, not after megabytes of autotuned buffer.
+        c.set_send_buffer(SEND_BUFFER);
     }
     let me = SessionTx::new(state.gateway.next_id(), Transport::Sse);
     let shared = state.clone().into_inner();
@@ -207,7 +236,18 @@ fn authenticate(
     state: &AppState,
     q: &SseQuery,
 ) -> Result<Option<UserClaims>, ApiError> {
-    if q.token.is_some() || q.access_token.is_some() {
+    // A JWT under any name of the URL: `token`, `access_token`, or whatever else a client
+    // thought of (serde drops unknown parameters; they are looked at here).
+    let jwt_elsewhere = || {
+        web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+            .map(|all| {
+                all.iter()
+                    .filter(|(k, _)| !KNOWN_PARAMS.contains(&k.as_str()))
+                    .any(|(_, v)| state.jwt.verify(v).is_ok())
+            })
+            .unwrap_or(false)
+    };
+    if q.token.is_some() || q.access_token.is_some() || jwt_elsewhere() {
         metrics::counter!("notifyd_sse_refused_total", "reason" => "jwt_in_url").increment(1);
         return Err(ApiError::Unauthorized(
             "a user JWT never goes in the SSE URL (URLs are logged): pass ?ticket= from POST /api/v1/me/tickets, or send Authorization: Bearer".into(),
@@ -437,7 +477,9 @@ async fn run(ctx: Box<SessionCtx>) {
         state,
     } = *ctx;
     let mut lifetime = Lifetime::new(heartbeat, claims.as_ref().map(|c| c.exp));
-    let timer = tokio::time::sleep_until(lifetime.deadline());
+    // The timer also wakes every `PEER_CHECK` to see whether the client has gone (see there).
+    let wake_at = |l: &Lifetime| l.deadline().min(Instant::now() + PEER_CHECK);
+    let timer = tokio::time::sleep_until(wake_at(&lifetime));
     tokio::pin!(timer);
     let mut joined = Some(joined);
     let inbound = Inbound::new(state.clone(), actor, claims);
@@ -493,7 +535,7 @@ async fn run(ctx: Box<SessionCtx>) {
                         break Ended::Closing;
                     }
                 }
-                timer.as_mut().reset(lifetime.deadline());
+                timer.as_mut().reset(wake_at(&lifetime));
             }
         }
     };

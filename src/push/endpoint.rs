@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use reqwest::Url;
 
+/// Why a host is refused once resolved (also how the push client's error is recognised).
+pub const REFUSED: &str = "must not resolve to a loopback, private or link-local address";
 /// Longest endpoint accepted (push services' URLs are a few hundred characters).
 pub const MAX_ENDPOINT_BYTES: usize = 2048;
 /// How long resolving an endpoint's host may take at subscription.
@@ -74,10 +76,7 @@ fn public_only(addrs: Vec<SocketAddr>) -> Result<Vec<SocketAddr>, String> {
         return Err("its host does not resolve".into());
     }
     match addrs.iter().find(|a| !is_public(a.ip())) {
-        Some(a) => Err(format!(
-            "must not resolve to a loopback, private or link-local address ({})",
-            a.ip()
-        )),
+        Some(a) => Err(format!("{REFUSED} ({})", a.ip())),
         None => Ok(addrs),
     }
 }
@@ -96,18 +95,43 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || a.is_broadcast()
                 || a.is_documentation()
                 || b0 == 0
-                || (b0 == 100 && (64..128).contains(&b1)))
+                || b0 >= 240 // reserved
+                || (b0 == 100 && (64..128).contains(&b1)) // shared (CGNAT)
+                || (b0 == 198 && (18..20).contains(&b1)) // benchmarking
+                || (b0 == 192 && b1 == 0 && a.octets()[2] == 0)) // IETF protocol assignments
         }
         IpAddr::V6(a) => {
             if let Some(v4) = a.to_ipv4_mapped() {
                 return is_public(IpAddr::V4(v4));
             }
-            let s0 = a.segments()[0];
+            let seg = a.segments();
+            let embedded = |hi: u16, lo: u16| {
+                IpAddr::V4(std::net::Ipv4Addr::new(
+                    (hi >> 8) as u8,
+                    hi as u8,
+                    (lo >> 8) as u8,
+                    lo as u8,
+                ))
+            };
+            // Addresses that carry an IPv4 one: NAT64 (64:ff9b::/96, 64:ff9b:1::/48), 6to4
+            // (2002::/16) and the deprecated IPv4-compatible ::a.b.c.d: as public as it is.
+            if seg[0] == 0x64 && seg[1] == 0xff9b {
+                return is_public(embedded(seg[6], seg[7]));
+            }
+            if seg[0] == 0x2002 {
+                return is_public(embedded(seg[1], seg[2]));
+            }
+            if seg[..6] == [0; 6] && !a.is_loopback() && !a.is_unspecified() {
+                return is_public(embedded(seg[6], seg[7]));
+            }
+            let s0 = seg[0];
             !(a.is_loopback()
                 || a.is_unspecified()
                 || a.is_multicast()
                 || (s0 & 0xfe00) == 0xfc00 // unique local (private)
-                || (s0 & 0xffc0) == 0xfe80) // link-local
+                || (s0 & 0xffc0) == 0xfe80 // link-local
+                || (s0 & 0xffc0) == 0xfec0 // site-local
+                || (s0 == 0x2001 && seg[1] == 0x0db8)) // documentation
         }
     }
 }
@@ -149,6 +173,7 @@ mod tests {
             "https://updates.push.services.mozilla.com/wpush/v2/x",
             "https://8.8.8.8/x",
             "https://[2001:4860:4860::8888]/x",
+            "https://[64:ff9b::808:808]/x",
         ] {
             assert!(check(ok, false).is_ok(), "{ok}");
         }
@@ -167,6 +192,14 @@ mod tests {
             "https://[fe80::1]/x",
             "https://[fd00::1]/x",
             "https://[::ffff:127.0.0.1]/x",
+            "https://[64:ff9b::a00:1]/x",
+            "https://[2002:a00:1::]/x",
+            "https://[::10.0.0.1]/x",
+            "https://[fec0::1]/x",
+            "https://240.0.0.1/x",
+            "https://198.18.0.1/x",
+            "https://2130706433/x",
+            "https://0x7f.1/x",
             "https://localhost/x",
             "https://a.localhost/x",
             "not a url",

@@ -14,6 +14,8 @@ use super::vapid::Vapid;
 
 /// Bound on one push request, connection included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on connecting (TCP and TLS): a host that accepts and then stalls costs a round little.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long the VAPID signature of one request is valid (push services refuse more than 24 h).
 const VAPID_VALID: Duration = Duration::from_secs(12 * 3600);
 
@@ -62,9 +64,11 @@ impl Sender {
     pub fn new(vapid: Arc<Vapid>, ttl: Duration, allow_insecure: bool) -> anyhow::Result<Self> {
         let mut b = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
-            .connect_timeout(REQUEST_TIMEOUT / 2)
+            .connect_timeout(CONNECT_TIMEOUT)
             // A redirect could lead anywhere, inside too: push services do not send them.
             .redirect(reqwest::redirect::Policy::none())
+            // A proxy would resolve the endpoint itself, past `PublicOnly`'s check.
+            .no_proxy()
             .pool_max_idle_per_host(4)
             .user_agent("notifyd");
         if !allow_insecure {
@@ -114,6 +118,10 @@ impl Sender {
         let resp = match sent {
             Ok(r) => r,
             Err(e) => {
+                // The endpoint's host now resolves inside: refused, not retried.
+                if format!("{e:?}").contains(endpoint::REFUSED) {
+                    return Outcome::Failed("endpoint_refused");
+                }
                 tracing::debug!(error = %e, "push request failed");
                 return Outcome::Retry(None);
             }

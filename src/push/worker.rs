@@ -23,6 +23,8 @@ const CLAIM: i64 = 64;
 const CONCURRENCY: usize = 16;
 /// Attempts before a push refused for now (429, 5xx, no answer) is given up.
 pub const MAX_ATTEMPTS: i32 = 5;
+/// The longest wait a push service's `Retry-After` gets.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// A push in flight longer than this was lost with its node (far above a request's 10 s).
 const STALE: Duration = Duration::from_secs(5 * 60);
 
@@ -34,24 +36,39 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// Runs until `shutdown`. Acknowledgements are written by a task of their own, every
+    /// `FLUSH_EVERY` whatever the rounds are doing: a round waiting on a slow push service
+    /// must not hold them past `NOTIFYD_PUSH_DELAY` (the pushes they prevent would go out).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let mut next_round = tokio::time::Instant::now();
+        let me = Arc::new(self);
+        let receipts = tokio::spawn(me.clone().flush_loop(shutdown.clone()));
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let busy = match me.round().await {
+                Ok(claimed) => claimed as i64 == CLAIM,
+                Err(e) => {
+                    tracing::warn!(error = %e, "push round failed");
+                    false
+                }
+            };
+            // A full claim: more may be due, the next round comes at once.
+            if !busy {
+                tokio::select! {
+                    _ = shutdown.changed() => {}
+                    _ = tokio::time::sleep(ROUND) => {}
+                }
+            }
+        }
+        let _ = receipts.await;
+    }
+
+    async fn flush_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         loop {
             self.flush_receipts().await;
             if *shutdown.borrow() {
                 return;
-            }
-            if tokio::time::Instant::now() >= next_round {
-                let busy = match self.round().await {
-                    Ok(claimed) => claimed as i64 == CLAIM,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "push round failed");
-                        false
-                    }
-                };
-                // A full claim: more may be due, the next round comes at once.
-                next_round =
-                    tokio::time::Instant::now() + if busy { Duration::ZERO } else { ROUND };
             }
             tokio::select! {
                 _ = shutdown.changed() => {}
@@ -126,7 +143,11 @@ impl Worker {
                 Outcome::Gone => store::remove(c, sub).await?,
                 Outcome::Retry(_) if d.attempts >= MAX_ATTEMPTS => store::done(c, sub, seq).await?,
                 Outcome::Retry(after) => {
-                    let after = after.unwrap_or_else(|| backoff(d.attempts));
+                    // A service's `Retry-After` is honoured up to an hour (a huge one would
+                    // park the push for years or overflow the interval).
+                    let after = after
+                        .unwrap_or_else(|| backoff(d.attempts))
+                        .min(MAX_RETRY_AFTER);
                     store::retry(c, sub, seq, after.as_millis() as i64).await?
                 }
                 Outcome::Failed(_) => store::done(c, sub, seq).await?,

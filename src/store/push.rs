@@ -31,8 +31,16 @@ struct Count {
 }
 
 /// Stores a subscription and returns its id; the same endpoint of the same user again keeps its
-/// id (and takes the new keys).
+/// id (and takes the new keys). An endpoint is one browser profile: another user's subscription
+/// of it (someone logged out without unsubscribing) is removed, so their notifications never
+/// reach the browser the new user now uses. Runs inside the caller's transaction, which holds
+/// the user's lock (`lock_user`) so the per-user cap cannot be raced past.
 pub async fn subscribe(conn: &mut Conn, id: Uuid, s: &NewSubscription<'_>) -> QueryResult<Uuid> {
+    diesel::sql_query("DELETE FROM push_subscription WHERE endpoint = $1 AND user_id <> $2")
+        .bind::<Text, _>(s.endpoint)
+        .bind::<Text, _>(s.user)
+        .execute(conn)
+        .await?;
     let row: Id = diesel::sql_query(
         "INSERT INTO push_subscription (id, user_id, endpoint, p256dh, auth) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (user_id, endpoint) DO UPDATE SET p256dh = excluded.p256dh, auth = excluded.auth \
@@ -46,6 +54,15 @@ pub async fn subscribe(conn: &mut Conn, id: Uuid, s: &NewSubscription<'_>) -> Qu
     .get_result(conn)
     .await?;
     Ok(row.id)
+}
+
+/// Serialises `user`'s subscription changes until the transaction ends.
+pub async fn lock_user(conn: &mut Conn, user: &str) -> QueryResult<()> {
+    diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended('push:' || $1, 0))")
+        .bind::<Text, _>(user)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Whether `user` already has `endpoint` (a re-subscription is no new subscription).
@@ -102,7 +119,8 @@ pub async fn erase_user(conn: &mut Conn, user: &str) -> QueryResult<usize> {
 
 /// Live sessions' acknowledgements, many users at once: each user's highest acknowledged seq,
 /// kept only while they have a push waiting at or below it (anyone else's costs an index probe
-/// and no write).
+/// and no write), and never past the inbox's own seq (a seq of an erased inbox, or a made-up
+/// one, acknowledges nothing of the new one).
 pub async fn record_received(
     conn: &mut Conn,
     users: &[String],
@@ -112,6 +130,7 @@ pub async fn record_received(
         "INSERT INTO push_received (user_id, seq) \
          SELECT u, s FROM unnest($1::text[], $2::int8[]) AS x(u, s) \
          WHERE EXISTS (SELECT 1 FROM push_pending p WHERE p.user_id = x.u AND p.seq <= x.s) \
+           AND x.s <= (SELECT i.seq FROM user_inbox_state i WHERE i.user_id = x.u) \
          ON CONFLICT (user_id) DO UPDATE SET seq = GREATEST(push_received.seq, excluded.seq)",
     )
     .bind::<Array<Text>, _>(users)
@@ -128,11 +147,15 @@ pub struct Settled {
 }
 
 /// Drops the pushes whose delay passed that need no push any more: acknowledged by a live
-/// session, or their message was read, deleted, archived or snoozed meanwhile.
+/// session, or their message was read, deleted, archived or snoozed meanwhile. Looks at the
+/// 1,000 oldest due ones per call (a huge backlog is not rescanned whole every round).
 pub async fn settle(conn: &mut Conn, delay_ms: i64) -> QueryResult<Vec<Settled>> {
     diesel::sql_query(
         "DELETE FROM push_pending p \
-         WHERE p.sending_since IS NULL AND p.created_at <= now() - $1 * interval '1 millisecond' \
+         WHERE (p.subscription_id, p.seq) IN ( \
+             SELECT subscription_id, seq FROM push_pending \
+             WHERE sending_since IS NULL AND created_at <= now() - $1 * interval '1 millisecond' \
+             ORDER BY created_at LIMIT 1000 FOR UPDATE SKIP LOCKED) \
            AND (EXISTS (SELECT 1 FROM push_received r WHERE r.user_id = p.user_id AND r.seq >= p.seq) \
              OR NOT EXISTS (SELECT 1 FROM t_message_real_time m \
                             WHERE m.id = p.message_id AND NOT m.is_read AND m.deleted_at IS NULL \

@@ -335,3 +335,42 @@ async fn a_node_killed_between_the_create_and_the_push_loses_nothing_and_nothing
     assert_eq!(paths.len(), users.len(), "one per subscription");
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_belongs_to_its_last_user_and_a_user_holds_at_most_20_subscriptions_even_racing()
+{
+    let db = TestDb::new().await;
+    let app = spawn_app_with(&db, Opts::default(), with_push).await;
+    let service = PushService::start().await;
+    let (a, b) = (new_user(), new_user());
+    // A logs out without unsubscribing; B subscribes the same browser: A's is gone.
+    let browser = service.subscription().json();
+    assert_eq!(subscribe(&app, &a, &browser).await.status(), 201);
+    assert_eq!(subscribe(&app, &b, &browser).await.status(), 201);
+    let owners = query_json(&db.url, "SELECT user_id FROM push_subscription").await;
+    assert_eq!(owners, vec![json!({"user_id": b})]);
+    // 40 subscriptions at once: 20 (B's one included) are taken, the rest refused.
+    let c = new_user();
+    let tries = (0..40).map(|_| {
+        let sub = service.subscription().json();
+        let (app, c) = (&app, &c);
+        async move { subscribe(app, c, &sub).await.status().as_u16() }
+    });
+    let statuses = futures_util::future::join_all(tries).await;
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        20,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 201 || *s == 429),
+        "{statuses:?}"
+    );
+    let held = scalar_i64(
+        &db.url,
+        &format!("SELECT count(*) AS v FROM push_subscription WHERE user_id = '{c}'"),
+    )
+    .await;
+    assert_eq!(held, 20);
+    app.stop().await;
+}
