@@ -9,6 +9,8 @@
 #                               client comes back (0-500 ms), and with a service listener
 #   eventlog (benches/eventlog.rs) the event log's size under steady writes (simulated days, ~4 min)
 #   sse     (benches/sse.rs)    SSE beside the WebSocket: RSS per idle connection, send→frame latency
+#   push    (benches/push.rs)   Web Push: pushes/s to a local endpoint vs a plain client's ceiling,
+#                               push delay, create rate with vs without push subscriptions
 # Needs PostgreSQL and Redis (scripts/services.sh starts them), node/npm and pip for the peers.
 # BENCH_ONLY="peers fanout" runs only those benches (a space-separated list).
 set -euo pipefail
@@ -16,7 +18,7 @@ cd "$(dirname "$0")/.."
 scripts/services.sh
 export TEST_DATABASE_ADMIN_URL=${TEST_DATABASE_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 export TEST_REDIS_URL=${TEST_REDIS_URL:-redis://127.0.0.1:6379}
-only=${BENCH_ONLY:-load fanout peers storm eventlog sse}
+only=${BENCH_ONLY:-load fanout peers storm eventlog sse push}
 wants() { [[ " $only " == *" $1 "* ]]; }
 
 cargo build --release
@@ -55,6 +57,7 @@ wants storm && step storm-spread env BENCH_STORM_CLIENTS=15000 BENCH_STORM_LABEL
 wants storm && step storm-service env BENCH_STORM_CLIENTS=15000 BENCH_STORM_LABEL=service-listener BENCH_STORM_SERVICE_LISTENER=1 cargo bench --bench storm
 wants eventlog && step eventlog cargo bench --bench eventlog
 wants sse && step sse cargo bench --bench sse
+wants push && step push cargo bench --bench push
 
 # The table, only after a full run: a partial one (BENCH_ONLY) leaves it as it was.
 if [ -z "${BENCH_ONLY:-}" ]; then
