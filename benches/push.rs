@@ -522,7 +522,7 @@ fn section(r: &Run) -> String {
     let _ = writeln!(
         s,
         "| pushes/s to a local endpoint, {} subscriptions, first push → last | {push:.0}/s | \
-         the same endpoint driven directly, 16 in flight, same body size: {ceil:.0}/s | **{:.2}×** the ceiling |",
+         the same endpoint driven directly, 16 in flight, same body size: {ceil:.0}/s | **{:.3}×** the ceiling |",
         r.users,
         push / ceil
     );
