@@ -556,7 +556,7 @@ fn section(r: &Run) -> String {
          node's push client (`pool_max_idle_per_host(4)`, the headers and body size of the \
          node's first push), 16 in flight as the node's worker, no notifyd; what the node adds \
          is the worker's pacing (src/push/worker.rs: claim 64, send them 16 at a time, record \
-         each outcome, then the loop's pause before the next claim), the encryption (RFC 8291) \
+         each outcome, then the next claim), the encryption (RFC 8291) \
          and VAPID signature (RFC 8292) per push, and a statement per outcome. The create \
          phases are short ({u} messages each, a fraction of a second), so their ratio is noisy; \
          it is the median of the rounds' own ratios.\n",
