@@ -512,6 +512,11 @@ impl Actor {
                 Counters::default()
             }
         };
+        // The notice comes twice (delivered here after the commit, and relayed): sessions
+        // already reset to the inbox the database still shows need no second reset.
+        if self.epoch == 0 && c.epoch == 0 && c.seq == self.last_seq {
+            return;
+        }
         self.reset(c, "erased");
     }
 
