@@ -390,3 +390,30 @@ impl ToSchema for SnoozeIds {
         Cow::Borrowed("SnoozeIds")
     }
 }
+
+/// The body of `POST /api/v1/me/received`.
+pub struct Received;
+
+impl PartialSchema for Received {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .property(
+                "seq",
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(0))
+                    .maximum(Some(i64::MAX))
+                    .description(Some(
+                        "every user frame up to this seq was handed to the app",
+                    )),
+            )
+            .required("seq")
+            .into()
+    }
+}
+
+impl ToSchema for Received {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("Received")
+    }
+}

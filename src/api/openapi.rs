@@ -65,6 +65,7 @@ use crate::store::messages::{Listed, Message};
         bodies::DirectMessage,
         bodies::TopicEvent,
         bodies::ReadIds,
+        bodies::Received,
         super::tickets::TicketView,
         super::push::PushKey,
         super::push::SubscriptionId,

@@ -173,7 +173,7 @@ pub async fn unsubscribe(
 /// clients without one (SSE): every event up to `seq` reached the app, so none is pushed.
 #[utoipa::path(post, path = "/api/v1/me/received", tag = "user",
     security(("userJwt" = [])),
-    request_body(content = Value, content_type = "application/json", description = "`{\"seq\": N}`, N ≥ 0"),
+    request_body(content = super::bodies::Received, content_type = "application/json", description = "`{\"seq\": N}`, N ≥ 0"),
     responses(
         (status = 204, description = "noted (written within 200 ms; without Web Push configured, ignored)"),
         (status = 400, description = "the body is not JSON", body = ErrorBody),
