@@ -187,9 +187,16 @@ pub async fn received(
     body: web::Json<Value>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    // JSON Schema's integer includes `2640.0`: a number with no fraction is one too.
     let seq = body
         .get("seq")
-        .and_then(Value::as_i64)
+        .and_then(|v| {
+            v.as_i64().or_else(|| {
+                v.as_f64()
+                    .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 9.2e18)
+                    .map(|f| f as i64)
+            })
+        })
         .filter(|s| *s >= 0)
         .ok_or_else(|| ApiError::validation("seq", "must be a non-negative integer"))?;
     if let Some(push) = &state.push {
