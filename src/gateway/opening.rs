@@ -6,6 +6,7 @@
 use actix_web::HttpRequest;
 
 use super::admission::Refused;
+use super::conn::Conn;
 use super::sockets::SocketPermit;
 use crate::auth::jwt::UserClaims;
 use crate::error::ApiError;
@@ -76,4 +77,17 @@ pub fn non_negative(v: Option<&str>, field: &'static str) -> Result<Option<i64>,
             .map(Some)
             .ok_or_else(|| ApiError::validation(field, "must be a non-negative integer")),
     }
+}
+
+/// After the wait for a turn: a client that gave up meanwhile (closed its side) would still
+/// cost a join, an actor and a catch-up read for a connection nobody reads.
+pub fn still_there(conn: Option<&Conn>) -> Result<(), ApiError> {
+    if conn.is_some_and(Conn::peer_closed) {
+        metrics::counter!("notifyd_ws_refused_total", "reason" => "gone_while_waiting")
+            .increment(1);
+        return Err(ApiError::BadRequest(
+            "the client closed the connection while waiting for a turn".into(),
+        ));
+    }
+    Ok(())
 }

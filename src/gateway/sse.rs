@@ -37,7 +37,9 @@ use super::conn::Conn;
 use super::inbound::{anonymous_gauge, may_subscribe, Inbound};
 use super::lifetime::{close_grace, liveness_window, Lifetime, Tick};
 use super::mailbox::MailboxSender;
-use super::opening::{check_origin, non_negative, refuse_shutting_down, socket_permit};
+use super::opening::{
+    check_origin, non_negative, refuse_shutting_down, socket_permit, still_there,
+};
 use super::sockets::SocketPermit;
 use crate::auth::jwt::UserClaims;
 use crate::error::ApiError;
@@ -127,14 +129,7 @@ pub async fn connect(
         Err(Refused::Closing) => return Err(refuse_shutting_down()),
         Err(busy) => return Ok(refuse_busy(busy.reason())),
     };
-    // A client that gave up while it waited would still cost a join (as on `/ws`).
-    if conn.as_ref().is_some_and(Conn::peer_closed) {
-        metrics::counter!("notifyd_ws_refused_total", "reason" => "gone_while_waiting")
-            .increment(1);
-        return Err(ApiError::BadRequest(
-            "the client closed the connection while waiting for a turn".into(),
-        ));
-    }
+    still_there(conn.as_ref())?;
     if let Some(c) = &conn {
         // A peer that vanished stops acknowledging the heartbeats: the kernel drops it then.
         c.set_user_timeout(liveness_window(state.settings.heartbeat));

@@ -15,7 +15,9 @@ use serde::Deserialize;
 
 use super::admission::Refused;
 use super::conn::Conn;
-use super::opening::{check_origin, non_negative, refuse_shutting_down, socket_permit};
+use super::opening::{
+    check_origin, non_negative, refuse_shutting_down, socket_permit, still_there,
+};
 use super::session::{self, SessionCtx};
 use crate::auth::user::authenticate_ws;
 use crate::error::ApiError;
@@ -59,15 +61,7 @@ pub async fn connect(
         Err(Refused::Closing) => return Err(refuse_shutting_down()),
         Err(busy) => return refuse_busy(&req, body, &state, busy.reason()),
     };
-    // A client that gave up while it waited (closed its side) would still cost a join: an
-    // actor and a catch-up read for a socket nobody reads.
-    if conn.as_ref().is_some_and(Conn::peer_closed) {
-        metrics::counter!("notifyd_ws_refused_total", "reason" => "gone_while_waiting")
-            .increment(1);
-        return Err(ApiError::BadRequest(
-            "the client closed the connection while waiting for a turn".into(),
-        ));
-    }
+    still_there(conn.as_ref())?;
     let (response, ws_session, stream) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::BadRequest(format!("websocket handshake: {e}")))?;
     let me = SessionTx::new(state.gateway.next_id(), Transport::Ws);
