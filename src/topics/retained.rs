@@ -14,14 +14,14 @@ use crate::broker::envelope::retained_frame;
 /// A retained event ready to send: its frame with `"retained": true`.
 #[derive(Debug, Clone)]
 pub struct Retained {
-    pub id: String,
+    pub id: Arc<str>,
     pub frame: Arc<str>,
     pub expires_at: DateTime<Utc>,
 }
 
 impl Retained {
     /// A live event's frame, as its envelope carried it.
-    pub fn live(id: String, frame: &str, expires_at: DateTime<Utc>) -> Self {
+    pub fn live(id: Arc<str>, frame: &str, expires_at: DateTime<Utc>) -> Self {
         Retained {
             id,
             frame: retained_frame(frame),
@@ -35,7 +35,7 @@ impl Retained {
             obj.insert("retained".into(), Value::Bool(true));
         }
         Retained {
-            id,
+            id: id.into(),
             frame: Arc::from(frame.to_string()),
             expires_at,
         }
@@ -62,10 +62,10 @@ impl Cached {
         }
     }
 
-    /// The value to send now, if any; an expired one is forgotten.
-    pub fn current(&mut self, now: DateTime<Utc>) -> Option<Arc<str>> {
+    /// The value to send now (its id and frame), if any; an expired one is forgotten.
+    pub fn current(&mut self, now: DateTime<Utc>) -> Option<(Arc<str>, Arc<str>)> {
         match self {
-            Cached::Value(r) if r.expires_at > now => Some(r.frame.clone()),
+            Cached::Value(r) if r.expires_at > now => Some((r.id.clone(), r.frame.clone())),
             Cached::Value(_) => {
                 *self = Cached::Nothing;
                 None
@@ -92,13 +92,14 @@ mod tests {
         let mut c = Cached::Unknown;
         c.offer(value("b"));
         c.offer(value("a"));
-        let frame = c.current(Utc::now()).expect("cached");
+        let (id, frame) = c.current(Utc::now()).expect("cached");
+        assert_eq!(&*id, "b");
         assert!(
             frame.contains("\"b\"") && frame.contains("\"retained\":true"),
             "{frame}"
         );
         c.offer(value("c"));
-        assert!(c.current(Utc::now()).expect("cached").contains("\"c\""));
+        assert!(c.current(Utc::now()).expect("cached").1.contains("\"c\""));
     }
 
     #[test]

@@ -56,6 +56,12 @@ struct Sub {
     tx: SessionTx,
     /// False until the session got its `ack` (and retained values): see the module comment.
     live: bool,
+    /// The id of the retained value this session was sent when it went live: the topic as of
+    /// that event. An event with an id up to it is older (ids are UUIDv7, ordered by creation)
+    /// and is not sent: the value may have been read from PostgreSQL before the relay published
+    /// it and the events before it, which would otherwise arrive after it (an old stock shown
+    /// after the current one, the current one twice). Cleared by the first newer event.
+    floor: Option<Arc<str>>,
 }
 
 #[derive(Default)]
@@ -325,6 +331,7 @@ impl Router {
                 Sub {
                     tx: s.tx.clone(),
                     live: false,
+                    floor: None,
                 },
             );
         }
@@ -377,8 +384,9 @@ impl Router {
                 continue; // unsubscribed meanwhile
             };
             sub.live = true;
-            if let Some(frame) = topic.retained.current(now) {
+            if let Some((id, frame)) = topic.retained.current(now) {
                 metrics::counter!("notifyd_topic_retained_sent_total").increment(1);
+                sub.floor = Some(id);
                 tx.push(frame);
             }
         }
@@ -490,7 +498,7 @@ impl Router {
             let until = chrono::Utc::now()
                 + chrono::Duration::from_std(self.settings.topic_retain)
                     .unwrap_or(chrono::Duration::days(1));
-            Retained::live(id.to_string(), &frame, until)
+            Retained::live(id.clone(), &frame, until)
         });
         let mut shard = self.shard(topic);
         let Some(t) = shard.get_mut(topic) else {
@@ -503,12 +511,20 @@ impl Router {
         if t.recent.len() == RECENT_IDS {
             t.recent.pop_front();
         }
-        t.recent.push_back(id);
+        t.recent.push_back(id.clone());
         if let Some(r) = retained {
             t.retained.offer(r);
         }
         let mut sent = 0u64;
-        for sub in t.subs.values().filter(|s| s.live) {
+        for sub in t.subs.values_mut().filter(|s| s.live) {
+            if let Some(floor) = &sub.floor {
+                if *id <= **floor {
+                    metrics::counter!("notifyd_topic_older_than_retained_dropped_total")
+                        .increment(1);
+                    continue;
+                }
+                sub.floor = None;
+            }
             // A full queue closes that session (4008); its task then leaves the topic.
             sub.tx.push(frame.clone());
             sent += 1;

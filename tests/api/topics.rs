@@ -215,6 +215,49 @@ async fn a_newer_retained_value_replaces_the_older_on_every_node() {
     b.stop().await;
 }
 
+/// A subscriber that got a topic's retained value from PostgreSQL before the relay published it
+/// (and the events before it) must not get that value again, nor an older event after it: what
+/// it was sent is the topic as of that value, and its live events start after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retained_value_read_before_the_relay_published_it_is_not_sent_again_nor_anything_older()
+{
+    let db = TestDb::new().await;
+    let prefix = new_prefix();
+    let a = spawn_app(
+        &db,
+        Opts {
+            relay: false,
+            ..Opts::in_cluster(&prefix)
+        },
+    )
+    .await;
+    // Committed, not yet published: nobody relays.
+    a.publish_topic("product:9", json!({"stock": 4})).await;
+    let retained = a
+        .publish_topic_body("product:9", json!({"data": {"stock": 3}, "retain": true}))
+        .await;
+    let mut c = subscriber(&a, &new_user(), &["product:*"], &["product:9"]).await;
+    let r = c.next_of("topic.event", T).await;
+    assert_eq!(
+        (&r["id"], &r["retained"]),
+        (&json!(retained), &json!(true)),
+        "{r}"
+    );
+    // Now a relay publishes both; then one newer event.
+    let relay = spawn_app(&db, Opts::in_cluster(&prefix)).await;
+    published(&relay).await;
+    let live = relay.publish_topic("product:9", json!({"stock": 2})).await;
+    let got = drain(&mut c, QUIET * 2).await;
+    let ids: Vec<&Value> = got.iter().map(|f| &f["id"]).collect();
+    assert_eq!(
+        ids,
+        vec![&json!(live)],
+        "only the event after the retained value: {got:?}"
+    );
+    a.stop().await;
+    relay.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_retained_value_is_not_sent_and_is_pruned() {
     let db = TestDb::new().await;
