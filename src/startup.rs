@@ -449,6 +449,21 @@ pub async fn run_relay(settings: Settings) -> anyhow::Result<()> {
     let redis = broker::redis_pool_for(info.clone())?;
     broker::check_tls(&redis, &info).await?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // With an internal listener: /healthz and /metrics (what it leads, every partition's
+    // backlog, as a node exports them), so a relay run apart is watched like a node.
+    let surfaces = match &settings.service_bind {
+        Some(addr) => {
+            let metrics = crate::telemetry::init_metrics();
+            let backlog = tokio::spawn(crate::outbox::backlog::run(
+                pool.clone(),
+                settings.relay_partitions,
+                settings.db_request_timeout,
+                shutdown_rx.clone(),
+            ));
+            Some((relay_surfaces(addr, metrics)?, backlog))
+        }
+        None => None,
+    };
     let waker = Waker::new();
     let housekeeper = Housekeeper {
         settings: settings.clone(),
@@ -468,7 +483,44 @@ pub async fn run_relay(settings: Settings) -> anyhow::Result<()> {
     let _ = task.await;
     let _ = housekeeping.await;
     let _ = notifier.await;
+    if let Some((server, backlog)) = surfaces {
+        server.stop(true).await;
+        let _ = backlog.await;
+    }
     Ok(())
+}
+
+/// `notifyd relay`'s internal listener (`NOTIFYD_SERVICE_BIND`): `/healthz` and `/metrics` on
+/// one worker; nothing else is served there.
+fn relay_surfaces(
+    addr: &str,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+) -> anyhow::Result<actix_web::dev::ServerHandle> {
+    let listener = crate::http_listener::bind(addr)
+        .with_context(|| format!("binding NOTIFYD_SERVICE_BIND {addr}"))?;
+    let metrics = web::Data::new(metrics);
+    let server = actix_web::HttpServer::new(move || {
+        App::new()
+            .app_data(metrics.clone())
+            .route("/healthz", web::get().to(crate::api::ops::healthz))
+            .route(
+                "/metrics",
+                web::get().to(
+                    |m: web::Data<Option<metrics_exporter_prometheus::PrometheusHandle>>| async move {
+                        actix_web::HttpResponse::Ok()
+                            .content_type("text/plain; version=0.0.4")
+                            .body(m.as_ref().as_ref().map(|h| h.render()).unwrap_or_default())
+                    },
+                ),
+            )
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)?
+    .run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    Ok(handle)
 }
 
 /// Right after the migrations: the event log's partitions for now and the next ranges. Not

@@ -382,3 +382,41 @@ async fn a_node_that_leads_nothing_reports_the_backlog_of_each_partition() {
     );
     node.stop().await;
 }
+
+/// `notifyd relay` (the relay alone) serves `/healthz` and `/metrics` on `NOTIFYD_SERVICE_BIND`,
+/// the internal listener: what it leads and each partition's backlog, like a node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_alone_serves_its_metrics_on_the_service_listener() {
+    let db = TestDb::new().await;
+    let port = free_port();
+    let mut env = node_env(&db, free_port());
+    env.push(("NOTIFYD_SERVICE_BIND".into(), format!("127.0.0.1:{port}")));
+    env.push(("NOTIFYD_RELAY_PARTITIONS".into(), "2".into()));
+    let mut relay = Notifyd::start(&["relay"], &env, port);
+    relay.healthy().await;
+    let http = reqwest::Client::new();
+    let metrics = || async {
+        http.get(format!("{}/metrics", relay.base))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()
+    };
+    // The backlog is measured every 5 s; leading starts within the spread bound.
+    let text = eventually(
+        Duration::from_secs(15),
+        "the relay reports what it leads and each partition's backlog",
+        || async {
+            let t = metrics().await?;
+            let led = sample(&t, "notifyd_relay_partitions_led ") == Some(2.0);
+            let backlog = (0..2).all(|p| {
+                sample(&t, &format!("notifyd_outbox_backlog{{partition=\"{p}\"}} ")) == Some(0.0)
+            });
+            (led && backlog).then_some(t)
+        },
+    )
+    .await;
+    assert!(text.contains("notifyd_outbox_oldest_age_seconds"), "{text}");
+}
