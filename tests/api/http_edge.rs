@@ -312,6 +312,7 @@ async fn unsupported_methods_on_known_routes_get_405_with_allow_and_unknown_path
         ("PUT", "/api-docs/openapi.json", "GET"),
         ("POST", "/ws", "GET"),
         ("POST", "/client/notifyd-client.js", "GET"),
+        ("DELETE", "/client/notifyd-bell.js", "GET"),
     ] {
         let r = app
             .http

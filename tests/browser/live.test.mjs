@@ -143,6 +143,13 @@ describe('the product demo as a newcomer first sees it', () => {
     }));
     assert.deepEqual(out, []);
     assert.ok((await page.locator('article.product button').count()) >= 6);
+    // and the input and its button do not overlap
+    const overlaps = await page.$$eval('article.product .backend', (rows) => rows.filter((row) => {
+      const i = row.querySelector('input').getBoundingClientRect();
+      const b = row.querySelector('button').getBoundingClientRect();
+      return i.right > b.left && i.left < b.right && i.bottom > b.top && i.top < b.bottom;
+    }).length);
+    assert.equal(overlaps, 0);
     await page.close();
   });
 });
