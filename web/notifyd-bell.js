@@ -358,6 +358,15 @@ export class NotifydBell extends HTMLElement {
   // ---------------------------------------------------------------- lifecycle
 
   connectedCallback() {
+    // A framework (or a script that ran before this module) may have set these on the element
+    // before it was upgraded: such own properties would hide the accessors, so re-set them.
+    for (const prop of ['client', 'getToken']) {
+      if (Object.hasOwn(this, prop)) {
+        const value = this[prop];
+        delete this[prop];
+        this[prop] = value;
+      }
+    }
     document.addEventListener('click', this._onDocClick, true);
     document.addEventListener('keydown', this._onDocKeydown);
     this._observer?.observe(this._el.moreWrap);

@@ -31,13 +31,21 @@ function elementPage(notifydUrl) {
   <notifyd-bell id="nb" server="${notifydUrl}"></notifyd-bell>
 </header>
 <main><h1>An app</h1><p>Its bell comes from another origin.</p></main>
+<script>
+  // ?early=1: getToken set before the element's module has loaded (as frameworks may do).
+  const early = new URLSearchParams(location.search);
+  if (early.get('early')) {
+    document.getElementById('nb').getToken = async () =>
+      (await (await fetch('/demo/token?user=' + encodeURIComponent(early.get('user')))).json()).token;
+  }
+</script>
 <script type="module">
   import '${notifydUrl}/client/notifyd-bell.js';
   const q = new URLSearchParams(location.search);
   const bell = document.getElementById('nb');
   for (const a of ['count', 'page-size', 'theme']) if (q.get(a)) bell.setAttribute(a, q.get(a));
   bell.addEventListener('notifyd-loaded', () => { document.body.dataset.loaded = 'true'; });
-  bell.getToken = async () => {
+  if (!q.get('early')) bell.getToken = async () => {
     const r = await fetch('/demo/token?user=' + encodeURIComponent(q.get('user')));
     return (await r.json()).token;
   };
@@ -122,6 +130,15 @@ describe('<notifyd-bell> on another origin than notifyd', { timeout: 300_000 }, 
     await waitBadge(page, '0');
     assert.equal(await page.getAttribute('#bell', 'aria-label'), 'Notifications');
     assert.deepEqual(pageErrors, []);
+    await page.close();
+  });
+
+  it('a getToken set on the element before its module loaded still starts it', { timeout: 60_000 }, async () => {
+    const user = randomUser('early');
+    await server.send({ to_user: user, title: 'waiting for you' });
+    const page = await openApp(user, '&early=1');
+    await waitBadge(page, '1');
+    assert.equal(await page.evaluate(() => Object.hasOwn(document.getElementById('nb'), 'getToken')), false);
     await page.close();
   });
 
