@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Browser tests: the notification bell (web/demo.html + web/notifyd-client.js) in real headless
+# Browser tests: <notifyd-bell> (web/notifyd-bell.js, on the demo page and on pages of another
+# origin, checked with axe-core), the demos, the JS client and the web/ npm package in real headless
 # Chromium (Debian's package) driven by playwright-core, against the debug binary as
 # `serve --dev`, with a fresh PostgreSQL database and Redis prefix per run.
 # Installs what is missing (chromium via apt, node_modules via npm ci), builds, runs
@@ -20,7 +21,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-if [ ! -d tests/browser/node_modules/playwright-core ]; then
+if [ ! -d tests/browser/node_modules/playwright-core ] || [ ! -d tests/browser/node_modules/axe-core ] \
+   || [ ! -x tests/browser/node_modules/.bin/tsc ]; then
   echo "== npm ci (tests/browser)"
   (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 fi

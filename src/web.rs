@@ -36,7 +36,22 @@ pub fn configure_client(cfg: &mut web::ServiceConfig, cors: &CorsPolicy) {
         "/client/notifyd-shared-worker.js",
         GET,
         get().to(shared_worker),
+    ))
+    .service(browser(
+        cors,
+        "/client/notifyd-bell.js",
+        GET,
+        get().to(bell),
     ));
+}
+
+/// `<notifyd-bell>` (docs/bell.md): it imports `./notifyd-client.js`, so from here it loads the
+/// client next to it, from another origin too (both answer CORS).
+async fn bell() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .insert_header(("Cache-Control", "no-cache"))
+        .body(include_str!("../web/notifyd-bell.js"))
 }
 
 /// The Web Push service worker (`docs/push.md`): served here for apps on notifyd's origin and
@@ -81,12 +96,70 @@ async fn demo() -> HttpResponse {
         .body(include_str!("../web/demo.html"))
 }
 
-/// The live product page: an anonymous viewer of `product:*` topics.
-async fn products() -> HttpResponse {
-    HttpResponse::Ok()
+/// The demo shop's catalogue as its backend knows it: (product id, stock, price). The page
+/// (web/products.html) names products 1 to 12; these are what they start with.
+const DEMO_CATALOGUE: [(u32, i64, f64); 12] = [
+    (1, 12, 89.0),
+    (2, 4, 129.5),
+    (3, 0, 64.0),
+    (4, 25, 18.9),
+    (5, 9, 34.0),
+    (6, 40, 14.5),
+    (7, 3, 72.0),
+    (8, 7, 149.0),
+    (9, 15, 59.9),
+    (10, 2, 239.0),
+    (11, 30, 24.0),
+    (12, 18, 29.5),
+];
+
+/// The live product page: an anonymous viewer of `product:*` topics. A shop's backend publishes
+/// a product's stock and price (retained) when they change; the demo has no backend, so before
+/// the page goes out, every product without a retained value gets its catalogue value. Otherwise
+/// a fresh server (or one past `NOTIFYD_TOPIC_RETAIN`) shows "Stock: …" until someone changes it.
+async fn products(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    seed_demo_catalogue(&state).await?;
+    Ok(HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .insert_header(("Cache-Control", "no-cache"))
-        .body(include_str!("../web/products.html"))
+        .body(include_str!("../web/products.html")))
+}
+
+/// Publishes a retained `{"stock", "price"}` for each catalogue product that has no unexpired
+/// retained value. Two nodes doing it at once publish the same values: harmless.
+async fn seed_demo_catalogue(state: &AppState) -> Result<(), ApiError> {
+    let topics: Vec<String> = DEMO_CATALOGUE
+        .iter()
+        .map(|(id, _, _)| format!("product:{id}"))
+        .collect();
+    let retain_until = chrono::Utc::now()
+        + chrono::Duration::from_std(state.settings.topic_retain)
+            .unwrap_or(chrono::Duration::days(1));
+    let published = state
+        .db(async |conn| {
+            let have = crate::store::topic_retained::get_many(conn, &topics).await?;
+            let mut published = 0;
+            for ((_, stock, price), topic) in DEMO_CATALOGUE.iter().zip(&topics) {
+                if have.iter().any(|r| &r.topic == topic) {
+                    continue;
+                }
+                let data = json!({ "stock": stock, "price": price });
+                let ev = crate::inbox::create::TopicEvent {
+                    topic,
+                    data: &data,
+                    from: None,
+                    retain_until: Some(retain_until),
+                };
+                crate::inbox::create::topic_event(conn, &ev).await?;
+                published += 1;
+            }
+            Ok(published)
+        })
+        .await?;
+    if published > 0 {
+        state.waker.wake();
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]

@@ -83,6 +83,7 @@ async fn a_preflight_from_an_allowed_origin_gets_204_with_the_routes_methods_and
             "DELETE",
         ),
         ("/client/notifyd-client.js", "GET"),
+        ("/client/notifyd-bell.js", "GET"),
     ] {
         let r = preflight(&app, path, APP_ORIGIN, method).await;
         assert_eq!(r.status(), 204, "preflight {method} {path}");
@@ -186,18 +187,28 @@ async fn only_allowed_origins_get_allow_origin_on_the_user_api_and_the_client() 
         Some(APP_ORIGIN)
     );
 
-    let r = app
-        .http
-        .get(format!("{}/client/notifyd-client.js", app.base))
-        .header(ORIGIN, APP_ORIGIN)
-        .send()
-        .await
-        .expect("GET client");
-    assert_eq!(r.status(), 200);
-    assert_eq!(
-        header(r.headers(), "access-control-allow-origin"),
-        Some(APP_ORIGIN)
-    );
+    // The client and <notifyd-bell> (which imports the client by a relative path) load as
+    // modules into a page of another origin.
+    for file in ["notifyd-client.js", "notifyd-bell.js"] {
+        let r = app
+            .http
+            .get(format!("{}/client/{file}", app.base))
+            .header(ORIGIN, APP_ORIGIN)
+            .send()
+            .await
+            .expect("GET client");
+        assert_eq!(r.status(), 200, "{file}");
+        assert_eq!(
+            header(r.headers(), "access-control-allow-origin"),
+            Some(APP_ORIGIN),
+            "{file}"
+        );
+        assert_eq!(
+            header(r.headers(), "content-type"),
+            Some("text/javascript; charset=utf-8"),
+            "{file}"
+        );
+    }
 
     // Errors from the allowed origin carry it too, so the page can read the error body.
     let r = app
@@ -301,6 +312,7 @@ async fn unsupported_methods_on_known_routes_get_405_with_allow_and_unknown_path
         ("PUT", "/api-docs/openapi.json", "GET"),
         ("POST", "/ws", "GET"),
         ("POST", "/client/notifyd-client.js", "GET"),
+        ("DELETE", "/client/notifyd-bell.js", "GET"),
     ] {
         let r = app
             .http
@@ -367,6 +379,7 @@ async fn head_works_on_get_routes_without_a_body() {
         ("/metrics", None),
         ("/api-docs/openapi.json", None),
         ("/client/notifyd-client.js", None),
+        ("/client/notifyd-bell.js", None),
         ("/api/v1/me/unread-count", Some(token(&u))),
         ("/api/v1/me/messages", Some(token(&u))),
         ("/api/v1/me/changes?since=0", Some(token(&u))),

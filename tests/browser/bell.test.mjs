@@ -1,4 +1,5 @@
-// The notification bell (web/demo.html + web/notifyd-client.js) in real headless Chromium against
+// The notification bell (web/demo.html, which uses <notifyd-bell> from web/notifyd-bell.js over
+// web/notifyd-client.js) in real headless Chromium against
 // a real notifyd (`serve --dev`), PostgreSQL and Redis. Run: scripts/browser-test.sh
 // (or, with the binary built and chromium installed: node --test tests/browser/).
 
@@ -47,7 +48,7 @@ const badge = (page) =>
 async function waitBadge(page, expected, timeout = 10_000) {
   await page.waitForFunction(
     (want) => {
-      const b = document.getElementById('badge');
+      const b = document.querySelector('notifyd-bell').shadowRoot.getElementById('badge');
       return (b.hidden ? '0' : b.textContent) === want;
     },
     expected,
@@ -63,6 +64,14 @@ async function waitItemUnread(page, id, unread, timeout = 10_000) {
     timeout,
   });
 }
+
+// The bell's parts live in its (open) shadow root: Playwright's CSS selectors (#bell, #list …)
+// reach into it; code run in the page goes through `shadowRoot`.
+const DEEP_ACTIVE = () => {
+  let a = document.activeElement;
+  while (a?.shadowRoot?.activeElement) a = a.shadowRoot.activeElement;
+  return a;
+};
 
 async function openBell(page) {
   if ((await page.getAttribute('#bell', 'aria-expanded')) !== 'true') await page.click('#bell');
@@ -239,13 +248,13 @@ describe('notification bell in Chromium', { timeout: 240_000 }, () => {
     await p.keyboard.press('Enter');
     await p.waitForSelector('#panel:not([hidden])');
     assert.equal(await p.getAttribute('#bell', 'aria-expanded'), 'true');
-    assert.equal(await p.evaluate(() => document.activeElement?.closest('.item')?.querySelector('.title')?.textContent), 'second');
+    assert.equal(await p.evaluate(`(${DEEP_ACTIVE})()?.closest('.item')?.querySelector('.title')?.textContent`), 'second');
     await p.keyboard.press('ArrowDown');
-    assert.equal(await p.evaluate(() => document.activeElement?.querySelector('.title')?.textContent), 'first');
+    assert.equal(await p.evaluate(`(${DEEP_ACTIVE})()?.querySelector('.title')?.textContent`), 'first');
     await p.keyboard.press('Escape');
     await p.waitForSelector('#panel', { state: 'hidden' });
     assert.equal(await p.getAttribute('#bell', 'aria-expanded'), 'false');
-    assert.equal(await p.evaluate(() => document.activeElement?.id), 'bell');
+    assert.equal(await p.evaluate(`(${DEEP_ACTIVE})()?.id`), 'bell');
     await p.close();
   });
 
@@ -263,7 +272,7 @@ describe('notification bell in Chromium', { timeout: 240_000 }, () => {
     await waitBadge(p, '0');
     assert.equal(await p.locator('#list .item[data-unread="true"]').count(), 2);
     await p.click('#read-all');
-    await p.waitForFunction(() => document.querySelectorAll('#list .item[data-unread="true"]').length === 0);
+    await p.waitForFunction(() => document.querySelector('notifyd-bell').shadowRoot.querySelectorAll('#list .item[data-unread="true"]').length === 0);
     assert.equal(await p.locator('#list .item').count(), 2);
     await p.close();
   });

@@ -9,15 +9,16 @@ import { freePort, repoRoot } from './harness.mjs';
 
 /**
  * The bell page (web/demo.html) as a third-party app would embed it: served by the app's own
- * origin, importing the client from notifyd's origin and talking to notifyd cross-origin. Its
+ * origin, importing <notifyd-bell> (and through it the client) from notifyd's origin and talking
+ * to notifyd cross-origin (its `server` attribute). Its
  * tokens come from the app's backend (`/demo/token` here, fetched server to server from notifyd's
  * dev endpoint, as a real app would mint them with the shared secret).
  */
 export async function bellPage(notifydUrl) {
   const html = await readFile(path.join(repoRoot, 'web', 'demo.html'), 'utf8');
   const edits = [
-    [`from '/client/notifyd-client.js'`, `from '${notifydUrl}/client/notifyd-client.js'`],
-    ['new NotifydClient({ getToken })', `new NotifydClient({ getToken, url: '${notifydUrl}' })`],
+    [`import '/client/notifyd-bell.js'`, `import '${notifydUrl}/client/notifyd-bell.js'`],
+    ['<notifyd-bell id="nb">', `<notifyd-bell id="nb" server="${notifydUrl}">`],
   ];
   let out = html;
   for (const [from, to] of edits) {

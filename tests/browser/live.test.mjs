@@ -102,6 +102,58 @@ describe('live product page (anonymous viewers of public topics)', () => {
   });
 });
 
+describe('the product demo as a newcomer first sees it', () => {
+  it('a fresh server: every product on both pages shows its stock and price before anyone changes one', { timeout: 60_000 }, async () => {
+    const fresh = await new Notifyd().setup();
+    const page = await newPage('newcomer');
+    try {
+      for (const n of [1, 2]) {
+        await page.goto(`${fresh.baseUrl}/demo/products?page=${n}`);
+        await page.waitForSelector('#status[data-state="open"]', { timeout: 15_000 });
+        const ids = await page.$$eval('article.product', (cards) => cards.map((c) => c.dataset.testid.slice('product-'.length)));
+        assert.equal(ids.length, 6);
+        for (const id of ids) {
+          await page.waitForFunction(
+            (i) => {
+              const stockText = document.querySelector(`[data-testid="stock-${i}"]`)?.textContent ?? '';
+              const price = document.querySelector(`[data-testid="price-${i}"]`)?.textContent ?? '';
+              return /^(In stock: \d+|Out of stock)$/.test(stockText) && /^\$\d+\.\d\d$/.test(price);
+            },
+            id,
+            { timeout: 10_000 },
+          );
+        }
+      }
+    } finally {
+      await page.close();
+      await fresh.teardown();
+    }
+  });
+
+  it('at 1200 px every card holds its "Change stock" button and stock input', { timeout: 30_000 }, async () => {
+    const page = await openProducts('layout');
+    await page.setViewportSize({ width: 1200, height: 800 });
+    const out = await page.$$eval('article.product', (cards) => cards.flatMap((card) => {
+      const c = card.getBoundingClientRect();
+      return [...card.querySelectorAll('button, input')].map((el) => {
+        const b = el.getBoundingClientRect();
+        const inside = b.left >= c.left - 0.5 && b.right <= c.right + 0.5 && b.top >= c.top - 0.5 && b.bottom <= c.bottom + 0.5;
+        return inside ? null : `${el.dataset.testid}: [${b.left}, ${b.right}] outside card [${c.left}, ${c.right}]`;
+      }).filter(Boolean);
+    }));
+    assert.deepEqual(out, []);
+    assert.ok((await page.locator('article.product button').count()) >= 6);
+    // and the input and its button do not overlap
+    const overlaps = await page.$$eval('article.product .backend', (rows) => rows.filter((row) => {
+      const i = row.querySelector('input').getBoundingClientRect();
+      const b = row.querySelector('button').getBoundingClientRect();
+      return i.right > b.left && i.left < b.right && i.bottom > b.top && i.top < b.bottom;
+    }).length);
+    assert.equal(overlaps, 0);
+    await page.close();
+  });
+});
+
 describe('group room on the bell demo', () => {
   it('a post from one page appears in the other with the right sender', async () => {
     const alice = randomUser('alice');
