@@ -7,7 +7,9 @@
 #      caught-up replica, by the primary while replay is paused (`pg_wal_replay_pause()`), and
 #      quickly by the primary while the replica hangs (SIGSTOP) or is shut down, through
 #      `replica-ctl stop|start|freeze|thaw`, which this script writes for the tests. They share
-#      the one replica, so they run one at a time.
+#      the one replica, so they run one at a time;
+#   4. the first two again with the replica behind a PgBouncer of its own in `pool_mode =
+#      transaction` with its default settings (Debian's, installed by scripts/services.sh).
 # Called by scripts/test.sh; runs alone too (after scripts/services.sh). About a minute of test
 # time after the build.
 set -euo pipefail
@@ -25,6 +27,7 @@ pg_bin=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)}
 cleanup() {
   set +e
   [ -f "$work/frozen" ] && kill -CONT $(cat "$work/frozen") 2>/dev/null
+  [ -f "$work/pgbouncer.pid" ] && kill "$(cat "$work/pgbouncer.pid")" 2>/dev/null
   for d in replica primary; do
     [ -f "$work/$d/postmaster.pid" ] && as_pg "$pg_bin/pg_ctl" -D "$work/$d" -m immediate stop >/dev/null 2>&1
   done
@@ -85,7 +88,43 @@ CTL
 chmod 755 "$work/replica-ctl"
 
 # --- 3. the tests ---
-TEST_REPLICA_PRIMARY_URL="postgres://postgres@127.0.0.1:$primary_port/postgres" \
-TEST_REPLICA_URL="postgres://postgres@127.0.0.1:$replica_port" \
-TEST_REPLICA_CTL="$work/replica-ctl" \
-  cargo test --test api replica:: -- --ignored --test-threads 1 --nocapture
+export TEST_REPLICA_PRIMARY_URL="postgres://postgres@127.0.0.1:$primary_port/postgres"
+export TEST_REPLICA_URL="postgres://postgres@127.0.0.1:$replica_port"
+export TEST_REPLICA_CTL="$work/replica-ctl"
+cargo test --test api replica:: -- --ignored --test-threads 1 --nocapture
+
+# --- 4. the replica behind PgBouncer in transaction mode ---
+pgb_port=$(free_port)
+cat >"$work/pgbouncer.ini" <<INI
+[databases]
+* = host=127.0.0.1 port=$replica_port
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $pgb_port
+unix_socket_dir = $work
+auth_type = trust
+auth_file = $work/users.txt
+pool_mode = transaction
+pidfile = $work/pgbouncer.pid
+logfile = $work/pgbouncer.log
+INI
+echo '"postgres" ""' >"$work/users.txt"
+if [ "$(id -u)" = 0 ]; then chown -R postgres "$work"; fi
+pgbouncer=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
+as_pg "$pgbouncer" -d "$work/pgbouncer.ini"
+for _ in $(seq 1 100); do
+  psql "postgres://postgres@127.0.0.1:$pgb_port/postgres" -c 'SELECT 1' >/dev/null 2>&1 && break
+  sleep 0.1
+done
+say "PgBouncer (transaction mode) in front of the replica on 127.0.0.1:$pgb_port"
+TEST_REPLICA_POOLER_URL="postgres://postgres@127.0.0.1:$pgb_port" \
+  cargo test --test api -- --ignored --test-threads 1 --nocapture \
+  replica::history_and_changes_come_from_a_caught_up_replica \
+  replica::with_replay_paused_new_messages_are_still_listed_and_counts_and_commands_stay_exact
+# The nodes' replica reads really went through the pooler (it logs each login).
+logins=$(grep -c 'login attempt: db=notifyd_test_' "$work/pgbouncer.log" || true)
+if [ "${logins:-0}" -lt 2 ]; then
+  say "only ${logins:-0} test connections logged in through PgBouncer: the tests did not use it"; exit 1
+fi
+say "$logins replica connections logged in through PgBouncer"

@@ -5,7 +5,8 @@
 //! that hangs or is down never fails or slows a read. Ignored by a plain `cargo test` (no
 //! replica): scripts/replica-test.sh makes a primary and a replica of it (`pg_basebackup -R`)
 //! on ports of their own and runs these one at a time (they pause, freeze and stop the one
-//! replica). The nodes are real `notifyd serve` processes, each with its own `/metrics`.
+//! replica), then the first two again with the replica behind PgBouncer in transaction mode.
+//! The nodes are real `notifyd serve` processes, each with its own `/metrics`.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -55,11 +56,22 @@ impl Env {
     }
 }
 
-/// A node on the test database of the primary, reading from its replica.
+/// A node on the test database of the primary, reading from its replica. With
+/// `TEST_REPLICA_POOLER_URL` (a PgBouncer in transaction mode in front of the replica, started by
+/// the script) it reaches the replica through that pooler, with the transaction discipline
+/// (`NOTIFYD_DATABASE_POOLER=transaction`; the primary stays direct).
 async fn node(env: &Env, db: &TestDb) -> Notifyd {
     let port = free_port();
     let mut vars = node_env(db, port);
-    vars.push(("NOTIFYD_DATABASE_REPLICA_URL".into(), env.replica_url(db)));
+    match std::env::var("TEST_REPLICA_POOLER_URL") {
+        Ok(pooler) => {
+            let url = format!("{}/{}", pooler.trim_end_matches('/'), db.name);
+            vars.push(("NOTIFYD_DATABASE_REPLICA_URL".into(), url));
+            vars.push(("NOTIFYD_DATABASE_POOLER".into(), "transaction".into()));
+            vars.push(("NOTIFYD_DATABASE_DIRECT_URL".into(), db.url.clone()));
+        }
+        Err(_) => vars.push(("NOTIFYD_DATABASE_REPLICA_URL".into(), env.replica_url(db))),
+    }
     vars.push(("RUST_LOG".into(), "notifyd=info".into()));
     let mut node = Notifyd::start(&["serve"], &vars, port);
     node.healthy().await;
