@@ -146,19 +146,12 @@ impl Replica {
         metrics::gauge!("notifyd_db_replica_up").set(0.0);
     }
 
-    /// `f` on a replica connection, checkout and statements within `limit`. `None`: no
-    /// connection in time, or `f` timed out (its connection is then dropped).
+    /// `f` on a replica connection, checkout and statements within `limit`.
     async fn call<T, F>(&self, limit: Duration, f: F) -> Option<Result<T, ApiError>>
     where
         F: AsyncFnOnce(&mut AsyncPgConnection) -> Result<T, ApiError>,
     {
-        let started = Instant::now();
-        let conn = match tokio::time::timeout(limit, self.pool.get()).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Some(Err(e.into())),
-            Err(_) => return None,
-        };
-        bounded(&self.pool, conn, limit.saturating_sub(started.elapsed()), f).await
+        call(&self.pool, limit, f).await
     }
 
     /// Probes the replica every `probe_interval` until `stop`, keeping [`Seen`] and the gauges
@@ -182,15 +175,21 @@ impl Replica {
     ///   agree, as `pg_stat_replication`'s lag does).
     async fn probe(&self, primary: &DbPool) {
         let asked = Instant::now();
-        let lsn = match super::run(primary, PROBE_TIMEOUT, async |c| {
+        // Not `db::run`: the probe's calls are no requests (they stay out of the request pool's
+        // wait histogram and timeout counter).
+        let lsn = match call(primary, PROBE_TIMEOUT, async |c| {
             Ok(replication::primary_lsn(c).await?)
         })
         .await
         {
-            Ok(lsn) => lsn,
+            Some(Ok(lsn)) => lsn,
+            None => {
+                tracing::debug!("replica probe: the primary's WAL position timed out");
+                return;
+            }
             // Without the primary's position nothing new is known; the lag the reads see grows
             // with the time since the last good probe.
-            Err(e) => {
+            Some(Err(e)) => {
                 tracing::debug!(error = %e, "replica probe: the primary's WAL position");
                 return;
             }
@@ -244,6 +243,21 @@ impl Replica {
         };
         metrics::gauge!("notifyd_db_replica_lag_seconds").set(lag);
     }
+}
+
+/// `f` on a connection of `pool`, checkout and statements within `limit`. `None`: no
+/// connection in time, or `f` timed out (its connection is then dropped, see `db::bounded`).
+async fn call<T, F>(pool: &DbPool, limit: Duration, f: F) -> Option<Result<T, ApiError>>
+where
+    F: AsyncFnOnce(&mut AsyncPgConnection) -> Result<T, ApiError>,
+{
+    let started = Instant::now();
+    let conn = match tokio::time::timeout(limit, pool.get()).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return Some(Err(e.into())),
+        Err(_) => return None,
+    };
+    bounded(pool, conn, limit.saturating_sub(started.elapsed()), f).await
 }
 
 /// Reads routed between the primary and the replica (when there is one).
