@@ -77,8 +77,13 @@ async fn fresh_db(env: &Env) -> TestDb {
 /// the script) it reaches the replica through that pooler, with the transaction discipline
 /// (`NOTIFYD_DATABASE_POOLER=transaction`; the primary stays direct).
 async fn node(env: &Env, db: &TestDb) -> Notifyd {
+    node_with(env, db, &[]).await
+}
+
+async fn node_with(env: &Env, db: &TestDb, extra: &[(&str, &str)]) -> Notifyd {
     let port = free_port();
     let mut vars = node_env(db, port);
+    vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     match std::env::var("TEST_REPLICA_POOLER_URL") {
         Ok(pooler) => {
             let url = format!("{}/{}", pooler.trim_end_matches('/'), db.name);
@@ -567,5 +572,66 @@ async fn a_replica_that_hangs_or_is_down_never_fails_or_slows_a_read() {
     )
     .await;
     eprintln!("routed reads: {:?}", reads(&node).await);
+    node.stop().await;
+}
+
+/// The replica's age of its last replayed commit, in seconds, as it reports it.
+async fn replay_age(url: &str) -> f64 {
+    #[derive(diesel::QueryableByName)]
+    struct Age {
+        #[diesel(sql_type = diesel::sql_types::Double)]
+        age: f64,
+    }
+    let mut c = notifyd::db::connect(url, &notifyd::db::Limits::default())
+        .await
+        .expect("connect to the replica");
+    let a: Age = diesel_async::RunQueryDsl::get_result(
+        diesel::sql_query(
+            "SELECT COALESCE(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0)\
+             ::float8 AS age",
+        ),
+        &mut c,
+    )
+    .await
+    .expect("replay age");
+    a.age
+}
+
+/// An idle primary commits nothing, so the replica's last replayed commit grows old although
+/// nothing is missing: a lag read from the replay timestamp alone would send every read to the
+/// primary. The replayed WAL position, compared with the primary's, tells it is caught up.
+/// (The node runs no relay: its heartbeat would commit every second.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the primary and replica scripts/replica-test.sh starts"]
+async fn a_caught_up_replica_of_an_idle_primary_is_not_taken_for_a_lagging_one() {
+    let env = env();
+    let db = fresh_db(&env).await;
+    let node = node_with(&env, &db, &[("NOTIFYD_RELAY", "off")]).await;
+    let user = new_user();
+    let one = send(&node, &user, "one").await;
+    let listed = vec![one["id"].clone()];
+    until_from_replica(
+        &node,
+        &user,
+        "/api/v1/me/messages",
+        "history",
+        lists(listed.clone()),
+    )
+    .await;
+    let url = env.replica_url(&db);
+    eventually(SETTLE, "the last replayed commit is 2 s old", || async {
+        (replay_age(&url).await > 2.0).then_some(())
+    })
+    .await;
+    let before = reads(&node).await;
+    let page = user_get(&node, &user, "/api/v1/me/messages").await;
+    assert_eq!(ids(&page), listed);
+    let after = reads(&node).await;
+    assert_eq!(
+        of(&after, "history", "replica"),
+        of(&before, "history", "replica") + 1.0,
+        "{after:?}"
+    );
+    eprintln!("routed reads: {after:?}");
     node.stop().await;
 }
