@@ -22,6 +22,8 @@ use futures_util::FutureExt;
 use crate::config::Settings;
 use crate::error::ApiError;
 
+pub mod replica;
+
 pub type PooledConn = Object<AsyncPgConnection>;
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
@@ -488,6 +490,21 @@ pub fn pool_with(
     limits: Limits,
     pooler: Pooler,
 ) -> anyhow::Result<DbPool> {
+    pool_waiting(database_url, size, limits, pooler, POOL_WAIT)
+}
+
+/// How long a checkout waits for a free connection of the primary's pool.
+pub const POOL_WAIT: Duration = Duration::from_secs(10);
+
+/// A pool whose checkouts wait at most `wait` for a free connection (a replica's: short, see
+/// [`replica`]).
+pub(crate) fn pool_waiting(
+    database_url: &str,
+    size: usize,
+    limits: Limits,
+    pooler: Pooler,
+    wait: Duration,
+) -> anyhow::Result<DbPool> {
     // Read (URL, TLS, CA file) once, now: a bad one fails start-up, not every connection.
     let target = Target::new(database_url, &limits, pooler)?;
     // `Fast`: no test query per checkout (a round trip on every request); a connection the
@@ -502,8 +519,8 @@ pub fn pool_with(
         AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(database_url, config);
     let pool = Pool::builder(manager)
         .max_size(size)
-        .wait_timeout(Some(Duration::from_secs(10)))
-        .create_timeout(Some(Duration::from_secs(5)))
+        .wait_timeout(Some(wait))
+        .create_timeout(Some(CONNECT_TIMEOUT))
         .runtime(deadpool::Runtime::Tokio1)
         .build()
         .context("building the database pool")?;
@@ -561,10 +578,33 @@ where
     F: AsyncFnOnce(&mut AsyncPgConnection) -> Result<T, ApiError>,
 {
     let asked = std::time::Instant::now();
-    let mut conn = pool.get().await?;
+    let conn = pool.get().await?;
     // How long requests wait for a pooled connection: the first thing to look at when requests
     // slow down while the database itself is not busy (a pool too small for the load).
     metrics::histogram!("notifyd_db_pool_wait_seconds").record(asked.elapsed().as_secs_f64());
+    match bounded(pool, conn, limit, f).await {
+        Some(r) => r,
+        None => {
+            metrics::counter!("notifyd_db_request_timeouts_total").increment(1);
+            Err(ApiError::Unavailable(format!(
+                "database did not answer within {limit:?}"
+            )))
+        }
+    }
+}
+
+/// `f` on the checked-out `conn` of `pool` (one transaction behind a transaction pooler),
+/// bounded by `limit` on our side. `None`: it timed out, and the connection was taken out of
+/// the pool and dropped (a late answer would land on the next caller's query).
+pub(crate) async fn bounded<T, F>(
+    pool: &DbPool,
+    mut conn: PooledConn,
+    limit: Duration,
+    f: F,
+) -> Option<Result<T, ApiError>>
+where
+    F: AsyncFnOnce(&mut AsyncPgConnection) -> Result<T, ApiError>,
+{
     let result = {
         let c: &mut AsyncPgConnection = &mut conn;
         tokio::time::timeout(limit, async {
@@ -576,13 +616,10 @@ where
         .await
     };
     match result {
-        Ok(r) => r,
+        Ok(r) => Some(r),
         Err(_) => {
             drop(Object::take(conn));
-            metrics::counter!("notifyd_db_request_timeouts_total").increment(1);
-            Err(ApiError::Unavailable(format!(
-                "database did not answer within {limit:?}"
-            )))
+            None
         }
     }
 }

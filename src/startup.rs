@@ -105,6 +105,7 @@ impl Application {
         if settings.relay_enabled {
             start_relay(&settings, broker, &waker, &mut bg);
         }
+        let replica = start_replica(&settings, &pool, &mut bg)?;
         let workers = settings.http_workers.unwrap_or_else(default_http_workers);
         metrics::gauge!("notifyd_http_workers").set(workers as f64);
         let gateway = new_gateway(&settings, workers);
@@ -170,6 +171,7 @@ impl Application {
             limits: Arc::new(crate::ratelimit::RateLimits::default()),
             settings,
             pool,
+            replica,
             redis,
             hub,
             waker,
@@ -259,6 +261,29 @@ async fn prepare_database(settings: &Settings) -> anyhow::Result<db::DbPool> {
         db::Limits::from_settings(settings),
         settings.pooler(),
     )
+}
+
+/// The replica's pool and its lag probe, when `NOTIFYD_DATABASE_REPLICA_URL` is set. It is
+/// reached the way `DATABASE_URL` is (`NOTIFYD_DATABASE_POOLER`); a bad URL or CA file stops
+/// start-up, a replica that is down does not.
+fn start_replica(
+    settings: &Settings,
+    primary: &db::DbPool,
+    bg: &mut Background,
+) -> anyhow::Result<Option<Arc<db::replica::Replica>>> {
+    let Some(url) = &settings.database_replica_url else {
+        return Ok(None);
+    };
+    let replica = Arc::new(db::replica::Replica::new(
+        url,
+        settings.db_pool_size,
+        &db::Limits::from_settings(settings),
+        settings.pooler(),
+        settings.replica_max_lag,
+    )?);
+    let primary = primary.clone();
+    bg.spawn(|stop| replica.clone().run_probe(primary, stop));
+    Ok(Some(replica))
 }
 
 /// Redis when `REDIS_URL` is set (its pool, and the hub's subscriber task), else the

@@ -16,6 +16,8 @@ use crate::ratelimit::RateLimits;
 pub struct AppState {
     pub settings: Arc<Settings>,
     pub pool: DbPool,
+    /// `NOTIFYD_DATABASE_REPLICA_URL`'s replica, when set: see `reads`.
+    pub replica: Option<Arc<crate::db::replica::Replica>>,
     pub redis: Option<deadpool_redis::Pool>,
     pub hub: Arc<Hub>,
     pub waker: Waker,
@@ -43,5 +45,15 @@ impl AppState {
         F: AsyncFnOnce(&mut diesel_async::AsyncPgConnection) -> Result<T, crate::error::ApiError>,
     {
         crate::db::run(&self.pool, self.settings.db_request_timeout, f).await
+    }
+
+    /// The reads a replica may answer (history pages, `/me/changes`) go through this; every
+    /// other database call through `db` (contract §11).
+    pub fn reads(&self) -> crate::db::replica::Reads<'_> {
+        crate::db::replica::Reads {
+            primary: &self.pool,
+            replica: self.replica.as_deref(),
+            limit: self.settings.db_request_timeout,
+        }
     }
 }

@@ -94,11 +94,16 @@ pub async fn list(
         // (a message is never both: archiving drops a snooze).
         (true, true) => Shelf::Aside,
     };
-    let page = state
-        .db(async |conn| {
-            inbox_changes::page(conn, &user.0.user, before, limit, unread_only, shelf).await
-        })
-        .await?;
+    // The replica when it may answer (contract §11), else the primary.
+    let page = inbox_changes::page_routed(
+        &state.reads(),
+        &user.0.user,
+        before,
+        limit,
+        unread_only,
+        shelf,
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(page))
 }
 
@@ -147,9 +152,7 @@ pub async fn changes(
 ) -> Result<HttpResponse, ApiError> {
     let since = int_param(q.since.as_deref(), "since", 0, i64::MAX)?.unwrap_or(0);
     let epoch = int_param(q.epoch.as_deref(), "epoch", 0, i64::MAX)?;
-    let changes = state
-        .db(async |conn| Ok(inbox_changes::since(conn, &user.0.user, since, epoch).await?))
-        .await?;
+    let changes = inbox_changes::since_routed(&state.reads(), &user.0.user, since, epoch).await?;
     Ok(HttpResponse::Ok().json(changes))
 }
 

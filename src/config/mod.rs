@@ -36,6 +36,12 @@ pub struct Settings {
     /// `pool_mode = transaction` (PgBouncer), see `db::Pooler`; `None` (`auto`): a transaction
     /// pooler exactly when a direct URL is set (see `pooler`).
     pub database_pooler: Option<crate::db::Pooler>,
+    /// `NOTIFYD_DATABASE_REPLICA_URL`: a streaming replica of the primary that history pages
+    /// and `/me/changes` may read from (contract §11, `db::replica`). `None`: every read goes
+    /// to `database_url`.
+    pub database_replica_url: Option<String>,
+    /// `NOTIFYD_REPLICA_MAX_LAG`: a replica whose replay lag is not below this is not read from.
+    pub replica_max_lag: Duration,
     /// `NOTIFYD_REDIS_CA_FILE`: the CA (PEM) a `rediss://` server's certificate must lead to.
     /// `None`: the system store (which honours `SSL_CERT_FILE`).
     pub redis_ca_file: Option<std::path::PathBuf>,
@@ -160,6 +166,8 @@ impl Settings {
             database_url: database_url.into(),
             database_direct_url: None,
             database_pooler: None,
+            database_replica_url: None,
+            replica_max_lag: Duration::from_secs(1),
             redis_ca_file: None,
             redis_url: None,
             redis_prefix: "notifyd:".into(),

@@ -42,6 +42,8 @@ impl fmt::Debug for Settings {
             database_url,
             database_direct_url,
             database_pooler,
+            database_replica_url,
+            replica_max_lag,
             redis_ca_file,
             redis_url,
             redis_prefix,
@@ -105,6 +107,11 @@ impl fmt::Debug for Settings {
                 &database_direct_url.as_deref().map(url),
             )
             .field("database_pooler", database_pooler)
+            .field(
+                "database_replica_url",
+                &database_replica_url.as_deref().map(url),
+            )
+            .field("replica_max_lag", replica_max_lag)
             .field("redis_ca_file", redis_ca_file)
             .field("redis_url", &redis_url.as_deref().map(url))
             .field("redis_prefix", redis_prefix)

@@ -153,6 +153,29 @@ pub static SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        env: "NOTIFYD_DATABASE_REPLICA_URL",
+        default: Default::Note("unset"),
+        secret: true,
+        kind: Kind::Value {
+            range: "a `postgres://` URL",
+            set: |s, v| {
+                s.database_replica_url = Some(values::postgres_url(v)?);
+                Ok(())
+            },
+        },
+    },
+    Setting {
+        env: "NOTIFYD_REPLICA_MAX_LAG",
+        default: Default::Value("1s"),
+        secret: false,
+        kind: Kind::Duration {
+            min: ms(10),
+            max: secs(HOUR),
+            zero_unsets: false,
+            set: |s, d| s.replica_max_lag = d,
+        },
+    },
+    Setting {
         env: "REDIS_URL",
         default: Default::Note("unset"),
         secret: true,

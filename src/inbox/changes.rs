@@ -4,6 +4,7 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use crate::db::replica::{Read, Reads};
 use crate::error::ApiError;
 use crate::store::inbox_state::Counters;
 use crate::store::messages::{Listed, Shelf};
@@ -43,6 +44,12 @@ impl Changes {
     pub fn seq(&self) -> i64 {
         match self {
             Changes::Events { seq, .. } | Changes::Reset { seq, .. } => *seq,
+        }
+    }
+
+    pub fn epoch(&self) -> i64 {
+        match self {
+            Changes::Events { epoch, .. } | Changes::Reset { epoch, .. } => *epoch,
         }
     }
 
@@ -121,6 +128,69 @@ pub async fn since(
         Ok(resolve(Some(since), epoch, c, rows))
     })
     .await
+}
+
+/// `GET /api/v1/me/changes` from the replica when it may answer (contract §11): it must hold at
+/// least `since` (behind it, it would tell the client that `since` is ahead of the stream: a
+/// reset), of the inbox the client names; otherwise, and when it lags, the primary answers.
+/// No round trip to the primary first: the answer is a correct state of the user's stream,
+/// never older than what the client has, and at most `NOTIFYD_REPLICA_MAX_LAG` old.
+pub async fn since_routed(
+    reads: &Reads<'_>,
+    user: &str,
+    after: i64,
+    epoch: Option<i64>,
+) -> Result<Changes, ApiError> {
+    reads
+        .read(
+            Read::Changes,
+            (after, epoch),
+            async |conn, (after, epoch)| {
+                let answer = since(conn, user, after, epoch).await?;
+                Ok(holds_since(&answer, after, epoch).then_some(answer))
+            },
+            async |conn| since(conn, user, after, epoch).await,
+        )
+        .await
+}
+
+/// Whether a replica's `answer` to a resume after `since` from `epoch` is one the primary could
+/// have given a moment earlier: its stream has reached `since`, in the client's inbox (from
+/// `since` 0 any inbox's events are right).
+fn holds_since(answer: &Changes, since: i64, epoch: Option<i64>) -> bool {
+    answer.seq() >= since && (since == 0 || epoch.is_none_or(|e| e == answer.epoch()))
+}
+
+/// A page of `GET /api/v1/me/messages` from the replica when it already holds the user's
+/// current seq, in the current inbox (epoch), as the primary has it (contract §11): so what a
+/// client just saw arrive, or just did, is on it. Every change of an inbox takes a new seq,
+/// so the same seq is the same inbox state. Otherwise, and when it lags, the primary answers.
+pub async fn page_routed(
+    reads: &Reads<'_>,
+    user: &str,
+    before: Option<i64>,
+    limit: i64,
+    unread_only: bool,
+    shelf: Shelf,
+) -> Result<Page, ApiError> {
+    reads
+        .read_after(
+            Read::History,
+            async |conn| Ok(inbox_state::get(conn, user).await?),
+            async |conn, current: Counters| {
+                // The replica only moves forward: a page read after this check shows at least
+                // that state.
+                let there = inbox_state::get(conn, user).await?;
+                if there.epoch != current.epoch || there.seq < current.seq {
+                    return Ok(None);
+                }
+                Ok(Some(
+                    page(conn, user, before, limit, unread_only, shelf).await?,
+                ))
+            },
+            async |conn| page(conn, user, before, limit, unread_only, shelf).await,
+        )
+        .await
 }
 
 pub async fn counts(conn: &mut Conn, user: &str) -> Result<Counters, ApiError> {
@@ -206,6 +276,18 @@ mod tests {
             )),
             None
         );
+    }
+
+    /// Contract §11: a replica answers a resume only when its stream has reached `since`, in
+    /// the client's inbox; behind it, its answer would be a reset the primary would not give.
+    #[test]
+    fn a_replica_answer_counts_only_when_its_stream_reached_since_in_the_clients_inbox() {
+        let answer = |seq: i64| resolve(Some(0), None, at(seq), evs(1..=seq));
+        assert!(holds_since(&answer(5), 5, Some(7)));
+        assert!(holds_since(&answer(5), 3, None));
+        assert!(!holds_since(&answer(4), 5, Some(7)), "behind since");
+        assert!(!holds_since(&answer(5), 5, Some(6)), "another inbox");
+        assert!(holds_since(&answer(5), 0, Some(6)), "from 0 any inbox");
     }
 
     /// The hole the epoch closes: a client offline while its user was erased comes back with a

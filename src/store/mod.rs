@@ -12,6 +12,7 @@ pub mod messages;
 pub mod outbox;
 pub mod push;
 pub mod relay_node;
+pub mod replication;
 pub mod schema;
 pub mod session;
 pub mod topic_retained;

@@ -22,6 +22,7 @@ mod pooler;
 mod push;
 mod relay;
 mod relay_spread;
+mod replica;
 mod resync;
 mod spine;
 mod sse;
