@@ -247,15 +247,30 @@ async fn preferences(bin: &str) -> anyhow::Result<()> {
         .await?;
     let prefix = format!("bench{}p:", std::process::id());
     let node = Node::start(bin, &db.url, &prefix, false, &["serve"]).await?;
+    // BENCH_PREFS_BASELINE_BIN: a build without preferences (e.g. the commit before them) on the
+    // same database, its own users, timed in the same rounds: what the probe costs a batch.
+    let baseline_bin = std::env::var("BENCH_PREFS_BASELINE_BIN").ok();
+    let baseline = match &baseline_bin {
+        Some(b) => Some(Node::start(b, &db.url, &format!("{prefix}b"), false, &["serve"]).await?),
+        None => None,
+    };
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
         .build()?;
     let url = format!("{}/api/v1/messages", node.base);
+    let base_url = baseline
+        .as_ref()
+        .map(|b| format!("{}/api/v1/messages", b.base));
     let plain = pref_users("n", PREF_USERS);
     let muting = pref_users("m", PREF_USERS);
+    let before = pref_users("b", PREF_USERS);
     let post = |users: &Vec<String>| {
         let body = json!({"to_users": users, "title": "bench", "content": "x".repeat(100), "type": "bench"});
-        let req = http.post(&url).bearer_auth(KEY).json(&body);
+        let target = match (&base_url, users[0].starts_with('b')) {
+            (Some(b), true) => b,
+            _ => &url,
+        };
+        let req = http.post(target).bearer_auth(KEY).json(&body);
         async move {
             let t = Instant::now();
             let r = req.send().await?;
@@ -271,20 +286,46 @@ async fn preferences(bin: &str) -> anyhow::Result<()> {
     // One untimed round each: both users' counter rows exist from then on (steady state).
     post(&plain).await?;
     post(&muting).await?;
+    let mut old = vec![];
+    if baseline.is_some() {
+        post(&before).await?;
+    }
     let (mut none, mut some) = (vec![], vec![]);
     for round in 0..rounds {
+        if baseline.is_some() {
+            let (secs, made, _) = post(&before).await?;
+            if made != PREF_USERS {
+                bail!("the baseline created {made}");
+            }
+            old.push(secs);
+        }
         // Alternate which goes first, so neither always follows the other's checkpoint.
-        let order = if round % 2 == 0 { [false, true] } else { [true, false] };
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
         for muted in order {
             let (secs, made, skipped) = post(if muted { &muting } else { &plain }).await?;
-            let want = if muted { (9_000, 1_000) } else { (PREF_USERS, 0) };
+            let want = if muted {
+                (9_000, 1_000)
+            } else {
+                (PREF_USERS, 0)
+            };
             if (made, skipped) != want {
                 bail!("created {made}, skipped {skipped}; expected {want:?}");
             }
-            if muted { some.push(secs) } else { none.push(secs) }
+            if muted {
+                some.push(secs)
+            } else {
+                none.push(secs)
+            }
         }
     }
     node.stop();
+    if let Some(b) = baseline {
+        b.stop();
+    }
     db.drop_db().await?;
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -294,6 +335,19 @@ async fn preferences(bin: &str) -> anyhow::Result<()> {
     let (lo_n, hi_n) = (none[0], none[none.len() - 1]);
     let (lo_s, hi_s) = (some[0], some[some.len() - 1]);
     let ratio = ms / mn;
+    let old_row = if old.is_empty() {
+        String::new()
+    } else {
+        let mo = median(&mut old);
+        format!(
+            "| no preferences, the build before preferences (`BENCH_PREFS_BASELINE_BIN`, same database and rounds) | **{:.0} ms** ({:.0} – {:.0}) | {:.0} | {:.0} |\n",
+            mo * 1e3,
+            old[0] * 1e3,
+            old[old.len() - 1] * 1e3,
+            PREF_USERS as f64 / mo,
+            PREF_USERS as f64 / mo
+        ) + &format!("\n**This build ÷ the build before preferences, no preferences: {:.2}×**\n", mn / mo)
+    };
     println!(
         "    no preferences: median {:.0} ms; 10% muted: median {:.0} ms; {ratio:.2}x",
         mn * 1e3,
@@ -312,7 +366,8 @@ also holds 100,000 rows of other users and types. Time: from sending the request
 | batch of 10,000 recipients | median (min – max) | recipients/s | rows written/s |\n\
 |---|---|---|---|\n\
 | no preferences | **{mn:.0} ms** ({lo_n:.0} – {hi_n:.0}) | {rn:.0} | {rn:.0} |\n\
-| 10% muted the type | **{ms:.0} ms** ({lo_s:.0} – {hi_s:.0}) | {rs:.0} | {ws:.0} |\n\n\
+| 10% muted the type | **{ms:.0} ms** ({lo_s:.0} – {hi_s:.0}) | {rs:.0} | {ws:.0} |\n\
+{old_row}\n\
 **Ratio, 10% muted ÷ no preferences: {ratio:.2}×** in time per request. Both groups' rows go\n\
 through the same statement, which probes `user_type_preference`'s primary key once per row; the\n\
 muted group's 1,000 users also go through the window that recounts their seqs (docs/decisions/0015).\n\n",

@@ -334,7 +334,23 @@ async fn direct_messages_and_announcements_take_the_same_path_and_skip_the_muted
         rows_of(&app, "t_message_real_time", "to_user", &to).await,
         0
     );
-    // Another type goes through, with an empty `skipped`.
+    // The socket's `send` says the same in its `ack`.
+    let mut ws = WsClient::connect(&app.ws_url(&token_send_to(&sender, &["*"]), None))
+        .await
+        .expect("ws connect");
+    ws.next_of("hello", T).await;
+    ws.send(&json!({"type": "send", "to_user": to, "message": {"title": "hi", "type": "chat"}, "ref": "d1"}))
+        .await;
+    let ack = ws.answer_to("d1", T).await;
+    assert_eq!(
+        ack,
+        json!({"type": "ack", "ref": "d1", "id": null, "skipped": muted(&[&to])})
+    );
+    assert_eq!(
+        rows_of(&app, "t_message_real_time", "to_user", &to).await,
+        0
+    );
+    // Another type goes through, with the contract's `{"id"}`.
     let r = app
         .http
         .post(format!("{}/api/v1/me/send", app.base))
