@@ -468,3 +468,45 @@ async fn push_false_stores_and_delivers_but_queues_no_push_while_push_true_does(
     assert_eq!(pending, want);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasing_a_user_erases_their_preferences_and_their_place_in_stored_skipped_lists() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let (u, v) = (new_user(), new_user());
+    let r = put(&app, &u, json!({"types": {"marketing": {"in_app": false}}})).await;
+    assert_eq!(r.status(), 200);
+    created(&app, &json!({"to_user": u, "title": "welcome"})).await;
+    let body = json!({"to_users": [u, v], "title": "Sale", "type": "marketing"});
+    let first = app
+        .post_as("/api/v1/messages", SERVICE_KEY, Some("erase-1"), &body)
+        .await;
+    assert_eq!(first.status(), 201);
+    assert_eq!(
+        first.json::<Value>().await.unwrap()["skipped"],
+        muted(&[&u])
+    );
+
+    let r = app
+        .http
+        .delete(format!("{}/api/v1/users/{u}", app.base))
+        .bearer_auth(SERVICE_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(app.user_json(&u, PATH).await, json!({"types": {}}));
+    assert_eq!(
+        rows_of(&app, "user_type_preference", "user_id", &u).await,
+        0
+    );
+    // A replay no longer names the erased user anywhere.
+    let again = app
+        .post_as("/api/v1/messages", SERVICE_KEY, Some("erase-1"), &body)
+        .await;
+    assert_eq!(again.status(), 201);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["skipped"], json!([]), "{again}");
+    assert!(!again.to_string().contains(&u), "{again}");
+    app.stop().await;
+}
