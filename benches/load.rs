@@ -10,10 +10,13 @@
 //! 7. the relay draining a backlog with 1, 2 and 4 partitions over 1 and 2 relay processes,
 //!    beside a `redis-benchmark` pipelined PUBLISH ceiling measured in the same run
 //!    (`BENCH_ONLY=relay` runs only it and writes its own "Relay" section).
+//! 8. one `to_users` POST to 10,000 users of whom 10% muted its type (preferences), beside the
+//!    same POST to 10,000 users with no preferences, alternating in one run
+//!    (`BENCH_ONLY=preferences`; its own section).
 //!
 //! Needs a release binary (`cargo build --release`), PostgreSQL and Redis (scripts/services.sh).
 //! Run: `cargo bench --bench load` (env BENCH_SECS, BENCH_WS_CONNS to change the sizes;
-//! `BENCH_ONLY=write,relay,ws,announcement` picks scenarios). Each scenario rewrites only its own
+//! `BENCH_ONLY=write,relay,ws,announcement,preferences` picks scenarios). Each scenario rewrites only its own
 //! section of docs/benchmarks.md. `scripts/bench.sh` runs this and every other bench.
 //! `BENCH_PGBENCH_SCRIPTS=<dir>` only writes the handler's statement as pgbench scripts there.
 
@@ -206,7 +209,186 @@ async fn main() -> anyhow::Result<()> {
     if run("announcement") {
         announcement(&bin).await?;
     }
+    if run("preferences") {
+        preferences(&bin).await?;
+    }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Preferences: a 10,000-recipient batch where 10% muted the type, beside one with no
+// preferences, on the same node and database, alternating so both see the same machine.
+
+const PREF_USERS: usize = 10_000;
+
+/// `n` user ids starting with `tag`, in text order.
+fn pref_users(tag: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{tag}{i:05}")).collect()
+}
+
+async fn preferences(bin: &str) -> anyhow::Result<()> {
+    let rounds = env_num("BENCH_PREFS_ROUNDS", 15) as usize;
+    println!("8 preferences: {rounds} rounds of two {PREF_USERS}-recipient POSTs");
+    let db = BenchDb::create("bench_prefs").await?;
+    notifyd::db::migrate(&db.url).await?;
+    let mut conn = AsyncPgConnection::establish(&db.url).await?;
+    // Every 10th user of the muted group mutes `bench`; 100,000 other preferences (other users,
+    // other types) make the index the create probes a realistic size.
+    diesel::sql_query(format!(
+        "INSERT INTO user_type_preference (user_id, type, in_app, push) \
+         SELECT 'm' || lpad(g::text, 5, '0'), 'bench', false, false FROM generate_series(0, {}, 10) g \
+         UNION ALL SELECT 'x' || g, 't' || (g % 7), g % 2 = 0, false FROM generate_series(1, 100000) g",
+        PREF_USERS - 1
+    ))
+    .execute(&mut conn)
+    .await?;
+    diesel::sql_query("VACUUM ANALYZE user_type_preference")
+        .execute(&mut conn)
+        .await?;
+    let prefix = format!("bench{}p:", std::process::id());
+    let node = Node::start(bin, &db.url, &prefix, false, &["serve"]).await?;
+    // BENCH_PREFS_BASELINE_BIN: a build without preferences (e.g. the commit before them) on the
+    // same database, its own users, timed in the same rounds: what the probe costs a batch.
+    let baseline_bin = std::env::var("BENCH_PREFS_BASELINE_BIN").ok();
+    let baseline = match &baseline_bin {
+        Some(b) => Some(Node::start(b, &db.url, &format!("{prefix}b"), false, &["serve"]).await?),
+        None => None,
+    };
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()?;
+    let url = format!("{}/api/v1/messages", node.base);
+    let base_url = baseline
+        .as_ref()
+        .map(|b| format!("{}/api/v1/messages", b.base));
+    let plain = pref_users("n", PREF_USERS);
+    let muting = pref_users("m", PREF_USERS);
+    let before = pref_users("b", PREF_USERS);
+    let post = |users: &Vec<String>| {
+        let body = json!({"to_users": users, "title": "bench", "content": "x".repeat(100), "type": "bench"});
+        let target = match (&base_url, users[0].starts_with('b')) {
+            (Some(b), true) => b,
+            _ => &url,
+        };
+        let req = http.post(target).bearer_auth(KEY).json(&body);
+        async move {
+            let t = Instant::now();
+            let r = req.send().await?;
+            if r.status() != 201 {
+                bail!("the to_users POST answered {}", r.status());
+            }
+            let v: serde_json::Value = r.json().await?;
+            let secs = t.elapsed().as_secs_f64();
+            let n = |k: &str| v[k].as_array().map_or(0, Vec::len);
+            Ok::<_, anyhow::Error>((secs, n("messages"), n("skipped")))
+        }
+    };
+    // One untimed round each: both users' counter rows exist from then on (steady state).
+    post(&plain).await?;
+    post(&muting).await?;
+    let mut old = vec![];
+    if baseline.is_some() {
+        post(&before).await?;
+    }
+    let (mut none, mut some) = (vec![], vec![]);
+    for round in 0..rounds {
+        if baseline.is_some() {
+            let (secs, made, _) = post(&before).await?;
+            if made != PREF_USERS {
+                bail!("the baseline created {made}");
+            }
+            old.push(secs);
+        }
+        // Alternate which goes first, so neither always follows the other's checkpoint.
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for muted in order {
+            let (secs, made, skipped) = post(if muted { &muting } else { &plain }).await?;
+            let want = if muted {
+                (9_000, 1_000)
+            } else {
+                (PREF_USERS, 0)
+            };
+            if (made, skipped) != want {
+                bail!("created {made}, skipped {skipped}; expected {want:?}");
+            }
+            if muted {
+                some.push(secs)
+            } else {
+                none.push(secs)
+            }
+        }
+    }
+    node.stop();
+    if let Some(b) = baseline {
+        b.stop();
+    }
+    db.drop_db().await?;
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (mn, ms) = (median(&mut none), median(&mut some));
+    let (lo_n, hi_n) = (none[0], none[none.len() - 1]);
+    let (lo_s, hi_s) = (some[0], some[some.len() - 1]);
+    let ratio = ms / mn;
+    let old_row = if old.is_empty() {
+        String::new()
+    } else {
+        let mo = median(&mut old);
+        format!(
+            "| no preferences, the build before preferences (`BENCH_PREFS_BASELINE_BIN`, same database and rounds) | **{:.0} ms** ({:.0} – {:.0}) | {:.0} | {:.0} |\n",
+            mo * 1e3,
+            old[0] * 1e3,
+            old[old.len() - 1] * 1e3,
+            PREF_USERS as f64 / mo,
+            PREF_USERS as f64 / mo
+        ) + &format!("\n**This build ÷ the build before preferences, no preferences: {:.2}×**\n", mn / mo)
+    };
+    println!(
+        "    no preferences: median {:.0} ms; 10% muted: median {:.0} ms; {ratio:.2}x",
+        mn * 1e3,
+        ms * 1e3
+    );
+    let m = support::machine();
+    let section = format!(
+        "## Preferences: a 10,000-recipient batch with muted recipients\n\n\
+Measured on {date} by `BENCH_ONLY=preferences cargo bench --bench load` (scenario 8; also part of\n\
+the full run), commit `{commit}`, {cores} cores, release build, relay off (only the create is timed).\n\
+One node; {rounds} rounds, each one `POST /api/v1/messages` with `to_users` of 10,000 users and\n\
+`type: bench` to each of two groups, alternating which goes first: users with no preferences,\n\
+and users of whom every 10th set `{{\"bench\": {{\"in_app\": false}}}}`. `user_type_preference`\n\
+also holds 100,000 rows of other users and types. Time: from sending the request to its `201`\n\
+(committed; the muted group's answer lists 1,000 users under `skipped`).\n\n\
+| batch of 10,000 recipients | median (min – max) | recipients/s | rows written/s |\n\
+|---|---|---|---|\n\
+| no preferences | **{mn:.0} ms** ({lo_n:.0} – {hi_n:.0}) | {rn:.0} | {rn:.0} |\n\
+| 10% muted the type | **{ms:.0} ms** ({lo_s:.0} – {hi_s:.0}) | {rs:.0} | {ws:.0} |\n\
+{old_row}\n\
+**Ratio, 10% muted ÷ no preferences: {ratio:.2}×** in time per request. Both groups' rows go\n\
+through the same statement, which probes `user_type_preference`'s primary key once per row; the\n\
+muted group's 1,000 users also go through the window that recounts their seqs (docs/decisions/0015).\n\n",
+        date = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        commit = support::git_commit(),
+        cores = m.cores,
+        mn = mn * 1e3,
+        ms = ms * 1e3,
+        lo_n = lo_n * 1e3,
+        hi_n = hi_n * 1e3,
+        lo_s = lo_s * 1e3,
+        hi_s = hi_s * 1e3,
+        rn = PREF_USERS as f64 / mn,
+        rs = PREF_USERS as f64 / ms,
+        ws = 9_000.0 / ms,
+    );
+    write_section(
+        "docs/benchmarks.md",
+        "## Preferences: a 10,000-recipient batch with muted recipients",
+        &section,
+    )
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -17,8 +17,10 @@ pub struct Batch {
     pub broadcast: Uuid,
     /// The service that sent the broadcast (labels `notifyd_messages_created_total`).
     pub service: String,
-    /// Notifications created (one per recipient).
+    /// Notifications created (one per recipient who did not mute the type).
     pub created: usize,
+    /// Recipients who muted the announcement's type (preferences, `in_app: false`).
+    pub skipped: usize,
     /// The cursor passed the last recipient: the broadcast is now `done`.
     pub done: bool,
 }
@@ -42,6 +44,7 @@ pub async fn run_one(
             let n = users.len();
             let done = (n as i64) < limit;
             let cursor = users.last().cloned().or(b.cursor_user);
+            let (mut made, mut skipped) = (0, 0);
             if n > 0 {
                 let req = CreateRequest {
                     entries: vec![MessageInput {
@@ -55,14 +58,25 @@ pub async fn run_one(
                     }],
                     source: bytes::Bytes::new(),
                 };
+                // The one insert path: a recipient who muted the type gets nothing here either.
                 let rows = create::insert_rows(conn, &b.service, &req, Some(b.id)).await?;
+                (made, skipped) = (rows.len(), rows.skipped());
                 created = Some((req, rows));
             }
-            broadcasts::advance(conn, b.id, cursor.as_deref(), n as i64, done).await?;
+            broadcasts::advance(
+                conn,
+                b.id,
+                cursor.as_deref(),
+                made as i64,
+                skipped as i64,
+                done,
+            )
+            .await?;
             Ok(Some(Batch {
                 broadcast: b.id,
                 service: b.service.clone(),
-                created: n,
+                created: made,
+                skipped,
                 done,
             }))
         })

@@ -69,6 +69,10 @@ impl Worker {
                         metrics::counter!("notifyd_messages_created_total", "service" => b.service.clone())
                             .increment(b.created as u64);
                     }
+                    if b.skipped > 0 {
+                        metrics::counter!("notifyd_messages_skipped_total", "reason" => crate::inbox::create::MUTED)
+                            .increment(b.skipped as u64);
+                    }
                     if b.done {
                         tracing::info!(broadcast = %b.broadcast, "broadcast done");
                     }

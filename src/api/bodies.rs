@@ -16,6 +16,7 @@ use crate::model::input::{
     MAX_BATCH, MAX_CONTENT_BYTES, MAX_DATA_BYTES, MAX_ID_CHARS, MAX_ROWS, MAX_TITLE_CHARS,
     MAX_TYPE_CHARS, MAX_URL_BYTES,
 };
+use crate::model::preferences::MAX_TYPES;
 use crate::model::topic::MAX_TOPIC_CHARS;
 
 /// Characters refused in URLs: whitespace and control characters (`\s` is Unicode whitespace
@@ -415,5 +416,46 @@ impl PartialSchema for Received {
 impl ToSchema for Received {
     fn name() -> Cow<'static, str> {
         Cow::Borrowed("Received")
+    }
+}
+
+/// `PUT /api/v1/me/preferences`: the whole document (`model::preferences`).
+pub struct PreferencesBody;
+
+impl PartialSchema for PreferencesBody {
+    fn schema() -> RefOr<Schema> {
+        let flag = |what: &str| {
+            ObjectBuilder::new()
+                .schema_type(Type::Boolean)
+                .description(Some(format!("{what}; left out: true")))
+        };
+        let one = ObjectBuilder::new()
+            .property(
+                "in_app",
+                flag("false: messages of this type are not stored for you (the create answers list you under `skipped`)"),
+            )
+            .property("push", flag("false: messages of this type are never Web-Pushed to you"));
+        ObjectBuilder::new()
+            .property(
+                "types",
+                ObjectBuilder::new()
+                    .schema_type(Type::Object)
+                    .max_properties(Some(MAX_TYPES))
+                    .property_names(Some(
+                        string(1, MAX_TYPE_CHARS).pattern(Some(r"^[^\x00]+$")),
+                    ))
+                    .additional_properties(Some(one))
+                    .description(Some(format!(
+                        "by message `type` (1 to {MAX_TYPE_CHARS} characters, no U+0000), at most {MAX_TYPES} types; a type not named is stored and pushed"
+                    ))),
+            )
+            .required("types")
+            .into()
+    }
+}
+
+impl ToSchema for PreferencesBody {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("PreferencesBody")
     }
 }

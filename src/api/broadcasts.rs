@@ -39,6 +39,9 @@ pub struct BroadcastStatus {
     pub total: i64,
     /// Notifications created so far.
     pub created: i64,
+    /// Recipients skipped so far because they muted the announcement's `type` (preferences,
+    /// `in_app: false`); `created + skipped` reaches `total` when done.
+    pub skipped: i64,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -121,5 +124,6 @@ pub async fn show(
         status,
         total: progress.total,
         created: progress.created,
+        skipped: progress.skipped,
     }))
 }

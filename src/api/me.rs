@@ -18,9 +18,15 @@ use crate::store::messages::Shelf;
 /// `201` of `POST /api/v1/me/send`.
 #[derive(serde::Serialize, ToSchema)]
 pub struct Sent {
-    /// The message id in the recipient's inbox.
-    #[schema(value_type = Uuid)]
+    /// The message id in the recipient's inbox; `null` when the recipient muted the message's
+    /// `type` (preferences, `in_app: false`): nothing was stored.
+    #[schema(value_type = Option<Uuid>)]
     pub id: Value,
+    /// Only when nothing was stored because the recipient muted the type:
+    /// `[{"to_user", "reason": "muted"}]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<super::messages::SkippedRow>>)]
+    pub skipped: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -256,7 +262,7 @@ pub async fn delete(
     request_body(content = super::bodies::DirectMessage, content_type = "application/json",
         description = "read as JSON whatever its Content-Type; at most 64 KiB"),
     responses(
-        (status = 201, description = "sent: a notification in the recipient's inbox", body = Sent,
+        (status = 201, description = "sent: a notification in the recipient's inbox (or none, `id` null and `skipped` listing the recipient, when they muted the message's `type`)", body = Sent,
             headers(("Idempotent-Replayed" = String, description = "`true` when this answers an earlier request with the same Idempotency-Key"))),
         (status = 400, description = "the body is not JSON", body = ErrorBody),
         (status = 401, description = "missing, invalid or expired user token", body = ErrorBody),
@@ -294,5 +300,8 @@ pub async fn send(
     if sent.replayed {
         resp.insert_header(("Idempotent-Replayed", "true"));
     }
-    Ok(resp.json(Sent { id: sent.id }))
+    Ok(resp.json(Sent {
+        id: sent.id,
+        skipped: sent.skipped,
+    }))
 }

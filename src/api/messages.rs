@@ -12,10 +12,22 @@ use crate::inbox::create::{self, Idempotency};
 use crate::model::input;
 use crate::state::AppState;
 
-/// `201` of `POST /api/v1/messages`: one entry per row created, in request order.
+/// `201` of `POST /api/v1/messages`: one entry per row created, in request order, and one per
+/// row not created because its recipient muted its `type` (always present, often empty).
 #[derive(ToSchema)]
 pub struct Created {
     pub messages: Vec<CreatedMessage>,
+    pub skipped: Vec<SkippedRow>,
+}
+
+/// A row not created: its recipient's preferences say `in_app: false` for its `type` (no row,
+/// no seq, no event, no count changed).
+#[derive(ToSchema)]
+pub struct SkippedRow {
+    pub to_user: String,
+    /// Always `muted` for now.
+    #[schema(example = "muted")]
+    pub reason: String,
 }
 
 #[derive(ToSchema)]
@@ -58,7 +70,11 @@ pub async fn create(
     if !created.replayed {
         state.waker.wake();
         metrics::counter!("notifyd_messages_created_total", "service" => service.0.clone())
-            .increment(parsed.rows() as u64);
+            .increment(created.rows.len() as u64);
+        if created.rows.skipped() > 0 {
+            metrics::counter!("notifyd_messages_skipped_total", "reason" => create::MUTED)
+                .increment(created.rows.skipped() as u64);
+        }
     }
     let mut resp = HttpResponse::Created();
     if created.replayed {

@@ -11,6 +11,8 @@ use crate::error::ApiError;
 pub const GET: &[Method] = &[Method::GET, Method::HEAD];
 pub const POST: &[Method] = &[Method::POST];
 pub const DELETE: &[Method] = &[Method::DELETE];
+/// A document that is read and replaced (`/api/v1/me/preferences`).
+pub const GET_PUT: &[Method] = &[Method::GET, Method::HEAD, Method::PUT];
 /// The WebSocket handshake's methods: `GET` only. A `HEAD` cannot switch protocols, and routed
 /// as a `GET` it was upgraded into a session all the same.
 pub const GET_ONLY: &[Method] = &[Method::GET];
@@ -21,6 +23,11 @@ pub const GET_ONLY: &[Method] = &[Method::GET];
 /// line it parsed) and keeps `Content-Length`.
 pub fn get() -> Route {
     web::route().guard(guard::Any(guard::Get()).or(guard::Head()))
+}
+
+/// A route answering `GET`, `HEAD` and `PUT` (`GET_PUT`): one handler tells them apart.
+pub fn get_put() -> Route {
+    web::route().guard(guard::Any(guard::Get()).or(guard::Head()).or(guard::Put()))
 }
 
 /// A resource at `path` whose routes answer `allow`; any other method gets `405`. Registered

@@ -10,6 +10,7 @@ pub mod messages;
 pub mod methods;
 pub mod openapi;
 pub mod ops;
+pub mod preferences;
 pub mod presence;
 pub mod push;
 pub mod request_span;
@@ -26,7 +27,7 @@ use futures_util::StreamExt;
 
 use crate::error::ApiError;
 use cors::CorsPolicy;
-use methods::{get, only, DELETE, GET, GET_ONLY, POST};
+use methods::{get, get_put, only, DELETE, GET, GET_ONLY, GET_PUT, POST};
 
 /// Body limit of the user API's JSON bodies (`{"ids": [...]}`: at most 1,000 ids of 36
 /// characters, under 40 KiB). The service API has its own (`NOTIFYD_MAX_BODY_BYTES`, 64 KiB for
@@ -168,6 +169,9 @@ pub const ENDPOINTS: &[Endpoint] = &[
         web::post().to(inbox_states::snooze)
     }),
     // (end of inbox states)
+    endpoint("/api/v1/me/preferences", GET_PUT, Caller::User, || {
+        get_put().to(preferences::by_method)
+    }),
     endpoint("/api/v1/me/send", POST, Caller::User, || {
         web::post().to(me::send)
     }),

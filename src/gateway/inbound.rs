@@ -420,11 +420,14 @@ fn send_direct(
             .await;
             match sent {
                 Ok(sent) => {
-                    let extra = if sent.replayed {
-                        serde_json::json!({"id": sent.id, "replayed": true})
-                    } else {
-                        serde_json::json!({"id": sent.id})
-                    };
+                    let mut extra = serde_json::json!({"id": sent.id});
+                    if sent.replayed {
+                        extra["replayed"] = true.into();
+                    }
+                    // Only when the recipient muted the type (`id` is then null).
+                    if let Some(skipped) = sent.skipped {
+                        extra["skipped"] = skipped;
+                    }
                     me.push_json(&protocol::ack(&r#ref, extra));
                 }
                 Err(e) => {

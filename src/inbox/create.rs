@@ -119,10 +119,13 @@ pub async fn remember(
 }
 
 /// What `insert_rows` created: per row, in request order, where it came from in the request,
-/// its id and its counters; per entry, the message template its frames are built from.
+/// its id and its counters; per entry, the message template its frames are built from; and the
+/// rows it did not create because their recipient muted their type (contract §10).
 #[derive(Debug, Default)]
 pub struct Inserted {
     rows: Vec<InsertedRow>,
+    /// (entry, recipient) of each row not created, in request order.
+    skipped: Vec<(u32, u32)>,
     /// The rows' `send_time` (their frames carry it).
     send_time: frames::SendTime,
     /// The same instant, as an envelope's `at` (microseconds since 1970).
@@ -146,9 +149,15 @@ impl Inserted {
         self.rows.is_empty()
     }
 
-    /// The `201` body: `{"messages": [{id, to_user, seq}, ...]}` in request order, as JSON text
-    /// serialised straight from the rows (fields sorted, as a `serde_json::Value` held them);
-    /// building a `Value` per row first cost more than the rest of a batch's answer.
+    /// Rows not created because their recipient muted their type.
+    pub fn skipped(&self) -> usize {
+        self.skipped.len()
+    }
+
+    /// The `201` body: `{"messages": [{id, to_user, seq}, ...], "skipped": [{reason, to_user},
+    /// ...]}` in request order, as JSON text serialised straight from the rows (fields sorted,
+    /// as a `serde_json::Value` held them); building a `Value` per row first cost more than the
+    /// rest of a batch's answer. `skipped` is always there, empty when every row was created.
     pub fn body(&self, req: &CreateRequest) -> String {
         #[derive(serde::Serialize)]
         struct Row<'a> {
@@ -157,8 +166,14 @@ impl Inserted {
             to_user: &'a str,
         }
         #[derive(serde::Serialize)]
+        struct Skipped<'a> {
+            reason: &'static str,
+            to_user: &'a str,
+        }
+        #[derive(serde::Serialize)]
         struct Body<'a> {
             messages: Vec<Row<'a>>,
+            skipped: Vec<Skipped<'a>>,
         }
         let messages = self
             .rows
@@ -166,10 +181,18 @@ impl Inserted {
             .map(|r| Row {
                 id: r.id,
                 seq: r.c.seq,
-                to_user: recipient(req, r),
+                to_user: recipient_at(req, r.entry, r.recipient),
             })
             .collect();
-        serde_json::to_string(&Body { messages }).unwrap_or_default()
+        let skipped = self
+            .skipped
+            .iter()
+            .map(|&(entry, k)| Skipped {
+                reason: MUTED,
+                to_user: recipient_at(req, entry, k),
+            })
+            .collect();
+        serde_json::to_string(&Body { messages, skipped }).unwrap_or_default()
     }
 
     /// Each row's recipient and `message.created` envelope, its frame as text: the frame stored
@@ -193,15 +216,23 @@ impl Inserted {
     }
 }
 
+/// The `reason` of a row skipped because its recipient set `in_app: false` for its type.
+pub const MUTED: &str = "muted";
+
 fn recipient<'a>(req: &'a CreateRequest, r: &InsertedRow) -> &'a str {
+    recipient_at(req, r.entry, r.recipient)
+}
+
+fn recipient_at(req: &CreateRequest, entry: u32, k: u32) -> &str {
     req.entries
-        .get(r.entry as usize)
-        .and_then(|e| e.recipients.get(r.recipient as usize))
+        .get(entry as usize)
+        .and_then(|e| e.recipients.get(k as usize))
         .map_or("", String::as_str)
 }
 
 /// THE insert path of notifications: message rows, counters, event-log rows and outbox entries
-/// in one statement (`store::create_rows`), on the caller's connection: alone it commits by
+/// in one statement (`store::create_rows`), which also leaves out the rows whose recipient muted
+/// their type (`Inserted::skipped`), on the caller's connection: alone it commits by
 /// itself, inside the caller's transaction (`create_messages` with an `Idempotency-Key`, one
 /// announcement batch for `announce::batch`, whose rows carry `broadcast`) it commits with it.
 pub async fn insert_rows(
@@ -265,22 +296,34 @@ pub async fn insert_rows(
         conn, &entries, &rows, &users, &counts, now, service, broadcast,
     )
     .await?;
-    if got.len() != n {
-        return Err(anyhow::anyhow!("create returned {} rows for {n}", got.len()).into());
+    // Written rows come back in request order with their position; the others were muted.
+    if got.len() > n
+        || got.windows(2).any(|w| w[0].0 >= w[1].0)
+        || got.last().is_some_and(|w| w.0 >= n)
+    {
+        return Err(anyhow::anyhow!(
+            "create returned {} rows out of order or range for {n}",
+            got.len()
+        )
+        .into());
     }
-    let rows = origin
-        .into_iter()
-        .zip(rows.id)
-        .zip(got)
-        .map(|(((entry, recipient), id), c)| InsertedRow {
-            entry,
-            recipient,
-            id,
-            c,
-        })
-        .collect();
+    let mut written = got.into_iter().peekable();
+    let mut inserted = Vec::with_capacity(n);
+    let mut skipped = Vec::new();
+    for (i, ((entry, recipient), id)) in origin.into_iter().zip(rows.id).enumerate() {
+        match written.next_if(|w| w.0 == i) {
+            Some((_, c)) => inserted.push(InsertedRow {
+                entry,
+                recipient,
+                id,
+                c,
+            }),
+            None => skipped.push((entry, recipient)),
+        }
+    }
     Ok(Inserted {
-        rows,
+        rows: inserted,
+        skipped,
         send_time,
         at: now.timestamp_micros(),
     })

@@ -40,7 +40,12 @@ impl Via {
 /// A created (or replayed) direct message.
 #[derive(Debug)]
 pub struct Sent {
+    /// The message id; `null` when the recipient muted the message's type (nothing stored).
     pub id: Value,
+    /// `[{"to_user", "reason": "muted"}]` when the recipient muted the type (the create API's
+    /// `skipped`, as it answered); `None` when the message was stored, so the answer keeps the
+    /// contract's `{"id"}` shape.
+    pub skipped: Option<Value>,
     pub replayed: bool,
 }
 
@@ -105,16 +110,31 @@ async fn send_checked(
             "notifyd_messages_created_total",
             "service" => crate::config::values::NO_SERVICE
         )
-        .increment(1);
+        .increment(created.rows.len() as u64);
+        if created.rows.skipped() > 0 {
+            metrics::counter!("notifyd_messages_skipped_total", "reason" => super::create::MUTED)
+                .increment(created.rows.skipped() as u64);
+        }
     }
-    let body: Value = serde_json::from_str(&created.body)
+    let mut body: Value = serde_json::from_str(&created.body)
         .map_err(|e| anyhow::anyhow!("create answered with a body that is not JSON: {e}"))?;
-    let id = body["messages"][0]["id"].clone();
-    if id.is_null() {
+    // `get`, never `[]` for writing: indexing a Value mutably panics on an empty array (the
+    // answer when the recipient muted the type has no message).
+    let id = body
+        .pointer_mut("/messages/0/id")
+        .map(Value::take)
+        .unwrap_or(Value::Null);
+    // Answers stored before `skipped` existed have none: nothing was skipped then.
+    let skipped = body
+        .get_mut("skipped")
+        .map(Value::take)
+        .filter(|s| s.as_array().is_some_and(|s| !s.is_empty()));
+    if id.is_null() && skipped.is_none() {
         return Err(anyhow::anyhow!("create answered without a message id").into());
     }
     Ok(Sent {
         id,
+        skipped,
         replayed: created.replayed,
     })
 }

@@ -1,6 +1,6 @@
 //! Erasing a user (contract §9, GDPR): every row that holds their inbox goes in ONE transaction
 //! — messages (live and soft-deleted), events, counters, queued outbox entries, the idempotency
-//! keys they used as a sender and their entries in stored create answers — and a reset notice is
+//! keys they used as a sender, their entries in stored create answers, their preferences — and a reset notice is
 //! queued for their open sockets on every node.
 //!
 //! The transaction takes the user's counter row first, like every change, so it is ordered
@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 use super::direct::SERVICE_PREFIX;
 use crate::error::ApiError;
-use crate::store::{events, idempotency, inbox_state, messages, outbox, push, Conn};
+use crate::store::{events, idempotency, inbox_state, messages, outbox, preferences, push, Conn};
 
 /// What one erasure removed, per table.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +56,8 @@ pub async fn erase(conn: &mut Conn, user: &str) -> Result<Erased, ApiError> {
         inbox_state::erase(conn, user).await?;
         // Their browsers' push subscriptions (and pushes waiting) go with them.
         push::erase_user(conn, user).await?;
+        // So are their preferences: a user who comes back starts with none.
+        preferences::erase_user(conn, user).await?;
         if had_inbox {
             outbox::enqueue_user_notice(conn, user, &legacy_notice()).await?;
         }

@@ -34,6 +34,21 @@ pub fn check_idempotency_key(key: &str, field: &str) -> Result<(), ApiError> {
     }
     Ok(())
 }
+/// The rule for a message `type` (also a type name in preferences, `model::preferences`, so
+/// every type a message can have can be muted): 1 to `MAX_TYPE_CHARS` characters, no NUL.
+pub fn check_type(kind: &str, field: &str) -> Result<(), ApiError> {
+    if kind.is_empty() || kind.chars().count() > MAX_TYPE_CHARS {
+        return Err(ApiError::validation(
+            field,
+            format!("must be 1 to {MAX_TYPE_CHARS} characters"),
+        ));
+    }
+    if kind.contains('\0') {
+        return Err(ApiError::validation(field, NUL_MESSAGE));
+    }
+    Ok(())
+}
+
 /// PostgreSQL `text` and `jsonb` cannot store U+0000: refusing it here makes it a `422` naming the
 /// field instead of a failed insert (`500`).
 pub const NUL_MESSAGE: &str = "must not contain the NUL character (U+0000)";
@@ -228,16 +243,10 @@ fn parse_content(
     };
     let kind = match m.get("type") {
         None | Some(Value::Null) => DEFAULT_TYPE.to_string(),
-        Some(Value::String(s)) if s.is_empty() || s.chars().count() > MAX_TYPE_CHARS => {
-            return Err(ApiError::validation(
-                f("type"),
-                format!("must be 1 to {MAX_TYPE_CHARS} characters"),
-            ))
+        Some(Value::String(s)) => {
+            check_type(s, &f("type"))?;
+            s.clone()
         }
-        Some(Value::String(s)) if s.contains('\0') => {
-            return Err(ApiError::validation(f("type"), NUL_MESSAGE))
-        }
-        Some(Value::String(s)) => s.clone(),
         Some(_) => return Err(ApiError::validation(f("type"), "must be a string")),
     };
     let send_user = match m.get("send_user") {

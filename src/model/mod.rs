@@ -5,4 +5,5 @@
 pub mod glob;
 pub mod input;
 pub mod names;
+pub mod preferences;
 pub mod topic;

@@ -22,6 +22,8 @@ pub struct Progress {
     pub id: Uuid,
     pub total: i64,
     pub created: i64,
+    /// Recipients who muted the announcement's type (no notification for them).
+    pub skipped: i64,
     pub done_at: Option<DateTime<Utc>>,
 }
 
@@ -179,18 +181,20 @@ pub async fn next_recipients(
 }
 
 /// Records a batch: the cursor is now `cursor` (the last user done), `created` grows by `n`,
-/// and `done` marks the broadcast finished.
+/// `skipped` by the recipients who muted its type, and `done` marks the broadcast finished.
 pub async fn advance(
     conn: &mut Conn,
     id: Uuid,
     cursor: Option<&str>,
     n: i64,
+    skipped: i64,
     done: bool,
 ) -> QueryResult<()> {
     diesel::update(b::table.find(id))
         .set((
             b::cursor_user.eq(cursor),
             b::created.eq(b::created + n),
+            b::skipped.eq(b::skipped + skipped),
             b::done_at.eq(done.then(Utc::now)),
         ))
         .execute(conn)

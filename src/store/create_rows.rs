@@ -1,7 +1,8 @@
 //! The whole insert of a create in ONE statement: the recipients' counters
 //! (`user_inbox_state`), the `t_message_real_time` rows, their `user_event` rows, their
 //! `outbox` entries, and a pending Web Push per row and subscription of its recipient
-//! (`push_pending`: none when nobody subscribed, a join with an empty table). One round trip whatever the number of rows (arrays bound with `UNNEST`),
+//! (`push_pending`: none when nobody subscribed, a join with an empty table, and none for a type
+//! the recipient set `push: false` for). One round trip whatever the number of rows (arrays bound with `UNNEST`),
 //! so a create without an `Idempotency-Key` needs no BEGIN/COMMIT of its own: a single
 //! statement is atomic in PostgreSQL's implicit transaction.
 //!
@@ -10,6 +11,17 @@
 //! (old, new] in request order, as the caller computed `back`. Users are passed sorted and
 //! distinct: every create locks counter rows in the same order (no deadlock) and the upsert
 //! never meets one user twice.
+//!
+//! Preferences (contract §10) are decided here, in the same statement, so no create can slip
+//! between a `PUT /api/v1/me/preferences` and its effect: a row whose recipient set
+//! `in_app: false` for its entry's type (`k`) is not written at all. Its recipient's counters
+//! grow by the rows kept (a user with every row muted is not touched: no seq consumed), and a
+//! kept row's `back` loses the muted rows of its user after it, so seqs stay contiguous. Only the
+//! users with a muted row in this request go through the window that recounts `back`: the rest
+//! (every row, when nobody muted anything) keep the caller's count, so a batch to 10,000 users
+//! pays one primary-key probe per row and no sort by user (docs/decisions/0015). The rows kept
+//! are returned with their position in the request (`ord`); the caller lists the others as
+//! skipped.
 //!
 //! The event payload is the `message.created` frame, built here from the entry's message
 //! template (the view without `id` and `seq`, serialised once per entry by the caller) plus the
@@ -43,12 +55,26 @@ use super::Conn;
 pub const SQL: &str = r#"WITH e AS (
   SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::text[])
     WITH ORDINALITY AS e(title, content, kind, send_user, skip_url, data, tmpl, i)
-), r AS (
+), q AS (
   SELECT * FROM unnest($8::int4[], $9::text[], $10::int8[], $11::uuid[])
-    WITH ORDINALITY AS r(entry, to_user, back, id, ord)
+    WITH ORDINALITY AS q(entry, to_user, back, id, ord)
+), k AS MATERIALIZED (
+  SELECT q.ord, q.to_user FROM q JOIN e ON e.i = q.entry
+  JOIN user_type_preference t ON t.user_id = q.to_user AND t.type = e.kind AND NOT t.in_app
+), r AS (
+  SELECT entry, to_user, back, id, ord FROM q WHERE to_user NOT IN (SELECT to_user FROM k)
+  UNION ALL
+  SELECT entry, to_user, back, id, ord FROM (
+    SELECT q.entry, q.to_user, q.back - count(k.ord) OVER (PARTITION BY q.to_user ORDER BY q.ord DESC
+      ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS back, q.id, q.ord, k.ord IS NOT NULL AS muted
+    FROM q LEFT JOIN k ON k.ord = q.ord WHERE q.to_user IN (SELECT to_user FROM k)
+  ) z WHERE NOT muted
 ), c AS (
   INSERT INTO user_inbox_state AS s (user_id, seq, unread, unseen)
-  SELECT u, n, n, n FROM unnest($12::text[], $13::int8[]) AS x(u, n)
+  SELECT x.u, x.n - coalesce(y.n, 0), x.n - coalesce(y.n, 0), x.n - coalesce(y.n, 0)
+  FROM unnest($12::text[], $13::int8[]) WITH ORDINALITY AS x(u, n, i)
+  LEFT JOIN (SELECT to_user, count(*) AS n FROM k GROUP BY to_user) y ON y.to_user = x.u
+  WHERE x.n > coalesce(y.n, 0) ORDER BY x.i
   ON CONFLICT (user_id) DO UPDATE SET seq = s.seq + excluded.seq,
     unread = s.unread + excluded.unread, unseen = s.unseen + excluded.unseen, updated_at = now()
   RETURNING user_id, seq, unread, unseen, epoch
@@ -73,8 +99,10 @@ pub const SQL: &str = r#"WITH e AS (
 ), p AS (
   INSERT INTO push_pending (subscription_id, seq, user_id, message_id, created_at)
   SELECT s.id, w.seq, w.to_user, w.id, now() FROM w JOIN push_subscription s ON s.user_id = w.to_user
+  WHERE NOT EXISTS (SELECT 1 FROM user_type_preference t
+    WHERE t.user_id = w.to_user AND t.type = w.kind AND NOT t.push)
 )
-SELECT seq, unread, unseen, epoch FROM w ORDER BY ord"#;
+SELECT ord, seq, unread, unseen, epoch FROM w ORDER BY ord"#;
 
 /// One entry's message, shared by all its recipients' rows.
 pub struct Entry<'a> {
@@ -110,6 +138,15 @@ pub struct RowCounters {
     /// The recipient's inbox epoch (`broker::envelope`).
     #[diesel(sql_type = BigInt)]
     pub epoch: i64,
+}
+
+/// A written row: its position in the request (1-based, `WITH ORDINALITY`) and its counters.
+#[derive(QueryableByName, Debug, Clone, Copy)]
+struct Written {
+    #[diesel(sql_type = BigInt)]
+    ord: i64,
+    #[diesel(embed)]
+    c: RowCounters,
 }
 
 /// The statement with its binds, as a query diesel may keep prepared. `sql_query` marks its
@@ -236,7 +273,8 @@ fn template_fields(template: &str) -> &str {
 }
 
 /// Runs the statement; `users`/`counts` are the distinct recipients, sorted, and their row
-/// counts. Returns each row's counters in request order.
+/// counts. Returns each written row's position in `rows` (0-based) and counters, in request
+/// order; a row missing from the answer was not written (its recipient muted its type).
 #[allow(clippy::too_many_arguments)]
 pub async fn insert(
     conn: &mut Conn,
@@ -247,7 +285,7 @@ pub async fn insert(
     send_time: DateTime<Utc>,
     service: &str,
     broadcast: Option<Uuid>,
-) -> diesel::QueryResult<Vec<RowCounters>> {
+) -> diesel::QueryResult<Vec<(usize, RowCounters)>> {
     debug_assert!(
         users.windows(2).all(|w| w[0] < w[1]),
         "users must be sorted and distinct"
@@ -271,8 +309,13 @@ pub async fn insert(
         service,
         broadcast,
     }
-    .load(conn)
+    .load::<Written>(conn)
     .await
+    .map(|got| {
+        got.into_iter()
+            .map(|w| ((w.ord - 1).max(0) as usize, w.c))
+            .collect()
+    })
 }
 
 #[cfg(test)]

@@ -85,7 +85,8 @@ pub async fn prune(conn: &mut Conn, batch: i64) -> QueryResult<usize> {
 }
 
 /// Erasure: drops the keys `user` used as a sender (`scope` is their direct-message service
-/// name) and takes `user`'s entries out of every stored create answer that names them, so a
+/// name) and takes `user`'s entries out of every stored create answer that names them (in
+/// `messages` or `skipped`), so a
 /// replay no longer mentions them (the other recipients' entries stay, and a retry still
 /// creates nothing). Scans the keys of the last 24 h: erasures are rare.
 pub async fn erase_user(conn: &mut Conn, user: &str, scope: &str) -> QueryResult<usize> {
@@ -104,5 +105,17 @@ pub async fn erase_user(conn: &mut Conn, user: &str, scope: &str) -> QueryResult
     .bind::<Text, _>(user)
     .execute(conn)
     .await?;
-    Ok(dropped + scrubbed)
+    // And out of `skipped` (rows not created because they muted the type).
+    let unskipped = diesel::sql_query(
+        "UPDATE idempotency_key SET response = jsonb_set(response, '{skipped}', \
+           (SELECT coalesce(jsonb_agg(m ORDER BY n), '[]'::jsonb) \
+            FROM jsonb_array_elements(response->'skipped') WITH ORDINALITY AS x(m, n) \
+            WHERE m->>'to_user' IS DISTINCT FROM $1)) \
+         WHERE response @> jsonb_build_object('skipped', \
+           jsonb_build_array(jsonb_build_object('to_user', $1::text)))",
+    )
+    .bind::<Text, _>(user)
+    .execute(conn)
+    .await?;
+    Ok(dropped + scrubbed + unskipped)
 }

@@ -10,6 +10,7 @@ pub mod inbox_state;
 pub mod message_states;
 pub mod messages;
 pub mod outbox;
+pub mod preferences;
 pub mod push;
 pub mod relay_node;
 pub mod replication;

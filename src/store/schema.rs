@@ -82,6 +82,7 @@ diesel::table! {
         data -> Nullable<Jsonb>,
         total -> Int8,
         created -> Int8,
+        skipped -> Int8,
         cursor_user -> Nullable<Text>,
         created_at -> Timestamptz,
         done_at -> Nullable<Timestamptz>,

@@ -128,7 +128,7 @@ async fn an_announcement_reaches_every_known_user_once_live_and_in_the_counters(
     let done = until_done(&app, &id).await;
     assert_eq!(
         done,
-        json!({"id": id, "status": "done", "total": 25, "created": 25})
+        json!({"id": id, "status": "done", "total": 25, "created": 25, "skipped": 0})
     );
     assert_eq!(
         recipients_in_db(&db, &id).await,

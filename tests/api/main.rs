@@ -19,6 +19,7 @@ mod liveness;
 mod local_delivery;
 mod names;
 mod pooler;
+mod preferences;
 mod push;
 mod relay;
 mod relay_spread;

@@ -221,6 +221,16 @@ impl TestApp {
             .expect("POST")
     }
 
+    pub async fn user_put(&self, user: &str, path: &str, body: Value) -> reqwest::Response {
+        self.http
+            .put(format!("{}{}", self.base, path))
+            .bearer_auth(token(user))
+            .json(&body)
+            .send()
+            .await
+            .expect("PUT")
+    }
+
     pub async fn ws(&self, user: &str, since: Option<i64>) -> WsClient {
         WsClient::connect(&self.ws_url(&token(user), since))
             .await

@@ -1,0 +1,2 @@
+ALTER TABLE broadcast DROP COLUMN skipped;
+DROP TABLE user_type_preference;
