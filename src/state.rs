@@ -16,7 +16,7 @@ use crate::ratelimit::RateLimits;
 pub struct AppState {
     pub settings: Arc<Settings>,
     pub pool: DbPool,
-    pub redis: Option<deadpool_redis::Pool>,
+    pub redis: Option<crate::broker::Redis>,
     pub hub: Arc<Hub>,
     pub waker: Waker,
     /// Wakes this node's announcement worker after a broadcast was accepted.

@@ -21,6 +21,7 @@ mod names;
 mod pooler;
 mod push;
 mod relay;
+mod redis_cluster;
 mod relay_spread;
 mod resync;
 mod spine;
