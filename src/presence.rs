@@ -146,11 +146,7 @@ impl Presence {
         }
     }
 
-    async fn write(
-        &self,
-        pool: &Redis,
-        mut users: Vec<String>,
-    ) -> anyhow::Result<()> {
+    async fn write(&self, pool: &Redis, mut users: Vec<String>) -> anyhow::Result<()> {
         users.sort();
         users.dedup();
         let ts = now();

@@ -211,6 +211,9 @@ impl RedisTarget {
     }
 }
 
+/// Where a RESP3 cluster connection hands its push messages; `Err` when it could not take one.
+pub type PushSink = Box<dyn Fn(redis::PushInfo) -> Result<(), ()> + Send + Sync>;
+
 /// A cluster client for `seeds` (their credentials, TLS and TCP settings: the redis crate takes
 /// them from the first seed for every node it discovers). `push` makes it a RESP3 client that
 /// hands every push message (sharded pub/sub messages, subscription confirmations, the
@@ -218,7 +221,7 @@ impl RedisTarget {
 pub fn cluster_client(
     seeds: &[redis::ConnectionInfo],
     ca: Option<&[u8]>,
-    push: Option<Box<dyn Fn(redis::PushInfo) -> Result<(), ()> + Send + Sync>>,
+    push: Option<PushSink>,
 ) -> anyhow::Result<redis::cluster::ClusterClient> {
     let mut builder = redis::cluster::ClusterClientBuilder::new(seeds.to_vec())
         .connection_timeout(POOL_WAIT)
@@ -382,7 +385,9 @@ pub async fn check_tls(redis: &Redis, target: &RedisTarget) -> anyhow::Result<()
     if !matches!(target.first().addr(), redis::ConnectionAddr::TcpTls { .. }) {
         return Ok(());
     }
-    let result = redis.cmd::<String>(&redis::cmd("PING"), CONNECT_CHECK).await;
+    let result = redis
+        .cmd::<String>(&redis::cmd("PING"), CONNECT_CHECK)
+        .await;
     match result {
         Ok(_) => Ok(()),
         Err(e) => {

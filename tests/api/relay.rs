@@ -464,8 +464,7 @@ async fn partitioned_relays_keep_each_users_order() {
         database_url: db.url.clone(),
         broker: notifyd::broker::Broker::Redis(notifyd::broker::Redis::Single(
             notifyd::broker::redis_pool(&redis_url()).expect("redis pool"),
-        )
-        ),
+        )),
         waker: notifyd::outbox::Waker::new(),
         settings,
     };

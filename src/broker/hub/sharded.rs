@@ -189,7 +189,10 @@ async fn by_slot(
 ) -> anyhow::Result<()> {
     let mut slots: HashMap<Slot, Vec<String>> = HashMap::new();
     for ch in channels {
-        slots.entry(Slot::for_key(ch.as_bytes())).or_default().push(ch);
+        slots
+            .entry(Slot::for_key(ch.as_bytes()))
+            .or_default()
+            .push(ch);
     }
     let batches: Vec<Vec<String>> = slots
         .into_values()
@@ -205,9 +208,7 @@ async fn by_slot(
             async move {
                 match what {
                     Sharded::Subscribe => bounded("SSUBSCRIBE", conn.ssubscribe(batch)).await,
-                    Sharded::Unsubscribe => {
-                        bounded("SUNSUBSCRIBE", conn.sunsubscribe(batch)).await
-                    }
+                    Sharded::Unsubscribe => bounded("SUNSUBSCRIBE", conn.sunsubscribe(batch)).await,
                 }
             }
         })
