@@ -397,3 +397,36 @@ async fn a_master_killed_under_load_loses_no_user_event() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Prints how long a node's subscriber takes to subscribe 20,000 channels from nothing (what
+/// every reconnect costs it, a failover included) on the cluster and on the single Redis, in
+/// one run (docs/decisions/0016-redis-cluster.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Redis Cluster: scripts/redis-cluster-test.sh"]
+async fn subscribing_twenty_thousand_channels_on_the_cluster_and_on_one_redis() {
+    use notifyd::broker::hub::{Hub, HubMsg, Mailbox};
+    const N: usize = 20_000;
+    let prefix = new_prefix();
+    for (name, url) in [
+        ("one Redis", redis_url()),
+        ("Redis Cluster", format!("redis+cluster://{}", seeds())),
+    ] {
+        let hub = Hub::new();
+        let (tx, _rx) = tokio::sync::mpsc::channel::<HubMsg>(1);
+        let tx: Arc<dyn Mailbox> = Arc::new(tx);
+        for i in 0..N {
+            hub.listen_now(&format!("{prefix}u:{i}"), 1, tx.clone());
+        }
+        let target = notifyd::broker::RedisTarget::parse(&url, None).expect("url");
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let t0 = tokio::time::Instant::now();
+        let task = tokio::spawn(hub.clone().run_redis(target, stopped));
+        eventually(Duration::from_secs(120), "subscribed", || async {
+            hub.is_connected().then_some(())
+        })
+        .await;
+        println!("{name}: {N} channels subscribed in {:?}", t0.elapsed());
+        let _ = stop.send(true);
+        let _ = task.await;
+    }
+}
