@@ -660,7 +660,10 @@ fn run_block(
 ) -> String {
     // The Redis Cluster's rows, when the run had one (BENCH_REDIS_CLUSTER).
     let crows = c.map_or(String::new(), |c| {
-        topic_rows("notifyd on a Redis Cluster (3 masters, SPUBLISH/SSUBSCRIBE)", c)
+        topic_rows(
+            "notifyd on a Redis Cluster (3 masters, SPUBLISH/SSUBSCRIBE)",
+            c,
+        )
     });
     let cline = c.map_or(String::new(), |c| {
         format!(
