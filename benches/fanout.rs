@@ -654,9 +654,29 @@ fn run_block(
     note: &str,
     load: &str,
     n: &TopicResult,
+    c: Option<&TopicResult>,
     t: &TopicResult,
     u: &ToUsersResult,
 ) -> String {
+    // The Redis Cluster's rows, when the run had one (BENCH_REDIS_CLUSTER).
+    let crows = c.map_or(String::new(), |c| {
+        topic_rows(
+            "notifyd on a Redis Cluster (3 masters, SPUBLISH/SSUBSCRIBE)",
+            c,
+        )
+    });
+    let cline = c.map_or(String::new(), |c| {
+        format!(
+            "On the Redis Cluster notifyd delivers **{:.0}%** of its single-Redis frames/s at the \
+             steady rate and **{:.0}%** in the burst; burst p99 **{:.1}×** the single Redis's. \
+             Sockets closed early: {}; failed publishes: {}.\n\n",
+            c.steady.fps() / n.steady.fps() * 100.0,
+            c.burst.fps() / n.burst.fps() * 100.0,
+            c.burst.p99_ms / n.burst.p99_ms,
+            c.closed,
+            c.publish_errors
+        )
+    });
     let m = support::machine();
     format!(
         "<!-- fanout-run:{label} -->\n\
@@ -667,8 +687,8 @@ separate processes on the same cores. Load average when the run began: {load} (o
 the machine shares the cores too).\n\n\
 **Topic fan-out**, {conns} sockets (one user each, claim `topics: bench:*`) subscribed to one topic:\n\n\
 | what | frames expected | delivered | frames/s | latency p50 / p99 / max, ms |\n|---|---|---|---|---|\n\
-{nrows}{trows}\n\
-notifyd delivers **{steady_pct:.0}%** of the ceiling's frames/s at the steady rate and **{burst_pct:.0}%**\n\
+{nrows}{crows}{trows}\n\
+{cline}notifyd delivers **{steady_pct:.0}%** of the ceiling's frames/s at the steady rate and **{burst_pct:.0}%**\n\
 in the burst; its burst p99 is **{p99_ratio:.1}×** the ceiling's. Sockets closed by the server\n\
 before the end: {closed} (ceiling: {tclosed}); failed publishes: {perr} (ceiling: {tperr}). Time to\n\
 open and subscribe all sockets: {nconnect:.1} s (ceiling: {tconnect:.1} s to open).\n\n\
@@ -782,6 +802,23 @@ async fn bench() -> anyhow::Result<()> {
     let nres = nres?;
     print_topic(&nres);
 
+    // BENCH_REDIS_CLUSTER=h1:p1,h2:p2 (scripts/redis-cluster-test.sh with NOTIFYD_KEEP_CLUSTER=1
+    // prints one): the same topic fan-out with the node on a Redis Cluster (sharded pub/sub), in
+    // the same run as the single Redis above.
+    let cres = match std::env::var("BENCH_REDIS_CLUSTER") {
+        Ok(seeds) => {
+            println!("1b/3 the same with the node on the Redis Cluster {seeds}");
+            let env = [("REDIS_URL", format!("redis+cluster://{seeds}"))];
+            let node = Node::start_with(&bin, &db.url, &prefix, true, &["serve"], &env).await?;
+            let cres = topic_notifyd(&node, n, rate, secs, burst).await;
+            node.stop();
+            let cres = cres?;
+            print_topic(&cres);
+            Some(cres)
+        }
+        Err(_) => None,
+    };
+
     println!("2/3 the ceiling: the same through a trivial WebSocket fan-out server");
     let tres = topic_trivial(n, rate, secs, burst).await?;
     print_topic(&tres);
@@ -797,7 +834,7 @@ async fn bench() -> anyhow::Result<()> {
     );
     db.drop_db().await?;
 
-    let block = run_block(&label, &note, &load, &nres, &tres, &ures);
+    let block = run_block(&label, &note, &load, &nres, cres.as_ref(), &tres, &ures);
     println!("{block}");
     if write {
         write_doc("docs/benchmarks.md", &label, &block)?;

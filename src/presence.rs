@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 
-use crate::broker::{query, query_cmd, COMMAND_TIMEOUT};
+use crate::broker::{Redis, COMMAND_TIMEOUT};
 
 pub const REFRESH: Duration = Duration::from_secs(15);
 pub const STALE: Duration = Duration::from_secs(45);
@@ -22,7 +22,7 @@ pub const STALE: Duration = Duration::from_secs(45);
 pub struct Presence {
     node_id: String,
     prefix: String,
-    redis: Option<deadpool_redis::Pool>,
+    redis: Option<Redis>,
     local: Mutex<HashMap<String, usize>>,
     /// Users whose count changed since the last write to Redis: a set, so it holds each user
     /// once however often they come and go (bounded by the users this node serves).
@@ -38,7 +38,7 @@ pub struct UserPresence {
 }
 
 impl Presence {
-    pub fn new(node_id: String, prefix: String, redis: Option<deadpool_redis::Pool>) -> Arc<Self> {
+    pub fn new(node_id: String, prefix: String, redis: Option<Redis>) -> Arc<Self> {
         Arc::new(Presence {
             node_id,
             prefix,
@@ -93,12 +93,9 @@ impl Presence {
             });
         };
         // Bounded, and a connection whose command timed out is discarded (see broker::query).
-        let fields: HashMap<String, String> = query_cmd(
-            pool,
-            redis::cmd("HGETALL").arg(self.key(user)),
-            COMMAND_TIMEOUT,
-        )
-        .await?;
+        let fields: HashMap<String, String> = pool
+            .cmd(redis::cmd("HGETALL").arg(self.key(user)), COMMAND_TIMEOUT)
+            .await?;
         let n = fresh_total(&fields);
         Ok(UserPresence {
             online: n > 0,
@@ -112,8 +109,7 @@ impl Presence {
             return Ok(self.local().len() as u64);
         };
         let min = now() - STALE.as_secs() as i64;
-        query_cmd(
-            pool,
+        pool.cmd(
             redis::cmd("ZCOUNT")
                 .arg(self.online_key())
                 .arg(min)
@@ -150,11 +146,7 @@ impl Presence {
         }
     }
 
-    async fn write(
-        &self,
-        pool: &deadpool_redis::Pool,
-        mut users: Vec<String>,
-    ) -> anyhow::Result<()> {
+    async fn write(&self, pool: &Redis, mut users: Vec<String>) -> anyhow::Result<()> {
         users.sort();
         users.dedup();
         let ts = now();
@@ -175,18 +167,16 @@ impl Presence {
         }
         pipe.zrembyscore(self.online_key(), "-inf", ts - STALE.as_secs() as i64)
             .ignore();
-        query::<()>(pool, &pipe, COMMAND_TIMEOUT).await?;
+        // On a cluster the keys live on many shards: `exec` splits the pipeline by slot (no
+        // command here spans two keys, so no hash tag is needed).
+        pool.exec(&pipe, COMMAND_TIMEOUT).await?;
         // A user who left this node may still be online on another.
         for u in gone {
-            let fields: HashMap<String, String> = query_cmd(
-                pool,
-                redis::cmd("HGETALL").arg(self.key(&u)),
-                COMMAND_TIMEOUT,
-            )
-            .await?;
+            let fields: HashMap<String, String> = pool
+                .cmd(redis::cmd("HGETALL").arg(self.key(&u)), COMMAND_TIMEOUT)
+                .await?;
             if fresh_total(&fields) == 0 {
-                query_cmd::<()>(
-                    pool,
+                pool.cmd::<()>(
                     redis::cmd("ZREM").arg(self.online_key()).arg(&u),
                     COMMAND_TIMEOUT,
                 )

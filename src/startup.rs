@@ -74,17 +74,13 @@ impl Application {
         metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     ) -> anyhow::Result<Self> {
         let pool = prepare_database(&settings).await?;
-        if let Some(url) = &settings.redis_url {
-            let info = broker::connection_info_with_ca(url, settings.redis_ca_file.as_deref())?;
-            broker::check_tls(&broker::redis_pool_for(info.clone())?, &info).await?;
-        }
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let mut bg = Background {
             tasks: vec![],
             shutdown: shutdown_rx,
         };
         let hub = Hub::new();
-        let (redis, broker) = start_broker(&settings, &hub, &mut bg)?;
+        let (redis, broker) = start_broker(&settings, &hub, &mut bg).await?;
         let waker = Waker::new();
         let presence = Presence::new(
             settings.node_id.clone(),
@@ -288,17 +284,19 @@ fn start_replica(
 
 /// Redis when `REDIS_URL` is set (its pool, and the hub's subscriber task), else the
 /// in-process broker of a single node.
-fn start_broker(
+/// A `rediss` target's certificate is checked first (see `broker::check_tls`).
+async fn start_broker(
     settings: &Settings,
     hub: &Arc<Hub>,
     bg: &mut Background,
-) -> anyhow::Result<(Option<deadpool_redis::Pool>, Broker)> {
+) -> anyhow::Result<(Option<broker::Redis>, Broker)> {
     let redis = match &settings.redis_url {
         Some(url) => {
-            let info = broker::connection_info_with_ca(url, settings.redis_ca_file.as_deref())?;
-            let pool = broker::redis_pool_for(info.clone())?;
-            bg.spawn(|stop| hub.clone().run_redis(info, stop));
-            Some(pool)
+            let target = broker::RedisTarget::parse(url, settings.redis_ca_file.as_deref())?;
+            let redis = broker::Redis::connect(&target).await?;
+            broker::check_tls(&redis, &target).await?;
+            bg.spawn(|stop| hub.clone().run_redis(target, stop));
+            Some(redis)
         }
         None => {
             tracing::warn!("REDIS_URL is not set: single-node mode with the in-process broker");
@@ -470,9 +468,9 @@ pub async fn run_relay(settings: Settings) -> anyhow::Result<()> {
         db::Limits::from_settings(&settings),
         settings.pooler(),
     )?;
-    let info = broker::connection_info_with_ca(&url, settings.redis_ca_file.as_deref())?;
-    let redis = broker::redis_pool_for(info.clone())?;
-    broker::check_tls(&redis, &info).await?;
+    let target = broker::RedisTarget::parse(&url, settings.redis_ca_file.as_deref())?;
+    let redis = broker::Redis::connect(&target).await?;
+    broker::check_tls(&redis, &target).await?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     // With an internal listener: /healthz and /metrics (what it leads, every partition's
     // backlog, as a node exports them), so a relay run apart is watched like a node.

@@ -18,7 +18,7 @@ pub struct AppState {
     pub pool: DbPool,
     /// `NOTIFYD_DATABASE_REPLICA_URL`'s replica, when set: see `reads`.
     pub replica: Option<Arc<crate::db::replica::Replica>>,
-    pub redis: Option<deadpool_redis::Pool>,
+    pub redis: Option<crate::broker::Redis>,
     pub hub: Arc<Hub>,
     pub waker: Waker,
     /// Wakes this node's announcement worker after a broadcast was accepted.

@@ -133,7 +133,6 @@ impl Node {
         let port = free_port();
         let child = Command::new(bin)
             .args(args)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("DATABASE_URL", db)
             .env("REDIS_URL", "redis://127.0.0.1:6379")
             .env("NOTIFYD_REDIS_PREFIX", prefix)
@@ -148,6 +147,8 @@ impl Node {
                 "RUST_LOG",
                 std::env::var("BENCH_NODE_RUST_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            // Last, so a bench's own settings win over the defaults above (e.g. `REDIS_URL`).
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

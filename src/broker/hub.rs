@@ -11,6 +11,10 @@
 //! tears the connection down; the task reconnects, subscribes every channel still routed, and
 //! tells every listener to `Resync` (re-read from PostgreSQL whatever it may have missed).
 //!
+//! On a Redis Cluster (`redis+cluster://`) the same loop runs over sharded pub/sub instead: see
+//! `sharded` (SSUBSCRIBE on each channel's shard; any shard lost, moved or failed over is a
+//! failure like the above, with the same reconnect and `Resync`).
+//!
 //! Listener mailboxes are bounded: a message for a full (or closed) mailbox is dropped and
 //! counted in `notifyd_hub_dropped_total`; user actors repair dropped events from PostgreSQL
 //! (seq gaps, the audit), so a slow actor never makes the hub buffer without bound.
@@ -29,6 +33,8 @@ use tokio::sync::mpsc::Sender;
 use tokio::sync::{watch, Notify};
 
 use super::envelope::Envelope;
+
+mod sharded;
 
 /// How often the subscriber PINGs Redis, and how long an answer may take. A half-open
 /// connection is thus found within `PING_EVERY + COMMAND_TIMEOUT`.
@@ -293,7 +299,7 @@ impl Hub {
     /// failure. Runs until `shutdown` turns true.
     pub async fn run_redis(
         self: Arc<Self>,
-        info: redis::ConnectionInfo,
+        target: super::RedisTarget,
         mut shutdown: watch::Receiver<bool>,
     ) {
         self.redis.store(true, Ordering::SeqCst);
@@ -303,7 +309,16 @@ impl Hub {
                 return;
             }
             let mut connected_at = None;
-            match self.serve(&info, &mut shutdown, &mut connected_at).await {
+            let served = match &target {
+                super::RedisTarget::Single(info) => {
+                    self.serve(info, &mut shutdown, &mut connected_at).await
+                }
+                super::RedisTarget::Cluster { seeds, ca } => {
+                    self.serve_sharded(seeds, ca.as_deref(), &mut shutdown, &mut connected_at)
+                        .await
+                }
+            };
+            match served {
                 Ok(()) => return,
                 Err(e) => {
                     self.set_disconnected();

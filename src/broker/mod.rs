@@ -14,8 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use futures_util::{StreamExt, TryStreamExt};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::Slot;
 use redis::io::tcp::{socket2::TcpKeepalive, TcpSettings};
 use redis::IntoConnectionInfo;
+use std::collections::HashMap;
 
 pub use envelope::{Envelope, Head};
 pub use hub::{Hub, HubMsg};
@@ -29,21 +33,23 @@ const POOL_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
 pub enum Broker {
-    Redis(deadpool_redis::Pool),
+    Redis(Redis),
     /// Single-node mode: publishing delivers straight into this node's hub.
     Local(Arc<Hub>),
 }
 
 impl Broker {
-    /// Publishes `(channel, envelope text)` pairs in order, in one round trip.
+    /// Publishes `(channel, envelope text)` pairs in order (per channel), in one round trip per
+    /// Redis (per slot on a cluster: see [`Redis::exec`]).
     pub async fn publish(&self, items: &[(String, String)]) -> anyhow::Result<()> {
         match self {
-            Broker::Redis(pool) => {
+            Broker::Redis(redis) => {
                 let mut pipe = redis::pipe();
                 for (channel, payload) in items {
-                    pipe.publish(channel, payload).ignore();
+                    pipe.add_command(redis.publish_cmd(channel, payload))
+                        .ignore();
                 }
-                query::<()>(pool, &pipe, PUBLISH_TIMEOUT).await
+                redis.exec(&pipe, PUBLISH_TIMEOUT).await
             }
             Broker::Local(hub) => {
                 for (channel, payload) in items {
@@ -53,6 +59,187 @@ impl Broker {
             }
         }
     }
+}
+
+/// The Redis every command of this node goes to: one server through a pool, or a Redis Cluster
+/// through the redis crate's cluster connection (it multiplexes one connection per node, routes
+/// each command to its key's slot, follows `MOVED`/`ASK` and refreshes the slot map after a
+/// failover by itself; a pool of them would only multiply connections, and deadpool-redis's
+/// cluster manager cannot take a private CA). See docs/decisions/0016-redis-cluster.md.
+#[derive(Clone)]
+pub enum Redis {
+    Single(deadpool_redis::Pool),
+    Cluster(ClusterConnection),
+}
+
+impl Redis {
+    /// Connects to what `url` names. A cluster's connection is made at once (it needs the slot
+    /// map): a cluster that cannot be reached yet is retried in the background, so this never
+    /// blocks start-up for longer than the connect timeout.
+    pub async fn connect(target: &RedisTarget) -> anyhow::Result<Redis> {
+        match target {
+            RedisTarget::Single(info) => Ok(Redis::Single(redis_pool_for(info.clone())?)),
+            RedisTarget::Cluster { seeds, ca } => {
+                let client = cluster_client(seeds, ca.as_deref(), None)?;
+                let conn = tokio::time::timeout(POOL_WAIT, client.get_async_connection())
+                    .await
+                    .context("connecting to the Redis Cluster: timed out")?
+                    .context("connecting to the Redis Cluster")?;
+                Ok(Redis::Cluster(conn))
+            }
+        }
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Redis::Cluster(_))
+    }
+
+    /// PUBLISH on one Redis, SPUBLISH (sharded pub/sub: the message stays on the channel's
+    /// shard) on a cluster, where a plain PUBLISH would be copied to every node of the cluster.
+    pub fn publish_cmd(&self, channel: &str, payload: &str) -> redis::Cmd {
+        let name = if self.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        };
+        let mut cmd = redis::cmd(name);
+        cmd.arg(channel).arg(payload);
+        cmd
+    }
+
+    /// Runs one command within `timeout` (see [`query_cmd`]).
+    pub async fn cmd<T: redis::FromRedisValue>(
+        &self,
+        q: &redis::Cmd,
+        timeout: Duration,
+    ) -> anyhow::Result<T> {
+        match self {
+            Redis::Single(pool) => query_cmd(pool, q, timeout).await,
+            Redis::Cluster(conn) => {
+                let mut conn = conn.clone();
+                tokio::time::timeout(timeout, q.query_async::<T>(&mut conn))
+                    .await
+                    .map_err(|_| anyhow::anyhow!("redis command timed out after {timeout:?}"))?
+                    .context("redis command failed")
+            }
+        }
+    }
+
+    /// Runs a pipeline whose replies are all ignored, within `timeout`. On one Redis it is one
+    /// round trip. A cluster refuses a pipeline whose keys live in several slots, so there the
+    /// pipeline is split by the slot of each command's key (its first argument), keeping the
+    /// order within a slot (so within a key, a channel), and the slots' pipelines run at once.
+    pub async fn exec(&self, q: &redis::Pipeline, timeout: Duration) -> anyhow::Result<()> {
+        let conn = match self {
+            Redis::Single(pool) => return query::<()>(pool, q, timeout).await,
+            Redis::Cluster(conn) => conn,
+        };
+        let run = async {
+            let mut slots: Vec<redis::Pipeline> = vec![];
+            let mut index: HashMap<Slot, usize> = HashMap::new();
+            for cmd in q.cmd_iter() {
+                let slot = match cmd.args_iter().nth(1) {
+                    Some(redis::Arg::Simple(key)) => Slot::for_key(key),
+                    _ => Slot::for_key(b""),
+                };
+                let i = *index.entry(slot).or_insert_with(|| {
+                    slots.push(redis::pipe());
+                    slots.len() - 1
+                });
+                slots[i].add_command(cmd.clone()).ignore();
+            }
+            futures_util::stream::iter(slots)
+                .map(|pipe| {
+                    let mut conn = conn.clone();
+                    async move { pipe.query_async::<()>(&mut conn).await }
+                })
+                .buffer_unordered(CLUSTER_PIPELINES_AT_ONCE)
+                .try_collect::<Vec<()>>()
+                .await
+        };
+        tokio::time::timeout(timeout, run)
+            .await
+            .map_err(|_| anyhow::anyhow!("redis command timed out after {timeout:?}"))?
+            .context("redis command failed")?;
+        Ok(())
+    }
+}
+
+/// Per-slot pipelines of one [`Redis::exec`] in flight at once on a cluster.
+const CLUSTER_PIPELINES_AT_ONCE: usize = 64;
+
+/// What `REDIS_URL` names, parsed, with this service's TCP (and TLS) settings.
+#[derive(Clone, Debug)]
+pub enum RedisTarget {
+    Single(redis::ConnectionInfo),
+    /// A Redis Cluster's seed nodes (`redis+cluster://h1:p1,h2:p2`), and the private CA
+    /// (`NOTIFYD_REDIS_CA_FILE`) for `rediss+cluster://`.
+    Cluster {
+        seeds: Vec<redis::ConnectionInfo>,
+        ca: Option<Vec<u8>>,
+    },
+}
+
+impl RedisTarget {
+    pub fn parse(url: &str, ca_file: Option<&std::path::Path>) -> anyhow::Result<RedisTarget> {
+        match crate::config::values::cluster_seeds(url.trim()) {
+            None => Ok(RedisTarget::Single(connection_info_with_ca(url, ca_file)?)),
+            Some(seeds) => {
+                let seeds = seeds.map_err(|e| anyhow::anyhow!("REDIS_URL {e}"))?;
+                let infos = seeds
+                    .iter()
+                    .map(|s| connection_info_with_ca(s, ca_file))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                // Read twice (once per seed above): small, and only at start-up.
+                let ca = match ca_file {
+                    Some(path) => Some(std::fs::read(path).with_context(|| {
+                        format!("reading NOTIFYD_REDIS_CA_FILE {}", path.display())
+                    })?),
+                    None => None,
+                };
+                Ok(RedisTarget::Cluster { seeds: infos, ca })
+            }
+        }
+    }
+
+    /// The first server's address, to tell a `rediss` target from a plain one.
+    pub fn first(&self) -> &redis::ConnectionInfo {
+        match self {
+            RedisTarget::Single(info) => info,
+            RedisTarget::Cluster { seeds, .. } => &seeds[0],
+        }
+    }
+}
+
+/// Where a RESP3 cluster connection hands its push messages; `Err` when it could not take one.
+pub type PushSink = Box<dyn Fn(redis::PushInfo) -> Result<(), ()> + Send + Sync>;
+
+/// A cluster client for `seeds` (their credentials, TLS and TCP settings: the redis crate takes
+/// them from the first seed for every node it discovers). `push` makes it a RESP3 client that
+/// hands every push message (sharded pub/sub messages, subscription confirmations, the
+/// library's own `Disconnection`) to `push`: the hub's sharded subscriber.
+pub fn cluster_client(
+    seeds: &[redis::ConnectionInfo],
+    ca: Option<&[u8]>,
+    push: Option<PushSink>,
+) -> anyhow::Result<redis::cluster::ClusterClient> {
+    let mut builder = redis::cluster::ClusterClientBuilder::new(seeds.to_vec())
+        .connection_timeout(POOL_WAIT)
+        .response_timeout(PUBLISH_TIMEOUT)
+        .tcp_settings(tcp_settings());
+    if let Some(pem) = ca {
+        // The seeds carry it already, but the nodes the client discovers get the builder's.
+        builder = builder.certs(redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem.to_vec()),
+        });
+    }
+    if let Some(push) = push {
+        builder = builder
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(push);
+    }
+    builder.build().context("building the Redis Cluster client")
 }
 
 /// Runs the pipeline `q` on a pooled connection within `timeout` (checkout included). A
@@ -155,15 +342,18 @@ pub fn connection_info_with_ca(
                 .clone()
         }
     };
+    Ok(info.set_tcp_settings(tcp_settings()))
+}
+
+fn tcp_settings() -> TcpSettings {
     let keepalive = TcpKeepalive::new()
         .with_time(hub::TCP_KEEPALIVE_IDLE)
         .with_interval(hub::TCP_KEEPALIVE_INTERVAL)
         .with_retries(hub::TCP_KEEPALIVE_RETRIES);
-    let tcp = TcpSettings::default()
+    TcpSettings::default()
         .set_nodelay(true)
         .set_keepalive(keepalive)
-        .set_user_timeout(hub::TCP_USER_TIMEOUT);
-    Ok(info.set_tcp_settings(tcp))
+        .set_user_timeout(hub::TCP_USER_TIMEOUT)
 }
 
 pub fn redis_pool(url: &str) -> anyhow::Result<deadpool_redis::Pool> {
@@ -191,14 +381,13 @@ pub fn redis_pool_for(info: redis::ConnectionInfo) -> anyhow::Result<deadpool_re
 /// CA, a host name the certificate does not carry) stops start-up with the reason instead of
 /// being retried forever in the background. Redis merely being down is not a reason to stop
 /// (the node starts not ready, as with `redis://`): that is only logged.
-pub async fn check_tls(
-    pool: &deadpool_redis::Pool,
-    info: &redis::ConnectionInfo,
-) -> anyhow::Result<()> {
-    if !matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+pub async fn check_tls(redis: &Redis, target: &RedisTarget) -> anyhow::Result<()> {
+    if !matches!(target.first().addr(), redis::ConnectionAddr::TcpTls { .. }) {
         return Ok(());
     }
-    let result = query_cmd::<String>(pool, &redis::cmd("PING"), CONNECT_CHECK).await;
+    let result = redis
+        .cmd::<String>(&redis::cmd("PING"), CONNECT_CHECK)
+        .await;
     match result {
         Ok(_) => Ok(()),
         Err(e) => {
@@ -226,11 +415,11 @@ const CONNECT_CHECK: Duration = Duration::from_secs(5);
 /// Bound on each leg of the readiness canary (PUBLISH, then seeing it arrive).
 pub const CANARY_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The end-to-end readiness check: PUBLISH a unique token on `channel` (this node's own canary
+/// The end-to-end readiness check: PUBLISH (SPUBLISH on a cluster) a unique token on `channel` (this node's own canary
 /// channel) and see it come back through this node's hub. Fails when Redis does not take the
 /// PUBLISH, or the subscriber does not deliver it in time (a stuck or half-open subscription).
 /// Takes at most `hub::LISTEN_WAIT + 2 × CANARY_TIMEOUT`.
-pub async fn canary(hub: &Hub, pool: &deadpool_redis::Pool, channel: &str) -> bool {
+pub async fn canary(hub: &Hub, redis: &Redis, channel: &str) -> bool {
     if !hub.is_connected() {
         return false;
     }
@@ -238,14 +427,12 @@ pub async fn canary(hub: &Hub, pool: &deadpool_redis::Pool, channel: &str) -> bo
     let id = hub.canary_listener();
     hub.listen(channel, id, Arc::new(tx)).await;
     let token = uuid::Uuid::new_v4().to_string();
-    let published = query_cmd::<i64>(
-        pool,
-        redis::cmd("PUBLISH")
-            .arg(channel)
-            .arg(Envelope::probe(&token).encode()),
-        CANARY_TIMEOUT,
-    )
-    .await;
+    let published = redis
+        .cmd::<i64>(
+            &redis.publish_cmd(channel, &Envelope::probe(&token).encode()),
+            CANARY_TIMEOUT,
+        )
+        .await;
     let arrived = match published {
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "readiness canary: PUBLISH failed");

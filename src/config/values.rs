@@ -239,10 +239,70 @@ pub fn postgres_url(raw: &str) -> Result<String, String> {
     Ok(raw.to_string())
 }
 
-/// A Redis URL (`redis://`, `redis+unix://`, `unix://`) that the client can read.
+/// A Redis URL (`redis://`, `rediss://`, `redis+unix://`, `unix://`) that the client can read,
+/// or a cluster's seed list (`redis+cluster://h1:p1,h2:p2`, see [`cluster_seeds`]).
 pub fn redis_url(raw: &str) -> Result<String, String> {
-    use redis::IntoConnectionInfo;
     let raw = raw.trim();
+    if let Some(seeds) = cluster_seeds(raw) {
+        for seed in seeds? {
+            one_redis_url(&seed)?;
+        }
+        return Ok(raw.to_string());
+    }
+    one_redis_url(raw)?;
+    Ok(raw.to_string())
+}
+
+/// The schemes that name a Redis Cluster, and the scheme each seed then gets.
+const CLUSTER_SCHEMES: [(&str, &str); 2] = [
+    ("redis+cluster://", "redis://"),
+    ("rediss+cluster://", "rediss://"),
+];
+
+/// `redis+cluster://[user:password@]h1:p1,h2:p2,...[/0][?query]` (`rediss+cluster://` for TLS):
+/// the seed nodes as one URL each (`redis://[user:password@]h1:p1[?query]`), all with the
+/// credentials and query given once. `None` when `raw` names no cluster. A cluster has only
+/// database 0: any other is refused.
+pub fn cluster_seeds(raw: &str) -> Option<Result<Vec<String>, String>> {
+    let (rest, scheme) = CLUSTER_SCHEMES
+        .iter()
+        .find_map(|(cluster, one)| Some((raw.strip_prefix(cluster)?, *one)))?;
+    Some(split_seeds(rest, scheme))
+}
+
+fn split_seeds(rest: &str, scheme: &str) -> Result<Vec<String>, String> {
+    let usage = "must be redis+cluster://[user:password@]host:port,host:port,... \
+                 (rediss+cluster:// for TLS)";
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, format!("?{q}")),
+        None => (rest, String::new()),
+    };
+    let (rest, path) = match rest.split_once('/') {
+        Some((r, p)) => (r, p),
+        None => (rest, ""),
+    };
+    if !matches!(path, "" | "0") {
+        return Err(format!("{usage}: a cluster has only database 0"));
+    }
+    let (creds, hosts) = match rest.rsplit_once('@') {
+        Some((c, h)) => (format!("{c}@"), h),
+        None => (String::new(), rest),
+    };
+    let seeds: Vec<String> = hosts
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(|h| format!("{scheme}{creds}{h}{query}"))
+        .collect();
+    if seeds.is_empty() {
+        return Err(format!("{usage}: no seed node"));
+    }
+    Ok(seeds)
+}
+
+/// One server's URL, as the redis crate reads it.
+fn one_redis_url(raw: &str) -> Result<(), String> {
+    use redis::IntoConnectionInfo;
     match raw.into_connection_info() {
         Err(_) => {
             return Err(
@@ -265,7 +325,7 @@ pub fn redis_url(raw: &str) -> Result<String, String> {
         }
         Ok(_) => {}
     }
-    Ok(raw.to_string())
+    Ok(())
 }
 
 /// At most this many public topic patterns; each as long as a topic may be.
@@ -396,6 +456,27 @@ mod tests {
         assert!(postgres_url("postgres://h:notaport/db").is_err());
         assert!(redis_url("redis://127.0.0.1:6379").is_ok());
         assert!(redis_url("http://127.0.0.1").is_err());
+    }
+
+    #[test]
+    fn a_cluster_url_gives_one_seed_url_per_node_with_the_credentials() {
+        let seeds = cluster_seeds("redis+cluster://u:p@h1:7000,h2:7001/0?protocol=resp3")
+            .expect("a cluster")
+            .expect("valid");
+        assert_eq!(
+            seeds,
+            [
+                "redis://u:p@h1:7000?protocol=resp3",
+                "redis://u:p@h2:7001?protocol=resp3"
+            ]
+        );
+        let tls = cluster_seeds("rediss+cluster://h1:7000").expect("a cluster");
+        assert_eq!(tls.expect("valid"), ["rediss://h1:7000"]);
+        assert!(cluster_seeds("redis://h1:7000").is_none());
+        assert!(redis_url("redis+cluster://h1:7000,h2:7001").is_ok());
+        assert!(redis_url("redis+cluster://").is_err());
+        assert!(redis_url("redis+cluster://h1:7000/3").is_err());
+        assert!(redis_url("rediss+cluster://h1:7000/#insecure").is_err());
     }
 
     #[test]

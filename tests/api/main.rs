@@ -21,6 +21,7 @@ mod names;
 mod pooler;
 mod preferences;
 mod push;
+mod redis_cluster;
 mod relay;
 mod relay_spread;
 mod replica;

@@ -462,9 +462,9 @@ async fn partitioned_relays_keep_each_users_order() {
     settings.relay_batch = 7;
     let relay = notifyd::outbox::Relay {
         database_url: db.url.clone(),
-        broker: notifyd::broker::Broker::Redis(
+        broker: notifyd::broker::Broker::Redis(notifyd::broker::Redis::Single(
             notifyd::broker::redis_pool(&redis_url()).expect("redis pool"),
-        ),
+        )),
         waker: notifyd::outbox::Waker::new(),
         settings,
     };
