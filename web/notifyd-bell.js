@@ -1,8 +1,11 @@
 // <notifyd-bell>: a framework-free notification bell for notifyd (contract §10, "Drop-in UI").
 //
 //   <script type="module" src="https://notifyd.example.com/client/notifyd-bell.js"></script>
-//   <notifyd-bell server="https://notifyd.example.com"></notifyd-bell>
-//   <script>document.querySelector('notifyd-bell').getToken = () => fetch('/my/token').then(r => r.text());</script>
+//   <notifyd-bell id="bell" server="https://notifyd.example.com"></notifyd-bell>
+//   <script>document.getElementById('bell').getToken = () => fetch('/my/token').then(r => r.text());</script>
+//
+// `bell.getToken = null` is the logout (connection closed, everything forgotten). `server` must be
+// the app's own markup: the user's token goes to that origin.
 //
 // Badge with the unseen (or unread) count, a dropdown with the latest messages that loads older
 // pages as it scrolls, mark read / mark all read, archive, toasts for new messages. Keyboard and
