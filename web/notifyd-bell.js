@@ -388,13 +388,18 @@ export class NotifydBell extends HTMLElement {
     if (Date.now() < this._olderWaitUntil) return;
     this._loadingOlder = true;
     const gen = this._resetGen;
+    const before = this._nextBefore;
     try {
-      const page = await this._client.fetchPage({ limit: this._pageSize(), before: this._nextBefore });
+      const page = await this._client.fetchPage({ limit: this._pageSize(), before });
       if (gen !== this._resetGen) return;
       this._olderAttempt = 0;
       this._olderFailed = false;
       for (const m of page.messages) if (!this._messages.has(m.id)) this._add(m);
-      this._nextBefore = page.next_before;
+      // Cursors only go down: one that does not (a proxy's stale cache, a server bug) would
+      // fetch the same page forever, so it ends the list instead.
+      const next = page.next_before;
+      this._nextBefore = Number.isFinite(next) && next < before ? next : null;
+      if (next !== null && this._nextBefore === null) this._warn('loading older messages', new Error(`next_before ${next} does not move past ${before}`));
       this._trim();
       this._renderChrome();
     } catch (err) {

@@ -153,6 +153,24 @@ describe('<notifyd-bell> when things fail or change', { timeout: 300_000 }, () =
     await page.close();
   });
 
+  it('a page that does not move the cursor ends the scrolling instead of repeating', { timeout: 60_000 }, async () => {
+    const user = randomUser('stuck');
+    for (let i = 1; i <= 15; i++) await server.send({ to_user: user, title: `m${i}` });
+    const page = await openApp(user, '&page-size=10');
+    let n = 0;
+    const stuckAt = await page.evaluate(() => document.getElementById('nb')._nextBefore);
+    await page.route('**/api/v1/me/messages?*before=*', (route) => {
+      n++;
+      return route.fulfill(cors(200, { messages: [], next_before: stuckAt }));
+    });
+    await shadow(page, (b) => b.show());
+    await scrollToEnd(page);
+    await sleep(2000);
+    assert.equal(n, 1, `${n} requests for the same page`);
+    assert.equal(await shadow(page, (b, r) => r.getElementById('more-wrap').hidden), true);
+    await page.close();
+  });
+
   it('the client caches the REST token until shortly before exp; a 401 drops it and asks getToken once', { timeout: 60_000 }, async () => {
     const user = randomUser('tok');
     for (let i = 1; i <= 25; i++) await server.send({ to_user: user, title: `m${i}` });
