@@ -126,7 +126,10 @@ async fn products(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> 
 }
 
 /// Publishes a retained `{"stock", "price"}` for each catalogue product that has no unexpired
-/// retained value. Two nodes doing it at once publish the same values: harmless.
+/// retained value. The SELECT only spares the usual page view any write; each product is then
+/// written only if still without a value, in one statement (`topic_event_if_unretained`), so
+/// a value a service published meanwhile is never replaced and concurrent first views (on one
+/// node or several) publish each product once.
 async fn seed_demo_catalogue(state: &AppState) -> Result<(), ApiError> {
     let topics: Vec<String> = DEMO_CATALOGUE
         .iter()
@@ -144,14 +147,14 @@ async fn seed_demo_catalogue(state: &AppState) -> Result<(), ApiError> {
                     continue;
                 }
                 let data = json!({ "stock": stock, "price": price });
-                let ev = crate::inbox::create::TopicEvent {
+                let ev = crate::inbox::create::topic_event_if_unretained(
+                    conn,
                     topic,
-                    data: &data,
-                    from: None,
-                    retain_until: Some(retain_until),
-                };
-                crate::inbox::create::topic_event(conn, &ev).await?;
-                published += 1;
+                    &data,
+                    retain_until,
+                )
+                .await?;
+                published += usize::from(ev.is_some());
             }
             Ok(published)
         })

@@ -24,13 +24,17 @@ export interface NotifydBellClickDetail {
  * cancel it to navigate with your own router).
  */
 export class NotifydBell extends HTMLElement {
-  /** A function returning a user JWT, or a Promise of one; setting it starts the bell. */
+  /**
+   * A function returning a user JWT, or a Promise of one; setting it starts the bell. `null`
+   * (logout) stops it and forgets the session: connection, messages, counts, toasts. Another
+   * function (another user) starts afresh.
+   */
   getToken: (() => string | Promise<string>) | null;
   /** The client the bell runs on; set it (before `getToken`) to share your own connected client. */
   client: NotifydClient | null;
   /** The dropdown is open. */
   readonly open: boolean;
-  /** The messages the dropdown holds, newest first. */
+  /** The messages the dropdown holds, newest first (at most {@link MAX_MESSAGES}). */
   readonly messages: NotifydMessage[];
   toggle(): void;
   show(): void;
@@ -41,6 +45,9 @@ export class NotifydBell extends HTMLElement {
   /** Loads the next older page (what scrolling to the end of the list does). */
   loadOlder(): Promise<void>;
 }
+
+/** The most messages the dropdown holds (the newest). */
+export const MAX_MESSAGES: 500;
 
 /** "just now", "5 min ago", "yesterday", ... */
 export function relTime(iso: string, now?: number): string;

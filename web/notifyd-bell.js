@@ -1,8 +1,11 @@
 // <notifyd-bell>: a framework-free notification bell for notifyd (contract §10, "Drop-in UI").
 //
 //   <script type="module" src="https://notifyd.example.com/client/notifyd-bell.js"></script>
-//   <notifyd-bell server="https://notifyd.example.com"></notifyd-bell>
-//   <script>document.querySelector('notifyd-bell').getToken = () => fetch('/my/token').then(r => r.text());</script>
+//   <notifyd-bell id="bell" server="https://notifyd.example.com"></notifyd-bell>
+//   <script>document.getElementById('bell').getToken = () => fetch('/my/token').then(r => r.text());</script>
+//
+// `bell.getToken = null` is the logout (connection closed, everything forgotten). `server` must be
+// the app's own markup: the user's token goes to that origin.
 //
 // Badge with the unseen (or unread) count, a dropdown with the latest messages that loads older
 // pages as it scrolls, mark read / mark all read, archive, toasts for new messages. Keyboard and
@@ -14,6 +17,19 @@ import { NotifydClient, safeUrl } from './notifyd-client.js';
 const PAGE_SIZE = 20;
 const TOAST_MS = 8000;
 const MAX_TOASTS = 3;
+/** The most messages the dropdown holds (the newest); docs/bell.md "Limits". */
+export const MAX_MESSAGES = 500;
+/** Retries of a failed page: 1 s doubling up to 60 s, half of it random (or the server's Retry-After). */
+const RETRY_BASE_MS = 1000;
+const RETRY_MAX_MS = 60_000;
+
+/** How long to wait before retry number `attempt` (from 0) after `err`. */
+function retryDelayMs(attempt, err) {
+  const d = Math.min(RETRY_MAX_MS, RETRY_BASE_MS * 2 ** Math.min(attempt, 16));
+  const backoff = d / 2 + Math.random() * (d / 2);
+  const told = Number.isFinite(err?.retryAfterMs) ? err.retryAfterMs : 0;
+  return Math.max(backoff, told);
+}
 
 const STYLE = `
 :host {
@@ -128,6 +144,9 @@ button { font: inherit; color: inherit; }
 .empty { padding: 36px 16px; text-align: center; color: var(--notifyd-muted); margin: 0; }
 .foot { border-top: 1px solid var(--notifyd-border); padding: 8px; text-align: center; }
 .foot .link-btn { margin: 0; }
+.note { color: var(--notifyd-muted); font-size: 13px; margin: 0 6px; }
+.load-error { padding: 28px 16px; text-align: center; color: var(--notifyd-muted); margin: 0; }
+.load-error .link-btn { margin: 0 0 0 4px; }
 
 #toasts {
   position: fixed; right: 20px; bottom: 20px; z-index: 1001; display: grid; gap: 10px;
@@ -166,9 +185,10 @@ const TEMPLATE = `<style>${STYLE}</style>
   </div>
   <div id="scroller" part="scroller">
     <ul id="list" part="list" aria-label="Latest notifications"></ul>
-    <p class="empty" id="empty" part="empty">You’re all caught up.</p>
+    <p class="empty" id="empty" part="empty" hidden>You’re all caught up.</p>
+    <p class="load-error" id="load-error" part="error" hidden><span>Couldn’t load notifications.</span><button class="link-btn" id="retry" type="button">Retry</button></p>
     <div class="foot" id="more-wrap" part="footer" hidden>
-      <button class="link-btn" id="more" type="button">Load older</button>
+      <span class="note" id="more-note" hidden></span><button class="link-btn" id="more" type="button">Load older</button>
     </div>
   </div>
 </section>
@@ -239,14 +259,27 @@ export class NotifydBell extends HTMLElement {
     this._el = {
       bell: $('bell'), badge: $('badge'), panel: $('panel'), list: $('list'), empty: $('empty'),
       title: $('panel-title'), readAll: $('read-all'), pill: $('unread-pill'), moreWrap: $('more-wrap'),
-      more: $('more'), scroller: $('scroller'), toasts: $('toasts'),
+      more: $('more'), moreNote: $('more-note'), scroller: $('scroller'), toasts: $('toasts'),
+      loadError: $('load-error'), retry: $('retry'),
     };
     /** @type {Map<string, object>} */
     this._messages = new Map();
+    /** @type {Map<string, HTMLLIElement>} each message's list entry, updated in place */
+    this._nodes = new Map();
     this._nextBefore = null;
     this._counts = { unseen: 0, unread: 0 };
     this._loaded = false;
     this._loadingOlder = false;
+    // A failed page is retried with backoff, never in a loop (the observer fires again at once).
+    this._firstAttempt = 0;
+    this._firstTimer = null;
+    this._firstFailed = false;
+    this._olderAttempt = 0;
+    this._olderTimer = null;
+    this._olderWaitUntil = 0;
+    this._olderFailed = false;
+    /** @type {Set<{node: HTMLElement, timer: *}>} */
+    this._toastTimers = new Set();
     this._replay = null;
     this._resetGen = 0;
     this._getToken = null;
@@ -257,7 +290,12 @@ export class NotifydBell extends HTMLElement {
     const e = this._el;
     e.bell.addEventListener('click', () => this.toggle());
     e.readAll.addEventListener('click', () => this.markAllRead());
-    e.more.addEventListener('click', () => this.loadOlder());
+    e.more.addEventListener('click', () => {
+      // A click is the user's own retry: no waiting for the backoff.
+      this._olderWaitUntil = 0;
+      this.loadOlder();
+    });
+    e.retry.addEventListener('click', () => this._reload());
     root.addEventListener('keydown', (ev) => this._onKeydown(ev));
     this._onDocClick = (ev) => {
       if (this.open && !ev.composedPath().includes(this)) this._setOpen(false, { focus: false });
@@ -281,7 +319,16 @@ export class NotifydBell extends HTMLElement {
   }
 
   set getToken(fn) {
-    this._getToken = typeof fn === 'function' ? fn : null;
+    const next = typeof fn === 'function' ? fn : null;
+    if (next === this._getToken) return;
+    const running = this._getToken !== null && this._client !== null;
+    this._getToken = next;
+    // null is the logout; another function may be another user: either way nothing of the old
+    // session stays (connection, messages, counts, toasts), and a new function starts afresh.
+    if (running) {
+      if (!this._ownsClient) this._client = null;
+      this._stop();
+    }
     this._maybeStart();
   }
 
@@ -293,6 +340,7 @@ export class NotifydBell extends HTMLElement {
   /** Uses an app's own NotifydClient (connected by the app; the bell never closes it). */
   set client(c) {
     if (c === this._client) return;
+    if (!this._ownsClient) this._client = null;
     this._stop();
     this._client = c ?? null;
     this._ownsClient = false;
@@ -335,21 +383,49 @@ export class NotifydBell extends HTMLElement {
   /** Loads the next older page (what scrolling to the end of the list does). */
   async loadOlder() {
     if (!this._client || this._nextBefore === null || this._loadingOlder || !this._loaded) return;
+    if (this._messages.size >= MAX_MESSAGES) return;
+    // After a failure, the observer waits for the backoff (or the Retry button).
+    if (Date.now() < this._olderWaitUntil) return;
     this._loadingOlder = true;
     const gen = this._resetGen;
+    const before = this._nextBefore;
     try {
-      const page = await this._client.fetchPage({ limit: this._pageSize(), before: this._nextBefore });
+      const page = await this._client.fetchPage({ limit: this._pageSize(), before });
       if (gen !== this._resetGen) return;
-      for (const m of page.messages) if (!this._messages.has(m.id)) this._messages.set(m.id, m);
-      this._nextBefore = page.next_before;
-      this._renderList();
+      this._olderAttempt = 0;
+      this._olderFailed = false;
+      for (const m of page.messages) if (!this._messages.has(m.id)) this._add(m);
+      // Cursors only go down: one that does not (a proxy's stale cache, a server bug) would
+      // fetch the same page forever, so it ends the list instead.
+      const next = page.next_before;
+      this._nextBefore = Number.isFinite(next) && next < before ? next : null;
+      if (next !== null && this._nextBefore === null) this._warn('loading older messages', new Error(`next_before ${next} does not move past ${before}`));
+      this._trim();
+      this._renderChrome();
     } catch (err) {
+      if (gen !== this._resetGen) return;
       this._warn('loading older messages', err);
+      // Not re-observed: the footer is still in view, so the observer would fire again at once
+      // (a request loop). Retried after a capped backoff, or the server's Retry-After.
+      const delay = retryDelayMs(this._olderAttempt++, err);
+      this._olderWaitUntil = Date.now() + delay;
+      this._olderFailed = true;
+      clearTimeout(this._olderTimer);
+      this._olderTimer = setTimeout(() => {
+        this._olderWaitUntil = 0;
+        this._reobserve();
+      }, delay);
+      this._renderChrome();
+      return;
     } finally {
       this._loadingOlder = false;
     }
     // Still at the end (a short page, a tall list): the observer fires again on re-observing.
-    if (this._observer && this._nextBefore !== null) {
+    this._reobserve();
+  }
+
+  _reobserve() {
+    if (this._observer && this._nextBefore !== null && this.isConnected) {
       this._observer.unobserve(this._el.moreWrap);
       this._observer.observe(this._el.moreWrap);
     }
@@ -410,12 +486,39 @@ export class NotifydBell extends HTMLElement {
     this._client.connect();
   }
 
+  /**
+   * Detaches from the client (closing it if it is the bell's own) and forgets everything of the
+   * session: messages, counts, toasts, loaded state, pending retries. Used at logout, on another
+   * getToken, client or server, and when the element leaves the page for good.
+   */
   _stop() {
     for (const off of this._offs) off();
     this._offs = [];
     if (this._client && this._ownsClient) this._client.close();
     if (this._ownsClient) this._client = null;
     this._resetGen++;
+    this._replay = null;
+    clearTimeout(this._firstTimer);
+    clearTimeout(this._olderTimer);
+    this._firstTimer = this._olderTimer = null;
+    this._firstAttempt = this._olderAttempt = 0;
+    this._firstFailed = this._olderFailed = false;
+    this._olderWaitUntil = 0;
+    this._loadingOlder = false;
+    this._messages.clear();
+    this._nodes.clear();
+    this._el.list.replaceChildren();
+    this._nextBefore = null;
+    this._loaded = false;
+    this.removeAttribute('loaded');
+    this._counts = { unseen: 0, unread: 0 };
+    this._renderCounts();
+    for (const t of this._toastTimers) clearTimeout(t.timer);
+    this._toastTimers.clear();
+    this._el.toasts.replaceChildren();
+    if (this.open) this._setOpen(false, { focus: false });
+    this._renderChrome();
+    if (this.hasAttribute('state')) this.setAttribute('state', 'closed');
   }
 
   /** Listens to the client; with a client already live, loads the first page now. */
@@ -438,8 +541,9 @@ export class NotifydBell extends HTMLElement {
     on('status', ({ state }) => this.setAttribute('state', state));
     on('reset', () => this._reload());
     on('message', applying(({ message }) => {
-      this._messages.set(message.id, { ...message });
-      this._renderList();
+      this._add({ ...message });
+      this._trim();
+      this._renderChrome();
     }));
     on('message', ({ message, replayed }) => {
       if (!replayed) this._toast(message);
@@ -447,8 +551,8 @@ export class NotifydBell extends HTMLElement {
     on('read', applying(({ ids, all }) => this._setRead(all ? null : ids, true)));
     on('unread', applying(({ ids }) => this._setRead(ids, false)));
     const gone = applying(({ ids }) => {
-      for (const id of ids) this._messages.delete(id);
-      this._renderList();
+      for (const id of ids) this._remove(id);
+      this._renderChrome();
     });
     on('deleted', gone);
     on('archived', gone);
@@ -464,6 +568,9 @@ export class NotifydBell extends HTMLElement {
   }
 
   async _reload() {
+    if (!this._client) return;
+    clearTimeout(this._firstTimer);
+    this._firstTimer = null;
     const gen = ++this._resetGen;
     this._replay = [];
     try {
@@ -472,13 +579,29 @@ export class NotifydBell extends HTMLElement {
       this._messages.clear();
       for (const m of page.messages) this._messages.set(m.id, m);
       this._nextBefore = page.next_before;
+      this._olderFailed = false;
+      this._olderWaitUntil = 0;
+      this._olderAttempt = 0;
       for (const f of this._replay) f();
+      this._trim();
       this._loaded = true;
-      this._renderList();
+      this._firstFailed = false;
+      this._firstAttempt = 0;
+      this._rebuildList();
       this.setAttribute('loaded', '');
       this.dispatchEvent(new CustomEvent('notifyd-loaded', { detail: { count: this._messages.size } }));
     } catch (err) {
+      if (gen !== this._resetGen) return;
       this._warn('loading the first page', err);
+      // Retried with backoff (a list loaded before stays as it was meanwhile); until a first page
+      // is in, the dropdown says so with a Retry button instead of "all caught up".
+      this._firstFailed = true;
+      const delay = retryDelayMs(this._firstAttempt++, err);
+      this._firstTimer = setTimeout(() => {
+        this._firstTimer = null;
+        if (gen === this._resetGen) this._reload();
+      }, delay);
+      this._renderChrome();
     } finally {
       if (gen === this._resetGen) this._replay = null;
     }
@@ -499,15 +622,91 @@ export class NotifydBell extends HTMLElement {
     return [...this._messages.values()].sort((a, b) => b.seq - a.seq);
   }
 
-  _setRead(ids, read) {
-    const now = new Date().toISOString();
-    for (const m of this._messages.values()) {
-      if (ids === null || ids.includes(m.id)) {
-        m.is_read = read;
-        m.read_at = read ? (m.read_at ?? now) : null;
+  /** Adds (or replaces) a message and its list entry, in its place by seq (newest first). */
+  _add(m) {
+    this._messages.set(m.id, m);
+    const old = this._nodes.get(m.id);
+    const node = this._renderItem(m);
+    this._nodes.set(m.id, node);
+    if (old) {
+      this._replaceNode(old, node);
+      return;
+    }
+    // Newest first: a live message goes on top, an older page at the end; walk from the nearer end.
+    const list = this._el.list;
+    let before = null;
+    const last = list.lastElementChild;
+    if (!last || this._messages.get(last.dataset.id)?.seq > m.seq) {
+      before = null;
+    } else {
+      for (let li = list.firstElementChild; li; li = li.nextElementSibling) {
+        if ((this._messages.get(li.dataset.id)?.seq ?? -Infinity) < m.seq) {
+          before = li;
+          break;
+        }
       }
     }
-    this._renderList();
+    list.insertBefore(node, before);
+  }
+
+  /** Swaps an entry, keeping keyboard focus on the same button of it (no focus event otherwise). */
+  _replaceNode(old, node) {
+    const active = this.shadowRoot.activeElement;
+    const cls = active && old.contains(active) ? active.className : null;
+    old.replaceWith(node);
+    if (cls) node.querySelector(`.${cls}`)?.focus();
+  }
+
+  _remove(id) {
+    this._messages.delete(id);
+    const node = this._nodes.get(id);
+    if (!node) return;
+    this._nodes.delete(id);
+    const active = this.shadowRoot.activeElement;
+    let next = null;
+    if (active && node.contains(active)) {
+      const sib = node.nextElementSibling ?? node.previousElementSibling;
+      next = sib?.querySelector('.item') ?? (this.open ? this._el.title : null);
+    }
+    node.remove();
+    next?.focus();
+  }
+
+  /**
+   * Keeps at most MAX_MESSAGES, dropping the oldest; `next_before` then points at them, so the
+   * list can fetch them again when there is room (after archiving, say).
+   */
+  _trim() {
+    if (this._messages.size <= MAX_MESSAGES) return;
+    const drop = this._sorted().slice(MAX_MESSAGES);
+    for (const m of drop) this._remove(m.id);
+    const oldest = drop[0].seq; // the newest dropped: everything before it goes again
+    this._nextBefore = oldest + 1;
+  }
+
+  _setRead(ids, read) {
+    const now = new Date().toISOString();
+    const apply = (m) => {
+      if (!m || m.is_read === read) return;
+      m.is_read = read;
+      m.read_at = read ? (m.read_at ?? now) : null;
+      const node = this._nodes.get(m.id);
+      if (node) this._patchRead(node, m);
+    };
+    if (ids === null) for (const m of this._messages.values()) apply(m);
+    else for (const id of ids) apply(this._messages.get(id));
+    this._renderChrome();
+  }
+
+  /** Updates an entry's read state in place (its focus, if it has it, is left alone). */
+  _patchRead(node, m) {
+    const unread = !m.is_read;
+    const item = node.querySelector('.item');
+    item.dataset.unread = String(unread);
+    node.querySelector('.dot').hidden = !unread;
+    const label = item.querySelector('.body > .sr-only');
+    if (unread && !label) item.querySelector('.body').prepend(el('span', { class: 'sr-only', text: 'Unread: ' }));
+    else if (!unread && label) label.remove();
   }
 
   _renderItem(m) {
@@ -539,20 +738,38 @@ export class NotifydBell extends HTMLElement {
     return el('li', { part: 'entry', dataset: { id: m.id } }, item, archive);
   }
 
-  _renderList() {
-    const { list, empty, moreWrap } = this._el;
-    const items = this._sorted();
-    // Keep keyboard focus on the same notification (or its archive button) across re-renders.
+  /** Builds every entry again (after a first page); keeps focus on the same notification. */
+  _rebuildList() {
+    const { list } = this._el;
     const active = this.shadowRoot.activeElement;
     const focused = active && list.contains(active) ? { id: active.dataset.id, cls: active.className } : null;
-    list.replaceChildren(...items.map((m) => this._renderItem(m)));
+    this._nodes.clear();
+    const nodes = this._sorted().map((m) => {
+      const node = this._renderItem(m);
+      this._nodes.set(m.id, node);
+      return node;
+    });
+    list.replaceChildren(...nodes);
     if (focused) {
-      const again = [...list.querySelectorAll(`.${focused.cls}`)].find((b) => b.dataset.id === focused.id);
+      const again = this._nodes.get(focused.id)?.querySelector(`.${focused.cls}`);
       if (again) again.focus();
       else if (this.open) (list.querySelector('.item') ?? this._el.title).focus();
     }
-    empty.hidden = items.length > 0 || !this._loaded;
-    moreWrap.hidden = this._nextBefore === null;
+    this._renderChrome();
+  }
+
+  /** What surrounds the list: "all caught up", the load error, the footer. */
+  _renderChrome() {
+    const { empty, moreWrap, more, moreNote, loadError } = this._el;
+    const n = this._messages.size;
+    empty.hidden = n > 0 || !this._loaded;
+    loadError.hidden = this._loaded || !this._firstFailed;
+    const full = n >= MAX_MESSAGES;
+    moreWrap.hidden = this._nextBefore === null || !this._loaded;
+    moreNote.hidden = !(this._olderFailed || full);
+    moreNote.textContent = full ? `Showing the latest ${MAX_MESSAGES}.` : 'Couldn’t load older notifications.';
+    more.hidden = full;
+    more.textContent = this._olderFailed ? 'Retry' : 'Load older';
   }
 
   _renderCounts() {
@@ -576,11 +793,39 @@ export class NotifydBell extends HTMLElement {
       el('div', { class: 't-title', text: String(m.title ?? '') }),
       close,
       m.content ? el('div', { class: 't-content', text: String(m.content) }) : null);
-    const remove = () => node.remove();
+    const entry = { node, timer: null, remove: null };
+    // Removing a toast that holds focus would drop focus to <body>: it goes to the bell instead.
+    const remove = () => {
+      clearTimeout(entry.timer);
+      this._toastTimers.delete(entry);
+      const hadFocus = node.contains(this.shadowRoot.activeElement);
+      node.remove();
+      if (hadFocus) bell.focus();
+    };
+    entry.remove = remove;
+    // A toast being read (hovered) or reached with the keyboard (focused) stays; its timer starts
+    // again, whole, once the pointer and focus have left it.
+    const arm = () => {
+      clearTimeout(entry.timer);
+      entry.timer = node.matches(':hover') || node.contains(this.shadowRoot.activeElement) ? null : setTimeout(remove, TOAST_MS);
+    };
+    const pause = () => {
+      clearTimeout(entry.timer);
+      entry.timer = null;
+    };
+    node.addEventListener('pointerenter', pause);
+    node.addEventListener('focusin', pause);
+    node.addEventListener('pointerleave', () => queueMicrotask(arm));
+    node.addEventListener('focusout', () => setTimeout(arm, 0));
     close.addEventListener('click', remove);
     toasts.append(node);
-    while (toasts.children.length > MAX_TOASTS) toasts.firstElementChild.remove();
-    setTimeout(remove, TOAST_MS);
+    this._toastTimers.add(entry);
+    while (toasts.children.length > MAX_TOASTS) {
+      const oldest = [...this._toastTimers].find((t) => t.node === toasts.firstElementChild);
+      if (oldest) oldest.remove();
+      else toasts.firstElementChild.remove();
+    }
+    arm();
     bell.classList.remove('ring');
     void bell.offsetWidth; // restart the animation
     bell.classList.add('ring');
@@ -663,9 +908,9 @@ export class NotifydBell extends HTMLElement {
     const next = items[i + 1] ?? items[i - 1];
     try {
       await this._client.archive([id]);
-      this._messages.delete(id);
-      this._renderList();
-      const again = next && [...this._el.list.querySelectorAll('.item')].find((b) => b.dataset.id === next.dataset.id);
+      this._remove(id);
+      this._renderChrome();
+      const again = next && this._nodes.get(next.dataset.id)?.querySelector('.item');
       (again ?? this._el.title).focus();
     } catch (err) {
       this._warn('archive', err);

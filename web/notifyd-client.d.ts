@@ -149,12 +149,14 @@ export interface NotifydPage {
 
 /** An error from the server (error frame or HTTP error body) or from the client itself. */
 export class NotifydError extends Error {
-  constructor(code: string, message: string, extra?: { status?: number; field?: string; ref?: unknown });
+  constructor(code: string, message: string, extra?: { status?: number; field?: string; ref?: unknown; retryAfterMs?: number });
   name: 'NotifydError';
   /** `forbidden`, `validation_failed`, `unauthorized`, `busy`, `timeout`, `disconnected`, `closed`, `network`, ... */
   code: string;
   /** HTTP status, for REST errors */
   status: number | undefined;
+  /** a REST error's `Retry-After` (429, 503) in ms, capped at 60 s */
+  retryAfterMs: number | undefined;
   /** the invalid field, for `validation_failed` */
   field: string | undefined;
   ref: unknown;

@@ -157,7 +157,7 @@ export class NotifydError extends Error {
    * @param {string} code     `forbidden`, `validation_failed`, `unauthorized`, `busy`, `timeout`,
    *                          `disconnected`, `closed`, `network`, ... (docs/websocket.md, docs/api.md)
    * @param {string} message
-   * @param {{status?: number, field?: string, ref?: *}} [extra]
+   * @param {{status?: number, field?: string, ref?: *, retryAfterMs?: number}} [extra]
    */
   constructor(code, message, extra = {}) {
     super(message);
@@ -166,6 +166,8 @@ export class NotifydError extends Error {
     this.code = code;
     /** @type {number|undefined} HTTP status, for REST errors */
     this.status = extra.status;
+    /** @type {number|undefined} a REST error's `Retry-After` (429, 503), in ms, capped at 60 s */
+    this.retryAfterMs = extra.retryAfterMs;
     /** @type {string|undefined} the invalid field, for `validation_failed` */
     this.field = extra.field;
     this.ref = extra.ref;
@@ -411,6 +413,10 @@ export class NotifydClient {
     /** set by a hub: topic ids are not filtered here (each tab filters its own) */
     this._keepTopicRepeats = options._keepTopicRepeats === true;
     this._fetch = options.fetch ?? globalThis.fetch?.bind(globalThis);
+    /** @type {{token: string, until: number}|null} the token REST calls reuse until `until` (ms) */
+    this._restToken = null;
+    /** @type {Promise<{token: string, fresh: boolean}>|null} a getToken for REST under way */
+    this._restTokenCall = null;
 
     /** @type {number|null} */
     this._seq = Number.isSafeInteger(options.since) && options.since >= 0 ? options.since : null;
@@ -620,6 +626,9 @@ export class NotifydClient {
 
   /** Closes the connection for good (until connect() again); pending commands are rejected. */
   close() {
+    // A REST token is this session's: a client closed at logout must not keep one.
+    this._restToken = null;
+    this._restTokenCall = null;
     if (!this._wanted) return;
     this._wanted = false;
     if (this._remote) {
@@ -1704,10 +1713,58 @@ export class NotifydClient {
     await this._rest('DELETE', `/api/v1/me/messages/${encodeURIComponent(id)}`);
   }
 
+  /**
+   * The token for a REST call: the cached one while it has time left (so a burst of calls, or
+   * a list loading page after page, does not call getToken each time), else one from getToken,
+   * cached until its refresh point ({@link refreshDelayMs}: 80% of its life, at least 30 s before
+   * `exp`). A token without a readable `exp` is not cached: getToken is asked every call.
+   * Concurrent calls share one getToken. `fresh` = it came from getToken just now.
+   * @returns {Promise<{token: string, fresh: boolean}>}
+   */
+  _restTokenFor() {
+    const c = this._restToken;
+    if (c && Date.now() < c.until) return Promise.resolve({ token: c.token, fresh: false });
+    this._restToken = null;
+    if (!this._restTokenCall) {
+      const call = this._fetchToken().then(
+        (token) => {
+          if (this._restTokenCall === call) {
+            this._restTokenCall = null;
+            const exp = tokenExp(token);
+            const now = Date.now();
+            const delay = exp === null ? null : refreshDelayMs(exp, now, 0);
+            this._restToken = delay === null ? null : { token, until: now + delay };
+          }
+          return { token, fresh: true };
+        },
+        (e) => {
+          if (this._restTokenCall === call) this._restTokenCall = null;
+          throw e;
+        },
+      );
+      this._restTokenCall = call;
+    }
+    return this._restTokenCall;
+  }
+
   async _rest(method, path, body, extraHeaders = {}) {
     if (this._anonymous) throw new NotifydError('unauthorized', 'an anonymous client has no inbox');
     if (!this._fetch) throw new NotifydError('network', 'no fetch available');
-    const token = await this._fetchToken();
+    const first = await this._restTokenFor();
+    try {
+      return await this._restOnce(method, path, body, extraHeaders, first.token);
+    } catch (e) {
+      if (!(e instanceof NotifydError) || e.status !== 401) throw e;
+      // Refused: the cached token is dropped, and a call made with one is retried once with a
+      // token fresh from getToken (a 401 is refused before anything is done: safe to repeat).
+      if (this._restToken?.token === first.token) this._restToken = null;
+      if (first.fresh) throw e;
+      const again = await this._restTokenFor();
+      return this._restOnce(method, path, body, extraHeaders, again.token);
+    }
+  }
+
+  async _restOnce(method, path, body, extraHeaders, token) {
     const headers = { ...extraHeaders, Authorization: `Bearer ${token}`, Accept: 'application/json' };
     const init = { method, headers };
     if (body !== undefined) {
@@ -1729,9 +1786,17 @@ export class NotifydClient {
     }
     if (!res.ok) {
       const err = json?.error ?? {};
+      // Seconds (or an HTTP date); readable across origins because notifyd exposes it (CORS).
+      const ra = res.headers?.get?.('Retry-After');
+      let retryAfterMs;
+      if (ra) {
+        const ms = /^\d+$/.test(ra.trim()) ? Number(ra) * 1000 : Date.parse(ra) - Date.now();
+        if (Number.isFinite(ms)) retryAfterMs = Math.min(Math.max(0, ms), RETRY_AFTER_MAX_MS);
+      }
       throw new NotifydError(String(err.code ?? `http_${res.status}`), String(err.message ?? res.statusText), {
         status: res.status,
         field: err.field,
+        retryAfterMs,
       });
     }
     return json;

@@ -357,3 +357,29 @@ pub async fn topic_event(conn: &mut Conn, ev: &TopicEvent<'_>) -> Result<String,
     .await?;
     Ok(id)
 }
+
+/// A retained topic event published only if the topic has no unexpired retained value (the
+/// dev product page's starting values): the retained row is written first, conditionally, and
+/// the outbox entry only if it was, in one transaction. So a value a service published meanwhile
+/// is never replaced, and concurrent callers publish once. Returns the event id if published.
+pub async fn topic_event_if_unretained(
+    conn: &mut Conn,
+    topic: &str,
+    data: &Value,
+    retain_until: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<String>, ApiError> {
+    let id = Uuid::now_v7().to_string();
+    let frame = frames::topic_event(topic, &id, data, None);
+    let envelope = Envelope::topic(&id, true, frame.to_string());
+    let written = conn
+        .transaction::<_, ApiError, _>(async |conn| {
+            if !topic_retained::insert_if_unretained(conn, topic, &id, &frame, retain_until).await?
+            {
+                return Ok(false);
+            }
+            outbox::enqueue_topic_event(conn, topic, &envelope).await?;
+            Ok(true)
+        })
+        .await?;
+    Ok(written.then_some(id))
+}

@@ -41,6 +41,30 @@ pub async fn upsert(
     Ok(())
 }
 
+/// Makes `frame` the topic's retained value only if it has none or an expired one, in one
+/// statement: a value written meanwhile (by anyone, even with an older id) is kept. Concurrent
+/// callers serialise on the topic's row; exactly one of them writes. True if this call wrote.
+pub async fn insert_if_unretained(
+    conn: &mut Conn,
+    topic: &str,
+    id: &str,
+    frame: &serde_json::Value,
+    expires_at: DateTime<Utc>,
+) -> diesel::QueryResult<bool> {
+    let written = diesel::sql_query(
+        "INSERT INTO topic_retained (topic, id, frame, expires_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (topic) DO UPDATE SET id = EXCLUDED.id, frame = EXCLUDED.frame, \
+         expires_at = EXCLUDED.expires_at WHERE topic_retained.expires_at <= now()",
+    )
+    .bind::<Text, _>(topic)
+    .bind::<Text, _>(id)
+    .bind::<Jsonb, _>(frame)
+    .bind::<Timestamptz, _>(expires_at)
+    .execute(conn)
+    .await?;
+    Ok(written == 1)
+}
+
 /// The unexpired retained values of `topics` (those without one are absent).
 pub async fn get_many(conn: &mut Conn, topics: &[String]) -> diesel::QueryResult<Vec<Retained>> {
     diesel::sql_query(

@@ -6,6 +6,7 @@ mod helpers;
 mod binary;
 mod broadcasts;
 mod config;
+mod demo_products;
 mod direct;
 mod eventlog;
 mod gateway;
