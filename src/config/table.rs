@@ -180,7 +180,7 @@ pub static SETTINGS: &[Setting] = &[
         default: Default::Note("unset"),
         secret: true,
         kind: Kind::Value {
-            range: "a `redis://` or `rediss://` URL",
+            range: "a `redis://` or `rediss://` URL, or a Redis Cluster's seeds: `redis+cluster://[user:password@]host:port,host:port,...` (`rediss+cluster://` for TLS; database 0 only)",
             set: |s, v| {
                 s.redis_url = Some(values::redis_url(v)?);
                 Ok(())
