@@ -13,6 +13,7 @@
 #   header-only-N  the same statement whose outbox row carries only the envelope's header line
 #                  (the frame stays in user_event only),
 #   no-frames-N    the same statement writing no frame (header line only, a small event row),
+#   no-build-N     no-frames, the frame not even built (`f` carries NULL),
 #   once-text-N    header-only, and the event log's payload a text column holding the frame as
 #                  built (a template whose user_event.payload is text): writing once, as text,
 #   minimal-N      benches/pgbench/minimal-batch-100.sql (no frame text at all),
@@ -96,6 +97,11 @@ once_text_script() { # rows
   header_only_script "$1" | perl -pe 's/SELECT to_user, seq, frame::jsonb FROM f/SELECT to_user, seq, frame FROM f/ or $. == 1 or die "event insert not found\n"'
 }
 
+# no-frames without building the frame either (`f` carries NULL): what building it costs.
+no_build_script() { # rows
+  no_frames_script "$1" | perl -pe 's/SELECT ord, to_user, seq, epoch, .*? AS frame FROM w/SELECT ord, to_user, seq, epoch, NULL::text AS frame FROM w/ or $. == 1 or die "frame not found\n"'
+}
+
 template_db() { # name
   psql -q "$admin/postgres" -c "CREATE DATABASE $1"
   for m in migrations/*/up.sql; do
@@ -111,6 +117,7 @@ for n in 1 100; do
   no_frames_script $n > "$dir/no-frames-$n.sql"
   grep -q "jsonb_build_object('seq', seq) FROM f" "$dir/no-frames-$n.sql" || { echo "no-frames variant not applied" >&2; exit 1; }
   once_text_script $n > "$dir/once-text-$n.sql"
+  no_build_script $n > "$dir/no-build-$n.sql"
   sed "s/generate_series(1, 100)/generate_series(1, $n)/" benches/pgbench/minimal-batch-100.sql > "$dir/minimal-$n.sql"
 done
 
