@@ -8,6 +8,9 @@
 -- written out by `BENCH_PGBENCH_SCRIPTS=<dir>`), so the two compare: the ratio of their
 -- transactions per second is what writing each frame (twice, today) costs the database.
 -- benches/pgbench/compare.sh runs both; figures in docs/decisions/0004-outbox-frames-as-text.md.
+-- It also leaves out the preferences and pending pushes the handler's statement decides:
+-- benches/pgbench/frames.sh measures it beside the handler's statement with one frame copy and
+-- with none (docs/decisions/0018-frames-written-twice.md).
 \set u random(1, 5000)
 WITH r AS (
   SELECT g, 'p' || ((:u + 31 * g) % 5000) AS to_user, gen_random_uuid() AS id
