@@ -53,7 +53,7 @@ for _ in 1 2 3 4 5 6; do
   mkdir -p "$work/$p"
   redis-server --port "$p" --bind 127.0.0.1 --cluster-enabled yes \
     --cluster-config-file "$work/$p/nodes.conf" --cluster-node-timeout 2000 \
-    --save "" --appendonly no --daemonize yes --dir "$work/$p" \
+    --save "" --appendonly no --repl-diskless-sync-delay 0 --daemonize yes --dir "$work/$p" \
     --pidfile "$work/$p/redis.pid" --logfile "$work/$p/redis.log"
 done
 for p in "${ports[@]}"; do wait_for "redis-server :$p" redis-cli -p "$p" ping; done
@@ -66,6 +66,16 @@ cluster_ok() {
   done
 }
 wait_for "the cluster" cluster_ok
+# `cluster_state:ok` comes before the replicas' first sync is done; a replica that never synced
+# cannot take over, so the master-kill test would wait for a failover that never comes.
+replicas_synced() {
+  local up=0
+  for p in "${ports[@]}"; do
+    redis-cli -p "$p" info replication | tr -d '\r' | grep -q '^master_link_status:up' && up=$((up + 1))
+  done
+  [ "$up" -eq 3 ]
+}
+wait_for "the replicas' first sync" replicas_synced
 seeds=$(IFS=,; echo "${nodes[*]:0:3}")
 say "$(redis-server --version | cut -d' ' -f1-3): 3 masters + 3 replicas on ${nodes[*]}"
 
