@@ -396,6 +396,24 @@ impl Hub {
         }
     }
 
+    /// Takes the dirty channels: those that gained a listener and are not subscribed (to
+    /// subscribe), those subscribed that lost their last (to unsubscribe), and the latest listen
+    /// ticket they cover. One Redis or a cluster's shards alike.
+    fn take_dirty(&self, subscribed: &HashSet<String>) -> (Vec<String>, Vec<String>, u64) {
+        let mut r = self.routes();
+        let dirty = std::mem::take(&mut r.dirty);
+        let mut add = vec![];
+        let mut remove = vec![];
+        for ch in dirty {
+            match (r.map.contains_key(&ch), subscribed.contains(&ch)) {
+                (true, false) => add.push(ch),
+                (false, true) => remove.push(ch),
+                _ => {}
+            }
+        }
+        (add, remove, self.requested.load(Ordering::SeqCst))
+    }
+
     /// Brings Redis in line with the routing table for every dirty channel: one SUBSCRIBE for
     /// the channels that gained a listener, one UNSUBSCRIBE for those that lost their last.
     async fn sync_subscriptions(
@@ -403,20 +421,7 @@ impl Hub {
         sink: &mut redis::aio::PubSubSink,
         subscribed: &mut HashSet<String>,
     ) -> anyhow::Result<()> {
-        let (add, remove, ticket) = {
-            let mut r = self.routes();
-            let dirty = std::mem::take(&mut r.dirty);
-            let mut add = vec![];
-            let mut remove = vec![];
-            for ch in dirty {
-                match (r.map.contains_key(&ch), subscribed.contains(&ch)) {
-                    (true, false) => add.push(ch),
-                    (false, true) => remove.push(ch),
-                    _ => {}
-                }
-            }
-            (add, remove, self.requested.load(Ordering::SeqCst))
-        };
+        let (add, remove, ticket) = self.take_dirty(subscribed);
         for chunk in remove.chunks(SUBSCRIBE_BATCH) {
             bounded("UNSUBSCRIBE", sink.unsubscribe(chunk)).await?;
             for ch in chunk {

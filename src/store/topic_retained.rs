@@ -27,18 +27,35 @@ pub async fn upsert(
     frame: &serde_json::Value,
     expires_at: DateTime<Utc>,
 ) -> diesel::QueryResult<()> {
-    diesel::sql_query(
-        "INSERT INTO topic_retained (topic, id, frame, expires_at) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (topic) DO UPDATE SET id = EXCLUDED.id, frame = EXCLUDED.frame, \
-         expires_at = EXCLUDED.expires_at WHERE topic_retained.id < EXCLUDED.id",
-    )
-    .bind::<Text, _>(topic)
-    .bind::<Text, _>(id)
-    .bind::<Jsonb, _>(frame)
-    .bind::<Timestamptz, _>(expires_at)
-    .execute(conn)
-    .await?;
+    write(conn, REPLACE_OLDER, topic, id, frame, expires_at).await?;
     Ok(())
+}
+
+/// The upsert of a retained value, replacing the stored one only `WHERE` the statement says.
+const REPLACE_OLDER: &str = "INSERT INTO topic_retained (topic, id, frame, expires_at) \
+     VALUES ($1, $2, $3, $4) ON CONFLICT (topic) DO UPDATE SET id = EXCLUDED.id, \
+     frame = EXCLUDED.frame, expires_at = EXCLUDED.expires_at WHERE topic_retained.id < EXCLUDED.id";
+const REPLACE_EXPIRED: &str = "INSERT INTO topic_retained (topic, id, frame, expires_at) \
+     VALUES ($1, $2, $3, $4) ON CONFLICT (topic) DO UPDATE SET id = EXCLUDED.id, \
+     frame = EXCLUDED.frame, expires_at = EXCLUDED.expires_at \
+     WHERE topic_retained.expires_at <= now()";
+
+/// Runs one of the upserts above; the rows written (0 or 1).
+async fn write(
+    conn: &mut Conn,
+    sql: &'static str,
+    topic: &str,
+    id: &str,
+    frame: &serde_json::Value,
+    expires_at: DateTime<Utc>,
+) -> diesel::QueryResult<usize> {
+    diesel::sql_query(sql)
+        .bind::<Text, _>(topic)
+        .bind::<Text, _>(id)
+        .bind::<Jsonb, _>(frame)
+        .bind::<Timestamptz, _>(expires_at)
+        .execute(conn)
+        .await
 }
 
 /// Makes `frame` the topic's retained value only if it has none or an expired one, in one
@@ -51,18 +68,7 @@ pub async fn insert_if_unretained(
     frame: &serde_json::Value,
     expires_at: DateTime<Utc>,
 ) -> diesel::QueryResult<bool> {
-    let written = diesel::sql_query(
-        "INSERT INTO topic_retained (topic, id, frame, expires_at) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (topic) DO UPDATE SET id = EXCLUDED.id, frame = EXCLUDED.frame, \
-         expires_at = EXCLUDED.expires_at WHERE topic_retained.expires_at <= now()",
-    )
-    .bind::<Text, _>(topic)
-    .bind::<Text, _>(id)
-    .bind::<Jsonb, _>(frame)
-    .bind::<Timestamptz, _>(expires_at)
-    .execute(conn)
-    .await?;
-    Ok(written == 1)
+    Ok(write(conn, REPLACE_EXPIRED, topic, id, frame, expires_at).await? == 1)
 }
 
 /// The unexpired retained values of `topics` (those without one are absent).

@@ -70,15 +70,19 @@ fn counts(led: &BTreeMap<String, Vec<u32>>, names: &[&str]) -> Vec<usize> {
         .collect()
 }
 
-/// The node's own `notifyd_relay_partitions_led` gauge.
-async fn gauge_led(node: &Notifyd) -> Option<f64> {
-    let text = reqwest::get(format!("{}/metrics", node.base))
+/// The process's `/metrics` page, if it answers.
+async fn metrics_of(node: &Notifyd) -> Option<String> {
+    reqwest::get(format!("{}/metrics", node.base))
         .await
         .ok()?
         .text()
         .await
-        .ok()?;
-    sample(&text, "notifyd_relay_partitions_led ")
+        .ok()
+}
+
+/// The node's own `notifyd_relay_partitions_led` gauge.
+async fn gauge_led(node: &Notifyd) -> Option<f64> {
+    sample(&metrics_of(node).await?, "notifyd_relay_partitions_led ")
 }
 
 /// Polls until the leaders per node, in the order of `names`, are `want` (and every partition
@@ -337,15 +341,7 @@ async fn a_node_that_leads_nothing_reports_the_backlog_of_each_partition() {
         &format!("SELECT mod(hashtext('waiting')::bigint + 2147483648, {PARTITIONS}) AS v"),
     )
     .await;
-    let metrics = || async {
-        http.get(format!("{}/metrics", node.base))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()
-    };
+    let metrics = || metrics_of(&node);
     let age = format!("notifyd_outbox_oldest_age_seconds{{partition=\"{k}\"}} ");
     // Measured every 5 s: an age over 1 s shows within two rounds.
     let seen = eventually(
@@ -394,16 +390,7 @@ async fn the_relay_alone_serves_its_metrics_on_the_service_listener() {
     env.push(("NOTIFYD_RELAY_PARTITIONS".into(), "2".into()));
     let mut relay = Notifyd::start(&["relay"], &env, port);
     relay.healthy().await;
-    let http = reqwest::Client::new();
-    let metrics = || async {
-        http.get(format!("{}/metrics", relay.base))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()
-    };
+    let metrics = || metrics_of(&relay);
     // The backlog is measured every 5 s; leading starts within the spread bound.
     let text = eventually(
         Duration::from_secs(15),

@@ -149,20 +149,7 @@ impl Hub {
         conn: &ClusterConnection,
         subscribed: &mut HashSet<String>,
     ) -> anyhow::Result<()> {
-        let (add, remove, ticket) = {
-            let mut r = self.routes();
-            let dirty = std::mem::take(&mut r.dirty);
-            let mut add = vec![];
-            let mut remove = vec![];
-            for ch in dirty {
-                match (r.map.contains_key(&ch), subscribed.contains(&ch)) {
-                    (true, false) => add.push(ch),
-                    (false, true) => remove.push(ch),
-                    _ => {}
-                }
-            }
-            (add, remove, self.requested.load(Ordering::SeqCst))
-        };
+        let (add, remove, ticket) = self.take_dirty(subscribed);
         for ch in &remove {
             subscribed.remove(ch);
         }
