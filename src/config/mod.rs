@@ -1,5 +1,6 @@
 //! Typed configuration, read from the environment in one place (contract §1).
 
+pub mod database_url;
 mod file;
 pub mod redact;
 pub mod secrets;
@@ -33,9 +34,9 @@ pub struct Settings {
     /// when `database_url` goes through a pooler. `None`: `database_url`.
     pub database_direct_url: Option<String>,
     /// `NOTIFYD_DATABASE_POOLER`: `Some(Transaction)` when `database_url` is a pooler in
-    /// `pool_mode = transaction` (PgBouncer), see `db::Pooler`; `None` (`auto`): a transaction
+    /// `pool_mode = transaction` (PgBouncer), see `database_url::Pooler`; `None` (`auto`): a transaction
     /// pooler exactly when a direct URL is set (see `pooler`).
-    pub database_pooler: Option<crate::db::Pooler>,
+    pub database_pooler: Option<crate::config::database_url::Pooler>,
     /// `NOTIFYD_DATABASE_REPLICA_URL`: a streaming replica of the primary that history pages
     /// and `/me/changes` may read from (contract §11, `db::replica`). `None`: every read goes
     /// to `database_url`.
@@ -333,7 +334,7 @@ impl Settings {
                     .into(),
             );
         }
-        if s.database_pooler == Some(crate::db::Pooler::Transaction)
+        if s.database_pooler == Some(crate::config::database_url::Pooler::Transaction)
             && s.database_direct_url.is_none()
         {
             problems.push(
@@ -358,11 +359,11 @@ impl Settings {
     /// How the pool reaches PostgreSQL: as `NOTIFYD_DATABASE_POOLER` says, or (`auto`) through
     /// a transaction pooler when a direct URL is set (a direct URL says `DATABASE_URL` is not
     /// direct; a pooler in session mode works with the transaction discipline too).
-    pub fn pooler(&self) -> crate::db::Pooler {
+    pub fn pooler(&self) -> crate::config::database_url::Pooler {
         self.database_pooler
             .unwrap_or(match self.database_direct_url {
-                Some(_) => crate::db::Pooler::Transaction,
-                None => crate::db::Pooler::None,
+                Some(_) => crate::config::database_url::Pooler::Transaction,
+                None => crate::config::database_url::Pooler::None,
             })
     }
 
@@ -468,7 +469,7 @@ mod tests {
             false,
         )
         .expect("accepted");
-        assert_eq!(s.pooler(), crate::db::Pooler::Transaction);
+        assert_eq!(s.pooler(), crate::config::database_url::Pooler::Transaction);
         assert_eq!(
             s.direct_database_url(),
             "postgres://u@db:5432/n?sslmode=verify-full"
@@ -482,7 +483,7 @@ mod tests {
             false,
         )
         .expect("accepted");
-        assert_eq!(s.pooler(), crate::db::Pooler::Transaction);
+        assert_eq!(s.pooler(), crate::config::database_url::Pooler::Transaction);
         let s = load(
             &[
                 SECRET,
@@ -492,10 +493,10 @@ mod tests {
             false,
         )
         .expect("accepted");
-        assert_eq!(s.pooler(), crate::db::Pooler::None);
+        assert_eq!(s.pooler(), crate::config::database_url::Pooler::None);
         assert_eq!(
             load(&[SECRET], false).expect("accepted").pooler(),
-            crate::db::Pooler::None
+            crate::config::database_url::Pooler::None
         );
         assert_eq!(
             Settings::new("postgres://a/b").direct_database_url(),

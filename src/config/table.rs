@@ -144,8 +144,8 @@ pub static SETTINGS: &[Setting] = &[
             set: |s, v| {
                 s.database_pooler = match v.trim() {
                     "auto" => None,
-                    "none" => Some(crate::db::Pooler::None),
-                    "transaction" => Some(crate::db::Pooler::Transaction),
+                    "none" => Some(crate::config::database_url::Pooler::None),
+                    "transaction" => Some(crate::config::database_url::Pooler::Transaction),
                     _ => return Err("must be `auto`, `none` or `transaction`".into()),
                 };
                 Ok(())

@@ -228,8 +228,8 @@ pub fn postgres_url(raw: &str) -> Result<String, String> {
     if !scheme_ok {
         return Err(usage.into());
     }
-    // libpq's TLS parameters are read by `db::Ssl` (tokio-postgres knows only some of them).
-    let rest = match crate::db::Ssl::split(raw) {
+    // libpq's TLS parameters are read by `database_url::Ssl` (tokio-postgres knows only some of them).
+    let rest = match super::database_url::Ssl::split(raw) {
         Ok((rest, _)) => rest,
         Err(e) => return Err(format!("{usage}: {e:#}")),
     };
