@@ -186,7 +186,7 @@ async fn bench() -> anyhow::Result<()> {
         _ => !cfg.small,
     };
     if write {
-        report::write_doc("docs/benchmarks.md", &section)?;
+        support::write_marked("docs/benchmarks.md", report::BEGIN, report::END, &section)?;
         support::summary_rows("10-peers", &report::summary(&r, &cfg.sizes, &cfg.rates))?;
         if !r.lat.is_empty() {
             std::fs::write("docs/bench-latency.csv", report::csv(&r.lat))?;

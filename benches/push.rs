@@ -596,24 +596,6 @@ fn section(r: &Run) -> String {
     s
 }
 
-fn write_doc(path: &str, section: &str) -> anyhow::Result<()> {
-    let doc = std::fs::read_to_string(path).unwrap_or_default();
-    let out = match (doc.find(BEGIN), doc.find(END)) {
-        (Some(b), Some(e)) if b < e => {
-            let rest = &doc[e + END.len()..];
-            format!(
-                "{}{}{}",
-                &doc[..b],
-                section,
-                rest.strip_prefix('\n').unwrap_or(rest)
-            )
-        }
-        _ => format!("{}\n\n{}", doc.trim_end(), section),
-    };
-    std::fs::write(path, out)?;
-    Ok(())
-}
-
 async fn bench() -> anyhow::Result<()> {
     let bin = support::notifyd_bin()?;
     let users = env_num("BENCH_PUSH_USERS", 2000).max(2) as usize;
@@ -677,7 +659,7 @@ async fn bench() -> anyhow::Result<()> {
     if std::env::var("BENCH_WRITE_DOC").as_deref() == Ok("0") {
         println!("(docs/benchmarks.md not written: BENCH_WRITE_DOC=0)");
     } else {
-        write_doc("docs/benchmarks.md", &s)?;
+        support::write_marked("docs/benchmarks.md", BEGIN, END, &s)?;
         println!("wrote the push section of docs/benchmarks.md");
     }
     Ok(())

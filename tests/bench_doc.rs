@@ -4,7 +4,7 @@
 #[path = "../benches/support/doc.rs"]
 mod doc;
 
-use doc::{replace_section, Blocks};
+use doc::{replace_marked, replace_section, Blocks};
 
 const STORM: Blocks = Blocks {
     name: "storm",
@@ -107,5 +107,22 @@ fn a_page_without_the_section_gets_it_appended() {
             STORM.intro,
             block("current", "1 ms")
         )
+    );
+}
+
+/// A marked section (push, SSE, peers) replaces the text between its own markers and nothing
+/// else; a page without them gets it appended.
+#[test]
+fn a_marked_section_replaces_only_what_its_markers_hold() {
+    let (b, e) = ("<!-- x:begin -->", "<!-- x:end -->");
+    let page = format!("# Page\n\n{b}\nold\n{e}\n## Next\nkept\n");
+    let new = format!("{b}\nnew\n{e}\n");
+    assert_eq!(
+        replace_marked(&page, b, e, &new),
+        format!("# Page\n\n{b}\nnew\n{e}\n## Next\nkept\n")
+    );
+    assert_eq!(
+        replace_marked("# Page\n", b, e, &new),
+        format!("# Page\n\n{new}")
     );
 }

@@ -248,25 +248,6 @@ fn details(s: &mut String, r: &Results) {
     s.push_str("\nA process here may hold at most ~19,900 sockets (hard open-files limit 20,000): figures beyond\nthat size are extrapolations, not measurements.\n");
 }
 
-/// Replaces this bench's section of the document, or appends it; nothing else changes.
-pub fn write_doc(path: &str, section: &str) -> anyhow::Result<()> {
-    let doc = std::fs::read_to_string(path).unwrap_or_default();
-    let out = match (doc.find(BEGIN), doc.find(END)) {
-        (Some(b), Some(e)) if b < e => {
-            let rest = &doc[e + END.len()..];
-            format!(
-                "{}{}{}",
-                &doc[..b],
-                section,
-                rest.strip_prefix('\n').unwrap_or(rest)
-            )
-        }
-        _ => format!("{}\n\n{}", doc.trim_end(), section),
-    };
-    std::fs::write(path, out)?;
-    Ok(())
-}
-
 const QUANTILES: usize = 1000;
 
 /// One column per (server, rate): the latency at every 0.1% of the distribution.

@@ -24,6 +24,23 @@ fn next_section(doc: &str, from: usize) -> usize {
     doc.len()
 }
 
+/// `doc` with the text from `begin` through `end` (and the line break after it) replaced by
+/// `section`, which carries its own markers; appended if the page has no such pair.
+pub fn replace_marked(doc: &str, begin: &str, end: &str, section: &str) -> String {
+    match (doc.find(begin), doc.find(end)) {
+        (Some(b), Some(e)) if b < e => {
+            let rest = &doc[e + end.len()..];
+            format!(
+                "{}{}{}",
+                &doc[..b],
+                section,
+                rest.strip_prefix('\n').unwrap_or(rest)
+            )
+        }
+        _ => format!("{}\n\n{}", doc.trim_end(), section),
+    }
+}
+
 /// `doc` with the section headed `heading` replaced by `section`, or with `section` appended
 /// if the page has no such heading.
 pub fn replace_section(doc: &str, heading: &str, section: &str) -> String {

@@ -296,6 +296,14 @@ pub fn write_section(path: &str, heading: &str, section: &str) -> anyhow::Result
     Ok(())
 }
 
+/// Replaces the part of `path` between the markers `begin` and `end` with `section` (which
+/// carries them), or appends it (`doc::replace_marked`).
+pub fn write_marked(path: &str, begin: &str, end: &str, section: &str) -> anyhow::Result<()> {
+    let page = std::fs::read_to_string(path).unwrap_or_default();
+    std::fs::write(path, doc::replace_marked(&page, begin, end, section))?;
+    Ok(())
+}
+
 /// Replaces (or adds) the block `label` of the labelled-blocks section `section` in `path`
 /// (`doc::Blocks::replace_block`); a page whose markers are broken is left as it is.
 pub fn write_block(
