@@ -94,28 +94,21 @@ pub async fn erase_user(conn: &mut Conn, user: &str, scope: &str) -> QueryResult
     let dropped = diesel::delete(k::table.filter(k::service.eq(scope)))
         .execute(conn)
         .await?;
-    let scrubbed = diesel::sql_query(
-        "UPDATE idempotency_key SET response = jsonb_set(response, '{messages}', \
-           (SELECT coalesce(jsonb_agg(m ORDER BY n), '[]'::jsonb) \
-            FROM jsonb_array_elements(response->'messages') WITH ORDINALITY AS x(m, n) \
-            WHERE m->>'to_user' IS DISTINCT FROM $1)) \
-         WHERE response @> jsonb_build_object('messages', \
-           jsonb_build_array(jsonb_build_object('to_user', $1::text)))",
-    )
-    .bind::<Text, _>(user)
-    .execute(conn)
-    .await?;
-    // And out of `skipped` (rows not created because they muted the type).
-    let unskipped = diesel::sql_query(
-        "UPDATE idempotency_key SET response = jsonb_set(response, '{skipped}', \
-           (SELECT coalesce(jsonb_agg(m ORDER BY n), '[]'::jsonb) \
-            FROM jsonb_array_elements(response->'skipped') WITH ORDINALITY AS x(m, n) \
-            WHERE m->>'to_user' IS DISTINCT FROM $1)) \
-         WHERE response @> jsonb_build_object('skipped', \
-           jsonb_build_array(jsonb_build_object('to_user', $1::text)))",
-    )
-    .bind::<Text, _>(user)
-    .execute(conn)
-    .await?;
-    Ok(dropped + scrubbed + unskipped)
+    // Out of `messages` (the rows created) and out of `skipped` (rows not created because they
+    // muted the type): the same scrub of one array of the stored answer, by its key.
+    let mut scrubbed = 0;
+    for array in ["messages", "skipped"] {
+        scrubbed += diesel::sql_query(format!(
+            "UPDATE idempotency_key SET response = jsonb_set(response, '{{{array}}}', \
+               (SELECT coalesce(jsonb_agg(m ORDER BY n), '[]'::jsonb) \
+                FROM jsonb_array_elements(response->'{array}') WITH ORDINALITY AS x(m, n) \
+                WHERE m->>'to_user' IS DISTINCT FROM $1)) \
+             WHERE response @> jsonb_build_object('{array}', \
+               jsonb_build_array(jsonb_build_object('to_user', $1::text)))"
+        ))
+        .bind::<Text, _>(user)
+        .execute(conn)
+        .await?;
+    }
+    Ok(dropped + scrubbed)
 }
