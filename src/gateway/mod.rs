@@ -15,6 +15,8 @@ pub mod sse;
 pub mod user_actor;
 pub mod vec_map;
 pub mod ws;
+pub mod ws_body;
+pub mod ws_messages;
 
 pub use registry::Gateway;
 

@@ -1,16 +1,15 @@
-//! One WebSocket connection, one task (`run`): it writes every outbound frame (events, replies,
-//! pings, pongs, the close) from the session's bounded queue (`wire::outbound`), and reads client
-//! frames (handing each message to `inbound`, which is transport-neutral), watches liveness and
-//! the token's lifetime. It never waits on the client for long: a
-//! write the socket cannot take yet is kept while reading and the liveness check go on, so a
-//! slow or silent client cannot block its user's actor, other sessions, or its own liveness
-//! check. (One task, not a reader and a writer: an idle node holds one of these per socket.)
+//! One WebSocket connection's session task (`run`): it reads client frames (`ws_messages`,
+//! handing each message to `inbound`, which is transport-neutral), answers pings, watches
+//! liveness and the token's lifetime, and ends the connection. It writes nothing itself: every
+//! outbound frame (events, replies, pings, pongs, the close) is queued on the session's
+//! bounded queue (`wire::outbound`), which the response body (`ws_body`) encodes straight into
+//! the connection as actix-http asks for more. A slow or silent client therefore never blocks
+//! its user's actor, other sessions, or its own liveness check: what it does not read waits in
+//! the queue under its bounds. (One task per socket: an idle node holds one of these each.)
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_ws::{CloseCode, CloseReason};
-use bytes::Bytes;
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
@@ -19,85 +18,22 @@ use super::inbound::{Inbound, Verdict};
 use super::lifetime::{close_grace, Lifetime, Tick};
 use super::mailbox::MailboxSender;
 use super::sockets::SocketPermit;
+use super::ws_messages::{close_for, ClientMessage, ClientMessages};
 use crate::auth::jwt::UserClaims;
 use crate::state::AppState;
-use crate::wire::outbound::{CloseWith, Next, Out, SessionTx};
-use crate::wire::protocol::{self, close};
+use crate::wire::outbound::{CloseWith, SessionTx};
+use crate::wire::protocol::close;
 
 /// How long a client closed for its own behaviour has to take its close frame before the
 /// connection is reset.
 const SHORT_GRACE: Duration = Duration::from_secs(2);
 
-/// Writes one frame taken from the queue. Cancel-safe: dropped before it completes, nothing
-/// was sent and the caller writes the same frame again. (`None` never resolves: `select!`
-/// builds a disabled branch's future too.)
-async fn write(
-    ws: &mut actix_ws::Session,
-    out: Option<&(Out, Option<Bytes>)>,
-) -> Result<(), actix_ws::Closed> {
-    let Some(out) = out else {
-        return std::future::pending().await;
-    };
-    match out {
-        (Out::Text(text), _) => ws.text(shared_text(text.clone())).await,
-        (Out::Ping(nonce), _) => ws.ping(&nonce.to_be_bytes()).await,
-        (Out::Pong, Some(bytes)) => ws.pong(bytes).await,
-        (Out::Pong, None) => Ok(()),
-    }
-}
-
-/// Frames written by `flush` before the session task looks at its socket and timers again.
-const FLUSH_BATCH: usize = 64;
-
-enum Flushed {
-    /// The queue is empty.
-    Empty,
-    /// A batch was written; more may wait.
-    More,
-    /// actix-ws's channel is full: this frame waits (the socket is slow).
-    Blocked(Box<(Out, Option<Bytes>)>),
-    /// A close was asked for.
-    Close,
-    /// The connection is gone.
-    Gone,
-}
-
-/// Writes queued frames while actix-ws's channel takes them at once, up to `FLUSH_BATCH`: a
-/// burst (a topic fanned out to every socket) costs one pass of the session's select per
-/// batch, not per frame. A write that would wait is kept for the select (`write` is
-/// cancel-safe: polled once and dropped, it sent nothing).
-fn flush(ws: &mut actix_ws::Session, me: &SessionTx) -> Flushed {
-    use futures_util::FutureExt;
-    for _ in 0..FLUSH_BATCH {
-        let frame = match me.next() {
-            None => return Flushed::Empty,
-            Some(Next::Close) => return Flushed::Close,
-            Some(Next::Write(out, pong)) => (out, pong),
-        };
-        match write(ws, Some(&frame)).now_or_never() {
-            Some(Ok(())) => {}
-            Some(Err(_)) => return Flushed::Gone,
-            None => return Flushed::Blocked(Box::new(frame)),
-        }
-    }
-    Flushed::More
-}
-
-/// Sends the close frame and makes sure the connection goes. The close frame queues behind
-/// what the socket already holds, so it waits up to `grace` for a slow client to read that far
-/// (a client that resumes reading then sees its 4008 and resumes with `since`); a connection
-/// still there after another `grace` is reset.
-pub async fn close_connection(
-    ws: actix_ws::Session,
-    (code, text): (u16, &'static str),
-    grace: Duration,
-    conn: Option<Conn>,
-) {
+/// Makes sure a closing connection goes once its close frame is queued: the body writes it
+/// behind what actix-http's write buffer already holds, so a slow client gets up to `grace` to
+/// read that far (a client that resumes reading then sees its 4008 and resumes with `since`);
+/// a connection still there after `grace` is reset.
+pub async fn close_connection(code: u16, grace: Duration, conn: Option<Conn>) {
     metrics::counter!("notifyd_ws_closed_total", "code" => code.to_string()).increment(1);
-    let close = CloseReason {
-        code: CloseCode::from(code),
-        description: Some(text.to_string()),
-    };
     // A slow consumer gets the whole grace to read what it was sent, then the close frame;
     // a client closed for what it did (too large, expired, silent, abusive) only a moment.
     let grace = if code == close::SLOW_CONSUMER || code == close::GOING_AWAY_RESTART {
@@ -105,27 +41,25 @@ pub async fn close_connection(
     } else {
         grace.min(SHORT_GRACE)
     };
-    let _ = tokio::time::timeout(grace, ws.close(Some(close))).await;
     if let Some(conn) = conn {
         conn.drop_after(grace).await;
     }
 }
 
-/// Ends a connection whose session is over: sends `reason`'s close frame (none when the
-/// connection is already gone) and keeps `held`, the client's request stream, unread until the
-/// connection is gone. Dropped at once, actix-http would read and discard whatever a client that
-/// was just closed keeps streaming; held, the client meets TCP back-pressure until
-/// `close_connection` resets the connection. For every session, and for one refused right
-/// after its upgrade (the node is busy).
+/// Ends a connection whose session is over: makes sure it goes once its close frame (if any)
+/// was asked for, and keeps `held`, the client's request stream, unread until the connection
+/// is gone. Dropped at once, actix-http would read and discard whatever a client that was just
+/// closed keeps streaming; held, the client meets TCP back-pressure until `close_connection`
+/// resets the connection. For every session, and for one refused right after its upgrade (the
+/// node is busy).
 pub async fn close_holding<S>(
-    ws: actix_ws::Session,
     held: S,
     reason: Option<CloseWith>,
     grace: Duration,
     conn: Option<Conn>,
 ) {
-    if let Some(reason) = reason {
-        close_connection(ws, reason, grace, conn.clone()).await;
+    if let Some((code, _)) = reason {
+        close_connection(code, grace, conn.clone()).await;
     }
     if let Some(conn) = conn {
         conn.wait_closed(grace * 3).await;
@@ -136,8 +70,11 @@ pub async fn close_holding<S>(
 /// What the session's task starts with. (Handed over boxed: an `async fn` keeps its arguments
 /// beside the locals they are moved into, and this task is the one per socket.)
 pub struct SessionCtx {
-    pub ws: actix_ws::Session,
-    pub stream: actix_ws::MessageStream,
+    /// The client's messages (the upgraded request's payload).
+    pub stream: ClientMessages,
+    /// Resolves once the response body is dropped: the connection is gone, or the stream
+    /// ended after its close frame.
+    pub body_gone: oneshot::Receiver<()>,
     pub me: SessionTx,
     /// The user's actor (the inbox); `None` for an anonymous viewer of public topics.
     pub actor: Option<MailboxSender>,
@@ -167,16 +104,15 @@ async fn wait_joined(
     }
 }
 
-/// The session's one task: writes what its queue holds, reads client frames, answers pings,
-/// sends a ping every heartbeat and closes a session that has not answered for the liveness
-/// window or whose token expired. What each client message does is `inbound`'s (the same for
-/// every transport). A write waiting on a slow socket never holds up reading
-/// or the liveness check (the select below keeps the frame and tries again), and a close asked
-/// for by anyone interrupts it.
+/// The session's one task: reads client frames, answers pings, sends a ping every heartbeat
+/// and closes a session that has not answered for the liveness window or whose token expired.
+/// What each client message does is `inbound`'s (the same for every transport). Whatever asks
+/// for a close (this task, the actor, the router, a full queue) sets it on the queue: the body
+/// writes the close frame, and this task stops reading and makes sure the connection goes.
 pub async fn run(ctx: Box<SessionCtx>) {
     let SessionCtx {
-        mut ws,
-        stream,
+        mut stream,
+        mut body_gone,
         me,
         actor,
         joined,
@@ -187,11 +123,6 @@ pub async fn run(ctx: Box<SessionCtx>) {
         mut joining,
         conn,
     } = *ctx;
-    let mut stream = stream
-        .max_frame_size(protocol::MAX_CLIENT_FRAME)
-        .aggregate_continuations()
-        .max_continuation_size(protocol::MAX_CLIENT_FRAME)
-        .max_continuation_frames(protocol::MAX_CLIENT_FRAGMENTS);
     // Liveness and the token's expiry, on one timer (transport-neutral).
     let mut lifetime = Lifetime::new(heartbeat, claims.as_ref().map(|c| c.exp));
     let timer = tokio::time::sleep_until(lifetime.deadline());
@@ -200,34 +131,13 @@ pub async fn run(ctx: Box<SessionCtx>) {
     let mut is_joined = false;
     // What the client's messages do, whatever carried them (transport-neutral).
     let mut inbound = Inbound::new(state, actor, claims);
-    // The frame taken from the queue that actix-ws has not accepted yet (its channel is full
-    // while the socket is slow).
-    // (Boxed while it waits: a socket's task carries a pointer, not the frame, when idle.)
-    let mut pending: Option<Box<(Out, Option<Bytes>)>> = None;
     loop {
-        // A full batch was written and more may wait: look at the socket and timers, let the
-        // worker's other tasks run, then write on.
-        let mut more = false;
-        if pending.is_none() {
-            match flush(&mut ws, &me) {
-                Flushed::Empty => {}
-                Flushed::More => more = true,
-                Flushed::Blocked(frame) => pending = Some(frame),
-                Flushed::Close | Flushed::Gone => break,
-            }
-        } else if me.closing().is_some() {
-            break;
-        }
         tokio::select! {
             biased;
-            // A frame was queued or a close asked for: the loop's head looks.
-            _ = me.changed() => {}
-            sent = write(&mut ws, pending.as_deref()), if pending.is_some() => {
-                if sent.is_err() {
-                    break; // the connection is gone
-                }
-                pending = None;
-            }
+            // The connection is gone (or the stream ended after a close).
+            _ = &mut body_gone => break,
+            // A close was asked for, by anyone: the body writes it.
+            _ = me.close_asked() => break,
             r = wait_joined(&mut joined), if !is_joined => {
                 joined = None; // frees the channel
                 // Joined or refused, this handshake no longer counts as in flight.
@@ -251,7 +161,7 @@ pub async fn run(ctx: Box<SessionCtx>) {
             msg = stream.recv(), if is_joined => {
                 let Some(msg) = msg else { break };
                 match msg {
-                    Ok(actix_ws::AggregatedMessage::Text(text)) => {
+                    Ok(ClientMessage::Text(text)) => {
                         match inbound.on_text(&me, permit.key(), &text) {
                             Verdict::Done => {}
                             Verdict::Renewed(exp) => {
@@ -261,10 +171,10 @@ pub async fn run(ctx: Box<SessionCtx>) {
                             Verdict::ActorGone => break,
                         }
                     }
-                    Ok(actix_ws::AggregatedMessage::Binary(_)) => inbound.on_binary(&me),
-                    Ok(actix_ws::AggregatedMessage::Ping(bytes)) => me.pong(&bytes),
-                    Ok(actix_ws::AggregatedMessage::Pong(bytes)) => lifetime.answered(&bytes),
-                    Ok(actix_ws::AggregatedMessage::Close(_)) => {
+                    Ok(ClientMessage::Binary(_)) => inbound.on_binary(&me),
+                    Ok(ClientMessage::Ping(bytes)) => me.pong(&bytes),
+                    Ok(ClientMessage::Pong(bytes)) => lifetime.answered(&bytes),
+                    Ok(ClientMessage::Close) => {
                         me.close_with(1000, "bye");
                         break;
                     }
@@ -282,52 +192,24 @@ pub async fn run(ctx: Box<SessionCtx>) {
                     break;
                 }
             }
-            // Last: every other branch was looked at first.
-            _ = tokio::task::yield_now(), if more => {}
         }
     }
     let close = me.closing();
+    // From now on nothing more is queued; the body still writes the close asked for (it comes
+    // before anything queued), or ends without one.
     me.end();
-    drop(pending);
-    // Boxed: what only a closing session needs (timers, the close frame) is not carried in
-    // every open session's task.
+    drop(body_gone);
+    // Boxed: what only a closing session needs (timers) is not carried in every open
+    // session's task.
     Box::pin(async move {
         let depart = async {
             inbound.depart(&me);
             drop(permit);
         };
-        let closing = close_holding(ws, stream, close, close_grace(heartbeat), conn);
+        let closing = close_holding(stream, close, close_grace(heartbeat), conn);
         tokio::join!(depart, closing);
     })
     .await;
     tracing::info!("websocket session ended");
 }
 
-/// The close code and reason for a frame the WebSocket layer refused.
-pub fn close_for(e: &actix_ws::ProtocolError) -> (u16, &'static str) {
-    use actix_ws::ProtocolError as P;
-    match e {
-        P::Overflow => (close::TOO_BIG, "message too large"),
-        // actix-ws reports a text message's invalid UTF-8 as an `InvalidData` I/O error carrying
-        // the `Utf8Error` (patches/actix-ws.md makes the fragmented path do the same).
-        P::Io(io) if io.get_ref().is_some_and(|e| e.is::<std::str::Utf8Error>()) => {
-            (close::INVALID_DATA, "invalid UTF-8 in a text message")
-        }
-        _ => (close::PROTOCOL_ERROR, "protocol error"),
-    }
-}
-
-/// The text of a shared frame as actix-ws takes it, without copying it: the frame's buffer
-/// is kept alive by the `Arc` until the socket has written it (the UTF-8 check is a scan, not
-/// a copy).
-pub fn shared_text(text: Arc<str>) -> bytestring::ByteString {
-    struct Shared(Arc<str>);
-    impl AsRef<[u8]> for Shared {
-        fn as_ref(&self) -> &[u8] {
-            self.0.as_bytes()
-        }
-    }
-    let fallback = text.clone();
-    bytestring::ByteString::try_from(Bytes::from_owner(Shared(text)))
-        .unwrap_or_else(|_| bytestring::ByteString::from(fallback.as_ref()))
-}

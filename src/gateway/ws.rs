@@ -22,7 +22,10 @@ use super::session::{self, SessionCtx};
 use crate::auth::user::authenticate_ws;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::wire::outbound::{SessionTx, Transport};
+use super::ws_body;
+use super::ws_messages::ClientMessages;
+use crate::wire::outbound::{CloseWith, SessionTx, Transport};
+use actix_web::body::{BodyStream, MessageBody};
 use crate::wire::protocol::{self, close};
 use tokio::sync::oneshot;
 use tracing::Instrument;
@@ -62,9 +65,9 @@ pub async fn connect(
         Err(busy) => return refuse_busy(&req, body, &state, busy.reason()),
     };
     still_there(conn.as_ref())?;
-    let (response, ws_session, stream) = actix_ws::handle(&req, body)
-        .map_err(|e| ApiError::BadRequest(format!("websocket handshake: {e}")))?;
     let me = SessionTx::new(state.gateway.next_id(), Transport::Ws);
+    let (response, body_gone) = upgrade(&req, &me)?;
+    let stream = ClientMessages::new(body);
     let shared = state.clone().into_inner();
     // One span per session (issue 11 item 5): every log line of its task carries the user, the
     // session id and the node. Not a child of the handshake's request span, which ends with
@@ -85,7 +88,11 @@ pub async fn connect(
             Ok((actor, joined)) => (Some(actor), joined),
             Err(e) => {
                 span.in_scope(|| tracing::debug!(error = %e, "session refused after the upgrade"));
-                actix_web::rt::spawn(close_busy(ws_session, stream, &state, conn).instrument(span));
+                // Closed with 1013 and a jittered `retry_after`: the body writes that frame.
+                let busy = (close::TRY_AGAIN_LATER, protocol::busy_reason());
+                me.close_with(busy.0, busy.1);
+                me.end();
+                actix_web::rt::spawn(close_busy(stream, Some(busy), &state, conn).instrument(span));
                 return Ok(response);
             }
         },
@@ -102,8 +109,8 @@ pub async fn connect(
         state.topics.open_anonymous(&me);
     }
     let session = session::run(Box::new(SessionCtx {
-        ws: ws_session,
         stream,
+        body_gone,
         me,
         actor,
         joined,
@@ -118,6 +125,24 @@ pub async fn connect(
     Ok(response)
 }
 
+/// The handshake's answer (`101`, from actix-http's `ws::handshake`) with the session's queue
+/// as its body (`ws_body`), and what resolves once that body is dropped.
+fn upgrade(
+    req: &HttpRequest,
+    me: &SessionTx,
+) -> Result<(HttpResponse, oneshot::Receiver<()>), ApiError> {
+    let handshake = |e: &dyn std::fmt::Display| {
+        ApiError::BadRequest(format!("websocket handshake: {e}"))
+    };
+    let mut response = actix_http::ws::handshake(req.head()).map_err(|e| handshake(&e))?;
+    let (alive, gone) = oneshot::channel();
+    let body = BodyStream::new(ws_body::Body::new(me.clone(), alive).into_stream());
+    let response = response
+        .message_body(body.boxed())
+        .map_err(|e| handshake(&e))?;
+    Ok((HttpResponse::from(response), gone))
+}
+
 /// Upgrades and at once closes with 1013 and a jittered `retry_after`: the node has
 /// `NOTIFYD_WS_MAX_JOINING` handshakes in flight and no place in its queue (or the wait for one
 /// passed `NOTIFYD_WS_JOIN_WAIT`). Nothing more the client sent is read: it meets TCP
@@ -129,21 +154,25 @@ fn refuse_busy(
     reason: &'static str,
 ) -> Result<HttpResponse, ApiError> {
     metrics::counter!("notifyd_ws_refused_total", "reason" => reason).increment(1);
-    let (response, ws_session, stream) = actix_ws::handle(req, body)
-        .map_err(|e| ApiError::BadRequest(format!("websocket handshake: {e}")))?;
-    actix_web::rt::spawn(close_busy(ws_session, stream, state, Conn::of(req)));
+    // A queue of its own holding only the close: its body writes the close frame and ends.
+    let me = SessionTx::new(state.gateway.next_id(), Transport::Ws);
+    let busy = (close::TRY_AGAIN_LATER, protocol::busy_reason());
+    me.close_with(busy.0, busy.1);
+    let (response, _gone) = upgrade(req, &me)?;
+    me.end();
+    actix_web::rt::spawn(close_busy(body, Some(busy), state, Conn::of(req)));
     Ok(response)
 }
 
-/// Closes a session refused right after its upgrade with 1013 and a jittered `retry_after`,
-/// holding the client's stream unread until the connection is gone (`session::close_holding`).
-fn close_busy(
-    ws: actix_ws::Session,
-    stream: actix_ws::MessageStream,
+/// Ends a session refused right after its upgrade, whose body writes its close (1013 and a
+/// jittered `retry_after`), holding the client's stream unread until the connection is gone
+/// (`session::close_holding`).
+fn close_busy<S>(
+    held: S,
+    busy: Option<CloseWith>,
     state: &AppState,
     conn: Option<Conn>,
 ) -> impl std::future::Future<Output = ()> {
-    let busy = (close::TRY_AGAIN_LATER, protocol::busy_reason());
     let grace = super::lifetime::close_grace(state.settings.heartbeat);
-    session::close_holding(ws, stream, Some(busy), grace, conn)
+    session::close_holding(held, busy, grace, conn)
 }

@@ -1,6 +1,7 @@
 //! A session's outbound queue: bounded in frames and in bytes, filled without waiting by the
-//! user's actor, the topic router and the session's own task, drained by the session's task
-//! (`session::run`), which writes each frame to the socket.
+//! user's actor, the topic router and the session's own task, drained by the connection's
+//! response body (a WebSocket's `gateway::ws_body`, an SSE stream's `gateway::sse::Body`), which
+//! encodes each frame as actix-http asks for more.
 //!
 //! Two ways in. Inbox events are *offered* (`offer`): past the budget the queue refuses them
 //! without closing anything, and the user's actor refills the session from the event log once
@@ -12,6 +13,7 @@
 //! primitive (`queue::Queue`), with the pong slot and the close beside the frames under its lock.
 
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 
 use bytes::Bytes;
 
@@ -29,7 +31,7 @@ pub const PUSH_HEADROOM_BYTES: usize = 256 * 1024;
 /// Frame slots of the queue that offered events leave free for pushed frames and pings.
 pub const PUSH_HEADROOM_FRAMES: usize = 64;
 
-/// What the session's task writes.
+/// What is written to the client.
 pub enum Out {
     /// A text frame, shared: a topic event fanned out to many sessions is one buffer.
     Text(Arc<str>),
@@ -51,6 +53,10 @@ struct State {
     close: Option<CloseWith>,
     /// The session's task has ended: nothing queued will be written.
     ended: bool,
+    /// The session's task while it waits for a close to be asked (`close_asked`): the queue's
+    /// own wake-up goes to whatever drains it (a WebSocket's or an SSE stream's response body),
+    /// which a full socket may leave unpolled, so a close must reach the task by itself.
+    closer: Option<Waker>,
 }
 
 /// The bytes a queued frame is accounted for: text frames count, control frames do not.
@@ -101,7 +107,7 @@ pub enum Offer {
     Gone,
 }
 
-/// What the session's task is to do next.
+/// What the queue's drain is to do next.
 pub enum Next {
     /// Write this frame (the pong's bytes are taken out of the slot already).
     Write(Out, Option<Bytes>),
@@ -222,14 +228,34 @@ impl SessionTx {
     /// Asks the session's task to close the connection with `code`; the first close asked
     /// for wins. Frames still queued are not written.
     pub fn close_with(&self, code: u16, reason: &'static str) {
-        {
+        let closer = {
             let mut q = self.queue.lock();
             if q.state.close.is_some() || q.state.ended {
                 return;
             }
             q.state.close = Some((code, reason));
-        }
+            q.state.closer.take()
+        };
         self.queue.wake();
+        if let Some(closer) = closer {
+            closer.wake();
+        }
+    }
+
+    /// The session's task only: resolves once a close was asked for (by anyone). Separate from
+    /// `changed`, whose one waiter is whatever drains the queue.
+    pub async fn close_asked(&self) {
+        std::future::poll_fn(|cx| {
+            let mut q = self.queue.lock();
+            if q.state.close.is_some() || q.state.ended {
+                return Poll::Ready(());
+            }
+            if !q.state.closer.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                q.state.closer = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// The close asked for, if any.
@@ -237,11 +263,11 @@ impl SessionTx {
         self.queue.lock().state.close
     }
 
-    /// The session's task only: what to do next, if anything is to be done now (a close
-    /// comes before any queued frame).
+    /// What drains the queue: what to do next, if anything is to be done now (a close
+    /// comes before any queued frame; a session that ended without one ends its stream too).
     pub fn next(&self) -> Option<Next> {
         let mut q = self.queue.lock();
-        if q.state.close.is_some() {
+        if q.state.close.is_some() || q.state.ended {
             return Some(Next::Close);
         }
         let out = q.pop(weight)?;
@@ -252,8 +278,8 @@ impl SessionTx {
         Some(Next::Write(out, pong))
     }
 
-    /// The session's task only: resolves once `next` may have something (a frame was queued
-    /// or a close was asked for since the last call).
+    /// What drains the queue only (one waiter): resolves once `next` may have something (a
+    /// frame was queued, a close was asked for or the session ended since the last call).
     pub async fn changed(&self) {
         self.queue.changed().await
     }
@@ -265,8 +291,11 @@ impl SessionTx {
             let mut q = self.queue.lock();
             q.state.ended = true;
             q.state.pong = None;
+            q.state.closer = None;
             q.take_all()
         };
         drop(freed);
+        // Whatever drains the queue learns that the stream is over.
+        self.queue.wake();
     }
 }

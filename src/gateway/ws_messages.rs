@@ -1,0 +1,265 @@
+//! A WebSocket client's messages, read from the upgraded request's payload with actix-http's
+//! `ws::Codec`: frames decoded, fragments assembled into whole messages, within the limits a
+//! hostile client must not get past (contract §7, `tests/api/ws_frames.rs`).
+//!
+//! What this does that the codec does not (it was carried as actix-ws patches 2–5 until
+//! decision 0019):
+//! - fragments are copied into one buffer as they come (a fragment's `Bytes` would pin the
+//!   whole read chunk it was cut from: 65,000 one-byte fragments held ~4 MB), and counted with
+//!   their headers as RFC 6455 §5.2 encodes them, so many tiny fragments cannot pass as a small
+//!   message; at most `MAX_CLIENT_FRAGMENTS` make one message;
+//! - a fragment is refused at its header when it would take its message past the limit: the
+//!   codec is given only what the message has left (at least 125 bytes, so a control frame
+//!   between fragments always fits), and refuses a larger frame before its payload arrives
+//!   (actix-http patch 2);
+//! - the payload is read only until a message can be decoded, so the buffer holds at most one
+//!   frame under the limit plus one read chunk, and a client that is not being read meets TCP
+//!   back-pressure; an emptied buffer is released (it may be a whole adopted read chunk, held
+//!   for the life of a mostly idle socket);
+//! - invalid UTF-8 in a text message, fragmented or not, is its own error (1007).
+//!
+//! Every error is final: the session closes the connection with `close_for`'s code.
+
+use actix_codec::Decoder;
+use actix_http::ws::{Codec, Frame, Item, ProtocolError};
+use bytes::{Bytes, BytesMut};
+use bytestring::ByteString;
+use futures_util::StreamExt;
+
+use crate::wire::protocol::{self, close};
+
+/// A whole message from the client.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClientMessage {
+    Text(ByteString),
+    Binary(Bytes),
+    Ping(Bytes),
+    Pong(Bytes),
+    Close,
+}
+
+/// Why the client's stream was refused.
+#[derive(Debug)]
+pub enum Refused {
+    /// A frame or a message over the size limit, or a message of too many fragments.
+    TooBig,
+    /// A text message that is not valid UTF-8.
+    InvalidUtf8,
+    /// Anything else the codec refused (unmasked frame, bad opcode, a continuation without a
+    /// start, a fragmented or over-long control frame, …).
+    Protocol(ProtocolError),
+    /// The connection failed while reading.
+    Io(actix_web::error::PayloadError),
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::TooBig => f.write_str("message too large"),
+            Refused::InvalidUtf8 => f.write_str("invalid UTF-8 in a text message"),
+            Refused::Protocol(e) => write!(f, "{e}"),
+            Refused::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// The close code and reason for a client refused by `ClientMessages`.
+pub fn close_for(e: &Refused) -> (u16, &'static str) {
+    match e {
+        Refused::TooBig | Refused::Protocol(ProtocolError::Overflow) => {
+            (close::TOO_BIG, "message too large")
+        }
+        Refused::InvalidUtf8 => (close::INVALID_DATA, "invalid UTF-8 in a text message"),
+        Refused::Protocol(_) | Refused::Io(_) => (close::PROTOCOL_ERROR, "protocol error"),
+    }
+}
+
+/// The bytes a client's (masked) frame header takes for a payload of `len` bytes, as RFC 6455
+/// §5.2 requires it to be encoded (the minimal length encoding).
+fn header_len(len: usize) -> usize {
+    2 + 4
+        + match len {
+            0..=125 => 0,
+            126..=65535 => 2,
+            _ => 8,
+        }
+}
+
+/// RFC 6455: a control frame's payload is at most 125 bytes.
+const MAX_CONTROL_PAYLOAD: usize = 125;
+
+/// The message being assembled from fragments.
+struct Assembling {
+    text: bool,
+    /// The payloads so far, copied (never a slice of a read chunk).
+    data: BytesMut,
+    /// Bytes of frames (headers and payloads) so far.
+    size: usize,
+    fragments: usize,
+}
+
+/// The client's side of one WebSocket: its payload, read and decoded on demand.
+pub struct ClientMessages {
+    payload: actix_web::dev::Payload,
+    buf: BytesMut,
+    codec: Codec,
+    /// `None` while no fragmented message is under way (boxed: most sockets never send one).
+    assembling: Option<Box<Assembling>>,
+    ended: bool,
+}
+
+impl ClientMessages {
+    pub fn new(payload: actix_web::web::Payload) -> Self {
+        ClientMessages {
+            payload: payload.into_inner(),
+            buf: BytesMut::new(),
+            codec: Codec::new().max_size(protocol::MAX_CLIENT_FRAME),
+            assembling: None,
+            ended: false,
+        }
+    }
+
+    /// The next whole message; `None` once the client's side has ended (or after an error).
+    /// Cancel-safe: the only wait is for the next read chunk, and what was read is kept.
+    pub async fn recv(&mut self) -> Option<Result<ClientMessage, Refused>> {
+        if self.ended {
+            return None;
+        }
+        loop {
+            match self.decode_buffered() {
+                Ok(Some(msg)) => return Some(Ok(msg)),
+                Ok(None) => {}
+                Err(e) => {
+                    self.end();
+                    return Some(Err(e));
+                }
+            }
+            match self.payload.next().await {
+                Some(Ok(chunk)) => {
+                    if self.buf.is_empty() {
+                        // Adopted without a copy when the chunk is ours alone.
+                        self.buf = BytesMut::from(chunk);
+                    } else {
+                        self.buf.extend_from_slice(&chunk);
+                    }
+                }
+                Some(Err(e)) => {
+                    self.end();
+                    return Some(Err(Refused::Io(e)));
+                }
+                None => {
+                    self.end();
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Nothing more is decoded; what was buffered is freed (the payload itself stays held, so
+    /// a client refused and still streaming meets back-pressure, not a reader).
+    fn end(&mut self) {
+        self.ended = true;
+        self.buf = BytesMut::new();
+        self.assembling = None;
+    }
+
+    /// Decodes buffered frames until one completes a message, or the buffer holds no whole
+    /// frame.
+    fn decode_buffered(&mut self) -> Result<Option<ClientMessage>, Refused> {
+        let found = loop {
+            // A fragment may take its message only up to the limit: the codec refuses a larger
+            // one at its header. Control frames between fragments (≤ 125 bytes) always fit.
+            let budget = match &self.assembling {
+                Some(a) => protocol::MAX_CLIENT_FRAME
+                    .saturating_sub(a.size)
+                    .max(MAX_CONTROL_PAYLOAD),
+                None => protocol::MAX_CLIENT_FRAME,
+            };
+            self.codec = self.codec.clone().max_size(budget);
+            let frame = match self.codec.decode(&mut self.buf) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break None,
+                Err(ProtocolError::Overflow) => return Err(Refused::TooBig),
+                Err(e) => return Err(Refused::Protocol(e)),
+            };
+            if let Some(msg) = self.message_of(frame)? {
+                break Some(msg);
+            }
+        };
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            self.buf = BytesMut::new();
+        }
+        Ok(found)
+    }
+
+    /// What a decoded frame makes: a whole message, or a fragment kept (`None`).
+    fn message_of(&mut self, frame: Frame) -> Result<Option<ClientMessage>, Refused> {
+        Ok(Some(match frame {
+            Frame::Text(bytes) => ClientMessage::Text(text(bytes)?),
+            Frame::Binary(bytes) => ClientMessage::Binary(bytes),
+            Frame::Ping(bytes) => ClientMessage::Ping(bytes),
+            Frame::Pong(bytes) => ClientMessage::Pong(bytes),
+            Frame::Close(_) => ClientMessage::Close,
+            // The codec checks the order (a first fragment while one is under way, a
+            // continuation without one): these arrive in order.
+            Frame::Continuation(item) => {
+                let (first, last, bytes) = match item {
+                    Item::FirstText(b) => (Some(true), false, b),
+                    Item::FirstBinary(b) => (Some(false), false, b),
+                    Item::Continue(b) => (None, false, b),
+                    Item::Last(b) => (None, true, b),
+                };
+                let a = match (first, self.assembling.as_mut()) {
+                    (Some(text), _) => self.assembling.insert(Box::new(Assembling {
+                        text,
+                        data: BytesMut::new(),
+                        size: 0,
+                        fragments: 0,
+                    })),
+                    (None, Some(a)) => a,
+                    (None, None) => {
+                        return Err(Refused::Protocol(ProtocolError::ContinuationNotStarted))
+                    }
+                };
+                a.size += bytes.len() + header_len(bytes.len());
+                a.fragments += 1;
+                if a.size > protocol::MAX_CLIENT_FRAME
+                    || a.fragments > protocol::MAX_CLIENT_FRAGMENTS
+                {
+                    return Err(Refused::TooBig);
+                }
+                a.data.extend_from_slice(&bytes);
+                if !last {
+                    return Ok(None);
+                }
+                let Some(a) = self.assembling.take() else {
+                    return Ok(None);
+                };
+                let data = a.data.freeze();
+                if a.text {
+                    ClientMessage::Text(text(data)?)
+                } else {
+                    ClientMessage::Binary(data)
+                }
+            }
+        }))
+    }
+}
+
+fn text(bytes: Bytes) -> Result<ByteString, Refused> {
+    ByteString::try_from(bytes).map_err(|_| Refused::InvalidUtf8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_header_counts_as_rfc_6455_encodes_a_clients_frame() {
+        assert_eq!(header_len(0), 6);
+        assert_eq!(header_len(125), 6);
+        assert_eq!(header_len(126), 8);
+        assert_eq!(header_len(65_535), 8);
+        assert_eq!(header_len(65_536), 14);
+    }
+}
