@@ -212,4 +212,3 @@ pub async fn run(ctx: Box<SessionCtx>) {
     .await;
     tracing::info!("websocket session ended");
 }
-

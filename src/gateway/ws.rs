@@ -19,14 +19,14 @@ use super::opening::{
     check_origin, non_negative, refuse_shutting_down, socket_permit, still_there,
 };
 use super::session::{self, SessionCtx};
+use super::ws_body;
+use super::ws_messages::ClientMessages;
 use crate::auth::user::authenticate_ws;
 use crate::error::ApiError;
 use crate::state::AppState;
-use super::ws_body;
-use super::ws_messages::ClientMessages;
 use crate::wire::outbound::{CloseWith, SessionTx, Transport};
-use actix_web::body::{BodyStream, MessageBody};
 use crate::wire::protocol::{self, close};
+use actix_web::body::{BodyStream, MessageBody};
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
@@ -131,9 +131,8 @@ fn upgrade(
     req: &HttpRequest,
     me: &SessionTx,
 ) -> Result<(HttpResponse, oneshot::Receiver<()>), ApiError> {
-    let handshake = |e: &dyn std::fmt::Display| {
-        ApiError::BadRequest(format!("websocket handshake: {e}"))
-    };
+    let handshake =
+        |e: &dyn std::fmt::Display| ApiError::BadRequest(format!("websocket handshake: {e}"));
     let mut response = actix_http::ws::handshake(req.head()).map_err(|e| handshake(&e))?;
     let (alive, gone) = oneshot::channel();
     let body = BodyStream::new(ws_body::Body::new(me.clone(), alive).into_stream());

@@ -121,7 +121,10 @@ mod tests {
     fn frames(mut bytes: BytesMut) -> Vec<Frame> {
         let mut codec = Codec::new().client_mode();
         let mut out = vec![];
-        while let Some(f) = codec.decode(&mut bytes).expect("a frame the client can parse") {
+        while let Some(f) = codec
+            .decode(&mut bytes)
+            .expect("a frame the client can parse")
+        {
             out.push(f);
         }
         assert!(bytes.is_empty());
@@ -155,7 +158,10 @@ mod tests {
         assert_eq!(u16::from(reason.code), 4008);
         assert!(body.next_chunk().await.is_none(), "ended after the close");
         drop(body);
-        assert!(gone.await.is_err(), "the session's task learns the body is gone");
+        assert!(
+            gone.await.is_err(),
+            "the session's task learns the body is gone"
+        );
     }
 
     #[tokio::test]

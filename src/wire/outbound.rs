@@ -250,7 +250,12 @@ impl SessionTx {
             if q.state.close.is_some() || q.state.ended {
                 return Poll::Ready(());
             }
-            if !q.state.closer.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            if !q
+                .state
+                .closer
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
                 q.state.closer = Some(cx.waker().clone());
             }
             Poll::Pending
