@@ -75,6 +75,10 @@ impl Body {
             if !buf.is_empty() {
                 return Some(buf.freeze());
             }
+            if self.done {
+                // Ended without a close frame (the session ended without one).
+                return None;
+            }
             self.me.changed().await;
         }
     }
