@@ -17,7 +17,6 @@ root=$PWD
 # name version: one line per vendored crate (versions match Cargo.lock's [patch] entries).
 crates=(
   "actix-http 3.20.0"
-  "actix-ws 0.4.0"
 )
 
 mode=${1:-check}
