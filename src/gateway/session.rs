@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use actix_ws::{CloseCode, CloseReason};
 use bytes::Bytes;
-use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::conn::Conn;
@@ -151,9 +151,6 @@ pub struct SessionCtx {
     pub claims: Option<UserClaims>,
     /// Held while the session lives: counts against the user's socket limit.
     pub permit: SocketPermit,
-    /// Held until `hello` was sent: counts against the node's handshakes in flight
-    /// (`NOTIFYD_WS_MAX_JOINING`).
-    pub joining: Option<OwnedSemaphorePermit>,
     pub conn: Option<Conn>,
 }
 
@@ -184,7 +181,6 @@ pub async fn run(ctx: Box<SessionCtx>) {
         state,
         claims,
         permit,
-        mut joining,
         conn,
     } = *ctx;
     let mut stream = stream
@@ -230,8 +226,6 @@ pub async fn run(ctx: Box<SessionCtx>) {
             }
             r = wait_joined(&mut joined), if !is_joined => {
                 joined = None; // frees the channel
-                // Joined or refused, this handshake no longer counts as in flight.
-                drop(joining.take());
                 if r.is_err() {
                     break; // the actor could not take the session (it closed it)
                 }
