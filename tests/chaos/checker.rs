@@ -840,3 +840,26 @@ impl Checker<'_> {
         report.topics = Some(t);
     }
 }
+
+impl Checker<'_> {
+    /// Every client kept the one connection it opened (a run whose faults touch neither the
+    /// nodes nor the clients' paths: a Redis failover must cost no client its connection). A
+    /// client whose node stopped delivering goes silent and reconnects, and its resume then
+    /// repairs what it missed, so the seq checks alone would not see a node that lost its
+    /// broker for good.
+    pub(crate) fn check_connections_kept(&self, report: &mut Report) {
+        for (ci, c) in self.clients.iter().enumerate() {
+            let connects = AtomicUsize::load(&c.ctl.connects, Ordering::SeqCst);
+            if connects != 1 {
+                let log = lock(&c.log);
+                let ends: Vec<&str> = log.ends.iter().map(|(_, how)| how.as_str()).collect();
+                report.problems.push(format!(
+                    "client {ci} ({}, {}): {connects} connections, not 1 (ended: {})",
+                    c.user,
+                    c.transport.label(),
+                    ends.join(", ")
+                ));
+            }
+        }
+    }
+}

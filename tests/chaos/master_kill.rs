@@ -5,7 +5,9 @@
 //! `kill -9` of the master serving the most users' channels, mid-load; its replica takes over.
 //!
 //! Checked: every user event of every client exactly once, in order, against the database
-//! (0 lost / 0 duplicated / 0 reordered, the default run's checker), every client caught up;
+//! (0 lost / 0 duplicated / 0 reordered, the default run's checker), every client caught up
+//! and kept its one connection (a node whose subscriber stayed broken shows as its clients
+//! going silent and reconnecting: their resume would hide the loss from the seq checks);
 //! topic events in order and live again after the failover, and the topic events lost during
 //! it counted (topic events are live only, at most once: contract §8) and required to fall in
 //! the fault's window. The nodes run without the periodic audit, so only the subscriber's
@@ -197,6 +199,7 @@ pub(crate) async fn run(cfg: Config) {
     };
     checker.check(&mut report).await.expect("read the database");
     checker.check_topics(&topic_log, &topics, &mut report);
+    checker.check_connections_kept(&mut report);
     dump_client_logs(&cluster.dir.path.join("clients.log"), &clients);
     let md = report.markdown();
     note(format!("report\n\n{md}"));
