@@ -27,8 +27,9 @@ echo "== read replicas: a primary and a streaming replica of its own (pg_basebac
 scripts/replica-test.sh
 echo "== Redis Cluster: sharded pub/sub, presence, a master killed under load (a cluster of its own)"
 scripts/redis-cluster-test.sh
-echo "== the chaos run (tests/chaos: ignored by plain cargo test, run here)"
-# scripts/services.sh above installed what it needs (nginx, the PostgreSQL server binaries).
+echo "== the chaos runs (tests/chaos: ignored by plain cargo test, run here): the default run, then a Redis Cluster master killed (~2.5 min)"
+# scripts/services.sh above installed what they need (nginx, the PostgreSQL server binaries,
+# redis-server and redis-cli). The two runs take turns (a lock in the harness).
 cargo test --test chaos -- --ignored
 
 echo "== schemathesis against /api-docs/openapi.json (a live node, service key and user token)"
