@@ -1,0 +1,74 @@
+//! notifyd on a TLS-only Redis Cluster (contract §11: `rediss+cluster://`, the private CA in
+//! `NOTIFYD_REDIS_CA_FILE` as for `rediss://`). The cluster takes TLS only: clients, replication
+//! and the cluster bus (`port 0`, `tls-port`, `tls-cluster yes`, `tls-replication yes`), its
+//! nodes' certificate from a CA of its own naming `localhost` (the seeds given) and `127.0.0.1`
+//! (the address the nodes announce, which the client connects to for every node it discovers).
+//! The delivery and master-kill checks of redis_cluster.rs run against it, and a CA that did not
+//! sign the nodes' certificate stops start-up with the reason.
+//!
+//! scripts/redis-cluster-test.sh starts the cluster and runs these with `--ignored`, naming its
+//! seeds in `NOTIFYD_TEST_REDIS_TLS_CLUSTER`, its directory in
+//! `NOTIFYD_TEST_REDIS_TLS_CLUSTER_DIR`, the CA in `NOTIFYD_TEST_REDIS_TLS_CLUSTER_CA` and an
+//! unrelated CA in `NOTIFYD_TEST_REDIS_TLS_CLUSTER_WRONG_CA`. (The module's name contains
+//! neither `tls::` nor `redis_cluster::`, the filters scripts/tls-pooler-test.sh and the plain
+//! cluster's run use: a `redis_cluster_tls` module was picked up by the first.)
+
+use std::time::{Duration, Instant};
+
+use crate::helpers::*;
+use crate::redis_cluster::{env, Cluster};
+
+fn tls_cluster() -> Cluster {
+    Cluster {
+        seeds: env("NOTIFYD_TEST_REDIS_TLS_CLUSTER"),
+        dir: env("NOTIFYD_TEST_REDIS_TLS_CLUSTER_DIR"),
+        ca: Some(env("NOTIFYD_TEST_REDIS_TLS_CLUSTER_CA").into()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs a TLS Redis Cluster: scripts/redis-cluster-test.sh"]
+async fn user_and_topic_events_cross_nodes_over_tls() {
+    crate::redis_cluster::events_cross_nodes_and_presence_is_shared(&tls_cluster()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs a TLS Redis Cluster it may kill a master of: scripts/redis-cluster-test.sh"]
+async fn a_master_killed_under_load_over_tls_loses_no_user_event() {
+    crate::redis_cluster::a_master_killed_under_load_loses_no_user_event_on(&tls_cluster()).await;
+}
+
+/// Another CA, or none (the system store, which does not hold the test CA): start-up stops at
+/// once with the reason, as for a single `rediss://` server (tests/api/tls.rs), not a hang and
+/// not a node that starts and retries forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a TLS Redis Cluster: scripts/redis-cluster-test.sh"]
+async fn a_wrong_ca_stops_start_up_with_the_reason() {
+    let cluster = tls_cluster();
+    let db = TestDb::new().await;
+    let wrong = env("NOTIFYD_TEST_REDIS_TLS_CLUSTER_WRONG_CA");
+    for ca in [Some(wrong.into()), None] {
+        let mut s = settings_for(&db.url, &Opts::default());
+        s.redis_url = Some(cluster.url());
+        s.redis_ca_file = ca.clone();
+        let started = Instant::now();
+        let e = tokio::time::timeout(
+            Duration::from_secs(20),
+            notifyd::startup::Application::build(s, None),
+        )
+        .await
+        .expect("start-up must not hang")
+        .err()
+        .expect("start-up refused");
+        let e = format!("{e:#}");
+        assert!(
+            e.contains("Redis over TLS") && e.contains("certificate"),
+            "{ca:?}: {e}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{ca:?}: refused after {:?}",
+            started.elapsed()
+        );
+    }
+}
