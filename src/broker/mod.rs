@@ -84,7 +84,8 @@ impl Redis {
                 let conn = tokio::time::timeout(POOL_WAIT, client.get_async_connection())
                     .await
                     .context("connecting to the Redis Cluster: timed out")?
-                    .context("connecting to the Redis Cluster")?;
+                    .context("connecting to the Redis Cluster")
+                    .map_err(explain_certificate_refusal)?;
                 Ok(Redis::Cluster(conn))
             }
         }
@@ -390,23 +391,34 @@ pub async fn check_tls(redis: &Redis, target: &RedisTarget) -> anyhow::Result<()
         .await;
     match result {
         Ok(_) => Ok(()),
+        Err(e) if certificate_refused(&e) => Err(explain_certificate_refusal(e)),
         Err(e) => {
-            let text = format!("{e:#}");
-            let refused = e.chain().any(crate::tls::is_certificate_error)
-                || text.contains("invalid peer certificate")
-                || text.contains("CertificateError")
-                || text.contains("certificate");
-            if refused {
-                Err(e).context(
-                    "Redis over TLS: the server's certificate was refused (check \
-                     NOTIFYD_REDIS_CA_FILE and the host name in REDIS_URL)",
-                )
-            } else {
-                tracing::warn!(error = %text, "Redis over TLS is not reachable yet; starting anyway");
-                Ok(())
-            }
+            tracing::warn!(error = %format!("{e:#}"), "Redis over TLS is not reachable yet; starting anyway");
+            Ok(())
         }
     }
+}
+
+/// Whether `e` is the TLS client refusing the server's certificate (not Redis being down).
+fn certificate_refused(e: &anyhow::Error) -> bool {
+    let text = format!("{e:#}");
+    e.chain().any(crate::tls::is_certificate_error)
+        || text.contains("invalid peer certificate")
+        || text.contains("CertificateError")
+        || text.contains("certificate")
+}
+
+/// A refused certificate, said as such with the settings to check, the same for one `rediss://`
+/// server ([`check_tls`]) and a `rediss+cluster://` cluster (whose client fails at its first
+/// connection, in [`Redis::connect`]). Any other error is returned as it is.
+fn explain_certificate_refusal(e: anyhow::Error) -> anyhow::Error {
+    if !certificate_refused(&e) {
+        return e;
+    }
+    e.context(
+        "Redis over TLS: the server's certificate was refused (check NOTIFYD_REDIS_CA_FILE and \
+         the host name in REDIS_URL)",
+    )
 }
 
 /// Bound on [`check_tls`]'s PING (connect and TLS handshake included).
