@@ -33,21 +33,22 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# start_cluster DIR [tls]: six cluster nodes on free ports, each in DIR/<port>/ (its pid file,
-# log, nodes.conf: the tests find the nodes there), made into three masters with a replica each;
-# returns once every replica finished its first sync. With `tls`, the nodes listen on a TLS port
-# only and talk to each other over TLS too, with DIR/node.pem (signed by DIR/ca.pem, which
-# `make_cluster_certs` made); clients are not asked for a certificate (notifyd has none to give).
-# Sets `seeds` to the first three nodes (`127.0.0.1:p1,...`, or `localhost:p1,...` for TLS: the
-# name the certificate carries).
+# start_cluster DIR plain|tls REPLICAS: three masters with REPLICAS (0 or 1) replicas each, on
+# free ports, each node in DIR/<port>/ (its pid file, log, nodes.conf: the tests find the nodes
+# there); returns once every replica finished its first sync. With `tls`, the nodes listen on a
+# TLS port only and talk to each other over TLS too, with DIR/node.pem and DIR/ca.pem (made
+# with servers.sh's make_ca and make_cert); clients are not asked for a certificate (notifyd has
+# none to give). Sets `seeds` to the first three nodes (`127.0.0.1:p1,...`, or `localhost:p1,...`
+# for TLS: the name the certificate carries).
 start_cluster() {
-  local dir=$1 tls=${2:-} p host=127.0.0.1
+  local dir=$1 tls=$2 replicas=$3 p host=127.0.0.1
   local ports=() nodes=() listen=() cli=(redis-cli -h 127.0.0.1)
+  mkdir -p "$dir"
   if [ "$tls" = tls ]; then
     host=localhost
     cli+=(--tls --cacert "$dir/ca.pem")
   fi
-  for _ in 1 2 3 4 5 6; do
+  for _ in $(seq 1 $((3 * (1 + replicas)))); do
     p=$(free_cluster_port)
     ports+=("$p")
     mkdir -p "$dir/$p"
@@ -66,7 +67,7 @@ start_cluster() {
   done
   for p in "${ports[@]}"; do wait_for "redis-server :$p" "${cli[@]}" -p "$p" ping; done
   for p in "${ports[@]}"; do nodes+=("127.0.0.1:$p"); done
-  "${cli[@]}" --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$dir/create.log"
+  "${cli[@]}" --cluster create "${nodes[@]}" --cluster-replicas "$replicas" --cluster-yes >"$dir/create.log"
   cluster_ok() {
     for p in "${ports[@]}"; do
       "${cli[@]}" -p "$p" cluster info | grep -q 'cluster_state:ok' || return 1
@@ -80,27 +81,36 @@ start_cluster() {
     for p in "${ports[@]}"; do
       "${cli[@]}" -p "$p" info replication | tr -d '\r' | grep -q '^master_link_status:up' && up=$((up + 1))
     done
-    [ "$up" -eq 3 ]
+    [ "$up" -eq $((3 * replicas)) ]
   }
   wait_for "the replicas' first sync in $dir" replicas_synced
   seeds=$(IFS=,; echo "${ports[*]:0:3}" | sed "s/[0-9]\+/$host:&/g")
-  say "$(redis-server --version | cut -d' ' -f1-3)${tls:+ (TLS only)}: 3 masters + 3 replicas on ${nodes[*]}"
+  say "$(redis-server --version | cut -d' ' -f1-3) ($tls): 3 masters + $((3 * replicas)) replicas on ${nodes[*]}"
 }
 
 # --- 1. the plain cluster ---
-mkdir "$work/plain"
-start_cluster "$work/plain"
+start_cluster "$work/plain" plain 1
 plain_seeds=$seeds
 
 # --- 2. the TLS-only cluster ---
 # node.pem names localhost (the seeds notifyd is given) and 127.0.0.1 (the address the nodes
 # announce in CLUSTER SLOTS, which the client connects to and checks the certificate against).
-mkdir "$work/tls"
+mkdir -p "$work/tls"
 make_ca "$work/tls" ca "notifyd test cluster CA"
 make_ca "$work/tls" wrong-ca "another CA"
 make_cert "$work/tls" node ca "DNS:localhost,IP:127.0.0.1" serverAuth,clientAuth
-start_cluster "$work/tls" tls
+start_cluster "$work/tls" tls 1
 tls_seeds=$seeds
+
+# --- 3. a TLS-only cluster whose certificate names `localhost` only ---
+# The seeds answer by that name, but the nodes announce 127.0.0.1, which the certificate does not
+# carry: a misconfiguration start-up must refuse with the reason. Masters only (it is never
+# failed over).
+mkdir -p "$work/tls-misnamed"
+cp "$work/tls/ca.pem" "$work/tls/ca.key" "$work/tls-misnamed/"
+make_cert "$work/tls-misnamed" node ca DNS:localhost serverAuth,clientAuth
+start_cluster "$work/tls-misnamed" tls 0
+misnamed_seeds=$seeds
 
 export NOTIFYD_TEST_REDIS_CLUSTER="$plain_seeds"
 export NOTIFYD_TEST_REDIS_CLUSTER_DIR="$work/plain"
@@ -108,6 +118,7 @@ export NOTIFYD_TEST_REDIS_TLS_CLUSTER="$tls_seeds"
 export NOTIFYD_TEST_REDIS_TLS_CLUSTER_DIR="$work/tls"
 export NOTIFYD_TEST_REDIS_TLS_CLUSTER_CA="$work/tls/ca.pem"
 export NOTIFYD_TEST_REDIS_TLS_CLUSTER_WRONG_CA="$work/tls/wrong-ca.pem"
+export NOTIFYD_TEST_REDIS_TLS_CLUSTER_MISNAMED="$misnamed_seeds"
 if [ "${NOTIFYD_KEEP_CLUSTER:-}" = 1 ]; then
   env | grep '^NOTIFYD_TEST_REDIS' | sort | sed 's/^/  /' >&2
   say "the clusters run until Enter is pressed"

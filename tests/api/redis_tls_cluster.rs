@@ -13,6 +13,7 @@
 //! neither `tls::` nor `redis_cluster::`, the filters scripts/tls-pooler-test.sh and the plain
 //! cluster's run use: a `redis_cluster_tls` module was picked up by the first.)
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::helpers::*;
@@ -38,6 +39,25 @@ async fn a_master_killed_under_load_over_tls_loses_no_user_event() {
     crate::redis_cluster::a_master_killed_under_load_loses_no_user_event_on(&tls_cluster()).await;
 }
 
+/// Start-up with `REDIS_URL` and `NOTIFYD_REDIS_CA_FILE` = `ca`, which must be refused: the
+/// error, once it came (at most 20 s: not a hang), and how long it took.
+async fn refused_start_up(url: String, ca: Option<PathBuf>) -> (String, Duration) {
+    let db = TestDb::new().await;
+    let mut s = settings_for(&db.url, &Opts::default());
+    s.redis_url = Some(url);
+    s.redis_ca_file = ca;
+    let started = Instant::now();
+    let e = tokio::time::timeout(
+        Duration::from_secs(20),
+        notifyd::startup::Application::build(s, None),
+    )
+    .await
+    .expect("start-up must not hang")
+    .err()
+    .expect("start-up refused");
+    (format!("{e:#}"), started.elapsed())
+}
+
 /// Another CA, or none (the system store, which does not hold the test CA): start-up stops at
 /// once with the reason, as for a single `rediss://` server (tests/api/tls.rs), not a hang and
 /// not a node that starts and retries forever.
@@ -45,30 +65,35 @@ async fn a_master_killed_under_load_over_tls_loses_no_user_event() {
 #[ignore = "needs a TLS Redis Cluster: scripts/redis-cluster-test.sh"]
 async fn a_wrong_ca_stops_start_up_with_the_reason() {
     let cluster = tls_cluster();
-    let db = TestDb::new().await;
     let wrong = env("NOTIFYD_TEST_REDIS_TLS_CLUSTER_WRONG_CA");
     for ca in [Some(wrong.into()), None] {
-        let mut s = settings_for(&db.url, &Opts::default());
-        s.redis_url = Some(cluster.url());
-        s.redis_ca_file = ca.clone();
-        let started = Instant::now();
-        let e = tokio::time::timeout(
-            Duration::from_secs(20),
-            notifyd::startup::Application::build(s, None),
-        )
-        .await
-        .expect("start-up must not hang")
-        .err()
-        .expect("start-up refused");
-        let e = format!("{e:#}");
+        let (e, took) = refused_start_up(cluster.url(), ca.clone()).await;
         assert!(
-            e.contains("Redis over TLS") && e.contains("certificate"),
+            e.contains("Redis over TLS") && e.contains("UnknownIssuer"),
             "{ca:?}: {e}"
         );
         assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{ca:?}: refused after {:?}",
-            started.elapsed()
+            took < Duration::from_secs(10),
+            "{ca:?}: refused after {took:?}"
         );
     }
+}
+
+/// The right CA, but node certificates that name `localhost` (the seeds' host) and not
+/// `127.0.0.1` (the address the nodes announce, where the client connects to every master it
+/// discovers): start-up stops with the reason, instead of a node that starts, connects to its
+/// seeds, and fails on the announced addresses for as long as it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a TLS Redis Cluster: scripts/redis-cluster-test.sh"]
+async fn node_certificates_without_the_announced_address_stop_start_up_with_the_reason() {
+    let cluster = Cluster {
+        seeds: env("NOTIFYD_TEST_REDIS_TLS_CLUSTER_MISNAMED"),
+        ..tls_cluster()
+    };
+    let (e, took) = refused_start_up(cluster.url(), cluster.ca.clone()).await;
+    assert!(
+        e.contains("Redis over TLS") && e.contains("not valid for name \"127.0.0.1\""),
+        "{e}"
+    );
+    assert!(took < Duration::from_secs(10), "refused after {took:?}");
 }
