@@ -83,10 +83,14 @@ impl Redis {
                 let client = cluster_client(seeds, ca.as_deref(), None)?;
                 let conn = tokio::time::timeout(POOL_WAIT, client.get_async_connection())
                     .await
-                    .context("connecting to the Redis Cluster: timed out")?
-                    .context("connecting to the Redis Cluster")
-                    .map_err(explain_certificate_refusal)?;
-                Ok(Redis::Cluster(conn))
+                    .context("connecting to the Redis Cluster: timed out")
+                    .and_then(|r| r.context("connecting to the Redis Cluster"));
+                match conn {
+                    Ok(conn) => Ok(Redis::Cluster(conn)),
+                    Err(e) => Err(explain_certificate_refusal(
+                        seed_certificate_refusal(seeds).await.unwrap_or(e),
+                    )),
+                }
             }
         }
     }
@@ -458,6 +462,32 @@ async fn ping_announced_masters(seeds: &[redis::ConnectionInfo]) -> anyhow::Resu
     });
     futures_util::future::try_join_all(pings).await?;
     Ok(())
+}
+
+/// When a cluster's seeds could not be connected to: a seed's certificate refusal, if any seed
+/// gives one (each asked on a connection of its own, at once, within [`CONNECT_CHECK`]). The
+/// cluster client reports only the last of its seeds' errors, so a wrong CA could read as
+/// another seed's `Connection refused` or timeout; the refusal is the reason to give.
+async fn seed_certificate_refusal(seeds: &[redis::ConnectionInfo]) -> Option<anyhow::Error> {
+    if !matches!(seeds.first()?.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+        return None;
+    }
+    let mut asks: futures_util::stream::FuturesUnordered<_> = seeds
+        .iter()
+        .map(|seed| async move {
+            ask(seed.clone(), &redis::cmd("PING"))
+                .await
+                .with_context(|| format!("connecting to the Redis Cluster's seed {}", seed.addr()))
+        })
+        .collect();
+    while let Some(answer) = asks.next().await {
+        if let Err(e) = answer {
+            if certificate_refused(&e) {
+                return Some(e);
+            }
+        }
+    }
+    None
 }
 
 /// `cmd` on a connection of its own to `info`, within [`CONNECT_CHECK`] (connect included).
