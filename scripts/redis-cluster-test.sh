@@ -67,7 +67,9 @@ start_cluster() {
       --save "" --appendonly no --repl-diskless-sync-delay 0 --daemonize yes --dir "$dir/$p" \
       --pidfile "$dir/$p/redis.pid" --logfile "$dir/$p/redis.log"
   done
-  for p in "${ports[@]}"; do wait_for "redis-server :$p" "${cli[@]}" -p "$p" ping; done
+  for p in "${ports[@]}"; do
+    wait_for "redis-server :$p" "${cli[@]}" -p "$p" ping || { tail -n 5 "$dir/$p/redis.log" >&2; return 1; }
+  done
   for p in "${ports[@]}"; do nodes+=("127.0.0.1:$p"); done
   "${cli[@]}" --cluster create "${nodes[@]}" --cluster-replicas "$replicas" --cluster-yes >"$dir/create.log"
   cluster_ok() {
