@@ -872,9 +872,27 @@ async fn bench() -> anyhow::Result<()> {
             },
             spread_words(r.spread_ms)
         );
-        support::summary_rows(
-            part,
-            &format!(
+        let inflight = env_num("BENCH_STORM_INFLIGHT", 0);
+        let row = if inflight > 0 {
+            // Issue 22 item 8: services keep POSTs in flight (closed loop), so the cores are
+            // never idle; its goal is relative: the POST p99 during the storm at most 3× the
+            // p99 before it, and everyone back within 3 s.
+            let ratio = r.storm.1 / r.quiet.1;
+            let ok = r.resumed == r.clients && r.wrong == 0 && r.all_s <= 3.0 && ratio <= 3.0;
+            format!(
+                "| reconnect storm, {n} clients, a node dies; services keep {inflight} POSTs in flight (closed loop){on}, {spread} | {resumed} of {n} resumed ({wrong} wrong) in {all:.1} s; {refused} refusals; POST p99 on the survivor {s99:.1} ms | the same POSTs before the storm: p99 {q99:.1} ms | POST p99 {ratio:.1}× before | all in ≤ 3 s, POST p99 ≤ 3× before | {met} |\n",
+                on = if r.service_listener { " on a service listener" } else { "" },
+                spread = spread_words(r.spread_ms),
+                resumed = r.resumed,
+                wrong = r.wrong,
+                all = r.all_s,
+                refused = r.refusals,
+                s99 = r.storm.1,
+                q99 = r.quiet.1,
+                met = support::met(ok),
+            )
+        } else {
+            format!(
                 "| reconnect storm, {n} clients, a node dies; {what} | {resumed} of {n} resumed ({wrong} wrong) in {all:.1} s; {qpu:.2} catch-up queries per client; POST p99 on the survivor {s99:.1} ms | the same POSTs with nobody connecting: p99 {q99:.1} ms | POST p99 {ratio:.1}× quiet | all in ≤ 10 s, ≤ 1 query per user, POST p99 < 100 ms | {met} |\n",
                 resumed = r.resumed,
                 wrong = r.wrong,
@@ -883,8 +901,14 @@ async fn bench() -> anyhow::Result<()> {
                 q99 = r.quiet.1,
                 ratio = r.storm.1 / r.quiet.1,
                 met = support::met(ok),
-            ),
-        )?;
+            )
+        };
+        let part = match (inflight > 0, r.service_listener) {
+            (true, false) => "53-storm-closed-loop",
+            (true, true) => "54-storm-closed-loop-service",
+            (false, _) => part,
+        };
+        support::summary_rows(part, &row)?;
         write_doc("docs/benchmarks.md", &label, &block)?;
         println!("wrote run {label:?} into docs/benchmarks.md");
     } else {

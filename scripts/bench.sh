@@ -6,7 +6,8 @@
 #   fanout  (benches/fanout.rs) 10,000-socket topic fan-out vs a trivial ceiling server
 #   peers   (benches/peers.rs)  notifyd vs the Socket.IO peer and NATS: memory, latency, fan-out
 #   storm   (benches/storm.rs)  reconnect storm: default settings all at once, as the shipped
-#                               client comes back (0-500 ms), and with a service listener
+#                               client comes back (0-500 ms), with a service listener, and with
+#                               services keeping 64 POSTs in flight (closed loop) on either listener
 #   eventlog (benches/eventlog.rs) the event log's size under steady writes (simulated days, ~4 min)
 #   sse     (benches/sse.rs)    SSE beside the WebSocket: RSS per idle connection, send→frame latency
 #   push    (benches/push.rs)   Web Push: pushes/s to a local endpoint vs a plain client's ceiling,
@@ -55,6 +56,10 @@ wants storm && step storm env BENCH_STORM_CLIENTS=15000 BENCH_STORM_LABEL=curren
 wants storm && step storm-spread env BENCH_STORM_CLIENTS=15000 BENCH_STORM_LABEL=client-spread BENCH_STORM_SPREAD_MS=500 cargo bench --bench storm
 # The same storm with internal services on a listener of their own (NOTIFYD_SERVICE_BIND).
 wants storm && step storm-service env BENCH_STORM_CLIENTS=15000 BENCH_STORM_LABEL=service-listener BENCH_STORM_SERVICE_LISTENER=1 cargo bench --bench storm
+# Issue 22 item 8: services keep 64 POSTs in flight (closed loop) through the storm, on the
+# public listener and on a service listener; goal: POST p99 ≤ 3× before, everyone back ≤ 3 s.
+wants storm && step storm-closed env BENCH_STORM_CLIENTS=15000 BENCH_STORM_LABEL=closed-loop BENCH_STORM_INFLIGHT=64 cargo bench --bench storm
+wants storm && step storm-closed-service env BENCH_STORM_CLIENTS=15000 BENCH_STORM_LABEL=closed-loop-service BENCH_STORM_INFLIGHT=64 BENCH_STORM_SERVICE_LISTENER=1 cargo bench --bench storm
 wants eventlog && step eventlog cargo bench --bench eventlog
 wants sse && step sse cargo bench --bench sse
 wants push && step push cargo bench --bench push

@@ -14,20 +14,17 @@
 # time after the build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/servers.sh
+say_tag=replica
 export TEST_REDIS_URL=${TEST_REDIS_URL:-redis://127.0.0.1:6379}
-say() { printf '[replica] %s\n' "$*" >&2; }
 
-work=$(mktemp -d /tmp/notifyd-replica.XXXXXX)
-chmod 755 "$work"
-if [ "$(id -u)" = 0 ]; then chown postgres "$work"; fi
-# initdb, postgres and pg_basebackup refuse to run as root: then they run as `postgres`.
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-pg_bin=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)}
+work=$(new_work_dir replica)
+pg_bin=$(pg_bin_dir)
 
 cleanup() {
   set +e
   [ -f "$work/frozen" ] && kill -CONT $(cat "$work/frozen") 2>/dev/null
-  [ -f "$work/pgbouncer.pid" ] && kill "$(cat "$work/pgbouncer.pid")" 2>/dev/null
+  kill_pidfile "$work/pgbouncer.pid"
   for d in replica primary; do
     [ -f "$work/$d/postmaster.pid" ] && as_pg "$pg_bin/pg_ctl" -D "$work/$d" -m immediate stop >/dev/null 2>&1
   done
@@ -35,10 +32,6 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 # --- 1. the primary ---
 primary_port=$(free_port)
@@ -95,35 +88,14 @@ cargo test --test api replica:: -- --ignored --test-threads 1 --nocapture
 
 # --- 4. the replica behind PgBouncer in transaction mode ---
 pgb_port=$(free_port)
-cat >"$work/pgbouncer.ini" <<INI
-[databases]
-* = host=127.0.0.1 port=$replica_port
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $pgb_port
-unix_socket_dir = $work
-auth_type = trust
-auth_file = $work/users.txt
-pool_mode = transaction
-pidfile = $work/pgbouncer.pid
-logfile = $work/pgbouncer.log
-INI
-echo '"postgres" ""' >"$work/users.txt"
-if [ "$(id -u)" = 0 ]; then chown -R postgres "$work"; fi
-pgbouncer=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
-as_pg "$pgbouncer" -d "$work/pgbouncer.ini"
-for _ in $(seq 1 100); do
-  psql "postgres://postgres@127.0.0.1:$pgb_port/postgres" -c 'SELECT 1' >/dev/null 2>&1 && break
-  sleep 0.1
-done
+start_transaction_pgbouncer "$work" "$pgb_port" 127.0.0.1 "$replica_port"
 say "PgBouncer (transaction mode) in front of the replica on 127.0.0.1:$pgb_port"
 TEST_REPLICA_POOLER_URL="postgres://postgres@127.0.0.1:$pgb_port" \
   cargo test --test api -- --ignored --test-threads 1 --nocapture \
   replica::history_and_changes_come_from_a_caught_up_replica \
   replica::with_replay_paused_new_messages_are_still_listed_and_counts_and_commands_stay_exact
 # The nodes' replica reads really went through the pooler (it logs each login).
-logins=$(grep -c 'login attempt: db=notifyd_test_' "$work/pgbouncer.log" || true)
+logins=$(pgbouncer_test_logins "$work")
 if [ "${logins:-0}" -lt 2 ]; then
   say "only ${logins:-0} test connections logged in through PgBouncer: the tests did not use it"; exit 1
 fi

@@ -2,8 +2,8 @@
 # The README's second command: the whole test suite, against real PostgreSQL and Redis.
 # Lints, unit and integration tests (a fresh database and Redis prefix per test), property tests,
 # TLS and PgBouncer against servers of their own (scripts/tls-pooler-test.sh), a streaming read
-# replica (scripts/replica-test.sh), a Redis Cluster of its own with a master killed under load
-# (scripts/redis-cluster-test.sh),
+# replica (scripts/replica-test.sh), a Redis Cluster of its own with a master killed under load,
+# plain and TLS-only (scripts/redis-cluster-test.sh),
 # the chaos run, schemathesis against the served OpenAPI document, browser tests in headless Chromium, then the public conformance suite
 # (../shared/conformance) against a release build when it is present.
 set -euo pipefail
@@ -25,10 +25,11 @@ echo "== TLS to PostgreSQL and Redis, and PgBouncer in transaction mode (servers
 scripts/tls-pooler-test.sh
 echo "== read replicas: a primary and a streaming replica of its own (pg_basebackup -R)"
 scripts/replica-test.sh
-echo "== Redis Cluster: sharded pub/sub, presence, a master killed under load (a cluster of its own)"
+echo "== Redis Cluster: sharded pub/sub, presence, a master killed under load (clusters of its own, plain and TLS)"
 scripts/redis-cluster-test.sh
-echo "== the chaos run (tests/chaos: ignored by plain cargo test, run here)"
-# scripts/services.sh above installed what it needs (nginx, the PostgreSQL server binaries).
+echo "== the chaos runs (tests/chaos: ignored by plain cargo test, run here): the default run, then a Redis Cluster master killed (~2.5 min)"
+# scripts/services.sh above installed what they need (nginx, the PostgreSQL server binaries,
+# redis-server and redis-cli). The two runs take turns (a lock in the harness).
 cargo test --test chaos -- --ignored
 
 echo "== schemathesis against /api-docs/openapi.json (a live node, service key and user token)"

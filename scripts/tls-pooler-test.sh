@@ -13,49 +13,28 @@
 # test time after the build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/servers.sh
+say_tag=tls-pooler
 export TEST_DATABASE_ADMIN_URL=${TEST_DATABASE_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 export TEST_REDIS_URL=${TEST_REDIS_URL:-redis://127.0.0.1:6379}
-say() { printf '[tls-pooler] %s\n' "$*" >&2; }
 
-work=$(mktemp -d /tmp/notifyd-tls-pooler.XXXXXX)
-chmod 755 "$work"
-if [ "$(id -u)" = 0 ]; then chown postgres "$work"; fi
-# initdb, postgres and pgbouncer refuse to run as root: then they run as the `postgres` user.
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-pg_bin=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)}
+work=$(new_work_dir tls-pooler)
+pg_bin=$(pg_bin_dir)
 
 cleanup() {
   set +e
   [ -f "$work/pg/postmaster.pid" ] && as_pg "$pg_bin/pg_ctl" -D "$work/pg" -m immediate stop >/dev/null 2>&1
-  [ -f "$work/redis.pid" ] && kill "$(cat "$work/redis.pid")" 2>/dev/null
-  [ -f "$work/pgbouncer.pid" ] && kill "$(cat "$work/pgbouncer.pid")" 2>/dev/null
+  kill_pidfile "$work/redis.pid"
+  kill_pidfile "$work/pgbouncer.pid"
   sleep 0.2
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-wait_for() { # description, command...
-  local what=$1; shift
-  for _ in $(seq 1 100); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
-  say "$what did not come up"; return 1
-}
-
 # --- 1. certificates ---
-cd "$work"
-ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
-openssl req -x509 "${ec[@]}" -days 2 -subj "/CN=notifyd test CA" -keyout ca.key -out ca.pem 2>/dev/null
-openssl req -x509 "${ec[@]}" -days 2 -subj "/CN=another CA" -keyout wrong-ca.key -out wrong-ca.pem 2>/dev/null
-openssl req "${ec[@]}" -subj "/CN=localhost" -keyout server.key -out server.csr 2>/dev/null
-printf 'subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n' >server.ext
-openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
-  -extfile server.ext -out server.pem 2>/dev/null
-chmod 644 ./*.pem
-chmod 600 server.key
-if [ "$(id -u)" = 0 ]; then chown postgres server.key; fi
-cd - >/dev/null
+make_ca "$work" ca "notifyd test CA"
+make_ca "$work" wrong-ca "another CA"
+make_cert "$work" server ca DNS:localhost serverAuth
 
 # --- 2. PostgreSQL with TLS only, Redis with TLS only ---
 pg_port=$(free_port)
@@ -90,26 +69,8 @@ TEST_TLS_CA="$work/ca.pem" TEST_TLS_WRONG_CA="$work/wrong-ca.pem" \
 pgb_port=$(free_port)
 pg_host_port=${TEST_DATABASE_ADMIN_URL#*@}
 pg_host_port=${pg_host_port%%/*}
-cat >"$work/pgbouncer.ini" <<EOF
-[databases]
-* = host=${pg_host_port%:*} port=${pg_host_port##*:}
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $pgb_port
-unix_socket_dir = $work
-auth_type = trust
-auth_file = $work/users.txt
-pool_mode = transaction
-pidfile = $work/pgbouncer.pid
-logfile = $work/pgbouncer.log
-EOF
-echo '"postgres" ""' >"$work/users.txt"
-if [ "$(id -u)" = 0 ]; then chown -R postgres "$work"; fi
-pgbouncer=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
-as_pg "$pgbouncer" -d "$work/pgbouncer.ini"
-wait_for "pgbouncer" psql "postgres://postgres@127.0.0.1:$pgb_port/postgres" -c 'SELECT 1'
-say "PgBouncer $("$pgbouncer" --version | head -n1) on 127.0.0.1:$pgb_port, pool_mode = transaction"
+start_transaction_pgbouncer "$work" "$pgb_port" "${pg_host_port%:*}" "${pg_host_port##*:}"
+say "PgBouncer $("$(pgbouncer_bin)" --version | head -n1) on 127.0.0.1:$pgb_port, pool_mode = transaction"
 
 export TEST_DATABASE_POOLER_URL="postgres://postgres@127.0.0.1:$pgb_port"
 cargo test --test api pooler:: -- --ignored --test-threads 2
@@ -126,7 +87,7 @@ cargo test --test api -- --test-threads 2 \
   gateway::a_hole_in_the_published_seqs_is_repaired_from_the_database_in_order_without_duplicates \
   user_api::
 # The nodes' requests really went through the pooler (it logs each login).
-logins=$(grep -c 'login attempt: db=notifyd_test_' "$work/pgbouncer.log" || true)
+logins=$(pgbouncer_test_logins "$work")
 if [ "${logins:-0}" -lt 10 ]; then
   say "only ${logins:-0} test connections logged in through PgBouncer: the tests did not use it"; exit 1
 fi

@@ -83,9 +83,14 @@ impl Redis {
                 let client = cluster_client(seeds, ca.as_deref(), None)?;
                 let conn = tokio::time::timeout(POOL_WAIT, client.get_async_connection())
                     .await
-                    .context("connecting to the Redis Cluster: timed out")?
-                    .context("connecting to the Redis Cluster")?;
-                Ok(Redis::Cluster(conn))
+                    .context("connecting to the Redis Cluster: timed out")
+                    .and_then(|r| r.context("connecting to the Redis Cluster"));
+                match conn {
+                    Ok(conn) => Ok(Redis::Cluster(conn)),
+                    Err(e) => Err(explain_certificate_refusal(
+                        seed_certificate_refusal(seeds).await.unwrap_or(e),
+                    )),
+                }
             }
         }
     }
@@ -381,32 +386,180 @@ pub fn redis_pool_for(info: redis::ConnectionInfo) -> anyhow::Result<deadpool_re
 /// CA, a host name the certificate does not carry) stops start-up with the reason instead of
 /// being retried forever in the background. Redis merely being down is not a reason to stop
 /// (the node starts not ready, as with `redis://`): that is only logged.
+///
+/// On a `rediss+cluster://` cluster, a PING to every master at the address the cluster announces
+/// for it (see [`ping_announced_masters`]): the seeds answering proves nothing about those.
 pub async fn check_tls(redis: &Redis, target: &RedisTarget) -> anyhow::Result<()> {
     if !matches!(target.first().addr(), redis::ConnectionAddr::TcpTls { .. }) {
         return Ok(());
     }
-    let result = redis
-        .cmd::<String>(&redis::cmd("PING"), CONNECT_CHECK)
-        .await;
+    let result = match target {
+        RedisTarget::Single(_) => redis
+            .cmd::<String>(&redis::cmd("PING"), CONNECT_CHECK)
+            .await
+            .map(drop),
+        RedisTarget::Cluster { seeds, .. } => {
+            tokio::time::timeout(CONNECT_CHECK, ping_announced_masters(seeds))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(anyhow::anyhow!(
+                        "the cluster's masters did not answer within {CONNECT_CHECK:?}"
+                    ))
+                })
+        }
+    };
     match result {
         Ok(_) => Ok(()),
+        Err(e) if certificate_refused(&e) => Err(explain_certificate_refusal(e)),
         Err(e) => {
-            let text = format!("{e:#}");
-            let refused = e.chain().any(crate::tls::is_certificate_error)
-                || text.contains("invalid peer certificate")
-                || text.contains("CertificateError")
-                || text.contains("certificate");
-            if refused {
-                Err(e).context(
-                    "Redis over TLS: the server's certificate was refused (check \
-                     NOTIFYD_REDIS_CA_FILE and the host name in REDIS_URL)",
-                )
-            } else {
-                tracing::warn!(error = %text, "Redis over TLS is not reachable yet; starting anyway");
-                Ok(())
+            tracing::warn!(error = %format!("{e:#}"), "Redis over TLS is not reachable yet; starting anyway");
+            Ok(())
+        }
+    }
+}
+
+/// A PING to every master of the cluster at the address the cluster announces for it (`CLUSTER
+/// SLOTS`, asked of the first seed that answers), each over a connection of its own with the
+/// seeds' TLS settings and credentials. The cluster client connects to every node at that
+/// address, not at the seeds' names, so a certificate that does not name it (a node certificate
+/// for a DNS name while the nodes announce their IP) is refused there only; and the cluster
+/// client retries such a node in the background, a PING routed through it waiting instead of
+/// failing. A plain connection says why.
+async fn ping_announced_masters(seeds: &[redis::ConnectionInfo]) -> anyhow::Result<()> {
+    let mut slots = Err(anyhow::anyhow!("no seed"));
+    for seed in seeds {
+        slots = ask(seed.clone(), redis::cmd("CLUSTER").arg("SLOTS"))
+            .await
+            .with_context(|| format!("CLUSTER SLOTS of the seed {}", seed.addr()));
+        match &slots {
+            Ok(_) => break,
+            Err(e) if certificate_refused(e) => break,
+            Err(_) => {}
+        }
+    }
+    let masters = announced_masters(&slots?);
+    let pings = masters.into_iter().map(|(host, port)| {
+        let seed = &seeds[0];
+        async move {
+            let addr = match seed.addr().clone() {
+                redis::ConnectionAddr::TcpTls {
+                    insecure,
+                    tls_params,
+                    ..
+                } => redis::ConnectionAddr::TcpTls {
+                    host: host.clone(),
+                    port,
+                    insecure,
+                    tls_params,
+                },
+                _ => return Ok(()),
+            };
+            ask(seed.clone().set_addr(addr), &redis::cmd("PING"))
+                .await
+                .map(drop)
+                .with_context(|| format!("the master {host}:{port}, as the cluster announces it"))
+        }
+    });
+    futures_util::future::try_join_all(pings).await?;
+    Ok(())
+}
+
+/// When a cluster's seeds could not be connected to: a seed's certificate refusal, if any seed
+/// gives one (each asked on a connection of its own, at once, within [`CONNECT_CHECK`]). The
+/// cluster client reports only the last of its seeds' errors, so a wrong CA could read as
+/// another seed's `Connection refused` or timeout; the refusal is the reason to give.
+async fn seed_certificate_refusal(seeds: &[redis::ConnectionInfo]) -> Option<anyhow::Error> {
+    if !matches!(seeds.first()?.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+        return None;
+    }
+    let mut asks: futures_util::stream::FuturesUnordered<_> = seeds
+        .iter()
+        .map(|seed| async move {
+            ask(seed.clone(), &redis::cmd("PING"))
+                .await
+                .with_context(|| format!("connecting to the Redis Cluster's seed {}", seed.addr()))
+        })
+        .collect();
+    while let Some(answer) = asks.next().await {
+        if let Err(e) = answer {
+            if certificate_refused(&e) {
+                return Some(e);
             }
         }
     }
+    None
+}
+
+/// `cmd` on a connection of its own to `info`, within [`CONNECT_CHECK`] (connect included).
+async fn ask(info: redis::ConnectionInfo, cmd: &redis::Cmd) -> anyhow::Result<redis::Value> {
+    let run = async {
+        let client = redis::Client::open(info)?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_CHECK))
+            .set_response_timeout(Some(CONNECT_CHECK));
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        cmd.query_async::<redis::Value>(&mut conn).await
+    };
+    tokio::time::timeout(CONNECT_CHECK, run)
+        .await
+        .map_err(|_| anyhow::anyhow!("timed out after {CONNECT_CHECK:?}"))?
+        .map_err(anyhow::Error::from)
+}
+
+/// The masters' `(host, port)` in a `CLUSTER SLOTS` reply (`[[start, end, [host, port, id, ..],
+/// replicas..], ..]`), each once. An empty host means the answering node's own (Redis leaves it
+/// empty when it does not know its address): that is a seed, already checked, so skipped, as is
+/// `?` (an unknown endpoint).
+fn announced_masters(slots: &redis::Value) -> Vec<(String, u16)> {
+    use redis::Value;
+    let Value::Array(ranges) = slots else {
+        return vec![];
+    };
+    let mut out: Vec<(String, u16)> = vec![];
+    for range in ranges {
+        let Value::Array(range) = range else { continue };
+        let Some(Value::Array(master)) = range.get(2) else {
+            continue;
+        };
+        let (Some(Value::BulkString(host)), Some(Value::Int(port))) =
+            (master.first(), master.get(1))
+        else {
+            continue;
+        };
+        let host = String::from_utf8_lossy(host).into_owned();
+        let Ok(port) = u16::try_from(*port) else {
+            continue;
+        };
+        if host.is_empty() || host == "?" || out.contains(&(host.clone(), port)) {
+            continue;
+        }
+        out.push((host, port));
+    }
+    out
+}
+
+/// Whether `e` is the TLS client refusing the server's certificate (not Redis being down).
+fn certificate_refused(e: &anyhow::Error) -> bool {
+    let text = format!("{e:#}");
+    e.chain().any(crate::tls::is_certificate_error)
+        || text.contains("invalid peer certificate")
+        || text.contains("CertificateError")
+        || text.contains("certificate")
+}
+
+/// A refused certificate, said as such with the settings to check, the same for one `rediss://`
+/// server ([`check_tls`]) and a `rediss+cluster://` cluster (whose client fails at its first
+/// connection, in [`Redis::connect`]). Any other error is returned as it is.
+fn explain_certificate_refusal(e: anyhow::Error) -> anyhow::Error {
+    if !certificate_refused(&e) {
+        return e;
+    }
+    e.context(
+        "Redis over TLS: the server's certificate was refused (check NOTIFYD_REDIS_CA_FILE and \
+         the host name in REDIS_URL)",
+    )
 }
 
 /// Bound on [`check_tls`]'s PING (connect and TLS handshake included).
@@ -456,4 +609,44 @@ pub async fn canary(hub: &Hub, redis: &Redis, channel: &str) -> bool {
         metrics::counter!("notifyd_readyz_canary_failures_total").increment(1);
     }
     arrived
+}
+
+#[cfg(test)]
+mod tests {
+    use super::announced_masters;
+    use redis::Value;
+
+    fn node(host: &str, port: i64) -> Value {
+        Value::Array(vec![
+            Value::BulkString(host.as_bytes().to_vec()),
+            Value::Int(port),
+            Value::BulkString(b"id".to_vec()),
+        ])
+    }
+
+    fn range(start: i64, end: i64, nodes: Vec<Value>) -> Value {
+        let mut r = vec![Value::Int(start), Value::Int(end)];
+        r.extend(nodes);
+        Value::Array(r)
+    }
+
+    #[test]
+    fn the_masters_of_cluster_slots_once_each_without_replicas_or_unknown_hosts() {
+        let slots = Value::Array(vec![
+            range(0, 100, vec![node("10.0.0.1", 7000), node("10.0.0.4", 7003)]),
+            range(101, 200, vec![node("10.0.0.2", 7001)]),
+            range(201, 300, vec![node("10.0.0.1", 7000)]),
+            range(301, 400, vec![node("", 7002)]),
+            range(401, 500, vec![node("?", 7005)]),
+            range(501, 600, vec![node("10.0.0.3", 70_000)]),
+        ]);
+        assert_eq!(
+            announced_masters(&slots),
+            [
+                ("10.0.0.1".to_string(), 7000),
+                ("10.0.0.2".to_string(), 7001)
+            ]
+        );
+        assert!(announced_masters(&Value::Nil).is_empty());
+    }
 }

@@ -195,7 +195,7 @@ impl Settings {
             relay_batch: 2000,
             relay_coalesce: Duration::from_millis(5),
             ws_max_joining: None,
-            ws_join_queue: 8192,
+            ws_join_queue: 16384,
             ws_join_wait: Duration::from_secs(5),
             http_workers: None,
             relay_partitions: 1,

@@ -352,7 +352,7 @@ pub static SETTINGS: &[Setting] = &[
     },
     Setting {
         env: "NOTIFYD_WS_JOIN_QUEUE",
-        default: Default::Value("8192"),
+        default: Default::Value("16384"),
         secret: false,
         kind: Kind::Count {
             // Each waiting handshake holds a file descriptor.

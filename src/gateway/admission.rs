@@ -5,7 +5,8 @@
 //! handshake, a token check, an actor and a catch-up read, and thousands at once starve the HTTP
 //! API on the same cores (a REST call waits behind every handshake its worker holds). So at most
 //! `NOTIFYD_WS_MAX_JOINING` handshakes are worked on at once, each from its request until its
-//! `hello` was sent.
+//! catch-up read is queued (`UserActor::join`): the CPU part of a join. Its wait for the
+//! database takes no turn; the catch-up batcher's queue bounds those.
 //!
 //! One more waits for a turn, in arrival order, once the checks that need no database passed
 //! (origin, token, `since`, socket limits: `gateway::ws`), holding its connection and its socket
@@ -75,7 +76,7 @@ impl Admission {
         }
     }
 
-    /// A turn to work on a handshake (held until its `hello` was sent), at once or after a wait
+    /// A turn to work on a handshake (held until its catch-up read is queued), at once or after a wait
     /// in arrival order (tokio's semaphore hands a freed permit to the longest waiter).
     pub async fn admit(&self) -> Result<OwnedSemaphorePermit, Refused> {
         match self.joining.clone().try_acquire_owned() {
@@ -112,6 +113,11 @@ impl Admission {
     /// Handshakes waiting for a turn now.
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Turns no handshake holds now.
+    pub fn turns_free(&self) -> usize {
+        self.joining.available_permits()
     }
 }
 

@@ -23,8 +23,10 @@ use crate::state::AppState;
 use crate::store::events::{self, ResumeRow};
 use crate::store::inbox_state::Counters;
 
-/// Joins waiting for their read on this node; more are refused with `retry_after`.
-pub const QUEUE: usize = 8192;
+/// Joins waiting for their read on this node; more are refused with `retry_after`. As many as
+/// the handshakes that may wait for a turn (`NOTIFYD_WS_JOIN_QUEUE`'s default): a turn ends
+/// once its read is queued here, so a storm's joins pass from that queue into this one.
+pub const QUEUE: usize = 16384;
 /// Requests read by one statement. With at most `MAX_REPLAY` events each, this also bounds
 /// what one batch holds in memory.
 pub const BATCH_USERS: usize = 256;

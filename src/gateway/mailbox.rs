@@ -51,6 +51,10 @@ pub struct Join {
     pub since: Option<i64>,
     /// The inbox epoch the client's `since` belongs to (from its `hello`), if it said.
     pub epoch: Option<i64>,
+    /// The handshake's admission turn (`gateway::admission`), given back as soon as the join's
+    /// catch-up read is queued: the turn bounds the handshakes' CPU work, and a join waiting
+    /// for the database costs none (see `UserActor::join`).
+    pub turn: Option<OwnedSemaphorePermit>,
     /// Fired once `hello` (and `sync`) are queued for the session.
     pub joined: oneshot::Sender<()>,
 }
@@ -205,6 +209,7 @@ mod tests {
             session,
             since: None,
             epoch: None,
+            turn: None,
             joined: joined_tx,
         };
         assert!(tx.try_send(ActorMsg::Join(Box::new(join))).is_ok());

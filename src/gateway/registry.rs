@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::admission::Admission;
 use super::catch_up::CatchUp;
@@ -132,6 +132,7 @@ impl Gateway {
         session: SessionTx,
         since: Option<i64>,
         epoch: Option<i64>,
+        turn: OwnedSemaphorePermit,
     ) -> Result<(MailboxSender, oneshot::Receiver<()>), ApiError> {
         let mut actors = self.actors();
         let user = user.to_string();
@@ -140,6 +141,7 @@ impl Gateway {
             session,
             since,
             epoch,
+            turn: Some(turn),
             joined: joined_tx,
         }));
         if let Some(entry) = actors.get(&user) {

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::conn::Conn;
@@ -88,9 +88,6 @@ pub struct SessionCtx {
     pub claims: Option<UserClaims>,
     /// Held while the session lives: counts against the user's socket limit.
     pub permit: SocketPermit,
-    /// Held until `hello` was sent: counts against the node's handshakes in flight
-    /// (`NOTIFYD_WS_MAX_JOINING`).
-    pub joining: Option<OwnedSemaphorePermit>,
     pub conn: Option<Conn>,
 }
 
@@ -120,7 +117,6 @@ pub async fn run(ctx: Box<SessionCtx>) {
         state,
         claims,
         permit,
-        mut joining,
         conn,
     } = *ctx;
     // Liveness and the token's expiry, on one timer (transport-neutral).
@@ -140,8 +136,6 @@ pub async fn run(ctx: Box<SessionCtx>) {
             _ = me.close_asked() => break,
             r = wait_joined(&mut joined), if !is_joined => {
                 joined = None; // frees the channel
-                // Joined or refused, this handshake no longer counts as in flight.
-                drop(joining.take());
                 if r.is_err() {
                     break; // the actor could not take the session (it closed it)
                 }

@@ -28,7 +28,7 @@ use actix_web::http::{header, Method};
 use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder, ResponseError};
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
-use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -162,7 +162,7 @@ pub async fn connect(
     let (actor, joined) = match &claims {
         Some(c) => match state
             .gateway
-            .join(&shared, &c.user, me.clone(), since, epoch)
+            .join(&shared, &c.user, me.clone(), since, epoch, joining)
         {
             Ok((actor, joined)) => (Some(actor), joined),
             Err(e) => {
@@ -176,6 +176,7 @@ pub async fn connect(
             anonymous_gauge(&me, 1.0);
             let (hello_sent, joined) = oneshot::channel();
             let _ = hello_sent.send(());
+            drop(joining); // hello is out: the handshake's work is done
             (None, joined)
         }
     };
@@ -200,7 +201,6 @@ pub async fn connect(
             actor,
             claims,
             joined,
-            joining: Some(joining),
             pending,
             ready: ready_tx,
             permit,
@@ -433,7 +433,6 @@ struct SessionCtx {
     actor: Option<MailboxSender>,
     claims: Option<UserClaims>,
     joined: oneshot::Receiver<()>,
-    joining: Option<OwnedSemaphorePermit>,
     pending: Option<Pending>,
     ready: oneshot::Sender<()>,
     permit: SocketPermit,
@@ -461,7 +460,6 @@ async fn run(ctx: Box<SessionCtx>) {
         actor,
         claims,
         joined,
-        mut joining,
         mut pending,
         ready,
         permit,
@@ -490,7 +488,6 @@ async fn run(ctx: Box<SessionCtx>) {
                 }
             }, if joined.is_some() => {
                 joined = None;
-                drop(joining.take());
                 match r {
                     Ok(()) => {
                         // `hello` is queued: the topics' retained values follow it, and the

@@ -174,9 +174,10 @@ impl Actor {
                     session,
                     since,
                     epoch,
+                    turn,
                     joined,
                 } = *j;
-                self.join(session, since, epoch, joined).await
+                self.join(session, since, epoch, turn, joined).await
             }
             ActorMsg::Leave { session } => self.remove(session),
             ActorMsg::Command(c) => {
@@ -215,16 +216,25 @@ impl Actor {
         tx: SessionTx,
         since: Option<i64>,
         epoch: Option<i64>,
+        turn: Option<OwnedSemaphorePermit>,
         joined: oneshot::Sender<()>,
     ) {
         // Through the node's batcher: in a reconnect storm one statement reads many users'
         // counters and missed events (see gateway::catch_up).
-        let read = match self
+        let read = self
             .state
             .gateway
             .catch_up
-            .read(&self.state, &self.user, since, epoch)
-        {
+            .read(&self.state, &self.user, since, epoch);
+        // The handshake's turn ends here, queued or refused. Turns bound the handshakes' CPU
+        // work (REST calls on the same workers wait behind it); a join waiting for its read
+        // costs none, and the batcher's own queue bounds how many wait. Held until `hello`, as
+        // before, the turns also capped how many users one catch-up statement could read:
+        // with PostgreSQL busy (services' POSTs), 64 turns made batches of ~15 users, each
+        // statement slow, and a 15,000-client storm took 20 s, most of it refused clients
+        // waiting out their `retry_after` (docs/decisions/0005).
+        drop(turn);
+        let read = match read {
             Ok(read) => read,
             Err(Busy) => return refuse_busy(&tx, "catch_up_queue_full"),
         };

@@ -83,7 +83,7 @@ pub async fn connect(
     let (actor, joined) = match &claims {
         Some(c) => match state
             .gateway
-            .join(&shared, &c.user, me.clone(), since, epoch)
+            .join(&shared, &c.user, me.clone(), since, epoch, joining)
         {
             Ok((actor, joined)) => (Some(actor), joined),
             Err(e) => {
@@ -102,6 +102,7 @@ pub async fn connect(
             super::inbound::anonymous_gauge(&me, 1.0);
             let (hello_sent, joined) = oneshot::channel();
             let _ = hello_sent.send(());
+            drop(joining); // hello is out: the handshake's work is done
             (None, joined)
         }
     };
@@ -118,7 +119,6 @@ pub async fn connect(
         state: shared,
         claims,
         permit,
-        joining: Some(joining),
         conn,
     }));
     actix_web::rt::spawn(session.instrument(span));

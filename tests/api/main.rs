@@ -23,6 +23,7 @@ mod pooler;
 mod preferences;
 mod push;
 mod redis_cluster;
+mod redis_tls_cluster;
 mod relay;
 mod relay_spread;
 mod replica;

@@ -7,9 +7,11 @@
 //! These tests need a cluster of their own (3 masters, 3 replicas, a master they may kill):
 //! scripts/redis-cluster-test.sh starts one and runs them with `--ignored`, naming its seeds in
 //! `NOTIFYD_TEST_REDIS_CLUSTER` and its directory (one `<port>/redis.pid` per node) in
-//! `NOTIFYD_TEST_REDIS_CLUSTER_DIR`.
+//! `NOTIFYD_TEST_REDIS_CLUSTER_DIR`. The same delivery and failover checks run against a
+//! TLS-only cluster from redis_tls_cluster.rs (through [`Cluster`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,16 +23,69 @@ use crate::helpers::*;
 
 const T: Duration = Duration::from_secs(20);
 
-fn seeds() -> String {
-    std::env::var("NOTIFYD_TEST_REDIS_CLUSTER")
-        .expect("NOTIFYD_TEST_REDIS_CLUSTER: run scripts/redis-cluster-test.sh")
+/// A Redis Cluster that scripts/redis-cluster-test.sh started.
+pub struct Cluster {
+    /// `host:port,host:port,...`
+    pub seeds: String,
+    /// One `<port>/redis.pid` per node (the master-kill test kills one).
+    pub dir: String,
+    /// A TLS-only cluster: `rediss+cluster://`, with this CA as `NOTIFYD_REDIS_CA_FILE`.
+    pub ca: Option<PathBuf>,
 }
 
-/// A node of the notifyd cluster `prefix` on the Redis Cluster.
+/// `var`'s value, or a panic that says how to run these tests.
+pub fn env(var: &str) -> String {
+    std::env::var(var)
+        .unwrap_or_else(|_| panic!("{var} is not set: run scripts/redis-cluster-test.sh"))
+}
+
+impl Cluster {
+    /// The plain cluster.
+    fn plain() -> Cluster {
+        Cluster {
+            seeds: env("NOTIFYD_TEST_REDIS_CLUSTER"),
+            dir: env("NOTIFYD_TEST_REDIS_CLUSTER_DIR"),
+            ca: None,
+        }
+    }
+
+    /// `REDIS_URL` for the cluster.
+    pub fn url(&self) -> String {
+        let scheme = if self.ca.is_some() {
+            "rediss+cluster"
+        } else {
+            "redis+cluster"
+        };
+        format!("{scheme}://{}", self.seeds)
+    }
+
+    /// A node of the notifyd cluster `opts.prefix` on this Redis Cluster (with the CA when it
+    /// takes TLS only).
+    pub async fn spawn(&self, db: &TestDb, opts: Opts) -> TestApp {
+        let opts = Opts {
+            redis_url: Some(self.url()),
+            ..opts
+        };
+        let ca = self.ca.clone();
+        spawn_app_with(db, opts, |s| s.redis_ca_file = ca).await
+    }
+
+    /// One node of it, by port, plainly (to read `CLUSTER NODES`).
+    fn node(&self, port: u16) -> anyhow::Result<redis::Client> {
+        let info = match &self.ca {
+            None => notifyd::broker::connection_info(&format!("redis://127.0.0.1:{port}"))?,
+            Some(ca) => notifyd::broker::connection_info_with_ca(
+                &format!("rediss://localhost:{port}"),
+                Some(ca),
+            )?,
+        };
+        Ok(redis::Client::open(info)?)
+    }
+}
+
 fn on_cluster(prefix: &str) -> Opts {
     Opts {
         prefix: Some(prefix.to_string()),
-        redis_url: Some(format!("redis+cluster://{}", seeds())),
         ..Default::default()
     }
 }
@@ -121,10 +176,16 @@ async fn connected(app: &TestApp, user: &str, topics: &[&str]) -> Reader {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs a Redis Cluster: scripts/redis-cluster-test.sh"]
 async fn user_and_topic_events_cross_nodes_and_presence_is_shared() {
+    events_cross_nodes_and_presence_is_shared(&Cluster::plain()).await;
+}
+
+/// Users' messages created on the node that does not hold their socket, and topic events from
+/// both nodes, reach their sockets through the cluster's shards; presence is read across.
+pub async fn events_cross_nodes_and_presence_is_shared(cluster: &Cluster) {
     let db = TestDb::new().await;
     let prefix = new_prefix();
-    let a = spawn_app(&db, on_cluster(&prefix)).await;
-    let b = spawn_app(&db, on_cluster(&prefix)).await;
+    let a = cluster.spawn(&db, on_cluster(&prefix)).await;
+    let b = cluster.spawn(&db, on_cluster(&prefix)).await;
     eventually(T, "both hubs subscribed", || async {
         (a.hub_connected() && b.hub_connected()).then_some(())
     })
@@ -188,12 +249,15 @@ async fn user_and_topic_events_cross_nodes_and_presence_is_shared() {
 }
 
 /// The masters of the cluster now: `(port, slots they own)`, read from any live node.
-async fn masters(dir: &str) -> Vec<(u16, usize)> {
-    for entry in std::fs::read_dir(dir).expect("cluster dir").flatten() {
+async fn masters(cluster: &Cluster) -> Vec<(u16, usize)> {
+    for entry in std::fs::read_dir(&cluster.dir)
+        .expect("cluster dir")
+        .flatten()
+    {
         let Ok(port) = entry.file_name().to_string_lossy().parse::<u16>() else {
             continue;
         };
-        let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}")) else {
+        let Ok(client) = cluster.node(port) else {
             continue;
         };
         let Ok(Ok(mut c)) = tokio::time::timeout(
@@ -221,7 +285,7 @@ async fn masters(dir: &str) -> Vec<(u16, usize)> {
             })
             .collect();
     }
-    panic!("no live node in {dir}");
+    panic!("no live node in {}", cluster.dir);
 }
 
 /// A producer creates messages for users connected on both nodes (and topic events) while a
@@ -230,8 +294,11 @@ async fn masters(dir: &str) -> Vec<(u16, usize)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs a Redis Cluster it may kill a master of: scripts/redis-cluster-test.sh"]
 async fn a_master_killed_under_load_loses_no_user_event() {
-    let dir = std::env::var("NOTIFYD_TEST_REDIS_CLUSTER_DIR")
-        .expect("NOTIFYD_TEST_REDIS_CLUSTER_DIR: run scripts/redis-cluster-test.sh");
+    a_master_killed_under_load_loses_no_user_event_on(&Cluster::plain()).await;
+}
+
+pub async fn a_master_killed_under_load_loses_no_user_event_on(cluster: &Cluster) {
+    let dir = &cluster.dir;
     let db = TestDb::new().await;
     let prefix = new_prefix();
     // No periodic audit: what the failover lost must be repaired by the resubscription's
@@ -240,16 +307,17 @@ async fn a_master_killed_under_load_loses_no_user_event() {
         audit_interval: Some(Duration::from_secs(3600)),
         ..on_cluster(&prefix)
     };
-    let a = Arc::new(spawn_app(&db, quiet.clone()).await);
+    let a = Arc::new(cluster.spawn(&db, quiet.clone()).await);
     let b = Arc::new(
-        spawn_app(
-            &db,
-            Opts {
-                node_id: format!("b-{}", new_user()),
-                ..quiet
-            },
-        )
-        .await,
+        cluster
+            .spawn(
+                &db,
+                Opts {
+                    node_id: format!("b-{}", new_user()),
+                    ..quiet
+                },
+            )
+            .await,
     );
     eventually(T, "both hubs subscribed", || async {
         (a.hub_connected() && b.hub_connected()).then_some(())
@@ -299,7 +367,7 @@ async fn a_master_killed_under_load_loses_no_user_event() {
     };
 
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let before = masters(&dir).await;
+    let before = masters(cluster).await;
     let (victim, _) = *before
         .iter()
         .find(|(_, slots)| *slots > 0)
@@ -313,7 +381,7 @@ async fn a_master_killed_under_load_loses_no_user_event() {
     let t0 = tokio::time::Instant::now();
     println!("killed the master on port {victim} (pid {})", pid.trim());
     eventually(Duration::from_secs(60), "a replica took over", || async {
-        let now = masters(&dir).await;
+        let now = masters(cluster).await;
         (now.len() == before.len() && now.iter().all(|(p, _)| *p != victim)).then_some(())
     })
     .await;
@@ -409,7 +477,7 @@ async fn subscribing_twenty_thousand_channels_on_the_cluster_and_on_one_redis() 
     let prefix = new_prefix();
     for (name, url) in [
         ("one Redis", redis_url()),
-        ("Redis Cluster", format!("redis+cluster://{}", seeds())),
+        ("Redis Cluster", Cluster::plain().url()),
     ] {
         let hub = Hub::new();
         let (tx, _rx) = tokio::sync::mpsc::channel::<HubMsg>(1);

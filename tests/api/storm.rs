@@ -155,8 +155,8 @@ async fn told_when_to_retry_after(outage: fn(&Cuttable), db_request_timeout: Opt
     app.stop().await;
 }
 
-/// Past `NOTIFYD_WS_MAX_JOINING` handshakes in flight (here 2, held in flight by a database that
-/// stopped answering) and with no place to wait (`NOTIFYD_WS_JOIN_QUEUE=0`), one more is
+/// Past `NOTIFYD_WS_MAX_JOINING` handshakes in flight (here 2, held in flight while a database
+/// that stopped answering holds their user's actor: `hold_turns`) and with no place to wait (`NOTIFYD_WS_JOIN_QUEUE=0`), one more is
 /// upgraded and closed at once with 1013 and a `retry_after` of 1 to 5 s, before any database
 /// work. A bad token still gets its 401: it is checked before admission. Once the in-flight
 /// joins have ended, a client that retries as told gets in.
@@ -174,17 +174,14 @@ async fn handshakes_past_the_nodes_cap_are_told_when_to_retry_and_get_in_when_th
         s.ws_join_queue = 0;
     })
     .await;
-    let users: Vec<String> = (0..3).map(|_| new_user()).collect();
+    let users: Vec<String> = (0..2).map(|_| new_user()).collect();
     for u in &users {
         app.send(u, "before").await;
     }
     proxy.freeze();
-    // Two joins wait for their catch-up reads: the node is full.
-    let mut waiting = vec![];
-    for u in &users[..2] {
-        waiting.push(app.ws(u, Some(0)).await);
-    }
-    let mut third = app.ws(&users[2], Some(0)).await;
+    // Two joins hold the node's two turns (`hold_turns`): the node is full.
+    let mut waiting = hold_turns(&app, &users[0], 2).await;
+    let mut third = app.ws(&users[1], Some(0)).await;
     assert_eq!(
         third.expect_close(Duration::from_secs(30)).await,
         Some(1013)
@@ -207,8 +204,8 @@ async fn handshakes_past_the_nodes_cap_are_told_when_to_retry_and_get_in_when_th
     assert_eq!(refused_status(bad), 401, "a bad token on a full node");
 
     proxy.restore();
-    // The two held joins end (with `hello`, or with 1013 if their read failed during the
-    // freeze): either way they no longer count against the cap.
+    // The held joins end (with `hello`, or with 1013 if their read failed during the freeze):
+    // either way they no longer count against the cap.
     for mut c in waiting {
         match c.next(Duration::from_secs(30)).await {
             Some(f) => assert_eq!(f["type"], "hello", "{f}"),
@@ -223,7 +220,7 @@ async fn handshakes_past_the_nodes_cap_are_told_when_to_retry_and_get_in_when_th
         tries += 1;
         assert!(tries <= 30, "never got in after {} tries", tries - 1);
         tokio::time::sleep(Duration::from_millis(wait)).await;
-        let mut c = app.ws(&users[2], Some(0)).await;
+        let mut c = app.ws(&users[1], Some(0)).await;
         if c.next(Duration::from_secs(20)).await.is_some() {
             break c;
         }
@@ -241,7 +238,7 @@ async fn handshakes_past_the_nodes_cap_are_told_when_to_retry_and_get_in_when_th
 }
 
 /// With a cap far below the crowd (3 handshakes in flight, no queue, 30 clients at once, the
-/// database paused until the cap has refused someone, so the first joins surely hold it), every
+/// database paused and the cap held (`hold_turns`) until the cap has refused someone), every
 /// client that honours 1013's `retry_after` gets in, each with its `hello` at its own seq.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crowd_larger_than_the_cap_all_gets_in_by_retrying_as_told() {
@@ -259,7 +256,10 @@ async fn a_crowd_larger_than_the_cap_all_gets_in_by_retrying_as_told() {
     for u in &users {
         app.send(u, "one").await;
     }
+    let held = new_user();
+    app.send(&held, "one").await;
     proxy.freeze();
+    let _held = hold_turns(&app, &held, 3).await;
     let refused = std::sync::atomic::AtomicUsize::new(0);
     // The cap must refuse some (else this test shows nothing about retrying): the database
     // answers again only once it has.
@@ -301,10 +301,10 @@ async fn a_crowd_larger_than_the_cap_all_gets_in_by_retrying_as_told() {
     app.stop().await;
 }
 
-/// With the default queue, a crowd larger than the cap (3 handshakes in flight, 30 clients at
-/// once, their catch-up reads held by a lock on the inbox tables until some handshakes wait in
-/// the queue, so the first joins surely hold the cap) waits for its turns instead of being
-/// refused: every client gets its `hello` on its first try.
+/// With the default queue, a crowd larger than the cap (3 handshakes in flight, held by
+/// `hold_turns` while the inbox tables are locked until some of the 30 clients wait in the
+/// queue) waits for its turns instead of being refused: every client gets its `hello` on its
+/// first try.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crowd_larger_than_the_cap_waits_its_turn_and_nobody_is_refused() {
     const CLIENTS: usize = 30;
@@ -317,7 +317,10 @@ async fn a_crowd_larger_than_the_cap_waits_its_turn_and_nobody_is_refused() {
     for u in &users {
         app.send(u, "one").await;
     }
+    let held = new_user();
+    app.send(&held, "one").await;
     let locker = lock_inbox_tables(&db).await;
+    let _held = hold_turns(&app, &held, 3).await;
     // Nobody waiting would show nothing about the queue: the lock goes only once some do.
     let pause = async {
         eventually(
@@ -346,6 +349,51 @@ async fn a_crowd_larger_than_the_cap_waits_its_turn_and_nobody_is_refused() {
     app.stop().await;
 }
 
+/// A handshake's turn covers the CPU part of its join, not its wait for the database: once its
+/// catch-up read is queued the turn is free for the next handshake. (Held until `hello`, turns
+/// also capped the users one catch-up statement could read: with PostgreSQL busy, a
+/// 15,000-client storm then took 20 s instead of 5; docs/decisions/0020.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_waiting_for_the_database_holds_no_turn() {
+    let db = TestDb::new().await;
+    let app = spawn_app_with(&db, Opts::no_relay(), |s| {
+        s.ws_max_joining = Some(1);
+        // The reads wait for the lock, not for a statement timeout that would end the joins.
+        s.db_request_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let (first, second) = (new_user(), new_user());
+    app.send(&first, "one").await;
+    app.send(&second, "one").await;
+    let admission = &app.stopper.state().gateway.admission;
+    let locker = lock_inbox_tables(&db).await;
+    let a = app.ws(&first, Some(0)).await;
+    eventually(
+        Duration::from_secs(10),
+        "the only turn free while the first join's read waits",
+        || async { (admission.turns_free() == 1).then_some(()) },
+    )
+    .await;
+    let b = app.ws(&second, Some(0)).await;
+    eventually(
+        Duration::from_secs(10),
+        "the second join past its turn too, nobody waiting for one",
+        || async { (admission.turns_free() == 1 && admission.waiting() == 0).then_some(()) },
+    )
+    .await;
+    assert!(
+        a.frames.is_empty() && b.frames.is_empty(),
+        "read while locked"
+    );
+    release(locker).await;
+    for mut c in [a, b] {
+        let hello = c.expect("hello", Duration::from_secs(20)).await;
+        assert_eq!(hello["seq"].as_i64(), Some(1));
+        c.close().await;
+    }
+    app.stop().await;
+}
+
 /// Holds the inbox tables locked (so joins wait for their catch-up reads) until the returned
 /// connection commits.
 async fn lock_inbox_tables(db: &TestDb) -> diesel_async::AsyncPgConnection {
@@ -363,8 +411,8 @@ async fn lock_inbox_tables(db: &TestDb) -> diesel_async::AsyncPgConnection {
     locker
 }
 
-/// With `NOTIFYD_WS_MAX_JOINING=1`: a join that holds the node's only turn (its catch-up read
-/// waits on the locked inbox tables) until `release` of the returned connection.
+/// With `NOTIFYD_WS_MAX_JOINING=1`: a join that holds the node's only turn until `release` of
+/// the returned connection (see `hold_turns`).
 async fn hold_the_only_turn(
     app: &TestApp,
     db: &TestDb,
@@ -372,8 +420,31 @@ async fn hold_the_only_turn(
     let held = new_user();
     app.send(&held, "one").await;
     let locker = lock_inbox_tables(db).await;
-    let holding = app.ws(&held, Some(0)).await;
-    (locker, holding)
+    let mut holding = hold_turns(app, &held, 1).await;
+    (locker, holding.swap_remove(0))
+}
+
+/// Holds `n` of the node's handshake turns while the database does not answer (the caller
+/// locked the inbox tables or froze the connection first). A turn covers a join until its
+/// catch-up read is queued, not the read itself; so one join of `user` is let in first: its
+/// actor then waits for that read, and the next `n` joins of the same user wait in the actor's
+/// mailbox, each holding its turn, until the database answers. Returns all `n + 1` clients,
+/// the turn holders last; each gets its `hello` once the database answers.
+async fn hold_turns(app: &TestApp, user: &str, n: usize) -> Vec<WsClient> {
+    let admission = &app.stopper.state().gateway.admission;
+    let free = admission.turns_free();
+    assert!(free >= n, "{free} turns free, {n} to hold");
+    let mut clients = vec![app.ws(user, Some(0)).await];
+    for _ in 0..n {
+        clients.push(app.ws(user, Some(0)).await);
+    }
+    eventually(
+        Duration::from_secs(10),
+        "the joins hold their turns",
+        || async { (admission.turns_free() == free - n).then_some(()) },
+    )
+    .await;
+    clients
 }
 
 /// A client that gives up while its handshake waits for a turn (closes its side) costs no

@@ -1,6 +1,6 @@
 //! The checker (every client's log against the database) and the report.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,8 +12,8 @@ use diesel::QueryableByName;
 
 use crate::clients::{Client, ClientLog};
 use crate::cluster::Cluster;
-use crate::faults::{Fault, FaultKind, ALL_FAULTS};
-use crate::producer::ProducerLog;
+use crate::faults::{Fault, FaultKind};
+use crate::producer::{ProducerLog, TopicLog};
 use crate::proxy::RoleCounts;
 use crate::util::lock;
 use crate::NODES;
@@ -39,6 +39,10 @@ pub(crate) struct UnreadRow {
 #[derive(Default)]
 pub(crate) struct Report {
     pub(crate) mode: String,
+    /// What the nodes use for Redis ("private Redis", "private Redis Cluster (...)").
+    pub(crate) redis: String,
+    /// The kinds of fault this run injects (the table lists each, injected or not).
+    pub(crate) fault_kinds: Vec<FaultKind>,
     pub(crate) users: usize,
     pub(crate) clients: usize,
     pub(crate) regular: usize,
@@ -50,6 +54,10 @@ pub(crate) struct Report {
     /// (kind, injected at, over at, detail) for the timeline.
     pub(crate) faults: Vec<(FaultKind, f64, f64, String)>,
     pub(crate) takeovers_ms: Vec<f64>,
+    /// Redis master kills: from the kill to the cluster serving every slot again.
+    pub(crate) failovers_ms: Vec<f64>,
+    /// Live topic events, when the run publishes any.
+    pub(crate) topics: Option<TopicCounts>,
     pub(crate) slow_closed: Vec<bool>,
     /// Half-open faults: (kind, per kind of connection (frozen, closed by the nodes themselves)).
     pub(crate) half_open: Vec<(FaultKind, RoleCounts)>,
@@ -111,7 +119,7 @@ impl Report {
         let _ = writeln!(s, "## notifyd chaos run ({})\n", self.mode);
         let _ = writeln!(s, "| | |\n|---|---|");
         let rows: Vec<(&str, String)> = vec![
-            ("nodes", format!("{NODES} × `notifyd serve` behind nginx (docs/deploy/nginx.conf), private PostgreSQL and Redis")),
+            ("nodes", format!("{NODES} × `notifyd serve` behind nginx (docs/deploy/nginx.conf), private PostgreSQL, {}", self.redis)),
             ("users / clients", format!("{} / {} (1–3 per user, through nginx: {})", self.users, self.clients, self.transport_split())),
             ("messages (regular, one per POST)", self.regular.to_string()),
             ("messages (slow-client floods, 100 per POST)", self.flood.to_string()),
@@ -163,7 +171,7 @@ impl Report {
             s,
             "| kind | injected | max time without delivery after it | longest silence after it |\n|---|---|---|---|"
         );
-        for kind in ALL_FAULTS {
+        for &kind in &self.fault_kinds {
             let n = self.faults.iter().filter(|f| f.0 == kind).count();
             let worst = self
                 .max_delay_by_kind
@@ -214,6 +222,21 @@ impl Report {
                 "\nRelay take-over (kill -9 of the leader → another node holds the lock): {}.",
                 t.join(", ")
             );
+        }
+        if !self.failovers_ms.is_empty() {
+            let t: Vec<String> = self
+                .failovers_ms
+                .iter()
+                .map(|ms| format!("{:.2} s", ms / 1000.0))
+                .collect();
+            let _ = writeln!(
+                s,
+                "\nRedis failover (kill -9 of a master → its replica serves every slot, `cluster_state:ok`): {}.",
+                t.join(", ")
+            );
+        }
+        if let Some(t) = &self.topics {
+            t.markdown(&mut s);
         }
         if !self.slow_closed.is_empty() {
             let _ = writeln!(
@@ -598,6 +621,245 @@ pub(crate) fn dump_client_logs(path: &Path, clients: &[Client]) {
         for (a, b) in &log.stalls {
             let _ = writeln!(out, "{a:>10.1} stalled until {b:.1}");
         }
+        for e in &log.topic_events {
+            let _ = writeln!(out, "{:>10.1} topic {} #{} {}", e.t, e.topic, e.i, e.id);
+        }
     }
     let _ = std::fs::write(path, out);
+}
+
+/// Live topic events as the clients saw them, against what the publisher got `202` for. Topic
+/// events are live only and carry no seq (contract §8): one lost while a broker path is down
+/// is never repaired, so losses are measured (and must fall in the fault's window), while
+/// order, the topics being live again afterwards, and no event for an unsubscribed client are
+/// checked.
+#[derive(Default)]
+pub(crate) struct TopicCounts {
+    pub(crate) topics: usize,
+    pub(crate) published: usize,
+    /// POSTs not answered 202 (not retried).
+    pub(crate) publish_failures: usize,
+    /// Clients counted: subscribed once, for the whole run (one connection).
+    pub(crate) clients: usize,
+    /// Clients that reconnected: what they missed while away is not the broker's loss.
+    pub(crate) clients_skipped: usize,
+    /// Σ over the counted clients of the events published after they subscribed.
+    pub(crate) expected: usize,
+    /// Σ of those received (distinct ids).
+    pub(crate) received: usize,
+    pub(crate) lost: usize,
+    /// Per node (the one holding the client's connection): (clients, Σ lost, most one lost).
+    pub(crate) by_node: BTreeMap<String, (usize, usize, usize)>,
+    /// Publish time (POST sent) of the first and last lost event, ms on the run clock.
+    pub(crate) lost_between: Option<(f64, f64)>,
+    /// The fault window losses must fall in, ms on the run clock.
+    pub(crate) window: Option<(f64, f64)>,
+    pub(crate) lost_outside_window: usize,
+    /// Copies of an id already received (the relay is at-least-once; clients drop them).
+    pub(crate) duplicates: usize,
+    pub(crate) reorders: usize,
+}
+
+/// A topic event sent this long before a fault may still be caught by it (the relay publishes
+/// it after the POST's commit, up to its coalescing window and a batch later).
+const TOPIC_WINDOW_BEFORE_MS: f64 = 2000.0;
+/// ... and this long after the fault is over (every client caught up): the last resubscription.
+const TOPIC_WINDOW_AFTER_MS: f64 = 5000.0;
+
+impl TopicCounts {
+    fn markdown(&self, s: &mut String) {
+        let _ = writeln!(
+            s,
+            "\n### Topic events (live only, at most once: contract §8)\n\n| | |\n|---|---|"
+        );
+        let window = |w: Option<(f64, f64)>| {
+            w.map_or_else(
+                || "-".into(),
+                |(a, b)| format!("{:.1} s – {:.1} s", a / 1000.0, b / 1000.0),
+            )
+        };
+        let rows: Vec<(&str, String)> = vec![
+            (
+                "topics / events published (202)",
+                format!("{} / {}", self.topics, self.published),
+            ),
+            (
+                "publish POSTs not answered 202",
+                self.publish_failures.to_string(),
+            ),
+            (
+                "clients counted (one subscription all run) / skipped (reconnected)",
+                format!("{} / {}", self.clients, self.clients_skipped),
+            ),
+            (
+                "events expected (Σ over clients, published after it subscribed)",
+                self.expected.to_string(),
+            ),
+            ("received (distinct)", self.received.to_string()),
+            (
+                "**lost**",
+                format!(
+                    "**{}** ({:.2}%)",
+                    self.lost,
+                    100.0 * self.lost as f64 / self.expected.max(1) as f64
+                ),
+            ),
+            (
+                "lost events were published between",
+                window(self.lost_between),
+            ),
+            (
+                "fault window (2 s before the fault to 5 s after it was over)",
+                window(self.window),
+            ),
+            (
+                "lost outside that window",
+                self.lost_outside_window.to_string(),
+            ),
+            (
+                "copies received (dropped by id)",
+                self.duplicates.to_string(),
+            ),
+            ("reorders (per topic)", self.reorders.to_string()),
+        ];
+        for (k, v) in rows {
+            let _ = writeln!(s, "| {k} | {v} |");
+        }
+        let _ = writeln!(
+            s,
+            "\n| node holding the connections | clients | lost (Σ) | lost (most by one client) |\n|---|---|---|---|"
+        );
+        for (node, (clients, lost, most)) in &self.by_node {
+            let _ = writeln!(s, "| {node} | {clients} | {lost} | {most} |");
+        }
+    }
+}
+
+impl Checker<'_> {
+    /// The topic events every client got against `published`; losses must fall in the window
+    /// of `fault` (if any), and every counted client must have the last event of each topic
+    /// (the topics are live again after the fault).
+    pub(crate) fn check_topics(&self, log: &TopicLog, topics: &[String], report: &mut Report) {
+        let mut t = TopicCounts {
+            topics: topics.len(),
+            published: log.published.len(),
+            publish_failures: log.failures.len(),
+            ..Default::default()
+        };
+        t.window = self.faults.first().map(|f| {
+            (
+                f.start - TOPIC_WINDOW_BEFORE_MS,
+                f.end + TOPIC_WINDOW_AFTER_MS,
+            )
+        });
+        let last: HashMap<&str, i64> = topics
+            .iter()
+            .filter_map(|topic| {
+                let i = log
+                    .published
+                    .iter()
+                    .filter(|p| &p.topic == topic)
+                    .map(|p| p.i)
+                    .max()?;
+                Some((topic.as_str(), i))
+            })
+            .collect();
+        for (ci, c) in self.clients.iter().enumerate() {
+            let clog = lock(&c.log);
+            let who = format!("client {ci} ({}, {})", c.user, c.transport.label());
+            // Order and copies hold for every client, whatever its connections.
+            let mut seen: HashSet<&str> = HashSet::new();
+            let mut highest: HashMap<&str, i64> = HashMap::new();
+            for e in &clog.topic_events {
+                if !seen.insert(e.id.as_str()) {
+                    t.duplicates += 1;
+                    continue;
+                }
+                let h = highest.entry(e.topic.as_str()).or_insert(0);
+                if e.i < *h {
+                    t.reorders += 1;
+                    report
+                        .problems
+                        .push(format!("{who}: {} event {} after {}", e.topic, e.i, *h));
+                }
+                *h = (*h).max(e.i);
+            }
+            let Some(from) = clog.topics_from else {
+                report
+                    .problems
+                    .push(format!("{who}: never subscribed to its topics"));
+                continue;
+            };
+            if AtomicUsize::load(&c.ctl.connects, Ordering::SeqCst) != 1 {
+                t.clients_skipped += 1;
+                continue;
+            }
+            t.clients += 1;
+            let node = lock(&c.ctl.upstream)
+                .as_deref()
+                .and_then(|a| self.cluster.node_index(a))
+                .map_or_else(|| "?".to_string(), |i| self.cluster.nodes[i].name.clone());
+            let mut lost_here = 0;
+            for p in log.published.iter().filter(|p| p.sent > from) {
+                t.expected += 1;
+                if seen.contains(p.id.as_str()) {
+                    t.received += 1;
+                    continue;
+                }
+                lost_here += 1;
+                t.lost_between = Some(match t.lost_between {
+                    None => (p.sent, p.sent),
+                    Some((a, b)) => (a.min(p.sent), b.max(p.sent)),
+                });
+                if !t.window.is_some_and(|(a, b)| a <= p.sent && p.sent <= b) {
+                    t.lost_outside_window += 1;
+                    report.problems.push(format!(
+                        "{who}: topic event {} #{} (sent at {:.1} s) lost outside the fault window",
+                        p.topic,
+                        p.i,
+                        p.sent / 1000.0
+                    ));
+                }
+            }
+            t.lost += lost_here;
+            let e = t.by_node.entry(node).or_default();
+            e.0 += 1;
+            e.1 += lost_here;
+            e.2 = e.2.max(lost_here);
+            for (topic, i) in &last {
+                if highest.get(topic).copied().unwrap_or(0) < *i {
+                    report.problems.push(format!(
+                        "{who}: never got {topic} #{i}, the last one published (not live again after the fault)"
+                    ));
+                }
+            }
+        }
+        if t.published == 0 {
+            report.problems.push("no topic event was published".into());
+        }
+        report.topics = Some(t);
+    }
+}
+
+impl Checker<'_> {
+    /// Every client kept the one connection it opened (a run whose faults touch neither the
+    /// nodes nor the clients' paths: a Redis failover must cost no client its connection). A
+    /// client whose node stopped delivering goes silent and reconnects, and its resume then
+    /// repairs what it missed, so the seq checks alone would not see a node that lost its
+    /// broker for good.
+    pub(crate) fn check_connections_kept(&self, report: &mut Report) {
+        for (ci, c) in self.clients.iter().enumerate() {
+            let connects = AtomicUsize::load(&c.ctl.connects, Ordering::SeqCst);
+            if connects != 1 {
+                let log = lock(&c.log);
+                let ends: Vec<&str> = log.ends.iter().map(|(_, how)| how.as_str()).collect();
+                report.problems.push(format!(
+                    "client {ci} ({}, {}): {connects} connections, not 1 (ended: {})",
+                    c.user,
+                    c.transport.label(),
+                    ends.join(", ")
+                ));
+            }
+        }
+    }
 }

@@ -43,6 +43,18 @@ pub(crate) struct FrameRec {
     pub(crate) seq: Option<i64>,
 }
 
+/// One `topic.event` as it came (duplicates included): when, which topic, its id, and the
+/// publisher's counter (`data.i`, per topic, in publish order).
+pub(crate) struct TopicRec {
+    pub(crate) t: f64,
+    pub(crate) topic: String,
+    pub(crate) id: String,
+    pub(crate) i: i64,
+}
+
+/// The `ref` of a WebSocket client's `subscribe` to its topics.
+pub(crate) const SUBSCRIBE_REF: &str = "topics";
+
 /// Everything a client saw, for the checker.
 #[derive(Default)]
 pub(crate) struct ClientLog {
@@ -68,6 +80,11 @@ pub(crate) struct ClientLog {
     pub(crate) handshake_failures: Vec<(f64, String)>,
     pub(crate) stalls: Vec<(f64, f64)>,
     pub(crate) violations: Vec<String>,
+    /// Live topic events (not the retained ones a subscribe is answered with).
+    pub(crate) topic_events: Vec<TopicRec>,
+    /// When the client's first subscription to its topics took effect (WebSocket: the `ack`
+    /// of its `subscribe`; SSE: the `hello` of a stream opened with `?topics=`).
+    pub(crate) topics_from: Option<f64>,
 }
 
 impl ClientLog {
@@ -134,6 +151,9 @@ pub(crate) struct ChaosClient {
     /// This client marks some of the messages it gets read (`{"type":"read"}`).
     pub(crate) sends_reads: bool,
     pub(crate) salt: u64,
+    /// Topics it subscribes to after every `hello` (a subscription lives as long as its
+    /// socket); none in the default run.
+    pub(crate) topics: Vec<String>,
 }
 
 impl ChaosClient {
@@ -213,6 +233,12 @@ impl ChaosClient {
                         let (hello, id) = self.on_frame(&text);
                         healthy |= hello;
                         read_cmd = id.map(|id| json!({"type": "read", "ids": [id], "ref": "r"}));
+                        if hello && !self.topics.is_empty() {
+                            let sub = json!({"type": "subscribe", "topics": self.topics, "ref": SUBSCRIBE_REF});
+                            if sink.send(WsMessage::text(sub.to_string())).await.is_err() {
+                                return (Ended::Error("sending subscribe".into()), healthy);
+                            }
+                        }
                     }
                     Ok(Some(Ok(_))) => {} // pings are answered by tungstenite itself
                 }
@@ -293,7 +319,18 @@ impl ClientLog {
                 }
             }
             "error" => self.error_frames += 1,
-            "ack" | "pong" | "topic.event" => {}
+            "ack" => {
+                if v["ref"] == SUBSCRIBE_REF && self.topics_from.is_none() {
+                    self.topics_from = Some(t);
+                }
+            }
+            "topic.event" if v.get("retained").is_none() => self.topic_events.push(TopicRec {
+                t,
+                topic: v["topic"].as_str().unwrap_or_default().to_string(),
+                id: v["id"].as_str().unwrap_or_default().to_string(),
+                i: v["data"]["i"].as_i64().unwrap_or(-1),
+            }),
+            "pong" | "topic.event" => {}
             _ => created = self.apply(&v, t),
         }
         (false, created)
@@ -351,19 +388,23 @@ pub(crate) fn transport_of(user: usize, k: usize) -> Transport {
 }
 
 /// Users `user-000`.. with 1, 2 or 3 clients each (`1 + i % 3`), on either transport
-/// (`transport_of`), all through nginx (`base`: `http://host:port`).
+/// (`transport_of`), all through nginx (`base`: `http://host:port`). Every client subscribes
+/// to `topics` (its token grants them), if any.
 pub(crate) fn start_clients(
     cfg: &Config,
     base: &str,
     clock: Clock,
     stop: &watch::Receiver<bool>,
+    topics: &[String],
 ) -> (Vec<String>, Vec<Client>) {
     let keys = notifyd::auth::jwt::JwtKeys::new(JWT_SECRET);
     let users: Vec<String> = (0..cfg.users).map(|i| format!("user-{i:03}")).collect();
     let ws_base = base.replacen("http://", "ws://", 1);
     let mut clients = vec![];
     for (i, user) in users.iter().enumerate() {
-        let token = keys.mint(user, 24 * 3600, &[]).expect("mint a user token");
+        let token = keys
+            .mint(user, 24 * 3600, topics)
+            .expect("mint a user token");
         for k in 0..1 + i % 3 {
             let n = clients.len();
             let log = Arc::new(Mutex::new(ClientLog {
@@ -383,6 +424,7 @@ pub(crate) fn start_clients(
                         stop: stop.clone(),
                         sends_reads: n % 3 == 1,
                         salt: n as u64,
+                        topics: topics.to_vec(),
                     }
                     .run(),
                 ),
@@ -394,6 +436,7 @@ pub(crate) fn start_clients(
                         ctl.clone(),
                         clock,
                         stop.clone(),
+                        topics,
                     )
                     .run(),
                 ),
@@ -408,4 +451,18 @@ pub(crate) fn start_clients(
         }
     }
     (users, clients)
+}
+
+/// Tells every client to stop (each sends its close) and waits for it, at most 5 s each.
+pub(crate) async fn stop_clients(stop: &watch::Sender<bool>, clients: &[Client]) {
+    let _ = stop.send(true);
+    for c in clients {
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while !c.task.is_finished() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        c.task.abort();
+    }
 }

@@ -14,6 +14,7 @@ use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 
 use crate::proxy::TcpProxy;
+use crate::redis_cluster::PrivateRedisCluster;
 use crate::util::{command, free_port, is_root, kill9, log_to, note, run, wait_for, TempDir};
 use crate::{Config, JWT_SECRET, NODES, SERVICE_KEY};
 
@@ -276,12 +277,22 @@ impl Node {
 
     /// `notifyd_slow_consumer_closed_total` of this process (0 if it does not answer).
     pub(crate) async fn slow_consumers_closed(&self, http: &reqwest::Client) -> f64 {
+        self.metric_sum(http, "notifyd_slow_consumer_closed_total")
+            .await
+    }
+
+    /// The sum of a metric's series (every label set) on this process's `/metrics` (0 if it
+    /// does not answer).
+    pub(crate) async fn metric_sum(&self, http: &reqwest::Client, name: &str) -> f64 {
         let Ok(r) = http.get(format!("{}/metrics", self.base())).send().await else {
             return 0.0;
         };
         let text = r.text().await.unwrap_or_default();
         text.lines()
-            .filter(|l| l.starts_with("notifyd_slow_consumer_closed_total"))
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with([' ', '{']))
+            })
             .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
             .sum()
     }
@@ -388,14 +399,18 @@ fn on_path(program: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
 }
 
-/// What the harness needs on this machine and does not find, one line each.
-pub(crate) fn missing_prerequisites() -> Vec<String> {
+/// What the harness needs on this machine and does not find, one line each (`redis-cli` too
+/// for a run on a Redis Cluster: it joins the nodes into one).
+pub(crate) fn missing_prerequisites(redis: RedisKind) -> Vec<String> {
     let mut missing = vec![];
     if let Err(e) = postgres_bin_dir() {
         missing.push(format!("PostgreSQL server binaries: {e:#}"));
     }
     if !on_path("redis-server") {
         missing.push("redis-server is not on PATH (Debian package redis-server)".into());
+    }
+    if redis == RedisKind::Cluster && !on_path("redis-cli") {
+        missing.push("redis-cli is not on PATH (Debian package redis-tools)".into());
     }
     if let Err(e) = nginx_bin() {
         missing.push(e.to_string());
@@ -486,23 +501,44 @@ pub(crate) const PG_ROLES: &[(&str, &str)] = &[
     ("LISTEN ", "listen"),
 ];
 
-/// Everything the harness runs. Fields drop in order: nginx, the nodes, the proxies, Redis,
+/// Which Redis the nodes use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RedisKind {
+    /// One private Redis, reached through a TCP proxy (`REDIS_URL=redis://`).
+    Single,
+    /// A private Redis Cluster, 3 masters and 3 replicas (`REDIS_URL=redis+cluster://`).
+    Cluster,
+}
+
+/// The Redis the nodes use, and what the faults need to break it.
+pub(crate) enum Broker {
+    /// The nodes reach it only through the proxy (the half-open fault); the harness itself
+    /// talks to it directly, so a frozen path never blinds the checker.
+    Single {
+        proxy: TcpProxy,
+        redis: PrivateRedis,
+    },
+    /// The nodes reach its nodes directly: a cluster hands out its nodes' own addresses (in
+    /// `CLUSTER SLOTS`, `MOVED`), which a proxy in front of a seed would not cover.
+    Cluster(PrivateRedisCluster),
+}
+
+/// Everything the harness runs. Fields drop in order: nginx, the nodes, the proxy, Redis,
 /// PostgreSQL, and the temp dir last.
 pub(crate) struct Cluster {
     pub(crate) nginx: Nginx,
     pub(crate) nodes: Vec<Node>,
-    /// The nodes reach Redis and PostgreSQL only through these (the half-open faults); the
-    /// harness itself talks to both directly, so a frozen path never blinds the checker.
-    pub(crate) redis_proxy: TcpProxy,
+    /// The nodes reach PostgreSQL only through this (the half-open fault); the harness itself
+    /// talks to it directly.
     pub(crate) pg_proxy: TcpProxy,
-    pub(crate) redis: PrivateRedis,
+    pub(crate) broker: Broker,
     pub(crate) pg: PrivatePostgres,
     pub(crate) http: reqwest::Client,
     pub(crate) dir: TempDir,
 }
 
 impl Cluster {
-    pub(crate) async fn start(cfg: &Config) -> anyhow::Result<Self> {
+    pub(crate) async fn start(cfg: &Config, redis: RedisKind) -> anyhow::Result<Self> {
         // Scoped: its blanket `load` would shadow `AtomicBool::load` elsewhere in this file.
         use diesel_async::RunQueryDsl;
         let dir = TempDir::new(cfg.keep)?;
@@ -513,17 +549,38 @@ impl Cluster {
             .execute(&mut admin)
             .await?;
         drop(admin);
-        let redis = PrivateRedis::start(&dir.path).await?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(15))
             .build()?;
-        let redis_proxy = TcpProxy::start(redis.port, REDIS_ROLES).await?;
         let pg_proxy = TcpProxy::start(pg.port, PG_ROLES).await?;
         let node_db = format!("postgres://postgres@127.0.0.1:{}/notifyd", pg_proxy.port);
-        let node_redis = format!("redis://127.0.0.1:{}", redis_proxy.port);
+        let (broker, node_redis, redis_note) = match redis {
+            RedisKind::Single => {
+                let redis = PrivateRedis::start(&dir.path).await?;
+                let proxy = TcpProxy::start(redis.port, REDIS_ROLES).await?;
+                let url = format!("redis://127.0.0.1:{}", proxy.port);
+                let note = format!("redis :{} (nodes via :{})", redis.port, proxy.port);
+                (Broker::Single { proxy, redis }, url, note)
+            }
+            RedisKind::Cluster => {
+                let c = PrivateRedisCluster::start(&dir.path).await?;
+                let url = format!("redis+cluster://{}", c.seeds());
+                let ports: Vec<u16> = c.nodes.iter().map(|n| n.port).collect();
+                let note = format!("redis cluster {ports:?}");
+                (Broker::Cluster(c), url, note)
+            }
+        };
         let mut nodes: Vec<Node> = (1..=NODES)
             .map(|i| Node::new(i, &node_db, &node_redis, &dir.path))
             .collect();
+        if redis == RedisKind::Cluster {
+            for n in &mut nodes {
+                // No periodic audit: what a failover loses must be repaired by the
+                // subscriber's reconnect and `Resync`, the path under test, not found later
+                // by the audit (every 10 s by default), which would hide a broken resync.
+                n.env.push(("NOTIFYD_AUDIT_INTERVAL".into(), "1h".into()));
+            }
+        }
         // The first node applies the migrations alone; then the others start.
         nodes[0].launch()?;
         nodes[0].wait_ready(&http).await?;
@@ -544,19 +601,42 @@ impl Cluster {
         )
         .await?;
         note(format!(
-            "postgres :{} (nodes via :{})  redis :{} (nodes via :{})  nodes {:?}  nginx :{}",
-            pg.port, pg_proxy.port, redis.port, redis_proxy.port, addrs, nginx.port
+            "postgres :{} (nodes via :{})  {redis_note}  nodes {:?}  nginx :{}",
+            pg.port, pg_proxy.port, addrs, nginx.port
         ));
         Ok(Cluster {
             nginx,
             nodes,
-            redis_proxy,
             pg_proxy,
-            redis,
+            broker,
             pg,
             http,
             dir,
         })
+    }
+
+    /// The single Redis (the Redis restart of the default run).
+    pub(crate) fn single_redis(&mut self) -> anyhow::Result<&mut PrivateRedis> {
+        match &mut self.broker {
+            Broker::Single { redis, .. } => Ok(redis),
+            Broker::Cluster(_) => bail!("this run's nodes use a Redis Cluster, not one Redis"),
+        }
+    }
+
+    /// The proxy between the nodes and the single Redis (the half-open Redis fault).
+    pub(crate) fn redis_proxy(&self) -> anyhow::Result<&TcpProxy> {
+        match &self.broker {
+            Broker::Single { proxy, .. } => Ok(proxy),
+            Broker::Cluster(_) => bail!("this run's nodes use a Redis Cluster, not one Redis"),
+        }
+    }
+
+    /// The Redis Cluster (the master-kill fault).
+    pub(crate) fn redis_cluster(&mut self) -> anyhow::Result<&mut PrivateRedisCluster> {
+        match &mut self.broker {
+            Broker::Cluster(c) => Ok(c),
+            Broker::Single { .. } => bail!("this run's nodes use one Redis, not a cluster"),
+        }
     }
 
     pub(crate) fn db_url(&self) -> String {

@@ -10,6 +10,7 @@ use crate::clients::{Client, Transport};
 use crate::cluster::Cluster;
 use crate::producer::Producer;
 use crate::proxy::RoleCounts;
+use crate::redis_cluster::channels_by_master;
 use crate::util::{lock, note, wait_for, Clock};
 use crate::{Config, FLOOD_BATCH};
 
@@ -23,6 +24,8 @@ pub(crate) enum FaultKind {
     SlowClient,
     HalfOpenRedis,
     HalfOpenPostgres,
+    /// The Redis Cluster run's one fault (not in `ALL_FAULTS`: the default run has one Redis).
+    RedisMasterKill,
 }
 
 pub(crate) const ALL_FAULTS: [FaultKind; 8] = [
@@ -80,6 +83,9 @@ impl FaultKind {
             FaultKind::SlowClient => "slow client (stops reading)",
             FaultKind::HalfOpenRedis => "half-open Redis (connections silent, then reset)",
             FaultKind::HalfOpenPostgres => "half-open PostgreSQL (connections silent, then reset)",
+            FaultKind::RedisMasterKill => {
+                "kill -9 of a Redis Cluster master (its replica takes over)"
+            }
         }
     }
 }
@@ -92,6 +98,9 @@ pub(crate) struct Fault {
     pub(crate) detail: String,
     /// Relay kill: from the kill to another node holding the leader lock.
     pub(crate) takeover_ms: Option<f64>,
+    /// Redis master kill: from the kill to the cluster serving every slot again (its replica
+    /// promoted, `cluster_state:ok` on every live node).
+    pub(crate) failover_ms: Option<f64>,
     /// Slow client: did the server close a slow consumer (notifyd_slow_consumer_closed_total)?
     pub(crate) slow_closed: Option<bool>,
     /// Half-open: per kind of connection, (frozen, of which the nodes closed on their own).
@@ -131,6 +140,7 @@ impl FaultInjector<'_> {
                     FaultKind::HalfOpenRedis | FaultKind::HalfOpenPostgres => {
                         self.half_open(kind).await?
                     }
+                    FaultKind::RedisMasterKill => bail!("not a fault of the default run"),
                 };
                 note(format!(
                     "{:>7.1}s  {} ({:.1}s): {}",
@@ -152,6 +162,7 @@ impl FaultInjector<'_> {
             end: self.clock.ms(),
             detail,
             takeover_ms: None,
+            failover_ms: None,
             slow_closed: None,
             half_open: None,
             problems: vec![],
@@ -371,9 +382,10 @@ impl FaultInjector<'_> {
 
     pub(crate) async fn restart_redis(&mut self) -> anyhow::Result<Fault> {
         let start = self.clock.ms();
-        self.cluster.redis.kill();
+        let redis = self.cluster.single_redis()?;
+        redis.kill();
         tokio::time::sleep(Duration::from_secs(1)).await;
-        self.cluster.redis.launch().await?;
+        redis.launch().await?;
         Ok(self.fault(
             FaultKind::RedisRestart,
             start,
@@ -571,9 +583,11 @@ impl FaultInjector<'_> {
     /// not resume). Over once every client has applied what its user had at the reset.
     pub(crate) async fn half_open(&mut self, kind: FaultKind) -> anyhow::Result<Fault> {
         let (proxy, what, freeze) = match kind {
-            FaultKind::HalfOpenRedis => {
-                (&self.cluster.redis_proxy, "Redis", self.cfg.half_open_redis)
-            }
+            FaultKind::HalfOpenRedis => (
+                self.cluster.redis_proxy()?,
+                "Redis",
+                self.cfg.half_open_redis,
+            ),
             _ => (&self.cluster.pg_proxy, "PostgreSQL", self.cfg.half_open_pg),
         };
         let start = self.clock.ms();
@@ -627,6 +641,98 @@ impl FaultInjector<'_> {
             f.problems.push(format!(
                 "{} at {:.1} s: clients had not caught up 60 s after the reset",
                 kind.label(),
+                start / 1000.0
+            ));
+        }
+        Ok(f)
+    }
+
+    /// `kill -9` of the Redis Cluster master that serves the most of `user_channels` (the
+    /// clients' users' channels; `topic_channels` are only counted), mid-load. Over once its
+    /// replica serves its slots and every client has applied what its user had then.
+    pub(crate) async fn kill_redis_master(
+        &mut self,
+        user_channels: &[String],
+        topic_channels: &[String],
+    ) -> anyhow::Result<Fault> {
+        const SHARD_EVENTS: &str = "notifyd_redis_shard_events_total";
+        const CONNECTS: &str = "notifyd_hub_connects_total";
+        let mut before = vec![];
+        for n in &self.cluster.nodes {
+            let http = &self.cluster.http;
+            before.push((
+                n.metric_sum(http, SHARD_EVENTS).await,
+                n.metric_sum(http, CONNECTS).await,
+            ));
+        }
+        let redis = self.cluster.redis_cluster()?;
+        let users_by_master = channels_by_master(redis, user_channels).await?;
+        let topics_by_master = channels_by_master(redis, topic_channels).await?;
+        let (victim, users_on) = users_by_master
+            .iter()
+            .max_by_key(|(_, chs)| chs.len())
+            .map(|(port, chs)| (*port, chs.len()))
+            .context("the cluster has no master")?;
+        let topics_on = topics_by_master.get(&victim).map_or(0, Vec::len);
+        let masters = redis.masters().await?;
+        let slots = masters
+            .iter()
+            .find(|m| m.port == victim)
+            .map(|m| m.slots.clone())
+            .unwrap_or_default();
+        let start = self.clock.ms();
+        redis.kill9(victim)?;
+        let redis = &*redis;
+        let failed_over = wait_for(
+            "a replica to take over the killed master's slots",
+            Duration::from_secs(30),
+            || redis.serves_all_slots_without(victim),
+        )
+        .await;
+        let failover = self.clock.ms() - start;
+        failed_over?;
+        let heir = match (slots.first(), redis.masters().await) {
+            (Some((first, _)), Ok(now)) => now
+                .iter()
+                .find(|m| m.owns(*first))
+                .map_or_else(|| "?".into(), |m| m.port.to_string()),
+            _ => "?".into(),
+        };
+        let caught_up = self.wait_for_clients_to_catch_up().await;
+        let mut reconnects = vec![];
+        for (n, (events, connects)) in self.cluster.nodes.iter().zip(&before) {
+            let http = &self.cluster.http;
+            reconnects.push(format!(
+                "{} {} / {}",
+                n.name,
+                n.metric_sum(http, SHARD_EVENTS).await - events,
+                n.metric_sum(http, CONNECTS).await - connects
+            ));
+        }
+        let ranges: Vec<String> = slots.iter().map(|(a, b)| format!("{a}-{b}")).collect();
+        let detail = format!(
+            "master :{victim} (slots {}; {users_on} of {} users' channels, {topics_on} of {} \
+             topics) killed; its replica :{heir} serves them {:.2} s later; per node, shard \
+             events that made its subscriber reconnect / subscriber (re)connects since: {}; {}",
+            ranges.join(","),
+            user_channels.len(),
+            topic_channels.len(),
+            failover / 1000.0,
+            reconnects.join(", "),
+            match caught_up {
+                Some(t) => format!(
+                    "every client caught up {:.1} s after the kill",
+                    (t - start) / 1000.0
+                ),
+                None => "clients had NOT caught up 60 s after the failover".into(),
+            }
+        );
+        let mut f = self.fault(FaultKind::RedisMasterKill, start, detail);
+        f.failover_ms = Some(failover);
+        if caught_up.is_none() {
+            f.problems.push(format!(
+                "{} at {:.1} s: clients had not caught up 60 s after the failover",
+                FaultKind::RedisMasterKill.label(),
                 start / 1000.0
             ));
         }

@@ -62,11 +62,18 @@ impl Producer {
 
     /// The regular load: `n` messages at `rate`/s, round-robin over the users.
     pub(crate) async fn run(self, users: Arc<Vec<String>>, n: usize, rate: f64) {
+        self.run_from(users, 0, n, rate).await
+    }
+
+    /// Messages `first..first + n` (the `k` of their Idempotency-Key `m-<k>` and content), at
+    /// `rate`/s, round-robin over the users: a load in phases keeps its keys apart.
+    pub(crate) async fn run_from(self, users: Arc<Vec<String>>, first: usize, n: usize, rate: f64) {
         let in_flight = Arc::new(Semaphore::new(32));
         let start = tokio::time::Instant::now();
         let mut tasks = Vec::with_capacity(n);
-        for k in 0..n {
-            tokio::time::sleep_until(start + Duration::from_secs_f64(k as f64 / rate)).await;
+        for k in first..first + n {
+            let since_start = (k - first) as f64 / rate;
+            tokio::time::sleep_until(start + Duration::from_secs_f64(since_start)).await;
             let Ok(permit) = in_flight.clone().acquire_owned().await else {
                 break;
             };
@@ -163,5 +170,108 @@ impl Producer {
             .collect();
         self.post_until_created(key, json!({ "messages": messages }), true)
             .await;
+    }
+}
+
+/// One topic event the service accepted (`202`).
+pub(crate) struct TopicPub {
+    pub(crate) topic: String,
+    /// The publisher's counter in `data.i`: 1, 2, ... per topic, in publish order.
+    pub(crate) i: i64,
+    pub(crate) id: String,
+    /// When the POST was sent (run clock ms): a client subscribed before this must get it,
+    /// unless the broker lost it.
+    pub(crate) sent: f64,
+}
+
+#[derive(Default)]
+pub(crate) struct TopicLog {
+    pub(crate) published: Vec<TopicPub>,
+    /// POSTs not answered `202` (not retried: the id is the server's, a retry of one that had
+    /// committed would be a second event).
+    pub(crate) failures: Vec<String>,
+}
+
+/// Publishes live topic events (`POST /api/v1/topics/{topic}/events`) through nginx: each topic
+/// one event per `every`, one at a time (so `data.i` follows the commit order), until `stop`.
+#[derive(Clone)]
+pub(crate) struct TopicPublisher {
+    pub(crate) http: reqwest::Client,
+    pub(crate) base: String,
+    pub(crate) clock: Clock,
+    pub(crate) log: Arc<Mutex<TopicLog>>,
+}
+
+impl TopicPublisher {
+    pub(crate) fn new(nginx: &Nginx, clock: Clock) -> Self {
+        TopicPublisher {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(15))
+                .build()
+                .expect("http client"),
+            base: nginx.http_base(),
+            clock,
+            log: Arc::new(Mutex::new(TopicLog::default())),
+        }
+    }
+
+    pub(crate) async fn run(
+        self,
+        topics: Vec<String>,
+        every: Duration,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let tasks: Vec<_> = topics
+            .into_iter()
+            .map(|topic| tokio::spawn(self.clone().one_topic(topic, every, stop.clone())))
+            .collect();
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    async fn one_topic(
+        self,
+        topic: String,
+        every: Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let url = format!("{}/api/v1/topics/{topic}/events", self.base);
+        let mut tick = tokio::time::interval(every);
+        for i in 1.. {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            if *stop.borrow() {
+                return;
+            }
+            let sent = self.clock.ms();
+            let answer = self
+                .http
+                .post(&url)
+                .bearer_auth(SERVICE_KEY)
+                .json(&json!({ "data": { "i": i } }))
+                .send()
+                .await;
+            let outcome = match answer {
+                Ok(r) if r.status() == 202 => match r.json::<Value>().await {
+                    Ok(body) => Ok(body["id"].as_str().unwrap_or_default().to_string()),
+                    Err(e) => Err(format!("202 with an unreadable body: {e}")),
+                },
+                Ok(r) => Err(format!("{topic} #{i}: {}", r.status())),
+                Err(e) => Err(format!("{topic} #{i}: {e}")),
+            };
+            let mut log = lock(&self.log);
+            match outcome {
+                Ok(id) => log.published.push(TopicPub {
+                    topic: topic.clone(),
+                    i,
+                    id,
+                    sent,
+                }),
+                Err(e) => log.failures.push(e),
+            }
+        }
     }
 }

@@ -37,6 +37,8 @@ pub(crate) struct SseChaosClient {
     ticket: Option<(String, Instant)>,
     /// `EventSource`'s last event ID: sent as `Last-Event-ID` on every reconnect.
     last_event_id: Option<String>,
+    /// `?topics=` of every stream (subscribed before its `hello`); none in the default run.
+    topics: Vec<String>,
 }
 
 impl SseChaosClient {
@@ -47,6 +49,7 @@ impl SseChaosClient {
         ctl: Arc<ClientCtl>,
         clock: Clock,
         stop: watch::Receiver<bool>,
+        topics: &[String],
     ) -> Self {
         SseChaosClient {
             base: base.to_string(),
@@ -62,6 +65,7 @@ impl SseChaosClient {
             stop,
             ticket: None,
             last_event_id: None,
+            topics: topics.to_vec(),
         }
     }
 
@@ -114,9 +118,14 @@ impl SseChaosClient {
                 t
             }
         };
+        let topics = if self.topics.is_empty() {
+            String::new()
+        } else {
+            format!("&topics={}", self.topics.join(","))
+        };
         let mut req = self
             .http
-            .get(format!("{}/sse?ticket={ticket}&since=0", self.base))
+            .get(format!("{}/sse?ticket={ticket}&since=0{topics}", self.base))
             .header("Accept", "text/event-stream");
         if let Some(id) = &self.last_event_id {
             req = req.header("Last-Event-ID", id);
@@ -246,6 +255,9 @@ impl SseChaosClient {
             ));
         }
         let (hello, _) = log.on_frame(&ev.data, t);
+        if hello && !self.topics.is_empty() && log.topics_from.is_none() {
+            log.topics_from = Some(t);
+        }
         // An id the stream gave beyond what it delivered would skip events on the next resume.
         if let Some(id) = self
             .last_event_id
