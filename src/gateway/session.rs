@@ -185,6 +185,13 @@ pub async fn run(ctx: Box<SessionCtx>) {
                     me.close_with(close::UNSUPPORTED, "too many bad frames");
                     break;
                 }
+                // A burst the client wrote in one go is all buffered: `recv` answers at once,
+                // message after message, and the answers go to the queue the response body
+                // drains, on this same worker. Taking the burst in turns with the body (tokio's
+                // budget: a yield every 128 messages) keeps the queue short; without it 600
+                // pings in one write filled the queue's 512 places before the body ran, and a
+                // client that reads at once was closed as a slow consumer.
+                tokio::task::consume_budget().await;
             }
         }
     }

@@ -22,6 +22,7 @@
 
 use actix_codec::Decoder;
 use actix_http::ws::{Codec, Frame, Item, ProtocolError};
+use actix_web::error::PayloadError;
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use futures_util::StreamExt;
@@ -49,7 +50,7 @@ pub enum Refused {
     /// start, a fragmented or over-long control frame, …).
     Protocol(ProtocolError),
     /// The connection failed while reading.
-    Io(actix_web::error::PayloadError),
+    Io(PayloadError),
 }
 
 impl std::fmt::Display for Refused {
@@ -142,6 +143,12 @@ impl ClientMessages {
                     } else {
                         self.buf.extend_from_slice(&chunk);
                     }
+                }
+                // The client's side ended (or broke) without a close frame: it left, it broke
+                // no rule of the protocol, so this is the stream's end, not a 1002.
+                Some(Err(PayloadError::Incomplete(_) | PayloadError::Io(_))) => {
+                    self.end();
+                    return None;
                 }
                 Some(Err(e)) => {
                     self.end();

@@ -286,3 +286,49 @@ async fn a_continuation_that_would_take_a_message_past_64_kib_closes_1009_at_its
     assert_eq!(close_code_after(&app, &bytes).await, Some(1009));
     app.stop().await;
 }
+
+/// A client that reads at once but writes many small commands in one go (here 600 `ping`s in
+/// one write) gets an answer to each, not a 4008 "slow consumer" close: the session takes a
+/// burst in turns with the writer of its answers (found by an attacker's probe: past ~512, the
+/// answers filled the socket's queue before the session let its writer run, and the socket was
+/// closed with none of them sent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_commands_from_a_client_that_reads_is_answered_in_full() {
+    const N: usize = 600;
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let mut s = raw_ws(&app, &new_user()).await;
+    let mut bytes = vec![];
+    for i in 0..N {
+        bytes.extend(data(
+            true,
+            TEXT,
+            format!(r#"{{"type":"ping","ref":"p{i}"}}"#).as_bytes(),
+        ));
+    }
+    s.write_all(&bytes).await.expect("write the burst");
+    let last = format!("\"p{}\"", N - 1);
+    let text = read_text_frames_until(&mut s, &last, Duration::from_secs(30)).await;
+    let pongs = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["type"] == "pong")
+        .count();
+    assert_eq!(pongs, N, "answers to a burst of {N} pings");
+    app.stop().await;
+}
+
+/// A client that goes away without a close frame (its side of the TCP connection ends) broke no
+/// rule of the protocol: it is not answered, nor counted, as a protocol error (1002). (Found by
+/// an attacker's probe: every such disconnect was, which drowned the real violations in
+/// `notifyd_ws_protocol_errors_total`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_without_a_close_frame_is_not_a_protocol_error() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let mut s = raw_ws(&app, &new_user()).await;
+    read_text_frames_until(&mut s, "\"hello\"", T).await;
+    s.shutdown().await.expect("half-close");
+    assert_ne!(read_close_code(&mut s, T).await, Some(1002));
+    app.stop().await;
+}
