@@ -63,9 +63,13 @@ impl Lifetime {
         }
     }
 
-    /// When the transport must call `tick` next.
+    /// When the transport must call `tick` next: the next ping, the token's expiry, or the
+    /// moment the liveness window since the last read passes (§7: closed *at* 2.5 heartbeats;
+    /// checked only on ping ticks, a silent client got the whole third heartbeat).
     pub fn deadline(&self) -> Instant {
-        self.next_ping.min(self.expires)
+        self.next_ping
+            .min(self.expires)
+            .min(self.last_read + liveness_window(self.heartbeat))
     }
 
     /// A fresh token was accepted in-band: the session now ends at its `exp`.
@@ -94,12 +98,12 @@ impl Lifetime {
             metrics::counter!("notifyd_ws_token_expired_total").increment(1);
             return Tick::End((close::TOKEN_EXPIRED, "token expired"));
         }
-        if now < self.next_ping {
-            return Tick::Wait;
-        }
-        if now.duration_since(self.last_read) > liveness_window(self.heartbeat) {
+        if now.duration_since(self.last_read) >= liveness_window(self.heartbeat) {
             metrics::counter!("notifyd_ws_liveness_closed_total").increment(1);
             return Tick::End((close::POLICY, "missed heartbeats"));
+        }
+        if now < self.next_ping {
+            return Tick::Wait;
         }
         self.next_ping += self.heartbeat;
         Tick::Ping(self.pings.push(rand::random::<u64>()))
@@ -179,6 +183,62 @@ mod tests {
             ticks[2],
             Tick::End((close::POLICY, "missed heartbeats")),
             "{ticks:?}"
+        );
+    }
+
+    /// Contract §7: "A session that has not read for 2.5 heartbeats is closed" — at 2.5, not
+    /// at the next ping tick after it (the third heartbeat).
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_is_ended_when_the_window_passes_not_at_the_next_ping() {
+        let start = Instant::now();
+        let mut l = Lifetime::new(HB, None);
+        let mut ticks = 0;
+        let ended_at = loop {
+            tokio::time::advance(l.deadline().saturating_duration_since(Instant::now())).await;
+            ticks += 1;
+            assert!(
+                ticks < 100,
+                "the timer keeps firing without ending the session"
+            );
+            match l.tick(Instant::now()) {
+                Tick::End(why) => {
+                    assert_eq!(why, (close::POLICY, "missed heartbeats"));
+                    break Instant::now();
+                }
+                Tick::Wait | Tick::Ping(_) => {}
+            }
+        };
+        let window = liveness_window(HB);
+        assert!(
+            ended_at - start >= window && ended_at - start <= window + Duration::from_millis(1),
+            "ended {:?} after the last read; the window is {window:?}",
+            ended_at - start
+        );
+        // A client that answered: the window counts from its last answer.
+        let mut l = Lifetime::new(HB, None);
+        tokio::time::advance(HB).await;
+        let Tick::Ping(nonce) = l.tick(Instant::now()) else {
+            panic!("a ping is due");
+        };
+        tokio::time::advance(Duration::from_secs(1)).await;
+        l.answered(&nonce.to_be_bytes());
+        let answered = Instant::now();
+        let ended_at = loop {
+            tokio::time::advance(l.deadline().saturating_duration_since(Instant::now())).await;
+            ticks += 1;
+            assert!(
+                ticks < 200,
+                "the timer keeps firing without ending the session"
+            );
+            if let Tick::End(_) = l.tick(Instant::now()) {
+                break Instant::now();
+            }
+        };
+        assert!(
+            ended_at - answered >= window
+                && ended_at - answered <= window + Duration::from_millis(1),
+            "ended {:?} after the last answer",
+            ended_at - answered
         );
     }
 
