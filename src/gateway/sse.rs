@@ -45,14 +45,12 @@ use crate::auth::jwt::UserClaims;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::topics::router::{Holder, Pending};
-use crate::wire::outbound::{Next, Out, SessionTx, Transport};
+use crate::wire::outbound::{Drained, Out, SessionTx, Transport};
 use crate::wire::protocol::{self, close, MAX_TOPICS_PER_FRAME};
 use crate::wire::sse;
 
 /// The kernel's send buffer of an SSE connection.
 const SEND_BUFFER: usize = 64 * 1024;
-/// What the body hands actix-http at most at once (it asks again while its buffer has room).
-const CHUNK_BYTES: usize = 16 * 1024;
 /// How often an idle stream looks whether its client has gone. actix-http keeps writing a
 /// response whose client closed its side (HTTP allows a half-close), and an idle stream writes
 /// only a heartbeat: without a look of its own, a browser that closed the tab or reconnected
@@ -382,20 +380,15 @@ impl Body {
             if let Some(ready) = self.ready.take() {
                 let _ = ready.await;
             }
-            while buf.len() < CHUNK_BYTES {
-                match self.me.next() {
-                    None => break,
-                    Some(Next::Write(Out::Text(frame), _)) => {
-                        sse::event(&mut buf, &frame, self.hello_id.take());
-                    }
-                    Some(Next::Write(Out::Ping(_), _)) => buf.extend_from_slice(sse::PING),
-                    Some(Next::Write(Out::Pong, _)) => {}
-                    Some(Next::Close) => {
-                        self.done = true;
-                        closing(&mut buf, self.me.closing());
-                        break;
-                    }
-                }
+            let hello_id = &mut self.hello_id;
+            let drained = self.me.drain_into(&mut buf, |buf, out, _| match out {
+                Out::Text(frame) => sse::event(buf, &frame, hello_id.take()),
+                Out::Ping(_) => buf.extend_from_slice(sse::PING),
+                Out::Pong => {}
+            });
+            if let Drained::Closed(close) = drained {
+                self.done = true;
+                closing(&mut buf, close);
             }
             if !buf.is_empty() {
                 return Some(buf.freeze());

@@ -17,10 +17,7 @@ use actix_http::ws::{CloseCode, CloseReason, OpCode, Parser};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::oneshot;
 
-use crate::wire::outbound::{CloseWith, Next, Out, SessionTx};
-
-/// What the body hands actix-http at most at once (it asks again while its buffer has room).
-const CHUNK_BYTES: usize = 16 * 1024;
+use crate::wire::outbound::{CloseWith, Drained, Out, SessionTx};
 
 /// RFC 6455: a close frame's reason is at most 123 bytes (125 with the code).
 const MAX_CLOSE_REASON: usize = 123;
@@ -59,17 +56,10 @@ impl Body {
                 return None;
             }
             let mut buf = BytesMut::new();
-            while buf.len() < CHUNK_BYTES {
-                match self.me.next() {
-                    None => break,
-                    Some(Next::Write(out, pong)) => frame(&mut buf, &out, pong),
-                    Some(Next::Close) => {
-                        self.done = true;
-                        if let Some(close) = self.me.closing() {
-                            close_frame(&mut buf, close);
-                        }
-                        break;
-                    }
+            if let Drained::Closed(close) = self.me.drain_into(&mut buf, frame) {
+                self.done = true;
+                if let Some(close) = close {
+                    close_frame(&mut buf, close);
                 }
             }
             if !buf.is_empty() {
@@ -86,8 +76,8 @@ impl Body {
 
 /// Appends one frame taken from the queue. A text frame's payload is copied once, from the
 /// shared event straight into the chunk (no UTF-8 check: it is a `str`).
-fn frame(buf: &mut BytesMut, out: &Out, pong: Option<Bytes>) {
-    match (out, pong) {
+fn frame(buf: &mut BytesMut, out: Out, pong: Option<Bytes>) {
+    match (&out, pong) {
         (Out::Text(text), _) => {
             Parser::write_message(buf, text.as_bytes(), OpCode::Text, true, false)
         }

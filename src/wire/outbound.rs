@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::protocol::close;
 use super::queue::Queue;
@@ -44,6 +44,20 @@ pub enum Out {
 
 /// Why a session is closing: the close code and reason sent to the client.
 pub type CloseWith = (u16, &'static str);
+
+/// What a response body hands actix-http at most at once (it asks again while its write buffer
+/// has room): every transport's chunk.
+pub const CHUNK_BYTES: usize = 16 * 1024;
+
+/// How one chunk's drain (`SessionTx::drain_into`) ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Drained {
+    /// The queue is empty or the chunk full: the session goes on.
+    Open,
+    /// The session is over: this close was asked for (`None`: it ended without one), and the
+    /// transport writes its last words for it; nothing queued after it is written.
+    Closed(Option<CloseWith>),
+}
 
 /// What the session keeps beside its frames, under the same lock.
 #[derive(Default)]
@@ -281,6 +295,25 @@ impl SessionTx {
             Out::Text(_) | Out::Ping(_) => None,
         };
         Some(Next::Write(out, pong))
+    }
+
+    /// What every transport's response body does with the queue: appends what waits to `buf`,
+    /// each frame encoded by `encode` (a WebSocket frame, an SSE event), until `buf` holds
+    /// `CHUNK_BYTES`, nothing waits, or the session closes (a close comes before any queued
+    /// frame, see `next`).
+    pub fn drain_into(
+        &self,
+        buf: &mut BytesMut,
+        mut encode: impl FnMut(&mut BytesMut, Out, Option<Bytes>),
+    ) -> Drained {
+        while buf.len() < CHUNK_BYTES {
+            match self.next() {
+                None => break,
+                Some(Next::Write(out, pong)) => encode(buf, out, pong),
+                Some(Next::Close) => return Drained::Closed(self.closing()),
+            }
+        }
+        Drained::Open
     }
 
     /// What drains the queue only (one waiter): resolves once `next` may have something (a
