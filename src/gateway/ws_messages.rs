@@ -89,6 +89,20 @@ fn header_len(len: usize) -> usize {
 /// RFC 6455: a control frame's payload is at most 125 bytes.
 const MAX_CONTROL_PAYLOAD: usize = 125;
 
+/// The longest header a client's frame has (2 bytes, an 8-byte length, the mask).
+const MAX_HEADER: usize = 14;
+
+/// Room the assembled fragments may have beyond what they hold, so that many small fragments
+/// are not copied again at each one (they grow into it).
+const ASSEMBLY_SPARE: usize = 8 * 1024;
+
+/// What a reader holds at most beyond `MAX_CLIENT_FRAME` for one message under way while it
+/// waits for the client (`held_bytes`): the assembly's spare room and its bookkeeping, and the
+/// header of the frame being read plus a control frame's payload (which may arrive when the
+/// message has less than that left).
+pub const HELD_OVERHEAD: usize =
+    ASSEMBLY_SPARE + std::mem::size_of::<Assembling>() + MAX_HEADER + MAX_CONTROL_PAYLOAD;
+
 /// The message being assembled from fragments.
 struct Assembling {
     text: bool,
@@ -111,8 +125,12 @@ pub struct ClientMessages {
 
 impl ClientMessages {
     pub fn new(payload: actix_web::web::Payload) -> Self {
+        Self::of(payload.into_inner())
+    }
+
+    fn of(payload: actix_web::dev::Payload) -> Self {
         ClientMessages {
-            payload: payload.into_inner(),
+            payload,
             buf: BytesMut::new(),
             codec: Codec::new().max_size(protocol::MAX_CLIENT_FRAME),
             assembling: None,
@@ -160,6 +178,16 @@ impl ClientMessages {
                 }
             }
         }
+    }
+
+    /// The bytes this reader holds for the client's incoming message: its read buffer and the
+    /// fragments assembled so far.
+    pub fn held_bytes(&self) -> usize {
+        self.buf.capacity()
+            + self
+                .assembling
+                .as_ref()
+                .map_or(0, |a| std::mem::size_of::<Assembling>() + a.data.capacity())
     }
 
     /// Nothing more is decoded; what was buffered is freed (the payload itself stays held, so
@@ -260,6 +288,210 @@ fn text(bytes: Bytes) -> Result<ByteString, Refused> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+    use std::rc::Rc;
+    use std::task::Poll;
+
+    use futures_util::FutureExt;
+
+    /// The most a reader may hold for the message under way while it waits for the client.
+    const BOUND: usize = protocol::MAX_CLIENT_FRAME + HELD_OVERHEAD;
+
+    /// A read buffer as large as actix-http's dispatcher lets its own grow under a burst: what
+    /// a chunk cut from it can pin.
+    const READ_BUF: usize = 256 * 1024;
+
+    const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+    /// One masked client frame (RFC 6455 §5.2, the minimal length encoding).
+    fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![(if fin { 0x80 } else { 0 }) | opcode];
+        match payload.len() {
+            n @ 0..=125 => f.push(0x80 | n as u8),
+            n @ 126..=65535 => {
+                f.push(0x80 | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(0x80 | 127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(&MASK);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+        f
+    }
+
+    /// A client's side of a socket, fed chunk by chunk.
+    struct Client(Rc<RefCell<VecDeque<Bytes>>>);
+
+    fn client() -> (Client, ClientMessages) {
+        let chunks = Rc::new(RefCell::new(VecDeque::new()));
+        let from = chunks.clone();
+        let stream = futures_util::stream::poll_fn(move |_| match from.borrow_mut().pop_front() {
+            Some(chunk) => Poll::Ready(Some(Ok(chunk))),
+            None => Poll::Pending,
+        });
+        let payload: actix_http::BoxedPayloadStream = Box::pin(stream);
+        (Client(chunks), ClientMessages::of(payload.into()))
+    }
+
+    impl Client {
+        /// Hands `data` over as actix-http's dispatcher does, a read chunk cut from a read
+        /// buffer of `capacity` bytes (`read_buf.split().freeze()`), then lets the reader decode
+        /// until it waits for the client again: the messages it made.
+        fn send(&self, m: &mut ClientMessages, data: &[u8], capacity: usize) -> Vec<ClientMessage> {
+            let mut read_buf = BytesMut::with_capacity(capacity.max(data.len()));
+            read_buf.extend_from_slice(data);
+            let chunk = read_buf.split().freeze();
+            // As the dispatcher does: the emptied read buffer is released (actix-http patch 1),
+            // so the chunk is its allocation's only owner.
+            drop(read_buf);
+            self.send_chunk(m, chunk)
+        }
+
+        fn send_chunk(&self, m: &mut ClientMessages, chunk: Bytes) -> Vec<ClientMessage> {
+            self.0.borrow_mut().push_back(chunk);
+            let mut out = vec![];
+            while let Some(next) = m.recv().now_or_never() {
+                match next {
+                    Some(Ok(msg)) => out.push(msg),
+                    Some(Err(e)) => panic!("refused: {e}"),
+                    None => break,
+                }
+            }
+            out
+        }
+    }
+
+    /// Payload bytes that tell their place apart (a misplaced byte shows in the message).
+    fn payload(len: usize, seed: usize) -> Vec<u8> {
+        (0..len).map(|i| b'a' + ((i + seed) % 26) as u8).collect()
+    }
+
+    /// A text message in fragments of these payload sizes (with a ping after the first), and
+    /// the text it makes.
+    fn fragmented(sizes: &[usize]) -> (Vec<u8>, String) {
+        let (mut wire, mut text) = (vec![], vec![]);
+        for (i, &len) in sizes.iter().enumerate() {
+            let part = payload(len, i);
+            let opcode = if i == 0 { 0x1 } else { 0x0 };
+            wire.extend(frame(i + 1 == sizes.len(), opcode, &part));
+            if i == 0 {
+                wire.extend(frame(true, 0x9, b"between"));
+            }
+            text.extend(part);
+        }
+        (wire, String::from_utf8(text).expect("ASCII"))
+    }
+
+    /// Messages just under the limit: few large fragments, 127 small ones, fragments that
+    /// double, one unfragmented frame.
+    fn messages() -> Vec<(&'static str, Vec<u8>, String)> {
+        let shapes: [(&str, Vec<usize>); 4] = [
+            ("large fragments", vec![20_000, 20_000, 20_000, 5_000]),
+            ("127 small fragments", vec![500; 127]),
+            (
+                "doubling fragments",
+                vec![1_000, 2_000, 4_000, 8_000, 16_000, 32_000],
+            ),
+            ("one frame", vec![65_000]),
+        ];
+        shapes
+            .into_iter()
+            .map(|(what, sizes)| {
+                let (wire, text) = if sizes.len() == 1 {
+                    let p = payload(sizes[0], 0);
+                    (frame(true, 0x1, &p), String::from_utf8(p).expect("ASCII"))
+                } else {
+                    fragmented(&sizes)
+                };
+                (what, wire, text)
+            })
+            .collect()
+    }
+
+    /// Read chunk sizes, cycled: tiny, mid-frame, larger than whole fragments.
+    const CHUNKINGS: [&[usize]; 4] = [&[1, 7, 1_500], &[4_096], &[13, 30_000], &[100_000]];
+
+    #[test]
+    fn an_unfinished_message_holds_at_most_the_limit_plus_a_fixed_overhead() {
+        for (what, wire, _) in messages() {
+            // The last frame never finishes: one byte of it is missing.
+            let wire = &wire[..wire.len() - 1];
+            for chunking in CHUNKINGS {
+                let (c, mut m) = client();
+                let mut at = 0;
+                for &len in chunking.iter().cycle() {
+                    if at == wire.len() {
+                        break;
+                    }
+                    let end = (at + len).min(wire.len());
+                    let made = c.send(&mut m, &wire[at..end], READ_BUF);
+                    assert!(made.iter().all(|msg| matches!(msg, ClientMessage::Ping(_))));
+                    assert!(
+                        m.held_bytes() <= BOUND,
+                        "{what} in chunks of {chunking:?}: {} bytes held after {end} of {}",
+                        m.held_bytes(),
+                        wire.len()
+                    );
+                    at = end;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_message_in_any_chunking_is_assembled_whole_and_its_buffers_released() {
+        for (what, wire, text) in messages() {
+            for chunking in CHUNKINGS {
+                let (c, mut m) = client();
+                let mut made = vec![];
+                let mut at = 0;
+                for &len in chunking.iter().cycle() {
+                    if at == wire.len() {
+                        break;
+                    }
+                    let end = (at + len).min(wire.len());
+                    made.extend(c.send(&mut m, &wire[at..end], READ_BUF));
+                    at = end;
+                }
+                let texts: Vec<_> = made
+                    .iter()
+                    .filter_map(|msg| match msg {
+                        ClientMessage::Text(t) => Some(t.to_string()),
+                        _ => None,
+                    })
+                    .collect();
+                assert_eq!(
+                    texts,
+                    vec![text.clone()],
+                    "{what} in chunks of {chunking:?}"
+                );
+                assert_eq!(m.held_bytes(), 0, "{what} in chunks of {chunking:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_whole_frame_in_one_chunk_is_handed_over_without_a_copy() {
+        let (c, mut m) = client();
+        let mut read_buf = BytesMut::with_capacity(8 * 1024);
+        read_buf.extend_from_slice(&frame(true, 0x1, br#"{"type":"ping"}"#));
+        read_buf.extend_from_slice(&frame(false, 0x1, b"{"));
+        let chunk = read_buf.split().freeze();
+        drop(read_buf);
+        let range = chunk.as_ptr_range();
+        let made = c.send_chunk(&mut m, chunk);
+        let [ClientMessage::Text(text)] = &made[..] else {
+            panic!("one text message: {made:?}");
+        };
+        assert!(
+            range.contains(&text.as_bytes().as_ptr()),
+            "the frame was copied"
+        );
+    }
 
     #[test]
     fn a_header_counts_as_rfc_6455_encodes_a_clients_frame() {
