@@ -27,8 +27,8 @@
 //!   128 KiB; the last read, into a buffer grown by doubling, can take it to 256 KiB);
 //! - actix-http's payload queue in front of this reader adds nothing while a message is under
 //!   way: the reader drains it to finish the message, and the dispatcher releases its emptied
-//!   read buffer (actix-http patch 1). Only while the session does not read (it works on a
-//!   message) does it fill: to 32 KiB plus one read chunk before actix-http stops decoding, and
+//!   read buffer (actix-http patch 1). Only while the session does not read (its control-frame
+//!   budget is spent, or it works on a message) does it fill: to 32 KiB plus one read chunk before actix-http stops decoding, and
 //!   its read buffer (as above) before it stops reading from the socket. A fixed bound,
 //!   whatever the client's frames;
 //! - invalid UTF-8 in a text message, fragmented or not, is its own error (1007).
