@@ -1,8 +1,9 @@
 //! Token buckets per key (a user id), for what clients may do on their own: publish to a group
 //! topic, send a direct message. Per node: a client spread over N nodes gets N times the rate,
 //! which bounds abuse without a round trip to Redis on every frame (documented in docs/topics.md).
-//! And `SessionRate`, the per-session limit of `subscribe`/`unsubscribe` frames, kept inline in
-//! the session's task.
+//! And `SessionRate`, a per-session limit kept inline in the session's task: of
+//! `subscribe`/`unsubscribe` frames (refused past it) and of WebSocket control frames (paced:
+//! the session waits before reading more).
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -112,6 +113,21 @@ impl SessionRate {
         self.next_us = next + interval;
         Ok(())
     }
+
+    /// Counts one that already passed, whatever the budget, and says how long until the next
+    /// would (zero while the burst lasts): for a limit kept by waiting before reading more
+    /// rather than by refusing (the WebSocket session's control frames). A caller that waits
+    /// that long lets at most `burst + per_second × t` through in any `t`.
+    pub fn pace(&mut self, per_second: u32, burst: u32) -> Duration {
+        self.pace_at(epoch_us(), per_second, burst)
+    }
+
+    fn pace_at(&mut self, now_us: u64, per_second: u32, burst: u32) -> Duration {
+        let interval = 1_000_000 / u64::from(per_second.max(1));
+        let tolerance = interval * u64::from(burst.max(1) - 1);
+        self.next_us = self.next_us.max(now_us) + interval;
+        Duration::from_micros((self.next_us - now_us).saturating_sub(tolerance))
+    }
 }
 
 /// Microseconds since the first call in this process: a `u64` instead of an `Instant` (16 bytes)
@@ -187,6 +203,27 @@ mod tests {
         }
         assert!(r.take_at(later, 10, 20).is_err());
         assert_eq!(std::mem::size_of::<SessionRate>(), 8);
+    }
+
+    /// Paced, a session is told to wait once its burst is spent, one interval per unit, and
+    /// after a pause has its burst again, never more.
+    #[test]
+    fn pacing_lets_the_burst_through_then_one_per_interval() {
+        let mut r = SessionRate::default();
+        let t0 = 5_000_000;
+        for i in 0..19 {
+            assert_eq!(r.pace_at(t0, 10, 20), Duration::ZERO, "burst {i}");
+        }
+        assert_eq!(r.pace_at(t0, 10, 20), Duration::from_millis(100));
+        // Waited as told: one more, then the same wait again.
+        assert_eq!(r.pace_at(t0 + 100_000, 10, 20), Duration::from_millis(100));
+        // A caller that did not wait is told to wait longer (every unit counts).
+        assert_eq!(r.pace_at(t0 + 100_000, 10, 20), Duration::from_millis(200));
+        let later = t0 + 60_000_000;
+        for i in 0..19 {
+            assert_eq!(r.pace_at(later, 10, 20), Duration::ZERO, "second burst {i}");
+        }
+        assert_eq!(r.pace_at(later, 10, 20), Duration::from_millis(100));
     }
 
     #[test]

@@ -143,3 +143,60 @@ fn server_tx_queue(server_port: u16, client_port: u16) -> usize {
         })
         .unwrap_or(0)
 }
+
+/// A masked client frame of any size (FIN bit, opcode), the minimal length encoding.
+fn long_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x11u8, 0x22, 0x33, 0x44];
+    let mut f = vec![(if fin { 0x80 } else { 0 }) | opcode];
+    match payload.len() {
+        n @ 0..=125 => f.push(0x80 | n as u8),
+        n @ 126..=65535 => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(0x80 | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// A measurement, not a check (ignored; run it alone with `--ignored --nocapture`): RSS per
+/// socket of 200 sockets that each hold an unfinished text message of ~63 KiB (15 fragments of
+/// 4,200 bytes and the first 100 bytes of a 16th), over the same 200 sockets idle. Contract §7:
+/// at most 64 KiB plus a fixed overhead each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn rss_per_socket_holding_an_unfinished_63_kib_message() {
+    const SOCKETS: usize = 200;
+    let _one = SERIAL.lock().await;
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let mut conns = vec![];
+    for _ in 0..SOCKETS {
+        conns.push(raw_ws(&app, &new_user()).await);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = rss_bytes();
+    let mut message = long_frame(false, 0x1, &[b' '; 4_200]);
+    for _ in 0..14 {
+        message.extend(long_frame(false, 0x0, &[b' '; 4_200]));
+    }
+    message.extend(&long_frame(false, 0x0, &[b' '; 2_000])[..108]);
+    for s in conns.iter_mut() {
+        s.write_all(&message).await.expect("write the message");
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let held = rss_bytes();
+    eprintln!(
+        "{SOCKETS} sockets: idle RSS {} KiB, holding {} KiB: {:.1} KiB per socket",
+        idle >> 10,
+        held >> 10,
+        held.saturating_sub(idle) as f64 / 1024.0 / SOCKETS as f64
+    );
+    drop(conns);
+    app.stop().await;
+}
