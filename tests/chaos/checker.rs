@@ -99,7 +99,81 @@ pub(crate) struct TransportCounts {
     pub(crate) duplicates_received: usize,
 }
 
+/// What a run was, for its report's header.
+pub(crate) struct Run {
+    pub(crate) mode: String,
+    pub(crate) redis: String,
+    pub(crate) fault_kinds: Vec<FaultKind>,
+    pub(crate) users: usize,
+    pub(crate) clients: usize,
+    pub(crate) duration_s: f64,
+    pub(crate) caught_up: bool,
+}
+
 impl Report {
+    /// A run's report before the checker reads the database: what was created and injected,
+    /// and the problems the faults and the catch-up themselves saw (every run alike).
+    pub(crate) fn of_run(run: Run, producer: &ProducerLog, faults: &[Fault]) -> Report {
+        let mut report = Report {
+            mode: run.mode,
+            redis: run.redis,
+            fault_kinds: run.fault_kinds,
+            users: run.users,
+            clients: run.clients,
+            regular: producer.created.iter().filter(|m| !m.flood).count(),
+            flood: producer.created.iter().filter(|m| m.flood).count(),
+            duration_s: run.duration_s,
+            faults: faults
+                .iter()
+                .map(|f| (f.kind, f.start, f.end, f.detail.clone()))
+                .collect(),
+            takeovers_ms: faults.iter().filter_map(|f| f.takeover_ms).collect(),
+            failovers_ms: faults.iter().filter_map(|f| f.failover_ms).collect(),
+            slow_closed: faults.iter().filter_map(|f| f.slow_closed).collect(),
+            half_open: faults
+                .iter()
+                .filter_map(|f| Some((f.kind, f.half_open.clone()?)))
+                .collect(),
+            replays_after_failure: producer.replays_after_failure,
+            requests: producer.requests,
+            caught_up: run.caught_up,
+            ..Default::default()
+        };
+        if !run.caught_up {
+            report
+                .problems
+                .push("not every client caught up with the database in time".into());
+        }
+        for kind in &report.fault_kinds {
+            if !faults.iter().any(|f| f.kind == *kind) {
+                report
+                    .problems
+                    .push(format!("fault never injected: {}", kind.label()));
+            }
+        }
+        for f in faults {
+            report.problems.extend(f.problems.iter().cloned());
+        }
+        report
+    }
+
+    /// Ends a run: the clients' logs beside the nodes' (`dir`), the report printed and written
+    /// to `path` if asked, and the run failed with `what` if the report has problems.
+    pub(crate) fn finish(&self, dir: &Path, clients: &[Client], path: Option<&Path>, what: &str) {
+        dump_client_logs(&dir.join("clients.log"), clients);
+        let md = self.markdown();
+        crate::util::note(format!("report\n\n{md}"));
+        if let Some(path) = path {
+            std::fs::write(path, &md).expect("write CHAOS_REPORT");
+            crate::util::note(format!("report written to {}", path.display()));
+        }
+        assert!(
+            self.passed(),
+            "{what} found problems (see the report above; logs kept in {})",
+            dir.display()
+        );
+    }
+
     pub(crate) fn passed(&self) -> bool {
         self.problems.is_empty()
     }

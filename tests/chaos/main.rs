@@ -53,7 +53,7 @@ mod redis_cluster;
 mod sse_client;
 mod util;
 
-use checker::{dump_client_logs, wait_until_caught_up, Checker, Report};
+use checker::{wait_until_caught_up, Checker, Report, Run};
 use clients::{start_clients, stop_clients};
 use cluster::{missing_prerequisites, Cluster, RedisKind};
 use faults::{FaultInjector, ALL_FAULTS};
@@ -202,49 +202,16 @@ async fn chaos() {
     stop_clients(&stop_tx, &clients).await;
 
     let producer_log = std::mem::take(&mut *lock(&producer.log));
-    let mut report = Report {
-        mode: if cfg.long {
-            "long".into()
-        } else {
-            "default".into()
-        },
+    let run = Run {
+        mode: if cfg.long { "long" } else { "default" }.into(),
         redis: "private Redis".into(),
         fault_kinds: ALL_FAULTS.to_vec(),
         users: users.len(),
         clients: clients.len(),
-        regular: producer_log.created.iter().filter(|m| !m.flood).count(),
-        flood: producer_log.created.iter().filter(|m| m.flood).count(),
         duration_s: clock.ms() / 1000.0,
-        faults: faults
-            .iter()
-            .map(|f| (f.kind, f.start, f.end, f.detail.clone()))
-            .collect(),
-        takeovers_ms: faults.iter().filter_map(|f| f.takeover_ms).collect(),
-        slow_closed: faults.iter().filter_map(|f| f.slow_closed).collect(),
-        half_open: faults
-            .iter()
-            .filter_map(|f| Some((f.kind, f.half_open.clone()?)))
-            .collect(),
-        replays_after_failure: producer_log.replays_after_failure,
-        requests: producer_log.requests,
         caught_up,
-        ..Default::default()
     };
-    if !caught_up {
-        report
-            .problems
-            .push("not every client caught up with the database in time".into());
-    }
-    for kind in ALL_FAULTS {
-        if !faults.iter().any(|f| f.kind == kind) {
-            report
-                .problems
-                .push(format!("fault never injected: {}", kind.label()));
-        }
-    }
-    for f in &faults {
-        report.problems.extend(f.problems.iter().cloned());
-    }
+    let mut report = Report::of_run(run, &producer_log, &faults);
     if report.slow_closed.iter().any(|c| !c) {
         report
             .problems
@@ -257,17 +224,11 @@ async fn chaos() {
         faults: &faults,
     };
     checker.check(&mut report).await.expect("read the database");
-    dump_client_logs(&cluster.dir.path.join("clients.log"), &clients);
-    let md = report.markdown();
-    note(format!("report\n\n{md}"));
-    if let Some(path) = &cfg.report {
-        std::fs::write(path, &md).expect("write CHAOS_REPORT");
-        note(format!("report written to {}", path.display()));
-    }
-    assert!(
-        report.passed(),
-        "the chaos run found problems (see the report above; logs kept in {})",
-        cluster.dir.path.display()
+    report.finish(
+        &cluster.dir.path,
+        &clients,
+        cfg.report.as_deref(),
+        "the chaos run",
     );
 }
 

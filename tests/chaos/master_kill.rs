@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::checker::{dump_client_logs, wait_until_caught_up, Checker, Report};
+use crate::checker::{wait_until_caught_up, Checker, Report, Run};
 use crate::clients::{start_clients, stop_clients, Client};
 use crate::cluster::{missing_prerequisites, Cluster, RedisKind};
 use crate::faults::{FaultInjector, FaultKind};
@@ -165,32 +165,16 @@ pub(crate) async fn run(cfg: Config) {
     stop_clients(&stop_tx, &clients).await;
 
     let producer_log = std::mem::take(&mut *lock(&producer.log));
-    let mut report = Report {
+    let run = Run {
         mode: "Redis Cluster, a master killed".into(),
         redis: "a private Redis Cluster (3 masters + 3 replicas, `redis+cluster://`)".into(),
         fault_kinds: vec![FaultKind::RedisMasterKill],
         users: users.len(),
         clients: clients.len(),
-        regular: producer_log.created.len(),
         duration_s: clock.ms() / 1000.0,
-        faults: faults
-            .iter()
-            .map(|f| (f.kind, f.start, f.end, f.detail.clone()))
-            .collect(),
-        failovers_ms: faults.iter().filter_map(|f| f.failover_ms).collect(),
-        replays_after_failure: producer_log.replays_after_failure,
-        requests: producer_log.requests,
         caught_up,
-        ..Default::default()
     };
-    if !caught_up {
-        report
-            .problems
-            .push("not every client caught up with the database in time".into());
-    }
-    for f in &faults {
-        report.problems.extend(f.problems.iter().cloned());
-    }
+    let mut report = Report::of_run(run, &producer_log, &faults);
     let checker = Checker {
         cluster: &cluster,
         clients: &clients,
@@ -200,19 +184,16 @@ pub(crate) async fn run(cfg: Config) {
     checker.check(&mut report).await.expect("read the database");
     checker.check_topics(&topic_log, &topics, &mut report);
     checker.check_connections_kept(&mut report);
-    dump_client_logs(&cluster.dir.path.join("clients.log"), &clients);
-    let md = report.markdown();
-    note(format!("report\n\n{md}"));
-    if let Some(path) = &cfg.report {
-        // Beside the default run's report, not over it.
-        let path = path.with_extension("redis-master-kill.md");
-        std::fs::write(&path, &md).expect("write CHAOS_REPORT");
-        note(format!("report written to {}", path.display()));
-    }
-    assert!(
-        report.passed(),
-        "the Redis Cluster chaos run found problems (see the report above; logs kept in {})",
-        cluster.dir.path.display()
+    // Beside the default run's report, not over it.
+    let path = cfg
+        .report
+        .as_ref()
+        .map(|p| p.with_extension("redis-master-kill.md"));
+    report.finish(
+        &cluster.dir.path,
+        &clients,
+        path.as_deref(),
+        "the Redis Cluster chaos run",
     );
 }
 
