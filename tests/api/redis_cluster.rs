@@ -575,8 +575,8 @@ async fn move_slot(cluster: &Cluster, slot: u16, from: &(u16, String), to: &(u16
 /// between masters every 100 ms (each move makes the redis crate follow `MOVED` and rebuild
 /// its slot map) while 256 publishers keep a pipeline each in flight. A publisher that fails
 /// tries again, as the relay does; every one must get each of its publishes through within
-/// 30 s. Publishes take milliseconds and a failed one is at most 5 s (the publish bound): the
-/// 30 s only turns a connection that stopped answering for good into a failure, not a hang.
+/// 60 s. Publishes take milliseconds and a failed one at most 5 s (the publish bound): the 60 s
+/// only turns a connection that stopped answering for good into a failure instead of a hang.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs a Redis Cluster whose slots it may move: scripts/redis-cluster-test.sh"]
 async fn the_command_connection_keeps_answering_while_slots_move_under_load() {
@@ -646,8 +646,8 @@ async fn the_command_connection_keeps_answering_while_slots_move_under_load() {
                         break;
                     }
                     assert!(
-                        started.elapsed() < Duration::from_secs(30),
-                        "publisher {p} could not publish for 30 s: the command connection no longer answers"
+                        started.elapsed() < Duration::from_secs(60),
+                        "publisher {p} could not publish for 60 s: the command connection no longer answers"
                     );
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
@@ -674,7 +674,7 @@ async fn the_command_connection_keeps_answering_while_slots_move_under_load() {
     stop.store(true, Ordering::SeqCst);
     let mut total = 0;
     for p in publishers {
-        total += tokio::time::timeout(Duration::from_secs(60), p)
+        total += tokio::time::timeout(Duration::from_secs(120), p)
             .await
             .expect("a publisher never finished: the command connection no longer answers")
             .expect("publisher");
