@@ -107,6 +107,18 @@ impl ClusterCommands {
         (current.0, current.1.clone())
     }
 
+    /// A command's result on the connection of `generation`. The crate's own bound on a
+    /// command (its response timeout, the same 5 s as the relay's) may pass before ours: that
+    /// is a stall as well.
+    fn check<T>(self: &Arc<Self>, generation: u64, r: redis::RedisResult<T>) -> anyhow::Result<T> {
+        if let Err(e) = &r {
+            if e.is_timeout() {
+                self.stalled(generation);
+            }
+        }
+        r.context("redis command failed")
+    }
+
     /// A command on the connection of `generation` timed out: unless it was replaced already
     /// (or is being replaced), a fresh one from the seeds takes its place in the background.
     /// The command that noticed still fails (its caller retries, as the relay does).
@@ -204,7 +216,7 @@ impl Redis {
             Redis::Cluster(cluster) => {
                 let (generation, mut conn) = cluster.get();
                 match tokio::time::timeout(timeout, q.query_async::<T>(&mut conn)).await {
-                    Ok(r) => r.context("redis command failed"),
+                    Ok(r) => cluster.check(generation, r),
                     Err(_) => {
                         cluster.stalled(generation);
                         anyhow::bail!("redis command timed out after {timeout:?}")
@@ -248,7 +260,7 @@ impl Redis {
                 .await
         };
         match tokio::time::timeout(timeout, run).await {
-            Ok(r) => r.context("redis command failed").map(drop),
+            Ok(r) => cluster.check(generation, r).map(drop),
             Err(_) => {
                 cluster.stalled(generation);
                 anyhow::bail!("redis command timed out after {timeout:?}")

@@ -2,9 +2,11 @@
 //! sharded pub/sub across the nodes, presence, and a master killed (`kill -9`) under load with
 //! no user event lost, duplicated or reordered. The topic events lost during the failover are
 //! counted and printed (documented in docs/operations.md, not asserted: topic events are live
-//! only, contract §8).
+//! only, contract §8). And the node's command connection keeps answering while slots move
+//! between masters under load.
 //!
-//! These tests need a cluster of their own (3 masters, 3 replicas, a master they may kill):
+//! These tests need a cluster of their own (3 masters, 3 replicas, a master they may kill, slots
+//! they may move):
 //! scripts/redis-cluster-test.sh starts one and runs them with `--ignored`, naming its seeds in
 //! `NOTIFYD_TEST_REDIS_CLUSTER` and its directory (one `<port>/redis.pid` per node) in
 //! `NOTIFYD_TEST_REDIS_CLUSTER_DIR`. The same delivery and failover checks run against a
@@ -583,6 +585,14 @@ async fn the_command_connection_keeps_answering_while_slots_move_under_load() {
     use notifyd::broker::{Broker, Redis, RedisTarget};
     const PUBLISHERS: usize = 256;
     const MOVES: usize = 40;
+    // RUST_LOG=notifyd=warn shows each replacement of the connection (no node is spawned here,
+    // and spawn_app is what installs the log subscriber).
+    if std::env::var("RUST_LOG").is_ok() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
     let cluster = Cluster::plain();
     let target = RedisTarget::parse(&cluster.url(), None).expect("url");
     let broker = Broker::Redis(Redis::connect(&target).await.expect("connect"));
