@@ -7,7 +7,9 @@
 #      needs the cluster): two notifyd nodes with REDIS_URL=redis+cluster://...; user and topic
 #      events across the nodes, presence, then `kill -9` of a Redis master under load (the test
 #      kills the process whose pid file it is given): 0 lost / 0 duplicated / 0 reordered user
-#      events per client, the topic events lost during the failover counted and printed;
+#      events per client, the topic events lost during the failover counted and printed; and a
+#      keyless slot moved between the masters 40 times while 256 publishers use the node's
+#      command connection (each publish must get through: it is moved back at the end);
 #   2. a TLS-only one (`port 0`, `tls-port`, `tls-cluster yes`, `tls-replication yes`: clients,
 #      replication and the cluster bus all over TLS), its nodes' certificate from a CA made here
 #      (openssl; it names `localhost` and `127.0.0.1`, the address the nodes announce), created

@@ -10,6 +10,7 @@
 pub mod envelope;
 pub mod hub;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,11 +66,102 @@ impl Broker {
 /// through the redis crate's cluster connection (it multiplexes one connection per node, routes
 /// each command to its key's slot, follows `MOVED`/`ASK` and refreshes the slot map after a
 /// failover by itself; a pool of them would only multiply connections, and deadpool-redis's
-/// cluster manager cannot take a private CA). See docs/decisions/0016-redis-cluster.md.
+/// cluster manager cannot take a private CA), replaced when it stops answering
+/// ([`ClusterCommands`]). See docs/decisions/0016-redis-cluster.md.
 #[derive(Clone)]
 pub enum Redis {
     Single(deadpool_redis::Pool),
-    Cluster(ClusterConnection),
+    Cluster(Arc<ClusterCommands>),
+}
+
+/// The node's one cluster connection for commands (the relay's SPUBLISHes, presence, the
+/// readiness canary), and how to make another.
+///
+/// A command on it that times out (neither answered nor failed within its bound) makes a fresh
+/// connection from the seeds take its place: with redis 1.8.1 under tokio 1.54 the cluster
+/// connection can stop answering for good. After a `MOVED` or a lost node it refreshes its
+/// slot map under the write half of its connection map's lock, and while that refresh runs it
+/// polls none of its in-flight requests; tokio 1.54's lock hands a request its read permit
+/// before the task's cooperative budget makes it yield, so a request that yielded there holds
+/// a permit it releases only when polled again, and the refresh waits for it forever (seen
+/// after a master was killed: every publish timed out for the 60 s the test waited;
+/// `redis_cluster::the_command_connection_keeps_answering_while_slots_move_under_load`). The
+/// old connection's task ends once the commands still holding it return.
+pub struct ClusterCommands {
+    seeds: Vec<redis::ConnectionInfo>,
+    ca: Option<Vec<u8>>,
+    /// The connection, and how many times it was replaced (so that the timeouts of many
+    /// commands on one stalled connection replace it once).
+    current: parking_lot::Mutex<(u64, ClusterConnection)>,
+    /// A replacement is being made (one at a time).
+    replacing: AtomicBool,
+    /// Where replacements are made: the runtime the node connected on (the one its
+    /// background tasks run on), whichever task's command noticed the stall.
+    runtime: tokio::runtime::Handle,
+}
+
+impl ClusterCommands {
+    /// The connection now, and its generation.
+    fn get(&self) -> (u64, ClusterConnection) {
+        let current = self.current.lock();
+        (current.0, current.1.clone())
+    }
+
+    /// A command's result on the connection of `generation`. The crate's own bound on a
+    /// command (its response timeout, the same 5 s as the relay's) may pass before ours: that
+    /// is a stall as well.
+    fn check<T>(self: &Arc<Self>, generation: u64, r: redis::RedisResult<T>) -> anyhow::Result<T> {
+        if let Err(e) = &r {
+            if e.is_timeout() {
+                self.stalled(generation);
+            }
+        }
+        r.context("redis command failed")
+    }
+
+    /// A command on the connection of `generation` timed out: unless it was replaced already
+    /// (or is being replaced), a fresh one from the seeds takes its place in the background.
+    /// The command that noticed still fails (its caller retries, as the relay does).
+    fn stalled(self: &Arc<Self>, generation: u64) {
+        if self.current.lock().0 != generation || self.replacing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let me = self.clone();
+        self.runtime.spawn(async move {
+            match connect_cluster(&me.seeds, me.ca.as_deref()).await {
+                Ok(fresh) => {
+                    let old = {
+                        let mut current = me.current.lock();
+                        let old = std::mem::replace(&mut current.1, fresh);
+                        current.0 = generation + 1;
+                        old
+                    };
+                    drop(old);
+                    metrics::counter!("notifyd_redis_cluster_reconnects_total", "outcome" => "replaced")
+                        .increment(1);
+                    tracing::warn!("a command on the Redis Cluster connection timed out; replaced it with a fresh one from the seeds");
+                }
+                Err(e) => {
+                    metrics::counter!("notifyd_redis_cluster_reconnects_total", "outcome" => "failed")
+                        .increment(1);
+                    tracing::warn!(error = %format!("{e:#}"), "a command on the Redis Cluster connection timed out, and a fresh connection could not be made; keeping the old one");
+                }
+            }
+            me.replacing.store(false, Ordering::SeqCst);
+        });
+    }
+}
+
+/// A cluster connection for commands from `seeds`, within the connect bound.
+async fn connect_cluster(
+    seeds: &[redis::ConnectionInfo],
+    ca: Option<&[u8]>,
+) -> anyhow::Result<ClusterConnection> {
+    let client = cluster_client(seeds, ca, None)?;
+    tokio::time::timeout(POOL_WAIT, client.get_async_connection())
+        .await
+        .context("connecting to the Redis Cluster: timed out")
+        .and_then(|r| r.context("connecting to the Redis Cluster"))
 }
 
 impl Redis {
@@ -80,13 +172,14 @@ impl Redis {
         match target {
             RedisTarget::Single(info) => Ok(Redis::Single(redis_pool_for(info.clone())?)),
             RedisTarget::Cluster { seeds, ca } => {
-                let client = cluster_client(seeds, ca.as_deref(), None)?;
-                let conn = tokio::time::timeout(POOL_WAIT, client.get_async_connection())
-                    .await
-                    .context("connecting to the Redis Cluster: timed out")
-                    .and_then(|r| r.context("connecting to the Redis Cluster"));
-                match conn {
-                    Ok(conn) => Ok(Redis::Cluster(conn)),
+                match connect_cluster(seeds, ca.as_deref()).await {
+                    Ok(conn) => Ok(Redis::Cluster(Arc::new(ClusterCommands {
+                        seeds: seeds.clone(),
+                        ca: ca.clone(),
+                        current: parking_lot::Mutex::new((0, conn)),
+                        replacing: AtomicBool::new(false),
+                        runtime: tokio::runtime::Handle::current(),
+                    }))),
                     Err(e) => Err(explain_certificate_refusal(
                         seed_certificate_refusal(seeds).await.unwrap_or(e),
                     )),
@@ -120,12 +213,15 @@ impl Redis {
     ) -> anyhow::Result<T> {
         match self {
             Redis::Single(pool) => query_cmd(pool, q, timeout).await,
-            Redis::Cluster(conn) => {
-                let mut conn = conn.clone();
-                tokio::time::timeout(timeout, q.query_async::<T>(&mut conn))
-                    .await
-                    .map_err(|_| anyhow::anyhow!("redis command timed out after {timeout:?}"))?
-                    .context("redis command failed")
+            Redis::Cluster(cluster) => {
+                let (generation, mut conn) = cluster.get();
+                match tokio::time::timeout(timeout, q.query_async::<T>(&mut conn)).await {
+                    Ok(r) => cluster.check(generation, r),
+                    Err(_) => {
+                        cluster.stalled(generation);
+                        anyhow::bail!("redis command timed out after {timeout:?}")
+                    }
+                }
             }
         }
     }
@@ -135,10 +231,11 @@ impl Redis {
     /// pipeline is split by the slot of each command's key (its first argument), keeping the
     /// order within a slot (so within a key, a channel), and the slots' pipelines run at once.
     pub async fn exec(&self, q: &redis::Pipeline, timeout: Duration) -> anyhow::Result<()> {
-        let conn = match self {
+        let cluster = match self {
             Redis::Single(pool) => return query::<()>(pool, q, timeout).await,
-            Redis::Cluster(conn) => conn,
+            Redis::Cluster(cluster) => cluster,
         };
+        let (generation, conn) = cluster.get();
         let run = async {
             let mut slots: Vec<redis::Pipeline> = vec![];
             let mut index: HashMap<Slot, usize> = HashMap::new();
@@ -162,11 +259,13 @@ impl Redis {
                 .try_collect::<Vec<()>>()
                 .await
         };
-        tokio::time::timeout(timeout, run)
-            .await
-            .map_err(|_| anyhow::anyhow!("redis command timed out after {timeout:?}"))?
-            .context("redis command failed")?;
-        Ok(())
+        match tokio::time::timeout(timeout, run).await {
+            Ok(r) => cluster.check(generation, r).map(drop),
+            Err(_) => {
+                cluster.stalled(generation);
+                anyhow::bail!("redis command timed out after {timeout:?}")
+            }
+        }
     }
 }
 

@@ -2,9 +2,11 @@
 //! sharded pub/sub across the nodes, presence, and a master killed (`kill -9`) under load with
 //! no user event lost, duplicated or reordered. The topic events lost during the failover are
 //! counted and printed (documented in docs/operations.md, not asserted: topic events are live
-//! only, contract §8).
+//! only, contract §8). And the node's command connection keeps answering while slots move
+//! between masters under load.
 //!
-//! These tests need a cluster of their own (3 masters, 3 replicas, a master they may kill):
+//! These tests need a cluster of their own (3 masters, 3 replicas, a master they may kill, slots
+//! they may move):
 //! scripts/redis-cluster-test.sh starts one and runs them with `--ignored`, naming its seeds in
 //! `NOTIFYD_TEST_REDIS_CLUSTER` and its directory (one `<port>/redis.pid` per node) in
 //! `NOTIFYD_TEST_REDIS_CLUSTER_DIR`. The same delivery and failover checks run against a
@@ -497,4 +499,198 @@ async fn subscribing_twenty_thousand_channels_on_the_cluster_and_on_one_redis() 
         let _ = stop.send(true);
         let _ = task.await;
     }
+}
+
+/// Every master of the cluster now: `(port, node id)`, read from any live node.
+async fn master_ids(cluster: &Cluster) -> Vec<(u16, String)> {
+    let (port, _) = masters(cluster).await[0];
+    let mut c = cluster
+        .node(port)
+        .expect("node")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let nodes: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(&mut c)
+        .await
+        .expect("CLUSTER NODES");
+    nodes
+        .lines()
+        .filter(|l| l.contains("master") && !l.contains("fail"))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let port = f.get(1)?.split(['@', ':']).nth(1)?.parse().ok()?;
+            Some((port, f.first()?.to_string()))
+        })
+        .collect()
+}
+
+/// Moves the (keyless) `slot` from the master `from` to the master `to` the way a resharding
+/// does (`IMPORTING`, `MIGRATING`, then `NODE` on both and on every other master): clients
+/// that still send its commands to `from` get `MOVED`.
+async fn move_slot(cluster: &Cluster, slot: u16, from: &(u16, String), to: &(u16, String)) {
+    let all = master_ids(cluster).await;
+    let conn = |port: u16| async move {
+        cluster
+            .node(port)
+            .expect("node")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect")
+    };
+    let setslot = |how: &str, id: Option<&str>| {
+        let mut c = redis::cmd("CLUSTER");
+        c.arg("SETSLOT").arg(slot).arg(how);
+        if let Some(id) = id {
+            c.arg(id);
+        }
+        c
+    };
+    let (mut src, mut dst) = (conn(from.0).await, conn(to.0).await);
+    let _: () = setslot("IMPORTING", Some(&from.1))
+        .query_async(&mut dst)
+        .await
+        .expect("IMPORTING");
+    let _: () = setslot("MIGRATING", Some(&to.1))
+        .query_async(&mut src)
+        .await
+        .expect("MIGRATING");
+    let _: () = setslot("NODE", Some(&to.1))
+        .query_async(&mut dst)
+        .await
+        .expect("NODE on the target");
+    let _: () = setslot("NODE", Some(&to.1))
+        .query_async(&mut src)
+        .await
+        .expect("NODE on the source");
+    for (port, _) in all.iter().filter(|(p, _)| *p != from.0 && *p != to.0) {
+        let _: () = setslot("NODE", Some(&to.1))
+            .query_async(&mut conn(*port).await)
+            .await
+            .expect("NODE on another master");
+    }
+}
+
+/// The node's one connection for commands on a cluster (the relay's SPUBLISHes, presence,
+/// the readiness canary) keeps answering while the cluster changes under it: a slot moves
+/// between masters every 100 ms (each move makes the redis crate follow `MOVED` and rebuild
+/// its slot map) while 256 publishers keep a pipeline each in flight. A publisher that fails
+/// tries again, as the relay does; every one must get each of its publishes through within
+/// 60 s. Publishes take milliseconds and a failed one at most 5 s (the publish bound): the 60 s
+/// only turns a connection that stopped answering for good into a failure instead of a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs a Redis Cluster whose slots it may move: scripts/redis-cluster-test.sh"]
+async fn the_command_connection_keeps_answering_while_slots_move_under_load() {
+    use notifyd::broker::{Broker, Redis, RedisTarget};
+    const PUBLISHERS: usize = 256;
+    const MOVES: usize = 40;
+    // RUST_LOG=notifyd=warn shows each replacement of the connection (no node is spawned here,
+    // and spawn_app is what installs the log subscriber).
+    if std::env::var("RUST_LOG").is_ok() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+    let cluster = Cluster::plain();
+    let target = RedisTarget::parse(&cluster.url(), None).expect("url");
+    let broker = Broker::Redis(Redis::connect(&target).await.expect("connect"));
+    let prefix = new_prefix();
+    // The channel whose slot moves, and the slot.
+    let moving = format!("{prefix}u:moving");
+    let ids = master_ids(&cluster).await;
+    let mut c = cluster
+        .node(ids[0].0)
+        .expect("node")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let slot: u16 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(&moving)
+        .query_async(&mut c)
+        .await
+        .expect("CLUSTER KEYSLOT");
+    let nodes: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(&mut c)
+        .await
+        .expect("CLUSTER NODES");
+    // The master whose slot ranges (fields 9 on) hold it.
+    let owns = |line: &str| {
+        line.split_whitespace().skip(8).any(|range| {
+            let (a, b) = range.split_once('-').unwrap_or((range, range));
+            matches!((a.parse::<u16>(), b.parse::<u16>()), (Ok(a), Ok(b)) if a <= slot && slot <= b)
+        })
+    };
+    let owner_id = nodes
+        .lines()
+        .find(|l| l.contains("master") && owns(l))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("the slot's owner");
+    let mut owner = ids
+        .iter()
+        .position(|(_, id)| id == owner_id)
+        .expect("the owner is a master");
+    let first_owner = owner;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let slowest = Arc::new(Mutex::new(Duration::ZERO));
+    let mut publishers = vec![];
+    for p in 0..PUBLISHERS {
+        let (broker, stop, slowest) = (broker.clone(), stop.clone(), slowest.clone());
+        // Every fourth publisher on the moving slot, the others spread over every shard.
+        let channel = if p % 4 == 0 {
+            moving.clone()
+        } else {
+            format!("{prefix}u:p{p}")
+        };
+        publishers.push(tokio::spawn(async move {
+            let mut sent = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let started = tokio::time::Instant::now();
+                loop {
+                    let items = [(channel.clone(), format!("{p}:{sent}"))];
+                    if broker.publish(&items).await.is_ok() {
+                        break;
+                    }
+                    assert!(
+                        started.elapsed() < Duration::from_secs(60),
+                        "publisher {p} could not publish for 60 s: the command connection no longer answers"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let took = started.elapsed();
+                let mut s = slowest.lock();
+                *s = (*s).max(took);
+                drop(s);
+                sent += 1;
+            }
+            sent
+        }));
+    }
+    for _ in 0..MOVES {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let next = (owner + 1) % ids.len();
+        move_slot(&cluster, slot, &ids[owner], &ids[next]).await;
+        owner = next;
+    }
+    // Back where it was, for the tests that run after this one.
+    if owner != first_owner {
+        move_slot(&cluster, slot, &ids[owner], &ids[first_owner]).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut total = 0;
+    for p in publishers {
+        total += tokio::time::timeout(Duration::from_secs(120), p)
+            .await
+            .expect("a publisher never finished: the command connection no longer answers")
+            .expect("publisher");
+    }
+    println!(
+        "{total} publishes by {PUBLISHERS} publishers over {MOVES} slot moves; the slowest took {:?}",
+        *slowest.lock()
+    );
 }
