@@ -408,7 +408,7 @@ async fn ddl(
         Ok(Ok(v)) => Ok(Some(v)),
         Ok(Err(e)) => {
             metrics::counter!("notifyd_errors_total", "kind" => "event_partition").increment(1);
-            tracing::warn!(op, error = %e, "event log partition step failed; retried next round");
+            tracing::warn!(op, error = %format!("{e:#}"), "event log partition step failed; retried next round");
             Ok(None)
         }
         Err(_) => anyhow::bail!("an event log partition {op} took longer than {bound:?}"),

@@ -145,7 +145,7 @@ impl Relay {
                 return;
             }
             if let Err(e) = self.session(part, &share, &mut shutdown).await {
-                tracing::warn!(error = %e, partition = part.index, "relay lost its database connection; reconnecting");
+                tracing::warn!(error = %format!("{e:#}"), partition = part.index, "relay lost its database connection; reconnecting");
             }
             tokio::select! {
                 _ = tokio::time::sleep(STANDBY_RETRY) => {}
@@ -324,7 +324,7 @@ impl Relay {
                 Err(StepError::Broker(e)) => {
                     metrics::counter!("notifyd_errors_total", "kind" => "relay_publish")
                         .increment(1);
-                    tracing::warn!(error = %e, "relay cannot publish; events stay in the outbox, retrying in {backoff:?}");
+                    tracing::warn!(error = %format!("{e:#}"), "relay cannot publish; events stay in the outbox, retrying in {backoff:?}");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = targets.changed() => {}
