@@ -10,7 +10,8 @@
 //!    timed), and all N clients reconnect to B with `since=1`: at once, or (BENCH_STORM_SPREAD_MS)
 //!    each after a delay uniform in [0, spread), as the shipped JS client's first retry waits;
 //! 5. a client has *resumed* when it holds `hello` with the final seq and `sync` frames with
-//!    exactly the events 2..=1+MISSED, each once, in order. A client closed with 1013 waits the
+//!    exactly the events 2..=1+MISSED, each once, in order; it then stays connected until the
+//!    storm is over, as a real client does. A client closed with 1013 waits the
 //!    `retry_after=<ms>` its close reason names (or 1 s) and tries again; a failed handshake
 //!    waits 0.5–1 s. Measured: time until every client resumed, resume p50/p99, refusals and
 //!    retries, wrong or missing events, catch-up queries and events read (B's
@@ -118,10 +119,14 @@ struct Outcome {
     /// Events missing, repeated, out of order, or a reset instead of a replay.
     wrong: bool,
     last_error: Option<String>,
+    /// The resumed socket, held open until the storm is over: a client that came back stays,
+    /// as real ones do (until 2026-12-07 each closed right after resuming, so the survivor also
+    /// handled 15,000 departures inside the storm: session ends, UNSUBSCRIBEs, presence).
+    kept: Option<Ws>,
 }
 
 enum Attempt {
-    Resumed,
+    Resumed(Box<Ws>),
     Wrong(String),
     Refused(u64),
     Failed(String),
@@ -179,9 +184,8 @@ async fn attempt(i: usize, server: SocketAddr, token: &str, since: i64, last: i6
         }
         if hello && (since == last || got.last() == Some(&last)) {
             let want: Vec<i64> = (since + 1..=last).collect();
-            let _ = ws.close(None).await;
             return if got == want {
-                Attempt::Resumed
+                Attempt::Resumed(Box::new(ws))
             } else {
                 Attempt::Wrong(format!("events {got:?}, expected {want:?}"))
             };
@@ -223,8 +227,9 @@ async fn resume(
     tokio::time::sleep(first_delay(i, spread_ms)).await;
     while start.elapsed() < STORM_DEADLINE {
         match attempt(i, server, &token, since, last).await {
-            Attempt::Resumed => {
+            Attempt::Resumed(ws) => {
                 out.resumed_us = Some(start.elapsed().as_micros() as u64);
+                out.kept = Some(*ws);
                 return out;
             }
             Attempt::Wrong(e) => {
@@ -641,6 +646,10 @@ async fn storm(
     let (mut user_storm_lat, user_storm_failed) = user_storm.await?;
     user_storm_lat.sort_unstable();
     let after = metric_sums(&metrics_base).await;
+    // The storm is over: the clients that came back leave now, outside every measured window.
+    for o in &mut outcomes {
+        o.kept = None;
+    }
     let delta =
         |k: &str| after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
     // A histogram's samples over the storm that took longer than `le` (one of its buckets).
@@ -783,7 +792,9 @@ reconnects to B with `since=1`, all at once unless the block says each waited a 
 in [0, spread) first, as the shipped JS client does after a healthy socket breaks (its\n\
 `backoffBaseMs`, 500 ms); a client's resume time counts from the storm's start, its delay\n\
 included. *Resumed* = `hello` at the final seq and `sync` frames\n\
-with exactly the missed events, each once, in order. A client refused with 1013 waits the\n\
+with exactly the missed events, each once, in order; a resumed client stays connected until\n\
+every client has resumed (since 2026-12-07: before, each closed at once, so the survivor also\n\
+handled every departure inside the storm). A client refused with 1013 waits the\n\
 `retry_after` its close reason names. Catch-up queries are B's\n\
 `notifyd_catch_up_queries_total` over the storm. The steady POSTs go to other users, one at a\n\
 time on their own task at a fixed rate (open loop), first with nobody connected (quiet), then\n\
