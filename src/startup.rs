@@ -104,7 +104,7 @@ impl Application {
         let replica = start_replica(&settings, &pool, &mut bg)?;
         let workers = settings.http_workers.unwrap_or_else(default_http_workers);
         metrics::gauge!("notifyd_http_workers").set(workers as f64);
-        let gateway = new_gateway(&settings, workers);
+        let gateway = new_gateway(&settings, workers)?;
         let settings = Arc::new(settings);
         let (topics, shards) = crate::topics::Router::new(
             hub.clone(),
@@ -330,20 +330,28 @@ fn start_relay(settings: &Settings, broker: Broker, waker: &Waker, bg: &mut Back
 
 /// The gateway, admitting at most `ws_max_joining` handshakes at once (by default
 /// `WS_JOINING_PER_WORKER` per HTTP worker).
-fn new_gateway(settings: &Settings, workers: usize) -> Arc<Gateway> {
+fn new_gateway(settings: &Settings, workers: usize) -> anyhow::Result<Arc<Gateway>> {
     let max_joining = settings
         .ws_max_joining
         .unwrap_or(WS_JOINING_PER_WORKER * workers);
     metrics::gauge!("notifyd_ws_max_joining").set(max_joining as f64);
-    Arc::new(Gateway::new(
+    // The catch-up batcher's own connections, beside the pool (see gateway::catch_up).
+    let catch_up_pool = db::pool_with(
+        &settings.database_url,
+        crate::gateway::catch_up::BATCH_CONCURRENCY,
+        db::Limits::from_settings(settings),
+        settings.pooler(),
+    )?;
+    Ok(Arc::new(Gateway::new(
         tokio::runtime::Handle::current(),
         settings.db_pool_size,
+        catch_up_pool,
         crate::gateway::admission::Admission::new(
             max_joining,
             settings.ws_join_queue,
             settings.ws_join_wait,
         ),
-    ))
+    )))
 }
 
 /// The HTTP servers of a node: the public listener and, with `NOTIFYD_SERVICE_BIND`, the

@@ -5,6 +5,12 @@
 //! reads many users' in ONE statement (`events::resume_many`: one snapshot, so each user's
 //! counters and events agree, as in `changes::since`).
 //!
+//! The batcher reads on connections of its own (`BATCH_CONCURRENCY` of them, not the node's
+//! pool): with services keeping the pool busy (64 POSTs in flight, closed loop), every batch
+//! used to wait in the pool's queue behind the POSTs, and a 15,000-client storm took one such
+//! wait per batch, ~80 of them in a row (issue 22 item 8, docs/decisions/0020). Its own
+//! connections also leave the pool to the REST callers during a storm.
+//!
 //! The batcher takes no timer: a batch is whatever has queued by the time one of its
 //! `BATCH_CONCURRENCY` query slots is free (at most `BATCH_USERS`). A lone resume is read at
 //! once; under a storm the queue fills while the slots are busy, and batches grow by
@@ -17,6 +23,7 @@ use std::sync::{Arc, OnceLock};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use crate::db::DbPool;
 use crate::error::ApiError;
 use crate::inbox::changes::{self, Changes, MAX_REPLAY};
 use crate::state::AppState;
@@ -30,7 +37,8 @@ pub const QUEUE: usize = 16384;
 /// Requests read by one statement. With at most `MAX_REPLAY` events each, this also bounds
 /// what one batch holds in memory.
 pub const BATCH_USERS: usize = 256;
-/// Batch statements running at once: a small share of the pool, so REST callers keep theirs.
+/// Batch statements running at once, each on one of the batcher's own connections (made when
+/// first needed, so a node nobody resumes on opens none).
 pub const BATCH_CONCURRENCY: usize = 2;
 
 pub type Reply = Result<Changes, ApiError>;
@@ -52,13 +60,17 @@ pub struct Busy;
 pub struct CatchUp {
     tx: OnceLock<mpsc::Sender<Request>>,
     runtime: tokio::runtime::Handle,
+    /// The batcher's own connections (`BATCH_CONCURRENCY`).
+    pool: DbPool,
 }
 
 impl CatchUp {
-    pub fn new(runtime: tokio::runtime::Handle) -> Self {
+    /// `pool`: the batcher's own, of `BATCH_CONCURRENCY` connections.
+    pub fn new(runtime: tokio::runtime::Handle, pool: DbPool) -> Self {
         CatchUp {
             tx: OnceLock::new(),
             runtime,
+            pool,
         }
     }
 
@@ -73,7 +85,7 @@ impl CatchUp {
     ) -> Result<oneshot::Receiver<Reply>, Busy> {
         let tx = self.tx.get_or_init(|| {
             let (tx, rx) = mpsc::channel(QUEUE);
-            self.runtime.spawn(run(state.clone(), rx));
+            self.runtime.spawn(run(state.clone(), self.pool.clone(), rx));
             tx
         });
         let (reply, rx) = oneshot::channel();
@@ -90,7 +102,7 @@ impl CatchUp {
     }
 }
 
-async fn run(state: AppState, mut rx: mpsc::Receiver<Request>) {
+async fn run(state: AppState, pool: DbPool, mut rx: mpsc::Receiver<Request>) {
     let slots = Arc::new(Semaphore::new(BATCH_CONCURRENCY));
     while let Some(first) = rx.recv().await {
         // Waiting for a slot is what lets a batch grow: requests queue meanwhile.
@@ -109,22 +121,23 @@ async fn run(state: AppState, mut rx: mpsc::Receiver<Request>) {
         if batch.is_empty() {
             continue;
         }
-        let state = state.clone();
+        let (limit, pool) = (state.settings.db_request_timeout, pool.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            read_batch(&state, batch).await;
+            read_batch(&pool, limit, batch).await;
         });
     }
 }
 
-async fn read_batch(state: &AppState, batch: Vec<Request>) {
+async fn read_batch(pool: &DbPool, limit: std::time::Duration, batch: Vec<Request>) {
     let users: Vec<String> = batch.iter().map(|r| r.user.clone()).collect();
     let since: Vec<i64> = batch.iter().map(|r| r.since.unwrap_or(-1)).collect();
     metrics::counter!("notifyd_catch_up_queries_total").increment(1);
     metrics::histogram!("notifyd_catch_up_batch_users").record(batch.len() as f64);
-    let rows = state
-        .db(async |conn| Ok(events::resume_many(conn, &users, &since, MAX_REPLAY).await?))
-        .await;
+    let rows = crate::db::run(pool, limit, async |conn| {
+        Ok(events::resume_many(conn, &users, &since, MAX_REPLAY).await?)
+    })
+    .await;
     let rows = match rows {
         Ok(rows) => rows,
         Err(e) => {

@@ -110,6 +110,43 @@ async fn many_sessions_resuming_at_once_each_get_exactly_their_events() {
     app.stop().await;
 }
 
+/// A resume's catch-up read never waits for a pooled connection: the batcher reads on
+/// connections of its own, so a storm's reads do not queue behind services' writes (with 64
+/// POSTs in flight every batch used to wait its turn in the pool; issue 22 item 8), and REST
+/// callers keep the pool. Here the pool's only connection is taken for the whole resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_is_read_while_every_pooled_connection_is_taken() {
+    let db = TestDb::new().await;
+    let app = spawn_app_with(&db, Opts::no_relay(), |s| s.db_pool_size = 1).await;
+    let user = new_user();
+    app.send(&user, "one").await;
+    app.send(&user, "two").await;
+    let taken = app
+        .stopper
+        .state()
+        .pool
+        .get()
+        .await
+        .expect("the pool's only connection");
+    let mut c = app.ws(&user, Some(1)).await;
+    // Well inside the pool's own wait for a connection (`db::POOL_WAIT`): a read that waited
+    // for one would not be here before it.
+    let within = notifyd::db::POOL_WAIT / 2;
+    let hello = c.expect("hello", within).await;
+    assert_eq!(hello["seq"].as_i64(), Some(2));
+    let sync = c.expect("sync", within).await;
+    let seqs: Vec<i64> = sync["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["seq"].as_i64())
+        .collect();
+    assert_eq!(seqs, vec![2]);
+    drop(taken);
+    c.close().await;
+    app.stop().await;
+}
+
 /// A session the node cannot read for in time (here: its database stopped answering) is closed
 /// with 1013 and a close reason naming when to come back, 1 to 5 s, not left hanging.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
