@@ -186,8 +186,8 @@ async fn a_client_refused_for_a_frame_meets_tcp_backpressure_not_a_reader() {
 
 /// Reads server frames (unmasked, as a server sends them) until one contains `needle` or
 /// `timeout` passes; returns the text frames read, joined.
-async fn read_text_frames_until(
-    s: &mut tokio::net::TcpStream,
+async fn read_text_frames_until<R: tokio::io::AsyncRead + Unpin>(
+    s: &mut R,
     needle: &str,
     timeout: Duration,
 ) -> String {
@@ -450,5 +450,72 @@ async fn unsolicited_pongs_count_against_the_control_frame_budget() {
         !frames.iter().any(|(op, p)| *op == PONG && p == b"after"),
         "the ping behind 2,000 pongs was read within 3 s"
     );
+    app.stop().await;
+}
+
+/// What a session that stopped reading (its control-frame budget is spent) holds of a client's
+/// flood is bounded by the request payload's queue, whatever the client keeps writing: the
+/// payload's 32 KiB (actix-http's `payload::MAX_BUFFER_SIZE`, past which it asks not to be fed)
+/// plus one 8 KiB read past it, and one read chunk in the session's reader (docs/websocket.md,
+/// "control frames"). The rest waits in the kernel, and the client's writes block (TCP
+/// back-pressure).
+///
+/// Measured without timing: every byte the client wrote is in one of four places, its own
+/// kernel's send queue (not yet acknowledged), the node's kernel's receive queue (not yet read),
+/// the node's memory, or a ping the session answered. `/proc/net/tcp` gives the first two at
+/// once; the session answers at most its budget of pings (counted generously); what is left is
+/// held in the node's memory (a lower bound of what it holds: capacity comes on top). The
+/// client drains the node's answers, so nothing the node writes waits on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_session_holds_no_more_of_a_flood_than_the_payload_bound() {
+    const PAYLOAD_BOUND: usize = 32 * 1024;
+    const READ_CHUNK: usize = 8 * 1024;
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let (mut s, port) = raw_ws_with(&app, &new_user(), None).await;
+    read_text_frames_until(&mut s, "\"hello\"", T).await;
+    let (mut rd, wr) = s.into_split();
+    let drain = tokio::spawn(async move {
+        let mut sink = vec![0u8; 64 * 1024];
+        while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
+    });
+    // Empty pings, 6 bytes each: the most frames per byte, so the session's budget takes the
+    // fewest bytes out of what it holds.
+    let ping = data(true, PING, b"");
+    let flood = ping.repeat(10_000);
+    let start = std::time::Instant::now();
+    let mut written = 0usize;
+    let mut most_held = 0usize;
+    // Write until the kernel's buffers are full (the write would block), then look 20 times,
+    // topping up whatever the node took in between: it had every chance to take more.
+    let mut looks = 0;
+    while looks < 20 {
+        // Resume the ping stream where the last (partial) write left it.
+        match wr.try_write(&flood[written % ping.len()..]) {
+            Ok(n) => {
+                written += n;
+                continue;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("the flooding socket failed after {written} bytes: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        looks += 1;
+        let (client_unacked, server_unread) =
+            loopback_queues(app.port, port).expect("both ends in /proc/net/tcp");
+        let taken = written.saturating_sub(client_unacked + server_unread);
+        let pings_answered = CONTROL_BURST as usize
+            + (CONTROL_PER_SECOND as usize) * (start.elapsed().as_secs() as usize + 1);
+        let held = taken.saturating_sub(pings_answered * ping.len());
+        most_held = most_held.max(held);
+    }
+    eprintln!("held at most {most_held} bytes of {written} written");
+    assert!(
+        most_held <= PAYLOAD_BOUND + 2 * READ_CHUNK,
+        "the paused session's connection held {most_held} bytes of the flood \
+         (bound {} bytes; {written} written)",
+        PAYLOAD_BOUND + 2 * READ_CHUNK
+    );
+    drain.abort();
     app.stop().await;
 }
