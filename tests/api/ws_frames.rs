@@ -454,26 +454,29 @@ async fn unsolicited_pongs_count_against_the_control_frame_budget() {
 }
 
 /// What a session that stopped reading (its control-frame budget is spent) holds of a client's
-/// flood is bounded by the request payload's queue, whatever the client keeps writing: the
-/// payload's 32 KiB (actix-http's `payload::MAX_BUFFER_SIZE`, past which it asks not to be fed)
-/// plus one 8 KiB read past it, and one read chunk in the session's reader (docs/websocket.md,
-/// "control frames"). The rest waits in the kernel, and the client's writes block (TCP
-/// back-pressure).
+/// flood is bounded by the request payload's queue, whatever the client keeps writing from its
+/// handshake on: the payload's 32 KiB (actix-http's `payload::MAX_BUFFER_SIZE`, past which it
+/// asks not to be fed) plus one 8 KiB read past it, and one read chunk in the session's reader
+/// (docs/websocket.md, "control frames"). The rest waits in the kernel, and the client's writes
+/// block (TCP back-pressure). The flood starts in the handshake's own write, so it is read
+/// before the request (and its payload) is known.
 ///
-/// Measured without timing: every byte the client wrote is in one of four places, its own
+/// Measured without timing: every byte the client wrote is in one of five places, its own
 /// kernel's send queue (not yet acknowledged), the node's kernel's receive queue (not yet read),
-/// the node's memory, or a ping the session answered. `/proc/net/tcp` gives the first two at
-/// once; the session answers at most its budget of pings (counted generously); what is left is
-/// held in the node's memory (a lower bound of what it holds: capacity comes on top). The
-/// client drains the node's answers, so nothing the node writes waits on it.
+/// the request's head, a ping the session answered (counted generously, from its budget), or
+/// the node's memory. `/proc/net/tcp` gives the first two at once; what is left is held in the
+/// node's memory (a lower bound of what it holds: capacity comes on top). The client drains the
+/// node's answers, so nothing the node writes waits on it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_session_holds_no_more_of_a_flood_than_the_payload_bound() {
     const PAYLOAD_BOUND: usize = 32 * 1024;
     const READ_CHUNK: usize = 8 * 1024;
     let db = TestDb::new().await;
     let app = spawn_app(&db, Opts::default()).await;
-    let (mut s, port) = raw_ws_with(&app, &new_user(), None).await;
-    read_text_frames_until(&mut s, "\"hello\"", T).await;
+    let s = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
+        .await
+        .expect("connect");
+    let port = s.local_addr().expect("local addr").port();
     let (mut rd, wr) = s.into_split();
     let drain = tokio::spawn(async move {
         let mut sink = vec![0u8; 64 * 1024];
@@ -482,7 +485,8 @@ async fn a_paused_session_holds_no_more_of_a_flood_than_the_payload_bound() {
     // Empty pings, 6 bytes each: the most frames per byte, so the session's budget takes the
     // fewest bytes out of what it holds.
     let ping = data(true, PING, b"");
-    let flood = ping.repeat(10_000);
+    let head = upgrade_request_head(&token(&new_user())).into_bytes();
+    let flood = [head.clone(), ping.repeat(20_000)].concat();
     let start = std::time::Instant::now();
     let mut written = 0usize;
     let mut most_held = 0usize;
@@ -490,8 +494,14 @@ async fn a_paused_session_holds_no_more_of_a_flood_than_the_payload_bound() {
     // topping up whatever the node took in between: it had every chance to take more.
     let mut looks = 0;
     while looks < 20 {
-        // Resume the ping stream where the last (partial) write left it.
-        match wr.try_write(&flood[written % ping.len()..]) {
+        // The head and the first pings in one write; then the ping stream from where the last
+        // (partial) write left it.
+        let next = if written < flood.len() {
+            &flood[written..]
+        } else {
+            &flood[head.len() + (written - head.len()) % ping.len()..]
+        };
+        match wr.try_write(next) {
             Ok(n) => {
                 written += n;
                 continue;
@@ -503,7 +513,7 @@ async fn a_paused_session_holds_no_more_of_a_flood_than_the_payload_bound() {
         looks += 1;
         let (client_unacked, server_unread) =
             loopback_queues(app.port, port).expect("both ends in /proc/net/tcp");
-        let taken = written.saturating_sub(client_unacked + server_unread);
+        let taken = written.saturating_sub(client_unacked + server_unread + head.len());
         let pings_answered = CONTROL_BURST as usize
             + (CONTROL_PER_SECOND as usize) * (start.elapsed().as_secs() as usize + 1);
         let held = taken.saturating_sub(pings_answered * ping.len());
