@@ -318,6 +318,42 @@ async fn a_burst_of_commands_from_a_client_that_reads_is_answered_in_full() {
     app.stop().await;
 }
 
+/// A client that writes far more than the server buffers for it (here 4,000 `ping` commands,
+/// ~140 KB, in one write) is read to the end: actix-http takes the client's bytes one read at a
+/// time as the session asks for them (actix-http patch 5), and each time the session takes a
+/// chunk off a full queue the connection is read again, never left waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_far_past_the_servers_buffers_is_read_to_the_end() {
+    const N: usize = 4_000;
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let s = raw_ws(&app, &new_user()).await;
+    let mut bytes = vec![];
+    for i in 0..N {
+        bytes.extend(data(
+            true,
+            TEXT,
+            format!(r#"{{"type":"ping","ref":"p{i}"}}"#).as_bytes(),
+        ));
+    }
+    assert!(
+        bytes.len() > 4 * 32 * 1024,
+        "the burst is larger than the buffers"
+    );
+    let (mut rd, mut wr) = s.into_split();
+    let writer = tokio::spawn(async move { wr.write_all(&bytes).await.map(|()| wr) });
+    let last = format!("\"p{}\"", N - 1);
+    let text = read_text_frames_until(&mut rd, &last, Duration::from_secs(60)).await;
+    let pongs = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["type"] == "pong")
+        .count();
+    assert_eq!(pongs, N, "answers to a burst of {N} pings");
+    let _ = writer.await;
+    app.stop().await;
+}
+
 /// A client that goes away without a close frame (its side of the TCP connection ends) broke no
 /// rule of the protocol: it is not answered, nor counted, as a protocol error (1002). (Found by
 /// an attacker's probe: every such disconnect was, which drowned the real violations in
@@ -453,6 +489,35 @@ async fn unsolicited_pongs_count_against_the_control_frame_budget() {
     app.stop().await;
 }
 
+/// A ping behind more unsolicited pongs than one read of the socket takes (70 of 125 bytes,
+/// ~9 KB, in one write: pongs are answered with nothing, so nothing the node writes wakes the
+/// connection) is answered once the control-frame budget allows it (~5 s): the connection is
+/// read again after each read the session's queue asks for (actix-http patch 5), not only when
+/// the client sends more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_behind_silent_frames_that_fill_a_read_is_answered_within_the_budget() {
+    const PONGS: usize = 70;
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let mut s = raw_ws(&app, &new_user()).await;
+    read_text_frames_until(&mut s, "\"hello\"", T).await;
+    let mut bytes: Vec<u8> = (0..PONGS)
+        .flat_map(|_| data(true, PONG, &[b'q'; 125]))
+        .collect();
+    assert!(bytes.len() > 8 * 1024, "more than one read");
+    bytes.extend(data(true, PING, b"after"));
+    s.write_all(&bytes)
+        .await
+        .expect("write the pongs and the ping");
+    // Its turn comes (PONGS + 1 - 20) / 10 s after the burst: T leaves room to spare.
+    let frames = read_frames(&mut s, T, |op, p| op == PONG && p == b"after").await;
+    assert!(
+        frames.iter().any(|(op, p)| *op == PONG && p == b"after"),
+        "the ping behind {PONGS} pongs was not answered"
+    );
+    app.stop().await;
+}
+
 /// What a session that stopped reading (its control-frame budget is spent) holds of a client's
 /// flood is bounded by the request payload's queue, whatever the client keeps writing from its
 /// handshake on: the payload's 32 KiB (actix-http's `payload::MAX_BUFFER_SIZE`, past which it
@@ -527,5 +592,43 @@ async fn a_paused_session_holds_no_more_of_a_flood_than_the_payload_bound() {
         PAYLOAD_BOUND + 2 * READ_CHUNK
     );
     drain.abort();
+    app.stop().await;
+}
+
+/// A flooding client that leaves while its session is paused (the node is not reading its
+/// socket, so it does not see the end of the stream) is still let go: the session's own timers
+/// end it (its heartbeat ping cannot be written to a closed peer, or its pong is not read within
+/// the liveness window), and the node closes its side of the connection. With a 1 s heartbeat
+/// that is a few seconds; T leaves room to spare.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_client_that_leaves_while_paused_is_let_go() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::fast_heartbeat()).await;
+    let (mut s, port) = raw_ws_with(&app, &new_user(), None).await;
+    read_text_frames_until(&mut s, "\"hello\"", T).await;
+    let (mut rd, wr) = s.into_split();
+    let ping = data(true, PING, b"");
+    let flood = ping.repeat(20_000);
+    let mut written = 0usize;
+    // Until the kernel's buffers are full: the node has stopped reading.
+    while let Ok(n) = wr.try_write(&flood[written % ping.len()..]) {
+        written += n;
+    }
+    assert!(written > 64 * 1024, "only {written} bytes written");
+    // Leaves: drain what it was sent (so closing sends a FIN, not a reset), then close.
+    let mut sink = vec![0u8; 64 * 1024];
+    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(200), rd.read(&mut sink)).await
+    {
+        if n == 0 {
+            break;
+        }
+    }
+    drop((rd, wr));
+    eventually(
+        T,
+        "the node closes the connection of a client that left",
+        || async { (!server_side_held(app.port, port)).then_some(()) },
+    )
+    .await;
     app.stop().await;
 }

@@ -56,3 +56,22 @@ pub fn loopback_queues(server_port: u16, client_port: u16) -> Option<(usize, usi
     let (_, server_unread) = queues(server_port, client_port)?;
     Some((client_unacked, server_unread))
 }
+
+/// Whether the server process still holds its side of the TCP connection from `client_port`
+/// to `server_port`: listed ESTABLISHED (`01`) or CLOSE_WAIT (`08`, the client has closed and
+/// the server not yet), so not yet closed by the server.
+pub fn server_side_held(server_port: u16, client_port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let port = |addr: &str| {
+        addr.rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
+    table.lines().skip(1).any(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        cols.len() > 3
+            && port(cols[1]) == Some(server_port)
+            && port(cols[2]) == Some(client_port)
+            && (cols[3] == "01" || cols[3] == "08")
+    })
+}
