@@ -23,14 +23,14 @@
 //!   (`keep_partial`). A read chunk of whole frames is decoded in place (no copy: the common
 //!   case); only the start of a frame left at its end is copied out, so a few bytes never pin a
 //!   whole read buffer. Between two messages cut from one read chunk the reader also holds the
-//!   rest of that chunk: actix-http's, at most its read buffer (it stops reading once that holds
-//!   128 KiB; the last read, into a buffer grown by doubling, can take it to 256 KiB);
+//!   rest of that chunk: one read of actix-http's, 8 KiB (the first, read with the handshake,
+//!   at most 16 KiB; actix-http patch 5);
 //! - actix-http's payload queue in front of this reader adds nothing while a message is under
 //!   way: the reader drains it to finish the message, and the dispatcher releases its emptied
 //!   read buffer (actix-http patch 1). Only while the session does not read (its control-frame
-//!   budget is spent, or it works on a message) does it fill: to 32 KiB plus one read chunk before actix-http stops decoding, and
-//!   its read buffer (as above) before it stops reading from the socket. A fixed bound,
-//!   whatever the client's frames;
+//!   budget is spent, or it works on a message) does it fill: to 32 KiB plus one read chunk,
+//!   and then actix-http stops reading the socket until the reader takes a chunk (patch 5), so
+//!   the client meets TCP back-pressure. A fixed bound, whatever the client's frames;
 //! - invalid UTF-8 in a text message, fragmented or not, is its own error (1007).
 //!
 //! Every error is final: the session closes the connection with `close_for`'s code.
@@ -271,7 +271,7 @@ impl ClientMessages {
     /// held for the life of a mostly idle socket). Before the reader reads on (`wait`), what
     /// is left is the start of one frame: it is kept in a buffer of ours of that frame's size
     /// (of the longest header while its header is incomplete), so a few bytes never pin a read
-    /// chunk's whole allocation (up to actix-http's 256 KiB read buffer), and neither the
+    /// chunk's whole allocation (one read of actix-http's, up to 16 KiB), and neither the
     /// codec's reserve nor doubling grows it past what the frame may take.
     fn keep_partial(&mut self, wait: bool) {
         if self.buf.is_empty() {

@@ -691,6 +691,48 @@ async fn over_limit_bodies_get_413_with_the_error_body_on_every_route() {
     }
 }
 
+/// A body far larger than the server buffers at once (here ~1 MiB of JSON, padded with
+/// whitespace), written by the client in one go, is read to the end and answered, with
+/// `Content-Length` and chunked: actix-http reads a request's body one read at a time as its
+/// handler asks for it (actix-http patch 5), and reads again after each, never waiting for a
+/// client that has already sent everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_body_sent_in_one_go_is_read_to_the_end() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let message = json!({"to_user": new_user(), "title": "t"}).to_string();
+    let body = format!("{}{message}", " ".repeat(1024 * 1024));
+    let head = format!(
+        "POST /api/v1/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {SERVICE_KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let (status, answer) =
+        raw_request(&app, [head.as_bytes(), body.as_bytes()].concat().as_slice()).await;
+    assert!(
+        status.contains(" 201 "),
+        "Content-Length: {status} {answer}"
+    );
+    let (status, answer) =
+        chunked_post(&app, "/api/v1/messages", SERVICE_KEY, body.as_bytes()).await;
+    assert!(status.contains(" 201 "), "chunked: {status} {answer}");
+}
+
+/// A request whose head is larger than one read of the socket (here a 40 KB header), written in
+/// one go, is read whole and answered: before a request is known actix-http reads one 8 KiB
+/// buffer's worth at a time (actix-http patch 5), and reads on after each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_larger_than_one_read_is_answered() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let request = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Padding: {}\r\nConnection: close\r\n\r\n",
+        "p".repeat(40 * 1024)
+    );
+    let (status, body) = raw_request(&app, request.as_bytes()).await;
+    assert!(status.contains(" 200 "), "{status} {body}");
+}
+
 /// POSTs `body` with `Transfer-Encoding: chunked` over a raw socket; returns the status line and
 /// the (de-chunked) body of the answer. The server may answer before the body is sent: write
 /// errors are expected then and ignored.

@@ -186,8 +186,8 @@ async fn a_client_refused_for_a_frame_meets_tcp_backpressure_not_a_reader() {
 
 /// Reads server frames (unmasked, as a server sends them) until one contains `needle` or
 /// `timeout` passes; returns the text frames read, joined.
-async fn read_text_frames_until(
-    s: &mut tokio::net::TcpStream,
+async fn read_text_frames_until<R: tokio::io::AsyncRead + Unpin>(
+    s: &mut R,
     needle: &str,
     timeout: Duration,
 ) -> String {
@@ -315,6 +315,42 @@ async fn a_burst_of_commands_from_a_client_that_reads_is_answered_in_full() {
         .filter(|v| v["type"] == "pong")
         .count();
     assert_eq!(pongs, N, "answers to a burst of {N} pings");
+    app.stop().await;
+}
+
+/// A client that writes far more than the server buffers for it (here 4,000 `ping` commands,
+/// ~140 KB, in one write) is read to the end: actix-http takes the client's bytes one read at a
+/// time as the session asks for them (actix-http patch 5), and each time the session takes a
+/// chunk off a full queue the connection is read again, never left waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_far_past_the_servers_buffers_is_read_to_the_end() {
+    const N: usize = 4_000;
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let s = raw_ws(&app, &new_user()).await;
+    let mut bytes = vec![];
+    for i in 0..N {
+        bytes.extend(data(
+            true,
+            TEXT,
+            format!(r#"{{"type":"ping","ref":"p{i}"}}"#).as_bytes(),
+        ));
+    }
+    assert!(
+        bytes.len() > 4 * 32 * 1024,
+        "the burst is larger than the buffers"
+    );
+    let (mut rd, mut wr) = s.into_split();
+    let writer = tokio::spawn(async move { wr.write_all(&bytes).await.map(|()| wr) });
+    let last = format!("\"p{}\"", N - 1);
+    let text = read_text_frames_until(&mut rd, &last, Duration::from_secs(60)).await;
+    let pongs = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["type"] == "pong")
+        .count();
+    assert_eq!(pongs, N, "answers to a burst of {N} pings");
+    let _ = writer.await;
     app.stop().await;
 }
 
@@ -450,5 +486,149 @@ async fn unsolicited_pongs_count_against_the_control_frame_budget() {
         !frames.iter().any(|(op, p)| *op == PONG && p == b"after"),
         "the ping behind 2,000 pongs was read within 3 s"
     );
+    app.stop().await;
+}
+
+/// A ping behind more unsolicited pongs than one read of the socket takes (70 of 125 bytes,
+/// ~9 KB, in one write: pongs are answered with nothing, so nothing the node writes wakes the
+/// connection) is answered once the control-frame budget allows it (~5 s): the connection is
+/// read again after each read the session's queue asks for (actix-http patch 5), not only when
+/// the client sends more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_behind_silent_frames_that_fill_a_read_is_answered_within_the_budget() {
+    const PONGS: usize = 70;
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let mut s = raw_ws(&app, &new_user()).await;
+    read_text_frames_until(&mut s, "\"hello\"", T).await;
+    let mut bytes: Vec<u8> = (0..PONGS)
+        .flat_map(|_| data(true, PONG, &[b'q'; 125]))
+        .collect();
+    assert!(bytes.len() > 8 * 1024, "more than one read");
+    bytes.extend(data(true, PING, b"after"));
+    s.write_all(&bytes)
+        .await
+        .expect("write the pongs and the ping");
+    // Its turn comes (PONGS + 1 - 20) / 10 s after the burst: T leaves room to spare.
+    let frames = read_frames(&mut s, T, |op, p| op == PONG && p == b"after").await;
+    assert!(
+        frames.iter().any(|(op, p)| *op == PONG && p == b"after"),
+        "the ping behind {PONGS} pongs was not answered"
+    );
+    app.stop().await;
+}
+
+/// What a session that stopped reading (its control-frame budget is spent) holds of a client's
+/// flood is bounded by the request payload's queue, whatever the client keeps writing from its
+/// handshake on: the payload's 32 KiB (actix-http's `payload::MAX_BUFFER_SIZE`, past which it
+/// asks not to be fed) plus one 8 KiB read past it, and one read chunk in the session's reader
+/// (docs/websocket.md, "control frames"). The rest waits in the kernel, and the client's writes
+/// block (TCP back-pressure). The flood starts in the handshake's own write, so it is read
+/// before the request (and its payload) is known.
+///
+/// Measured without timing: every byte the client wrote is in one of five places, its own
+/// kernel's send queue (not yet acknowledged), the node's kernel's receive queue (not yet read),
+/// the request's head, a ping the session answered (counted generously, from its budget), or
+/// the node's memory. `/proc/net/tcp` gives the first two at once; what is left is held in the
+/// node's memory (a lower bound of what it holds: capacity comes on top). The client drains the
+/// node's answers, so nothing the node writes waits on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_session_holds_no_more_of_a_flood_than_the_payload_bound() {
+    const PAYLOAD_BOUND: usize = 32 * 1024;
+    const READ_CHUNK: usize = 8 * 1024;
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let s = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
+        .await
+        .expect("connect");
+    let port = s.local_addr().expect("local addr").port();
+    let (mut rd, wr) = s.into_split();
+    let drain = tokio::spawn(async move {
+        let mut sink = vec![0u8; 64 * 1024];
+        while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
+    });
+    // Empty pings, 6 bytes each: the most frames per byte, so the session's budget takes the
+    // fewest bytes out of what it holds.
+    let ping = data(true, PING, b"");
+    let head = upgrade_request_head(&token(&new_user())).into_bytes();
+    let flood = [head.clone(), ping.repeat(20_000)].concat();
+    let start = std::time::Instant::now();
+    let mut written = 0usize;
+    let mut most_held = 0usize;
+    // Write until the kernel's buffers are full (the write would block), then look 20 times,
+    // topping up whatever the node took in between: it had every chance to take more.
+    let mut looks = 0;
+    while looks < 20 {
+        // The head and the first pings in one write; then the ping stream from where the last
+        // (partial) write left it.
+        let next = if written < flood.len() {
+            &flood[written..]
+        } else {
+            &flood[head.len() + (written - head.len()) % ping.len()..]
+        };
+        match wr.try_write(next) {
+            Ok(n) => {
+                written += n;
+                continue;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("the flooding socket failed after {written} bytes: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        looks += 1;
+        let (client_unacked, server_unread) =
+            loopback_queues(app.port, port).expect("both ends in /proc/net/tcp");
+        let taken = written.saturating_sub(client_unacked + server_unread + head.len());
+        let pings_answered = CONTROL_BURST as usize
+            + (CONTROL_PER_SECOND as usize) * (start.elapsed().as_secs() as usize + 1);
+        let held = taken.saturating_sub(pings_answered * ping.len());
+        most_held = most_held.max(held);
+    }
+    eprintln!("held at most {most_held} bytes of {written} written");
+    assert!(
+        most_held <= PAYLOAD_BOUND + 2 * READ_CHUNK,
+        "the paused session's connection held {most_held} bytes of the flood \
+         (bound {} bytes; {written} written)",
+        PAYLOAD_BOUND + 2 * READ_CHUNK
+    );
+    drain.abort();
+    app.stop().await;
+}
+
+/// A flooding client that leaves while its session is paused (the node is not reading its
+/// socket, so it does not see the end of the stream) is still let go: the session's own timers
+/// end it (its heartbeat ping cannot be written to a closed peer, or its pong is not read within
+/// the liveness window), and the node closes its side of the connection. With a 1 s heartbeat
+/// that is a few seconds; T leaves room to spare.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_client_that_leaves_while_paused_is_let_go() {
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::fast_heartbeat()).await;
+    let (mut s, port) = raw_ws_with(&app, &new_user(), None).await;
+    read_text_frames_until(&mut s, "\"hello\"", T).await;
+    let (mut rd, wr) = s.into_split();
+    let ping = data(true, PING, b"");
+    let flood = ping.repeat(20_000);
+    let mut written = 0usize;
+    // Until the kernel's buffers are full: the node has stopped reading.
+    while let Ok(n) = wr.try_write(&flood[written % ping.len()..]) {
+        written += n;
+    }
+    assert!(written > 64 * 1024, "only {written} bytes written");
+    // Leaves: drain what it was sent (so closing sends a FIN, not a reset), then close.
+    let mut sink = vec![0u8; 64 * 1024];
+    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(200), rd.read(&mut sink)).await
+    {
+        if n == 0 {
+            break;
+        }
+    }
+    drop((rd, wr));
+    eventually(
+        T,
+        "the node closes the connection of a client that left",
+        || async { (!server_side_held(app.port, port)).then_some(()) },
+    )
+    .await;
     app.stop().await;
 }

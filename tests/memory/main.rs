@@ -200,3 +200,73 @@ async fn rss_per_socket_holding_an_unfinished_63_kib_message() {
     drop(conns);
     app.stop().await;
 }
+
+/// Writes the ping stream `flood` (frames of `frame_len` bytes) on `wr` until the write would
+/// block, resuming where `written` bytes left it; false if the socket failed.
+fn flood_until_blocked(
+    wr: &tokio::net::tcp::OwnedWriteHalf,
+    flood: &[u8],
+    frame_len: usize,
+    written: &mut usize,
+) -> bool {
+    loop {
+        match wr.try_write(&flood[*written % frame_len..]) {
+            Ok(n) => *written += n,
+            Err(e) => return e.kind() == std::io::ErrorKind::WouldBlock,
+        }
+    }
+}
+
+/// A measurement, not a check (ignored; run it alone with `--ignored --nocapture`): RSS per
+/// socket of 10 sockets that each flood empty pings past the control-frame budget until the
+/// kernel's buffers are full (each client drains what it is sent), over the same sockets idle.
+/// What the paused session's connection holds of the flood (actix-http's buffers: 485 KiB per
+/// socket before actix-http patch 5, docs/benchmarks.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn rss_per_paused_flooding_socket() {
+    const SOCKETS: usize = 10;
+    let _one = SERIAL.lock().await;
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::default()).await;
+    let mut writers = vec![];
+    let mut drains = vec![];
+    for _ in 0..SOCKETS {
+        let (mut rd, wr) = raw_ws(&app, &new_user()).await.into_split();
+        drains.push(tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut sink = vec![0u8; 16 * 1024];
+            while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
+        }));
+        writers.push((wr, 0usize));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = rss_bytes();
+    let ping = client_frame(0x9, b"");
+    let flood = ping.repeat(10_000);
+    // Fill, let the node take what it will, and top up: three rounds.
+    for _ in 0..3 {
+        for (wr, written) in writers.iter_mut() {
+            assert!(
+                flood_until_blocked(wr, &flood, ping.len(), written),
+                "a flooding socket failed"
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let held = rss_bytes();
+    let written: usize = writers.iter().map(|(_, w)| w).sum();
+    eprintln!(
+        "{SOCKETS} flooding sockets ({} KiB written in all): idle RSS {} KiB, paused {} KiB: \
+         {:.1} KiB per socket",
+        written >> 10,
+        idle >> 10,
+        held >> 10,
+        held.saturating_sub(idle) as f64 / 1024.0 / SOCKETS as f64
+    );
+    for d in drains {
+        d.abort();
+    }
+    drop(writers);
+    app.stop().await;
+}

@@ -73,12 +73,18 @@ pub async fn raw_upgrade_request_to(
         .await
         .expect("connect");
     let local = s.local_addr().expect("local addr").port();
-    let req = format!(
+    s.write_all(upgrade_request_head(token).as_bytes())
+        .await
+        .expect("handshake");
+    (s, local)
+}
+
+/// A WebSocket upgrade request for `/ws` with `token` in its query, as written on the wire.
+pub fn upgrade_request_head(token: &str) -> String {
+    format!(
         "GET /ws?token={token} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).await.expect("handshake");
-    (s, local)
+    )
 }
 
 /// Writes a masked binary frame header announcing 1 GiB, then as much of its payload as the

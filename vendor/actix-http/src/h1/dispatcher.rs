@@ -1214,6 +1214,25 @@ where
         let mut read_some = false;
 
         loop {
+            // notifyd patch: read no further ahead of a request's payload consumer than its
+            // queue's bound (`payload::MAX_BUFFER_SIZE`): nothing while it is paused
+            // (`need_read` registered our waker, which the consumer wakes as it takes a chunk),
+            // one read at a time while it asks for more, and before any payload exists (its
+            // head may be followed by a body, or a WebSocket's frames) one buffer's worth. What
+            // was read is decoded into the queue before the next read, which the wake asks for.
+            // Upstream read on until `read_buf` held 128 KiB, so a WebSocket session that
+            // stopped reading a flooding client still held ~400 KiB of it.
+            let decode_first = match this.payload.as_ref().map(|p| p.need_read(cx)) {
+                Some(PayloadStatus::Pause) => return Ok(false),
+                Some(PayloadStatus::Read) => read_some,
+                Some(PayloadStatus::Dropped) => false,
+                None => read_some && this.read_buf.len() >= HW_BUFFER_SIZE,
+            };
+            if decode_first {
+                cx.waker().wake_by_ref();
+                return Ok(false);
+            }
+
             // Return early when read buf exceed decoder's max buffer size.
             if this.read_buf.len() >= MAX_BUFFER_SIZE {
                 // At this point it's not known IO stream is still scheduled to be waked up so
