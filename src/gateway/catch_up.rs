@@ -85,7 +85,8 @@ impl CatchUp {
     ) -> Result<oneshot::Receiver<Reply>, Busy> {
         let tx = self.tx.get_or_init(|| {
             let (tx, rx) = mpsc::channel(QUEUE);
-            self.runtime.spawn(run(state.clone(), self.pool.clone(), rx));
+            self.runtime
+                .spawn(run(state.clone(), self.pool.clone(), rx));
             tx
         });
         let (reply, rx) = oneshot::channel();
