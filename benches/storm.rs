@@ -525,6 +525,87 @@ struct StormResult {
     /// because a listener's queue was full) and SYN retransmissions.
     listen_overflows: i64,
     syn_retrans: i64,
+    /// CPU used from the storm's start until the last client was back (`storm_s`).
+    cpu: Cpu,
+    storm_s: f64,
+}
+
+/// CPU seconds (user + system) used so far, per part of the run, read from `/proc`: what the
+/// storm costs, beside what the machine's cores could give over it (item 8's ceiling).
+#[derive(Default, Clone, Copy)]
+struct Cpu {
+    /// The survivor, B.
+    survivor: f64,
+    /// This process: the storm's clients, the POST load and the users' probe.
+    bench: f64,
+    /// Every `postgres` process on the machine.
+    postgres: f64,
+    /// Every `redis-server` process on the machine.
+    redis: f64,
+    /// The whole machine, busy (all but idle and I/O wait).
+    busy: f64,
+}
+
+impl Cpu {
+    fn now(survivor: u32) -> Cpu {
+        let mut c = Cpu {
+            survivor: proc_cpu_s(survivor).unwrap_or(0.0),
+            bench: proc_cpu_s(std::process::id()).unwrap_or(0.0),
+            ..Cpu::default()
+        };
+        for pid in std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.starts_with("postgres") {
+                c.postgres += proc_cpu_s(pid).unwrap_or(0.0);
+            } else if comm.starts_with("redis-server") {
+                c.redis += proc_cpu_s(pid).unwrap_or(0.0);
+            }
+        }
+        // /proc/stat's first line: user nice system idle iowait irq softirq steal ...
+        if let Some(line) = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| s.lines().next().map(str::to_string))
+        {
+            let v: Vec<f64> = line
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+            c.busy = (v.iter().sum::<f64>() - idle) / clock_ticks();
+        }
+        c
+    }
+
+    fn since(&self, before: &Cpu) -> Cpu {
+        Cpu {
+            survivor: self.survivor - before.survivor,
+            bench: self.bench - before.bench,
+            postgres: self.postgres - before.postgres,
+            redis: self.redis - before.redis,
+            busy: self.busy - before.busy,
+        }
+    }
+}
+
+/// Clock ticks per second of `/proc`'s CPU times (USER_HZ: 100 on Linux).
+fn clock_ticks() -> f64 {
+    100.0
+}
+
+/// CPU seconds process `pid` (all its threads) has used: `/proc/<pid>/stat`'s utime + stime.
+fn proc_cpu_s(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which may itself hold spaces and parentheses.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / clock_ticks())
 }
 
 /// `TcpExt` counters from /proc/net/netstat (0 where unreadable).
@@ -626,6 +707,7 @@ async fn storm(
     println!("    {n} clients reconnect to B with since=1 (expecting seq {last})");
     let server_b = SocketAddr::from(([127, 0, 0, 1], b.port));
     let t0 = Instant::now();
+    let cpu0 = Cpu::now(b.child.id());
     let tasks: Vec<_> = tokens
         .into_iter()
         .enumerate()
@@ -636,6 +718,7 @@ async fn storm(
         outcomes.push(t.await?);
     }
     let storm_s = t0.elapsed().as_secs_f64();
+    let cpu = Cpu::now(b.child.id()).since(&cpu0);
     let (overflows, syn) = (
         tcp_ext("ListenOverflows") - overflows0,
         tcp_ext("TCPSynRetrans") - syn0,
@@ -692,6 +775,8 @@ async fn storm(
         service_listener: service_port.is_some(),
         spread_ms,
         listen_overflows: overflows,
+        cpu,
+        storm_s,
         syn_retrans: syn,
     })
 }
@@ -716,8 +801,16 @@ began: {load}. Clients came back {how}.\n\n\
 | users' GET /api/v1/me/unread-count on B's public listener at {ur}/s (open loop, {conn}), quiet, p50 / p99 | {uq50:.1} / {uq99:.1} ms ({uqn} calls, {uqf} failed) |\n\
 | the same during the storm, p50 / p99 | **{us50:.1} / {us99:.1} ms** ({usn} calls, {usf} failed; p99 {uratio:.1}× quiet) |\n\
 | kernel, during the storm (whole machine): accept-queue overflows / SYN retransmissions | {lo} / {sr} |\n\
+| CPU from the storm's start until every client was back ({storm_s:.2} s; the machine's {cores} cores gave {offered:.2} CPU-s, of which {busy:.2} busy): B / the bench (storm clients, POSTs, users' calls) / PostgreSQL / Redis | {cs:.2} / {cb:.2} / {cp:.2} / {cr:.2} CPU-s |\n\
 | setting up: {n} clients opened on A | {ca:.1} s |\n\
 <!-- /storm-run:{label} -->\n",
+        storm_s = r.storm_s,
+        offered = r.storm_s * m.cores as f64,
+        busy = r.cpu.busy,
+        cs = r.cpu.survivor,
+        cb = r.cpu.bench,
+        cp = r.cpu.postgres,
+        cr = r.cpu.redis,
         date = chrono::Utc::now().format("%Y-%m-%d"),
         commit = support::git_commit(),
         n = r.clients,
