@@ -191,45 +191,15 @@ async fn read_text_frames_until<R: tokio::io::AsyncRead + Unpin>(
     needle: &str,
     timeout: Duration,
 ) -> String {
+    let frames = read_frames(s, timeout, |op, payload| {
+        op == TEXT && String::from_utf8_lossy(payload).contains(needle)
+    })
+    .await;
     let mut all = String::new();
-    let read = async {
-        loop {
-            let mut h = [0u8; 2];
-            if s.read_exact(&mut h).await.is_err() {
-                return;
-            }
-            let len = match h[1] & 0x7f {
-                126 => {
-                    let mut l = [0u8; 2];
-                    if s.read_exact(&mut l).await.is_err() {
-                        return;
-                    }
-                    u16::from_be_bytes(l) as usize
-                }
-                127 => {
-                    let mut l = [0u8; 8];
-                    if s.read_exact(&mut l).await.is_err() {
-                        return;
-                    }
-                    u64::from_be_bytes(l) as usize
-                }
-                n => n as usize,
-            };
-            let mut payload = vec![0u8; len];
-            if s.read_exact(&mut payload).await.is_err() {
-                return;
-            }
-            if h[0] & 0x0f == TEXT {
-                let text = String::from_utf8_lossy(&payload);
-                all.push_str(&text);
-                all.push('\n');
-                if text.contains(needle) {
-                    return;
-                }
-            }
-        }
-    };
-    let _ = tokio::time::timeout(timeout, read).await;
+    for (_, payload) in frames.iter().filter(|(op, _)| *op == TEXT) {
+        all.push_str(&String::from_utf8_lossy(payload));
+        all.push('\n');
+    }
     all
 }
 
@@ -373,8 +343,8 @@ const PONG: u8 = 0xA;
 
 /// Reads server frames until `done` says so for one, or `timeout` passes; returns every frame
 /// read, as (opcode, payload).
-async fn read_frames(
-    s: &mut tokio::net::TcpStream,
+async fn read_frames<R: tokio::io::AsyncRead + Unpin>(
+    s: &mut R,
     timeout: Duration,
     mut done: impl FnMut(u8, &[u8]) -> bool,
 ) -> Vec<(u8, Vec<u8>)> {
