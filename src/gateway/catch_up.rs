@@ -85,8 +85,11 @@ impl CatchUp {
     ) -> Result<oneshot::Receiver<Reply>, Busy> {
         let tx = self.tx.get_or_init(|| {
             let (tx, rx) = mpsc::channel(QUEUE);
-            self.runtime
-                .spawn(run(state.clone(), self.pool.clone(), rx));
+            self.runtime.spawn(run(
+                state.settings.db_request_timeout,
+                self.pool.clone(),
+                rx,
+            ));
             tx
         });
         let (reply, rx) = oneshot::channel();
@@ -103,7 +106,8 @@ impl CatchUp {
     }
 }
 
-async fn run(state: AppState, pool: DbPool, mut rx: mpsc::Receiver<Request>) {
+/// The batcher: reads on `pool`, each statement bounded by `limit` (`NOTIFYD_DB_REQUEST_TIMEOUT`).
+async fn run(limit: std::time::Duration, pool: DbPool, mut rx: mpsc::Receiver<Request>) {
     let slots = Arc::new(Semaphore::new(BATCH_CONCURRENCY));
     while let Some(first) = rx.recv().await {
         // Waiting for a slot is what lets a batch grow: requests queue meanwhile.
@@ -122,7 +126,7 @@ async fn run(state: AppState, pool: DbPool, mut rx: mpsc::Receiver<Request>) {
         if batch.is_empty() {
             continue;
         }
-        let (limit, pool) = (state.settings.db_request_timeout, pool.clone());
+        let pool = pool.clone();
         tokio::spawn(async move {
             let _slot = slot;
             read_batch(&pool, limit, batch).await;
