@@ -120,24 +120,75 @@ pub async fn resume_many(
     since: &[i64],
     max_replay: i64,
 ) -> QueryResult<Vec<ResumeRow>> {
-    use diesel::sql_types::{Array, BigInt, Text};
-    diesel::sql_query(
-        "WITH r AS (SELECT * FROM unnest($1::text[], $2::int8[]) WITH ORDINALITY AS r(user_id, since, i)), \
-         c AS (SELECT r.i, r.user_id, r.since, coalesce(s.seq, 0) AS seq, \
-                      coalesce(s.unread, 0) AS unread, coalesce(s.unseen, 0) AS unseen, \
-                      coalesce(s.epoch, 0) AS epoch \
-               FROM r LEFT JOIN user_inbox_state s ON s.user_id = r.user_id) \
-         SELECT c.i - 1 AS i, c.seq, c.unread, c.unseen, c.epoch, ev.seq AS event_seq, ev.payload \
-         FROM c LEFT JOIN LATERAL ( \
-             SELECT e.seq, e.payload FROM user_event e \
-             WHERE c.since >= 0 AND c.seq - c.since <= $3 \
-               AND e.user_id = c.user_id AND e.seq > c.since AND e.seq <= c.seq \
-             ORDER BY e.seq LIMIT $3) ev ON true \
-         ORDER BY c.i, ev.seq",
-    )
-    .bind::<Array<Text>, _>(users)
-    .bind::<Array<BigInt>, _>(since)
-    .bind::<BigInt, _>(max_replay)
+    ResumeMany {
+        users,
+        since,
+        max_replay,
+    }
     .load(conn)
     .await
+}
+
+/// `resume_many`'s statement, cut where its binds go (diesel numbers them as they are pushed):
+/// the users, their `since`, and the replay bound twice.
+const RESUME_MANY_SQL: [&str; 5] = [
+    "WITH r AS (SELECT * FROM unnest(",
+    "::text[], ",
+    "::int8[]) WITH ORDINALITY AS r(user_id, since, i)), \
+     c AS (SELECT r.i, r.user_id, r.since, coalesce(s.seq, 0) AS seq, \
+                  coalesce(s.unread, 0) AS unread, coalesce(s.unseen, 0) AS unseen, \
+                  coalesce(s.epoch, 0) AS epoch \
+           FROM r LEFT JOIN user_inbox_state s ON s.user_id = r.user_id) \
+     SELECT c.i - 1 AS i, c.seq, c.unread, c.unseen, c.epoch, ev.seq AS event_seq, ev.payload \
+     FROM c LEFT JOIN LATERAL ( \
+         SELECT e.seq, e.payload FROM user_event e \
+         WHERE c.since >= 0 AND c.seq - c.since <= ",
+    " AND e.user_id = c.user_id AND e.seq > c.since AND e.seq <= c.seq \
+         ORDER BY e.seq LIMIT ",
+    ") ev ON true \
+     ORDER BY c.i, ev.seq",
+];
+
+/// `resume_many` as a query diesel keeps prepared on the connection (its statement cache, by
+/// this type's id). `sql_query` marks its text unsafe to cache, so PostgreSQL parsed, analysed
+/// and planned this statement for every batch: in a 15,000-client storm that was ~1,500–2,300
+/// statements of a few users each, and parsing and planning were most of the catch-up
+/// connections' CPU (issue 22 item 8). Through a transaction pooler the cache is off
+/// (`db::Connector`), and it is prepared each time as before.
+struct ResumeMany<'a> {
+    users: &'a [String],
+    since: &'a [i64],
+    max_replay: i64,
+}
+
+/// The statement's identity in diesel's statement cache.
+struct ResumeManyId;
+
+impl diesel::query_builder::QueryId for ResumeMany<'_> {
+    type QueryId = ResumeManyId;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl diesel::query_builder::Query for ResumeMany<'_> {
+    type SqlType = diesel::sql_types::Untyped;
+}
+
+impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for ResumeMany<'_> {
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+    ) -> QueryResult<()> {
+        use diesel::sql_types::{Array, BigInt, Text};
+        let [head, after_users, after_since, after_bound, tail] = RESUME_MANY_SQL;
+        out.push_sql(head);
+        out.push_bind_param::<Array<Text>, _>(self.users)?;
+        out.push_sql(after_users);
+        out.push_bind_param::<Array<BigInt>, _>(self.since)?;
+        out.push_sql(after_since);
+        out.push_bind_param::<BigInt, _>(&self.max_replay)?;
+        out.push_sql(after_bound);
+        out.push_bind_param::<BigInt, _>(&self.max_replay)?;
+        out.push_sql(tail);
+        Ok(())
+    }
 }

@@ -69,6 +69,49 @@ async fn one_batched_read_gives_each_user_exactly_its_events() {
     app.stop().await;
 }
 
+/// The batched read is prepared once per connection and only bound and executed after that: a
+/// storm runs it thousands of times on the batcher's two connections, and parsing and planning
+/// it each time was most of their CPU. PostgreSQL lists a session's prepared statements in
+/// `pg_prepared_statements`; a statement sent unprepared (as `sql_query` sends it) is not there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_batched_read_is_prepared_once_per_connection() {
+    use diesel::sql_types::BigInt;
+    use diesel_async::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let db = TestDb::new().await;
+    let app = spawn_app(&db, Opts::no_relay()).await;
+    let user = new_user();
+    app.send(&user, "one").await;
+    let mut conn = db.conn().await;
+    let prepared = async |conn: &mut _| {
+        diesel::sql_query(
+            "SELECT count(*) AS n FROM pg_prepared_statements \
+             WHERE statement LIKE 'WITH r AS (SELECT * FROM unnest(%'",
+        )
+        .get_result::<Count>(conn)
+        .await
+        .expect("pg_prepared_statements")
+        .n
+    };
+    assert_eq!(prepared(&mut conn).await, 0, "nothing prepared yet");
+    for since in [0, 1, -1] {
+        let rows = events::resume_many(&mut conn, std::slice::from_ref(&user), &[since], 10)
+            .await
+            .expect("batched read");
+        assert_eq!(rows[0].seq, 1);
+    }
+    assert_eq!(
+        prepared(&mut conn).await,
+        1,
+        "three reads on one connection: one prepared statement"
+    );
+    app.stop().await;
+}
+
 /// Many users resuming at once on one node each get exactly their missed events, once, in
 /// order, and `hello` at their seq (the batcher serves them together).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
