@@ -20,14 +20,13 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
 
-use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::db::DbPool;
 use crate::error::ApiError;
 use crate::inbox::changes::{self, Changes, MAX_REPLAY};
 use crate::state::AppState;
-use crate::store::events::{self, ResumeRow};
+use crate::store::events::{self, ResumeRow, StoredFrame};
 use crate::store::inbox_state::Counters;
 
 /// Joins waiting for their read on this node; more are refused with `retry_after`. As many as
@@ -157,7 +156,7 @@ async fn read_batch(pool: &DbPool, limit: std::time::Duration, batch: Vec<Reques
     let mut events_read = 0u64;
     for (i, r) in batch.into_iter().enumerate() {
         let mut counts = None;
-        let mut evs: Vec<(i64, Value)> = vec![];
+        let mut evs: Vec<(i64, StoredFrame)> = vec![];
         while rows.front().is_some_and(|row| row.i == i as i64) {
             let Some(row) = rows.pop_front() else { break };
             counts.get_or_insert(Counters {

@@ -470,7 +470,7 @@ impl Actor {
             match rows.await {
                 Ok(rows) if rows.first().map(|r| r.0) == Some(self.last_seq + 1) => {
                     for (seq, payload) in rows {
-                        self.deliver(seq, Arc::from(payload.to_string()));
+                        self.deliver(seq, Arc::from(payload.text()));
                     }
                 }
                 Ok(_) if self.replaced().await => return,
@@ -624,7 +624,7 @@ impl Actor {
                 Ok(rows) if rows.first().map(|r| r.0) == Some(from + 1) => {
                     let mut gone = false;
                     for (seq, payload) in rows {
-                        match s.tx.offer(Arc::from(payload.to_string())) {
+                        match s.tx.offer(Arc::from(payload.text())) {
                             Offer::Queued => s.cursor = seq,
                             Offer::Full => break,
                             Offer::Gone => {

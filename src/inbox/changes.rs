@@ -1,11 +1,11 @@
 //! Reading a user's change stream: "what happened after seq N" (contract §2, §4, §5).
 
 use serde::Serialize;
-use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::db::replica::{Read, Reads};
 use crate::error::ApiError;
+use crate::store::events::StoredFrame;
 use crate::store::inbox_state::Counters;
 use crate::store::messages::{Listed, Shelf};
 use crate::store::{events, inbox_state, messages, Conn};
@@ -26,7 +26,8 @@ pub enum Changes {
         epoch: i64,
         /// The frames after `since`, oldest first, exactly as the WebSocket sends them
         /// (docs/websocket.md).
-        events: Vec<Value>,
+        #[schema(value_type = Vec<Value>)]
+        events: Vec<StoredFrame>,
     },
     /// Reload the first page: `since` is too old, too far behind, ahead of the stream, or of
     /// another inbox (`epoch`: the user was erased meanwhile).
@@ -63,7 +64,7 @@ impl Changes {
         }
     }
 
-    fn events(c: Counters, events: Vec<Value>) -> Changes {
+    fn events(c: Counters, events: Vec<StoredFrame>) -> Changes {
         Changes::Events {
             seq: c.seq,
             unread: c.unread,
@@ -94,7 +95,7 @@ pub fn resolve(
     since: Option<i64>,
     epoch: Option<i64>,
     c: Counters,
-    events: Vec<(i64, Value)>,
+    events: Vec<(i64, StoredFrame)>,
 ) -> Changes {
     let Some(since) = since else {
         return Changes::events(c, vec![]);
@@ -232,8 +233,9 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn evs(r: std::ops::RangeInclusive<i64>) -> Vec<(i64, Value)> {
-        r.map(|s| (s, json!({ "seq": s }))).collect()
+    fn evs(r: std::ops::RangeInclusive<i64>) -> Vec<(i64, StoredFrame)> {
+        r.map(|s| (s, StoredFrame::from_json(&json!({ "seq": s }))))
+            .collect()
     }
 
     fn at(seq: i64) -> Counters {

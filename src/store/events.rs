@@ -1,12 +1,82 @@
 //! `user_event`: the retained per-user change stream. The payload is the exact WebSocket frame.
 
+use diesel::deserialize::{self, FromSql, FromSqlRow};
+use diesel::pg::{Pg, PgValue};
 use diesel::prelude::*;
+use diesel::sql_types::Jsonb;
 use diesel_async::RunQueryDsl;
+use serde_json::value::RawValue;
 
 use super::schema::user_event as e;
 use super::Conn;
 
 const INSERT_CHUNK: usize = 5000;
+
+/// An event as the log gives it back: its frame's JSON text, passed on as it is. Every read
+/// of the log ends in a frame (a `sync`, a repaired or caught-up event, `/me/changes`), so an
+/// event is never parsed into a `serde_json::Value` only to be serialised again: in a reconnect
+/// storm those two steps were ~14% of the survivor's CPU (docs/decisions/0020).
+///
+/// The text is PostgreSQL's rendering of the `jsonb` value (its key order) without the blanks
+/// it puts after `:` and `,`, so a replayed frame is as compact as a live one.
+#[derive(Debug, Clone, FromSqlRow)]
+#[diesel(sql_type = Jsonb)]
+pub struct StoredFrame(Box<RawValue>);
+
+impl StoredFrame {
+    /// The frame's JSON text.
+    pub fn text(&self) -> &str {
+        self.0.get()
+    }
+
+    /// A frame from JSON text (tests, and values built in memory).
+    pub fn from_json(v: &serde_json::Value) -> StoredFrame {
+        // A `Value` always serialises to valid JSON (the default, `null`, is never taken).
+        StoredFrame(RawValue::from_string(v.to_string()).unwrap_or_default())
+    }
+}
+
+impl serde::Serialize for StoredFrame {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl FromSql<Jsonb, Pg> for StoredFrame {
+    fn from_sql(value: PgValue<'_>) -> deserialize::Result<Self> {
+        // `jsonb`'s binary form: a version byte (1), then the value as JSON text.
+        let (version, text) = value.as_bytes().split_first().ok_or("empty jsonb value")?;
+        if *version != 1 {
+            return Err(format!("jsonb format version {version}, expected 1").into());
+        }
+        let text = std::str::from_utf8(text)?;
+        Ok(StoredFrame(RawValue::from_string(compact(text))?))
+    }
+}
+
+/// `text` (valid JSON) without the blanks between its tokens. Strings are copied as they are,
+/// escapes included.
+fn compact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in text.chars() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+        } else if matches!(c, ' ' | '\n' | '\r' | '\t') {
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
 
 #[derive(Insertable, Debug, Clone)]
 #[diesel(table_name = e)]
@@ -33,7 +103,7 @@ pub async fn range(
     since: i64,
     until: Option<i64>,
     limit: i64,
-) -> QueryResult<Vec<(i64, serde_json::Value)>> {
+) -> QueryResult<Vec<(i64, StoredFrame)>> {
     let mut q = e::table
         .filter(e::user_id.eq(user))
         .filter(e::seq.gt(since))
@@ -58,7 +128,7 @@ pub async fn range_in(
     since: i64,
     until: i64,
     limit: i64,
-) -> QueryResult<Vec<(i64, serde_json::Value)>> {
+) -> QueryResult<Vec<(i64, StoredFrame)>> {
     use super::schema::user_inbox_state as s;
     if epoch == 0 {
         return range(conn, user, since, Some(until), limit).await;
@@ -106,7 +176,7 @@ pub struct ResumeRow {
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
     pub event_seq: Option<i64>,
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Jsonb>)]
-    pub payload: Option<serde_json::Value>,
+    pub payload: Option<StoredFrame>,
 }
 
 /// Many users' counters and missed events in ONE statement (so one snapshot, one round trip):
@@ -190,5 +260,24 @@ impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for ResumeMany<'_> {
         out.push_bind_param::<BigInt, _>(&self.max_replay)?;
         out.push_sql(tail);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compact;
+
+    /// PostgreSQL renders `jsonb` with a blank after every `:` and `,`; a frame carries none,
+    /// while blanks, commas, colons, quotes and escapes inside strings stay as they are.
+    #[test]
+    fn compact_drops_the_blanks_between_tokens_only() {
+        let pg = r#"{"a": 1, "b": "x, y: \"z\" \\", "c": [1, 2, {"d": null}], "e": "\u00e9 "}"#;
+        assert_eq!(
+            compact(pg),
+            r#"{"a":1,"b":"x, y: \"z\" \\","c":[1,2,{"d":null}],"e":"\u00e9 "}"#
+        );
+        let v: serde_json::Value = serde_json::from_str(pg).expect("valid JSON");
+        let again: serde_json::Value = serde_json::from_str(&compact(pg)).expect("still JSON");
+        assert_eq!(again, v, "the same value");
     }
 }

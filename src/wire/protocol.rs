@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 
 use crate::inbox::changes::Changes;
 use crate::inbox::CountsView;
+use crate::store::events::StoredFrame;
 
 /// Largest message a client may send, in frame bytes (for a fragmented message: its fragments'
 /// headers and payloads together); larger ones close the socket with 1009 as soon as a header
@@ -379,39 +380,49 @@ pub const SYNC_FRAME_BYTES: usize = 256 * 1024;
 /// per frame), in seq order, each with the seq it ends at. Each frame's `seq`/`unread`/`unseen`
 /// are those after its last event, so a client that applies the frames one by one always holds
 /// counts that match what it has applied.
-pub fn sync_frames(events: &[Value], max_bytes: usize) -> Vec<(i64, String)> {
+pub fn sync_frames(events: &[StoredFrame], max_bytes: usize) -> Vec<(i64, String)> {
     let mut frames = vec![];
-    let mut batch: Vec<String> = vec![];
-    let mut bytes = 0;
-    let mut last: Option<&Value> = None;
+    let mut batch = String::new();
+    let mut last: Option<&StoredFrame> = None;
     let finish =
-        |batch: &mut Vec<String>, last: Option<&Value>, frames: &mut Vec<(i64, String)>| {
+        |batch: &mut String, last: Option<&StoredFrame>, frames: &mut Vec<(i64, String)>| {
             let Some(ev) = last else { return };
-            let n = |k: &str| ev.get(k).and_then(Value::as_i64).unwrap_or(0);
+            // Only the last event's counters are read, without building the event.
+            let c: FrameCounts = serde_json::from_str(ev.text()).unwrap_or_default();
             frames.push((
-                n("seq"),
+                c.seq,
                 format!(
-                    r#"{{"type":"sync","events":[{}],"seq":{},"unread":{},"unseen":{}}}"#,
-                    batch.join(","),
-                    n("seq"),
-                    n("unread"),
-                    n("unseen")
+                    r#"{{"type":"sync","events":[{batch}],"seq":{},"unread":{},"unseen":{}}}"#,
+                    c.seq, c.unread, c.unseen
                 ),
             ));
             batch.clear();
         };
     for ev in events {
-        let text = ev.to_string();
-        if !batch.is_empty() && bytes + text.len() > max_bytes {
+        let text = ev.text();
+        // The limit is on the events and their separating commas, as a frame carries them.
+        if !batch.is_empty() && batch.len() + 1 + text.len() > max_bytes {
             finish(&mut batch, last, &mut frames);
-            bytes = 0;
         }
-        bytes += text.len() + 1;
-        batch.push(text);
+        if !batch.is_empty() {
+            batch.push(',');
+        }
+        batch.push_str(text);
         last = Some(ev);
     }
     finish(&mut batch, last, &mut frames);
     frames
+}
+
+/// The counters an event frame carries (0 where it has none).
+#[derive(Deserialize, Default)]
+struct FrameCounts {
+    #[serde(default)]
+    seq: i64,
+    #[serde(default)]
+    unread: i64,
+    #[serde(default)]
+    unseen: i64,
 }
 
 pub fn ack(r#ref: &Value, extra: Value) -> Value {
@@ -524,10 +535,10 @@ mod tests {
 
     #[test]
     fn sync_frames_split_by_bytes_in_order() {
-        let events: Vec<Value> = (1..=10)
-            .map(|i| json!({"type": "message.created", "seq": i, "unread": i, "unseen": 1, "pad": "x".repeat(100)}))
+        let events: Vec<StoredFrame> = (1..=10)
+            .map(|i| StoredFrame::from_json(&json!({"type": "message.created", "seq": i, "unread": i, "unseen": 1, "pad": "x".repeat(100)})))
             .collect();
-        let one = events[0].to_string().len();
+        let one = events[0].text().len();
         let frames = sync_frames(&events, one * 3 + 3);
         assert_eq!(frames.len(), 4);
         let mut seqs = vec![];

@@ -44,10 +44,18 @@ async fn one_batched_read_gives_each_user_exactly_its_events() {
         let counts = vec![mine[0].seq, mine[0].unread, mine[0].unseen];
         for r in &mine {
             if let (Some(s), Some(p)) = (r.event_seq, &r.payload) {
+                let p: serde_json::Value =
+                    serde_json::from_str(p.text()).expect("the payload is JSON");
                 assert_eq!(
                     p["seq"].as_i64(),
                     Some(s),
                     "request {i}: payload of seq {s}"
+                );
+                // The frame as the log gives it back is compact, as a live one: no blanks
+                // (PostgreSQL writes `jsonb` with a blank after each `:` and `,`).
+                assert_eq!(
+                    p.to_string().len(),
+                    r.payload.as_ref().map_or(0, |f| f.text().len())
                 );
             }
         }
