@@ -342,10 +342,16 @@ fn new_gateway(settings: &Settings, workers: usize) -> anyhow::Result<Arc<Gatewa
         db::Limits::from_settings(settings),
         settings.pooler(),
     )?;
-    Ok(Arc::new(Gateway::new(
-        tokio::runtime::Handle::current(),
-        settings.db_pool_size,
+    let runtime = tokio::runtime::Handle::current();
+    let catch_up = crate::gateway::catch_up::CatchUp::new(
+        runtime.clone(),
         catch_up_pool,
+        settings.db_request_timeout,
+    );
+    Ok(Arc::new(Gateway::new(
+        runtime,
+        settings.db_pool_size,
+        catch_up,
         crate::gateway::admission::Admission::new(
             max_joining,
             settings.ws_join_queue,

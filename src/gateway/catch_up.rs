@@ -25,7 +25,6 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use crate::db::DbPool;
 use crate::error::ApiError;
 use crate::inbox::changes::{self, Changes, MAX_REPLAY};
-use crate::state::AppState;
 use crate::store::events::{self, ResumeRow, StoredFrame};
 use crate::store::inbox_state::Counters;
 
@@ -61,15 +60,19 @@ pub struct CatchUp {
     runtime: tokio::runtime::Handle,
     /// The batcher's own connections (`BATCH_CONCURRENCY`).
     pool: DbPool,
+    /// Each statement's bound (`NOTIFYD_DB_REQUEST_TIMEOUT`).
+    limit: std::time::Duration,
 }
 
 impl CatchUp {
-    /// `pool`: the batcher's own, of `BATCH_CONCURRENCY` connections.
-    pub fn new(runtime: tokio::runtime::Handle, pool: DbPool) -> Self {
+    /// `pool`: the batcher's own, of `BATCH_CONCURRENCY` connections; `limit`: each
+    /// statement's bound.
+    pub fn new(runtime: tokio::runtime::Handle, pool: DbPool, limit: std::time::Duration) -> Self {
         CatchUp {
             tx: OnceLock::new(),
             runtime,
             pool,
+            limit,
         }
     }
 
@@ -77,18 +80,13 @@ impl CatchUp {
     /// `since: None`) would have returned.
     pub fn read(
         &self,
-        state: &AppState,
         user: &str,
         since: Option<i64>,
         epoch: Option<i64>,
     ) -> Result<oneshot::Receiver<Reply>, Busy> {
         let tx = self.tx.get_or_init(|| {
             let (tx, rx) = mpsc::channel(QUEUE);
-            self.runtime.spawn(run(
-                state.settings.db_request_timeout,
-                self.pool.clone(),
-                rx,
-            ));
+            self.runtime.spawn(run(self.limit, self.pool.clone(), rx));
             tx
         });
         let (reply, rx) = oneshot::channel();

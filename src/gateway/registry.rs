@@ -45,11 +45,10 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// `catch_up_pool`: the catch-up batcher's own connections (`catch_up::BATCH_CONCURRENCY`).
     pub fn new(
         runtime: tokio::runtime::Handle,
         db_pool_size: usize,
-        catch_up_pool: crate::db::DbPool,
+        catch_up: CatchUp,
         admission: Admission,
     ) -> Self {
         Gateway {
@@ -57,7 +56,7 @@ impl Gateway {
             sockets: Arc::new(SocketCounts::default()),
             anon_sockets: Arc::new(SocketCounts::default()),
             db_commands: Arc::new(Semaphore::new((db_pool_size / 2).max(1))),
-            catch_up: CatchUp::new(runtime.clone(), catch_up_pool),
+            catch_up,
             admission,
             next_id: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),

@@ -221,11 +221,7 @@ impl Actor {
     ) {
         // Through the node's batcher: in a reconnect storm one statement reads many users'
         // counters and missed events (see gateway::catch_up).
-        let read = self
-            .state
-            .gateway
-            .catch_up
-            .read(&self.state, &self.user, since, epoch);
+        let read = self.state.gateway.catch_up.read(&self.user, since, epoch);
         // The handshake's turn ends here, queued or refused. Turns bound the handshakes' CPU
         // work (REST calls on the same workers wait behind it); a join waiting for its read
         // costs none, and the batcher's own queue bounds how many wait. Held until `hello`, as
