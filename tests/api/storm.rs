@@ -186,13 +186,7 @@ async fn a_resume_is_read_while_every_pooled_connection_is_taken() {
     let hello = c.expect("hello", within).await;
     assert_eq!(hello["seq"].as_i64(), Some(2));
     let sync = c.expect("sync", within).await;
-    let seqs: Vec<i64> = sync["events"]
-        .as_array()
-        .expect("events")
-        .iter()
-        .filter_map(|e| e["seq"].as_i64())
-        .collect();
-    assert_eq!(seqs, vec![2]);
+    assert_eq!(seqs_of(sync["events"].as_array().expect("events")), vec![2]);
     drop(taken);
     c.close().await;
     app.stop().await;
