@@ -3,7 +3,8 @@
 use diesel::deserialize::{self, FromSql, FromSqlRow};
 use diesel::pg::{Pg, PgValue};
 use diesel::prelude::*;
-use diesel::sql_types::Jsonb;
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::sql_types::{Jsonb, Untyped};
 use diesel_async::RunQueryDsl;
 use serde_json::value::RawValue;
 
@@ -29,7 +30,8 @@ impl StoredFrame {
         self.0.get()
     }
 
-    /// A frame from JSON text (tests, and values built in memory).
+    /// A frame built in memory (the lib's unit tests; the service only reads frames from the log).
+    #[cfg(test)]
     pub fn from_json(v: &serde_json::Value) -> StoredFrame {
         // A `Value` always serialises to valid JSON (the default, `null`, is never taken).
         StoredFrame(RawValue::from_string(v.to_string()).unwrap_or_default())
@@ -234,20 +236,17 @@ struct ResumeMany<'a> {
 /// The statement's identity in diesel's statement cache.
 struct ResumeManyId;
 
-impl diesel::query_builder::QueryId for ResumeMany<'_> {
+impl QueryId for ResumeMany<'_> {
     type QueryId = ResumeManyId;
     const HAS_STATIC_QUERY_ID: bool = true;
 }
 
-impl diesel::query_builder::Query for ResumeMany<'_> {
-    type SqlType = diesel::sql_types::Untyped;
+impl Query for ResumeMany<'_> {
+    type SqlType = Untyped;
 }
 
-impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for ResumeMany<'_> {
-    fn walk_ast<'b>(
-        &'b self,
-        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
-    ) -> QueryResult<()> {
+impl QueryFragment<Pg> for ResumeMany<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         use diesel::sql_types::{Array, BigInt, Text};
         let [head, after_users, after_since, after_bound, tail] = RESUME_MANY_SQL;
         out.push_sql(head);
