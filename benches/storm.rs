@@ -27,7 +27,8 @@
 //! k: k POSTs always in flight, closed loop), BENCH_STORM_USER_RATE users' REST calls/s on B's
 //! public listener (50; 0 leaves them out), BENCH_STORM_USER_CONN=keepalive (those calls reuse
 //! idle connections; by default each opens its own), BENCH_STORM_SERVICE_LISTENER=1 (the POSTs on B's
-//! `NOTIFYD_SERVICE_BIND`), BENCH_STORM_SPREAD_MS (0: all at once; 500 is the shipped client's
+//! `NOTIFYD_SERVICE_BIND`), BENCH_STORM_POST_TO=storm (the steady POSTs go to the storm's own
+//! users, issue 22 item 8's load), BENCH_STORM_SPREAD_MS (0: all at once; 500 is the shipped client's
 //! first-retry window), NOTIFYD_BIN (the binary both nodes run; target/release/notifyd). The doc section is written for runs of
 //! 10,000 clients or more (BENCH_WRITE_DOC=1 forces it, =0 prevents it), one block per label.
 //! Timing never fails the run: only a broken set-up does.
@@ -132,13 +133,23 @@ enum Attempt {
     Failed(String),
 }
 
-/// One connection attempt: hello, then sync frames until the final seq.
-async fn attempt(i: usize, server: SocketAddr, token: &str, since: i64, last: i64) -> Attempt {
+/// What a resumed client must hold: `hello` at exactly `last`, or (`Final::AtLeast`, while
+/// services keep writing to the storm's own users, `BENCH_STORM_POST_TO=storm`) at `last` or
+/// later; and then `sync` frames with exactly the events from `since` + 1 to that `hello`'s
+/// seq, each once, in order (live events after them are not read).
+#[derive(Clone, Copy)]
+enum Final {
+    Exactly(i64),
+    AtLeast(i64),
+}
+
+/// One connection attempt: hello, then sync frames until the seq `hello` announced.
+async fn attempt(i: usize, server: SocketAddr, token: &str, since: i64, last: Final) -> Attempt {
     let mut ws = match open_ws(i, server, &format!("/ws?token={token}&since={since}")).await {
         Ok(ws) => ws,
         Err(e) => return Attempt::Failed(e.to_string()),
     };
-    let mut hello = false;
+    let mut hello: Option<i64> = None;
     let mut got: Vec<i64> = vec![];
     loop {
         let frame = match tokio::time::timeout(WAIT, ws.next()).await {
@@ -167,13 +178,19 @@ async fn attempt(i: usize, server: SocketAddr, token: &str, since: i64, last: i6
         };
         match v["type"].as_str() {
             Some("hello") => {
-                if v["seq"].as_i64() != Some(last) {
-                    return Attempt::Wrong(format!("hello at seq {} not {last}", v["seq"]));
+                let seq = v["seq"].as_i64().unwrap_or(-1);
+                match last {
+                    Final::Exactly(last) if seq != last => {
+                        return Attempt::Wrong(format!("hello at seq {seq} not {last}"));
+                    }
+                    Final::AtLeast(last) if seq < last => {
+                        return Attempt::Wrong(format!("hello at seq {seq}, before {last}"));
+                    }
+                    _ => hello = Some(seq),
                 }
-                hello = true;
             }
             Some("sync") => {
-                if !hello || v["reset"].as_bool() == Some(true) {
+                if hello.is_none() || v["reset"].as_bool() == Some(true) {
                     return Attempt::Wrong(format!("unexpected sync: {text}"));
                 }
                 for e in v["events"].as_array().into_iter().flatten() {
@@ -182,7 +199,8 @@ async fn attempt(i: usize, server: SocketAddr, token: &str, since: i64, last: i6
             }
             _ => {}
         }
-        if hello && (since == last || got.last() == Some(&last)) {
+        let Some(last) = hello else { continue };
+        if since == last || got.last() >= Some(&last) {
             let want: Vec<i64> = (since + 1..=last).collect();
             return if got == want {
                 Attempt::Resumed(Box::new(ws))
@@ -218,11 +236,14 @@ async fn resume(
     server: SocketAddr,
     token: String,
     since: i64,
-    last: i64,
+    last: Final,
     spread_ms: u64,
+    start: Instant,
 ) -> Outcome {
-    // Timed from the storm's start, so a client's own delay counts in its resume time.
-    let start = Instant::now();
+    // Timed from the storm's start (`start`, taken before the first client's task was
+    // spawned), so a client's own delay counts in its resume time, and so does the wait of its
+    // task to be first polled: until 2026-12-08 each task took its own start when it first ran,
+    // which under load was up to ~1 s after the storm began for the last of 15,000 tasks.
     let mut out = Outcome::default();
     tokio::time::sleep(first_delay(i, spread_ms)).await;
     while start.elapsed() < STORM_DEADLINE {
@@ -255,20 +276,37 @@ async fn resume(
 // ---------------------------------------------------------------------------------------------
 // The steady POST load on the survivor
 
-/// POSTs one message at a time at `rate`/s (to users no storm client is), timing each, until
-/// `stop`; returns (latencies in µs, failures). With BENCH_STORM_INFLIGHT=k (k > 0) the load is
+/// `BENCH_STORM_POST_TO=storm`: the steady POSTs go to the storm's own users (issue 22 item 8's
+/// measurement: each one is also relayed to a user who is, or is about to be, connected to B,
+/// during the storm); by default they go to users no storm client is.
+fn posts_to_storm_users() -> bool {
+    std::env::var("BENCH_STORM_POST_TO").as_deref() == Ok("storm")
+}
+
+/// The recipient of steady POST `k` of worker `w` (of `workers`): a storm user (`n` of them,
+/// in turn) with `BENCH_STORM_POST_TO=storm`, else one of 8 users of the worker's own.
+fn steady_recipient(w: u64, workers: u64, k: u64, n: usize) -> String {
+    if posts_to_storm_users() {
+        user(((k * workers + w) % n.max(1) as u64) as usize)
+    } else {
+        format!("steady{w}-{}", k % 8)
+    }
+}
+
+/// POSTs one message at a time at `rate`/s (to users no storm client is, or to the storm's
+/// users: `steady_recipient`), timing each, until `stop`; returns (latencies in µs, failures). With BENCH_STORM_INFLIGHT=k (k > 0) the load is
 /// closed loop instead: k services each POST, wait for the answer, and POST again, so the
 /// server is never idle and its queueing shows in every request (an open-loop probe at a low
 /// rate mostly meets an idle server).
-async fn steady_posts(base: String, rate: u64, stop: Arc<AtomicBool>) -> (Vec<u32>, u64) {
+async fn steady_posts(base: String, rate: u64, n: usize, stop: Arc<AtomicBool>) -> (Vec<u32>, u64) {
     let inflight = env_num("BENCH_STORM_INFLIGHT", 0);
     if inflight > 0 {
-        return closed_loop_posts(base, inflight, stop).await;
+        return closed_loop_posts(base, inflight, n, stop).await;
     }
     let http = reqwest::Client::new();
     let url = format!("{base}/api/v1/messages");
     open_loop(rate, stop, 201, move |k| {
-        let body = json!({"to_user": format!("steady{}", k % 500), "title": "steady", "content": "x", "type": "steady"});
+        let body = json!({"to_user": steady_recipient(0, 1, k, n), "title": "steady", "content": "x", "type": "steady"});
         http.post(&url).bearer_auth(KEY).json(&body)
     })
     .await
@@ -318,7 +356,12 @@ async fn open_loop(
 }
 
 /// `inflight` POST loops, each sending the next message when the last was answered.
-async fn closed_loop_posts(base: String, inflight: u64, stop: Arc<AtomicBool>) -> (Vec<u32>, u64) {
+async fn closed_loop_posts(
+    base: String,
+    inflight: u64,
+    n: usize,
+    stop: Arc<AtomicBool>,
+) -> (Vec<u32>, u64) {
     let http = reqwest::Client::new();
     let url = format!("{base}/api/v1/messages");
     let workers: Vec<_> = (0..inflight)
@@ -328,7 +371,7 @@ async fn closed_loop_posts(base: String, inflight: u64, stop: Arc<AtomicBool>) -
                 let (mut lat, mut failed, mut k) = (vec![], 0u64, 0u64);
                 while !stop.load(Ordering::Relaxed) {
                     k += 1;
-                    let body = json!({"to_user": format!("steady{w}-{}", k % 8), "title": "steady", "content": "x", "type": "steady"});
+                    let body = json!({"to_user": steady_recipient(w, inflight, k, n), "title": "steady", "content": "x", "type": "steady"});
                     let t = Instant::now();
                     let r = http
                         .post(&url)
@@ -360,9 +403,13 @@ async fn closed_loop_posts(base: String, inflight: u64, stop: Arc<AtomicBool>) -
 
 /// The steady load in words, for the doc block.
 fn load_words(rate: u64) -> String {
+    let to = match posts_to_storm_users() {
+        true => ", to the storm's own users",
+        false => "",
+    };
     match env_num("BENCH_STORM_INFLIGHT", 0) {
-        0 => format!("at {rate}/s (open loop)"),
-        k => format!("with {k} in flight (closed loop)"),
+        0 => format!("at {rate}/s (open loop){to}"),
+        k => format!("with {k} in flight (closed loop){to}"),
     }
 }
 
@@ -370,11 +417,11 @@ fn load_words(rate: u64) -> String {
 /// not also the wait of its tasks behind the 15,000 storm clients' tasks in the bench's own
 /// runtime: what it measures is the server (and the shared cores). `BENCH_STORM_POSTS=shared`
 /// runs it on the bench's runtime as before, to compare.
-async fn timed_posts(base: String, rate: u64, stop: Arc<AtomicBool>) -> (Vec<u32>, u64) {
+async fn timed_posts(base: String, rate: u64, n: usize, stop: Arc<AtomicBool>) -> (Vec<u32>, u64) {
     if std::env::var("BENCH_STORM_POSTS").as_deref() == Ok("shared") {
-        return steady_posts(base, rate, stop).await;
+        return steady_posts(base, rate, n, stop).await;
     }
-    on_own_thread(move || steady_posts(base, rate, stop)).await
+    on_own_thread(move || steady_posts(base, rate, n, stop)).await
 }
 
 /// Users' own REST calls on B's PUBLIC listener (where the storm's handshakes arrive):
@@ -690,7 +737,7 @@ async fn storm(
 
     // The quiet baseline: the same steady load on B with nobody connected.
     let stop = Arc::new(AtomicBool::new(false));
-    let quiet = tokio::spawn(timed_posts(post_base.clone(), rate, stop.clone()));
+    let quiet = tokio::spawn(timed_posts(post_base.clone(), rate, n, stop.clone()));
     let user_quiet = tokio::spawn(user_probe(b.base.clone(), user_rate, stop.clone()));
     tokio::time::sleep(Duration::from_secs(5)).await;
     stop.store(true, Ordering::Relaxed);
@@ -702,16 +749,21 @@ async fn storm(
     let before = metric_sums(&metrics_base).await;
     let (overflows0, syn0) = (tcp_ext("ListenOverflows"), tcp_ext("TCPSynRetrans"));
     let stop = Arc::new(AtomicBool::new(false));
-    let steady = tokio::spawn(timed_posts(post_base.clone(), rate, stop.clone()));
+    let steady = tokio::spawn(timed_posts(post_base.clone(), rate, n, stop.clone()));
     let user_storm = tokio::spawn(user_probe(b.base.clone(), user_rate, stop.clone()));
     println!("    {n} clients reconnect to B with since=1 (expecting seq {last})");
     let server_b = SocketAddr::from(([127, 0, 0, 1], b.port));
+    // While services write to the storm's own users, their seqs move on during the storm.
+    let last = match posts_to_storm_users() {
+        true => Final::AtLeast(last),
+        false => Final::Exactly(last),
+    };
     let t0 = Instant::now();
     let cpu0 = Cpu::now(b.child.id());
     let tasks: Vec<_> = tokens
         .into_iter()
         .enumerate()
-        .map(|(i, token)| tokio::spawn(resume(i, server_b, token, 1, last, spread_ms)))
+        .map(|(i, token)| tokio::spawn(resume(i, server_b, token, 1, last, spread_ms, t0)))
         .collect();
     let mut outcomes = vec![];
     for t in tasks {
@@ -790,7 +842,7 @@ fn run_block(label: &str, note: &str, load: &str, r: &StormResult) -> String {
 (database pool 32 each) and the load client on the same cores. Load average when the run\n\
 began: {load}. Clients came back {how}.\n\n\
 | what | figure |\n|---|---|\n\
-| clients resumed on B (hello at the final seq + exactly the {missed} missed events, in order) | **{resumed} of {n}** ({wrong} wrong) |\n\
+| clients resumed on B (hello at the final seq{or_later} + exactly the {missed}{more} missed events, in order) | **{resumed} of {n}** ({wrong} wrong) |\n\
 | storm start → every client resumed | **{all:.2} s** (p50 {p50:.2} s, p99 {p99:.2} s) |\n\
 | catch-up queries on B during the storm | **{queries:.0}** ({qpu:.3} per client); events read {events:.0} |\n\
 | B's database pool during the storm: checkouts / of which waited > 50 ms for a connection | {pool:.0} / {pool_slow:.0} |\n\
@@ -824,6 +876,12 @@ began: {load}. Clients came back {how}.\n\n\
             .find_map(|w| w.strip_prefix("v="))
             .unwrap_or("?"),
         missed = r.missed,
+        or_later = if posts_to_storm_users() { " or later" } else { "" },
+        more = if posts_to_storm_users() {
+            " (and the steady POSTs')"
+        } else {
+            ""
+        },
         resumed = r.resumed,
         wrong = r.wrong,
         all = r.all_s,
@@ -884,12 +942,14 @@ at seq 1; A is killed with SIGKILL; each user gets more messages while away; the
 reconnects to B with `since=1`, all at once unless the block says each waited a delay uniform\n\
 in [0, spread) first, as the shipped JS client does after a healthy socket breaks (its\n\
 `backoffBaseMs`, 500 ms); a client's resume time counts from the storm's start, its delay\n\
-included. *Resumed* = `hello` at the final seq and `sync` frames\n\
+included (and, since 2026-12-08, the wait of its task to be first run). *Resumed* = `hello` at the final seq and `sync` frames\n\
 with exactly the missed events, each once, in order; a resumed client stays connected until\n\
 every client has resumed (since 2026-12-07: before, each closed at once, so the survivor also\n\
 handled every departure inside the storm). A client refused with 1013 waits the\n\
 `retry_after` its close reason names. Catch-up queries are B's\n\
-`notifyd_catch_up_queries_total` over the storm. The steady POSTs go to other users, one at a\n\
+`notifyd_catch_up_queries_total` over the storm. The steady POSTs go to other users (or, where\n\
+the block says so, to the storm's own users in turn, as issue 22 item 8 measured: a resumed\n\
+client then holds `hello` at the final seq or later and exactly the events up to it), one at a\n\
 time on their own task at a fixed rate (open loop), first with nobody connected (quiet), then\n\
 during the storm; they run on a thread and runtime of their own in the bench (unless the block\n\
 says `BENCH_STORM_POSTS=shared`), so their timing does not include waiting behind the storm\n\
@@ -974,6 +1034,7 @@ async fn bench() -> anyhow::Result<()> {
         let inflight = env_num("BENCH_STORM_INFLIGHT", 0);
         // The summary row each kind of run keeps (docs/benchmarks.md's summary table).
         let part = match (inflight > 0, r.service_listener, r.spread_ms) {
+            (true, false, _) if posts_to_storm_users() => "55-storm-closed-loop-storm-users",
             (true, false, _) => "53-storm-closed-loop",
             (true, true, _) => "54-storm-closed-loop-service",
             (false, true, _) => "52-storm-service",
@@ -987,8 +1048,9 @@ async fn bench() -> anyhow::Result<()> {
             let ratio = r.storm.1 / r.quiet.1;
             let ok = r.resumed == r.clients && r.wrong == 0 && r.all_s <= 3.0 && ratio <= 3.0;
             format!(
-                "| reconnect storm, {n} clients, a node dies; services keep {inflight} POSTs in flight (closed loop){on}, {spread} | {resumed} of {n} resumed ({wrong} wrong) in {all:.1} s; {refused} refusals; POST p99 on the survivor {s99:.1} ms | the same POSTs before the storm: p99 {q99:.1} ms | POST p99 {ratio:.1}× before | all in ≤ 3 s, POST p99 ≤ 3× before | {met} |\n",
+                "| reconnect storm, {n} clients, a node dies; services keep {inflight} POSTs in flight (closed loop){to}{on}, {spread} | {resumed} of {n} resumed ({wrong} wrong) in {all:.1} s; {refused} refusals; POST p99 on the survivor {s99:.1} ms | the same POSTs before the storm: p99 {q99:.1} ms | POST p99 {ratio:.1}× before | all in ≤ 3 s, POST p99 ≤ 3× before | {met} |\n",
                 on = if r.service_listener { " on a service listener" } else { "" },
+                to = if posts_to_storm_users() { " to the storm's own users" } else { "" },
                 spread = spread_words(r.spread_ms),
                 resumed = r.resumed,
                 wrong = r.wrong,

@@ -60,6 +60,9 @@ wants storm && step storm-service env BENCH_STORM_CLIENTS=15000 BENCH_STORM_LABE
 # public listener and on a service listener; goal: POST p99 ≤ 3× before, everyone back ≤ 3 s.
 wants storm && step storm-closed env BENCH_STORM_CLIENTS=15000 BENCH_STORM_LABEL=closed-loop BENCH_STORM_INFLIGHT=64 cargo bench --bench storm
 wants storm && step storm-closed-service env BENCH_STORM_CLIENTS=15000 BENCH_STORM_LABEL=closed-loop-service BENCH_STORM_INFLIGHT=64 BENCH_STORM_SERVICE_LISTENER=1 cargo bench --bench storm
+# The same as the issue measured it: the POSTs go to the storm's own users, so each is also
+# relayed to a client that is resuming or has resumed on the survivor.
+wants storm && step storm-closed-storm-users env BENCH_STORM_CLIENTS=15000 BENCH_STORM_LABEL=closed-loop-storm-users BENCH_STORM_INFLIGHT=64 BENCH_STORM_POST_TO=storm cargo bench --bench storm
 wants eventlog && step eventlog cargo bench --bench eventlog
 wants sse && step sse cargo bench --bench sse
 wants push && step push cargo bench --bench push
