@@ -242,8 +242,8 @@ async fn resume(
 ) -> Outcome {
     // Timed from the storm's start (`start`, taken before the first client's task was
     // spawned), so a client's own delay counts in its resume time, and so does the wait of its
-    // task to be first polled: until 2026-12-08 each task took its own start when it first ran,
-    // which under load was up to ~1 s after the storm began for the last of 15,000 tasks.
+    // task to be first polled: before commit 7a98e96 each task took its own start when it first
+    // ran, which under load was up to ~1 s after the storm began for the last of 15,000 tasks.
     let mut out = Outcome::default();
     tokio::time::sleep(first_delay(i, spread_ms)).await;
     while start.elapsed() < STORM_DEADLINE {
@@ -488,6 +488,40 @@ where
         .unwrap_or_default()
 }
 
+/// Seconds from `t0` until B counts `n` open sockets (its `notifyd_ws_connections` gauge, which
+/// a join raises once it has queued the client's `hello` and `sync` frames), polled every
+/// 20 ms on a thread of its own until then or `stop`: the storm as the survivor saw it,
+/// beside the clients' own "resumed" times, which also hold each frame's wait for the bench's
+/// own client runtime (15,000 clients sharing the bench's cores, where a real storm's clients
+/// each have their own device).
+fn watch_joins(
+    base: String,
+    n: usize,
+    t0: Instant,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Option<f64>> {
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        rt.block_on(async {
+            while !stop.load(Ordering::Relaxed) {
+                let open = metric_sums(&base)
+                    .await
+                    .get("notifyd_ws_connections")
+                    .copied();
+                if open.is_some_and(|o| o >= n as f64) {
+                    return Some(t0.elapsed().as_secs_f64());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            None
+        })
+    });
+    tokio::task::spawn_blocking(move || thread.join().ok().flatten())
+}
+
 /// p50, p99 (ms), count and failures of sorted latencies (µs).
 fn summary(sorted: &[u32], failed: u64) -> (f64, f64, usize, u64) {
     (
@@ -551,6 +585,11 @@ struct StormResult {
     handshake_failures: u64,
     queries: f64,
     events_read: f64,
+    /// Over the storm: the catch-up statements' summed time on B (s), and the mean wait of a
+    /// join's read from being queued to its answer (ms): `notifyd_catch_up_read_seconds`,
+    /// `notifyd_catch_up_wait_seconds`.
+    statements_s: f64,
+    read_wait_ms: f64,
     /// B's database pool checkouts over the storm (REST calls, commands, actors' and catch-up's
     /// reads), and how many of them waited longer than 50 ms for a connection.
     pool_checkouts: f64,
@@ -575,6 +614,8 @@ struct StormResult {
     /// CPU used from the storm's start until the last client was back (`storm_s`).
     cpu: Cpu,
     storm_s: f64,
+    /// When B had joined every storm client (`watch_joins`), if it did while watched.
+    server_all_s: Option<f64>,
 }
 
 /// CPU seconds (user + system) used so far, per part of the run, read from `/proc`: what the
@@ -760,6 +801,7 @@ async fn storm(
     };
     let t0 = Instant::now();
     let cpu0 = Cpu::now(b.child.id());
+    let joins = watch_joins(metrics_base.clone(), n, t0, stop.clone());
     let tasks: Vec<_> = tokens
         .into_iter()
         .enumerate()
@@ -770,6 +812,7 @@ async fn storm(
         outcomes.push(t.await?);
     }
     let storm_s = t0.elapsed().as_secs_f64();
+    let server_all_s = joins.await.ok().flatten();
     let cpu = Cpu::now(b.child.id()).since(&cpu0);
     let (overflows, syn) = (
         tcp_ext("ListenOverflows") - overflows0,
@@ -817,6 +860,10 @@ async fn storm(
         intake_waits: delta("notifyd_http_intake_wait_seconds_count"),
         intake_waits_over_250ms: slower_than("notifyd_http_intake_wait_seconds", "0.25"),
         events_read: delta("notifyd_catch_up_events_total"),
+        statements_s: delta("notifyd_catch_up_read_seconds_sum"),
+        read_wait_ms: delta("notifyd_catch_up_wait_seconds_sum")
+            / delta("notifyd_catch_up_wait_seconds_count").max(1.0)
+            * 1e3,
         post_rate: rate,
         quiet: summary(&quiet_lat, quiet_failed),
         storm: summary(&storm_lat, storm_failed),
@@ -829,6 +876,7 @@ async fn storm(
         listen_overflows: overflows,
         cpu,
         storm_s,
+        server_all_s,
         syn_retrans: syn,
     })
 }
@@ -844,7 +892,9 @@ began: {load}. Clients came back {how}.\n\n\
 | what | figure |\n|---|---|\n\
 | clients resumed on B (hello at the final seq{or_later} + exactly the {missed}{more} missed events, in order) | **{resumed} of {n}** ({wrong} wrong) |\n\
 | storm start → every client resumed | **{all:.2} s** (p50 {p50:.2} s, p99 {p99:.2} s) |\n\
+| storm start → B had joined every client (`hello` and `sync` queued; its `notifyd_ws_connections` gauge, polled every 20 ms) | {server_all} |\n\
 | catch-up queries on B during the storm | **{queries:.0}** ({qpu:.3} per client); events read {events:.0} |\n\
+| the catch-up statements' summed time on B / a join's read, queued to answered, mean | {statements_s:.2} s / {read_wait_ms:.0} ms |\n\
 | B's database pool during the storm: checkouts / of which waited > 50 ms for a connection | {pool:.0} / {pool_slow:.0} |\n\
 | B's new connections that waited for an intake turn (handshakes) / of which > 250 ms | {intake:.0} / {intake_slow:.0} |\n\
 | refusals (1013 with `retry_after`) / clients refused at least once / failed handshakes | {refusals} / {refused_clients} / {hs} |\n\
@@ -885,11 +935,17 @@ began: {load}. Clients came back {how}.\n\n\
         resumed = r.resumed,
         wrong = r.wrong,
         all = r.all_s,
+        server_all = r
+            .server_all_s
+            .map(|s| format!("{s:.2} s"))
+            .unwrap_or_else(|| "not reached while watched".into()),
         p50 = r.p50_s,
         p99 = r.p99_s,
         queries = r.queries,
         qpu = r.queries / r.clients as f64,
         events = r.events_read,
+        statements_s = r.statements_s,
+        read_wait_ms = r.read_wait_ms,
         pool = r.pool_checkouts,
         pool_slow = r.pool_waits_over_50ms,
         intake = r.intake_waits,
@@ -942,7 +998,7 @@ at seq 1; A is killed with SIGKILL; each user gets more messages while away; the
 reconnects to B with `since=1`, all at once unless the block says each waited a delay uniform\n\
 in [0, spread) first, as the shipped JS client does after a healthy socket breaks (its\n\
 `backoffBaseMs`, 500 ms); a client's resume time counts from the storm's start, its delay\n\
-included (and, since 2026-12-08, the wait of its task to be first run). *Resumed* = `hello` at the final seq and `sync` frames\n\
+included (and, since commit 7a98e96, the wait of its task to be first run). *Resumed* = `hello` at the final seq and `sync` frames\n\
 with exactly the missed events, each once, in order; a resumed client stays connected until\n\
 every client has resumed (since 2026-12-07: before, each closed at once, so the survivor also\n\
 handled every departure inside the storm). A client refused with 1013 waits the\n\

@@ -48,6 +48,8 @@ struct Request {
     /// The inbox epoch `since` belongs to, if the client said.
     epoch: Option<i64>,
     reply: oneshot::Sender<Reply>,
+    /// When it was queued (`notifyd_catch_up_wait_seconds`).
+    queued: std::time::Instant,
 }
 
 /// The queue is full: retry later.
@@ -95,6 +97,7 @@ impl CatchUp {
             since,
             epoch,
             reply,
+            queued: std::time::Instant::now(),
         };
         match tx.try_send(req) {
             Ok(()) => Ok(rx),
@@ -136,10 +139,14 @@ async fn read_batch(pool: &DbPool, limit: std::time::Duration, batch: Vec<Reques
     let since: Vec<i64> = batch.iter().map(|r| r.since.unwrap_or(-1)).collect();
     metrics::counter!("notifyd_catch_up_queries_total").increment(1);
     metrics::histogram!("notifyd_catch_up_batch_users").record(batch.len() as f64);
+    let started = std::time::Instant::now();
     let rows = crate::db::run(pool, limit, async |conn| {
         Ok(events::resume_many(conn, &users, &since, MAX_REPLAY).await?)
     })
     .await;
+    // Tells a storm's joins waiting for the database (statements slow) from joins waiting for
+    // CPU (statements quick, `notifyd_catch_up_wait_seconds` long).
+    metrics::histogram!("notifyd_catch_up_read_seconds").record(started.elapsed().as_secs_f64());
     let rows = match rows {
         Ok(rows) => rows,
         Err(e) => {
@@ -169,6 +176,8 @@ async fn read_batch(pool: &DbPool, limit: std::time::Duration, batch: Vec<Reques
             }
         }
         events_read += evs.len() as u64;
+        metrics::histogram!("notifyd_catch_up_wait_seconds")
+            .record(r.queued.elapsed().as_secs_f64());
         let reply = match counts {
             Some(c) => Ok(changes::resolve(r.since, r.epoch, c, evs)),
             // Every request has a row; none means the statement did not do what it says.
