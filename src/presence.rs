@@ -18,6 +18,8 @@ use crate::broker::{Redis, COMMAND_TIMEOUT};
 
 pub const REFRESH: Duration = Duration::from_secs(15);
 pub const STALE: Duration = Duration::from_secs(45);
+/// Users who left whose entries one round trip reads (bounded: the replies are buffered whole).
+const DEPARTURES_PER_READ: usize = 1000;
 
 pub struct Presence {
     node_id: String,
@@ -170,17 +172,30 @@ impl Presence {
         // On a cluster the keys live on many shards: `exec` splits the pipeline by slot (no
         // command here spans two keys, so no hash tag is needed).
         pool.exec(&pipe, COMMAND_TIMEOUT).await?;
-        // A user who left this node may still be online on another.
-        for u in gone {
-            let fields: HashMap<String, String> = pool
-                .cmd(redis::cmd("HGETALL").arg(self.key(&u)), COMMAND_TIMEOUT)
-                .await?;
-            if fresh_total(&fields) == 0 {
-                pool.cmd::<()>(
-                    redis::cmd("ZREM").arg(self.online_key()).arg(&u),
-                    COMMAND_TIMEOUT,
-                )
-                .await?;
+        // A user who left this node may still be online on another: read every leaver's
+        // entries in one go (a node's clients often leave together, e.g. when a proxy or the
+        // network drops them: one round trip each used to hold this loop for seconds), then
+        // take those online nowhere off the set, in bounded batches.
+        for chunk in gone.chunks(DEPARTURES_PER_READ) {
+            let reads = chunk
+                .iter()
+                .map(|u| {
+                    let mut read = redis::cmd("HGETALL");
+                    read.arg(self.key(u));
+                    read
+                })
+                .collect();
+            let entries: Vec<HashMap<String, String>> = pool.each(reads, COMMAND_TIMEOUT).await?;
+            let mut offline = redis::pipe();
+            let mut any = false;
+            for (u, fields) in chunk.iter().zip(&entries) {
+                if fresh_total(fields) == 0 {
+                    offline.zrem(self.online_key(), u).ignore();
+                    any = true;
+                }
+            }
+            if any {
+                pool.exec(&offline, COMMAND_TIMEOUT).await?;
             }
         }
         Ok(())

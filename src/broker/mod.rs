@@ -226,6 +226,41 @@ impl Redis {
         }
     }
 
+    /// Runs each of `cmds` within `timeout` and returns their replies in order. On one Redis
+    /// they are one pipeline, one round trip; on a cluster, whose shards may hold their keys
+    /// apart, each runs on its own, `CLUSTER_PIPELINES_AT_ONCE` at a time.
+    pub async fn each<T: redis::FromRedisValue + Send>(
+        &self,
+        cmds: Vec<redis::Cmd>,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<T>> {
+        let cluster = match self {
+            Redis::Single(pool) => {
+                let mut pipe = redis::pipe();
+                for cmd in cmds {
+                    pipe.add_command(cmd);
+                }
+                return query::<Vec<T>>(pool, &pipe, timeout).await;
+            }
+            Redis::Cluster(cluster) => cluster,
+        };
+        let (generation, conn) = cluster.get();
+        let run = futures_util::stream::iter(cmds)
+            .map(|cmd| {
+                let mut conn = conn.clone();
+                async move { cmd.query_async::<T>(&mut conn).await }
+            })
+            .buffered(CLUSTER_PIPELINES_AT_ONCE)
+            .try_collect::<Vec<T>>();
+        match tokio::time::timeout(timeout, run).await {
+            Ok(r) => cluster.check(generation, r),
+            Err(_) => {
+                cluster.stalled(generation);
+                anyhow::bail!("redis command timed out after {timeout:?}")
+            }
+        }
+    }
+
     /// Runs a pipeline whose replies are all ignored, within `timeout`. On one Redis it is one
     /// round trip. A cluster refuses a pipeline whose keys live in several slots, so there the
     /// pipeline is split by the slot of each command's key (its first argument), keeping the

@@ -21,6 +21,7 @@ mod local_delivery;
 mod names;
 mod pooler;
 mod preferences;
+mod presence;
 mod push;
 mod redis_cluster;
 mod redis_tls_cluster;

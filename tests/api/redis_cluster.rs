@@ -246,6 +246,20 @@ pub async fn events_cross_nodes_and_presence_is_shared(cluster: &Cluster) {
     }
     watcher_a.finish().await;
     watcher_b.finish().await;
+    // Departures: everyone left both nodes, so everyone is offline and nobody is counted
+    // (each node reads its leavers' entries across the shards at once, `Redis::each`).
+    for u in &users {
+        eventually(T, &format!("{u} offline"), || async {
+            (a.presence(u).await == json!({"online": false, "connections": 0})).then_some(())
+        })
+        .await;
+    }
+    eventually(T, "nobody counted online", || async {
+        let r = b.service_get("/api/v1/presence").await;
+        let body: serde_json::Value = r.json().await.ok()?;
+        (body["online_users"] == 0).then_some(())
+    })
+    .await;
     a.stop().await;
     b.stop().await;
 }
