@@ -224,6 +224,13 @@ pub fn configure(cfg: &mut web::ServiceConfig, cors: &CorsPolicy, listener: List
     .app_data(
         web::PathConfig::default().error_handler(|e, _| ApiError::BadRequest(e.to_string()).into()),
     );
+    // The WebSocket handshake: not REST, so not in the OpenAPI document (docs/websocket.md).
+    // `connect` answers `GET` only; every other method, `HEAD` too, gets 405 with `Allow: GET`.
+    // First: actix tries the routes in order, and in a reconnect storm this is nearly every
+    // request (after the ~30 REST routes it cost ~17,000 instructions a handshake to reach,
+    // docs/decisions/0020). No other route's path can be `/ws`.
+    cfg.service(crate::gateway::ws::connect)
+        .service(only("/ws", GET_ONLY));
     for e in ENDPOINTS
         .iter()
         .filter(|e| !e.internal || listener.serves_internal())
@@ -237,10 +244,6 @@ pub fn configure(cfg: &mut web::ServiceConfig, cors: &CorsPolicy, listener: List
             }
         };
     }
-    // The WebSocket handshake: not REST, so not in the OpenAPI document (docs/websocket.md).
-    // `connect` answers `GET` only; every other method, `HEAD` too, gets 405 with `Allow: GET`.
-    cfg.service(crate::gateway::ws::connect)
-        .service(only("/ws", GET_ONLY));
     // The SSE stream (contract §10): not REST either (docs/websocket.md, "SSE"). `GET` and
     // `HEAD` (the checks and the headers, no session), with CORS like the user API: an
     // `EventSource` on another origin needs it.
