@@ -119,6 +119,26 @@ impl ClusterCommands {
         r.context("redis command failed")
     }
 
+    /// Runs `run` on the connection now, within `timeout`: a command that neither answered nor
+    /// failed by then (or that the crate timed out, `check`) has the connection replaced.
+    async fn bounded<T, F>(
+        self: &Arc<Self>,
+        timeout: Duration,
+        run: impl FnOnce(ClusterConnection) -> F,
+    ) -> anyhow::Result<T>
+    where
+        F: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let (generation, conn) = self.get();
+        match tokio::time::timeout(timeout, run(conn)).await {
+            Ok(r) => self.check(generation, r),
+            Err(_) => {
+                self.stalled(generation);
+                anyhow::bail!("redis command timed out after {timeout:?}")
+            }
+        }
+    }
+
     /// A command on the connection of `generation` timed out: unless it was replaced already
     /// (or is being replaced), a fresh one from the seeds takes its place in the background.
     /// The command that noticed still fails (its caller retries, as the relay does).
@@ -214,14 +234,11 @@ impl Redis {
         match self {
             Redis::Single(pool) => query_cmd(pool, q, timeout).await,
             Redis::Cluster(cluster) => {
-                let (generation, mut conn) = cluster.get();
-                match tokio::time::timeout(timeout, q.query_async::<T>(&mut conn)).await {
-                    Ok(r) => cluster.check(generation, r),
-                    Err(_) => {
-                        cluster.stalled(generation);
-                        anyhow::bail!("redis command timed out after {timeout:?}")
-                    }
-                }
+                cluster
+                    .bounded(timeout, |mut conn| async move {
+                        q.query_async::<T>(&mut conn).await
+                    })
+                    .await
             }
         }
     }
@@ -244,21 +261,17 @@ impl Redis {
             }
             Redis::Cluster(cluster) => cluster,
         };
-        let (generation, conn) = cluster.get();
-        let run = futures_util::stream::iter(cmds)
-            .map(|cmd| {
-                let mut conn = conn.clone();
-                async move { cmd.query_async::<T>(&mut conn).await }
+        cluster
+            .bounded(timeout, |conn| {
+                futures_util::stream::iter(cmds)
+                    .map(move |cmd| {
+                        let mut conn = conn.clone();
+                        async move { cmd.query_async::<T>(&mut conn).await }
+                    })
+                    .buffered(CLUSTER_PIPELINES_AT_ONCE)
+                    .try_collect::<Vec<T>>()
             })
-            .buffered(CLUSTER_PIPELINES_AT_ONCE)
-            .try_collect::<Vec<T>>();
-        match tokio::time::timeout(timeout, run).await {
-            Ok(r) => cluster.check(generation, r),
-            Err(_) => {
-                cluster.stalled(generation);
-                anyhow::bail!("redis command timed out after {timeout:?}")
-            }
-        }
+            .await
     }
 
     /// Runs a pipeline whose replies are all ignored, within `timeout`. On one Redis it is one
@@ -270,8 +283,7 @@ impl Redis {
             Redis::Single(pool) => return query::<()>(pool, q, timeout).await,
             Redis::Cluster(cluster) => cluster,
         };
-        let (generation, conn) = cluster.get();
-        let run = async {
+        let run = |conn: ClusterConnection| async move {
             let mut slots: Vec<redis::Pipeline> = vec![];
             let mut index: HashMap<Slot, usize> = HashMap::new();
             for cmd in q.cmd_iter() {
@@ -294,13 +306,7 @@ impl Redis {
                 .try_collect::<Vec<()>>()
                 .await
         };
-        match tokio::time::timeout(timeout, run).await {
-            Ok(r) => cluster.check(generation, r).map(drop),
-            Err(_) => {
-                cluster.stalled(generation);
-                anyhow::bail!("redis command timed out after {timeout:?}")
-            }
-        }
+        cluster.bounded(timeout, run).await.map(drop)
     }
 }
 

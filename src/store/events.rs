@@ -92,7 +92,7 @@ fn compact(text: &str) -> String {
             _ => i += 1,
         }
     }
-    out.extend_from_slice(&b[run.min(b.len())..]);
+    out.extend_from_slice(&b[run..]);
     // Only ASCII bytes were left out, so this never fails; were it to, the text stays as it was.
     String::from_utf8(out).unwrap_or_else(|_| text.to_string())
 }
