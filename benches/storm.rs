@@ -284,12 +284,12 @@ fn posts_to_storm_users() -> bool {
 }
 
 /// The recipient of steady POST `k` of worker `w` (of `workers`): a storm user (`n` of them,
-/// in turn) with `BENCH_STORM_POST_TO=storm`, else one of 8 users of the worker's own.
-fn steady_recipient(w: u64, workers: u64, k: u64, n: usize) -> String {
+/// in turn) with `BENCH_STORM_POST_TO=storm`, else one of `own` users of the worker's own.
+fn steady_recipient(w: u64, workers: u64, k: u64, n: usize, own: u64) -> String {
     if posts_to_storm_users() {
         user(((k * workers + w) % n.max(1) as u64) as usize)
     } else {
-        format!("steady{w}-{}", k % 8)
+        format!("steady{w}-{}", k % own)
     }
 }
 
@@ -306,7 +306,7 @@ async fn steady_posts(base: String, rate: u64, n: usize, stop: Arc<AtomicBool>) 
     let http = reqwest::Client::new();
     let url = format!("{base}/api/v1/messages");
     open_loop(rate, stop, 201, move |k| {
-        let body = json!({"to_user": steady_recipient(0, 1, k, n), "title": "steady", "content": "x", "type": "steady"});
+        let body = json!({"to_user": steady_recipient(0, 1, k, n, 500), "title": "steady", "content": "x", "type": "steady"});
         http.post(&url).bearer_auth(KEY).json(&body)
     })
     .await
@@ -371,7 +371,7 @@ async fn closed_loop_posts(
                 let (mut lat, mut failed, mut k) = (vec![], 0u64, 0u64);
                 while !stop.load(Ordering::Relaxed) {
                     k += 1;
-                    let body = json!({"to_user": steady_recipient(w, inflight, k, n), "title": "steady", "content": "x", "type": "steady"});
+                    let body = json!({"to_user": steady_recipient(w, inflight, k, n, 8), "title": "steady", "content": "x", "type": "steady"});
                     let t = Instant::now();
                     let r = http
                         .post(&url)
@@ -471,10 +471,11 @@ async fn user_probe(base: String, rate: u64, stop: Arc<AtomicBool>) -> (Vec<u32>
 
 /// Runs `f` on a thread and single-threaded runtime of its own, so that its timing is not also
 /// the wait of its tasks behind the storm clients' tasks in the bench's own runtime.
-async fn on_own_thread<F, Fut>(f: F) -> (Vec<u32>, u64)
+async fn on_own_thread<F, Fut, T>(f: F) -> T
 where
     F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = (Vec<u32>, u64)>,
+    Fut: std::future::Future<Output = T>,
+    T: Default + Send + 'static,
 {
     let thread = std::thread::spawn(move || {
         tokio::runtime::Builder::new_current_thread()
@@ -489,37 +490,23 @@ where
 }
 
 /// Seconds from `t0` until B counts `n` open sockets (its `notifyd_ws_connections` gauge, which
-/// a join raises once it has queued the client's `hello` and `sync` frames), polled every
-/// 20 ms on a thread of its own until then or `stop`: the storm as the survivor saw it,
-/// beside the clients' own "resumed" times, which also hold each frame's wait for the bench's
-/// own client runtime (15,000 clients sharing the bench's cores, where a real storm's clients
-/// each have their own device).
-fn watch_joins(
-    base: String,
-    n: usize,
-    t0: Instant,
-    stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<Option<f64>> {
-    let thread = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .ok()?;
-        rt.block_on(async {
-            while !stop.load(Ordering::Relaxed) {
-                let open = metric_sums(&base)
-                    .await
-                    .get("notifyd_ws_connections")
-                    .copied();
-                if open.is_some_and(|o| o >= n as f64) {
-                    return Some(t0.elapsed().as_secs_f64());
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            None
-        })
-    });
-    tokio::task::spawn_blocking(move || thread.join().ok().flatten())
+/// a join raises once it has queued the client's `hello` and `sync` frames), polled every 20 ms
+/// (run `on_own_thread`) until then or `stop`: the storm as the survivor saw it, beside the
+/// clients' own "resumed" times, which also hold each frame's wait for the bench's own client
+/// runtime (15,000 clients sharing the bench's cores, where a real storm's clients each have
+/// their own device).
+async fn watch_joins(base: String, n: usize, t0: Instant, stop: Arc<AtomicBool>) -> Option<f64> {
+    while !stop.load(Ordering::Relaxed) {
+        let open = metric_sums(&base)
+            .await
+            .get("notifyd_ws_connections")
+            .copied();
+        if open.is_some_and(|o| o >= n as f64) {
+            return Some(t0.elapsed().as_secs_f64());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
 }
 
 /// p50, p99 (ms), count and failures of sorted latencies (µs).
@@ -801,7 +788,10 @@ async fn storm(
     };
     let t0 = Instant::now();
     let cpu0 = Cpu::now(b.child.id());
-    let joins = watch_joins(metrics_base.clone(), n, t0, stop.clone());
+    let joins = {
+        let (base, stop) = (metrics_base.clone(), stop.clone());
+        tokio::spawn(on_own_thread(move || watch_joins(base, n, t0, stop)))
+    };
     let tasks: Vec<_> = tokens
         .into_iter()
         .enumerate()
@@ -812,7 +802,7 @@ async fn storm(
         outcomes.push(t.await?);
     }
     let storm_s = t0.elapsed().as_secs_f64();
-    let server_all_s = joins.await.ok().flatten();
+    let server_all_s = joins.await.unwrap_or_default();
     let cpu = Cpu::now(b.child.id()).since(&cpu0);
     let (overflows, syn) = (
         tcp_ext("ListenOverflows") - overflows0,
