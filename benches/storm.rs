@@ -78,7 +78,11 @@ async fn open_ws(i: usize, server: SocketAddr, path: &str) -> anyhow::Result<Ws>
         .context("connect timed out")??;
     let (ws, _) = tokio::time::timeout(
         WAIT,
-        tokio_tungstenite::client_async(format!("ws://{server}{path}"), stream),
+        tokio_tungstenite::client_async_with_config(
+            format!("ws://{server}{path}"),
+            stream,
+            Some(support::ws_client_config()),
+        ),
     )
     .await
     .context("WebSocket handshake timed out")??;

@@ -11,11 +11,14 @@
 //! wait per batch, ~80 of them in a row (issue 22 item 8, docs/decisions/0020). Its own
 //! connections also leave the pool to the REST callers during a storm.
 //!
-//! The batcher takes no timer: a batch is whatever has queued by the time one of its
-//! `BATCH_CONCURRENCY` query slots is free (at most `BATCH_USERS`). A lone resume is read at
-//! once; under a storm the queue fills while the slots are busy, and batches grow by
-//! themselves. The queue is bounded (`QUEUE`): a join that finds it full is refused with 1013
-//! and a jittered `retry_after` (protocol::busy_reason) instead of waiting into a timeout.
+//! A batch is what has queued by the time one of its `BATCH_CONCURRENCY` query slots is free
+//! (at most `BATCH_USERS`). A lone resume (no statement running) is read at once. While another
+//! statement runs, a batch also waits for more joins until `LINGER` after its first one was
+//! queued: a statement for 5 users costs PostgreSQL ~70 µs a user, one for 50 ~27 µs (each
+//! statement also costs a round trip and a task on this node), and a storm's joins arrive a few
+//! a millisecond, so without the wait its batches stayed at ~5 users. The queue is bounded
+//! (`QUEUE`): a join that finds it full is refused with 1013 and a jittered `retry_after`
+//! (protocol::busy_reason) instead of waiting into a timeout.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
@@ -38,6 +41,10 @@ pub const BATCH_USERS: usize = 256;
 /// Batch statements running at once, each on one of the batcher's own connections (made when
 /// first needed, so a node nobody resumes on opens none).
 pub const BATCH_CONCURRENCY: usize = 2;
+/// How long a batch may wait for more joins after its first was queued, when another statement
+/// is running (under load; a lone join never waits). A storm's joins queue a few a millisecond,
+/// so this gathers tens of users per statement, and adds at most this much to a join's wait.
+pub const LINGER: std::time::Duration = std::time::Duration::from_millis(10);
 
 pub type Reply = Result<Changes, ApiError>;
 
@@ -114,13 +121,11 @@ async fn run(limit: std::time::Duration, pool: DbPool, mut rx: mpsc::Receiver<Re
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let mut batch = vec![first];
-        while batch.len() < BATCH_USERS {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
+        // Another statement still running (our slot is not the only one taken) means joins
+        // are arriving faster than single reads: gather more, until `LINGER` after the first.
+        let busy = slots.available_permits() + 1 < BATCH_CONCURRENCY;
+        let until = busy.then(|| tokio::time::Instant::from_std(first.queued + LINGER));
+        let mut batch = gather(first, &mut rx, BATCH_USERS, until).await;
         // A session that left while queued needs no read.
         batch.retain(|r| !r.reply.is_closed());
         if batch.is_empty() {
@@ -132,6 +137,30 @@ async fn run(limit: std::time::Duration, pool: DbPool, mut rx: mpsc::Receiver<Re
             read_batch(&pool, limit, batch).await;
         });
     }
+}
+
+/// `first` and what else `rx` holds, up to `limit` in all; with `until`, also what arrives
+/// before that instant.
+async fn gather<T>(
+    first: T,
+    rx: &mut mpsc::Receiver<T>,
+    limit: usize,
+    until: Option<tokio::time::Instant>,
+) -> Vec<T> {
+    let mut batch = vec![first];
+    while batch.len() < limit {
+        match rx.try_recv() {
+            Ok(r) => batch.push(r),
+            Err(_) => match until {
+                None => break,
+                Some(until) => match tokio::time::timeout_at(until, rx.recv()).await {
+                    Ok(Some(r)) => batch.push(r),
+                    Ok(None) | Err(_) => break,
+                },
+            },
+        }
+    }
+    batch
 }
 
 async fn read_batch(pool: &DbPool, limit: std::time::Duration, batch: Vec<Request>) {
@@ -186,4 +215,63 @@ async fn read_batch(pool: &DbPool, limit: std::time::Duration, batch: Vec<Reques
         let _ = r.reply.send(reply);
     }
     metrics::counter!("notifyd_catch_up_events_total").increment(events_read);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::time::{sleep, Instant};
+
+    /// Sends 1, 2, .. at the given offsets (ms) from now, on a task of its own.
+    fn arrivals(at_ms: &'static [u64]) -> mpsc::Receiver<u64> {
+        let (tx, rx) = mpsc::channel(64);
+        let start = Instant::now();
+        tokio::spawn(async move {
+            for (k, ms) in at_ms.iter().enumerate() {
+                tokio::time::sleep_until(start + Duration::from_millis(*ms)).await;
+                let _ = tx.send(k as u64 + 1).await;
+            }
+            // Keep the channel open: a closed one would end the wait early.
+            sleep(Duration::from_secs(3600)).await;
+        });
+        rx
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_read_does_not_wait_for_company() {
+        let mut rx = arrivals(&[0, 0, 1, 2]);
+        sleep(Duration::from_micros(500)).await;
+        let first = rx.recv().await.unwrap();
+        let start = Instant::now();
+        let batch = gather(first, &mut rx, 256, None).await;
+        assert_eq!(batch, vec![1, 2], "only what had already queued");
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn under_load_a_batch_gathers_until_its_deadline() {
+        let mut rx = arrivals(&[0, 1, 4, 9, 11, 12]);
+        let first = rx.recv().await.unwrap();
+        let until = Instant::now() + LINGER;
+        let batch = gather(first, &mut rx, 256, Some(until)).await;
+        assert_eq!(
+            batch,
+            vec![1, 2, 3, 4],
+            "the joins of the first 10 ms, not later ones"
+        );
+        assert_eq!(Instant::now(), until);
+        let next = rx.recv().await.unwrap();
+        assert_eq!(next, 5, "the later joins start the next batch");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_batch_goes_without_waiting_out_its_deadline() {
+        let mut rx = arrivals(&[0, 1, 2, 3, 4, 5]);
+        let first = rx.recv().await.unwrap();
+        let start = Instant::now();
+        let batch = gather(first, &mut rx, 3, Some(start + LINGER)).await;
+        assert_eq!(batch, vec![1, 2, 3]);
+        assert_eq!(start.elapsed(), Duration::from_millis(2));
+    }
 }
