@@ -717,10 +717,15 @@ async fn storm(
     // (`NOTIFYD_SERVICE_BIND`), and the timed POSTs go there.
     let service_port = (std::env::var("BENCH_STORM_SERVICE_LISTENER").as_deref() == Ok("1"))
         .then(support::free_port);
-    let b_env: Vec<(&str, String)> = service_port
+    let mut b_env: Vec<(&str, String)> = service_port
         .map(|p| ("NOTIFYD_SERVICE_BIND", format!("127.0.0.1:{p}")))
         .into_iter()
         .collect();
+    // BENCH_STORM_POOL=k: B's database pool (32 as every node's by default; 16 is notifyd's
+    // own default). With services' POSTs in flight it decides how the cores are split between
+    // them and the storm (docs/decisions/0020).
+    let b_pool = survivor_pool();
+    b_env.push(("NOTIFYD_DB_POOL_SIZE", b_pool.to_string()));
     let b = Node::start_with(bin, &db.url, &prefix, true, &["serve"], &b_env).await?;
     let post_base = service_port
         .map(|p| format!("http://127.0.0.1:{p}"))
@@ -875,13 +880,18 @@ async fn storm(
     })
 }
 
+/// B's database pool (`BENCH_STORM_POOL`, 32 by default, as A's).
+fn survivor_pool() -> u64 {
+    env_num("BENCH_STORM_POOL", 32)
+}
+
 fn run_block(label: &str, note: &str, load: &str, r: &StormResult) -> String {
     let m = support::machine();
     format!(
         "<!-- storm-run:{label} -->\n\
 ### {label}: {date}, commit `{commit}`, {n} clients\n\n\
 {note}Machine: {cpu}, {cores} cores, {mem}; {pg}; Redis {redis_v}. Two notifyd release nodes\n\
-(database pool 32 each) and the load client on the same cores. Load average when the run\n\
+(database pool: A 32, B {b_pool}) and the load client on the same cores. Load average when the run\n\
 began: {load}. Clients came back {how}.\n\n\
 | what | figure |\n|---|---|\n\
 | clients resumed on B (hello at the final seq{or_later} + exactly the {missed}{more} missed events, in order) | **{resumed} of {n}** ({wrong} wrong) |\n\
@@ -907,6 +917,7 @@ began: {load}. Clients came back {how}.\n\n\
         cb = r.cpu.bench,
         cp = r.cpu.postgres,
         cr = r.cpu.redis,
+        b_pool = survivor_pool(),
         date = chrono::Utc::now().format("%Y-%m-%d"),
         commit = support::git_commit(),
         n = r.clients,
@@ -1084,6 +1095,9 @@ async fn bench() -> anyhow::Result<()> {
         let inflight = env_num("BENCH_STORM_INFLIGHT", 0);
         // The summary row each kind of run keeps (docs/benchmarks.md's summary table).
         let part = match (inflight > 0, r.service_listener, r.spread_ms) {
+            (true, false, _) if posts_to_storm_users() && survivor_pool() != 32 => {
+                "56-storm-closed-loop-storm-users-pool"
+            }
             (true, false, _) if posts_to_storm_users() => "55-storm-closed-loop-storm-users",
             (true, false, _) => "53-storm-closed-loop",
             (true, true, _) => "54-storm-closed-loop-service",
@@ -1098,8 +1112,12 @@ async fn bench() -> anyhow::Result<()> {
             let ratio = r.storm.1 / r.quiet.1;
             let ok = r.resumed == r.clients && r.wrong == 0 && r.all_s <= 3.0 && ratio <= 3.0;
             format!(
-                "| reconnect storm, {n} clients, a node dies; services keep {inflight} POSTs in flight (closed loop){to}{on}, {spread} | {resumed} of {n} resumed ({wrong} wrong) in {all:.1} s; {refused} refusals; POST p99 on the survivor {s99:.1} ms | the same POSTs before the storm: p99 {q99:.1} ms | POST p99 {ratio:.1}× before | all in ≤ 3 s, POST p99 ≤ 3× before | {met} |\n",
+                "| reconnect storm, {n} clients, a node dies; services keep {inflight} POSTs in flight (closed loop){to}{on}{pool}, {spread} | {resumed} of {n} resumed ({wrong} wrong) in {all:.1} s; {refused} refusals; POST p99 on the survivor {s99:.1} ms | the same POSTs before the storm: p99 {q99:.1} ms | POST p99 {ratio:.1}× before | all in ≤ 3 s, POST p99 ≤ 3× before | {met} |\n",
                 on = if r.service_listener { " on a service listener" } else { "" },
+                pool = match survivor_pool() {
+                    32 => String::new(),
+                    k => format!(", the survivor's database pool {k}"),
+                },
                 to = if posts_to_storm_users() { " to the storm's own users" } else { "" },
                 spread = spread_words(r.spread_ms),
                 resumed = r.resumed,

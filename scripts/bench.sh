@@ -63,6 +63,10 @@ wants storm && step storm-closed-service env BENCH_STORM_CLIENTS=15000 BENCH_STO
 # The same as the issue measured it: the POSTs go to the storm's own users, so each is also
 # relayed to a client that is resuming or has resumed on the survivor.
 wants storm && step storm-closed-storm-users env BENCH_STORM_CLIENTS=15000 BENCH_STORM_LABEL=closed-loop-storm-users BENCH_STORM_INFLIGHT=64 BENCH_STORM_POST_TO=storm cargo bench --bench storm
+# The same with the survivor's database pool at notifyd's default, 16 (the benches' nodes have
+# 32): fewer of PostgreSQL's backends run the POSTs at once, and the storm gets more of the
+# cores (docs/decisions/0020).
+wants storm && step storm-closed-storm-users-pool env BENCH_STORM_CLIENTS=15000 BENCH_STORM_LABEL=closed-loop-storm-users-pool16 BENCH_STORM_INFLIGHT=64 BENCH_STORM_POST_TO=storm BENCH_STORM_POOL=16 cargo bench --bench storm
 wants eventlog && step eventlog cargo bench --bench eventlog
 wants sse && step sse cargo bench --bench sse
 wants push && step push cargo bench --bench push
