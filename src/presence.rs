@@ -152,6 +152,8 @@ impl Presence {
         users.sort();
         users.dedup();
         let ts = now();
+        // One key for the set, not one `format!` per user (a storm writes 15,000 at once).
+        let online = self.online_key();
         let mut pipe = redis::pipe();
         let mut gone = vec![];
         for u in &users {
@@ -161,13 +163,13 @@ impl Presence {
                 pipe.hset(&key, &self.node_id, format!("{count}|{ts}"))
                     .ignore();
                 pipe.expire(&key, STALE.as_secs() as i64 * 2).ignore();
-                pipe.zadd(self.online_key(), u, ts).ignore();
+                pipe.zadd(&online, u, ts).ignore();
             } else {
                 pipe.hdel(&key, &self.node_id).ignore();
                 gone.push(u.clone());
             }
         }
-        pipe.zrembyscore(self.online_key(), "-inf", ts - STALE.as_secs() as i64)
+        pipe.zrembyscore(&online, "-inf", ts - STALE.as_secs() as i64)
             .ignore();
         // On a cluster the keys live on many shards: `exec` splits the pipeline by slot (no
         // command here spans two keys, so no hash tag is needed).
@@ -190,7 +192,7 @@ impl Presence {
             let mut any = false;
             for (u, fields) in chunk.iter().zip(&entries) {
                 if fresh_total(fields) == 0 {
-                    offline.zrem(self.online_key(), u).ignore();
+                    offline.zrem(&online, u).ignore();
                     any = true;
                 }
             }
