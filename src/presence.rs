@@ -18,6 +18,8 @@ use crate::broker::{Redis, COMMAND_TIMEOUT};
 
 pub const REFRESH: Duration = Duration::from_secs(15);
 pub const STALE: Duration = Duration::from_secs(45);
+/// How long a failed write to Redis waits before the next try (which takes what is still owed).
+const RETRY: Duration = Duration::from_secs(1);
 /// Users who left whose entries one round trip reads (bounded: the replies are buffered whole).
 const DEPARTURES_PER_READ: usize = 1000;
 
@@ -135,28 +137,37 @@ impl Presence {
                         .collect()
                 }
                 _ = refresh.tick() => self.local().keys().cloned().collect(),
-                _ = shutdown.changed() => {
-                    let users: Vec<String> = self.local().keys().cloned().collect();
-                    self.local().clear();
-                    let _ = self.write(&pool, users).await;
-                    return;
-                }
+                _ = shutdown.changed() => return self.leave_all(&pool).await,
             };
-            if let Err(e) = self.write(&pool, users).await {
+            if let Err(e) = self.write(&pool, &users).await {
+                // Kept, not dropped: a refresh would rewrite the users still here, but never
+                // the leaves, which would count as online until their entries went stale.
                 tracing::debug!(error = %e, "presence update failed");
+                metrics::counter!("notifyd_presence_write_failures_total").increment(1);
+                self.dirty.lock().extend(users);
+                tokio::select! {
+                    _ = tokio::time::sleep(RETRY) => self.changed.notify_one(),
+                    _ = shutdown.changed() => return self.leave_all(&pool).await,
+                }
             }
         }
     }
 
-    async fn write(&self, pool: &Redis, mut users: Vec<String>) -> anyhow::Result<()> {
-        users.sort();
-        users.dedup();
+    /// On shutdown: this node's users leave, in one last write (best effort: a node that
+    /// cannot reach Redis now has its entries go stale instead).
+    async fn leave_all(&self, pool: &Redis) {
+        let users: Vec<String> = self.local().keys().cloned().collect();
+        self.local().clear();
+        let _ = self.write(pool, &users).await;
+    }
+
+    async fn write(&self, pool: &Redis, users: &[String]) -> anyhow::Result<()> {
         let ts = now();
         // One key for the set, not one `format!` per user (a storm writes 15,000 at once).
         let online = self.online_key();
         let mut pipe = redis::pipe();
         let mut gone = vec![];
-        for u in &users {
+        for u in users {
             let count = self.local().get(u).copied().unwrap_or(0);
             let key = self.key(u);
             if count > 0 {

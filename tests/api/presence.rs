@@ -69,3 +69,49 @@ async fn users_leaving_a_node_together_go_offline_unless_connected_elsewhere() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A leave that could not reach Redis is written once Redis is back: the node keeps what it
+/// owes Redis until a write succeeds, rather than forgetting it (the user's entry would then show
+/// them online for up to the 45 s staleness bound).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leave_that_found_redis_unreachable_is_written_when_it_returns() {
+    let db = TestDb::new().await;
+    let prefix = new_prefix();
+    let proxy = Cuttable::start("127.0.0.1:6379").await;
+    // A reaches Redis only through the proxy; B reads presence straight from Redis.
+    let a = spawn_app(&db, Opts::behind_redis(&prefix, proxy.url())).await;
+    let b = spawn_app(&db, Opts::in_cluster(&prefix)).await;
+    let u = new_user();
+    let mut c = a.ws(&u, None).await;
+    c.expect("hello", T).await;
+    let online = json!({"online": true, "connections": 1});
+    eventually(T, "online, as B reads it", || async {
+        (b.presence(&u).await == online).then_some(())
+    })
+    .await;
+
+    proxy.cut();
+    eventually(T, "every proxied connection closed", || async {
+        (proxy.forwarding() == 0).then_some(())
+    })
+    .await;
+    c.close().await;
+    // The leave is written at once and fails; A says so on /readyz soon after.
+    eventually(T, "A unready without Redis", || async {
+        let r = a.http.get(format!("{}/readyz", a.base)).send().await.ok()?;
+        (r.status() == 503).then_some(())
+    })
+    .await;
+    assert_eq!(
+        b.presence(&u).await,
+        online,
+        "the leave cannot have reached Redis yet"
+    );
+    proxy.restore();
+    eventually(T, "offline once Redis is back", || async {
+        (b.presence(&u).await == json!({"online": false, "connections": 0})).then_some(())
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+}
