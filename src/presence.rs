@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify};
 
@@ -18,7 +18,9 @@ use crate::broker::{Redis, COMMAND_TIMEOUT};
 
 pub const REFRESH: Duration = Duration::from_secs(15);
 pub const STALE: Duration = Duration::from_secs(45);
-/// How long a failed write to Redis waits before the next try (which takes what is still owed).
+/// How long the first retry after a failed write to Redis waits; each further failure doubles
+/// the wait, up to `REFRESH` (a Redis that is slow or failing over is not sent the whole set
+/// again every second by every node).
 const RETRY: Duration = Duration::from_secs(1);
 /// Users who left whose entries one round trip reads (bounded: the replies are buffered whole).
 const DEPARTURES_PER_READ: usize = 1000;
@@ -28,8 +30,9 @@ pub struct Presence {
     prefix: String,
     redis: Option<Redis>,
     local: Mutex<HashMap<String, usize>>,
-    /// Users whose count changed since the last write to Redis: a set, so it holds each user
-    /// once however often they come and go (bounded by the users this node serves).
+    /// Users whose count changed since the last write to Redis that succeeded: a set, so it holds
+    /// each user once however often they come and go. While writes fail it keeps what they owe,
+    /// bounded by the users connected plus those who left within `STALE` (`owe`).
     dirty: Mutex<HashSet<String>>,
     changed: Notify,
 }
@@ -129,6 +132,7 @@ impl Presence {
             return;
         };
         let mut refresh = tokio::time::interval(REFRESH);
+        let (mut retry, mut failing_since) = (RETRY, None::<Instant>);
         loop {
             let users: Vec<String> = tokio::select! {
                 _ = self.changed.notified() => {
@@ -139,28 +143,53 @@ impl Presence {
                 _ = refresh.tick() => self.local().keys().cloned().collect(),
                 _ = shutdown.changed() => return self.leave_all(&pool).await,
             };
-            if let Err(e) = self.write(&pool, &users).await {
-                // Kept, not dropped: a refresh would rewrite the users still here, but never
-                // the leaves, which would count as online until their entries went stale.
-                tracing::debug!(error = %e, "presence update failed");
-                metrics::counter!("notifyd_presence_write_failures_total").increment(1);
-                self.dirty.lock().extend(users);
-                tokio::select! {
-                    _ = tokio::time::sleep(RETRY) => self.changed.notify_one(),
-                    _ = shutdown.changed() => return self.leave_all(&pool).await,
+            let Err(e) = self.write(&pool, &users).await else {
+                if failing_since.take().is_some() {
+                    tracing::info!("presence writes to Redis resumed");
                 }
+                retry = RETRY;
+                continue;
+            };
+            metrics::counter!("notifyd_presence_write_failures_total").increment(1);
+            match failing_since {
+                None => tracing::warn!(error = %e, "presence write to Redis failed; retrying"),
+                Some(_) => tracing::debug!(error = %e, "presence write to Redis failed again"),
             }
+            let since = *failing_since.get_or_insert_with(Instant::now);
+            self.owe(users, since.elapsed() > STALE);
+            tokio::select! {
+                _ = tokio::time::sleep(retry) => self.changed.notify_one(),
+                _ = shutdown.changed() => return self.leave_all(&pool).await,
+            }
+            retry = (retry * 2).min(REFRESH);
         }
     }
 
-    /// On shutdown: this node's users leave, in one last write (best effort: a node that
-    /// cannot reach Redis now has its entries go stale instead).
+    /// Keeps what a failed write carried for the next one: a refresh would rewrite the users
+    /// still here, but never the leaves, which would count as online until their entries went
+    /// stale. Once writes have failed for longer than `STALE`, the leaves owed are dropped:
+    /// readers already ignore the entries they would remove (and the next write's sweep takes
+    /// them off the online set), and the set stays bounded however long Redis is away.
+    fn owe(&self, users: Vec<String>, failing_past_stale: bool) {
+        let mut dirty = self.dirty.lock();
+        dirty.extend(users);
+        if failing_past_stale {
+            // `add` never holds both locks, so taking `local` under `dirty` cannot deadlock.
+            let local = self.local();
+            dirty.retain(|u| local.contains_key(u));
+        }
+    }
+
+    /// On shutdown: this node's users leave, with the leaves still owed, in one last write
+    /// (best effort: a node that cannot reach Redis now has its entries go stale instead).
     async fn leave_all(&self, pool: &Redis) {
-        let users: Vec<String> = self.local().keys().cloned().collect();
-        self.local().clear();
+        let mut users = std::mem::take(&mut *self.dirty.lock());
+        users.extend(self.local().drain().map(|(u, _)| u));
+        let users: Vec<String> = users.into_iter().collect();
         let _ = self.write(pool, &users).await;
     }
 
+    /// Writes the counts of `users` (each once) as `local` holds them now.
     async fn write(&self, pool: &Redis, users: &[String]) -> anyhow::Result<()> {
         let ts = now();
         // One key for the set, not one `format!` per user (a storm writes 15,000 at once).
@@ -228,4 +257,32 @@ fn fresh_total(fields: &HashMap<String, String>) -> u64 {
         .filter(|(_, ts)| *ts >= min)
         .map(|(n, _)| n)
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owed(p: &Presence) -> Vec<String> {
+        let mut v: Vec<String> = p.dirty.lock().iter().cloned().collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_failed_write_keeps_its_leaves_and_joins_for_the_next() {
+        let p = Presence::new("n".into(), "p:".into(), None);
+        p.add("here", 1);
+        p.owe(vec!["here".into(), "left".into()], false);
+        assert_eq!(owed(&p), ["here", "left"]);
+    }
+
+    #[test]
+    fn writes_failing_past_staleness_drop_the_leaves_but_keep_who_is_here() {
+        let p = Presence::new("n".into(), "p:".into(), None);
+        p.add("here", 1);
+        p.owe(vec!["left".into(), "gone".into()], false);
+        p.owe(vec!["here".into()], true);
+        assert_eq!(owed(&p), ["here"]);
+    }
 }
