@@ -25,11 +25,7 @@ async fn readyz(app: &TestApp) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_half_open_redis_never_blocks_a_join_and_the_hub_recovers_with_a_resync() {
     let db = TestDb::new().await;
-    let prefix = new_prefix();
-    let proxy = Cuttable::start("127.0.0.1:6379").await;
-    // Node A reaches Redis only through the proxy; node B relays, directly.
-    let a = spawn_app(&db, Opts::behind_redis(&prefix, proxy.url())).await;
-    let b = spawn_app(&db, Opts::in_cluster(&prefix)).await;
+    let (proxy, a, b) = nodes_with_a_cuttable_redis(&db).await;
     eventually(Duration::from_secs(20), "node A ready", || async {
         (readyz(&a).await == 200).then_some(())
     })
@@ -85,10 +81,7 @@ async fn a_half_open_redis_never_blocks_a_join_and_the_hub_recovers_with_a_resyn
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topic_subscribers_get_events_again_after_a_half_open_redis_recovers() {
     let db = TestDb::new().await;
-    let prefix = new_prefix();
-    let proxy = Cuttable::start("127.0.0.1:6379").await;
-    let a = spawn_app(&db, Opts::behind_redis(&prefix, proxy.url())).await;
-    let b = spawn_app(&db, Opts::in_cluster(&prefix)).await;
+    let (proxy, a, b) = nodes_with_a_cuttable_redis(&db).await;
     let u = new_user();
     let mut c = WsClient::connect(&a.ws_url(&token_with_topics(&u, &["product:*"]), None))
         .await

@@ -76,11 +76,8 @@ async fn users_leaving_a_node_together_go_offline_unless_connected_elsewhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leave_that_found_redis_unreachable_is_written_when_it_returns() {
     let db = TestDb::new().await;
-    let prefix = new_prefix();
-    let proxy = Cuttable::start("127.0.0.1:6379").await;
-    // A reaches Redis only through the proxy; B reads presence straight from Redis.
-    let a = spawn_app(&db, Opts::behind_redis(&prefix, proxy.url())).await;
-    let b = spawn_app(&db, Opts::in_cluster(&prefix)).await;
+    // B reads presence straight from Redis.
+    let (proxy, a, b) = nodes_with_a_cuttable_redis(&db).await;
     let u = new_user();
     let mut c = a.ws(&u, None).await;
     c.expect("hello", T).await;

@@ -8,11 +8,8 @@ use crate::helpers::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_the_subscriber_reconnects_missed_events_are_delivered_in_order() {
     let db = TestDb::new().await;
-    let prefix = new_prefix();
-    let proxy = Cuttable::start("127.0.0.1:6379").await;
-    // Node A holds the socket and reaches Redis through the proxy; node B relays, directly.
-    let a = spawn_app(&db, Opts::behind_redis(&prefix, proxy.url())).await;
-    let b = spawn_app(&db, Opts::in_cluster(&prefix)).await;
+    // Node A holds the socket.
+    let (proxy, a, b) = nodes_with_a_cuttable_redis(&db).await;
     let u = new_user();
     let mut client = a.ws(&u, None).await;
     let hello = client.expect("hello", Duration::from_secs(5)).await;

@@ -154,3 +154,16 @@ async fn hold_silently(inbound: tokio::net::TcpStream, outbound: Option<tokio::n
     let _keep = (inbound, outbound);
     std::future::pending::<()>().await;
 }
+
+/// Two nodes of one fresh cluster: A reaches Redis only through the returned proxy (which the
+/// test cuts or freezes) and relays nothing; B reaches Redis directly and relays.
+pub async fn nodes_with_a_cuttable_redis(
+    db: &super::TestDb,
+) -> (Cuttable, super::TestApp, super::TestApp) {
+    use super::{new_prefix, spawn_app, Opts};
+    let prefix = new_prefix();
+    let proxy = Cuttable::start("127.0.0.1:6379").await;
+    let a = spawn_app(db, Opts::behind_redis(&prefix, proxy.url())).await;
+    let b = spawn_app(db, Opts::in_cluster(&prefix)).await;
+    (proxy, a, b)
+}
