@@ -48,7 +48,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use support::{env_num, BenchDb, Node, KEY, SECRET};
+use support::{env_num, BenchDb, Node, KEY, NODE_POOL, SECRET};
 
 type Ws = WebSocketStream<TcpStream>;
 
@@ -721,9 +721,9 @@ async fn storm(
         .map(|p| ("NOTIFYD_SERVICE_BIND", format!("127.0.0.1:{p}")))
         .into_iter()
         .collect();
-    // BENCH_STORM_POOL=k: B's database pool (32 as every node's by default; 16 is notifyd's
-    // own default). With services' POSTs in flight it decides how the cores are split between
-    // them and the storm (docs/decisions/0020).
+    // BENCH_STORM_POOL=k: B's database pool (by default `NODE_POOL`, 32, as every bench node's;
+    // 16 is notifyd's own default). With services' POSTs in flight it decides how the cores are
+    // split between them and the storm (docs/decisions/0020).
     let b_pool = survivor_pool();
     b_env.push(("NOTIFYD_DB_POOL_SIZE", b_pool.to_string()));
     let b = Node::start_with(bin, &db.url, &prefix, true, &["serve"], &b_env).await?;
@@ -880,9 +880,9 @@ async fn storm(
     })
 }
 
-/// B's database pool (`BENCH_STORM_POOL`, 32 by default, as A's).
+/// B's database pool (`BENCH_STORM_POOL`; by default `NODE_POOL`, as A's).
 fn survivor_pool() -> u64 {
-    env_num("BENCH_STORM_POOL", 32)
+    env_num("BENCH_STORM_POOL", NODE_POOL)
 }
 
 fn run_block(label: &str, note: &str, load: &str, r: &StormResult) -> String {
@@ -891,7 +891,7 @@ fn run_block(label: &str, note: &str, load: &str, r: &StormResult) -> String {
         "<!-- storm-run:{label} -->\n\
 ### {label}: {date}, commit `{commit}`, {n} clients\n\n\
 {note}Machine: {cpu}, {cores} cores, {mem}; {pg}; Redis {redis_v}. Two notifyd release nodes\n\
-(database pool: A 32, B {b_pool}) and the load client on the same cores. Load average when the run\n\
+(database pool: A {a_pool}, B {b_pool}) and the load client on the same cores. Load average when the run\n\
 began: {load}. Clients came back {how}.\n\n\
 | what | figure |\n|---|---|\n\
 | clients resumed on B (hello at the final seq{or_later} + exactly the {missed}{more} missed events, in order) | **{resumed} of {n}** ({wrong} wrong) |\n\
@@ -917,6 +917,7 @@ began: {load}. Clients came back {how}.\n\n\
         cb = r.cpu.bench,
         cp = r.cpu.postgres,
         cr = r.cpu.redis,
+        a_pool = NODE_POOL,
         b_pool = survivor_pool(),
         date = chrono::Utc::now().format("%Y-%m-%d"),
         commit = support::git_commit(),
@@ -1095,7 +1096,7 @@ async fn bench() -> anyhow::Result<()> {
         let inflight = env_num("BENCH_STORM_INFLIGHT", 0);
         // The summary row each kind of run keeps (docs/benchmarks.md's summary table).
         let part = match (inflight > 0, r.service_listener, r.spread_ms) {
-            (true, false, _) if posts_to_storm_users() && survivor_pool() != 32 => {
+            (true, false, _) if posts_to_storm_users() && survivor_pool() != NODE_POOL => {
                 "56-storm-closed-loop-storm-users-pool"
             }
             (true, false, _) if posts_to_storm_users() => "55-storm-closed-loop-storm-users",
@@ -1115,7 +1116,7 @@ async fn bench() -> anyhow::Result<()> {
                 "| reconnect storm, {n} clients, a node dies; services keep {inflight} POSTs in flight (closed loop){to}{on}{pool}, {spread} | {resumed} of {n} resumed ({wrong} wrong) in {all:.1} s; {refused} refusals; POST p99 on the survivor {s99:.1} ms | the same POSTs before the storm: p99 {q99:.1} ms | POST p99 {ratio:.1}× before | all in ≤ 3 s, POST p99 ≤ 3× before | {met} |\n",
                 on = if r.service_listener { " on a service listener" } else { "" },
                 pool = match survivor_pool() {
-                    32 => String::new(),
+                    NODE_POOL => String::new(),
                     k => format!(", the survivor's database pool {k}"),
                 },
                 to = if posts_to_storm_users() { " to the storm's own users" } else { "" },

@@ -47,6 +47,10 @@ pub fn ws_client_config() -> tokio_tungstenite::tungstenite::protocol::WebSocket
         .write_buffer_size(4096)
 }
 
+/// Every bench node's database pool (notifyd's own default is 16; a bench may set another on a
+/// node, as the storm's `BENCH_STORM_POOL` does on its survivor).
+pub const NODE_POOL: u64 = 32;
+
 /// The release binary the benches start (`NOTIFYD_BIN` to use another).
 pub fn notifyd_bin() -> anyhow::Result<String> {
     let bin = std::env::var("NOTIFYD_BIN").unwrap_or_else(|_| "target/release/notifyd".into());
@@ -152,7 +156,7 @@ impl Node {
             .env("NOTIFYD_JWT_SECRET", SECRET)
             .env("NOTIFYD_SERVICE_KEYS", format!("bench:{KEY}"))
             .env("NOTIFYD_RELAY", if relay { "on" } else { "off" })
-            .env("NOTIFYD_DB_POOL_SIZE", "32")
+            .env("NOTIFYD_DB_POOL_SIZE", NODE_POOL.to_string())
             // BENCH_NODE_RUST_LOG, e.g. `warn,notifyd::http=info` for the access lines (each with
             // the request's time inside the node) on the bench's stderr.
             .env(
